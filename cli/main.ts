@@ -1,0 +1,16 @@
+#!/usr/bin/env node
+import { Command } from "commander";
+import { FlexError } from "../streams/index.js";
+import { register as registerUp } from "./commands/up.js";
+
+const program = new Command();
+program.name("flexcore").description("FlexCore: event sourcing, processors and read models on NATS JetStream").showHelpAfterError();
+
+// One line per command group; each file registers its subcommands.
+registerUp(program);
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  const code = err instanceof FlexError ? ` [${err.code}]` : "";
+  process.stderr.write(`flexcore: ${(err as Error).message}${code}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,79 @@
+import { join } from "node:path";
+import { connect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { ensureTopology, missingFeatures } from "../streams/index.js";
+import type { NatsServer } from "../streams/index.js";
+import { dataDir as defaultDataDir } from "./connection.js";
+import { startEmbeddedServer } from "./embedded.js";
+import { projectRoot } from "./paths.js";
+
+/** Something `flexcore up` started and stops on exit, last started first stopped. */
+export interface Component {
+  readonly name: string;
+  close(): Promise<void>;
+}
+
+/** What each area gets to start its part of the pipeline. */
+export interface UpContext {
+  readonly nc: NatsConnection;
+  readonly natsUrl: string;
+  readonly dataDir: string;
+  readonly root: string;
+  readonly log: (line: string) => void;
+}
+
+export interface UpOptions {
+  /** Connect here instead of starting an embedded server. @default $NATS_URL */
+  readonly natsUrl?: string;
+  /** @default $FLEXCORE_DATA or ./data */
+  readonly dataDir?: string;
+  readonly log?: (line: string) => void;
+}
+
+/** A running pipeline. */
+export interface Pipeline extends AsyncDisposable {
+  readonly natsUrl: string;
+  readonly server: NatsServer | undefined;
+  readonly components: readonly Component[];
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the whole pipeline on one machine: the embedded nats-server when no URL is
+ * given, the topology, then each area's components.
+ */
+export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const root = projectRoot();
+  const dir = options.dataDir ?? defaultDataDir();
+  const url = options.natsUrl ?? process.env.NATS_URL;
+  let server: NatsServer | undefined;
+  if (!url) {
+    server = await startEmbeddedServer(dir, join(root, "nats.conf"));
+    log(`flexcore: embedded nats-server ${server.version} at ${server.url} (store ${server.storeDir})`);
+  }
+  const natsUrl = url ?? server!.url;
+  const components: Component[] = [];
+  let nc: NatsConnection | undefined;
+  const close = async (): Promise<void> => {
+    for (const c of components.splice(0).reverse()) {
+      await c.close().catch((err: unknown) => log(`flexcore: stopping ${c.name} failed: ${(err as Error).message}`));
+    }
+    if (nc && !nc.isClosed()) await nc.drain().catch(() => undefined);
+    await server?.close();
+  };
+  try {
+    nc = await connect({ servers: natsUrl, name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    const version = nc.info?.version ?? "unknown";
+    for (const gap of missingFeatures(version)) log(`flexcore: nats-server ${version}: ${gap}`);
+    const report = await ensureTopology(nc);
+    log(`flexcore: topology: created [${report.created.join(", ")}], unchanged [${report.unchanged.join(", ")}]`);
+    for (const d of report.drift) log(`flexcore: drift in ${d.resource}.${d.field}: expected ${JSON.stringify(d.expected)}, found ${JSON.stringify(d.actual)}`);
+    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log };
+    void ctx; // each area's components are started from here as they land
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return { natsUrl, server, components, close, [Symbol.asyncDispose]: close };
+}

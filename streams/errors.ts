@@ -1,0 +1,144 @@
+/**
+ * Errors raised by the `streams/` area. Every FlexCore error extends {@link FlexError}
+ * and carries a stable `code`; callers branch on `code` or `instanceof`, never on the
+ * message. Codes are listed in `docs/errors.md`.
+ */
+
+/** Base class of every FlexCore error. */
+export class FlexError extends Error {
+  /** Stable, never reused identifier such as `FLEX_CONCURRENCY`. */
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "FlexError";
+    this.code = code;
+  }
+}
+
+/** Describes a received value for an error message: `` `0` (number) ``. */
+export function describeValue(value: unknown): string {
+  if (typeof value === "string") {
+    const shown = value.length > 80 ? `${value.slice(0, 77)}...` : value;
+    return `${JSON.stringify(shown)} (string, ${Buffer.byteLength(value)} bytes)`;
+  }
+  if (value === null) return "null";
+  if (value === undefined) return "undefined";
+  if (typeof value === "object") return Array.isArray(value) ? "an array" : "an object";
+  return `\`${String(value)}\` (${typeof value})`;
+}
+
+/** An option or argument was outside its documented range. */
+export class InvalidOptionError extends FlexError {
+  readonly field: string;
+  constructor(field: string, value: unknown, expected: string) {
+    super("FLEX_INVALID_OPTION", `Expected \`${field}\` to be ${expected}, got ${describeValue(value)}`);
+    this.name = "InvalidOptionError";
+    this.field = field;
+  }
+}
+
+/** A subject token (tenant, category, id, ...) cannot be used in a NATS subject. */
+export class SubjectTokenError extends FlexError {
+  readonly token: string;
+  readonly value: unknown;
+  constructor(token: string, value: unknown, reason: string) {
+    super("FLEX_SUBJECT_TOKEN", `Invalid subject token \`${token}\`: ${reason}, got ${describeValue(value)}`);
+    this.name = "SubjectTokenError";
+    this.token = token;
+    this.value = value;
+  }
+}
+
+/** An event is malformed: missing type, data that is not JSON, a bad id. */
+export class InvalidEventError extends FlexError {
+  readonly field: string;
+  constructor(field: string, value: unknown, expected: string, options?: { cause?: unknown }) {
+    super("FLEX_INVALID_EVENT", `Invalid event: expected \`${field}\` to be ${expected}, got ${describeValue(value)}`, options);
+    this.name = "InvalidEventError";
+    this.field = field;
+  }
+}
+
+/** An encoded event is larger than the server's `max_payload`. */
+export class PayloadTooLargeError extends FlexError {
+  readonly size: number;
+  readonly limit: number;
+  constructor(subject: string, size: number, limit: number) {
+    super("FLEX_PAYLOAD_TOO_LARGE", `Event for \`${subject}\` is ${size} bytes; the server accepts at most ${limit} (max_payload)`);
+    this.name = "PayloadTooLargeError";
+    this.size = size;
+    this.limit = limit;
+  }
+}
+
+/** Optimistic concurrency failed: the aggregate's revision was not the expected one. */
+export class ConcurrencyError extends FlexError {
+  readonly stream: string;
+  readonly expected: number | string;
+  readonly actual: number;
+  constructor(stream: string, expected: number | string, actual: number) {
+    super("FLEX_CONCURRENCY", `Append to \`${stream}\` expected revision ${String(expected)}, but the aggregate is at revision ${actual}`);
+    this.name = "ConcurrencyError";
+    this.stream = stream;
+    this.expected = expected;
+    this.actual = actual;
+  }
+}
+
+/** The server refused a publish (no stream for the subject, limits, storage). */
+export class PublishRejectedError extends FlexError {
+  readonly subject: string;
+  /** JetStream `err_code` when the server sent one. Stays inside `streams/`. */
+  readonly serverCode: number | undefined;
+  constructor(subject: string, reason: string, serverCode?: number) {
+    super("FLEX_PUBLISH_REJECTED", `Publish to \`${subject}\` was rejected: ${reason}`);
+    this.name = "PublishRejectedError";
+    this.subject = subject;
+    this.serverCode = serverCode;
+  }
+}
+
+/** No acknowledgement arrived within the retry budget; the event may or may not be stored. */
+export class PublishTimeoutError extends FlexError {
+  readonly subject: string;
+  readonly attempts: number;
+  constructor(subject: string, attempts: number) {
+    super("FLEX_PUBLISH_TIMEOUT", `Publish to \`${subject}\` was not acknowledged after ${attempts} attempts; retry with the same event id to store it exactly once`);
+    this.name = "PublishTimeoutError";
+    this.subject = subject;
+    this.attempts = attempts;
+  }
+}
+
+/** The publisher was closed (or its connection ended) before the message was acknowledged. */
+export class PublisherClosedError extends FlexError {
+  constructor(subject: string, options?: { cause?: unknown }) {
+    super("FLEX_PUBLISHER_CLOSED", `Publisher closed before \`${subject}\` was acknowledged; retry with the same event id`, options);
+    this.name = "PublisherClosedError";
+  }
+}
+
+/** The operation was aborted through its `AbortSignal`. */
+export class AbortedError extends FlexError {
+  constructor(what: string, options?: { cause?: unknown }) {
+    super("FLEX_ABORTED", `${what} was aborted`, options);
+    this.name = "AbortedError";
+  }
+}
+
+/** The `nats-server` binary is not installed or could not start. */
+export class NatsServerError extends FlexError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("FLEX_NATS_SERVER", message, options);
+    this.name = "NatsServerError";
+  }
+}
+
+/** The stream or bucket on the server differs from what FlexCore provisions. */
+export class TopologyError extends FlexError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("FLEX_TOPOLOGY", message, options);
+    this.name = "TopologyError";
+  }
+}

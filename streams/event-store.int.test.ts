@@ -1,0 +1,206 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { startTestNats, uniqueName } from "../test/nats-server.js";
+import type { TestNats } from "../test/nats-server.js";
+import {
+  ConcurrencyError,
+  createEventStore,
+  ensureTopology,
+  eventSubject,
+  InvalidEventError,
+  PayloadTooLargeError,
+  STREAMS,
+  SubjectTokenError,
+} from "./index.js";
+import type { EventStore, Reducer, StoredEvent } from "./index.js";
+
+let nats: TestNats;
+let store: EventStore;
+
+beforeAll(async () => {
+  nats = await startTestNats({ config: "max_payload: 65536" });
+  await ensureTopology(nats.nc);
+  store = await createEventStore(nats.nc, { snapshotEvery: 50 });
+});
+afterAll(async () => {
+  await store?.close();
+  await nats?.close();
+});
+
+const counter: Reducer<{ total: number; n: number }, { value: number }> = {
+  name: "counter",
+  initial: () => ({ total: 0, n: 0 }),
+  apply: (s, e) => ({ total: s.total + e.data.value, n: s.n + 1 }),
+};
+
+describe("append", () => {
+  it("returns revision and seq, and enforces expected revisions", async () => {
+    const subject = eventSubject("acme", "sensor", uniqueName());
+    const r1 = await store.append(subject, [{ type: "Read", data: { value: 1 } }], { expectedRevision: "no_stream" });
+    expect(r1.revision).toBe(1);
+    const r2 = await store.append(subject, [{ type: "Read", data: { value: 2 } }, { type: "Read", data: { value: 3 } }], { expectedRevision: 1 });
+    expect(r2.revision).toBe(3);
+    expect(r2.seq).toBeGreaterThan(r1.seq);
+    const err = await store.append(subject, [{ type: "Read", data: { value: 4 } }], { expectedRevision: 1 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConcurrencyError);
+    expect((err as ConcurrencyError).code).toBe("FLEX_CONCURRENCY");
+    expect((err as ConcurrencyError).expected).toBe(1);
+    expect((err as ConcurrencyError).actual).toBe(3);
+    await expect(store.append(subject, [{ type: "Read", data: {} }], { expectedRevision: "no_stream" })).rejects.toBeInstanceOf(ConcurrencyError);
+    const other = eventSubject("acme", "sensor", uniqueName());
+    await expect(store.append(other, [{ type: "Read", data: {} }], { expectedRevision: "exists" })).rejects.toBeInstanceOf(ConcurrencyError);
+    expect((await store.head(subject)).revision).toBe(3);
+  });
+
+  it("stores an event id once, also when the whole append is retried", async () => {
+    const subject = eventSubject("acme", "sensor", uniqueName());
+    const a = await store.append(subject, [{ id: "e-1", type: "Read", data: { value: 1 } }], { expectedRevision: 0 });
+    const b = await store.append(subject, [{ id: "e-1", type: "Read", data: { value: 1 } }], { expectedRevision: 0 });
+    expect(b).toEqual({ revision: 1, seq: a.seq, duplicates: 1 });
+    const again = await store.append(subject, [{ id: "e-1", type: "Read", data: { value: 1 } }]);
+    expect(again.duplicates).toBe(1);
+    expect(await store.read(subject)).toHaveLength(1);
+  });
+
+  it("20 concurrent writers on one aggregate: one winner per revision, no lost update", async () => {
+    const subject = eventSubject("acme", "counter", uniqueName());
+    const writers = await Promise.all(Array.from({ length: 20 }, async () => createEventStore(await nats.connect())));
+    const wins: number[] = [];
+    let conflicts = 0;
+    const target = 40;
+    await Promise.all(
+      writers.map(async (w, i) => {
+        for (;;) {
+          const { revision } = await w.head(subject);
+          if (revision >= target) return;
+          try {
+            await w.append(subject, [{ type: "Inc", data: { writer: i, at: revision } }], { expectedRevision: revision });
+            wins.push(revision + 1);
+          } catch (err) {
+            if (!(err instanceof ConcurrencyError)) throw err;
+            conflicts += 1;
+          }
+        }
+      }),
+    );
+    await Promise.all(writers.map((w) => w.close()));
+    const events = await store.read(subject);
+    expect(events.length).toBe(wins.length);
+    expect([...wins].sort((a, b) => a - b)).toEqual(events.map((e) => e.revision));
+    expect(events.map((e) => e.revision)).toEqual(Array.from({ length: events.length }, (_, i) => i + 1));
+    expect(events.length).toBeGreaterThanOrEqual(target);
+    expect(conflicts).toBeGreaterThan(0);
+  });
+
+  it("rejects bad input with typed errors and stores nothing", async () => {
+    const id = uniqueName();
+    const subject = eventSubject("acme", "bad", id);
+    expect(() => eventSubject("ac.me", "x", "y")).toThrow(SubjectTokenError);
+    expect(() => eventSubject("acme", "", "y")).toThrow(/category/);
+    expect(() => eventSubject("acme", "x", "a b")).toThrow(SubjectTokenError);
+    expect(() => eventSubject("acme", "x", "*")).toThrow(SubjectTokenError);
+    expect(() => eventSubject("acme", "x", ">")).toThrow(SubjectTokenError);
+    expect(() => eventSubject("acme", "x", "a\u0001")).toThrow(SubjectTokenError);
+    expect(() => eventSubject("acme", "x", "a".repeat(129))).toThrow(/128 bytes/);
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    await expect(store.append(subject, [{ type: "T", data: cyclic }])).rejects.toThrow(InvalidEventError);
+    await expect(store.append(subject, [{ type: "T", data: 1 }, { type: "", data: 2 }])).rejects.toThrow(/events\[1\]\.type/);
+    await expect(store.append(subject, [{ type: "T", data: undefined }])).rejects.toThrow(/events\[0\]\.data/);
+    await expect(store.append(subject, [{ type: "T", data: "x".repeat(70_000) }])).rejects.toBeInstanceOf(PayloadTooLargeError);
+    await expect(store.append(subject, [], {})).rejects.toBeInstanceOf(InvalidEventError);
+    expect(await store.read(subject)).toEqual([]);
+  });
+});
+
+describe("read", () => {
+  it("reads forward and backward with metadata", async () => {
+    const subject = eventSubject("acme", "sensor", uniqueName());
+    for (let i = 1; i <= 30; i++) {
+      await store.append(subject, [{ type: "Read", data: { value: i }, correlationId: "corr", causationId: `c${i}` }]);
+    }
+    const fwd = await store.read(subject, { from: 5, limit: 3 });
+    expect(fwd.map((e) => e.revision)).toEqual([5, 6, 7]);
+    expect(fwd[0]).toMatchObject({ type: "Read", data: { value: 5 }, correlationId: "corr", causationId: "c5", schema: "1", subject });
+    expect(fwd[0]!.seq).toBeGreaterThan(0);
+    const back = await store.read(subject, { direction: "backward", limit: 4 });
+    expect(back.map((e) => e.revision)).toEqual([30, 29, 28, 27]);
+    const small = await store.read(subject, { direction: "backward", from: 3 });
+    expect(small.map((e) => e.revision)).toEqual([3, 2, 1]);
+  });
+
+  it("readAll catches up, stops at the end when asked, and follows live events", async () => {
+    const tenant = uniqueName("ra");
+    for (let i = 0; i < 25; i++) await store.append(eventSubject(tenant, "c", `k${i % 5}`), [{ type: "T", data: { i } }]);
+    const seen: number[] = [];
+    for await (const e of store.readAll({ filter: `evt.${tenant}.>`, follow: false })) seen.push((e.data as { i: number }).i);
+    expect(seen).toEqual(Array.from({ length: 25 }, (_, i) => i));
+
+    const empty: StoredEvent[] = [];
+    for await (const e of store.readAll({ filter: `evt.${uniqueName("none")}.>`, follow: false })) empty.push(e);
+    expect(empty).toEqual([]);
+
+    const ac = new AbortController();
+    const live: number[] = [];
+    const reading = (async () => {
+      for await (const e of store.readAll({ filter: `evt.${tenant}.>`, signal: ac.signal })) {
+        live.push((e.data as { i: number }).i);
+        if (live.length === 27) ac.abort();
+      }
+    })();
+    await store.append(eventSubject(tenant, "c", "k1"), [{ type: "T", data: { i: 25 } }, { type: "T", data: { i: 26 } }]);
+    await expect(reading).rejects.toMatchObject({ code: "FLEX_ABORTED" });
+    expect(live).toEqual(Array.from({ length: 27 }, (_, i) => i));
+  });
+});
+
+describe("aggregate", () => {
+  it("rebuilds from snapshots, and asOf seq / time equal a replay up to there", async () => {
+    const subject = eventSubject("acme", "agg", uniqueName());
+    const seqs: number[] = [];
+    for (let i = 1; i <= 120; i++) {
+      const r = await store.append(subject, [{ type: "Read", data: { value: i } }]);
+      seqs.push(r.seq);
+    }
+    const full = await store.aggregate(subject, counter);
+    expect(full.state).toEqual({ total: 7260, n: 120 });
+    expect(full.fromSnapshot).toBe(false);
+    const again = await store.aggregate(subject, counter);
+    expect(again).toMatchObject({ state: { total: 7260, n: 120 }, fromSnapshot: true, eventsRead: 0, revision: 120 });
+    await store.append(subject, [{ type: "Read", data: { value: 1000 } }]);
+    const more = await store.aggregate(subject, counter);
+    expect(more).toMatchObject({ state: { total: 8260, n: 121 }, fromSnapshot: true, eventsRead: 1 });
+
+    const atSeq = await store.aggregate(subject, counter, { asOf: seqs[59]! });
+    const replay = (await store.read(subject, { limit: 60 })).reduce((s, e) => counter.apply(s, e as StoredEvent<{ value: number }>), counter.initial());
+    expect(atSeq.state).toEqual(replay);
+    expect(atSeq.revision).toBe(60);
+
+    const events = await store.read(subject);
+    const t = events[89]!.storedAt;
+    const atTime = await store.aggregate(subject, counter, { asOf: new Date(t) });
+    const upTo = events.filter((e) => e.storedAt <= t).reduce((s, e) => counter.apply(s, e as StoredEvent<{ value: number }>), counter.initial());
+    expect(atTime.state).toEqual(upTo);
+  });
+});
+
+describe("wire format", () => {
+  it("a plain JetStream consumer sees DESIGN.md's headers and JSON bodies", async () => {
+    const subject = eventSubject("acme", "wire", uniqueName());
+    await store.append(subject, [{ id: "wire-1", type: "Read", data: { value: 42 }, correlationId: "c-1", causationId: "c-0", schema: 2 }]);
+    const jsm = await jetstreamManager(nats.nc);
+    const js = jetstream(nats.nc);
+    const consumer = await js.consumers.get(STREAMS.events, { filter_subjects: subject });
+    const m = await consumer.next();
+    expect(m).not.toBeNull();
+    expect(m!.headers?.get("Nats-Msg-Id")).toBe("wire-1");
+    expect(m!.headers?.get("Flex-Type")).toBe("Read");
+    expect(new Date(m!.headers!.get("Flex-Time")).toISOString()).toBe(m!.headers!.get("Flex-Time"));
+    expect(m!.headers?.get("Flex-Correlation-Id")).toBe("c-1");
+    expect(m!.headers?.get("Flex-Causation-Id")).toBe("c-0");
+    expect(m!.headers?.get("Flex-Schema")).toBe("2");
+    expect(m!.headers?.get("Content-Type")).toBe("application/json");
+    expect(JSON.parse(new TextDecoder().decode(m!.data))).toEqual({ value: 42 });
+    expect((await jsm.streams.info(STREAMS.events)).config.subjects).toEqual(["evt.>"]);
+  });
+});

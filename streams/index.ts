@@ -1,0 +1,66 @@
+export {
+  AbortedError,
+  ConcurrencyError,
+  describeValue,
+  FlexError,
+  InvalidEventError,
+  InvalidOptionError,
+  NatsServerError,
+  PayloadTooLargeError,
+  PublisherClosedError,
+  PublishRejectedError,
+  PublishTimeoutError,
+  SubjectTokenError,
+  TopologyError,
+} from "./errors.js";
+export {
+  checkSubjectFilter,
+  checkToken,
+  derivedSubject,
+  dlqSubject,
+  eventSubject,
+  MAX_TOKEN_BYTES,
+  parseSubject,
+  SUBJECT_ROOTS,
+  SYSTEM_TENANT,
+} from "./subjects.js";
+export type { ParsedSubject } from "./subjects.js";
+export { decodeData, decodeEvent, DEFAULT_SCHEMA, encodeData, encodeEvent, HEADERS } from "./event.js";
+export type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
+export {
+  createPublisher,
+  DEFAULT_ACK_TIMEOUT_MS,
+  DEFAULT_DEADLINE_MS,
+  DEFAULT_MAX_ATTEMPTS,
+  DEFAULT_MAX_IN_FLIGHT,
+} from "./publisher.js";
+export type { PublishAck, Publisher, PublisherOptions, PublisherStats, PublishOptions } from "./publisher.js";
+export { BUCKETS, DEFAULT_DUPLICATE_WINDOW_MS, ensureTopology, STREAMS, streamConfigs } from "./topology.js";
+export type { Drift, TopologyOptions, TopologyReport } from "./topology.js";
+export { openSnapshotStore, snapshotKey } from "./snapshots.js";
+export type { Snapshot, SnapshotStore } from "./snapshots.js";
+export { createEventStore, DEFAULT_SNAPSHOT_EVERY } from "./event-store.js";
+export type {
+  AggregateOptions,
+  AggregateRef,
+  AggregateState,
+  AppendOptions,
+  AppendResult,
+  EventStore,
+  EventStoreOptions,
+  ExpectedRevision,
+  ReadAllOptions,
+  ReadOptions,
+  Reducer,
+} from "./event-store.js";
+export {
+  compareVersions,
+  DEFAULT_NATS_SERVER_BIN,
+  deriveConfig,
+  INSTALL_HINT,
+  missingFeatures,
+  natsServerVersion,
+  serverFeatures,
+  startNatsServer,
+} from "./server.js";
+export type { NatsServer, NatsServerOptions, ServerFeatures } from "./server.js";

@@ -1,0 +1,287 @@
+import { createInbox, headers as natsHeaders } from "@nats-io/transport-node";
+import type { Msg, MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
+import { InvalidOptionError, PayloadTooLargeError, PublishRejectedError, PublishTimeoutError, PublisherClosedError } from "./errors.js";
+
+/** Messages in flight at once before `publish` waits for acks. */
+export const DEFAULT_MAX_IN_FLIGHT = 4096;
+/** How long to wait for a PubAck before sending the message again (same `Nats-Msg-Id`). */
+export const DEFAULT_ACK_TIMEOUT_MS = 2_000;
+/** Sends of one message while connected before it fails with `PublishTimeoutError`. */
+export const DEFAULT_MAX_ATTEMPTS = 5;
+/** Longest a message may wait for its ack, disconnected time included. */
+export const DEFAULT_DEADLINE_MS = 60_000;
+
+/** JetStream `err_code`s the publisher understands; they never leave `streams/`. */
+export const JS_ERR = {
+  wrongLastSequence: 10071,
+  streamNotFound: 10059,
+  temporarilyUnavailable: 10008,
+} as const;
+
+/** Options of {@link createPublisher}. */
+export interface PublisherOptions {
+  /** @default 4096 */
+  readonly maxInFlight?: number;
+  /** @default 2000 */
+  readonly ackTimeoutMs?: number;
+  /** @default 5 */
+  readonly maxAttempts?: number;
+  /** @default 60000 */
+  readonly deadlineMs?: number;
+}
+
+/** Per-message options of {@link Publisher.publish}. */
+export interface PublishOptions {
+  /** Headers to send; must carry `Nats-Msg-Id` for retries to be deduplicated. */
+  readonly headers?: MsgHdrs;
+  /** Shorthand for a `Nats-Msg-Id` header. */
+  readonly msgId?: string;
+  /** `Nats-Expected-Last-Subject-Sequence`: store only if the subject's last message has this sequence (0: none). */
+  readonly expectedLastSubjectSequence?: number;
+  /** Rejects instead of publishing when aborted before the message was sent. */
+  readonly signal?: AbortSignal;
+}
+
+/** The stream's acknowledgement of a stored message. */
+export interface PublishAck {
+  readonly stream: string;
+  readonly seq: number;
+  /** True when the server had already stored a message with this `Nats-Msg-Id`. */
+  readonly duplicate: boolean;
+}
+
+/** Counters since the publisher was created. */
+export interface PublisherStats {
+  readonly acked: number;
+  readonly failed: number;
+  readonly retries: number;
+  readonly inFlight: number;
+}
+
+/**
+ * A pipelined JetStream publisher: many publishes in flight over one reply subscription,
+ * each settled exactly once as acked or failed.
+ */
+export interface Publisher extends AsyncDisposable {
+  /** Publishes and resolves with the PubAck; waits first while `maxInFlight` messages are unacknowledged. */
+  publish(subject: string, data: Uint8Array, options?: PublishOptions): Promise<PublishAck>;
+  /** Resolves when every message published so far is settled. */
+  flush(): Promise<void>;
+  readonly stats: PublisherStats;
+  /** Waits for in-flight messages (failing them if the connection is gone), then unsubscribes. */
+  close(): Promise<void>;
+}
+
+interface Pending {
+  readonly token: string;
+  readonly subject: string;
+  readonly data: Uint8Array;
+  readonly headers: MsgHdrs | undefined;
+  readonly firstSent: number;
+  lastSent: number;
+  attempts: number;
+  resolve(ack: PublishAck): void;
+  reject(err: Error): void;
+}
+
+interface AckBody {
+  stream?: string;
+  seq?: number;
+  duplicate?: boolean;
+  error?: { code?: number; err_code?: number; description?: string };
+}
+
+const decoder = new TextDecoder();
+
+function positiveInt(field: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value < 1) throw new InvalidOptionError(field, value, "an integer from 1 and up");
+  return value;
+}
+
+/** Creates a {@link Publisher} on `nc`. */
+export function createPublisher(nc: NatsConnection, options: PublisherOptions = {}): Publisher {
+  return new WindowPublisher(nc, options);
+}
+
+class WindowPublisher implements Publisher {
+  readonly #nc: NatsConnection;
+  readonly #maxInFlight: number;
+  readonly #ackTimeoutMs: number;
+  readonly #maxAttempts: number;
+  readonly #deadlineMs: number;
+  readonly #prefix: string;
+  readonly #sub: Subscription;
+  // Insertion order is send order, so the timeout scan can stop at the first fresh entry.
+  readonly #pending = new Map<string, Pending>();
+  readonly #slotWaiters: Array<() => void> = [];
+  readonly #idleWaiters: Array<() => void> = [];
+  readonly #timer: NodeJS.Timeout;
+  #next = 0;
+  #connected = true;
+  #closed = false;
+  #acked = 0;
+  #failed = 0;
+  #retries = 0;
+
+  constructor(nc: NatsConnection, options: PublisherOptions) {
+    this.#nc = nc;
+    this.#maxInFlight = positiveInt("maxInFlight", options.maxInFlight, DEFAULT_MAX_IN_FLIGHT);
+    this.#ackTimeoutMs = positiveInt("ackTimeoutMs", options.ackTimeoutMs, DEFAULT_ACK_TIMEOUT_MS);
+    this.#maxAttempts = positiveInt("maxAttempts", options.maxAttempts, DEFAULT_MAX_ATTEMPTS);
+    this.#deadlineMs = positiveInt("deadlineMs", options.deadlineMs, DEFAULT_DEADLINE_MS);
+    this.#prefix = createInbox();
+    this.#sub = nc.subscribe(`${this.#prefix}.*`, { callback: (err, msg) => (err ? undefined : this.#onAck(msg)) });
+    this.#timer = setInterval(() => this.#scan(), Math.max(25, Math.floor(this.#ackTimeoutMs / 4)));
+    this.#timer.unref();
+    void this.#watchStatus();
+    void nc.closed().then((err) => this.#failAll(new PublisherClosedError("connection", { cause: err ?? undefined })));
+  }
+
+  get stats(): PublisherStats {
+    return { acked: this.#acked, failed: this.#failed, retries: this.#retries, inFlight: this.#pending.size };
+  }
+
+  async publish(subject: string, data: Uint8Array, options: PublishOptions = {}): Promise<PublishAck> {
+    const limit = this.#nc.info?.max_payload;
+    if (limit !== undefined && data.length > limit) throw new PayloadTooLargeError(subject, data.length, limit);
+    while (this.#pending.size >= this.#maxInFlight && !this.#closed) {
+      await new Promise<void>((res) => this.#slotWaiters.push(res));
+    }
+    if (this.#closed || this.#nc.isClosed()) throw new PublisherClosedError(subject);
+    options.signal?.throwIfAborted();
+    let h = options.headers;
+    if (options.msgId !== undefined || options.expectedLastSubjectSequence !== undefined) {
+      h ??= natsHeaders();
+      if (options.msgId !== undefined) h.set("Nats-Msg-Id", options.msgId);
+      if (options.expectedLastSubjectSequence !== undefined) h.set("Nats-Expected-Last-Subject-Sequence", String(options.expectedLastSubjectSequence));
+    }
+    return new Promise<PublishAck>((resolve, reject) => {
+      const token = (this.#next++).toString(36);
+      const now = Date.now();
+      const entry: Pending = { token, subject, data, headers: h, firstSent: now, lastSent: now, attempts: 0, resolve, reject };
+      this.#pending.set(token, entry);
+      this.#send(entry);
+    });
+  }
+
+  async flush(): Promise<void> {
+    if (this.#pending.size === 0) return;
+    await new Promise<void>((res) => this.#idleWaiters.push(res));
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    if (!this.#nc.isClosed()) await this.flush();
+    this.#closed = true;
+    clearInterval(this.#timer);
+    this.#failAll(new PublisherClosedError("publisher"));
+    for (const wake of this.#slotWaiters.splice(0)) wake();
+    if (!this.#nc.isClosed()) this.#sub.unsubscribe();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  #send(entry: Pending): void {
+    entry.attempts += 1;
+    entry.lastSent = Date.now();
+    try {
+      this.#nc.publish(entry.subject, entry.data, { reply: `${this.#prefix}.${entry.token}`, headers: entry.headers });
+    } catch (err) {
+      // A bad subject or a closed connection: nothing was sent and nothing will be.
+      this.#settle(entry, err instanceof Error ? new PublishRejectedError(entry.subject, err.message) : new PublisherClosedError(entry.subject));
+    }
+  }
+
+  #onAck(msg: Msg): void {
+    const token = msg.subject.slice(this.#prefix.length + 1);
+    const entry = this.#pending.get(token);
+    if (!entry) return; // a late ack of a message already settled by an earlier ack
+    if (msg.headers?.hasError) {
+      // 503: no stream listens on the subject (or JetStream is not ready after a restart).
+      if (msg.headers.code === 503 && entry.attempts < this.#maxAttempts) return this.#retryLater(entry);
+      return this.#settle(entry, new PublishRejectedError(entry.subject, msg.headers.code === 503 ? "no stream stores this subject" : `${msg.headers.code} ${msg.headers.description}`));
+    }
+    let body: AckBody;
+    try {
+      body = JSON.parse(decoder.decode(msg.data)) as AckBody;
+    } catch {
+      return this.#settle(entry, new PublishRejectedError(entry.subject, "the server's reply was not a PubAck"));
+    }
+    if (body.error) {
+      if (body.error.err_code === JS_ERR.temporarilyUnavailable && entry.attempts < this.#maxAttempts) return this.#retryLater(entry);
+      return this.#settle(entry, new PublishRejectedError(entry.subject, body.error.description ?? "unknown error", body.error.err_code));
+    }
+    this.#settle(entry, undefined, { stream: body.stream ?? "", seq: body.seq ?? 0, duplicate: body.duplicate === true });
+  }
+
+  #retryLater(entry: Pending): void {
+    // Move to the back: the scan re-sends it once its ack timeout has passed.
+    this.#pending.delete(entry.token);
+    entry.lastSent = Date.now();
+    this.#pending.set(entry.token, entry);
+  }
+
+  #scan(): void {
+    if (!this.#connected || this.#closed) return;
+    const now = Date.now();
+    const due: Pending[] = [];
+    for (const entry of this.#pending.values()) {
+      if (now - entry.firstSent > this.#deadlineMs) {
+        this.#settle(entry, new PublishTimeoutError(entry.subject, entry.attempts));
+        continue;
+      }
+      if (now - entry.lastSent < this.#ackTimeoutMs) break;
+      due.push(entry);
+    }
+    for (const entry of due) {
+      if (entry.attempts >= this.#maxAttempts) {
+        this.#settle(entry, new PublishTimeoutError(entry.subject, entry.attempts));
+        continue;
+      }
+      this.#retries += 1;
+      this.#pending.delete(entry.token);
+      this.#pending.set(entry.token, entry);
+      this.#send(entry);
+    }
+  }
+
+  async #watchStatus(): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type === "disconnect") {
+        this.#connected = false;
+      } else if (s.type === "reconnect") {
+        this.#connected = true;
+        // What was sent to the old connection may be lost: send everything again now
+        // (same Nats-Msg-Id, so what did arrive is deduplicated), without spending an attempt.
+        for (const entry of [...this.#pending.values()]) {
+          this.#retries += 1;
+          entry.attempts -= 1;
+          this.#pending.delete(entry.token);
+          this.#pending.set(entry.token, entry);
+          this.#send(entry);
+        }
+      }
+    }
+  }
+
+  #settle(entry: Pending, err: Error | undefined, ack?: PublishAck): void {
+    if (!this.#pending.delete(entry.token)) return;
+    if (err) {
+      this.#failed += 1;
+      entry.reject(err);
+    } else {
+      this.#acked += 1;
+      entry.resolve(ack!);
+    }
+    this.#slotWaiters.shift()?.();
+    if (this.#pending.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
+  }
+
+  #failAll(err: Error): void {
+    for (const entry of [...this.#pending.values()]) this.#settle(entry, new PublisherClosedError(entry.subject, { cause: err }));
+    for (const wake of this.#slotWaiters.splice(0)) wake();
+  }
+}
