@@ -1,0 +1,132 @@
+import { writeFile } from "node:fs/promises";
+import { cpus, totalmem, platform, release } from "node:os";
+import { Bench } from "tinybench";
+
+/** One measured figure, as written to the JSON report. */
+export interface BenchResult {
+  readonly name: string;
+  /** `events/s`, `ms`, `req/s`, `points/s`, a ratio `x`, ... */
+  readonly unit: string;
+  readonly median: number;
+  readonly samples: readonly number[];
+  /** Anything else worth keeping (baseline name, ratio, goal). */
+  readonly extra?: Readonly<Record<string, unknown>>;
+}
+
+/** A suite: `npm run bench -- <name>`. */
+export interface Suite {
+  readonly name: string;
+  readonly description: string;
+  run(ctx: SuiteContext): Promise<BenchResult[]>;
+}
+
+export interface SuiteContext {
+  /** Arguments after the suite name. */
+  readonly args: readonly string[];
+  /** Progress lines for people (stderr). */
+  readonly log: (line: string) => void;
+  /** Environment facts added to the report (e.g. the nats-server version). */
+  readonly env: Record<string, unknown>;
+}
+
+export interface Task {
+  readonly name: string;
+  readonly unit: string;
+  /**
+   * One iteration. Return the figure of this iteration when it is not a rate (e.g. a p99
+   * in ms); return nothing to have `ops / seconds` recorded.
+   */
+  fn(): Promise<number | void> | number | void;
+  /** Operations one iteration performs, for rates. @default 1 */
+  readonly ops?: number;
+  readonly extra?: Readonly<Record<string, unknown>>;
+}
+
+/** Iterations measured per task. */
+export const DEFAULT_ITERATIONS = 5;
+/** Iterations run and thrown away first. */
+export const DEFAULT_WARMUP = 1;
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return Number.NaN;
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+}
+
+/**
+ * Runs tasks with tinybench, one after another with a warm-up each, and turns each
+ * iteration into a sample: `ops / seconds` for rates, or the figure `fn` returned.
+ */
+export async function runTasks(tasks: readonly Task[], options: { iterations?: number; warmup?: number; log?: (line: string) => void } = {}): Promise<BenchResult[]> {
+  const results: BenchResult[] = [];
+  for (const task of tasks) {
+    const values: number[] = [];
+    const bench = new Bench({
+      iterations: options.iterations ?? DEFAULT_ITERATIONS,
+      warmupIterations: options.warmup ?? DEFAULT_WARMUP,
+      warmup: (options.warmup ?? DEFAULT_WARMUP) > 0,
+      time: 0,
+      warmupTime: 0,
+      retainSamples: true,
+    });
+    bench.add(task.name, async () => {
+      const started = performance.now();
+      const value = await task.fn();
+      const ms = performance.now() - started;
+      values.push(typeof value === "number" ? value : ((task.ops ?? 1) * 1000) / ms);
+    });
+    // tinybench runs the warm-up iterations first; keep only the measured ones.
+    await bench.run();
+    const kept = values.slice(-(options.iterations ?? DEFAULT_ITERATIONS));
+    const result: BenchResult = { name: task.name, unit: task.unit, median: median(kept), samples: kept, ...(task.extra ? { extra: task.extra } : {}) };
+    options.log?.(`  ${task.name}: ${formatNumber(result.median)} ${task.unit} (median of ${kept.length})`);
+    results.push(result);
+  }
+  return results;
+}
+
+export function formatNumber(n: number): string {
+  if (!Number.isFinite(n)) return String(n);
+  if (Math.abs(n) >= 100) return Math.round(n).toLocaleString("en-US");
+  return n.toPrecision(3);
+}
+
+/** A ratio between two results of the same run, as a result of its own. */
+export function ratio(name: string, a: BenchResult, b: BenchResult, goal?: number): BenchResult {
+  const value = a.median / b.median;
+  return { name, unit: "x", median: value, samples: [value], extra: { of: a.name, to: b.name, ...(goal === undefined ? {} : { goal, met: value >= goal }) } };
+}
+
+export function environment(): Record<string, unknown> {
+  const cpu = cpus();
+  return {
+    node: process.version,
+    platform: `${platform()} ${release()}`,
+    cpus: cpu.length,
+    cpuModel: cpu[0]?.model,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    date: new Date().toISOString(),
+  };
+}
+
+/** Prints a table for people. */
+export function printTable(suite: string, results: readonly BenchResult[]): void {
+  const rows = results.map((r) => [r.name, formatNumber(r.median), r.unit, String(r.samples.length), r.extra ? JSON.stringify(r.extra) : ""]);
+  const header = ["name", "median", "unit", "n", "notes"];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === 1 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join("  ");
+  process.stdout.write(`\n${suite}\n${line(header)}\n${widths.map((w) => "-".repeat(w)).join("  ")}\n`);
+  for (const r of rows) process.stdout.write(`${line(r)}\n`);
+}
+
+/** Writes `{ suite, env, results }`. */
+export async function writeJson(file: string, suite: string, env: Record<string, unknown>, results: readonly BenchResult[]): Promise<void> {
+  await writeFile(file, `${JSON.stringify({ suite, env, results }, null, 2)}\n`);
+}
