@@ -1,0 +1,65 @@
+/**
+ * Errors raised by the `processors/` area. Codes are listed in `docs/errors.md`.
+ */
+import { FlexError } from "../streams/index.js";
+
+/** One problem in a configuration: where it is and what is wrong. */
+export interface ConfigIssue {
+  /** Path of the value, e.g. `processors[2].options.window`. */
+  readonly path: string;
+  /** What was expected and what was found, e.g. `expected integer ≥ 2, got "ten"`. */
+  readonly message: string;
+}
+
+/**
+ * A configuration (`flexcore.yaml`, a processor's options) is invalid. Every issue names
+ * the path of the value; nothing was started.
+ */
+export class ConfigError extends FlexError {
+  readonly issues: readonly ConfigIssue[];
+  /** The file the configuration came from, when known. */
+  readonly file: string | undefined;
+
+  constructor(issues: readonly ConfigIssue[], file?: string, options?: { cause?: unknown }) {
+    const lines = issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message));
+    const head = file ? `Invalid configuration in ${file}` : "Invalid configuration";
+    super("FLEX_CONFIG", lines.length === 1 && !file ? lines[0]! : `${head}:\n  ${lines.join("\n  ")}`, options);
+    this.name = "ConfigError";
+    this.issues = issues;
+    this.file = file;
+  }
+}
+
+/** A processor kind named in the configuration is neither built in nor loaded from a module. */
+export class UnknownProcessorError extends FlexError {
+  readonly kind: string;
+  constructor(kind: string, known: readonly string[]) {
+    super("FLEX_PROCESSOR_UNKNOWN", `Unknown processor kind ${JSON.stringify(kind)}; known kinds: ${known.join(", ") || "(none)"}`);
+    this.name = "UnknownProcessorError";
+    this.kind = kind;
+  }
+}
+
+/**
+ * A processor failed on a message (threw, ran out of memory, timed out). The message is
+ * retried; after `max_deliver` attempts it goes to `FLEX_DLQ` with this error as the reason.
+ */
+export class ProcessorFailedError extends FlexError {
+  readonly processor: string;
+  /** Source stream sequence of the failing message. */
+  readonly seq: number;
+  constructor(processor: string, seq: number, reason: string, options?: { cause?: unknown }) {
+    super("FLEX_PROCESSOR_FAILED", `Processor \`${processor}\` failed on sequence ${seq}: ${reason}`, options);
+    this.name = "ProcessorFailedError";
+    this.processor = processor;
+    this.seq = seq;
+  }
+}
+
+/** The runtime (or its pool) was closed while the call was waiting. */
+export class RuntimeClosedError extends FlexError {
+  constructor(what: string) {
+    super("FLEX_RUNTIME_CLOSED", `The processor runtime was closed before ${what} completed`);
+    this.name = "RuntimeClosedError";
+  }
+}
