@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { InvalidEventError, InvalidOptionError } from "../../streams/index.js";
+import { InvalidEventError } from "../../streams/index.js";
+import { ConfigError } from "../errors.js";
 import type { ProcessorInput } from "../types.js";
 import { clustering } from "./clustering.js";
 import type { ClusterAssignment } from "./clustering.js";
@@ -17,10 +18,10 @@ function twoBlobs(n: number): number[][] {
 
 describe("clustering processor (unit)", () => {
   it("validates options and names the path", () => {
-    expect(() => clustering.validateOptions({ k: "ten" }, P)).toThrow(InvalidOptionError);
-    expect(() => clustering.validateOptions({ k: "ten" }, P)).toThrow(/processors\[2\]\.options\.k.*integer from 2/);
+    expect(() => clustering.validateOptions({ k: "ten" }, P)).toThrow(ConfigError);
+    expect(() => clustering.validateOptions({ k: "ten" }, P)).toThrow('processors[2].options.k: expected integer ≥ 2 and ≤ 1000, got "ten"');
     expect(() => clustering.validateOptions({ mode: "batch" }, P)).toThrow(/options\.mode/);
-    expect(() => clustering.validateOptions({ kk: 3 }, P)).toThrow(/options\.kk.*unknown key/);
+    expect(() => clustering.validateOptions({ kk: 3 }, P)).toThrow(/options\.kk: unknown key/);
     expect(() => clustering.validateOptions({ k: 5, window: 3 }, P)).toThrow(/options\.window/);
     const o = clustering.validateOptions({ k: 2 }, P);
     expect(o).toMatchObject({ k: 2, mode: "streaming", warmup: 20 });

@@ -1,53 +1,34 @@
 /**
- * Readers for processor options from `flexcore.yaml`. Each checks one value and throws
- * {@link InvalidOptionError} naming its full path (`processors[2].options.k`), the value
- * received and what was expected; nothing is half-applied because validation runs
- * before the processor is built. Unknown keys are errors that name the key.
+ * Option readers of the built-in ML processors, over the area's validators in
+ * `../options.ts`: each reads `o[key]` and throws a `ConfigError` naming the full path
+ * (`processors[2].options.k: expected integer ≥ 2 and ≤ 1000, got "ten"`). Unknown keys
+ * are errors naming the key. Also the checks of input events (`badInput`).
  */
-import { InvalidEventError, InvalidOptionError } from "../../streams/index.js";
+import { InvalidEventError } from "../../streams/index.js";
+import { at, boolean, integer, number, object, oneOf } from "../options.js";
 
 export type RawOptions = Readonly<Record<string, unknown>>;
 
 /** Checks that `raw` is an object (or absent) whose keys are all in `known`. */
 export function readObject(raw: unknown, path: string, known: readonly string[]): RawOptions {
-  if (raw === undefined || raw === null) return {};
-  if (typeof raw !== "object" || Array.isArray(raw)) throw new InvalidOptionError(path, raw, "an object");
-  for (const key of Object.keys(raw)) {
-    if (!known.includes(key)) throw new InvalidOptionError(`${path}.${key}`, (raw as RawOptions)[key], `one of the known options (${known.join(", ")}); unknown key`);
-  }
-  return raw as RawOptions;
+  return object(raw, path, known, true);
 }
 
-export function readInteger(o: RawOptions, path: string, key: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  const v = o[key];
-  if (v === undefined) return fallback;
-  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-    throw new InvalidOptionError(`${path}.${key}`, v, max === Number.MAX_SAFE_INTEGER ? `an integer ≥ ${min}` : `an integer from ${min} to ${max}`);
-  }
-  return v;
+export function readInteger(o: RawOptions, path: string, key: string, fallback: number, min: number, max?: number): number {
+  return integer(o[key], at(path, key), fallback, max === undefined ? { min } : { min, max });
 }
 
 /** A finite number in `[min, max]` (`open` makes the bounds exclusive). */
 export function readNumber(o: RawOptions, path: string, key: string, fallback: number, min: number, max: number, open = false): number {
-  const v = o[key];
-  if (v === undefined) return fallback;
-  const inRange = typeof v === "number" && Number.isFinite(v) && (open ? v > min && v < max : v >= min && v <= max);
-  if (!inRange) throw new InvalidOptionError(`${path}.${key}`, v, `a number ${open ? `strictly between ${min} and ${max}` : `from ${min} to ${max}`}`);
-  return v;
+  return number(o[key], at(path, key), fallback, open ? { above: min, below: max } : { min, max });
 }
 
 export function readBoolean(o: RawOptions, path: string, key: string, fallback: boolean): boolean {
-  const v = o[key];
-  if (v === undefined) return fallback;
-  if (typeof v !== "boolean") throw new InvalidOptionError(`${path}.${key}`, v, "true or false");
-  return v;
+  return boolean(o[key], at(path, key), fallback);
 }
 
 export function readEnum<T extends string>(o: RawOptions, path: string, key: string, fallback: T, values: readonly T[]): T {
-  const v = o[key];
-  if (v === undefined) return fallback;
-  if (typeof v !== "string" || !(values as readonly string[]).includes(v)) throw new InvalidOptionError(`${path}.${key}`, v, `one of ${values.map((x) => `"${x}"`).join(", ")}`);
-  return v as T;
+  return oneOf(o[key], at(path, key), values, fallback);
 }
 
 /** Seed of a processor's PRNG: an unsigned 32-bit integer. */
