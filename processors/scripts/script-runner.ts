@@ -1,0 +1,199 @@
+import { existsSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { InvalidOptionError } from "../../streams/index.js";
+import { runChild } from "./child.js";
+import { SandboxUnavailableError } from "./errors.js";
+import { sandboxSupport } from "./sandbox.js";
+import { TrustedPool } from "./trusted.js";
+import type { ScriptLimits, ScriptResult, ScriptRunner, ScriptRunnerOptions, ScriptSpec } from "./types.js";
+
+/** Limits of a step that sets none. */
+export const DEFAULT_SCRIPT_LIMITS: Readonly<ScriptLimits> = Object.freeze({
+  timeoutMs: 10_000,
+  memoryMb: 256,
+  cpuSeconds: 10,
+  maxProcesses: 64,
+  maxOutputBytes: 1024 * 1024,
+  maxLogBytes: 256 * 1024,
+  maxFileBytes: 64 * 1024 * 1024,
+});
+
+/** Languages accepted in {@link ScriptSpec.language}. */
+export const SCRIPT_LANGUAGES = ["javascript", "python", "bash"] as const;
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const LIMIT_RANGES: Record<keyof ScriptLimits, readonly [number, number]> = {
+  timeoutMs: [1, 24 * 3_600_000],
+  memoryMb: [16, 64 * 1024],
+  cpuSeconds: [1, 24 * 3_600],
+  maxProcesses: [1, 4_096],
+  maxOutputBytes: [1, 64 * 1024 * 1024],
+  maxLogBytes: [0, 64 * 1024 * 1024],
+  maxFileBytes: [1, 64 * 1024 * 1024 * 1024],
+};
+
+/**
+ * Checks limits and returns them merged over `base`.
+ * @param path prefix of field names in errors (`steps[1].limits`)
+ */
+export function resolveLimits(raw: unknown, base: Readonly<ScriptLimits> = DEFAULT_SCRIPT_LIMITS, path = "limits"): ScriptLimits {
+  if (raw === undefined) return { ...base };
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw new InvalidOptionError(path, raw, "an object of limits");
+  const out: Record<string, number> = { ...base };
+  for (const [key, value] of Object.entries(raw)) {
+    const range = LIMIT_RANGES[key as keyof ScriptLimits];
+    if (!range) throw new InvalidOptionError(`${path}.${key}`, value, `one of the limits ${Object.keys(LIMIT_RANGES).join(", ")} (unknown key)`);
+    if (typeof value !== "number" || !Number.isInteger(value) || value < range[0] || value > range[1]) {
+      throw new InvalidOptionError(`${path}.${key}`, value, `an integer from ${range[0]} to ${range[1]}`);
+    }
+    out[key] = value;
+  }
+  return out as unknown as ScriptLimits;
+}
+
+/**
+ * Checks a script spec (as a workflow step or an API call gives it) and returns it.
+ * @throws InvalidOptionError naming the field
+ */
+export function validateScriptSpec(raw: unknown, path = "script"): ScriptSpec {
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw new InvalidOptionError(path, raw, "an object { language, source }");
+  const s = raw as Record<string, unknown>;
+  if (!SCRIPT_LANGUAGES.includes(s.language as (typeof SCRIPT_LANGUAGES)[number])) {
+    throw new InvalidOptionError(`${path}.language`, s.language, `one of ${SCRIPT_LANGUAGES.join(", ")}`);
+  }
+  if (typeof s.source !== "string" || s.source.length === 0) throw new InvalidOptionError(`${path}.source`, s.source, "the script's code, a non-empty string");
+  if (s.trusted !== undefined && typeof s.trusted !== "boolean") throw new InvalidOptionError(`${path}.trusted`, s.trusted, "a boolean");
+  if (s.trusted === true && s.language !== "javascript") throw new InvalidOptionError(`${path}.trusted`, s.trusted, "false for Python and Bash (only JavaScript runs trusted in worker threads)");
+  if (s.network !== undefined && typeof s.network !== "boolean") throw new InvalidOptionError(`${path}.network`, s.network, "a boolean");
+  if (s.env !== undefined) {
+    if (s.env === null || typeof s.env !== "object" || Array.isArray(s.env)) throw new InvalidOptionError(`${path}.env`, s.env, "an object of NAME: string");
+    for (const [k, v] of Object.entries(s.env)) {
+      if (!ENV_NAME.test(k)) throw new InvalidOptionError(`${path}.env.${k}`, k, "a variable name of letters, digits and _");
+      if (typeof v !== "string") throw new InvalidOptionError(`${path}.env.${k}`, v, "a string");
+    }
+  }
+  if (s.envAllow !== undefined) {
+    if (!Array.isArray(s.envAllow)) throw new InvalidOptionError(`${path}.envAllow`, s.envAllow, "an array of variable names");
+    s.envAllow.forEach((n: unknown, i) => {
+      if (typeof n !== "string" || !ENV_NAME.test(n)) throw new InvalidOptionError(`${path}.envAllow[${i}]`, n, "a variable name");
+    });
+  }
+  if (s.limits !== undefined) resolveLimits(s.limits, DEFAULT_SCRIPT_LIMITS, `${path}.limits`);
+  return s as unknown as ScriptSpec;
+}
+
+class Semaphore {
+  #free: number;
+  readonly #waiters: Array<() => void> = [];
+  constructor(n: number) {
+    this.#free = n;
+  }
+  async acquire(): Promise<void> {
+    if (this.#free > 0) {
+      this.#free -= 1;
+      return;
+    }
+    await new Promise<void>((r) => this.#waiters.push(r));
+  }
+  release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#free += 1;
+  }
+}
+
+function defaultPython(): string {
+  return existsSync("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
+}
+
+/**
+ * Creates a {@link ScriptRunner}. Untrusted steps run in bubblewrap when it works here
+ * (see {@link sandboxSupport}), otherwise as plain child processes with rlimits.
+ * @throws SandboxUnavailableError when `sandbox: "bwrap"` and bubblewrap cannot run
+ */
+export async function createScriptRunner(options: ScriptRunnerOptions = {}): Promise<ScriptRunner> {
+  const sandbox = options.sandbox ?? "auto";
+  if (sandbox !== "auto" && sandbox !== "bwrap" && sandbox !== "plain") throw new InvalidOptionError("sandbox", sandbox, '"auto", "bwrap" or "plain"');
+  const limits = resolveLimits(options.limits);
+  const positive = (field: string, v: number | undefined): number | undefined => {
+    if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new InvalidOptionError(field, v, "an integer from 1 and up");
+    return v;
+  };
+  const maxConcurrent = positive("maxConcurrent", options.maxConcurrent) ?? availableParallelism();
+  const trustedThreads = positive("trustedThreads", options.trustedThreads);
+  const support = await sandboxSupport();
+  if (sandbox === "bwrap" && support.mode !== "bwrap") throw new SandboxUnavailableError(support.warnings.join("; ") || "bwrap not found");
+  const mode = sandbox === "plain" ? "plain" : support.mode;
+  return new Runner(mode, support, {
+    workRoot: options.workRoot ?? tmpdir(),
+    interpreters: { python: options.python ?? defaultPython(), node: options.node ?? process.execPath, bash: options.bash ?? "/bin/bash" },
+    limits,
+    slots: new Semaphore(maxConcurrent),
+    trustedThreads,
+  });
+}
+
+interface RunnerConfig {
+  readonly workRoot: string;
+  readonly interpreters: { readonly python: string; readonly node: string; readonly bash: string };
+  readonly limits: ScriptLimits;
+  readonly slots: Semaphore;
+  readonly trustedThreads: number | undefined;
+}
+
+class Runner implements ScriptRunner {
+  readonly isolation: "bwrap" | "plain";
+  readonly #support: Awaited<ReturnType<typeof sandboxSupport>>;
+  readonly #config: RunnerConfig;
+  #trusted: TrustedPool | undefined;
+  #closed = false;
+
+  constructor(mode: "bwrap" | "plain", support: Awaited<ReturnType<typeof sandboxSupport>>, config: RunnerConfig) {
+    this.isolation = mode;
+    this.#support = support;
+    this.#config = config;
+  }
+
+  async run(spec: ScriptSpec, input: unknown, options: { readonly signal?: AbortSignal } = {}): Promise<ScriptResult> {
+    if (this.#closed) throw new InvalidOptionError("runner", "closed", "an open script runner");
+    validateScriptSpec(spec);
+    const limits = resolveLimits(spec.limits, this.#config.limits);
+    const env: Record<string, string> = {};
+    for (const name of spec.envAllow ?? []) {
+      const v = process.env[name];
+      if (v !== undefined) env[name] = v;
+    }
+    Object.assign(env, spec.env ?? {});
+    if (spec.trusted === true) {
+      this.#trusted ??= new TrustedPool(this.#config.trustedThreads, this.#config.limits.memoryMb);
+      return this.#trusted.run(spec.source, input, env, limits, options.signal);
+    }
+    await this.#config.slots.acquire();
+    try {
+      return await runChild({
+        language: spec.language,
+        source: spec.source,
+        input,
+        env,
+        limits,
+        network: spec.network === true,
+        mode: this.isolation,
+        support: this.#support,
+        workRoot: this.#config.workRoot,
+        interpreters: this.#config.interpreters,
+        signal: options.signal,
+      });
+    } finally {
+      this.#config.slots.release();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.#trusted?.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
