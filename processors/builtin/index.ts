@@ -3,12 +3,13 @@
  * implementing {@link ProcessorDefinition}; add one import and one list entry per kind.
  */
 import type { ProcessorDefinition } from "../types.js";
+import { anomaly } from "./anomaly.js";
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- each definition has its own options and state types
 type AnyDefinition = ProcessorDefinition<any, any>;
 
 const definitions: readonly AnyDefinition[] = [
-  // one line per built-in processor, e.g. `anomaly,`
+  anomaly,
 ];
 
 /** Built-in processor definitions by `kind`. */

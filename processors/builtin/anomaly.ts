@@ -1,0 +1,547 @@
+/**
+ * `anomaly`: online anomaly detection per key over a sliding window.
+ *
+ * Methods (option `method`):
+ * - `zscore`: |x − mean| / std over the last `window` points (sliding Welford sums, O(1)).
+ * - `robust`: 0.6745·|x − median| / MAD over the window (sorted window, O(window)).
+ * - `ewma`: |x − m| / s with exponentially weighted mean and variance (`alpha`).
+ * - `iforest`: isolation forest (Liu, Ting & Zhou 2008) fitted on the window every
+ *   `refit_every` points, over the features (level, first difference); score in (0, 1).
+ *
+ * With `season: P` the detector sees x − x[t−P] (seasonal differencing), which removes a
+ * repeating pattern of period P. A flagged point enters the window clamped to the
+ * threshold (winsorised), so one spike neither inflates the spread nor echoes a season later.
+ *
+ * Input: an event whose data is a number, or an object holding a number at `field`
+ * (a dot path, default `value`). Anything else is a poison message (dead-lettered).
+ * Output `AnomalyScored` `{ value, score, flagged, method, reason, expected, seq, time }`
+ * for flagged points only (`emit: flagged`, the default) or every point (`emit: all`).
+ * Deterministic: the forest's random draws are seeded from `seed`, the key and the point
+ * count, so a replay gives byte-identical outputs.
+ */
+import { InvalidEventError } from "../../streams/index.js";
+import { at, boolean, fail, integer, number, object, oneOf, string } from "../options.js";
+import type { ProcessorDefinition, ProcessorInput, ProcessorOutput, ProcessResult } from "../types.js";
+
+export const ANOMALY_METHODS = ["zscore", "robust", "ewma", "iforest"] as const;
+export type AnomalyMethod = (typeof ANOMALY_METHODS)[number];
+
+/** Default flag thresholds per method (|z| for the z-scores, the isolation score for `iforest`). */
+export const DEFAULT_THRESHOLDS: Readonly<Record<AnomalyMethod, number>> = { zscore: 3, robust: 3.5, ewma: 3, iforest: 0.8 };
+export const DEFAULT_WINDOW = 100;
+export const DEFAULT_MIN_POINTS = 10;
+export const DEFAULT_ALPHA = 0.1;
+export const DEFAULT_TREES = 50;
+export const DEFAULT_SAMPLE_SIZE = 128;
+export const DEFAULT_SEED = 42;
+// A score is capped so that a spread of 0 (a constant window) stays JSON-serialisable.
+const MAX_SCORE = 1e6;
+// 0.6745 = Φ⁻¹(0.75): makes the MAD a consistent estimator of σ for normal data.
+const MAD_TO_SIGMA = 0.6745;
+
+/** Validated options of the `anomaly` processor. */
+export interface AnomalyOptions {
+  /** @default "zscore" */
+  readonly method: AnomalyMethod;
+  /** Dot path of the number inside the event data. @default "value" */
+  readonly field: string;
+  /** Points in the sliding window. @default 100 */
+  readonly window: number;
+  /** Flag threshold. @default 3 (zscore, ewma), 3.5 (robust), 0.8 (iforest) */
+  readonly threshold: number;
+  /** Points seen before any flag is raised. @default 10 (at most `window`) */
+  readonly minPoints: number;
+  /** EWMA smoothing factor in (0, 1). @default 0.1 */
+  readonly alpha: number;
+  /** Seasonal period for differencing; 0 turns it off. @default 0 */
+  readonly season: number;
+  /** `flagged`: only anomalies are emitted; `all`: every score. @default "flagged" */
+  readonly emit: "flagged" | "all";
+  /** Isolation trees. @default 50 */
+  readonly trees: number;
+  /** Points per isolation tree. @default min(128, window) */
+  readonly sampleSize: number;
+  /** Refit the forest every this many points. @default window */
+  readonly refitEvery: number;
+  /** @default 42 */
+  readonly seed: number;
+  /** Clamp flagged points before they enter the window. @default true */
+  readonly winsorize: boolean;
+}
+
+/** Per-key state: plain JSON. */
+export interface AnomalyState {
+  /** Points scored so far. */
+  n: number;
+  /** The window as a ring of detector inputs (after seasonal differencing). */
+  ring: number[];
+  head: number;
+  /** Sliding mean and sum of squared deviations of the ring (zscore). */
+  mean: number;
+  m2: number;
+  /** The ring sorted (robust). */
+  sorted: number[];
+  /** EWMA mean and variance. */
+  ewMean: number;
+  ewVar: number;
+  /** Last `season` cleaned values (ring, oldest at `histHead`). */
+  hist: number[];
+  histHead: number;
+  /** Previous cleaned value, for the first-difference feature of the forest. */
+  prev: number;
+  /** Training rows of the current forest, flattened [level, diff, level, diff, ...], and when it was fitted. */
+  fitRows: number[];
+  fitAt: number;
+}
+
+/** What one point scored. */
+export interface PointScore {
+  readonly score: number;
+  readonly flagged: boolean;
+  /** The detector's expected value of `value` (mean, median, EWMA) when it has one. */
+  readonly expected: number | null;
+  /** False while the window holds fewer than `minPoints` points. */
+  readonly ready: boolean;
+}
+
+const METHOD_KEYS = ["method", "field", "window", "threshold", "min_points", "alpha", "season", "emit", "trees", "sample_size", "refit_every", "seed", "winsorize"] as const;
+
+function validateOptions(raw: unknown, path: string): AnomalyOptions {
+  const o = object(raw, path, METHOD_KEYS, true);
+  const method = oneOf(o.method, at(path, "method"), ANOMALY_METHODS, "zscore");
+  const window = integer(o.window, at(path, "window"), DEFAULT_WINDOW, { min: 2, max: 100_000 });
+  const field = string(o.field, at(path, "field"), "value", { re: /^[^.\s]+(\.[^.\s]+)*$/u, describe: "a dot path such as value or reading.temp" });
+  return {
+    method,
+    field,
+    window,
+    threshold: number(o.threshold, at(path, "threshold"), DEFAULT_THRESHOLDS[method], method === "iforest" ? { above: 0, below: 1 } : { above: 0 }),
+    minPoints: integer(o.min_points, at(path, "min_points"), Math.min(DEFAULT_MIN_POINTS, window), { min: 2, max: window }),
+    alpha: number(o.alpha, at(path, "alpha"), DEFAULT_ALPHA, { above: 0, below: 1 }),
+    season: integer(o.season, at(path, "season"), 0, { min: 0, max: 100_000 }),
+    emit: oneOf(o.emit, at(path, "emit"), ["flagged", "all"] as const, "flagged"),
+    trees: integer(o.trees, at(path, "trees"), DEFAULT_TREES, { min: 1, max: 1_000 }),
+    sampleSize: integer(o.sample_size, at(path, "sample_size"), Math.min(DEFAULT_SAMPLE_SIZE, window), { min: 4, max: window }),
+    refitEvery: integer(o.refit_every, at(path, "refit_every"), window, { min: 1 }),
+    seed: integer(o.seed, at(path, "seed"), DEFAULT_SEED, { min: 0, max: 0xffffffff }),
+    winsorize: boolean(o.winsorize, at(path, "winsorize"), true),
+  };
+}
+
+function initialState(): AnomalyState {
+  return { n: 0, ring: [], head: 0, mean: 0, m2: 0, sorted: [], ewMean: 0, ewVar: 0, hist: [], histHead: 0, prev: 0, fitRows: [], fitAt: -1 };
+}
+
+// ---- sorted window helpers (robust) ----
+
+function lowerBound(a: readonly number[], x: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]! < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function medianOfSorted(a: readonly number[]): number {
+  const m = a.length >> 1;
+  return a.length % 2 ? a[m]! : (a[m - 1]! + a[m]!) / 2;
+}
+
+// Median of |a[i] - med| for sorted `a`: the deviations left of the median grow leftwards and
+// those right of it grow rightwards, so a two-pointer merge finds the middle ones in O(n).
+function madOfSorted(a: readonly number[], med: number): number {
+  const n = a.length;
+  let r = lowerBound(a, med);
+  let l = r - 1;
+  const want = n >> 1;
+  let prev = 0;
+  let cur = 0;
+  for (let k = 0; k <= want; k++) {
+    const dl = l >= 0 ? med - a[l]! : Infinity;
+    const dr = r < n ? a[r]! - med : Infinity;
+    prev = cur;
+    if (dl <= dr) {
+      cur = dl;
+      l--;
+    } else {
+      cur = dr;
+      r++;
+    }
+  }
+  return n % 2 ? cur : (prev + cur) / 2;
+}
+
+// ---- isolation forest ----
+
+interface IsoTree {
+  // Node arrays: feature (-1 for a leaf), split value, left, right, leaf size.
+  readonly feature: Int8Array;
+  readonly split: Float64Array;
+  readonly left: Int32Array;
+  readonly right: Int32Array;
+  readonly size: Int32Array;
+  // Bounding box of the node's training points: [lo0, hi0, lo1, hi1] per node.
+  readonly box: Float64Array;
+}
+
+const EULER = 0.5772156649;
+/** Average path length of an unsuccessful BST search among n points. */
+function cFactor(n: number): number {
+  if (n <= 1) return 0;
+  if (n === 2) return 1;
+  return 2 * (Math.log(n - 1) + EULER) - (2 * (n - 1)) / n;
+}
+
+function mulberry32(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function hashSeed(seed: number, key: string, at: number): number {
+  let h = (0x811c9dc5 ^ seed) >>> 0;
+  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193) >>> 0;
+  h = Math.imul(h ^ (at & 0xffffffff), 0x01000193) >>> 0;
+  return Math.imul(h ^ Math.floor(at / 4294967296), 0x01000193) >>> 0;
+}
+
+const FEATURES = 2;
+
+function buildTree(rows: readonly number[], idx: number[], heightLimit: number, rnd: () => number): IsoTree {
+  const cap = 2 * idx.length + 1;
+  const feature = new Int8Array(cap).fill(-1);
+  const split = new Float64Array(cap);
+  const left = new Int32Array(cap);
+  const right = new Int32Array(cap);
+  const size = new Int32Array(cap);
+  const box = new Float64Array(cap * 2 * FEATURES);
+  let nodes = 0;
+  const grow = (items: number[], depth: number): number => {
+    const node = nodes++;
+    size[node] = items.length;
+    for (let f = 0; f < FEATURES; f++) {
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (const i of items) {
+        const v = rows[i * FEATURES + f]!;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      box[node * 2 * FEATURES + 2 * f] = lo;
+      box[node * 2 * FEATURES + 2 * f + 1] = hi;
+    }
+    if (depth >= heightLimit || items.length <= 1) return node;
+    // Pick a feature that is not constant on these items; a leaf if none.
+    const start = Math.floor(rnd() * FEATURES);
+    for (let t = 0; t < FEATURES; t++) {
+      const f = (start + t) % FEATURES;
+      const lo = box[node * 2 * FEATURES + 2 * f]!;
+      const hi = box[node * 2 * FEATURES + 2 * f + 1]!;
+      if (!(hi > lo)) continue;
+      const s = lo + rnd() * (hi - lo);
+      const l: number[] = [];
+      const r: number[] = [];
+      for (const i of items) (rows[i * FEATURES + f]! < s ? l : r).push(i);
+      feature[node] = f;
+      split[node] = s;
+      left[node] = grow(l, depth + 1);
+      right[node] = grow(r, depth + 1);
+      return node;
+    }
+    return node;
+  };
+  grow(idx, 0);
+  return { feature, split, left, right, size, box };
+}
+
+interface Forest {
+  readonly trees: readonly IsoTree[];
+  readonly c: number;
+}
+
+function fitForest(rows: readonly number[], options: AnomalyOptions, seed: number): Forest {
+  const n = rows.length / FEATURES;
+  const psi = Math.min(options.sampleSize, n);
+  const heightLimit = Math.ceil(Math.log2(Math.max(2, psi)));
+  const rnd = mulberry32(seed);
+  const trees: IsoTree[] = [];
+  const all = Array.from({ length: n }, (_, i) => i);
+  for (let t = 0; t < options.trees; t++) {
+    // Partial Fisher–Yates: the first psi items are a uniform sample without replacement.
+    for (let i = 0; i < psi; i++) {
+      const j = i + Math.floor(rnd() * (n - i));
+      const tmp = all[i]!;
+      all[i] = all[j]!;
+      all[j] = tmp;
+    }
+    trees.push(buildTree(rows, all.slice(0, psi), heightLimit, rnd));
+  }
+  return { trees, c: cFactor(psi) };
+}
+
+function outside(box: Float64Array, node: number, level: number, diff: number): boolean {
+  const b = node * 2 * FEATURES;
+  for (let f = 0; f < FEATURES; f++) {
+    const lo = box[b + 2 * f]!;
+    const hi = box[b + 2 * f + 1]!;
+    const v = f === 0 ? level : diff;
+    const width = hi - lo;
+    if (v > hi + width || v < lo - width) return true;
+  }
+  return false;
+}
+
+function isolationScore(forest: Forest, level: number, diff: number): number {
+  let total = 0;
+  for (const tree of forest.trees) {
+    let node = 0;
+    let depth = 0;
+    let isolated = false;
+    while (tree.feature[node]! >= 0) {
+      // A point farther outside the node's box than the box is wide would be cut off by
+      // (almost) any split there: count it isolated at this depth. Plain isolation trees
+      // score far-out points no higher than the most extreme training point.
+      if (outside(tree.box, node, level, diff)) {
+        isolated = true;
+        break;
+      }
+      const v = tree.feature[node] === 0 ? level : diff;
+      node = v < tree.split[node]! ? tree.left[node]! : tree.right[node]!;
+      depth++;
+    }
+    total += isolated ? depth : depth + cFactor(tree.size[node]!);
+  }
+  return forest.c === 0 ? 0.5 : 2 ** (-(total / forest.trees.length) / forest.c);
+}
+
+// Forests are rebuilt from the training rows kept in the state, so they need not be stored;
+// this cache only saves the rebuild. Keyed by key and fit point, so a stale entry cannot match.
+const FOREST_CACHE_SIZE = 4_096;
+const forestCache = new Map<string, Forest>();
+
+function forestFor(state: AnomalyState, options: AnomalyOptions, key: string): Forest {
+  const id = `${key}\u0000${state.fitAt}\u0000${options.seed}\u0000${options.trees}\u0000${options.sampleSize}`;
+  let forest = forestCache.get(id);
+  if (!forest) {
+    forest = fitForest(state.fitRows, options, hashSeed(options.seed, key, state.fitAt));
+    if (forestCache.size >= FOREST_CACHE_SIZE) forestCache.delete(forestCache.keys().next().value!);
+    forestCache.set(id, forest);
+  }
+  return forest;
+}
+
+// ---- the detector ----
+
+function windowAdd(s: AnomalyState, options: AnomalyOptions, y: number): void {
+  let evicted: number | undefined;
+  if (s.ring.length < options.window) {
+    s.ring.push(y);
+  } else {
+    evicted = s.ring[s.head]!;
+    s.ring[s.head] = y;
+    s.head = (s.head + 1) % options.window;
+  }
+  if (options.method === "zscore") {
+    if (evicted !== undefined) {
+      const count = s.ring.length;
+      // Replace `evicted` by `y` in the Welford sums of a window of constant size.
+      const oldMean = s.mean;
+      s.mean += (y - evicted) / count;
+      s.m2 += (y - evicted) * (y - s.mean + evicted - oldMean);
+      if (s.m2 < 0) s.m2 = 0;
+    } else {
+      const count = s.ring.length;
+      const d = y - s.mean;
+      s.mean += d / count;
+      s.m2 += d * (y - s.mean);
+    }
+  } else if (options.method === "robust") {
+    if (evicted !== undefined) s.sorted.splice(lowerBound(s.sorted, evicted), 1);
+    s.sorted.splice(lowerBound(s.sorted, y), 0, y);
+  } else if (options.method === "ewma") {
+    if (s.n === 0) {
+      s.ewMean = y;
+      s.ewVar = 0;
+    } else {
+      const d = y - s.ewMean;
+      s.ewMean += options.alpha * d;
+      s.ewVar = (1 - options.alpha) * (s.ewVar + options.alpha * d * d);
+    }
+  }
+}
+
+function capped(z: number): number {
+  return Math.max(-MAX_SCORE, Math.min(MAX_SCORE, z));
+}
+
+/** Scores one detector input `y` against the window; returns the score, flag and the value to store. */
+function detect(s: AnomalyState, options: AnomalyOptions, key: string, y: number): { score: number; flagged: boolean; center: number | null; stored: number; ready: boolean } {
+  const count = options.method === "ewma" ? s.n : s.ring.length;
+  const ready = count >= options.minPoints;
+  const thr = options.threshold;
+  if (options.method === "zscore" || options.method === "ewma") {
+    const center = options.method === "zscore" ? s.mean : s.ewMean;
+    const variance = options.method === "zscore" ? (count > 1 ? s.m2 / (count - 1) : 0) : s.ewVar;
+    const sd = Math.sqrt(variance);
+    if (!ready) return { score: 0, flagged: false, center: count > 0 ? center : null, stored: y, ready };
+    const dev = y - center;
+    const z = sd > 0 ? capped(dev / sd) : dev === 0 ? 0 : Math.sign(dev) * MAX_SCORE;
+    const flagged = Math.abs(z) > thr;
+    const stored = flagged && options.winsorize ? center + Math.sign(dev) * thr * sd : y;
+    return { score: z, flagged, center, stored, ready };
+  }
+  if (options.method === "robust") {
+    if (!ready) return { score: 0, flagged: false, center: count > 0 ? medianOfSorted(s.sorted) : null, stored: y, ready };
+    const med = medianOfSorted(s.sorted);
+    const mad = madOfSorted(s.sorted, med);
+    const dev = y - med;
+    const z = mad > 0 ? capped((MAD_TO_SIGMA * dev) / mad) : dev === 0 ? 0 : Math.sign(dev) * MAX_SCORE;
+    const flagged = Math.abs(z) > thr;
+    const stored = flagged && options.winsorize ? med + (Math.sign(dev) * thr * mad) / MAD_TO_SIGMA : y;
+    return { score: z, flagged, center: med, stored, ready };
+  }
+  // iforest: refit on the current window when due, then score (level, diff).
+  if (!ready) return { score: 0, flagged: false, center: null, stored: y, ready };
+  if (s.fitAt < 0 || s.n - s.fitAt >= options.refitEvery || s.ring.length >= s.fitRows.length) {
+    const rows: number[] = [];
+    const len = s.ring.length;
+    for (let i = 0; i < len; i++) {
+      const v = s.ring[(s.head + i) % len]!;
+      const p = i === 0 ? v : s.ring[(s.head + i - 1) % len]!;
+      rows.push(v, v - p);
+    }
+    s.fitRows = rows;
+    s.fitAt = s.n;
+  }
+  const forest = forestFor(s, options, key);
+  const last = s.ring.length > 0 ? s.ring[(s.head + s.ring.length - 1) % s.ring.length]! : y;
+  const score = isolationScore(forest, y, y - last);
+  const flagged = score > thr;
+  return { score, flagged, center: null, stored: flagged && options.winsorize ? last : y, ready };
+}
+
+/**
+ * Scores one point and folds it into the state (mutated in place). The building block of
+ * {@link anomaly}.process and of the typed-array path {@link scoreSeries}.
+ */
+export function scorePoint(s: AnomalyState, options: AnomalyOptions, key: string, x: number): PointScore {
+  let y = x;
+  let base = 0;
+  const seasonal = options.season > 0;
+  if (seasonal) {
+    if (s.hist.length < options.season) {
+      s.hist.push(x);
+      s.n += 1;
+      s.prev = x;
+      return { score: 0, flagged: false, expected: null, ready: false };
+    }
+    base = s.hist[s.histHead]!;
+    y = x - base;
+  }
+  const r = detect(s, options, key, y);
+  windowAdd(s, options, r.stored);
+  if (seasonal) {
+    // Keep the expected value in place of an anomaly, so it does not come back as a dip
+    // one season later.
+    s.hist[s.histHead] = r.flagged ? base + (r.center ?? r.stored) : x;
+    s.histHead = (s.histHead + 1) % options.season;
+  }
+  s.prev = x;
+  s.n += 1;
+  const expected = r.center === null ? null : seasonal ? base + r.center : r.center;
+  return { score: r.score, flagged: r.flagged, expected, ready: r.ready };
+}
+
+/**
+ * Scores a series of one key held in a typed array: the pool's fast path (no objects per
+ * point). Writes scores and flags into the given arrays and returns the flagged count.
+ */
+export function scoreSeries(s: AnomalyState, options: AnomalyOptions, key: string, values: Float64Array, scores: Float64Array, flags: Uint8Array): number {
+  let flagged = 0;
+  for (let i = 0; i < values.length; i++) {
+    const r = scorePoint(s, options, key, values[i]!);
+    scores[i] = r.score;
+    flags[i] = r.flagged ? 1 : 0;
+    if (r.flagged) flagged++;
+  }
+  return flagged;
+}
+
+function readValue(input: ProcessorInput, field: string, index: number): number {
+  let v: unknown = input.data;
+  if (typeof v !== "number") {
+    for (const part of field.split(".")) {
+      v = v !== null && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>)[part] : undefined;
+    }
+  }
+  if (typeof v !== "number" || !Number.isFinite(v)) {
+    throw new InvalidEventError(`inputs[${index}].data.${field}`, v, "a finite number (the series value)");
+  }
+  return v;
+}
+
+function round(x: number): number {
+  return Math.round(x * 1e6) / 1e6;
+}
+
+function reasonOf(options: AnomalyOptions, r: PointScore): string {
+  const name = { zscore: "z-score", robust: "robust z-score (median/MAD)", ewma: "EWMA z-score", iforest: "isolation score" }[options.method];
+  const cmp = r.flagged ? ">" : "≤";
+  const score = options.method === "iforest" ? r.score : Math.abs(r.score);
+  const season = options.season > 0 ? ` after seasonal differencing (period ${options.season})` : "";
+  return r.ready ? `${name} ${round(score)} ${cmp} ${options.threshold}${season}` : `warming up: fewer than ${options.minPoints} points in the window`;
+}
+
+function processBatch(state: AnomalyState, inputs: readonly ProcessorInput[], options: AnomalyOptions): ProcessResult<AnomalyState> {
+  // Validate the whole batch before touching the state, so a bad input leaves it unchanged.
+  const values = inputs.map((input, i) => readValue(input, options.field, i));
+  const s: AnomalyState = { ...state, ring: [...state.ring], sorted: [...state.sorted], hist: [...state.hist] };
+  const outputs: ProcessorOutput[][] = [];
+  for (let i = 0; i < inputs.length; i++) {
+    const input = inputs[i]!;
+    const r = scorePoint(s, options, input.key, values[i]!);
+    if (!r.flagged && options.emit === "flagged") {
+      outputs.push([]);
+      continue;
+    }
+    outputs.push([
+      {
+        type: "AnomalyScored",
+        data: {
+          value: values[i],
+          score: round(r.score),
+          flagged: r.flagged,
+          method: options.method,
+          reason: reasonOf(options, r),
+          expected: r.expected === null ? null : round(r.expected),
+          seq: input.seq,
+          time: input.time,
+        },
+      },
+    ]);
+  }
+  return { state: s, outputs };
+}
+
+/** The `anomaly` processor definition. */
+export const anomaly: ProcessorDefinition<AnomalyOptions, AnomalyState> = {
+  kind: "anomaly",
+  description: "Flags outliers per key: z-score, robust z (median/MAD), EWMA, or isolation forest over a sliding window",
+  validateOptions,
+  initialState,
+  process: processBatch,
+};
+
+/** Validates anomaly options outside a config file (benches, workflows). */
+export function anomalyOptions(raw: Record<string, unknown> = {}, path = "options"): AnomalyOptions {
+  if (raw === null || typeof raw !== "object") fail(path, "an object", raw);
+  return validateOptions(raw, path);
+}
