@@ -3,7 +3,9 @@ import { environment, printTable, writeJson } from "./harness.js";
 import type { Suite } from "./harness.js";
 
 // One entry per suite file: `npm run bench -- <name> [--json FILE]`.
-const loaders: Record<string, () => Promise<Suite>> = {};
+const loaders: Record<string, () => Promise<Suite>> = {
+  ingest: async () => (await import("./ingest.js")).suite,
+};
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);

@@ -1,6 +1,10 @@
 #!/usr/bin/env node
 import { Command } from "commander";
 import { FlexError } from "../streams/index.js";
+import { register as registerDoctor } from "./commands/doctor.js";
+import { register as registerPublish } from "./commands/publish.js";
+import { register as registerReplay } from "./commands/replay.js";
+import { register as registerStreams } from "./commands/streams.js";
 import { register as registerUp } from "./commands/up.js";
 
 const program = new Command();
@@ -8,6 +12,10 @@ program.name("flexcore").description("FlexCore: event sourcing, processors and r
 
 // One line per command group; each file registers its subcommands.
 registerUp(program);
+registerPublish(program);
+registerReplay(program);
+registerStreams(program);
+registerDoctor(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof FlexError ? ` [${err.code}]` : "";

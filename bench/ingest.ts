@@ -1,0 +1,197 @@
+import { jetstream } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
+import {
+  createEventStore,
+  createPublisher,
+  encodeEvent,
+  ensureTopology,
+  eventSubject,
+  HEADERS,
+  startNatsServer,
+} from "../streams/index.js";
+import type { EncodedEvent, Reducer } from "../streams/index.js";
+import { ratio, runTasks } from "./harness.js";
+import type { BenchResult, Suite } from "./harness.js";
+
+const AWAITED_N = 2_000;
+const WINDOW_N = 20_000;
+const WINDOW_SIZE = 256;
+const FAST_N = 100_000;
+const APPEND_N = 30_000;
+const AGGREGATES = 1_000;
+const REPLAY_N = 1_000_000;
+const AGGREGATE_EVENTS = 10_000;
+
+let serial = 0;
+/** A ~150-byte sensor reading, like the events users send. */
+function reading(i: number): EncodedEvent {
+  serial += 1;
+  return encodeEvent({
+    id: `b${serial}`,
+    type: "ReadingRecorded",
+    data: { sensor: `s-${i % 1000}`, site: "plant-7", temp: 20 + (i % 50) / 10, humidity: 40 + (i % 30) / 3, pressure: 1013.25, seq: i },
+  });
+}
+
+async function publishFast(nc: NatsConnection, subjectOf: (i: number) => string, n: number, revisions?: boolean): Promise<void> {
+  const publisher = createPublisher(nc);
+  const pending: Array<Promise<unknown>> = [];
+  for (let i = 0; i < n; i++) {
+    const e = reading(i);
+    if (revisions) e.headers.set(HEADERS.revision, String(i + 1));
+    pending.push(publisher.publish(subjectOf(i), e.data, { headers: e.headers }));
+    if (pending.length >= 8192) await Promise.all(pending.splice(0));
+  }
+  await Promise.all(pending);
+  await publisher.close();
+}
+
+export const suite: Suite = {
+  name: "ingest",
+  description: "append and replay throughput against one nats-server, each variant beside its baseline",
+  async run({ log, env }) {
+    const server = await startNatsServer();
+    env.natsServer = server.version;
+    const nc = await connect({ servers: server.url });
+    try {
+      await ensureTopology(nc);
+      const js = jetstream(nc);
+      const subject = (i: number): string => `evt.bench.sensor.s${i % 1000}`;
+      const results: BenchResult[] = await runTasks([
+        {
+          name: "publish.awaited",
+          unit: "events/s",
+          ops: AWAITED_N,
+          async fn() {
+            for (let i = 0; i < AWAITED_N; i++) {
+              const e = reading(i);
+              await js.publish(subject(i), e.data, { headers: e.headers });
+            }
+          },
+          extra: { what: "js.publish, one at a time" },
+        },
+        {
+          name: "publish.window",
+          unit: "events/s",
+          ops: WINDOW_N,
+          async fn() {
+            const inflight = new Set<Promise<unknown>>();
+            for (let i = 0; i < WINDOW_N; i++) {
+              const e = reading(i);
+              const p = js.publish(subject(i), e.data, { headers: e.headers });
+              inflight.add(p);
+              void p.finally(() => inflight.delete(p));
+              if (inflight.size >= WINDOW_SIZE) await Promise.race(inflight);
+            }
+            await Promise.all(inflight);
+          },
+          extra: { what: `js.publish with ${WINDOW_SIZE} promises in flight` },
+        },
+        {
+          name: "publish.flexcore",
+          unit: "events/s",
+          ops: FAST_N,
+          fn: () => publishFast(nc, subject, FAST_N),
+          extra: { what: "createPublisher: pipelined, every message acked" },
+        },
+        {
+          name: "publish.core-no-ack",
+          unit: "events/s",
+          ops: FAST_N,
+          async fn() {
+            for (let i = 0; i < FAST_N; i++) {
+              const e = reading(i);
+              nc.publish(subject(i), e.data, { headers: e.headers });
+            }
+            await nc.flush();
+          },
+          extra: { what: "core publish then flush, no acks: the ceiling" },
+        },
+      ], { log });
+
+      const store = await createEventStore(nc);
+      let round = 0;
+      results.push(...(await runTasks([
+        {
+          name: "append.expected-revision",
+          unit: "events/s",
+          ops: APPEND_N,
+          async fn() {
+            round += 1;
+            const perAggregate = APPEND_N / AGGREGATES;
+            await Promise.all(Array.from({ length: AGGREGATES }, async (_, a) => {
+              const stream = eventSubject("bench", `append${round}`, `a${a}`);
+              for (let r = 0; r < perAggregate; r++) {
+                await store.append(stream, [{ type: "Inc", data: reading(r).data }], { expectedRevision: r });
+              }
+            }));
+          },
+          extra: { what: `${AGGREGATES} aggregates appended concurrently, each with its expected revision` },
+        },
+      ], { log })));
+
+      log(`  publishing ${REPLAY_N} events for replay...`);
+      await publishFast(nc, (i) => `evt.replay.sensor.s${i % 1000}`, REPLAY_N);
+      results.push(...(await runTasks([
+        {
+          name: "replay.readAll",
+          unit: "events/s",
+          ops: REPLAY_N,
+          async fn() {
+            let n = 0;
+            for await (const e of store.readAll({ filter: "evt.replay.>", follow: false })) if (e.seq > 0) n += 1;
+            if (n !== REPLAY_N) throw new Error(`replay read ${n} of ${REPLAY_N}`);
+          },
+          extra: { what: "readAll from seq 1, decoded events" },
+        },
+      ], { log, iterations: 3 })));
+
+      const aggregate = eventSubject("bench", "load", "big");
+      await publishFast(nc, () => aggregate, AGGREGATE_EVENTS, true);
+      const sum: Reducer<{ n: number; temp: number }, { temp: number }> = {
+        name: "bench-sum",
+        initial: () => ({ n: 0, temp: 0 }),
+        apply: (s, e) => ({ n: s.n + 1, temp: s.temp + e.data.temp }),
+      };
+      const warm = await store.aggregate(aggregate, sum);
+      if (warm.revision !== AGGREGATE_EVENTS) throw new Error(`aggregate has ${warm.revision} events`);
+      results.push(...(await runTasks([
+        {
+          name: "aggregate.load.no-snapshot",
+          unit: "ms",
+          async fn() {
+            const t = performance.now();
+            const s = await store.aggregate(aggregate, sum, { snapshots: false });
+            if (s.state.n !== AGGREGATE_EVENTS) throw new Error("wrong state");
+            return performance.now() - t;
+          },
+          extra: { events: AGGREGATE_EVENTS },
+        },
+        {
+          name: "aggregate.load.snapshot",
+          unit: "ms",
+          async fn() {
+            const t = performance.now();
+            const s = await store.aggregate(aggregate, sum);
+            if (s.state.n !== AGGREGATE_EVENTS || !s.fromSnapshot) throw new Error("no snapshot used");
+            return performance.now() - t;
+          },
+          extra: { events: AGGREGATE_EVENTS },
+        },
+      ], { log, iterations: 9, warmup: 2 })));
+      await store.close();
+
+      const by = (name: string): BenchResult => results.find((r) => r.name === name)!;
+      results.push(
+        ratio("publish.flexcore/publish.window", by("publish.flexcore"), by("publish.window"), 4),
+        ratio("publish.flexcore/publish.core-no-ack", by("publish.flexcore"), by("publish.core-no-ack"), 0.5),
+        ratio("aggregate.snapshot-speedup", by("aggregate.load.no-snapshot"), by("aggregate.load.snapshot"), 20),
+      );
+      return results;
+    } finally {
+      await nc.close();
+      await server.close();
+    }
+  },
+};

@@ -1,0 +1,69 @@
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { Command } from "commander";
+import { ensureTopology, missingFeatures, natsServerVersion, STREAMS, streamConfigs } from "../../streams/index.js";
+import { connectCli, resolveNatsUrl } from "../connection.js";
+
+type Level = "ok" | "warn" | "fail";
+
+/** A line of the doctor's report. */
+export interface Check {
+  readonly level: Level;
+  readonly what: string;
+}
+
+/** Runs the checks; other areas' checks are appended by the command. */
+export async function runChecks(url?: string): Promise<Check[]> {
+  const checks: Check[] = [];
+  try {
+    checks.push({ level: "ok", what: `nats-server binary ${await natsServerVersion()} installed` });
+  } catch (err) {
+    checks.push({ level: "warn", what: (err as Error).message });
+  }
+  const target = await resolveNatsUrl(url);
+  let nc;
+  try {
+    nc = await connectCli(url, "flexcore-doctor");
+  } catch (err) {
+    checks.push({ level: "fail", what: (err as Error).message });
+    return checks;
+  }
+  try {
+    const version = nc.info?.version ?? "unknown";
+    checks.push({ level: "ok", what: `server reachable at ${target}, version ${version}, max_payload ${nc.info?.max_payload ?? "?"} bytes` });
+    const gaps = missingFeatures(version);
+    for (const gap of gaps) checks.push({ level: "warn", what: gap });
+    if (gaps.length === 0) checks.push({ level: "ok", what: "the server has every feature FlexCore uses" });
+    const jsm = await jetstreamManager(nc).catch(() => undefined);
+    if (!jsm) {
+      checks.push({ level: "fail", what: "JetStream is not enabled on this server (start it with -js)" });
+      return checks;
+    }
+    const existing = new Set<string>();
+    for (const name of Object.values(STREAMS)) {
+      await jsm.streams.info(name).then(() => existing.add(name), () => undefined);
+    }
+    const missing = streamConfigs().filter((c) => !existing.has(c.name)).map((c) => c.name);
+    if (missing.length > 0) {
+      checks.push({ level: "warn", what: `streams missing: ${missing.join(", ")} (flexcore up creates them)` });
+    } else {
+      const report = await ensureTopology(nc);
+      if (report.drift.length === 0) checks.push({ level: "ok", what: "topology present, no drift" });
+      for (const d of report.drift) checks.push({ level: "warn", what: `drift: ${d.resource}.${d.field} is ${JSON.stringify(d.actual)}, FlexCore provisions ${JSON.stringify(d.expected)}` });
+    }
+  } finally {
+    await nc.drain();
+  }
+  return checks;
+}
+
+export function register(program: Command): void {
+  program
+    .command("doctor")
+    .description("check the server, its version's gaps, the topology and the sandbox")
+    .option("--nats <url>", "server URL")
+    .action(async (opts: { nats?: string }) => {
+      const checks = await runChecks(opts.nats);
+      for (const c of checks) process.stdout.write(`${c.level === "ok" ? "ok  " : c.level === "warn" ? "WARN" : "FAIL"}  ${c.what}\n`);
+      if (checks.some((c) => c.level === "fail")) process.exitCode = 1;
+    });
+}

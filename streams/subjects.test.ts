@@ -1,0 +1,63 @@
+import { describe, expect, it } from "vitest";
+import { checkSubjectFilter, derivedSubject, dlqSubject, eventSubject, parseSubject, SubjectTokenError } from "./index.js";
+import { compareVersions, deriveConfig, missingFeatures, serverFeatures } from "./index.js";
+
+describe("subjects", () => {
+  it("builds and parses the three families", () => {
+    expect(eventSubject("acme", "sensor", "s-1")).toBe("evt.acme.sensor.s-1");
+    expect(derivedSubject("acme", "anomaly", "s-1")).toBe("drv.acme.anomaly.s-1");
+    expect(dlqSubject("acme", "anomaly")).toBe("dlq.acme.anomaly");
+    expect(parseSubject("evt.acme.sensor.s-1")).toEqual({ kind: "event", tenant: "acme", category: "sensor", id: "s-1" });
+    expect(parseSubject("drv.acme.anomaly.k")).toEqual({ kind: "derived", tenant: "acme", processor: "anomaly", key: "k" });
+    expect(parseSubject("dlq.acme.src")).toEqual({ kind: "dlq", tenant: "acme", source: "src" });
+    expect(() => parseSubject("evt.acme.sensor")).toThrow(SubjectTokenError);
+    expect(() => parseSubject("foo.a.b.c")).toThrow(SubjectTokenError);
+  });
+
+  it.each([
+    ["", "empty"],
+    ["a.b", "`.`"],
+    ["*", "`*`"],
+    [">", "`>`"],
+    ["a b", "U+0020"],
+    ["a\tb", "U+0009"],
+    ["a\u0000", "U+0000"],
+    ["é".repeat(65), "128 bytes"],
+  ])("rejects token %j naming the token and the reason", (value, reason) => {
+    try {
+      eventSubject("acme", "sensor", value);
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(SubjectTokenError);
+      expect((err as SubjectTokenError).code).toBe("FLEX_SUBJECT_TOKEN");
+      expect((err as SubjectTokenError).token).toBe("id");
+      expect((err as Error).message).toContain(reason);
+    }
+  });
+
+  it("accepts ids of exactly 128 bytes and unicode", () => {
+    expect(eventSubject("acme", "c", "a".repeat(128))).toHaveLength(4 + 5 + 2 + 128);
+    expect(eventSubject("acme", "c", "ü-日本")).toBe("evt.acme.c.ü-日本");
+  });
+
+  it("checks filters", () => {
+    expect(checkSubjectFilter("evt.acme.>")).toBe("evt.acme.>");
+    expect(checkSubjectFilter("evt.*.sensor.*")).toBe("evt.*.sensor.*");
+    expect(() => checkSubjectFilter("evt.>.x")).toThrow(SubjectTokenError);
+    expect(() => checkSubjectFilter("evt..x")).toThrow(SubjectTokenError);
+  });
+});
+
+describe("server versions", () => {
+  it("compares versions and derives the config per version", () => {
+    expect(compareVersions("2.9.10", "2.10.0")).toBeLessThan(0);
+    expect(compareVersions("2.12.1", "2.12.0")).toBeGreaterThan(0);
+    const conf = "jetstream {\n  #@2.10 sync_interval: always\n}\n";
+    expect(deriveConfig(conf, "2.9.10")).toBe(conf);
+    expect(deriveConfig(conf, "2.10.3")).toBe("jetstream {\n  sync_interval: always\n}\n");
+    expect(serverFeatures("2.9.10")).toEqual({ syncAlways: false, multiFilterConsumers: false, atomicBatch: false });
+    expect(serverFeatures("2.12.0").atomicBatch).toBe(true);
+    expect(missingFeatures("2.9.10").join(" ")).toMatch(/power loss/);
+    expect(missingFeatures("2.12.0")).toEqual([]);
+  });
+});
