@@ -2,7 +2,7 @@ import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamClient, JetStreamManager, JsMsg, StoredMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { AbortedError, ConcurrencyError, InvalidEventError, InvalidOptionError, PublishRejectedError } from "./errors.js";
-import { decodeEvent, encodeEvent, HEADERS } from "./event.js";
+import { decodeEvent, encodeEvent, HEADERS, headerFields, headerFieldsFromBlock, toStoredEvent } from "./event.js";
 import type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 import { createPublisher, JS_ERR } from "./publisher.js";
 import type { Publisher, PublisherOptions } from "./publisher.js";
@@ -168,6 +168,24 @@ function fromStored(m: StoredMsg): RawMessage {
 
 function fromJs(m: JsMsg): RawMessage {
   return { subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: Math.floor(m.info.timestampNanos / 1e6) };
+}
+
+// The header block of a consumed message, read from nats.js's message internals when they
+// have the expected shape (checked on every call; otherwise the public headers are used).
+interface CoreMsgInternals {
+  readonly _msg?: { readonly hdr?: number };
+  readonly _rdata?: Uint8Array;
+}
+
+/** Decodes a consumed message into an event without the generic header decoding. */
+export function eventFromJsMsg(m: JsMsg): StoredEvent {
+  const info = m.info;
+  const core = (m as unknown as { msg?: CoreMsgInternals }).msg;
+  const hdr = core?._msg?.hdr;
+  const fields = typeof hdr === "number" && hdr > 0 && core?._rdata instanceof Uint8Array
+    ? headerFieldsFromBlock(core._rdata.subarray(0, hdr))
+    : headerFields(m.headers);
+  return toStoredEvent(m.subject, info.streamSequence, m.data, Math.floor(info.timestampNanos / 1e6), fields);
 }
 
 /** Creates an event store on `nc`; the topology must exist (`ensureTopology`). */
@@ -435,9 +453,9 @@ class JetStreamEventStore implements EventStore {
     try {
       for await (const m of messages) {
         if (endSeq !== undefined && m.seq > endSeq) break;
-        const raw = fromJs(m);
-        if (untilTime !== undefined && raw.storedAt > untilTime) break;
-        yield decodeEvent(raw);
+        const event = eventFromJsMsg(m);
+        if (untilTime !== undefined && event.storedAt > untilTime) break;
+        yield event;
         if (endSeq !== undefined && m.seq >= endSeq) break;
         if (!follow && m.info.pending === 0) break;
       }

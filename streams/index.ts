@@ -25,7 +25,7 @@ export {
   SYSTEM_TENANT,
 } from "./subjects.js";
 export type { ParsedSubject } from "./subjects.js";
-export { decodeData, decodeEvent, DEFAULT_SCHEMA, encodeData, encodeEvent, HEADERS } from "./event.js";
+export { decodeData, decodeEvent, DEFAULT_SCHEMA, encodeData, encodeEvent, HEADERS, headerFields } from "./event.js";
 export type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 export {
   createPublisher,
@@ -39,7 +39,7 @@ export { BUCKETS, DEFAULT_DUPLICATE_WINDOW_MS, ensureTopology, STREAMS, streamCo
 export type { Drift, TopologyOptions, TopologyReport } from "./topology.js";
 export { openSnapshotStore, snapshotKey } from "./snapshots.js";
 export type { Snapshot, SnapshotStore } from "./snapshots.js";
-export { createEventStore, DEFAULT_SNAPSHOT_EVERY } from "./event-store.js";
+export { createEventStore, DEFAULT_SNAPSHOT_EVERY, eventFromJsMsg } from "./event-store.js";
 export type {
   AggregateOptions,
   AggregateRef,
