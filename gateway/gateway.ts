@@ -1,0 +1,368 @@
+import { join } from "node:path";
+import Fastify from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import swagger from "@fastify/swagger";
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { createEventStore, createPublisher, InvalidOptionError } from "../streams/index.js";
+import type { EventStore, Publisher } from "../streams/index.js";
+import { ForbiddenError, RateLimitedError, RequestTimeoutError, TokenTooLargeError, UnauthenticatedError, UnsupportedMediaTypeError } from "./errors.js";
+import { notFoundBody, toHttpError } from "./http-errors.js";
+import { openKeyStore } from "./keys.js";
+import type { KeyStore, KeyStoreOptions } from "./keys.js";
+import { createMetrics } from "./metrics.js";
+import type { GatewayMetrics, LagSources } from "./metrics.js";
+import { allows, POLICY, ROLES } from "./policy.js";
+import type { PolicyName } from "./policy.js";
+import { createRateLimiter } from "./rate-limit.js";
+import type { RateLimiter, RateLimitOptions } from "./rate-limit.js";
+import type { ReadModels } from "./read-models.js";
+import { openRevocations } from "./revocations.js";
+import type { Revocations } from "./revocations.js";
+import { registerAuthRoutes } from "./routes/auth.js";
+import { registerDerivedRoutes } from "./routes/derived.js";
+import { registerEventRoutes } from "./routes/events.js";
+import { registerHealthRoutes } from "./routes/health.js";
+import { registerProjectionRoutes } from "./routes/projections.js";
+import { registerStreamRoutes } from "./routes/streams.js";
+import { registerUserRoutes } from "./routes/users.js";
+import { openSessions } from "./sessions.js";
+import type { SessionService } from "./sessions.js";
+import { createTokenIssuer, createTokenVerifier, MAX_TOKEN_BYTES } from "./tokens.js";
+import type { ExternalIssuerOptions, LocalIssuerOptions, Principal, TokenIssuer, TokenVerifier } from "./tokens.js";
+import { openUserStore } from "./users.js";
+import type { UserStore } from "./users.js";
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** The verified caller; set on every route that has a policy. */
+    principal: Principal | undefined;
+  }
+  interface FastifyContextConfig {
+    /** Policy of the route (see `gateway/policy.ts`); routes without one are public. */
+    policy?: PolicyName;
+    /** Media types the route's body may have (checked before the body is read); 415 otherwise. */
+    accepts?: readonly string[];
+  }
+}
+
+/** Largest body of single-stream routes, in bytes (1 MiB). */
+export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+/** Largest body of `POST /v1/events`, in bytes (16 MiB). */
+export const DEFAULT_BATCH_BODY_LIMIT = 16 * 1024 * 1024;
+/** Most events in one `POST /v1/events`. */
+export const DEFAULT_MAX_BATCH_EVENTS = 10_000;
+/** Rows or events per page when a request names no limit. */
+export const DEFAULT_PAGE_SIZE = 100;
+/** Most rows or events one page can hold. */
+export const DEFAULT_MAX_PAGE_SIZE = 1_000;
+/** Longest a request may take before it is answered 503, in ms. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+/** Longest `minSeq` waits for a projection, in ms. */
+export const DEFAULT_MAX_WAIT_MS = 5_000;
+/** Projection lag above which `/readyz` fails, in events. */
+export const DEFAULT_MAX_READY_LAG = 10_000;
+/** Tenant of every request when `auth` is false. */
+export const NO_AUTH_TENANT = "public";
+
+/** Options of {@link createGateway}. */
+export interface GatewayOptions {
+  /** Connection to NATS; the topology must exist (`ensureTopology`). */
+  readonly nc: NatsConnection;
+  /** Where generated signing keys live: `<dataDir>/gateway/keys`. Ignored with `keys` or `external`. */
+  readonly dataDir?: string;
+  /** Signing keys (files or a directory); defaults to `<dataDir>/gateway/keys`. */
+  readonly keys?: KeyStoreOptions;
+  /** Issuer, audience and lifetimes of FlexCore's own tokens. */
+  readonly issuer?: LocalIssuerOptions;
+  /** Accept an external issuer's tokens instead of FlexCore's (sign-in and refresh routes are then off). */
+  readonly external?: ExternalIssuerOptions;
+  /**
+   * `false` switches authentication off: every request is tenant `public` with every role.
+   * Only for local experiments and the no-auth baseline of the benchmark.
+   * @default true
+   */
+  readonly auth?: boolean;
+  /** @default "127.0.0.1" */
+  readonly host?: string;
+  /** 0 picks a free port. @default 8080 */
+  readonly port?: number;
+  /** @default 1 MiB */
+  readonly bodyLimit?: number;
+  /** @default 16 MiB */
+  readonly batchBodyLimit?: number;
+  /** @default 10000 */
+  readonly maxBatchEvents?: number;
+  /** @default 1000 */
+  readonly maxPageSize?: number;
+  /** @default 10000 */
+  readonly requestTimeoutMs?: number;
+  /** Upper bound of `minSeq` waits. @default 5000 */
+  readonly maxWaitMs?: number;
+  /** Per-tenant rate limit; `false` switches it off. @default 2000/s, burst 4000 */
+  readonly rateLimit?: RateLimitOptions | false;
+  /** Sign-in attempts per client address. @default 10/s, burst 20 */
+  readonly signInRateLimit?: RateLimitOptions;
+  /** Verified tokens kept in memory. @default 50000 */
+  readonly tokenCacheSize?: number;
+  /** The projection engine; without it the projection routes answer 503. */
+  readonly readModels?: ReadModels;
+  /** Extra lag sources for `/metrics` (consumers of the processor runtime). */
+  readonly lagSources?: LagSources;
+  /** @default 10000 */
+  readonly maxReadyLag?: number;
+  /** Publisher for batch ingest and appends. @default one created and closed by the gateway */
+  readonly publisher?: Publisher;
+  /** Fastify logger. @default false */
+  readonly logger?: boolean;
+  /** Trust `X-Forwarded-For` for the client address. @default false */
+  readonly trustProxy?: boolean;
+}
+
+/** Resolved limits, shared with the route files. */
+export interface Limits {
+  readonly bodyLimit: number;
+  readonly batchBodyLimit: number;
+  readonly maxBatchEvents: number;
+  readonly defaultPageSize: number;
+  readonly maxPageSize: number;
+  readonly requestTimeoutMs: number;
+  readonly maxWaitMs: number;
+  readonly maxReadyLag: number;
+}
+
+/** What the route files get. */
+export interface RouteContext {
+  readonly app: FastifyInstance;
+  readonly nc: NatsConnection;
+  readonly jsm: JetStreamManager;
+  readonly store: EventStore;
+  readonly publisher: Publisher;
+  readonly limits: Limits;
+  readonly metrics: GatewayMetrics;
+  readonly users: UserStore;
+  readonly sessions: SessionService | undefined;
+  readonly revocations: Revocations;
+  readonly keys: KeyStore | undefined;
+  readonly signInLimiter: RateLimiter;
+  readonly readModels: ReadModels | undefined;
+  /** Runs `fn` with the request timeout: aborts its signal and answers 503 when it passes. */
+  timed<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T>;
+}
+
+/** A running gateway. */
+export interface Gateway extends AsyncDisposable {
+  readonly app: FastifyInstance;
+  /** Starts listening; resolves with the base URL (`http://127.0.0.1:PORT`). */
+  listen(): Promise<string>;
+  /** The base URL once listening. */
+  readonly url: string | undefined;
+  /** Signing keys (undefined with an external issuer). */
+  readonly keys: KeyStore | undefined;
+  /** Issuer of FlexCore's tokens (undefined with an external issuer). */
+  readonly issuer: TokenIssuer | undefined;
+  readonly verifier: TokenVerifier | undefined;
+  readonly users: UserStore;
+  readonly sessions: SessionService | undefined;
+  readonly revocations: Revocations;
+  readonly metrics: GatewayMetrics;
+  close(): Promise<void>;
+}
+
+function hasBody(request: FastifyRequest): boolean {
+  return request.headers["transfer-encoding"] !== undefined || (request.headers["content-length"] !== undefined && request.headers["content-length"] !== "0");
+}
+
+function int(field: string, value: number | undefined, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value < min) throw new InvalidOptionError(field, value, `an integer from ${min} and up`);
+  return value;
+}
+
+const PUBLIC_PRINCIPAL: Principal = { tenant: NO_AUTH_TENANT, subject: "anonymous", roles: [...ROLES], jti: "none", sid: undefined, expiresAt: Number.MAX_SAFE_INTEGER };
+
+/** Creates the HTTP gateway (Fastify): auth, tenancy, RBAC, routes, limits, metrics and OpenAPI. */
+export async function createGateway(options: GatewayOptions): Promise<Gateway> {
+  if (!options || typeof options !== "object" || !options.nc) throw new InvalidOptionError("nc", options?.nc, "a NatsConnection");
+  const nc = options.nc;
+  const limits: Limits = {
+    bodyLimit: int("bodyLimit", options.bodyLimit, DEFAULT_BODY_LIMIT, 1),
+    batchBodyLimit: int("batchBodyLimit", options.batchBodyLimit, DEFAULT_BATCH_BODY_LIMIT, 1),
+    maxBatchEvents: int("maxBatchEvents", options.maxBatchEvents, DEFAULT_MAX_BATCH_EVENTS, 1),
+    defaultPageSize: Math.min(DEFAULT_PAGE_SIZE, int("maxPageSize", options.maxPageSize, DEFAULT_MAX_PAGE_SIZE, 1)),
+    maxPageSize: int("maxPageSize", options.maxPageSize, DEFAULT_MAX_PAGE_SIZE, 1),
+    requestTimeoutMs: int("requestTimeoutMs", options.requestTimeoutMs, DEFAULT_REQUEST_TIMEOUT_MS, 1),
+    maxWaitMs: int("maxWaitMs", options.maxWaitMs, DEFAULT_MAX_WAIT_MS, 0),
+    maxReadyLag: int("maxReadyLag", options.maxReadyLag, DEFAULT_MAX_READY_LAG, 0),
+  };
+  const host = options.host ?? "127.0.0.1";
+  const port = int("port", options.port, 8080, 0);
+  const authOn = options.auth ?? true;
+  const limiter = options.rateLimit === false ? undefined : createRateLimiter(options.rateLimit ?? {});
+  const signInLimiter = createRateLimiter(options.signInRateLimit ?? { perSecond: 10, burst: 20 });
+
+  const revocations = await openRevocations(nc);
+  const users = await openUserStore(nc);
+  let keys: KeyStore | undefined;
+  let issuer: TokenIssuer | undefined;
+  let verifier: TokenVerifier | undefined;
+  let sessions: SessionService | undefined;
+  if (options.external) {
+    verifier = createTokenVerifier({ external: options.external, revocations, ...(options.tokenCacheSize !== undefined ? { cacheSize: options.tokenCacheSize } : {}) });
+  } else {
+    const keyOptions = options.keys ?? { dir: join(options.dataDir ?? "data", "gateway", "keys") };
+    keys = await openKeyStore(keyOptions);
+    issuer = createTokenIssuer(keys, options.issuer ?? {});
+    verifier = createTokenVerifier({ keys, local: options.issuer ?? {}, revocations, ...(options.tokenCacheSize !== undefined ? { cacheSize: options.tokenCacheSize } : {}) });
+    sessions = await openSessions(nc, users, issuer, revocations);
+  }
+  const jsm = await jetstreamManager(nc);
+  const ownsPublisher = options.publisher === undefined;
+  const publisher = options.publisher ?? createPublisher(nc);
+  const store = await createEventStore(nc, { publisher });
+  const readModels = options.readModels;
+  const metrics = createMetrics({
+    ...(readModels?.lag ? { projections: () => readModels.lag!() } : {}),
+    ...options.lagSources,
+  });
+
+  const app = Fastify({
+    logger: options.logger ?? false,
+    bodyLimit: limits.bodyLimit,
+    // Node's own limit on receiving the whole request (slow clients); handlers have `timed`.
+    requestTimeout: limits.requestTimeoutMs + 1_000,
+    routerOptions: { maxParamLength: 512 },
+    return503OnClosing: true,
+    trustProxy: options.trustProxy ?? false,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: true, allErrors: false, allowUnionTypes: true } },
+  });
+  app.decorateRequest("principal", undefined);
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: "3.1.0",
+      info: { title: "FlexCore gateway", version: "1", description: "Tenant-scoped HTTP API of FlexCore. The tenant always comes from the bearer token. Roles per route: docs/gateway.md." },
+      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer", bearerFormat: "JWT" } } },
+      tags: [
+        { name: "auth" }, { name: "streams" }, { name: "projections" }, { name: "derived" }, { name: "users" }, { name: "ops" },
+      ],
+    },
+  });
+
+  app.addContentTypeParser(["application/x-ndjson", "application/ndjson"], { parseAs: "string", bodyLimit: limits.batchBodyLimit }, (_req, body, done) => done(null, body));
+
+  app.addHook("onRoute", (route) => {
+    const policy = route.config?.policy;
+    if (policy !== undefined && !(policy in POLICY)) throw new InvalidOptionError(`policy of ${route.method} ${route.url}`, policy, `one of ${Object.keys(POLICY).join(", ")}`);
+    if (policy !== undefined) {
+      route.schema = { ...route.schema, security: [{ bearer: [] }] };
+      const allowed = POLICY[policy].join(", ");
+      route.schema.description = `${route.schema.description ?? ""}\n\nRoles: ${allowed}.`.trim();
+    }
+  });
+
+  app.addHook("onRequest", async (request: FastifyRequest) => {
+    const policy = request.routeOptions.config?.policy;
+    if (policy === undefined) return;
+    let principal: Principal;
+    if (!authOn) {
+      principal = PUBLIC_PRINCIPAL;
+    } else {
+      const header = request.headers.authorization;
+      if (header === undefined) throw new UnauthenticatedError("missing Authorization: Bearer <token>");
+      if (header.length > MAX_TOKEN_BYTES + 7) throw new TokenTooLargeError(header.length, MAX_TOKEN_BYTES);
+      if (header.length < 8 || header.slice(0, 7).toLowerCase() !== "bearer ") throw new UnauthenticatedError("expected Authorization: Bearer <token>");
+      principal = await verifier!.verify(header.slice(7).trim());
+    }
+    if (!allows(policy, principal.roles)) throw new ForbiddenError(policy, POLICY[policy], principal.roles);
+    if (limiter) {
+      const wait = limiter.take(principal.tenant);
+      if (wait > 0) throw new RateLimitedError(wait, limiter.perSecond);
+    }
+    request.principal = principal;
+    const accepts = request.routeOptions.config?.accepts;
+    if (accepts && hasBody(request)) {
+      const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
+      if (!type || !accepts.includes(type)) throw new UnsupportedMediaTypeError(request.headers["content-type"], accepts);
+    }
+  });
+
+  app.addHook("onResponse", async (request: FastifyRequest, reply: FastifyReply) => {
+    metrics.requestDuration.observe(
+      { method: request.method, route: request.routeOptions.url ?? "unmatched", status: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
+
+  app.setErrorHandler((err, request, reply) => {
+    const limit = request.routeOptions.bodyLimit ?? limits.bodyLimit;
+    const e = toHttpError(err, limit);
+    if (e.status >= 500) request.log.error({ err }, "request failed");
+    void reply.code(e.status).headers(e.headers).send(e.body);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send(notFoundBody(request.method, request.url));
+  });
+
+  const timed = async <T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> => {
+    const ac = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const err = new RequestTimeoutError(limits.requestTimeoutMs);
+        ac.abort(err);
+        reject(err);
+      }, limits.requestTimeoutMs);
+    });
+    try {
+      return await Promise.race([fn(ac.signal), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInLimiter, readModels, timed };
+  registerHealthRoutes(ctx);
+  registerAuthRoutes(ctx);
+  registerUserRoutes(ctx);
+  registerStreamRoutes(ctx);
+  registerEventRoutes(ctx);
+  registerProjectionRoutes(ctx);
+  registerDerivedRoutes(ctx);
+  app.get("/docs", { schema: { hide: true } }, async () => app.swagger());
+  app.get("/docs/json", { schema: { hide: true } }, async () => app.swagger());
+  app.get("/docs/yaml", { schema: { hide: true } }, async (_req, reply) => reply.type("application/yaml").send(app.swagger({ yaml: true })));
+
+  await app.ready();
+
+  let url: string | undefined;
+  let closed = false;
+  const close = async (): Promise<void> => {
+    if (closed) return;
+    closed = true;
+    await app.close();
+    await store.close();
+    if (ownsPublisher) await publisher.close();
+    await revocations.close();
+  };
+  return {
+    app,
+    async listen() {
+      url = await app.listen({ host, port });
+      return url;
+    },
+    get url() {
+      return url;
+    },
+    keys,
+    issuer,
+    verifier,
+    users,
+    sessions,
+    revocations,
+    metrics,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}

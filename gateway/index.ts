@@ -1,0 +1,60 @@
+export {
+  BadRequestError,
+  BodyTooLargeError,
+  ForbiddenError,
+  GatewayError,
+  InvalidCredentialsError,
+  InvalidJsonError,
+  InvalidRefreshTokenError,
+  KeyStoreError,
+  NotFoundError,
+  RateLimitedError,
+  RefreshTokenReuseError,
+  RequestTimeoutError,
+  TokenTooLargeError,
+  UnauthenticatedError,
+  UnavailableError,
+  UnsupportedMediaTypeError,
+  UserExistsError,
+  UserNotFoundError,
+} from "./errors.js";
+export {
+  createGateway,
+  DEFAULT_BATCH_BODY_LIMIT,
+  DEFAULT_BODY_LIMIT,
+  DEFAULT_MAX_BATCH_EVENTS,
+  DEFAULT_MAX_PAGE_SIZE,
+  DEFAULT_MAX_READY_LAG,
+  DEFAULT_MAX_WAIT_MS,
+  DEFAULT_PAGE_SIZE,
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  NO_AUTH_TENANT,
+} from "./gateway.js";
+export type { Gateway, GatewayOptions, Limits } from "./gateway.js";
+export type { ErrorBody } from "./http-errors.js";
+export { DEFAULT_RSA_BITS, openKeyStore, SIGNING_ALG } from "./keys.js";
+export type { KeyInfo, KeyStore, KeyStoreOptions } from "./keys.js";
+export type { GatewayMetrics, LagReading, LagSources } from "./metrics.js";
+export { allows, checkRoles, POLICY, ROLES } from "./policy.js";
+export type { PolicyName, Role } from "./policy.js";
+export { createRateLimiter, DEFAULT_RATE_PER_SECOND } from "./rate-limit.js";
+export type { RateLimiter, RateLimitOptions } from "./rate-limit.js";
+export type { ReadModelChange, ReadModelPage, ReadModelQuery, ReadModels } from "./read-models.js";
+export { openRevocations } from "./revocations.js";
+export type { Revocations } from "./revocations.js";
+export { openSessions, revokeUserSessions } from "./sessions.js";
+export type { SessionService, TokenPair } from "./sessions.js";
+export {
+  ACCESS_TOKEN_TYPE,
+  createTokenIssuer,
+  createTokenVerifier,
+  DEFAULT_ACCESS_TTL_S,
+  DEFAULT_AUDIENCE,
+  DEFAULT_ISSUER,
+  DEFAULT_REFRESH_TTL_S,
+  MAX_TOKEN_BYTES,
+  REFRESH_TOKEN_TYPE,
+} from "./tokens.js";
+export type { ExternalIssuerOptions, LocalIssuerOptions, Principal, TokenIssuer, TokenVerifier, TokenVerifierOptions } from "./tokens.js";
+export { checkTenant, checkUsername, hashPassword, MIN_PASSWORD_LENGTH, openUserStore, verifyPassword } from "./users.js";
+export type { User, UserStore } from "./users.js";

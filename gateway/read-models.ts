@@ -1,0 +1,55 @@
+/**
+ * What the gateway needs from the projection engine and the workflow runner, as
+ * structural interfaces: `cli/up.ts` passes the real engine (`projections/index.ts`), and
+ * the gateway stays testable with any object of this shape.
+ */
+
+/** A page of read-model rows. */
+export interface ReadModelPage {
+  readonly rows: readonly Record<string, unknown>[];
+  /** Pass back as `cursor` for the next page; absent on the last page. */
+  readonly nextCursor?: string | undefined;
+}
+
+/** A tenant-scoped read-model query (the tenant always comes from the token). */
+export interface ReadModelQuery {
+  readonly tenant: string;
+  readonly reader?: string;
+  readonly filter?: Readonly<Record<string, unknown>>;
+  readonly sort?: string | readonly string[];
+  readonly cursor?: string;
+  readonly limit?: number;
+}
+
+/** A change notification for `/v1/projections/:name/live`. */
+export interface ReadModelChange {
+  /** Tenants whose rows changed, when the engine knows; a change is sent only to these. */
+  readonly tenants?: readonly string[];
+  /** Stream sequence the projection has applied. */
+  readonly seq?: number;
+}
+
+/** The projection engine, as the gateway uses it. */
+export interface ReadModels {
+  query(name: string, query: ReadModelQuery): ReadModelPage | Promise<ReadModelPage>;
+  /** Resolves once `name` has applied FLEX_EVENTS sequence `seq`; rejects after `timeoutMs`. */
+  waitFor(name: string, seq: number, options: { timeoutMs: number; signal?: AbortSignal }): Promise<void>;
+  /** Calls `listener` after the projection applied events; returns the unsubscribe function. */
+  onChange(name: string, listener: (change: ReadModelChange) => void): () => void;
+  /** Projections whose lag is reported and checked by `/readyz`. */
+  lag?(): Promise<ReadonlyArray<{ name: string; lag: number }>> | ReadonlyArray<{ name: string; lag: number }>;
+}
+
+/**
+ * How errors of other areas map to HTTP statuses, by their stable `code` (their classes
+ * are not imported so the gateway does not depend on an area that is not running).
+ */
+export const FOREIGN_ERROR_STATUS: Readonly<Record<string, number>> = {
+  FLEX_PROJECTION_NOT_FOUND: 404,
+  FLEX_TENANT_REQUIRED: 400,
+  FLEX_INVALID_QUERY: 400,
+  FLEX_PROJECTION_WAIT_TIMEOUT: 504,
+  FLEX_PROJECTION_STOPPED: 503,
+  FLEX_PROJECTION_CLOSED: 503,
+  FLEX_REBUILD_IN_PROGRESS: 503,
+};

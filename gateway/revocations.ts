@@ -1,0 +1,115 @@
+import { Kvm } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
+import type { NatsConnection, QueuedIterator } from "@nats-io/transport-node";
+import type { KvWatchEntry } from "@nats-io/kv";
+import { BUCKETS } from "../streams/index.js";
+
+/** KV key prefix of revoked token ids (`jti`) and session ids (`sid`) in `flex_auth`. */
+export const REVOKED_PREFIX = "revoked";
+
+/**
+ * Revoked token and session ids, shared by every gateway instance through `flex_auth`:
+ * each instance watches the bucket, so a revocation reaches all of them within the
+ * time the KV watch takes to deliver (milliseconds), well inside the 1 s promise.
+ */
+export interface Revocations extends AsyncDisposable {
+  /** Whether `id` (a `jti` or a `sid`) is revoked. Synchronous: checked on every request. */
+  has(id: string): boolean;
+  /**
+   * Revokes `id` until `expiresAt` (seconds since the epoch, the token's `exp`), locally at
+   * once and for the other instances through the bucket.
+   */
+  revoke(id: string, expiresAt: number): Promise<void>;
+  /** Number of ids currently revoked. */
+  readonly size: number;
+  close(): Promise<void>;
+}
+
+const codec = new TextEncoder();
+const SAFE_ID = /^[A-Za-z0-9_-]{1,128}$/u;
+// Expired ids are swept from memory (and the bucket) this often.
+const SWEEP_MS = 60_000;
+
+/** Opens the shared revocation list and waits until the existing entries are loaded. */
+export async function openRevocations(nc: NatsConnection): Promise<Revocations> {
+  const kv = await new Kvm(nc).open(BUCKETS.auth);
+  const r = new KvRevocations(kv);
+  await r.start();
+  return r;
+}
+
+class KvRevocations implements Revocations {
+  readonly #kv: KV;
+  readonly #ids = new Map<string, number>();
+  #watch: QueuedIterator<KvWatchEntry> | undefined;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(kv: KV) {
+    this.#kv = kv;
+  }
+
+  get size(): number {
+    return this.#ids.size;
+  }
+
+  async start(): Promise<void> {
+    let initial = 0;
+    for await (const _ of await this.#kv.keys(`${REVOKED_PREFIX}.>`)) initial += 1;
+    const watch = await this.#kv.watch({ key: `${REVOKED_PREFIX}.>` });
+    this.#watch = watch;
+    let resolveReady!: () => void;
+    const ready = new Promise<void>((res) => (resolveReady = res));
+    if (initial === 0) resolveReady();
+    void (async () => {
+      for await (const e of watch) {
+        const id = e.key.slice(REVOKED_PREFIX.length + 1);
+        if (e.operation === "PUT") {
+          let exp = 0;
+          try {
+            exp = e.json<{ exp: number }>().exp;
+          } catch {
+            exp = Number.MAX_SAFE_INTEGER;
+          }
+          if (exp * 1000 > Date.now()) this.#ids.set(id, exp);
+        } else {
+          this.#ids.delete(id);
+        }
+        // The last entry of the initial replay is flagged as an update (nats.js counts it in).
+        if (e.isUpdate || e.delta === 0) resolveReady();
+      }
+    })().finally(resolveReady);
+    this.#timer = setInterval(() => void this.#sweep(), SWEEP_MS);
+    this.#timer.unref();
+    await ready;
+  }
+
+  has(id: string): boolean {
+    const exp = this.#ids.get(id);
+    return exp !== undefined && exp * 1000 > Date.now();
+  }
+
+  async revoke(id: string, expiresAt: number): Promise<void> {
+    if (!SAFE_ID.test(id)) return; // ids FlexCore issues are nuids; anything else cannot be in a valid token
+    this.#ids.set(id, expiresAt);
+    await this.#kv.put(`${REVOKED_PREFIX}.${id}`, codec.encode(JSON.stringify({ exp: expiresAt })));
+  }
+
+  async #sweep(): Promise<void> {
+    const now = Date.now();
+    for (const [id, exp] of this.#ids) {
+      if (exp * 1000 > now) continue;
+      this.#ids.delete(id);
+      // Every instance may sweep the same id; deleting twice is harmless.
+      await this.#kv.delete(`${REVOKED_PREFIX}.${id}`).catch(() => undefined);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#watch?.stop();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,117 @@
+import { encodeEvent, eventSubject, FlexError } from "../../streams/index.js";
+import type { PublishAck } from "../../streams/index.js";
+import { BadRequestError, InvalidJsonError } from "../errors.js";
+import type { RouteContext } from "../gateway.js";
+import { pickEvent } from "./streams.js";
+
+/** Media types `POST /v1/events` accepts. */
+export const BATCH_MEDIA_TYPES = ["application/json", "application/x-ndjson", "application/ndjson"] as const;
+
+/** The result of one event of a batch, in request order. */
+export type BatchResult =
+  | { readonly index: number; readonly id: string; readonly seq: number; readonly duplicate: boolean }
+  | { readonly index: number; readonly id: string | null; readonly error: { readonly code: string; readonly message: string } };
+
+/** Parses NDJSON: one JSON value per line; blank lines are skipped. */
+export function parseNdjson(text: string): unknown[] {
+  const out: unknown[] = [];
+  let start = 0;
+  let line = 0;
+  while (start <= text.length) {
+    let end = text.indexOf("\n", start);
+    if (end === -1) end = text.length;
+    line += 1;
+    const chunk = text.slice(start, end).trim();
+    if (chunk.length > 0) {
+      try {
+        out.push(JSON.parse(chunk));
+      } catch (err) {
+        throw new InvalidJsonError(`line ${line}: ${(err as Error).message}`, { line });
+      }
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+function errorOf(err: unknown): { code: string; message: string } {
+  if (err instanceof FlexError) return { code: err.code, message: err.message };
+  return { code: "FLEX_INTERNAL", message: "Internal error; see the gateway log" };
+}
+
+/** `POST /v1/events`: batch ingest through the pipelined publisher. */
+export function registerEventRoutes(ctx: RouteContext): void {
+  const { app, publisher, limits, metrics, timed } = ctx;
+
+  app.post<{ Body: unknown }>("/v1/events", {
+    config: { policy: "events.ingest", accepts: BATCH_MEDIA_TYPES },
+    bodyLimit: limits.batchBodyLimit,
+    schema: {
+      tags: ["streams"],
+      summary: "Batch ingest: many events for many aggregates, each acknowledged by JetStream",
+      description:
+        "Body: a JSON array, `{ \"events\": [...] }`, or NDJSON (`application/x-ndjson`, one event per line). " +
+        "Each event: `category`, `stream` (the aggregate id), `type`, `data`, and optionally `id` (event id: a retry with the same id is stored once), `time`, `correlationId`, `causationId`, `schema`. " +
+        "No optimistic concurrency (use `POST /v1/streams/:category/:id` for that). The answer lists a result per event, in order: `seq` and `duplicate`, or an `error` with a code; an invalid event does not stop the others.",
+      response: {
+        200: {
+          type: "object",
+          properties: {
+            accepted: { type: "integer" },
+            duplicates: { type: "integer" },
+            rejected: { type: "integer" },
+            results: { type: "array", items: { type: "object", additionalProperties: true } },
+          },
+        },
+      },
+    },
+  }, async (req) => {
+    const tenant = req.principal!.tenant;
+    const body = req.body;
+    let items: unknown[];
+    if (typeof body === "string") items = parseNdjson(body);
+    else if (Array.isArray(body)) items = body;
+    else if (body !== null && typeof body === "object" && Array.isArray((body as { events?: unknown }).events)) items = (body as { events: unknown[] }).events;
+    else throw new BadRequestError("body", "The body must be a JSON array of events, { \"events\": [...] }, or NDJSON");
+    if (items.length === 0) throw new BadRequestError("events", "The batch is empty");
+    if (items.length > limits.maxBatchEvents) throw new BadRequestError("events", `A batch holds at most ${limits.maxBatchEvents} events, got ${items.length}`, { max: limits.maxBatchEvents });
+
+    const results: BatchResult[] = new Array<BatchResult>(items.length);
+    const pending: Promise<void>[] = [];
+    let accepted = 0;
+    let duplicates = 0;
+    let rejected = 0;
+    for (let i = 0; i < items.length; i++) {
+      const raw = items[i];
+      try {
+        if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw new BadRequestError(`events[${i}]`, `events[${i}] must be an object with category, stream, type and data`);
+        const r = raw as Record<string, unknown>;
+        const subject = eventSubject(tenant, r.category as string, r.stream as string);
+        const encoded = encodeEvent(pickEvent(r), `events[${i}].`);
+        const index = i;
+        pending.push(publisher.publish(subject, encoded.data, { headers: encoded.headers }).then(
+          (ack: PublishAck) => {
+            results[index] = { index, id: encoded.id, seq: ack.seq, duplicate: ack.duplicate };
+            if (ack.duplicate) duplicates += 1;
+            else accepted += 1;
+          },
+          (err: unknown) => {
+            results[index] = { index, id: encoded.id, error: errorOf(err) };
+            rejected += 1;
+          },
+        ));
+      } catch (err) {
+        const id = raw !== null && typeof raw === "object" && typeof (raw as { id?: unknown }).id === "string" ? (raw as { id: string }).id : null;
+        results[i] = { index: i, id, error: errorOf(err) };
+        rejected += 1;
+      }
+    }
+    await timed(async () => {
+      await Promise.all(pending);
+    });
+    if (accepted) metrics.ingestedEvents.inc({ route: "batch", result: "stored" }, accepted);
+    if (duplicates) metrics.ingestedEvents.inc({ route: "batch", result: "duplicate" }, duplicates);
+    if (rejected) metrics.ingestedEvents.inc({ route: "batch", result: "rejected" }, rejected);
+    return { accepted, duplicates, rejected, results };
+  });
+}

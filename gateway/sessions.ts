@@ -1,0 +1,149 @@
+import { Kvm } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
+import { nuid } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { BUCKETS } from "../streams/index.js";
+import { InvalidCredentialsError, InvalidRefreshTokenError, RefreshTokenReuseError } from "./errors.js";
+import type { Revocations } from "./revocations.js";
+import type { Principal, TokenIssuer } from "./tokens.js";
+import { checkTenant, checkUsername, keyToken } from "./users.js";
+import type { UserStore } from "./users.js";
+
+/** What sign-in and refresh return (the OAuth 2 token response shape). */
+export interface TokenPair {
+  readonly access_token: string;
+  readonly token_type: "Bearer";
+  /** Seconds until the access token expires. */
+  readonly expires_in: number;
+  readonly refresh_token: string;
+  readonly refresh_expires_in: number;
+}
+
+/**
+ * Sign-in sessions. Each sign-in opens a session (`sid`) whose refresh token has a
+ * generation; a refresh rotates it (the old refresh token stops working). Presenting a
+ * refresh token of an older generation means it was copied: every session of the user is
+ * revoked, and their access tokens stop working within the revocation delay.
+ */
+export interface SessionService {
+  /** @throws InvalidCredentialsError */
+  signIn(tenant: string, username: string, password: string): Promise<TokenPair>;
+  /** @throws InvalidRefreshTokenError, RefreshTokenReuseError */
+  refresh(refreshToken: string): Promise<TokenPair>;
+  /** Revokes the access token's `jti` until it expires, and ends its session. */
+  signOut(principal: Principal): Promise<void>;
+  /** Ends every session of a user; returns how many. */
+  revokeUser(tenant: string, username: string): Promise<number>;
+}
+
+interface SessionRecord {
+  gen: number;
+  /** Refresh expiry, seconds since the epoch. */
+  exp: number;
+  createdAt: number;
+}
+
+const codec = new TextEncoder();
+
+function sessionKey(tenant: string, username: string, sid: string): string {
+  return `session.${keyToken(tenant)}.${keyToken(username)}.${sid}`;
+}
+
+/** Ends every session of a user (also used by `flexcore users remove|passwd`). */
+export async function revokeUserSessions(kv: KV, revocations: Revocations, tenant: string, username: string): Promise<number> {
+  let n = 0;
+  for await (const key of await kv.keys(`session.${keyToken(checkTenant(tenant))}.${keyToken(checkUsername(username))}.*`)) {
+    const sid = key.split(".")[3];
+    if (!sid) continue;
+    const entry = await kv.get(key);
+    const exp = entry && entry.operation === "PUT" ? entry.json<SessionRecord>().exp : Math.floor(Date.now() / 1000) + 86_400;
+    await revocations.revoke(sid, exp);
+    await kv.delete(key);
+    n += 1;
+  }
+  return n;
+}
+
+/** Opens the session service on `flex_auth`. */
+export async function openSessions(nc: NatsConnection, users: UserStore, issuer: TokenIssuer, revocations: Revocations): Promise<SessionService> {
+  const kv = await new Kvm(nc).open(BUCKETS.auth);
+  return new KvSessions(kv, users, issuer, revocations);
+}
+
+class KvSessions implements SessionService {
+  readonly #kv: KV;
+  readonly #users: UserStore;
+  readonly #issuer: TokenIssuer;
+  readonly #revocations: Revocations;
+
+  constructor(kv: KV, users: UserStore, issuer: TokenIssuer, revocations: Revocations) {
+    this.#kv = kv;
+    this.#users = users;
+    this.#issuer = issuer;
+    this.#revocations = revocations;
+  }
+
+  async signIn(tenant: string, username: string, password: string): Promise<TokenPair> {
+    const user = await this.#users.verify(tenant, username, password);
+    if (!user) throw new InvalidCredentialsError();
+    const sid = nuid.next();
+    const record: SessionRecord = { gen: 1, exp: Math.floor(Date.now() / 1000) + this.#issuer.refreshTtlSeconds, createdAt: Date.now() };
+    await this.#kv.create(sessionKey(user.tenant, user.username, sid), codec.encode(JSON.stringify(record)));
+    return this.#pair(user.tenant, user.username, user.roles, sid, record.gen);
+  }
+
+  async refresh(refreshToken: string): Promise<TokenPair> {
+    const claims = await this.#issuer.verifyRefresh(refreshToken);
+    if (this.#revocations.has(claims.sid)) throw new InvalidRefreshTokenError("session revoked");
+    let key: string;
+    try {
+      key = sessionKey(checkTenant(claims.tenant), checkUsername(claims.subject), claims.sid);
+    } catch {
+      throw new InvalidRefreshTokenError("malformed claims");
+    }
+    const entry = await this.#kv.get(key);
+    if (!entry || entry.operation !== "PUT") throw new InvalidRefreshTokenError("session ended");
+    const record = entry.json<SessionRecord>();
+    if (claims.gen !== record.gen) throw new RefreshTokenReuseError(await this.revokeUser(claims.tenant, claims.subject));
+    const next: SessionRecord = { ...record, gen: record.gen + 1 };
+    try {
+      await this.#kv.update(key, codec.encode(JSON.stringify(next)), entry.revision);
+    } catch {
+      // Another refresh with the same token won the race: the token was used twice.
+      throw new RefreshTokenReuseError(await this.revokeUser(claims.tenant, claims.subject));
+    }
+    const user = await this.#users.get(claims.tenant, claims.subject);
+    if (!user) {
+      await this.revokeUser(claims.tenant, claims.subject);
+      throw new InvalidRefreshTokenError("user no longer exists");
+    }
+    return this.#pair(user.tenant, user.username, user.roles, claims.sid, next.gen);
+  }
+
+  async signOut(principal: Principal): Promise<void> {
+    await this.#revocations.revoke(principal.jti, principal.expiresAt);
+    if (principal.sid === undefined) return;
+    const key = sessionKey(principal.tenant, principal.subject, principal.sid);
+    const entry = await this.#kv.get(key).catch(() => null);
+    const exp = entry && entry.operation === "PUT" ? entry.json<SessionRecord>().exp : principal.expiresAt;
+    await this.#revocations.revoke(principal.sid, Math.max(exp, principal.expiresAt));
+    await this.#kv.delete(key).catch(() => undefined);
+  }
+
+  revokeUser(tenant: string, username: string): Promise<number> {
+    return revokeUserSessions(this.#kv, this.#revocations, tenant, username);
+  }
+
+  async #pair(tenant: string, username: string, roles: Principal["roles"], sid: string, gen: number): Promise<TokenPair> {
+    const access = await this.#issuer.issueAccess({ tenant, subject: username, roles, sid });
+    const refresh = await this.#issuer.issueRefresh({ tenant, subject: username, sid, gen });
+    const now = Math.floor(Date.now() / 1000);
+    return {
+      access_token: access.token,
+      token_type: "Bearer",
+      expires_in: access.expiresAt - now,
+      refresh_token: refresh.token,
+      refresh_expires_in: refresh.expiresAt - now,
+    };
+  }
+}
