@@ -21,9 +21,10 @@ interface Row {
 }
 
 function counts(rows: readonly Row[]): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const r of rows) out[r.y] = (out[r.y] ?? 0) + 1;
-  return out;
+  // Counted in a Map so labels such as `__proto__` stay plain keys.
+  const out = new Map<string, number>();
+  for (const r of rows) out.set(r.y, (out.get(r.y) ?? 0) + 1);
+  return Object.fromEntries(out);
 }
 
 function gini(c: ReadonlyMap<string, number>, n: number): number {
