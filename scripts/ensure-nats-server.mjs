@@ -50,3 +50,24 @@ if (older(v, MIN)) {
   console.error(`flexcore: nats-server ${v.join(".")} is too old; FlexCore needs ${MIN.join(".")} or newer.`);
   process.exit(1);
 }
+
+// Script steps run sandboxed with bubblewrap when it is installed (plain rlimited child
+// processes otherwise; `flexcore doctor` says so). Install it on a fresh Debian/Ubuntu box.
+if (!existsSync("/usr/bin/bwrap")) {
+  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+  if (isRoot && existsSync("/usr/bin/apt-get")) {
+    console.error("flexcore: bubblewrap is not installed; installing it with apt-get (Debian package bubblewrap) to sandbox script steps...");
+    try {
+      execFileSync("apt-get", ["install", "-y", "-qq", "bubblewrap"], { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+    } catch {
+      try {
+        execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
+        execFileSync("apt-get", ["install", "-y", "-qq", "bubblewrap"], { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+      } catch (err) {
+        console.error(`flexcore: apt-get could not install bubblewrap (${err.message}); script steps will run without the sandbox`);
+      }
+    }
+  } else {
+    console.error("flexcore: bubblewrap (`bwrap`) is not installed: script steps run as plain child processes. Install it: sudo apt-get install -y bubblewrap");
+  }
+}

@@ -1,4 +1,5 @@
 import { existsSync } from "node:fs";
+import { stat } from "node:fs/promises";
 import { availableParallelism, tmpdir } from "node:os";
 import { InvalidOptionError } from "../../streams/index.js";
 import { runChild } from "./child.js";
@@ -124,8 +125,13 @@ export async function createScriptRunner(options: ScriptRunnerOptions = {}): Pro
   const support = await sandboxSupport();
   if (sandbox === "bwrap" && support.mode !== "bwrap") throw new SandboxUnavailableError(support.warnings.join("; ") || "bwrap not found");
   const mode = sandbox === "plain" ? "plain" : support.mode;
+  const workRoot = options.workRoot ?? tmpdir();
+  const info = await stat(workRoot).catch(() => undefined);
+  if (!info?.isDirectory()) throw new InvalidOptionError("workRoot", workRoot, "an existing directory");
+  // Steps run as uid 65534: it must be able to reach its working directory.
+  if (support.dropsPrivileges && (info.mode & 0o001) === 0) throw new InvalidOptionError("workRoot", workRoot, "a directory others may traverse (mode o+x), since steps run as uid 65534");
   return new Runner(mode, support, {
-    workRoot: options.workRoot ?? tmpdir(),
+    workRoot,
     interpreters: { python: options.python ?? defaultPython(), node: options.node ?? process.execPath, bash: options.bash ?? "/bin/bash" },
     limits,
     slots: new Semaphore(maxConcurrent),
