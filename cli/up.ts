@@ -46,7 +46,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const root = projectRoot();
   const dir = options.dataDir ?? defaultDataDir();
-  const url = options.natsUrl ?? process.env.NATS_URL;
+  const url = options.natsUrl || process.env.NATS_URL || undefined;
   let server: NatsServer | undefined;
   if (!url) {
     server = await startEmbeddedServer(dir, join(root, "nats.conf"));

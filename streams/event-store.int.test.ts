@@ -62,6 +62,26 @@ describe("append", () => {
     expect(await store.read(subject)).toHaveLength(1);
   });
 
+  it("a retry completes a multi-event append that stopped halfway, and fails if someone wrote after it", async () => {
+    const subject = eventSubject("acme", "sensor", uniqueName());
+    // As if the process died after storing the first of three events.
+    await store.append(subject, [{ id: "m-1", type: "Read", data: { value: 1 } }], { expectedRevision: 0 });
+    const retried = await store.append(subject, [
+      { id: "m-1", type: "Read", data: { value: 1 } },
+      { id: "m-2", type: "Read", data: { value: 2 } },
+      { id: "m-3", type: "Read", data: { value: 3 } },
+    ], { expectedRevision: 0 });
+    expect(retried).toMatchObject({ revision: 3, duplicates: 1 });
+    expect((await store.read(subject)).map((e) => e.id)).toEqual(["m-1", "m-2", "m-3"]);
+
+    const other = eventSubject("acme", "sensor", uniqueName());
+    await store.append(other, [{ id: "n-1", type: "Read", data: {} }], { expectedRevision: 0 });
+    await store.append(other, [{ id: "foreign", type: "Read", data: {} }]);
+    await expect(store.append(other, [{ id: "n-1", type: "Read", data: {} }, { id: "n-2", type: "Read", data: {} }], { expectedRevision: 0 }))
+      .rejects.toMatchObject({ code: "FLEX_CONCURRENCY", actual: 2 });
+    expect((await store.read(other)).map((e) => e.id)).toEqual(["n-1", "foreign"]);
+  });
+
   it("20 concurrent writers on one aggregate: one winner per revision, no lost update", async () => {
     const subject = eventSubject("acme", "counter", uniqueName());
     const writers = await Promise.all(Array.from({ length: 20 }, async () => createEventStore(await nats.connect())));

@@ -1,0 +1,123 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execFile, spawn } from "node:child_process";
+import { createServer } from "node:net";
+import type { Server } from "node:net";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { connect } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { startTestNats, uniqueName } from "../test/nats-server.js";
+import type { TestNats } from "../test/nats-server.js";
+import { ensureTopology, STREAMS } from "../streams/index.js";
+
+const CLI = join(import.meta.dirname, "main.ts");
+
+function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ["--import", "tsx", CLI, ...args], { env: { ...process.env, NATS_URL: "", ...env }, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+let nats: TestNats;
+let dir: string;
+beforeAll(async () => {
+  nats = await startTestNats();
+  await ensureTopology(nats.nc);
+  dir = await mkdtemp(join(tmpdir(), "flexcore-cli-"));
+});
+afterAll(async () => {
+  await nats?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("flexcore CLI", () => {
+  it("publish, publish --file with a summary, replay as NDJSON, streams", async () => {
+    const tenant = uniqueName("cli");
+    const one = await run(["publish", "--nats", nats.server.url, `evt.${tenant}.sensor.s1`, '{"temp":21.5}', "--type", "ReadingRecorded", "--id", "first"]);
+    expect(one.code).toBe(0);
+    expect(JSON.parse(one.stdout)).toMatchObject({ id: "first", stream: STREAMS.events, duplicate: false });
+
+    const lines = Array.from({ length: 300 }, (_, i) => JSON.stringify({ subject: `evt.${tenant}.sensor.s${i % 3}`, type: "R", data: { i } }));
+    lines.splice(100, 0, "not json", JSON.stringify({ subject: `evt.${tenant}.bad token.x`, type: "R", data: 1 }));
+    const file = join(dir, "events.ndjson");
+    await writeFile(file, `${lines.join("\n")}\n`);
+    const many = await run(["publish", "--nats", nats.server.url, "--file", file]);
+    expect(many.code).toBe(1);
+    expect(many.stderr).toMatch(/published 300 events .* 2 failed/);
+    expect(many.stderr).toMatch(/line 101: .*JSON/);
+    expect(many.stderr).toMatch(/line 102: .*category/);
+
+    const replay = await run(["replay", "--nats", nats.server.url, `evt.${tenant}.>`]);
+    expect(replay.code).toBe(0);
+    const events = replay.stdout.trim().split("\n").map((l) => JSON.parse(l) as { id: string; data: { i?: number }; seq: number });
+    expect(events).toHaveLength(301);
+    expect(events[0]!.id).toBe("first");
+    expect(events.slice(1).map((e) => e.data.i)).toEqual(Array.from({ length: 300 }, (_, i) => i));
+    expect(replay.stderr).toMatch(/replayed 301 events/);
+
+    const until = await run(["replay", "--nats", nats.server.url, `evt.${tenant}.sensor.s1`, "--until", String(events[10]!.seq)]);
+    expect(until.stdout.trim().split("\n").map((l) => (JSON.parse(l) as { seq: number }).seq).every((s) => s <= events[10]!.seq)).toBe(true);
+
+    const streams = await run(["streams", "--nats", nats.server.url, "--json"]);
+    const rows = JSON.parse(streams.stdout) as Array<{ stream: string; messages: number }>;
+    expect(rows.find((r) => r.stream === STREAMS.events)!.messages).toBeGreaterThanOrEqual(301);
+
+    const bad = await run(["publish", "--nats", nats.server.url, "evt.x.y", "{}"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/FLEX_SUBJECT_TOKEN/);
+  });
+
+  it("doctor reports the version's gaps and the topology", async () => {
+    const r = await run(["doctor", "--nats", nats.server.url]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/server reachable .* version 2\.\d+\.\d+/);
+    if (nats.server.version.startsWith("2.9.")) expect(r.stdout).toMatch(/WARN .*power loss/);
+    expect(r.stdout).toMatch(/topology present, no drift/);
+    const down = await run(["doctor", "--nats", "nats://127.0.0.1:1"]);
+    expect(down.code).toBe(1);
+    expect(down.stdout).toMatch(/FAIL .*Cannot reach/);
+  });
+
+  it("up starts an embedded server on a free port when 4222 is taken, records its URL, and stops on SIGTERM", async () => {
+    const data = join(dir, "data");
+    let blocker: Server | undefined = createServer();
+    await new Promise<void>((res) => {
+      blocker!.once("error", () => {
+        blocker = undefined; // something else already holds 4222: just as good
+        res();
+      });
+      blocker!.listen(4222, "127.0.0.1", () => res());
+    });
+    const child = spawn(process.execPath, ["--import", "tsx", CLI, "up"], {
+      env: { ...process.env, NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_TEST: "1" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
+    try {
+      const urlFile = join(data, "nats.url");
+      for (let i = 0; i < 600 && !/flexcore: up/.test(stderr) && child.exitCode === null; i++) await sleep(100);
+      expect(stderr, stderr).toMatch(/flexcore: up/);
+      const url = (await readFile(urlFile, "utf8")).trim();
+      expect(url).toMatch(/^nats:\/\/127\.0\.0\.1:\d+$/);
+      expect(url).not.toBe("nats://127.0.0.1:4222");
+      const nc = await connect({ servers: url });
+      const jsm = await jetstreamManager(nc);
+      expect((await jsm.streams.info(STREAMS.events)).config.subjects).toEqual(["evt.>"]);
+      await nc.close();
+      expect(existsSync(join(data, "nats"))).toBe(true);
+      const exited = new Promise<number | null>((res) => child.once("exit", (code) => res(code)));
+      child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      expect(existsSync(urlFile)).toBe(false);
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      blocker?.close();
+    }
+  }, 120_000);
+});
