@@ -167,6 +167,8 @@ export interface Gateway extends AsyncDisposable {
   readonly sessions: SessionService | undefined;
   readonly revocations: Revocations;
   readonly metrics: GatewayMetrics;
+  /** Every route with its policy (undefined: public), in registration order. */
+  readonly routes: ReadonlyArray<{ readonly method: string; readonly url: string; readonly policy: PolicyName | undefined }>;
   close(): Promise<void>;
 }
 
@@ -252,8 +254,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 
   app.addContentTypeParser(["application/x-ndjson", "application/ndjson"], { parseAs: "string", bodyLimit: limits.batchBodyLimit }, (_req, body, done) => done(null, body));
 
+  const routes: Array<{ method: string; url: string; policy: PolicyName | undefined }> = [];
   app.addHook("onRoute", (route) => {
     const policy = route.config?.policy;
+    for (const method of [route.method].flat()) if (method !== "HEAD" && route.schema?.hide !== true) routes.push({ method, url: route.url, policy });
     if (policy !== undefined && !(policy in POLICY)) throw new InvalidOptionError(`policy of ${route.method} ${route.url}`, policy, `one of ${Object.keys(POLICY).join(", ")}`);
     if (policy !== undefined) {
       route.schema = { ...route.schema, security: [{ bearer: [] }] };
@@ -362,6 +366,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     sessions,
     revocations,
     metrics,
+    routes,
     close,
     [Symbol.asyncDispose]: close,
   };

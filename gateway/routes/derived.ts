@@ -46,7 +46,7 @@ export function registerDerivedRoutes(ctx: RouteContext): void {
       const last = await jsm.streams.getMessage(STREAMS.derived, { last_by_subj: filter }).catch(() => null);
       if (!last) return [];
       const consumer = await js.consumers.get(STREAMS.derived, {
-        filter_subjects: [filter],
+        filter_subjects: filter,
         deliver_policy: q.key !== undefined ? DeliverPolicy.All : DeliverPolicy.LastPerSubject,
       });
       const kept: StoredEvent[] = [];
