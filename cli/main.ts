@@ -2,10 +2,13 @@
 import { Command } from "commander";
 import { FlexError } from "../streams/index.js";
 import { register as registerDoctor } from "./commands/doctor.js";
+import { register as registerNatsUsers } from "./commands/nats-users.js";
 import { register as registerPublish } from "./commands/publish.js";
 import { register as registerReplay } from "./commands/replay.js";
 import { register as registerStreams } from "./commands/streams.js";
+import { register as registerToken } from "./commands/token.js";
 import { register as registerUp } from "./commands/up.js";
+import { register as registerUsers } from "./commands/users.js";
 
 const program = new Command();
 program.name("flexcore").description("FlexCore: event sourcing, processors and read models on NATS JetStream").showHelpAfterError();
@@ -16,6 +19,9 @@ registerPublish(program);
 registerReplay(program);
 registerStreams(program);
 registerDoctor(program);
+registerUsers(program);
+registerToken(program);
+registerNatsUsers(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof FlexError ? ` [${err.code}]` : "";

@@ -1,0 +1,57 @@
+import { execFile } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestNats, uniqueName } from "../../test/nats-server.js";
+import type { TestNats } from "../../test/nats-server.js";
+import { ensureTopology } from "../../streams/index.js";
+import { createGateway } from "../../gateway/index.js";
+
+const run = promisify(execFile);
+const root = new URL("../../", import.meta.url).pathname;
+let nats: TestNats;
+let data: string;
+
+function flexcore(args: string[], env: Record<string, string> = {}) {
+  return run(process.execPath, ["--import", "tsx", join(root, "cli/main.ts"), ...args], {
+    cwd: root,
+    env: { ...process.env, NATS_URL: nats.server.url, FLEXCORE_DATA: data, ...env },
+  });
+}
+
+beforeAll(async () => {
+  nats = await startTestNats();
+  await ensureTopology(nats.nc);
+  data = await mkdtemp(join(tmpdir(), "flexcore-cli-users-"));
+});
+afterAll(async () => {
+  await nats?.close();
+  if (data) await rm(data, { recursive: true, force: true });
+});
+
+describe("flexcore users / token / nats-users", () => {
+  it("adds and lists users, and signs in with them through the gateway; `token` is accepted by the gateway", async () => {
+    const tenant = uniqueName("cli");
+    await flexcore(["users", "add", tenant, "erin", "--roles", "writer,reader"], { FLEXCORE_PASSWORD: "cli password 1" });
+    const listed = (await flexcore(["users", "list", tenant])).stdout.trim().split("\n").map((l) => JSON.parse(l));
+    expect(listed).toMatchObject([{ tenant, username: "erin", roles: ["writer", "reader"] }]);
+    const token = (await flexcore(["token", "--tenant", tenant, "--roles", "reader", "--subject", "script"])).stdout.trim();
+    const gw = await createGateway({ nc: nats.nc, dataDir: data, port: 0 });
+    try {
+      const signIn = await gw.app.inject({ method: "POST", url: "/v1/auth/token", payload: { tenant, username: "erin", password: "cli password 1" } });
+      expect(signIn.statusCode).toBe(200);
+      const me = await gw.app.inject({ method: "GET", url: "/v1/auth/me", headers: { authorization: `Bearer ${token}` } });
+      expect(me.json()).toMatchObject({ tenant, subject: "script", roles: ["reader"] });
+    } finally {
+      await gw.close();
+    }
+  });
+
+  it("nats-users prints a users block", async () => {
+    const { stdout } = await flexcore(["nats-users", "--tenant", "acme", "--tenant", "globex", "--out", "-"]);
+    expect(stdout).toContain('publish: { allow: ["evt.acme.>"] }');
+    expect(stdout).toContain('subscribe: { allow: ["_INBOX_globex.>"] }');
+  });
+});
