@@ -66,7 +66,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     nc = await connect({ servers: natsUrl, name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     const version = nc.info?.version ?? "unknown";
     for (const gap of missingFeatures(version)) log(`flexcore: nats-server ${version}: ${gap}`);
-    const report = await ensureTopology(nc);
+    const replicas = process.env.FLEXCORE_REPLICAS ? Number(process.env.FLEXCORE_REPLICAS) : undefined;
+    const report = await ensureTopology(nc, replicas === undefined ? {} : { replicas });
     log(`flexcore: topology: created [${report.created.join(", ")}], unchanged [${report.unchanged.join(", ")}]`);
     for (const d of report.drift) log(`flexcore: drift in ${d.resource}.${d.field}: expected ${JSON.stringify(d.expected)}, found ${JSON.stringify(d.actual)}`);
     const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log };
