@@ -1,3 +1,40 @@
+/**
+ * The processors area: the runtime (durable consumers → key partitions → Piscina pool →
+ * derived events), the pipeline configuration, and the built-in processors.
+ */
+export type { ProcessorDefinition, ProcessorInput, ProcessorOutput, ProcessResult } from "./types.js";
+export { ConfigError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
+export type { ConfigIssue } from "./errors.js";
+export { array, at, boolean, collect, fail, integer, issuesOf, number, object, oneOf, required, string } from "./options.js";
+export type { NumberBounds } from "./options.js";
+export {
+  DEFAULT_ACK_WAIT_MS,
+  DEFAULT_BACKOFF_MS,
+  DEFAULT_BATCH_SIZE,
+  DEFAULT_CONFIG_FILE,
+  DEFAULT_MAX_DELIVER,
+  DEFAULT_MAX_IN_FLIGHT,
+  DEFAULT_METRICS_INTERVAL_MS,
+  DEFAULT_PARTITIONS,
+  duration,
+  loadConfig,
+  parseConfig,
+  pipelineSections,
+  processorsSection,
+  resolveConfigPath,
+  runtimeSection,
+} from "./config.js";
+export type { ConfigSections, ProcessorConfig, ResolvedProcessor, RuntimeConfig, SectionValidator } from "./config.js";
+export { BUILTIN_PROCESSORS } from "./builtin/index.js";
+export { anomaly, anomalyOptions, ANOMALY_METHODS, scoreSeries } from "./builtin/anomaly.js";
+export type { AnomalyMethod, AnomalyOptions, AnomalyState } from "./builtin/anomaly.js";
+export { createProcessorPool, DEFAULT_WORKER_MEMORY_MB } from "./pool.js";
+export type { InvokeResult, ProcessorPool, ProcessorPoolOptions } from "./pool.js";
+export { CONSUMER_PREFIX, startProcessorRuntime, stateKvKey } from "./runtime.js";
+export type { InvokeInput, ProcessorRuntime, ProcessorRuntimeOptions } from "./runtime.js";
+export type { ProcessorMetrics } from "./metrics.js";
+export type { BatchResult, BatchTask, SeriesResult, SeriesTask } from "./task.js";
+
 // Script steps: JavaScript, Python and Bash run sandboxed (bubblewrap) or trusted (worker threads).
 export { createScriptRunner, DEFAULT_SCRIPT_LIMITS, resolveLimits, SCRIPT_LANGUAGES, validateScriptSpec } from "./scripts/script-runner.js";
 export { sandboxSupport } from "./scripts/sandbox.js";

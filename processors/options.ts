@@ -152,6 +152,11 @@ export function collect<T extends readonly unknown[]>(checks: { [K in keyof T]: 
 export function issuesOf(err: unknown, path: string): ConfigIssue[] {
   if (err instanceof ConfigError) return [...err.issues];
   const e = err as { field?: unknown; message?: unknown };
-  if (typeof e?.field === "string") return [{ path: e.field, message: String(e.message) }];
+  if (typeof e?.field === "string") {
+    // InvalidOptionError says "Expected `<field>` to be X, got Y"; the path is printed already.
+    const prefix = `Expected \`${e.field}\` to be `;
+    const message = String(e.message);
+    return [{ path: e.field, message: message.startsWith(prefix) ? `expected ${message.slice(prefix.length)}` : message }];
+  }
   return [{ path, message: err instanceof Error ? err.message : String(err) }];
 }

@@ -1,0 +1,51 @@
+/** One processor's runtime figures (what `/metrics` and `MetricsReported` show). */
+export interface ProcessorMetrics {
+  readonly processor: string;
+  readonly kind: string;
+  /** Source events acknowledged since start (processed, skipped as already reflected, or dead-lettered). */
+  readonly processed: number;
+  /** Derived events published since start. */
+  readonly outputs: number;
+  /** Failed attempts (a task or key that threw, a worker that died) since start. */
+  readonly errors: number;
+  /** Events sent to `FLEX_DLQ` since start. */
+  readonly deadLettered: number;
+  /** Events fetched and not yet acknowledged. */
+  readonly inFlight: number;
+  /** Events waiting in partitions plus tasks waiting for a worker. */
+  readonly queueDepth: number;
+  /** Events per second since the last report. */
+  readonly throughput: number;
+  /** Latency from fetch to acknowledgement, in ms, over the recent events. */
+  readonly p50: number;
+  readonly p95: number;
+  readonly p99: number;
+}
+
+/** Latencies kept for the percentiles. */
+export const LATENCY_SAMPLES = 8_192;
+
+/** The last {@link LATENCY_SAMPLES} latencies in a ring; percentiles by sorting a copy on demand. */
+export class LatencyWindow {
+  readonly #ring = new Float64Array(LATENCY_SAMPLES);
+  #count = 0;
+  #next = 0;
+
+  add(ms: number): void {
+    this.#ring[this.#next] = ms;
+    this.#next = (this.#next + 1) % LATENCY_SAMPLES;
+    if (this.#count < LATENCY_SAMPLES) this.#count += 1;
+  }
+
+  reset(): void {
+    this.#count = 0;
+    this.#next = 0;
+  }
+
+  percentiles(): { p50: number; p95: number; p99: number } {
+    if (this.#count === 0) return { p50: 0, p95: 0, p99: 0 };
+    const s = this.#ring.slice(0, this.#count).sort();
+    const at = (p: number): number => s[Math.min(s.length - 1, Math.max(0, Math.ceil(p * s.length) - 1))]!;
+    return { p50: at(0.5), p95: at(0.95), p99: at(0.99) };
+  }
+}

@@ -1,0 +1,738 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import type { Consumer, ConsumerConfig, ConsumerMessages, JetStreamManager, JsMsg } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
+import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
+import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
+import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, HEADERS, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import type { Publisher } from "../streams/index.js";
+import type { ResolvedProcessor } from "./config.js";
+import { ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
+import { LatencyWindow } from "./metrics.js";
+import type { ProcessorMetrics } from "./metrics.js";
+import { createProcessorPool } from "./pool.js";
+import type { InvokeResult, ProcessorPool } from "./pool.js";
+import { coverFilters, subjectMatches } from "./subject-filter.js";
+import type { BatchResult, BatchTask } from "./task.js";
+import type { ProcessorDefinition } from "./types.js";
+import { BUILTIN_PROCESSORS } from "./builtin/index.js";
+
+/** Prefix of the durable consumer of each processor: `proc_<name>`. */
+export const CONSUMER_PREFIX = "proc_";
+/** Batches of one partition processed ahead of their commit. */
+const LOOKAHEAD = 2;
+/** How long one pull waits for messages, in ms (idle heartbeats every half of it). */
+const FETCH_EXPIRES_MS = 5_000;
+/** Wait after a failed pull before the next, in ms. */
+const FETCH_RETRY_MS = 250;
+/** Pool tasks queued per thread before the runtime stops fetching. */
+const QUEUE_PER_THREAD = 2;
+/** First version whose consumers take several filter subjects. */
+const MULTI_FILTER_VERSION = "2.10.0";
+/** Wait before a processor that failed to commit starts again, in ms. */
+const RESTART_DELAY_MS = 1_000;
+
+/** Options of {@link startProcessorRuntime}. */
+export interface ProcessorRuntimeOptions {
+  /** Processors from the `processors:` section (see `processorsSection`). */
+  readonly processors: readonly ResolvedProcessor[];
+  /** Worker threads. @default availableParallelism() */
+  readonly threads?: number;
+  /** Per-worker heap limit in MiB. @default 512 */
+  readonly workerMemoryMb?: number;
+  /** Publish `MetricsReported` events this often, in ms; 0 turns them off. @default 60000 */
+  readonly metricsIntervalMs?: number;
+  /** Extra definition modules (URLs exporting `definitions`), loaded by the workers too. */
+  readonly modules?: readonly string[];
+  /** Definitions of those modules, for `invoke` and option checks on this thread. */
+  readonly definitions?: readonly ProcessorDefinition[];
+  /** @default a publisher created and closed by the runtime */
+  readonly publisher?: Publisher;
+  readonly log?: (line: string) => void;
+}
+
+/** The running processors. */
+export interface ProcessorRuntime extends AsyncDisposable {
+  /** Names of the running processors. */
+  readonly processors: readonly string[];
+  /** A snapshot of each processor's counters, latency percentiles and queue depth (for `/metrics`). */
+  metrics(): ProcessorMetrics[];
+  /** Messages not yet acknowledged per processor consumer (`{ name, lag }`, the gateway's lag source). */
+  lag(): Promise<Array<{ name: string; lag: number }>>;
+  /**
+   * Runs a processor kind once on the pool, outside any stream: options are validated
+   * (errors name `options.<field>`), `state` defaults to the kind's initial state.
+   * Workflows call processors through this.
+   */
+  invoke(kind: string, options: unknown, inputs: readonly InvokeInput[], state?: unknown, signal?: AbortSignal): Promise<InvokeResult>;
+  /** Resolves once every message fetched so far is acknowledged (tests, benches). */
+  idle(): Promise<void>;
+  readonly pool: ProcessorPool;
+  /** Stops fetching, finishes and acknowledges in-flight work, checkpoints, closes the pool. */
+  close(): Promise<void>;
+}
+
+/** An input of {@link ProcessorRuntime.invoke}; missing fields get neutral values. */
+export interface InvokeInput {
+  readonly data: unknown;
+  readonly key?: string;
+  readonly tenant?: string;
+  readonly type?: string;
+  readonly time?: string;
+  readonly seq?: number;
+  readonly subject?: string;
+}
+
+interface Entry {
+  readonly m: JsMsg;
+  readonly seq: number;
+  readonly subject: string;
+  readonly tenant: string;
+  readonly key: string;
+  readonly stateKey: string;
+  readonly type: string;
+  readonly time: string;
+  readonly receivedAt: number;
+}
+
+interface KeyState {
+  json: string | null;
+  seq: number;
+}
+
+interface PendingOutput {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  readonly headers: MsgHdrs;
+}
+
+interface Outcome {
+  readonly entries: readonly Entry[];
+  readonly outputs: readonly PendingOutput[];
+  readonly dlq: readonly PendingOutput[];
+  readonly checkpoints: ReadonlyMap<string, { readonly json: string | null; readonly seq: number }>;
+  readonly failedAttempts: number;
+}
+
+interface Partition {
+  queue: Entry[];
+  busy: boolean;
+  commitTail: Promise<void>;
+  uncommitted: number;
+}
+
+const encoder = new TextEncoder();
+
+function fnv(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+/** The `flex_state` key of a processor's state for one key. */
+export function stateKvKey(processor: string, tenant: string, key: string): string {
+  return snapshotKey(`${tenant}.${key}`, processor);
+}
+
+class ProcessorRunner {
+  readonly cfg: ResolvedProcessor;
+  readonly consumerName: string;
+  readonly #nc: NatsConnection;
+  readonly #jsm: JetStreamManager;
+  readonly #kv: KV;
+  readonly #pool: ProcessorPool;
+  readonly #publisher: Publisher;
+  readonly #log: (line: string) => void;
+  readonly #partitions: Partition[];
+  readonly #states = new Map<string, KeyState>();
+  readonly #loading = new Map<string, Promise<KeyState>>();
+  readonly #waiters: Array<() => void> = [];
+  readonly #idleWaiters: Array<() => void> = [];
+  readonly #onFailure: (runner: ProcessorRunner, err: unknown) => void;
+  #clientFilter: string[] | undefined;
+  #consumer: Consumer | undefined;
+  #messages: ConsumerMessages | undefined;
+  #fetching: Promise<void> | undefined;
+  #inFlight = 0;
+  #stopping = false;
+  #failed = false;
+  readonly latency = new LatencyWindow();
+  totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0 };
+
+  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string) => void, onFailure: (runner: ProcessorRunner, err: unknown) => void) {
+    this.#nc = nc;
+    this.#jsm = jsm;
+    this.#kv = kv;
+    this.#pool = pool;
+    this.#publisher = publisher;
+    this.cfg = cfg;
+    this.consumerName = `${CONSUMER_PREFIX}${cfg.name}`;
+    this.#log = log;
+    this.#onFailure = onFailure;
+    this.#partitions = Array.from({ length: cfg.partitions }, () => ({ queue: [], busy: false, commitTail: Promise.resolve(), uncommitted: 0 }));
+  }
+
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  get queued(): number {
+    let n = 0;
+    for (const p of this.#partitions) n += p.queue.length;
+    return n;
+  }
+
+  async start(): Promise<void> {
+    const version = this.#nc.info?.version ?? "0.0.0";
+    const multi = compareVersions(version, MULTI_FILTER_VERSION) >= 0;
+    const subjects = [...this.cfg.subjects];
+    let filter: Partial<ConsumerConfig>;
+    if (subjects.length === 1) filter = { filter_subject: subjects[0]! };
+    else if (multi) filter = { filter_subjects: subjects };
+    else {
+      // 2.9.x takes one filter: pull a filter covering them all, drop the rest here.
+      filter = { filter_subject: coverFilters(subjects) };
+      this.#clientFilter = subjects;
+    }
+    // Start where every earlier message is acknowledged. Recreating the consumer there makes
+    // the server deliver the unacknowledged messages again now and in stream order, instead
+    // of after ack_wait and behind newer ones, so a key never sees its events out of order;
+    // messages that were processed but not acknowledged are skipped by their checkpoint.
+    let floor = 0;
+    try {
+      const info = await this.#jsm.consumers.info(STREAMS.events, this.consumerName);
+      floor = info.ack_floor.stream_seq;
+      await this.#jsm.consumers.delete(STREAMS.events, this.consumerName);
+    } catch (err) {
+      if (!/consumer not found/i.test(String((err as Error).message)) && (err as { name?: string }).name !== "ConsumerNotFoundError") throw err;
+    }
+    const config: Partial<ConsumerConfig> = {
+      durable_name: this.consumerName,
+      description: `FlexCore processor ${this.cfg.name} (${this.cfg.kind})`,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: nanos(this.cfg.ackWaitMs),
+      max_ack_pending: this.cfg.maxInFlight,
+      // The runtime counts attempts and dead-letters; the server must never drop a message.
+      max_deliver: -1,
+      ...(floor > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: floor + 1 } : { deliver_policy: DeliverPolicy.All }),
+      ...filter,
+    };
+    await this.#jsm.consumers.add(STREAMS.events, config);
+    this.#consumer = await jetstream(this.#nc).consumers.get(STREAMS.events, this.consumerName);
+    this.#fetching = this.#fetchLoop().catch((err: unknown) => this.#fail(err));
+  }
+
+  async #fetchLoop(): Promise<void> {
+    const cfg = this.cfg;
+    const maxTasks = this.#pool.threads * QUEUE_PER_THREAD;
+    while (!this.#stopping) {
+      // Backpressure: fetch only while fewer than max_in_flight messages are unacknowledged
+      // and the pool's queue is short.
+      while (!this.#stopping && (this.#inFlight >= cfg.maxInFlight || this.#pool.queueSize >= maxTasks)) {
+        await new Promise<void>((res) => this.#waiters.push(res));
+      }
+      if (this.#stopping) break;
+      const want = Math.min(cfg.maxInFlight - this.#inFlight, cfg.batchSize * cfg.partitions * 2);
+      try {
+        const messages = await this.#consumer!.fetch({ max_messages: want, expires: FETCH_EXPIRES_MS });
+        this.#messages = messages;
+        for await (const m of messages) this.#accept(m);
+      } catch (err) {
+        // A pull can fail (missed heartbeats while the event loop was busy, a reconnect):
+        // what it delivered is in the partitions, the rest comes with the next pull.
+        if (this.#stopping) break;
+        this.#log(`flexcore: processor ${cfg.name}: pull failed (${(err as Error).message}); pulling again`);
+        await sleep(FETCH_RETRY_MS);
+      } finally {
+        this.#messages = undefined;
+      }
+    }
+  }
+
+  #wake(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  #accept(m: JsMsg): void {
+    const subject = m.subject;
+    const tokens = subject.split(".");
+    if (tokens.length < 3 || (this.#clientFilter && !this.#clientFilter.some((f) => subjectMatches(f, subject)))) {
+      m.ack();
+      return;
+    }
+    const tenant = tokens[1]!;
+    const key = tokens[tokens.length - 1]!;
+    const h = m.headers;
+    const entry: Entry = {
+      m,
+      seq: m.seq,
+      subject,
+      tenant,
+      key,
+      stateKey: `${tenant}.${key}`,
+      type: h?.get(HEADERS.type) || "unknown",
+      time: h?.get(HEADERS.time) || new Date(Math.floor(m.info.timestampNanos / 1e6)).toISOString(),
+      receivedAt: performance.now(),
+    };
+    this.#inFlight += 1;
+    const p = this.#partitions[fnv(entry.stateKey) % this.#partitions.length]!;
+    p.queue.push(entry);
+    this.#schedule(p);
+  }
+
+  #schedule(p: Partition): void {
+    if (p.busy || p.queue.length === 0 || this.#failed) return;
+    p.busy = true;
+    void this.#drain(p).finally(() => {
+      p.busy = false;
+      this.#schedule(p);
+      this.#checkIdle();
+    });
+  }
+
+  async #drain(p: Partition): Promise<void> {
+    while (p.queue.length > 0 && !this.#failed) {
+      const batch = p.queue.splice(0, this.cfg.batchSize);
+      let outcome: Outcome;
+      try {
+        await this.#ensureStates(batch);
+        outcome = await this.#process(batch);
+      } catch (err) {
+        this.#fail(err);
+        return;
+      }
+      p.uncommitted += 1;
+      p.commitTail = p.commitTail.then(async () => {
+        if (this.#failed) return;
+        try {
+          await this.#commit(outcome);
+        } catch (err) {
+          this.#fail(err);
+        } finally {
+          p.uncommitted -= 1;
+        }
+      });
+      if (p.uncommitted >= LOOKAHEAD) await p.commitTail;
+    }
+  }
+
+  async #ensureStates(batch: readonly Entry[]): Promise<void> {
+    const missing = new Set<string>();
+    for (const e of batch) if (!this.#states.has(e.stateKey)) missing.add(e.stateKey);
+    if (missing.size === 0) return;
+    await Promise.all(
+      [...missing].map(async (sk) => {
+        let loading = this.#loading.get(sk);
+        if (!loading) {
+          const e = batch.find((x) => x.stateKey === sk)!;
+          loading = this.#loadState(e.tenant, e.key);
+          this.#loading.set(sk, loading);
+        }
+        const st = await loading.finally(() => this.#loading.delete(sk));
+        if (!this.#states.has(sk)) this.#states.set(sk, st);
+      }),
+    );
+  }
+
+  async #loadState(tenant: string, key: string): Promise<KeyState> {
+    const entry = await this.#kv.get(stateKvKey(this.cfg.name, tenant, key));
+    if (!entry || entry.operation !== "PUT" || entry.length === 0) return { json: null, seq: 0 };
+    const saved = JSON.parse(new TextDecoder().decode(entry.value)) as { seq: number; state: unknown };
+    return { json: saved.state === null || saved.state === undefined ? null : JSON.stringify(saved.state), seq: saved.seq };
+  }
+
+  #buildTask(entries: readonly Entry[]): BatchTask {
+    const keyIdx = new Map<string, number>();
+    const tenants: string[] = [];
+    const keys: string[] = [];
+    const states: Array<string | null> = [];
+    const keyIndex = new Uint32Array(entries.length);
+    const seqs = new Float64Array(entries.length);
+    const subjects: string[] = [];
+    const types: string[] = [];
+    const times: string[] = [];
+    let bytes = 0;
+    for (const e of entries) bytes += e.m.data.length;
+    const body = new Uint8Array(bytes);
+    const offsets = new Uint32Array(entries.length + 1);
+    let pos = 0;
+    entries.forEach((e, i) => {
+      let k = keyIdx.get(e.stateKey);
+      if (k === undefined) {
+        k = keys.length;
+        keyIdx.set(e.stateKey, k);
+        tenants.push(e.tenant);
+        keys.push(e.key);
+        states.push(this.#states.get(e.stateKey)!.json);
+      }
+      keyIndex[i] = k;
+      seqs[i] = e.seq;
+      subjects.push(e.subject);
+      types.push(e.type);
+      times.push(e.time);
+      body.set(e.m.data, pos);
+      pos += e.m.data.length;
+      offsets[i + 1] = pos;
+    });
+    return { op: "batch", kind: this.cfg.kind, options: this.cfg.validatedOptions, tenants, keys, states, keyIndex, seqs, subjects, types, times, body, offsets };
+  }
+
+  // Runs a batch: skips what the state already reflects, sends the rest to the pool, and
+  // falls back to one event at a time (with retries, then the DLQ) for keys that failed.
+  async #process(batch: readonly Entry[]): Promise<Outcome> {
+    const todo: Entry[] = [];
+    const lastSeq = new Map<string, number>();
+    for (const e of batch) {
+      const reflected = Math.max(this.#states.get(e.stateKey)!.seq, lastSeq.get(e.stateKey) ?? 0);
+      if (e.seq <= reflected) continue; // processed before a restart, or delivered twice
+      lastSeq.set(e.stateKey, e.seq);
+      todo.push(e);
+    }
+    const outputs: PendingOutput[] = [];
+    const dlq: PendingOutput[] = [];
+    const checkpoints = new Map<string, { json: string | null; seq: number }>();
+    let failedAttempts = 0;
+    if (todo.length === 0) return { entries: batch, outputs, dlq, checkpoints, failedAttempts };
+
+    let retry: Entry[] = [];
+    let result: BatchResult | undefined;
+    try {
+      result = await this.#pool.runBatch(this.#buildTask(todo));
+    } catch {
+      failedAttempts += 1;
+      retry = todo; // the worker died (out of memory, exit): isolate the culprit
+    }
+    if (result) {
+      const failedKeys = new Set(result.failures.map((f) => f.keyIndex));
+      failedAttempts += failedKeys.size;
+      // Key order of the task is first appearance in `todo`.
+      const order: string[] = [];
+      const seen = new Set<string>();
+      for (const e of todo) if (!seen.has(e.stateKey)) (seen.add(e.stateKey), order.push(e.stateKey));
+      order.forEach((sk, k) => {
+        if (failedKeys.has(k)) return;
+        const st = { json: result!.states[k] ?? null, seq: lastSeq.get(sk)! };
+        this.#states.set(sk, st);
+        checkpoints.set(sk, st);
+      });
+      this.#collectOutputs(todo, result, outputs, (i) => !failedKeys.has(order.indexOf(todo[i]!.stateKey)));
+      if (failedKeys.size > 0) retry = todo.filter((e) => failedKeys.has(order.indexOf(e.stateKey)));
+    }
+    if (retry.length > 0) {
+      const single = await this.#processOneByOne(retry, outputs, dlq, checkpoints);
+      failedAttempts += single;
+    }
+    return { entries: batch, outputs, dlq, checkpoints, failedAttempts };
+  }
+
+  #collectOutputs(entries: readonly Entry[], result: BatchResult, out: PendingOutput[], include: (eventIndex: number) => boolean): void {
+    for (let j = 0; j < result.outEvent.length; j++) {
+      const i = result.outEvent[j]!;
+      if (!include(i)) continue;
+      const e = entries[i]!;
+      const h = natsHeaders();
+      h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:${result.outIndex[j]}`);
+      h.set(HEADERS.type, result.outTypes[j]!);
+      h.set(HEADERS.time, e.time);
+      const sourceId = e.m.headers?.get(HEADERS.msgId) || `seq-${e.seq}`;
+      h.set(HEADERS.correlationId, e.m.headers?.get(HEADERS.correlationId) || sourceId);
+      h.set(HEADERS.causationId, sourceId);
+      h.set(HEADERS.schema, "1");
+      h.set(HEADERS.contentType, "application/json");
+      h.set("Flex-Source-Seq", String(e.seq));
+      const outKey = result.outKeys[j] ?? e.key;
+      out.push({ subject: derivedSubject(e.tenant, this.cfg.name, outKey), data: result.outBody.slice(result.outOffsets[j]!, result.outOffsets[j + 1]!), headers: h });
+    }
+  }
+
+  async #processOneByOne(entries: readonly Entry[], outputs: PendingOutput[], dlq: PendingOutput[], checkpoints: Map<string, { json: string | null; seq: number }>): Promise<number> {
+    let failedAttempts = 0;
+    for (const e of entries) {
+      const allowed = Math.max(1, this.cfg.maxDeliver - (e.m.info.deliveryCount - 1));
+      let lastError: { name: string; code: string | undefined; message: string } = { name: "Error", code: undefined, message: "unknown" };
+      let done = false;
+      for (let attempt = 1; attempt <= allowed && !done; attempt++) {
+        if (attempt > 1) {
+          e.m.working();
+          const wait = this.cfg.backoffMs[Math.min(attempt - 2, this.cfg.backoffMs.length - 1)]!;
+          await sleep(wait);
+          e.m.working();
+        }
+        try {
+          const result = await this.#pool.runBatch(this.#buildTask([e]));
+          if (result.failures.length > 0) {
+            lastError = result.failures[0]!;
+            failedAttempts += 1;
+            continue;
+          }
+          const st = { json: result.states[0] ?? null, seq: e.seq };
+          this.#states.set(e.stateKey, st);
+          checkpoints.set(e.stateKey, st);
+          this.#collectOutputs([e], result, outputs, () => true);
+          done = true;
+        } catch (err) {
+          failedAttempts += 1;
+          const x = err as { name?: string; code?: string; message?: string };
+          lastError = { name: x?.name ?? "Error", code: typeof x?.code === "string" ? x.code : undefined, message: x?.message ?? String(err) };
+        }
+      }
+      if (done) continue;
+      // Poison: the state does not change, the sequence counts as handled.
+      const st = this.#states.get(e.stateKey)!;
+      const next = { json: st.json, seq: e.seq };
+      this.#states.set(e.stateKey, next);
+      checkpoints.set(e.stateKey, next);
+      const reason = new ProcessorFailedError(this.cfg.name, e.seq, `${lastError.name}${lastError.code ? ` [${lastError.code}]` : ""}: ${lastError.message}`);
+      const h = natsHeaders();
+      h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:dlq`);
+      h.set(HEADERS.type, "ProcessingFailed");
+      h.set(HEADERS.time, new Date().toISOString());
+      h.set(HEADERS.causationId, e.m.headers?.get(HEADERS.msgId) || `seq-${e.seq}`);
+      h.set(HEADERS.schema, "1");
+      h.set(HEADERS.contentType, "application/json");
+      h.set("Flex-Source-Seq", String(e.seq));
+      h.set("Flex-Source-Subject", e.subject);
+      h.set("Flex-Error", reason.message.replace(/[\r\n]+/g, " ").slice(0, 1024));
+      const body = {
+        processor: this.cfg.name,
+        kind: this.cfg.kind,
+        seq: e.seq,
+        subject: e.subject,
+        tenant: e.tenant,
+        key: e.key,
+        type: e.type,
+        time: e.time,
+        attempts: allowed + (e.m.info.deliveryCount - 1),
+        error: { name: lastError.name, code: lastError.code ?? null, message: lastError.message },
+        reason: reason.message,
+        data: decodeData(e.m.data),
+      };
+      dlq.push({ subject: dlqSubject(e.tenant, this.cfg.name), data: encoder.encode(JSON.stringify(body)), headers: h });
+      this.#log(`flexcore: ${reason.message}; dead-lettered to ${dlqSubject(e.tenant, this.cfg.name)}`);
+    }
+    return failedAttempts;
+  }
+
+  // Outputs first, then the state checkpoints, then the acks: a crash anywhere in between
+  // replays the batch, whose outputs carry the same Nats-Msg-Id and are stored once.
+  async #commit(o: Outcome): Promise<void> {
+    const publish = (x: PendingOutput): Promise<unknown> => this.#publisher.publish(x.subject, x.data, { headers: x.headers });
+    if (o.outputs.length > 0 || o.dlq.length > 0) await Promise.all([...o.outputs.map(publish), ...o.dlq.map(publish)]);
+    if (o.checkpoints.size > 0) {
+      await Promise.all(
+        [...o.checkpoints].map(([sk, st]) => {
+          const dot = sk.indexOf(".");
+          const subject = `$KV.${BUCKETS.state}.${stateKvKey(this.cfg.name, sk.slice(0, dot), sk.slice(dot + 1))}`;
+          return this.#publisher.publish(subject, encoder.encode(`{"seq":${st.seq},"state":${st.json ?? "null"}}`));
+        }),
+      );
+    }
+    const now = performance.now();
+    for (const e of o.entries) {
+      e.m.ack();
+      this.latency.add(now - e.receivedAt);
+    }
+    this.totals.processed += o.entries.length;
+    this.totals.outputs += o.outputs.length;
+    this.totals.errors += o.failedAttempts;
+    this.totals.deadLettered += o.dlq.length;
+    this.#inFlight -= o.entries.length;
+    this.#wake();
+    this.#checkIdle();
+  }
+
+  #checkIdle(): void {
+    if (this.#inFlight === 0) for (const w of this.#idleWaiters.splice(0)) w();
+  }
+
+  /** Resolves when nothing fetched is unacknowledged. */
+  async idle(): Promise<void> {
+    if (this.#inFlight === 0) return;
+    await new Promise<void>((res) => this.#idleWaiters.push(res));
+  }
+
+  /** Something failed: the in-memory states are not trustworthy; the runtime restarts this processor. */
+  #fail(err: unknown): void {
+    if (this.#failed || this.#stopping) return;
+    this.#failed = true;
+    this.#log(`flexcore: processor ${this.cfg.name} failed: ${(err as Error)?.message ?? String(err)}; restarting from its checkpoints`);
+    this.#onFailure(this, err);
+  }
+
+  /** Stops fetching and waits for what was fetched to be processed, committed and acknowledged. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#wake();
+    await this.#messages?.close().catch(() => undefined);
+    await this.#fetching;
+    if (!this.#failed) {
+      // Drain what is queued: partitions keep running until their queues are empty.
+      while (this.#partitions.some((p) => p.busy || p.queue.length > 0) && !this.#failed) await sleep(5);
+    }
+    await Promise.all(this.#partitions.map((p) => p.commitTail));
+    for (const w of this.#idleWaiters.splice(0)) w();
+  }
+}
+
+/** Starts one durable consumer and partitioned pipeline per processor on a shared pool. */
+export async function startProcessorRuntime(nc: NatsConnection, options: ProcessorRuntimeOptions): Promise<ProcessorRuntime> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const definitions = new Map<string, ProcessorDefinition>(BUILTIN_PROCESSORS);
+  for (const d of options.definitions ?? []) definitions.set(d.kind, d);
+  const pool = createProcessorPool({
+    ...(options.threads === undefined ? {} : { threads: options.threads }),
+    ...(options.workerMemoryMb === undefined ? {} : { workerMemoryMb: options.workerMemoryMb }),
+    ...(options.modules ? { modules: options.modules } : {}),
+  });
+  const publisher = options.publisher ?? createPublisher(nc);
+  const jsm = await jetstreamManager(nc);
+  const kv = await new Kvm(nc).open(BUCKETS.state);
+  const runners = new Map<string, ProcessorRunner>();
+  let closing = false;
+  const restarts = new Set<Promise<void>>();
+
+  const create = (cfg: ResolvedProcessor): ProcessorRunner => new ProcessorRunner(nc, jsm, kv, pool, publisher, cfg, log, onFailure);
+  const onFailure = (runner: ProcessorRunner, _err: unknown): void => {
+    const restart = (async () => {
+      await runner.stop();
+      if (closing) return;
+      await sleep(RESTART_DELAY_MS);
+      if (closing) return;
+      const fresh = create(runner.cfg);
+      fresh.totals = runner.totals;
+      runners.set(runner.cfg.name, fresh);
+      await fresh.start().catch((err: unknown) => log(`flexcore: processor ${runner.cfg.name} could not restart: ${(err as Error).message}`));
+    })();
+    restarts.add(restart);
+    void restart.finally(() => restarts.delete(restart));
+  };
+
+  try {
+    const known = await pool.warmUp();
+    for (const cfg of options.processors) {
+      if (!known.includes(cfg.kind)) throw new UnknownProcessorError(cfg.kind, known);
+    }
+    for (const cfg of options.processors) {
+      const runner = create(cfg);
+      runners.set(cfg.name, runner);
+      await runner.start();
+    }
+  } catch (err) {
+    closing = true;
+    await Promise.all([...runners.values()].map((r) => r.stop()));
+    await pool.close();
+    if (!options.publisher) await publisher.close();
+    throw err;
+  }
+
+  // Metrics: counters since the last report, published as MetricsReported events.
+  const intervalMs = options.metricsIntervalMs ?? 60_000;
+  let last = { at: performance.now(), processed: new Map<string, number>(), errors: new Map<string, number>() };
+  const snapshot = (): ProcessorMetrics[] => {
+    const now = performance.now();
+    const elapsed = Math.max(1, now - last.at) / 1000;
+    return [...runners.values()].map((r) => {
+      const p = r.latency.percentiles();
+      return {
+        processor: r.cfg.name,
+        kind: r.cfg.kind,
+        processed: r.totals.processed,
+        outputs: r.totals.outputs,
+        errors: r.totals.errors,
+        deadLettered: r.totals.deadLettered,
+        inFlight: r.inFlight,
+        queueDepth: r.queued + pool.queueSize,
+        throughput: (r.totals.processed - (last.processed.get(r.cfg.name) ?? 0)) / elapsed,
+        p50: p.p50,
+        p95: p.p95,
+        p99: p.p99,
+      };
+    });
+  };
+  const report = async (): Promise<void> => {
+    const snap = snapshot();
+    const at = new Date();
+    const minute = new Date(Math.floor(at.getTime() / 60_000) * 60_000).toISOString();
+    for (const s of snap) {
+      const component = `processor-${s.processor}`;
+      const h = natsHeaders();
+      h.set(HEADERS.msgId, `metrics:${component}:${at.getTime()}`);
+      h.set(HEADERS.type, "MetricsReported");
+      h.set(HEADERS.time, at.toISOString());
+      h.set(HEADERS.schema, "1");
+      h.set(HEADERS.contentType, "application/json");
+      const data = {
+        component,
+        minute,
+        count: s.processed - (last.processed.get(s.processor) ?? 0),
+        errors: s.errors - (last.errors.get(s.processor) ?? 0),
+        p50: round(s.p50),
+        p95: round(s.p95),
+        p99: round(s.p99),
+        throughput: round(s.throughput),
+        queueDepth: s.queueDepth,
+      };
+      await publisher.publish(`evt.${SYSTEM_TENANT}.metrics.${component}`, encoder.encode(JSON.stringify(data)), { headers: h }).catch((err: unknown) => log(`flexcore: metrics of ${component} not published: ${(err as Error).message}`));
+    }
+    last = { at: performance.now(), processed: new Map(snap.map((s) => [s.processor, s.processed])), errors: new Map(snap.map((s) => [s.processor, s.errors])) };
+    for (const r of runners.values()) r.latency.reset();
+  };
+  const timer = intervalMs > 0 ? setInterval(() => void report(), intervalMs) : undefined;
+  timer?.unref();
+
+  let closed: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closed ??= (async () => {
+      closing = true;
+      if (timer) clearInterval(timer);
+      await Promise.all([...runners.values()].map((r) => r.stop()));
+      await Promise.all([...restarts]);
+      await Promise.all([...runners.values()].map((r) => r.stop()));
+      if (intervalMs > 0) await report().catch(() => undefined);
+      await pool.close();
+      if (!options.publisher) await publisher.close();
+      else await publisher.flush();
+    })();
+    return closed;
+  };
+
+  return {
+    processors: options.processors.map((p) => p.name),
+    metrics: snapshot,
+    async lag() {
+      return Promise.all(
+        [...runners.values()].map(async (r) => {
+          const info = await jsm.consumers.info(STREAMS.events, r.consumerName).catch(() => undefined);
+          return { name: r.consumerName, lag: info ? info.num_pending + info.num_ack_pending : 0 };
+        }),
+      );
+    },
+    async invoke(kind, rawOptions, inputs, state, signal) {
+      if (closing) throw new RuntimeClosedError("invoke");
+      const def = definitions.get(kind);
+      if (!def) throw new UnknownProcessorError(kind, [...definitions.keys()]);
+      const validated = def.validateOptions(rawOptions ?? {}, "options");
+      const full = inputs.map((x, i) => ({
+        tenant: x.tenant ?? SYSTEM_TENANT,
+        key: x.key ?? "invoke",
+        subject: x.subject ?? `evt.${x.tenant ?? SYSTEM_TENANT}.invoke.${x.key ?? "invoke"}`,
+        seq: x.seq ?? i + 1,
+        type: x.type ?? "Invoke",
+        data: x.data,
+        time: x.time ?? new Date(0).toISOString(),
+      }));
+      return pool.invoke(kind, validated, full, state, signal);
+    },
+    async idle() {
+      await Promise.all([...runners.values()].map((r) => r.idle()));
+    },
+    pool,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+function round(x: number): number {
+  return Number.isFinite(x) ? Math.round(x * 1000) / 1000 : 0;
+}
