@@ -1,0 +1,554 @@
+import { hostname } from "node:os";
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import type { ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
+import { nuid } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { createScriptRunner } from "../processors/index.js";
+import type { ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
+import { BUCKETS, ConcurrencyError, createEventStore, decodeEvent, eventSubject, InvalidOptionError, parseSubject, STREAMS } from "../streams/index.js";
+import type { EventInput, EventStore } from "../streams/index.js";
+import { cronMatches, parseCron } from "./cron.js";
+import { backoffDelay } from "./definition.js";
+import type { StepDefinition, WorkflowDefinition } from "./definition.js";
+import { DefinitionStore, RUN_INDEX_PREFIX, runIndexKey } from "./definitions.js";
+import type { StoredWorkflow } from "./definitions.js";
+import { clipLog, RUN_EVENTS, summarize, WORKFLOW_CATEGORY } from "./events.js";
+import type { TriggerInfo } from "./events.js";
+import { applyRunEvent, initialRunState, isTerminal, templateContext } from "./state.js";
+import type { RunState, StepState } from "./state.js";
+import { StepExecutor } from "./steps.js";
+import type { StepOutcome } from "./steps.js";
+import { condition } from "./template.js";
+import { startRun } from "./start.js";
+import type { StartOptions, StartResult } from "./start.js";
+
+/** How long a runner owns a run without renewing its lease. */
+export const DEFAULT_RUN_LEASE_MS = 15_000;
+/** Runs one runner drives at once. */
+export const DEFAULT_MAX_RUNS = 256;
+/** While steps run, how often the owner looks for events others appended (a cancel). */
+export const DEFAULT_POLL_MS = 500;
+/** A run index entry without a RunStarted event after this long is dropped. */
+const ORPHAN_INDEX_MS = 10_000;
+
+/** Options of {@link startWorkflowRunner}. */
+export interface WorkflowRunnerOptions {
+  /** This instance's id, written in StepStarted. @default host-pid-nuid */
+  readonly id?: string;
+  /** Script runner to use (not closed by the runner). @default one created with `scriptRunnerOptions` */
+  readonly scripts?: ScriptRunner;
+  readonly scriptRunnerOptions?: ScriptRunnerOptions;
+  /** @default 15000 */
+  readonly leaseMs?: number;
+  /** @default 256 */
+  readonly maxRuns?: number;
+  /** @default 500 */
+  readonly pollMs?: number;
+  /** How often unowned runs are looked for (besides the watch). @default leaseMs */
+  readonly rescanMs?: number;
+  /** Start runs from event and cron triggers. @default true */
+  readonly triggers?: boolean;
+  readonly log?: (line: string) => void;
+}
+
+/** A workflow runner: drives runs (its own and those whose runner died), fires triggers. */
+export interface WorkflowRunner extends AsyncDisposable {
+  readonly id: string;
+  /** Runs this instance drives now. */
+  readonly active: number;
+  /** Starts a run and drives it here at once (no wait for the watch). */
+  start(tenant: string, workflow: string, options?: StartOptions): Promise<StartResult>;
+  /** Stops driving (runs stay unfinished and are resumed by a runner later), closes consumers. */
+  close(): Promise<void>;
+}
+
+interface Lease {
+  revision: number;
+  lost: boolean;
+}
+
+const encoder = new TextEncoder();
+
+/** Starts a runner on `nc`; the topology must exist (`ensureTopology`). */
+export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowRunnerOptions = {}): Promise<WorkflowRunner> {
+  const int = (field: string, v: number | undefined, d: number, min: number): number => {
+    if (v === undefined) return d;
+    if (!Number.isInteger(v) || v < min) throw new InvalidOptionError(field, v, `an integer from ${min} and up`);
+    return v;
+  };
+  const leaseMs = int("leaseMs", options.leaseMs, DEFAULT_RUN_LEASE_MS, 200);
+  const cfg = {
+    id: options.id ?? `${hostname()}-${process.pid}-${nuid.next().slice(-6)}`,
+    leaseMs,
+    maxRuns: int("maxRuns", options.maxRuns, DEFAULT_MAX_RUNS, 1),
+    pollMs: int("pollMs", options.pollMs, DEFAULT_POLL_MS, 10),
+    rescanMs: int("rescanMs", options.rescanMs, leaseMs, 50),
+    triggers: options.triggers ?? true,
+    log: options.log ?? (() => undefined),
+  };
+  const ownsScripts = !options.scripts;
+  const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
+  const store = await createEventStore(nc);
+  const defs = await DefinitionStore.open(nc);
+  const leases = await new Kvm(nc).open(BUCKETS.leases);
+  const runner = new Runner(nc, cfg, scripts, ownsScripts, store, defs, leases, await jetstreamManager(nc));
+  await runner.begin();
+  return runner;
+}
+
+interface Config {
+  readonly id: string;
+  readonly leaseMs: number;
+  readonly maxRuns: number;
+  readonly pollMs: number;
+  readonly rescanMs: number;
+  readonly triggers: boolean;
+  readonly log: (line: string) => void;
+}
+
+class Runner implements WorkflowRunner {
+  readonly id: string;
+  readonly #cfg: Config;
+  readonly #scripts: ScriptRunner;
+  readonly #ownsScripts: boolean;
+  readonly #store: EventStore;
+  readonly #defs: DefinitionStore;
+  readonly #leases: KV;
+  readonly #jsm: JetStreamManager;
+  readonly #js: JetStreamClient;
+  readonly #executor: StepExecutor;
+  readonly #drivers = new Map<string, Promise<void>>();
+  readonly #stop = new AbortController();
+  readonly #timers: NodeJS.Timeout[] = [];
+  readonly #consumers = new Map<string, { name: string; messages: ConsumerMessages | undefined; done: Promise<void> }>();
+  readonly #crons = new Map<string, { tenant: string; name: string; schedules: string[] }>();
+  #watch: { stop(): void } | undefined;
+  #defWatch: { stop(): void } | undefined;
+  #lastCronMinute = 0;
+  #closed = false;
+
+  constructor(nc: NatsConnection, cfg: Config, scripts: ScriptRunner, ownsScripts: boolean, store: EventStore, defs: DefinitionStore, leases: KV, jsm: JetStreamManager) {
+    this.id = cfg.id;
+    this.#cfg = cfg;
+    this.#scripts = scripts;
+    this.#ownsScripts = ownsScripts;
+    this.#store = store;
+    this.#defs = defs;
+    this.#leases = leases;
+    this.#jsm = jsm;
+    this.#js = jetstream(nc);
+    this.#executor = new StepExecutor(nc, scripts);
+  }
+
+  get active(): number {
+    return this.#drivers.size;
+  }
+
+  async begin(): Promise<void> {
+    const w = await this.#defs.kv.watch({ key: `${RUN_INDEX_PREFIX}.>` });
+    this.#watch = w;
+    void (async () => {
+      for await (const e of w) if (e.operation === "PUT") this.#offer(e.key);
+    })().catch((err: unknown) => this.#cfg.log(`workflows: run watch ended: ${(err as Error).message}`));
+    const rescan = setInterval(() => void this.#rescan(), this.#cfg.rescanMs);
+    rescan.unref();
+    this.#timers.push(rescan);
+    if (this.#cfg.triggers) {
+      const dw = await this.#defs.kv.watch({ key: "def.>" });
+      this.#defWatch = dw;
+      void (async () => {
+        for await (const e of dw) {
+          if (e.operation !== "PUT") continue;
+          try {
+            const w = JSON.parse(new TextDecoder().decode(e.value)) as StoredWorkflow;
+            await this.#installTriggers({ ...w, tenant: e.key.split(".")[1]! });
+          } catch (err) {
+            this.#cfg.log(`workflows: triggers of ${e.key}: ${(err as Error).message}`);
+          }
+        }
+      })().catch(() => undefined);
+      const tick = setInterval(() => void this.#cronTick(), 1_000);
+      tick.unref();
+      this.#timers.push(tick);
+    }
+  }
+
+  async start(tenant: string, workflow: string, options: StartOptions = {}): Promise<StartResult> {
+    const r = await startRun(this.#store, this.#defs, tenant, workflow, options);
+    this.#offer(runIndexKey(tenant, r.runId));
+    return r;
+  }
+
+  async #rescan(): Promise<void> {
+    if (this.#closed) return;
+    try {
+      for await (const k of await this.#defs.kv.keys(`${RUN_INDEX_PREFIX}.>`)) this.#offer(k);
+    } catch (err) {
+      if (!this.#closed) this.#cfg.log(`workflows: rescan failed: ${(err as Error).message}`);
+    }
+  }
+
+  #offer(indexKey: string): void {
+    if (this.#closed || this.#drivers.has(indexKey) || this.#drivers.size >= this.#cfg.maxRuns) return;
+    const [, tenant, runId] = indexKey.split(".");
+    if (!tenant || !runId) return;
+    const p = this.#own(tenant, runId, indexKey)
+      .catch((err: unknown) => {
+        if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${(err as Error).message}`);
+      })
+      .finally(() => this.#drivers.delete(indexKey));
+    this.#drivers.set(indexKey, p);
+  }
+
+  // Lease `wf.<tenant>.<runId>` in flex_leases: { owner, expiresAt }; taken over only once expired.
+  async #acquire(key: string): Promise<Lease | undefined> {
+    const body = (): Uint8Array => encoder.encode(JSON.stringify({ owner: this.id, expiresAt: Date.now() + this.#cfg.leaseMs }));
+    try {
+      return { revision: await this.#leases.create(key, body()), lost: false };
+    } catch {
+      const e = await this.#leases.get(key);
+      if (!e) return undefined;
+      if (e.operation === "PUT") {
+        const v = e.json<{ owner: string; expiresAt: number }>();
+        if (v.owner !== this.id && v.expiresAt > Date.now()) return undefined;
+      }
+      try {
+        return { revision: await this.#leases.update(key, body(), e.revision), lost: false };
+      } catch {
+        return undefined;
+      }
+    }
+  }
+
+  async #own(tenant: string, runId: string, indexKey: string): Promise<void> {
+    const leaseKey = `wf.${tenant}.${runId}`;
+    const lease = await this.#acquire(leaseKey);
+    if (!lease) return;
+    const renew = setInterval(() => {
+      this.#leases
+        .update(leaseKey, encoder.encode(JSON.stringify({ owner: this.id, expiresAt: Date.now() + this.#cfg.leaseMs })), lease.revision)
+        .then((rev) => (lease.revision = rev), () => (lease.lost = true));
+    }, Math.max(50, Math.floor(this.#cfg.leaseMs / 3)));
+    renew.unref();
+    try {
+      const done = await new Drive(this, tenant, runId, lease).run();
+      if (done) await this.#defs.kv.delete(indexKey).catch(() => undefined);
+    } finally {
+      clearInterval(renew);
+      if (!lease.lost) await this.#leases.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined);
+    }
+  }
+
+  // Used by Drive.
+  get store(): EventStore {
+    return this.#store;
+  }
+  get executor(): StepExecutor {
+    return this.#executor;
+  }
+  get cfg(): Config {
+    return this.#cfg;
+  }
+  get stopSignal(): AbortSignal {
+    return this.#stop.signal;
+  }
+
+  async #installTriggers(w: StoredWorkflow): Promise<void> {
+    const def = w.definition;
+    const cronKey = `${w.tenant}.${w.name}`;
+    const schedules = def.triggers.flatMap((t) => (t.kind === "cron" ? [t.schedule] : []));
+    if (schedules.length > 0) this.#crons.set(cronKey, { tenant: w.tenant, name: w.name, schedules });
+    else this.#crons.delete(cronKey);
+    // One durable consumer per event trigger, shared by all runners; a new version replaces the old ones.
+    for (const [k, c] of this.#consumers) {
+      if (!k.startsWith(`${cronKey}#`)) continue;
+      c.messages?.stop();
+      this.#consumers.delete(k);
+      if (!k.endsWith(`#v${w.version}`)) await this.#jsm.consumers.delete(STREAMS.events, c.name).catch(() => undefined);
+    }
+    def.triggers.forEach((t, i) => {
+      if (t.kind !== "event" || this.#closed) return;
+      const name = `flexwf_${w.tenant}_${w.name}_v${w.version}_${i}`.replace(/[^A-Za-z0-9_-]/g, "_");
+      const entry = { name, messages: undefined as ConsumerMessages | undefined, done: Promise.resolve() };
+      this.#consumers.set(`${cronKey}#${i}#v${w.version}`, entry);
+      entry.done = this.#consume(entry, name, t.subject, t.types, w).catch((err: unknown) => {
+        if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${(err as Error).message}`);
+      });
+    });
+  }
+
+  async #consume(entry: { messages: ConsumerMessages | undefined }, name: string, subject: string, types: readonly string[], w: StoredWorkflow): Promise<void> {
+    try {
+      await this.#jsm.consumers.add(STREAMS.events, { durable_name: name, filter_subject: subject, deliver_policy: DeliverPolicy.New, ack_policy: AckPolicy.Explicit, ack_wait: 30_000_000_000 });
+    } catch {
+      // exists already (another runner made it)
+    }
+    const consumer = await this.#js.consumers.get(STREAMS.events, name);
+    const messages = await consumer.consume({ max_messages: 64 });
+    entry.messages = messages;
+    for await (const m of messages) {
+      try {
+        const e = decodeEvent({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: m.info.timestampNanos / 1e6 });
+        const parsed = parseSubject(m.subject);
+        if (parsed.kind !== "event" || parsed.category === WORKFLOW_CATEGORY || (types.length > 0 && !types.includes(e.type))) {
+          m.ack();
+          continue;
+        }
+        const trigger: TriggerInfo = { kind: "event", subject: e.subject, type: e.type, id: e.id, seq: e.seq, key: parsed.id, time: e.time, data: e.data };
+        await this.start(w.tenant, w.name, { runId: `${w.name}-e${m.seq}`, input: e.data, trigger, causationId: e.id });
+        m.ack();
+      } catch (err) {
+        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${(err as Error).message}`);
+        m.nak(1_000);
+      }
+    }
+  }
+
+  async #cronTick(): Promise<void> {
+    const now = new Date();
+    const minute = Math.floor(now.getTime() / 60_000);
+    if (minute === this.#lastCronMinute || this.#closed) return;
+    this.#lastCronMinute = minute;
+    const at = new Date(minute * 60_000);
+    const stamp = at.toISOString().slice(0, 16).replace(/[-:T]/g, "");
+    for (const c of this.#crons.values()) {
+      for (const schedule of c.schedules) {
+        if (!cronMatches(parseCron(schedule), at)) continue;
+        // Every runner fires; the run id is the minute, so exactly one RunStarted is stored.
+        await this.start(c.tenant, c.name, { runId: `${c.name}-c${stamp}`, input: { scheduledAt: at.toISOString() }, trigger: { kind: "cron", schedule, time: at.toISOString() } })
+          .catch((err: unknown) => this.#cfg.log(`workflows: cron ${c.tenant}/${c.name}: ${(err as Error).message}`));
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stop.abort();
+    for (const t of this.#timers) clearInterval(t);
+    this.#watch?.stop();
+    this.#defWatch?.stop();
+    for (const c of this.#consumers.values()) c.messages?.stop();
+    await Promise.allSettled([...this.#drivers.values(), ...[...this.#consumers.values()].map((c) => c.done)]);
+    await this.#store.close();
+    if (this.#ownsScripts) await this.#scripts.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+interface Completion {
+  readonly step: string;
+  readonly attempt: number;
+  readonly outcome: StepOutcome;
+}
+
+function clone(s: RunState): RunState {
+  return { ...s, steps: Object.fromEntries(Object.entries(s.steps).map(([k, v]) => [k, { ...v }])) };
+}
+
+/** Drives one owned run to its end (or until the runner stops or loses the lease). */
+class Drive {
+  readonly #r: Runner;
+  readonly #runId: string;
+  readonly #lease: Lease;
+  readonly #subject: string;
+  readonly #inflight = new Map<string, AbortController>();
+  readonly #completions: Completion[] = [];
+  #wake: (() => void) | undefined;
+  #state: RunState;
+
+  constructor(r: Runner, tenant: string, runId: string, lease: Lease) {
+    this.#r = r;
+    this.#runId = runId;
+    this.#lease = lease;
+    this.#subject = eventSubject(tenant, WORKFLOW_CATEGORY, runId);
+    this.#state = initialRunState(runId);
+  }
+
+  async #load(): Promise<void> {
+    const s = initialRunState(this.#runId);
+    for (const e of await this.#r.store.read(this.#subject)) applyRunEvent(s, e);
+    this.#state = s;
+  }
+
+  /** Returns true when the run is over (its index entry can go). */
+  async run(): Promise<boolean> {
+    await this.#load();
+    const firstSeen = Date.now();
+    while (this.#state.revision === 0) {
+      // The index is written before RunStarted: give the starter a moment.
+      if (Date.now() - firstSeen > ORPHAN_INDEX_MS) return true;
+      await new Promise((r) => setTimeout(r, 100));
+      if (this.#r.stopSignal.aborted) return false;
+      await this.#load();
+    }
+    try {
+      for (;;) {
+        if (this.#r.stopSignal.aborted || this.#lease.lost) return false;
+        if (isTerminal(this.#state.status)) return true;
+        const planned = this.#plan();
+        if (planned.events.length > 0) {
+          try {
+            const result = await this.#r.store.append(this.#subject, planned.events, { expectedRevision: this.#state.revision });
+            if (result.duplicates > 0 || result.revision !== planned.state.revision) await this.#load();
+            else this.#state = planned.state;
+            this.#completions.splice(0, planned.consumed);
+          } catch (err) {
+            if (!(err instanceof ConcurrencyError)) throw err;
+            // Someone else appended (a cancel, or a runner that took over): read and plan again.
+            await this.#load();
+            this.#dropStale();
+            continue;
+          }
+          for (const id of planned.launch) this.#launch(id);
+          continue;
+        }
+        await this.#waitForWork(planned.nextRetryAt);
+      }
+    } finally {
+      for (const c of this.#inflight.values()) c.abort();
+    }
+  }
+
+  // Completions of attempts the log no longer shows as ours (cancelled run, taken over) are dropped.
+  #dropStale(): void {
+    for (let i = this.#completions.length - 1; i >= 0; i--) {
+      const c = this.#completions[i]!;
+      const st = this.#state.steps[c.step];
+      if (!st || st.status !== "running" || st.attempt !== c.attempt || st.runner !== this.#r.id) this.#completions.splice(i, 1);
+    }
+    if (isTerminal(this.#state.status)) for (const c of this.#inflight.values()) c.abort();
+  }
+
+  #plan(): { events: EventInput[]; state: RunState; launch: string[]; consumed: number; nextRetryAt: number | undefined } {
+    const s = clone(this.#state);
+    const events: EventInput[] = [];
+    const def = s.definition as WorkflowDefinition;
+    const runId = this.#runId;
+    const add = (type: string, data: Record<string, unknown>): void => {
+      const e = { type, data: { runId, ...data }, time: new Date().toISOString(), causationId: `${runId}` };
+      events.push(e);
+      applyRunEvent(s, { type, data: e.data, time: e.time, revision: s.revision + 1 });
+    };
+    const byId = new Map(def.steps.map((st) => [st.id, st]));
+    const now = Date.now();
+    // 1. Results of attempts that ended here.
+    const consumed = this.#completions.length;
+    for (const c of this.#completions) {
+      const st = s.steps[c.step];
+      if (!st || st.status !== "running" || st.attempt !== c.attempt) continue;
+      const o = c.outcome;
+      const logs = { ...(o.stdout ? { stdout: clipLog(o.stdout) } : {}), ...(o.stderr ? { stderr: clipLog(o.stderr) } : {}), ...(o.exitCode === undefined ? {} : { exitCode: o.exitCode }) };
+      if (o.ok) {
+        add(RUN_EVENTS.stepSucceeded, { step: c.step, attempt: c.attempt, output: summarize(o.output), result: o.output ?? null, durationMs: Math.round(o.durationMs), ...logs });
+      } else {
+        const policy = byId.get(c.step)!.retry;
+        const willRetry = st.failures + 1 < policy.maxAttempts;
+        add(RUN_EVENTS.stepFailed, {
+          step: c.step, attempt: c.attempt, error: o.error, willRetry, durationMs: Math.round(o.durationMs), ...logs,
+          ...(willRetry ? { retryAt: now + backoffDelay(policy, st.failures + 1) } : {}),
+        });
+      }
+    }
+    // 2. Attempts a lost runner left running: they end as interrupted and start again (not counted as failures).
+    for (const st of Object.values(s.steps)) {
+      if (st.status === "running" && !this.#inflight.has(st.id)) {
+        add(RUN_EVENTS.stepFailed, { step: st.id, attempt: st.attempt, error: { message: `runner ${st.runner ?? "?"} stopped during the attempt`, code: "FLEX_STEP_INTERRUPTED" }, willRetry: true, retryAt: now, interrupted: true });
+      }
+    }
+    // 3. The run's end, or the steps that can start now.
+    const launch: string[] = [];
+    let nextRetryAt: number | undefined;
+    const done = (st: StepState): boolean => st.status === "succeeded" || st.status === "skipped" || (st.status === "failed" && byId.get(st.id)!.continueOnError);
+    const hardFail = def.steps.find((d) => s.steps[d.id]!.status === "failed" && !d.continueOnError);
+    if (hardFail) {
+      const st = s.steps[hardFail.id]!;
+      add(RUN_EVENTS.runFailed, { error: { message: `step \`${hardFail.id}\` failed after ${st.failures} attempt(s): ${st.error?.message ?? "failed"}`, ...(st.error?.code ? { code: st.error.code } : {}) }, step: hardFail.id });
+    } else if (def.steps.every((d) => done(s.steps[d.id]!))) {
+      const needed = new Set(def.steps.flatMap((d) => d.needs));
+      const sinks = def.steps.filter((d) => !needed.has(d.id));
+      const result = sinks.length === 1 ? s.steps[sinks[0]!.id]!.output : Object.fromEntries(sinks.map((d) => [d.id, s.steps[d.id]!.output]));
+      add(RUN_EVENTS.runSucceeded, { output: summarize(result), result: result ?? null });
+    } else {
+      for (const d of def.steps) {
+        const st = s.steps[d.id]!;
+        const ready = d.needs.every((n) => done(s.steps[n]!));
+        if (!ready) continue;
+        if (st.status === "retrying") {
+          if ((st.retryAt ?? 0) > now) {
+            nextRetryAt = Math.min(nextRetryAt ?? Infinity, st.retryAt!);
+            continue;
+          }
+        } else if (st.status !== "pending") continue;
+        if (st.status === "pending" && d.when !== undefined) {
+          let go: boolean;
+          try {
+            go = condition(d.when, templateContext(s));
+          } catch (err) {
+            go = false;
+            void err;
+          }
+          if (!go) {
+            add(RUN_EVENTS.stepSkipped, { step: d.id, reason: `when \`${d.when}\` was false` });
+            continue;
+          }
+        }
+        add(RUN_EVENTS.stepStarted, { step: d.id, attempt: st.attempt + 1, runner: this.#r.id });
+        launch.push(d.id);
+      }
+    }
+    return { events, state: s, launch, consumed, nextRetryAt };
+  }
+
+  #launch(id: string): void {
+    const def = (this.#state.definition as WorkflowDefinition).steps.find((d) => d.id === id) as StepDefinition;
+    const st = this.#state.steps[id]!;
+    const attempt = st.attempt;
+    const ctrl = new AbortController();
+    this.#inflight.set(id, ctrl);
+    const base = templateContext(this.#state);
+    const ctx = { ...base, run: { ...(base.run as object), attempt } };
+    void this.#r.executor.run(def, this.#state, ctx, ctrl.signal).then((outcome) => {
+      this.#inflight.delete(id);
+      if (ctrl.signal.aborted) return;
+      this.#completions.push({ step: id, attempt, outcome });
+      this.#wake?.();
+    });
+  }
+
+  async #waitForWork(nextRetryAt: number | undefined): Promise<void> {
+    if (this.#completions.length > 0) return;
+    if (this.#inflight.size === 0 && nextRetryAt === undefined) {
+      // Nothing runs and nothing is due: the definition allows no progress (cannot happen for a valid DAG).
+      await this.#load();
+      await new Promise((r) => setTimeout(r, this.#r.cfg.pollMs));
+      return;
+    }
+    const waitMs = Math.min(this.#r.cfg.pollMs, nextRetryAt === undefined ? Infinity : Math.max(0, nextRetryAt - Date.now()));
+    let timer: NodeJS.Timeout | undefined;
+    const stop = this.#r.stopSignal;
+    let onStop: (() => void) | undefined;
+    const woke = await new Promise<boolean>((resolve) => {
+      this.#wake = () => resolve(true);
+      timer = setTimeout(() => resolve(false), waitMs);
+      onStop = () => resolve(true);
+      stop.addEventListener("abort", onStop, { once: true });
+    });
+    this.#wake = undefined;
+    clearTimeout(timer);
+    if (onStop) stop.removeEventListener("abort", onStop);
+    if (!woke && this.#completions.length === 0) {
+      // Look for events others appended (a cancel) while our steps run.
+      const head = await this.#r.store.head(this.#subject);
+      if (head.revision !== this.#state.revision) {
+        await this.#load();
+        this.#dropStale();
+      }
+    }
+  }
+}

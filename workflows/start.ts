@@ -1,0 +1,50 @@
+import { ConcurrencyError, eventSubject } from "../streams/index.js";
+import type { EventStore } from "../streams/index.js";
+import { nuid } from "@nats-io/transport-node";
+import { DefinitionStore, runIndexKey } from "./definitions.js";
+import { RUN_EVENTS, WORKFLOW_CATEGORY } from "./events.js";
+import type { RunStartedData, TriggerInfo } from "./events.js";
+
+/** Options of starting a run. */
+export interface StartOptions {
+  /** The run's input (trigger data). @default null */
+  readonly input?: unknown;
+  /** Run id; a second start with the same id starts nothing. @default a new NUID */
+  readonly runId?: string;
+  /** @default { kind: "manual" } */
+  readonly trigger?: TriggerInfo;
+  /** Definition version. @default the latest */
+  readonly version?: number;
+  readonly causationId?: string;
+}
+
+export interface StartResult {
+  readonly runId: string;
+  readonly version: number;
+  /** False when a run with this id existed already. */
+  readonly created: boolean;
+}
+
+function triggerLabel(t: TriggerInfo): string {
+  return t.kind === "manual" ? "manual" : t.kind === "cron" ? "schedule" : `event:${t.type}`;
+}
+
+/**
+ * Starts a run: the index entry first (so a runner finds it even if we stop right after),
+ * then RunStarted at "no stream" revision, which makes a start with the same id idempotent.
+ */
+export async function startRun(store: EventStore, defs: DefinitionStore, tenant: string, workflow: string, options: StartOptions = {}): Promise<StartResult> {
+  const w = await defs.get(tenant, workflow, options.version);
+  const runId = options.runId ?? nuid.next();
+  const subject = eventSubject(tenant, WORKFLOW_CATEGORY, runId);
+  const trigger = options.trigger ?? { kind: "manual" };
+  await defs.kv.put(runIndexKey(tenant, runId), new TextEncoder().encode(JSON.stringify({ workflow, version: w.version, at: new Date().toISOString() })));
+  const data: RunStartedData = { runId, workflow, version: w.version, tenant, trigger: triggerLabel(trigger), triggerInfo: trigger, input: options.input ?? null, definition: w.definition };
+  try {
+    await store.append(subject, [{ id: `${runId}-start`, type: RUN_EVENTS.runStarted, data, correlationId: runId, ...(options.causationId ? { causationId: options.causationId } : {}) }], { expectedRevision: "no_stream" });
+    return { runId, version: w.version, created: true };
+  } catch (err) {
+    if (err instanceof ConcurrencyError) return { runId, version: w.version, created: false };
+    throw err;
+  }
+}

@@ -1,0 +1,103 @@
+import { Kvm } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { BUILTIN_PROCESSORS } from "../processors/index.js";
+import type { ProcessorInput, ScriptRunner } from "../processors/index.js";
+import { BUCKETS, eventSubject } from "../streams/index.js";
+import type { StepDefinition } from "./definition.js";
+import type { ErrorInfo } from "./events.js";
+import type { RunState } from "./state.js";
+import { render } from "./template.js";
+
+/** What one attempt of a step produced. */
+export type StepOutcome =
+  | { readonly ok: true; readonly output: unknown; readonly durationMs: number; readonly stdout?: string; readonly stderr?: string; readonly exitCode?: number | null }
+  | { readonly ok: false; readonly error: ErrorInfo; readonly durationMs: number; readonly stdout?: string; readonly stderr?: string; readonly exitCode?: number | null };
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const MAX_CAS_RETRIES = 32;
+
+interface ProcessorRecord {
+  readonly state: unknown;
+  /** Run that last advanced the state, and what it got: a re-run of that run's step gets the same outputs. */
+  readonly lastRun: string;
+  readonly outputs: unknown;
+}
+
+/** Runs steps: scripts through the script runner, built-in processors in process with their state in `flex_state`. */
+export class StepExecutor {
+  readonly #scripts: ScriptRunner;
+  readonly #state: Promise<KV>;
+
+  constructor(nc: NatsConnection, scripts: ScriptRunner) {
+    this.#scripts = scripts;
+    this.#state = new Kvm(nc).open(BUCKETS.state);
+  }
+
+  async run(step: StepDefinition, run: RunState, ctx: Record<string, unknown>, signal: AbortSignal): Promise<StepOutcome> {
+    const started = performance.now();
+    const input = step.input === undefined ? run.input : render(step.input, ctx);
+    try {
+      if (step.kind === "script") {
+        const env = render(step.env, ctx) as Record<string, unknown>;
+        const r = await this.#scripts.run({
+          language: step.language,
+          source: step.source,
+          trusted: step.trusted,
+          network: step.network,
+          env: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)])),
+          limits: { ...step.limits, ...(step.timeoutMs === undefined ? {} : { timeoutMs: step.timeoutMs }) },
+        }, input, { signal });
+        const logs = { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode, durationMs: r.durationMs };
+        if (r.status === "succeeded") return { ok: true, output: r.output, ...logs };
+        return { ok: false, error: { message: `${r.status}: ${r.error ?? "the script failed"}`, code: "FLEX_SCRIPT_FAILED" }, ...logs };
+      }
+      const work = this.#processor(step, run, ctx, input);
+      const output = step.timeoutMs === undefined ? await work : await Promise.race([
+        work,
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`timed out after ${step.timeoutMs} ms`)), step.timeoutMs).unref()),
+      ]);
+      return { ok: true, output, durationMs: performance.now() - started };
+    } catch (err) {
+      const e = err as { message?: string; code?: string };
+      return { ok: false, error: { message: e.message ?? String(err), ...(typeof e.code === "string" ? { code: e.code } : {}) }, durationMs: performance.now() - started };
+    }
+  }
+
+  async #processor(step: Extract<StepDefinition, { kind: "processor" }>, run: RunState, ctx: Record<string, unknown>, data: unknown): Promise<unknown> {
+    const def = BUILTIN_PROCESSORS.get(step.processor);
+    if (!def) throw new Error(`unknown processor \`${step.processor}\``);
+    const options = def.validateOptions(step.options, "options");
+    const trigger = run.trigger;
+    const rendered = step.key === undefined ? undefined : render(step.key, ctx);
+    const key = String(rendered ?? (trigger?.kind === "event" ? trigger.key : run.workflow));
+    const input: ProcessorInput = {
+      tenant: run.tenant,
+      key,
+      subject: trigger?.kind === "event" ? trigger.subject : eventSubject(run.tenant, "workflow", run.runId),
+      seq: trigger?.kind === "event" ? trigger.seq : 0,
+      type: trigger?.kind === "event" ? trigger.type : "WorkflowInput",
+      data,
+      time: trigger?.kind === "event" ? trigger.time : new Date().toISOString(),
+    };
+    const kv = await this.#state;
+    const stateKey = `wf.${run.tenant}.${run.workflow}.${step.id}.${Buffer.from(key).toString("base64url") || "_"}`;
+    for (let i = 0; ; i++) {
+      const e = await kv.get(stateKey);
+      const rec = e && e.operation === "PUT" ? (JSON.parse(decoder.decode(e.value)) as ProcessorRecord) : undefined;
+      if (rec?.lastRun === run.runId) return rec.outputs;
+      const state = rec ? rec.state : def.initialState(options, key);
+      const result = def.process(state, [input], options);
+      const outputs = { outputs: result.outputs[0] ?? [] };
+      const body = encoder.encode(JSON.stringify({ state: result.state, lastRun: run.runId, outputs } satisfies ProcessorRecord));
+      try {
+        if (e) await kv.update(stateKey, body, e.revision);
+        else await kv.create(stateKey, body);
+        return outputs;
+      } catch (err) {
+        if (i >= MAX_CAS_RETRIES) throw err;
+      }
+    }
+  }
+}

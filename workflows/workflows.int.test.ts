@@ -1,0 +1,221 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startTestNats, uniqueName } from "../test/nats-server.js";
+import type { TestNats } from "../test/nats-server.js";
+import { createEventStore, ensureTopology, eventSubject } from "../streams/index.js";
+import type { EventStore } from "../streams/index.js";
+import { createScriptRunner } from "../processors/index.js";
+import type { ScriptRunner } from "../processors/index.js";
+import { createWorkflowClient, RunFinishedError, startWorkflowRunner, StepKindUnavailableError, WorkflowDefinitionError, WorkflowNotFoundError } from "./index.js";
+import type { WorkflowClient, WorkflowRunner } from "./index.js";
+
+let nats: TestNats;
+let client: WorkflowClient;
+let runner: WorkflowRunner;
+let scripts: ScriptRunner;
+let store: EventStore;
+
+beforeAll(async () => {
+  nats = await startTestNats();
+  await ensureTopology(nats.nc);
+  scripts = await createScriptRunner({ maxConcurrent: 4 });
+  client = await createWorkflowClient(nats.nc);
+  runner = await startWorkflowRunner(await nats.connect(), { scripts, leaseMs: 2_000, pollMs: 100 });
+  store = await createEventStore(nats.nc);
+});
+afterAll(async () => {
+  await runner?.close();
+  await client?.close();
+  await store?.close();
+  await scripts?.close();
+  await nats?.close();
+});
+
+const js = (body: string): string => `function main(args) { ${body} }`;
+
+describe("definitions", () => {
+  it("rejects bad definitions with the path named, and stores nothing", async () => {
+    const tenant = uniqueName("t");
+    const cases: Array<[unknown, string, string]> = [
+      [{ name: "w", steps: [{ id: "a", kind: "email" }] }, "steps[0].kind", "unknown step kind"],
+      [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", needs: ["b"] }, { id: "b", kind: "script", language: "bash", source: "echo 1" }] }, "steps[0].needs", "cycle"],
+      [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", input: { x: "${{ steps.nope.output }}" } }] }, "steps[0].input.x", "missing step `nope`"],
+      [{ name: "w", triggers: [{ cron: "61 * * * *" }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].cron", "minute: 61 is outside 0-59"],
+      [{ name: "w", triggers: [{ cron: "* * *" }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].cron", "expected 5 fields"],
+      [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", retry: { max_attempts: 0 } }] }, "steps[0].retry.max_attempts", "from 1 to 100"],
+      [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", colour: "red" }] }, "steps[0].colour", "unknown key"],
+      [{ name: "w", triggers: [{ event: { subject: "evt.other.sensor.*", type: "X" } }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].event.subject", "inside the tenant's events"],
+    ];
+    for (const [def, path, text] of cases) {
+      const err = await client.put(tenant, def as object).catch((e: unknown) => e);
+      expect(err, path).toBeInstanceOf(WorkflowDefinitionError);
+      expect((err as WorkflowDefinitionError).code).toBe("FLEX_WORKFLOW_INVALID");
+      expect((err as WorkflowDefinitionError).path).toBe(path);
+      expect((err as Error).message).toContain(text);
+    }
+    const plugin = await client.put(tenant, "name: w\nsteps:\n  - id: a\n    kind: plugin\n").catch((e: unknown) => e);
+    expect(plugin).toBeInstanceOf(StepKindUnavailableError);
+    expect((plugin as StepKindUnavailableError).code).toBe("FLEX_STEP_KIND_UNAVAILABLE");
+    const yamlErr = await client.put(tenant, "name: w\nsteps: [\n").catch((e: unknown) => e);
+    expect((yamlErr as WorkflowDefinitionError).path).toBe("$");
+    expect(await client.list(tenant)).toEqual([]);
+    await expect(client.get(tenant, "w")).rejects.toBeInstanceOf(WorkflowNotFoundError);
+  });
+
+  it("stores versions per tenant; the same definition again keeps its version", async () => {
+    const tenant = uniqueName("t");
+    const v1 = await client.put(tenant, "name: w\nsteps:\n  - id: a\n    kind: script\n    language: bash\n    source: echo 1\n");
+    const same = await client.put(tenant, { name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] });
+    const v2 = await client.put(tenant, { name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 2" }] });
+    expect([v1.version, same.version, v2.version]).toEqual([1, 1, 2]);
+    expect((await client.get(tenant, "w", 1)).definition.steps[0]).toMatchObject({ source: "echo 1" });
+    expect((await client.list(tenant)).map((w) => [w.name, w.version])).toEqual([["w", 2]]);
+    expect(await client.list(uniqueName("other"))).toEqual([]);
+  });
+});
+
+describe("runs", () => {
+  it("runs steps in order with templates from the trigger and earlier outputs", async () => {
+    const tenant = uniqueName("t");
+    await client.put(tenant, {
+      name: "chain",
+      steps: [
+        { id: "a", kind: "script", language: "javascript", trusted: true, source: js("return { n: args.n + 1 };"), input: { n: "${{ input.n }}" } },
+        { id: "b", kind: "script", language: "python", source: "def main(a):\n    return {'n': a['n'] * 10, 'label': a['label']}", input: { n: "${{ steps.a.output.n }}", label: "run ${{ run.workflow }} n=${{ steps.a.output.n }}" } },
+        { id: "c", kind: "script", language: "bash", source: 'read -r x; echo "{\\"in\\": $x}"', input: "${{ steps.b.output }}" },
+      ],
+    });
+    const { runId } = await runner.start(tenant, "chain", { input: { n: 1 } });
+    const s = await client.wait(tenant, runId, { timeoutMs: 20_000 });
+    expect(s.status).toBe("succeeded");
+    expect(s.output).toEqual({ in: { n: 20, label: "run chain n=2" } });
+    const types = (await client.events(tenant, runId)).map((e) => e.type);
+    expect(types).toEqual(["RunStarted", "StepStarted", "StepSucceeded", "StepStarted", "StepSucceeded", "StepStarted", "StepSucceeded", "RunSucceeded"]);
+  });
+
+  it("retries with exponential backoff, then fails the run", async () => {
+    const tenant = uniqueName("t");
+    await client.put(tenant, {
+      name: "flaky",
+      steps: [
+        { id: "a", kind: "script", language: "javascript", trusted: true, source: js("if (args.attempt < 3) throw new Error('try ' + args.attempt); return { ok: args.attempt };"), input: { attempt: "${{ run.attempt }}" }, retry: { max_attempts: 3, backoff_ms: 200, factor: 2 } },
+        { id: "b", kind: "script", language: "javascript", trusted: true, source: js("throw new Error('always');"), retry: { max_attempts: 2, backoff_ms: 100 } },
+      ],
+    });
+    const { runId } = await runner.start(tenant, "flaky");
+    const s = await client.wait(tenant, runId, { timeoutMs: 20_000 });
+    expect(s.status).toBe("failed");
+    expect(s.error?.message).toContain("step `b` failed after 2 attempt(s)");
+    const events = await client.events(tenant, runId);
+    const a = events.filter((e) => (e.data as { step?: string }).step === "a");
+    expect(a.map((e) => `${e.type}:${(e.data as { attempt: number }).attempt}`)).toEqual(["StepStarted:1", "StepFailed:1", "StepStarted:2", "StepFailed:2", "StepStarted:3", "StepSucceeded:3"]);
+    expect(s.steps.a!.output).toEqual({ ok: 3 });
+    // Attempt n+1 starts backoff_ms * factor^(n-1) after attempt n failed: 200 ms, then 400 ms.
+    const gap = (i: number): number => a[i + 1]!.storedAt - a[i]!.storedAt;
+    expect(gap(1)).toBeGreaterThanOrEqual(190);
+    expect(gap(1)).toBeLessThan(190 + 400);
+    expect(gap(3)).toBeGreaterThanOrEqual(390);
+    expect((a[1]!.data as { willRetry: boolean }).willRetry).toBe(true);
+    const b = events.filter((e) => (e.data as { step?: string }).step === "b" && e.type === "StepFailed");
+    expect(b.map((e) => (e.data as { willRetry: boolean }).willRetry)).toEqual([true, false]);
+    expect(events.at(-1)!.type).toBe("RunFailed");
+  });
+
+  it("continue_on_error keeps the run going; when skips or runs steps; parallel branches fan out and join", async () => {
+    const tenant = uniqueName("t");
+    const sleepy = (ms: number, v: string): string => `function main(args) { return new Promise((r) => setTimeout(() => r({ v: ${JSON.stringify(v)} }), ${ms})); }`;
+    await client.put(tenant, `
+name: branches
+steps:
+  - id: bad
+    kind: script
+    language: bash
+    source: exit 4
+    continue_on_error: true
+  - id: on_failure
+    kind: script
+    language: javascript
+    trusted: true
+    when: steps.bad.status == "failed"
+    source: "function main(a) { return { handled: a.err }; }"
+    input: { err: "\${{ steps.bad.error }}" }
+  - id: on_success
+    needs: [bad]
+    kind: script
+    language: javascript
+    trusted: true
+    when: "\${{ steps.bad.status == 'succeeded' }}"
+    source: "function main() { return 1; }"
+  - id: left
+    needs: [on_failure, on_success]
+    kind: script
+    language: javascript
+    trusted: true
+    source: ${JSON.stringify(sleepy(400, "L"))}
+  - id: right
+    needs: [on_failure, on_success]
+    kind: script
+    language: javascript
+    trusted: true
+    source: ${JSON.stringify(sleepy(400, "R"))}
+  - id: join
+    needs: [left, right]
+    kind: script
+    language: javascript
+    trusted: true
+    source: "function main(a) { return a.l + a.r; }"
+    input: { l: "\${{ steps.left.output.v }}", r: "\${{ steps.right.output.v }}" }
+`);
+    const { runId } = await runner.start(tenant, "branches");
+    const s = await client.wait(tenant, runId, { timeoutMs: 20_000 });
+    expect(s.status).toBe("succeeded");
+    expect(s.steps.bad!.status).toBe("failed");
+    expect((s.steps.on_failure!.output as { handled: string }).handled).toContain("exited with status 4");
+    expect(s.steps.on_success!.status).toBe("skipped");
+    expect(s.output).toBe("LR");
+    const events = await client.events(tenant, runId);
+    const at = (type: string, step: string): number => events.find((e) => e.type === type && (e.data as { step?: string }).step === step)!.storedAt;
+    // Both branches started before either ended: they ran side by side.
+    expect(Math.max(at("StepStarted", "left"), at("StepStarted", "right"))).toBeLessThan(Math.min(at("StepSucceeded", "left"), at("StepSucceeded", "right")));
+    expect(at("StepStarted", "join")).toBeGreaterThanOrEqual(Math.max(at("StepSucceeded", "left"), at("StepSucceeded", "right")));
+  });
+
+  it("cancels a run: its running step is killed and the run ends cancelled", async () => {
+    const tenant = uniqueName("t");
+    await client.put(tenant, { name: "slow", steps: [{ id: "wait", kind: "script", language: "bash", source: "sleep 30", timeout_ms: 60_000 }, { id: "after", kind: "script", language: "bash", source: "echo 1" }] });
+    const { runId } = await runner.start(tenant, "slow");
+    for (let i = 0; i < 100 && (await client.status(tenant, runId)).steps.wait!.status !== "running"; i++) await new Promise((r) => setTimeout(r, 50));
+    const cancelled = await client.cancel(tenant, runId, { reason: "test", by: "me" });
+    expect(cancelled.status).toBe("cancelled");
+    await expect(client.cancel(tenant, runId)).rejects.toBeInstanceOf(RunFinishedError);
+    await new Promise((r) => setTimeout(r, 1_000));
+    const s = await client.status(tenant, runId);
+    expect(s.status).toBe("cancelled");
+    expect(s.steps.after!.status).toBe("pending");
+    expect((await client.events(tenant, runId)).map((e) => e.type)).toEqual(["RunStarted", "StepStarted", "RunCancelled"]);
+  });
+
+  it("starts a run for each matching event (subject filter and type), once", async () => {
+    const tenant = uniqueName("t");
+    await client.put(tenant, {
+      name: "on-reading",
+      triggers: [{ event: { subject: `evt.${tenant}.sensor.*`, type: "ReadingRecorded" } }],
+      steps: [
+        { id: "score", kind: "processor", processor: "anomaly", options: { emit: "all", min_points: 2 }, input: "${{ trigger.data }}" },
+      ],
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    await store.append(eventSubject(tenant, "sensor", "s1"), [{ type: "ReadingRecorded", data: { value: 10 } }, { type: "Other", data: { value: 1 } }, { type: "ReadingRecorded", data: { value: 11 } }]);
+    const runs: string[] = [];
+    for (let i = 0; i < 100 && runs.length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      runs.length = 0;
+      for await (const e of store.readAll({ filter: `evt.${tenant}.workflow.*`, follow: false })) if (e.type === "RunStarted") runs.push((e.data as { runId: string }).runId);
+    }
+    expect(runs).toHaveLength(2);
+    for (const runId of runs) {
+      const s = await client.wait(tenant, runId, { timeoutMs: 10_000 });
+      expect(s.status).toBe("succeeded");
+      expect(s.trigger).toMatchObject({ kind: "event", type: "ReadingRecorded", key: "s1" });
+    }
+  });
+});
