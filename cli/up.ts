@@ -1,8 +1,12 @@
+import { existsSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { ensureTopology, missingFeatures } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
+import { loadConfig, pipelineSections, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
+import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
 import { dataDir as defaultDataDir } from "./connection.js";
 import { startEmbeddedServer } from "./embedded.js";
 import { projectRoot } from "./paths.js";
@@ -20,13 +24,30 @@ export interface UpContext {
   readonly dataDir: string;
   readonly root: string;
   readonly log: (line: string) => void;
+  /** The validated `flexcore.yaml` (see {@link configSections}). */
+  readonly config: PipelineConfig;
+  /** The processor runtime: `metrics()` and `lag()` for `/metrics`, `invoke()` for workflows. */
+  readonly processors: ProcessorRuntime;
 }
+
+/**
+ * Sections of `flexcore.yaml`, one validator each; an area adds its section here
+ * (e.g. `workflows: workflowsSection`). The whole file is validated before anything starts.
+ */
+export function configSections() {
+  return { ...pipelineSections({ threads: availableParallelism() }) };
+}
+
+/** The validated configuration. */
+export type PipelineConfig = ConfigSections<ReturnType<typeof configSections>>;
 
 export interface UpOptions {
   /** Connect here instead of starting an embedded server. @default $NATS_URL */
   readonly natsUrl?: string;
   /** @default $FLEXCORE_DATA or ./data */
   readonly dataDir?: string;
+  /** Pipeline configuration file. @default $FLEXCORE_CONFIG or ./flexcore.yaml */
+  readonly configFile?: string;
   readonly log?: (line: string) => void;
 }
 
@@ -47,6 +68,10 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   const root = projectRoot();
   const dir = options.dataDir ?? defaultDataDir();
   const url = options.natsUrl || process.env.NATS_URL || undefined;
+  // Validate the configuration before starting anything, so a mistake starts nothing.
+  const configFile = resolveConfigPath(root, options.configFile);
+  const explicitConfig = options.configFile !== undefined || process.env.FLEXCORE_CONFIG !== undefined;
+  const config: PipelineConfig = !explicitConfig && !existsSync(configFile) ? { processors: [], runtime: configSections().runtime(undefined, "runtime") } : await loadConfig(configFile, configSections());
   let server: NatsServer | undefined;
   if (!url) {
     server = await startEmbeddedServer(dir, join(root, "nats.conf"));
@@ -70,7 +95,16 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     const report = await ensureTopology(nc, replicas === undefined ? {} : { replicas });
     log(`flexcore: topology: created [${report.created.join(", ")}], unchanged [${report.unchanged.join(", ")}]`);
     for (const d of report.drift) log(`flexcore: drift in ${d.resource}.${d.field}: expected ${JSON.stringify(d.expected)}, found ${JSON.stringify(d.actual)}`);
-    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log };
+    const processors = await startProcessorRuntime(nc, {
+      processors: config.processors,
+      threads: config.runtime.threads,
+      workerMemoryMb: config.runtime.workerMemoryMb,
+      metricsIntervalMs: config.runtime.metricsIntervalMs,
+      log,
+    });
+    components.push({ name: "processors", close: () => processors.close() });
+    log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
+    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, config, processors };
     void ctx; // each area's components are started from here as they land
   } catch (err) {
     await close();

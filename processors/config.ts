@@ -157,12 +157,13 @@ export interface ResolvedProcessor extends ProcessorConfig {
 
 function processorEntry(raw: unknown, path: string, definitions: ReadonlyMap<string, ProcessorDefinition>): ResolvedProcessor {
   const o = object(raw, path, PROCESSOR_KEYS);
-  const [name, kind, subjects, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight] = collect([
+  const kindOk = typeof o.kind === "string" && definitions.has(o.kind);
+  // Options are checked with the rest, so every mistake of the entry is reported at once.
+  const [name, kind, subjects, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, validatedOptions] = collect([
     () => string(o.name, at(path, "name"), "", NAME) || fail(at(path, "name"), NAME.describe, o.name),
     () => {
-      const k = string(o.kind, at(path, "kind"), "");
-      if (!k || !definitions.has(k)) fail(at(path, "kind"), `one of ${[...definitions.keys()].map((d) => JSON.stringify(d)).join(", ")}`, o.kind);
-      return k;
+      if (!kindOk) fail(at(path, "kind"), `one of ${[...definitions.keys()].map((d) => JSON.stringify(d)).join(", ")}`, o.kind);
+      return o.kind as string;
     },
     () =>
       array(o.subjects, at(path, "subjects"), (s, p) => {
@@ -181,9 +182,9 @@ function processorEntry(raw: unknown, path: string, definitions: ReadonlyMap<str
     () => (o.backoff === undefined ? DEFAULT_BACKOFF_MS : array(o.backoff, at(path, "backoff"), (v, p) => duration(v, p, 0), { minLength: 1 })),
     () => duration(o.ack_wait, at(path, "ack_wait"), DEFAULT_ACK_WAIT_MS, 1_000),
     () => integer(o.max_in_flight, at(path, "max_in_flight"), DEFAULT_MAX_IN_FLIGHT, { min: 1, max: 1_000_000 }),
+    () => (kindOk ? definitions.get(o.kind as string)!.validateOptions(o.options ?? {}, at(path, "options")) : undefined),
   ] as const);
   const definition = definitions.get(kind)!;
-  const validatedOptions = definition.validateOptions(o.options ?? {}, at(path, "options"));
   return { name, kind, subjects, options: o.options ?? {}, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, definition, validatedOptions };
 }
 

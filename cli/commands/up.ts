@@ -6,8 +6,9 @@ export function register(program: Command): void {
     .command("up")
     .description("run the whole pipeline (embedded nats-server unless NATS_URL is set); same as npm start")
     .option("--nats <url>", "connect to this server instead of starting one")
-    .action(async (opts: { nats?: string }) => {
-      const pipeline = await startPipeline(opts.nats ? { natsUrl: opts.nats } : {});
+    .option("--config <file>", "pipeline configuration (default: $FLEXCORE_CONFIG or ./flexcore.yaml)")
+    .action(async (opts: { nats?: string; config?: string }) => {
+      const pipeline = await startPipeline({ ...(opts.nats ? { natsUrl: opts.nats } : {}), ...(opts.config ? { configFile: opts.config } : {}) });
       process.stderr.write(`flexcore: up; NATS at ${pipeline.natsUrl}. Ctrl-C stops.\n`);
       let stopping = false;
       const stop = (signal: string): void => {

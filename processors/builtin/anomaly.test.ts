@@ -97,7 +97,7 @@ describe("anomaly", () => {
   });
 
   it("rejects bad options naming the path", () => {
-    expect(() => anomaly.validateOptions({ window: "ten" }, "processors[2].options")).toThrow('processors[2].options.window: expected integer ≥ 2 and ≤ 100000, got "ten"');
+    expect(() => anomaly.validateOptions({ window: "ten" }, "processors[2].options")).toThrow('processors[2].options.window: expected integer ≥ 2, got "ten"');
     expect(() => anomaly.validateOptions({ method: "magic" }, "p.options")).toThrow(ConfigError);
     expect(() => anomaly.validateOptions({ windw: 3 }, "p.options")).toThrow(/p\.options\.windw: unknown key/);
     expect(() => anomaly.validateOptions({ method: "iforest", threshold: 2 }, "p.options")).toThrow(/p\.options\.threshold: expected number > 0 and < 1, got 2/);

@@ -20,7 +20,7 @@
  * count, so a replay gives byte-identical outputs.
  */
 import { InvalidEventError } from "../../streams/index.js";
-import { at, boolean, fail, integer, number, object, oneOf, string } from "../options.js";
+import { at, boolean, collect, fail, integer, number, object, oneOf, string } from "../options.js";
 import type { ProcessorDefinition, ProcessorInput, ProcessorOutput, ProcessResult } from "../types.js";
 
 export const ANOMALY_METHODS = ["zscore", "robust", "ewma", "iforest"] as const;
@@ -107,25 +107,27 @@ export interface PointScore {
 const METHOD_KEYS = ["method", "field", "window", "threshold", "min_points", "alpha", "season", "emit", "trees", "sample_size", "refit_every", "seed", "winsorize"] as const;
 
 function validateOptions(raw: unknown, path: string): AnomalyOptions {
-  const o = object(raw, path, METHOD_KEYS, true);
-  const method = oneOf(o.method, at(path, "method"), ANOMALY_METHODS, "zscore");
-  const window = integer(o.window, at(path, "window"), DEFAULT_WINDOW, { min: 2, max: 100_000 });
-  const field = string(o.field, at(path, "field"), "value", { re: /^[^.\s]+(\.[^.\s]+)*$/u, describe: "a dot path such as value or reading.temp" });
-  return {
-    method,
-    field,
-    window,
-    threshold: number(o.threshold, at(path, "threshold"), DEFAULT_THRESHOLDS[method], method === "iforest" ? { above: 0, below: 1 } : { above: 0 }),
-    minPoints: integer(o.min_points, at(path, "min_points"), Math.min(DEFAULT_MIN_POINTS, window), { min: 2, max: window }),
-    alpha: number(o.alpha, at(path, "alpha"), DEFAULT_ALPHA, { above: 0, below: 1 }),
-    season: integer(o.season, at(path, "season"), 0, { min: 0, max: 100_000 }),
-    emit: oneOf(o.emit, at(path, "emit"), ["flagged", "all"] as const, "flagged"),
-    trees: integer(o.trees, at(path, "trees"), DEFAULT_TREES, { min: 1, max: 1_000 }),
-    sampleSize: integer(o.sample_size, at(path, "sample_size"), Math.min(DEFAULT_SAMPLE_SIZE, window), { min: 4, max: window }),
-    refitEvery: integer(o.refit_every, at(path, "refit_every"), window, { min: 1 }),
-    seed: integer(o.seed, at(path, "seed"), DEFAULT_SEED, { min: 0, max: 0xffffffff }),
-    winsorize: boolean(o.winsorize, at(path, "winsorize"), true),
-  };
+  const o: Record<string, unknown> = raw !== null && typeof raw === "object" && !Array.isArray(raw) ? (raw as Record<string, unknown>) : {};
+  const methodOf = (): AnomalyMethod => (ANOMALY_METHODS as readonly unknown[]).includes(o.method) ? (o.method as AnomalyMethod) : "zscore";
+  const windowOf = (): number => (typeof o.window === "number" && Number.isInteger(o.window) && o.window >= 2 ? o.window : DEFAULT_WINDOW);
+  // Every field is checked, so one error message lists every mistake.
+  const [, method, field, window, threshold, minPoints, alpha, season, emit, trees, sampleSize, refitEvery, seed, winsorize] = collect([
+    () => object(raw, path, METHOD_KEYS, true),
+    () => oneOf(o.method, at(path, "method"), ANOMALY_METHODS, "zscore"),
+    () => string(o.field, at(path, "field"), "value", { re: /^[^.\s]+(\.[^.\s]+)*$/u, describe: "a dot path such as value or reading.temp" }),
+    () => integer(o.window, at(path, "window"), DEFAULT_WINDOW, { min: 2 }),
+    () => number(o.threshold, at(path, "threshold"), DEFAULT_THRESHOLDS[methodOf()], methodOf() === "iforest" ? { above: 0, below: 1 } : { above: 0 }),
+    () => integer(o.min_points, at(path, "min_points"), Math.min(DEFAULT_MIN_POINTS, windowOf()), { min: 2, max: windowOf() }),
+    () => number(o.alpha, at(path, "alpha"), DEFAULT_ALPHA, { above: 0, below: 1 }),
+    () => integer(o.season, at(path, "season"), 0, { min: 0, max: 100_000 }),
+    () => oneOf(o.emit, at(path, "emit"), ["flagged", "all"] as const, "flagged"),
+    () => integer(o.trees, at(path, "trees"), DEFAULT_TREES, { min: 1, max: 1_000 }),
+    () => integer(o.sample_size, at(path, "sample_size"), Math.min(DEFAULT_SAMPLE_SIZE, windowOf()), { min: 4, max: windowOf() }),
+    () => integer(o.refit_every, at(path, "refit_every"), windowOf(), { min: 1 }),
+    () => integer(o.seed, at(path, "seed"), DEFAULT_SEED, { min: 0, max: 0xffffffff }),
+    () => boolean(o.winsorize, at(path, "winsorize"), true),
+  ] as const);
+  return { method, field, window, threshold, minPoints, alpha, season, emit, trees, sampleSize, refitEvery, seed, winsorize };
 }
 
 function initialState(): AnomalyState {
