@@ -38,7 +38,7 @@ describe("auto processor (unit)", () => {
     const o = auto.validateOptions({ routes: { series: "anomaly" }, options: { clustering: { k: 2, warmup: 2 } } }, P);
     const payloads = ["great service", [0, 0], [10, 10], [0, 1], { user: "u1", item: "i1" }, { user: "u1" }, { text: "awful" }];
     const r = auto.process(auto.initialState(o, "k"), inputs(payloads), o);
-    expect(r.outputs.map((x) => x.map((y) => y.type))).toEqual([["nlp.analyzed"], [], ["clustering.assigned"], ["clustering.assigned"], [], ["recommend.items"], ["nlp.analyzed"]]);
+    expect(r.outputs.map((x) => x.map((y) => y.type))).toEqual([["TextAnalyzed"], [], ["ClusterAssigned"], ["ClusterAssigned"], [], ["ItemsRecommended"], ["TextAnalyzed"]]);
     expect(Object.keys(r.state).sort()).toEqual(["clustering", "nlp", "recommend"]);
     const nlp = BUILTIN_PROCESSORS.get("nlp")!;
     const nlpOptions = nlp.validateOptions({}, "x");

@@ -24,7 +24,7 @@ describe("classify processor (unit)", () => {
   it("validates options, naming the path", () => {
     expect(() => classify.validateOptions({ algorithm: "svm" }, P)).toThrow(ConfigError);
     expect(() => classify.validateOptions({ algorithm: "svm" }, P)).toThrow('processors[3].options.algorithm: expected one of "naive-bayes", "logistic", "tree", got "svm"');
-    expect(() => classify.validateOptions({ maxDepth: 0 }, P)).toThrow(/options\.maxDepth/);
+    expect(() => classify.validateOptions({ max_depth: 0 }, P)).toThrow(/options\.max_depth: expected integer ≥ 1/);
     expect(classify.validateOptions(undefined, P).algorithm).toBe("naive-bayes");
   });
 
@@ -46,7 +46,7 @@ describe("classify processor (unit)", () => {
   }
 
   it("versions the model, accepts named features, and replays identically", () => {
-    const o = classify.validateOptions({ algorithm: "logistic", retrainEvery: 3, emitTraining: true }, P);
+    const o = classify.validateOptions({ algorithm: "logistic", retrain_every: 3, emit_training: true }, P);
     const rows = [
       { label: "x", a: 0, b: 1 },
       { label: "y", a: 5, b: 0 },

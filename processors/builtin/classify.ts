@@ -3,8 +3,8 @@
  * key. Algorithms:
  * - `naive-bayes` (default): Gaussian naive Bayes, exact online update per labelled row;
  * - `logistic`: softmax regression, one AdaGrad step per labelled row (online), plus a
- *   refit of `epochs` seeded-shuffled passes over the window every `retrainEvery` rows;
- * - `tree`: CART tree refitted on the window every `retrainEvery` rows.
+ *   refit of `epochs` seeded-shuffled passes over the window every `retrain_every` rows;
+ * - `tree`: CART tree refitted on the window every `retrain_every` rows.
  * The model carries a `version` that increments whenever its parameters change;
  * predictions name the version they came from.
  */
@@ -20,7 +20,7 @@ import { badInput, isRecord, readBoolean, readEnum, readInteger, readNumber, rea
 
 export type ClassifyAlgorithm = "naive-bayes" | "logistic" | "tree";
 
-/** Options of the `classify` processor (validated, frozen). */
+/** Options of the `classify` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface ClassifyOptions {
   /** @default "naive-bayes" */
   readonly algorithm: ClassifyAlgorithm;
@@ -74,10 +74,10 @@ export interface Prediction {
   readonly algorithm: ClassifyAlgorithm;
 }
 
-export const PREDICTED_OUTPUT = "classify.predicted";
-export const TRAINED_OUTPUT = "classify.trained";
+export const PREDICTED_OUTPUT = "LabelPredicted";
+export const TRAINED_OUTPUT = "ClassifierTrained";
 
-const KEYS = ["algorithm", "window", "retrainEvery", "epochs", "learningRate", "l2", "maxDepth", "minLeaf", "emitTraining", "seed"] as const;
+const KEYS = ["algorithm", "window", "retrain_every", "epochs", "learning_rate", "l2", "max_depth", "min_leaf", "emit_training", "seed"] as const;
 const RESERVED = new Set(["label", "features"]);
 
 /**
@@ -180,13 +180,13 @@ export const classify: ProcessorDefinition<ClassifyOptions, ClassifyState> = {
     return Object.freeze({
       algorithm: readEnum(o, path, "algorithm", "naive-bayes", ["naive-bayes", "logistic", "tree"] as const),
       window: readInteger(o, path, "window", 1000, 1, 1_000_000),
-      retrainEvery: readInteger(o, path, "retrainEvery", 25, 1),
+      retrainEvery: readInteger(o, path, "retrain_every", 25, 1),
       epochs: readInteger(o, path, "epochs", 30, 1, 10_000),
-      learningRate: readNumber(o, path, "learningRate", 0.5, 0, 100, true),
+      learningRate: readNumber(o, path, "learning_rate", 0.5, 0, 100, true),
       l2: readNumber(o, path, "l2", 1e-4, 0, 1),
-      maxDepth: readInteger(o, path, "maxDepth", 6, 1, 64),
-      minLeaf: readInteger(o, path, "minLeaf", 2, 1),
-      emitTraining: readBoolean(o, path, "emitTraining", false),
+      maxDepth: readInteger(o, path, "max_depth", 6, 1, 64),
+      minLeaf: readInteger(o, path, "min_leaf", 2, 1),
+      emitTraining: readBoolean(o, path, "emit_training", false),
       seed: readSeed(o, path),
     });
   },

@@ -46,7 +46,7 @@ describe("clustering processor (unit)", () => {
   });
 
   it("is deterministic, and batch boundaries do not change the outputs", () => {
-    const o = clustering.validateOptions({ k: 3, mode: "window", window: 30, refitEvery: 7, emitCentroids: "always" }, P);
+    const o = clustering.validateOptions({ k: 3, mode: "window", window: 30, refit_every: 7, emit_centroids: "always" }, P);
     const pts = twoBlobs(80).map((p, i) => (i % 5 === 0 ? [p[0]! + 40, p[1]!] : p));
     const all = inputs(pts);
     const once = clustering.process(clustering.initialState(o, "k1"), all, o);

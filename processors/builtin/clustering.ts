@@ -3,16 +3,16 @@
  * - `streaming` (default): after `warmup` points, k-means++ and Lloyd on them, then
  *   mini-batch k-means updates the centres with every point (online, River-style).
  * - `window`: k-means over a sliding window of the last `window` points, refitted every
- *   `refitEvery` points, warm-started from the previous centres so cluster ids stay put.
+ *   `refit_every` points, warm-started from the previous centres so cluster ids stay put.
  * Each point gets its cluster and its distance to the centre; centres are emitted when
- * they change (`emitCentroids`).
+ * they change (`emit_centroids`).
  */
 import { kmeans, miniBatchStep, nearest } from "../ml/kmeans.js";
 import { createRandom, seedFor } from "../ml/random.js";
 import type { ProcessorDefinition, ProcessorInput, ProcessorOutput } from "../types.js";
 import { badInput, isRecord, readEnum, readInteger, readObject, readSeed, readVector } from "./option-readers.js";
 
-/** Options of the `clustering` processor (validated, frozen). */
+/** Options of the `clustering` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface ClusteringOptions {
   /** Number of clusters. @default 3 */
   readonly k: number;
@@ -59,9 +59,9 @@ export interface ClusterAssignment {
   readonly centroids?: number[][];
 }
 
-export const CLUSTERING_OUTPUT = "clustering.assigned";
+export const CLUSTERING_OUTPUT = "ClusterAssigned";
 
-const KEYS = ["k", "mode", "window", "warmup", "refitEvery", "maxIterations", "emitCentroids", "seed"] as const;
+const KEYS = ["k", "mode", "window", "warmup", "refit_every", "max_iterations", "emit_centroids", "seed"] as const;
 
 /** Accepts `[x, y, ...]` or `{ point | features | vector: [...] }`. */
 export function readPoint(data: unknown, field: string, d: number): number[] {
@@ -105,9 +105,9 @@ export const clustering: ProcessorDefinition<ClusteringOptions, ClusteringState>
       mode: readEnum(o, path, "mode", "streaming", ["streaming", "window"] as const),
       window,
       warmup: readInteger(o, path, "warmup", Math.min(10 * k, window), k, window),
-      refitEvery: readInteger(o, path, "refitEvery", 50, 1),
-      maxIterations: readInteger(o, path, "maxIterations", 100, 1, 10_000),
-      emitCentroids: readEnum(o, path, "emitCentroids", "on-change", ["always", "on-change", "never"] as const),
+      refitEvery: readInteger(o, path, "refit_every", 50, 1),
+      maxIterations: readInteger(o, path, "max_iterations", 100, 1, 10_000),
+      emitCentroids: readEnum(o, path, "emit_centroids", "on-change", ["always", "on-change", "never"] as const),
       seed: readSeed(o, path),
     });
   },

@@ -35,7 +35,7 @@ describe("forecast processor (unit)", () => {
   });
 
   it("replays identically across batch boundaries and through JSON", () => {
-    const o = forecast.validateOptions({ period: 6, horizon: 3, refitEvery: 5 }, P);
+    const o = forecast.validateOptions({ period: 6, horizon: 3, refit_every: 5 }, P);
     const values = Array.from({ length: 60 }, (_, t) => ({ value: 10 + (t % 6) + t * 0.1 }));
     const once = forecast.process(forecast.initialState(o, "s1"), inputs(values), o);
     let state = forecast.initialState(o, "s1");

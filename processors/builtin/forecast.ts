@@ -2,14 +2,14 @@
  * `forecast`: additive Holt-Winters with a damped trend per key, updated with every
  * observation (online), with `horizon` steps of forecasts and prediction intervals.
  * With `optimize` (the default), α, β, γ are chosen by grid search over the kept history
- * when the model starts and every `refitEvery` points after.
+ * when the model starts and every `refit_every` points after.
  */
 import { fitHoltWinters, forecastHoltWinters, initHoltWinters, nextValue, updateHoltWinters } from "../ml/holt-winters.js";
 import type { ForecastPoint, HoltWintersModel, HoltWintersParams } from "../ml/holt-winters.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
 import { badInput, isRecord, readBoolean, readInteger, readNumber, readObject } from "./option-readers.js";
 
-/** Options of the `forecast` processor (validated, frozen). */
+/** Options of the `forecast` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface ForecastOptions {
   /** Season length in observations (24 for hourly data with a daily cycle). @default 24 */
   readonly period: number;
@@ -52,9 +52,9 @@ export interface ForecastResult {
   readonly modelVersion: number;
 }
 
-export const FORECAST_OUTPUT = "forecast.predicted";
+export const FORECAST_OUTPUT = "ForecastPredicted";
 
-const KEYS = ["period", "horizon", "coverage", "alpha", "beta", "gamma", "phi", "optimize", "history", "refitEvery"] as const;
+const KEYS = ["period", "horizon", "coverage", "alpha", "beta", "gamma", "phi", "optimize", "history", "refit_every"] as const;
 
 /** Accepts a number or `{ value: number }`. */
 export function readObservation(data: unknown, field: string): number {
@@ -87,7 +87,7 @@ export const forecast: ProcessorDefinition<ForecastOptions, ForecastState> = {
       phi: readNumber(o, path, "phi", 0.98, 0.5, 1),
       optimize: readBoolean(o, path, "optimize", !fixed),
       history: readInteger(o, path, "history", 4 * period, 2 * period, 1_000_000),
-      refitEvery: readInteger(o, path, "refitEvery", period, 1),
+      refitEvery: readInteger(o, path, "refit_every", period, 1),
     });
   },
   initialState(options) {

@@ -12,7 +12,7 @@ describe("nlp processor (unit)", () => {
   it("validates options, naming the path", () => {
     expect(() => nlp.validateOptions({ window: 0 }, P)).toThrow(ConfigError);
     expect(() => nlp.validateOptions({ window: 0 }, P)).toThrow("processors[0].options.window: expected integer ≥ 1 and ≤ 100000, got 0");
-    expect(() => nlp.validateOptions({ emitTokens: "yes" }, P)).toThrow(/options\.emitTokens: expected true or false/);
+    expect(() => nlp.validateOptions({ emit_tokens: "yes" }, P)).toThrow(/options\.emit_tokens: expected true or false/);
   });
 
   it("ranks terms rare in the window above common ones, and forgets texts that leave the window", () => {
@@ -28,7 +28,7 @@ describe("nlp processor (unit)", () => {
   });
 
   it("emits stats, sentiment and (optionally) tokens; copes with `constructor` as a word; replays identically", () => {
-    const o = nlp.validateOptions({ emitTokens: true }, P);
+    const o = nlp.validateOptions({ emit_tokens: true }, P);
     const texts = ["I love this phone. It is not slow!", "__proto__ constructor toString", "terrible battery"];
     const r = nlp.process(nlp.initialState(o, "doc"), inputs(texts), o);
     const first = r.outputs[0]![0]!.data as NlpResult;

@@ -10,7 +10,7 @@ import type { TextStats } from "../ml/text.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
 import { badInput, isRecord, readBoolean, readInteger, readNumber, readObject } from "./option-readers.js";
 
-/** Options of the `nlp` processor (validated, frozen). */
+/** Options of the `nlp` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface NlpOptions {
   /** Texts per key the document frequencies cover (the current one included). @default 100 */
   readonly window: number;
@@ -45,8 +45,8 @@ export interface NlpResult {
   readonly sentiment: Sentiment;
 }
 
-export const NLP_OUTPUT = "nlp.analyzed";
-const KEYS = ["window", "keywords", "emitTokens", "neutralBelow", "maxLength"] as const;
+export const NLP_OUTPUT = "TextAnalyzed";
+const KEYS = ["window", "keywords", "emit_tokens", "neutral_below", "max_length"] as const;
 const MIN_KEYWORD_LENGTH = 2;
 
 /** Accepts a string or `{ text: string }`. */
@@ -68,9 +68,9 @@ export const nlp: ProcessorDefinition<NlpOptions, NlpState> = {
     return Object.freeze({
       window: readInteger(o, path, "window", 100, 1, 100_000),
       keywords: readInteger(o, path, "keywords", 5, 0, 1000),
-      emitTokens: readBoolean(o, path, "emitTokens", false),
-      neutralBelow: readNumber(o, path, "neutralBelow", 0, 0, 1000),
-      maxLength: readInteger(o, path, "maxLength", 100_000, 1),
+      emitTokens: readBoolean(o, path, "emit_tokens", false),
+      neutralBelow: readNumber(o, path, "neutral_below", 0, 0, 1000),
+      maxLength: readInteger(o, path, "max_length", 100_000, 1),
     });
   },
   initialState() {

@@ -30,13 +30,13 @@ describe("recommend processor (unit)", () => {
   });
 
   it("falls back to popularity before training, then recommends the unseen item of the user's taste group", () => {
-    const o = recommend.validateOptions({ factors: 4, retrainEvery: 1000, topN: 1 }, P);
+    const o = recommend.validateOptions({ factors: 4, retrain_every: 1000, top_n: 1 }, P);
     const events = tastes();
     const before = recommend.process(recommend.initialState(o, "shop"), inputs([...events, { user: "a0" }]), o);
     const pop = before.outputs.at(-1)![0]!.data as Recommendations;
     expect(pop.source).toBe("popularity");
     expect(pop.items[0]!.item).toMatch(/^y/);
-    const o2 = recommend.validateOptions({ factors: 4, retrainEvery: events.length, topN: 1 }, P);
+    const o2 = recommend.validateOptions({ factors: 4, retrain_every: events.length, top_n: 1 }, P);
     const after = recommend.process(recommend.initialState(o2, "shop"), inputs([...events, { user: "a0" }, { user: "b0" }]), o2);
     const [a0, b0] = after.outputs.slice(-2).map((x) => x[0]!.data as Recommendations);
     expect(a0).toMatchObject({ source: "model", modelVersion: 1, items: [{ item: "x4" }] });
@@ -44,7 +44,7 @@ describe("recommend processor (unit)", () => {
   });
 
   it("folds each interaction into the user's vector between retrains, deterministically across batches", () => {
-    const o = recommend.validateOptions({ factors: 4, retrainEvery: 20, emitOnInteraction: true, topN: 3 }, P);
+    const o = recommend.validateOptions({ factors: 4, retrain_every: 20, emit_on_interaction: true, top_n: 3 }, P);
     const events = [...tastes(), { user: "new", item: "x1", weight: 3 }, { user: "new", item: "x2" }];
     const once = recommend.process(recommend.initialState(o, "shop"), inputs(events), o);
     const last = once.outputs.at(-1)![0]!.data as Recommendations;
@@ -61,7 +61,7 @@ describe("recommend processor (unit)", () => {
   });
 
   it("forgets the least recently seen pairs beyond maxInteractions, and rejects bad events naming the field", () => {
-    const o = recommend.validateOptions({ maxInteractions: 2 }, P);
+    const o = recommend.validateOptions({ max_interactions: 2 }, P);
     const r = recommend.process(recommend.initialState(o, "shop"), inputs([{ user: 1, item: "a" }, { user: 1, item: "b" }, { user: 1, item: "a" }, { user: 2, item: "c" }]), o);
     expect(r.state.pairs.map(([u, i]) => `${r.state.users[u]}:${r.state.items[i]}`)).toEqual(["1:a", "2:c"]);
     expect(() => recommend.process(r.state, inputs([{ user: "", item: "a" }]), o)).toThrow(/inputs\[0\]\.data\.user/);

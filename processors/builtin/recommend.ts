@@ -1,10 +1,10 @@
 /**
  * `recommend`: collaborative filtering per key (a catalogue: a shop, a site) from
  * interaction events `{ user, item, weight? }`. Implicit-feedback matrix factorisation by
- * ALS on ml-matrix, retrained every `retrainEvery` interactions; between retrains each
+ * ALS on ml-matrix, retrained every `retrain_every` interactions; between retrains each
  * interaction folds the user's vector in at once (exact least squares with the items
  * fixed), so recommendations follow the user event by event. Requests `{ user }` get the
- * top `topN` unseen items; unknown users (or before the first training) get the most
+ * top `top_n` unseen items; unknown users (or before the first training) get the most
  * popular items.
  */
 import { foldInUserRow, gram, randomFactors, scoreItems, trainAls } from "../ml/als.js";
@@ -13,7 +13,7 @@ import { createRandom, seedFor } from "../ml/random.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
 import { badInput, isRecord, readBoolean, readInteger, readNumber, readObject, readSeed } from "./option-readers.js";
 
-/** Options of the `recommend` processor (validated, frozen). */
+/** Options of the `recommend` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface RecommendOptions {
   /** Latent factors. @default 16 */
   readonly factors: number;
@@ -67,8 +67,8 @@ export interface Recommendations {
   readonly modelVersion: number;
 }
 
-export const RECOMMEND_OUTPUT = "recommend.items";
-const KEYS = ["factors", "lambda", "alpha", "iterations", "retrainEvery", "topN", "maxInteractions", "excludeSeen", "emitOnInteraction", "seed"] as const;
+export const RECOMMEND_OUTPUT = "ItemsRecommended";
+const KEYS = ["factors", "lambda", "alpha", "iterations", "retrain_every", "top_n", "max_interactions", "exclude_seen", "emit_on_interaction", "seed"] as const;
 const MAX_ID_LENGTH = 256;
 
 function readId(v: unknown, field: string): string {
@@ -184,11 +184,11 @@ export const recommend: ProcessorDefinition<RecommendOptions, RecommendState> = 
       lambda: readNumber(o, path, "lambda", 1, 0, 1000, true),
       alpha: readNumber(o, path, "alpha", 10, 0, 10_000),
       iterations: readInteger(o, path, "iterations", 10, 1, 1000),
-      retrainEvery: readInteger(o, path, "retrainEvery", 100, 1),
-      topN: readInteger(o, path, "topN", 10, 1, 10_000),
-      maxInteractions: readInteger(o, path, "maxInteractions", 100_000, 1),
-      excludeSeen: readBoolean(o, path, "excludeSeen", true),
-      emitOnInteraction: readBoolean(o, path, "emitOnInteraction", false),
+      retrainEvery: readInteger(o, path, "retrain_every", 100, 1),
+      topN: readInteger(o, path, "top_n", 10, 1, 10_000),
+      maxInteractions: readInteger(o, path, "max_interactions", 100_000, 1),
+      excludeSeen: readBoolean(o, path, "exclude_seen", true),
+      emitOnInteraction: readBoolean(o, path, "emit_on_interaction", false),
       seed: readSeed(o, path),
     });
   },

@@ -52,7 +52,7 @@ describe("vision processor (unit)", () => {
   });
 
   it("tracks brightness per key and is deterministic on a larger noisy image", () => {
-    const o = vision.validateOptions({ colourSamples: 64 }, P);
+    const o = vision.validateOptions({ colour_samples: 64 }, P);
     const grey = (v: number): unknown => ({ width: 2, height: 2, channels: 1, pixels: [v, v, v, v] });
     const noisy = { width: 40, height: 30, pixels: Array.from({ length: 40 * 30 * 3 }, (_, i) => (i * 7919) % 256) };
     const r = vision.process(vision.initialState(o, "cam"), inputs([grey(100), grey(110), grey(120), noisy]), o);
@@ -63,7 +63,7 @@ describe("vision processor (unit)", () => {
   });
 
   it("rejects malformed images, naming the field", () => {
-    const o = vision.validateOptions({ maxPixels: 100 }, P);
+    const o = vision.validateOptions({ max_pixels: 100 }, P);
     const s = vision.initialState(o, "cam");
     expect(() => vision.process(s, inputs([{ width: 2, height: 2, pixels: [1, 2, 3] }]), o)).toThrow(InvalidEventError);
     expect(() => vision.process(s, inputs([{ width: 1, height: 1, pixels: [1, 2, 300] }]), o)).toThrow(/inputs\[0\]\.data\.pixels\[2\]/);

@@ -10,7 +10,7 @@ import type { ImageStats, RasterImage } from "../ml/image.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
 import { badInput, isRecord, readInteger, readNumber, readObject, readSeed } from "./option-readers.js";
 
-/** Options of the `vision` processor (validated, frozen). */
+/** Options of the `vision` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface VisionOptions {
   /** Histogram bins. @default 16 */
   readonly bins: number;
@@ -39,8 +39,8 @@ export interface VisionResult extends ImageStats {
   readonly brightnessZ: number | null;
 }
 
-export const VISION_OUTPUT = "vision.analyzed";
-const KEYS = ["bins", "edgeThreshold", "colours", "colourSamples", "maxPixels", "seed"] as const;
+export const VISION_OUTPUT = "ImageAnalyzed";
+const KEYS = ["bins", "edge_threshold", "colours", "colour_samples", "max_pixels", "seed"] as const;
 
 /**
  * Reads `{ png: base64 }` or `{ width, height, channels?, pixels: number[] }` (values
@@ -86,10 +86,10 @@ export const vision: ProcessorDefinition<VisionOptions, VisionState> = {
     const o = readObject(raw, path, KEYS);
     return Object.freeze({
       bins: readInteger(o, path, "bins", 16, 2, 256),
-      edgeThreshold: readNumber(o, path, "edgeThreshold", 0.5, 0, 6, true),
+      edgeThreshold: readNumber(o, path, "edge_threshold", 0.5, 0, 6, true),
       colours: readInteger(o, path, "colours", 3, 1, 32),
-      colourSamples: readInteger(o, path, "colourSamples", 4096, 16, 1_000_000),
-      maxPixels: readInteger(o, path, "maxPixels", 4_000_000, 1),
+      colourSamples: readInteger(o, path, "colour_samples", 4096, 16, 1_000_000),
+      maxPixels: readInteger(o, path, "max_pixels", 4_000_000, 1),
       seed: readSeed(o, path),
     });
   },
