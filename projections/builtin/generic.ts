@@ -1,0 +1,171 @@
+import type { Database, Statement } from "better-sqlite3";
+import { InvalidOptionError, STREAMS } from "../../streams/index.js";
+import type { StoredEvent } from "../../streams/index.js";
+import type { Projection } from "../projection.js";
+import { tokens } from "./fields.js";
+
+/** Folds one aggregate's events into its JSON document (pure; `state` is undefined for the first event). */
+export type DocumentReducer = (state: unknown, event: StoredEvent) => unknown;
+
+/** A JSON field of the documents to index, for fast filters on `doc.<field>`. */
+export interface GenericIndex {
+  /** Dotted path into the document: `status`, `address.city`. */
+  readonly field: string;
+}
+
+/** Options of {@link genericProjection}. */
+export interface GenericProjectionOptions {
+  /** Reducers by category; other categories use a JSON merge (RFC 7396) of event data. */
+  readonly reducers?: Readonly<Record<string, DocumentReducer>>;
+  /** Indexed document fields. */
+  readonly indexes?: readonly GenericIndex[];
+  /** Subject filters of FLEX_EVENTS to fold. @default ["evt.>"] */
+  readonly subjects?: readonly string[];
+  /** Bump when reducers change meaning: the model is rebuilt at start. @default 1 */
+  readonly version?: number;
+}
+
+const FIELD = /^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$/u;
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/**
+ * RFC 7396 JSON merge patch: objects merge key by key, `null` deletes a key, anything else
+ * replaces. Returns a new value; neither argument is modified.
+ */
+export function mergePatch(target: unknown, patch: unknown): unknown {
+  if (!isObject(patch)) return patch;
+  const out: Record<string, unknown> = isObject(target) ? { ...target } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}
+
+// Like mergePatch, but modifies `target` when it is an object this module owns; values
+// from `patch` are never aliased except arrays and scalars, which are never modified.
+function mergeInto(target: unknown, patch: unknown): unknown {
+  if (!isObject(patch)) return patch;
+  const out: Record<string, unknown> = isObject(target) ? target : {};
+  for (const k in patch) {
+    const v = patch[k];
+    if (v === null) delete out[k];
+    else out[k] = isObject(v) ? mergeInto(out[k], v) : v;
+  }
+  return out;
+}
+
+interface Doc {
+  /** Whether `state` may be modified in place (parsed or built here, not a reducer's). */
+  owned: boolean;
+  tenant: string;
+  category: string;
+  id: string;
+  state: unknown;
+  revision: number;
+  lastType: string;
+  createdTime: string;
+  updatedTime: string;
+  lastSeq: number;
+}
+
+const statements = new WeakMap<Database, { load: Statement; save: Statement }>();
+
+/**
+ * `generic`: the latest state of every aggregate (`evt.<tenant>.<category>.<id>`) as a JSON
+ * document, folded by the category's reducer or by JSON merge of the event data, with its
+ * revision (events folded) and the time of the first and last event.
+ */
+export function genericProjection(options: GenericProjectionOptions = {}): Projection {
+  const reducers = options.reducers ?? {};
+  for (const [category, r] of Object.entries(reducers)) if (typeof r !== "function") throw new InvalidOptionError(`reducers.${category}`, r, "a function (state, event) => state");
+  const indexes = options.indexes ?? [];
+  indexes.forEach((ix, i) => {
+    if (typeof ix?.field !== "string" || !FIELD.test(ix.field)) throw new InvalidOptionError(`indexes[${i}].field`, ix?.field, "a dotted path of letters, digits and `_`");
+  });
+  const fold = (doc: Doc, e: StoredEvent): unknown => {
+    const reducer = Object.hasOwn(reducers, doc.category) ? reducers[doc.category] : undefined;
+    if (reducer) {
+      doc.owned = false;
+      return reducer(doc.state, e);
+    }
+    // The document was parsed or built here, so it can be merged into without a copy.
+    const next = doc.owned ? mergeInto(doc.state, e.data) : mergePatch(doc.state, e.data);
+    doc.owned = true;
+    return next;
+  };
+  const prepare = (db: Database): { load: Statement; save: Statement } => {
+    let s = statements.get(db);
+    if (!s) {
+      s = {
+        load: db.prepare(`SELECT doc, revision, created_time FROM generic_aggregates WHERE tenant = ? AND category = ? AND id = ?`),
+        save: db.prepare(`INSERT INTO generic_aggregates (tenant, category, id, doc, revision, last_type, created_time, updated_time, last_seq)
+          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+          ON CONFLICT (tenant, category, id) DO UPDATE SET doc = excluded.doc, revision = excluded.revision, last_type = excluded.last_type,
+            updated_time = excluded.updated_time, last_seq = excluded.last_seq`),
+      };
+      statements.set(db, s);
+    }
+    return s;
+  };
+  return {
+    name: "generic",
+    version: options.version ?? 1,
+    description: "Latest state of every aggregate as a JSON document (reducer per category, else JSON merge of event data)",
+    sources: [{ stream: STREAMS.events, subjects: options.subjects ?? ["evt.>"] }],
+    readers: {
+      aggregates: {
+        description: "One row per aggregate; filter on document fields with `doc.<path>`",
+        from: "generic_aggregates",
+        columns: {
+          tenant: "text", category: "text", id: "text", doc: "json", revision: "integer", last_type: "text",
+          created_time: "text", updated_time: "text", last_seq: "integer",
+        },
+        key: ["category", "id"],
+      },
+    },
+    init(db) {
+      db.exec(`CREATE TABLE generic_aggregates (
+        tenant TEXT NOT NULL, category TEXT NOT NULL, id TEXT NOT NULL, doc TEXT, revision INTEGER NOT NULL,
+        last_type TEXT NOT NULL, created_time TEXT NOT NULL, updated_time TEXT NOT NULL, last_seq INTEGER NOT NULL,
+        PRIMARY KEY (tenant, category, id)) WITHOUT ROWID`);
+      indexes.forEach((ix, i) => {
+        db.exec(`CREATE INDEX generic_ix${i}_${ix.field.replaceAll(".", "_")} ON generic_aggregates (tenant, category, json_extract(doc, '$.${ix.field}'))`);
+      });
+    },
+    apply(db, events) {
+      const s = prepare(db);
+      // Fold the batch per aggregate in memory: one read and one write per aggregate.
+      const docs = new Map<string, Doc>();
+      for (const e of events) {
+        let doc = docs.get(e.subject);
+        if (!doc) {
+          const [, tenant, category, id] = tokens(e.subject);
+          const row = s.load.get(tenant, category, id) as { doc: string | null; revision: number; created_time: string } | undefined;
+          doc = {
+            owned: true,
+            tenant, category, id,
+            state: row?.doc == null ? undefined : JSON.parse(row.doc),
+            revision: row?.revision ?? 0,
+            lastType: e.type,
+            createdTime: row?.created_time ?? e.time,
+            updatedTime: e.time,
+            lastSeq: e.seq,
+          };
+          docs.set(e.subject, doc);
+        }
+        doc.state = fold(doc, e);
+        doc.revision += 1;
+        doc.lastType = e.type;
+        doc.updatedTime = e.time;
+        doc.lastSeq = e.seq;
+      }
+      for (const d of docs.values()) {
+        s.save.run(d.tenant, d.category, d.id, d.state === undefined ? null : JSON.stringify(d.state), d.revision, d.lastType, d.createdTime, d.updatedTime, d.lastSeq);
+      }
+    },
+  };
+}

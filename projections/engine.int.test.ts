@@ -1,0 +1,404 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AbortedError, createPublisher, encodeEvent, ensureTopology, InvalidOptionError, STREAMS, SubjectTokenError } from "../streams/index.js";
+import type { Publisher, StoredEvent } from "../streams/index.js";
+import { startTestNats, uniqueName } from "../test/nats-server.js";
+import type { TestNats } from "../test/nats-server.js";
+import Database from "better-sqlite3";
+import { modelHash } from "./database.js";
+import {
+  builtinProjections,
+  createProjectionEngine,
+  DLQ_HEADERS,
+  dlqSource,
+  genericProjection,
+  InvalidQueryError,
+  MAX_PAGE_SIZE,
+  PLUGIN_EVENT_TYPES,
+  pipelineSummaryProjection,
+  ProjectionLockedError,
+  ProjectionNotFoundError,
+  ProjectionStoppedError,
+  TenantRequiredError,
+  WaitTimeoutError,
+  WORKFLOW_EVENT_TYPES,
+} from "./index.js";
+import type { ChangeEvent, Projection, ProjectionEngine, ProjectionEngineOptions } from "./index.js";
+
+let nats: TestNats;
+let pub: Publisher;
+const dirs: string[] = [];
+
+beforeAll(async () => {
+  nats = await startTestNats();
+  await ensureTopology(nats.nc);
+  pub = createPublisher(nats.nc);
+});
+afterAll(async () => {
+  await pub?.close();
+  await nats?.close();
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
+
+async function dataDir(): Promise<string> {
+  const d = await mkdtemp(join(tmpdir(), "flexcore-proj-"));
+  dirs.push(d);
+  return d;
+}
+
+/** Publishes events in order and returns the last sequence. */
+async function publish(events: ReadonlyArray<{ subject: string; type: string; data: unknown; time?: string }>): Promise<number> {
+  const acks = events.map((e) => {
+    const enc = encodeEvent({ type: e.type, data: e.data, ...(e.time ? { time: e.time } : {}) });
+    return pub.publish(e.subject, enc.data, { headers: enc.headers });
+  });
+  const done = await Promise.all(acks);
+  return Math.max(...done.map((a) => a.seq));
+}
+
+async function lastSeq(stream: string = STREAMS.events): Promise<number> {
+  const jsm = await jetstreamManager(nats.nc);
+  return (await jsm.streams.info(stream)).state.last_seq;
+}
+
+async function engineWith(options: Partial<ProjectionEngineOptions> & { dataDir?: string } = {}): Promise<ProjectionEngine> {
+  const engine = createProjectionEngine(nats.nc, { dataDir: options.dataDir ?? (await dataDir()), log: () => undefined, ...options });
+  await engine.start();
+  return engine;
+}
+
+/** A projection counting events per tenant and aggregate, keeping the order of values seen. */
+function counter(name: string, opts: { version?: number; onError?: "dlq" | "stop"; category: string; factor?: number }): Projection {
+  return {
+    name,
+    version: opts.version ?? 1,
+    description: "test counter",
+    sources: [{ stream: STREAMS.events, subjects: [`evt.*.${opts.category}.*`] }],
+    ...(opts.onError ? { onError: opts.onError } : {}),
+    readers: {
+      counts: { description: "counts", from: "counts", columns: { tenant: "text", id: "text", n: "integer", seen: "json" }, key: ["id"] },
+    },
+    init(db) {
+      db.exec("CREATE TABLE counts (tenant TEXT NOT NULL, id TEXT NOT NULL, n INTEGER NOT NULL, seen TEXT NOT NULL, PRIMARY KEY (tenant, id))");
+    },
+    apply(db, events: readonly StoredEvent[]) {
+      const get = db.prepare("SELECT n, seen FROM counts WHERE tenant = ? AND id = ?");
+      const put = db.prepare("INSERT INTO counts (tenant, id, n, seen) VALUES (?, ?, ?, ?) ON CONFLICT (tenant, id) DO UPDATE SET n = excluded.n, seen = excluded.seen");
+      for (const e of events) {
+        const data = e.data as { v: number; poison?: boolean };
+        if (data.poison) throw new Error(`poisoned value ${data.v}`);
+        const [, tenant, , id] = e.subject.split(".") as [string, string, string, string];
+        const row = get.get(tenant, id) as { n: number; seen: string } | undefined;
+        const seen = row ? (JSON.parse(row.seen) as number[]) : [];
+        seen.push(data.v);
+        put.run(tenant, id, (row?.n ?? 0) + (opts.factor ?? 1), JSON.stringify(seen));
+      }
+    },
+  };
+}
+
+describe("built-in read models", () => {
+  it("fold every kind of event, serve each tenant its own rows only, and read back after waitFor", async () => {
+    const [a, b] = [uniqueName("ta"), uniqueName("tb")];
+    const t0 = "2026-01-01T10:00:00.000Z";
+    const at = (s: number): string => new Date(Date.parse(t0) + s * 1000).toISOString();
+    const evts: Array<{ subject: string; type: string; data: unknown; time?: string }> = [];
+    for (const tenant of [a, b]) {
+      const run = `run-${tenant}`;
+      evts.push(
+        { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.runStarted, data: { runId: run, workflow: "etl", version: 3, tenant, trigger: "manual" }, time: at(0) },
+        { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.stepStarted, data: { runId: run, step: "load", attempt: 1 }, time: at(1) },
+        { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.stepFailed, data: { runId: run, step: "load", attempt: 1, error: { message: "timeout", code: "E_T" }, willRetry: true }, time: at(2) },
+        { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.stepStarted, data: { runId: run, step: "load", attempt: 2 }, time: at(3) },
+        { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.stepSucceeded, data: { runId: run, step: "load", attempt: 2, output: "42 rows" }, time: at(5) },
+        { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.runSucceeded, data: { runId: run, output: "ok" }, time: at(6) },
+        { subject: `evt.${tenant}.plugin.geo`, type: PLUGIN_EVENT_TYPES.loaded, data: { plugin: "geo", version: "1.2.0" }, time: at(0) },
+        { subject: `evt.${tenant}.plugin.geo`, type: PLUGIN_EVENT_TYPES.started, data: { plugin: "geo" }, time: at(1) },
+        { subject: `evt.${tenant}.plugin.geo`, type: PLUGIN_EVENT_TYPES.failed, data: { plugin: "geo", error: { message: "boom" }, willRestart: true }, time: at(2) },
+        { subject: `evt.${tenant}.plugin.geo`, type: PLUGIN_EVENT_TYPES.started, data: { plugin: "geo" }, time: at(3) },
+        { subject: `evt.${tenant}.plugin.geo`, type: PLUGIN_EVENT_TYPES.health, data: { plugin: "geo", ok: true, detail: "fine", latencyMs: 3 }, time: at(4) },
+        { subject: `evt.${tenant}.metrics.anomaly`, type: "MetricsReported", data: { component: "anomaly", kind: "processor", minute: "2026-01-01T10:00:00Z", count: 100, errors: 1, p50Ms: 1, p95Ms: 5, p99Ms: 9, throughput: 1.5 } },
+        { subject: `evt.${tenant}.metrics.anomaly`, type: "MetricsReported", data: { component: "anomaly", kind: "processor", minute: "2026-01-01T10:00:30Z", count: 300, errors: 0, p50Ms: 3, p95Ms: 5, p99Ms: 13, throughput: 5 } },
+        { subject: `evt.${tenant}.order.o1`, type: "OrderPlaced", data: { status: "new", total: 10, lines: [1, 2] } },
+        { subject: `evt.${tenant}.order.o1`, type: "OrderPaid", data: { status: "paid", paidAt: "x", total: null } },
+      );
+    }
+    await publish([{ subject: `drv.${a}.anomaly.s1`, type: "AnomalyDetected", data: { score: 3 } }]);
+    const seq = await publish(evts);
+    await using engine = await engineWith();
+    for (const p of engine.list()) await engine.waitFor(p.name, seq, { timeout: 20_000 });
+    await engine.waitFor("pipeline_summary", await lastSeq(STREAMS.derived), { stream: STREAMS.derived, timeout: 20_000 });
+
+    const runs = await engine.query("workflow_history", { tenant: a });
+    expect(runs.rows).toEqual([expect.objectContaining({ tenant: a, run_id: `run-${a}`, workflow: "etl", version: "3", status: "succeeded", trigger: "manual", started_at: at(0), ended_at: at(6), duration_ms: 6000, output_summary: "ok", steps: 1 })]);
+    const steps = await engine.query("workflow_history", { tenant: a, reader: "steps" });
+    expect(steps.rows).toEqual([expect.objectContaining({ step: "load", status: "succeeded", attempts: 2, started_at: at(1), ended_at: at(5), duration_ms: 4000, error: null, output_summary: "42 rows" })]);
+    const plugins = await engine.query("plugin_status", { tenant: a });
+    expect(plugins.rows).toEqual([expect.objectContaining({ plugin: "geo", state: "running", version: "1.2.0", restarts: 1, failures: 1, last_error: "boom", healthy: 1, health_detail: "fine", last_health_at: at(4) })]);
+    const metrics = await engine.query("performance_metrics", { tenant: a });
+    expect(metrics.rows).toEqual([expect.objectContaining({ component: "anomaly", kind: "processor", minute: "2026-01-01T10:00:00.000Z", count: 400, errors: 1, p50_ms: 2.5, p99_ms: 12, throughput: 6.5, reports: 2 })]);
+    const docs = await engine.query("generic", { tenant: a, filter: { category: "order" } });
+    expect(docs.rows).toEqual([expect.objectContaining({ id: "o1", doc: { status: "paid", lines: [1, 2], paidAt: "x" }, revision: 2, last_type: "OrderPaid" })]);
+    const summary = await engine.query<{ category: string; type: string; source: string; count: number; rate_1h: number }>("pipeline_summary", { tenant: a });
+    const byKey = new Map(summary.rows.map((r) => [`${r.source}/${r.category}/${r.type}`, r]));
+    expect(byKey.get("events/workflow/StepStarted")?.count).toBe(2);
+    expect(byKey.get("events/plugin/PluginStarted")?.count).toBe(2);
+    expect(byKey.get("derived/anomaly/AnomalyDetected")?.count).toBe(1);
+    expect(byKey.get("events/order/OrderPaid")?.rate_1h).toBeGreaterThan(0);
+
+    // Every reader of every projection: tenant A's query never returns B's rows.
+    for (const p of engine.list()) {
+      for (const r of p.readers) {
+        const page = await engine.query(p.name, { tenant: a, reader: r.name, limit: MAX_PAGE_SIZE });
+        expect(page.rows.length, `${p.name}.${r.name}`).toBeGreaterThan(0);
+        for (const row of page.rows) expect(row.tenant, `${p.name}.${r.name}`).toBe(a);
+        const other = await engine.query(p.name, { tenant: b, reader: r.name, limit: MAX_PAGE_SIZE, filter: { tenant: a } });
+        expect(other.rows, `${p.name}.${r.name} with a tenant filter`).toEqual([]);
+      }
+      await expect(engine.query(p.name, {} as never)).rejects.toBeInstanceOf(TenantRequiredError);
+      await expect(engine.query(p.name, { tenant: "" })).rejects.toMatchObject({ code: "FLEX_TENANT_REQUIRED" });
+      await expect(engine.query(p.name, { tenant: `${a}.>` })).rejects.toBeInstanceOf(SubjectTokenError);
+    }
+    await expect(engine.query("nope", { tenant: a })).rejects.toBeInstanceOf(ProjectionNotFoundError);
+  });
+
+  it("read-your-writes: waitFor resolves once the model holds the write; times out and aborts with typed errors", async () => {
+    await using engine = await engineWith({ projections: [genericProjection()] });
+    const tenant = uniqueName("ryw");
+    const changes: ChangeEvent[] = [];
+    const off = engine.onChange("generic", (c) => changes.push(c));
+    for (let i = 0; i < 20; i++) {
+      const seq = await publish([{ subject: `evt.${tenant}.cart.c1`, type: "ItemAdded", data: { items: i } }]);
+      await engine.waitFor("generic", seq);
+      const page = await engine.query<{ doc: { items: number }; revision: number }>("generic", { tenant });
+      expect(page.rows[0]?.doc.items).toBe(i);
+      expect(page.rows[0]?.revision).toBe(i + 1);
+    }
+    off();
+    expect(changes.length).toBeGreaterThan(0);
+    const mine = changes.filter((c) => c.tenants.includes(tenant));
+    expect(mine.length).toBeGreaterThan(0);
+    expect(changes.every((c) => c.kind === "apply" && c.events > 0)).toBe(true);
+    const future = (await lastSeq()) + 1_000;
+    const err = await engine.waitFor("generic", future, { timeout: 100 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WaitTimeoutError);
+    expect((err as WaitTimeoutError).code).toBe("FLEX_PROJECTION_WAIT_TIMEOUT");
+    const ac = new AbortController();
+    const waiting = engine.waitFor("generic", future, { timeout: 10_000, signal: ac.signal });
+    ac.abort();
+    await expect(waiting).rejects.toBeInstanceOf(AbortedError);
+    await expect(engine.waitFor("generic", 1, { stream: STREAMS.derived })).rejects.toBeInstanceOf(InvalidOptionError);
+  });
+});
+
+describe("exactly once", () => {
+  it("restarts and replays from sequence 1 never double count, and keep each aggregate's order", async () => {
+    const dir = await dataDir();
+    const category = uniqueName("ord");
+    const tenant = uniqueName("t");
+    const evts: Array<{ subject: string; type: string; data: unknown }> = [];
+    for (let i = 0; i < 600; i++) evts.push({ subject: `evt.${tenant}.${category}.a${i % 7}`, type: "V", data: { v: i } });
+    const first = await publish(evts.slice(0, 300));
+    const p = counter("counts", { category });
+    {
+      await using engine = await engineWith({ dataDir: dir, projections: [p] });
+      await engine.waitFor("counts", first);
+    }
+    const seq = await publish(evts.slice(300));
+    const expected = Array.from({ length: 7 }, (_, k) => ({ id: `a${k}`, seen: evts.map((e, i) => ({ e, i })).filter(({ e }) => e.subject.endsWith(`.a${k}`)).map(({ i }) => i) }));
+    const check = async (engine: ProjectionEngine): Promise<void> => {
+      const rows = (await engine.query<{ id: string; n: number; seen: number[] }>("counts", { tenant, sort: "id" })).rows;
+      expect(rows.map((r) => ({ id: r.id, seen: r.seen }))).toEqual(expected);
+      expect(rows.map((r) => r.n)).toEqual(expected.map((x) => x.seen.length));
+    };
+    // Restart from the checkpoint.
+    {
+      await using engine = await engineWith({ dataDir: dir, projections: [p] });
+      await engine.waitFor("counts", seq);
+      await check(engine);
+    }
+    // A new projection beside it makes the shared consumer replay the stream from 1:
+    // `counts` sees every old event again and must skip them.
+    const hashBefore = await (async () => {
+      await using engine = await engineWith({ dataDir: dir, projections: [p, counter("fresh", { category })] });
+      await engine.waitFor("fresh", seq, { timeout: 20_000 });
+      await engine.waitFor("counts", seq);
+      await check(engine);
+      const fresh = await engine.query<{ n: number }>("fresh", { tenant });
+      expect(fresh.rows.reduce((a, r) => a + r.n, 0)).toBe(600);
+      const status = await engine.status("counts");
+      expect(status[0]?.streams[0]?.checkpoint).toBe(await lastSeq());
+      return status[0]!.file;
+    })();
+    // A rebuilt copy holds the same rows.
+    await using engine = await engineWith({ dataDir: dir, projections: [p, counter("fresh", { category })] });
+    const before = modelHash(new Database(hashBefore, { readonly: true }));
+    await engine.rebuild("counts");
+    const after = (await engine.status("counts"))[0]!;
+    expect(after.generation).toBeGreaterThan(1);
+    expect(modelHash(new Database(after.file, { readonly: true }))).toBe(before);
+    await check(engine);
+  });
+});
+
+describe("failure policy", () => {
+  it("dlq (default): the failing event goes to FLEX_DLQ with its reason, the rest are applied, the failure is counted", async () => {
+    const category = uniqueName("poison");
+    const tenant = uniqueName("t");
+    await using engine = await engineWith({ projections: [counter("poisoned", { category })] });
+    const evts = Array.from({ length: 30 }, (_, i) => ({ subject: `evt.${tenant}.${category}.x${i % 3}`, type: "V", data: { v: i, poison: i === 13 } }));
+    const seq = await publish(evts);
+    await engine.waitFor("poisoned", seq);
+    const rows = (await engine.query<{ n: number }>("poisoned", { tenant })).rows;
+    expect(rows.reduce((a, r) => a + r.n, 0)).toBe(29);
+    const status = (await engine.status("poisoned"))[0]!;
+    expect(status.failures.count).toBe(1);
+    expect(status.failures.last[0]).toMatchObject({ seq: seq - 16, type: "V", policy: "dlq" });
+    expect(status.failures.last[0]?.error).toContain("poisoned value 13");
+    expect(status.state).not.toBe("stopped");
+    const jsm = await jetstreamManager(nats.nc);
+    const dead = await jsm.streams.getMessage(STREAMS.dlq, { last_by_subj: `dlq.${tenant}.${dlqSource("poisoned")}` });
+    expect(dead?.header?.get(DLQ_HEADERS.reason)).toContain("poisoned value 13");
+    expect(dead?.header?.get(DLQ_HEADERS.seq)).toBe(String(seq - 16));
+    expect(dead?.header?.get(DLQ_HEADERS.subject)).toBe(evts[13]!.subject);
+    expect(dead?.json()).toEqual({ v: 13, poison: true });
+  });
+
+  it("stop: the events before the failing one are applied, then the projection halts and says why", async () => {
+    const category = uniqueName("poison");
+    const tenant = uniqueName("t");
+    await using engine = await engineWith({ projections: [counter("halting", { category, onError: "stop" })] });
+    const evts = Array.from({ length: 30 }, (_, i) => ({ subject: `evt.${tenant}.${category}.x${i % 3}`, type: "V", data: { v: i, poison: i === 13 } }));
+    const seq = await publish(evts);
+    const poisonSeq = seq - 16;
+    const err = await engine.waitFor("halting", seq, { timeout: 10_000 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ProjectionStoppedError);
+    expect((err as ProjectionStoppedError).seq).toBe(poisonSeq);
+    const rows = (await engine.query<{ n: number }>("halting", { tenant })).rows;
+    expect(rows.reduce((a, r) => a + r.n, 0)).toBe(13);
+    const status = (await engine.status("halting"))[0]!;
+    expect(status.state).toBe("stopped");
+    expect(status.stoppedAt).toMatchObject({ seq: poisonSeq });
+    expect(status.streams[0]?.checkpoint).toBe(poisonSeq - 1);
+    expect(status.failures.count).toBe(1);
+    const jsm = await jetstreamManager(nats.nc);
+    const dead = await jsm.streams.getMessage(STREAMS.dlq, { last_by_subj: `dlq.${tenant}.${dlqSource("halting")}` });
+    expect(dead?.header?.get(DLQ_HEADERS.policy)).toBe("stop");
+  });
+});
+
+describe("rebuild", () => {
+  it("readers querying during a rebuild see the old model or the new one, never a partial one", async () => {
+    const tenant = uniqueName("rb");
+    const N = 20_000;
+    const seq = await publish(Array.from({ length: N }, (_, i) => ({ subject: `evt.${tenant}.meter.m${i % 50}`, type: "Tick", data: { v: i } })));
+    await using engine = await engineWith({ projections: [pipelineSummaryProjection(), genericProjection()] });
+    await engine.waitFor("pipeline_summary", seq, { timeout: 30_000 });
+    await engine.waitFor("generic", seq, { timeout: 30_000 });
+    const total = async (): Promise<[number, number]> => {
+      const s = await engine.query<{ count: number }>("pipeline_summary", { tenant });
+      const g = await engine.query<{ revision: number }>("generic", { tenant });
+      return [s.rows.reduce((a, r) => a + r.count, 0), g.rows.reduce((a, r) => a + r.revision, 0)];
+    };
+    expect(await total()).toEqual([N, N]);
+    const seen: Array<[number, number]> = [];
+    let reading = true;
+    const reader = (async () => {
+      while (reading) {
+        seen.push(await total());
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    const progress: number[] = [];
+    const extra = publish(Array.from({ length: 100 }, (_, i) => ({ subject: `evt.${tenant}.meter.m${i % 50}`, type: "Tick", data: { v: i } })));
+    const result = await engine.rebuild(["pipeline_summary", "generic"], { onProgress: (p) => progress.push(p.done) });
+    const last = await extra;
+    await engine.waitFor("pipeline_summary", last);
+    await engine.waitFor("generic", last);
+    reading = false;
+    await reader;
+    expect(result.projections.map((p) => p.name)).toEqual(["pipeline_summary", "generic"]);
+    expect(seen.length).toBeGreaterThan(2);
+    // Never fewer than before the rebuild, never more than everything, never going back.
+    for (const [i, [s, g]] of seen.entries()) {
+      expect(s).toBeGreaterThanOrEqual(N);
+      expect(g).toBeGreaterThanOrEqual(N);
+      expect(s).toBeLessThanOrEqual(N + 100);
+      if (i > 0) expect(s).toBeGreaterThanOrEqual(seen[i - 1]![0]);
+    }
+    expect(await total()).toEqual([N + 100, N + 100]);
+    expect(progress.length).toBeGreaterThan(0);
+    const status = await engine.status();
+    expect(status.every((s) => s.generation === 2)).toBe(true);
+  });
+
+  it("bumping a projection's version rebuilds it at start, serving the old copy meanwhile", async () => {
+    const dir = await dataDir();
+    const category = uniqueName("ver");
+    const tenant = uniqueName("t");
+    const seq = await publish(Array.from({ length: 200 }, (_, i) => ({ subject: `evt.${tenant}.${category}.k`, type: "V", data: { v: i } })));
+    {
+      await using engine = await engineWith({ dataDir: dir, projections: [counter("versioned", { category })] });
+      await engine.waitFor("versioned", seq);
+    }
+    await using engine = await engineWith({ dataDir: dir, projections: [counter("versioned", { category, version: 2, factor: 10 })] });
+    const first = (await engine.query<{ n: number }>("versioned", { tenant })).rows[0]?.n;
+    expect([200, 2000]).toContain(first);
+    for (let i = 0; i < 200 && (await engine.status("versioned"))[0]!.generation === 1; i++) await sleep(50);
+    const status = (await engine.status("versioned"))[0]!;
+    expect(status.generation).toBe(2);
+    expect(status.version).toBe(2);
+    expect((await engine.query<{ n: number }>("versioned", { tenant })).rows[0]?.n).toBe(2000);
+  });
+});
+
+describe("queries", () => {
+  it("filter, sort and cursor pages cover every row once; bad input is a typed error", async () => {
+    const tenant = uniqueName("q");
+    const evts = Array.from({ length: 250 }, (_, i) => ({ subject: `evt.${tenant}.item.i${String(i).padStart(3, "0")}`, type: "Set", data: { rank: i % 10, color: i % 2 ? "red" : "blue", nested: { deep: i } } }));
+    const seq = await publish(evts);
+    await using engine = await engineWith({ projections: [genericProjection({ indexes: [{ field: "color" }] })] });
+    await engine.waitFor("generic", seq);
+    const ids: string[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const page = await engine.query<{ id: string; doc: { rank: number; color: string } }>("generic", { tenant, filter: { "doc.color": "red" }, sort: ["-doc.rank", "id"], limit: 30, ...(cursor ? { cursor } : {}) });
+      for (const r of page.rows) expect(r.doc.color).toBe("red");
+      ids.push(...page.rows.map((r) => r.id));
+      cursor = page.nextCursor;
+      pages += 1;
+    } while (cursor);
+    expect(pages).toBe(5);
+    expect(new Set(ids).size).toBe(125);
+    expect(ids.length).toBe(125);
+    const ranks = (await engine.query<{ doc: { rank: number } }>("generic", { tenant, filter: { "doc.color": "red" }, sort: "-doc.rank", limit: MAX_PAGE_SIZE })).rows.map((r) => r.doc.rank);
+    expect(ranks).toEqual([...ranks].sort((x, y) => y - x));
+    const ops = await engine.query("generic", { tenant, filter: { "doc.nested.deep": { gte: 10, lt: 20 }, id: { in: ["i010", "i011", "i099"] } } });
+    expect(ops.rows.map((r) => r.id)).toEqual(["i010", "i011"]);
+    await expect(engine.query("generic", { tenant, filter: { secret: 1 } })).rejects.toBeInstanceOf(InvalidQueryError);
+    await expect(engine.query("generic", { tenant, sort: "-nope" })).rejects.toMatchObject({ code: "FLEX_INVALID_QUERY", field: "sort" });
+    await expect(engine.query("generic", { tenant, limit: MAX_PAGE_SIZE + 1 })).rejects.toMatchObject({ field: "limit" });
+    await expect(engine.query("generic", { tenant, cursor: "garbage" })).rejects.toMatchObject({ field: "cursor" });
+    await expect(engine.query("generic", { tenant, filter: { "doc.a'b": 1 } })).rejects.toBeInstanceOf(InvalidQueryError);
+    await expect(engine.query("generic", { tenant, reader: "nope" })).rejects.toMatchObject({ field: "reader" });
+  });
+
+  it("options are validated; one engine per data directory", async () => {
+    expect(() => createProjectionEngine(nats.nc, { dataDir: "x", sync: "off" as never })).toThrow(InvalidOptionError);
+    expect(() => createProjectionEngine(nats.nc, { dataDir: "" })).toThrow(/dataDir/);
+    expect(() => createProjectionEngine(nats.nc, { dataDir: "x", projections: [...builtinProjections(), genericProjection()] })).toThrow(/name/);
+    const dir = await dataDir();
+    await using engine = await engineWith({ dataDir: dir, projections: [genericProjection()] });
+    void engine;
+    const second = createProjectionEngine(nats.nc, { dataDir: dir, projections: [genericProjection()], log: () => undefined });
+    await expect(second.start()).rejects.toBeInstanceOf(ProjectionLockedError);
+    // A read-only engine on the same directory serves queries.
+    await using reader = await engineWith({ dataDir: dir, projections: [genericProjection()], readOnly: true });
+    expect((await reader.status())[0]?.state).toBe("read-only");
+  });
+});

@@ -1,0 +1,110 @@
+/**
+ * Errors raised by the `projections/` area. Each extends {@link FlexError} with a stable
+ * `code` listed in `docs/errors.md`; branch on `code` or `instanceof`, never on the message.
+ */
+import { describeValue, FlexError } from "../streams/index.js";
+
+/** No projection of that name is registered with the engine. */
+export class ProjectionNotFoundError extends FlexError {
+  readonly projection: string;
+  constructor(projection: string, known: readonly string[]) {
+    super("FLEX_PROJECTION_NOT_FOUND", `No projection named ${describeValue(projection)}; known: ${known.join(", ") || "none"}`);
+    this.name = "ProjectionNotFoundError";
+    this.projection = projection;
+  }
+}
+
+/** A read-model query was made without a tenant. Every read is scoped to one tenant. */
+export class TenantRequiredError extends FlexError {
+  constructor(value: unknown) {
+    super("FLEX_TENANT_REQUIRED", `A projection query needs \`tenant\` (every read is scoped to one tenant), got ${describeValue(value)}`);
+    this.name = "TenantRequiredError";
+  }
+}
+
+/** A query's filter, sort, cursor, limit or reader is not one the read model offers. */
+export class InvalidQueryError extends FlexError {
+  readonly field: string;
+  constructor(field: string, value: unknown, expected: string) {
+    super("FLEX_INVALID_QUERY", `Invalid query: expected \`${field}\` to be ${expected}, got ${describeValue(value)}`);
+    this.name = "InvalidQueryError";
+    this.field = field;
+  }
+}
+
+/** `waitFor` gave up: the projection had not reached the sequence within the timeout. */
+export class WaitTimeoutError extends FlexError {
+  readonly projection: string;
+  readonly seq: number;
+  readonly position: number;
+  constructor(projection: string, stream: string, seq: number, position: number, timeoutMs: number) {
+    super("FLEX_PROJECTION_WAIT_TIMEOUT", `Projection \`${projection}\` did not reach ${stream} sequence ${seq} within ${timeoutMs} ms (it is at ${position})`);
+    this.name = "WaitTimeoutError";
+    this.projection = projection;
+    this.seq = seq;
+    this.position = position;
+  }
+}
+
+/** The projection was halted by its `stop` failure policy; it will not advance until restarted. */
+export class ProjectionStoppedError extends FlexError {
+  readonly projection: string;
+  readonly seq: number;
+  constructor(projection: string, stream: string, seq: number, reason: string) {
+    super("FLEX_PROJECTION_STOPPED", `Projection \`${projection}\` is stopped at ${stream} sequence ${seq}: ${reason}`);
+    this.name = "ProjectionStoppedError";
+    this.projection = projection;
+    this.seq = seq;
+  }
+}
+
+/** A projection's `apply` threw on an event (recorded in status and in the dead letter). */
+export class ProjectionApplyError extends FlexError {
+  readonly projection: string;
+  readonly stream: string;
+  readonly seq: number;
+  constructor(projection: string, stream: string, seq: number, options: { cause: unknown }) {
+    const reason = options.cause instanceof Error ? options.cause.message : String(options.cause);
+    super("FLEX_PROJECTION_APPLY", `Projection \`${projection}\` failed to apply ${stream} sequence ${seq}: ${reason}`, options);
+    this.name = "ProjectionApplyError";
+    this.projection = projection;
+    this.stream = stream;
+    this.seq = seq;
+  }
+}
+
+/** A rebuild of this projection is already running. */
+export class RebuildInProgressError extends FlexError {
+  constructor(projection: string) {
+    super("FLEX_REBUILD_IN_PROGRESS", `Projection \`${projection}\` is already being rebuilt; wait for it to finish`);
+    this.name = "RebuildInProgressError";
+  }
+}
+
+/** Another process holds the projection data directory (a running `flexcore up`). */
+export class ProjectionLockedError extends FlexError {
+  readonly pid: number;
+  constructor(dir: string, pid: number) {
+    super("FLEX_PROJECTION_LOCKED", `The projections in \`${dir}\` are run by process ${pid}; stop it or talk to it (flexcore projections rebuild asks a running engine)`);
+    this.name = "ProjectionLockedError";
+    this.pid = pid;
+  }
+}
+
+/** The engine was closed (or not started) when the call was made. */
+export class ProjectionEngineClosedError extends FlexError {
+  constructor(what: string) {
+    super("FLEX_PROJECTION_CLOSED", `The projection engine is not running: ${what}`);
+    this.name = "ProjectionEngineClosedError";
+  }
+}
+
+/** A read-model database file could not be opened, or failed its integrity check. */
+export class ProjectionStorageError extends FlexError {
+  readonly file: string;
+  constructor(file: string, message: string, options?: { cause?: unknown }) {
+    super("FLEX_PROJECTION_STORAGE", `Projection database \`${file}\`: ${message}`, options);
+    this.name = "ProjectionStorageError";
+    this.file = file;
+  }
+}

@@ -1,0 +1,72 @@
+export {
+  InvalidQueryError,
+  ProjectionApplyError,
+  ProjectionEngineClosedError,
+  ProjectionLockedError,
+  ProjectionNotFoundError,
+  ProjectionStoppedError,
+  ProjectionStorageError,
+  RebuildInProgressError,
+  TenantRequiredError,
+  WaitTimeoutError,
+} from "./errors.js";
+export { createProjectionEngine, DEFAULT_WAIT_TIMEOUT_MS } from "./engine.js";
+export type {
+  ChangeEvent,
+  ChangeListener,
+  ProjectionEngine,
+  ProjectionEngineOptions,
+  ProjectionInfo,
+  ProjectionStatus,
+  ReaderInfo,
+  RebuildOptions,
+  RebuildProgress,
+  RebuildResult,
+  StreamStatus,
+  WaitOptions,
+} from "./engine.js";
+export type { ApplyContext, ColumnType, FailurePolicy, Projection, ProjectionSource, ReaderSpec, SourceStream } from "./projection.js";
+export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./query.js";
+export type { FilterOps, FilterValue, QueryOptions, QueryPage, Scalar } from "./query.js";
+export { DEFAULT_SYNC } from "./database.js";
+export type { StoredFailure, SyncMode } from "./database.js";
+export { DEFAULT_BATCH_SIZE } from "./runner.js";
+export { PROJECTIONS_DIR, projectionsDir } from "./catalog.js";
+export { DLQ_HEADERS, dlqSource } from "./dead-letter.js";
+export {
+  builtinProjections,
+  genericProjection,
+  mergePatch,
+  performanceMetricsProjection,
+  pipelineSummaryProjection,
+  pluginStatusProjection,
+  SUMMARY_RATE_WINDOW_MINUTES,
+  workflowHistoryProjection,
+} from "./builtin/index.js";
+export type { BuiltinOptions, DocumentReducer, GenericIndex, GenericProjectionOptions } from "./builtin/index.js";
+export {
+  MAX_SUMMARY_CHARS,
+  METRICS_CATEGORY,
+  METRICS_EVENT_TYPES,
+  PLUGIN_CATEGORY,
+  PLUGIN_EVENT_TYPES,
+  WORKFLOW_CATEGORY,
+  WORKFLOW_EVENT_TYPES,
+} from "./events.js";
+export type {
+  ComponentKind,
+  ErrorInfo,
+  MetricsReported,
+  PluginFailed,
+  PluginHealth,
+  PluginLoaded,
+  PluginStarted,
+  PluginStopped,
+  RunCancelled,
+  RunFailed,
+  RunStarted,
+  RunSucceeded,
+  StepFailed,
+  StepStarted,
+  StepSucceeded,
+} from "./events.js";
