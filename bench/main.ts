@@ -5,6 +5,7 @@ import type { Suite } from "./harness.js";
 // One entry per suite file: `npm run bench -- <name> [--json FILE]`.
 const loaders: Record<string, () => Promise<Suite>> = {
   ingest: async () => (await import("./ingest.js")).suite,
+  gateway: async () => (await import("./gateway.js")).suite,
 };
 
 async function main(): Promise<void> {
@@ -12,7 +13,7 @@ async function main(): Promise<void> {
   const jsonAt = argv.indexOf("--json");
   const jsonFile = jsonAt >= 0 ? argv[jsonAt + 1] : undefined;
   if (jsonAt >= 0 && !jsonFile) throw new Error("--json needs a file name");
-  const rest = argv.filter((_, i) => i !== jsonAt && i !== jsonAt + 1);
+  const rest = jsonAt >= 0 ? argv.filter((_, i) => i !== jsonAt && i !== jsonAt + 1) : argv;
   const name = rest[0];
   if (!name || !(name in loaders)) {
     process.stderr.write(`usage: npm run bench -- <suite> [--json FILE]\nsuites: ${Object.keys(loaders).join(", ")}\n`);

@@ -1,0 +1,55 @@
+/**
+ * The load generator of bench/gateway.ts, run as a separate process so the gateway under
+ * test does not share its event loop with the client. Reads one JSON job from argv[2],
+ * runs autocannon, prints one JSON line with the figures.
+ */
+import autocannon from "autocannon";
+
+interface Job {
+  readonly url: string;
+  readonly path: string;
+  readonly method: "GET" | "POST";
+  readonly headers: Record<string, string>;
+  readonly body?: string;
+  readonly connections: number;
+  readonly pipelining: number;
+  readonly durationSec: number;
+  /** Give each connection its own aggregate: `path` + a per-connection id. */
+  readonly perConnectionSuffix?: boolean;
+}
+
+const chunks: Buffer[] = [];
+for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+const job = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Job;
+let next = 0;
+const result = await autocannon({
+  url: job.url,
+  connections: job.connections,
+  pipelining: job.pipelining,
+  duration: job.durationSec,
+  requests: [{
+    method: job.method,
+    path: job.path,
+    headers: job.headers,
+    ...(job.body !== undefined ? { body: job.body } : {}),
+    ...(job.perConnectionSuffix
+      ? {
+          setupRequest: (req, context) => {
+            context.id ??= `c${process.pid}x${next++}`;
+            return { ...req, path: `${job.path}${String(context.id)}` };
+          },
+        }
+      : {}),
+  }],
+});
+process.stdout.write(`${JSON.stringify({
+  rps: result.requests.average,
+  rpsP50: result.requests.p50,
+  latencyP50: result.latency.p50,
+  latencyP99: result.latency.p99,
+  ok: result["2xx"],
+  non2xx: result.non2xx,
+  errors: result.errors,
+  timeouts: result.timeouts,
+  durationSec: result.duration,
+})}\n`);
