@@ -6,6 +6,8 @@ import type { Suite } from "./harness.js";
 const loaders: Record<string, () => Promise<Suite>> = {
   ingest: async () => (await import("./ingest.js")).suite,
   gateway: async () => (await import("./gateway.js")).suite,
+  kmeans: async () => (await import("./kmeans.js")).suite,
+  "ml-quality": async () => (await import("./ml-quality.js")).suite,
 };
 
 async function main(): Promise<void> {

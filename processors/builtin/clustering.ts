@@ -26,6 +26,8 @@ export interface ClusteringOptions {
   readonly refitEvery: number;
   /** Lloyd iterations per fit at most. @default 100 */
   readonly maxIterations: number;
+  /** k-means++ starts per cold fit (the lowest inertia wins); refits in `window` mode warm-start instead. @default 3 */
+  readonly nInit: number;
   /** When outputs carry the centres. @default "on-change" (after a fit; every point in streaming mode would be "always") */
   readonly emitCentroids: "always" | "on-change" | "never";
   /** Seed of k-means++ (mixed with the key). @default 42 */
@@ -61,7 +63,7 @@ export interface ClusterAssignment {
 
 export const CLUSTERING_OUTPUT = "ClusterAssigned";
 
-const KEYS = ["k", "mode", "window", "warmup", "refit_every", "max_iterations", "emit_centroids", "seed"] as const;
+const KEYS = ["k", "mode", "window", "warmup", "refit_every", "max_iterations", "n_init", "emit_centroids", "seed"] as const;
 
 /** Accepts `[x, y, ...]` or `{ point | features | vector: [...] }`. */
 export function readPoint(data: unknown, field: string, d: number): number[] {
@@ -81,7 +83,7 @@ function fit(state: ClusteringState, options: ClusteringOptions, warm: boolean):
   state.buffer.forEach((p, i) => flat.set(p, i * d));
   const rng = createRandom(state.rng);
   const initial = warm && state.centroids ? Float64Array.from(state.centroids.flat()) : undefined;
-  const result = kmeans(flat, n, d, { k: options.k, maxIterations: options.maxIterations, seed: rng.next() * 0xffffffff, ...(initial ? { initial } : {}) });
+  const result = kmeans(flat, n, d, { k: options.k, maxIterations: options.maxIterations, restarts: options.nInit, seed: rng.next() * 0xffffffff, ...(initial ? { initial } : {}) });
   state.rng = rng.state;
   const centroids: number[][] = [];
   for (let c = 0; c < options.k; c++) centroids.push(Array.from(result.centroids.subarray(c * d, c * d + d)));
@@ -107,6 +109,7 @@ export const clustering: ProcessorDefinition<ClusteringOptions, ClusteringState>
       warmup: readInteger(o, path, "warmup", Math.min(10 * k, window), k, window),
       refitEvery: readInteger(o, path, "refit_every", 50, 1),
       maxIterations: readInteger(o, path, "max_iterations", 100, 1, 10_000),
+      nInit: readInteger(o, path, "n_init", 3, 1, 100),
       emitCentroids: readEnum(o, path, "emit_centroids", "on-change", ["always", "on-change", "never"] as const),
       seed: readSeed(o, path),
     });

@@ -23,6 +23,11 @@ export interface KMeansOptions {
   readonly tolerance?: number;
   /** Start from these centroids (`k × d`) instead of k-means++ (warm start). */
   readonly initial?: Float64Array;
+  /**
+   * Independent k-means++ starts; the run with the lowest inertia wins (ignored with
+   * `initial`). More starts make a poor local optimum less likely. @default 1
+   */
+  readonly restarts?: number;
 }
 
 export interface KMeansResult {
@@ -146,6 +151,18 @@ function meanVariance(points: Float64Array, n: number, d: number): number {
  * the bounds cross. Results equal plain Lloyd's (same assignments each iteration).
  */
 export function kmeans(points: Float64Array, n: number, d: number, options: KMeansOptions): KMeansResult {
+  const restarts = options.initial ? 1 : (options.restarts ?? 1);
+  if (restarts <= 1) return lloyd(points, n, d, options);
+  const rng = createRandom(options.seed ?? DEFAULT_KMEANS_SEED);
+  let best: KMeansResult | null = null;
+  for (let r = 0; r < restarts; r++) {
+    const result = lloyd(points, n, d, { ...options, seed: (rng.next() * 0x100000000) >>> 0 });
+    if (best === null || result.inertia < best.inertia) best = result;
+  }
+  return best!;
+}
+
+function lloyd(points: Float64Array, n: number, d: number, options: KMeansOptions): KMeansResult {
   const { k } = options;
   if (!Number.isInteger(k) || k < 1 || k > n) throw new RangeError(`k must be an integer in [1, ${n}], got ${k}`);
   if (points.length < n * d) throw new RangeError(`points holds ${points.length} numbers, expected n × d = ${n * d}`);
