@@ -9,6 +9,7 @@ import { register as registerStreams } from "./commands/streams.js";
 import { register as registerToken } from "./commands/token.js";
 import { register as registerUp } from "./commands/up.js";
 import { register as registerUsers } from "./commands/users.js";
+import { register as registerWorkflows } from "./commands/workflows.js";
 
 const program = new Command();
 program.name("flexcore").description("FlexCore: event sourcing, processors and read models on NATS JetStream").showHelpAfterError();
@@ -22,6 +23,7 @@ registerDoctor(program);
 registerUsers(program);
 registerToken(program);
 registerNatsUsers(program);
+registerWorkflows(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof FlexError ? ` [${err.code}]` : "";

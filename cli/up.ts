@@ -7,6 +7,7 @@ import { ensureTopology, missingFeatures } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, pipelineSections, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
 import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
+import { startWorkflows, workflowsSection } from "../workflows/index.js";
 import { dataDir as defaultDataDir } from "./connection.js";
 import { startEmbeddedServer } from "./embedded.js";
 import { projectRoot } from "./paths.js";
@@ -35,7 +36,7 @@ export interface UpContext {
  * (e.g. `workflows: workflowsSection`). The whole file is validated before anything starts.
  */
 export function configSections() {
-  return { ...pipelineSections({ threads: availableParallelism() }) };
+  return { ...pipelineSections({ threads: availableParallelism() }), workflows: workflowsSection };
 }
 
 /** The validated configuration. */
@@ -71,7 +72,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   // Validate the configuration before starting anything, so a mistake starts nothing.
   const configFile = resolveConfigPath(root, options.configFile);
   const explicitConfig = options.configFile !== undefined || process.env.FLEXCORE_CONFIG !== undefined;
-  const config: PipelineConfig = !explicitConfig && !existsSync(configFile) ? { processors: [], runtime: configSections().runtime(undefined, "runtime") } : await loadConfig(configFile, configSections());
+  const config: PipelineConfig = !explicitConfig && !existsSync(configFile) ? { processors: [], runtime: configSections().runtime(undefined, "runtime"), workflows: workflowsSection(undefined, "workflows") } : await loadConfig(configFile, configSections());
   let server: NatsServer | undefined;
   if (!url) {
     server = await startEmbeddedServer(dir, join(root, "nats.conf"));
@@ -104,6 +105,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     });
     components.push({ name: "processors", close: () => processors.close() });
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
+    const workflows = await startWorkflows(nc, config.workflows, { root, log });
+    components.push({ name: "workflows", close: () => workflows.close() });
     const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, config, processors };
     void ctx; // each area's components are started from here as they land
   } catch (err) {

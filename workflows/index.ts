@@ -15,3 +15,5 @@ export { RUN_EVENTS, WORKFLOW_CATEGORY } from "./events.js";
 export type { ErrorInfo, RunCancelledData, RunFailedData, RunStartedData, RunSucceededData, StepFailedData, StepSkippedData, StepStartedData, StepSucceededData, TriggerInfo } from "./events.js";
 export type { RunState, RunStatus, StepState, StepStatus } from "./state.js";
 export { RunFinishedError, RunNotFoundError, StepKindUnavailableError, WorkflowDefinitionError, WorkflowNotFoundError } from "./errors.js";
+export { startWorkflows, workflowsSection } from "./config.js";
+export type { WorkflowsConfig } from "./config.js";

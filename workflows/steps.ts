@@ -51,7 +51,9 @@ export class StepExecutor {
         }, input, { signal });
         const logs = { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode, durationMs: r.durationMs };
         if (r.status === "succeeded") return { ok: true, output: r.output, ...logs };
-        return { ok: false, error: { message: `${r.status}: ${r.error ?? "the script failed"}`, code: "FLEX_SCRIPT_FAILED" }, ...logs };
+        // The last line of stderr is usually the exception: worth having in the error itself.
+        const last = r.stderr.trim().split("\n").at(-1)?.slice(0, 300);
+        return { ok: false, error: { message: `${r.status}: ${r.error ?? "the script failed"}${last ? `: ${last}` : ""}`, code: "FLEX_SCRIPT_FAILED" }, ...logs };
       }
       const work = this.#processor(step, run, ctx, input);
       const output = step.timeoutMs === undefined ? await work : await Promise.race([

@@ -219,3 +219,46 @@ steps:
     }
   });
 });
+
+describe("shipped examples (npm start's default config)", () => {
+  it("sensor pipeline: enrich (JS) -> anomaly score -> Bash notify only for the spike; data-quality fails bad rows; the report runs", async () => {
+    const { readFile } = await import("node:fs/promises");
+    const { workflowsSection } = await import("./index.js");
+    const { parse } = await import("yaml");
+    const config = workflowsSection((parse(await readFile(new URL("../flexcore.yaml", import.meta.url), "utf8")) as { workflows: unknown }).workflows, "workflows");
+    expect(config.definitions).toHaveLength(3);
+    const tenant = config.tenant;
+    for (const file of config.definitions) await client.put(tenant, await readFile(new URL(`../${file}`, import.meta.url), "utf8"));
+    await new Promise((r) => setTimeout(r, 500));
+    const values = [20, 21, 20.5, 19.8, 20.2, 21.1, 20.7, 19.9, 20.4, 20.6, 20.1, 95];
+    const sensor = uniqueName("s");
+    for (const value of values) await store.append(eventSubject(tenant, "sensor", sensor), [{ type: "ReadingRecorded", data: { value, unit: "C" } }]);
+    const runIds: string[] = [];
+    for (let i = 0; i < 200 && runIds.length < values.length; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      runIds.length = 0;
+      for await (const e of store.readAll({ filter: `evt.${tenant}.workflow.*`, follow: false })) {
+        const d = e.data as { runId: string; workflow: string; triggerInfo: { key?: string } };
+        if (e.type === "RunStarted" && d.workflow === "sensor-pipeline" && d.triggerInfo.key === sensor) runIds.push(d.runId);
+      }
+    }
+    expect(runIds).toHaveLength(values.length);
+    const runs = await Promise.all(runIds.map((id) => client.wait(tenant, id, { timeoutMs: 30_000 })));
+    expect(runs.map((r) => r.status)).toEqual(values.map(() => "succeeded"));
+    const notified = runs.filter((r) => r.steps.notify!.status === "succeeded");
+    expect(notified).toHaveLength(1);
+    expect(notified[0]!.steps.enrich!.output).toMatchObject({ value: 95, sensor });
+    expect(notified[0]!.output).toMatchObject({ notified: true, sensor });
+    expect(runs.filter((r) => r.steps.notify!.status === "skipped")).toHaveLength(values.length - 1);
+
+    const bad = await runner.start(tenant, "data-quality", { input: { rows: [{ id: 1, temp: 21 }, { id: 1, temp: null }, { id: 3, temp: 200 }] } });
+    const badRun = await client.wait(tenant, bad.runId, { timeoutMs: 20_000 });
+    expect(badRun.status).toBe("failed");
+    expect(badRun.error?.message).toContain("data quality below threshold");
+    const good = await client.wait(tenant, (await runner.start(tenant, "data-quality")).runId, { timeoutMs: 20_000 });
+    expect(good.output).toMatchObject({ rows: 50, valid: 50 });
+    const report = await client.wait(tenant, (await runner.start(tenant, "daily-report")).runId, { timeoutMs: 20_000 });
+    expect(report.status).toBe("succeeded");
+    expect(report.output).toHaveProperty("day");
+  });
+});

@@ -1,0 +1,69 @@
+import { readFile } from "node:fs/promises";
+import { isAbsolute, join } from "node:path";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { array, boolean, duration, integer, object, oneOf, string } from "../processors/index.js";
+import type { SectionValidator } from "../processors/index.js";
+import { checkToken } from "../streams/index.js";
+import { createWorkflowClient } from "./client.js";
+import { DEFAULT_MAX_RUNS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
+import type { WorkflowRunner } from "./runner.js";
+import { WorkflowDefinitionError } from "./errors.js";
+
+/** The `workflows:` section of `flexcore.yaml`. */
+export interface WorkflowsConfig {
+  /** Run a workflow runner in this instance. @default true */
+  readonly runner: boolean;
+  /** Tenant the listed definitions are stored for. @default "demo" */
+  readonly tenant: string;
+  /** YAML/JSON definition files stored (as a new version when changed) at start; relative to the project root. */
+  readonly definitions: readonly string[];
+  /** How untrusted script steps are isolated. @default "auto" */
+  readonly sandbox: "auto" | "bwrap" | "plain";
+  /** @default 15000 */
+  readonly leaseMs: number;
+  /** @default 256 */
+  readonly maxRuns: number;
+}
+
+const TOKEN = { re: /^[^\s.*>]+$/, describe: "a tenant (no dots, wildcards or spaces)" };
+
+/** Validator of the `workflows:` section (no I/O: files are read when the runner starts). */
+export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) => {
+  const o = object(raw, path, ["runner", "tenant", "definitions", "sandbox", "lease", "max_runs"], true);
+  return {
+    runner: boolean(o.runner, `${path}.runner`, true),
+    tenant: string(o.tenant, `${path}.tenant`, "demo", TOKEN),
+    definitions: o.definitions === undefined ? [] : array(o.definitions, `${path}.definitions`, (v, p) => string(v, p, "")),
+    sandbox: oneOf(o.sandbox, `${path}.sandbox`, ["auto", "bwrap", "plain"] as const, "auto"),
+    leaseMs: duration(o.lease, `${path}.lease`, DEFAULT_RUN_LEASE_MS, 200),
+    maxRuns: integer(o.max_runs, `${path}.max_runs`, DEFAULT_MAX_RUNS, { min: 1 }),
+  };
+};
+
+/**
+ * What `flexcore up` starts for workflows: stores the configured definitions for their
+ * tenant (a bad one stops the start with its path), then a runner.
+ */
+export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig, options: { readonly root: string; readonly log?: (line: string) => void }): Promise<{ readonly runner: WorkflowRunner | undefined; close(): Promise<void> }> {
+  const log = options.log ?? (() => undefined);
+  checkToken("tenant", config.tenant);
+  const client = await createWorkflowClient(nc);
+  try {
+    for (const file of config.definitions) {
+      const path = isAbsolute(file) ? file : join(options.root, file);
+      const text = await readFile(path, "utf8");
+      try {
+        const w = await client.put(config.tenant, text);
+        log(`flexcore: workflow ${config.tenant}/${w.name} v${w.version} from ${file}`);
+      } catch (err) {
+        if (err instanceof WorkflowDefinitionError) throw new WorkflowDefinitionError(err.path, `${(err.message.split(": ").slice(1).join(": "))} (in ${file})`, { cause: err });
+        throw err;
+      }
+    }
+  } finally {
+    await client.close();
+  }
+  if (!config.runner) return { runner: undefined, close: async () => undefined };
+  const runner = await startWorkflowRunner(nc, { leaseMs: config.leaseMs, maxRuns: config.maxRuns, scriptRunnerOptions: { sandbox: config.sandbox }, log });
+  return { runner, close: () => runner.close() };
+}
