@@ -1,6 +1,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { Command } from "commander";
 import { ensureTopology, missingFeatures, natsServerVersion, STREAMS, streamConfigs } from "../../streams/index.js";
+import { sandboxSupport } from "../../processors/index.js";
 import { connectCli, resolveNatsUrl } from "../connection.js";
 
 type Level = "ok" | "warn" | "fail";
@@ -14,6 +15,10 @@ export interface Check {
 /** Runs the checks; other areas' checks are appended by the command. */
 export async function runChecks(url?: string): Promise<Check[]> {
   const checks: Check[] = [];
+  // Script steps: the bubblewrap sandbox, or the weaker plain child processes.
+  const sandbox = await sandboxSupport();
+  if (sandbox.mode === "bwrap") checks.push({ level: "ok", what: `script steps run in the bubblewrap ${sandbox.bwrapVersion ?? ""} sandbox${sandbox.dropsPrivileges ? " as uid 65534" : ""}` });
+  for (const w of sandbox.warnings) checks.push({ level: "warn", what: w });
   try {
     checks.push({ level: "ok", what: `nats-server binary ${await natsServerVersion()} installed` });
   } catch (err) {
