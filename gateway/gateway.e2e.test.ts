@@ -7,6 +7,7 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { encodeEvent, ensureTopology, FlexError, STREAMS } from "../streams/index.js";
+import { createProjectionEngine, genericProjection } from "../projections/index.js";
 import { createGateway, ROLES } from "./index.js";
 import type { Gateway, ReadModelChange, ReadModelQuery, ReadModels, Role } from "./index.js";
 
@@ -110,8 +111,8 @@ describe("RBAC", () => {
   it("every role × route answers as the table says (403 FLEX_FORBIDDEN when not allowed), and no route works without a token", async () => {
     const mismatches: string[] = [];
     for (const row of table) {
-      const path = row.route.replace(":category", "sensor").replace(":id", "rbac1").replace(":name", "readings").replace(":processor", "anomaly").replace(":username", "nobody");
-      const body = row.method === "POST" ? (row.route === "/v1/events" ? JSON.stringify([{ category: "sensor", stream: "r1", type: "T", data: {} }]) : row.route === "/v1/users" ? JSON.stringify({ username: uniqueName("u"), password: "long enough pw", roles: ["reader"] }) : row.route.startsWith("/v1/auth") ? undefined : JSON.stringify({ type: "T", data: {} })) : undefined;
+      const path = row.route.replace(":category", "sensor").replace(":id", "rbac1").replace(":name", row.route.startsWith("/v1/workflows") ? "nowf" : "readings").replace(":processor", "anomaly").replace(":username", "nobody").replace(":runId", "norun");
+      const body = row.method === "POST" ? (row.route === "/v1/events" ? JSON.stringify([{ category: "sensor", stream: "r1", type: "T", data: {} }]) : row.route === "/v1/users" ? JSON.stringify({ username: uniqueName("u"), password: "long enough pw", roles: ["reader"] }) : row.route.startsWith("/v1/auth") ? undefined : row.route.startsWith("/v1/streams") ? JSON.stringify({ type: "T", data: {} }) : "{}") : undefined;
       for (const role of ROLES) {
         // Logout revokes the token it is called with: use a fresh one.
         const token = row.policy === "auth.logout" ? (await gw.issuer!.issueAccess({ tenant: A, subject: role, roles: [role] })).token : tokens[`${A}:${role}`]!;
@@ -145,8 +146,11 @@ describe("BOLA: tenant A's token against tenant B's ids", () => {
     const e = encodeEvent({ type: "Anomaly", data: { secret: 4 } });
     await js.publish(`drv.${B}.anomaly.k1`, e.data, { headers: e.headers });
     await gw.users.add(B, "bob", "bob's password", ["admin"]);
+    const wf = await http("POST", "/v1/workflows", tb, { body: JSON.stringify({ name: "hiddenwf", steps: [{ id: "s1", kind: "script", language: "bash", source: "echo '{}'" }] }) });
+    expect(wf.status, JSON.stringify(wf.json)).toBe(201);
+    const run = await http("POST", "/v1/workflows/hiddenwf/runs", tb, { body: JSON.stringify({ runId: "hiddenrun", input: { secret: 5 } }) });
+    expect(run.status, JSON.stringify(run.json)).toBe(201);
     bEvents = await count(`evt.${B}.>`);
-    expect(bEvents).toBe(3);
   });
 
   it("reads of B's streams, derived outputs, projections and users return nothing of B", async () => {
@@ -168,6 +172,10 @@ describe("BOLA: tenant A's token against tenant B's ids", () => {
     await check(`/v1/projections/readings?filter=${encodeURIComponent(JSON.stringify({ tenant: B }))}`, [200], (j) => j.rows);
     await check(`/v1/projections/readings?tenant=${B}`, [400]);
     await check("/v1/users", [200], (j) => j.users);
+    await check("/v1/workflows", [200], (j) => j.workflows);
+    await check("/v1/workflows/hiddenwf", [404]);
+    await check("/v1/runs/hiddenrun", [404]);
+    await check("/v1/runs/hiddenrun/events", [404]);
     expect(leaks).toEqual([]);
     expect(models.queries.every((q) => q.query.tenant === A)).toBe(true);
     const own = await http("GET", "/v1/derived/anomaly", tokens[`${B}:all`]);
@@ -184,6 +192,9 @@ describe("BOLA: tenant A's token against tenant B's ids", () => {
     expect(w.json.revision).toBe(1);
     const batch = await http("POST", "/v1/events", ta, { body: JSON.stringify([{ category: "sensor", stream: "b2", type: "T", data: {}, tenant: B }]) });
     expect(batch.json.accepted).toBe(1);
+    expect((await http("POST", "/v1/workflows/hiddenwf/runs", ta, { body: "{}" })).status).toBe(404);
+    expect((await http("POST", "/v1/runs/hiddenrun/cancel", ta, { body: "{}" })).status).toBe(404);
+    expect((await http("GET", "/v1/runs/hiddenrun", tokens[`${B}:all`])).json.status).not.toBe("cancelled");
     const del = await http("DELETE", "/v1/users/bob", ta);
     expect(del.status).toBe(404);
     expect(await gw.users.get(B, "bob")).toBeDefined();
@@ -346,5 +357,36 @@ describe("ops", () => {
     expect(doc.openapi).toBe("3.1.0");
     expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(["/v1/streams/{category}/{id}", "/v1/events", "/v1/projections/{name}", "/v1/auth/token"]));
     expect(doc.paths["/v1/events"].post.security).toEqual([{ bearer: [] }]);
+  });
+});
+
+describe("with the projection engine (SQLite)", () => {
+  it("A reads only its own rows, even filtering on B's tenant; minSeq gives read-your-writes", async () => {
+    const pdir = await mkdtemp(join(tmpdir(), "flexcore-gw-proj-"));
+    const engine = createProjectionEngine(nats.nc, { dataDir: pdir, projections: [genericProjection()], log: () => undefined });
+    await engine.start();
+    const real = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, projections: engine, workflows: false });
+    try {
+      const post = async (tenant: string, id: string, data: unknown) => {
+        const r = await real.app.inject({ method: "POST", url: `/v1/streams/device/${id}`, headers: { authorization: `Bearer ${tokens[`${tenant}:all`]}` }, payload: { type: "Set", data } });
+        expect(r.statusCode).toBe(201);
+        return r.json().seq as number;
+      };
+      await post(B, "d1", { secret: "b" });
+      const seq = await post(A, "d1", { colour: "green" });
+      const q = (query: string) => real.app.inject({ method: "GET", url: `/v1/projections/generic?${query}`, headers: { authorization: `Bearer ${tokens[`${A}:reader`]}` } });
+      const mine = await q(`minSeq=${seq}&filter=${encodeURIComponent('{"category":"device"}')}`);
+      expect(mine.statusCode, mine.body).toBe(200);
+      expect(mine.json().rows.map((r: { tenant: string; id: string; doc: unknown }) => [r.tenant, r.id, r.doc])).toEqual([[A, "d1", { colour: "green" }]]);
+      const theirs = await q(`filter=${encodeURIComponent(JSON.stringify({ tenant: B }))}`);
+      expect(theirs.json().rows).toEqual([]);
+      const bad = await q(`filter=${encodeURIComponent('{"nosuchcolumn":1}')}`);
+      expect(bad.statusCode).toBe(400);
+      expect(bad.json().error.code).toBe("FLEX_INVALID_QUERY");
+    } finally {
+      await real.close();
+      await engine.close();
+      await rm(pdir, { recursive: true, force: true });
+    }
   });
 });

@@ -32,6 +32,11 @@ import type { SessionService } from "./sessions.js";
 import { createTokenIssuer, createTokenVerifier, MAX_TOKEN_BYTES } from "./tokens.js";
 import type { ExternalIssuerOptions, LocalIssuerOptions, Principal, TokenIssuer, TokenVerifier } from "./tokens.js";
 import { openUserStore } from "./users.js";
+import { projectionReadModels } from "./projection-read-models.js";
+import { registerWorkflowRoutes } from "./routes/workflows.js";
+import { createWorkflowClient } from "../workflows/index.js";
+import type { WorkflowClient } from "../workflows/index.js";
+import type { ProjectionEngine } from "../projections/index.js";
 import type { UserStore } from "./users.js";
 
 declare module "fastify" {
@@ -106,8 +111,15 @@ export interface GatewayOptions {
   readonly signInRateLimit?: RateLimitOptions;
   /** Verified tokens kept in memory. @default 50000 */
   readonly tokenCacheSize?: number;
-  /** The projection engine; without it the projection routes answer 503. */
+  /** The projection engine; without it (and without `readModels`) the projection routes answer 503. */
+  readonly projections?: ProjectionEngine;
+  /** Any other read-model source (tests, benchmarks); `projections` wins when both are given. */
   readonly readModels?: ReadModels;
+  /**
+   * Client for the workflow routes. @default one created on `nc` and closed with the
+   * gateway; `false` leaves the routes answering 503
+   */
+  readonly workflows?: WorkflowClient | false;
   /** Extra lag sources for `/metrics` (consumers of the processor runtime). */
   readonly lagSources?: LagSources;
   /** @default 10000 */
@@ -147,6 +159,7 @@ export interface RouteContext {
   readonly keys: KeyStore | undefined;
   readonly signInLimiter: RateLimiter;
   readonly readModels: ReadModels | undefined;
+  readonly workflows: WorkflowClient | undefined;
   /** Runs `fn` with the request timeout: aborts its signal and answers 503 when it passes. */
   timed<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T>;
 }
@@ -223,7 +236,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const ownsPublisher = options.publisher === undefined;
   const publisher = options.publisher ?? createPublisher(nc);
   const store = await createEventStore(nc, { publisher });
-  const readModels = options.readModels;
+  const readModels = options.projections ? projectionReadModels(options.projections) : options.readModels;
+  const ownsWorkflows = options.workflows === undefined;
+  const workflows = options.workflows === false ? undefined : (options.workflows ?? (await createWorkflowClient(nc)));
   const metrics = createMetrics({
     ...(readModels?.lag ? { projections: () => readModels.lag!() } : {}),
     ...options.lagSources,
@@ -247,7 +262,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       info: { title: "FlexCore gateway", version: "1", description: "Tenant-scoped HTTP API of FlexCore. The tenant always comes from the bearer token. Roles per route: docs/gateway.md." },
       components: { securitySchemes: { bearer: { type: "http", scheme: "bearer", bearerFormat: "JWT" } } },
       tags: [
-        { name: "auth" }, { name: "streams" }, { name: "projections" }, { name: "derived" }, { name: "users" }, { name: "ops" },
+        { name: "auth" }, { name: "streams" }, { name: "projections" }, { name: "derived" }, { name: "users" }, { name: "workflows" }, { name: "ops" },
       ],
     },
   });
@@ -326,7 +341,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     }
   };
 
-  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInLimiter, readModels, timed };
+  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInLimiter, readModels, workflows, timed };
   registerHealthRoutes(ctx);
   registerAuthRoutes(ctx);
   registerUserRoutes(ctx);
@@ -334,6 +349,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   registerEventRoutes(ctx);
   registerProjectionRoutes(ctx);
   registerDerivedRoutes(ctx);
+  registerWorkflowRoutes(ctx);
   app.get("/docs", { schema: { hide: true } }, async () => app.swagger());
   app.get("/docs/json", { schema: { hide: true } }, async () => app.swagger());
   app.get("/docs/yaml", { schema: { hide: true } }, async (_req, reply) => reply.type("application/yaml").send(app.swagger({ yaml: true })));
@@ -349,6 +365,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     await store.close();
     if (ownsPublisher) await publisher.close();
     await revocations.close();
+    if (ownsWorkflows) await workflows?.close();
   };
   return {
     app,

@@ -41,8 +41,8 @@ export interface ReadModels {
 }
 
 /**
- * How errors of other areas map to HTTP statuses, by their stable `code` (their classes
- * are not imported so the gateway does not depend on an area that is not running).
+ * How errors of the projection and workflow areas map to HTTP statuses, by their stable
+ * `code` (the gateway also serves `ReadModels` that are not the projection engine).
  */
 export const FOREIGN_ERROR_STATUS: Readonly<Record<string, number>> = {
   FLEX_PROJECTION_NOT_FOUND: 404,
@@ -52,4 +52,9 @@ export const FOREIGN_ERROR_STATUS: Readonly<Record<string, number>> = {
   FLEX_PROJECTION_STOPPED: 503,
   FLEX_PROJECTION_CLOSED: 503,
   FLEX_REBUILD_IN_PROGRESS: 503,
+  FLEX_WORKFLOW_INVALID: 400,
+  FLEX_STEP_KIND_UNAVAILABLE: 400,
+  FLEX_WORKFLOW_NOT_FOUND: 404,
+  FLEX_RUN_NOT_FOUND: 404,
+  FLEX_RUN_FINISHED: 409,
 };
