@@ -69,8 +69,10 @@ export function createProcessorPool(options: ProcessorPoolOptions = {}): Process
     execArgv,
     minThreads: threads,
     maxThreads: threads,
-    // The runtime bounds what it submits (it fetches only while the queue is short).
-    maxQueue: "auto",
+    // Unbounded here on purpose: the runtime bounds what it submits (one task per partition,
+    // fetching only while the queue is short), and a queue-full rejection would look like a
+    // processing failure and dead-letter healthy events.
+    maxQueue: Number.POSITIVE_INFINITY,
     idleTimeout: 60_000,
     workerData: { modules: [...(options.modules ?? [])] },
     ...(memory > 0 ? { resourceLimits: { maxOldGenerationSizeMb: memory, maxYoungGenerationSizeMb: Math.min(64, Math.max(8, memory >> 3)) } } : {}),

@@ -100,4 +100,33 @@ describe("processor runtime", () => {
       await runtime.close();
     }
   });
+
+  it("a worker that throws or runs out of memory: the event is retried then dead-lettered, the pool recovers", async () => {
+    const tenant = uniqueName("wk");
+    const name = uniqueName("wf");
+    const runtime = await startProcessorRuntime(nats.nc, {
+      processors: processors(`processors:\n  - name: ${name}\n    kind: faulty\n    subjects: ["evt.${tenant}.m.*"]\n    max_deliver: 2\n    backoff: [10ms]\n    batch_size: 16\n`),
+      threads: 1,
+      workerMemoryMb: 48,
+      modules: [FIXTURE_MODULE],
+      definitions: fixtureDefinitions,
+      metricsIntervalMs: 0,
+    });
+    try {
+      const faults: Record<number, string> = { 5: "oom", 44: "poison" };
+      await publishSeries(publisher, tenant, "m", ["a", "b", "c", "d"], (i) => ({ value: i, ...(faults[i] ? { [faults[i]!]: true } : {}) }), 80);
+      await waitFor(async () => (await countMessages(nats.nc, STREAMS.dlq, `dlq.${tenant}.${name}`)) === 2, 60_000, "2 dead letters");
+      await waitFor(async () => (await countMessages(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`)) === 78, 30_000, "78 derived events");
+      const dead = (await readStream(nats.nc, STREAMS.dlq, `dlq.${tenant}.${name}`)).map((d) => JSON.parse(d.data) as { data: Record<string, unknown>; reason: string; attempts: number });
+      const reasonOf = (fault: string): string => dead.find((d) => d.data[fault] === true)!.reason;
+      expect(reasonOf("oom")).toMatch(/memory/i);
+      expect(reasonOf("poison")).toMatch(/poison event/);
+      expect(dead.every((d) => d.attempts === 2)).toBe(true);
+      // The pool replaced its dead worker and still runs tasks.
+      const r = await runtime.invoke("counter", {}, [{ data: { value: 2 } }, { data: { value: 3 } }]);
+      expect(r.state).toEqual({ n: 2, sum: 5 });
+    } finally {
+      await runtime.close();
+    }
+  });
 });

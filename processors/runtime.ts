@@ -609,14 +609,20 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   };
 
   try {
-    const known = await pool.warmUp();
     for (const cfg of options.processors) {
-      if (!known.includes(cfg.kind)) throw new UnknownProcessorError(cfg.kind, known);
+      if (!definitions.has(cfg.kind)) throw new UnknownProcessorError(cfg.kind, [...definitions.keys()]);
     }
+    // Workers load their code while the consumers are set up.
+    const warm = pool.warmUp();
+    warm.catch(() => undefined);
     for (const cfg of options.processors) {
       const runner = create(cfg);
       runners.set(cfg.name, runner);
       await runner.start();
+    }
+    const known = await warm;
+    for (const cfg of options.processors) {
+      if (!known.includes(cfg.kind)) throw new UnknownProcessorError(cfg.kind, known);
     }
   } catch (err) {
     closing = true;

@@ -1,5 +1,5 @@
 /** Helpers shared by the processors' integration tests and benches. */
-import { jetstreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
@@ -19,22 +19,30 @@ export async function publishSeries(publisher: Publisher, tenant: string, catego
   await Promise.all(pending);
 }
 
-/** Messages of a stream under a filter, in order, as `{ subject, seq, msgId, data }`. */
-export async function readStream(nc: NatsConnection, stream: string, filter: string): Promise<Array<{ subject: string; seq: number; msgId: string; data: string; headers: Record<string, string> }>> {
-  const jsm = await jetstreamManager(nc);
-  const out: Array<{ subject: string; seq: number; msgId: string; data: string; headers: Record<string, string> }> = [];
-  const info = await jsm.streams.info(stream);
-  let seq = info.state.first_seq;
-  const last = info.state.last_seq;
+/** A stored message as the tests compare it. */
+export interface ReadMessage {
+  readonly subject: string;
+  readonly seq: number;
+  readonly msgId: string;
+  readonly data: string;
+  readonly headers: Record<string, string>;
+}
+
+/** Messages of a stream under a filter, in stream order (an ordered consumer). */
+export async function readStream(nc: NatsConnection, stream: string, filter: string): Promise<ReadMessage[]> {
+  const total = await countMessages(nc, stream, filter);
+  if (total === 0) return [];
+  const consumer = await jetstream(nc).consumers.get(stream, { filter_subjects: filter });
+  const messages = await consumer.consume({ max_messages: 1_000 });
+  const out: ReadMessage[] = [];
   const dec = new TextDecoder();
-  while (seq <= last && info.state.messages > 0) {
-    const m = await jsm.direct.getMessage(stream, { seq, next_by_subj: filter }).catch(() => null);
-    if (!m || m.seq > last) break;
+  for await (const m of messages) {
     const headers: Record<string, string> = {};
-    for (const k of m.header?.keys() ?? []) headers[k] = m.header!.get(k);
-    out.push({ subject: m.subject, seq: m.seq, msgId: m.header?.get("Nats-Msg-Id") ?? "", data: dec.decode(m.data), headers });
-    seq = m.seq + 1;
+    for (const k of m.headers?.keys() ?? []) headers[k] = m.headers!.get(k);
+    out.push({ subject: m.subject, seq: m.seq, msgId: m.headers?.get("Nats-Msg-Id") ?? "", data: dec.decode(m.data), headers });
+    if (m.info.pending === 0 || out.length >= total) break;
   }
+  await messages.close().catch(() => undefined);
   return out;
 }
 
