@@ -10,6 +10,7 @@ import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
 import { startWorkflows, workflowsSection } from "../workflows/index.js";
 import { dataDir as defaultDataDir } from "./connection.js";
 import { startEmbeddedServer } from "./embedded.js";
+import { startGateway } from "./gateway.js";
 import { projectRoot } from "./paths.js";
 
 /** Something `flexcore up` started and stops on exit, last started first stopped. */
@@ -109,6 +110,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     components.push({ name: "workflows", close: () => workflows.close() });
     const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, config, processors };
     void ctx; // each area's components are started from here as they land
+    // The gateway starts last: it serves what the components above provide (pass `projections` once the engine runs here).
+    components.push(await startGateway(ctx));
   } catch (err) {
     await close();
     throw err;

@@ -1,0 +1,52 @@
+import { createServer } from "node:net";
+import { createGateway } from "../gateway/index.js";
+import type { Gateway } from "../gateway/index.js";
+import type { ProjectionEngine } from "../projections/index.js";
+import { InvalidOptionError } from "../streams/index.js";
+import type { Component, UpContext } from "./up.js";
+
+/** Port of the gateway when FLEXCORE_GATEWAY_PORT is unset. */
+export const DEFAULT_GATEWAY_PORT = 8080;
+
+function portFree(port: number, host: string): Promise<boolean> {
+  return new Promise((res) => {
+    const srv = createServer();
+    srv.once("error", () => res(false));
+    srv.listen(port, host, () => srv.close(() => res(true)));
+  });
+}
+
+/** What `flexcore up` hands the gateway besides the shared context. */
+export interface GatewayParts {
+  /** The running projection engine, for `/v1/projections`. */
+  readonly projections?: ProjectionEngine;
+}
+
+/**
+ * Starts the HTTP gateway of `flexcore up`: FLEXCORE_GATEWAY_HOST (default 127.0.0.1),
+ * FLEXCORE_GATEWAY_PORT (default 8080, or a free port when 8080 is taken and the variable
+ * is unset, as the embedded NATS server does with 4222), signing keys from FLEXCORE_GATEWAY_KEY_FILES
+ * (comma-separated PEM files, first signs; share them between instances) or generated in
+ * `<data>/gateway/keys`. Processor consumer lag goes to `/metrics`.
+ */
+export async function startGateway(ctx: UpContext & { readonly processors?: { lag(): Promise<Array<{ name: string; lag: number }>> } }, parts: GatewayParts = {}): Promise<Component & { readonly gateway: Gateway }> {
+  const portText = process.env.FLEXCORE_GATEWAY_PORT;
+  let port = portText ? Number(portText) : DEFAULT_GATEWAY_PORT;
+  if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new InvalidOptionError("FLEXCORE_GATEWAY_PORT", portText, "a port number from 0 to 65535");
+  const host = process.env.FLEXCORE_GATEWAY_HOST || "127.0.0.1";
+  if (!portText && !(await portFree(port, host))) port = 0;
+  const keyFiles = process.env.FLEXCORE_GATEWAY_KEY_FILES?.split(",").map((f) => f.trim()).filter(Boolean);
+  const processors = ctx.processors;
+  const gateway = await createGateway({
+    nc: ctx.nc,
+    dataDir: ctx.dataDir,
+    host,
+    port,
+    ...(keyFiles && keyFiles.length > 0 ? { keys: { keyFiles } } : {}),
+    ...(parts.projections ? { projections: parts.projections } : {}),
+    ...(processors ? { lagSources: { consumers: () => processors.lag() } } : {}),
+  });
+  const url = await gateway.listen();
+  ctx.log(`flexcore: gateway at ${url} (OpenAPI ${url}/docs; projections ${parts.projections ? "served" : "not running: /v1/projections answers 503"})`);
+  return { name: "gateway", gateway, close: () => gateway.close() };
+}
