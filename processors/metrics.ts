@@ -16,7 +16,7 @@ export interface ProcessorMetrics {
   readonly queueDepth: number;
   /** Events per second since the last report. */
   readonly throughput: number;
-  /** Latency from fetch to acknowledgement, in ms, over the recent events. */
+  /** Latency from fetch to acknowledgement, in ms, over the last 8192 events. */
   readonly p50: number;
   readonly p95: number;
   readonly p99: number;

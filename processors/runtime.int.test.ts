@@ -43,7 +43,7 @@ describe("processor runtime", () => {
     const runtime: ProcessorRuntime = await startProcessorRuntime(nats.nc, {
       processors: processors(`processors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: 3\n    batch_size: 64\n    options: { emit: all, window: 20 }\n`),
       threads: 2,
-      metricsIntervalMs: 0,
+      metricsIntervalMs: 500,
     });
     try {
       await publishSeries(publisher, tenant, "sensor", keys, (i) => ({ value: i % 97 === 50 ? 500 : 10 + (i % 7) }), 1000);
@@ -67,6 +67,14 @@ describe("processor runtime", () => {
       expect(saved.state.n).toBe(200);
       expect(saved.seq).toBe(Math.max(...derived.filter((d) => d.subject.endsWith(".k4")).map((d) => Number(d.headers["Flex-Source-Seq"]))));
       expect(runtime.metrics()[0]).toMatchObject({ processor: name, processed: 1000, outputs: 1000, errors: 0 });
+      expect(runtime.metrics()[0]!.p99).toBeGreaterThan(0);
+      // Runtime metrics arrive as MetricsReported events for the performance_metrics read model.
+      await waitFor(async () => (await countMessages(nats.nc, STREAMS.events, `evt._system.metrics.${name}`)) > 0, 10_000, "a MetricsReported event");
+      const reports = (await readStream(nats.nc, STREAMS.events, `evt._system.metrics.${name}`)).map((m) => ({ type: m.headers["Flex-Type"], ...(JSON.parse(m.data) as Record<string, unknown>) }));
+      expect(reports[0]).toMatchObject({ type: "MetricsReported", component: name, kind: "processor", minute: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:00Z$/) });
+      expect(reports.reduce((n, r) => n + (r.count as number), 0)).toBeGreaterThan(0);
+      for (const f of ["errors", "p50Ms", "p95Ms", "p99Ms", "throughput"]) expect(typeof reports[0]![f]).toBe("number");
+      expect((await runtime.lag())[0]).toEqual({ name: `proc_${name}`, lag: 0 });
     } finally {
       await runtime.close();
     }

@@ -30,6 +30,7 @@ const FETCH_RETRY_MS = 250;
 const QUEUE_PER_THREAD = 2;
 /** First version whose consumers take several filter subjects. */
 const MULTI_FILTER_VERSION = "2.10.0";
+const MINUTE_MS = 60_000;
 /** Wait before a processor that failed to commit starts again, in ms. */
 const RESTART_DELAY_MS = 1_000;
 
@@ -656,41 +657,59 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
       };
     });
   };
+  // One MetricsReported per processor and report, in the shape of the performance_metrics
+  // read model (projections/events.ts): `minute` is the UTC minute the report belongs to,
+  // and `throughput` is this report's share of that minute's rate (count / 60 s), so
+  // reports of several instances, or several reports in one minute, add up.
   const report = async (): Promise<void> => {
     const snap = snapshot();
     const at = new Date();
-    const minute = new Date(Math.floor(at.getTime() / 60_000) * 60_000).toISOString();
+    const minute = new Date(Math.floor((at.getTime() - 1) / MINUTE_MS) * MINUTE_MS).toISOString().replace(".000Z", "Z");
     for (const s of snap) {
-      const component = `processor-${s.processor}`;
+      const component = s.processor;
+      const count = s.processed - (last.processed.get(s.processor) ?? 0);
       const h = natsHeaders();
-      h.set(HEADERS.msgId, `metrics:${component}:${at.getTime()}`);
+      h.set(HEADERS.msgId, `metrics:processor:${component}:${at.getTime()}`);
       h.set(HEADERS.type, "MetricsReported");
       h.set(HEADERS.time, at.toISOString());
       h.set(HEADERS.schema, "1");
       h.set(HEADERS.contentType, "application/json");
       const data = {
         component,
+        kind: "processor",
         minute,
-        count: s.processed - (last.processed.get(s.processor) ?? 0),
+        count,
         errors: s.errors - (last.errors.get(s.processor) ?? 0),
-        p50: round(s.p50),
-        p95: round(s.p95),
-        p99: round(s.p99),
-        throughput: round(s.throughput),
+        p50Ms: round(s.p50),
+        p95Ms: round(s.p95),
+        p99Ms: round(s.p99),
+        throughput: round(count / (MINUTE_MS / 1000)),
         queueDepth: s.queueDepth,
+        inFlight: s.inFlight,
       };
       await publisher.publish(`evt.${SYSTEM_TENANT}.metrics.${component}`, encoder.encode(JSON.stringify(data)), { headers: h }).catch((err: unknown) => log(`flexcore: metrics of ${component} not published: ${(err as Error).message}`));
     }
     last = { at: performance.now(), processed: new Map(snap.map((s) => [s.processor, s.processed])), errors: new Map(snap.map((s) => [s.processor, s.errors])) };
-    for (const r of runners.values()) r.latency.reset();
   };
-  const timer = intervalMs > 0 ? setInterval(() => void report(), intervalMs) : undefined;
-  timer?.unref();
+  // Reports on minute boundaries when the interval is a whole number of minutes, so each
+  // report covers exactly the minute it names.
+  let timer: NodeJS.Timeout | undefined;
+  let firstTimer: NodeJS.Timeout | undefined;
+  if (intervalMs > 0) {
+    const delay = intervalMs % MINUTE_MS === 0 ? MINUTE_MS - (Date.now() % MINUTE_MS) : intervalMs;
+    firstTimer = setTimeout(() => {
+      void report();
+      timer = setInterval(() => void report(), intervalMs);
+      timer.unref();
+    }, delay);
+    firstTimer.unref();
+  }
 
   let closed: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closed ??= (async () => {
       closing = true;
+      if (firstTimer) clearTimeout(firstTimer);
       if (timer) clearInterval(timer);
       await Promise.all([...runners.values()].map((r) => r.stop()));
       await Promise.all([...restarts]);
