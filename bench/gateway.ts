@@ -6,7 +6,9 @@ import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
 import { ensureTopology, startNatsServer } from "../streams/index.js";
 import { createGateway } from "../gateway/index.js";
-import type { Gateway, ReadModelQuery, ReadModels } from "../gateway/index.js";
+import type { Gateway } from "../gateway/index.js";
+import { createProjectionEngine, genericProjection } from "../projections/index.js";
+import type { ProjectionEngine } from "../projections/index.js";
 import { median, ratio, runTasks } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 
@@ -16,7 +18,9 @@ const PROJECTION_CONNECTIONS = 64;
 const APPEND_CONNECTIONS = 64;
 const BATCH_CONNECTIONS = 8;
 const BATCH_EVENTS = 1_000;
-const ROWS_PER_TENANT = 1_000;
+/** Aggregates (rows of the `generic` read model) of the benchmark tenant. */
+const AGGREGATES = 1_000;
+const SITES = 10;
 const TENANT = "bench";
 
 interface LoadJob {
@@ -57,29 +61,9 @@ async function load(job: LoadJob): Promise<LoadResult> {
   return result;
 }
 
-/**
- * The read path behind the projection routes in this benchmark: an in-memory read model
- * with {@link ROWS_PER_TENANT} rows per tenant, filtered and sorted per query. It measures
- * the gateway (auth, RBAC, rate limit, validation, serialisation) rather than SQLite.
- */
-function memoryReadModels(): ReadModels {
-  const rows = new Map<string, Array<Record<string, unknown>>>();
-  rows.set(TENANT, Array.from({ length: ROWS_PER_TENANT }, (_, i) => ({ sensor: `s-${i}`, site: `site-${i % 10}`, count: i, avg: 20 + (i % 50) / 10, lastSeen: new Date(1_700_000_000_000 + i * 1000).toISOString() })));
-  return {
-    query(_name: string, q: ReadModelQuery) {
-      const all = rows.get(q.tenant) ?? [];
-      const site = (q.filter as { site?: unknown } | undefined)?.site;
-      const matched = site === undefined ? all : all.filter((r) => r.site === site);
-      return { rows: matched.slice(0, q.limit ?? 100) };
-    },
-    async waitFor() {},
-    onChange: () => () => undefined,
-  };
-}
-
 export const suite: Suite = {
   name: "gateway",
-  description: `HTTP gateway under autocannon in a separate process (${LOAD_SECONDS} s per sample): projection query with and without auth, single-event appends, batch ingest`,
+  description: `HTTP gateway under autocannon in a separate process (${LOAD_SECONDS} s per sample): projection query (SQLite read model) with and without auth, single-event appends, batch ingest`,
   async run({ log, env }) {
     const server = await startNatsServer();
     env.natsServer = server.version;
@@ -87,12 +71,15 @@ export const suite: Suite = {
     const nc = await connect({ servers: server.url });
     const dir = await mkdtemp(join(tmpdir(), "flexcore-bench-gw-"));
     const gateways: Gateway[] = [];
+    let engine: ProjectionEngine | undefined;
     try {
       await ensureTopology(nc);
-      const readModels = memoryReadModels();
-      env.projectionReadPath = "in-memory read model (1,000 rows/tenant) behind the ReadModels interface; the projection engine was not wired into this suite";
+      // The real read path: the projection engine's `generic` model in SQLite, with an index on doc.site.
+      engine = createProjectionEngine(nc, { dataDir: dir, projections: [genericProjection({ indexes: [{ field: "site" }] })], log: () => undefined });
+      await engine.start();
+      env.projectionReadPath = `projection engine, generic read model (SQLite), ${AGGREGATES} aggregates of tenant ${TENANT} over ${SITES} sites, index on doc.site`;
       // A rate limit far above the load keeps its cost in the measured path without refusing requests.
-      const common = { nc, dataDir: dir, port: 0, readModels, rateLimit: { perSecond: 1e9 } } as const;
+      const common = { nc, dataDir: dir, port: 0, projections: engine, workflows: false, rateLimit: { perSecond: 1e9 } } as const;
       const authed = await createGateway(common);
       const open = await createGateway({ ...common, auth: false });
       gateways.push(authed, open);
@@ -100,7 +87,13 @@ export const suite: Suite = {
       const openUrl = await open.listen();
       const { token } = await authed.issuer!.issueAccess({ tenant: TENANT, subject: "bench", roles: ["reader", "writer"], ttlSeconds: 3600 });
       const bearer = { authorization: `Bearer ${token}` };
-      const query = `/v1/projections/sensors?filter=${encodeURIComponent('{"site":"site-3"}')}&limit=10`;
+      const seed = await authed.app.inject({
+        method: "POST", url: "/v1/events", headers: bearer,
+        payload: Array.from({ length: AGGREGATES }, (_, i) => ({ category: "device", stream: `d-${i}`, type: "DeviceRegistered", data: { site: `site-${i % SITES}`, model: `m-${i % 7}`, installed: 2000 + (i % 25) } })),
+      });
+      const lastSeq = Math.max(...(seed.json() as { results: Array<{ seq: number }> }).results.map((r) => r.seq));
+      await engine.waitFor("generic", lastSeq, { timeout: 30_000 });
+      const query = `/v1/projections/generic?filter=${encodeURIComponent('{"category":"device","doc.site":"site-3"}')}&limit=10`;
       const batch = JSON.stringify(Array.from({ length: BATCH_EVENTS }, (_, i) => ({
         category: "sensor", stream: `s-${i % 100}`, type: "ReadingRecorded",
         data: { sensor: `s-${i % 100}`, site: "plant-7", temp: 20 + (i % 50) / 10, humidity: 40 + (i % 30) / 3, pressure: 1013.25, seq: i },
@@ -138,6 +131,7 @@ export const suite: Suite = {
       return withGoals;
     } finally {
       for (const g of gateways) await g.close().catch(() => undefined);
+      await engine?.close().catch(() => undefined);
       await nc.close();
       await server.close();
       await rm(dir, { recursive: true, force: true });
