@@ -273,6 +273,14 @@ describe("external issuer", () => {
     expect(r.json()).toMatchObject({ tenant, subject: "dana", roles: ["reader", "writer"] });
   });
 
+  it("logout revokes an external token whatever its jti looks like", async () => {
+    const token = await idpToken({ jti: "urn:idp:token.42/x" });
+    expect((await me(external, token)).status).toBe(200);
+    const out = await external.app.inject({ method: "POST", url: "/v1/auth/logout", headers: { authorization: `Bearer ${token}` } });
+    expect(out.statusCode).toBe(204);
+    expect(await me(external, token)).toEqual({ status: 401, code: "FLEX_UNAUTHENTICATED" });
+  });
+
   it("refuses FlexCore's own tokens, another audience, and offers no sign-in", async () => {
     const own = await gw.issuer!.issueAccess({ tenant, subject: "svc", roles: ["reader"] });
     expect(await me(external, own.token)).toEqual({ status: 401, code: "FLEX_UNAUTHENTICATED" });

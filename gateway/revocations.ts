@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection, QueuedIterator } from "@nats-io/transport-node";
@@ -27,6 +28,11 @@ export interface Revocations extends AsyncDisposable {
 
 const codec = new TextEncoder();
 const SAFE_ID = /^[A-Za-z0-9_-]{1,128}$/u;
+
+// KV keys allow few characters; ids from external issuers (jti with dots, URIs) are hashed.
+function keyOf(id: string): string {
+  return SAFE_ID.test(id) ? id : `h_${createHash("sha256").update(id).digest("base64url")}`;
+}
 // Expired ids are swept from memory (and the bucket) this often.
 const SWEEP_MS = 60_000;
 
@@ -84,14 +90,14 @@ class KvRevocations implements Revocations {
   }
 
   has(id: string): boolean {
-    const exp = this.#ids.get(id);
+    const exp = this.#ids.get(keyOf(id));
     return exp !== undefined && exp * 1000 > Date.now();
   }
 
   async revoke(id: string, expiresAt: number): Promise<void> {
-    if (!SAFE_ID.test(id)) return; // ids FlexCore issues are nuids; anything else cannot be in a valid token
-    this.#ids.set(id, expiresAt);
-    await this.#kv.put(`${REVOKED_PREFIX}.${id}`, codec.encode(JSON.stringify({ exp: expiresAt })));
+    const key = keyOf(id);
+    this.#ids.set(key, expiresAt);
+    await this.#kv.put(`${REVOKED_PREFIX}.${key}`, codec.encode(JSON.stringify({ exp: expiresAt })));
   }
 
   async #sweep(): Promise<void> {
