@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { hostname } from "node:os";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
@@ -32,6 +33,7 @@ export const DEFAULT_MAX_RUNS = 256;
 export const DEFAULT_POLL_MS = 500;
 /** A run index entry without a RunStarted event after this long is dropped. */
 const ORPHAN_INDEX_MS = 10_000;
+const MAX_FINISHED_REMEMBERED = 10_000;
 
 /** Options of {@link startWorkflowRunner}. */
 export interface WorkflowRunnerOptions {
@@ -120,6 +122,8 @@ class Runner implements WorkflowRunner {
   readonly #js: JetStreamClient;
   readonly #executor: StepExecutor;
   readonly #drivers = new Map<string, Promise<void>>();
+  // Runs this instance finished lately: their index watch events come after the end.
+  readonly #finished = new Set<string>();
   readonly #stop = new AbortController();
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #consumers = new Map<string, { name: string; messages: ConsumerMessages | undefined; done: Promise<void> }>();
@@ -140,6 +144,8 @@ class Runner implements WorkflowRunner {
     this.#jsm = jsm;
     this.#js = jetstream(nc);
     this.#executor = new StepExecutor(nc, scripts);
+    // Every waiting run listens for the runner's stop.
+    setMaxListeners(0, this.#stop.signal);
   }
 
   get active(): number {
@@ -177,7 +183,9 @@ class Runner implements WorkflowRunner {
 
   async start(tenant: string, workflow: string, options: StartOptions = {}): Promise<StartResult> {
     const r = await startRun(this.#store, this.#defs, tenant, workflow, options);
-    this.#offer(runIndexKey(tenant, r.runId));
+    // Started here: drive it from the event just stored, without reading it back.
+    const initial = r.started ? applyRunEvent(initialRunState(r.runId), { type: RUN_EVENTS.runStarted, data: r.started.data, time: r.started.time, revision: r.started.revision }) : undefined;
+    this.#offer(runIndexKey(tenant, r.runId), initial);
     return r;
   }
 
@@ -190,11 +198,11 @@ class Runner implements WorkflowRunner {
     }
   }
 
-  #offer(indexKey: string): void {
-    if (this.#closed || this.#drivers.has(indexKey) || this.#drivers.size >= this.#cfg.maxRuns) return;
+  #offer(indexKey: string, initial?: RunState): void {
+    if (this.#closed || this.#drivers.has(indexKey) || this.#finished.has(indexKey) || this.#drivers.size >= this.#cfg.maxRuns) return;
     const [, tenant, runId] = indexKey.split(".");
     if (!tenant || !runId) return;
-    const p = this.#own(tenant, runId, indexKey)
+    const p = this.#own(tenant, runId, indexKey, initial)
       .catch((err: unknown) => {
         if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${(err as Error).message}`);
       })
@@ -222,7 +230,7 @@ class Runner implements WorkflowRunner {
     }
   }
 
-  async #own(tenant: string, runId: string, indexKey: string): Promise<void> {
+  async #own(tenant: string, runId: string, indexKey: string, initial: RunState | undefined): Promise<void> {
     const leaseKey = `wf.${tenant}.${runId}`;
     const lease = await this.#acquire(leaseKey);
     if (!lease) return;
@@ -233,11 +241,18 @@ class Runner implements WorkflowRunner {
     }, Math.max(50, Math.floor(this.#cfg.leaseMs / 3)));
     renew.unref();
     try {
-      const done = await new Drive(this, tenant, runId, lease).run();
-      if (done) await this.#defs.kv.delete(indexKey).catch(() => undefined);
+      const done = await new Drive(this, tenant, runId, lease, initial).run();
+      if (done) {
+        this.#finished.add(indexKey);
+        if (this.#finished.size > MAX_FINISHED_REMEMBERED) this.#finished.delete(this.#finished.values().next().value!);
+      }
+      clearInterval(renew);
+      await Promise.all([
+        done ? this.#defs.kv.delete(indexKey).catch(() => undefined) : undefined,
+        lease.lost ? undefined : this.#leases.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined),
+      ]);
     } finally {
       clearInterval(renew);
-      if (!lease.lost) await this.#leases.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined);
     }
   }
 
@@ -362,7 +377,10 @@ class Drive {
   #wake: (() => void) | undefined;
   #state: RunState;
 
-  constructor(r: Runner, tenant: string, runId: string, lease: Lease) {
+  readonly #initial: RunState | undefined;
+
+  constructor(r: Runner, tenant: string, runId: string, lease: Lease, initial: RunState | undefined) {
+    this.#initial = initial;
     this.#r = r;
     this.#runId = runId;
     this.#lease = lease;
@@ -378,7 +396,8 @@ class Drive {
 
   /** Returns true when the run is over (its index entry can go). */
   async run(): Promise<boolean> {
-    await this.#load();
+    if (this.#initial) this.#state = this.#initial;
+    else await this.#load();
     const firstSeen = Date.now();
     while (this.#state.revision === 0) {
       // The index is written before RunStarted: give the starter a moment.

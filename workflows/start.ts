@@ -23,6 +23,8 @@ export interface StartResult {
   readonly version: number;
   /** False when a run with this id existed already. */
   readonly created: boolean;
+  /** The stored RunStarted (when `created`), so a local runner need not read it back. */
+  readonly started?: { readonly data: RunStartedData; readonly time: string; readonly revision: number };
 }
 
 function triggerLabel(t: TriggerInfo): string {
@@ -41,8 +43,9 @@ export async function startRun(store: EventStore, defs: DefinitionStore, tenant:
   await defs.kv.put(runIndexKey(tenant, runId), new TextEncoder().encode(JSON.stringify({ workflow, version: w.version, at: new Date().toISOString() })));
   const data: RunStartedData = { runId, workflow, version: w.version, tenant, trigger: triggerLabel(trigger), triggerInfo: trigger, input: options.input ?? null, definition: w.definition };
   try {
-    await store.append(subject, [{ id: `${runId}-start`, type: RUN_EVENTS.runStarted, data, correlationId: runId, ...(options.causationId ? { causationId: options.causationId } : {}) }], { expectedRevision: "no_stream" });
-    return { runId, version: w.version, created: true };
+    const time = new Date().toISOString();
+    const r = await store.append(subject, [{ id: `${runId}-start`, type: RUN_EVENTS.runStarted, data, time, correlationId: runId, ...(options.causationId ? { causationId: options.causationId } : {}) }], { expectedRevision: "no_stream" });
+    return { runId, version: w.version, created: r.duplicates === 0, ...(r.duplicates === 0 ? { started: { data, time, revision: r.revision } } : {}) };
   } catch (err) {
     if (err instanceof ConcurrencyError) return { runId, version: w.version, created: false };
     throw err;

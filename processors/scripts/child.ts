@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import type { Readable } from "node:stream";
-import { chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chown, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { EXIT_NO_MAIN, FILES, JS_WRAPPER, PY_WRAPPER } from "./wrappers.js";
@@ -71,7 +71,7 @@ function killGroup(pid: number): void {
 
 // Plain mode only: processes that called setsid() left the group; find them by the mark in
 // their environment (as set at exec) or by ancestry.
-async function killMarked(mark: string, rootPid: number): Promise<void> {
+async function killMarked(mark: string, rootPid: number, uid: number | undefined): Promise<void> {
   let entries: string[];
   try {
     entries = await readdir("/proc");
@@ -85,6 +85,8 @@ async function killMarked(mark: string, rootPid: number): Promise<void> {
     const pid = Number(name);
     if (!Number.isInteger(pid) || pid === process.pid) continue;
     try {
+      // Only processes of the step's user can be the step's: skip the rest without reading them.
+      if (uid !== undefined && (await lstat(`/proc/${pid}`)).uid !== uid) continue;
       const stat = await readFile(`/proc/${pid}/stat`, "utf8");
       const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
       parents.set(pid, ppid);
@@ -216,7 +218,7 @@ async function runIn(workDir: string, run: ChildRun, started: number): Promise<S
   run.signal?.removeEventListener("abort", onAbort);
   // Nothing of the step outlives it: background children included.
   kill();
-  if (run.mode === "plain" && child.pid !== undefined) await killMarked(mark, child.pid);
+  if (run.mode === "plain" && child.pid !== undefined) await killMarked(mark, child.pid, run.support.dropsPrivileges ? STEP_UID : process.getuid?.());
   // Streams still held open by a process that escaped are cut after a short grace.
   await Promise.race([
     Promise.all([child.stdout, child.stderr, fd3 as Readable | null].map((s) => (s && !s.readableEnded && !s.destroyed ? new Promise((r) => s.once("close", r)) : undefined))),

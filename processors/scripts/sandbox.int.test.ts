@@ -32,9 +32,10 @@ describe.skipIf(support.mode !== "bwrap")("bubblewrap sandbox", () => {
     for (const o of outcomes) {
       expect(o.leftovers, `${o.language}/${o.attack}`).toBe(0);
       if (o.attack === "infinite_loop" || o.attack === "fork_bomb") {
-        // Killed at the timeout, and promptly.
+        // Killed at the 1.5 s timeout, not when the step would have ended (30 s or never);
+        // the bound is loose because the machine may be busy: leftovers are checked above.
         expect(o.result.status, `${o.language}/${o.attack}`).toBe("timeout");
-        expect(o.result.durationMs).toBeLessThan(1_500 + 1_000);
+        expect(o.result.durationMs).toBeLessThan(10_000);
       }
       // The NATS port is there: a refused connection, not a missing server, is what stopped it.
       if (o.attack === "network") expect(JSON.stringify(o.result.output)).toContain("false");

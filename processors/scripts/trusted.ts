@@ -29,11 +29,23 @@ export class TrustedPool {
 
   async run(source: string, input: unknown, env: Readonly<Record<string, string>>, limits: ScriptLimits, signal: AbortSignal | undefined): Promise<ScriptResult> {
     const started = performance.now();
-    const timeout = AbortSignal.timeout(limits.timeoutMs);
-    const both = signal ? AbortSignal.any([signal, timeout]) : timeout;
+    // One controller and one timer per task (AbortSignal.any/timeout cost more per call).
+    const ctrl = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      ctrl.abort();
+    }, limits.timeoutMs);
+    const onAbort = (): void => ctrl.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal?.aborted) ctrl.abort();
+    const both = ctrl.signal;
     const base = { exitCode: null, signal: null, isolation: "worker" as const };
     try {
-      const reply = await this.#pool.run({ source, input, env, maxLogBytes: limits.maxLogBytes }, { signal: both });
+      const reply = await this.#pool.run({ source, input, env, maxLogBytes: limits.maxLogBytes }, { signal: both }).finally(() => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+      });
       const durationMs = performance.now() - started;
       const logs = { stdout: reply.stdout, stderr: reply.stderr, truncated: reply.truncated };
       if (!reply.ok) return { ...base, ...logs, exitCode: 1, durationMs, status: "failed", output: null, error: reply.error ?? "failed" };
@@ -45,7 +57,7 @@ export class TrustedPool {
       const durationMs = performance.now() - started;
       const empty = { stdout: "", stderr: "", truncated: { stdout: false, stderr: false } };
       if (both.aborted) {
-        const why = timeout.aborted ? `timed out after ${limits.timeoutMs} ms; the worker thread was terminated` : "aborted; the worker thread was terminated";
+        const why = timedOut ? `timed out after ${limits.timeoutMs} ms; the worker thread was terminated` : "aborted; the worker thread was terminated";
         return { ...base, ...empty, durationMs, status: "timeout", output: null, error: why };
       }
       // A worker that hit its resourceLimits dies with ERR_WORKER_OUT_OF_MEMORY.
