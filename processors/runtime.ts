@@ -227,21 +227,22 @@ class ProcessorRunner {
   async #fetchLoop(): Promise<void> {
     const cfg = this.cfg;
     const maxTasks = this.#pool.threads * QUEUE_PER_THREAD;
+    const blocked = (): boolean => this.#inFlight >= cfg.maxInFlight || this.#pool.queueSize >= maxTasks;
     while (!this.#stopping) {
-      // Backpressure: fetch only while fewer than max_in_flight messages are unacknowledged
-      // and the pool's queue is short.
-      while (!this.#stopping && (this.#inFlight >= cfg.maxInFlight || this.#pool.queueSize >= maxTasks)) {
-        await new Promise<void>((res) => this.#waiters.push(res));
-      }
-      if (this.#stopping) break;
-      const want = Math.min(cfg.maxInFlight - this.#inFlight, cfg.batchSize * cfg.partitions * 2);
       try {
-        const messages = await this.#consumer!.fetch({ max_messages: want, expires: FETCH_EXPIRES_MS });
+        // consume() keeps a pull open and refills it as messages arrive, so pulls overlap
+        // with processing (about 2x a fetch-per-batch loop here). The server delivers at
+        // most max_ack_pending (= max_in_flight) unacknowledged messages, which bounds what
+        // the client can buffer; the loop stops reading while the pool's queue is long.
+        const messages = await this.#consumer!.consume({ max_messages: Math.min(cfg.maxInFlight, cfg.batchSize * cfg.partitions * 2), expires: FETCH_EXPIRES_MS });
         this.#messages = messages;
-        for await (const m of messages) this.#accept(m);
+        for await (const m of messages) {
+          this.#accept(m);
+          while (!this.#stopping && blocked()) await new Promise<void>((res) => this.#waiters.push(res));
+          if (this.#stopping) break;
+        }
       } catch (err) {
-        // A pull can fail (missed heartbeats while the event loop was busy, a reconnect):
-        // what it delivered is in the partitions, the rest comes with the next pull.
+        // A pull can fail (a reconnect, the consumer recreated): start a new one.
         if (this.#stopping) break;
         this.#log(`flexcore: processor ${cfg.name}: pull failed (${(err as Error).message}); pulling again`);
         await sleep(FETCH_RETRY_MS);
