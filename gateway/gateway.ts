@@ -218,6 +218,26 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const signInLimiter = createRateLimiter(options.signInRateLimit ?? { perSecond: 10, burst: 20 });
 
   const revocations = await openRevocations(nc);
+  // Closed in reverse if the gateway fails to start, so a failed start leaks no watcher or client.
+  const opened: Array<() => Promise<void>> = [() => revocations.close()];
+  try {
+    return await build(options, nc, limits, revocations, opened, { host, port, authOn, limiter, signInLimiter });
+  } catch (err) {
+    for (const close of opened.reverse()) await close().catch(() => undefined);
+    throw err;
+  }
+}
+
+interface BuildParts {
+  readonly host: string;
+  readonly port: number;
+  readonly authOn: boolean;
+  readonly limiter: RateLimiter | undefined;
+  readonly signInLimiter: RateLimiter;
+}
+
+async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits, revocations: Revocations, opened: Array<() => Promise<void>>, parts: BuildParts): Promise<Gateway> {
+  const { host, port, authOn, limiter, signInLimiter } = parts;
   const users = await openUserStore(nc);
   let keys: KeyStore | undefined;
   let issuer: TokenIssuer | undefined;
@@ -235,10 +255,12 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const jsm = await jetstreamManager(nc);
   const ownsPublisher = options.publisher === undefined;
   const publisher = options.publisher ?? createPublisher(nc);
+  if (ownsPublisher) opened.push(() => publisher.close());
   const store = await createEventStore(nc, { publisher });
   const readModels = options.projections ? projectionReadModels(options.projections) : options.readModels;
   const ownsWorkflows = options.workflows === undefined;
   const workflows = options.workflows === false ? undefined : (options.workflows ?? (await createWorkflowClient(nc)));
+  if (ownsWorkflows && workflows) opened.push(() => workflows.close());
   const metrics = createMetrics({
     ...(readModels?.lag ? { projections: () => readModels.lag!() } : {}),
     ...options.lagSources,
@@ -254,6 +276,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     trustProxy: options.trustProxy ?? false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: true, allErrors: false, allowUnionTypes: true } },
   });
+  opened.push(() => app.close());
   app.decorateRequest("principal", undefined);
 
   await app.register(swagger, {
