@@ -124,6 +124,7 @@ class Runner implements WorkflowRunner {
   readonly #drivers = new Map<string, Promise<void>>();
   // Runs this instance finished lately: their index watch events come after the end.
   readonly #finished = new Set<string>();
+  readonly #starting = new Set<string>();
   readonly #stop = new AbortController();
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #consumers = new Map<string, { name: string; messages: ConsumerMessages | undefined; done: Promise<void> }>();
@@ -182,11 +183,27 @@ class Runner implements WorkflowRunner {
   }
 
   async start(tenant: string, workflow: string, options: StartOptions = {}): Promise<StartResult> {
-    const r = await startRun(this.#store, this.#defs, tenant, workflow, options);
-    // Started here: drive it from the event just stored, without reading it back.
-    const initial = r.started ? applyRunEvent(initialRunState(r.runId), { type: RUN_EVENTS.runStarted, data: r.started.data, time: r.started.time, revision: r.started.revision }) : undefined;
-    this.#offer(runIndexKey(tenant, r.runId), initial);
-    return r;
+    const runId = options.runId ?? nuid.next();
+    const key = runIndexKey(tenant, runId);
+    // The index watch reports the run before RunStarted is stored: this instance drives it
+    // from here, from the event it stores, without reading it back.
+    this.#starting.add(key);
+    const leaseKey = `wf.${tenant}.${runId}`;
+    // The lease is taken while the run is stored: one round trip less per run.
+    const leaseP = this.#closed || this.#drivers.size >= this.#cfg.maxRuns ? Promise.resolve(undefined) : this.#acquire(leaseKey).catch(() => undefined);
+    try {
+      const [r, lease] = await Promise.all([startRun(this.#store, this.#defs, tenant, workflow, { ...options, runId }), leaseP]);
+      const initial = r.started ? applyRunEvent(initialRunState(r.runId), { type: RUN_EVENTS.runStarted, data: r.started.data, time: r.started.time, revision: r.started.revision }) : undefined;
+      this.#starting.delete(key);
+      this.#offer(key, initial, lease);
+      return r;
+    } catch (err) {
+      const lease = await leaseP;
+      if (lease) await this.#leases.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined);
+      throw err;
+    } finally {
+      this.#starting.delete(key);
+    }
   }
 
   async #rescan(): Promise<void> {
@@ -198,11 +215,15 @@ class Runner implements WorkflowRunner {
     }
   }
 
-  #offer(indexKey: string, initial?: RunState): void {
-    if (this.#closed || this.#drivers.has(indexKey) || this.#finished.has(indexKey) || this.#drivers.size >= this.#cfg.maxRuns) return;
+  #offer(indexKey: string, initial?: RunState, lease?: Lease): void {
+    if (this.#closed || this.#drivers.has(indexKey) || this.#finished.has(indexKey) || this.#starting.has(indexKey) || this.#drivers.size >= this.#cfg.maxRuns) {
+      // A lease taken for a run this instance will not drive goes back at once.
+      if (lease) void this.#leases.delete(`wf.${indexKey.slice(RUN_INDEX_PREFIX.length + 1)}`, { previousSeq: lease.revision }).catch(() => undefined);
+      return;
+    }
     const [, tenant, runId] = indexKey.split(".");
     if (!tenant || !runId) return;
-    const p = this.#own(tenant, runId, indexKey, initial)
+    const p = this.#own(tenant, runId, indexKey, initial, lease)
       .catch((err: unknown) => {
         if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${(err as Error).message}`);
       })
@@ -230,9 +251,9 @@ class Runner implements WorkflowRunner {
     }
   }
 
-  async #own(tenant: string, runId: string, indexKey: string, initial: RunState | undefined): Promise<void> {
+  async #own(tenant: string, runId: string, indexKey: string, initial: RunState | undefined, taken: Lease | undefined): Promise<void> {
     const leaseKey = `wf.${tenant}.${runId}`;
-    const lease = await this.#acquire(leaseKey);
+    const lease = taken ?? (await this.#acquire(leaseKey));
     if (!lease) return;
     const renew = setInterval(() => {
       this.#leases
