@@ -149,6 +149,17 @@ describe("forged and invalid tokens", () => {
     expect(await me(gw, foreign.token)).toEqual({ status: 401, code: "FLEX_UNAUTHENTICATED" });
   });
 
+  it("caches a verified token and still refuses it once it expires", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 2;
+    const token = await sign({ ...claims(), exp });
+    const before = gw.verifier!.cacheSize;
+    expect((await me(gw, token)).status).toBe(200);
+    expect(gw.verifier!.cacheSize).toBe(before + 1);
+    expect((await me(gw, token)).status).toBe(200);
+    await new Promise((r) => setTimeout(r, exp * 1000 - Date.now() + 50));
+    expect(await me(gw, token)).toEqual({ status: 401, code: "FLEX_UNAUTHENTICATED" });
+  });
+
   it("answers 431 for a token over 8 KiB", async () => {
     const big = await sign({ ...claims(), exp: inAMinute(), pad: "x".repeat(9000) });
     const r = await gw.app.inject({ method: "GET", url: "/v1/auth/me", headers: { authorization: `Bearer ${big}` } });

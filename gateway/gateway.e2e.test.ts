@@ -383,6 +383,23 @@ describe("with the projection engine (SQLite)", () => {
       const bad = await q(`filter=${encodeURIComponent('{"nosuchcolumn":1}')}`);
       expect(bad.statusCode).toBe(400);
       expect(bad.json().error.code).toBe("FLEX_INVALID_QUERY");
+
+      // The live feed over real HTTP: B's writes send A nothing, A's own write sends a change.
+      const url = await real.listen();
+      const ac = new AbortController();
+      const res = await fetch(`${url}/v1/projections/generic/live`, { headers: { authorization: `Bearer ${tokens[`${A}:reader`]}` }, signal: ac.signal });
+      const reader = res.body!.getReader();
+      const decoder = new TextDecoder();
+      let text = "";
+      const until = async (needle: string) => {
+        while (!text.includes(needle)) text += decoder.decode((await reader.read()).value);
+      };
+      await until("event: ready");
+      const bSeq = await post(B, "d2", { secret: "b2" });
+      const aSeq = await post(A, "d2", { colour: "blue" });
+      await until(`"seq":${aSeq}`);
+      ac.abort();
+      expect(text).not.toContain(`"seq":${bSeq}`);
     } finally {
       await real.close();
       await engine.close();
