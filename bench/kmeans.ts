@@ -5,8 +5,7 @@
  * (`npm run bench -- kmeans`).
  */
 import { kmeans as mlKmeans } from "ml-kmeans";
-import { inertia, kmeans } from "../processors/ml/kmeans.js";
-import { createRandom } from "../processors/ml/random.js";
+import { createRandom, inertia, kmeans } from "../processors/index.js";
 import { ratio, runTasks } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 

@@ -7,10 +7,8 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { BUILTIN_PROCESSORS } from "../processors/builtin/index.js";
-import { adjustedRandIndex } from "../processors/ml/kmeans.js";
-import { createRandom, shuffle } from "../processors/ml/random.js";
-import type { ProcessorInput, ProcessorOutput } from "../processors/types.js";
+import { adjustedRandIndex, BUILTIN_PROCESSORS, createRandom, shuffle } from "../processors/index.js";
+import type { ProcessorInput, ProcessorOutput } from "../processors/index.js";
 import { median } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 

@@ -26,6 +26,11 @@ export {
 } from "./config.js";
 export type { ConfigSections, ProcessorConfig, ResolvedProcessor, RuntimeConfig, SectionValidator } from "./config.js";
 export { BUILTIN_PROCESSORS } from "./builtin/index.js";
+// The ML building blocks, for benchmarks and plugins that compose them.
+export { adjustedRandIndex, inertia, kmeans } from "./ml/kmeans.js";
+export type { KMeansOptions, KMeansResult } from "./ml/kmeans.js";
+export { createRandom, shuffle } from "./ml/random.js";
+export type { Random } from "./ml/random.js";
 export { anomaly, anomalyOptions, ANOMALY_METHODS, scoreSeries } from "./builtin/anomaly.js";
 export type { AnomalyMethod, AnomalyOptions, AnomalyState } from "./builtin/anomaly.js";
 export { createProcessorPool, DEFAULT_WORKER_MEMORY_MB } from "./pool.js";
