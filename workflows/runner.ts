@@ -34,6 +34,8 @@ export const DEFAULT_POLL_MS = 500;
 /** A run index entry without a RunStarted event after this long is dropped. */
 const ORPHAN_INDEX_MS = 10_000;
 const MAX_FINISHED_REMEMBERED = 10_000;
+// Cron schedules have minute resolution; checking every second fires within a second of it.
+const CRON_TICK_MS = 1_000;
 
 /** Options of {@link startWorkflowRunner}. */
 export interface WorkflowRunnerOptions {
@@ -52,6 +54,8 @@ export interface WorkflowRunnerOptions {
   readonly rescanMs?: number;
   /** Start runs from event and cron triggers. @default true */
   readonly triggers?: boolean;
+  /** The clock cron schedules are checked against (tests, simulations). @default () => new Date() */
+  readonly now?: () => Date;
   readonly log?: (line: string) => void;
 }
 
@@ -89,6 +93,7 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
     rescanMs: int("rescanMs", options.rescanMs, leaseMs, 50),
     triggers: options.triggers ?? true,
     log: options.log ?? (() => undefined),
+    now: options.now ?? (() => new Date()),
   };
   const ownsScripts = !options.scripts;
   const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
@@ -108,6 +113,7 @@ interface Config {
   readonly rescanMs: number;
   readonly triggers: boolean;
   readonly log: (line: string) => void;
+  readonly now: () => Date;
 }
 
 class Runner implements WorkflowRunner {
@@ -176,7 +182,7 @@ class Runner implements WorkflowRunner {
           }
         }
       })().catch(() => undefined);
-      const tick = setInterval(() => void this.#cronTick(), 1_000);
+      const tick = setInterval(() => void this.#cronTick(), CRON_TICK_MS);
       tick.unref();
       this.#timers.push(tick);
     }
@@ -343,7 +349,7 @@ class Runner implements WorkflowRunner {
   }
 
   async #cronTick(): Promise<void> {
-    const now = new Date();
+    const now = this.#cfg.now();
     const minute = Math.floor(now.getTime() / 60_000);
     if (minute === this.#lastCronMinute || this.#closed) return;
     this.#lastCronMinute = minute;

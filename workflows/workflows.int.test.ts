@@ -270,3 +270,27 @@ describe("shipped examples (npm start's default config)", () => {
     expect(report.output).toHaveProperty("day");
   });
 });
+
+describe("cron trigger", () => {
+  it("two runners on the same clock start exactly one run for the scheduled minute", async () => {
+    const tenant = uniqueName("t");
+    // Feb 29: the test runner on the real clock never fires it.
+    const minute = new Date("2028-02-29T06:00:20Z");
+    await client.put(tenant, { name: "nightly", triggers: [{ cron: "0 6 29 2 *" }], steps: [{ id: "r", kind: "script", language: "bash", source: "echo '{\"done\": true}'" }] });
+    const a = await startWorkflowRunner(await nats.connect(), { scripts, now: () => minute, leaseMs: 2_000 });
+    const b = await startWorkflowRunner(await nats.connect(), { scripts, now: () => minute, leaseMs: 2_000 });
+    try {
+      const runId = "nightly-c202802290600";
+      const s = await client.wait(tenant, runId, { timeoutMs: 20_000 });
+      expect(s.status).toBe("succeeded");
+      expect(s.trigger).toMatchObject({ kind: "cron", schedule: "0 6 29 2 *", time: "2028-02-29T06:00:00.000Z" });
+      await new Promise((r) => setTimeout(r, 1_500));
+      const starts: string[] = [];
+      for await (const e of store.readAll({ filter: `evt.${tenant}.workflow.*`, follow: false })) if (e.type === "RunStarted") starts.push(e.subject);
+      expect(starts).toEqual([`evt.${tenant}.workflow.${runId}`]);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+});
