@@ -1,11 +1,11 @@
 import { createServer } from "node:http";
 import type { Server } from "node:http";
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createHmac, createPublicKey } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { exportJWK, exportSPKI, generateKeyPair, SignJWT, UnsecuredJWT } from "jose";
+import { calculateJwkThumbprint, exportJWK, exportPKCS8, exportSPKI, generateKeyPair, SignJWT, UnsecuredJWT } from "jose";
 import type { CryptoKey } from "jose";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
@@ -246,6 +246,34 @@ describe("keys", () => {
     // Another instance picks the rotation up from the key directory.
     await gw2.keys!.reload();
     expect((await me(gw2, after.token)).status).toBe(200);
+  });
+});
+
+describe("keys from files", () => {
+  it("signs with the first PEM file and verifies with the others (rotation by replacing files)", async () => {
+    const oldPair = await generateKeyPair("RS256", { extractable: true });
+    const newPair = await generateKeyPair("RS256", { extractable: true });
+    const oldFile = join(dir, "old.pem");
+    const newFile = join(dir, "new.pem");
+    await writeFile(oldFile, await exportPKCS8(oldPair.privateKey), { mode: 0o600 });
+    await writeFile(newFile, await exportPKCS8(newPair.privateKey), { mode: 0o600 });
+    const before = await createGateway({ nc: nats.nc, port: 0, keys: { keyFiles: [oldFile] }, workflows: false });
+    const oldToken = (await before.issuer!.issueAccess({ tenant, subject: "svc", roles: ["reader"] })).token;
+    await before.close();
+    // Rotated: the new key signs, the old one (its public half is enough) still verifies.
+    const pubFile = join(dir, "old.pub.pem");
+    await writeFile(pubFile, await exportSPKI(oldPair.publicKey));
+    const after = await createGateway({ nc: nats.nc, port: 0, keys: { keyFiles: [newFile, pubFile] }, workflows: false });
+    try {
+      expect((await me(after, oldToken)).status).toBe(200);
+      const fresh = (await after.issuer!.issueAccess({ tenant, subject: "svc", roles: ["reader"] })).token;
+      expect((await me(after, fresh)).status).toBe(200);
+      const jwks = (await after.app.inject({ method: "GET", url: "/.well-known/jwks.json" })).json();
+      expect(jwks.keys.map((k: { kid: string }) => k.kid)).toEqual([after.keys!.activeKid, await calculateJwkThumbprint(await exportJWK(oldPair.publicKey))]);
+      expect(await me(gw, fresh)).toEqual({ status: 401, code: "FLEX_UNAUTHENTICATED" });
+    } finally {
+      await after.close();
+    }
   });
 });
 
