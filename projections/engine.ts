@@ -23,6 +23,8 @@ import { DEFAULT_BATCH_SIZE, Runner } from "./runner.js";
 
 /** How long `waitFor` waits when no timeout is given. */
 export const DEFAULT_WAIT_TIMEOUT_MS = 5_000;
+/** JetStream API timeout: a busy server must not fail a start or a rebuild. */
+const API_TIMEOUT_MS = 30_000;
 /** How often a rebuild reports progress. */
 export const PROGRESS_INTERVAL_MS = 250;
 
@@ -268,8 +270,8 @@ class Engine implements ProjectionEngine {
     this.#state = "starting";
     try {
       mkdirSync(this.#dir, { recursive: true });
-      this.#jsm = await jetstreamManager(this.#nc);
-      this.#js = jetstream(this.#nc);
+      this.#jsm = await jetstreamManager(this.#nc, { timeout: API_TIMEOUT_MS });
+      this.#js = jetstream(this.#nc, { timeout: API_TIMEOUT_MS });
       if (this.#readOnly) {
         for (const p of this.#projections.values()) this.#openReadOnly(p);
         this.#state = "running";

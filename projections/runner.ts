@@ -151,26 +151,23 @@ export class Runner {
     });
   }
 
+  // One batch per stream, then back to the event loop (the caller schedules the next
+  // turn): timers, queries and I/O keep running during a long catch-up.
   async #drain(): Promise<void> {
-    for (;;) {
-      let progressed = false;
-      for (const reader of this.#readers.values()) {
-        if (this.#paused || this.#closed) return;
-        if (reader.buffer.length === 0) continue;
-        progressed = true;
-        const msgs = reader.buffer.length <= this.#batchSize ? reader.buffer : reader.buffer.slice(0, this.#batchSize);
-        reader.buffer = msgs === reader.buffer ? [] : reader.buffer.slice(this.#batchSize);
-        try {
-          await this.#apply(reader, msgs);
-        } catch (err) {
-          reader.buffer = msgs.concat(reader.buffer);
-          this.#log(`flexcore: projections: a batch of ${reader.stream} failed, retrying in ${RETRY_DELAY_MS} ms: ${(err as Error).message}`);
-          this.#paused = true;
-          this.#retry = setTimeout(() => this.resume(), RETRY_DELAY_MS);
-          return;
-        }
+    for (const reader of this.#readers.values()) {
+      if (this.#paused || this.#closed) return;
+      if (reader.buffer.length === 0) continue;
+      const msgs = reader.buffer.length <= this.#batchSize ? reader.buffer : reader.buffer.slice(0, this.#batchSize);
+      reader.buffer = msgs === reader.buffer ? [] : reader.buffer.slice(this.#batchSize);
+      try {
+        await this.#apply(reader, msgs);
+      } catch (err) {
+        reader.buffer = msgs.concat(reader.buffer);
+        this.#log(`flexcore: projections: a batch of ${reader.stream} failed, retrying in ${RETRY_DELAY_MS} ms: ${(err as Error).message}`);
+        this.#paused = true;
+        this.#retry = setTimeout(() => this.resume(), RETRY_DELAY_MS);
+        return;
       }
-      if (!progressed) return;
     }
   }
 
