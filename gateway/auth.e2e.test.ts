@@ -231,6 +231,21 @@ describe("refresh", () => {
   });
 });
 
+describe("password change (flexcore users passwd)", () => {
+  it("ends the user's sessions and only the new password signs in", async () => {
+    await gw.users.add(tenant, "carl", "first password", ["reader"]);
+    const pair = await signIn(gw, "carl", "first password");
+    await gw.users.setPassword(tenant, "carl", "second password");
+    expect(await gw.sessions!.revokeUser(tenant, "carl")).toBe(1);
+    expect(await me(gw, pair.access_token)).toEqual({ status: 401, code: "FLEX_UNAUTHENTICATED" });
+    const refresh = await gw.app.inject({ method: "POST", url: "/v1/auth/refresh", payload: { refresh_token: pair.refresh_token } });
+    expect(refresh.statusCode).toBe(401);
+    const old = await gw.app.inject({ method: "POST", url: "/v1/auth/token", payload: { tenant, username: "carl", password: "first password" } });
+    expect(old.statusCode).toBe(401);
+    expect((await me(gw, (await signIn(gw, "carl", "second password")).access_token)).status).toBe(200);
+  });
+});
+
 describe("keys", () => {
   it("rotation by kid: new tokens use the new key, old tokens keep working, JWKS lists both", async () => {
     const before = await gw.issuer!.issueAccess({ tenant, subject: "svc", roles: ["reader"] });
