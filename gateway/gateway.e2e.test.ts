@@ -310,6 +310,14 @@ describe("appends", () => {
     expect(page.json.next).toBe(3);
     const asOf = await http("GET", `/v1/streams/sensor/${id}?asOf=${first.json.seq}`, tokens[`${A}:reader`]);
     expect(asOf.json.events.map((e: { data: number }) => e.data)).toEqual([1]);
+    const doc = uniqueName("doc");
+    const put = async (data: unknown) => (await http("POST", `/v1/streams/thing/${doc}`, t, { body: JSON.stringify({ type: "Set", data }) })).json.seq as number;
+    const s1 = await put({ colour: "red", size: 1 });
+    await put({ colour: "blue", size: null });
+    const now = await http("GET", `/v1/streams/thing/${doc}?view=state`, tokens[`${A}:reader`]);
+    expect(now.json).toMatchObject({ state: { colour: "blue" }, revision: 2 });
+    const then = await http("GET", `/v1/streams/thing/${doc}?view=state&asOf=${s1}`, tokens[`${A}:reader`]);
+    expect(then.json).toMatchObject({ state: { colour: "red", size: 1 }, revision: 1, seq: s1 });
   });
 });
 

@@ -1,6 +1,7 @@
 import type { FastifyRequest } from "fastify";
 import { checkToken } from "../../streams/index.js";
-import type { EventInput, ExpectedRevision, StoredEvent } from "../../streams/index.js";
+import type { EventInput, ExpectedRevision, Reducer, StoredEvent } from "../../streams/index.js";
+import { mergePatch } from "../../projections/index.js";
 import { BadRequestError, NotFoundError, UnsupportedMediaTypeError } from "../errors.js";
 import type { RouteContext } from "../gateway.js";
 
@@ -57,6 +58,14 @@ function expectedRevision(req: FastifyRequest): ExpectedRevision {
   if (!m) throw new BadRequestError("if-match", `If-Match must be the expected revision (an integer, e.g. "3") or *, got ${JSON.stringify(ifMatch)}`);
   return Number(m[1]);
 }
+
+/** Folds an aggregate as the `generic` read model does: each event's data merged (RFC 7396) into the state. */
+export const MERGE_REDUCER: Reducer<unknown> = {
+  name: "gateway-merge",
+  version: 1,
+  initial: () => undefined,
+  apply: (state, event) => mergePatch(state, event.data),
+};
 
 /** Parses `asOf`: a stream sequence (digits) or an RFC 3339 time. */
 export function parseAsOf(value: string | undefined): { seq?: number; time?: number } | undefined {
@@ -125,7 +134,7 @@ export function registerStreamRoutes(ctx: RouteContext): void {
     return reply.code(result.duplicates === events.length ? 200 : 201).send(result);
   });
 
-  app.get<{ Params: { category: string; id: string }; Querystring: { from?: number; limit?: number; asOf?: string; direction?: "forward" | "backward" } }>("/v1/streams/:category/:id", {
+  app.get<{ Params: { category: string; id: string }; Querystring: { from?: number; limit?: number; asOf?: string; direction?: "forward" | "backward"; view?: "events" | "state" } }>("/v1/streams/:category/:id", {
     config: { policy: "stream.read" },
     schema: {
       tags: ["streams"],
@@ -139,6 +148,7 @@ export function registerStreamRoutes(ctx: RouteContext): void {
           limit: { type: "integer", minimum: 1, description: `Events per page; at most the gateway's max page size` },
           asOf: { type: "string", description: "Only events up to this stream sequence (digits) or stored time (RFC 3339): the aggregate as it was then" },
           direction: { type: "string", enum: ["forward", "backward"] },
+          view: { type: "string", enum: ["events", "state"], description: "`state`: the aggregate's state (RFC 7396 merge of its events' data, as the `generic` read model folds it) instead of its events; with asOf, the state as it was then" },
         },
       },
     },
@@ -152,6 +162,13 @@ export function registerStreamRoutes(ctx: RouteContext): void {
     const limit = q.limit ?? limits.defaultPageSize;
     const asOf = parseAsOf(q.asOf);
     const ref = { tenant, category, id };
+    if (q.view === "state") {
+      if (q.from !== undefined || q.limit !== undefined || q.direction !== undefined) throw new BadRequestError("view", "view=state takes asOf only (not from, limit or direction)");
+      const at = asOf ? (asOf.seq !== undefined ? asOf.seq : new Date(asOf.time!)) : undefined;
+      const folded = await timed((signal) => store.aggregate(ref, MERGE_REDUCER, { ...(at !== undefined ? { asOf: at } : {}), signal }));
+      if (folded.revision === 0) throw new NotFoundError(`Stream ${category}/${id}${asOf ? " at that point" : ""}`);
+      return { category, id, state: folded.state ?? null, revision: folded.revision, seq: folded.seq };
+    }
     const direction = q.direction ?? "forward";
     const events = await timed(async (signal) => {
       if (asOf && direction === "backward") {
