@@ -3,6 +3,7 @@ import { Command } from "commander";
 import { FlexError } from "../streams/index.js";
 import { register as registerDoctor } from "./commands/doctor.js";
 import { register as registerNatsUsers } from "./commands/nats-users.js";
+import { register as registerProjections } from "./commands/projections.js";
 import { register as registerPublish } from "./commands/publish.js";
 import { register as registerReplay } from "./commands/replay.js";
 import { register as registerStreams } from "./commands/streams.js";
@@ -24,6 +25,7 @@ registerUsers(program);
 registerToken(program);
 registerNatsUsers(program);
 registerWorkflows(program);
+registerProjections(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof FlexError ? ` [${err.code}]` : "";

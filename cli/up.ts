@@ -8,6 +8,7 @@ import type { NatsServer } from "../streams/index.js";
 import { loadConfig, pipelineSections, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
 import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
 import { startWorkflows, workflowsSection } from "../workflows/index.js";
+import { createProjectionEngine, serveProjectionControl } from "../projections/index.js";
 import { dataDir as defaultDataDir } from "./connection.js";
 import { startEmbeddedServer } from "./embedded.js";
 import { startGateway } from "./gateway.js";
@@ -109,9 +110,16 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     const workflows = await startWorkflows(nc, config.workflows, { root, log });
     components.push({ name: "workflows", close: () => workflows.close() });
     const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, config, processors };
-    void ctx; // each area's components are started from here as they land
-    // The gateway starts last: it serves what the components above provide (pass `projections` once the engine runs here).
-    components.push(await startGateway(ctx));
+    const projections = createProjectionEngine(nc, { dataDir: dir, log });
+    await projections.start();
+    const control = serveProjectionControl(nc, projections);
+    components.push({ name: "projections", close: async () => {
+      await control.close();
+      await projections.close();
+    } });
+    log(`flexcore: projections: ${projections.list().map((p) => p.name).join(", ")} in ${join(dir, "projections")}`);
+    // The gateway starts last: it serves what the components above provide.
+    components.push(await startGateway(ctx, { projections }));
   } catch (err) {
     await close();
     throw err;

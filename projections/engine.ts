@@ -207,6 +207,18 @@ interface Waiter {
   reject(err: Error): void;
 }
 
+/** What {@link ProjectionEngine.list} says about a projection. */
+export function describeProjection(p: Projection): ProjectionInfo {
+  return {
+    name: p.name,
+    version: p.version,
+    description: p.description,
+    sources: p.sources,
+    onError: p.onError ?? "dlq",
+    readers: Object.entries(p.readers).map(([name, r]) => ({ name, description: r.description, columns: r.columns, key: r.key, defaultSort: r.defaultSort })),
+  };
+}
+
 function checkOptions(o: ProjectionEngineOptions): void {
   if (o === null || typeof o !== "object") throw new InvalidOptionError("options", o, "an object with `dataDir`");
   if (typeof o.dataDir !== "string" || o.dataDir.length === 0) throw new InvalidOptionError("dataDir", o.dataDir, "a directory path");
@@ -385,14 +397,7 @@ class Engine implements ProjectionEngine {
   }
 
   list(): ProjectionInfo[] {
-    return [...this.#projections.values()].map((p) => ({
-      name: p.name,
-      version: p.version,
-      description: p.description,
-      sources: p.sources,
-      onError: p.onError ?? "dlq",
-      readers: Object.entries(p.readers).map(([name, r]) => ({ name, description: r.description, columns: r.columns, key: r.key, defaultSort: r.defaultSort })),
-    }));
+    return [...this.#projections.values()].map(describeProjection);
   }
 
   position(name: string): Readonly<Partial<Record<SourceStream, number>>> {

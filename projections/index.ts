@@ -10,7 +10,9 @@ export {
   TenantRequiredError,
   WaitTimeoutError,
 } from "./errors.js";
-export { createProjectionEngine, DEFAULT_WAIT_TIMEOUT_MS } from "./engine.js";
+export { createProjectionEngine, DEFAULT_WAIT_TIMEOUT_MS, describeProjection } from "./engine.js";
+export { CONTROL_TIMEOUT_MS, REBUILD_SUBJECT, requestRebuild, serveProjectionControl } from "./control.js";
+export type { ProjectionControl, RebuildMessage } from "./control.js";
 export type {
   ChangeEvent,
   ChangeListener,
