@@ -81,12 +81,19 @@ export function registerEventRoutes(ctx: RouteContext): void {
     let accepted = 0;
     let duplicates = 0;
     let rejected = 0;
+    // Batches usually repeat aggregates: check each category/stream pair once.
+    const subjects = new Map<string, string>();
     for (let i = 0; i < items.length; i++) {
       const raw = items[i];
       try {
         if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw new BadRequestError(`events[${i}]`, `events[${i}] must be an object with category, stream, type and data`);
         const r = raw as Record<string, unknown>;
-        const subject = eventSubject(tenant, r.category as string, r.stream as string);
+        const pair = typeof r.category === "string" && typeof r.stream === "string" ? `${r.category}\u0000${r.stream}` : undefined;
+        let subject = pair === undefined ? undefined : subjects.get(pair);
+        if (subject === undefined) {
+          subject = eventSubject(tenant, r.category as string, r.stream as string);
+          if (pair !== undefined) subjects.set(pair, subject);
+        }
         const encoded = encodeEvent(pickEvent(r), `events[${i}].`);
         const index = i;
         pending.push(publisher.publish(subject, encoded.data, { headers: encoded.headers }).then(
