@@ -15,7 +15,7 @@ export const SANDBOX_WORK_DIR = "/work";
 // Files of /etc a Python, Bash or Node program may need; the rest (shadow, keys) is never mounted.
 const ETC_ALLOW = [
   "/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
-  "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/mime.types", "/etc/ssl", "/etc/ca-certificates",
+  "/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/mime.types", "/etc/ssl/certs", "/etc/ca-certificates",
 ] as const;
 const NET_ETC = ["/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/gai.conf"] as const;
 
@@ -29,6 +29,8 @@ export interface SandboxSupport {
   readonly dropsPrivileges: boolean;
   /** `prlimit` exists, so CPU, memory, process and file limits apply. */
   readonly rlimits: boolean;
+  /** bubblewrap takes `--size` (capped private /tmp) and `--disable-userns` (0.8+). */
+  readonly modernBwrap: boolean;
   /** What is weaker than the documented sandbox, for people; empty when nothing is. */
   readonly warnings: readonly string[];
 }
@@ -54,13 +56,24 @@ async function probe(): Promise<SandboxSupport> {
   const dropsPrivileges = isRoot() && existsSync("/usr/bin/setpriv");
   let bwrapPath: string | undefined;
   let bwrapVersion: string | undefined;
+  let modernBwrap = false;
   if (existsSync(BWRAP_BIN)) {
     try {
       const v = await execFileAsync(BWRAP_BIN, ["--version"]);
       bwrapVersion = /(\d+\.\d+(?:\.\d+)?)/.exec(v.stdout)?.[1];
-      const probeCmd = [BWRAP_BIN, "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--unshare-all", "--die-with-parent", "--", "/bin/true"];
-      const [cmd, ...args] = dropsPrivileges ? ["/usr/bin/setpriv", ...dropArgs(), "--", ...probeCmd] : probeCmd;
-      await execFileAsync(cmd!, args, { timeout: 5_000 });
+      const probe = async (modern: boolean): Promise<void> => {
+        const extra = modern ? ["--size", "1048576", "--tmpfs", "/tmp", "--unshare-user", "--disable-userns"] : [];
+        const probeCmd = [BWRAP_BIN, "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--unshare-all", ...extra, "--die-with-parent", "--new-session", "--", "/bin/true"];
+        const [cmd, ...args] = dropsPrivileges ? ["/usr/bin/setpriv", ...dropArgs(), "--", ...probeCmd] : probeCmd;
+        await execFileAsync(cmd!, args, { timeout: 5_000 });
+      };
+      try {
+        await probe(true);
+        modernBwrap = true;
+      } catch {
+        await probe(false);
+        warnings.push(`bubblewrap ${bwrapVersion ?? "(unknown version)"} lacks --size/--disable-userns (0.8+): a step's private /tmp is not size-capped and it may create nested user namespaces`);
+      }
       bwrapPath = BWRAP_BIN;
     } catch (err) {
       warnings.push(`bubblewrap is installed but cannot start a sandbox (${(err as Error).message.split("\n")[0]}); are user namespaces disabled?`);
@@ -70,7 +83,7 @@ async function probe(): Promise<SandboxSupport> {
   }
   if (!rlimits) warnings.push("`prlimit` (util-linux) is missing: memory, CPU, process and file-size limits of script steps are not enforced");
   if (isRoot() && !dropsPrivileges) warnings.push("running as root without `setpriv`: script steps keep root's uid");
-  return { mode: bwrapPath ? "bwrap" : "plain", bwrapPath, bwrapVersion, dropsPrivileges, rlimits, warnings };
+  return { mode: bwrapPath ? "bwrap" : "plain", bwrapPath, bwrapVersion, dropsPrivileges, rlimits, modernBwrap, warnings };
 }
 
 function dropArgs(): string[] {
@@ -137,11 +150,13 @@ export function planCommand(p: PlanInput): CommandPlan {
     if (!bin.startsWith("/usr/") && !bin.startsWith("/bin/") && dir !== "/") b.push("--ro-bind", dir, dir);
   }
   b.push("--proc", "/proc", "--dev", "/dev");
-  b.push("--size", String(p.limits.maxFileBytes), "--tmpfs", "/tmp");
+  if (p.support.modernBwrap) b.push("--size", String(p.limits.maxFileBytes));
+  b.push("--tmpfs", "/tmp");
   b.push("--bind", p.workDir, SANDBOX_WORK_DIR, "--chdir", SANDBOX_WORK_DIR);
   b.push("--unshare-all", "--unshare-user");
   if (p.network) b.push("--share-net");
-  b.push("--disable-userns", "--die-with-parent", "--new-session", "--clearenv");
+  if (p.support.modernBwrap) b.push("--disable-userns");
+  b.push("--die-with-parent", "--new-session", "--clearenv");
   for (const [k, v] of Object.entries(p.env)) b.push("--setenv", k, v);
   b.push("--", ...limited);
   const all = [...outer, ...b];

@@ -99,6 +99,25 @@ describe("script contract", () => {
   });
 });
 
+describe("network", () => {
+  it("is off by default and on with network: true", async () => {
+    const { createServer } = await import("node:net");
+    const server = createServer((sock) => sock.end("hello\n"));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as { port: number }).port;
+    const source = `(exec 3<>/dev/tcp/127.0.0.1/${port} && read -t 2 line <&3 && echo "{\\"got\\": \\"$line\\"}") 2>/dev/null || echo '{"got": null}'`;
+    try {
+      const off = await runner.run({ language: "bash", source }, {});
+      const on = await runner.run({ language: "bash", source, network: true }, {});
+      expect(on.output).toEqual({ got: "hello" });
+      // Plain child processes cannot take the network away (documented; doctor warns).
+      if (runner.isolation === "bwrap") expect(off.output).toEqual({ got: null });
+    } finally {
+      server.close();
+    }
+  });
+});
+
 describe("trusted JavaScript in worker threads", () => {
   it("runs main(args) with captured console, and terminates an endless step at its timeout", async () => {
     const ok = await runner.run({ language: "javascript", trusted: true, source: "function main(a, ctx) { console.log('hello', a.n); return { n: a.n + 1, env: ctx.env.K, host: typeof process.env.NATS_URL }; }", env: { K: "v" } }, { n: 1 });
