@@ -1,0 +1,188 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { createProjectionEngine, genericProjection, pipelineSummaryProjection } from "../projections/index.js";
+import type { ProjectionEngine } from "../projections/index.js";
+import { createPublisher, encodeEvent, ensureTopology, startNatsServer, STREAMS } from "../streams/index.js";
+import { percentile, ratio, runTasks } from "./harness.js";
+import type { BenchResult, Suite } from "./harness.js";
+
+/** Events in the stream the rebuild reads (`--events N` to change). */
+const DEFAULT_EVENTS = 1_000_000;
+const AGGREGATES = 10_000;
+/** Sustained publish rate of the lag test, events/s, and how long. */
+const LAG_RATE = 10_000;
+const LAG_SECONDS = 30;
+const TICK_MS = 10;
+const REBUILD_GOAL = 150_000;
+const RATIO_GOAL = 0.6;
+const LAG_GOAL_MS = 100;
+
+/** A ~150-byte reading: what users send most. */
+function reading(i: number): { subject: string; data: Uint8Array; headers: ReturnType<typeof encodeEvent>["headers"] } {
+  const e = encodeEvent({ type: i % 5 === 0 ? "Calibrated" : "ReadingRecorded", data: { sensor: `s-${i % AGGREGATES}`, site: `plant-${i % 7}`, temp: 20 + (i % 50) / 10, humidity: 40 + (i % 30) / 3, seq: i } });
+  return { subject: `evt.t${i % 10}.sensor.s${i % AGGREGATES}`, data: e.data, headers: e.headers };
+}
+
+async function publishAll(nc: NatsConnection, n: number, log: (line: string) => void): Promise<void> {
+  const publisher = createPublisher(nc, { maxInFlight: 16_384 });
+  const pending: Array<Promise<unknown>> = [];
+  const started = performance.now();
+  for (let i = 0; i < n; i++) {
+    const r = reading(i);
+    pending.push(publisher.publish(r.subject, r.data, { headers: r.headers }));
+    if (pending.length >= 16_384) await Promise.all(pending.splice(0));
+    if (i > 0 && i % 200_000 === 0) log(`  published ${i.toLocaleString("en-US")} (${Math.round(i / ((performance.now() - started) / 1000)).toLocaleString("en-US")} events/s)`);
+  }
+  await Promise.all(pending);
+  await publisher.close();
+}
+
+/** Reads the whole stream with an ordered consumer and does nothing else: the ceiling. */
+async function readRaw(nc: NatsConnection, n: number): Promise<void> {
+  const js = jetstream(nc);
+  const consumer = await js.consumers.get(STREAMS.events, { deliver_policy: DeliverPolicy.All });
+  let count = 0;
+  let last = 0;
+  await new Promise<void>((resolve, reject) => {
+    void consumer.consume({
+      max_messages: 16_384,
+      callback: (m) => {
+        count += 1;
+        last = m.seq;
+        if (count === n) resolve();
+      },
+    }).then((messages) => messages.closed().then((err) => (err ? reject(err) : undefined)), reject);
+  });
+  if (last !== n) throw new Error(`read ${count} events ending at ${last}, expected ${n}`);
+  await consumer.delete().catch(() => undefined);
+}
+
+/**
+ * Publishes at `rate` events/s for `seconds` and measures, per event, the ms from its
+ * publish ack to the moment the projection has committed it (its change notification).
+ */
+async function measureLag(nc: NatsConnection, engine: ProjectionEngine, rate: number, seconds: number): Promise<{ p50: number; p99: number; max: number; achieved: number; n: number }> {
+  const publisher = createPublisher(nc, { maxInFlight: 16_384 });
+  const acked = new Map<number, number>();
+  const latencies: number[] = [];
+  let visible = 0;
+  let i = 0;
+  const off = engine.onChange("generic", (c) => {
+    if (c.kind !== "apply") return;
+    const now = performance.now();
+    for (let s = visible + 1; s <= c.seq; s++) {
+      const t = acked.get(s);
+      if (t !== undefined) {
+        latencies.push(now - t);
+        acked.delete(s);
+      }
+    }
+    visible = Math.max(visible, c.seq);
+  });
+  const perTick = Math.round((rate * TICK_MS) / 1000);
+  const started = performance.now();
+  const end = started + seconds * 1000;
+  const pending: Array<Promise<unknown>> = [];
+  let next = started;
+  while (performance.now() < end) {
+    for (let k = 0; k < perTick; k++) {
+      const r = reading(i++);
+      pending.push(publisher.publish(r.subject, r.data, { headers: r.headers }).then((ack) => {
+        // Seen by the projection before the ack came back: visible at once.
+        if (ack.seq <= visible) latencies.push(0);
+        else acked.set(ack.seq, performance.now());
+      }));
+    }
+    next += TICK_MS;
+    const wait = next - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    if (pending.length > 50_000) await Promise.all(pending.splice(0));
+  }
+  await Promise.all(pending);
+  const achieved = i / ((performance.now() - started) / 1000);
+  let lastSeq = visible;
+  for (const s of acked.keys()) if (s > lastSeq) lastSeq = s;
+  await engine.waitFor("generic", lastSeq, { timeout: 60_000 });
+  off();
+  await publisher.close();
+  if (acked.size > 0) throw new Error(`${acked.size} events were acked but never seen by the projection`);
+  return { p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: Math.max(...latencies), achieved, n: latencies.length };
+}
+
+export const suite: Suite = {
+  name: "projections",
+  description: "rebuild of pipeline_summary + generic (synchronous=FULL) beside a raw ordered-consumer read of the same events; publish-to-visible lag at 10,000 events/s",
+  async run({ args, log, env }) {
+    const at = args.indexOf("--events");
+    const events = at >= 0 ? Number(args[at + 1]) : DEFAULT_EVENTS;
+    if (!Number.isInteger(events) || events < 1) throw new Error(`--events needs a positive integer, got ${args[at + 1]}`);
+    const lagAt = args.indexOf("--lag-seconds");
+    const lagSeconds = lagAt >= 0 ? Number(args[lagAt + 1]) : LAG_SECONDS;
+    const skip = new Set(args.flatMap((a, i) => (args[i - 1] === "--skip" ? a.split(",") : [])));
+    const server = await startNatsServer();
+    env.natsServer = server.version;
+    const nc = await connect({ servers: server.url });
+    const dataDir = await mkdtemp(join(tmpdir(), "flexcore-bench-proj-"));
+    try {
+      await ensureTopology(nc);
+      log(`  publishing ${events.toLocaleString("en-US")} events once (reused by every sample)...`);
+      await publishAll(nc, events, log);
+      const engine = createProjectionEngine(nc, { dataDir, projections: [pipelineSummaryProjection(), genericProjection()], sync: "full", log });
+      await engine.start();
+      log("  first catch-up of the engine (not measured)...");
+      await engine.waitFor("pipeline_summary", events, { timeout: 3_600_000 });
+      await engine.waitFor("generic", events, { timeout: 3_600_000 });
+      try {
+        const results: BenchResult[] = [];
+        if (!skip.has("rebuild")) {
+        const [raw] = await runTasks([{
+          name: "read.ordered-raw",
+          unit: "events/s",
+          ops: events,
+          fn: () => readRaw(nc, events),
+          extra: { what: "ordered consumer, callback, no decoding, no SQLite", events },
+        }], { log, iterations: 3, warmup: 1 });
+        const [rebuild] = await runTasks([{
+          name: "projection.rebuild",
+          unit: "events/s",
+          ops: events,
+          async fn() {
+            const r = await engine.rebuild(["pipeline_summary", "generic"]);
+            if (r.events < events) throw new Error(`rebuild read ${r.events} of ${events} events`);
+          },
+          extra: { what: "engine.rebuild(['pipeline_summary', 'generic']): fresh copies from seq 1, synchronous=FULL, swapped in", events, goal: REBUILD_GOAL },
+        }], { log, iterations: 3, warmup: 0 });
+        results.push(raw!, { ...rebuild!, extra: { ...rebuild!.extra, met: rebuild!.median >= REBUILD_GOAL } });
+        results.push(ratio("projection.rebuild/read.ordered-raw", rebuild!, raw!, RATIO_GOAL));
+        }
+        if (skip.has("lag")) return results;
+        const lagExtra: Record<string, unknown> = {};
+        const [lag] = await runTasks([{
+          name: "projection.lag.p99",
+          unit: "ms",
+          async fn() {
+            const m = await measureLag(nc, engine, LAG_RATE, lagSeconds).catch((err: unknown) => {
+              log(`  lag measurement failed: ${(err as Error).stack ?? String(err)}`);
+              throw err;
+            });
+            Object.assign(lagExtra, { p50: m.p50, max: m.max, events: m.n, achievedRate: Math.round(m.achieved) });
+            log(`  lag: p50 ${m.p50.toFixed(1)} ms, p99 ${m.p99.toFixed(1)} ms, max ${m.max.toFixed(1)} ms over ${m.n} events at ${Math.round(m.achieved)} events/s`);
+            return m.p99;
+          },
+        }], { log, iterations: 1, warmup: 0 });
+        results.push({ ...lag!, extra: { what: `publish ack -> committed in generic, ${LAG_RATE} events/s for ${lagSeconds} s`, goal: `< ${LAG_GOAL_MS}`, met: lag!.median < LAG_GOAL_MS, ...lagExtra } });
+        return results;
+      } finally {
+        await engine.close();
+      }
+    } finally {
+      await nc.close();
+      await server.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  },
+};
