@@ -276,7 +276,9 @@ class Runner implements WorkflowRunner {
       clearInterval(renew);
       await Promise.all([
         done ? this.#defs.kv.delete(indexKey).catch(() => undefined) : undefined,
-        lease.lost ? undefined : this.#leases.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined),
+        // A finished run's lease is left to expire (the bucket's max age): nobody wants the
+        // run any more, and that is one write less per run. An unfinished one is handed over now.
+        lease.lost || done ? undefined : this.#leases.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined),
       ]);
     } finally {
       clearInterval(renew);
