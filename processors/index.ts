@@ -44,5 +44,5 @@ export type { BatchResult, BatchTask, SeriesResult, SeriesTask } from "./task.js
 export { createScriptRunner, DEFAULT_SCRIPT_LIMITS, resolveLimits, SCRIPT_LANGUAGES, validateScriptSpec } from "./scripts/script-runner.js";
 export { sandboxSupport } from "./scripts/sandbox.js";
 export type { SandboxSupport } from "./scripts/sandbox.js";
-export { SandboxUnavailableError, ScriptFailedError } from "./scripts/errors.js";
+export { SandboxUnavailableError } from "./scripts/errors.js";
 export type { ScriptLanguage, ScriptLimits, ScriptResult, ScriptRunner, ScriptRunnerOptions, ScriptSpec, ScriptStatus } from "./scripts/types.js";

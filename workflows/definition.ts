@@ -131,7 +131,7 @@ function retry(v: unknown, path: string): RetryPolicy {
 
 const COMMON_KEYS = ["id", "kind", "needs", "when", "input", "retry", "timeout_ms", "continue_on_error"] as const;
 
-function step(raw: unknown, i: number, prev: string | undefined, tenant: string): StepDefinition {
+function step(raw: unknown, i: number, prev: string | undefined): StepDefinition {
   const path = `steps[${i}]`;
   const o = obj(raw, path, "a step object with `id` and `kind`");
   const id = str(o.id, `${path}.id`);
@@ -182,7 +182,6 @@ function step(raw: unknown, i: number, prev: string | undefined, tenant: string)
   } catch (err) {
     fail(`${path}.options`, (err as Error).message);
   }
-  void tenant;
   return { kind: "processor", ...common, processor: name, options: o.options ?? {}, ...(o.key === undefined ? {} : { key: str(o.key, `${path}.key`, "a key template") }) };
 }
 
@@ -241,7 +240,7 @@ export function validateDefinition(raw: unknown, tenant: string): WorkflowDefini
   const steps: StepDefinition[] = [];
   const index = new Map<string, number>();
   o.steps.forEach((raw, i) => {
-    const s = step(raw, i, steps[i - 1]?.id, tenant);
+    const s = step(raw, i, steps[i - 1]?.id);
     if (index.has(s.id)) fail(`steps[${i}].id`, `duplicate step id \`${s.id}\` (also steps[${index.get(s.id)}])`);
     index.set(s.id, i);
     steps.push(s);

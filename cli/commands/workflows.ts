@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
 import { InvalidOptionError } from "../../streams/index.js";
-import { createWorkflowClient, startWorkflowRunner } from "../../workflows/index.js";
+import { createWorkflowClient, nextCronTime, parseCron, startWorkflowRunner } from "../../workflows/index.js";
 import type { RunState, WorkflowClient } from "../../workflows/index.js";
 import { connectCli } from "../connection.js";
 
@@ -58,7 +58,7 @@ export function register(program: Command): void {
       const list = await client.list(tenantOf(opts));
       if (opts.json) return void process.stdout.write(`${JSON.stringify(list.map((w) => ({ name: w.name, version: w.version, storedAt: w.storedAt, triggers: w.definition.triggers, steps: w.definition.steps.map((s) => s.id) })), null, 2)}\n`);
       for (const w of list) {
-        const triggers = w.definition.triggers.map((t) => (t.kind === "cron" ? `cron ${t.schedule}` : `event ${t.subject}${t.types.length ? ` ${t.types.join("|")}` : ""}`));
+        const triggers = w.definition.triggers.map((t) => (t.kind === "cron" ? `cron ${t.schedule} (next ${nextCronTime(parseCron(t.schedule), new Date())?.toISOString() ?? "never"})` : `event ${t.subject}${t.types.length ? ` ${t.types.join("|")}` : ""}`));
         process.stdout.write(`${w.name.padEnd(24)} v${String(w.version).padEnd(4)} ${w.definition.steps.length} step(s)  ${["manual", ...triggers].join(", ")}\n`);
       }
       if (list.length === 0) process.stdout.write(`no workflows for tenant ${tenantOf(opts)}\n`);

@@ -7,16 +7,3 @@ export class SandboxUnavailableError extends FlexError {
     this.name = "SandboxUnavailableError";
   }
 }
-
-/** A script step did not succeed: it failed, timed out, hit a limit or returned no JSON. Carries the result. */
-export class ScriptFailedError extends FlexError {
-  /** `failed`, `timeout`, `killed` or `limit` (see {@link ScriptResult.status}). */
-  readonly status: string;
-  readonly exitCode: number | null;
-  constructor(status: string, exitCode: number | null, message: string) {
-    super("FLEX_SCRIPT_FAILED", message);
-    this.name = "ScriptFailedError";
-    this.status = status;
-    this.exitCode = exitCode;
-  }
-}
