@@ -115,6 +115,7 @@ describe("built-in read models", () => {
         { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.stepFailed, data: { runId: run, step: "load", attempt: 1, error: { message: "timeout", code: "E_T" }, willRetry: true }, time: at(2) },
         { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.stepStarted, data: { runId: run, step: "load", attempt: 2 }, time: at(3) },
         { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.stepSucceeded, data: { runId: run, step: "load", attempt: 2, output: "42 rows" }, time: at(5) },
+        { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.stepSkipped, data: { runId: run, step: "notify", reason: "condition false" }, time: at(5) },
         { subject: `evt.${tenant}.workflow.${run}`, type: WORKFLOW_EVENT_TYPES.runSucceeded, data: { runId: run, output: "ok" }, time: at(6) },
         { subject: `evt.${tenant}.plugin.geo`, type: PLUGIN_EVENT_TYPES.loaded, data: { plugin: "geo", version: "1.2.0" }, time: at(0) },
         { subject: `evt.${tenant}.plugin.geo`, type: PLUGIN_EVENT_TYPES.started, data: { plugin: "geo" }, time: at(1) },
@@ -123,6 +124,7 @@ describe("built-in read models", () => {
         { subject: `evt.${tenant}.plugin.geo`, type: PLUGIN_EVENT_TYPES.health, data: { plugin: "geo", ok: true, detail: "fine", latencyMs: 3 }, time: at(4) },
         { subject: `evt.${tenant}.metrics.anomaly`, type: "MetricsReported", data: { component: "anomaly", kind: "processor", minute: "2026-01-01T10:00:00Z", count: 100, errors: 1, p50Ms: 1, p95Ms: 5, p99Ms: 9, throughput: 1.5 } },
         { subject: `evt.${tenant}.metrics.anomaly`, type: "MetricsReported", data: { component: "anomaly", kind: "processor", minute: "2026-01-01T10:00:30Z", count: 300, errors: 0, p50Ms: 3, p95Ms: 5, p99Ms: 13, throughput: 5 } },
+        { subject: `evt.${tenant}.metrics.anomaly`, type: "MetricsReported", data: { component: "anomaly", kind: "processor", minute: "2026-01-01T10:00:00Z", count: 0, errors: 0, p50Ms: null, p95Ms: null, p99Ms: null, throughput: 0 } },
         { subject: `evt.${tenant}.order.o1`, type: "OrderPlaced", data: { status: "new", total: 10, lines: [1, 2] } },
         { subject: `evt.${tenant}.order.o1`, type: "OrderPaid", data: { status: "paid", paidAt: "x", total: null } },
       );
@@ -134,13 +136,14 @@ describe("built-in read models", () => {
     await engine.waitFor("pipeline_summary", await lastSeq(STREAMS.derived), { stream: STREAMS.derived, timeout: 20_000 });
 
     const runs = await engine.query("workflow_history", { tenant: a });
-    expect(runs.rows).toEqual([expect.objectContaining({ tenant: a, run_id: `run-${a}`, workflow: "etl", version: "3", status: "succeeded", trigger: "manual", started_at: at(0), ended_at: at(6), duration_ms: 6000, output_summary: "ok", steps: 1 })]);
-    const steps = await engine.query("workflow_history", { tenant: a, reader: "steps" });
-    expect(steps.rows).toEqual([expect.objectContaining({ step: "load", status: "succeeded", attempts: 2, started_at: at(1), ended_at: at(5), duration_ms: 4000, error: null, output_summary: "42 rows" })]);
+    expect(runs.rows).toEqual([expect.objectContaining({ tenant: a, run_id: `run-${a}`, workflow: "etl", version: "3", status: "succeeded", trigger: "manual", started_at: at(0), ended_at: at(6), duration_ms: 6000, output_summary: "ok", steps: 2 })]);
+    const steps = await engine.query("workflow_history", { tenant: a, reader: "steps", sort: "step" });
+    expect(steps.rows[1]).toMatchObject({ step: "notify", status: "skipped", error: "condition false" });
+    expect(steps.rows.slice(0, 1)).toEqual([expect.objectContaining({ step: "load", status: "succeeded", attempts: 2, started_at: at(1), ended_at: at(5), duration_ms: 4000, error: null, output_summary: "42 rows" })]);
     const plugins = await engine.query("plugin_status", { tenant: a });
     expect(plugins.rows).toEqual([expect.objectContaining({ plugin: "geo", state: "running", version: "1.2.0", restarts: 1, failures: 1, last_error: "boom", healthy: 1, health_detail: "fine", last_health_at: at(4) })]);
     const metrics = await engine.query("performance_metrics", { tenant: a });
-    expect(metrics.rows).toEqual([expect.objectContaining({ component: "anomaly", kind: "processor", minute: "2026-01-01T10:00:00.000Z", count: 400, errors: 1, p50_ms: 2.5, p99_ms: 12, throughput: 6.5, reports: 2 })]);
+    expect(metrics.rows).toEqual([expect.objectContaining({ component: "anomaly", kind: "processor", minute: "2026-01-01T10:00:00.000Z", count: 400, errors: 1, p50_ms: 2.5, p99_ms: 12, throughput: 6.5, reports: 3 })]);
     const docs = await engine.query("generic", { tenant: a, filter: { category: "order" } });
     expect(docs.rows).toEqual([expect.objectContaining({ id: "o1", doc: { status: "paid", lines: [1, 2], paidAt: "x" }, revision: 2, last_type: "OrderPaid" })]);
     const summary = await engine.query<{ category: string; type: string; source: string; count: number; rate_1h: number }>("pipeline_summary", { tenant: a });

@@ -20,6 +20,7 @@ export const WORKFLOW_EVENT_TYPES = {
   stepStarted: "StepStarted",
   stepSucceeded: "StepSucceeded",
   stepFailed: "StepFailed",
+  stepSkipped: "StepSkipped",
   runSucceeded: "RunSucceeded",
   runFailed: "RunFailed",
   runCancelled: "RunCancelled",
@@ -89,6 +90,13 @@ export interface StepFailed {
   /** Whether another attempt follows. */
   readonly willRetry: boolean;
   readonly durationMs?: number;
+}
+
+/** `StepSkipped`: the step did not run (its condition was false, or a step it needs failed). */
+export interface StepSkipped {
+  readonly runId: string;
+  readonly step: string;
+  readonly reason?: string;
 }
 
 /** `RunSucceeded`: the run finished. */
@@ -167,9 +175,10 @@ export interface MetricsReported {
   readonly count: number;
   /** Of which failed. */
   readonly errors: number;
-  readonly p50Ms: number;
-  readonly p95Ms: number;
-  readonly p99Ms: number;
+  /** Latency percentiles in ms; null when nothing completed in the minute. */
+  readonly p50Ms: number | null;
+  readonly p95Ms: number | null;
+  readonly p99Ms: number | null;
   /** Operations per second over the minute. */
   readonly throughput: number;
 }

@@ -69,6 +69,7 @@ export type {
   RunStarted,
   RunSucceeded,
   StepFailed,
+  StepSkipped,
   StepStarted,
   StepSucceeded,
 } from "./events.js";

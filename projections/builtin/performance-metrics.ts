@@ -1,7 +1,7 @@
 import { InvalidEventError, STREAMS } from "../../streams/index.js";
 import { METRICS_CATEGORY, METRICS_EVENT_TYPES } from "../events.js";
 import type { Projection } from "../projection.js";
-import { objectData, requiredNumber, requiredString, tokens } from "./fields.js";
+import { objectData, optionalNumber, requiredNumber, requiredString, tokens } from "./fields.js";
 
 const MINUTE_MS = 60_000;
 
@@ -44,9 +44,12 @@ export function performanceMetricsProjection(): Projection {
       const upsert = db.prepare(`INSERT INTO performance_metrics (tenant, component, kind, minute, count, errors, p50_ms, p95_ms, p99_ms, throughput, reports)
         VALUES (@tenant, @component, @kind, @minute, @count, @errors, @p50, @p95, @p99, @throughput, 1)
         ON CONFLICT (tenant, component, minute) DO UPDATE SET
-          p50_ms = CASE WHEN count + excluded.count > 0 THEN (p50_ms * count + excluded.p50_ms * excluded.count) / (count + excluded.count) ELSE excluded.p50_ms END,
-          p95_ms = CASE WHEN count + excluded.count > 0 THEN (p95_ms * count + excluded.p95_ms * excluded.count) / (count + excluded.count) ELSE excluded.p95_ms END,
-          p99_ms = CASE WHEN count + excluded.count > 0 THEN (p99_ms * count + excluded.p99_ms * excluded.count) / (count + excluded.count) ELSE excluded.p99_ms END,
+          p50_ms = CASE WHEN excluded.p50_ms IS NULL OR excluded.count = 0 THEN p50_ms WHEN p50_ms IS NULL OR count = 0 THEN excluded.p50_ms
+            ELSE (p50_ms * count + excluded.p50_ms * excluded.count) / (count + excluded.count) END,
+          p95_ms = CASE WHEN excluded.p95_ms IS NULL OR excluded.count = 0 THEN p95_ms WHEN p95_ms IS NULL OR count = 0 THEN excluded.p95_ms
+            ELSE (p95_ms * count + excluded.p95_ms * excluded.count) / (count + excluded.count) END,
+          p99_ms = CASE WHEN excluded.p99_ms IS NULL OR excluded.count = 0 THEN p99_ms WHEN p99_ms IS NULL OR count = 0 THEN excluded.p99_ms
+            ELSE (p99_ms * count + excluded.p99_ms * excluded.count) / (count + excluded.count) END,
           count = count + excluded.count, errors = errors + excluded.errors, throughput = throughput + excluded.throughput,
           kind = excluded.kind, reports = reports + 1`);
       for (const e of events) {
@@ -64,9 +67,10 @@ export function performanceMetricsProjection(): Projection {
           minute: new Date(Math.floor(t / MINUTE_MS) * MINUTE_MS).toISOString(),
           count: requiredNumber(e, d, "count"),
           errors: requiredNumber(e, d, "errors"),
-          p50: requiredNumber(e, d, "p50Ms"),
-          p95: requiredNumber(e, d, "p95Ms"),
-          p99: requiredNumber(e, d, "p99Ms"),
+          // No latency when nothing completed in the minute.
+          p50: optionalNumber(e, d, "p50Ms"),
+          p95: optionalNumber(e, d, "p95Ms"),
+          p99: optionalNumber(e, d, "p99Ms"),
           throughput: requiredNumber(e, d, "throughput"),
         });
       }

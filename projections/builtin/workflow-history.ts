@@ -27,7 +27,7 @@ export function workflowHistoryProjection(): Projection {
         defaultSort: "-started_at",
       },
       steps: {
-        description: "One row per step of a run; status running, retrying, succeeded or failed",
+        description: "One row per step of a run; status running, retrying, succeeded, failed or skipped",
         from: "workflow_steps",
         columns: {
           tenant: "text", run_id: "text", step: "text", status: "text", attempts: "integer", started_at: "text",
@@ -99,6 +99,14 @@ export function workflowHistoryProjection(): Projection {
             run.run(tenant, runId, e.seq);
             stepEnd.run(tenant, runId, step, status, attempt, since ?? null, e.time, measured, failed ? errorInfo(e, d, "error") : null,
               failed ? null : optionalString(e, d, "output"), durationMs(since, e.time));
+            stepCount.run(tenant, runId, tenant, runId);
+            break;
+          }
+          case T.stepSkipped: {
+            const d = objectData(e);
+            const step = requiredString(e, d, "step");
+            run.run(tenant, runId, e.seq);
+            stepEnd.run(tenant, runId, step, "skipped", 0, null, e.time, null, optionalString(e, d, "reason"), null, null);
             stepCount.run(tenant, runId, tenant, runId);
             break;
           }
