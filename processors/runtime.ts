@@ -20,6 +20,8 @@ import { BUILTIN_PROCESSORS } from "./builtin/index.js";
 
 /** Prefix of the durable consumer of each processor: `proc_<name>`. */
 export const CONSUMER_PREFIX = "proc_";
+/** How long a partition waits for a full batch before it runs a partial one, in ms. */
+const LINGER_MS = 5;
 /** Batches of one partition processed ahead of their commit. */
 const LOOKAHEAD = 2;
 /** How long one pull waits for messages, in ms (idle heartbeats every half of it). */
@@ -119,6 +121,7 @@ interface Outcome {
 interface Partition {
   queue: Entry[];
   busy: boolean;
+  linger: NodeJS.Timeout | undefined;
   commitTail: Promise<void>;
   uncommitted: number;
 }
@@ -171,7 +174,7 @@ class ProcessorRunner {
     this.consumerName = `${CONSUMER_PREFIX}${cfg.name}`;
     this.#log = log;
     this.#onFailure = onFailure;
-    this.#partitions = Array.from({ length: cfg.partitions }, () => ({ queue: [], busy: false, commitTail: Promise.resolve(), uncommitted: 0 }));
+    this.#partitions = Array.from({ length: cfg.partitions }, () => ({ queue: [], busy: false, linger: undefined, commitTail: Promise.resolve(), uncommitted: 0 }));
   }
 
   get inFlight(): number {
@@ -227,22 +230,24 @@ class ProcessorRunner {
   async #fetchLoop(): Promise<void> {
     const cfg = this.cfg;
     const maxTasks = this.#pool.threads * QUEUE_PER_THREAD;
-    const blocked = (): boolean => this.#inFlight >= cfg.maxInFlight || this.#pool.queueSize >= maxTasks;
     while (!this.#stopping) {
+      // Backpressure: pull only while fewer than max_in_flight messages are unacknowledged
+      // and the pool's queue is short.
+      while (!this.#stopping && (this.#inFlight >= cfg.maxInFlight || this.#pool.queueSize >= maxTasks)) {
+        await new Promise<void>((res) => this.#waiters.push(res));
+      }
+      if (this.#stopping) break;
+      // One pull of up to two batches per partition: a backlog arrives as a burst that
+      // fills whole batches, and per-key checkpoints are written once per batch (a
+      // consume() loop streamed messages in a few at a time and made tasks small).
+      const want = Math.min(cfg.maxInFlight - this.#inFlight, cfg.batchSize * cfg.partitions * 2);
       try {
-        // consume() keeps a pull open and refills it as messages arrive, so pulls overlap
-        // with processing (about 2x a fetch-per-batch loop here). The server delivers at
-        // most max_ack_pending (= max_in_flight) unacknowledged messages, which bounds what
-        // the client can buffer; the loop stops reading while the pool's queue is long.
-        const messages = await this.#consumer!.consume({ max_messages: Math.min(cfg.maxInFlight, cfg.batchSize * cfg.partitions * 2), expires: FETCH_EXPIRES_MS });
+        const messages = await this.#consumer!.fetch({ max_messages: want, expires: FETCH_EXPIRES_MS });
         this.#messages = messages;
-        for await (const m of messages) {
-          this.#accept(m);
-          while (!this.#stopping && blocked()) await new Promise<void>((res) => this.#waiters.push(res));
-          if (this.#stopping) break;
-        }
+        for await (const m of messages) this.#accept(m);
       } catch (err) {
-        // A pull can fail (a reconnect, the consumer recreated): start a new one.
+        // A pull can fail (missed heartbeats while the event loop was busy, a reconnect):
+        // what it delivered is in the partitions, the rest comes with the next pull.
         if (this.#stopping) break;
         this.#log(`flexcore: processor ${cfg.name}: pull failed (${(err as Error).message}); pulling again`);
         await sleep(FETCH_RETRY_MS);
@@ -283,8 +288,25 @@ class ProcessorRunner {
     this.#schedule(p);
   }
 
+  // A partition starts a task when it has a full batch, or LINGER_MS after its first
+  // waiting event: messages stream in a few at a time, and tasks of a handful of events
+  // would pay the per-task and per-key checkpoint costs for almost nothing.
   #schedule(p: Partition): void {
     if (p.busy || p.queue.length === 0 || this.#failed) return;
+    if (p.queue.length < this.cfg.batchSize && !this.#stopping) {
+      p.linger ??= setTimeout(() => {
+        p.linger = undefined;
+        this.#start(p);
+      }, LINGER_MS);
+      return;
+    }
+    this.#start(p);
+  }
+
+  #start(p: Partition): void {
+    if (p.busy || p.queue.length === 0 || this.#failed) return;
+    if (p.linger) clearTimeout(p.linger);
+    p.linger = undefined;
     p.busy = true;
     void this.#drain(p).finally(() => {
       p.busy = false;
@@ -294,6 +316,7 @@ class ProcessorRunner {
   }
 
   async #drain(p: Partition): Promise<void> {
+    // Full batches back to back; a partial one goes back to #schedule to linger.
     while (p.queue.length > 0 && !this.#failed) {
       const batch = p.queue.splice(0, this.cfg.batchSize);
       let outcome: Outcome;
@@ -316,6 +339,7 @@ class ProcessorRunner {
         }
       });
       if (p.uncommitted >= LOOKAHEAD) await p.commitTail;
+      if (p.queue.length < this.cfg.batchSize && !this.#stopping) return;
     }
   }
 
@@ -568,6 +592,7 @@ class ProcessorRunner {
     this.#wake();
     await this.#messages?.close().catch(() => undefined);
     await this.#fetching;
+    for (const p of this.#partitions) this.#schedule(p);
     if (!this.#failed) {
       // Drain what is queued: partitions keep running until their queues are empty.
       while (this.#partitions.some((p) => p.busy || p.queue.length > 0) && !this.#failed) await sleep(5);
