@@ -63,7 +63,8 @@ export interface ProcessorStepDefinition extends StepCommon {
 export type StepDefinition = ScriptStepDefinition | ProcessorStepDefinition;
 
 export type TriggerDefinition =
-  | { readonly kind: "event"; readonly subject: string; readonly types: readonly string[] }
+  /** `ordered`: runs of one key (the subject's last token) run one after another, in event order. */
+  | { readonly kind: "event"; readonly subject: string; readonly types: readonly string[]; readonly ordered: boolean }
   | { readonly kind: "cron"; readonly schedule: string };
 
 /** A validated, frozen workflow definition. */
@@ -202,7 +203,7 @@ function trigger(raw: unknown, i: number, tenant: string): TriggerDefinition {
   if ("event" in o) {
     onlyKeys(o, path, ["event"]);
     const e = obj(o.event, `${path}.event`, "{ subject, type }");
-    onlyKeys(e, `${path}.event`, ["subject", "type", "types"]);
+    onlyKeys(e, `${path}.event`, ["subject", "type", "types", "ordered"]);
     const subject = str(e.subject, `${path}.event.subject`, "a subject filter such as evt.<tenant>.sensor.*");
     try {
       checkSubjectFilter(subject);
@@ -218,7 +219,7 @@ function trigger(raw: unknown, i: number, tenant: string): TriggerDefinition {
       if (!Array.isArray(e.types) || e.types.length === 0) fail(`${path}.event.types`, "expected a non-empty array of event types");
       types = [...types, ...e.types.map((t, j) => str(t, `${path}.event.types[${j}]`, "an event type"))];
     }
-    return { kind: "event", subject, types };
+    return { kind: "event", subject, types, ordered: e.ordered === undefined ? false : bool(e.ordered, `${path}.event.ordered`) };
   }
   fail(path, "expected `event` or `cron`");
 }

@@ -48,6 +48,8 @@ export interface RunStartedData {
   readonly input: unknown;
   /** The definition that runs, so a later version does not change a started run. */
   readonly definition: unknown;
+  /** Run of the same key that must end before this one starts a step (ordered event triggers). */
+  readonly after?: string;
 }
 
 export interface StepStartedData {

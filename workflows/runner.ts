@@ -317,13 +317,33 @@ class Runner implements WorkflowRunner {
       const name = `flexwf_${w.tenant}_${w.name}_v${w.version}_${i}`.replace(/[^A-Za-z0-9_-]/g, "_");
       const entry = { name, messages: undefined as ConsumerMessages | undefined, done: Promise.resolve() };
       this.#consumers.set(`${cronKey}#${i}#v${w.version}`, entry);
-      entry.done = this.#consume(entry, name, t.subject, t.types, w).catch((err: unknown) => {
+      entry.done = this.#consume(entry, name, t.subject, t.types, t.ordered, w).catch((err: unknown) => {
         if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${(err as Error).message}`);
       });
     });
   }
 
-  async #consume(entry: { messages: ConsumerMessages | undefined }, name: string, subject: string, types: readonly string[], w: StoredWorkflow): Promise<void> {
+  // The last run started for a key (`order.<tenant>.<workflow>.<key>` in flex_workflows),
+  // swapped by compare-and-set; a redelivered event finds its own run there and keeps its place.
+  async #chain(tenant: string, workflow: string, key: string, runId: string): Promise<string | undefined> {
+    const k = `order.${tenant}.${workflow}.${Buffer.from(key).toString("base64url")}`;
+    const kv = this.#defs.kv;
+    for (let i = 0; ; i++) {
+      const e = await kv.get(k);
+      const cur = e && e.operation === "PUT" ? e.json<{ runId: string; after?: string }>() : undefined;
+      if (cur?.runId === runId) return cur.after;
+      const body = encoder.encode(JSON.stringify({ runId, ...(cur ? { after: cur.runId } : {}) }));
+      try {
+        if (e) await kv.update(k, body, e.revision);
+        else await kv.create(k, body);
+        return cur?.runId;
+      } catch (err) {
+        if (i >= 16) throw err;
+      }
+    }
+  }
+
+  async #consume(entry: { messages: ConsumerMessages | undefined }, name: string, subject: string, types: readonly string[], ordered: boolean, w: StoredWorkflow): Promise<void> {
     try {
       await this.#jsm.consumers.add(STREAMS.events, { durable_name: name, filter_subject: subject, deliver_policy: DeliverPolicy.New, ack_policy: AckPolicy.Explicit, ack_wait: 30_000_000_000 });
     } catch {
@@ -341,7 +361,9 @@ class Runner implements WorkflowRunner {
           continue;
         }
         const trigger: TriggerInfo = { kind: "event", subject: e.subject, type: e.type, id: e.id, seq: e.seq, key: parsed.id, time: e.time, data: e.data };
-        await this.start(w.tenant, w.name, { runId: `${w.name}-e${m.seq}`, input: e.data, trigger, causationId: e.id });
+        const runId = `${w.name}-e${m.seq}`;
+        const after = ordered ? await this.#chain(w.tenant, w.name, parsed.id, runId) : undefined;
+        await this.start(w.tenant, w.name, { runId, input: e.data, trigger, causationId: e.id, ...(after ? { after } : {}) });
         m.ack();
       } catch (err) {
         this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${(err as Error).message}`);
@@ -435,6 +457,10 @@ class Drive {
       if (this.#r.stopSignal.aborted) return false;
       await this.#load();
     }
+    if (this.#state.after && !isTerminal(this.#state.status) && Object.values(this.#state.steps).every((st) => st.status === "pending")) {
+      const ended = await this.#waitForPrevious(this.#state.after);
+      if (ended !== undefined) return ended;
+    }
     try {
       for (;;) {
         if (this.#r.stopSignal.aborted || this.#lease.lost) return false;
@@ -460,6 +486,28 @@ class Drive {
       }
     } finally {
       for (const c of this.#inflight.values()) c.abort();
+    }
+  }
+
+  // Ordered runs: wait until the key's previous run has ended (or was never stored, after a
+  // while), watching this run for a cancel meanwhile. Returns a result for run() to return, if any.
+  async #waitForPrevious(previous: string): Promise<boolean | undefined> {
+    const subject = eventSubject(this.#state.tenant, WORKFLOW_CATEGORY, previous);
+    const since = Date.now();
+    for (let i = 0; ; i++) {
+      if (this.#r.stopSignal.aborted || this.#lease.lost) return false;
+      const events = await this.#r.store.read(subject);
+      const prev = initialRunState(previous);
+      for (const e of events) applyRunEvent(prev, e);
+      if (isTerminal(prev.status)) return undefined;
+      if (events.length === 0 && Date.now() - since > ORPHAN_INDEX_MS) return undefined;
+      const head = await this.#r.store.head(this.#subject);
+      if (head.revision !== this.#state.revision) {
+        await this.#load();
+        if (isTerminal(this.#state.status)) return true;
+      }
+      // Short waits first: the previous run of a key is often about to end.
+      await new Promise((r) => setTimeout(r, Math.min(this.#r.cfg.pollMs, 10 * 2 ** i)));
     }
   }
 

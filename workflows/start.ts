@@ -16,6 +16,8 @@ export interface StartOptions {
   /** Definition version. @default the latest */
   readonly version?: number;
   readonly causationId?: string;
+  /** A run that must end before this one starts its first step. */
+  readonly after?: string;
 }
 
 export interface StartResult {
@@ -41,7 +43,7 @@ export async function startRun(store: EventStore, defs: DefinitionStore, tenant:
   const subject = eventSubject(tenant, WORKFLOW_CATEGORY, runId);
   const trigger = options.trigger ?? { kind: "manual" };
   await defs.kv.put(runIndexKey(tenant, runId), new TextEncoder().encode(JSON.stringify({ workflow, version: w.version, at: new Date().toISOString() })));
-  const data: RunStartedData = { runId, workflow, version: w.version, tenant, trigger: triggerLabel(trigger), triggerInfo: trigger, input: options.input ?? null, definition: w.definition };
+  const data: RunStartedData = { runId, workflow, version: w.version, tenant, trigger: triggerLabel(trigger), triggerInfo: trigger, input: options.input ?? null, definition: w.definition, ...(options.after ? { after: options.after } : {}) };
   try {
     const time = new Date().toISOString();
     const r = await store.append(subject, [{ id: `${runId}-start`, type: RUN_EVENTS.runStarted, data, time, correlationId: runId, ...(options.causationId ? { causationId: options.causationId } : {}) }], { expectedRevision: "no_stream" });

@@ -41,10 +41,12 @@ export interface RunState {
   output: unknown;
   /** Events folded: the revision to expect on the next append. */
   revision: number;
+  /** Run that must end before this one starts a step. */
+  after: string | undefined;
 }
 
 export function initialRunState(runId: string): RunState {
-  return { runId, tenant: "", workflow: "", version: 0, definition: undefined, input: null, trigger: undefined, status: "running", steps: {}, startedAt: undefined, endedAt: undefined, error: undefined, output: null, revision: 0 };
+  return { runId, tenant: "", workflow: "", version: 0, definition: undefined, input: null, trigger: undefined, status: "running", steps: {}, startedAt: undefined, endedAt: undefined, error: undefined, output: null, revision: 0, after: undefined };
 }
 
 function stepOf(s: RunState, id: string): StepState {
@@ -70,6 +72,7 @@ export function applyRunEvent(s: RunState, e: Pick<StoredEvent, "type" | "data" 
       s.input = r.input;
       s.trigger = r.triggerInfo;
       s.startedAt = e.time;
+      s.after = r.after;
       for (const step of s.definition?.steps ?? []) stepOf(s, step.id);
       break;
     }

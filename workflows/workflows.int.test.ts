@@ -245,13 +245,19 @@ describe("shipped examples (npm start's default config)", () => {
       expect(runIds).toHaveLength(n);
       await Promise.all(runIds.map((id) => client.wait(tenant, id, { timeoutMs: 30_000 })));
     };
-    // Runs of one sensor may overlap (a workflow does not keep a key's order, docs/workflows.md):
-    // the normal readings are scored first, then the spike.
-    for (const value of values.slice(0, -1)) await store.append(eventSubject(tenant, "sensor", sensor), [{ type: "ReadingRecorded", data: { value, unit: "C" } }]);
-    await runsOf(values.length - 1);
-    await store.append(eventSubject(tenant, "sensor", sensor), [{ type: "ReadingRecorded", data: { value: values.at(-1), unit: "C" } }]);
+    // All at once: the trigger is ordered, so one sensor's runs go in event order and the
+    // spike is scored after the eleven normal readings.
+    await store.append(eventSubject(tenant, "sensor", sensor), values.map((value) => ({ type: "ReadingRecorded", data: { value, unit: "C" } })));
     await runsOf(values.length);
     const runs = await Promise.all(runIds.map((id) => client.wait(tenant, id, { timeoutMs: 30_000 })));
+    // Ordered: each run of the sensor started its first step after the previous one ended.
+    const bySeq = [...runIds].sort((a, b) => Number(a.split("-e").at(-1)) - Number(b.split("-e").at(-1)));
+    let previousEnd = 0;
+    for (const id of bySeq) {
+      const events = await client.events(tenant, id);
+      expect(events.find((e) => e.type === "StepStarted")!.storedAt).toBeGreaterThanOrEqual(previousEnd);
+      previousEnd = events.at(-1)!.storedAt;
+    }
     expect(runs.map((r) => r.status)).toEqual(values.map(() => "succeeded"));
     const notified = runs.filter((r) => r.steps.notify!.status === "succeeded");
     expect(notified).toHaveLength(1);
