@@ -70,7 +70,7 @@ describe("flexcore CLI", () => {
     const bad = await run(["publish", "--nats", nats.server.url, "evt.x.y", "{}"]);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/FLEX_SUBJECT_TOKEN/);
-  });
+  }, 180_000);
 
   it("doctor reports the version's gaps and the topology", async () => {
     const r = await run(["doctor", "--nats", nats.server.url]);
@@ -81,7 +81,7 @@ describe("flexcore CLI", () => {
     const down = await run(["doctor", "--nats", "nats://127.0.0.1:1"]);
     expect(down.code).toBe(1);
     expect(down.stdout).toMatch(/FAIL .*Cannot reach/);
-  });
+  }, 120_000);
 
   it("up starts an embedded server on a free port when 4222 is taken, records its URL, and stops on SIGTERM", async () => {
     const data = join(dir, "data");

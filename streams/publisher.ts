@@ -4,8 +4,13 @@ import { InvalidOptionError, PayloadTooLargeError, PublishRejectedError, Publish
 
 /** Messages in flight at once before `publish` waits for acks. */
 export const DEFAULT_MAX_IN_FLIGHT = 4096;
-/** How long to wait for a PubAck before sending the message again (same `Nats-Msg-Id`). */
+/**
+ * How long to wait for a PubAck before sending the message again (same `Nats-Msg-Id`);
+ * each further attempt waits twice as long as the one before.
+ */
 export const DEFAULT_ACK_TIMEOUT_MS = 2_000;
+// A slow server is far more common than a lost message; never wait less than this after a resend storm.
+const MAX_ACK_TIMEOUT_MS = 30_000;
 /** Sends of one message while connected before it fails with `PublishTimeoutError`. */
 export const DEFAULT_MAX_ATTEMPTS = 5;
 /** Longest a message may wait for its ack, disconnected time included. */
@@ -22,7 +27,7 @@ export const JS_ERR = {
 export interface PublisherOptions {
   /** @default 4096 */
   readonly maxInFlight?: number;
-  /** @default 2000 */
+  /** First ack timeout; it doubles with every resend (at most 30 s). @default 2000 */
   readonly ackTimeoutMs?: number;
   /** @default 5 */
   readonly maxAttempts?: number;
@@ -112,7 +117,6 @@ class WindowPublisher implements Publisher {
   readonly #deadlineMs: number;
   readonly #prefix: string;
   readonly #sub: Subscription;
-  // Insertion order is send order, so the timeout scan can stop at the first fresh entry.
   readonly #pending = new Map<string, Pending>();
   readonly #slotWaiters: Array<() => void> = [];
   readonly #idleWaiters: Array<() => void> = [];
@@ -233,8 +237,9 @@ class WindowPublisher implements Publisher {
         this.#settle(entry, new PublishTimeoutError(entry.subject, entry.attempts));
         continue;
       }
-      if (now - entry.lastSent < this.#ackTimeoutMs) break;
-      due.push(entry);
+      // Back off: an overloaded server should not get every unacked message again at once.
+      const wait = Math.min(MAX_ACK_TIMEOUT_MS, this.#ackTimeoutMs * 2 ** Math.max(0, entry.attempts - 1));
+      if (now - entry.lastSent >= wait) due.push(entry);
     }
     for (const entry of due) {
       if (entry.attempts >= this.#maxAttempts) {
