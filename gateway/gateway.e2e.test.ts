@@ -354,6 +354,26 @@ describe("limits", () => {
   });
 });
 
+describe("route reports", () => {
+  it("publishes MetricsReported per route for the performance_metrics read model", async () => {
+    const startSeq = (await jsm.streams.info(STREAMS.events)).state.last_seq;
+    const g = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, workflows: false, metricsIntervalMs: 300 });
+    try {
+      for (let i = 0; i < 3; i++) expect((await g.app.inject({ method: "GET", url: "/v1/auth/me", headers: { authorization: `Bearer ${tokens[`${A}:reader`]}` } })).statusCode).toBe(200);
+      const found: Array<Record<string, unknown>> = [];
+      for (let i = 0; i < 50 && found.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        const m = await jsm.streams.getMessage(STREAMS.events, { last_by_subj: "evt._system.metrics.gateway" }).catch(() => null);
+        if (m && m.seq > startSeq) found.push(m.json<Record<string, unknown>>());
+      }
+      expect(found[0]).toMatchObject({ component: "GET /v1/auth/me", kind: "gateway_route", count: 3, errors: 0, throughput: 0.05 });
+      expect(typeof found[0]!.p99Ms).toBe("number");
+    } finally {
+      await g.close();
+    }
+  });
+});
+
 describe("ops", () => {
   it("serves healthz, readyz, metrics and the OpenAPI document", async () => {
     expect((await http("GET", "/healthz", undefined)).json).toEqual({ status: "ok" });

@@ -12,6 +12,7 @@ import { notFoundBody, toHttpError } from "./http-errors.js";
 import { openKeyStore } from "./keys.js";
 import type { KeyStore, KeyStoreOptions } from "./keys.js";
 import { createMetrics } from "./metrics.js";
+import { createRouteReports } from "./route-reports.js";
 import type { GatewayMetrics, LagSources } from "./metrics.js";
 import { allows, POLICY, ROLES } from "./policy.js";
 import type { PolicyName } from "./policy.js";
@@ -126,6 +127,12 @@ export interface GatewayOptions {
   readonly maxReadyLag?: number;
   /** Publisher for batch ingest and appends. @default one created and closed by the gateway */
   readonly publisher?: Publisher;
+  /**
+   * How often per-route figures are published as `MetricsReported` events on
+   * `evt._system.metrics.gateway` (the `performance_metrics` read model); 0 turns them off.
+   * @default 60000 (on minute boundaries)
+   */
+  readonly metricsIntervalMs?: number;
   /** Fastify logger. @default false */
   readonly logger?: boolean;
   /** Trust `X-Forwarded-For` for the client address. @default false */
@@ -261,6 +268,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   const ownsWorkflows = options.workflows === undefined;
   const workflows = options.workflows === false ? undefined : (options.workflows ?? (await createWorkflowClient(nc)));
   if (ownsWorkflows && workflows) opened.push(() => workflows.close());
+  const reports = createRouteReports(publisher, int("metricsIntervalMs", options.metricsIntervalMs, 60_000, 0), (line) => process.stderr.write(`${line}\n`));
+  opened.push(() => reports.close());
   const metrics = createMetrics({
     ...(readModels?.lag ? { projections: () => readModels.lag!() } : {}),
     ...options.lagSources,
@@ -331,10 +340,9 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   });
 
   app.addHook("onResponse", async (request: FastifyRequest, reply: FastifyReply) => {
-    metrics.requestDuration.observe(
-      { method: request.method, route: request.routeOptions.url ?? "unmatched", status: String(reply.statusCode) },
-      reply.elapsedTime / 1000,
-    );
+    const route = request.routeOptions.url;
+    metrics.requestDuration.observe({ method: request.method, route: route ?? "unmatched", status: String(reply.statusCode) }, reply.elapsedTime / 1000);
+    if (route !== undefined) reports.record(`${request.method} ${route}`, reply.statusCode, reply.elapsedTime);
   });
 
   app.setErrorHandler((err, request, reply) => {
@@ -385,6 +393,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     if (closed) return;
     closed = true;
     await app.close();
+    await reports.close();
     await store.close();
     if (ownsPublisher) await publisher.close();
     await revocations.close();
