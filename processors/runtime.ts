@@ -158,6 +158,7 @@ class ProcessorRunner {
   #consumer: Consumer | undefined;
   #messages: ConsumerMessages | undefined;
   #fetching: Promise<void> | undefined;
+  #keepAlive: NodeJS.Timeout | undefined;
   #inFlight = 0;
   #stopping = false;
   #failed = false;
@@ -224,6 +225,12 @@ class ProcessorRunner {
     };
     await this.#jsm.consumers.add(STREAMS.events, config);
     this.#consumer = await jetstream(this.#nc).consumers.get(STREAMS.events, this.consumerName);
+    // Events waiting in a partition behind a slow task would be redelivered after
+    // ack_wait; telling the server they are being worked on keeps them ours.
+    this.#keepAlive = setInterval(() => {
+      for (const p of this.#partitions) for (const e of p.queue) e.m.working();
+    }, Math.max(1_000, Math.floor(this.cfg.ackWaitMs / 3)));
+    this.#keepAlive.unref();
     this.#fetching = this.#fetchLoop().catch((err: unknown) => this.#fail(err));
   }
 
@@ -598,6 +605,8 @@ class ProcessorRunner {
       while (this.#partitions.some((p) => p.busy || p.queue.length > 0) && !this.#failed) await sleep(5);
     }
     await Promise.all(this.#partitions.map((p) => p.commitTail));
+    if (this.#keepAlive) clearInterval(this.#keepAlive);
+    for (const p of this.#partitions) if (p.linger) clearTimeout(p.linger);
     for (const w of this.#idleWaiters.splice(0)) w();
   }
 }
