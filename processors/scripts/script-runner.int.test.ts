@@ -1,4 +1,4 @@
-import { chmod, mkdtemp, readdir, rm } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -23,6 +23,13 @@ afterAll(async () => {
   delete process.env.FLEX_TEST_ALLOWED;
   delete process.env.FLEX_TEST_HIDDEN;
 });
+
+// The runner keeps its working directories in one folder per process under workRoot.
+async function stepDirs(): Promise<string[]> {
+  const [base, ...others] = await readdir(workRoot);
+  expect(others).toEqual([]);
+  return readdir(join(workRoot, base!));
+}
 
 const PY_ENV = "import os, json\ndef main(a):\n    print('log line')\n    return {'n': a['n'] * 2, 'env': sorted(os.environ.keys()), 'allowed': os.environ.get('FLEX_TEST_ALLOWED'), 'cwd': os.getcwd()}";
 
@@ -78,7 +85,7 @@ describe("script contract", () => {
     const big = await runner.run({ language: "javascript", source: "function main() { return 'y'.repeat(200000); }", limits: { maxOutputBytes: 10000 } }, {});
     expect(big.status).toBe("killed");
     expect(big.error).toContain("maxOutputBytes");
-    expect(await readdir(workRoot)).toEqual([]);
+    expect(await stepDirs()).toEqual([]);
   });
 
   it("rejects a bad spec with the field named, and runs nothing", async () => {
@@ -95,7 +102,21 @@ describe("script contract", () => {
       expect(err).toBeInstanceOf(InvalidOptionError);
       expect((err as InvalidOptionError).field).toBe(field);
     }
-    expect(await readdir(workRoot)).toEqual([]);
+    expect(await stepDirs()).toEqual([]);
+  });
+});
+
+describe("working directories", () => {
+  it("a folder left by a killed process is swept by the next runner; close removes the runner's own", async () => {
+    const { spawnSync } = await import("node:child_process");
+    const dead = spawnSync("/bin/true").pid!;
+    const stale = join(workRoot, `flexcore-steps-${dead}-abc123`);
+    await mkdir(join(stale, "flexcore-step-x"), { recursive: true });
+    const second = await createScriptRunner({ workRoot });
+    expect((await readdir(workRoot)).filter((n) => n.includes(`-${dead}-`))).toEqual([]);
+    expect(await readdir(workRoot)).toHaveLength(2);
+    await second.close();
+    expect(await readdir(workRoot)).toHaveLength(1);
   });
 });
 

@@ -1,5 +1,6 @@
 import { existsSync } from "node:fs";
-import { stat } from "node:fs/promises";
+import { chmod, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
 import { availableParallelism, tmpdir } from "node:os";
 import { InvalidOptionError } from "../../streams/index.js";
 import { runChild } from "./child.js";
@@ -18,6 +19,30 @@ export const DEFAULT_SCRIPT_LIMITS: Readonly<ScriptLimits> = Object.freeze({
   maxLogBytes: 256 * 1024,
   maxFileBytes: 64 * 1024 * 1024,
 });
+
+/** Prefix of the per-process folder of working directories: `flexcore-steps-<pid>-XXXXXX`. */
+export const WORK_PREFIX = "flexcore-steps-";
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Deletes the working-directory folders of processes that no longer exist. */
+export async function sweepStaleWorkDirs(workRoot: string): Promise<string[]> {
+  const swept: string[] = [];
+  for (const name of await readdir(workRoot).catch(() => [] as string[])) {
+    const m = /^flexcore-steps-(\d+)-/.exec(name);
+    if (!m || alive(Number(m[1]))) continue;
+    await rm(join(workRoot, name), { recursive: true, force: true }).catch(() => undefined);
+    swept.push(name);
+  }
+  return swept;
+}
 
 /** Languages accepted in {@link ScriptSpec.language}. */
 export const SCRIPT_LANGUAGES = ["javascript", "python", "bash"] as const;
@@ -130,8 +155,13 @@ export async function createScriptRunner(options: ScriptRunnerOptions = {}): Pro
   if (!info?.isDirectory()) throw new InvalidOptionError("workRoot", workRoot, "an existing directory");
   // Steps run as uid 65534: it must be able to reach its working directory.
   if (support.dropsPrivileges && (info.mode & 0o001) === 0) throw new InvalidOptionError("workRoot", workRoot, "a directory others may traverse (mode o+x), since steps run as uid 65534");
+  await sweepStaleWorkDirs(workRoot);
+  // Working directories live in a folder named after this process: one left by a process
+  // that was killed (kill -9 cannot clean up) is swept by the next runner on this machine.
+  const base = await mkdtemp(join(workRoot, `${WORK_PREFIX}${process.pid}-`));
+  await chmod(base, 0o711);
   return new Runner(mode, support, {
-    workRoot,
+    workRoot: base,
     interpreters: { python: options.python ?? defaultPython(), node: options.node ?? process.execPath, bash: options.bash ?? "/bin/bash" },
     limits,
     slots: new Semaphore(maxConcurrent),
@@ -195,8 +225,10 @@ class Runner implements ScriptRunner {
   }
 
   async close(): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
     await this.#trusted?.close();
+    await rm(this.#config.workRoot, { recursive: true, force: true }).catch(() => undefined);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
