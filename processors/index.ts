@@ -41,7 +41,7 @@ export type { ProcessorMetrics } from "./metrics.js";
 export type { BatchResult, BatchTask, SeriesResult, SeriesTask } from "./task.js";
 
 // Script steps: JavaScript, Python and Bash run sandboxed (bubblewrap) or trusted (worker threads).
-export { createScriptRunner, DEFAULT_SCRIPT_LIMITS, resolveLimits, SCRIPT_LANGUAGES, validateScriptSpec } from "./scripts/script-runner.js";
+export { createScriptRunner, DEFAULT_SCRIPT_LIMITS, resolveLimits, SCRIPT_LANGUAGES, sweepStaleWorkDirs, validateScriptSpec, WORK_PREFIX } from "./scripts/script-runner.js";
 export { sandboxSupport } from "./scripts/sandbox.js";
 export type { SandboxSupport } from "./scripts/sandbox.js";
 export { SandboxUnavailableError } from "./scripts/errors.js";

@@ -1,9 +1,11 @@
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
+import { sweepStaleWorkDirs } from "../processors/index.js";
 import { ensureTopology } from "../streams/index.js";
 import { createWorkflowClient } from "./index.js";
 import type { WorkflowClient } from "./index.js";
@@ -22,7 +24,11 @@ beforeAll(async () => {
   client = await createWorkflowClient(nats.nc);
 });
 afterAll(async () => {
+  const gone = [...children].map((c) => new Promise((r) => c.once("exit", r)));
   for (const c of children) c.kill("SIGKILL");
+  await Promise.all(gone);
+  // The killed runners could not delete their steps' working directories.
+  await sweepStaleWorkDirs(tmpdir());
   await client?.close();
   await nats?.close();
 });
