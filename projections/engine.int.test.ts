@@ -2,14 +2,16 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AbortedError, createPublisher, encodeEvent, ensureTopology, InvalidOptionError, STREAMS, SubjectTokenError } from "../streams/index.js";
+import { AbortedError, createPublisher, decodeEvent, encodeEvent, ensureTopology, InvalidOptionError, STREAMS, SubjectTokenError } from "../streams/index.js";
 import type { Publisher, StoredEvent } from "../streams/index.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import Database from "better-sqlite3";
 import { modelHash } from "./database.js";
+import { decodeMessage } from "./decode.js";
 import {
   builtinProjections,
   createProjectionEngine,
@@ -403,5 +405,31 @@ describe("queries", () => {
     // A read-only engine on the same directory serves queries.
     await using reader = await engineWith({ dataDir: dir, projections: [genericProjection()], readOnly: true });
     expect((await reader.status())[0]?.state).toBe("read-only");
+  });
+});
+
+describe("decoding", () => {
+  it("reads the same event from the raw bytes as decodeEvent does, FlexCore headers or not", async () => {
+    const tenant = uniqueName("dec");
+    const first = await publish([{ subject: `evt.${tenant}.x.a`, type: "Typed", data: { a: [1, { b: "ü" }] }, time: "2026-02-03T04:05:06.007Z" }]);
+    const h = natsHeaders();
+    h.set("Flex-Revision", "7");
+    h.set("X-Other", "a: b");
+    await pub.publish(`evt.${tenant}.x.b`, new TextEncoder().encode("not json"), { headers: h });
+    await pub.publish(`evt.${tenant}.x.c`, new Uint8Array(0));
+    const last = await pub.publish(`evt.${tenant}.x.d`, new TextEncoder().encode("42"));
+    const consumer = await jetstream(nats.nc).consumers.get(STREAMS.events, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: first });
+    const seen: Array<[unknown, unknown]> = [];
+    for await (const m of await consumer.consume()) {
+      const fast = decodeMessage(m);
+      const reference = decodeEvent({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: Math.floor(m.info.timestampNanos / 1e6) });
+      seen.push([JSON.parse(JSON.stringify(fast)), JSON.parse(JSON.stringify(reference))]);
+      if (m.seq >= last.seq) break;
+    }
+    expect(seen).toHaveLength(4);
+    for (const [fast, reference] of seen) expect(fast).toEqual(reference);
+    expect(seen[0]![0]).toMatchObject({ type: "Typed", data: { a: [1, { b: "ü" }] }, time: "2026-02-03T04:05:06.007Z" });
+    expect(seen[1]![0]).toMatchObject({ type: "unknown", data: "not json", revision: 7 });
+    expect(seen[2]![0]).toMatchObject({ data: null });
   });
 });

@@ -9,6 +9,14 @@ import type { SourceStream } from "./projection.js";
 export const DEFAULT_BATCH_SIZE = 16_384;
 /** Messages an ordered consumer keeps in flight. */
 const CONSUMER_WINDOW = 16_384;
+/**
+ * While the server says more messages are pending (a catch-up), a batch waits until it
+ * holds this many events or {@link MAX_BATCH_WAIT_MS} passed: each batch is one fsync per
+ * projection with synchronous=FULL, and what one socket read brings (~300 events) is far
+ * too little to pay for it. A caught-up stream is applied at once (latency).
+ */
+const MIN_CATCHUP_BATCH = 4_096;
+const MAX_BATCH_WAIT_MS = 25;
 /** Wait before retrying a batch that failed for a reason other than `apply` (e.g. the DLQ was unreachable). */
 const RETRY_DELAY_MS = 1_000;
 
@@ -25,6 +33,8 @@ interface StreamReader {
   pending: number;
   /** Last sequence received from the server. */
   received: number;
+  /** When the oldest buffered message arrived (performance.now()). */
+  since: number;
 }
 
 /**
@@ -46,6 +56,7 @@ export class Runner {
   #paused = false;
   #closed = false;
   #retry: NodeJS.Timeout | undefined;
+  #wake: NodeJS.Timeout | undefined;
   /** Events read from the streams by this runner. */
   received = 0;
 
@@ -98,12 +109,13 @@ export class Runner {
   }
 
   async #open(stream: SourceStream, position: number): Promise<void> {
-    const reader: StreamReader = { stream, buffer: [], messages: undefined, applied: position, pending: 0, received: position };
+    const reader: StreamReader = { stream, buffer: [], messages: undefined, applied: position, pending: 0, received: position, since: 0 };
     this.#readers.set(stream, reader);
     const consumer = await this.#js.consumers.get(stream, position > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: position + 1 } : { deliver_policy: DeliverPolicy.All });
     reader.messages = await consumer.consume({
       max_messages: CONSUMER_WINDOW,
       callback: (m) => {
+        if (reader.buffer.length === 0) reader.since = performance.now();
         reader.buffer.push(m);
         reader.received = m.seq;
         reader.pending = m.info.pending;
@@ -129,12 +141,19 @@ export class Runner {
   async close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#retry);
+    clearTimeout(this.#wake);
     await this.#busy;
     for (const r of this.#readers.values()) {
       r.buffer = [];
       await r.messages?.close().catch(() => undefined);
     }
     this.#readers.clear();
+  }
+
+  // Whether a reader's buffer should be applied now (see MIN_CATCHUP_BATCH).
+  #ready(r: StreamReader, now: number): boolean {
+    if (r.buffer.length === 0) return false;
+    return r.pending === 0 || r.buffer.length >= Math.min(MIN_CATCHUP_BATCH, this.#batchSize) || now - r.since >= MAX_BATCH_WAIT_MS;
   }
 
   #schedule(): void {
@@ -146,19 +165,34 @@ export class Runner {
       if (this.#busy || this.#paused || this.#closed) return;
       this.#busy = this.#drain().finally(() => {
         this.#busy = undefined;
-        if ([...this.#readers.values()].some((r) => r.buffer.length > 0)) this.#schedule();
+        const now = performance.now();
+        const readers = [...this.#readers.values()];
+        if (readers.some((r) => this.#ready(r, now))) this.#schedule();
+        else if (readers.some((r) => r.buffer.length > 0)) this.#wakeLater(now);
       });
     });
+  }
+
+  // A partial catch-up batch is applied when its wait is over, even if nothing else arrives.
+  #wakeLater(now: number): void {
+    if (this.#wake || this.#closed) return;
+    const due = Math.min(...[...this.#readers.values()].filter((r) => r.buffer.length > 0).map((r) => r.since + MAX_BATCH_WAIT_MS));
+    this.#wake = setTimeout(() => {
+      this.#wake = undefined;
+      this.#schedule();
+    }, Math.max(1, Math.ceil(due - now)));
   }
 
   // One batch per stream, then back to the event loop (the caller schedules the next
   // turn): timers, queries and I/O keep running during a long catch-up.
   async #drain(): Promise<void> {
+    const now = performance.now();
     for (const reader of this.#readers.values()) {
       if (this.#paused || this.#closed) return;
-      if (reader.buffer.length === 0) continue;
+      if (!this.#ready(reader, now)) continue;
       const msgs = reader.buffer.length <= this.#batchSize ? reader.buffer : reader.buffer.slice(0, this.#batchSize);
       reader.buffer = msgs === reader.buffer ? [] : reader.buffer.slice(this.#batchSize);
+      reader.since = performance.now();
       try {
         await this.#apply(reader, msgs);
       } catch (err) {

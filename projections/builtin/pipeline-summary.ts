@@ -96,11 +96,17 @@ export function pipelineSummaryProjection(): Projection {
       // Fold the batch in memory first: one upsert per key and minute, not per event.
       const aggs = new Map<string, Agg>();
       for (const e of events) {
-        const [, tenant, category] = tokens(e.subject);
-        const key = `${tenant}\u0000${category}\u0000${e.type}`;
+        // `<root>.<tenant>.<category>.` is the key's prefix: no split per event.
+        const subject = e.subject;
+        const a1 = subject.indexOf(".");
+        const a2 = subject.indexOf(".", a1 + 1);
+        let a3 = a1 < 0 || a2 < 0 ? subject.length : subject.indexOf(".", a2 + 1);
+        if (a3 < 0) a3 = subject.length;
+        const key = `${subject.slice(0, a3)}\u0000${e.type}`;
         const minute = Math.floor(e.storedAt / MINUTE_MS);
         let a = aggs.get(key);
         if (!a) {
+          const [, tenant, category] = tokens(subject);
           a = { tenant, category, type: e.type, source, count: 0, firstTime: e.time, lastTime: e.time, lastSeq: e.seq, lastMinute: minute, minutes: new Map() };
           aggs.set(key, a);
         }
