@@ -103,6 +103,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       threads: config.runtime.threads,
       workerMemoryMb: config.runtime.workerMemoryMb,
       metricsIntervalMs: config.runtime.metricsIntervalMs,
+      maxKeysInMemory: config.runtime.maxKeysInMemory,
       log,
     });
     components.push({ name: "processors", close: () => processors.close() });

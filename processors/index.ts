@@ -35,7 +35,7 @@ export { anomaly, anomalyOptions, ANOMALY_METHODS, scoreSeries } from "./builtin
 export type { AnomalyMethod, AnomalyOptions, AnomalyState } from "./builtin/anomaly.js";
 export { createProcessorPool, DEFAULT_WORKER_MEMORY_MB } from "./pool.js";
 export type { InvokeResult, ProcessorPool, ProcessorPoolOptions } from "./pool.js";
-export { CONSUMER_PREFIX, startProcessorRuntime, stateKvKey } from "./runtime.js";
+export { CONSUMER_PREFIX, DEFAULT_MAX_KEYS_IN_MEMORY, startProcessorRuntime, stateKvKey } from "./runtime.js";
 export type { InvokeInput, ProcessorRuntime, ProcessorRuntimeOptions } from "./runtime.js";
 export type { ProcessorMetrics } from "./metrics.js";
 export type { BatchResult, BatchTask, SeriesResult, SeriesTask } from "./task.js";

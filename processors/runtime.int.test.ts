@@ -44,6 +44,8 @@ describe("processor runtime", () => {
       processors: processors(`processors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: 3\n    batch_size: 64\n    options: { emit: all, window: 20 }\n`),
       threads: 2,
       metricsIntervalMs: 500,
+      // Fewer than the 5 keys: states are evicted and reloaded from flex_state as keys come back.
+      maxKeysInMemory: 2,
     });
     try {
       await publishSeries(publisher, tenant, "sensor", keys, (i) => ({ value: i % 97 === 50 ? 500 : 10 + (i % 7) }), 1000);

@@ -5,7 +5,7 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, HEADERS, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import { BUCKETS, compareVersions, createPublisher, InvalidOptionError, decodeData, derivedSubject, dlqSubject, HEADERS, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import type { ResolvedProcessor } from "./config.js";
 import { ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
@@ -18,6 +18,8 @@ import type { BatchResult, BatchTask } from "./task.js";
 import type { ProcessorDefinition } from "./types.js";
 import { BUILTIN_PROCESSORS } from "./builtin/index.js";
 
+/** Key states kept in memory per processor. */
+export const DEFAULT_MAX_KEYS_IN_MEMORY = 100_000;
 /** Prefix of the durable consumer of each processor: `proc_<name>`. */
 export const CONSUMER_PREFIX = "proc_";
 /** How long a partition waits for a full batch before it runs a partial one, in ms. */
@@ -46,6 +48,12 @@ export interface ProcessorRuntimeOptions {
   readonly workerMemoryMb?: number;
   /** Publish `MetricsReported` events this often, in ms; 0 turns them off. @default 60000 */
   readonly metricsIntervalMs?: number;
+  /**
+   * Key states kept in memory per processor; beyond it, the least recently used keys with
+   * nothing in flight are dropped and reloaded from `flex_state` when they come back.
+   * @default 100000
+   */
+  readonly maxKeysInMemory?: number;
   /** Extra definition modules (URLs exporting `definitions`), loaded by the workers too. */
   readonly modules?: readonly string[];
   /** Definitions of those modules, for `invoke` and option checks on this thread. */
@@ -149,7 +157,11 @@ class ProcessorRunner {
   readonly #publisher: Publisher;
   readonly #log: (line: string) => void;
   readonly #partitions: Partition[];
+  // Insertion order is recency: a state is re-inserted whenever it changes.
   readonly #states = new Map<string, KeyState>();
+  // Events of each key fetched and not yet acknowledged; a key at 0 may be evicted.
+  readonly #pendingByKey = new Map<string, number>();
+  readonly #maxKeys: number;
   readonly #loading = new Map<string, Promise<KeyState>>();
   readonly #waiters: Array<() => void> = [];
   readonly #idleWaiters: Array<() => void> = [];
@@ -165,7 +177,8 @@ class ProcessorRunner {
   readonly latency = new LatencyWindow();
   totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0 };
 
-  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string) => void, onFailure: (runner: ProcessorRunner, err: unknown) => void) {
+  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string) => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number) {
+    this.#maxKeys = maxKeys;
     this.#nc = nc;
     this.#jsm = jsm;
     this.#kv = kv;
@@ -290,6 +303,7 @@ class ProcessorRunner {
       receivedAt: performance.now(),
     };
     this.#inFlight += 1;
+    this.#pendingByKey.set(entry.stateKey, (this.#pendingByKey.get(entry.stateKey) ?? 0) + 1);
     const p = this.#partitions[fnv(entry.stateKey) % this.#partitions.length]!;
     p.queue.push(entry);
     this.#schedule(p);
@@ -446,7 +460,7 @@ class ProcessorRunner {
       order.forEach((sk, k) => {
         if (failedKeys.has(k)) return;
         const st = { json: result!.states[k] ?? null, seq: lastSeq.get(sk)! };
-        this.#states.set(sk, st);
+        this.#remember(sk, st);
         checkpoints.set(sk, st);
       });
       this.#collectOutputs(todo, result, outputs, (i) => !failedKeys.has(order.indexOf(todo[i]!.stateKey)));
@@ -500,7 +514,7 @@ class ProcessorRunner {
             continue;
           }
           const st = { json: result.states[0] ?? null, seq: e.seq };
-          this.#states.set(e.stateKey, st);
+          this.#remember(e.stateKey, st);
           checkpoints.set(e.stateKey, st);
           this.#collectOutputs([e], result, outputs, () => true);
           done = true;
@@ -514,7 +528,7 @@ class ProcessorRunner {
       // Poison: the state does not change, the sequence counts as handled.
       const st = this.#states.get(e.stateKey)!;
       const next = { json: st.json, seq: e.seq };
-      this.#states.set(e.stateKey, next);
+      this.#remember(e.stateKey, next);
       checkpoints.set(e.stateKey, next);
       const reason = new ProcessorFailedError(this.cfg.name, e.seq, `${lastError.name}${lastError.code ? ` [${lastError.code}]` : ""}: ${lastError.message}`);
       const h = natsHeaders();
@@ -565,7 +579,11 @@ class ProcessorRunner {
     for (const e of o.entries) {
       e.m.ack();
       this.latency.add(now - e.receivedAt);
+      const left = (this.#pendingByKey.get(e.stateKey) ?? 1) - 1;
+      if (left > 0) this.#pendingByKey.set(e.stateKey, left);
+      else this.#pendingByKey.delete(e.stateKey);
     }
+    if (this.#states.size > this.#maxKeys) this.#evict();
     this.totals.processed += o.entries.length;
     this.totals.outputs += o.outputs.length;
     this.totals.errors += o.failedAttempts;
@@ -573,6 +591,26 @@ class ProcessorRunner {
     this.#inFlight -= o.entries.length;
     this.#wake();
     this.#checkIdle();
+  }
+
+  #remember(stateKey: string, st: KeyState): void {
+    this.#states.delete(stateKey);
+    this.#states.set(stateKey, st);
+  }
+
+  // Drops the least recently changed states with nothing in flight: their last commit
+  // wrote exactly this state to flex_state, where #ensureStates finds it again.
+  #evict(): void {
+    const target = Math.floor(this.#maxKeys * 0.9);
+    for (const sk of this.#states.keys()) {
+      if (this.#states.size <= target) break;
+      if (!this.#pendingByKey.has(sk)) this.#states.delete(sk);
+    }
+  }
+
+  /** Key states held in memory. */
+  get keysInMemory(): number {
+    return this.#states.size;
   }
 
   #checkIdle(): void {
@@ -616,6 +654,8 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const definitions = new Map<string, ProcessorDefinition>(BUILTIN_PROCESSORS);
   for (const d of options.definitions ?? []) definitions.set(d.kind, d);
+  const maxKeys = options.maxKeysInMemory ?? DEFAULT_MAX_KEYS_IN_MEMORY;
+  if (!Number.isInteger(maxKeys) || maxKeys < 1) throw new InvalidOptionError("maxKeysInMemory", maxKeys, "an integer from 1 and up");
   const pool = createProcessorPool({
     ...(options.threads === undefined ? {} : { threads: options.threads }),
     ...(options.workerMemoryMb === undefined ? {} : { workerMemoryMb: options.workerMemoryMb }),
@@ -628,7 +668,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   let closing = false;
   const restarts = new Set<Promise<void>>();
 
-  const create = (cfg: ResolvedProcessor): ProcessorRunner => new ProcessorRunner(nc, jsm, kv, pool, publisher, cfg, log, onFailure);
+  const create = (cfg: ResolvedProcessor): ProcessorRunner => new ProcessorRunner(nc, jsm, kv, pool, publisher, cfg, log, onFailure, maxKeys);
   const onFailure = (runner: ProcessorRunner, _err: unknown): void => {
     const restart = (async () => {
       await runner.stop();
