@@ -131,6 +131,9 @@ class Runner implements WorkflowRunner {
   // Runs this instance finished lately: their index watch events come after the end.
   readonly #finished = new Set<string>();
   readonly #starting = new Set<string>();
+  // A run was passed over for lack of capacity: look again as soon as a slot frees up.
+  #passedOver = false;
+  #rescanning: Promise<void> | undefined;
   readonly #stop = new AbortController();
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #consumers = new Map<string, { name: string; messages: ConsumerMessages | undefined; done: Promise<void> }>();
@@ -212,16 +215,22 @@ class Runner implements WorkflowRunner {
     }
   }
 
-  async #rescan(): Promise<void> {
-    if (this.#closed) return;
-    try {
-      for await (const k of await this.#defs.kv.keys(`${RUN_INDEX_PREFIX}.>`)) this.#offer(k);
-    } catch (err) {
-      if (!this.#closed) this.#cfg.log(`workflows: rescan failed: ${(err as Error).message}`);
-    }
+  #rescan(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#rescanning ??= (async () => {
+      try {
+        for await (const k of await this.#defs.kv.keys(`${RUN_INDEX_PREFIX}.>`)) this.#offer(k);
+      } catch (err) {
+        if (!this.#closed) this.#cfg.log(`workflows: rescan failed: ${(err as Error).message}`);
+      } finally {
+        this.#rescanning = undefined;
+      }
+    })();
+    return this.#rescanning;
   }
 
   #offer(indexKey: string, initial?: RunState, lease?: Lease): void {
+    if (!this.#closed && this.#drivers.size >= this.#cfg.maxRuns && !this.#drivers.has(indexKey)) this.#passedOver = true;
     if (this.#closed || this.#drivers.has(indexKey) || this.#finished.has(indexKey) || this.#starting.has(indexKey) || this.#drivers.size >= this.#cfg.maxRuns) {
       // A lease taken for a run this instance will not drive goes back at once.
       if (lease) void this.#leases.delete(`wf.${indexKey.slice(RUN_INDEX_PREFIX.length + 1)}`, { previousSeq: lease.revision }).catch(() => undefined);
@@ -233,7 +242,13 @@ class Runner implements WorkflowRunner {
       .catch((err: unknown) => {
         if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${(err as Error).message}`);
       })
-      .finally(() => this.#drivers.delete(indexKey));
+      .finally(() => {
+        this.#drivers.delete(indexKey);
+        if (this.#passedOver && !this.#closed) {
+          this.#passedOver = false;
+          void this.#rescan();
+        }
+      });
     this.#drivers.set(indexKey, p);
   }
 

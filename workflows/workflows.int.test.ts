@@ -300,3 +300,17 @@ describe("cron trigger", () => {
     }
   });
 });
+
+describe("capacity", () => {
+  it("a runner at maxRuns takes the runs it passed over as soon as a slot frees (not at the next rescan)", async () => {
+    await using own = await startTestNats();
+    await ensureTopology(own.nc);
+    await using c = await createWorkflowClient(own.nc);
+    await using small = await startWorkflowRunner(await own.connect(), { scripts, maxRuns: 2, rescanMs: 600_000, triggers: false });
+    await c.put("cap", { name: "w", steps: [{ id: "a", kind: "script", language: "javascript", trusted: true, source: "function main(a) { return new Promise((r) => setTimeout(() => r(a), 100)); }" }] });
+    const ids = await Promise.all(Array.from({ length: 8 }, async (_, i) => (await c.start("cap", "w", { input: i })).runId));
+    const runs = await Promise.all(ids.map((id) => c.wait("cap", id, { timeoutMs: 20_000 })));
+    expect(runs.map((r) => r.status)).toEqual(ids.map(() => "succeeded"));
+    expect(small.active).toBe(0);
+  });
+});
