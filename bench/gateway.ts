@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
-import { ensureTopology, startNatsServer } from "../streams/index.js";
+import { createPublisher, encodeEvent, ensureTopology, startNatsServer } from "../streams/index.js";
 import { createGateway } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import { createProjectionEngine, genericProjection } from "../projections/index.js";
@@ -20,6 +20,7 @@ const PROJECTION_CONNECTIONS = 64;
 const APPEND_CONNECTIONS = 64;
 const BATCH_CONNECTIONS = 8;
 const BATCH_EVENTS = 1_000;
+const BASELINE_EVENTS = 20_000;
 /** Aggregates (rows of the `generic` read model) of the benchmark tenant. */
 const AGGREGATES = 1_000;
 const SITES = 10;
@@ -151,6 +152,23 @@ export const suite: Suite = {
         { name: "http.projection.page.auth", unit: "req/s", fn: measure("http.projection.page.auth", jobs.projectionPage), extra: { what: `GET ${pageQuery}: a page of 10 of the 100 aggregates of one site (indexed JSON field, sorted by key), auth` } },
         { name: "http.append", unit: "req/s", fn: measure("http.append", jobs.append), extra: { what: `POST /v1/streams/sensor/<per-connection id>, one event, auth, acked by JetStream, ${APPEND_CONNECTIONS} connections`, ...goal(5_000) } },
         { name: "http.batch-ingest", unit: "events/s", fn: measure("http.batch-ingest", jobs.batch, BATCH_EVENTS), extra: { what: `POST /v1/events, ${BATCH_EVENTS} events per JSON array, auth, every event acked, ${BATCH_CONNECTIONS} connections`, ...goal(50_000) } },
+        {
+          // The ceiling of batch ingest: the same events through the same publisher, in-process, no HTTP.
+          name: "baseline.publisher",
+          unit: "events/s",
+          ops: BASELINE_EVENTS,
+          async fn() {
+            const publisher = createPublisher(nc);
+            const pending: Array<Promise<unknown>> = [];
+            for (let i = 0; i < BASELINE_EVENTS; i++) {
+              const e = encodeEvent({ type: "ReadingRecorded", data: { sensor: `s-${i % 100}`, site: "plant-7", temp: 20 + (i % 50) / 10, humidity: 40 + (i % 30) / 3, pressure: 1013.25, seq: i } });
+              pending.push(publisher.publish(`evt.${TENANT}.sensor.s-${i % 100}`, e.data, { headers: e.headers }));
+            }
+            await Promise.all(pending);
+            await publisher.close();
+          },
+          extra: { what: `${BASELINE_EVENTS} events: encodeEvent + createPublisher().publish, every one acked (streams' pipelined publisher, no HTTP)` },
+        },
       ], { log, iterations: ITERATIONS }))];
       const withGoals: BenchResult[] = results.map((r) => {
         const g = r.extra?.goal;
@@ -158,6 +176,7 @@ export const suite: Suite = {
       });
       const byName = (n: string) => withGoals.find((r) => r.name === n)!;
       withGoals.push(ratio("http.projection.auth/no-auth", byName("http.projection.auth"), byName("http.projection.no-auth"), 0.6));
+      withGoals.push(ratio("http.batch-ingest/baseline.publisher", byName("http.batch-ingest"), byName("baseline.publisher")));
       return withGoals;
     } finally {
       for (const g of gateways) await g.close().catch(() => undefined);
