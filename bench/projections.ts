@@ -48,18 +48,20 @@ async function readRaw(nc: NatsConnection, n: number): Promise<void> {
   const consumer = await js.consumers.get(STREAMS.events, { deliver_policy: DeliverPolicy.All });
   let count = 0;
   let last = 0;
-  await new Promise<void>((resolve, reject) => {
-    void consumer.consume({
-      max_messages: 16_384,
-      callback: (m) => {
-        count += 1;
-        last = m.seq;
-        if (count === n) resolve();
-      },
-    }).then((messages) => messages.closed().then((err) => (err ? reject(err) : undefined)), reject);
+  let reached: () => void = () => undefined;
+  const done = new Promise<void>((resolve) => (reached = resolve));
+  const messages = await consumer.consume({
+    max_messages: 16_384,
+    callback: (m) => {
+      count += 1;
+      last = m.seq;
+      if (count === n) reached();
+    },
   });
+  await done;
+  // Stop it: an ordered consumer left running would recreate itself and read on.
+  await messages.close();
   if (last !== n) throw new Error(`read ${count} events ending at ${last}, expected ${n}`);
-  await consumer.delete().catch(() => undefined);
 }
 
 /**
