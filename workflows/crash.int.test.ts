@@ -12,7 +12,7 @@ import type { WorkflowClient } from "./index.js";
 
 const CHILD = fileURLToPath(new URL("../test/workflow-runner-child.ts", import.meta.url));
 const KILLS = 10;
-const RUNS = 12;
+const RUNS = 10;
 
 let nats: TestNats;
 let client: WorkflowClient;
@@ -94,7 +94,7 @@ it(`kill -9 of runners ${KILLS} times during runs: every run ends, no succeeded 
     await killChild(runners[i]!.proc);
     runners[i] = startChild(`r${i}-${k}`);
   }
-  const finals = await Promise.all(runIds.map((id) => client.wait(tenant, id, { timeoutMs: 60_000, pollMs: 200 })));
+  const finals = await Promise.all(runIds.map((id) => client.wait(tenant, id, { timeoutMs: 120_000, pollMs: 200 })));
   let interrupted = 0;
   for (const [i, s] of finals.entries()) {
     expect(s.status, runIds[i]).toBe("succeeded");
@@ -115,4 +115,5 @@ it(`kill -9 of runners ${KILLS} times during runs: every run ends, no succeeded 
   }
   // The kills did land in the middle of steps.
   expect(interrupted).toBeGreaterThan(0);
-}, 110_000);
+  // About 40 s on an idle 2-core machine; the bound leaves room for a loaded CI box.
+}, 170_000);

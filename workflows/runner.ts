@@ -134,6 +134,7 @@ class Runner implements WorkflowRunner {
   // A run was passed over for lack of capacity: look again as soon as a slot frees up.
   #passedOver = false;
   #rescanning: Promise<void> | undefined;
+  #rescanStarted = 0;
   readonly #stop = new AbortController();
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #consumers = new Map<string, { name: string; messages: ConsumerMessages | undefined; done: Promise<void> }>();
@@ -217,6 +218,10 @@ class Runner implements WorkflowRunner {
 
   #rescan(): Promise<void> {
     if (this.#closed) return Promise.resolve();
+    // Single flight, but a listing that hangs (a slow or reconnecting server) must not stop
+    // every later rescan: after a while another one may start.
+    if (this.#rescanning && Date.now() - this.#rescanStarted > Math.max(5_000, 4 * this.#cfg.rescanMs)) this.#rescanning = undefined;
+    if (!this.#rescanning) this.#rescanStarted = Date.now();
     this.#rescanning ??= (async () => {
       try {
         for await (const k of await this.#defs.kv.keys(`${RUN_INDEX_PREFIX}.>`)) this.#offer(k);
