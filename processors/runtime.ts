@@ -30,8 +30,8 @@ const LOOKAHEAD = 2;
 const FETCH_EXPIRES_MS = 5_000;
 /** Wait after a failed pull before the next, in ms. */
 const FETCH_RETRY_MS = 250;
-/** Pool tasks queued per thread before the runtime stops fetching. */
-const QUEUE_PER_THREAD = 2;
+/** Batches per partition waiting for the pool before the runtime stops fetching. */
+const BATCHES_WAITING = 2;
 /** First version whose consumers take several filter subjects. */
 const MULTI_FILTER_VERSION = "2.10.0";
 const MINUTE_MS = 60_000;
@@ -249,11 +249,14 @@ class ProcessorRunner {
 
   async #fetchLoop(): Promise<void> {
     const cfg = this.cfg;
-    const maxTasks = this.#pool.threads * QUEUE_PER_THREAD;
+    // Work waiting for the pool: each partition has at most one task in the pool's queue
+    // and up to two batches waiting behind it. Gating on the pool's queue alone (2 tasks
+    // per thread) left partitions without a next batch when their task finished.
+    const backlog = cfg.batchSize * cfg.partitions * BATCHES_WAITING;
     while (!this.#stopping) {
       // Backpressure: pull only while fewer than max_in_flight messages are unacknowledged
-      // and the pool's queue is short.
-      while (!this.#stopping && (this.#inFlight >= cfg.maxInFlight || this.#pool.queueSize >= maxTasks)) {
+      // and less than two batches per partition wait for the pool.
+      while (!this.#stopping && (this.#inFlight >= cfg.maxInFlight || this.queued >= backlog)) {
         await new Promise<void>((res) => this.#waiters.push(res));
       }
       if (this.#stopping) break;
@@ -340,6 +343,7 @@ class ProcessorRunner {
     // Full batches back to back; a partial one goes back to #schedule to linger.
     while (p.queue.length > 0 && !this.#failed) {
       const batch = p.queue.splice(0, this.cfg.batchSize);
+      this.#wake();
       let outcome: Outcome;
       try {
         await this.#ensureStates(batch);
