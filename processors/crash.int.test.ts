@@ -152,7 +152,7 @@ describe("processor host crashes", () => {
     const keys = ["a", "b", "c"];
     await publishSeries(publisher, tenant, "sensor", keys, (i) => value(i), 600);
     const yaml = (name: string): string =>
-      `processors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: ${name.endsWith("a") ? 1 : 3}\n    batch_size: ${name.endsWith("a") ? 7 : 200}\n    options: { method: iforest, emit: all, window: 40 }\n`;
+      `processors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: ${name.endsWith("a") ? 1 : 3}\n    batch_size: ${name.endsWith("a") ? 50 : 200}\n    options: { method: iforest, emit: all, window: 40, trees: 20 }\n`;
     const names = [uniqueName("first") + "a", uniqueName("replay") + "b"];
     const runs: ReadMessage[][] = [];
     for (const name of names) {
@@ -171,5 +171,5 @@ describe("processor host crashes", () => {
     expect(a!.size).toBe(600);
     const sorted = (m: Map<string, string>): Array<[string, string]> => [...m.entries()].sort(([x], [y]) => Number(x) - Number(y));
     expect(sorted(b!)).toEqual(sorted(a!));
-  });
+  }, 120_000);
 });
