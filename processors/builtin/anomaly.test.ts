@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { ConfigError } from "../errors.js";
 import type { ProcessorInput } from "../types.js";
-import { anomaly, ANOMALY_METHODS, anomalyOptions, scoreSeries } from "./anomaly.js";
+import { anomaly, ANOMALY_METHODS, anomalyOptions, scoreSeries, SEED_SEASONS } from "./anomaly.js";
 import type { AnomalyState } from "./anomaly.js";
 
 // Deterministic noise: a seeded LCG, so the test data is the same on every run.
@@ -24,6 +24,15 @@ function inputs(values: readonly number[], key = "k1"): ProcessorInput[] {
 
 function flaggedSeqs(out: ReadonlyArray<ReadonlyArray<{ data: unknown }>>): number[] {
   return out.flatMap((o) => o.filter((x) => (x.data as { flagged: boolean }).flagged).map((x) => (x.data as { seq: number }).seq));
+}
+
+interface Scored {
+  readonly flagged: boolean;
+  readonly expected: number | null;
+}
+
+function scored(out: ReadonlyArray<ReadonlyArray<{ data: unknown }>>, i: number): Scored {
+  return out[i]![0]!.data as Scored;
 }
 
 describe("anomaly", () => {
@@ -50,6 +59,60 @@ describe("anomaly", () => {
     expect(flaggedSeqs(without.outputs)).not.toEqual(expected);
   });
 
+  it("ewma with `season` flags the spikes only (its variance starts at the first residual, not at 0)", () => {
+    const opts = anomaly.validateOptions({ method: "ewma", season: 24, emit: "all" }, "o");
+    const { outputs } = anomaly.process(anomaly.initialState(opts, "k"), inputs(series(600, spikes, true)), opts);
+    expect(flaggedSeqs(outputs)).toEqual(expected);
+  });
+
+  for (const method of ["zscore", "robust", "ewma"] as const) {
+    it(`${method}: a spike missed while warming up does not come back as a false flag one season later`, () => {
+      // Point 30 is in the second season, before anything is scored: the spike cannot be flagged.
+      const values = series(600, new Set([30, 300]), true);
+      const opts = anomaly.validateOptions({ method, season: 24, emit: "all" }, "o");
+      const { outputs } = anomaly.process(anomaly.initialState(opts, "k"), inputs(values), opts);
+      expect(scored(outputs, 30).flagged).toBe(false);
+      expect(flaggedSeqs(outputs)).toEqual([301]);
+    });
+  }
+
+  it("a spike below the threshold moves the seasonal baseline a season later by a bounded step only", () => {
+    const at = 200;
+    const spike = 2.5;
+    const opts = anomaly.validateOptions({ method: "zscore", season: 24, threshold: 5, emit: "all" }, "o");
+    const clean = series(400, new Set(), true);
+    const dirty = clean.map((v, i) => (i === at ? v + spike : v));
+    const a = anomaly.process(anomaly.initialState(opts, "k"), inputs(clean), opts).outputs;
+    const b = anomaly.process(anomaly.initialState(opts, "k"), inputs(dirty), opts).outputs;
+    expect(scored(b, at).flagged).toBe(false);
+    expect(flaggedSeqs(b)).toEqual([]);
+    // Plain seasonal differencing would expect x[t−24] itself: the whole spike.
+    for (const later of [at + 24, at + 48]) {
+      expect(Math.abs(scored(b, later).expected! - scored(a, later).expected!)).toBeLessThan(0.1 * spike);
+    }
+  });
+
+  it("seeds the seasonal baseline with the median of the first seasons, so a spike among them is ignored", () => {
+    const opts = anomaly.validateOptions({ method: "zscore", season: 24, emit: "all" }, "o");
+    const values = series(200, new Set([5]), true);
+    const { outputs, state } = anomaly.process(anomaly.initialState(opts, "k"), inputs(values), opts);
+    expect(outputs.slice(0, SEED_SEASONS * 24).every((o) => (o[0]!.data as { reason: string }).reason.startsWith("warming up"))).toBe(true);
+    expect(flaggedSeqs(outputs)).toEqual([]);
+    expect(state.baseline).toHaveLength(24);
+    expect(state.baseline[5]).toBeCloseTo(100 + 20 * Math.sin((2 * Math.PI * 5) / 24), 0);
+  });
+
+  for (const method of ["zscore", "robust"] as const) {
+    it(`${method}: after a constant stretch (spread 0) a level shift is flagged, then learnt`, () => {
+      const opts = anomaly.validateOptions({ method, window: 20, emit: "all" }, "o");
+      const values = Array.from({ length: 120 }, (_, i) => (i < 40 ? 100 : 110));
+      const { outputs } = anomaly.process(anomaly.initialState(opts, "k"), inputs(values), opts);
+      const flagged = flaggedSeqs(outputs);
+      expect(flagged[0]).toBe(41);
+      expect(flagged.every((seq) => seq <= 60)).toBe(true);
+    });
+  }
+
   it("emits only flagged points by default, with score, reason and expected value", () => {
     const opts = anomaly.validateOptions({}, "o");
     const { outputs } = anomaly.process(anomaly.initialState(opts, "k1"), inputs(series(200, new Set([120]))), opts);
@@ -62,9 +125,9 @@ describe("anomaly", () => {
   });
 
   it("is deterministic and resumable: split batches and a JSON round trip of the state give the same outputs", () => {
-    for (const method of ANOMALY_METHODS) {
-      const opts = anomaly.validateOptions({ method, emit: "all", window: 50 }, "o");
-      const all = inputs(series(400, spikes));
+    for (const [method, season] of ANOMALY_METHODS.flatMap((m) => [[m, 0] as const, [m, 24] as const])) {
+      const opts = anomaly.validateOptions({ method, season, emit: "all", window: 50 }, "o");
+      const all = inputs(series(400, spikes, season > 0));
       const once = anomaly.process(anomaly.initialState(opts, "k1"), all, opts);
       let state = anomaly.initialState(opts, "k1");
       const pieces: unknown[] = [];

@@ -8,9 +8,16 @@
  * - `iforest`: isolation forest (Liu, Ting & Zhou 2008) fitted on the window every
  *   `refit_every` points, over the features (level, first difference); score in (0, 1).
  *
- * With `season: P` the detector sees x − x[t−P] (seasonal differencing), which removes a
- * repeating pattern of period P. A flagged point enters the window clamped to the
- * threshold (winsorised), so one spike neither inflates the spread nor echoes a season later.
+ * With `season: P` the detector sees the residual x − b[t mod P] against a seasonal baseline:
+ * one exponentially weighted level per phase of the period (gain `season_alpha`). The
+ * baseline is robust: it is seeded with the per-phase median of the first
+ * {@link SEED_SEASONS} seasons (nothing is scored before), and every later update is
+ * clipped to ±{@link BASELINE_CLIP}·σ̂ of the residuals (σ̂ from their clipped mean absolute
+ * value), so a spike, flagged or missed, moves it by a bounded amount and does not come back
+ * as a false flag one season later. Plain seasonal differencing (x − x[t−P]) would compare
+ * against one noisy point (residual variance 2σ²) and replay every missed spike. A flagged
+ * point enters the detector's window clamped to the threshold (winsorised), so one spike does
+ * not inflate the spread either.
  *
  * Input: an event whose data is a number, or an object holding a number at `field`
  * (a dot path, default `value`). Anything else is a poison message (dead-lettered).
@@ -31,6 +38,7 @@ export const DEFAULT_THRESHOLDS: Readonly<Record<AnomalyMethod, number>> = { zsc
 export const DEFAULT_WINDOW = 100;
 export const DEFAULT_MIN_POINTS = 10;
 export const DEFAULT_ALPHA = 0.1;
+export const DEFAULT_SEASON_ALPHA = 0.1;
 export const DEFAULT_TREES = 50;
 export const DEFAULT_SAMPLE_SIZE = 128;
 export const DEFAULT_SEED = 42;
@@ -38,6 +46,16 @@ export const DEFAULT_SEED = 42;
 const MAX_SCORE = 1e6;
 // 0.6745 = Φ⁻¹(0.75): makes the MAD a consistent estimator of σ for normal data.
 const MAD_TO_SIGMA = 0.6745;
+/** Seasonal baseline updates are clipped to this many σ̂ of the residuals (Huber-style). */
+export const BASELINE_CLIP = 2;
+// Residuals feeding σ̂ are clipped to this many σ̂, so one spike cannot inflate it.
+const SCALE_CLIP = 3;
+// √(π/2): the mean absolute value of N(0, σ²) is σ·√(2/π).
+const ABS_TO_SIGMA = Math.sqrt(Math.PI / 2);
+// Median of the range of three N(0, σ²) draws, in σ.
+const RANGE3_TO_SIGMA = 1.588;
+/** Seasons that seed the seasonal baseline (median of three per phase) before anything is scored. */
+export const SEED_SEASONS = 3;
 
 /** Validated options of the `anomaly` processor. */
 export interface AnomalyOptions {
@@ -53,8 +71,10 @@ export interface AnomalyOptions {
   readonly minPoints: number;
   /** EWMA smoothing factor in (0, 1). @default 0.1 */
   readonly alpha: number;
-  /** Seasonal period for differencing; 0 turns it off. @default 0 */
+  /** Seasonal period in points: the detector scores residuals against a per-phase baseline; 0 turns it off. @default 0 */
   readonly season: number;
+  /** Gain of the per-phase seasonal baseline in (0, 1) (about 1/`season_alpha` seasons of memory). @default 0.1 */
+  readonly seasonAlpha: number;
   /** `flagged`: only anomalies are emitted; `all`: every score. @default "flagged" */
   readonly emit: "flagged" | "all";
   /** Isolation trees. @default 50 */
@@ -84,9 +104,13 @@ export interface AnomalyState {
   /** EWMA mean and variance. */
   ewMean: number;
   ewVar: number;
-  /** Last `season` cleaned values (ring, oldest at `histHead`). */
-  hist: number[];
-  histHead: number;
+  /**
+   * Seasonal baseline: one level per phase of the period (phase = n mod season). While the
+   * first seasons seed it, it holds up to two seasons of raw values.
+   */
+  baseline: number[];
+  /** Clipped mean absolute seasonal residual, exponentially weighted (σ̂ = absDev·√(π/2)). */
+  absDev: number;
   /** Previous cleaned value, for the first-difference feature of the forest. */
   prev: number;
   /** Training rows of the current forest, flattened [level, diff, level, diff, ...], and when it was fitted. */
@@ -104,14 +128,14 @@ export interface PointScore {
   readonly ready: boolean;
 }
 
-const METHOD_KEYS = ["method", "field", "window", "threshold", "min_points", "alpha", "season", "emit", "trees", "sample_size", "refit_every", "seed", "winsorize"] as const;
+const METHOD_KEYS = ["method", "field", "window", "threshold", "min_points", "alpha", "season", "season_alpha", "emit", "trees", "sample_size", "refit_every", "seed", "winsorize"] as const;
 
 function validateOptions(raw: unknown, path: string): AnomalyOptions {
   const o: Record<string, unknown> = raw !== null && typeof raw === "object" && !Array.isArray(raw) ? (raw as Record<string, unknown>) : {};
   const methodOf = (): AnomalyMethod => (ANOMALY_METHODS as readonly unknown[]).includes(o.method) ? (o.method as AnomalyMethod) : "zscore";
   const windowOf = (): number => (typeof o.window === "number" && Number.isInteger(o.window) && o.window >= 2 ? o.window : DEFAULT_WINDOW);
   // Every field is checked, so one error message lists every mistake.
-  const [, method, field, window, threshold, minPoints, alpha, season, emit, trees, sampleSize, refitEvery, seed, winsorize] = collect([
+  const [, method, field, window, threshold, minPoints, alpha, season, seasonAlpha, emit, trees, sampleSize, refitEvery, seed, winsorize] = collect([
     () => object(raw, path, METHOD_KEYS, true),
     () => oneOf(o.method, at(path, "method"), ANOMALY_METHODS, "zscore"),
     () => string(o.field, at(path, "field"), "value", { re: /^[^.\s]+(\.[^.\s]+)*$/u, describe: "a dot path such as value or reading.temp" }),
@@ -120,6 +144,7 @@ function validateOptions(raw: unknown, path: string): AnomalyOptions {
     () => integer(o.min_points, at(path, "min_points"), Math.min(DEFAULT_MIN_POINTS, windowOf()), { min: 2, max: windowOf() }),
     () => number(o.alpha, at(path, "alpha"), DEFAULT_ALPHA, { above: 0, below: 1 }),
     () => integer(o.season, at(path, "season"), 0, { min: 0, max: 100_000 }),
+    () => number(o.season_alpha, at(path, "season_alpha"), DEFAULT_SEASON_ALPHA, { above: 0, below: 1 }),
     () => oneOf(o.emit, at(path, "emit"), ["flagged", "all"] as const, "flagged"),
     () => integer(o.trees, at(path, "trees"), DEFAULT_TREES, { min: 1, max: 1_000 }),
     () => integer(o.sample_size, at(path, "sample_size"), Math.min(DEFAULT_SAMPLE_SIZE, windowOf()), { min: 4, max: windowOf() }),
@@ -127,11 +152,11 @@ function validateOptions(raw: unknown, path: string): AnomalyOptions {
     () => integer(o.seed, at(path, "seed"), DEFAULT_SEED, { min: 0, max: 0xffffffff }),
     () => boolean(o.winsorize, at(path, "winsorize"), true),
   ] as const);
-  return { method, field, window, threshold, minPoints, alpha, season, emit, trees, sampleSize, refitEvery, seed, winsorize };
+  return { method, field, window, threshold, minPoints, alpha, season, seasonAlpha, emit, trees, sampleSize, refitEvery, seed, winsorize };
 }
 
 function initialState(): AnomalyState {
-  return { n: 0, ring: [], head: 0, mean: 0, m2: 0, sorted: [], ewMean: 0, ewVar: 0, hist: [], histHead: 0, prev: 0, fitRows: [], fitAt: -1 };
+  return { n: 0, ring: [], head: 0, mean: 0, m2: 0, sorted: [], ewMean: 0, ewVar: 0, baseline: [], absDev: 0, prev: 0, fitRows: [], fitAt: -1 };
 }
 
 // ---- sorted window helpers (robust) ----
@@ -342,6 +367,12 @@ function forestFor(state: AnomalyState, options: AnomalyOptions, key: string): F
 
 // ---- the detector ----
 
+// Detector inputs before the current point: with `season` the seeding seasons are not fed to
+// it. Derived from `n` rather than counted, to keep the z-score loop to its few stores.
+function fedBefore(s: AnomalyState, options: AnomalyOptions): number {
+  return options.season > 0 ? s.n - SEED_SEASONS * options.season : s.n;
+}
+
 function windowAdd(s: AnomalyState, options: AnomalyOptions, y: number): void {
   let evicted: number | undefined;
   if (s.ring.length < options.window) {
@@ -369,7 +400,9 @@ function windowAdd(s: AnomalyState, options: AnomalyOptions, y: number): void {
     if (evicted !== undefined) s.sorted.splice(lowerBound(s.sorted, evicted), 1);
     s.sorted.splice(lowerBound(s.sorted, y), 0, y);
   } else if (options.method === "ewma") {
-    if (s.n === 0) {
+    // Counted in detector inputs, not in points: with `season` the seeding seasons never reach
+    // the detector, and starting from a mean and variance of 0 flagged everything.
+    if (fedBefore(s, options) === 0) {
       s.ewMean = y;
       s.ewVar = 0;
     } else {
@@ -386,7 +419,7 @@ function capped(z: number): number {
 
 /** Scores one detector input `y` against the window; returns the score, flag and the value to store. */
 function detect(s: AnomalyState, options: AnomalyOptions, key: string, y: number): { score: number; flagged: boolean; center: number | null; stored: number; ready: boolean } {
-  const count = options.method === "ewma" ? s.n : s.ring.length;
+  const count = options.method === "ewma" ? fedBefore(s, options) : s.ring.length;
   const ready = count >= options.minPoints;
   const thr = options.threshold;
   if (options.method === "zscore" || options.method === "ewma") {
@@ -397,7 +430,9 @@ function detect(s: AnomalyState, options: AnomalyOptions, key: string, y: number
     const dev = y - center;
     const z = sd > 0 ? capped(dev / sd) : dev === 0 ? 0 : Math.sign(dev) * MAX_SCORE;
     const flagged = Math.abs(z) > thr;
-    const stored = flagged && options.winsorize ? center + Math.sign(dev) * thr * sd : y;
+    // With a spread of 0 there is no bound to clamp to: clamping to the centre would keep the
+    // spread at 0 and flag every later change for ever.
+    const stored = flagged && options.winsorize && sd > 0 ? center + Math.sign(dev) * thr * sd : y;
     return { score: z, flagged, center, stored, ready };
   }
   if (options.method === "robust") {
@@ -407,7 +442,7 @@ function detect(s: AnomalyState, options: AnomalyOptions, key: string, y: number
     const dev = y - med;
     const z = mad > 0 ? capped((MAD_TO_SIGMA * dev) / mad) : dev === 0 ? 0 : Math.sign(dev) * MAX_SCORE;
     const flagged = Math.abs(z) > thr;
-    const stored = flagged && options.winsorize ? med + (Math.sign(dev) * thr * mad) / MAD_TO_SIGMA : y;
+    const stored = flagged && options.winsorize && mad > 0 ? med + (Math.sign(dev) * thr * mad) / MAD_TO_SIGMA : y;
     return { score: z, flagged, center: med, stored, ready };
   }
   // iforest: refit on the current window when due, then score (level, diff).
@@ -430,36 +465,79 @@ function detect(s: AnomalyState, options: AnomalyOptions, key: string, y: number
   return { score, flagged, center: null, stored: flagged && options.winsorize ? last : y, ready };
 }
 
+function median3(a: number, b: number, c: number): number {
+  return Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));
+}
+
+/**
+ * Folds point `x` of the first {@link SEED_SEASONS} seasons into the seasonal baseline: the
+ * first two seasons are kept as they are, the third turns each phase into the median of its
+ * three values, so one spike among them cannot seed the baseline. σ̂ starts from the median of
+ * the per-phase ranges.
+ */
+function seedBaseline(s: AnomalyState, period: number, x: number): void {
+  if (s.n < 2 * period) {
+    s.baseline.push(x);
+    return;
+  }
+  const p = s.n - 2 * period;
+  const a = s.baseline[p]!;
+  const b = s.baseline[period + p]!;
+  s.baseline[p] = median3(a, b, x);
+  // The second season's slot is free now: it keeps the phase's range until the season ends.
+  s.baseline[period + p] = Math.max(a, b, x) - Math.min(a, b, x);
+  if (p === period - 1) {
+    const ranges = s.baseline.slice(period).sort((u, v) => u - v);
+    s.absDev = medianOfSorted(ranges) / RANGE3_TO_SIGMA / ABS_TO_SIGMA;
+    s.baseline.length = period;
+  }
+}
+
+// Folds the residual `r` of the point at phase n mod period into the seasonal baseline and
+// σ̂, each update clipped so that no single point, flagged or missed, moves them far.
+function updateBaseline(s: AnomalyState, options: AnomalyOptions, r: number): void {
+  const period = options.season;
+  const phase = s.n % period;
+  const sigma = s.absDev * ABS_TO_SIGMA;
+  // Running means until the gains reach their floors: the baseline over the seasons seen so
+  // far, σ̂ over the residuals seen so far (its seed counting as one).
+  const gain = Math.max(options.seasonAlpha, 1 / (Math.floor(s.n / period) + 1));
+  // σ̂ = 0 (a constant series so far) gives no bound to clip to; clipping to 0 would freeze both.
+  const bound = sigma > 0 ? BASELINE_CLIP * sigma : Infinity;
+  s.baseline[phase] = s.baseline[phase]! + gain * Math.max(-bound, Math.min(bound, r));
+  const scaleGain = 1 / Math.min(fedBefore(s, options) + 2, options.window);
+  s.absDev += scaleGain * (Math.min(Math.abs(r), sigma > 0 ? SCALE_CLIP * sigma : Infinity) - s.absDev);
+}
+
+// scorePoint with `season`: the residual against the seasonal baseline goes to the detector.
+function scoreSeasonal(s: AnomalyState, options: AnomalyOptions, key: string, x: number): PointScore {
+  const period = options.season;
+  s.prev = x;
+  if (s.n < SEED_SEASONS * period) {
+    seedBaseline(s, period, x);
+    s.n += 1;
+    return { score: 0, flagged: false, expected: null, ready: false };
+  }
+  const base = s.baseline[s.n % period]!;
+  const y = x - base;
+  const r = detect(s, options, key, y);
+  updateBaseline(s, options, y);
+  windowAdd(s, options, r.stored);
+  s.n += 1;
+  return { score: r.score, flagged: r.flagged, expected: r.center === null ? null : base + r.center, ready: r.ready };
+}
+
 /**
  * Scores one point and folds it into the state (mutated in place). The building block of
  * {@link anomaly}.process and of the typed-array path {@link scoreSeries}.
  */
 export function scorePoint(s: AnomalyState, options: AnomalyOptions, key: string, x: number): PointScore {
-  let y = x;
-  let base = 0;
-  const seasonal = options.season > 0;
-  if (seasonal) {
-    if (s.hist.length < options.season) {
-      s.hist.push(x);
-      s.n += 1;
-      s.prev = x;
-      return { score: 0, flagged: false, expected: null, ready: false };
-    }
-    base = s.hist[s.histHead]!;
-    y = x - base;
-  }
-  const r = detect(s, options, key, y);
+  if (options.season > 0) return scoreSeasonal(s, options, key, x);
+  const r = detect(s, options, key, x);
   windowAdd(s, options, r.stored);
-  if (seasonal) {
-    // Keep the expected value in place of an anomaly, so it does not come back as a dip
-    // one season later.
-    s.hist[s.histHead] = r.flagged ? base + (r.center ?? r.stored) : x;
-    s.histHead = (s.histHead + 1) % options.season;
-  }
   s.prev = x;
   s.n += 1;
-  const expected = r.center === null ? null : seasonal ? base + r.center : r.center;
-  return { score: r.score, flagged: r.flagged, expected, ready: r.ready };
+  return { score: r.score, flagged: r.flagged, expected: r.center, ready: r.ready };
 }
 
 /**
@@ -498,14 +576,16 @@ function reasonOf(options: AnomalyOptions, r: PointScore): string {
   const name = { zscore: "z-score", robust: "robust z-score (median/MAD)", ewma: "EWMA z-score", iforest: "isolation score" }[options.method];
   const cmp = r.flagged ? ">" : "≤";
   const score = options.method === "iforest" ? r.score : Math.abs(r.score);
-  const season = options.season > 0 ? ` after seasonal differencing (period ${options.season})` : "";
-  return r.ready ? `${name} ${round(score)} ${cmp} ${options.threshold}${season}` : `warming up: fewer than ${options.minPoints} points in the window`;
+  const season = options.season > 0 ? ` against the seasonal baseline (period ${options.season})` : "";
+  if (r.ready) return `${name} ${round(score)} ${cmp} ${options.threshold}${season}`;
+  const seeding = options.season > 0 ? `${SEED_SEASONS} seasons to seed the baseline, then ` : "";
+  return `warming up: needs ${seeding}${options.minPoints} points in the window`;
 }
 
 function processBatch(state: AnomalyState, inputs: readonly ProcessorInput[], options: AnomalyOptions): ProcessResult<AnomalyState> {
   // Validate the whole batch before touching the state, so a bad input leaves it unchanged.
   const values = inputs.map((input, i) => readValue(input, options.field, i));
-  const s: AnomalyState = { ...state, ring: [...state.ring], sorted: [...state.sorted], hist: [...state.hist] };
+  const s: AnomalyState = { ...state, ring: [...state.ring], sorted: [...state.sorted], baseline: [...state.baseline] };
   const outputs: ProcessorOutput[][] = [];
   for (let i = 0; i < inputs.length; i++) {
     const input = inputs[i]!;
