@@ -9,6 +9,7 @@ import {
   eventSubject,
   HEADERS,
   startNatsServer,
+  STREAMS,
 } from "../streams/index.js";
 import type { EncodedEvent, Reducer } from "../streams/index.js";
 import { ratio, runTasks } from "./harness.js";
@@ -135,6 +136,24 @@ export const suite: Suite = {
       await publishFast(nc, (i) => `evt.replay.sensor.s${i % 1000}`, REPLAY_N);
       results.push(...(await runTasks([
         {
+          name: "replay.ordered-raw",
+          unit: "events/s",
+          ops: REPLAY_N,
+          async fn() {
+            // The ceiling: the same ordered consumer with no decoding at all.
+            const consumer = await js.consumers.get(STREAMS.events, { filter_subjects: "evt.replay.>" });
+            const messages = await consumer.consume({ max_messages: 2_048 });
+            let n = 0;
+            for await (const m of messages) {
+              n += 1;
+              if (m.info.pending === 0) break;
+            }
+            await messages.close();
+            if (n !== REPLAY_N) throw new Error(`raw replay read ${n} of ${REPLAY_N}`);
+          },
+          extra: { what: "ordered consumer, messages counted, nothing decoded" },
+        },
+        {
           name: "replay.readAll",
           unit: "events/s",
           ops: REPLAY_N,
@@ -186,6 +205,7 @@ export const suite: Suite = {
       results.push(
         ratio("publish.flexcore/publish.window", by("publish.flexcore"), by("publish.window"), 4),
         ratio("publish.flexcore/publish.core-no-ack", by("publish.flexcore"), by("publish.core-no-ack"), 0.5),
+        ratio("replay.readAll/replay.ordered-raw", by("replay.readAll"), by("replay.ordered-raw")),
         ratio("aggregate.snapshot-speedup", by("aggregate.load.no-snapshot"), by("aggregate.load.snapshot"), 20),
       );
       return results;
