@@ -5,13 +5,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AbortedError, createPublisher, decodeEvent, encodeEvent, ensureTopology, InvalidOptionError, STREAMS, SubjectTokenError } from "../streams/index.js";
+import { AbortedError, createPublisher, decodeEvent, encodeEvent, eventFromJsMsg, ensureTopology, InvalidOptionError, STREAMS, SubjectTokenError } from "../streams/index.js";
 import type { Publisher, StoredEvent } from "../streams/index.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import Database from "better-sqlite3";
 import { modelHash } from "./database.js";
-import { decodeMessage } from "./decode.js";
 import {
   builtinProjections,
   createProjectionEngine,
@@ -421,7 +420,7 @@ describe("decoding", () => {
     const consumer = await jetstream(nats.nc).consumers.get(STREAMS.events, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: first });
     const seen: Array<[unknown, unknown]> = [];
     for await (const m of await consumer.consume()) {
-      const fast = decodeMessage(m);
+      const fast = eventFromJsMsg(m, { lazyData: true });
       const reference = decodeEvent({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: Math.floor(m.info.timestampNanos / 1e6) });
       seen.push([JSON.parse(JSON.stringify(fast)), JSON.parse(JSON.stringify(reference))]);
       if (m.seq >= last.seq) break;

@@ -1,7 +1,7 @@
 import { DeliverPolicy } from "@nats-io/jetstream";
 import type { ConsumerMessages, JetStreamClient, JsMsg } from "@nats-io/jetstream";
+import { eventFromJsMsg } from "../streams/index.js";
 import type { StoredEvent } from "../streams/index.js";
-import { decodeMessage } from "./decode.js";
 import type { BatchOutcome, DeadLetterFn, Member } from "./member.js";
 import type { SourceStream } from "./projection.js";
 
@@ -213,7 +213,7 @@ export class Runner {
     // Events every member has already applied (a replay) are not even decoded.
     for (const m of msgs) {
       if (m.seq <= floor) continue;
-      events.push(decodeMessage(m));
+      events.push(eventFromJsMsg(m, { lazyData: true }));
     }
     const last = msgs[msgs.length - 1]!;
     const caughtUp = reader.buffer.length === 0 && last.info.pending === 0;

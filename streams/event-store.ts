@@ -2,7 +2,7 @@ import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamClient, JetStreamManager, JsMsg, StoredMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { AbortedError, ConcurrencyError, InvalidEventError, InvalidOptionError, PublishRejectedError } from "./errors.js";
-import { decodeEvent, encodeEvent, HEADERS, headerFields, headerFieldsFromBlock, toStoredEvent } from "./event.js";
+import { decodeEvent, encodeEvent, HEADERS, headerFields, headerFieldsFromBlock, toLazyStoredEvent, toStoredEvent } from "./event.js";
 import type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 import { createPublisher, JS_ERR } from "./publisher.js";
 import type { Publisher, PublisherOptions } from "./publisher.js";
@@ -177,15 +177,21 @@ interface CoreMsgInternals {
   readonly _rdata?: Uint8Array;
 }
 
-/** Decodes a consumed message into an event without the generic header decoding. */
-export function eventFromJsMsg(m: JsMsg): StoredEvent {
+/**
+ * Decodes a consumed message into an event without the generic header decoding.
+ * With `lazyData`, the JSON body is parsed only when `data` is first read.
+ */
+export function eventFromJsMsg(m: JsMsg, options: { readonly lazyData?: boolean } = {}): StoredEvent {
   const info = m.info;
   const core = (m as unknown as { msg?: CoreMsgInternals }).msg;
   const hdr = core?._msg?.hdr;
-  const fields = typeof hdr === "number" && hdr > 0 && core?._rdata instanceof Uint8Array
+  const fields = typeof hdr === "number" && hdr > 0 && core?._rdata instanceof Uint8Array && hdr <= core._rdata.length
     ? headerFieldsFromBlock(core._rdata.subarray(0, hdr))
     : headerFields(m.headers);
-  return toStoredEvent(m.subject, info.streamSequence, m.data, Math.floor(info.timestampNanos / 1e6), fields);
+  const storedAt = Math.floor(info.timestampNanos / 1e6);
+  return options.lazyData
+    ? toLazyStoredEvent(m.subject, info.streamSequence, m.data, storedAt, fields)
+    : toStoredEvent(m.subject, info.streamSequence, m.data, storedAt, fields);
 }
 
 /** Creates an event store on `nc`; the topology must exist (`ensureTopology`). */

@@ -211,6 +211,60 @@ export function toStoredEvent<T = unknown>(subject: string, seq: number, data: U
   };
 }
 
+/**
+ * A {@link StoredEvent} whose JSON data is parsed on first access, for readers that often
+ * skip it (a projection that only counts events). Serialises like a plain event; note
+ * that object spread does not copy `data` (it is a getter).
+ */
+class LazyStoredEvent implements StoredEvent {
+  readonly id: string;
+  readonly type: string;
+  readonly time: string;
+  readonly correlationId: string | undefined;
+  readonly causationId: string | undefined;
+  readonly schema: string;
+  readonly subject: string;
+  readonly seq: number;
+  readonly revision: number | undefined;
+  readonly storedAt: number;
+  #raw: Uint8Array | undefined;
+  #data: unknown;
+
+  constructor(subject: string, seq: number, raw: Uint8Array, storedAt: number, f: HeaderFields) {
+    const e = toStoredEvent(subject, seq, EMPTY, storedAt, f);
+    this.id = e.id;
+    this.type = e.type;
+    this.time = e.time;
+    this.correlationId = e.correlationId;
+    this.causationId = e.causationId;
+    this.schema = e.schema;
+    this.subject = subject;
+    this.seq = seq;
+    this.revision = e.revision;
+    this.storedAt = storedAt;
+    this.#raw = raw;
+  }
+
+  get data(): unknown {
+    if (this.#raw !== undefined) {
+      this.#data = decodeData(this.#raw);
+      this.#raw = undefined;
+    }
+    return this.#data;
+  }
+
+  toJSON(): StoredEvent {
+    return { id: this.id, type: this.type, data: this.data, time: this.time, correlationId: this.correlationId, causationId: this.causationId, schema: this.schema, subject: this.subject, seq: this.seq, revision: this.revision, storedAt: this.storedAt };
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** Like {@link toStoredEvent}, with `data` parsed only when first read. */
+export function toLazyStoredEvent(subject: string, seq: number, data: Uint8Array, storedAt: number, f: HeaderFields): StoredEvent {
+  return new LazyStoredEvent(subject, seq, data, storedAt, f);
+}
+
 /** Turns a stored message into a {@link StoredEvent}; messages published without FlexCore headers get defaults. */
 export function decodeEvent<T = unknown>(msg: RawMessage, revision?: number): StoredEvent<T> {
   return toStoredEvent<T>(msg.subject, msg.seq, msg.data, msg.storedAt, headerFields(msg.headers), revision);
