@@ -5,7 +5,8 @@
  */
 import autocannon from "autocannon";
 
-interface Job {
+/** What bench/gateway.ts asks this process to load (JSON on stdin). */
+export interface Job {
   readonly url: string;
   readonly path: string;
   readonly method: "GET" | "POST";

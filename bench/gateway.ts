@@ -11,6 +11,7 @@ import { createProjectionEngine, genericProjection } from "../projections/index.
 import type { ProjectionEngine } from "../projections/index.js";
 import { median, ratio, runTasks } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
+import type { Job } from "./gateway-load.js";
 
 /** Seconds of load per measured iteration. */
 const LOAD_SECONDS = 3;
@@ -26,17 +27,7 @@ const AGGREGATES = 1_000;
 const SITES = 10;
 const TENANT = "bench";
 
-interface LoadJob {
-  readonly url: string;
-  readonly path: string;
-  readonly method: "GET" | "POST";
-  readonly headers: Record<string, string>;
-  readonly body?: string;
-  readonly connections: number;
-  readonly pipelining: number;
-  readonly durationSec: number;
-  readonly perConnectionSuffix?: boolean;
-}
+type LoadJob = Job;
 
 interface LoadResult {
   readonly rps: number;

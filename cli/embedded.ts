@@ -1,18 +1,11 @@
-import { createServer } from "node:net";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { startNatsServer } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { DEFAULT_NATS_PORT, URL_FILE } from "./connection.js";
+import { portFree } from "./ports.js";
 
 
-async function portFree(port: number, host: string): Promise<boolean> {
-  return new Promise((res) => {
-    const srv = createServer();
-    srv.once("error", () => res(false));
-    srv.listen(port, host, () => srv.close(() => res(true)));
-  });
-}
 
 /**
  * Starts the embedded nats-server for `npm start`: config derived from `nats.conf`, store

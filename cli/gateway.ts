@@ -1,20 +1,13 @@
-import { createServer } from "node:net";
 import { createGateway } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import { InvalidOptionError } from "../streams/index.js";
+import { portFree } from "./ports.js";
 import type { Component, UpContext } from "./up.js";
 
 /** Port of the gateway when FLEXCORE_GATEWAY_PORT is unset. */
 export const DEFAULT_GATEWAY_PORT = 8080;
 
-function portFree(port: number, host: string): Promise<boolean> {
-  return new Promise((res) => {
-    const srv = createServer();
-    srv.once("error", () => res(false));
-    srv.listen(port, host, () => srv.close(() => res(true)));
-  });
-}
 
 /** What `flexcore up` hands the gateway besides the shared context. */
 export interface GatewayParts {
