@@ -154,6 +154,29 @@ export const suite: Suite = {
           extra: { what: "ordered consumer, messages counted, nothing decoded" },
         },
         {
+          name: "replay.ordered-raw-callback",
+          unit: "events/s",
+          ops: REPLAY_N,
+          async fn() {
+            // The same consumer in callback mode, which readAll uses underneath.
+            const consumer = await js.consumers.get(STREAMS.events, { filter_subjects: "evt.replay.>" });
+            let n = 0;
+            let done!: () => void;
+            const finished = new Promise<void>((resolve) => { done = resolve; });
+            const messages = await consumer.consume({
+              max_messages: 2_048,
+              callback: (m) => {
+                n += 1;
+                if (m.info.pending === 0) done();
+              },
+            });
+            await finished;
+            await messages.close();
+            if (n !== REPLAY_N) throw new Error(`raw replay read ${n} of ${REPLAY_N}`);
+          },
+          extra: { what: "ordered consumer in callback mode, messages counted, nothing decoded" },
+        },
+        {
           name: "replay.readAll",
           unit: "events/s",
           ops: REPLAY_N,
@@ -206,6 +229,7 @@ export const suite: Suite = {
         ratio("publish.flexcore/publish.window", by("publish.flexcore"), by("publish.window"), 4),
         ratio("publish.flexcore/publish.core-no-ack", by("publish.flexcore"), by("publish.core-no-ack"), 0.5),
         ratio("replay.readAll/replay.ordered-raw", by("replay.readAll"), by("replay.ordered-raw")),
+        ratio("replay.readAll/replay.ordered-raw-callback", by("replay.readAll"), by("replay.ordered-raw-callback")),
         ratio("aggregate.snapshot-speedup", by("aggregate.load.no-snapshot"), by("aggregate.load.snapshot"), 20),
       );
       return results;

@@ -6,6 +6,7 @@ import { decodeEvent, encodeEvent, HEADERS, headerFields, headerFieldsFromBlock,
 import type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 import { createPublisher, JS_ERR } from "./publisher.js";
 import type { Publisher, PublisherOptions } from "./publisher.js";
+import { orderedMessages } from "./ordered-read.js";
 import { openSnapshotStore } from "./snapshots.js";
 import type { Snapshot, SnapshotStore } from "./snapshots.js";
 import { checkSubjectFilter, eventSubject, parseSubject } from "./subjects.js";
@@ -17,6 +18,8 @@ export const DEFAULT_SNAPSHOT_EVERY = 100;
 export const DEFAULT_HEAD_CACHE_SIZE = 10_000;
 /** Messages pulled per request when reading with a consumer. */
 export const DEFAULT_READ_BATCH = 2_048;
+/** Events `readAll` holds for a slow reader before it pauses the consumer. */
+export const DEFAULT_READ_HIGH_WATER = 8_192;
 // Below this many events, reading with direct gets beats creating a consumer.
 const DIRECT_READ_MAX = 16;
 // A last-subject-sequence no subject can have: publishing with it stores nothing,
@@ -445,29 +448,19 @@ class JetStreamEventStore implements EventStore {
       endSeq = endSeq === undefined ? lastSeq : Math.min(endSeq, lastSeq);
       if (endSeq < (fromSeq ?? 1)) return;
     }
-    const consumer = await this.#js.consumers.get(STREAMS.events, {
-      filter_subjects: filter,
-      ...(since !== undefined
-        ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(since).toISOString() }
-        : fromSeq !== undefined && fromSeq > 1
-          ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq }
-          : { deliver_policy: DeliverPolicy.All }),
-    });
-    const messages = await consumer.consume({ max_messages: batch });
-    const onAbort = (): void => void messages.stop();
-    signal?.addEventListener("abort", onAbort, { once: true });
-    try {
-      for await (const m of messages) {
-        if (endSeq !== undefined && m.seq > endSeq) break;
-        const event = eventFromJsMsg(m);
-        if (untilTime !== undefined && event.storedAt > untilTime) break;
-        yield event;
-        if (endSeq !== undefined && m.seq >= endSeq) break;
-        if (!follow && m.info.pending === 0) break;
-      }
-    } finally {
-      signal?.removeEventListener("abort", onAbort);
-      await messages.close().catch(() => undefined);
+    const messages = orderedMessages(this.#js, STREAMS.events, {
+      filter,
+      start: since !== undefined ? { time: since } : { seq: fromSeq ?? 1 },
+      batch,
+      highWater: Math.max(batch * 4, DEFAULT_READ_HIGH_WATER),
+    }, signal);
+    for await (const m of messages) {
+      if (endSeq !== undefined && m.seq > endSeq) break;
+      const event = eventFromJsMsg(m);
+      if (untilTime !== undefined && event.storedAt > untilTime) break;
+      yield event;
+      if (endSeq !== undefined && m.seq >= endSeq) break;
+      if (!follow && m.info.pending === 0) break;
     }
     if (signal?.aborted) throw new AbortedError("readAll", { cause: signal.reason });
   }
