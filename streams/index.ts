@@ -64,3 +64,30 @@ export {
   startNatsServer,
 } from "./server.js";
 export type { NatsServer, NatsServerOptions, ServerFeatures } from "./server.js";
+export {
+  MAX_SUMMARY_CHARS,
+  METRICS_CATEGORY,
+  METRICS_EVENT_TYPES,
+  PLUGIN_CATEGORY,
+  PLUGIN_EVENT_TYPES,
+  WORKFLOW_CATEGORY,
+  WORKFLOW_EVENT_TYPES,
+} from "./system-events.js";
+export type {
+  ComponentKind,
+  ErrorInfo,
+  MetricsReported,
+  PluginFailed,
+  PluginHealth,
+  PluginLoaded,
+  PluginStarted,
+  PluginStopped,
+  RunCancelled,
+  RunFailed,
+  RunStarted,
+  RunSucceeded,
+  StepFailed,
+  StepSkipped,
+  StepStarted,
+  StepSucceeded,
+} from "./system-events.js";

@@ -1,35 +1,31 @@
 /**
- * The events of a workflow run on `evt.<tenant>.workflow.<runId>`. Types and the fields read
- * by the `workflow_history` read model follow `projections/events.ts` (same names, same
- * meaning); workflows may not import projections (DESIGN.md arrows), so the constants are
- * repeated here. Extra fields (`result`, `input`, logs) are what a runner needs to resume a
- * run and what `flexcore workflows logs` prints; the read model ignores them.
+ * The events of a workflow run on `evt.<tenant>.workflow.<runId>`. Their types and the
+ * fields the `workflow_history` read model reads are the shared schemas in `streams/`
+ * (`WORKFLOW_EVENT_TYPES`, `RunStarted`, ...); each `...Data` here extends its schema with
+ * what a runner needs to resume a run and what `flexcore workflows logs` prints
+ * (`result`, `input`, logs), which the read model ignores.
  */
+import { MAX_SUMMARY_CHARS, WORKFLOW_CATEGORY, WORKFLOW_EVENT_TYPES } from "../streams/index.js";
+import type {
+  ErrorInfo,
+  RunCancelled,
+  RunFailed,
+  RunStarted,
+  RunSucceeded,
+  StepFailed,
+  StepSkipped,
+  StepStarted,
+  StepSucceeded,
+} from "../streams/index.js";
 
-/** Subject category of runs. */
-export const WORKFLOW_CATEGORY = "workflow";
+export { MAX_SUMMARY_CHARS, WORKFLOW_CATEGORY };
+export type { ErrorInfo };
 
-export const RUN_EVENTS = {
-  runStarted: "RunStarted",
-  stepStarted: "StepStarted",
-  stepSucceeded: "StepSucceeded",
-  stepFailed: "StepFailed",
-  /** A step whose `when` was false. Not read by `workflow_history`. */
-  stepSkipped: "StepSkipped",
-  runSucceeded: "RunSucceeded",
-  runFailed: "RunFailed",
-  runCancelled: "RunCancelled",
-} as const;
+/** Run event types (`stepSkipped`: a step whose `when` was false). */
+export const RUN_EVENTS = WORKFLOW_EVENT_TYPES;
 
-/** Longest summary written to `output` / error messages, as in the read model. */
-export const MAX_SUMMARY_CHARS = 1_024;
 /** stdout / stderr kept in a step's events, each. */
 export const MAX_EVENT_LOG_CHARS = 16 * 1024;
-
-export interface ErrorInfo {
-  readonly message: string;
-  readonly code?: string;
-}
 
 /** What started a run. */
 export type TriggerInfo =
@@ -37,7 +33,7 @@ export type TriggerInfo =
   | { readonly kind: "event"; readonly subject: string; readonly type: string; readonly id: string; readonly seq: number; readonly key: string; readonly time: string; readonly data: unknown }
   | { readonly kind: "cron"; readonly schedule: string; readonly time: string };
 
-export interface RunStartedData {
+export interface RunStartedData extends RunStarted {
   readonly runId: string;
   readonly workflow: string;
   readonly version: number;
@@ -52,7 +48,7 @@ export interface RunStartedData {
   readonly after?: string;
 }
 
-export interface StepStartedData {
+export interface StepStartedData extends StepStarted {
   readonly runId: string;
   readonly step: string;
   readonly attempt: number;
@@ -60,7 +56,7 @@ export interface StepStartedData {
   readonly runner: string;
 }
 
-export interface StepSucceededData {
+export interface StepSucceededData extends StepSucceeded {
   readonly runId: string;
   readonly step: string;
   readonly attempt: number;
@@ -74,7 +70,7 @@ export interface StepSucceededData {
   readonly exitCode?: number | null;
 }
 
-export interface StepFailedData {
+export interface StepFailedData extends StepFailed {
   readonly runId: string;
   readonly step: string;
   readonly attempt: number;
@@ -90,25 +86,25 @@ export interface StepFailedData {
   readonly exitCode?: number | null;
 }
 
-export interface StepSkippedData {
+export interface StepSkippedData extends StepSkipped {
   readonly runId: string;
   readonly step: string;
   readonly reason: string;
 }
 
-export interface RunSucceededData {
+export interface RunSucceededData extends RunSucceeded {
   readonly runId: string;
   readonly output: string;
   readonly result: unknown;
 }
 
-export interface RunFailedData {
+export interface RunFailedData extends RunFailed {
   readonly runId: string;
   readonly error: ErrorInfo;
   readonly step?: string;
 }
 
-export interface RunCancelledData {
+export interface RunCancelledData extends RunCancelled {
   readonly runId: string;
   readonly reason?: string;
   readonly by?: string;
