@@ -120,4 +120,64 @@ describe("flexcore CLI", () => {
       blocker?.close();
     }
   }, 120_000);
+
+  it("a nats-server left by a SIGKILLed up is stopped before the next up starts one on the same store", async () => {
+    const data = join(dir, "data-leftover");
+    const env = { ...process.env, NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_TEST: "1" };
+    const first = await startUp([CLI, "up"], env);
+    const leftover = Number((await readFile(join(data, "nats.pid"), "utf8")).trim());
+    first.child.kill("SIGKILL");
+    await new Promise((res) => first.child.once("exit", res));
+    expect(alive(leftover)).toBe(true);
+    const second = await startUp([CLI, "up"], env);
+    try {
+      expect(alive(leftover)).toBe(false);
+      expect(second.stderr()).toMatch(new RegExp(`stopping nats-server pid ${leftover}`));
+      const exited = new Promise<number | null>((res) => second.child.once("exit", (code) => res(code)));
+      second.child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      expect(existsSync(join(data, "nats.pid"))).toBe(false);
+    } finally {
+      if (second.child.exitCode === null) second.child.kill("SIGKILL");
+      if (alive(leftover)) process.kill(leftover, "SIGKILL");
+    }
+  }, 120_000);
+
+  it("under an npm script, up stops (with its nats-server) when the shell npm ran it in is killed", async () => {
+    const data = join(dir, "data-orphan");
+    const env = { ...process.env, NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_TEST: "1", npm_lifecycle_event: "start" };
+    // `; exit` keeps the shell as the parent instead of letting it exec node.
+    const shell = await startUp(["-c", `"${process.execPath}" --import tsx "${CLI}" up; exit $?`], env, "/bin/sh");
+    const server = Number((await readFile(join(data, "nats.pid"), "utf8")).trim());
+    try {
+      shell.child.kill("SIGKILL");
+      for (let i = 0; i < 200 && (alive(server) || existsSync(join(data, "nats.url"))); i++) await sleep(100);
+      expect(alive(server)).toBe(false);
+      expect(existsSync(join(data, "nats.url"))).toBe(false);
+    } finally {
+      if (alive(server)) process.kill(server, "SIGKILL");
+    }
+  }, 120_000);
 });
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Spawns `up` (or a shell running it) and waits until it reports that it is up.
+async function startUp(args: string[], env: NodeJS.ProcessEnv, command = process.execPath) {
+  const child = spawn(command, command === process.execPath ? ["--import", "tsx", ...args] : args, { env, stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
+  for (let i = 0; i < 600 && !/flexcore: up/.test(stderr) && child.exitCode === null; i++) await sleep(100);
+  if (!/flexcore: up/.test(stderr)) {
+    child.kill("SIGKILL");
+    throw new Error(`up did not start:\n${stderr}`);
+  }
+  return { child, stderr: () => stderr };
+}

@@ -77,7 +77,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   const config: PipelineConfig = !explicitConfig && !existsSync(configFile) ? { processors: [], runtime: configSections().runtime(undefined, "runtime"), workflows: workflowsSection(undefined, "workflows") } : await loadConfig(configFile, configSections());
   let server: NatsServer | undefined;
   if (!url) {
-    server = await startEmbeddedServer(dir, join(root, "nats.conf"));
+    server = await startEmbeddedServer(dir, join(root, "nats.conf"), undefined, (line) => log(`flexcore: ${line}`));
     log(`flexcore: embedded nats-server ${server.version} at ${server.url} (store ${server.storeDir})`);
   }
   const natsUrl = url ?? server!.url;

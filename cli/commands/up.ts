@@ -1,6 +1,8 @@
 import type { Command } from "commander";
 import { startPipeline } from "../up.js";
 
+const ORPHAN_CHECK_MS = 500;
+
 export function register(program: Command): void {
   program
     .command("up")
@@ -24,5 +26,14 @@ export function register(program: Command): void {
       };
       process.on("SIGINT", () => stop("SIGINT"));
       process.on("SIGTERM", () => stop("SIGTERM"));
+      if (process.env.npm_lifecycle_event !== undefined) {
+        // Under `npm start`, npm passes SIGTERM to the shell it ran us in, not to us: when
+        // that parent is gone we are orphaned and stop too, with the embedded server.
+        // (Run `flexcore up` directly to keep it running on its own.)
+        const parent = process.ppid;
+        setInterval(() => {
+          if (process.ppid !== parent) stop("parent exited");
+        }, ORPHAN_CHECK_MS).unref();
+      }
     });
 }
