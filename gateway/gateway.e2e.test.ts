@@ -385,6 +385,16 @@ describe("ops", () => {
     expect(doc.openapi).toBe("3.1.0");
     expect(Object.keys(doc.paths)).toEqual(expect.arrayContaining(["/v1/streams/{category}/{id}", "/v1/events", "/v1/projections/{name}", "/v1/auth/token"]));
     expect(doc.paths["/v1/events"].post.security).toEqual([{ bearer: [] }]);
+    // A browser gets the viewer, whose script (served by the gateway, no CDN) reads docs/json.
+    const page = await fetch(`${base}/docs`, { headers: { accept: "text/html,application/xhtml+xml" } });
+    expect(page.headers.get("content-type")).toMatch(/^text\/html/);
+    expect(page.headers.get("content-security-policy")).toContain("script-src 'self'");
+    const html = await page.text();
+    expect(html).toContain('<script src="docs/viewer.js"></script>');
+    const script = await fetch(`${base}/docs/viewer.js`);
+    expect(script.headers.get("content-type")).toMatch(/^text\/javascript/);
+    expect(await script.text()).toContain('fetch("docs/json"');
+    expect(((await (await fetch(`${base}/docs/json`)).json()) as { openapi: string }).openapi).toBe("3.1.0");
   });
 });
 

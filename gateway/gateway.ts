@@ -23,6 +23,7 @@ import { openRevocations } from "./revocations.js";
 import type { Revocations } from "./revocations.js";
 import { registerAuthRoutes } from "./routes/auth.js";
 import { registerDerivedRoutes } from "./routes/derived.js";
+import { registerDocsRoutes } from "./routes/docs.js";
 import { registerEventRoutes } from "./routes/events.js";
 import { registerHealthRoutes } from "./routes/health.js";
 import { registerProjectionRoutes } from "./routes/projections.js";
@@ -381,9 +382,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   registerProjectionRoutes(ctx);
   registerDerivedRoutes(ctx);
   registerWorkflowRoutes(ctx);
-  app.get("/docs", { schema: { hide: true } }, async () => app.swagger());
-  app.get("/docs/json", { schema: { hide: true } }, async () => app.swagger());
-  app.get("/docs/yaml", { schema: { hide: true } }, async (_req, reply) => reply.type("application/yaml").send(app.swagger({ yaml: true })));
+  registerDocsRoutes(app);
 
   await app.ready();
 
