@@ -15,6 +15,15 @@ export function dataDir(): string {
   return resolve(process.env.FLEXCORE_DATA ?? DEFAULT_DATA_DIR);
 }
 
+/**
+ * The gateway's key directory: `FLEXCORE_GATEWAY_KEYS_DIR` (e.g. a volume shared by several
+ * instances, so each accepts the others' tokens), else `<data>/gateway/keys`.
+ */
+export function gatewayKeysDir(): string {
+  const shared = process.env.FLEXCORE_GATEWAY_KEYS_DIR;
+  return resolve(shared ? shared : join(dataDir(), "gateway", "keys"));
+}
+
 /** The server to talk to: `NATS_URL`, else the embedded server's recorded URL, else localhost:4222. */
 export async function resolveNatsUrl(explicit?: string): Promise<string> {
   if (explicit) return explicit;

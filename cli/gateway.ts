@@ -2,6 +2,7 @@ import { createGateway } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import { InvalidOptionError } from "../streams/index.js";
+import { gatewayKeysDir } from "./connection.js";
 import { portFree } from "./ports.js";
 import type { Component, UpContext } from "./up.js";
 
@@ -19,8 +20,9 @@ export interface GatewayParts {
  * Starts the HTTP gateway of `flexcore up`: FLEXCORE_GATEWAY_HOST (default 127.0.0.1),
  * FLEXCORE_GATEWAY_PORT (default 8080, or a free port when 8080 is taken and the variable
  * is unset, as the embedded NATS server does with 4222), signing keys from FLEXCORE_GATEWAY_KEY_FILES
- * (comma-separated PEM files, first signs; share them between instances) or generated in
- * `<data>/gateway/keys`. Processor consumer lag goes to `/metrics`.
+ * (comma-separated PEM files, first signs), or the key directory FLEXCORE_GATEWAY_KEYS_DIR
+ * (default `<data>/gateway/keys`, generated on first start); instances that share the files or
+ * the directory accept each other's tokens. Processor consumer lag goes to `/metrics`.
  */
 export async function startGateway(ctx: UpContext & { readonly processors?: { lag(): Promise<Array<{ name: string; lag: number }>> } }, parts: GatewayParts = {}): Promise<Component & { readonly gateway: Gateway }> {
   const portText = process.env.FLEXCORE_GATEWAY_PORT;
@@ -35,7 +37,7 @@ export async function startGateway(ctx: UpContext & { readonly processors?: { la
     dataDir: ctx.dataDir,
     host,
     port,
-    ...(keyFiles && keyFiles.length > 0 ? { keys: { keyFiles } } : {}),
+    keys: keyFiles && keyFiles.length > 0 ? { keyFiles } : { dir: gatewayKeysDir() },
     ...(parts.projections ? { projections: parts.projections } : {}),
     ...(processors ? { lagSources: { consumers: () => processors.lag() } } : {}),
   });

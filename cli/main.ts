@@ -2,6 +2,7 @@
 import { Command } from "commander";
 import { FlexError } from "../streams/index.js";
 import { register as registerDoctor } from "./commands/doctor.js";
+import { register as registerKeys } from "./commands/keys.js";
 import { register as registerNatsUsers } from "./commands/nats-users.js";
 import { register as registerProjections } from "./commands/projections.js";
 import { register as registerPublish } from "./commands/publish.js";
@@ -23,6 +24,7 @@ registerStreams(program);
 registerDoctor(program);
 registerUsers(program);
 registerToken(program);
+registerKeys(program);
 registerNatsUsers(program);
 registerWorkflows(program);
 registerProjections(program);

@@ -26,6 +26,8 @@ export const DEFAULT_ISSUER = "flexcore";
 export const DEFAULT_AUDIENCE = "flexcore-api";
 /** Verified tokens kept in memory. */
 export const DEFAULT_TOKEN_CACHE_SIZE = 50_000;
+/** Shortest time between two reloads of the key directory on an unknown `kid`, in ms. */
+export const KEY_RELOAD_INTERVAL_MS = 5_000;
 
 /** Who is calling: taken only from a verified token. */
 export interface Principal {
@@ -239,9 +241,18 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
   const keys = options.keys;
   if (!keys) throw new InvalidOptionError("keys", keys, "a KeyStore (or give `external`)");
   const local = options.local ?? {};
+  // An unknown kid may be a key another instance sharing the key directory rotated to:
+  // read the directory again, at most once per KEY_RELOAD_INTERVAL_MS so forged kids cost nothing.
+  let reloadedAt = Number.NEGATIVE_INFINITY;
   return new CachingVerifier({
-    key: (header: JWTHeaderParameters) => {
-      const key = header.kid ? keys.publicKey(header.kid) : undefined;
+    key: async (header: JWTHeaderParameters) => {
+      const kid = header.kid;
+      let key = kid ? keys.publicKey(kid) : undefined;
+      if (!key && kid && Date.now() - reloadedAt >= KEY_RELOAD_INTERVAL_MS) {
+        reloadedAt = Date.now();
+        await keys.reload().catch(() => undefined);
+        key = keys.publicKey(kid);
+      }
       if (!key) throw new joseErrors.JWKSNoMatchingKey();
       return key;
     },

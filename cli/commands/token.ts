@@ -1,8 +1,7 @@
-import { join } from "node:path";
 import type { Command } from "commander";
 import { InvalidOptionError } from "../../streams/index.js";
 import { checkRoles, createTokenIssuer, openKeyStore } from "../../gateway/index.js";
-import { dataDir } from "../connection.js";
+import { gatewayKeysDir } from "../connection.js";
 
 interface TokenOpts {
   tenant: string;
@@ -22,13 +21,13 @@ export function register(program: Command): void {
     .requiredOption("--roles <list>", "comma-separated roles: admin, writer, reader")
     .option("--subject <name>", "sub claim", "cli")
     .option("--ttl <seconds>", "lifetime in seconds", "900")
-    .option("--keys <dir>", "key directory (default: <data>/gateway/keys, as the gateway)")
+    .option("--keys <dir>", "key directory (default: $FLEXCORE_GATEWAY_KEYS_DIR or <data>/gateway/keys, as the gateway)")
     .option("--issuer <iss>", "iss claim (default: the gateway's)")
     .option("--audience <aud>", "aud claim (default: the gateway's)")
     .action(async (opts: TokenOpts) => {
       const ttl = Number(opts.ttl);
       if (!Number.isInteger(ttl) || ttl < 1) throw new InvalidOptionError("--ttl", opts.ttl, "an integer number of seconds from 1 and up");
-      const keys = await openKeyStore({ dir: opts.keys ?? join(dataDir(), "gateway", "keys") });
+      const keys = await openKeyStore({ dir: opts.keys ?? gatewayKeysDir() });
       const issuer = createTokenIssuer(keys, { ...(opts.issuer ? { issuer: opts.issuer } : {}), ...(opts.audience ? { audience: opts.audience } : {}) });
       const roles = checkRoles(opts.roles.split(",").map((r) => r.trim()).filter(Boolean));
       const { token } = await issuer.issueAccess({ tenant: opts.tenant, subject: opts.subject, roles, ttlSeconds: ttl });
