@@ -1,4 +1,5 @@
 import { readFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { isAbsolute, join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { array, boolean, duration, integer, object, oneOf, string } from "../processors/index.js";
@@ -23,13 +24,21 @@ export interface WorkflowsConfig {
   readonly leaseMs: number;
   /** @default 256 */
   readonly maxRuns: number;
+  /**
+   * Child-process (untrusted) script steps running at once in this instance: the size of the
+   * Piscina pool that supervises them; more wait in its queue. @default the number of CPUs
+   */
+  readonly scriptConcurrency: number;
 }
+
+/** Most child-process steps one instance may run at once. */
+const MAX_SCRIPT_CONCURRENCY = 1_024;
 
 const TOKEN = { re: /^[^\s.*>]+$/, describe: "a tenant (no dots, wildcards or spaces)" };
 
 /** Validator of the `workflows:` section (no I/O: files are read when the runner starts). */
 export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) => {
-  const o = object(raw, path, ["runner", "tenant", "definitions", "sandbox", "lease", "max_runs"], true);
+  const o = object(raw, path, ["runner", "tenant", "definitions", "sandbox", "lease", "max_runs", "script_concurrency"], true);
   return {
     runner: boolean(o.runner, `${path}.runner`, true),
     tenant: string(o.tenant, `${path}.tenant`, "demo", TOKEN),
@@ -37,6 +46,7 @@ export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) =
     sandbox: oneOf(o.sandbox, `${path}.sandbox`, ["auto", "bwrap", "plain"] as const, "auto"),
     leaseMs: duration(o.lease, `${path}.lease`, DEFAULT_RUN_LEASE_MS, 200),
     maxRuns: integer(o.max_runs, `${path}.max_runs`, DEFAULT_MAX_RUNS, { min: 1 }),
+    scriptConcurrency: integer(o.script_concurrency, `${path}.script_concurrency`, availableParallelism(), { min: 1, max: MAX_SCRIPT_CONCURRENCY }),
   };
 };
 
@@ -64,6 +74,6 @@ export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig
     await client.close();
   }
   if (!config.runner) return { runner: undefined, close: async () => undefined };
-  const runner = await startWorkflowRunner(nc, { leaseMs: config.leaseMs, maxRuns: config.maxRuns, scriptRunnerOptions: { sandbox: config.sandbox }, log });
+  const runner = await startWorkflowRunner(nc, { leaseMs: config.leaseMs, maxRuns: config.maxRuns, scriptRunnerOptions: { sandbox: config.sandbox, maxConcurrent: config.scriptConcurrency }, log });
   return { runner, close: () => runner.close() };
 }

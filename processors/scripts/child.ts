@@ -10,7 +10,7 @@ import type { ScriptLanguage, ScriptLimits, ScriptResult } from "./types.js";
 
 /** Largest `$FLEX_INPUT` given to Bash steps; bigger inputs come on stdin only. */
 export const MAX_ENV_INPUT_BYTES = 64 * 1024;
-/** Marks a step's processes in the plain mode, to find the ones that left the process group. */
+/** Marks a step's processes, to find the ones that left the process group (plain mode) or outlived a killed host. */
 export const RUN_MARK_VAR = "FLEX_STEP_RUN";
 
 export interface ChildRun {
@@ -25,6 +25,10 @@ export interface ChildRun {
   readonly workRoot: string;
   readonly interpreters: { readonly python: string; readonly node: string; readonly bash: string };
   readonly signal: AbortSignal | undefined;
+  /** Told the step's process group id once it exists and once it is killed (the watchdog's list). */
+  readonly groups?: { started(pgid: number): void; ended(pgid: number): void };
+  /** Start of the step's `FLEX_STEP_RUN` mark, so a watchdog can find the steps of its thread. @default "" */
+  readonly markPrefix?: string;
 }
 
 /** A byte sink that keeps the first `cap` bytes and counts the rest. */
@@ -114,6 +118,10 @@ async function killMarked(mark: string, rootPid: number, uid: number | undefined
 /** Runs one step as a child process (sandboxed or plain) in a fresh working directory, deleted afterwards. */
 export async function runChild(run: ChildRun): Promise<ScriptResult> {
   const started = performance.now();
+  if (run.signal?.aborted) {
+    const none = { exitCode: null, signal: null, stdout: "", stderr: "", truncated: { stdout: false, stderr: false }, isolation: run.mode } as const;
+    return { ...none, durationMs: performance.now() - started, status: "timeout", output: null, error: "aborted before it started" };
+  }
   const workDir = await mkdtemp(join(run.workRoot, "flexcore-step-"));
   try {
     return await runIn(workDir, run, started);
@@ -149,7 +157,7 @@ async function runIn(workDir: string, run: ChildRun, started: number): Promise<S
     for (const name of await readdir(workDir)) await chown(join(workDir, name), STEP_UID, STEP_UID);
     await chown(workDir, STEP_UID, STEP_UID);
   }
-  const mark = randomBytes(12).toString("hex");
+  const mark = `${run.markPrefix ?? ""}${randomBytes(12).toString("hex")}`;
   const env: Record<string, string> = {
     PATH: "/usr/local/bin:/usr/bin:/bin",
     HOME: inner,
@@ -157,7 +165,7 @@ async function runIn(workDir: string, run: ChildRun, started: number): Promise<S
     LANG: "C.UTF-8",
     ...(run.language === "bash" && Buffer.byteLength(inputJson) <= MAX_ENV_INPUT_BYTES ? { FLEX_INPUT: inputJson } : {}),
     ...run.env,
-    ...(run.mode === "plain" ? { [RUN_MARK_VAR]: mark } : {}),
+    [RUN_MARK_VAR]: mark,
   };
   const plan = planCommand({
     mode: run.mode,
@@ -176,6 +184,7 @@ async function runIn(workDir: string, run: ChildRun, started: number): Promise<S
     detached: true,
     stdio: ["pipe", "pipe", "pipe", "pipe"],
   });
+  if (child.pid !== undefined) run.groups?.started(child.pid);
   const stdout = new Capture(run.limits.maxLogBytes, run.language === "bash" ? run.limits.maxOutputBytes : 0);
   const stderr = new Capture(run.limits.maxLogBytes);
   const result = new Capture(run.limits.maxOutputBytes);
@@ -219,6 +228,7 @@ async function runIn(workDir: string, run: ChildRun, started: number): Promise<S
   // Nothing of the step outlives it: background children included.
   kill();
   if (run.mode === "plain" && child.pid !== undefined) await killMarked(mark, child.pid, run.support.dropsPrivileges ? STEP_UID : process.getuid?.());
+  if (child.pid !== undefined) run.groups?.ended(child.pid);
   // Streams still held open by a process that escaped are cut after a short grace.
   await Promise.race([
     Promise.all([child.stdout, child.stderr, fd3 as Readable | null].map((s) => (s && !s.readableEnded && !s.destroyed ? new Promise((r) => s.once("close", r)) : undefined))),

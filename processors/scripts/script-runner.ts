@@ -3,7 +3,7 @@ import { chmod, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { availableParallelism, tmpdir } from "node:os";
 import { InvalidOptionError } from "../../streams/index.js";
-import { runChild } from "./child.js";
+import { ChildPool } from "./child-pool.js";
 import { SandboxUnavailableError } from "./errors.js";
 import { sandboxSupport } from "./sandbox.js";
 import { TrustedPool } from "./trusted.js";
@@ -108,26 +108,6 @@ export function validateScriptSpec(raw: unknown, path = "script"): ScriptSpec {
   return s as unknown as ScriptSpec;
 }
 
-class Semaphore {
-  #free: number;
-  readonly #waiters: Array<() => void> = [];
-  constructor(n: number) {
-    this.#free = n;
-  }
-  async acquire(): Promise<void> {
-    if (this.#free > 0) {
-      this.#free -= 1;
-      return;
-    }
-    await new Promise<void>((r) => this.#waiters.push(r));
-  }
-  release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#free += 1;
-  }
-}
-
 function defaultPython(): string {
   return existsSync("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
 }
@@ -164,7 +144,7 @@ export async function createScriptRunner(options: ScriptRunnerOptions = {}): Pro
     workRoot: base,
     interpreters: { python: options.python ?? defaultPython(), node: options.node ?? process.execPath, bash: options.bash ?? "/bin/bash" },
     limits,
-    slots: new Semaphore(maxConcurrent),
+    maxConcurrent,
     trustedThreads,
   });
 }
@@ -173,7 +153,7 @@ interface RunnerConfig {
   readonly workRoot: string;
   readonly interpreters: { readonly python: string; readonly node: string; readonly bash: string };
   readonly limits: ScriptLimits;
-  readonly slots: Semaphore;
+  readonly maxConcurrent: number;
   readonly trustedThreads: number | undefined;
 }
 
@@ -182,6 +162,7 @@ class Runner implements ScriptRunner {
   readonly #support: Awaited<ReturnType<typeof sandboxSupport>>;
   readonly #config: RunnerConfig;
   #trusted: TrustedPool | undefined;
+  #children: ChildPool | undefined;
   #closed = false;
 
   constructor(mode: "bwrap" | "plain", support: Awaited<ReturnType<typeof sandboxSupport>>, config: RunnerConfig) {
@@ -204,9 +185,9 @@ class Runner implements ScriptRunner {
       this.#trusted ??= new TrustedPool(this.#config.trustedThreads, this.#config.limits.memoryMb);
       return this.#trusted.run(spec.source, input, env, limits, options.signal);
     }
-    await this.#config.slots.acquire();
-    try {
-      return await runChild({
+    this.#children ??= new ChildPool(this.#config.maxConcurrent, this.#config.interpreters.bash);
+    return this.#children.run(
+      {
         language: spec.language,
         source: spec.source,
         input,
@@ -217,17 +198,15 @@ class Runner implements ScriptRunner {
         support: this.#support,
         workRoot: this.#config.workRoot,
         interpreters: this.#config.interpreters,
-        signal: options.signal,
-      });
-    } finally {
-      this.#config.slots.release();
-    }
+      },
+      options.signal,
+    );
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#trusted?.close();
+    await Promise.all([this.#trusted?.close(), this.#children?.close()]);
     await rm(this.#config.workRoot, { recursive: true, force: true }).catch(() => undefined);
   }
 
