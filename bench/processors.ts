@@ -3,7 +3,10 @@
  * - `anomaly.pool.<n>t`: points/s scored by the Piscina pool alone (typed-array tasks of
  *   one key's series, the anomaly z-score kernel), 1 and 2 worker threads;
  * - `anomaly.e2e.<n>t`: events/s through consume → pool → derived publish → checkpoint →
- *   ack, z-score with the default emit (flagged only; about 1% anomalies), 1 and 2 threads;
+ *   ack, z-score with the default emit (flagged only; about 1% anomalies), 1 and 2 threads,
+ *   timed from before the runtime starts; `extra.steadyMedian` times the same runs from the
+ *   first acknowledged event (pool and consumer start-up left out), `extra.cpuUsPerEvent`
+ *   is the CPU time of the bench process (main thread and workers) per event;
  * - `consume-ack.baseline`: the same events pulled and acked by a bare consumer (no work),
  *   the ceiling the runtime is measured against;
  * - the k-means results of `bench/kmeans.ts` (`kmeansResults`).
@@ -57,19 +60,38 @@ async function load(nc: NatsConnection, tenant: string, n: number): Promise<void
 
 let run = 0;
 
-async function e2eOnce(nc: NatsConnection, tenant: string, threads: number): Promise<{ rate: number; outputs: number }> {
+interface E2eRun {
+  /** Events/s from before `startProcessorRuntime` (pool and consumer start-up included). */
+  readonly rate: number;
+  /** Events/s from the first acknowledged event to the last (start-up excluded). */
+  readonly steadyRate: number;
+  readonly outputs: number;
+  /** CPU time of this process (main thread and workers) per event, in µs. */
+  readonly cpuUsPerEvent: number;
+}
+
+async function e2eOnce(nc: NatsConnection, tenant: string, threads: number): Promise<E2eRun> {
   run += 1;
   const name = `bench${run}`;
   const yaml = `processors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: 8\n    batch_size: ${E2E_BATCH}\n    max_in_flight: 32768\n    options: { method: zscore, window: 100 }\n`;
   const processors = parseConfig(yaml, pipelineSections({ threads })).processors;
+  const cpu = process.cpuUsage();
   const started = performance.now();
   const runtime = await startProcessorRuntime(nc, { processors, threads, metricsIntervalMs: 0, log: () => undefined });
+  let first: { at: number; processed: number } | undefined;
   try {
     for (;;) {
       const m = runtime.metrics()[0]!;
+      const now = performance.now();
+      if (!first && m.processed > 0) first = { at: now, processed: m.processed };
       if (m.processed >= E2E_EVENTS) {
-        const rate = (E2E_EVENTS * 1000) / (performance.now() - started);
-        return { rate, outputs: m.outputs };
+        const used = process.cpuUsage(cpu);
+        return {
+          rate: (E2E_EVENTS * 1000) / (now - started),
+          steadyRate: first && now > first.at ? ((E2E_EVENTS - first.processed) * 1000) / (now - first.at) : 0,
+          outputs: m.outputs,
+          cpuUsPerEvent: (used.user + used.system) / E2E_EVENTS,
+        };
       }
       await new Promise((r) => setTimeout(r, 5));
     }
@@ -147,12 +169,15 @@ export const suite: Suite = {
       log(`loading ${E2E_EVENTS} events over ${E2E_KEYS} keys`);
       await load(nc, tenant, E2E_EVENTS);
       let flagged = 0;
+      const side = new Map<number, { steady: number[]; cpu: number[] }>([[1, { steady: [], cpu: [] }], [2, { steady: [], cpu: [] }]]);
       const e2eTasks = [1, 2].map((threads) => ({
         name: `anomaly.e2e.${threads}t`,
         unit: "events/s",
         fn: async () => {
           const r = await e2eOnce(nc, tenant, threads);
           flagged = r.outputs;
+          side.get(threads)!.steady.push(r.steadyRate);
+          side.get(threads)!.cpu.push(r.cpuUsPerEvent);
           return r.rate;
         },
         extra: { goal: E2E_GOAL, threads, events: E2E_EVENTS, keys: E2E_KEYS, batch: E2E_BATCH },
@@ -160,7 +185,15 @@ export const suite: Suite = {
       const baseline = await runTasks([{ name: "consume-ack.baseline", unit: "events/s", fn: () => baselineOnce(nc, tenant), extra: { events: E2E_EVENTS } }], { iterations: 3, warmup: 1, log });
       const e2e = await runTasks(e2eTasks, { iterations: 3, warmup: 1, log });
       results.push(...baseline);
-      results.push(...e2e.map((r) => ({ ...r, extra: { ...r.extra, met: r.median >= E2E_GOAL, flaggedOutputs: flagged } })));
+      // Beside each median (start-up included): the steady rate (first ack to last, the
+      // warm-up of the runs included) and the CPU time per event of this process.
+      const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
+      results.push(
+        ...e2e.map((r, i) => {
+          const s = side.get(i + 1)!;
+          return { ...r, extra: { ...r.extra, met: r.median >= E2E_GOAL, flaggedOutputs: flagged, steadyMedian: Math.round(median(s.steady)), steadyMet: median(s.steady) >= E2E_GOAL, cpuUsPerEvent: Number(median(s.cpu).toFixed(1)) } };
+        }),
+      );
       results.push(ratio("anomaly.e2e.2t/1t", e2e[1]!, e2e[0]!));
       results.push(ratio("anomaly.e2e.2t/baseline", e2e[1]!, baseline[0]!));
     } finally {

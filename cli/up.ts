@@ -104,6 +104,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       workerMemoryMb: config.runtime.workerMemoryMb,
       metricsIntervalMs: config.runtime.metricsIntervalMs,
       maxKeysInMemory: config.runtime.maxKeysInMemory,
+      ...(config.runtime.instanceId ? { instanceId: config.runtime.instanceId } : {}),
+      leaseTtlMs: config.runtime.leaseTtlMs,
       log,
     });
     components.push({ name: "processors", close: () => processors.close() });

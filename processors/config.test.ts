@@ -27,7 +27,7 @@ describe("flexcore.yaml", () => {
     expect(config.processors).toHaveLength(1);
     expect(config.processors[0]).toMatchObject({ name: "sensor-anomalies", kind: "anomaly", subjects: ["evt.*.sensor.*"], partitions: 4, backoffMs: [100, 1000, 5000] });
     expect(config.processors[0]!.validatedOptions).toMatchObject({ method: "zscore", window: 100, threshold: 3, emit: "flagged" });
-    expect(config.runtime).toEqual({ threads: 2, workerMemoryMb: 512, metricsIntervalMs: 60_000, maxKeysInMemory: 100_000 });
+    expect(config.runtime).toEqual({ threads: 2, workerMemoryMb: 512, metricsIntervalMs: 60_000, maxKeysInMemory: 100_000, instanceId: undefined, leaseTtlMs: 30_000 });
     expect(Object.isFrozen(config.processors[0])).toBe(true);
   });
 

@@ -71,11 +71,18 @@ export interface RuntimeConfig {
   readonly metricsIntervalMs: number;
   /** Key states kept in memory per processor (least recently used beyond it are reloaded from `flex_state`). @default 100000 */
   readonly maxKeysInMemory: number;
+  /** This instance's name in `flex_leases` (`instance_id`). @default `<hostname>-<pid>-<random>` (undefined here) */
+  readonly instanceId: string | undefined;
+  /** `lease_ttl`: a processor lease not renewed for this long may be taken by another instance. @default 30000 */
+  readonly leaseTtlMs: number;
 }
 
 const PROCESSOR_KEYS = ["name", "kind", "subjects", "options", "partitions", "batch_size", "max_deliver", "backoff", "ack_wait", "max_in_flight"] as const;
-const RUNTIME_KEYS = ["threads", "worker_memory_mb", "metrics_interval", "max_keys_in_memory"] as const;
+const RUNTIME_KEYS = ["threads", "worker_memory_mb", "metrics_interval", "max_keys_in_memory", "instance_id", "lease_ttl"] as const;
 const NAME = { re: /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/u, describe: "a name of letters, digits, `-` and `_` (at most 64, starting with a letter or digit)" };
+const INSTANCE = { re: /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/u, describe: "an instance id of letters, digits, `.`, `:`, `-` and `_` (at most 128)" };
+/** How long a processor lease lasts unrenewed: the `flex_leases` bucket's default max age. */
+export const DEFAULT_LEASE_TTL_MS = 30_000;
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m)$/u;
 const UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1_000, m: 60_000 };
 
@@ -215,13 +222,15 @@ export function processorsSection(extra: readonly ProcessorDefinition[] = []): S
 export function runtimeSection(defaultThreads: number): SectionValidator<RuntimeConfig> {
   return (raw, path) => {
     const o = object(raw, path, RUNTIME_KEYS, true);
-    const [threads, workerMemoryMb, metricsIntervalMs, maxKeysInMemory] = collect([
+    const [threads, workerMemoryMb, metricsIntervalMs, maxKeysInMemory, instanceId, leaseTtlMs] = collect([
       () => integer(o.threads, at(path, "threads"), defaultThreads, { min: 1, max: 256 }),
       () => integer(o.worker_memory_mb, at(path, "worker_memory_mb"), 512, { min: 0, max: 65_536 }),
       () => duration(o.metrics_interval, at(path, "metrics_interval"), DEFAULT_METRICS_INTERVAL_MS, 100),
       () => integer(o.max_keys_in_memory, at(path, "max_keys_in_memory"), 100_000, { min: 1 }),
+      () => (o.instance_id === undefined ? undefined : string(o.instance_id, at(path, "instance_id"), "", INSTANCE)),
+      () => duration(o.lease_ttl, at(path, "lease_ttl"), DEFAULT_LEASE_TTL_MS, 200),
     ] as const);
-    return { threads, workerMemoryMb, metricsIntervalMs, maxKeysInMemory };
+    return { threads, workerMemoryMb, metricsIntervalMs, maxKeysInMemory, instanceId, leaseTtlMs };
   };
 }
 

@@ -43,9 +43,10 @@ interface Host {
   output(): string;
 }
 
+// The same instance id across restarts: a restarted host takes its own lease back at once.
 function startHost(configFile: string): Host {
   const child = spawn(process.execPath, ["--import", "tsx", HOST], {
-    env: { ...process.env, NATS_URL: nats.server.url, FLEXCORE_CONFIG: configFile },
+    env: { ...process.env, NATS_URL: nats.server.url, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: `host-${configFile}` },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -146,6 +147,43 @@ describe("processor host crashes", () => {
     const mismatches = derived.filter((d) => expected.get(d.msgId) !== d.data);
     expect(mismatches.slice(0, 3)).toEqual([]);
   }, 150_000);
+
+  it("an event that kills the host process is dead-lettered after max_deliver crashes; the rest flows exactly once", async () => {
+    const tenant = uniqueName("pk");
+    const name = uniqueName("pz");
+    const configFile = join(dir, `${name}.yaml`);
+    await writeFile(configFile, `runtime: { threads: 1 }\nprocessors:\n  - name: ${name}\n    kind: faulty\n    subjects: ["evt.${tenant}.m.*"]\n    partitions: 2\n    batch_size: 16\n    max_deliver: 2\n`);
+    const total = 300;
+    const killer = 100;
+    await publishSeries(publisher, tenant, "m", ["a", "b", "c"], (i) => ({ value: i, ...(i === killer ? { kill: true } : {}) }), total);
+    const derivedCount = (): Promise<number> => countMessages(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
+    const deadCount = (): Promise<number> => countMessages(nats.nc, STREAMS.dlq, `dlq.${tenant}.${name}`);
+    // A supervisor: restart the host whenever it dies, until everything is handled.
+    let crashes = 0;
+    let host = startHost(configFile);
+    for (;;) {
+      const outcome = await Promise.race([host.exited.then(() => "died" as const), waitFor(async () => (await derivedCount()) === total - 1 && (await deadCount()) === 1, 60_000, "the stream to be handled").then(() => "done" as const)]);
+      if (outcome === "done") break;
+      crashes += 1;
+      expect(crashes).toBeLessThanOrEqual(6);
+      host = startHost(configFile);
+    }
+    host.child.kill("SIGTERM");
+    expect(await host.exited).toBe(0);
+    // Once in a batch, then max_deliver (2) times alone; the third start dead-letters it.
+    expect(crashes).toBe(3);
+    const [dead] = await readStream(nats.nc, STREAMS.dlq, `dlq.${tenant}.${name}`);
+    const body = JSON.parse(dead!.data) as { processor: string; seq: number; key: string; attempts: number; reason: string; error: { code: string }; data: unknown };
+    const source = (await readStream(nats.nc, STREAMS.events, `evt.${tenant}.>`))[killer]!;
+    expect(body).toMatchObject({ processor: name, seq: source.seq, key: "b", attempts: 2, error: { code: "FLEX_PROCESSOR_CRASHED" }, data: { value: killer, kill: true } });
+    expect(body.reason).toMatch(/host stopped 2 times/);
+    expect(dead!.headers["Flex-Source-Seq"]).toBe(String(source.seq));
+    const derived = await readStream(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
+    expect(new Set(derived.map((d) => d.msgId)).size).toBe(total - 1);
+    // Key b skipped only the killer: its count runs 1..99 over its 99 other events.
+    const b = derived.filter((d) => d.subject.endsWith(".b")).map((d) => (JSON.parse(d.data) as { n: number }).n);
+    expect(b).toEqual(Array.from({ length: 99 }, (_, i) => i + 1));
+  }, 120_000);
 
   it("replay from sequence 1 produces byte-identical outputs", async () => {
     const tenant = uniqueName("rp");

@@ -56,6 +56,25 @@ export class ProcessorFailedError extends FlexError {
   }
 }
 
+/**
+ * A message was being processed when its host died (crash, process out of memory,
+ * kill -9) `attempts` times in a row. It goes to `FLEX_DLQ` with this error as the reason,
+ * without being processed again.
+ */
+export class ProcessorCrashedError extends FlexError {
+  readonly processor: string;
+  /** Source stream sequence of the message. */
+  readonly seq: number;
+  readonly attempts: number;
+  constructor(processor: string, seq: number, attempts: number) {
+    super("FLEX_PROCESSOR_CRASHED", `Processor \`${processor}\` failed on sequence ${seq}: the host stopped ${attempts} times while processing it (crash, out of memory or kill)`);
+    this.name = "ProcessorCrashedError";
+    this.processor = processor;
+    this.seq = seq;
+    this.attempts = attempts;
+  }
+}
+
 /** The runtime (or its pool) was closed while the call was waiting. */
 export class RuntimeClosedError extends FlexError {
   constructor(what: string) {

@@ -3,7 +3,7 @@
  * derived events), the pipeline configuration, and the built-in processors.
  */
 export type { ProcessorDefinition, ProcessorInput, ProcessorOutput, ProcessResult } from "./types.js";
-export { ConfigError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
+export { ConfigError, ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
 export type { ConfigIssue } from "./errors.js";
 export { array, at, boolean, collect, fail, integer, issuesOf, number, object, oneOf, required, string } from "./options.js";
 export type { NumberBounds } from "./options.js";
@@ -12,6 +12,7 @@ export {
   DEFAULT_BACKOFF_MS,
   DEFAULT_BATCH_SIZE,
   DEFAULT_CONFIG_FILE,
+  DEFAULT_LEASE_TTL_MS,
   DEFAULT_MAX_DELIVER,
   DEFAULT_MAX_IN_FLIGHT,
   DEFAULT_METRICS_INTERVAL_MS,
@@ -36,6 +37,8 @@ export type { AnomalyMethod, AnomalyOptions, AnomalyState } from "./builtin/anom
 export { createProcessorPool, DEFAULT_WORKER_MEMORY_MB } from "./pool.js";
 export type { InvokeResult, ProcessorPool, ProcessorPoolOptions } from "./pool.js";
 export { CONSUMER_PREFIX, DEFAULT_MAX_KEYS_IN_MEMORY, startProcessorRuntime, stateKvKey } from "./runtime.js";
+export { Lease, processorLeaseKey } from "./lease.js";
+export type { LeaseBody } from "./lease.js";
 export type { InvokeInput, ProcessorRuntime, ProcessorRuntimeOptions } from "./runtime.js";
 export type { ProcessorMetrics } from "./metrics.js";
 export type { BatchResult, BatchTask, SeriesResult, SeriesTask } from "./task.js";

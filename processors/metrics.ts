@@ -2,6 +2,8 @@
 export interface ProcessorMetrics {
   readonly processor: string;
   readonly kind: string;
+  /** Whether this instance holds the processor's lease in `flex_leases` (a standby runs nothing). */
+  readonly owner: boolean;
   /** Source events acknowledged since start (processed, skipped as already reflected, or dead-lettered). */
   readonly processed: number;
   /** Derived events published since start. */

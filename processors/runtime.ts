@@ -1,3 +1,5 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { Consumer, ConsumerConfig, ConsumerMessages, JetStreamManager, JsMsg } from "@nats-io/jetstream";
@@ -5,10 +7,12 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, compareVersions, createPublisher, InvalidOptionError, decodeData, derivedSubject, dlqSubject, HEADERS, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import { BUCKETS, compareVersions, createPublisher, InvalidOptionError, decodeData, eventFromJsMsg, derivedSubject, dlqSubject, HEADERS, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
+import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
-import { ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
+import { ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
+import { Lease, processorLeaseKey } from "./lease.js";
 import { LatencyWindow } from "./metrics.js";
 import type { ProcessorMetrics } from "./metrics.js";
 import { createProcessorPool } from "./pool.js";
@@ -37,6 +41,9 @@ const MULTI_FILTER_VERSION = "2.10.0";
 const MINUTE_MS = 60_000;
 /** Wait before a processor that failed to commit starts again, in ms. */
 const RESTART_DELAY_MS = 1_000;
+/** `flex_state` keys (under the processor's name): the message tried alone after an unclean stop, and the run's reach. */
+const HEAD_MARKER = "_head";
+const RUN_MARKER = "_run";
 
 /** Options of {@link startProcessorRuntime}. */
 export interface ProcessorRuntimeOptions {
@@ -58,6 +65,19 @@ export interface ProcessorRuntimeOptions {
   readonly modules?: readonly string[];
   /** Definitions of those modules, for `invoke` and option checks on this thread. */
   readonly definitions?: readonly ProcessorDefinition[];
+  /**
+   * This instance's name in `flex_leases`. Only the instance holding a processor's lease runs
+   * it; the others stand by and take over once it is released or has expired. A restarted
+   * instance with the same id takes its own lease back at once.
+   * @default `<hostname>-<pid>-<random>`
+   */
+  readonly instanceId?: string;
+  /**
+   * A lease not renewed (every third of it) for this long may be taken by another instance;
+   * keep it at or below the `flex_leases` bucket's max age (`leaseTtlMs` of the topology).
+   * @default 30000
+   */
+  readonly leaseTtlMs?: number;
   /** @default a publisher created and closed by the runtime */
   readonly publisher?: Publisher;
   readonly log?: (line: string) => void;
@@ -97,6 +117,8 @@ export interface InvokeInput {
 
 interface Entry {
   readonly m: JsMsg;
+  /** Committed (or skipped): the low-water mark may pass it. */
+  done: boolean;
   readonly seq: number;
   readonly subject: string;
   readonly tenant: string;
@@ -104,6 +126,9 @@ interface Entry {
   readonly stateKey: string;
   readonly type: string;
   readonly time: string;
+  /** `Nats-Msg-Id` of the source (`seq-<n>` without one) and its correlation id. */
+  readonly sourceId: string;
+  readonly correlationId: string;
   readonly receivedAt: number;
 }
 
@@ -166,19 +191,29 @@ class ProcessorRunner {
   readonly #waiters: Array<() => void> = [];
   readonly #idleWaiters: Array<() => void> = [];
   readonly #onFailure: (runner: ProcessorRunner, err: unknown) => void;
+  readonly #lease: Lease;
+  readonly #leasePollMs: number;
+  #standby: Promise<void> | undefined;
   #clientFilter: string[] | undefined;
   #consumer: Consumer | undefined;
   #messages: ConsumerMessages | undefined;
   #fetching: Promise<void> | undefined;
   #keepAlive: NodeJS.Timeout | undefined;
   #inFlight = 0;
+  #carefulWindow = 0;
+  // Every delivery in arrival order from #head on; #ackedTo is the low-water mark acked last.
+  #order: Entry[] = [];
+  #head = 0;
+  #nextDelivery = 1;
   #stopping = false;
   #failed = false;
   readonly latency = new LatencyWindow();
   totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0 };
 
-  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string) => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number) {
+  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string) => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number, leases: KV, instanceId: string, leaseTtlMs: number) {
     this.#maxKeys = maxKeys;
+    this.#lease = new Lease(leases, processorLeaseKey(cfg.name), instanceId, leaseTtlMs, () => this.#fail(new Error(`instance ${instanceId} lost the lease of processor ${cfg.name}`)));
+    this.#leasePollMs = Math.min(1_000, Math.max(50, Math.floor(leaseTtlMs / 4)));
     this.#nc = nc;
     this.#jsm = jsm;
     this.#kv = kv;
@@ -201,7 +236,30 @@ class ProcessorRunner {
     return n;
   }
 
+  /** Whether this instance holds the processor's lease (and runs it). */
+  get owner(): boolean {
+    return this.#lease.held;
+  }
+
+  /** Takes the lease and starts consuming, or stands by until the lease can be taken. */
   async start(): Promise<void> {
+    if (await this.#lease.tryAcquire()) return this.#begin();
+    this.#log(`flexcore: processor ${this.cfg.name} is run by another instance; standing by`);
+    this.#standby = (async () => {
+      while (!this.#stopping) {
+        await sleep(this.#leasePollMs);
+        if (this.#stopping) return;
+        if (await this.#lease.tryAcquire().catch(() => false)) {
+          if (this.#stopping) return;
+          this.#log(`flexcore: processor ${this.cfg.name}: lease taken over`);
+          await this.#begin();
+          return;
+        }
+      }
+    })().catch((err: unknown) => this.#fail(err));
+  }
+
+  async #begin(): Promise<void> {
     const version = this.#nc.info?.version ?? "0.0.0";
     const multi = compareVersions(version, MULTI_FILTER_VERSION) >= 0;
     const subjects = [...this.cfg.subjects];
@@ -218,17 +276,27 @@ class ProcessorRunner {
     // of after ack_wait and behind newer ones, so a key never sees its events out of order;
     // messages that were processed but not acknowledged are skipped by their checkpoint.
     let floor = 0;
+    let ackedDeliveries = 0;
     try {
       const info = await this.#jsm.consumers.info(STREAMS.events, this.consumerName);
-      floor = info.ack_floor.stream_seq;
+      // Nothing acknowledged yet since it was created at opt_start_seq: the floor is below that.
+      floor = Math.max(info.ack_floor.stream_seq, (info.config.opt_start_seq ?? 1) - 1);
+      ackedDeliveries = info.ack_floor.consumer_seq;
       await this.#jsm.consumers.delete(STREAMS.events, this.consumerName);
     } catch (err) {
       if (!/consumer not found/i.test(String((err as Error).message)) && (err as { name?: string }).name !== "ConsumerNotFoundError") throw err;
     }
+    // A run marker left behind means the last run did not stop cleanly: the deliveries it
+    // asked for beyond its ack floor may hold a message that kills the host.
+    const run = await this.#readMarker<{ requestedTo: number }>(RUN_MARKER);
+    this.#carefulWindow = run ? Math.max(1, run.requestedTo - ackedDeliveries) : 0;
+    await this.#writeMarker(RUN_MARKER, { requestedTo: this.#carefulWindow });
     const config: Partial<ConsumerConfig> = {
       durable_name: this.consumerName,
       description: `FlexCore processor ${this.cfg.name} (${this.cfg.kind})`,
-      ack_policy: AckPolicy.Explicit,
+      // One ack covers every earlier delivery: the runtime acks its low-water mark (see
+      // #advance), not each message, which halves the messages per event.
+      ack_policy: AckPolicy.All,
       ack_wait: nanos(this.cfg.ackWaitMs),
       max_ack_pending: this.cfg.maxInFlight,
       // The runtime counts attempts and dead-letters; the server must never drop a message.
@@ -253,6 +321,7 @@ class ProcessorRunner {
     // and up to two batches waiting behind it. Gating on the pool's queue alone (2 tasks
     // per thread) left partitions without a next batch when their task finished.
     const backlog = cfg.batchSize * cfg.partitions * BATCHES_WAITING;
+    if (this.#carefulWindow > 0) await this.#careful(this.#carefulWindow);
     while (!this.#stopping) {
       // Backpressure: pull only while fewer than max_in_flight messages are unacknowledged
       // and less than two batches per partition wait for the pool.
@@ -265,6 +334,8 @@ class ProcessorRunner {
       // consume() loop streamed messages in a few at a time and made tasks small).
       const want = Math.min(cfg.maxInFlight - this.#inFlight, cfg.batchSize * cfg.partitions * 2);
       try {
+        // The next start knows how far this run may have got (one write per pull).
+        await this.#writeMarker(RUN_MARKER, { requestedTo: this.#nextDelivery - 1 + want });
         const messages = await this.#consumer!.fetch({ max_messages: want, expires: FETCH_EXPIRES_MS });
         this.#messages = messages;
         for await (const m of messages) this.#accept(m);
@@ -280,32 +351,127 @@ class ProcessorRunner {
     }
   }
 
+  /**
+   * After a run that did not stop cleanly (crash, process out of memory, kill -9), the
+   * `window` deliveries it may have fetched beyond its ack floor are processed one at a
+   * time, each under a marker in `flex_state` (`<processor>._head`: its sequence and how
+   * many runs tried it). A message that kills the host leaves its marker behind, so the next
+   * start counts one more attempt, and at `max_deliver` attempts dead-letters it without
+   * processing it again. Then the runner goes back to batches.
+   */
+  async #careful(window: number): Promise<void> {
+    const prior = await this.#readMarker<{ seq: number; attempts: number }>(HEAD_MARKER);
+    this.#log(`flexcore: processor ${this.cfg.name}: the last run did not stop cleanly; processing up to ${window} messages one at a time`);
+    let left = window;
+    while (left > 0 && !this.#stopping && !this.#failed) {
+      let m: JsMsg | undefined;
+      try {
+        const messages = await this.#consumer!.fetch({ max_messages: 1, expires: FETCH_EXPIRES_MS });
+        this.#messages = messages;
+        for await (const x of messages) m = x;
+      } catch (err) {
+        if (this.#stopping) return;
+        this.#log(`flexcore: processor ${this.cfg.name}: pull failed (${(err as Error).message}); pulling again`);
+        await sleep(FETCH_RETRY_MS);
+        continue;
+      } finally {
+        this.#messages = undefined;
+      }
+      if (!m) break; // nothing left to deliver: the window was shorter
+      left -= 1;
+      const entry = this.#entryOf(m);
+      if (!entry) continue;
+      const partition = this.#partitions[fnv(entry.stateKey) % this.#partitions.length]!;
+      await this.#ensureStates([entry]);
+      if (entry.seq <= this.#states.get(entry.stateKey)!.seq) {
+        // Processed before the stop, not acknowledged: skipped without running anything.
+        this.#enqueue(entry);
+        this.#start(partition);
+        continue;
+      }
+      const attempts = prior?.seq === entry.seq ? prior.attempts : 0;
+      if (attempts >= this.cfg.maxDeliver) {
+        const error = new ProcessorCrashedError(this.cfg.name, entry.seq, attempts);
+        await this.#publisher.publish(...this.#asPublish(this.#deadLetter(entry, attempts, { name: error.name, code: error.code, message: error.message }, error.message)));
+        this.totals.deadLettered += 1;
+        entry.done = true;
+        this.#order.push(entry);
+        this.#advance();
+        continue;
+      }
+      await this.#writeMarker(HEAD_MARKER, { seq: entry.seq, attempts: attempts + 1 });
+      this.#enqueue(entry);
+      this.#start(partition);
+      await this.idle();
+    }
+    if (!this.#failed && !this.#stopping) await this.#kv.delete(snapshotKey(HEAD_MARKER, this.cfg.name)).catch(() => undefined);
+  }
+
+  async #readMarker<T>(name: string): Promise<T | undefined> {
+    const e = await this.#kv.get(snapshotKey(name, this.cfg.name));
+    return e && e.operation === "PUT" && e.length > 0 ? (JSON.parse(new TextDecoder().decode(e.value)) as T) : undefined;
+  }
+
+  async #writeMarker(name: string, value: unknown): Promise<void> {
+    await this.#kv.put(snapshotKey(name, this.cfg.name), encoder.encode(JSON.stringify(value)));
+  }
+
+  #asPublish(x: PendingOutput): [string, Uint8Array, { headers: MsgHdrs }] {
+    return [x.subject, x.data, { headers: x.headers }];
+  }
+
   #wake(): void {
     for (const w of this.#waiters.splice(0)) w();
   }
 
   #accept(m: JsMsg): void {
+    const entry = this.#entryOf(m);
+    if (entry) this.#enqueue(entry);
+  }
+
+  // Checks the delivery sequence and decodes the message; undefined when it is not for
+  // this processor (it is then counted as done).
+  #entryOf(m: JsMsg): Entry | undefined {
+    // An ack covers every earlier delivery, so a delivery that never reached us (a pull cut
+    // short) must not be passed by the low-water mark: start again from the ack floor.
+    const delivery = m.info.deliverySequence;
+    if (delivery !== this.#nextDelivery) {
+      this.#fail(new Error(`delivery ${this.#nextDelivery} was lost (got ${delivery})`));
+      return undefined;
+    }
+    this.#nextDelivery = delivery + 1;
     const subject = m.subject;
     const tokens = subject.split(".");
     if (tokens.length < 3 || (this.#clientFilter && !this.#clientFilter.some((f) => subjectMatches(f, subject)))) {
-      m.ack();
-      return;
+      this.#order.push({ m, done: true } as Entry);
+      this.#advance();
+      return undefined;
     }
     const tenant = tokens[1]!;
     const key = tokens[tokens.length - 1]!;
-    const h = m.headers;
+    // Header fields straight from the header block (generic MsgHdrs decoding cost more
+    // than anything else per message); the body stays unparsed.
+    const ev = eventFromJsMsg(m, { lazyData: true });
     const entry: Entry = {
       m,
-      seq: m.seq,
+      done: false,
+      seq: ev.seq,
       subject,
       tenant,
       key,
       stateKey: `${tenant}.${key}`,
-      type: h?.get(HEADERS.type) || "unknown",
-      time: h?.get(HEADERS.time) || new Date(Math.floor(m.info.timestampNanos / 1e6)).toISOString(),
+      type: ev.type || "unknown",
+      time: ev.time,
+      sourceId: ev.id,
+      correlationId: ev.correlationId || ev.id,
       receivedAt: performance.now(),
     };
+    return entry;
+  }
+
+  #enqueue(entry: Entry): void {
     this.#inFlight += 1;
+    this.#order.push(entry);
     this.#pendingByKey.set(entry.stateKey, (this.#pendingByKey.get(entry.stateKey) ?? 0) + 1);
     const p = this.#partitions[fnv(entry.stateKey) % this.#partitions.length]!;
     p.queue.push(entry);
@@ -400,9 +566,9 @@ class ProcessorRunner {
     const states: Array<string | null> = [];
     const keyIndex = new Uint32Array(entries.length);
     const seqs = new Float64Array(entries.length);
-    const subjects: string[] = [];
-    const types: string[] = [];
-    const times: string[] = [];
+    const subjects = new Array<string>(entries.length);
+    const types = new Array<string>(entries.length);
+    const times = new Array<string>(entries.length);
     let bytes = 0;
     for (const e of entries) bytes += e.m.data.length;
     const body = new Uint8Array(bytes);
@@ -419,14 +585,14 @@ class ProcessorRunner {
       }
       keyIndex[i] = k;
       seqs[i] = e.seq;
-      subjects.push(e.subject);
-      types.push(e.type);
-      times.push(e.time);
+      subjects[i] = e.subject;
+      types[i] = e.type;
+      times[i] = e.time;
       body.set(e.m.data, pos);
       pos += e.m.data.length;
       offsets[i + 1] = pos;
     });
-    return { op: "batch", kind: this.cfg.kind, options: this.cfg.validatedOptions, tenants, keys, states, keyIndex, seqs, subjects, types, times, body, offsets };
+    return { op: "batch", kind: this.cfg.kind, options: this.cfg.validatedOptions, tenants, keys, states, keyIndex, seqs, subjects: subjects.join("\n"), types: types.join("\n"), times: times.join("\n"), body, offsets };
   }
 
   // Runs a batch: skips what the state already reflects, sends the rest to the pool, and
@@ -486,9 +652,8 @@ class ProcessorRunner {
       h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:${result.outIndex[j]}`);
       h.set(HEADERS.type, result.outTypes[j]!);
       h.set(HEADERS.time, e.time);
-      const sourceId = e.m.headers?.get(HEADERS.msgId) || `seq-${e.seq}`;
-      h.set(HEADERS.correlationId, e.m.headers?.get(HEADERS.correlationId) || sourceId);
-      h.set(HEADERS.causationId, sourceId);
+      h.set(HEADERS.correlationId, e.correlationId);
+      h.set(HEADERS.causationId, e.sourceId);
       h.set(HEADERS.schema, "1");
       h.set(HEADERS.contentType, "application/json");
       h.set("Flex-Source-Seq", String(e.seq));
@@ -535,34 +700,39 @@ class ProcessorRunner {
       this.#remember(e.stateKey, next);
       checkpoints.set(e.stateKey, next);
       const reason = new ProcessorFailedError(this.cfg.name, e.seq, `${lastError.name}${lastError.code ? ` [${lastError.code}]` : ""}: ${lastError.message}`);
-      const h = natsHeaders();
-      h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:dlq`);
-      h.set(HEADERS.type, "ProcessingFailed");
-      h.set(HEADERS.time, new Date().toISOString());
-      h.set(HEADERS.causationId, e.m.headers?.get(HEADERS.msgId) || `seq-${e.seq}`);
-      h.set(HEADERS.schema, "1");
-      h.set(HEADERS.contentType, "application/json");
-      h.set("Flex-Source-Seq", String(e.seq));
-      h.set("Flex-Source-Subject", e.subject);
-      h.set("Flex-Error", reason.message.replace(/[\r\n]+/g, " ").slice(0, 1024));
-      const body = {
-        processor: this.cfg.name,
-        kind: this.cfg.kind,
-        seq: e.seq,
-        subject: e.subject,
-        tenant: e.tenant,
-        key: e.key,
-        type: e.type,
-        time: e.time,
-        attempts: allowed + (e.m.info.deliveryCount - 1),
-        error: { name: lastError.name, code: lastError.code ?? null, message: lastError.message },
-        reason: reason.message,
-        data: decodeData(e.m.data),
-      };
-      dlq.push({ subject: dlqSubject(e.tenant, this.cfg.name), data: encoder.encode(JSON.stringify(body)), headers: h });
-      this.#log(`flexcore: ${reason.message}; dead-lettered to ${dlqSubject(e.tenant, this.cfg.name)}`);
+      dlq.push(this.#deadLetter(e, allowed + (e.m.info.deliveryCount - 1), lastError, reason.message));
     }
     return failedAttempts;
+  }
+
+  /** The `ProcessingFailed` dead letter of `e` (its `Nats-Msg-Id` is fixed, so a repeat is stored once). */
+  #deadLetter(e: Entry, attempts: number, error: { name: string; code: string | undefined; message: string }, reason: string): PendingOutput {
+    const h = natsHeaders();
+    h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:dlq`);
+    h.set(HEADERS.type, "ProcessingFailed");
+    h.set(HEADERS.time, new Date().toISOString());
+    h.set(HEADERS.causationId, e.sourceId);
+    h.set(HEADERS.schema, "1");
+    h.set(HEADERS.contentType, "application/json");
+    h.set("Flex-Source-Seq", String(e.seq));
+    h.set("Flex-Source-Subject", e.subject);
+    h.set("Flex-Error", reason.replace(/[\r\n]+/g, " ").slice(0, 1024));
+    const body = {
+      processor: this.cfg.name,
+      kind: this.cfg.kind,
+      seq: e.seq,
+      subject: e.subject,
+      tenant: e.tenant,
+      key: e.key,
+      type: e.type,
+      time: e.time,
+      attempts,
+      error: { name: error.name, code: error.code ?? null, message: error.message },
+      reason,
+      data: decodeData(e.m.data),
+    };
+    this.#log(`flexcore: ${reason}; dead-lettered to ${dlqSubject(e.tenant, this.cfg.name)}`);
+    return { subject: dlqSubject(e.tenant, this.cfg.name), data: encoder.encode(JSON.stringify(body)), headers: h };
   }
 
   // Outputs first, then the state checkpoints, then the acks: a crash anywhere in between
@@ -581,7 +751,7 @@ class ProcessorRunner {
     }
     const now = performance.now();
     for (const e of o.entries) {
-      e.m.ack();
+      e.done = true;
       this.latency.add(now - e.receivedAt);
       const left = (this.#pendingByKey.get(e.stateKey) ?? 1) - 1;
       if (left > 0) this.#pendingByKey.set(e.stateKey, left);
@@ -593,8 +763,27 @@ class ProcessorRunner {
     this.totals.errors += o.failedAttempts;
     this.totals.deadLettered += o.dlq.length;
     this.#inFlight -= o.entries.length;
+    this.#advance();
     this.#wake();
     this.#checkIdle();
+  }
+
+  // Acks the last delivery before which every delivery is committed (partitions commit out
+  // of order); on an AckPolicy.All consumer that acks all of them.
+  #advance(): void {
+    const order = this.#order;
+    let head = this.#head;
+    while (head < order.length && order[head]!.done) head += 1;
+    if (head === this.#head) return;
+    order[head - 1]!.m.ack();
+    if (head === order.length) {
+      this.#order = [];
+      head = 0;
+    } else if (head >= 4_096) {
+      this.#order = order.slice(head);
+      head = 0;
+    }
+    this.#head = head;
   }
 
   #remember(stateKey: string, st: KeyState): void {
@@ -632,6 +821,8 @@ class ProcessorRunner {
     if (this.#failed || this.#stopping) return;
     this.#failed = true;
     this.#log(`flexcore: processor ${this.cfg.name} failed: ${(err as Error)?.message ?? String(err)}; restarting from its checkpoints`);
+    // What is in flight will not be acknowledged by this runner: nobody waits for it.
+    for (const w of this.#idleWaiters.splice(0)) w();
     this.#onFailure(this, err);
   }
 
@@ -639,6 +830,7 @@ class ProcessorRunner {
   async stop(): Promise<void> {
     this.#stopping = true;
     this.#wake();
+    await this.#standby;
     await this.#messages?.close().catch(() => undefined);
     await this.#fetching;
     for (const p of this.#partitions) this.#schedule(p);
@@ -647,9 +839,12 @@ class ProcessorRunner {
       while (this.#partitions.some((p) => p.busy || p.queue.length > 0) && !this.#failed) await sleep(5);
     }
     await Promise.all(this.#partitions.map((p) => p.commitTail));
+    // A clean stop: everything fetched is acknowledged, the next start needs no care.
+    if (!this.#failed && this.#inFlight === 0 && this.#consumer) await this.#kv.delete(snapshotKey(RUN_MARKER, this.cfg.name)).catch(() => undefined);
     if (this.#keepAlive) clearInterval(this.#keepAlive);
     for (const p of this.#partitions) if (p.linger) clearTimeout(p.linger);
     for (const w of this.#idleWaiters.splice(0)) w();
+    await this.#lease.release();
   }
 }
 
@@ -667,12 +862,17 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   });
   const publisher = options.publisher ?? createPublisher(nc);
   const jsm = await jetstreamManager(nc);
-  const kv = await new Kvm(nc).open(BUCKETS.state);
+  const kvm = new Kvm(nc);
+  const kv = await kvm.open(BUCKETS.state);
+  const leases = await kvm.open(BUCKETS.leases);
+  const instanceId = options.instanceId ?? `${hostname()}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  const leaseTtlMs = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
+  if (!Number.isInteger(leaseTtlMs) || leaseTtlMs < 200) throw new InvalidOptionError("leaseTtlMs", leaseTtlMs, "an integer number of ms from 200 and up");
   const runners = new Map<string, ProcessorRunner>();
   let closing = false;
   const restarts = new Set<Promise<void>>();
 
-  const create = (cfg: ResolvedProcessor): ProcessorRunner => new ProcessorRunner(nc, jsm, kv, pool, publisher, cfg, log, onFailure, maxKeys);
+  const create = (cfg: ResolvedProcessor): ProcessorRunner => new ProcessorRunner(nc, jsm, kv, pool, publisher, cfg, log, onFailure, maxKeys, leases, instanceId, leaseTtlMs);
   const onFailure = (runner: ProcessorRunner, _err: unknown): void => {
     const restart = (async () => {
       await runner.stop();
@@ -723,6 +923,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
       return {
         processor: r.cfg.name,
         kind: r.cfg.kind,
+        owner: r.owner,
         processed: r.totals.processed,
         outputs: r.totals.outputs,
         errors: r.totals.errors,

@@ -42,6 +42,9 @@ function runBatch(task: BatchTask): { result: BatchResult; transfer: ArrayBuffer
   // Group event indexes by key, keeping their order.
   const groups: number[][] = task.keys.map(() => []);
   for (let i = 0; i < n; i++) groups[task.keyIndex[i]!]!.push(i);
+  const inSubjects = task.subjects.split("\n");
+  const inTypes = task.types.split("\n");
+  const inTimes = task.times.split("\n");
 
   const states: Array<string | null> = new Array<string | null>(task.keys.length).fill(null);
   const failures: KeyFailure[] = [];
@@ -64,11 +67,11 @@ function runBatch(task: BatchTask): { result: BatchResult; transfer: ArrayBuffer
       const inputs: ProcessorInput[] = idx.map((i) => ({
         tenant,
         key,
-        subject: task.subjects[i]!,
+        subject: inSubjects[i]!,
         seq: task.seqs[i]!,
-        type: task.types[i]!,
+        type: inTypes[i]!,
         data: parseBody(task.body.subarray(task.offsets[i]!, task.offsets[i + 1]!)),
-        time: task.times[i]!,
+        time: inTimes[i]!,
       }));
       const raw = task.states[k];
       const state = raw === null || raw === undefined ? def.initialState(task.options, key) : JSON.parse(raw);
