@@ -1,4 +1,6 @@
 import { spawn } from "node:child_process";
+import { createServer } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import type { ChildProcess } from "node:child_process";
 import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
@@ -64,18 +66,61 @@ async function killChild(child: ChildProcess): Promise<void> {
   await gone;
 }
 
-const sleepStep = (ms: number): string => `function main(a) { return new Promise((r) => setTimeout(() => r({ step: a.step, at: Date.now() }), ${ms})); }`;
+// Every execution of a step first reports (run, step, attempt) to this ledger over TCP, so the
+// test counts what actually ran, not only what the run's events say (sandboxed steps reach it
+// with network: true).
+async function startLedger(): Promise<{ readonly port: number; readonly lines: string[]; close(): Promise<void> }> {
+  const lines: string[] = [];
+  const sockets = new Set<Socket>();
+  const server = createServer((sock) => {
+    sockets.add(sock);
+    let buf = "";
+    sock.on("data", (d) => (buf += d.toString()));
+    sock.on("close", () => {
+      sockets.delete(sock);
+      for (const l of buf.split("\n")) if (l.trim()) lines.push(l.trim());
+    });
+    sock.on("error", () => undefined);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    lines,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+const jsStep = (ms: number): string => `function main(a) { return new Promise((res, rej) => {
+  const s = require("net").connect(a.port, "127.0.0.1", () => s.end(JSON.stringify(a) + "\\n"));
+  s.on("error", rej);
+  s.on("close", () => setTimeout(() => res({ step: a.step, at: Date.now() }), ${ms}));
+}); }`;
+const BASH_STEP = `read -r x
+exec 3<>/dev/tcp/127.0.0.1/$LEDGER_PORT && printf '%s\\n' "$x" >&3 && exec 3>&-
+sleep 0.2; echo '{"step": "b"}'`;
+const PY_STEP = `import json, socket, time
+def main(a):
+    s = socket.create_connection(("127.0.0.1", a["port"]))
+    s.sendall((json.dumps(a) + "\\n").encode())
+    s.close()
+    time.sleep(0.2)
+    return {"step": "c2"}`;
+const who = (step: string, port: number): Record<string, unknown> => ({ step, port, run: "${{ run.id }}", attempt: "${{ run.attempt }}" });
 
 it(`kill -9 of runners ${KILLS} times during runs: every run ends, no succeeded step runs again`, async () => {
   const tenant = uniqueName("crash");
+  const ledger = await startLedger();
   await client.put(tenant, {
     name: "crashy",
     steps: [
-      { id: "a", kind: "script", language: "javascript", trusted: true, source: sleepStep(150), input: { step: "a" } },
-      { id: "b", kind: "script", language: "bash", source: "sleep 0.2; echo '{\"step\": \"b\"}'" },
-      { id: "c1", needs: ["b"], kind: "script", language: "javascript", trusted: true, source: sleepStep(200), input: { step: "c1" } },
-      { id: "c2", needs: ["b"], kind: "script", language: "python", source: "import time\ndef main(a):\n    time.sleep(0.2)\n    return {'step': 'c2'}" },
-      { id: "d", needs: ["c1", "c2"], kind: "script", language: "javascript", trusted: true, source: sleepStep(100), input: { step: "d", c1: "${{ steps.c1.output.step }}" } },
+      { id: "a", kind: "script", language: "javascript", trusted: true, source: jsStep(150), input: who("a", ledger.port) },
+      { id: "b", kind: "script", language: "bash", network: true, env: { LEDGER_PORT: String(ledger.port) }, source: BASH_STEP, input: who("b", ledger.port) },
+      { id: "c1", needs: ["b"], kind: "script", language: "javascript", trusted: true, source: jsStep(200), input: who("c1", ledger.port) },
+      { id: "c2", needs: ["b"], kind: "script", language: "python", network: true, source: PY_STEP, input: who("c2", ledger.port) },
+      { id: "d", needs: ["c1", "c2"], kind: "script", language: "javascript", trusted: true, source: jsStep(100), input: { ...who("d", ledger.port), c1: "${{ steps.c1.output.step }}" } },
     ],
   });
   // Three runner processes share the runs; each kill hits one that is driving runs, and a
@@ -95,21 +140,48 @@ it(`kill -9 of runners ${KILLS} times during runs: every run ends, no succeeded 
     runners[i] = startChild(`r${i}-${k}`);
   }
   const finals = await Promise.all(runIds.map((id) => client.wait(tenant, id, { timeoutMs: 120_000, pollMs: 200 })));
+  await ledger.close();
+  // (run, step) -> attempts that actually ran.
+  const ran = new Map<string, number[]>();
+  for (const l of ledger.lines) {
+    // A line cut by a kill is an execution that stopped before it did anything.
+    let e: { run: string; step: string; attempt: number };
+    try {
+      e = JSON.parse(l) as typeof e;
+    } catch {
+      continue;
+    }
+    const k = `${e.run}/${e.step}`;
+    ran.set(k, [...(ran.get(k) ?? []), e.attempt]);
+  }
   let interrupted = 0;
   for (const [i, s] of finals.entries()) {
     expect(s.status, runIds[i]).toBe("succeeded");
     const events = await client.events(tenant, runIds[i]!);
-    const succeeded = new Set<string>();
+    const succeeded = new Map<string, number>();
+    const started = new Map<string, number[]>();
     for (const e of events) {
-      const d = e.data as { step?: string; interrupted?: boolean };
-      if (e.type === "StepStarted") expect(succeeded.has(d.step!), `${runIds[i]}: ${d.step} started again after it succeeded`).toBe(false);
+      const d = e.data as { step?: string; attempt?: number; interrupted?: boolean };
+      if (e.type === "StepStarted") {
+        expect(succeeded.has(d.step!), `${runIds[i]}: ${d.step} started again after it succeeded`).toBe(false);
+        started.set(d.step!, [...(started.get(d.step!) ?? []), d.attempt!]);
+      }
       if (e.type === "StepSucceeded") {
         expect(succeeded.has(d.step!), `${runIds[i]}: ${d.step} succeeded twice`).toBe(false);
-        succeeded.add(d.step!);
+        succeeded.set(d.step!, d.attempt!);
       }
       if (e.type === "StepFailed" && d.interrupted) interrupted += 1;
     }
-    expect([...succeeded].sort()).toEqual(["a", "b", "c1", "c2", "d"]);
+    expect([...succeeded.keys()].sort()).toEqual(["a", "b", "c1", "c2", "d"]);
+    for (const [step, attempt] of succeeded) {
+      // What ran: each attempt at most once, only attempts the log started, and the succeeded
+      // one among them; so nothing of the step ran after its success was recorded.
+      const attempts = ran.get(`${runIds[i]}/${step}`) ?? [];
+      expect(new Set(attempts).size, `${runIds[i]}/${step} ran an attempt twice: ${attempts}`).toBe(attempts.length);
+      for (const a of attempts) expect(started.get(step), `${runIds[i]}/${step} ran attempt ${a} that no StepStarted records`).toContain(a);
+      expect(attempts, `${runIds[i]}/${step}`).toContain(attempt);
+      expect(Math.max(...attempts)).toBe(attempt);
+    }
     expect(s.steps.d!.output).toMatchObject({ step: "d" });
     expect(events.filter((e) => e.type === "RunSucceeded")).toHaveLength(1);
   }

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
+import { processesWith } from "../test/sandbox-escapes.js";
 import { createEventStore, ensureTopology, eventSubject } from "../streams/index.js";
 import type { EventStore } from "../streams/index.js";
 import { createScriptRunner } from "../processors/index.js";
@@ -99,6 +100,7 @@ describe("runs", () => {
       steps: [
         { id: "a", kind: "script", language: "javascript", trusted: true, source: js("if (args.attempt < 3) throw new Error('try ' + args.attempt); return { ok: args.attempt };"), input: { attempt: "${{ run.attempt }}" }, retry: { max_attempts: 3, backoff_ms: 200, factor: 2 } },
         { id: "b", kind: "script", language: "javascript", trusted: true, source: js("throw new Error('always');"), retry: { max_attempts: 2, backoff_ms: 100 } },
+        { id: "c", kind: "script", language: "javascript", trusted: true, source: js("return 1;") },
       ],
     });
     const { runId } = await runner.start(tenant, "flaky");
@@ -109,15 +111,22 @@ describe("runs", () => {
     const a = events.filter((e) => (e.data as { step?: string }).step === "a");
     expect(a.map((e) => `${e.type}:${(e.data as { attempt: number }).attempt}`)).toEqual(["StepStarted:1", "StepFailed:1", "StepStarted:2", "StepFailed:2", "StepStarted:3", "StepSucceeded:3"]);
     expect(s.steps.a!.output).toEqual({ ok: 3 });
-    // Attempt n+1 starts backoff_ms * factor^(n-1) after attempt n failed: 200 ms, then 400 ms.
-    const gap = (i: number): number => a[i + 1]!.storedAt - a[i]!.storedAt;
-    expect(gap(1)).toBeGreaterThanOrEqual(190);
-    expect(gap(1)).toBeLessThan(190 + 400);
-    expect(gap(3)).toBeGreaterThanOrEqual(390);
+    // Attempt n+1 is scheduled backoff_ms * factor^(n-1) after attempt n failed (200 ms, then
+    // 400 ms), recorded as retryAt, and does not start before it.
+    const retryAt = (i: number): number => (a[i]!.data as { retryAt: number }).retryAt;
+    expect(retryAt(1) - Date.parse(a[1]!.time)).toBeGreaterThanOrEqual(199);
+    expect(retryAt(1) - Date.parse(a[1]!.time)).toBeLessThanOrEqual(200);
+    expect(retryAt(3) - Date.parse(a[3]!.time)).toBeGreaterThanOrEqual(399);
+    expect(retryAt(3) - Date.parse(a[3]!.time)).toBeLessThanOrEqual(400);
+    expect(a[2]!.storedAt).toBeGreaterThanOrEqual(retryAt(1) - 5);
+    expect(a[4]!.storedAt).toBeGreaterThanOrEqual(retryAt(3) - 5);
     expect((a[1]!.data as { willRetry: boolean }).willRetry).toBe(true);
     const b = events.filter((e) => (e.data as { step?: string }).step === "b" && e.type === "StepFailed");
     expect(b.map((e) => (e.data as { willRetry: boolean }).willRetry)).toEqual([true, false]);
     expect(events.at(-1)!.type).toBe("RunFailed");
+    // Without continue_on_error the definitive failure ends the run: nothing after it starts.
+    expect(events.some((e) => (e.data as { step?: string }).step === "c")).toBe(false);
+    expect(s.steps.c!.status).toBe("pending");
   });
 
   it("continue_on_error keeps the run going; when skips or runs steps; parallel branches fan out and join", async () => {
@@ -181,9 +190,13 @@ steps:
 
   it("cancels a run: its running step is killed and the run ends cancelled", async () => {
     const tenant = uniqueName("t");
-    await client.put(tenant, { name: "slow", steps: [{ id: "wait", kind: "script", language: "bash", source: "sleep 30", timeout_ms: 60_000 }, { id: "after", kind: "script", language: "bash", source: "echo 1" }] });
+    // A unique sleep argument finds the step's processes on the host.
+    const arg = `30.${Math.floor(Math.random() * 1e9)}`;
+    await client.put(tenant, { name: "slow", steps: [{ id: "wait", kind: "script", language: "bash", source: `sleep ${arg} & sleep ${arg}`, timeout_ms: 60_000 }, { id: "after", kind: "script", language: "bash", source: "echo 1" }] });
     const { runId } = await runner.start(tenant, "slow");
     for (let i = 0; i < 100 && (await client.status(tenant, runId)).steps.wait!.status !== "running"; i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 200 && (await processesWith(arg)).length < 2; i++) await new Promise((r) => setTimeout(r, 50));
+    expect((await processesWith(arg)).length, "the step's two sleeps are running").toBeGreaterThanOrEqual(2);
     const cancelled = await client.cancel(tenant, runId, { reason: "test", by: "me" });
     expect(cancelled.status).toBe("cancelled");
     await expect(client.cancel(tenant, runId)).rejects.toBeInstanceOf(RunFinishedError);
@@ -192,6 +205,7 @@ steps:
     expect(s.status).toBe("cancelled");
     expect(s.steps.after!.status).toBe("pending");
     expect((await client.events(tenant, runId)).map((e) => e.type)).toEqual(["RunStarted", "StepStarted", "RunCancelled"]);
+    expect(await processesWith(arg), "processes of the cancelled step 1 s later").toEqual([]);
   });
 
   it("starts a run for each matching event (subject filter and type), once", async () => {
