@@ -82,7 +82,10 @@ export interface ScriptRunnerOptions {
   readonly sandbox?: "auto" | "bwrap" | "plain";
   /** Parent of the per-run working directories. @default os.tmpdir() */
   readonly workRoot?: string;
-  /** Child-process steps running at once; more wait their turn. @default the number of CPUs */
+  /**
+   * Child-process (untrusted) steps running at once: the size of the Piscina pool whose worker
+   * threads spawn and supervise them; more wait in its queue. @default the number of CPUs
+   */
   readonly maxConcurrent?: number;
   /** Worker threads for trusted JavaScript. @default the number of CPUs */
   readonly trustedThreads?: number;
