@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import Fastify from "fastify";
-import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyRequest, onRequestHookHandler, onResponseHookHandler } from "fastify";
 import swagger from "@fastify/swagger";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamManager } from "@nats-io/jetstream";
@@ -14,7 +14,7 @@ import type { KeyStore, KeyStoreOptions } from "./keys.js";
 import { createMetrics } from "./metrics.js";
 import { createRouteReports } from "./route-reports.js";
 import type { GatewayMetrics, LagSources } from "./metrics.js";
-import { allows, POLICY, ROLES } from "./policy.js";
+import { POLICY, ROLES } from "./policy.js";
 import type { PolicyName } from "./policy.js";
 import { createRateLimiter } from "./rate-limit.js";
 import type { RateLimiter, RateLimitOptions } from "./rate-limit.js";
@@ -170,6 +170,8 @@ export interface RouteContext {
   readonly workflows: WorkflowClient | undefined;
   /** Runs `fn` with the request timeout: aborts its signal and answers 503 when it passes. */
   timed<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T>;
+  /** Answers 503 when `work` (which cannot be cancelled) outlasts the request timeout; no AbortController. */
+  deadline<T>(work: Promise<T>): Promise<T>;
 }
 
 /** A running gateway. */
@@ -303,6 +305,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   app.addContentTypeParser(["application/x-ndjson", "application/ndjson"], { parseAs: "string", bodyLimit: limits.batchBodyLimit }, (_req, body, done) => done(null, body));
 
   const routes: Array<{ method: string; url: string; policy: PolicyName | undefined }> = [];
+  // Everything a request needs from its route (policy, roles, media types, metric labels) is
+  // worked out here, once per route, and handed to hooks of that route alone.
   app.addHook("onRoute", (route) => {
     const policy = route.config?.policy;
     for (const method of [route.method].flat()) if (method !== "HEAD" && route.schema?.hide !== true) routes.push({ method, url: route.url, policy });
@@ -311,39 +315,75 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
       route.schema = { ...route.schema, security: [{ bearer: [] }] };
       const allowed = POLICY[policy].join(", ");
       route.schema.description = `${route.schema.description ?? ""}\n\nRoles: ${allowed}.`.trim();
+      const existing = [route.onRequest ?? []].flat();
+      if (!existing.some((h) => ours.has(h))) route.onRequest = [mark(authenticate(policy, route.config?.accepts)), ...existing];
     }
+    // Fastify copies a GET route's options, hooks included, into its HEAD route.
+    const after = [route.onResponse ?? []].flat();
+    if (!after.some((h) => ours.has(h))) route.onResponse = [mark(observe(route.url)), ...after];
   });
+  const ours = new WeakSet<object>();
+  const mark = <H extends object>(hook: H): H => {
+    ours.add(hook);
+    return hook;
+  };
 
-  app.addHook("onRequest", async (request: FastifyRequest) => {
-    const policy = request.routeOptions.config?.policy;
-    if (policy === undefined) return;
-    let principal: Principal;
-    if (!authOn) {
-      principal = PUBLIC_PRINCIPAL;
-    } else {
-      const header = request.headers.authorization;
-      if (header === undefined) throw new UnauthenticatedError("missing Authorization: Bearer <token>");
-      if (header.length > MAX_TOKEN_BYTES + 7) throw new TokenTooLargeError(header.length, MAX_TOKEN_BYTES);
-      if (header.length < 8 || header.slice(0, 7).toLowerCase() !== "bearer ") throw new UnauthenticatedError("expected Authorization: Bearer <token>");
-      principal = await verifier!.verify(header.slice(7).trim());
-    }
-    if (!allows(policy, principal.roles)) throw new ForbiddenError(policy, POLICY[policy], principal.roles);
-    if (limiter) {
-      const wait = limiter.take(principal.tenant);
-      if (wait > 0) throw new RateLimitedError(wait, limiter.perSecond);
-    }
-    request.principal = principal;
-    const accepts = request.routeOptions.config?.accepts;
-    if (accepts && hasBody(request)) {
-      const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
-      if (!type || !accepts.includes(type)) throw new UnsupportedMediaTypeError(request.headers["content-type"], accepts);
-    }
-  });
+  const authenticate = (policy: PolicyName, accepts: readonly string[] | undefined): onRequestHookHandler => {
+    const allowed = new Set<string>(POLICY[policy]);
+    const admit = (request: FastifyRequest, principal: Principal): void => {
+      if (!principal.roles.some((r) => allowed.has(r))) throw new ForbiddenError(policy, POLICY[policy], principal.roles);
+      if (limiter) {
+        const wait = limiter.take(principal.tenant);
+        if (wait > 0) throw new RateLimitedError(wait, limiter.perSecond);
+      }
+      request.principal = principal;
+      if (accepts && hasBody(request)) {
+        const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
+        if (!type || !accepts.includes(type)) throw new UnsupportedMediaTypeError(request.headers["content-type"], accepts);
+      }
+    };
+    // Callback style, so a token already in the cache costs no promise: most requests.
+    return (request, _reply, done) => {
+      try {
+        if (!authOn) {
+          admit(request, PUBLIC_PRINCIPAL);
+          return done();
+        }
+        const header = request.headers.authorization;
+        if (header === undefined) throw new UnauthenticatedError("missing Authorization: Bearer <token>");
+        if (header.length > MAX_TOKEN_BYTES + 7) throw new TokenTooLargeError(header.length, MAX_TOKEN_BYTES);
+        if (header.length < 8 || header.slice(0, 7).toLowerCase() !== "bearer ") throw new UnauthenticatedError("expected Authorization: Bearer <token>");
+        const token = header.slice(7).trim();
+        const cached = verifier!.verifyCached(token);
+        if (cached) {
+          admit(request, cached);
+          return done();
+        }
+        verifier!.verify(token).then((principal) => {
+          admit(request, principal);
+          done();
+        }).catch((err: unknown) => done(err as Error));
+      } catch (err) {
+        done(err as Error);
+      }
+    };
+  };
 
-  app.addHook("onResponse", async (request: FastifyRequest, reply: FastifyReply) => {
-    const route = request.routeOptions.url;
-    metrics.requestDuration.observe({ method: request.method, route: route ?? "unmatched", status: String(reply.statusCode) }, reply.elapsedTime / 1000);
-    if (route !== undefined) reports.record(`${request.method} ${route}`, reply.statusCode, reply.elapsedTime);
+  const observe = (url: string): onResponseHookHandler => {
+    const labels = new Map<string, { method: string; route: string; status: string }>();
+    return (request, reply, done) => {
+      const key = `${request.method} ${reply.statusCode}`;
+      let l = labels.get(key);
+      if (!l) labels.set(key, (l = { method: request.method, route: url, status: String(reply.statusCode) }));
+      metrics.requestDuration.observe(l, reply.elapsedTime / 1000);
+      reports.record(`${request.method} ${url}`, reply.statusCode, reply.elapsedTime);
+      done();
+    };
+  };
+  // Requests that matched no route (404s, and errors before routing) are counted as "unmatched".
+  app.addHook("onResponse", (request, reply, done) => {
+    if (request.is404) metrics.requestDuration.observe({ method: request.method, route: "unmatched", status: String(reply.statusCode) }, reply.elapsedTime / 1000);
+    done();
   });
 
   app.setErrorHandler((err, request, reply) => {
@@ -373,7 +413,19 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     }
   };
 
-  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInLimiter, readModels, workflows, timed };
+  const deadline = async <T>(work: Promise<T>): Promise<T> => {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new RequestTimeoutError(limits.requestTimeoutMs)), limits.requestTimeoutMs);
+    });
+    try {
+      return await Promise.race([work, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInLimiter, readModels, workflows, timed, deadline };
   registerHealthRoutes(ctx);
   registerAuthRoutes(ctx);
   registerUserRoutes(ctx);

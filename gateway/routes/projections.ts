@@ -1,7 +1,7 @@
 import { checkToken } from "../../streams/index.js";
 import { BadRequestError, UnavailableError } from "../errors.js";
 import type { RouteContext } from "../gateway.js";
-import type { ReadModels } from "../read-models.js";
+import type { ReadModelPage, ReadModelQuery, ReadModels } from "../read-models.js";
 
 /** Interval of SSE keep-alive comments, in ms. */
 export const SSE_HEARTBEAT_MS = 15_000;
@@ -41,7 +41,7 @@ function need(readModels: ReadModels | undefined): ReadModels {
 
 /** `GET /v1/projections/:name` and its live feed. */
 export function registerProjectionRoutes(ctx: RouteContext): void {
-  const { app, limits, timed, revocations } = ctx;
+  const { app, limits, timed, deadline, revocations } = ctx;
 
   app.get<{ Params: { name: string }; Querystring: ProjectionQuerystring }>("/v1/projections/:name", {
     config: { policy: "projection.query" },
@@ -69,17 +69,25 @@ export function registerProjectionRoutes(ctx: RouteContext): void {
     const q = req.query;
     if (q.limit !== undefined && q.limit > limits.maxPageSize) throw new BadRequestError("limit", `limit must be at most ${limits.maxPageSize}, got ${q.limit}`, { max: limits.maxPageSize });
     const filter = parseFilter(q.filter);
+    const query: ReadModelQuery = {
+      tenant,
+      limit: q.limit ?? limits.defaultPageSize,
+      ...(filter ? { filter } : {}),
+      ...(q.sort ? { sort: q.sort } : {}),
+      ...(q.cursor ? { cursor: q.cursor } : {}),
+      ...(q.reader ? { reader: q.reader } : {}),
+    };
+    const answer = (page: ReadModelPage) => ({ rows: page.rows, nextCursor: page.nextCursor ?? null });
+    if (q.minSeq === undefined) {
+      // The common read: nothing to abort, so only a deadline (no AbortController), and none
+      // at all when the read model answers synchronously.
+      const page = rm.query(name, query);
+      return page instanceof Promise ? answer(await deadline(page)) : answer(page);
+    }
+    const minSeq = q.minSeq;
     return timed(async (signal) => {
-      if (q.minSeq !== undefined) await rm.waitFor(name, q.minSeq, { timeoutMs: Math.min(limits.maxWaitMs, limits.requestTimeoutMs), signal });
-      const page = await rm.query(name, {
-        tenant,
-        limit: q.limit ?? limits.defaultPageSize,
-        ...(filter ? { filter } : {}),
-        ...(q.sort ? { sort: q.sort } : {}),
-        ...(q.cursor ? { cursor: q.cursor } : {}),
-        ...(q.reader ? { reader: q.reader } : {}),
-      });
-      return { rows: page.rows, nextCursor: page.nextCursor ?? null };
+      await rm.waitFor(name, minSeq, { timeoutMs: Math.min(limits.maxWaitMs, limits.requestTimeoutMs), signal });
+      return answer(await rm.query(name, query));
     });
   });
 
