@@ -72,8 +72,26 @@ async function engineWith(options: Partial<ProjectionEngineOptions> & { dataDir?
   return engine;
 }
 
-/** A projection counting events per tenant and aggregate, keeping the order of values seen. */
-function counter(name: string, opts: { version?: number; onError?: "dlq" | "stop"; category: string; factor?: number }): Projection {
+/**
+ * A projection counting events per tenant and aggregate, keeping the order of values seen.
+ * An event with `poison` throws; one with `badRow` passes `fold.add` but makes the write
+ * fail (as a constraint would). With `fold`, it also has the incremental form.
+ */
+function counter(name: string, opts: { version?: number; onError?: "dlq" | "stop"; category: string; factor?: number; fold?: boolean }): Projection {
+  type Row = { n: number; seen: number[] };
+  const statements = (db: Database.Database) => ({
+    get: db.prepare("SELECT n, seen FROM counts WHERE tenant = ? AND id = ?"),
+    put: db.prepare("INSERT INTO counts (tenant, id, n, seen) VALUES (?, ?, ?, ?) ON CONFLICT (tenant, id) DO UPDATE SET n = excluded.n, seen = excluded.seen"),
+  });
+  const load = (s: ReturnType<typeof statements>, tenant: string, id: string): Row => {
+    const row = s.get.get(tenant, id) as { n: number; seen: string } | undefined;
+    return row ? { n: row.n, seen: JSON.parse(row.seen) as number[] } : { n: 0, seen: [] };
+  };
+  const value = (e: StoredEvent): { v: number; badRow: boolean } => {
+    const data = e.data as { v: number; poison?: boolean; badRow?: boolean };
+    if (data.poison) throw new Error(`poisoned value ${data.v}`);
+    return { v: data.v, badRow: data.badRow === true };
+  };
   return {
     name,
     version: opts.version ?? 1,
@@ -87,18 +105,42 @@ function counter(name: string, opts: { version?: number; onError?: "dlq" | "stop
       db.exec("CREATE TABLE counts (tenant TEXT NOT NULL, id TEXT NOT NULL, n INTEGER NOT NULL, seen TEXT NOT NULL, PRIMARY KEY (tenant, id))");
     },
     apply(db, events: readonly StoredEvent[]) {
-      const get = db.prepare("SELECT n, seen FROM counts WHERE tenant = ? AND id = ?");
-      const put = db.prepare("INSERT INTO counts (tenant, id, n, seen) VALUES (?, ?, ?, ?) ON CONFLICT (tenant, id) DO UPDATE SET n = excluded.n, seen = excluded.seen");
+      const s = statements(db);
       for (const e of events) {
-        const data = e.data as { v: number; poison?: boolean };
-        if (data.poison) throw new Error(`poisoned value ${data.v}`);
+        const { v, badRow } = value(e);
+        if (badRow) throw new Error(`bad row for value ${v}`);
         const [, tenant, , id] = e.subject.split(".") as [string, string, string, string];
-        const row = get.get(tenant, id) as { n: number; seen: string } | undefined;
-        const seen = row ? (JSON.parse(row.seen) as number[]) : [];
-        seen.push(data.v);
-        put.run(tenant, id, (row?.n ?? 0) + (opts.factor ?? 1), JSON.stringify(seen));
+        const row = load(s, tenant, id);
+        row.seen.push(v);
+        s.put.run(tenant, id, row.n + (opts.factor ?? 1), JSON.stringify(row.seen));
       }
     },
+    ...(opts.fold
+      ? {
+          fold(db) {
+            const s = statements(db);
+            const rows = new Map<string, Row & { tenant: string; id: string }>();
+            let bad: number | undefined;
+            return {
+              add(e) {
+                const { v, badRow } = value(e);
+                const [, tenant, , id] = e.subject.split(".") as [string, string, string, string];
+                const key = `${tenant}/${id}`;
+                const row = rows.get(key) ?? { ...load(s, tenant, id), tenant, id };
+                row.seen = [...row.seen, v];
+                row.n += opts.factor ?? 1;
+                rows.set(key, row);
+                if (badRow) bad = v;
+              },
+              write() {
+                if (bad !== undefined) throw new Error(`bad row for value ${bad}`);
+                for (const r of rows.values()) s.put.run(r.tenant, r.id, r.n, JSON.stringify(r.seen));
+                rows.clear();
+              },
+            };
+          },
+        }
+      : {}),
   };
 }
 
@@ -170,6 +212,29 @@ describe("built-in read models", () => {
     await expect(engine.query("nope", { tenant: a })).rejects.toBeInstanceOf(ProjectionNotFoundError);
   });
 
+  it("generic: an event its reducer rejects is dead-lettered alone; the aggregate keeps the others, and one it would have created does not exist", async () => {
+    const tenant = uniqueName("red");
+    const category = uniqueName("acct");
+    const reducer = (state: unknown, e: StoredEvent): unknown => {
+      const d = e.data as { n: number; bad?: boolean };
+      if (d.bad) throw new Error(`rejected ${d.n}`);
+      return { total: ((state as { total?: number } | undefined)?.total ?? 0) + d.n };
+    };
+    await using engine = await engineWith({ projections: [genericProjection({ reducers: { [category]: reducer } })] });
+    const seq = await publish([
+      { subject: `evt.${tenant}.${category}.a`, type: "Add", data: { n: 1 } },
+      { subject: `evt.${tenant}.${category}.b`, type: "Add", data: { n: 5, bad: true } },
+      { subject: `evt.${tenant}.${category}.a`, type: "Add", data: { n: 2, bad: true } },
+      { subject: `evt.${tenant}.${category}.a`, type: "Add", data: { n: 3 } },
+    ]);
+    await engine.waitFor("generic", seq);
+    const rows = (await engine.query("generic", { tenant })).rows;
+    expect(rows).toEqual([expect.objectContaining({ id: "a", doc: { total: 4 }, revision: 2, last_seq: seq })]);
+    const failures = (await engine.status("generic"))[0]!.failures.last.filter((f) => f.seq > seq - 4);
+    expect(failures.map((f) => f.seq).sort()).toEqual([seq - 2, seq - 1]);
+    expect(failures.map((f) => f.error).join()).toMatch(/rejected 5.*rejected 2|rejected 2.*rejected 5/u);
+  });
+
   it("read-your-writes: waitFor resolves once the model holds the write; times out and aborts with typed errors", async () => {
     await using engine = await engineWith({ projections: [genericProjection()] });
     const tenant = uniqueName("ryw");
@@ -199,7 +264,10 @@ describe("built-in read models", () => {
   });
 });
 
-describe("exactly once", () => {
+describe.each([
+  ["apply", false],
+  ["fold", true],
+])("exactly once (%s)", (_, fold) => {
   it("restarts and replays from sequence 1 never double count, and keep each aggregate's order", async () => {
     const dir = await dataDir();
     const category = uniqueName("ord");
@@ -207,7 +275,7 @@ describe("exactly once", () => {
     const evts: Array<{ subject: string; type: string; data: unknown }> = [];
     for (let i = 0; i < 600; i++) evts.push({ subject: `evt.${tenant}.${category}.a${i % 7}`, type: "V", data: { v: i } });
     const first = await publish(evts.slice(0, 300));
-    const p = counter("counts", { category });
+    const p = counter("counts", { category, fold });
     {
       await using engine = await engineWith({ dataDir: dir, projections: [p] });
       await engine.waitFor("counts", first);
@@ -228,7 +296,7 @@ describe("exactly once", () => {
     // A new projection beside it makes the shared consumer replay the stream from 1:
     // `counts` sees every old event again and must skip them.
     const hashBefore = await (async () => {
-      await using engine = await engineWith({ dataDir: dir, projections: [p, counter("fresh", { category })] });
+      await using engine = await engineWith({ dataDir: dir, projections: [p, counter("fresh", { category, fold })] });
       await engine.waitFor("fresh", seq, { timeout: 20_000 });
       await engine.waitFor("counts", seq);
       await check(engine);
@@ -239,7 +307,7 @@ describe("exactly once", () => {
       return status[0]!.file;
     })();
     // A rebuilt copy holds the same rows.
-    await using engine = await engineWith({ dataDir: dir, projections: [p, counter("fresh", { category })] });
+    await using engine = await engineWith({ dataDir: dir, projections: [p, counter("fresh", { category, fold })] });
     const before = modelHash(new Database(hashBefore, { readonly: true }));
     await engine.rebuild("counts");
     const after = (await engine.status("counts"))[0]!;
@@ -249,33 +317,51 @@ describe("exactly once", () => {
   });
 });
 
-describe("failure policy", () => {
+describe.each([
+  ["apply", false],
+  ["fold", true],
+])("failure policy (%s)", (_, fold) => {
   it("dlq (default): the failing event goes to FLEX_DLQ with its reason, the rest are applied, the failure is counted", async () => {
     const category = uniqueName("poison");
     const tenant = uniqueName("t");
-    await using engine = await engineWith({ projections: [counter("poisoned", { category })] });
-    const evts = Array.from({ length: 30 }, (_, i) => ({ subject: `evt.${tenant}.${category}.x${i % 3}`, type: "V", data: { v: i, poison: i === 13 } }));
+    const logs: string[] = [];
+    await using engine = await engineWith({ projections: [counter("poisoned", { category, fold })], log: (l) => logs.push(l) });
+    // 13 throws in apply / fold.add; 21 only when written (with a fold: the whole window's write).
+    const evts = Array.from({ length: 30 }, (_, i) => ({ subject: `evt.${tenant}.${category}.x${i % 3}`, type: "V", data: { v: i, poison: i === 13, badRow: i === 21 } }));
     const seq = await publish(evts);
     await engine.waitFor("poisoned", seq);
-    const rows = (await engine.query<{ n: number }>("poisoned", { tenant })).rows;
-    expect(rows.reduce((a, r) => a + r.n, 0)).toBe(29);
+    const rows = (await engine.query<{ id: string; n: number; seen: number[] }>("poisoned", { tenant, sort: "id" })).rows;
+    expect(rows.reduce((a, r) => a + r.n, 0)).toBe(28);
+    // Each aggregate's values once, in order, without the two failed ones.
+    expect(rows.map((r) => r.seen)).toEqual([0, 1, 2].map((k) => evts.map((_e, i) => i).filter((i) => i % 3 === k && i !== 13 && i !== 21)));
     const status = (await engine.status("poisoned"))[0]!;
-    expect(status.failures.count).toBe(1);
-    expect(status.failures.last[0]).toMatchObject({ seq: seq - 16, type: "V", policy: "dlq" });
-    expect(status.failures.last[0]?.error).toContain("poisoned value 13");
+    expect(status.failures.count).toBe(2);
+    expect(status.failures.last.map((f) => f.seq).sort()).toEqual([seq - 16, seq - 8].sort());
+    expect(status.failures.last.find((f) => f.seq === seq - 16)).toMatchObject({ type: "V", policy: "dlq" });
+    expect(status.failures.last.find((f) => f.seq === seq - 16)?.error).toContain("poisoned value 13");
+    expect(status.failures.last.find((f) => f.seq === seq - 8)?.error).toContain("bad row for value 21");
+    expect(status.streams[0]?.checkpoint).toBe(seq);
+    if (fold) expect(logs.some((l) => l.includes("reading it again event by event"))).toBe(true);
     expect(status.state).not.toBe("stopped");
-    const jsm = await jetstreamManager(nats.nc);
-    const dead = await jsm.streams.getMessage(STREAMS.dlq, { last_by_subj: `dlq.${tenant}.${dlqSource("poisoned")}` });
-    expect(dead?.header?.get(DLQ_HEADERS.reason)).toContain("poisoned value 13");
-    expect(dead?.header?.get(DLQ_HEADERS.seq)).toBe(String(seq - 16));
-    expect(dead?.header?.get(DLQ_HEADERS.subject)).toBe(evts[13]!.subject);
-    expect(dead?.json()).toEqual({ v: 13, poison: true });
+    // Both are in the DLQ once (a dead letter sent again is deduplicated by its id).
+    const dead: Array<{ seq: string | undefined; reason: string | undefined; subject: string | undefined; body: unknown }> = [];
+    const consumer = await jetstream(nats.nc).consumers.get(STREAMS.dlq, { filter_subjects: `dlq.${tenant}.${dlqSource("poisoned")}` });
+    for await (const m of await consumer.consume()) {
+      dead.push({ seq: m.headers?.get(DLQ_HEADERS.seq), reason: m.headers?.get(DLQ_HEADERS.reason), subject: m.headers?.get(DLQ_HEADERS.subject), body: m.json() });
+      if (m.info.pending === 0) break;
+    }
+    expect(dead.map((d) => d.seq).sort()).toEqual([String(seq - 16), String(seq - 8)].sort());
+    const thirteen = dead.find((d) => d.seq === String(seq - 16));
+    expect(thirteen?.reason).toContain("poisoned value 13");
+    expect(thirteen?.subject).toBe(evts[13]!.subject);
+    expect(thirteen?.body).toEqual({ v: 13, poison: true, badRow: false });
+    expect(dead.find((d) => d.seq === String(seq - 8))?.reason).toContain("bad row for value 21");
   });
 
   it("stop: the events before the failing one are applied, then the projection halts and says why", async () => {
     const category = uniqueName("poison");
     const tenant = uniqueName("t");
-    await using engine = await engineWith({ projections: [counter("halting", { category, onError: "stop" })] });
+    await using engine = await engineWith({ projections: [counter("halting", { category, onError: "stop", fold })] });
     const evts = Array.from({ length: 30 }, (_, i) => ({ subject: `evt.${tenant}.${category}.x${i % 3}`, type: "V", data: { v: i, poison: i === 13 } }));
     const seq = await publish(evts);
     const poisonSeq = seq - 16;

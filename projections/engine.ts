@@ -19,7 +19,7 @@ import type { ColumnType, FailurePolicy, Projection, ProjectionSource, SourceStr
 import { InvalidQueryError } from "./errors.js";
 import { runQuery } from "./query.js";
 import type { QueryOptions, QueryPage } from "./query.js";
-import { DEFAULT_BATCH_SIZE, Runner } from "./runner.js";
+import { DEFAULT_BATCH_SIZE, DEFAULT_FOLD_WINDOW, Runner } from "./runner.js";
 
 /** How long `waitFor` waits when no timeout is given. */
 export const DEFAULT_WAIT_TIMEOUT_MS = 5_000;
@@ -36,8 +36,13 @@ export interface ProjectionEngineOptions {
   readonly projections?: readonly Projection[];
   /** SQLite `synchronous` level. @default "full" */
   readonly sync?: SyncMode;
-  /** Most events per transaction. @default 8192 */
+  /** Most events per transaction of a projection without `fold`. @default 16384 */
   readonly batchSize?: number;
+  /**
+   * Most events per transaction of a projection with `fold` (the built-ins): during a
+   * catch-up or rebuild each window writes each key once. @default 131072
+   */
+  readonly foldWindow?: number;
   /** `waitFor` timeout when the call names none, in ms. @default 5000 */
   readonly waitTimeoutMs?: number;
   /**
@@ -224,6 +229,7 @@ function checkOptions(o: ProjectionEngineOptions): void {
   if (typeof o.dataDir !== "string" || o.dataDir.length === 0) throw new InvalidOptionError("dataDir", o.dataDir, "a directory path");
   if (o.sync !== undefined && o.sync !== "full" && o.sync !== "normal") throw new InvalidOptionError("sync", o.sync, '"full" or "normal"');
   if (o.batchSize !== undefined && (!Number.isInteger(o.batchSize) || o.batchSize < 1)) throw new InvalidOptionError("batchSize", o.batchSize, "an integer from 1 and up");
+  if (o.foldWindow !== undefined && (!Number.isInteger(o.foldWindow) || o.foldWindow < 1)) throw new InvalidOptionError("foldWindow", o.foldWindow, "an integer from 1 and up");
   if (o.waitTimeoutMs !== undefined && (!Number.isInteger(o.waitTimeoutMs) || o.waitTimeoutMs < 0)) throw new InvalidOptionError("waitTimeoutMs", o.waitTimeoutMs, "an integer from 0 and up");
 }
 
@@ -248,7 +254,7 @@ class Engine implements ProjectionEngine {
   readonly #nc: NatsConnection;
   readonly #dir: string;
   readonly #sync: SyncMode;
-  readonly #batchSize: number;
+  readonly #limits: { readonly batchSize: number; readonly foldWindow: number };
   readonly #waitTimeoutMs: number;
   readonly #readOnly: boolean;
   readonly #log: (line: string) => void;
@@ -270,7 +276,7 @@ class Engine implements ProjectionEngine {
     this.#nc = nc;
     this.#dir = projectionsDir(options.dataDir);
     this.#sync = options.sync ?? DEFAULT_SYNC;
-    this.#batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
+    this.#limits = { batchSize: options.batchSize ?? DEFAULT_BATCH_SIZE, foldWindow: options.foldWindow ?? DEFAULT_FOLD_WINDOW };
     this.#waitTimeoutMs = options.waitTimeoutMs ?? DEFAULT_WAIT_TIMEOUT_MS;
     this.#readOnly = options.readOnly ?? false;
     this.#log = options.log ?? ((line) => void process.stderr.write(`${line}\n`));
@@ -290,7 +296,7 @@ class Engine implements ProjectionEngine {
         return;
       }
       this.#release = acquireLock(this.#dir);
-      this.#live = new Runner(this.#js, this.#deadLetterFn(), (m, s, o) => this.#onLiveBatch(m, s, o), this.#log, this.#batchSize);
+      this.#live = new Runner(this.#js, this.#deadLetterFn(), (m, s, o) => this.#onLiveBatch(m, s, o), this.#log, this.#limits);
       const stale: string[] = [];
       const live: Member[] = [];
       for (const p of this.#projections.values()) {
@@ -365,12 +371,10 @@ class Engine implements ProjectionEngine {
     const served = this.#served.get(member.name);
     if (served?.member !== member) return;
     this.#settleWaiters(member.name);
-    if (outcome && outcome.applied.length > 0) {
+    if (outcome && outcome.applied > 0) {
       const listeners = this.#listeners.get(member.name);
       if (listeners && listeners.size > 0) {
-        const tenants = new Set<string>();
-        for (const e of outcome.applied) tenants.add(e.subject.split(".")[1] ?? "");
-        this.#emit(member.name, { projection: member.name, kind: "apply", stream, seq: member.position(stream), events: outcome.applied.length, tenants: [...tenants] });
+        this.#emit(member.name, { projection: member.name, kind: "apply", stream, seq: member.position(stream), events: outcome.applied, tenants: [...outcome.tenants] });
       }
     }
   }
@@ -541,7 +545,7 @@ class Engine implements ProjectionEngine {
     const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
     const fresh: Member[] = [];
     let wake: (() => void) | undefined;
-    const runner = new Runner(this.#js!, this.#deadLetterFn(), () => wake?.(), this.#log, this.#batchSize);
+    const runner = new Runner(this.#js!, this.#deadLetterFn(), () => wake?.(), this.#log, this.#limits);
     let progressTimer: NodeJS.Timeout | undefined;
     let swapped = false;
     try {

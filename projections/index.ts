@@ -27,12 +27,12 @@ export type {
   StreamStatus,
   WaitOptions,
 } from "./engine.js";
-export type { ApplyContext, ColumnType, FailurePolicy, Projection, ProjectionSource, ReaderSpec, SourceStream } from "./projection.js";
+export type { ApplyContext, ColumnType, FailurePolicy, Projection, ProjectionFold, ProjectionSource, ReaderSpec, SourceStream } from "./projection.js";
 export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./query.js";
 export type { FilterOps, FilterValue, QueryOptions, QueryPage, Scalar } from "./query.js";
 export { DEFAULT_SYNC } from "./database.js";
 export type { StoredFailure, SyncMode } from "./database.js";
-export { DEFAULT_BATCH_SIZE } from "./runner.js";
+export { DEFAULT_BATCH_SIZE, DEFAULT_FOLD_WINDOW } from "./runner.js";
 export { PROJECTIONS_DIR, projectionsDir } from "./catalog.js";
 export { DLQ_HEADERS, dlqSource } from "./dead-letter.js";
 export {

@@ -3,20 +3,21 @@
  * built-in projections with synchronous=FULL until every one reaches the given
  * sequences, printing the lowest position every few ms. It starts when a line arrives on
  * stdin, so the test can start the next process while the previous one still runs.
- * Usage: node --import tsx projections/projector.child.ts <natsUrl> <dataDir> <eventsSeq> <derivedSeq>
+ * Usage: node --import tsx projections/projector.child.ts <natsUrl> <dataDir> <eventsSeq> <derivedSeq> [small|default]
  */
 import { once } from "node:events";
 import { connect } from "@nats-io/transport-node";
 import { STREAMS } from "../streams/index.js";
 import { createProjectionEngine } from "./index.js";
 
-const [url, dataDir, eventsSeq, derivedSeq] = process.argv.slice(2);
+const [url, dataDir, eventsSeq, derivedSeq, size] = process.argv.slice(2);
 process.stdout.write("ready\n");
 await once(process.stdin, "data");
 process.stdin.destroy();
 const nc = await connect({ servers: url! });
-// Small batches: more commits, so more kills land inside a transaction.
-const engine = createProjectionEngine(nc, { dataDir: dataDir!, sync: "full", batchSize: 1_000, log: () => undefined });
+// Small batches and fold windows: more commits, so more kills land inside a transaction.
+const windows = size === "default" ? {} : { batchSize: 1_000, foldWindow: 2_000 };
+const engine = createProjectionEngine(nc, { dataDir: dataDir!, sync: "full", ...windows, log: () => undefined });
 await engine.start();
 const names = engine.list().map((p) => p.name);
 const report = setInterval(() => {

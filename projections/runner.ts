@@ -2,22 +2,25 @@ import { DeliverPolicy } from "@nats-io/jetstream";
 import type { ConsumerMessages, JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import { eventFromJsMsg } from "../streams/index.js";
 import type { StoredEvent } from "../streams/index.js";
-import type { BatchOutcome, DeadLetterFn, Member } from "./member.js";
+import type { BatchOutcome, DeadLetterFn, Member, WindowLimits } from "./member.js";
 import type { SourceStream } from "./projection.js";
 
-/** Most events applied in one transaction. */
+/** Most events of a projection without `fold` in one transaction. */
 export const DEFAULT_BATCH_SIZE = 16_384;
+/**
+ * Most events of a projection with `fold` in one transaction. Folding holds one entry per
+ * key (aggregate, summary row), not the events, so a catch-up can write each key once per
+ * large window: with synchronous=FULL each window is one fsync per projection.
+ */
+export const DEFAULT_FOLD_WINDOW = 131_072;
+/**
+ * Longest a window stays open while the server says more events are pending (a catch-up).
+ * A caught-up stream is committed at once (latency).
+ */
+export const MAX_WINDOW_MS = 1_000;
 /** Messages an ordered consumer keeps in flight. */
 const CONSUMER_WINDOW = 16_384;
-/**
- * While the server says more messages are pending (a catch-up), a batch waits until it
- * holds this many events or {@link MAX_BATCH_WAIT_MS} passed: each batch is one fsync per
- * projection with synchronous=FULL, and what one socket read brings (~300 events) is far
- * too little to pay for it. A caught-up stream is applied at once (latency).
- */
-const MIN_CATCHUP_BATCH = 4_096;
-const MAX_BATCH_WAIT_MS = 25;
-/** Wait before retrying a batch that failed for a reason other than `apply` (e.g. the DLQ was unreachable). */
+/** Wait before retrying a commit that failed for a reason other than `apply` (e.g. the DLQ was unreachable). */
 const RETRY_DELAY_MS = 1_000;
 
 /** Told after each member's batch, for waiters, change listeners and progress. */
@@ -33,15 +36,16 @@ interface StreamReader {
   pending: number;
   /** Last sequence received from the server. */
   received: number;
-  /** When the oldest buffered message arrived (performance.now()). */
-  since: number;
 }
 
 /**
  * Reads each source stream with one ordered consumer (no acks; the checkpoint is the
- * position) and hands the same decoded batches to every member, each of which applies
- * only what it has not applied yet. Messages that arrive while a batch is applied wait in
- * a buffer, so batches grow with the load: a group commit.
+ * position) and hands the same decoded events to every member as they arrive, each of
+ * which takes only what it has not been handed yet: a projection with `fold` folds them
+ * into memory at once. A member's window is committed (rows + checkpoint, one
+ * transaction) when its stream is caught up, when it holds `foldWindow` (`batchSize`
+ * without `fold`) events, or after {@link MAX_WINDOW_MS}: during a catch-up, windows are
+ * large; when live, each arrival is committed at once.
  */
 export class Runner {
   readonly #js: JetStreamClient;
@@ -50,7 +54,7 @@ export class Runner {
   readonly #deadLetter: DeadLetterFn;
   readonly #onBatch: BatchListener;
   readonly #log: (line: string) => void;
-  readonly #batchSize: number;
+  readonly #limits: WindowLimits;
   #busy: Promise<void> | undefined;
   #scheduled = false;
   #paused = false;
@@ -60,12 +64,12 @@ export class Runner {
   /** Events read from the streams by this runner. */
   received = 0;
 
-  constructor(js: JetStreamClient, deadLetter: DeadLetterFn, onBatch: BatchListener, log: (line: string) => void, batchSize = DEFAULT_BATCH_SIZE) {
+  constructor(js: JetStreamClient, deadLetter: DeadLetterFn, onBatch: BatchListener, log: (line: string) => void, limits: Partial<WindowLimits> = {}) {
     this.#js = js;
     this.#deadLetter = deadLetter;
     this.#onBatch = onBatch;
     this.#log = log;
-    this.#batchSize = batchSize;
+    this.#limits = { batchSize: limits.batchSize ?? DEFAULT_BATCH_SIZE, foldWindow: limits.foldWindow ?? DEFAULT_FOLD_WINDOW, windowMs: limits.windowMs ?? MAX_WINDOW_MS };
   }
 
   get members(): ReadonlySet<Member> {
@@ -92,7 +96,7 @@ export class Runner {
     for (const m of members) this.#members.add(m);
     const streams = new Set(members.flatMap((m) => [...m.streams.keys()]));
     for (const stream of streams) {
-      const start = Math.min(...members.filter((m) => m.streams.has(stream)).map((m) => m.position(stream)));
+      const start = Math.min(...members.filter((m) => m.streams.has(stream)).map((m) => m.handed(stream)));
       const reader = this.#readers.get(stream);
       if (reader && start >= reader.applied) continue;
       if (reader) {
@@ -109,27 +113,40 @@ export class Runner {
   }
 
   async #open(stream: SourceStream, position: number): Promise<void> {
-    const reader: StreamReader = { stream, buffer: [], messages: undefined, applied: position, pending: 0, received: position, since: 0 };
+    const reader: StreamReader = { stream, buffer: [], messages: undefined, applied: position, pending: 0, received: position };
     this.#readers.set(stream, reader);
     const consumer = await this.#js.consumers.get(stream, position > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: position + 1 } : { deliver_policy: DeliverPolicy.All });
     reader.messages = await consumer.consume({
       max_messages: CONSUMER_WINDOW,
       callback: (m) => {
-        if (reader.buffer.length === 0) reader.since = performance.now();
-        reader.buffer.push(m);
+        if (this.#readers.get(stream) !== reader) return;
         reader.received = m.seq;
         reader.pending = m.info.pending;
         this.received += 1;
+        // Handed over (decoded, folded) at once: a message held until the next turn
+        // outlives a young-generation GC and costs far more to collect.
+        if (reader.buffer.length === 0 && !this.#busy && !this.#paused && !this.#closed) this.#handOne(reader, m);
+        else reader.buffer.push(m);
         this.#schedule();
       },
     });
     this.#schedule();
   }
 
-  /** Stops applying after the current batch; messages keep arriving into the buffer. */
+  /**
+   * Stops handing events out after the current turn and commits every open window:
+   * then each member's position is what the runner handed it. Messages keep arriving
+   * into the buffer.
+   */
   async pause(): Promise<void> {
     this.#paused = true;
     await this.#busy;
+    for (const m of [...this.#members]) {
+      for (const stream of m.streams.keys()) {
+        const outcome = await m.commit(stream, true, this.#deadLetter);
+        this.#onBatch(m, stream, outcome);
+      }
+    }
   }
 
   resume(): void {
@@ -137,7 +154,10 @@ export class Runner {
     this.#schedule();
   }
 
-  /** Waits for the current batch, stops the consumers and drops what is buffered. */
+  /**
+   * Waits for the current turn, stops the consumers and drops what is buffered; the
+   * members' uncommitted windows are dropped too (their positions are what is committed).
+   */
   async close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#retry);
@@ -148,80 +168,107 @@ export class Runner {
       await r.messages?.close().catch(() => undefined);
     }
     this.#readers.clear();
-  }
-
-  // Whether a reader's buffer should be applied now (see MIN_CATCHUP_BATCH).
-  #ready(r: StreamReader, now: number): boolean {
-    if (r.buffer.length === 0) return false;
-    return r.pending === 0 || r.buffer.length >= Math.min(MIN_CATCHUP_BATCH, this.#batchSize) || now - r.since >= MAX_BATCH_WAIT_MS;
+    for (const m of this.#members) m.dropWindows();
   }
 
   #schedule(): void {
     if (this.#scheduled || this.#busy || this.#paused || this.#closed) return;
     this.#scheduled = true;
-    // After the I/O callbacks of this turn: everything that arrived together is one batch.
+    // After the I/O callbacks of this turn: everything that arrived together is handed out together.
     setImmediate(() => {
       this.#scheduled = false;
       if (this.#busy || this.#paused || this.#closed) return;
       this.#busy = this.#drain().finally(() => {
         this.#busy = undefined;
-        const now = performance.now();
-        const readers = [...this.#readers.values()];
-        if (readers.some((r) => this.#ready(r, now))) this.#schedule();
-        else if (readers.some((r) => r.buffer.length > 0)) this.#wakeLater(now);
+        if ([...this.#readers.values()].some((r) => r.buffer.length > 0)) this.#schedule();
+        else this.#wakeLater();
       });
     });
   }
 
-  // A partial catch-up batch is applied when its wait is over, even if nothing else arrives.
-  #wakeLater(now: number): void {
-    if (this.#wake || this.#closed) return;
-    const due = Math.min(...[...this.#readers.values()].filter((r) => r.buffer.length > 0).map((r) => r.since + MAX_BATCH_WAIT_MS));
+  // An open window is committed when its time is up, even if nothing else arrives.
+  #wakeLater(): void {
+    if (this.#wake || this.#closed || this.#paused) return;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const m of this.#members) oldest = Math.min(oldest, m.oldestWindow() ?? Number.POSITIVE_INFINITY);
+    if (!Number.isFinite(oldest)) return;
     this.#wake = setTimeout(() => {
       this.#wake = undefined;
-      this.#schedule();
-    }, Math.max(1, Math.ceil(due - now)));
+      if (this.#busy || this.#paused || this.#closed) return;
+      this.#busy = this.#drain().finally(() => {
+        this.#busy = undefined;
+        if ([...this.#readers.values()].some((r) => r.buffer.length > 0)) this.#schedule();
+        else this.#wakeLater();
+      });
+    }, Math.max(1, Math.ceil(oldest + this.#limits.windowMs - performance.now())));
   }
 
-  // One batch per stream, then back to the event loop (the caller schedules the next
-  // turn): timers, queries and I/O keep running during a long catch-up.
+  // Per stream: hand out what arrived (at most batchSize), then commit the windows that
+  // are due; then back to the event loop (the caller schedules the next turn): timers,
+  // queries and I/O keep running during a long catch-up.
   async #drain(): Promise<void> {
-    const now = performance.now();
-    for (const reader of this.#readers.values()) {
+    for (const reader of [...this.#readers.values()]) {
       if (this.#paused || this.#closed) return;
-      if (!this.#ready(reader, now)) continue;
-      const msgs = reader.buffer.length <= this.#batchSize ? reader.buffer : reader.buffer.slice(0, this.#batchSize);
-      reader.buffer = msgs === reader.buffer ? [] : reader.buffer.slice(this.#batchSize);
-      reader.since = performance.now();
-      try {
-        await this.#apply(reader, msgs);
-      } catch (err) {
-        reader.buffer = msgs.concat(reader.buffer);
-        this.#log(`flexcore: projections: a batch of ${reader.stream} failed, retrying in ${RETRY_DELAY_MS} ms: ${(err as Error).message}`);
-        this.#paused = true;
-        this.#retry = setTimeout(() => this.resume(), RETRY_DELAY_MS);
-        return;
+      const stream = reader.stream;
+      if (await this.#rewind(reader)) continue;
+      if (reader.buffer.length > 0) {
+        const msgs = reader.buffer.length <= this.#limits.batchSize ? reader.buffer : reader.buffer.slice(0, this.#limits.batchSize);
+        reader.buffer = msgs === reader.buffer ? [] : reader.buffer.slice(this.#limits.batchSize);
+        this.#hand(reader, msgs);
       }
+      const caughtUp = reader.buffer.length === 0 && reader.pending === 0;
+      const now = performance.now();
+      for (const member of [...this.#members]) {
+        if (!member.streams.has(stream) || !member.due(stream, caughtUp, now, this.#limits)) continue;
+        let outcome;
+        try {
+          outcome = await member.commit(stream, caughtUp, this.#deadLetter);
+        } catch (err) {
+          this.#log(`flexcore: projections: a commit of ${member.name} on ${stream} failed, retrying in ${RETRY_DELAY_MS} ms: ${(err as Error).message}`);
+          this.#paused = true;
+          this.#retry = setTimeout(() => this.resume(), RETRY_DELAY_MS);
+          return;
+        }
+        if (outcome?.rewound) this.#log(`flexcore: projections: writing a window of ${member.name} failed (${outcome.rewound}); reading it again event by event to find the failing one`);
+        this.#onBatch(member, stream, outcome);
+      }
+      await this.#rewind(reader);
     }
   }
 
-  async #apply(reader: StreamReader, msgs: readonly JsMsg[]): Promise<void> {
+  // A member must be handed events again (its window was dropped): read from there.
+  async #rewind(reader: StreamReader): Promise<boolean> {
+    let behind = reader.applied;
+    for (const m of this.#members) if (!m.stopped && m.streams.has(reader.stream)) behind = Math.min(behind, m.handed(reader.stream));
+    if (behind >= reader.applied) return false;
+    await reader.messages?.close().catch(() => undefined);
+    await this.#open(reader.stream, behind);
+    return true;
+  }
+
+  #handOne(reader: StreamReader, m: JsMsg): void {
+    const stream = reader.stream;
+    reader.applied = m.seq;
+    let event: StoredEvent | undefined;
+    for (const member of this.#members) {
+      if (member.stopped || member.handed(stream) >= m.seq || !member.streams.has(stream)) continue;
+      event ??= eventFromJsMsg(m, { lazyData: true });
+      member.takeOne(stream, event);
+    }
+  }
+
+  #hand(reader: StreamReader, msgs: readonly JsMsg[]): void {
     const stream = reader.stream;
     let floor = Number.POSITIVE_INFINITY;
-    for (const m of this.#members) if (!m.stopped && m.streams.has(stream)) floor = Math.min(floor, m.position(stream));
+    for (const m of this.#members) if (!m.stopped && m.streams.has(stream)) floor = Math.min(floor, m.handed(stream));
     const events: StoredEvent[] = [];
-    // Events every member has already applied (a replay) are not even decoded.
+    // Events every member was already handed (a replay) are not even decoded.
     for (const m of msgs) {
       if (m.seq <= floor) continue;
       events.push(eventFromJsMsg(m, { lazyData: true }));
     }
-    const last = msgs[msgs.length - 1]!;
-    const caughtUp = reader.buffer.length === 0 && last.info.pending === 0;
-    for (const member of [...this.#members]) {
-      if (!member.streams.has(stream)) continue;
-      const outcome = await member.applyBatch(stream, events, last.seq, caughtUp, this.#deadLetter);
-      this.#onBatch(member, stream, outcome);
-    }
-    reader.applied = last.seq;
+    const last = msgs[msgs.length - 1]!.seq;
+    for (const member of this.#members) if (member.streams.has(stream)) member.take(stream, events, last);
+    reader.applied = last;
   }
 }

@@ -1,7 +1,7 @@
 import type { Database, Statement } from "better-sqlite3";
 import { InvalidOptionError, STREAMS } from "../../streams/index.js";
 import type { StoredEvent } from "../../streams/index.js";
-import type { Projection } from "../projection.js";
+import type { Projection, ProjectionFold } from "../projection.js";
 import { tokens } from "./fields.js";
 
 /** Folds one aggregate's events into its JSON document (pure; `state` is undefined for the first event). */
@@ -73,6 +73,8 @@ interface Doc {
 }
 
 const statements = new WeakMap<Database, { load: Statement; save: Statement }>();
+/** Documents a fold keeps between windows (as parsed state), beyond which it forgets them all. */
+const CACHED_DOCUMENTS = 100_000;
 
 /**
  * `generic`: the latest state of every aggregate (`evt.<tenant>.<category>.<id>`) as a JSON
@@ -111,6 +113,49 @@ export function genericProjection(options: GenericProjectionOptions = {}): Proje
     }
     return s;
   };
+  // Folds per aggregate in memory: one read and one write per aggregate and window.
+  const makeFold = (db: Database): ProjectionFold => {
+    const s = prepare(db);
+    const docs = new Map<string, Doc>();
+    const dirty = new Set<Doc>();
+    return {
+      add(e) {
+        let doc = docs.get(e.subject);
+        const fresh = !doc;
+        if (!doc) {
+          const [, tenant, category, id] = tokens(e.subject);
+          const row = s.load.get(tenant, category, id) as { doc: string | null; revision: number; created_time: string } | undefined;
+          doc = {
+            owned: true,
+            tenant, category, id,
+            state: row?.doc == null ? undefined : JSON.parse(row.doc),
+            revision: row?.revision ?? 0,
+            lastType: e.type,
+            createdTime: row?.created_time ?? e.time,
+            updatedTime: e.time,
+            lastSeq: e.seq,
+          };
+        }
+        // Throws before changing anything (reading `data` parses it; reducers are pure).
+        doc.state = fold(doc, e);
+        doc.revision += 1;
+        doc.lastType = e.type;
+        doc.updatedTime = e.time;
+        doc.lastSeq = e.seq;
+        if (fresh) docs.set(e.subject, doc);
+        dirty.add(doc);
+      },
+      write() {
+        for (const d of dirty) {
+          s.save.run(d.tenant, d.category, d.id, d.state === undefined ? null : JSON.stringify(d.state), d.revision, d.lastType, d.createdTime, d.updatedTime, d.lastSeq);
+        }
+        dirty.clear();
+        // Once committed, the documents equal their rows: the next window of this fold
+        // starts from them instead of reading and parsing the rows again (up to a bound).
+        if (docs.size > CACHED_DOCUMENTS) docs.clear();
+      },
+    };
+  };
   return {
     name: "generic",
     version: options.version ?? 1,
@@ -137,35 +182,10 @@ export function genericProjection(options: GenericProjectionOptions = {}): Proje
       });
     },
     apply(db, events) {
-      const s = prepare(db);
-      // Fold the batch per aggregate in memory: one read and one write per aggregate.
-      const docs = new Map<string, Doc>();
-      for (const e of events) {
-        let doc = docs.get(e.subject);
-        if (!doc) {
-          const [, tenant, category, id] = tokens(e.subject);
-          const row = s.load.get(tenant, category, id) as { doc: string | null; revision: number; created_time: string } | undefined;
-          doc = {
-            owned: true,
-            tenant, category, id,
-            state: row?.doc == null ? undefined : JSON.parse(row.doc),
-            revision: row?.revision ?? 0,
-            lastType: e.type,
-            createdTime: row?.created_time ?? e.time,
-            updatedTime: e.time,
-            lastSeq: e.seq,
-          };
-          docs.set(e.subject, doc);
-        }
-        doc.state = fold(doc, e);
-        doc.revision += 1;
-        doc.lastType = e.type;
-        doc.updatedTime = e.time;
-        doc.lastSeq = e.seq;
-      }
-      for (const d of docs.values()) {
-        s.save.run(d.tenant, d.category, d.id, d.state === undefined ? null : JSON.stringify(d.state), d.revision, d.lastType, d.createdTime, d.updatedTime, d.lastSeq);
-      }
+      const f = makeFold(db);
+      for (const e of events) f.add(e);
+      f.write();
     },
+    fold: makeFold,
   };
 }

@@ -1,7 +1,7 @@
 import type { Database, Statement } from "better-sqlite3";
 import { STREAMS } from "../../streams/index.js";
 import type { StoredEvent } from "../../streams/index.js";
-import type { Projection } from "../projection.js";
+import type { ApplyContext, Projection, ProjectionFold } from "../projection.js";
 import { tokens } from "./fields.js";
 
 /** Per-minute buckets older than this (behind a key's newest minute) are dropped. */
@@ -44,6 +44,51 @@ function prepared(db: Database): { summary: Statement; minute: Statement; prune:
 
 const rate = (n: string): string =>
   `coalesce((SELECT sum(m.count) FROM pipeline_minute m WHERE m.tenant = s.tenant AND m.category = s.category AND m.type = s.type AND m.source = s.source AND m.minute >= :from${n}), 0) / :span${n}`;
+
+// Folds in memory first: one upsert per key and per key and minute, not per event.
+function makeFold(db: Database, ctx: ApplyContext): ProjectionFold {
+  const source = ctx.stream === STREAMS.events ? "events" : "derived";
+  const aggs = new Map<string, Agg>();
+  return {
+    add(e) {
+      // `<root>.<tenant>.<category>.` is the key's prefix: no split per event.
+      const subject = e.subject;
+      const a1 = subject.indexOf(".");
+      const a2 = subject.indexOf(".", a1 + 1);
+      let a3 = a1 < 0 || a2 < 0 ? subject.length : subject.indexOf(".", a2 + 1);
+      if (a3 < 0) a3 = subject.length;
+      const key = `${subject.slice(0, a3)}\u0000${e.type}`;
+      const minute = Math.floor(e.storedAt / MINUTE_MS);
+      let a = aggs.get(key);
+      if (!a) {
+        const [, tenant, category] = tokens(subject);
+        a = { tenant, category, type: e.type, source, count: 0, firstTime: e.time, lastTime: e.time, lastSeq: e.seq, lastMinute: minute, minutes: new Map() };
+        aggs.set(key, a);
+      }
+      a.count += 1;
+      if (e.time < a.firstTime) a.firstTime = e.time;
+      if (e.time > a.lastTime) a.lastTime = e.time;
+      if (e.seq > a.lastSeq) a.lastSeq = e.seq;
+      if (minute > a.lastMinute) a.lastMinute = minute;
+      a.minutes.set(minute, (a.minutes.get(minute) ?? 0) + 1);
+    },
+    write() {
+      const s = prepared(db);
+      for (const a of aggs.values()) {
+        const row = s.summary.get(a.tenant, a.category, a.type, a.source, a.count, a.firstTime, a.lastTime, a.lastSeq, a.lastMinute) as { last_minute: number };
+        const oldest = row.last_minute - SUMMARY_RATE_WINDOW_MINUTES - 1;
+        let stale = false;
+        for (const [minute, count] of a.minutes) {
+          if (minute < oldest) stale = true;
+          else s.minute.run(a.tenant, a.category, a.type, a.source, minute, count);
+        }
+        if (stale || a.lastMinute === row.last_minute) s.prune.run(a.tenant, a.category, a.type, a.source, oldest);
+      }
+      // What is folded are increments: the next window starts from zero.
+      aggs.clear();
+    },
+  };
+}
 
 /**
  * `pipeline_summary`: per tenant × category (processor for derived events) × event type ×
@@ -92,42 +137,10 @@ export function pipelineSummaryProjection(): Projection {
       `);
     },
     apply(db, events: readonly StoredEvent[], ctx) {
-      const source = ctx.stream === STREAMS.events ? "events" : "derived";
-      // Fold the batch in memory first: one upsert per key and minute, not per event.
-      const aggs = new Map<string, Agg>();
-      for (const e of events) {
-        // `<root>.<tenant>.<category>.` is the key's prefix: no split per event.
-        const subject = e.subject;
-        const a1 = subject.indexOf(".");
-        const a2 = subject.indexOf(".", a1 + 1);
-        let a3 = a1 < 0 || a2 < 0 ? subject.length : subject.indexOf(".", a2 + 1);
-        if (a3 < 0) a3 = subject.length;
-        const key = `${subject.slice(0, a3)}\u0000${e.type}`;
-        const minute = Math.floor(e.storedAt / MINUTE_MS);
-        let a = aggs.get(key);
-        if (!a) {
-          const [, tenant, category] = tokens(subject);
-          a = { tenant, category, type: e.type, source, count: 0, firstTime: e.time, lastTime: e.time, lastSeq: e.seq, lastMinute: minute, minutes: new Map() };
-          aggs.set(key, a);
-        }
-        a.count += 1;
-        if (e.time < a.firstTime) a.firstTime = e.time;
-        if (e.time > a.lastTime) a.lastTime = e.time;
-        if (e.seq > a.lastSeq) a.lastSeq = e.seq;
-        if (minute > a.lastMinute) a.lastMinute = minute;
-        a.minutes.set(minute, (a.minutes.get(minute) ?? 0) + 1);
-      }
-      const s = prepared(db);
-      for (const a of aggs.values()) {
-        const row = s.summary.get(a.tenant, a.category, a.type, a.source, a.count, a.firstTime, a.lastTime, a.lastSeq, a.lastMinute) as { last_minute: number };
-        const oldest = row.last_minute - SUMMARY_RATE_WINDOW_MINUTES - 1;
-        let stale = false;
-        for (const [minute, count] of a.minutes) {
-          if (minute < oldest) stale = true;
-          else s.minute.run(a.tenant, a.category, a.type, a.source, minute, count);
-        }
-        if (stale || a.lastMinute === row.last_minute) s.prune.run(a.tenant, a.category, a.type, a.source, oldest);
-      }
+      const f = makeFold(db, ctx);
+      for (const e of events) f.add(e);
+      f.write();
     },
+    fold: makeFold,
   };
 }
