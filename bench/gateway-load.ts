@@ -15,14 +15,20 @@ export interface Job {
   readonly connections: number;
   readonly pipelining: number;
   readonly durationSec: number;
-  /** Give each connection its own aggregate: `path` + a per-connection id. */
+  /** Give each request in flight its own aggregate: `path` + an id reused once its response is in. */
   readonly perConnectionSuffix?: boolean;
 }
 
 const chunks: Buffer[] = [];
 for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
 const job = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Job;
-let next = 0;
+// autocannon clears a connection's context before each request when its list of requests
+// wraps (here: every request), so a context cannot hold a connection's aggregate. Instead an
+// id is taken from a free list when a request is built and given back when its response
+// arrives: with pipelining 1 no two requests in flight share an aggregate, and about
+// `connections` aggregates are used over and over (their heads stay cached).
+const free: string[] = [];
+let minted = 0;
 const result = await autocannon({
   url: job.url,
   connections: job.connections,
@@ -36,8 +42,12 @@ const result = await autocannon({
     ...(job.perConnectionSuffix
       ? {
           setupRequest: (req, context) => {
-            context.id ??= `c${process.pid}x${next++}`;
-            return { ...req, path: `${job.path}${String(context.id)}` };
+            const id = free.pop() ?? `c${process.pid}x${minted++}`;
+            context.id = id;
+            return { ...req, path: `${job.path}${id}` };
+          },
+          onResponse: (_status, _body, context) => {
+            if (typeof context.id === "string") free.push(context.id);
           },
         }
       : {}),

@@ -4,6 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
+import Fastify from "fastify";
+import type { FastifyInstance } from "fastify";
 import { createPublisher, encodeEvent, ensureTopology, startNatsServer } from "../streams/index.js";
 import { createGateway } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
@@ -66,6 +68,7 @@ export const suite: Suite = {
     const nc = await connect({ servers: server.url });
     const dir = await mkdtemp(join(tmpdir(), "flexcore-bench-gw-"));
     const gateways: Gateway[] = [];
+    let bare: FastifyInstance | undefined;
     let engine: ProjectionEngine | undefined;
     try {
       await ensureTopology(nc);
@@ -91,10 +94,15 @@ export const suite: Suite = {
         });
         lastSeq = Math.max(lastSeq, ...(seed.json() as { results: Array<{ seq: number }> }).results.map((r) => r.seq));
       }
-      // Only device events feed the read model, so the append and batch loads below do not also pay for SQLite.
       await engine.waitFor("generic", lastSeq, { timeout: 30_000 });
       // The common read: one aggregate's document by key. The page query below sorts 100 matches per request.
       const query = `/v1/projections/generic?filter=${encodeURIComponent('{"category":"device","id":"d-3"}')}`;
+      // The ceiling of the projection figures on this machine: Fastify with one route that
+      // answers the same bytes (no auth, hooks, query or metrics), under the same load.
+      const answer = (await authed.app.inject({ method: "GET", url: query, headers: bearer })).body;
+      bare = Fastify({ logger: false });
+      bare.get("/v1/projections/generic", async (_req, reply) => reply.type("application/json; charset=utf-8").send(answer));
+      const bareUrl = await bare.listen({ host: "127.0.0.1", port: 0 });
       const pageQuery = `/v1/projections/generic?filter=${encodeURIComponent('{"category":"device","doc.site":"site-3"}')}&limit=10`;
       const batch = JSON.stringify(Array.from({ length: BATCH_EVENTS }, (_, i) => ({
         category: "sensor", stream: `s-${i % 100}`, type: "ReadingRecorded",
@@ -104,6 +112,7 @@ export const suite: Suite = {
       const jobs = {
         projectionAuth: { url: authUrl, path: query, method: "GET", headers: bearer, connections: PROJECTION_CONNECTIONS, pipelining: 1, durationSec: LOAD_SECONDS },
         projectionOpen: { url: openUrl, path: query, method: "GET", headers: {}, connections: PROJECTION_CONNECTIONS, pipelining: 1, durationSec: LOAD_SECONDS },
+        projectionBare: { url: bareUrl, path: query, method: "GET", headers: bearer, connections: PROJECTION_CONNECTIONS, pipelining: 1, durationSec: LOAD_SECONDS },
         projectionPage: { url: authUrl, path: pageQuery, method: "GET", headers: bearer, connections: PROJECTION_CONNECTIONS, pipelining: 1, durationSec: LOAD_SECONDS },
         append: { url: authUrl, path: "/v1/streams/sensor/", method: "POST", headers: { ...bearer, "content-type": "application/json" }, body: append, connections: APPEND_CONNECTIONS, pipelining: 1, durationSec: LOAD_SECONDS, perConnectionSuffix: true },
         batch: { url: authUrl, path: "/v1/events", method: "POST", headers: { ...bearer, "content-type": "application/json" }, body: batch, connections: BATCH_CONNECTIONS, pipelining: 1, durationSec: LOAD_SECONDS },
@@ -123,24 +132,34 @@ export const suite: Suite = {
       const goal = (value: number) => ({ goal: value });
       // Auth and no-auth samples alternate (after one warm-up of each) so that load from other
       // processes on the machine falls on both alike; the ratio is then of medians of neighbours.
-      const pair = { open: [] as number[], auth: [] as number[] };
+      const pair = { open: [] as number[], auth: [] as number[], bare: [] as number[] };
       const openRun = measure("http.projection.no-auth", jobs.projectionOpen);
       const authRun = measure("http.projection.auth", jobs.projectionAuth);
+      const bareRun = measure("baseline.http.bare-fastify", jobs.projectionBare);
       await openRun();
       await authRun();
+      await bareRun();
       for (let i = 0; i < ITERATIONS; i++) {
         pair.open.push(await openRun());
         pair.auth.push(await authRun());
+        pair.bare.push(await bareRun());
       }
-      latencies["http.projection.no-auth"]!.shift();
-      latencies["http.projection.auth"]!.shift();
+      for (const name of ["http.projection.no-auth", "http.projection.auth", "baseline.http.bare-fastify"]) latencies[name]!.shift();
       const pairResults: BenchResult[] = [
         { name: "http.projection.no-auth", unit: "req/s", median: median(pair.open), samples: pair.open, extra: { what: `GET ${query} (one aggregate's document), auth off (baseline), ${PROJECTION_CONNECTIONS} connections` } },
         { name: "http.projection.auth", unit: "req/s", median: median(pair.auth), samples: pair.auth, extra: { what: `same query with an RS256 bearer token (verified-token cache), ${PROJECTION_CONNECTIONS} connections`, ...goal(10_000) } },
+        { name: "baseline.http.bare-fastify", unit: "req/s", median: median(pair.bare), samples: pair.bare, extra: { what: `the ceiling: bare Fastify answering the same bytes from one route (no auth, hooks, SQLite or metrics), same load, ${PROJECTION_CONNECTIONS} connections` } },
       ];
       for (const r of pairResults) log(`  ${r.name}: ${Math.round(r.median)} ${r.unit} (median of ${r.samples.length}, interleaved)`);
-      const results: BenchResult[] = [...pairResults, ...(await runTasks([
+      const pageResults = await runTasks([
         { name: "http.projection.page.auth", unit: "req/s", fn: measure("http.projection.page.auth", jobs.projectionPage), extra: { what: `GET ${pageQuery}: a page of 10 of the 100 aggregates of one site (indexed JSON field, sorted by key), auth` } },
+      ], { log, iterations: ITERATIONS });
+      // The engine reads every stored event (its filter applies after decoding) and writes a
+      // checkpoint per caught-up batch; stopped here, the write loads below measure the
+      // gateway and NATS, not also a projection in the same process.
+      await engine.close();
+      engine = undefined;
+      const results: BenchResult[] = [...pairResults, ...pageResults, ...(await runTasks([
         { name: "http.append", unit: "req/s", fn: measure("http.append", jobs.append), extra: { what: `POST /v1/streams/sensor/<per-connection id>, one event, auth, acked by JetStream, ${APPEND_CONNECTIONS} connections`, ...goal(5_000) } },
         { name: "http.batch-ingest", unit: "events/s", fn: measure("http.batch-ingest", jobs.batch, BATCH_EVENTS), extra: { what: `POST /v1/events, ${BATCH_EVENTS} events per JSON array, auth, every event acked, ${BATCH_CONNECTIONS} connections`, ...goal(50_000) } },
         {
@@ -167,10 +186,12 @@ export const suite: Suite = {
       });
       const byName = (n: string) => withGoals.find((r) => r.name === n)!;
       withGoals.push(ratio("http.projection.auth/no-auth", byName("http.projection.auth"), byName("http.projection.no-auth"), 0.6));
+      withGoals.push(ratio("http.projection.auth/baseline.http.bare-fastify", byName("http.projection.auth"), byName("baseline.http.bare-fastify")));
       withGoals.push(ratio("http.batch-ingest/baseline.publisher", byName("http.batch-ingest"), byName("baseline.publisher")));
       return withGoals;
     } finally {
       for (const g of gateways) await g.close().catch(() => undefined);
+      await bare?.close().catch(() => undefined);
       await engine?.close().catch(() => undefined);
       await nc.close();
       await server.close();
