@@ -121,6 +121,7 @@ class WindowPublisher implements Publisher {
   readonly #slotWaiters: Array<() => void> = [];
   readonly #idleWaiters: Array<() => void> = [];
   readonly #timer: NodeJS.Timeout;
+  #outbox: Pending[] = [];
   #next = 0;
   #connected = true;
   #closed = false;
@@ -188,16 +189,30 @@ class WindowPublisher implements Publisher {
     await this.close();
   }
 
+  // Messages are handed to the connection once per event-loop turn (setImmediate), not one
+  // by one: nats.js writes to the socket once per microtask checkpoint, so publishes made by
+  // separate I/O callbacks (e.g. 64 HTTP appends read in one poll) would each cost a socket
+  // write here and a read on the server; sent together they share one.
   #send(entry: Pending): void {
     entry.attempts += 1;
     entry.lastSent = Date.now();
-    try {
-      this.#nc.publish(entry.subject, entry.data, { reply: `${this.#prefix}.${entry.token}`, headers: entry.headers });
-    } catch (err) {
-      // A bad subject or a closed connection: nothing was sent and nothing will be.
-      this.#settle(entry, err instanceof Error ? new PublishRejectedError(entry.subject, err.message) : new PublisherClosedError(entry.subject));
-    }
+    this.#outbox.push(entry);
+    if (this.#outbox.length === 1) setImmediate(this.#drainOutbox);
   }
+
+  readonly #drainOutbox = (): void => {
+    const batch = this.#outbox;
+    this.#outbox = [];
+    for (const entry of batch) {
+      if (this.#pending.get(entry.token) !== entry) continue; // settled meanwhile (close, failAll)
+      try {
+        this.#nc.publish(entry.subject, entry.data, { reply: `${this.#prefix}.${entry.token}`, headers: entry.headers });
+      } catch (err) {
+        // A bad subject or a closed connection: nothing was sent and nothing will be.
+        this.#settle(entry, err instanceof Error ? new PublishRejectedError(entry.subject, err.message) : new PublisherClosedError(entry.subject));
+      }
+    }
+  };
 
   #onAck(msg: Msg): void {
     const token = msg.subject.slice(this.#prefix.length + 1);
