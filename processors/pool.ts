@@ -91,7 +91,11 @@ export function createProcessorPool(options: ProcessorPoolOptions = {}): Process
   };
   return {
     runBatch: (task, signal) =>
-      run<BatchResult>(task, [task.body.buffer as ArrayBuffer, task.offsets.buffer as ArrayBuffer, task.keyIndex.buffer as ArrayBuffer, task.seqs.buffer as ArrayBuffer], signal),
+      run<BatchResult>(
+        task,
+        [task.body.buffer as ArrayBuffer, task.offsets.buffer as ArrayBuffer, task.headerEnds.buffer as ArrayBuffer, task.keyIndex.buffer as ArrayBuffer, task.seqs.buffer as ArrayBuffer, task.storedAt.buffer as ArrayBuffer],
+        signal,
+      ),
     runSeries: (task, signal) => run<SeriesResult>(task, [task.values.buffer as ArrayBuffer], signal),
     invoke: (kind, opts, inputs, state, signal) => run<InvokeResult>({ op: "invoke", kind, options: opts, inputs, state }, [], signal),
     fault: (fault) => run<unknown>({ op: "fault", fault }, []),

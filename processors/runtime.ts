@@ -124,12 +124,63 @@ interface Entry {
   readonly tenant: string;
   readonly key: string;
   readonly stateKey: string;
+  /** The message as received: header block then body (`raw.subarray(hdr)` is the body). */
+  readonly raw: Uint8Array;
+  readonly hdr: number;
+  /** When the stream stored it, in ms since the epoch. */
+  readonly storedAt: number;
+  readonly partition: number;
+  readonly receivedAt: number;
+  /** Header fields, decoded on demand (outputs and dead letters need them, scoring does not). */
+  meta: EntryMeta | undefined;
+}
+
+interface EntryMeta {
   readonly type: string;
   readonly time: string;
   /** `Nats-Msg-Id` of the source (`seq-<n>` without one) and its correlation id. */
   readonly sourceId: string;
   readonly correlationId: string;
-  readonly receivedAt: number;
+}
+
+// The raw message of nats.js (header block and body in one buffer), when its internals have
+// the expected shape; otherwise the public headers are encoded again.
+interface CoreMsgInternals {
+  readonly _msg?: { readonly hdr?: number };
+  readonly _rdata?: Uint8Array;
+}
+
+function rawOf(m: JsMsg): { raw: Uint8Array; hdr: number } {
+  const core = (m as unknown as { msg?: CoreMsgInternals }).msg;
+  const hdr = core?._msg?.hdr;
+  const rdata = core?._rdata;
+  if (rdata instanceof Uint8Array) {
+    if (typeof hdr === "number" && hdr > 0 && hdr <= rdata.length) return { raw: rdata, hdr };
+    if (hdr === -1 || hdr === 0) return { raw: rdata, hdr: 0 };
+  }
+  const block = (m.headers as unknown as { encode?: () => Uint8Array } | undefined)?.encode?.() ?? new Uint8Array(0);
+  const raw = new Uint8Array(block.length + m.data.length);
+  raw.set(block, 0);
+  raw.set(m.data, block.length);
+  return { raw, hdr: block.length };
+}
+
+function metaOf(e: Entry): EntryMeta {
+  if (!e.meta) {
+    const ev = eventFromJsMsg(e.m, { lazyData: true });
+    e.meta = { type: ev.type || "unknown", time: ev.time, sourceId: ev.id, correlationId: ev.correlationId || ev.id };
+  }
+  return e.meta;
+}
+
+/** What the runtime keeps per key: parsed once from the first subject seen, not per event. */
+interface KeyInfo {
+  readonly tenant: string;
+  readonly key: string;
+  readonly stateKey: string;
+  readonly partition: number;
+  /** Events of the key fetched and not yet acknowledged; a key at 0 may be evicted. */
+  pending: number;
 }
 
 interface KeyState {
@@ -184,8 +235,9 @@ class ProcessorRunner {
   readonly #partitions: Partition[];
   // Insertion order is recency: a state is re-inserted whenever it changes.
   readonly #states = new Map<string, KeyState>();
-  // Events of each key fetched and not yet acknowledged; a key at 0 may be evicted.
-  readonly #pendingByKey = new Map<string, number>();
+  // Per subject and per key (bounded: cleared when they outgrow the key states held).
+  #bySubject = new Map<string, KeyInfo>();
+  readonly #byKey = new Map<string, KeyInfo>();
   readonly #maxKeys: number;
   readonly #loading = new Map<string, Promise<KeyState>>();
   readonly #waiters: Array<() => void> = [];
@@ -381,7 +433,7 @@ class ProcessorRunner {
       left -= 1;
       const entry = this.#entryOf(m);
       if (!entry) continue;
-      const partition = this.#partitions[fnv(entry.stateKey) % this.#partitions.length]!;
+      const partition = this.#partitions[entry.partition]!;
       await this.#ensureStates([entry]);
       if (entry.seq <= this.#states.get(entry.stateKey)!.seq) {
         // Processed before the stop, not acknowledged: skipped without running anything.
@@ -441,30 +493,42 @@ class ProcessorRunner {
     }
     this.#nextDelivery = delivery + 1;
     const subject = m.subject;
-    const tokens = subject.split(".");
-    if (tokens.length < 3 || (this.#clientFilter && !this.#clientFilter.some((f) => subjectMatches(f, subject)))) {
-      this.#order.push({ m, done: true } as Entry);
-      this.#advance();
-      return undefined;
+    let k = this.#bySubject.get(subject);
+    if (k === undefined) {
+      const tokens = subject.split(".");
+      if (tokens.length < 3 || (this.#clientFilter && !this.#clientFilter.some((f) => subjectMatches(f, subject)))) {
+        this.#order.push({ m, done: true } as Entry);
+        this.#advance();
+        return undefined;
+      }
+      const tenant = tokens[1]!;
+      const key = tokens[tokens.length - 1]!;
+      const stateKey = `${tenant}.${key}`;
+      k = this.#byKey.get(stateKey);
+      if (k === undefined) {
+        k = { tenant, key, stateKey, partition: fnv(stateKey) % this.#partitions.length, pending: 0 };
+        this.#byKey.set(stateKey, k);
+      }
+      if (this.#bySubject.size >= this.#maxKeys) this.#bySubject = new Map();
+      this.#bySubject.set(subject, k);
     }
-    const tenant = tokens[1]!;
-    const key = tokens[tokens.length - 1]!;
-    // Header fields straight from the header block (generic MsgHdrs decoding cost more
-    // than anything else per message); the body stays unparsed.
-    const ev = eventFromJsMsg(m, { lazyData: true });
+    const { raw, hdr } = rawOf(m);
+    const info = m.info;
+    k.pending += 1;
     const entry: Entry = {
       m,
       done: false,
-      seq: ev.seq,
+      seq: info.streamSequence,
       subject,
-      tenant,
-      key,
-      stateKey: `${tenant}.${key}`,
-      type: ev.type || "unknown",
-      time: ev.time,
-      sourceId: ev.id,
-      correlationId: ev.correlationId || ev.id,
+      tenant: k.tenant,
+      key: k.key,
+      stateKey: k.stateKey,
+      raw,
+      hdr,
+      storedAt: Math.floor(info.timestampNanos / 1e6),
+      partition: k.partition,
       receivedAt: performance.now(),
+      meta: undefined,
     };
     return entry;
   }
@@ -472,8 +536,7 @@ class ProcessorRunner {
   #enqueue(entry: Entry): void {
     this.#inFlight += 1;
     this.#order.push(entry);
-    this.#pendingByKey.set(entry.stateKey, (this.#pendingByKey.get(entry.stateKey) ?? 0) + 1);
-    const p = this.#partitions[fnv(entry.stateKey) % this.#partitions.length]!;
+    const p = this.#partitions[entry.partition]!;
     p.queue.push(entry);
     this.#schedule(p);
   }
@@ -564,17 +627,19 @@ class ProcessorRunner {
     const tenants: string[] = [];
     const keys: string[] = [];
     const states: Array<string | null> = [];
-    const keyIndex = new Uint32Array(entries.length);
-    const seqs = new Float64Array(entries.length);
-    const subjects = new Array<string>(entries.length);
-    const types = new Array<string>(entries.length);
-    const times = new Array<string>(entries.length);
+    const n = entries.length;
+    const keyIndex = new Uint32Array(n);
+    const seqs = new Float64Array(n);
+    const storedAt = new Float64Array(n);
+    const subjects = new Array<string>(n);
     let bytes = 0;
-    for (const e of entries) bytes += e.m.data.length;
+    for (let i = 0; i < n; i++) bytes += entries[i]!.raw.length;
     const body = new Uint8Array(bytes);
-    const offsets = new Uint32Array(entries.length + 1);
+    const offsets = new Uint32Array(n + 1);
+    const headerEnds = new Uint32Array(n);
     let pos = 0;
-    entries.forEach((e, i) => {
+    for (let i = 0; i < n; i++) {
+      const e = entries[i]!;
       let k = keyIdx.get(e.stateKey);
       if (k === undefined) {
         k = keys.length;
@@ -585,14 +650,14 @@ class ProcessorRunner {
       }
       keyIndex[i] = k;
       seqs[i] = e.seq;
+      storedAt[i] = e.storedAt;
       subjects[i] = e.subject;
-      types[i] = e.type;
-      times[i] = e.time;
-      body.set(e.m.data, pos);
-      pos += e.m.data.length;
+      body.set(e.raw, pos);
+      headerEnds[i] = pos + e.hdr;
+      pos += e.raw.length;
       offsets[i + 1] = pos;
-    });
-    return { op: "batch", kind: this.cfg.kind, options: this.cfg.validatedOptions, tenants, keys, states, keyIndex, seqs, subjects: subjects.join("\n"), types: types.join("\n"), times: times.join("\n"), body, offsets };
+    }
+    return { op: "batch", kind: this.cfg.kind, options: this.cfg.validatedOptions, tenants, keys, states, keyIndex, seqs, storedAt, subjects: subjects.join("\n"), body, offsets, headerEnds };
   }
 
   // Runs a batch: skips what the state already reflects, sends the rest to the pool, and
@@ -650,10 +715,11 @@ class ProcessorRunner {
       const e = entries[i]!;
       const h = natsHeaders();
       h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:${result.outIndex[j]}`);
+      const meta = metaOf(e);
       h.set(HEADERS.type, result.outTypes[j]!);
-      h.set(HEADERS.time, e.time);
-      h.set(HEADERS.correlationId, e.correlationId);
-      h.set(HEADERS.causationId, e.sourceId);
+      h.set(HEADERS.time, meta.time);
+      h.set(HEADERS.correlationId, meta.correlationId);
+      h.set(HEADERS.causationId, meta.sourceId);
       h.set(HEADERS.schema, "1");
       h.set(HEADERS.contentType, "application/json");
       h.set("Flex-Source-Seq", String(e.seq));
@@ -707,11 +773,12 @@ class ProcessorRunner {
 
   /** The `ProcessingFailed` dead letter of `e` (its `Nats-Msg-Id` is fixed, so a repeat is stored once). */
   #deadLetter(e: Entry, attempts: number, error: { name: string; code: string | undefined; message: string }, reason: string): PendingOutput {
+    const meta = metaOf(e);
     const h = natsHeaders();
     h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:dlq`);
     h.set(HEADERS.type, "ProcessingFailed");
     h.set(HEADERS.time, new Date().toISOString());
-    h.set(HEADERS.causationId, e.sourceId);
+    h.set(HEADERS.causationId, meta.sourceId);
     h.set(HEADERS.schema, "1");
     h.set(HEADERS.contentType, "application/json");
     h.set("Flex-Source-Seq", String(e.seq));
@@ -724,8 +791,8 @@ class ProcessorRunner {
       subject: e.subject,
       tenant: e.tenant,
       key: e.key,
-      type: e.type,
-      time: e.time,
+      type: meta.type,
+      time: meta.time,
       attempts,
       error: { name: error.name, code: error.code ?? null, message: error.message },
       reason,
@@ -753,9 +820,8 @@ class ProcessorRunner {
     for (const e of o.entries) {
       e.done = true;
       this.latency.add(now - e.receivedAt);
-      const left = (this.#pendingByKey.get(e.stateKey) ?? 1) - 1;
-      if (left > 0) this.#pendingByKey.set(e.stateKey, left);
-      else this.#pendingByKey.delete(e.stateKey);
+      const k = this.#byKey.get(e.stateKey);
+      if (k && k.pending > 0) k.pending -= 1;
     }
     if (this.#states.size > this.#maxKeys) this.#evict();
     this.totals.processed += o.entries.length;
@@ -795,9 +861,14 @@ class ProcessorRunner {
   // wrote exactly this state to flex_state, where #ensureStates finds it again.
   #evict(): void {
     const target = Math.floor(this.#maxKeys * 0.9);
+    // Subjects point at the key records dropped below; they are parsed again when they come back.
+    this.#bySubject = new Map();
     for (const sk of this.#states.keys()) {
       if (this.#states.size <= target) break;
-      if (!this.#pendingByKey.has(sk)) this.#states.delete(sk);
+      if ((this.#byKey.get(sk)?.pending ?? 0) === 0) {
+        this.#states.delete(sk);
+        this.#byKey.delete(sk);
+      }
     }
   }
 

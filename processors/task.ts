@@ -15,18 +15,20 @@ export interface BatchTask {
   readonly tenants: readonly string[];
   readonly keys: readonly string[];
   readonly states: ReadonlyArray<string | null>;
-  /** Per event: index into `keys`, sequence; body bytes in `body[offsets[i]..offsets[i+1]]`. */
+  /**
+   * Per event: index into `keys`, sequence, and the message as received: its NATS header
+   * block in `body[offsets[i]..headerEnds[i]]` (the worker reads `Flex-Type` and `Flex-Time`
+   * from it, so the runtime's thread does not decode headers), its body in
+   * `body[headerEnds[i]..offsets[i+1]]`; `storedAt` (ms) stands in for a missing `Flex-Time`.
+   */
   readonly keyIndex: Uint32Array;
   readonly seqs: Float64Array;
-  /**
-   * Per event, joined with `\n` (subjects, header values and RFC 3339 times hold none):
-   * one string clones far cheaper than an array of a thousand short ones.
-   */
+  readonly storedAt: Float64Array;
+  /** Subjects joined with `\n` (subjects hold none): one string clones far cheaper than an array of a thousand. */
   readonly subjects: string;
-  readonly types: string;
-  readonly times: string;
   readonly body: Uint8Array;
   readonly offsets: Uint32Array;
+  readonly headerEnds: Uint32Array;
 }
 
 /** A key whose events failed: its state and outputs are left out of the result. */

@@ -36,6 +36,27 @@ function parseBody(bytes: Uint8Array): unknown {
   }
 }
 
+/** `Flex-Type` and `Flex-Time` of a NATS header block (`NATS/1.0\r\nKey: value\r\n...`). */
+function typeAndTime(block: Uint8Array): { type: string | undefined; time: string | undefined } {
+  let type: string | undefined;
+  let time: string | undefined;
+  if (block.length === 0) return { type, time };
+  const text = decoder.decode(block);
+  let start = text.indexOf("\r\n") + 2;
+  while (start > 1 && start < text.length && (type === undefined || time === undefined)) {
+    let end = text.indexOf("\r\n", start);
+    if (end < 0) end = text.length;
+    const colon = text.indexOf(":", start);
+    if (colon > start && colon < end) {
+      const name = text.slice(start, colon).toLowerCase();
+      if (name === "flex-type") type ??= text.slice(colon + 1, end).trim() || undefined;
+      else if (name === "flex-time") time ??= text.slice(colon + 1, end).trim() || undefined;
+    }
+    start = end + 2;
+  }
+  return { type, time };
+}
+
 function runBatch(task: BatchTask): { result: BatchResult; transfer: ArrayBuffer[] } {
   const def = definition(task.kind);
   const n = task.seqs.length;
@@ -43,8 +64,6 @@ function runBatch(task: BatchTask): { result: BatchResult; transfer: ArrayBuffer
   const groups: number[][] = task.keys.map(() => []);
   for (let i = 0; i < n; i++) groups[task.keyIndex[i]!]!.push(i);
   const inSubjects = task.subjects.split("\n");
-  const inTypes = task.types.split("\n");
-  const inTimes = task.times.split("\n");
 
   const states: Array<string | null> = new Array<string | null>(task.keys.length).fill(null);
   const failures: KeyFailure[] = [];
@@ -64,15 +83,18 @@ function runBatch(task: BatchTask): { result: BatchResult; transfer: ArrayBuffer
     try {
       const tenant = task.tenants[k]!;
       const key = task.keys[k]!;
-      const inputs: ProcessorInput[] = idx.map((i) => ({
-        tenant,
-        key,
-        subject: inSubjects[i]!,
-        seq: task.seqs[i]!,
-        type: inTypes[i]!,
-        data: parseBody(task.body.subarray(task.offsets[i]!, task.offsets[i + 1]!)),
-        time: inTimes[i]!,
-      }));
+      const inputs: ProcessorInput[] = idx.map((i) => {
+        const h = typeAndTime(task.body.subarray(task.offsets[i]!, task.headerEnds[i]!));
+        return {
+          tenant,
+          key,
+          subject: inSubjects[i]!,
+          seq: task.seqs[i]!,
+          type: h.type ?? "unknown",
+          data: parseBody(task.body.subarray(task.headerEnds[i]!, task.offsets[i + 1]!)),
+          time: h.time ?? new Date(task.storedAt[i]!).toISOString(),
+        };
+      });
       const raw = task.states[k];
       const state = raw === null || raw === undefined ? def.initialState(task.options, key) : JSON.parse(raw);
       const r = def.process(state, inputs, task.options);
