@@ -49,6 +49,29 @@ describe("flexcore users / token / nats-users", () => {
     }
   });
 
+  it("`keys` fills a shared key directory once; two gateways on it accept each other's tokens and `token`'s", async () => {
+    const shared = join(data, "shared-keys");
+    const env = { FLEXCORE_GATEWAY_KEYS_DIR: shared };
+    const first = (await flexcore(["keys"], env)).stdout.trim().split("\n");
+    expect(first).toHaveLength(1);
+    expect(first[0]).toMatch(/ signs$/);
+    expect((await flexcore(["keys", "list"], env)).stdout.trim().split("\n")).toEqual(first);
+    const tenant = uniqueName("shared");
+    const token = (await flexcore(["token", "--tenant", tenant, "--roles", "reader"], env)).stdout.trim();
+    const one = await createGateway({ nc: nats.nc, keys: { dir: shared }, port: 0, workflows: false });
+    const two = await createGateway({ nc: nats.nc, keys: { dir: shared }, port: 0, workflows: false });
+    try {
+      const fromOne = await one.issuer!.issueAccess({ tenant, subject: "svc", roles: ["reader"] });
+      for (const t of [token, fromOne.token]) {
+        const me = await two.app.inject({ method: "GET", url: "/v1/auth/me", headers: { authorization: `Bearer ${t}` } });
+        expect(me.statusCode, me.body).toBe(200);
+      }
+    } finally {
+      await one.close();
+      await two.close();
+    }
+  });
+
   it("nats-users prints a users block", async () => {
     const { stdout } = await flexcore(["nats-users", "--tenant", "acme", "--tenant", "globex", "--out", "-"]);
     expect(stdout).toContain('publish: { allow: ["evt.acme.>"] }');
