@@ -69,7 +69,8 @@ export interface ProjectionFold {
    * Runs inside the transaction that also stores the checkpoint: synchronous, must not
    * commit. Once that transaction committed, the engine may keep using the fold for the
    * next window (so what it holds may serve as a cache of the rows); if the transaction
-   * failed, the fold is dropped.
+   * failed, or `apply` wrote for this stream meanwhile, the fold is dropped. Each source
+   * stream has its own fold: a fold must not cache rows that another stream's events change.
    */
   write(): void;
 }

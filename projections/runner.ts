@@ -14,10 +14,16 @@ export const DEFAULT_BATCH_SIZE = 16_384;
  */
 export const DEFAULT_FOLD_WINDOW = 131_072;
 /**
- * Longest a window stays open while the server says more events are pending (a catch-up).
- * A caught-up stream is committed at once (latency).
+ * Longest a window stays open while the server says many events are pending (a
+ * catch-up). A live stream is committed at once (latency; see {@link LIVE_PENDING}).
  */
 export const MAX_WINDOW_MS = 1_000;
+/**
+ * With fewer events than this pending on the server, a stream counts as live and its
+ * windows are committed at once (latency). Under a steady flow the server rarely reports
+ * exactly 0 pending, so waiting for 0 would hold live events for {@link MAX_WINDOW_MS}.
+ */
+export const LIVE_PENDING = 1_024;
 /** Messages an ordered consumer keeps in flight. */
 const CONSUMER_WINDOW = 16_384;
 /** Wait before retrying a commit that failed for a reason other than `apply` (e.g. the DLQ was unreachable). */
@@ -43,9 +49,10 @@ interface StreamReader {
  * position) and hands the same decoded events to every member as they arrive, each of
  * which takes only what it has not been handed yet: a projection with `fold` folds them
  * into memory at once. A member's window is committed (rows + checkpoint, one
- * transaction) when its stream is caught up, when it holds `foldWindow` (`batchSize`
- * without `fold`) events, or after {@link MAX_WINDOW_MS}: during a catch-up, windows are
- * large; when live, each arrival is committed at once.
+ * transaction) when its stream is live (fewer than {@link LIVE_PENDING} events pending),
+ * when it holds `foldWindow` (`batchSize` without `fold`) events, or after
+ * {@link MAX_WINDOW_MS}: during a catch-up, windows are large; when live, each arrival
+ * is committed at once.
  */
 export class Runner {
   readonly #js: JetStreamClient;
@@ -216,7 +223,7 @@ export class Runner {
         reader.buffer = msgs === reader.buffer ? [] : reader.buffer.slice(this.#limits.batchSize);
         this.#hand(reader, msgs);
       }
-      const caughtUp = reader.buffer.length === 0 && reader.pending === 0;
+      const caughtUp = reader.buffer.length === 0 && reader.pending < LIVE_PENDING;
       const now = performance.now();
       for (const member of [...this.#members]) {
         if (!member.streams.has(stream) || !member.due(stream, caughtUp, now, this.#limits)) continue;
