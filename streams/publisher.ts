@@ -119,6 +119,7 @@ class WindowPublisher implements Publisher {
   readonly #sub: Subscription;
   readonly #pending = new Map<string, Pending>();
   readonly #slotWaiters: Array<() => void> = [];
+  #slotHead = 0;
   readonly #idleWaiters: Array<() => void> = [];
   readonly #timer: NodeJS.Timeout;
   #outbox: Pending[] = [];
@@ -181,7 +182,8 @@ class WindowPublisher implements Publisher {
     this.#closed = true;
     clearInterval(this.#timer);
     this.#failAll(new PublisherClosedError("publisher"));
-    for (const wake of this.#slotWaiters.splice(0)) wake();
+    for (const wake of this.#slotWaiters.splice(0).slice(this.#slotHead)) wake();
+    this.#slotHead = 0;
     if (!this.#nc.isClosed()) this.#sub.unsubscribe();
   }
 
@@ -296,12 +298,30 @@ class WindowPublisher implements Publisher {
       this.#acked += 1;
       entry.resolve(ack!);
     }
-    this.#slotWaiters.shift()?.();
+    this.#wakeOne();
     if (this.#pending.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
+  }
+
+  // FIFO of publishes waiting for a slot. Array#shift copies the rest of the array, and
+  // thousands wait when a batch outruns maxInFlight, so the head is an index instead.
+  #wakeOne(): void {
+    const waiters = this.#slotWaiters;
+    if (this.#slotHead >= waiters.length) return;
+    const wake = waiters[this.#slotHead]!;
+    this.#slotHead += 1;
+    if (this.#slotHead === waiters.length) {
+      waiters.length = 0;
+      this.#slotHead = 0;
+    } else if (this.#slotHead >= 1024 && this.#slotHead * 2 >= waiters.length) {
+      waiters.splice(0, this.#slotHead);
+      this.#slotHead = 0;
+    }
+    wake();
   }
 
   #failAll(err: Error): void {
     for (const entry of [...this.#pending.values()]) this.#settle(entry, new PublisherClosedError(entry.subject, { cause: err }));
-    for (const wake of this.#slotWaiters.splice(0)) wake();
+    for (const wake of this.#slotWaiters.splice(0).slice(this.#slotHead)) wake();
+    this.#slotHead = 0;
   }
 }
