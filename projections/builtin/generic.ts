@@ -72,7 +72,7 @@ interface Doc {
   lastSeq: number;
 }
 
-const statements = new WeakMap<Database, { load: Statement; save: Statement }>();
+const statements = new WeakMap<Database, { load: Statement; save: Statement; any: Statement }>();
 /** Documents a fold keeps between windows (as parsed state), beyond which it forgets them all. */
 const CACHED_DOCUMENTS = 100_000;
 
@@ -99,11 +99,12 @@ export function genericProjection(options: GenericProjectionOptions = {}): Proje
     doc.owned = true;
     return next;
   };
-  const prepare = (db: Database): { load: Statement; save: Statement } => {
+  const prepare = (db: Database): { load: Statement; save: Statement; any: Statement } => {
     let s = statements.get(db);
     if (!s) {
       s = {
         load: db.prepare(`SELECT doc, revision, created_time FROM generic_aggregates WHERE tenant = ? AND category = ? AND id = ?`),
+        any: db.prepare(`SELECT 1 FROM generic_aggregates LIMIT 1`),
         save: db.prepare(`INSERT INTO generic_aggregates (tenant, category, id, doc, revision, last_type, created_time, updated_time, last_seq)
           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
           ON CONFLICT (tenant, category, id) DO UPDATE SET doc = excluded.doc, revision = excluded.revision, last_type = excluded.last_type,
@@ -118,13 +119,16 @@ export function genericProjection(options: GenericProjectionOptions = {}): Proje
     const s = prepare(db);
     const docs = new Map<string, Doc>();
     const dirty = new Set<Doc>();
+    // Every row is in `docs` (a fold started on an empty table, as a rebuild does, and
+    // never forgot one): an aggregate not there has no row, no need to look.
+    let complete = s.any.get() === undefined;
     return {
       add(e) {
         let doc = docs.get(e.subject);
         const fresh = !doc;
         if (!doc) {
           const [, tenant, category, id] = tokens(e.subject);
-          const row = s.load.get(tenant, category, id) as { doc: string | null; revision: number; created_time: string } | undefined;
+          const row = complete ? undefined : (s.load.get(tenant, category, id) as { doc: string | null; revision: number; created_time: string } | undefined);
           doc = {
             owned: true,
             tenant, category, id,
@@ -152,7 +156,10 @@ export function genericProjection(options: GenericProjectionOptions = {}): Proje
         dirty.clear();
         // Once committed, the documents equal their rows: the next window of this fold
         // starts from them instead of reading and parsing the rows again (up to a bound).
-        if (docs.size > CACHED_DOCUMENTS) docs.clear();
+        if (docs.size > CACHED_DOCUMENTS) {
+          docs.clear();
+          complete = false;
+        }
       },
     };
   };
