@@ -1,22 +1,13 @@
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { startNatsServer } from "../streams/index.js";
+import { processAlive, startNatsServer } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { DEFAULT_NATS_PORT, URL_FILE } from "./connection.js";
 import { portFree } from "./ports.js";
 
 /** Holds the embedded server's pid while it runs, beside its store. */
 export const PID_FILE = "nats.pid";
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /**
  * Stops a nats-server that an earlier run left on this store (its `up` was killed with
@@ -26,7 +17,7 @@ function alive(pid: number): boolean {
 async function stopLeftover(dataDir: string, storeDir: string, notice?: (line: string) => void): Promise<void> {
   const pidFile = join(dataDir, PID_FILE);
   const pid = Number.parseInt(await readFile(pidFile, "utf8").catch(() => ""), 10);
-  if (!Number.isInteger(pid) || pid <= 0 || !alive(pid)) {
+  if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) {
     await rm(pidFile, { force: true });
     return;
   }
@@ -37,9 +28,9 @@ async function stopLeftover(dataDir: string, storeDir: string, notice?: (line: s
   }
   notice?.(`stopping nats-server pid ${pid}, left running on ${storeDir} by an earlier run`);
   process.kill(pid, "SIGTERM");
-  for (let i = 0; i < 100 && alive(pid); i++) await sleep(100);
-  if (alive(pid)) process.kill(pid, "SIGKILL");
-  for (let i = 0; i < 50 && alive(pid); i++) await sleep(100);
+  for (let i = 0; i < 100 && processAlive(pid); i++) await sleep(100);
+  if (processAlive(pid)) process.kill(pid, "SIGKILL");
+  for (let i = 0; i < 50 && processAlive(pid); i++) await sleep(100);
   await rm(pidFile, { force: true });
 }
 

@@ -1,5 +1,6 @@
 import { closeSync, fsyncSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
+import { processAlive } from "../streams/index.js";
 import { ProjectionLockedError } from "./errors.js";
 
 /**
@@ -81,15 +82,6 @@ export function lastGeneration(dir: string, name: string): number {
 // Lock files this process holds: a second engine in the same process is refused too.
 const held = new Set<string>();
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /**
  * Takes the directory for this process: one engine writes a set of read models at a time.
  * A lock left by a dead process (kill -9) is taken over.
@@ -113,7 +105,7 @@ export function acquireLock(dir: string): () => void {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
       const pid = Number(readFileSync(file, "utf8").trim());
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) throw new ProjectionLockedError(dir, pid);
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) throw new ProjectionLockedError(dir, pid);
       rmSync(file, { force: true });
     }
   }
@@ -124,7 +116,7 @@ export function acquireLock(dir: string): () => void {
 export function lockHolder(dir: string): number | undefined {
   try {
     const pid = Number(readFileSync(join(dir, LOCK_FILE), "utf8").trim());
-    return Number.isInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
+    return Number.isInteger(pid) && pid > 0 && processAlive(pid) ? pid : undefined;
   } catch {
     return undefined;
   }

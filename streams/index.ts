@@ -60,6 +60,7 @@ export {
   INSTALL_HINT,
   missingFeatures,
   natsServerVersion,
+  processAlive,
   serverFeatures,
   startNatsServer,
 } from "./server.js";

@@ -219,3 +219,13 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     [Symbol.asyncDispose]: close,
   };
 }
+
+/** Whether a process with this pid exists (also when it belongs to another user). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}

@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { chmod, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { availableParallelism, tmpdir } from "node:os";
-import { InvalidOptionError } from "../../streams/index.js";
+import { InvalidOptionError, processAlive } from "../../streams/index.js";
 import { ChildPool } from "./child-pool.js";
 import { SandboxUnavailableError } from "./errors.js";
 import { sandboxSupport } from "./sandbox.js";
@@ -23,21 +23,12 @@ export const DEFAULT_SCRIPT_LIMITS: Readonly<ScriptLimits> = Object.freeze({
 /** Prefix of the per-process folder of working directories: `flexcore-steps-<pid>-XXXXXX`. */
 export const WORK_PREFIX = "flexcore-steps-";
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /** Deletes the working-directory folders of processes that no longer exist. */
 export async function sweepStaleWorkDirs(workRoot: string): Promise<string[]> {
   const swept: string[] = [];
   for (const name of await readdir(workRoot).catch(() => [] as string[])) {
     const m = /^flexcore-steps-(\d+)-/.exec(name);
-    if (!m || alive(Number(m[1]))) continue;
+    if (!m || processAlive(Number(m[1]))) continue;
     await rm(join(workRoot, name), { recursive: true, force: true }).catch(() => undefined);
     swept.push(name);
   }
