@@ -138,8 +138,10 @@ describe("flexcore CLI", () => {
       expect(await exited).toBe(0);
       expect(existsSync(join(data, "nats.pid"))).toBe(false);
     } finally {
+      // A failed assertion must not leave the second up's server running either.
+      const current = Number((await readFile(join(data, "nats.pid"), "utf8").catch(() => "")).trim());
       if (second.child.exitCode === null) second.child.kill("SIGKILL");
-      if (alive(leftover)) process.kill(leftover, "SIGKILL");
+      for (const pid of [leftover, current]) if (pid > 0 && alive(pid)) process.kill(pid, "SIGKILL");
     }
   }, 120_000);
 
@@ -149,16 +151,26 @@ describe("flexcore CLI", () => {
     // `; exit` keeps the shell as the parent instead of letting it exec node.
     const shell = await startUp(["-c", `"${process.execPath}" --import tsx "${CLI}" up; exit $?`], env, "/bin/sh");
     const server = Number((await readFile(join(data, "nats.pid"), "utf8")).trim());
+    const up = await childrenOf(shell.child.pid);
+    expect(up.length).toBe(1);
     try {
       shell.child.kill("SIGKILL");
-      for (let i = 0; i < 200 && (alive(server) || existsSync(join(data, "nats.url"))); i++) await sleep(100);
+      for (let i = 0; i < 200 && (alive(server) || alive(up[0]!)); i++) await sleep(100);
+      expect(alive(up[0]!)).toBe(false);
       expect(alive(server)).toBe(false);
       expect(existsSync(join(data, "nats.url"))).toBe(false);
     } finally {
-      if (alive(server)) process.kill(server, "SIGKILL");
+      for (const pid of [server, ...up]) if (alive(pid)) process.kill(pid, "SIGKILL");
     }
   }, 120_000);
 });
+
+// The processes whose parent is `pid`.
+async function childrenOf(pid: number | undefined): Promise<number[]> {
+  if (pid === undefined) return [];
+  const out = await new Promise<string>((res) => execFile("pgrep", ["-P", String(pid)], (_err, stdout) => res(stdout)));
+  return out.split(/\s+/).filter(Boolean).map(Number);
+}
 
 function alive(pid: number): boolean {
   try {
