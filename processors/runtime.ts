@@ -1009,7 +1009,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
     });
   };
   // One MetricsReported per processor and report, in the shape of the performance_metrics
-  // read model (projections/events.ts): `minute` is the UTC minute the report belongs to,
+  // read model (the MetricsReported schema in streams/system-events.ts): `minute` is the UTC minute the report belongs to,
   // and `throughput` is this report's share of that minute's rate (count / 60 s), so
   // reports of several instances, or several reports in one minute, add up.
   const report = async (): Promise<void> => {
