@@ -1,9 +1,9 @@
-import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
-import { HEADERS, SYSTEM_TENANT } from "../streams/index.js";
-import type { Publisher } from "../streams/index.js";
+import { nuid } from "@nats-io/transport-node";
+import { encodeEvent, eventSubject, METRICS_CATEGORY, METRICS_EVENT_TYPES, SYSTEM_TENANT } from "../streams/index.js";
+import type { MetricsReported, Publisher } from "../streams/index.js";
 
 /** Subject of the gateway's `MetricsReported` events (`evt._system.metrics.<component>`). */
-export const ROUTE_REPORT_SUBJECT = `evt.${SYSTEM_TENANT}.metrics.gateway`;
+export const ROUTE_REPORT_SUBJECT = eventSubject(SYSTEM_TENANT, METRICS_CATEGORY, "gateway");
 /** Latencies kept per route and window for the percentiles (a uniform reservoir). */
 export const RESERVOIR_SIZE = 4_096;
 const MINUTE_MS = 60_000;
@@ -47,21 +47,15 @@ export function createRouteReports(publisher: Publisher, intervalMs: number, log
     windows = new Map();
     const at = new Date();
     const minute = new Date(Math.floor((at.getTime() - 1) / MINUTE_MS) * MINUTE_MS).toISOString().replace(".000Z", "Z");
-    const encoder = new TextEncoder();
     for (const [route, w] of current) {
       const sorted = w.sample.sort((a, b) => a - b);
-      const data = {
+      const data: MetricsReported = {
         component: route, kind: "gateway_route", minute, count: w.count, errors: w.errors,
         p50Ms: percentile(sorted, 50), p95Ms: percentile(sorted, 95), p99Ms: percentile(sorted, 99),
         throughput: round(w.count / (MINUTE_MS / 1000)),
       };
-      const h = natsHeaders();
-      h.set(HEADERS.msgId, `metrics:gateway:${instance}:${at.getTime()}:${route}`.slice(0, 256));
-      h.set(HEADERS.type, "MetricsReported");
-      h.set(HEADERS.time, at.toISOString());
-      h.set(HEADERS.schema, "1");
-      h.set(HEADERS.contentType, "application/json");
-      await publisher.publish(ROUTE_REPORT_SUBJECT, encoder.encode(JSON.stringify(data)), { headers: h })
+      const event = encodeEvent({ id: `metrics:gateway:${instance}:${at.getTime()}:${route}`.slice(0, 256), type: METRICS_EVENT_TYPES.reported, time: at, data });
+      await publisher.publish(ROUTE_REPORT_SUBJECT, event.data, { headers: event.headers })
         .catch((err: unknown) => log(`flexcore: gateway metrics of ${route} not published: ${(err as Error).message}`));
     }
   };

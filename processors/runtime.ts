@@ -7,8 +7,8 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, compareVersions, createPublisher, InvalidOptionError, decodeData, eventFromJsMsg, derivedSubject, dlqSubject, HEADERS, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
-import type { Publisher } from "../streams/index.js";
+import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import type { MetricsReported, Publisher } from "../streams/index.js";
 import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
 import { ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
@@ -1009,8 +1009,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
     });
   };
   // One MetricsReported per processor and report, in the shape of the performance_metrics
-  // read model (the MetricsReported schema in streams/system-events.ts): `minute` is the UTC minute the report belongs to,
-  // and `throughput` is this report's share of that minute's rate (count / 60 s), so
+  // read model: `minute` is the UTC minute the report belongs to, and `throughput` is this report's share of that minute's rate (count / 60 s), so
   // reports of several instances, or several reports in one minute, add up.
   const report = async (): Promise<void> => {
     const snap = snapshot();
@@ -1019,13 +1018,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
     for (const s of snap) {
       const component = s.processor;
       const count = s.processed - (last.processed.get(s.processor) ?? 0);
-      const h = natsHeaders();
-      h.set(HEADERS.msgId, `metrics:processor:${component}:${at.getTime()}`);
-      h.set(HEADERS.type, "MetricsReported");
-      h.set(HEADERS.time, at.toISOString());
-      h.set(HEADERS.schema, "1");
-      h.set(HEADERS.contentType, "application/json");
-      const data = {
+      const data: MetricsReported & { readonly queueDepth: number; readonly inFlight: number } = {
         component,
         kind: "processor",
         minute,
@@ -1038,7 +1031,8 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
         queueDepth: s.queueDepth,
         inFlight: s.inFlight,
       };
-      await publisher.publish(`evt.${SYSTEM_TENANT}.metrics.${component}`, encoder.encode(JSON.stringify(data)), { headers: h }).catch((err: unknown) => log(`flexcore: metrics of ${component} not published: ${(err as Error).message}`));
+      const event = encodeEvent({ id: `metrics:processor:${component}:${at.getTime()}`, type: METRICS_EVENT_TYPES.reported, time: at, data });
+      await publisher.publish(eventSubject(SYSTEM_TENANT, METRICS_CATEGORY, component), event.data, { headers: event.headers }).catch((err: unknown) => log(`flexcore: metrics of ${component} not published: ${(err as Error).message}`));
     }
     last = { at: performance.now(), processed: new Map(snap.map((s) => [s.processor, s.processed])), errors: new Map(snap.map((s) => [s.processor, s.errors])) };
   };

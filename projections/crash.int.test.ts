@@ -5,12 +5,12 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { createPublisher, encodeEvent, ensureTopology, STREAMS } from "../streams/index.js";
+import { createPublisher, encodeEvent, ensureTopology, PLUGIN_EVENT_TYPES, STREAMS, WORKFLOW_EVENT_TYPES } from "../streams/index.js";
 import { startTestNats } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { projectionsDir, readManifest } from "./catalog.js";
 import { integrityCheck, modelHash, readCheckpoints } from "./database.js";
-import { builtinProjections, PLUGIN_EVENT_TYPES, WORKFLOW_EVENT_TYPES } from "./index.js";
+import { builtinProjections } from "./index.js";
 
 /** Events in the stream the projector catches up on (`FLEX_KILL_TEST_EVENTS` to change). */
 const EVENTS = Number(process.env.FLEX_KILL_TEST_EVENTS ?? 200_000);

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AbortedError, createPublisher, decodeEvent, encodeEvent, eventFromJsMsg, ensureTopology, InvalidOptionError, STREAMS, SubjectTokenError } from "../streams/index.js";
+import { AbortedError, createPublisher, decodeEvent, encodeEvent, eventFromJsMsg, ensureTopology, InvalidOptionError, PLUGIN_EVENT_TYPES, STREAMS, SubjectTokenError, WORKFLOW_EVENT_TYPES } from "../streams/index.js";
 import type { Publisher, StoredEvent } from "../streams/index.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
@@ -19,14 +19,12 @@ import {
   genericProjection,
   InvalidQueryError,
   MAX_PAGE_SIZE,
-  PLUGIN_EVENT_TYPES,
   pipelineSummaryProjection,
   ProjectionLockedError,
   ProjectionNotFoundError,
   ProjectionStoppedError,
   TenantRequiredError,
   WaitTimeoutError,
-  WORKFLOW_EVENT_TYPES,
 } from "./index.js";
 import type { ChangeEvent, Projection, ProjectionEngine, ProjectionEngineOptions } from "./index.js";
 

@@ -46,30 +46,3 @@ export {
   workflowHistoryProjection,
 } from "./builtin/index.js";
 export type { BuiltinOptions, DocumentReducer, GenericIndex, GenericProjectionOptions } from "./builtin/index.js";
-export {
-  MAX_SUMMARY_CHARS,
-  METRICS_CATEGORY,
-  METRICS_EVENT_TYPES,
-  PLUGIN_CATEGORY,
-  PLUGIN_EVENT_TYPES,
-  WORKFLOW_CATEGORY,
-  WORKFLOW_EVENT_TYPES,
-} from "./events.js";
-export type {
-  ComponentKind,
-  ErrorInfo,
-  MetricsReported,
-  PluginFailed,
-  PluginHealth,
-  PluginLoaded,
-  PluginStarted,
-  PluginStopped,
-  RunCancelled,
-  RunFailed,
-  RunStarted,
-  RunSucceeded,
-  StepFailed,
-  StepSkipped,
-  StepStarted,
-  StepSucceeded,
-} from "./events.js";

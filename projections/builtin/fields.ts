@@ -1,6 +1,5 @@
-import { InvalidEventError } from "../../streams/index.js";
+import { InvalidEventError, MAX_SUMMARY_CHARS } from "../../streams/index.js";
 import type { StoredEvent } from "../../streams/index.js";
-import { MAX_SUMMARY_CHARS } from "../events.js";
 
 /** Subject tokens of an event: `[root, tenant, category, id]`. */
 export function tokens(subject: string): [string, string, string, string] {

@@ -1,5 +1,4 @@
-import { InvalidEventError, STREAMS } from "../../streams/index.js";
-import { METRICS_CATEGORY, METRICS_EVENT_TYPES } from "../events.js";
+import { InvalidEventError, METRICS_CATEGORY, METRICS_EVENT_TYPES, STREAMS } from "../../streams/index.js";
 import type { Projection } from "../projection.js";
 import { objectData, optionalNumber, requiredNumber, requiredString, tokens } from "./fields.js";
 

@@ -1,5 +1,4 @@
-import { STREAMS } from "../../streams/index.js";
-import { PLUGIN_CATEGORY, PLUGIN_EVENT_TYPES } from "../events.js";
+import { PLUGIN_CATEGORY, PLUGIN_EVENT_TYPES, STREAMS } from "../../streams/index.js";
 import type { Projection } from "../projection.js";
 import { errorInfo, objectData, optionalNumber, optionalString, tokens } from "./fields.js";
 

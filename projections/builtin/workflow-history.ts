@@ -1,5 +1,4 @@
-import { STREAMS } from "../../streams/index.js";
-import { WORKFLOW_CATEGORY, WORKFLOW_EVENT_TYPES } from "../events.js";
+import { STREAMS, WORKFLOW_CATEGORY, WORKFLOW_EVENT_TYPES } from "../../streams/index.js";
 import type { Projection } from "../projection.js";
 import { durationMs, errorInfo, objectData, optionalNumber, optionalString, requiredNumber, requiredString, tokens } from "./fields.js";
 
