@@ -1,11 +1,8 @@
 // Crash and replay guarantees of the processor runtime, with the host in a child process
 // that is SIGKILLed mid-stream.
-import { spawn } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { createPublisher, ensureTopology, STREAMS } from "../streams/index.js";
@@ -14,10 +11,9 @@ import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { anomaly, anomalyOptions, parseConfig, pipelineSections, startProcessorRuntime } from "./index.js";
 import type { ProcessorInput } from "./index.js";
-import { countMessages, publishSeries, readStream, waitFor } from "./testing.js";
-import type { ReadMessage } from "./testing.js";
+import { countMessages, publishSeries, readStream, startHost, waitFor } from "./testing.js";
+import type { HostProcess, ReadMessage } from "./testing.js";
 
-const HOST = fileURLToPath(new URL("./fixtures/host.ts", import.meta.url));
 const KILLS = 10;
 
 let nats: TestNats;
@@ -36,32 +32,8 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-interface Host {
-  readonly child: ChildProcess;
-  readonly ready: Promise<void>;
-  readonly exited: Promise<number | null>;
-  output(): string;
-}
-
 // The same instance id across restarts: a restarted host takes its own lease back at once.
-function startHost(configFile: string): Host {
-  const child = spawn(process.execPath, ["--import", "tsx", HOST], {
-    env: { ...process.env, NATS_URL: nats.server.url, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: `host-${configFile}` },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  const ready = new Promise<void>((resolve, reject) => {
-    child.stdout!.on("data", (b: Buffer) => {
-      out += b.toString();
-      if (out.includes("ready")) resolve();
-    });
-    child.stderr!.on("data", (b: Buffer) => void (out += b.toString()));
-    child.once("exit", (code) => reject(new Error(`host exited (${code}) before ready: ${out}`)));
-  });
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  ready.catch(() => undefined);
-  return { child, ready, exited, output: () => out };
-}
+const hostFor = (configFile: string): HostProcess => startHost({ NATS_URL: nats.server.url, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: `host-${configFile}` });
 
 /** What the anomaly processor must produce for the source events, computed in-process. */
 function expectedOutputs(name: string, events: readonly ReadMessage[], rawOptions: Record<string, unknown>): Map<string, string> {
@@ -108,7 +80,7 @@ describe("processor host crashes", () => {
 
     let derivedAtKills: number[] = [];
     for (let k = 0; k < KILLS; k++) {
-      const host = startHost(configFile);
+      const host = hostFor(configFile);
       await host.ready;
       // Let it process for a while, then crash it with whatever it has in flight.
       const before = await countMessages(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
@@ -119,7 +91,7 @@ describe("processor host crashes", () => {
       derivedAtKills.push(await countMessages(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`));
     }
     await publishing;
-    const final = startHost(configFile);
+    const final = hostFor(configFile);
     await final.ready;
     await waitFor(async () => (await countMessages(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`)) >= total, 60_000, `${total} derived events`);
     const jsm = await jetstreamManager(nats.nc);
@@ -160,13 +132,13 @@ describe("processor host crashes", () => {
     const deadCount = (): Promise<number> => countMessages(nats.nc, STREAMS.dlq, `dlq.${tenant}.${name}`);
     // A supervisor: restart the host whenever it dies, until everything is handled.
     let crashes = 0;
-    let host = startHost(configFile);
+    let host = hostFor(configFile);
     for (;;) {
       const outcome = await Promise.race([host.exited.then(() => "died" as const), waitFor(async () => (await derivedCount()) === total - 1 && (await deadCount()) === 1, 60_000, "the stream to be handled").then(() => "done" as const)]);
       if (outcome === "done") break;
       crashes += 1;
       expect(crashes).toBeLessThanOrEqual(6);
-      host = startHost(configFile);
+      host = hostFor(configFile);
     }
     host.child.kill("SIGTERM");
     expect(await host.exited).toBe(0);

@@ -1,10 +1,8 @@
 // Processor ownership across instances through flex_leases: one instance runs a processor,
 // the others stand by; a release hands it over at once, a kill -9 after the lease expires.
-import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createPublisher, ensureTopology, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
@@ -13,9 +11,8 @@ import type { TestNats } from "../test/nats-server.js";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "./index.js";
 import type { ProcessorRuntime } from "./index.js";
 import { definitions } from "./fixtures/faulty.js";
-import { countMessages, FIXTURE_MODULE, publishSeries, readStream, waitFor } from "./testing.js";
+import { countMessages, FIXTURE_MODULE, publishSeries, readStream, startHost, waitFor } from "./testing.js";
 
-const HOST = fileURLToPath(new URL("./fixtures/host.ts", import.meta.url));
 const TTL_MS = 2_000;
 
 let nats: TestNats;
@@ -95,15 +92,9 @@ describe("processor leases", () => {
     const total = 1_800;
     const configFile = join(dir, `${name}.yaml`);
     await writeFile(configFile, yaml(name, tenant));
-    const child = spawn(process.execPath, ["--import", "tsx", HOST], {
-      env: { ...process.env, NATS_URL: nats.server.url, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: "A", FLEXCORE_LEASE_TTL_MS: String(TTL_MS) },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-    let out = "";
-    child.stdout!.on("data", (x: Buffer) => void (out += x.toString()));
-    child.stderr!.on("data", (x: Buffer) => void (out += x.toString()));
-    await waitFor(() => out.includes("owner"), 30_000, `the host to own the processor (${out})`);
+    const host = startHost({ NATS_URL: nats.server.url, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: "A", FLEXCORE_LEASE_TTL_MS: String(TTL_MS) });
+    const { child, exited } = host;
+    await waitFor(() => host.output().includes("owner"), 30_000, `the host to own the processor (${host.output()})`);
     const b = await start(name, tenant, "B");
     try {
       expect(b.metrics()[0]!.owner).toBe(false);

@@ -1,4 +1,7 @@
 /** Helpers shared by the processors' integration tests and benches. */
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
@@ -64,3 +67,32 @@ export async function countMessages(nc: NatsConnection, stream: string, filter: 
 }
 
 export { createPublisher, STREAMS };
+
+/** A processor host (`fixtures/host.ts`) running as a child process, for kill -9 tests. */
+export interface HostProcess {
+  readonly child: ChildProcess;
+  /** Resolves when the host prints `ready`; rejects if it exits first. */
+  readonly ready: Promise<void>;
+  readonly exited: Promise<number | null>;
+  /** Everything it printed so far (stdout and stderr). */
+  output(): string;
+}
+
+const HOST = fileURLToPath(new URL("./fixtures/host.ts", import.meta.url));
+
+/** Starts the fixture host with `env` added to this process's environment. */
+export function startHost(env: Readonly<Record<string, string>>): HostProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", HOST], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  const ready = new Promise<void>((resolve, reject) => {
+    child.stdout!.on("data", (b: Buffer) => {
+      out += b.toString();
+      if (out.includes("ready")) resolve();
+    });
+    child.stderr!.on("data", (b: Buffer) => void (out += b.toString()));
+    child.once("exit", (code) => reject(new Error(`host exited (${code}) before ready: ${out}`)));
+  });
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  ready.catch(() => undefined);
+  return { child, ready, exited, output: () => out };
+}
