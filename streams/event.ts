@@ -154,6 +154,18 @@ interface HeaderFields {
 }
 
 function assign(fields: HeaderFields, key: string, value: string): void {
+  // The canonical spelling (what nats.js writes) first: no lower-cased copy per header.
+  switch (key) {
+    case HEADERS.msgId: fields.id = value; return;
+    case HEADERS.type: fields.type = value; return;
+    case HEADERS.time: fields.time = value; return;
+    case HEADERS.correlationId: fields.correlationId = value; return;
+    case HEADERS.causationId: fields.causationId = value; return;
+    case HEADERS.schema: fields.schema = value; return;
+    case HEADERS.revision: fields.revision = value; return;
+    case HEADERS.contentType: return;
+    default: break;
+  }
   switch (key.toLowerCase()) {
     case "nats-msg-id": fields.id = value; break;
     case "flex-type": fields.type = value; break;
@@ -231,16 +243,16 @@ class LazyStoredEvent implements StoredEvent {
   #data: unknown;
 
   constructor(subject: string, seq: number, raw: Uint8Array, storedAt: number, f: HeaderFields) {
-    const e = toStoredEvent(subject, seq, EMPTY, storedAt, f);
-    this.id = e.id;
-    this.type = e.type;
-    this.time = e.time;
-    this.correlationId = e.correlationId;
-    this.causationId = e.causationId;
-    this.schema = e.schema;
+    // The same defaults as toStoredEvent, without building a throwaway event.
+    this.id = f.id ?? `seq-${seq}`;
+    this.type = f.type ?? "unknown";
+    this.time = f.time ?? new Date(storedAt).toISOString();
+    this.correlationId = f.correlationId;
+    this.causationId = f.causationId;
+    this.schema = f.schema ?? DEFAULT_SCHEMA;
     this.subject = subject;
     this.seq = seq;
-    this.revision = e.revision;
+    this.revision = f.revision === undefined ? undefined : Number(f.revision);
     this.storedAt = storedAt;
     this.#raw = raw;
   }
@@ -258,7 +270,6 @@ class LazyStoredEvent implements StoredEvent {
   }
 }
 
-const EMPTY = new Uint8Array(0);
 
 /** Like {@link toStoredEvent}, with `data` parsed only when first read. */
 export function toLazyStoredEvent(subject: string, seq: number, data: Uint8Array, storedAt: number, f: HeaderFields): StoredEvent {

@@ -1,0 +1,26 @@
+import { describe, expect, it } from "vitest";
+import { headerFieldsFromBlock, toLazyStoredEvent, toStoredEvent } from "./event.js";
+
+const block = (text: string): Uint8Array => new TextEncoder().encode(text);
+
+describe("header blocks", () => {
+  it("reads FlexCore's fields as nats.js writes them", () => {
+    const f = headerFieldsFromBlock(block("NATS/1.0\r\nNats-Msg-Id: e-1\r\nFlex-Type: Created\r\nFlex-Time: 2026-01-01T00:00:00.000Z\r\nFlex-Correlation-Id: c-1\r\nFlex-Causation-Id: e-0\r\nFlex-Schema: 2\r\nFlex-Revision: 7\r\nContent-Type: application/json\r\n\r\n"));
+    expect(f).toEqual({ id: "e-1", type: "Created", time: "2026-01-01T00:00:00.000Z", correlationId: "c-1", causationId: "e-0", schema: "2", revision: "7" });
+  });
+
+  it("matches names in any case and trims values, as other clients may write them", () => {
+    const f = headerFieldsFromBlock(block("NATS/1.0\r\nflex-type:  Created \r\nFLEX-TIME:2026-01-01T00:00:00.000Z\r\nnats-msg-id: é-1\r\nX-Other: 1\r\n\r\n"));
+    expect(f).toEqual({ type: "Created", time: "2026-01-01T00:00:00.000Z", id: "é-1" });
+  });
+
+  it("gives defaults for a message without FlexCore's headers, lazily or not", () => {
+    const data = block('{"a":1}');
+    const fields = headerFieldsFromBlock(block("NATS/1.0\r\n\r\n"));
+    const eager = toStoredEvent("evt.t.c.i", 5, data, 0, fields);
+    const lazy = toLazyStoredEvent("evt.t.c.i", 5, data, 0, fields);
+    expect(eager).toEqual({ id: "seq-5", type: "unknown", data: { a: 1 }, time: "1970-01-01T00:00:00.000Z", correlationId: undefined, causationId: undefined, schema: "1", subject: "evt.t.c.i", seq: 5, revision: undefined, storedAt: 0 });
+    expect(JSON.parse(JSON.stringify(lazy))).toEqual(JSON.parse(JSON.stringify(eager)));
+    expect(toLazyStoredEvent("evt.t.c.i", 5, data, 0, { revision: "3" }).revision).toBe(3);
+  });
+});
