@@ -148,8 +148,9 @@ describe("flexcore CLI", () => {
   it("under an npm script, up stops (with its nats-server) when the shell npm ran it in is killed", async () => {
     const data = join(dir, "data-orphan");
     const env = { ...process.env, NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_TEST: "1", npm_lifecycle_event: "start" };
-    // `; exit` keeps the shell as the parent instead of letting it exec node.
-    const shell = await startUp(["-c", `"${process.execPath}" --import tsx "${CLI}" up; exit $?`], env, "/bin/sh");
+    // `; exit` keeps the shell as the parent instead of letting it exec node. The heap
+    // flag is the one `npm start` passes: processor worker threads must start under it.
+    const shell = await startUp(["-c", `"${process.execPath}" --max-semi-space-size=64 --import tsx "${CLI}" up; exit $?`], env, "/bin/sh");
     const server = Number((await readFile(join(data, "nats.pid"), "utf8")).trim());
     const up = await childrenOf(shell.child.pid);
     expect(up.length).toBe(1);

@@ -46,6 +46,9 @@ export interface ProcessorPool extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** V8 heap flags apply to the whole process; a worker thread given one fails to start. */
+const PROCESS_WIDE_FLAG = /^--max-(semi|old)-space-size(=|$)/u;
+
 /**
  * The worker file and the Node flags it needs: the compiled `worker.js` next to this
  * file, or, when FlexCore runs from its TypeScript sources, `worker-source.mjs`, which
@@ -54,7 +57,7 @@ export interface ProcessorPool extends AsyncDisposable {
 export function workerEntry(): { filename: string; execArgv: string[] } {
   const fromSource = import.meta.url.endsWith(".ts");
   const filename = fileURLToPath(new URL(fromSource ? "./worker-source.mjs" : "./worker.js", import.meta.url));
-  return { filename, execArgv: [...process.execArgv] };
+  return { filename, execArgv: process.execArgv.filter((a) => !PROCESS_WIDE_FLAG.test(a)) };
 }
 
 /** Creates the worker pool. */
