@@ -26,7 +26,7 @@ import {
   TenantRequiredError,
   WaitTimeoutError,
 } from "./index.js";
-import type { ChangeEvent, Projection, ProjectionEngine, ProjectionEngineOptions } from "./index.js";
+import type { ChangeEvent, Projection, ProjectionEngine, ProjectionEngineOptions, QueryOptions } from "./index.js";
 
 let nats: TestNats;
 let pub: Publisher;
@@ -474,6 +474,27 @@ describe("queries", () => {
     await expect(engine.query("generic", { tenant, cursor: "garbage" })).rejects.toMatchObject({ field: "cursor" });
     await expect(engine.query("generic", { tenant, filter: { "doc.a'b": 1 } })).rejects.toBeInstanceOf(InvalidQueryError);
     await expect(engine.query("generic", { tenant, reader: "nope" })).rejects.toMatchObject({ field: "reader" });
+  });
+
+  it("queries of one shape with other values (a compiled plan reused) get their own rows and checks", async () => {
+    const tenant = uniqueName("shape");
+    const seq = await publish(Array.from({ length: 30 }, (_, i) => ({ subject: `evt.${tenant}.item.i${String(i).padStart(2, "0")}`, type: "Set", data: { rank: i % 3, name: `n${i}` } })));
+    await using engine = await engineWith({ projections: [genericProjection()] });
+    await engine.waitFor("generic", seq);
+    const ids = async (options: Omit<QueryOptions, "tenant">): Promise<string[]> => (await engine.query<{ id: string }>("generic", { tenant, limit: MAX_PAGE_SIZE, ...options })).rows.map((r) => r.id);
+    for (const rank of [0, 1, 2]) expect(await ids({ filter: { "doc.rank": rank } })).toHaveLength(10);
+    expect(await ids({ filter: { "doc.rank": 0, id: { prefix: "i2" } } })).toEqual(["i21", "i24", "i27"]);
+    expect(await ids({ filter: { "doc.rank": 1, id: { prefix: "i1" } } })).toEqual(["i10", "i13", "i16", "i19"]);
+    expect(await ids({ filter: { "doc.rank": 1, id: { prefix: "i" } } })).toHaveLength(10);
+    expect(await ids({ filter: { id: { in: ["i01", "i02"] } } })).toEqual(["i01", "i02"]);
+    expect(await ids({ filter: { id: { in: ["i03", "i04", "i05"] } } })).toEqual(["i03", "i04", "i05"]);
+    expect(await ids({ filter: { id: { in: ["i29"] } } })).toEqual(["i29"]);
+    expect(await ids({ filter: { "doc.name": null } })).toEqual([]);
+    // The shapes above are compiled now: bad values of the same shapes are still refused.
+    await expect(ids({ filter: { "doc.rank": 0, id: { prefix: 5 as never } } })).rejects.toMatchObject({ field: "filter.id.prefix" });
+    await expect(ids({ filter: { "doc.rank": { a: 1 } as never } })).rejects.toMatchObject({ field: "filter.doc.rank" });
+    await expect(ids({ filter: { id: { in: [{}] as never } } })).rejects.toMatchObject({ field: "filter.id.in" });
+    await expect(ids({ filter: "id" as never })).rejects.toMatchObject({ field: "filter" });
   });
 
   it("options are validated; one engine per data directory", async () => {

@@ -123,38 +123,80 @@ function decodeCursor(text: unknown, reader: string, sortId: string, n: number):
   throw new InvalidQueryError("cursor", text, "the nextCursor of a previous page with the same reader and sort");
 }
 
-const statements = new WeakMap<Database, Map<string, Statement>>();
-
-function prepare(db: Database, sql: string): Statement {
-  let cache = statements.get(db);
-  if (!cache) statements.set(db, (cache = new Map()));
-  let stmt = cache.get(sql);
-  if (!stmt) {
-    stmt = db.prepare(sql);
-    if (cache.size > 256) cache.clear();
-    cache.set(sql, stmt);
-  }
-  return stmt;
-}
-
 /** Validates the tenant of a query. @throws TenantRequiredError, SubjectTokenError */
 export function checkTenant(tenant: unknown): string {
   if (tenant === undefined || tenant === null || tenant === "") throw new TenantRequiredError(tenant);
   return checkToken("tenant", tenant);
 }
 
-/** Runs a tenant-scoped query against one reader of a read-model database. */
-export function runQuery(db: Database, readerName: string, spec: ReaderSpec, options: QueryOptions): QueryPage {
-  if (options === null || typeof options !== "object") throw new TenantRequiredError(options);
-  const tenant = checkTenant(options.tenant);
-  const limit = options.limit ?? DEFAULT_PAGE_SIZE;
-  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE_SIZE) throw new InvalidQueryError("limit", limit, `an integer from 1 to ${MAX_PAGE_SIZE}`);
+/**
+ * A query shape compiled once: its SQL (with named parameters) and how to read the
+ * values of a query of that shape. Queries differ mostly in values, not in shape (the
+ * same filter fields, operators and sort), so the SQL is built and validated once.
+ */
+interface Plan {
+  readonly statement: Statement;
+  /** Parameter names of the filter values, in the order {@link filterValues} yields them. */
+  readonly filterParams: readonly string[];
+  /** Per sort key: the parameter names of its cursor value (empty without a cursor). */
+  readonly cursorParams: readonly (readonly string[])[];
+  readonly sortId: string;
+  readonly sortLength: number;
+  readonly columns: readonly string[];
+  readonly jsonColumns: ReadonlySet<string>;
+}
 
-  const params: Record<string, unknown> = { ...(spec.params?.() ?? {}), __tenant: tenant };
+const plans = new WeakMap<Database, Map<string, Plan>>();
+const MAX_PLANS = 256;
+
+// What makes two queries share SQL: the reader, the filter's fields and operators (and
+// how many `in` values), the sort, whether a cursor is given, and the page size (a bound
+// LIMIT makes SQLite's query several times slower than a literal one). Values are not in it.
+function shapeOf(readerName: string, options: QueryOptions, limit: number): string {
+  let key = `${readerName}\u0001${limit}\u0001${typeof options.sort === "string" ? options.sort : Array.isArray(options.sort) ? (options.sort as unknown[]).join("\u0002") : ""}\u0001${options.cursor === undefined ? 0 : 1}`;
+  const filter = options.filter ?? {};
+  for (const field of Object.keys(filter)) {
+    const value = filter[field];
+    key += `\u0001${field}\u0002`;
+    if (value === null) key += "N";
+    else if (typeof value !== "object") key += "V";
+    else for (const op of Object.keys(value)) key += `${op}${op === "in" && Array.isArray((value as FilterOps).in) ? (value as FilterOps).in!.length : ""}${(value as Record<string, unknown>)[op] === null ? "!" : ""},`;
+  }
+  return key;
+}
+
+// The filter's values in the order the plan's parameters were named (see planQuery).
+// Only shapes that compiled are cached, so the structure is known to be valid here; the
+// values are checked by `bindable`, and a prefix's type here.
+function filterValues(filter: Readonly<Record<string, FilterValue>> | undefined, out: Array<[string, unknown]>): void {
+  if (!filter) return;
+  for (const field of Object.keys(filter)) {
+    const value = filter[field];
+    if (value === null) continue;
+    if (typeof value !== "object") {
+      out.push([`filter.${field}`, value]);
+      continue;
+    }
+    for (const op of Object.keys(value)) {
+      const v = (value as Record<string, unknown>)[op];
+      if (op === "in") {
+        for (const x of v as Scalar[]) out.push([`filter.${field}.in`, x]);
+      } else if (op === "prefix") {
+        if (typeof v !== "string") throw new InvalidQueryError(`filter.${field}.prefix`, v, "a string");
+        out.push([`filter.${field}.prefix`, [...v].length], [`filter.${field}.prefix`, v]);
+      } else if (v !== null) {
+        out.push([`filter.${field}.${op}`, v]);
+      }
+    }
+  }
+}
+
+function planQuery(db: Database, spec: ReaderSpec, options: QueryOptions, limit: number): Plan {
   let n = 0;
-  const param = (field: string, v: unknown): string => {
+  const filterParams: string[] = [];
+  const param = (): string => {
     const name = `__p${n++}`;
-    params[name] = bindable(field, v);
+    filterParams.push(name);
     return `:${name}`;
   };
   const where: string[] = ["r.tenant = :__tenant"];
@@ -163,19 +205,20 @@ export function runQuery(db: Database, readerName: string, spec: ReaderSpec, opt
     if (value === null) {
       where.push(`${col.sql} IS NULL`);
     } else if (typeof value !== "object") {
-      where.push(`${col.sql} = ${param(`filter.${field}`, value)}`);
+      where.push(`${col.sql} = ${param()}`);
     } else {
       const ops = Object.entries(value);
       if (ops.length === 0) throw new InvalidQueryError(`filter.${field}`, value, "a value or operators eq, ne, gt, gte, lt, lte, in, prefix");
       for (const [op, v] of ops) {
         if (op === "in") {
           if (!Array.isArray(v) || v.length === 0 || v.length > MAX_PAGE_SIZE) throw new InvalidQueryError(`filter.${field}.in`, v, `a non-empty array of at most ${MAX_PAGE_SIZE} values`);
-          where.push(`${col.sql} IN (${v.map((x) => param(`filter.${field}.in`, x)).join(", ")})`);
+          where.push(`${col.sql} IN (${v.map(() => param()).join(", ")})`);
         } else if (op === "prefix") {
           if (typeof v !== "string") throw new InvalidQueryError(`filter.${field}.prefix`, v, "a string");
-          where.push(`substr(${col.sql}, 1, ${[...v].length}) = ${param(`filter.${field}.prefix`, v)}`);
+          const length = param();
+          where.push(`substr(${col.sql}, 1, ${length}) = ${param()}`);
         } else if (op in OPS) {
-          where.push(v === null ? `${col.sql} ${op === "ne" ? "IS NOT NULL" : "IS NULL"}` : `${col.sql} ${op === "ne" ? "!=" : OPS[op]} ${param(`filter.${field}.${op}`, v)}`);
+          where.push(v === null ? `${col.sql} ${op === "ne" ? "IS NOT NULL" : "IS NULL"}` : `${col.sql} ${op === "ne" ? "!=" : OPS[op]} ${param()}`);
         } else {
           throw new InvalidQueryError(`filter.${field}`, op, "operators eq, ne, gt, gte, lt, lte, in, prefix");
         }
@@ -186,33 +229,71 @@ export function runQuery(db: Database, readerName: string, spec: ReaderSpec, opt
   const sort = parseSort(spec, options.sort);
   const sortId = sort.map((k) => (k.desc ? `-${k.field}` : k.field)).join(",");
   const sortExpr = sort.map((k) => `coalesce(${k.sql}, ${NULL_SORT})`);
+  const cursorParams: string[][] = sort.map(() => []);
   if (options.cursor !== undefined) {
-    const c = decodeCursor(options.cursor, readerName, sortId, sort.length);
     // Keyset: (a, b, c) after the cursor, honouring each key's direction.
+    const cursorParam = (i: number): string => {
+      const name = `__c${n++}`;
+      cursorParams[i]!.push(name);
+      return `:${name}`;
+    };
     const alternatives: string[] = [];
     for (let i = 0; i < sort.length; i++) {
       const parts: string[] = [];
-      for (let j = 0; j < i; j++) parts.push(`${sortExpr[j]} = ${param("cursor", c.v[j])}`);
-      parts.push(`${sortExpr[i]} ${sort[i]!.desc ? "<" : ">"} ${param("cursor", c.v[i])}`);
+      for (let j = 0; j < i; j++) parts.push(`${sortExpr[j]} = ${cursorParam(j)}`);
+      parts.push(`${sortExpr[i]} ${sort[i]!.desc ? "<" : ">"} ${cursorParam(i)}`);
       alternatives.push(`(${parts.join(" AND ")})`);
     }
     where.push(`(${alternatives.join(" OR ")})`);
   }
-  const cols = Object.keys(spec.columns).map((c) => `r.${quote(c)}`);
+  const columns = Object.keys(spec.columns);
+  const cols = columns.map((c) => `r.${quote(c)}`);
   const sql = `SELECT ${cols.join(", ")}, ${sortExpr.map((e, i) => `${e} AS __s${i}`).join(", ")} FROM ${/^\w+$/u.test(spec.from) ? quote(spec.from) : `(${spec.from})`} AS r WHERE ${where.join(" AND ")} ORDER BY ${sortExpr.map((e, i) => `${e}${sort[i]!.desc ? " DESC" : ""}`).join(", ")} LIMIT ${limit + 1}`;
-  const raw = prepare(db, sql).all(params) as Array<Record<string, unknown>>;
+  const jsonColumns = new Set(Object.entries(spec.columns).filter(([, t]) => t === "json").map(([c]) => c));
+  return { statement: db.prepare(sql), filterParams, cursorParams, sortId, sortLength: sort.length, columns, jsonColumns };
+}
+
+/** Runs a tenant-scoped query against one reader of a read-model database. */
+export function runQuery(db: Database, readerName: string, spec: ReaderSpec, options: QueryOptions): QueryPage {
+  if (options === null || typeof options !== "object") throw new TenantRequiredError(options);
+  const tenant = checkTenant(options.tenant);
+  const limit = options.limit ?? DEFAULT_PAGE_SIZE;
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE_SIZE) throw new InvalidQueryError("limit", limit, `an integer from 1 to ${MAX_PAGE_SIZE}`);
+  if (options.filter !== undefined && (options.filter === null || typeof options.filter !== "object")) throw new InvalidQueryError("filter", options.filter, "an object of column: value or operators");
+
+  let cache = plans.get(db);
+  if (!cache) plans.set(db, (cache = new Map()));
+  const shape = shapeOf(readerName, options, limit);
+  let plan = cache.get(shape);
+  if (!plan) {
+    plan = planQuery(db, spec, options, limit);
+    if (cache.size >= MAX_PLANS) cache.clear();
+    cache.set(shape, plan);
+  }
+
+  const params: Record<string, unknown> = { ...(spec.params?.() ?? {}), __tenant: tenant };
+  const values: Array<[string, unknown]> = [];
+  filterValues(options.filter, values);
+  for (let i = 0; i < values.length; i++) params[plan.filterParams[i]!] = bindable(values[i]![0], values[i]![1]);
+  if (options.cursor !== undefined) {
+    const c = decodeCursor(options.cursor, readerName, plan.sortId, plan.sortLength);
+    plan.cursorParams.forEach((names, i) => {
+      for (const name of names) params[name] = bindable("cursor", c.v[i]);
+    });
+  }
+  const raw = plan.statement.all(params) as Array<Record<string, unknown>>;
   const more = raw.length > limit;
   const page = more ? raw.slice(0, limit) : raw;
-  const jsonCols = Object.entries(spec.columns).filter(([, t]) => t === "json").map(([c]) => c);
+  const { columns, jsonColumns } = plan;
   const rows = page.map((row) => {
     const out: Record<string, unknown> = {};
-    for (const c of Object.keys(spec.columns)) {
+    for (const c of columns) {
       const v = row[c];
-      out[c] = jsonCols.includes(c) && typeof v === "string" ? JSON.parse(v) : v;
+      out[c] = jsonColumns.has(c) && typeof v === "string" ? JSON.parse(v) : v;
     }
     return out;
   });
   if (!more) return { rows };
   const last = page[page.length - 1]!;
-  return { rows, nextCursor: encodeCursor({ r: readerName, s: sortId, v: sort.map((_, i) => last[`__s${i}`] as string | number) }) };
+  return { rows, nextCursor: encodeCursor({ r: readerName, s: plan.sortId, v: Array.from({ length: plan.sortLength }, (_, i) => last[`__s${i}`] as string | number) }) };
 }
