@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
-import { headerFieldsFromBlock, toLazyStoredEvent, toStoredEvent } from "./event.js";
+import { headers as natsHeaders, Match } from "@nats-io/transport-node";
+import { EventHeaders } from "./event-headers.js";
+import { encodeEvent, headerFieldsFromBlock, toLazyStoredEvent, toStoredEvent } from "./event.js";
 
 const block = (text: string): Uint8Array => new TextEncoder().encode(text);
 
@@ -22,5 +24,39 @@ describe("header blocks", () => {
     expect(eager).toEqual({ id: "seq-5", type: "unknown", data: { a: 1 }, time: "1970-01-01T00:00:00.000Z", correlationId: undefined, causationId: undefined, schema: "1", subject: "evt.t.c.i", seq: 5, revision: undefined, storedAt: 0 });
     expect(JSON.parse(JSON.stringify(lazy))).toEqual(JSON.parse(JSON.stringify(eager)));
     expect(toLazyStoredEvent("evt.t.c.i", 5, data, 0, { revision: "3" }).revision).toBe(3);
+  });
+});
+
+describe("event headers", () => {
+  it("encode as nats.js's headers do and answer the MsgHdrs methods alike", () => {
+    const mine = new EventHeaders();
+    const theirs = natsHeaders();
+    for (const [k, v] of [["Nats-Msg-Id", "e-1"], ["Flex-Type", " Created "], ["X-Multi", "a"], ["X-Multi", "b"]] as const) {
+      mine.append(k, v);
+      theirs.append(k, v);
+    }
+    expect(new TextDecoder().decode(mine.encode())).toBe(new TextDecoder().decode((theirs as unknown as { encode(): Uint8Array }).encode()));
+    expect([...mine]).toEqual([...theirs]);
+    expect(mine.keys()).toEqual(theirs.keys());
+    for (const h of [mine, theirs]) {
+      expect(h.get("Flex-Type")).toBe("Created");
+      expect(h.get("flex-type", Match.IgnoreCase)).toBe("Created");
+      expect(h.get("flex-type")).toBe("");
+      expect(h.values("X-Multi")).toEqual(["a", "b"]);
+      expect(h.last("X-Multi")).toBe("b");
+      h.set("nats-msg-id", "e-2", Match.CanonicalMIME);
+      expect(h.get("Nats-Msg-Id")).toBe("e-2");
+      h.delete("X-Multi");
+      expect(h.has("X-Multi")).toBe(false);
+      expect(() => h.append("Bad Name", "x")).toThrow();
+      expect(() => h.append("X-Ok", "a\r\nInjected: 1")).toThrow();
+    }
+  });
+
+  it("are what encodeEvent builds, and read back as the event's fields", () => {
+    const e = encodeEvent({ type: "Created", data: { a: 1 }, correlationId: "c-1", causationId: "e-0" });
+    expect(e.headers).toBeInstanceOf(EventHeaders);
+    const f = headerFieldsFromBlock((e.headers as EventHeaders).encode());
+    expect(f).toMatchObject({ id: e.id, type: "Created", correlationId: "c-1", causationId: "e-0", schema: "1" });
   });
 });

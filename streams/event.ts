@@ -1,6 +1,7 @@
-import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
+import { nuid } from "@nats-io/transport-node";
 import type { MsgHdrs } from "@nats-io/transport-node";
 import { InvalidEventError } from "./errors.js";
+import { EventHeaders } from "./event-headers.js";
 
 /** Header names every stored event carries (DESIGN.md). */
 export const HEADERS = {
@@ -110,15 +111,15 @@ export function encodeEvent(event: EventInput, path = ""): EncodedEvent {
   const correlation = headerValue(`${path}correlationId`, event.correlationId, false) ?? id;
   const causation = headerValue(`${path}causationId`, event.causationId, false);
   const schema = headerValue(`${path}schema`, event.schema === undefined ? DEFAULT_SCHEMA : String(event.schema), true)!;
-  // append, not set: the headers are new, and set() deletes and scans first.
-  const h = natsHeaders();
-  h.append(HEADERS.msgId, id);
-  h.append(HEADERS.type, type);
-  h.append(HEADERS.time, time);
-  h.append(HEADERS.correlationId, correlation);
-  if (causation) h.append(HEADERS.causationId, causation);
-  h.append(HEADERS.schema, schema);
-  h.append(HEADERS.contentType, "application/json");
+  // The values were checked above and the names are canonical constants.
+  const h = new EventHeaders();
+  h.appendChecked(HEADERS.msgId, id);
+  h.appendChecked(HEADERS.type, type);
+  h.appendChecked(HEADERS.time, time);
+  h.appendChecked(HEADERS.correlationId, correlation);
+  if (causation) h.appendChecked(HEADERS.causationId, causation);
+  h.appendChecked(HEADERS.schema, schema);
+  h.appendChecked(HEADERS.contentType, "application/json");
   return { id, headers: h, data: encodeData(event.data, `${path}data`) };
 }
 
