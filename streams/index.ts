@@ -34,7 +34,7 @@ export {
   DEFAULT_MAX_ATTEMPTS,
   DEFAULT_MAX_IN_FLIGHT,
 } from "./publisher.js";
-export type { PublishAck, Publisher, PublisherOptions, PublisherStats, PublishOptions } from "./publisher.js";
+export type { OutgoingMessage, PublishAck, Publisher, PublisherOptions, PublisherStats, PublishOptions } from "./publisher.js";
 export { BUCKETS, DEFAULT_DUPLICATE_WINDOW_MS, ensureTopology, STREAMS, streamConfigs } from "./topology.js";
 export type { Drift, TopologyOptions, TopologyReport } from "./topology.js";
 export { openSnapshotStore, snapshotKey } from "./snapshots.js";

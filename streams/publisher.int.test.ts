@@ -3,8 +3,8 @@ import { jetstream } from "@nats-io/jetstream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { createPublisher, encodeEvent, ensureTopology, HEADERS, PublishRejectedError, STREAMS } from "./index.js";
-import type { PublishAck, Publisher } from "./index.js";
+import { createPublisher, encodeEvent, ensureTopology, HEADERS, PayloadTooLargeError, PublishRejectedError, STREAMS } from "./index.js";
+import type { OutgoingMessage, PublishAck, Publisher } from "./index.js";
 
 let nats: TestNats | undefined;
 afterEach(async () => {
@@ -126,4 +126,44 @@ describe("publisher", () => {
     expect(publisher.stats.acked).toBe(2_000);
     await publisher.close();
   });
+
+  it("publishAll: one outcome per message at its index, the window kept, and after a kill -9 of nats-server mid-batch every acked event is stored once", async () => {
+    nats = await startTestNats();
+    await ensureTopology(nats.nc);
+    const t = nats;
+    const publisher = createPublisher(t.nc, { maxInFlight: 64, ackTimeoutMs: 500, maxAttempts: 3, deadlineMs: 10_000 });
+    const tenant = uniqueName("all");
+    const ids = Array.from({ length: 10_000 }, (_, i) => `${tenant}-${i}`);
+    const messages: OutgoingMessage[] = ids.map((id, i) => {
+      const e = encodeEvent({ id, type: "ReadingRecorded", data: { value: i } });
+      return { subject: `evt.${tenant}.sensor.s${i % 10}`, data: e.data, headers: e.headers };
+    });
+    const unstored = encodeEvent({ type: "T", data: 1 });
+    messages[5] = { subject: "nostream.x", data: unstored.data, headers: unstored.headers };
+    messages[7] = { subject: `evt.${tenant}.sensor.big`, data: new Uint8Array((t.nc.info?.max_payload ?? 1_048_576) + 1) };
+    let peak = 0;
+    let killed = false;
+    const watch = setInterval(() => {
+      peak = Math.max(peak, publisher.stats.inFlight);
+      if (!killed && publisher.stats.acked >= 3_000) {
+        killed = true;
+        void t.server.kill("SIGKILL").then(() => sleep(300)).then(() => t.server.restart());
+      }
+    }, 1);
+    const outcomes = await publisher.publishAll(messages);
+    clearInterval(watch);
+    expect(killed).toBe(true);
+    expect(outcomes).toHaveLength(messages.length);
+    expect(outcomes[5]).toBeInstanceOf(PublishRejectedError);
+    expect(outcomes[7]).toBeInstanceOf(PayloadTooLargeError);
+    expect(peak).toBeLessThanOrEqual(64);
+    const acked = ids.filter((_, i) => outcomes[i] !== undefined && !(outcomes[i] instanceof Error));
+    for (const [i, o] of outcomes.entries()) expect(o instanceof Error || (typeof o?.seq === "number" && o.seq > 0), `outcome ${i}`).toBe(true);
+    expect(acked.length).toBeGreaterThanOrEqual(3_000);
+    const counts = await countById(t, `evt.${tenant}.>`);
+    for (const id of acked) expect(counts.get(id), id).toBe(1);
+    expect([...counts.values()].every((n) => n === 1)).toBe(true);
+    expect(await publisher.publishAll([])).toEqual([]);
+    await publisher.close();
+  }, 120_000);
 });

@@ -63,6 +63,14 @@ export interface PublisherStats {
   readonly inFlight: number;
 }
 
+/** One message of {@link Publisher.publishAll}. */
+export interface OutgoingMessage {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  /** Should carry `Nats-Msg-Id`, so that a resend is stored once. */
+  readonly headers?: MsgHdrs;
+}
+
 /**
  * A pipelined JetStream publisher: many publishes in flight over one reply subscription,
  * each settled exactly once as acked or failed.
@@ -70,11 +78,41 @@ export interface PublisherStats {
 export interface Publisher extends AsyncDisposable {
   /** Publishes and resolves with the PubAck; waits first while `maxInFlight` messages are unacknowledged. */
   publish(subject: string, data: Uint8Array, options?: PublishOptions): Promise<PublishAck>;
+  /**
+   * Publishes messages in order (waiting for free slots as `publish` does) and resolves,
+   * once every one is settled, with each one's PubAck or error at its index; it never
+   * rejects. One promise for the batch instead of one per message.
+   */
+  publishAll(messages: readonly OutgoingMessage[]): Promise<Array<PublishAck | Error>>;
   /** Resolves when every message published so far is settled. */
   flush(): Promise<void>;
   readonly stats: PublisherStats;
   /** Waits for in-flight messages (failing them if the connection is gone), then unsubscribes. */
   close(): Promise<void>;
+}
+
+/** Told once how a message ended: the promise of one `publish`, or a `publishAll` batch. */
+interface Settler {
+  settled(index: number, err: Error | undefined, ack: PublishAck | undefined): void;
+}
+
+class OneSettler implements Settler {
+  constructor(readonly resolve: (ack: PublishAck) => void, readonly reject: (err: Error) => void) {}
+  settled(_index: number, err: Error | undefined, ack: PublishAck | undefined): void {
+    if (err) this.reject(err);
+    else this.resolve(ack!);
+  }
+}
+
+class BatchSettler implements Settler {
+  #left: number;
+  constructor(readonly results: Array<PublishAck | Error>, readonly resolve: (results: Array<PublishAck | Error>) => void) {
+    this.#left = results.length;
+  }
+  settled(index: number, err: Error | undefined, ack: PublishAck | undefined): void {
+    this.results[index] = err ?? ack!;
+    if (--this.#left === 0) this.resolve(this.results);
+  }
 }
 
 interface Pending {
@@ -85,8 +123,9 @@ interface Pending {
   readonly firstSent: number;
   lastSent: number;
   attempts: number;
-  resolve(ack: PublishAck): void;
-  reject(err: Error): void;
+  readonly settler: Settler;
+  /** The message's index in its `publishAll` batch (0 for `publish`). */
+  readonly index: number;
 }
 
 interface AckBody {
@@ -162,13 +201,41 @@ class WindowPublisher implements Publisher {
       if (options.msgId !== undefined) h.set("Nats-Msg-Id", options.msgId);
       if (options.expectedLastSubjectSequence !== undefined) h.set("Nats-Expected-Last-Subject-Sequence", String(options.expectedLastSubjectSequence));
     }
-    return new Promise<PublishAck>((resolve, reject) => {
-      const token = (this.#next++).toString(36);
-      const now = Date.now();
-      const entry: Pending = { token, subject, data, headers: h, firstSent: now, lastSent: now, attempts: 0, resolve, reject };
-      this.#pending.set(token, entry);
-      this.#send(entry);
-    });
+    return new Promise<PublishAck>((resolve, reject) => this.#start(subject, data, h, new OneSettler(resolve, reject), 0));
+  }
+
+  async publishAll(messages: readonly OutgoingMessage[]): Promise<Array<PublishAck | Error>> {
+    if (!Array.isArray(messages)) throw new InvalidOptionError("messages", messages, "an array of { subject, data, headers }");
+    const results = new Array<PublishAck | Error>(messages.length);
+    if (messages.length === 0) return results;
+    let resolveAll!: (results: Array<PublishAck | Error>) => void;
+    const done = new Promise<Array<PublishAck | Error>>((res) => (resolveAll = res));
+    const batch = new BatchSettler(results, resolveAll);
+    const limit = this.#nc.info?.max_payload;
+    for (let i = 0; i < messages.length; i++) {
+      const m = messages[i]!;
+      if (limit !== undefined && m.data.length > limit) {
+        batch.settled(i, new PayloadTooLargeError(m.subject, m.data.length, limit), undefined);
+        continue;
+      }
+      while (this.#pending.size >= this.#maxInFlight && !this.#closed) {
+        await new Promise<void>((res) => this.#slotWaiters.push(res));
+      }
+      if (this.#closed || this.#nc.isClosed()) {
+        batch.settled(i, new PublisherClosedError(m.subject), undefined);
+        continue;
+      }
+      this.#start(m.subject, m.data, m.headers, batch, i);
+    }
+    return done;
+  }
+
+  #start(subject: string, data: Uint8Array, headers: MsgHdrs | undefined, settler: Settler, index: number): void {
+    const token = (this.#next++).toString(36);
+    const now = Date.now();
+    const entry: Pending = { token, subject, data, headers, firstSent: now, lastSent: now, attempts: 0, settler, index };
+    this.#pending.set(token, entry);
+    this.#send(entry);
   }
 
   async flush(): Promise<void> {
@@ -291,13 +358,9 @@ class WindowPublisher implements Publisher {
 
   #settle(entry: Pending, err: Error | undefined, ack?: PublishAck): void {
     if (!this.#pending.delete(entry.token)) return;
-    if (err) {
-      this.#failed += 1;
-      entry.reject(err);
-    } else {
-      this.#acked += 1;
-      entry.resolve(ack!);
-    }
+    if (err) this.#failed += 1;
+    else this.#acked += 1;
+    entry.settler.settled(entry.index, err, ack);
     this.#wakeOne();
     if (this.#pending.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
   }

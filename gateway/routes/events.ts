@@ -1,5 +1,5 @@
 import { encodeEvent, eventSubject, FlexError } from "../../streams/index.js";
-import type { PublishAck } from "../../streams/index.js";
+import type { OutgoingMessage } from "../../streams/index.js";
 import { BadRequestError, InvalidJsonError } from "../errors.js";
 import type { RouteContext } from "../gateway.js";
 import { pickEvent } from "./streams.js";
@@ -91,7 +91,10 @@ export function registerEventRoutes(ctx: RouteContext): void {
     if (items.length > limits.maxBatchEvents) throw new BadRequestError("events", `A batch holds at most ${limits.maxBatchEvents} events, got ${items.length}`, { max: limits.maxBatchEvents });
 
     const results: BatchResult[] = new Array<BatchResult>(items.length);
-    const pending: Promise<void>[] = [];
+    // The valid events, published as one batch: their indexes in the request and ids.
+    const messages: OutgoingMessage[] = [];
+    const indexes: number[] = [];
+    const ids: string[] = [];
     let accepted = 0;
     let duplicates = 0;
     let rejected = 0;
@@ -109,25 +112,28 @@ export function registerEventRoutes(ctx: RouteContext): void {
           if (pair !== undefined) subjects.set(pair, subject);
         }
         const encoded = encodeEvent(pickEvent(r), `events[${i}].`);
-        const index = i;
-        pending.push(publisher.publish(subject, encoded.data, { headers: encoded.headers }).then(
-          (ack: PublishAck) => {
-            results[index] = { index, id: encoded.id, seq: ack.seq, duplicate: ack.duplicate };
-            if (ack.duplicate) duplicates += 1;
-            else accepted += 1;
-          },
-          (err: unknown) => {
-            results[index] = { index, id: encoded.id, error: errorOf(err) };
-            rejected += 1;
-          },
-        ));
+        messages.push({ subject, data: encoded.data, headers: encoded.headers });
+        indexes.push(i);
+        ids.push(encoded.id);
       } catch (err) {
         const id = raw !== null && typeof raw === "object" && typeof (raw as { id?: unknown }).id === "string" ? (raw as { id: string }).id : null;
         results[i] = { index: i, id, error: errorOf(err) };
         rejected += 1;
       }
     }
-    await deadline(Promise.all(pending));
+    const outcomes = await deadline(publisher.publishAll(messages));
+    for (let k = 0; k < outcomes.length; k++) {
+      const index = indexes[k]!;
+      const outcome = outcomes[k]!;
+      if (outcome instanceof Error) {
+        results[index] = { index, id: ids[k]!, error: errorOf(outcome) };
+        rejected += 1;
+      } else {
+        results[index] = { index, id: ids[k]!, seq: outcome.seq, duplicate: outcome.duplicate };
+        if (outcome.duplicate) duplicates += 1;
+        else accepted += 1;
+      }
+    }
     if (accepted) metrics.ingestedEvents.inc({ route: "batch", result: "stored" }, accepted);
     if (duplicates) metrics.ingestedEvents.inc({ route: "batch", result: "duplicate" }, duplicates);
     if (rejected) metrics.ingestedEvents.inc({ route: "batch", result: "rejected" }, rejected);
