@@ -11,8 +11,8 @@ import { createGateway } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import { createProjectionEngine, genericProjection } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
-import { median, ratio, runTasks } from "./harness.js";
-import type { BenchResult, Suite } from "./harness.js";
+import { cpuMeter, median, ratio, runTasks } from "./harness.js";
+import type { BenchResult, CpuSplit, Suite } from "./harness.js";
 import type { Job } from "./gateway-load.js";
 
 /** Seconds of load per measured iteration. */
@@ -119,12 +119,16 @@ export const suite: Suite = {
       } satisfies Record<string, LoadJob>;
 
       const latencies: Record<string, number[]> = {};
+      // CPU per event of the gateway (this process) and nats-server, for the ingest figures.
+      const cpu: Record<string, CpuSplit[]> = {};
       const measure = (name: string, job: LoadJob, perRequest = 1) => async (): Promise<number> => {
+        const meter = cpuMeter(server.pid);
         const r = await load(job).catch((err: unknown) => {
           log(`  ${name}: ${(err as Error).message}`);
           throw err;
         });
         (latencies[name] ??= []).push(r.latencyP99);
+        if (perRequest > 1) (cpu[name] ??= []).push(meter(r.ok * perRequest));
         // Completed requests over the run's length: autocannon's per-second average is coarse
         // when a run completes only a few large batches per second.
         return (r.ok / r.durationSec) * perRequest;
@@ -168,6 +172,7 @@ export const suite: Suite = {
           unit: "events/s",
           ops: BASELINE_EVENTS,
           async fn() {
+            const meter = cpuMeter(server.pid);
             const publisher = createPublisher(nc);
             const pending: Array<Promise<unknown>> = [];
             for (let i = 0; i < BASELINE_EVENTS; i++) {
@@ -176,13 +181,22 @@ export const suite: Suite = {
             }
             await Promise.all(pending);
             await publisher.close();
+            (cpu["baseline.publisher"] ??= []).push(meter(BASELINE_EVENTS));
           },
           extra: { what: `${BASELINE_EVENTS} events: encodeEvent + createPublisher().publish, every one acked (streams' pipelined publisher, no HTTP)` },
         },
       ], { log, iterations: ITERATIONS }))];
       const withGoals: BenchResult[] = results.map((r) => {
         const g = r.extra?.goal;
-        return typeof g === "number" ? { ...r, extra: { ...r.extra, met: r.median >= g, latencyP99ms: median(latencies[r.name] ?? []) } } : { ...r, extra: { ...r.extra, latencyP99ms: median(latencies[r.name] ?? []) } };
+        const splits = (cpu[r.name] ?? []).slice(-ITERATIONS); // the measured samples, not the warm-up
+        // µs of CPU per event (median of the samples) of the gateway process and of nats-server.
+        const cpuExtra = splits.length === 0 ? {} : {
+          gatewayCpuUsPerEvent: median(splits.map((c) => c.benchUsPerEvent)),
+          ...(splits.every((c) => c.serverUsPerEvent !== undefined) ? { natsServerCpuUsPerEvent: median(splits.map((c) => c.serverUsPerEvent!)) } : {}),
+          coresBusy: median(splits.map((c) => c.cores)),
+        };
+        const extra = { ...r.extra, ...(typeof g === "number" ? { met: r.median >= g } : {}), latencyP99ms: median(latencies[r.name] ?? []), ...cpuExtra };
+        return { ...r, extra };
       });
       const byName = (n: string) => withGoals.find((r) => r.name === n)!;
       withGoals.push(ratio("http.projection.auth/no-auth", byName("http.projection.auth"), byName("http.projection.no-auth"), 0.6));

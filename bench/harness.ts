@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { cpus, totalmem, platform, release } from "node:os";
 import { Bench } from "tinybench";
@@ -129,4 +130,48 @@ export function printTable(suite: string, results: readonly BenchResult[]): void
 /** Writes `{ suite, env, results }`. */
 export async function writeJson(file: string, suite: string, env: Record<string, unknown>, results: readonly BenchResult[]): Promise<void> {
   await writeFile(file, `${JSON.stringify({ suite, env, results }, null, 2)}\n`);
+}
+
+/** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux's usual builds). */
+const CLOCK_TICKS = 100;
+
+/** CPU time (user + system, ms) a process has used so far, from /proc; undefined where there is none. */
+export function processCpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces), from field 3 on: utime is 14, stime 15.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Where the CPU of a measured run went: this process and nats-server, in µs per event,
+ * so a figure can be checked against what 2 cores allow (`cores` = CPU s per wall s).
+ */
+export interface CpuSplit {
+  readonly benchUsPerEvent: number;
+  readonly serverUsPerEvent: number | undefined;
+  readonly cores: number;
+}
+
+/** Starts measuring; the returned function ends the measurement for `events` events. */
+export function cpuMeter(serverPid: number | undefined): (events: number) => CpuSplit {
+  const usage = process.cpuUsage();
+  const server = processCpuMs(serverPid);
+  const started = performance.now();
+  return (events) => {
+    const own = process.cpuUsage(usage);
+    const serverMs = server === undefined ? undefined : (processCpuMs(serverPid) ?? server) - server;
+    const wallMs = performance.now() - started;
+    const ownMs = (own.user + own.system) / 1000;
+    return {
+      benchUsPerEvent: Math.round((ownMs * 1000 * 10) / events) / 10,
+      serverUsPerEvent: serverMs === undefined ? undefined : Math.round((serverMs * 1000 * 10) / events) / 10,
+      cores: Math.round(((ownMs + (serverMs ?? 0)) / wallMs) * 100) / 100,
+    };
+  };
 }

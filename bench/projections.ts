@@ -3,14 +3,15 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, extname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createProjectionEngine, genericProjection, pipelineSummaryProjection } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import { createPublisher, encodeEvent, ensureTopology, startNatsServer, STREAMS } from "../streams/index.js";
-import { percentile, ratio, runTasks } from "./harness.js";
-import type { BenchResult, Suite } from "./harness.js";
+import { cpuMeter, median, percentile, ratio, runTasks } from "./harness.js";
+import type { BenchResult, CpuSplit, Suite } from "./harness.js";
 
 /** Events in the stream the rebuild reads (`--events N` to change). */
 const DEFAULT_EVENTS = 1_000_000;
@@ -70,7 +71,11 @@ async function readRaw(nc: NatsConnection, n: number): Promise<void> {
  * sequence's commit time in `generic` comes from the change notifications. Lag = commit
  * time - ack time (0 when the projection had it before the ack came back).
  */
-async function measureLag(url: string, engine: ProjectionEngine, rate: number, seconds: number, firstIndex: number): Promise<{ p50: number; p99: number; max: number; achieved: number; n: number }> {
+async function measureLag(url: string, engine: ProjectionEngine, rate: number, seconds: number, firstIndex: number): Promise<{ p50: number; p99: number; max: number; achieved: number; n: number; loopDelayMaxMs: number; loopDelayP99Ms: number }> {
+  // How long this process's event loop was held up (GC, SQLite commits and fsyncs): a lag
+  // tail with a small loop delay comes from elsewhere (server, publisher, the machine).
+  const loop = monitorEventLoopDelay({ resolution: 5 });
+  loop.enable();
   const visibleAt: Array<[number, number]> = [];
   const off = engine.onChange("generic", (c) => {
     if (c.kind === "apply") visibleAt.push([c.seq, performance.timeOrigin + performance.now()]);
@@ -107,7 +112,11 @@ async function measureLag(url: string, engine: ProjectionEngine, rate: number, s
     latencies.push(Math.max(0, seen[1] - ackAt));
   }
   const [, sent, secs] = done.split(" ");
-  return { p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies.reduce((m, x) => Math.max(m, x), 0), achieved: Number(sent) / Number(secs), n: latencies.length };
+  loop.disable();
+  return {
+    p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies.reduce((m, x) => Math.max(m, x), 0), achieved: Number(sent) / Number(secs), n: latencies.length,
+    loopDelayMaxMs: Math.round(loop.max / 1e5) / 10, loopDelayP99Ms: Math.round(loop.percentile(99) / 1e5) / 10,
+  };
 }
 
 export const suite: Suite = {
@@ -136,24 +145,39 @@ export const suite: Suite = {
       try {
         const results: BenchResult[] = [];
         if (!skip.has("rebuild")) {
+        // CPU per event of this process (the engine) and of nats-server, per sample.
+        const cpu: Record<string, CpuSplit[]> = { raw: [], rebuild: [] };
+        const metered = (key: string, fn: () => Promise<void>) => async (): Promise<void> => {
+          const meter = cpuMeter(server.pid);
+          await fn();
+          cpu[key]!.push(meter(events));
+        };
+        const cpuExtra = (key: string) => {
+          const kept = cpu[key]!.slice(-3); // the measured samples, not the warm-up
+          return {
+            benchCpuUsPerEvent: median(kept.map((c) => c.benchUsPerEvent)),
+            ...(kept.every((c) => c.serverUsPerEvent !== undefined) ? { natsServerCpuUsPerEvent: median(kept.map((c) => c.serverUsPerEvent!)) } : {}),
+            coresBusy: median(kept.map((c) => c.cores)),
+          };
+        };
         const [raw] = await runTasks([{
           name: "read.ordered-raw",
           unit: "events/s",
           ops: events,
-          fn: () => readRaw(nc, events),
+          fn: metered("raw", () => readRaw(nc, events)),
           extra: { what: "ordered consumer, callback, no decoding, no SQLite", events },
         }], { log, iterations: 3, warmup: 1 });
         const [rebuild] = await runTasks([{
           name: "projection.rebuild",
           unit: "events/s",
           ops: events,
-          async fn() {
+          fn: metered("rebuild", async () => {
             const r = await engine.rebuild(["pipeline_summary", "generic"]);
             if (r.events < events) throw new Error(`rebuild read ${r.events} of ${events} events`);
-          },
+          }),
           extra: { what: "engine.rebuild(['pipeline_summary', 'generic']): fresh copies from seq 1, synchronous=FULL, swapped in", events, goal: REBUILD_GOAL },
         }], { log, iterations: 3, warmup: 0 });
-        results.push(raw!, { ...rebuild!, extra: { ...rebuild!.extra, met: rebuild!.median >= REBUILD_GOAL } });
+        results.push({ ...raw!, extra: { ...raw!.extra, ...cpuExtra("raw") } }, { ...rebuild!, extra: { ...rebuild!.extra, met: rebuild!.median >= REBUILD_GOAL, ...cpuExtra("rebuild") } });
         results.push(ratio("projection.rebuild/read.ordered-raw", rebuild!, raw!, RATIO_GOAL));
         }
         if (skip.has("lag")) return results;
@@ -166,8 +190,8 @@ export const suite: Suite = {
               log(`  lag measurement failed: ${(err as Error).stack ?? String(err)}`);
               throw err;
             });
-            Object.assign(lagExtra, { p50: m.p50, max: m.max, events: m.n, achievedRate: Math.round(m.achieved) });
-            log(`  lag: p50 ${m.p50.toFixed(1)} ms, p99 ${m.p99.toFixed(1)} ms, max ${m.max.toFixed(1)} ms over ${m.n} events at ${Math.round(m.achieved)} events/s`);
+            Object.assign(lagExtra, { p50: m.p50, max: m.max, events: m.n, achievedRate: Math.round(m.achieved), loopDelayP99Ms: m.loopDelayP99Ms, loopDelayMaxMs: m.loopDelayMaxMs });
+            log(`  lag: p50 ${m.p50.toFixed(1)} ms, p99 ${m.p99.toFixed(1)} ms, max ${m.max.toFixed(1)} ms over ${m.n} events at ${Math.round(m.achieved)} events/s (event loop delay p99 ${m.loopDelayP99Ms} ms, max ${m.loopDelayMaxMs} ms)`);
             return m.p99;
           },
         }], { log, iterations: 1, warmup: 0 });

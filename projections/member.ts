@@ -43,6 +43,13 @@ export interface WindowLimits {
   readonly batchSize: number;
   /** Longest time a window stays open while more events are pending, ms. */
   readonly windowMs: number;
+  /**
+   * Below this many pending events a stream is only briefly behind (a pause of the
+   * process while it was live, not a catch-up): its windows close after
+   * `nearLiveWindowMs` instead of `windowMs`.
+   */
+  readonly nearLivePending: number;
+  readonly nearLiveWindowMs: number;
 }
 
 /** Events handed to a member since its last commit on one stream. */
@@ -212,14 +219,19 @@ export class Member {
     w.tenants.add(tenantOf(e.subject));
   }
 
-  /** Whether `stream`'s window should be committed now. */
-  due(stream: SourceStream, caughtUp: boolean, now: number, limits: WindowLimits): boolean {
+  /**
+   * Whether `stream`'s window should be committed now: the stream is caught up, or
+   * `backlog` events are still to come and the window is full or old enough.
+   */
+  due(stream: SourceStream, caughtUp: boolean, backlog: number, now: number, limits: WindowLimits): boolean {
     const state = this.streams.get(stream);
     if (!state || this.stopped || state.handed <= state.position) return false;
     const w = state.window;
     // Only ignored events: moving the position is free (the checkpoint is written lazily).
     if (!w) return true;
-    return caughtUp || w.stopAt !== undefined || w.count >= (w.fold ? limits.foldWindow : limits.batchSize) || now - w.opened >= limits.windowMs;
+    const age = now - w.opened;
+    return caughtUp || w.stopAt !== undefined || w.count >= (w.fold ? limits.foldWindow : limits.batchSize) || age >= limits.windowMs ||
+      (backlog < limits.nearLivePending && age >= limits.nearLiveWindowMs);
   }
 
   /** performance.now() when the oldest open window was opened, if one is. */

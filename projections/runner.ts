@@ -24,6 +24,13 @@ export const MAX_WINDOW_MS = 1_000;
  * exactly 0 pending, so waiting for 0 would hold live events for {@link MAX_WINDOW_MS}.
  */
 export const LIVE_PENDING = 1_024;
+/**
+ * A live stream that fell behind by less than this (the process paused for a GC or a
+ * slow fsync) is not a catch-up: its windows close after {@link NEAR_LIVE_WINDOW_MS}, so
+ * a 100 ms pause does not turn into a 1 s wait for the window to fill.
+ */
+export const NEAR_LIVE_PENDING = 16_384;
+export const NEAR_LIVE_WINDOW_MS = 50;
 /** Messages an ordered consumer keeps in flight. */
 const CONSUMER_WINDOW = 16_384;
 /** Wait before retrying a commit that failed for a reason other than `apply` (e.g. the DLQ was unreachable). */
@@ -76,7 +83,13 @@ export class Runner {
     this.#deadLetter = deadLetter;
     this.#onBatch = onBatch;
     this.#log = log;
-    this.#limits = { batchSize: limits.batchSize ?? DEFAULT_BATCH_SIZE, foldWindow: limits.foldWindow ?? DEFAULT_FOLD_WINDOW, windowMs: limits.windowMs ?? MAX_WINDOW_MS };
+    this.#limits = {
+      batchSize: limits.batchSize ?? DEFAULT_BATCH_SIZE,
+      foldWindow: limits.foldWindow ?? DEFAULT_FOLD_WINDOW,
+      windowMs: limits.windowMs ?? MAX_WINDOW_MS,
+      nearLivePending: limits.nearLivePending ?? NEAR_LIVE_PENDING,
+      nearLiveWindowMs: limits.nearLiveWindowMs ?? NEAR_LIVE_WINDOW_MS,
+    };
   }
 
   get members(): ReadonlySet<Member> {
@@ -199,6 +212,8 @@ export class Runner {
     let oldest = Number.POSITIVE_INFINITY;
     for (const m of this.#members) oldest = Math.min(oldest, m.oldestWindow() ?? Number.POSITIVE_INFINITY);
     if (!Number.isFinite(oldest)) return;
+    const nearLive = [...this.#readers.values()].every((r) => r.buffer.length + r.pending < this.#limits.nearLivePending);
+    const windowMs = nearLive ? this.#limits.nearLiveWindowMs : this.#limits.windowMs;
     this.#wake = setTimeout(() => {
       this.#wake = undefined;
       if (this.#busy || this.#paused || this.#closed) return;
@@ -207,7 +222,7 @@ export class Runner {
         if ([...this.#readers.values()].some((r) => r.buffer.length > 0)) this.#schedule();
         else this.#wakeLater();
       });
-    }, Math.max(1, Math.ceil(oldest + this.#limits.windowMs - performance.now())));
+    }, Math.max(1, Math.ceil(oldest + windowMs - performance.now())));
   }
 
   // Per stream: hand out what arrived (at most batchSize), then commit the windows that
@@ -224,9 +239,10 @@ export class Runner {
         this.#hand(reader, msgs);
       }
       const caughtUp = reader.buffer.length === 0 && reader.pending < LIVE_PENDING;
+      const backlog = reader.buffer.length + reader.pending;
       const now = performance.now();
       for (const member of [...this.#members]) {
-        if (!member.streams.has(stream) || !member.due(stream, caughtUp, now, this.#limits)) continue;
+        if (!member.streams.has(stream) || !member.due(stream, caughtUp, backlog, now, this.#limits)) continue;
         let outcome;
         try {
           outcome = await member.commit(stream, caughtUp, this.#deadLetter);
