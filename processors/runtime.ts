@@ -7,7 +7,7 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
 import type { MetricsReported, Publisher } from "../streams/index.js";
 import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
@@ -713,16 +713,17 @@ class ProcessorRunner {
       const i = result.outEvent[j]!;
       if (!include(i)) continue;
       const e = entries[i]!;
-      const h = natsHeaders();
-      h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:${result.outIndex[j]}`);
+      // append on fresh headers (set would scan and delete first); values are still checked.
+      const h = new EventHeaders();
+      h.append(HEADERS.msgId, `${this.cfg.name}:${e.seq}:${result.outIndex[j]}`);
       const meta = metaOf(e);
-      h.set(HEADERS.type, result.outTypes[j]!);
-      h.set(HEADERS.time, meta.time);
-      h.set(HEADERS.correlationId, meta.correlationId);
-      h.set(HEADERS.causationId, meta.sourceId);
-      h.set(HEADERS.schema, "1");
-      h.set(HEADERS.contentType, "application/json");
-      h.set("Flex-Source-Seq", String(e.seq));
+      h.append(HEADERS.type, result.outTypes[j]!);
+      h.append(HEADERS.time, meta.time);
+      h.append(HEADERS.correlationId, meta.correlationId);
+      h.append(HEADERS.causationId, meta.sourceId);
+      h.append(HEADERS.schema, "1");
+      h.append(HEADERS.contentType, "application/json");
+      h.append("Flex-Source-Seq", String(e.seq));
       const outKey = result.outKeys[j] ?? e.key;
       out.push({ subject: derivedSubject(e.tenant, this.cfg.name, outKey), data: result.outBody.slice(result.outOffsets[j]!, result.outOffsets[j + 1]!), headers: h });
     }

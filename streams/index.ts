@@ -26,6 +26,7 @@ export {
 } from "./subjects.js";
 export type { ParsedSubject } from "./subjects.js";
 export { decodeData, decodeEvent, DEFAULT_SCHEMA, encodeData, encodeEvent, HEADERS, headerFields } from "./event.js";
+export { EventHeaders } from "./event-headers.js";
 export type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 export {
   createPublisher,
