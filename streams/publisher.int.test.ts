@@ -3,7 +3,7 @@ import { jetstream } from "@nats-io/jetstream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { createPublisher, encodeEvent, ensureTopology, HEADERS, PayloadTooLargeError, PublishRejectedError, STREAMS } from "./index.js";
+import { createPublisher, encodeEvent, ensureTopology, HEADERS, PayloadTooLargeError, PublisherClosedError, PublishRejectedError, STREAMS } from "./index.js";
 import type { OutgoingMessage, PublishAck, Publisher } from "./index.js";
 
 let nats: TestNats | undefined;
@@ -164,6 +164,10 @@ describe("publisher", () => {
     for (const id of acked) expect(counts.get(id), id).toBe(1);
     expect([...counts.values()].every((n) => n === 1)).toBe(true);
     expect(await publisher.publishAll([])).toEqual([]);
+    await expect(publisher.publishAll("x" as never)).rejects.toMatchObject({ field: "messages" });
     await publisher.close();
+    // After close nothing is sent: each message ends with PublisherClosedError, none is left pending.
+    const late = await publisher.publishAll(messages.slice(0, 3));
+    expect(late.every((o) => o instanceof PublisherClosedError)).toBe(true);
   }, 120_000);
 });

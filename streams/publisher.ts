@@ -80,8 +80,9 @@ export interface Publisher extends AsyncDisposable {
   publish(subject: string, data: Uint8Array, options?: PublishOptions): Promise<PublishAck>;
   /**
    * Publishes messages in order (waiting for free slots as `publish` does) and resolves,
-   * once every one is settled, with each one's PubAck or error at its index; it never
-   * rejects. One promise for the batch instead of one per message.
+   * once every one is settled, with each one's PubAck or error at its index (it rejects
+   * only when `messages` is not an array). One promise for the batch instead of one per
+   * message.
    */
   publishAll(messages: readonly OutgoingMessage[]): Promise<Array<PublishAck | Error>>;
   /** Resolves when every message published so far is settled. */
