@@ -152,15 +152,20 @@ const MAX_PLANS = 256;
 // What makes two queries share SQL: the reader, the filter's fields and operators (and
 // how many `in` values), the sort, whether a cursor is given, and the page size (a bound
 // LIMIT makes SQLite's query several times slower than a literal one). Values are not in it.
+// Names from the query (fields, operators, sort) are JSON-quoted, so that no crafted name
+// can spell another shape's key.
 function shapeOf(readerName: string, options: QueryOptions, limit: number): string {
-  let key = `${readerName}\u0001${limit}\u0001${typeof options.sort === "string" ? options.sort : Array.isArray(options.sort) ? (options.sort as unknown[]).join("\u0002") : ""}\u0001${options.cursor === undefined ? 0 : 1}`;
+  const sort = options.sort;
+  // A sort that is not text is refused when planned (and then not cached): its key need not be exact.
+  const sortKey = typeof sort === "string" ? JSON.stringify(sort) : Array.isArray(sort) ? JSON.stringify(sort.map((x: unknown) => (typeof x === "string" ? x : null))) : "-";
+  let key = `${readerName} ${limit} ${sortKey} ${options.cursor === undefined ? 0 : 1}`;
   const filter = options.filter ?? {};
   for (const field of Object.keys(filter)) {
     const value = filter[field];
-    key += `\u0001${field}\u0002`;
+    key += ` ${JSON.stringify(field)}:`;
     if (value === null) key += "N";
     else if (typeof value !== "object") key += "V";
-    else for (const op of Object.keys(value)) key += `${op}${op === "in" && Array.isArray((value as FilterOps).in) ? (value as FilterOps).in!.length : ""}${(value as Record<string, unknown>)[op] === null ? "!" : ""},`;
+    else for (const op of Object.keys(value)) key += `${JSON.stringify(op)}${op === "in" && Array.isArray((value as FilterOps).in) ? (value as FilterOps).in!.length : ""}${(value as Record<string, unknown>)[op] === null ? "!" : ""},`;
   }
   return key;
 }
