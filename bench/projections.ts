@@ -19,6 +19,8 @@ const AGGREGATES = 10_000;
 /** Sustained publish rate of the lag test, events/s, and how long. */
 const LAG_RATE = 10_000;
 const LAG_SECONDS = 30;
+/** Lag samples (each `LAG_SECONDS` long); the figure is their median p99. */
+const LAG_SAMPLES = 3;
 const REBUILD_GOAL = 150_000;
 const RATIO_GOAL = 0.6;
 const LAG_GOAL_MS = 100;
@@ -181,21 +183,36 @@ export const suite: Suite = {
         results.push(ratio("projection.rebuild/read.ordered-raw", rebuild!, raw!, RATIO_GOAL));
         }
         if (skip.has("lag")) return results;
-        const lagExtra: Record<string, unknown> = {};
+        // Three 30 s samples, like the other figures' three: one sample's p99 is the worst
+        // 0.3 s of its run, so a single disk stall moves it; the median and every sample are reported.
+        const samples: Array<{ p99: number; p50: number; max: number; loopDelayP99Ms: number; loopDelayMaxMs: number; achievedRate: number; events: number }> = [];
         const [lag] = await runTasks([{
           name: "projection.lag.p99",
           unit: "ms",
           async fn() {
-            const m = await measureLag(server.url, engine, LAG_RATE, lagSeconds, events).catch((err: unknown) => {
+            const firstIndex = events + samples.length * LAG_RATE * lagSeconds;
+            const m = await measureLag(server.url, engine, LAG_RATE, lagSeconds, firstIndex).catch((err: unknown) => {
               log(`  lag measurement failed: ${(err as Error).stack ?? String(err)}`);
               throw err;
             });
-            Object.assign(lagExtra, { p50: m.p50, max: m.max, events: m.n, achievedRate: Math.round(m.achieved), loopDelayP99Ms: m.loopDelayP99Ms, loopDelayMaxMs: m.loopDelayMaxMs });
+            samples.push({ p99: m.p99, p50: m.p50, max: m.max, loopDelayP99Ms: m.loopDelayP99Ms, loopDelayMaxMs: m.loopDelayMaxMs, achievedRate: Math.round(m.achieved), events: m.n });
             log(`  lag: p50 ${m.p50.toFixed(1)} ms, p99 ${m.p99.toFixed(1)} ms, max ${m.max.toFixed(1)} ms over ${m.n} events at ${Math.round(m.achieved)} events/s (event loop delay p99 ${m.loopDelayP99Ms} ms, max ${m.loopDelayMaxMs} ms)`);
             return m.p99;
           },
-        }], { log, iterations: 1, warmup: 0 });
-        results.push({ ...lag!, extra: { what: `publish ack -> committed in generic, ${LAG_RATE} events/s for ${lagSeconds} s`, goal: `< ${LAG_GOAL_MS}`, met: lag!.median < LAG_GOAL_MS, ...lagExtra } });
+        }], { log, iterations: LAG_SAMPLES, warmup: 0 });
+        results.push({
+          ...lag!,
+          extra: {
+            what: `publish ack -> committed in generic, ${LAG_RATE} events/s for ${lagSeconds} s, ${LAG_SAMPLES} samples`,
+            goal: `< ${LAG_GOAL_MS}`,
+            met: lag!.median < LAG_GOAL_MS,
+            p50: median(samples.map((x) => x.p50)),
+            max: Math.max(...samples.map((x) => x.max)),
+            loopDelayP99Ms: median(samples.map((x) => x.loopDelayP99Ms)),
+            loopDelayMaxMs: Math.max(...samples.map((x) => x.loopDelayMaxMs)),
+            runs: samples,
+          },
+        });
         return results;
       } finally {
         await engine.close();
