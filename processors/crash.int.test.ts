@@ -1,35 +1,31 @@
 // Crash and replay guarantees of the processor runtime, with the host in a child process
 // that is SIGKILLed mid-stream.
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { createPublisher, ensureTopology, STREAMS } from "../streams/index.js";
+import { STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { anomaly, anomalyOptions, parseConfig, pipelineSections, startProcessorRuntime } from "./index.js";
 import type { ProcessorInput } from "./index.js";
-import { countMessages, publishSeries, readStream, startHost, waitFor } from "./testing.js";
-import type { HostProcess, ReadMessage } from "./testing.js";
+import { countMessages, openProcessorTestEnv, publishSeries, readStream, startHost, waitFor } from "./testing.js";
+import type { HostProcess, ProcessorTestEnv, ReadMessage } from "./testing.js";
 
 const KILLS = 10;
 
+let env: ProcessorTestEnv | undefined;
 let nats: TestNats;
 let publisher: Publisher;
 let dir: string;
 
 beforeAll(async () => {
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  publisher = createPublisher(nats.nc);
-  dir = await mkdtemp(join(tmpdir(), "flexcore-crash-"));
+  env = await openProcessorTestEnv({ tempDirPrefix: "flexcore-crash-" });
+  ({ nats, publisher, dir } = env);
 });
 afterAll(async () => {
-  await publisher?.close();
-  await nats?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await env?.close();
 });
 
 // The same instance id across restarts: a restarted host takes its own lease back at once.

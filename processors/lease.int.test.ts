@@ -1,34 +1,31 @@
 // Processor ownership across instances through flex_leases: one instance runs a processor,
 // the others stand by; a release hands it over at once, a kill -9 after the lease expires.
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createPublisher, ensureTopology, STREAMS } from "../streams/index.js";
+import { STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "./index.js";
 import type { ProcessorRuntime } from "./index.js";
 import { definitions } from "./fixtures/faulty.js";
-import { countMessages, FIXTURE_MODULE, publishSeries, readStream, startHost, waitFor } from "./testing.js";
+import { countMessages, FIXTURE_MODULE, openProcessorTestEnv, publishSeries, readStream, startHost, waitFor } from "./testing.js";
+import type { ProcessorTestEnv } from "./testing.js";
 
 const TTL_MS = 2_000;
 
+let env: ProcessorTestEnv | undefined;
 let nats: TestNats;
 let publisher: Publisher;
 let dir: string;
 
 beforeAll(async () => {
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  publisher = createPublisher(nats.nc);
-  dir = await mkdtemp(join(tmpdir(), "flexcore-lease-"));
+  env = await openProcessorTestEnv({ tempDirPrefix: "flexcore-lease-" });
+  ({ nats, publisher, dir } = env);
 });
 afterAll(async () => {
-  await publisher?.close();
-  await nats?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await env?.close();
 });
 
 const yaml = (name: string, tenant: string): string => `runtime: { threads: 1 }\nprocessors:\n  - name: ${name}\n    kind: counter\n    subjects: ["evt.${tenant}.m.*"]\n    partitions: 2\n    batch_size: 32\n`;

@@ -1,26 +1,26 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { createPublisher, ensureTopology, STREAMS } from "../streams/index.js";
+import { STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { parseConfig, pipelineSections, startProcessorRuntime, stateKvKey } from "./index.js";
 import type { ProcessorRuntime, ResolvedProcessor } from "./index.js";
 import { definitions as fixtureDefinitions } from "./fixtures/faulty.js";
-import { countMessages, FIXTURE_MODULE, publishSeries, readStream, waitFor } from "./testing.js";
+import { countMessages, FIXTURE_MODULE, openProcessorTestEnv, publishSeries, readStream, waitFor } from "./testing.js";
+import type { ProcessorTestEnv } from "./testing.js";
 
+let env: ProcessorTestEnv | undefined;
 let nats: TestNats;
 let publisher: Publisher;
 
 beforeAll(async () => {
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  publisher = createPublisher(nats.nc);
+  env = await openProcessorTestEnv();
+  ({ nats, publisher } = env);
 });
 afterAll(async () => {
-  await publisher?.close();
-  await nats?.close();
+  await env?.close();
 });
 
 function processors(yaml: string): readonly ResolvedProcessor[] {

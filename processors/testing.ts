@@ -1,11 +1,43 @@
 /** Helpers shared by the processors' integration tests and benches. */
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
+import { createPublisher, encodeEvent, ensureTopology, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
+import { startTestNats } from "../test/nats-server.js";
+import type { TestNats } from "../test/nats-server.js";
+
+/** What a processors integration test file shares: a server with the topology, a publisher, a temp directory. */
+export interface ProcessorTestEnv {
+  readonly nats: TestNats;
+  readonly publisher: Publisher;
+  /** A fresh temporary directory (removed by `close`), or "" when none was asked for. */
+  readonly dir: string;
+  close(): Promise<void>;
+}
+
+/** Starts the environment of one test file (`beforeAll`); `close` it in `afterAll`. */
+export async function openProcessorTestEnv(options: { readonly tempDirPrefix?: string } = {}): Promise<ProcessorTestEnv> {
+  const nats = await startTestNats();
+  await ensureTopology(nats.nc);
+  const publisher = createPublisher(nats.nc);
+  const dir = options.tempDirPrefix ? await mkdtemp(join(tmpdir(), options.tempDirPrefix)) : "";
+  return {
+    nats,
+    publisher,
+    dir,
+    async close() {
+      await publisher.close();
+      await nats.close();
+      if (dir) await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
 
 /** URL of the test-only processor kinds (`counter`, `faulty`). */
 export const FIXTURE_MODULE = new URL(import.meta.url.endsWith(".ts") ? "./fixtures/faulty.ts" : "./fixtures/faulty.js", import.meta.url).href;
