@@ -14,8 +14,10 @@ import { builtinProjections } from "./index.js";
 
 /** Events in the stream the projector catches up on (`FLEX_KILL_TEST_EVENTS` to change). */
 const EVENTS = Number(process.env.FLEX_KILL_TEST_EVENTS ?? 200_000);
-/** Longest a projector runs (after its first progress report) before it is killed. */
+/** Longest a projector runs after its first commit before it is killed. */
 const MAX_RUN_MS = 400;
+/** A projector that has not committed anything this long after it started reporting is killed anyway. */
+const NO_PROGRESS_MS = 5_000;
 const KILLS = 10;
 const CHILD = join(import.meta.dirname, "projector.child.ts");
 
@@ -76,6 +78,7 @@ function spawnProjector(dataDir: string, eventsSeq: number, derivedSeq: number, 
       let last = 0;
       let done = false;
       let killedAt: number | undefined;
+      let moved = false;
       let deadline: NodeJS.Timeout | undefined;
       const kill = (): void => {
         if (killedAt !== undefined) return;
@@ -87,7 +90,15 @@ function spawnProjector(dataDir: string, eventsSeq: number, derivedSeq: number, 
           if (line === "done") done = true;
           else if (/^\d+$/u.test(line)) {
             last = Number(line);
-            if (first === undefined && killAfterProgress !== undefined) deadline = setTimeout(kill, Math.floor(Math.random() * MAX_RUN_MS));
+            // Armed at the run's first commit, so each kill lands after this run moved the
+            // checkpoint (a new process needs a moment before its first commit); a run that
+            // never commits is killed after NO_PROGRESS_MS all the same.
+            if (first === undefined && killAfterProgress !== undefined) deadline = setTimeout(kill, NO_PROGRESS_MS);
+            else if (first !== undefined && last > first && !moved && killAfterProgress !== undefined) {
+              moved = true;
+              clearTimeout(deadline);
+              deadline = setTimeout(kill, Math.floor(Math.random() * MAX_RUN_MS));
+            }
             first ??= last;
           }
           // Kill at a random moment once the catch-up has moved on (or the time is up).
@@ -159,6 +170,8 @@ it(`kill -9 of the projector ${KILLS} times during a ${EVENTS}-event catch-up: s
   lap(`killed ${KILLS} times at ${kills.join(", ")}`);
   expect(kills.length).toBe(KILLS);
   expect(Math.max(...kills)).toBeLessThan(eventsSeq);
+  // The kills are spread over the catch-up, not all before the first commit.
+  expect(kills.filter((k, i) => i > 0 && k > kills[i - 1]!).length).toBeGreaterThanOrEqual(3);
   const final = await ready.shift()!.run(undefined);
   expect(final.done).toBe(true);
   lap("caught up after the kills");

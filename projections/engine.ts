@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Database } from "better-sqlite3";
 import { AbortedError, createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
@@ -265,7 +265,6 @@ class Engine implements ProjectionEngine {
   readonly #rebuilding = new Set<string>();
   readonly #rebuilds = new Set<Promise<unknown>>();
   readonly #closing = new AbortController();
-  #js: JetStreamClient | undefined;
   #jsm: JetStreamManager | undefined;
   #live: Runner | undefined;
   #publisher: Publisher | undefined;
@@ -289,14 +288,13 @@ class Engine implements ProjectionEngine {
     try {
       mkdirSync(this.#dir, { recursive: true });
       this.#jsm = await jetstreamManager(this.#nc, { timeout: API_TIMEOUT_MS });
-      this.#js = jetstream(this.#nc, { timeout: API_TIMEOUT_MS });
       if (this.#readOnly) {
         for (const p of this.#projections.values()) this.#openReadOnly(p);
         this.#state = "running";
         return;
       }
       this.#release = acquireLock(this.#dir);
-      this.#live = new Runner(this.#js, this.#deadLetterFn(), (m, s, o) => this.#onLiveBatch(m, s, o), this.#log, this.#limits);
+      this.#live = new Runner(this.#nc, this.#deadLetterFn(), (m, s, o) => this.#onLiveBatch(m, s, o), this.#log, this.#limits);
       const stale: string[] = [];
       const live: Member[] = [];
       for (const p of this.#projections.values()) {
@@ -545,7 +543,7 @@ class Engine implements ProjectionEngine {
     const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
     const fresh: Member[] = [];
     let wake: (() => void) | undefined;
-    const runner = new Runner(this.#js!, this.#deadLetterFn(), () => wake?.(), this.#log, this.#limits);
+    const runner = new Runner(this.#nc, this.#deadLetterFn(), () => wake?.(), this.#log, this.#limits);
     let progressTimer: NodeJS.Timeout | undefined;
     let swapped = false;
     try {

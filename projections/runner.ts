@@ -1,7 +1,6 @@
-import { DeliverPolicy } from "@nats-io/jetstream";
-import type { ConsumerMessages, JetStreamClient, JsMsg } from "@nats-io/jetstream";
-import { eventFromJsMsg } from "../streams/index.js";
-import type { StoredEvent } from "../streams/index.js";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { openStreamReader } from "../streams/index.js";
+import type { StoredEvent, StreamReader } from "../streams/index.js";
 import type { BatchOutcome, DeadLetterFn, Member, WindowLimits } from "./member.js";
 import type { SourceStream } from "./projection.js";
 
@@ -31,18 +30,20 @@ export const LIVE_PENDING = 1_024;
  */
 export const NEAR_LIVE_PENDING = 16_384;
 export const NEAR_LIVE_WINDOW_MS = 50;
-/** Messages an ordered consumer keeps in flight. */
-const CONSUMER_WINDOW = 16_384;
+/** Messages a stream's reader keeps in flight. */
+const READ_WINDOW = 16_384;
+/** Events buffered for the members past which the reader stops asking for more. */
+const BUFFER_HIGH_WATER = 4 * READ_WINDOW;
 /** Wait before retrying a commit that failed for a reason other than `apply` (e.g. the DLQ was unreachable). */
 const RETRY_DELAY_MS = 1_000;
 
 /** Told after each member's batch, for waiters, change listeners and progress. */
 export type BatchListener = (member: Member, stream: SourceStream, outcome: BatchOutcome | undefined) => void;
 
-interface StreamReader {
+interface SourceReader {
   readonly stream: SourceStream;
-  buffer: JsMsg[];
-  messages: ConsumerMessages | undefined;
+  buffer: StoredEvent[];
+  reader: StreamReader | undefined;
   /** Last sequence handed to the members. */
   applied: number;
   /** `num_pending` of the last message received: 0 means the stream's end was reached. */
@@ -52,8 +53,8 @@ interface StreamReader {
 }
 
 /**
- * Reads each source stream with one ordered consumer (no acks; the checkpoint is the
- * position) and hands the same decoded events to every member as they arrive, each of
+ * Reads each source stream with one ordered reader (`openStreamReader`: no acks; the
+ * checkpoint is the position) and hands the same decoded events to every member as they arrive, each of
  * which takes only what it has not been handed yet: a projection with `fold` folds them
  * into memory at once. A member's window is committed (rows + checkpoint, one
  * transaction) when its stream is live (fewer than {@link LIVE_PENDING} events pending),
@@ -62,9 +63,9 @@ interface StreamReader {
  * is committed at once.
  */
 export class Runner {
-  readonly #js: JetStreamClient;
+  readonly #nc: NatsConnection;
   readonly #members = new Set<Member>();
-  readonly #readers = new Map<SourceStream, StreamReader>();
+  readonly #readers = new Map<SourceStream, SourceReader>();
   readonly #deadLetter: DeadLetterFn;
   readonly #onBatch: BatchListener;
   readonly #log: (line: string) => void;
@@ -78,8 +79,8 @@ export class Runner {
   /** Events read from the streams by this runner. */
   received = 0;
 
-  constructor(js: JetStreamClient, deadLetter: DeadLetterFn, onBatch: BatchListener, log: (line: string) => void, limits: Partial<WindowLimits> = {}) {
-    this.#js = js;
+  constructor(nc: NatsConnection, deadLetter: DeadLetterFn, onBatch: BatchListener, log: (line: string) => void, limits: Partial<WindowLimits> = {}) {
+    this.#nc = nc;
     this.#deadLetter = deadLetter;
     this.#onBatch = onBatch;
     this.#log = log;
@@ -121,7 +122,7 @@ export class Runner {
       if (reader && start >= reader.applied) continue;
       if (reader) {
         await this.#busy;
-        await reader.messages?.close().catch(() => undefined);
+        await reader.reader?.close().catch(() => undefined);
         reader.buffer = [];
       }
       await this.#open(stream, reader ? Math.min(start, reader.applied) : start);
@@ -133,22 +134,24 @@ export class Runner {
   }
 
   async #open(stream: SourceStream, position: number): Promise<void> {
-    const reader: StreamReader = { stream, buffer: [], messages: undefined, applied: position, pending: 0, received: position };
+    const reader: SourceReader = { stream, buffer: [], reader: undefined, applied: position, pending: 0, received: position };
     this.#readers.set(stream, reader);
-    const consumer = await this.#js.consumers.get(stream, position > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: position + 1 } : { deliver_policy: DeliverPolicy.All });
-    reader.messages = await consumer.consume({
-      max_messages: CONSUMER_WINDOW,
-      callback: (m) => {
+    reader.reader = await openStreamReader(this.#nc, {
+      stream,
+      startSeq: position + 1,
+      window: READ_WINDOW,
+      onEvent: (e, pending) => {
         if (this.#readers.get(stream) !== reader) return;
-        reader.received = m.seq;
-        reader.pending = m.info.pending;
+        reader.received = e.seq;
+        reader.pending = pending;
         this.received += 1;
-        // Handed over (decoded, folded) at once: a message held until the next turn
-        // outlives a young-generation GC and costs far more to collect.
-        if (reader.buffer.length === 0 && !this.#busy && !this.#paused && !this.#closed) this.#handOne(reader, m);
-        else reader.buffer.push(m);
+        // Handed over (folded) at once: an event held until the next turn outlives a
+        // young-generation GC and costs far more to collect.
+        if (reader.buffer.length === 0 && !this.#busy && !this.#paused && !this.#closed) this.#handOne(reader, e);
+        else if (reader.buffer.push(e) >= BUFFER_HIGH_WATER) reader.reader?.pause();
         this.#schedule();
       },
+      onRecreate: (fromSeq, reason) => this.#log(`flexcore: projections: reading ${stream} again from ${fromSeq}: ${reason}`),
     });
     this.#schedule();
   }
@@ -185,7 +188,7 @@ export class Runner {
     await this.#busy;
     for (const r of this.#readers.values()) {
       r.buffer = [];
-      await r.messages?.close().catch(() => undefined);
+      await r.reader?.close().catch(() => undefined);
     }
     this.#readers.clear();
     for (const m of this.#members) m.dropWindows();
@@ -237,6 +240,7 @@ export class Runner {
         const msgs = reader.buffer.length <= this.#limits.batchSize ? reader.buffer : reader.buffer.slice(0, this.#limits.batchSize);
         reader.buffer = msgs === reader.buffer ? [] : reader.buffer.slice(this.#limits.batchSize);
         this.#hand(reader, msgs);
+        if (reader.buffer.length < BUFFER_HIGH_WATER / 2) reader.reader?.resume();
       }
       const caughtUp = reader.buffer.length === 0 && reader.pending < LIVE_PENDING;
       const backlog = reader.buffer.length + reader.pending;
@@ -260,36 +264,30 @@ export class Runner {
   }
 
   // A member must be handed events again (its window was dropped): read from there.
-  async #rewind(reader: StreamReader): Promise<boolean> {
+  async #rewind(reader: SourceReader): Promise<boolean> {
     let behind = reader.applied;
     for (const m of this.#members) if (!m.stopped && m.streams.has(reader.stream)) behind = Math.min(behind, m.handed(reader.stream));
     if (behind >= reader.applied) return false;
-    await reader.messages?.close().catch(() => undefined);
+    await reader.reader?.close().catch(() => undefined);
     await this.#open(reader.stream, behind);
     return true;
   }
 
-  #handOne(reader: StreamReader, m: JsMsg): void {
+  #handOne(reader: SourceReader, e: StoredEvent): void {
     const stream = reader.stream;
-    reader.applied = m.seq;
-    let event: StoredEvent | undefined;
+    reader.applied = e.seq;
     for (const member of this.#members) {
-      if (member.stopped || member.handed(stream) >= m.seq || !member.streams.has(stream)) continue;
-      event ??= eventFromJsMsg(m, { lazyData: true });
-      member.takeOne(stream, event);
+      if (member.stopped || member.handed(stream) >= e.seq || !member.streams.has(stream)) continue;
+      member.takeOne(stream, e);
     }
   }
 
-  #hand(reader: StreamReader, msgs: readonly JsMsg[]): void {
+  #hand(reader: SourceReader, msgs: readonly StoredEvent[]): void {
     const stream = reader.stream;
     let floor = Number.POSITIVE_INFINITY;
     for (const m of this.#members) if (!m.stopped && m.streams.has(stream)) floor = Math.min(floor, m.handed(stream));
-    const events: StoredEvent[] = [];
-    // Events every member was already handed (a replay) are not even decoded.
-    for (const m of msgs) {
-      if (m.seq <= floor) continue;
-      events.push(eventFromJsMsg(m, { lazyData: true }));
-    }
+    // Events every member was already handed (a replay) are skipped.
+    const events = msgs[0]!.seq > floor ? msgs : msgs.filter((e) => e.seq > floor);
     const last = msgs[msgs.length - 1]!.seq;
     for (const member of this.#members) if (member.streams.has(stream)) member.take(stream, events, last);
     reader.applied = last;

@@ -1,3 +1,4 @@
+import { Buffer } from "node:buffer";
 import { nuid } from "@nats-io/transport-node";
 import type { MsgHdrs } from "@nats-io/transport-node";
 import { InvalidEventError } from "./errors.js";
@@ -123,10 +124,19 @@ export function encodeEvent(event: EventInput, path = ""): EncodedEvent {
   return { id, headers: h, data: encodeData(event.data, `${path}data`) };
 }
 
-/** Parses the JSON body of a stored event; data that is not JSON is returned as text. */
-export function decodeData(data: Uint8Array): unknown {
-  if (data.length === 0) return null;
-  const text = decoder.decode(data);
+/**
+ * UTF-8 text of `bytes[start, end)`. A Buffer (what the NATS transport reads into) is
+ * decoded in place: a subarray of a Buffer plus TextDecoder costs 1.6× as much.
+ */
+export function utf8(bytes: Uint8Array, start = 0, end = bytes.length): string {
+  if (bytes instanceof Buffer) return bytes.toString("utf8", start, end);
+  return decoder.decode(start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end));
+}
+
+/** Parses the JSON body of a stored event (`data` from `start`); data that is not JSON is returned as text. */
+export function decodeData(data: Uint8Array, start = 0): unknown {
+  if (data.length <= start) return null;
+  const text = utf8(data, start);
   try {
     return JSON.parse(text);
   } catch {
@@ -190,9 +200,9 @@ export function headerFields(h: MsgHdrs | undefined): HeaderFields {
  * Reads FlexCore's fields straight from a header block (`NATS/1.0\r\nKey: value\r\n...`),
  * skipping the generic MsgHdrs decoding, which dominates replay time otherwise.
  */
-export function headerFieldsFromBlock(block: Uint8Array): HeaderFields {
+export function headerFieldsFromBlock(block: Uint8Array, from = 0, to = block.length): HeaderFields {
   const fields: HeaderFields = {};
-  const text = decoder.decode(block);
+  const text = utf8(block, from, to);
   let start = text.indexOf("\r\n") + 2;
   while (start > 1 && start < text.length) {
     let end = text.indexOf("\r\n", start);
@@ -241,9 +251,10 @@ class LazyStoredEvent implements StoredEvent {
   readonly revision: number | undefined;
   readonly storedAt: number;
   #raw: Uint8Array | undefined;
+  #start: number;
   #data: unknown;
 
-  constructor(subject: string, seq: number, raw: Uint8Array, storedAt: number, f: HeaderFields) {
+  constructor(subject: string, seq: number, raw: Uint8Array, storedAt: number, f: HeaderFields, start: number) {
     // The same defaults as toStoredEvent, without building a throwaway event.
     this.id = f.id ?? `seq-${seq}`;
     this.type = f.type ?? "unknown";
@@ -256,11 +267,12 @@ class LazyStoredEvent implements StoredEvent {
     this.revision = f.revision === undefined ? undefined : Number(f.revision);
     this.storedAt = storedAt;
     this.#raw = raw;
+    this.#start = start;
   }
 
   get data(): unknown {
     if (this.#raw !== undefined) {
-      this.#data = decodeData(this.#raw);
+      this.#data = decodeData(this.#raw, this.#start);
       this.#raw = undefined;
     }
     return this.#data;
@@ -272,9 +284,12 @@ class LazyStoredEvent implements StoredEvent {
 }
 
 
-/** Like {@link toStoredEvent}, with `data` parsed only when first read. */
-export function toLazyStoredEvent(subject: string, seq: number, data: Uint8Array, storedAt: number, f: HeaderFields): StoredEvent {
-  return new LazyStoredEvent(subject, seq, data, storedAt, f);
+/**
+ * Like {@link toStoredEvent}, with `data` parsed only when first read; the JSON body is
+ * `data` from `dataStart` (a received message's bytes need no subarray).
+ */
+export function toLazyStoredEvent(subject: string, seq: number, data: Uint8Array, storedAt: number, f: HeaderFields, dataStart = 0): StoredEvent {
+  return new LazyStoredEvent(subject, seq, data, storedAt, f, dataStart);
 }
 
 /** Turns a stored message into a {@link StoredEvent}; messages published without FlexCore headers get defaults. */

@@ -41,6 +41,8 @@ export type { Drift, TopologyOptions, TopologyReport } from "./topology.js";
 export { openSnapshotStore, snapshotKey } from "./snapshots.js";
 export type { Snapshot, SnapshotStore } from "./snapshots.js";
 export { createEventStore, DEFAULT_SNAPSHOT_EVERY, eventFromJsMsg } from "./event-store.js";
+export { DEFAULT_READ_HEARTBEAT_MS, DEFAULT_READ_WINDOW, openStreamReader, parseAckReply } from "./stream-reader.js";
+export type { AckReplyInfo, StreamReader, StreamReaderOptions } from "./stream-reader.js";
 export type {
   AggregateOptions,
   AggregateRef,
