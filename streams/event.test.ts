@@ -16,6 +16,18 @@ describe("header blocks", () => {
     expect(f).toEqual({ type: "Created", time: "2026-01-01T00:00:00.000Z", id: "é-1" });
   });
 
+  it("trims a canonical name's value when it has extra spaces, and ignores look-alike names of the same length", () => {
+    const f = headerFieldsFromBlock(block("NATS/1.0\r\nFlex-Type: Created \r\nFlex-Tine: x\r\nFlex-Schemx: 9\r\nFlex-Time:\t2026-01-01T00:00:00.000Z\r\n\r\n"));
+    expect(f).toEqual({ type: "Created", time: "2026-01-01T00:00:00.000Z" });
+  });
+
+  it("reads a header block inside a larger buffer, in place", () => {
+    const head = "NATS/1.0\r\nFlex-Type: Moved\r\n\r\n";
+    const bytes = Buffer.from(`${head}{"x":1}`);
+    expect(headerFieldsFromBlock(bytes, 0, head.length)).toEqual({ type: "Moved" });
+    expect(toLazyStoredEvent("evt.t.c.i", 1, bytes, 0, {}, head.length).data).toEqual({ x: 1 });
+  });
+
   it("gives defaults for a message without FlexCore's headers, lazily or not", () => {
     const data = block('{"a":1}');
     const fields = headerFieldsFromBlock(block("NATS/1.0\r\n\r\n"));

@@ -209,12 +209,46 @@ export function headerFieldsFromBlock(block: Uint8Array, from = 0, to = block.le
     if (end < 0) end = text.length;
     const colon = text.indexOf(":", start);
     if (colon > start && colon < end) {
-      const value = text.slice(colon + 1, end).trim();
-      if (value) assign(fields, text.slice(start, colon), value);
+      // What nats.js writes, `Name: value`, needs no trim.
+      const value = text.charCodeAt(colon + 1) === 32 && text.charCodeAt(colon + 2) > 32 && text.charCodeAt(end - 1) > 32 ? text.slice(colon + 2, end) : text.slice(colon + 1, end).trim();
+      if (value && !assignCanonical(fields, text, start, colon - start, value)) assign(fields, text.slice(start, colon), value);
     }
     start = end + 2;
   }
   return fields;
+}
+
+// The canonical names, matched in place (no slice per header name); false when the
+// name is spelt some other way.
+function assignCanonical(fields: HeaderFields, text: string, start: number, length: number, value: string): boolean {
+  switch (length) {
+    case 9:
+      if (text.startsWith(HEADERS.type, start)) fields.type = value;
+      else if (text.startsWith(HEADERS.time, start)) fields.time = value;
+      else return false;
+      return true;
+    case 11:
+      if (text.startsWith(HEADERS.msgId, start)) fields.id = value;
+      else if (text.startsWith(HEADERS.schema, start)) fields.schema = value;
+      else return false;
+      return true;
+    case 12:
+      return text.startsWith(HEADERS.contentType, start);
+    case 13:
+      if (!text.startsWith(HEADERS.revision, start)) return false;
+      fields.revision = value;
+      return true;
+    case 17:
+      if (!text.startsWith(HEADERS.causationId, start)) return false;
+      fields.causationId = value;
+      return true;
+    case 19:
+      if (!text.startsWith(HEADERS.correlationId, start)) return false;
+      fields.correlationId = value;
+      return true;
+    default:
+      return false;
+  }
 }
 
 /** Builds a {@link StoredEvent} from a message's parts and its header fields. */

@@ -51,7 +51,7 @@ function collector(): { events: StoredEvent[]; pending: number[]; onEvent: (e: S
 async function readerConsumers(): Promise<string[]> {
   const jsm = await jetstreamManager(nats.nc);
   const names: string[] = [];
-  for await (const ci of jsm.consumers.list(STREAMS.events)) if (ci.name.startsWith("flex_read_")) names.push(ci.name);
+  for await (const ci of jsm.consumers.list(STREAMS.events)) if (ci.name.startsWith("flexr_")) names.push(ci.name);
   return names;
 }
 

@@ -2,7 +2,7 @@ import { createInbox, nuid } from "@nats-io/transport-node";
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { AckPolicy, DeliverPolicy, jetstreamManager } from "@nats-io/jetstream";
 import type { ConsumerConfig, JetStreamManager } from "@nats-io/jetstream";
-import { headerFields, headerFieldsFromBlock, toLazyStoredEvent } from "./event.js";
+import { headerFields, headerFieldsFromBlock, toLazyStoredEvent, utf8 } from "./event.js";
 import type { StoredEvent } from "./event.js";
 import { InvalidOptionError } from "./errors.js";
 
@@ -52,7 +52,7 @@ export interface StreamReader {
 
 /** What nats.js keeps of a received message; read directly to skip decoding the reply subject. */
 interface CoreMsgInternals {
-  readonly _msg?: { readonly hdr?: number; readonly reply?: Uint8Array };
+  readonly _msg?: { readonly hdr?: number; readonly reply?: Uint8Array; readonly subject?: Uint8Array };
   readonly _rdata?: Uint8Array;
 }
 
@@ -170,7 +170,9 @@ class PullStreamReader implements StreamReader {
   readonly #options: StreamReaderOptions;
   readonly #window: number;
   readonly #heartbeatMs: number;
-  readonly #prefix = `flex_read_${nuid.next()}`;
+  // Short: the name is in every message's reply subject, which the server writes and
+  // nats.js's parser reads byte by byte.
+  readonly #prefix = `flexr_${nuid.next().slice(-10)}`;
   readonly #info: AckReplyInfo = { streamSeq: 0, deliverySeq: 0, storedAt: 0, pending: 0, numbersAt: 0 };
   #serial = 0;
   #consumer = "";
@@ -317,8 +319,9 @@ class PullStreamReader implements StreamReader {
     this.#lastSeq = info.streamSeq;
     const hdr = core._msg?.hdr;
     const raw = core._rdata;
+    const subjectBytes = core._msg?.subject;
     const event = typeof hdr === "number" && hdr > 0 && raw instanceof Uint8Array && hdr <= raw.length
-      ? toLazyStoredEvent(msg.subject, info.streamSeq, raw, info.storedAt, headerFieldsFromBlock(raw, 0, hdr), hdr)
+      ? toLazyStoredEvent(subjectBytes ? utf8(subjectBytes) : msg.subject, info.streamSeq, raw, info.storedAt, headerFieldsFromBlock(raw, 0, hdr), hdr)
       : toLazyStoredEvent(msg.subject, info.streamSeq, msg.data, info.storedAt, headerFields(msg.headers));
     this.#options.onEvent(event, info.pending);
     if (this.#credit <= this.#window / 2) this.#pull();
