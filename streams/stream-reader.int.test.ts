@@ -157,6 +157,43 @@ describe("openStreamReader", () => {
     }
   });
 
+  it("re-creates its consumer after two missed heartbeats (server frozen with SIGSTOP) and loses or repeats nothing", async () => {
+    const own = await startTestNats();
+    try {
+      await ensureTopology(own.nc);
+      const publisher = createPublisher(own.nc);
+      const seqs = await Promise.all(Array.from({ length: 400 }, (_, i) => {
+        const e = encodeEvent({ type: "Counted", data: { i } });
+        return publisher.publish(eventSubject("t", "c", `k${i % 7}`), e.data, { headers: e.headers }).then((a) => a.seq);
+      }));
+      await publisher.close();
+      const pid = own.server.pid!;
+      const c = collector();
+      const reasons: string[] = [];
+      let frozen: Promise<void> | undefined;
+      await using reader = await openStreamReader(own.nc, {
+        stream: STREAMS.events, startSeq: 1, window: 50, heartbeatMs: 500,
+        onEvent: (e, p) => {
+          c.onEvent(e, p);
+          if (c.events.length === 100 && !frozen) {
+            process.kill(pid, "SIGSTOP");
+            frozen = new Promise((r) => setTimeout(r, 2_500)).then(() => void process.kill(pid, "SIGCONT"));
+          }
+        },
+        onRecreate: (_from, reason) => reasons.push(reason),
+      });
+      await c.until(() => frozen !== undefined);
+      await frozen;
+      await c.until(() => c.events.length >= 400, 30_000);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(reasons).toContain("two heartbeats missed");
+      expect(reader.recreated).toBeGreaterThan(0);
+      expect(c.events.map((e) => e.seq)).toEqual(seqs.sort((a, b) => a - b));
+    } finally {
+      await own.close();
+    }
+  });
+
   it("deletes its consumer on close and hands nothing out after", async () => {
     const tenant = uniqueName("sr");
     await publish(tenant, 10);

@@ -1,5 +1,5 @@
 import { createInbox, nuid } from "@nats-io/transport-node";
-import type { Msg, MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { AckPolicy, DeliverPolicy, jetstreamManager } from "@nats-io/jetstream";
 import type { ConsumerConfig, JetStreamManager } from "@nats-io/jetstream";
 import { headerFields, headerFieldsFromBlock, toLazyStoredEvent, utf8 } from "./event.js";
@@ -136,10 +136,6 @@ export function parseAckReply(reply: Uint8Array, out: AckReplyInfo): boolean {
   if (!readNumbers(reply, at, out)) return false;
   out.numbersAt = at;
   return true;
-}
-
-function statusOf(h: MsgHdrs | undefined): { code: number; description: string } {
-  return { code: h?.code ?? 0, description: h?.description ?? "" };
 }
 
 /**
@@ -281,7 +277,7 @@ class PullStreamReader implements StreamReader {
     this.#silentChecks = 0;
     const serial = this.#serial;
     this.#sub = this.#nc.subscribe(inbox, { callback: (err, msg) => {
-      if (serial !== this.#serial || this.#closed) return;
+      if (serial !== this.#serial || this.#closed || this.#recreating) return;
       if (err) {
         this.#recreate(`subscription failed: ${err.message}`);
         return;
@@ -328,7 +324,7 @@ class PullStreamReader implements StreamReader {
   }
 
   #onStatus(msg: Msg): void {
-    const { code, description } = statusOf(msg.headers);
+    const code = msg.headers?.code ?? 0;
     if (code === 100) return; // idle heartbeat (or flow control, not asked for)
     if (code === 404 || code === 408) {
       // A pull request ended: what it did not deliver is no longer owed.
@@ -337,7 +333,7 @@ class PullStreamReader implements StreamReader {
       this.#pull();
       return;
     }
-    this.#recreate(`server said ${code} ${description}`.trim());
+    this.#recreate(`server said ${code} ${msg.headers?.description ?? ""}`.trim());
   }
 
   // Runs every heartbeat interval: two in a row without anything received while messages
@@ -361,11 +357,9 @@ class PullStreamReader implements StreamReader {
     if (old && !this.#nc.isClosed()) void this.#jsm.consumers.delete(this.#options.stream, old).catch(() => undefined);
     this.recreated += 1;
     this.#options.onRecreate?.(this.#lastSeq + 1, reason);
+    // #recreating stays set until a consumer exists again: no second re-creation starts.
     const attempt = (): void => {
       if (this.#closed) return;
-      this.#recreating = false;
-      // #create subscribes and pulls; while it runs no other re-creation starts.
-      this.#recreating = true;
       this.#create().then(() => {
         this.#failures = 0;
         this.#recreating = false;
