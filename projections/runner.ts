@@ -31,9 +31,9 @@ export const LIVE_PENDING = 1_024;
 export const NEAR_LIVE_PENDING = 16_384;
 export const NEAR_LIVE_WINDOW_MS = 50;
 /** Messages a stream's reader keeps in flight. */
-const READ_WINDOW = 16_384;
+export const READ_WINDOW = 16_384;
 /** Events buffered for the members past which the reader stops asking for more. */
-const BUFFER_HIGH_WATER = 4 * READ_WINDOW;
+export const BUFFER_HIGH_WATER = 4 * READ_WINDOW;
 /** Wait before retrying a commit that failed for a reason other than `apply` (e.g. the DLQ was unreachable). */
 const RETRY_DELAY_MS = 1_000;
 
