@@ -1,8 +1,8 @@
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamClient, JetStreamManager, JsMsg, StoredMsg } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { AbortedError, ConcurrencyError, InvalidEventError, InvalidOptionError, PublishRejectedError } from "./errors.js";
-import { decodeEvent, encodeEvent, HEADERS, headerFields, headerFieldsFromBlock, toLazyStoredEvent, toStoredEvent } from "./event.js";
+import { decodeEvent, encodeEvent, eventFromMsg, HEADERS } from "./event.js";
 import type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 import { createPublisher, JS_ERR } from "./publisher.js";
 import type { Publisher, PublisherOptions } from "./publisher.js";
@@ -173,28 +173,15 @@ function fromJs(m: JsMsg): RawMessage {
   return { subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: Math.floor(m.info.timestampNanos / 1e6) };
 }
 
-// The header block of a consumed message, read from nats.js's message internals when they
-// have the expected shape (checked on every call; otherwise the public headers are used).
-interface CoreMsgInternals {
-  readonly _msg?: { readonly hdr?: number };
-  readonly _rdata?: Uint8Array;
-}
-
 /**
  * Decodes a consumed message into an event without the generic header decoding.
  * With `lazyData`, the JSON body is parsed only when `data` is first read.
  */
 export function eventFromJsMsg(m: JsMsg, options: { readonly lazyData?: boolean } = {}): StoredEvent {
   const info = m.info;
-  const core = (m as unknown as { msg?: CoreMsgInternals }).msg;
-  const hdr = core?._msg?.hdr;
-  const fields = typeof hdr === "number" && hdr > 0 && core?._rdata instanceof Uint8Array && hdr <= core._rdata.length
-    ? headerFieldsFromBlock(core._rdata.subarray(0, hdr))
-    : headerFields(m.headers);
-  const storedAt = Math.floor(info.timestampNanos / 1e6);
-  return options.lazyData
-    ? toLazyStoredEvent(m.subject, info.streamSequence, m.data, storedAt, fields)
-    : toStoredEvent(m.subject, info.streamSequence, m.data, storedAt, fields);
+  // JsMsg wraps the core message as `msg`; without it, the public getters are enough.
+  const core = (m as unknown as { msg?: Msg }).msg ?? (m as unknown as Msg);
+  return eventFromMsg(core, info.streamSequence, Math.floor(info.timestampNanos / 1e6), options.lazyData === true);
 }
 
 /** Creates an event store on `nc`; the topology must exist (`ensureTopology`). */

@@ -1,6 +1,6 @@
 import { Buffer } from "node:buffer";
 import { nuid } from "@nats-io/transport-node";
-import type { MsgHdrs } from "@nats-io/transport-node";
+import type { Msg, MsgHdrs } from "@nats-io/transport-node";
 import { InvalidEventError } from "./errors.js";
 import { EventHeaders } from "./event-headers.js";
 
@@ -324,6 +324,34 @@ class LazyStoredEvent implements StoredEvent {
  */
 export function toLazyStoredEvent(subject: string, seq: number, data: Uint8Array, storedAt: number, f: HeaderFields, dataStart = 0): StoredEvent {
   return new LazyStoredEvent(subject, seq, data, storedAt, f, dataStart);
+}
+
+/**
+ * What nats.js keeps of a received message. Read directly when it has the expected shape
+ * (checked on every call; otherwise the public getters are used): the subject, header
+ * block and body are then decoded from the received bytes, with no copies or subarrays.
+ */
+export interface CoreMsgInternals {
+  readonly _msg?: { readonly hdr?: number; readonly reply?: Uint8Array; readonly subject?: Uint8Array };
+  readonly _rdata?: Uint8Array;
+}
+
+/**
+ * Turns a received JetStream message into an event, given its stream sequence and stored
+ * time (from its reply subject). With `lazyData`, the JSON body is parsed on first read.
+ */
+export function eventFromMsg(msg: Msg, seq: number, storedAt: number, lazyData: boolean): StoredEvent {
+  const core = msg as unknown as CoreMsgInternals;
+  const hdr = core._msg?.hdr;
+  const raw = core._rdata;
+  if (typeof hdr === "number" && hdr > 0 && raw instanceof Uint8Array && hdr <= raw.length) {
+    const subjectBytes = core._msg?.subject;
+    const subject = subjectBytes instanceof Uint8Array ? utf8(subjectBytes) : msg.subject;
+    const fields = headerFieldsFromBlock(raw, 0, hdr);
+    return lazyData ? toLazyStoredEvent(subject, seq, raw, storedAt, fields, hdr) : toStoredEvent(subject, seq, raw.subarray(hdr), storedAt, fields);
+  }
+  const fields = headerFields(msg.headers);
+  return lazyData ? toLazyStoredEvent(msg.subject, seq, msg.data, storedAt, fields) : toStoredEvent(msg.subject, seq, msg.data, storedAt, fields);
 }
 
 /** Turns a stored message into a {@link StoredEvent}; messages published without FlexCore headers get defaults. */

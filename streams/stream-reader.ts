@@ -2,7 +2,8 @@ import { createInbox, nuid } from "@nats-io/transport-node";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { AckPolicy, DeliverPolicy, jetstreamManager } from "@nats-io/jetstream";
 import type { ConsumerConfig, JetStreamManager } from "@nats-io/jetstream";
-import { headerFields, headerFieldsFromBlock, toLazyStoredEvent, utf8 } from "./event.js";
+import { eventFromMsg } from "./event.js";
+import type { CoreMsgInternals } from "./event.js";
 import type { StoredEvent } from "./event.js";
 import { InvalidOptionError } from "./errors.js";
 
@@ -48,12 +49,6 @@ export interface StreamReader {
   /** Stops reading and deletes the server's consumer; no `onEvent` call after it resolves. */
   close(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
-}
-
-/** What nats.js keeps of a received message; read directly to skip decoding the reply subject. */
-interface CoreMsgInternals {
-  readonly _msg?: { readonly hdr?: number; readonly reply?: Uint8Array; readonly subject?: Uint8Array };
-  readonly _rdata?: Uint8Array;
 }
 
 const DOT = 46;
@@ -313,13 +308,7 @@ class PullStreamReader implements StreamReader {
     this.#deliverySeq = info.deliverySeq;
     if (info.streamSeq <= this.#lastSeq) return;
     this.#lastSeq = info.streamSeq;
-    const hdr = core._msg?.hdr;
-    const raw = core._rdata;
-    const subjectBytes = core._msg?.subject;
-    const event = typeof hdr === "number" && hdr > 0 && raw instanceof Uint8Array && hdr <= raw.length
-      ? toLazyStoredEvent(subjectBytes ? utf8(subjectBytes) : msg.subject, info.streamSeq, raw, info.storedAt, headerFieldsFromBlock(raw, 0, hdr), hdr)
-      : toLazyStoredEvent(msg.subject, info.streamSeq, msg.data, info.storedAt, headerFields(msg.headers));
-    this.#options.onEvent(event, info.pending);
+    this.#options.onEvent(eventFromMsg(msg, info.streamSeq, info.storedAt, true), info.pending);
     if (this.#credit <= this.#window / 2) this.#pull();
   }
 
