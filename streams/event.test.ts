@@ -37,6 +37,28 @@ describe("header blocks", () => {
     expect(JSON.parse(JSON.stringify(lazy))).toEqual(JSON.parse(JSON.stringify(eager)));
     expect(toLazyStoredEvent("evt.t.c.i", 5, data, 0, { revision: "3" }).revision).toBe(3);
   });
+
+  it("reads a lazy event from a header block's text as the full parse does", () => {
+    const data = block('{"a":1}');
+    const texts = [
+      "NATS/1.0\r\nNats-Msg-Id: e-1\r\nFlex-Type: Created\r\nFlex-Time: 2026-01-01T00:00:00.000Z\r\nFlex-Correlation-Id: c-1\r\nFlex-Causation-Id: e-0\r\nFlex-Schema: 2\r\nFlex-Revision: 7\r\n\r\n",
+      // Other spellings and spacing: type and time are not found by their canonical lines.
+      "NATS/1.0\r\nflex-type:  Created \r\nFLEX-TIME:2026-01-01T00:00:00.000Z\r\nnats-msg-id: é-1\r\n\r\n",
+      "NATS/1.0\r\nFlex-Type:  Created \r\nFlex-Time:\t2026-01-01T00:00:00.000Z\r\nFlex-Schema: 3\r\n\r\n",
+      // Canonical type, time in another case; an empty canonical value counts as absent.
+      "NATS/1.0\r\nFlex-Type: Created\r\nflex-time: 2026-01-01T00:00:00.000Z\r\n\r\n",
+      "NATS/1.0\r\nFlex-Type:\r\nFlex-Time: 2026-01-01T00:00:00.000Z\r\n\r\n",
+      "NATS/1.0\r\n\r\n",
+    ];
+    for (const text of texts) {
+      const eager = toStoredEvent("evt.t.c.i", 5, data, 1_000, headerFieldsFromBlock(block(text)));
+      const lazy = toLazyStoredEvent("evt.t.c.i", 5, data, 1_000, text);
+      expect(JSON.parse(JSON.stringify(lazy)), text).toEqual(JSON.parse(JSON.stringify(eager)));
+      expect({ id: lazy.id, correlationId: lazy.correlationId, causationId: lazy.causationId, schema: lazy.schema, revision: lazy.revision }, text).toEqual({
+        id: eager.id, correlationId: eager.correlationId, causationId: eager.causationId, schema: eager.schema, revision: eager.revision,
+      });
+    }
+  });
 });
 
 describe("event headers", () => {

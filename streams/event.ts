@@ -201,21 +201,43 @@ export function headerFields(h: MsgHdrs | undefined): HeaderFields {
  * skipping the generic MsgHdrs decoding, which dominates replay time otherwise.
  */
 export function headerFieldsFromBlock(block: Uint8Array, from = 0, to = block.length): HeaderFields {
+  return headerFieldsFromText(utf8(block, from, to));
+}
+
+function headerFieldsFromText(text: string): HeaderFields {
   const fields: HeaderFields = {};
-  const text = utf8(block, from, to);
   let start = text.indexOf("\r\n") + 2;
   while (start > 1 && start < text.length) {
     let end = text.indexOf("\r\n", start);
     if (end < 0) end = text.length;
     const colon = text.indexOf(":", start);
     if (colon > start && colon < end) {
-      // What nats.js writes, `Name: value`, needs no trim.
-      const value = text.charCodeAt(colon + 1) === 32 && text.charCodeAt(colon + 2) > 32 && text.charCodeAt(end - 1) > 32 ? text.slice(colon + 2, end) : text.slice(colon + 1, end).trim();
+      const value = lineValue(text, colon, end);
       if (value && !assignCanonical(fields, text, start, colon - start, value)) assign(fields, text.slice(start, colon), value);
     }
     start = end + 2;
   }
   return fields;
+}
+
+// The value of the header line whose colon is at `colon`; what nats.js writes,
+// `Name: value`, needs no trim.
+function lineValue(text: string, colon: number, end: number): string {
+  return text.charCodeAt(colon + 1) === 32 && text.charCodeAt(colon + 2) > 32 && text.charCodeAt(end - 1) > 32 ? text.slice(colon + 2, end) : text.slice(colon + 1, end).trim();
+}
+
+const TYPE_LINE = `\r\n${HEADERS.type}:`;
+const TIME_LINE = `\r\n${HEADERS.time}:`;
+
+// The value of the first header line starting with `line` (`\r\nName:`), or undefined
+// when there is none or it is empty.
+function canonicalValue(text: string, line: string): string | undefined {
+  const at = text.indexOf(line);
+  if (at < 0) return undefined;
+  const colon = at + line.length - 1;
+  let end = text.indexOf("\r\n", colon);
+  if (end < 0) end = text.length;
+  return lineValue(text, colon, end) || undefined;
 }
 
 // The canonical names, matched in place (no slice per header name); false when the
@@ -270,38 +292,71 @@ export function toStoredEvent<T = unknown>(subject: string, seq: number, data: U
 
 /**
  * A {@link StoredEvent} whose JSON data is parsed on first access, for readers that often
- * skip it (a projection that only counts events). Serialises like a plain event; note
- * that object spread does not copy `data` (it is a getter).
+ * skip it (a projection that only counts events). Built from a header block, it reads
+ * `type` and `time` at once (by their canonical names; any other spelling parses the
+ * whole block) and the other header fields on first access: a projection reads `type`
+ * and `time` of every event, rarely its ids. Serialises like a plain event; note that
+ * object spread copies none of the fields read on access (they are getters).
  */
 class LazyStoredEvent implements StoredEvent {
-  readonly id: string;
   readonly type: string;
   readonly time: string;
-  readonly correlationId: string | undefined;
-  readonly causationId: string | undefined;
-  readonly schema: string;
   readonly subject: string;
   readonly seq: number;
-  readonly revision: number | undefined;
   readonly storedAt: number;
+  /** The header fields, or the header block's text until they are first needed. */
+  #fields: HeaderFields | string;
   #raw: Uint8Array | undefined;
   #start: number;
   #data: unknown;
 
-  constructor(subject: string, seq: number, raw: Uint8Array, storedAt: number, f: HeaderFields, start: number) {
+  constructor(subject: string, seq: number, raw: Uint8Array, storedAt: number, headers: HeaderFields | string, start: number) {
     // The same defaults as toStoredEvent, without building a throwaway event.
-    this.id = f.id ?? `seq-${seq}`;
-    this.type = f.type ?? "unknown";
-    this.time = f.time ?? new Date(storedAt).toISOString();
-    this.correlationId = f.correlationId;
-    this.causationId = f.causationId;
-    this.schema = f.schema ?? DEFAULT_SCHEMA;
+    let type: string | undefined;
+    let time: string | undefined;
+    if (typeof headers === "string") {
+      type = canonicalValue(headers, TYPE_LINE);
+      time = canonicalValue(headers, TIME_LINE);
+      if (type === undefined || time === undefined) headers = headerFieldsFromText(headers);
+    }
+    if (typeof headers !== "string") {
+      type = headers.type;
+      time = headers.time;
+    }
+    this.type = type ?? "unknown";
+    this.time = time ?? new Date(storedAt).toISOString();
     this.subject = subject;
     this.seq = seq;
-    this.revision = f.revision === undefined ? undefined : Number(f.revision);
     this.storedAt = storedAt;
+    this.#fields = headers;
     this.#raw = raw;
     this.#start = start;
+  }
+
+  #headerFields(): HeaderFields {
+    if (typeof this.#fields === "string") this.#fields = headerFieldsFromText(this.#fields);
+    return this.#fields;
+  }
+
+  get id(): string {
+    return this.#headerFields().id ?? `seq-${this.seq}`;
+  }
+
+  get correlationId(): string | undefined {
+    return this.#headerFields().correlationId;
+  }
+
+  get causationId(): string | undefined {
+    return this.#headerFields().causationId;
+  }
+
+  get schema(): string {
+    return this.#headerFields().schema ?? DEFAULT_SCHEMA;
+  }
+
+  get revision(): number | undefined {
+    const r = this.#headerFields().revision;
+    return r === undefined ? undefined : Number(r);
   }
 
   get data(): unknown {
@@ -317,13 +372,13 @@ class LazyStoredEvent implements StoredEvent {
   }
 }
 
-
 /**
  * Like {@link toStoredEvent}, with `data` parsed only when first read; the JSON body is
- * `data` from `dataStart` (a received message's bytes need no subarray).
+ * `data` from `dataStart` (a received message's bytes need no subarray). `headers` are
+ * the header fields, or the text of the header block (see LazyStoredEvent).
  */
-export function toLazyStoredEvent(subject: string, seq: number, data: Uint8Array, storedAt: number, f: HeaderFields, dataStart = 0): StoredEvent {
-  return new LazyStoredEvent(subject, seq, data, storedAt, f, dataStart);
+export function toLazyStoredEvent(subject: string, seq: number, data: Uint8Array, storedAt: number, headers: HeaderFields | string, dataStart = 0): StoredEvent {
+  return new LazyStoredEvent(subject, seq, data, storedAt, headers, dataStart);
 }
 
 /**
@@ -347,8 +402,7 @@ export function eventFromMsg(msg: Msg, seq: number, storedAt: number, lazyData: 
   if (typeof hdr === "number" && hdr > 0 && raw instanceof Uint8Array && hdr <= raw.length) {
     const subjectBytes = core._msg?.subject;
     const subject = subjectBytes instanceof Uint8Array ? utf8(subjectBytes) : msg.subject;
-    const fields = headerFieldsFromBlock(raw, 0, hdr);
-    return lazyData ? toLazyStoredEvent(subject, seq, raw, storedAt, fields, hdr) : toStoredEvent(subject, seq, raw.subarray(hdr), storedAt, fields);
+    return lazyData ? toLazyStoredEvent(subject, seq, raw, storedAt, utf8(raw, 0, hdr), hdr) : toStoredEvent(subject, seq, raw.subarray(hdr), storedAt, headerFieldsFromBlock(raw, 0, hdr));
   }
   const fields = headerFields(msg.headers);
   return lazyData ? toLazyStoredEvent(msg.subject, seq, msg.data, storedAt, fields) : toStoredEvent(msg.subject, seq, msg.data, storedAt, fields);
