@@ -18,7 +18,11 @@ interface Agg {
   lastTime: string;
   lastSeq: number;
   lastMinute: number;
+  /** Events per minute, apart from the current run of one minute's events. */
   minutes: Map<number, number>;
+  /** The minute of the last events folded and how many of them came in a row. */
+  minute: number;
+  minuteCount: number;
 }
 
 const statements = new WeakMap<Database, { summary: Statement; minute: Statement; prune: Statement }>();
@@ -48,44 +52,65 @@ const rate = (n: string): string =>
 // Folds in memory first: one upsert per key and per key and minute, not per event.
 function makeFold(db: Database, ctx: ApplyContext): ProjectionFold {
   const source = ctx.stream === STREAMS.events ? "events" : "derived";
-  const aggs = new Map<string, Agg>();
+  // Each tenant and category's aggregates, one per event type, found by subject: other
+  // projections look the same subject string up, and its hash is computed once.
+  const bySubject = new Map<string, Agg[]>();
+  const byPrefix = new Map<string, Agg[]>();
+  const groupOf = (subject: string): Agg[] => {
+    const [root, tenant, category] = tokens(subject);
+    const prefix = `${root}.${tenant}.${category}`;
+    let group = byPrefix.get(prefix);
+    if (!group) byPrefix.set(prefix, (group = []));
+    bySubject.set(subject, group);
+    return group;
+  };
   return {
     add(e) {
-      // `<root>.<tenant>.<category>.` is the key's prefix: no split per event.
-      const subject = e.subject;
-      const a1 = subject.indexOf(".");
-      const a2 = subject.indexOf(".", a1 + 1);
-      let a3 = a1 < 0 || a2 < 0 ? subject.length : subject.indexOf(".", a2 + 1);
-      if (a3 < 0) a3 = subject.length;
-      const key = `${subject.slice(0, a3)}\u0000${e.type}`;
+      const group = bySubject.get(e.subject) ?? groupOf(e.subject);
+      const type = e.type;
       const minute = Math.floor(e.storedAt / MINUTE_MS);
-      let a = aggs.get(key);
+      let a: Agg | undefined;
+      for (const x of group) {
+        if (x.type === type) {
+          a = x;
+          break;
+        }
+      }
       if (!a) {
-        const [, tenant, category] = tokens(subject);
-        a = { tenant, category, type: e.type, source, count: 0, firstTime: e.time, lastTime: e.time, lastSeq: e.seq, lastMinute: minute, minutes: new Map() };
-        aggs.set(key, a);
+        const [, tenant, category] = tokens(e.subject);
+        a = { tenant, category, type, source, count: 0, firstTime: e.time, lastTime: e.time, lastSeq: e.seq, lastMinute: minute, minutes: new Map(), minute, minuteCount: 0 };
+        group.push(a);
       }
       a.count += 1;
       if (e.time < a.firstTime) a.firstTime = e.time;
       if (e.time > a.lastTime) a.lastTime = e.time;
       if (e.seq > a.lastSeq) a.lastSeq = e.seq;
       if (minute > a.lastMinute) a.lastMinute = minute;
-      a.minutes.set(minute, (a.minutes.get(minute) ?? 0) + 1);
+      if (minute !== a.minute) {
+        a.minutes.set(a.minute, (a.minutes.get(a.minute) ?? 0) + a.minuteCount);
+        a.minute = minute;
+        a.minuteCount = 0;
+      }
+      a.minuteCount += 1;
     },
     write() {
       const s = prepared(db);
-      for (const a of aggs.values()) {
-        const row = s.summary.get(a.tenant, a.category, a.type, a.source, a.count, a.firstTime, a.lastTime, a.lastSeq, a.lastMinute) as { last_minute: number };
-        const oldest = row.last_minute - SUMMARY_RATE_WINDOW_MINUTES - 1;
-        let stale = false;
-        for (const [minute, count] of a.minutes) {
-          if (minute < oldest) stale = true;
-          else s.minute.run(a.tenant, a.category, a.type, a.source, minute, count);
+      for (const group of byPrefix.values()) {
+        for (const a of group) {
+          a.minutes.set(a.minute, (a.minutes.get(a.minute) ?? 0) + a.minuteCount);
+          const row = s.summary.get(a.tenant, a.category, a.type, a.source, a.count, a.firstTime, a.lastTime, a.lastSeq, a.lastMinute) as { last_minute: number };
+          const oldest = row.last_minute - SUMMARY_RATE_WINDOW_MINUTES - 1;
+          let stale = false;
+          for (const [minute, count] of a.minutes) {
+            if (minute < oldest) stale = true;
+            else s.minute.run(a.tenant, a.category, a.type, a.source, minute, count);
+          }
+          if (stale || a.lastMinute === row.last_minute) s.prune.run(a.tenant, a.category, a.type, a.source, oldest);
         }
-        if (stale || a.lastMinute === row.last_minute) s.prune.run(a.tenant, a.category, a.type, a.source, oldest);
       }
       // What is folded are increments: the next window starts from zero.
-      aggs.clear();
+      bySubject.clear();
+      byPrefix.clear();
     },
   };
 }
