@@ -40,7 +40,7 @@ export interface ProjectionEngineOptions {
   readonly batchSize?: number;
   /**
    * Most events per transaction of a projection with `fold` (the built-ins): during a
-   * catch-up or rebuild each window writes each key once. @default 131072
+   * catch-up or rebuild each window writes each key once. @default 262144
    */
   readonly foldWindow?: number;
   /** `waitFor` timeout when the call names none, in ms. @default 5000 */
