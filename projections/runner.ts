@@ -278,10 +278,8 @@ export class Runner {
   #handOne(reader: SourceReader, e: StoredEvent): void {
     const stream = reader.stream;
     reader.applied = e.seq;
-    for (const member of this.#members) {
-      if (member.stopped || member.handed(stream) >= e.seq || !member.streams.has(stream)) continue;
-      member.takeOne(stream, e);
-    }
+    // takeOne skips members that are stopped, do not read the stream or have the event.
+    for (const member of this.#members) member.takeOne(stream, e);
   }
 
   #hand(reader: SourceReader, msgs: readonly StoredEvent[]): void {

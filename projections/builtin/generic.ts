@@ -53,7 +53,9 @@ function mergeInto(target: unknown, patch: unknown): unknown {
   // A flat patch (no null, no nested object: most events) is a plain assign, which V8
   // does natively; a JS loop of keyed loads and stores costs about twice as much.
   let flat = true;
-  for (const v of Object.values(patch)) {
+  for (const k in patch) {
+    // for-in over a parsed object: no array of values per event (Object.values).
+    const v = patch[k];
     if (v === null || isObject(v)) {
       flat = false;
       break;
@@ -80,6 +82,8 @@ interface Doc {
   tenant: string;
   category: string;
   id: string;
+  /** The category's reducer, if it has one (looked up once per document). */
+  reducer: DocumentReducer | undefined;
   state: unknown;
   revision: number;
   lastType: string;
@@ -107,10 +111,9 @@ export function genericProjection(options: GenericProjectionOptions = {}): Proje
     if (typeof ix?.field !== "string" || !FIELD.test(ix.field)) throw new InvalidOptionError(`indexes[${i}].field`, ix?.field, "a dotted path of letters, digits and `_`");
   });
   const fold = (doc: Doc, e: StoredEvent): unknown => {
-    const reducer = Object.hasOwn(reducers, doc.category) ? reducers[doc.category] : undefined;
-    if (reducer) {
+    if (doc.reducer) {
       doc.owned = false;
-      return reducer(doc.state, e);
+      return doc.reducer(doc.state, e);
     }
     // The document was parsed or built here, so it can be merged into without a copy.
     const next = doc.owned ? mergeInto(doc.state, e.data) : mergePatch(doc.state, e.data);
@@ -150,6 +153,7 @@ export function genericProjection(options: GenericProjectionOptions = {}): Proje
           doc = {
             owned: true,
             tenant, category, id,
+            reducer: Object.hasOwn(reducers, category) ? reducers[category] : undefined,
             state: row?.doc == null ? undefined : JSON.parse(row.doc),
             revision: row?.revision ?? 0,
             lastType: e.type,
