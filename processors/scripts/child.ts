@@ -73,14 +73,24 @@ function killGroup(pid: number): void {
   }
 }
 
+/** Scans of /proc after a plain step ends, at most: each kills what the one before missed. */
+const MAX_KILL_SCANS = 10;
+
 // Plain mode only: processes that called setsid() left the group; find them by the mark in
-// their environment (as set at exec) or by ancestry.
+// their environment (as set at exec) or by ancestry. A process that left the group can fork
+// while /proc is read (`sh -c` forking its command): its child is not in that listing, and
+// once the parent is killed its ancestry is gone. So scan again until a scan finds none.
 async function killMarked(mark: string, rootPid: number, uid: number | undefined): Promise<void> {
+  for (let scan = 0; scan < MAX_KILL_SCANS; scan++) if ((await killMarkedOnce(mark, rootPid, uid)) === 0) return;
+}
+
+/** One scan of {@link killMarked}; returns how many processes it killed. */
+async function killMarkedOnce(mark: string, rootPid: number, uid: number | undefined): Promise<number> {
   let entries: string[];
   try {
     entries = await readdir("/proc");
   } catch {
-    return;
+    return 0;
   }
   const needle = `${RUN_MARK_VAR}=${mark}`;
   const parents = new Map<number, number>();
@@ -92,7 +102,10 @@ async function killMarked(mark: string, rootPid: number, uid: number | undefined
       // Only processes of the step's user can be the step's: skip the rest without reading them.
       if (uid !== undefined && (await lstat(`/proc/${pid}`)).uid !== uid) continue;
       const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      // Dead already (a zombie waits for its parent): nothing to kill, nor to count.
+      if (fields[0] === "Z" || fields[0] === "X") continue;
+      const ppid = Number(fields[1]);
       parents.set(pid, ppid);
       const env = await readFile(`/proc/${pid}/environ`, "latin1");
       if (env.split("\0").includes(needle)) marked.push(pid);
@@ -106,13 +119,16 @@ async function killMarked(mark: string, rootPid: number, uid: number | undefined
       if (p === rootPid) doomed.add(pid);
     }
   }
+  let killed = 0;
   for (const pid of doomed) {
     try {
       process.kill(pid, "SIGKILL");
+      killed += 1;
     } catch {
       // gone
     }
   }
+  return killed;
 }
 
 /** Runs one step as a child process (sandboxed or plain) in a fresh working directory, deleted afterwards. */
