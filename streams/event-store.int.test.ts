@@ -5,6 +5,8 @@ import type { TestNats } from "../test/nats-server.js";
 import {
   ConcurrencyError,
   createEventStore,
+  createPublisher,
+  encodeEvent,
   ensureTopology,
   eventSubject,
   InvalidEventError,
@@ -12,6 +14,7 @@ import {
   STREAMS,
   SubjectTokenError,
 } from "./index.js";
+import { DEFAULT_READ_HIGH_WATER } from "./event-store.js";
 import type { EventStore, Reducer, StoredEvent } from "./index.js";
 
 let nats: TestNats;
@@ -171,6 +174,52 @@ describe("read", () => {
     await store.append(eventSubject(tenant, "c", "k1"), [{ type: "T", data: { i: 25 } }, { type: "T", data: { i: 26 } }]);
     await expect(reading).rejects.toMatchObject({ code: "FLEX_ABORTED" });
     expect(live).toEqual(Array.from({ length: 27 }, (_, i) => i));
+  });
+
+  it("readAll gives a slow reader every event once and in order past its high-water mark, as plain objects", async () => {
+    const tenant = uniqueName("rs");
+    const n = DEFAULT_READ_HIGH_WATER + 4_000;
+    const publisher = createPublisher(nats.nc);
+    await Promise.all(Array.from({ length: n }, (_, i) => {
+      const e = encodeEvent({ type: "T", data: { i } });
+      return publisher.publish(eventSubject(tenant, "c", `k${i % 7}`), e.data, { headers: e.headers, msgId: e.id });
+    }));
+    await publisher.close();
+    const seen: number[] = [];
+    let last = 0;
+    for await (const e of store.readAll({ filter: `evt.${tenant}.>`, follow: false, batch: 500 })) {
+      expect(e.seq).toBeGreaterThan(last);
+      last = e.seq;
+      seen.push((e.data as { i: number }).i);
+      // Slower than the server delivers: the queue reaches its mark and the read pauses.
+      if (seen.length % 1_000 === 0) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(seen).toEqual(Array.from({ length: n }, (_, i) => i));
+    const [first] = await (async () => {
+      for await (const e of store.readAll({ filter: `evt.${tenant}.>`, follow: false })) return [e];
+      return [];
+    })();
+    // Own properties, not getters: a spread copies every field.
+    expect({ ...first! }).toMatchObject({ type: "T", data: { i: 0 }, schema: "1", subject: `evt.${tenant}.c.k0` });
+    expect(typeof { ...first! }.id).toBe("string");
+  });
+
+  it("readAll starts at a stored time with since, and stops at until", async () => {
+    const tenant = uniqueName("rt");
+    const stored: StoredEvent[] = [];
+    for (let i = 0; i < 6; i++) {
+      await store.append(eventSubject(tenant, "c", "k"), [{ type: "T", data: { i } }]);
+      await new Promise((r) => setTimeout(r, 15));
+    }
+    for await (const e of store.readAll({ filter: `evt.${tenant}.>`, follow: false })) stored.push(e);
+    const from = stored[2]!.storedAt;
+    const since: number[] = [];
+    for await (const e of store.readAll({ filter: `evt.${tenant}.>`, since: new Date(from), follow: false })) since.push((e.data as { i: number }).i);
+    expect(since).toEqual(stored.filter((e) => e.storedAt >= from).map((e) => (e.data as { i: number }).i));
+    expect(since[0]).toBeLessThanOrEqual(2);
+    const until: number[] = [];
+    for await (const e of store.readAll({ filter: `evt.${tenant}.>`, until: stored[3]!.seq })) until.push((e.data as { i: number }).i);
+    expect(until).toEqual([0, 1, 2, 3]);
   });
 });
 

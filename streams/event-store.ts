@@ -6,7 +6,8 @@ import { decodeEvent, encodeEvent, eventFromMsg, HEADERS } from "./event.js";
 import type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 import { createPublisher, JS_ERR } from "./publisher.js";
 import type { Publisher, PublisherOptions } from "./publisher.js";
-import { orderedMessages } from "./ordered-read.js";
+import { openStreamReader } from "./stream-reader.js";
+import type { StreamReader } from "./stream-reader.js";
 import { openSnapshotStore } from "./snapshots.js";
 import type { Snapshot, SnapshotStore } from "./snapshots.js";
 import { checkSubjectFilter, eventSubject, parseSubject } from "./subjects.js";
@@ -20,6 +21,9 @@ export const DEFAULT_HEAD_CACHE_SIZE = 10_000;
 export const DEFAULT_READ_BATCH = 2_048;
 /** Events `readAll` holds for a slow reader before it pauses the consumer. */
 export const DEFAULT_READ_HIGH_WATER = 8_192;
+// Drop the taken part of readAll's queue once it is this long, so a reader that keeps
+// pace never lets it grow.
+const READ_COMPACT_AT = 8_192;
 // Below this many events, reading with direct gets beats creating a consumer.
 const DIRECT_READ_MAX = 16;
 // A last-subject-sequence no subject can have: publishing with it stores nothing,
@@ -192,10 +196,11 @@ export async function createEventStore(nc: NatsConnection, options: EventStoreOp
   const js = jetstream(nc);
   const snapshots = await openSnapshotStore(nc);
   const publisher = options.publisher ?? createPublisher(nc, options.publisherOptions);
-  return new JetStreamEventStore(js, jsm, snapshots, publisher, options.publisher === undefined, snapshotEvery, headCacheSize);
+  return new JetStreamEventStore(nc, js, jsm, snapshots, publisher, options.publisher === undefined, snapshotEvery, headCacheSize);
 }
 
 class JetStreamEventStore implements EventStore {
+  readonly #nc: NatsConnection;
   readonly #js: JetStreamClient;
   readonly #jsm: JetStreamManager;
   readonly #snapshots: SnapshotStore;
@@ -205,7 +210,8 @@ class JetStreamEventStore implements EventStore {
   readonly #heads = new Map<string, Head>();
   readonly publisher: Publisher;
 
-  constructor(js: JetStreamClient, jsm: JetStreamManager, snapshots: SnapshotStore, publisher: Publisher, ownsPublisher: boolean, snapshotEvery: number, headCacheSize: number) {
+  constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, snapshots: SnapshotStore, publisher: Publisher, ownsPublisher: boolean, snapshotEvery: number, headCacheSize: number) {
+    this.#nc = nc;
     this.#js = js;
     this.#jsm = jsm;
     this.#snapshots = snapshots;
@@ -435,19 +441,59 @@ class JetStreamEventStore implements EventStore {
       endSeq = endSeq === undefined ? lastSeq : Math.min(endSeq, lastSeq);
       if (endSeq < (fromSeq ?? 1)) return;
     }
-    const messages = orderedMessages(this.#js, STREAMS.events, {
-      filter,
-      start: since !== undefined ? { time: since } : { seq: fromSeq ?? 1 },
-      batch,
-      highWater: Math.max(batch * 4, DEFAULT_READ_HIGH_WATER),
-    }, signal);
-    for await (const m of messages) {
-      if (endSeq !== undefined && m.seq > endSeq) break;
-      const event = eventFromJsMsg(m);
-      if (untilTime !== undefined && event.storedAt > untilTime) break;
-      yield event;
-      if (endSeq !== undefined && m.seq >= endSeq) break;
-      if (!follow && m.info.pending === 0) break;
+    // The engine's reader (openStreamReader) fills a bounded queue: paused at `highWater`
+    // events not yet taken, resumed at half. Events are plain objects (not lazy): they are
+    // handed to the caller's code.
+    const highWater = Math.max(batch * 4, DEFAULT_READ_HIGH_WATER);
+    let queue: Array<{ event: StoredEvent; pending: number }> = [];
+    let head = 0;
+    let wake: (() => void) | null = null;
+    const notify = (): void => {
+      const w = wake;
+      wake = null;
+      w?.();
+    };
+    let reader: StreamReader | undefined;
+    signal?.addEventListener("abort", notify, { once: true });
+    try {
+      reader = await openStreamReader(this.#nc, {
+        stream: STREAMS.events,
+        filter,
+        ...(since !== undefined ? { startTime: since } : { startSeq: fromSeq ?? 1 }),
+        window: batch,
+        lazy: false,
+        onEvent: (event, pending) => {
+          if (queue.push({ event, pending }) - head >= highWater) reader?.pause();
+          notify();
+        },
+      });
+      while (true) {
+        if (signal?.aborted) break;
+        if (head === queue.length) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+          });
+          continue;
+        }
+        const { event, pending } = queue[head]!;
+        head += 1;
+        if (head === queue.length) {
+          queue = [];
+          head = 0;
+        } else if (head >= READ_COMPACT_AT) {
+          queue = queue.slice(head);
+          head = 0;
+        }
+        if (queue.length - head < highWater / 2) reader.resume();
+        if (endSeq !== undefined && event.seq > endSeq) break;
+        if (untilTime !== undefined && event.storedAt > untilTime) break;
+        yield event;
+        if (endSeq !== undefined && event.seq >= endSeq) break;
+        if (!follow && pending === 0) break;
+      }
+    } finally {
+      signal?.removeEventListener("abort", notify);
+      await reader?.close();
     }
     if (signal?.aborted) throw new AbortedError("readAll", { cause: signal.reason });
   }

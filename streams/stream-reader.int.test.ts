@@ -215,5 +215,8 @@ describe("openStreamReader", () => {
     await expect(openStreamReader(nats.nc, { stream: "a.b", startSeq: 1, onEvent })).rejects.toThrow(/stream/);
     await expect(openStreamReader(nats.nc, { stream: STREAMS.events, startSeq: 1, window: 0, onEvent })).rejects.toThrow(/window/);
     await expect(openStreamReader(nats.nc, { stream: STREAMS.events, startSeq: 1, heartbeatMs: 10, onEvent })).rejects.toThrow(/heartbeatMs/);
+    await expect(openStreamReader(nats.nc, { stream: STREAMS.events, onEvent })).rejects.toThrow(/startSeq/);
+    await expect(openStreamReader(nats.nc, { stream: STREAMS.events, startSeq: 1, startTime: 0, onEvent })).rejects.toThrow(/startTime/);
+    await expect(openStreamReader(nats.nc, { stream: STREAMS.events, startTime: Number.NaN, onEvent })).rejects.toThrow(/startTime/);
   });
 });

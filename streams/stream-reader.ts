@@ -25,8 +25,15 @@ export interface StreamReaderOptions {
   readonly stream: string;
   /** Subject filter (one; nats-server 2.9 takes one). @default every subject */
   readonly filter?: string;
-  /** First stream sequence to read (1 for the start). */
-  readonly startSeq: number;
+  /** First stream sequence to read (1 for the start). Either this or `startTime`. */
+  readonly startSeq?: number;
+  /** Start at the first message stored at or after this time (ms since the epoch) instead. */
+  readonly startTime?: number;
+  /**
+   * Decode each event's data, and its headers other than type and time, on first access
+   * (see `toLazyStoredEvent`); false builds plain objects. @default true
+   */
+  readonly lazy?: boolean;
   /** Called for every message in stream order, with what the server said was left after it. */
   readonly onEvent: (event: StoredEvent, pending: number) => void;
   /** Messages in flight. @default DEFAULT_READ_WINDOW */
@@ -39,7 +46,7 @@ export interface StreamReaderOptions {
 
 /** A running ordered read of one stream. */
 export interface StreamReader {
-  /** Last sequence handed to `onEvent` (`startSeq - 1` before the first). */
+  /** Last sequence handed to `onEvent` (`startSeq - 1`, or 0 with `startTime`, before the first). */
   readonly lastSeq: number;
   /** Times the consumer was re-created. */
   readonly recreated: number;
@@ -146,7 +153,12 @@ export async function openStreamReader(nc: NatsConnection, options: StreamReader
   const window = options.window ?? DEFAULT_READ_WINDOW;
   const heartbeatMs = options.heartbeatMs ?? DEFAULT_READ_HEARTBEAT_MS;
   if (typeof options.stream !== "string" || !/^[^.*>\s]+$/u.test(options.stream)) throw new InvalidOptionError("stream", options.stream, "a stream name");
-  if (!Number.isSafeInteger(options.startSeq) || options.startSeq < 1) throw new InvalidOptionError("startSeq", options.startSeq, "an integer from 1");
+  if (options.startTime === undefined || options.startSeq !== undefined) {
+    if (!Number.isSafeInteger(options.startSeq) || options.startSeq! < 1) throw new InvalidOptionError("startSeq", options.startSeq, options.startTime === undefined ? "an integer from 1" : "an integer from 1, or no startSeq with startTime");
+    if (options.startTime !== undefined) throw new InvalidOptionError("startTime", options.startTime, "no startTime with startSeq");
+  } else if (!Number.isFinite(options.startTime) || options.startTime < 0) {
+    throw new InvalidOptionError("startTime", options.startTime, "a time in ms since the epoch");
+  }
   if (!Number.isSafeInteger(window) || window < 1) throw new InvalidOptionError("window", window, "an integer from 1");
   if (!Number.isSafeInteger(heartbeatMs) || heartbeatMs < 500) throw new InvalidOptionError("heartbeatMs", heartbeatMs, "an integer from 500 (ms)");
   const jsm = await jetstreamManager(nc, { checkAPI: false, timeout: API_TIMEOUT_MS });
@@ -161,6 +173,7 @@ class PullStreamReader implements StreamReader {
   readonly #options: StreamReaderOptions;
   readonly #window: number;
   readonly #heartbeatMs: number;
+  readonly #lazy: boolean;
   // Short: the name is in every message's reply subject, which the server writes and
   // nats.js's parser reads byte by byte.
   readonly #prefix = `flexr_${nuid.next().slice(-10)}`;
@@ -181,6 +194,8 @@ class PullStreamReader implements StreamReader {
   #closed = false;
   #recreating = false;
   #failures = 0;
+  /** Whether an event was handed out (then the next consumer starts after it, whatever the start option). */
+  #started = false;
   #monitor: NodeJS.Timeout | undefined;
   #retry: NodeJS.Timeout | undefined;
   #statusLoop: Promise<void> | undefined;
@@ -193,7 +208,8 @@ class PullStreamReader implements StreamReader {
     this.#options = options;
     this.#window = window;
     this.#heartbeatMs = heartbeatMs;
-    this.#lastSeq = options.startSeq - 1;
+    this.#lazy = options.lazy ?? true;
+    this.#lastSeq = (options.startSeq ?? 1) - 1;
   }
 
   get lastSeq(): number {
@@ -250,10 +266,13 @@ class PullStreamReader implements StreamReader {
     const name = `${this.#prefix}_${this.#serial}`;
     const inbox = createInbox();
     const from = this.#lastSeq + 1;
+    const startTime = this.#started ? undefined : this.#options.startTime;
     const config: Partial<ConsumerConfig> = {
       name,
       ack_policy: AckPolicy.None,
-      ...(from > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from } : { deliver_policy: DeliverPolicy.All }),
+      ...(startTime !== undefined
+        ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(startTime).toISOString() }
+        : from > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from } : { deliver_policy: DeliverPolicy.All }),
       ...(this.#options.filter ? { filter_subject: this.#options.filter } : {}),
       mem_storage: true,
       num_replicas: 1,
@@ -308,7 +327,8 @@ class PullStreamReader implements StreamReader {
     this.#deliverySeq = info.deliverySeq;
     if (info.streamSeq <= this.#lastSeq) return;
     this.#lastSeq = info.streamSeq;
-    this.#options.onEvent(eventFromMsg(msg, info.streamSeq, info.storedAt, true), info.pending);
+    this.#started = true;
+    this.#options.onEvent(eventFromMsg(msg, info.streamSeq, info.storedAt, this.#lazy), info.pending);
     if (this.#credit <= this.#window / 2) this.#pull();
   }
 
