@@ -204,6 +204,30 @@ describe("read", () => {
     expect(typeof { ...first! }.id).toBe("string");
   });
 
+  it("readAll yields what it read, then throws when its stream is gone and cannot be read again", async () => {
+    // A server of its own: the test deletes FLEX_EVENTS.
+    const own = await startTestNats();
+    try {
+      await ensureTopology(own.nc);
+      const ownStore = await createEventStore(own.nc);
+      for (let i = 0; i < 5; i++) await ownStore.append(eventSubject("gone", "c", "k"), [{ type: "T", data: { i } }]);
+      const seen: number[] = [];
+      const started = performance.now();
+      const reading = (async () => {
+        for await (const e of ownStore.readAll()) {
+          seen.push((e.data as { i: number }).i);
+          if (seen.length === 5) await (await jetstreamManager(own.nc)).streams.delete(STREAMS.events);
+        }
+      })();
+      await expect(reading).rejects.toThrow(/stream not found/i);
+      expect(seen).toEqual([0, 1, 2, 3, 4]);
+      expect(performance.now() - started).toBeLessThan(30_000);
+      await ownStore.close();
+    } finally {
+      await own.close();
+    }
+  }, 60_000);
+
   it("readAll starts at a stored time with since, and stops at until", async () => {
     const tenant = uniqueName("rt");
     const stored: StoredEvent[] = [];

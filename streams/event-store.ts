@@ -21,6 +21,8 @@ export const DEFAULT_HEAD_CACHE_SIZE = 10_000;
 export const DEFAULT_READ_BATCH = 2_048;
 /** Events `readAll` holds for a slow reader before it pauses the consumer. */
 export const DEFAULT_READ_HIGH_WATER = 8_192;
+/** Failed attempts in a row to re-create readAll's consumer (about 4 s of back-off) before it throws. */
+const READ_CREATE_ATTEMPTS = 5;
 // Drop the taken part of readAll's queue once it is this long, so a reader that keeps
 // pace never lets it grow.
 const READ_COMPACT_AT = 8_192;
@@ -454,6 +456,7 @@ class JetStreamEventStore implements EventStore {
       w?.();
     };
     let reader: StreamReader | undefined;
+    let failure: Error | undefined;
     signal?.addEventListener("abort", notify, { once: true });
     try {
       reader = await openStreamReader(this.#nc, {
@@ -466,10 +469,17 @@ class JetStreamEventStore implements EventStore {
           if (queue.push({ event, pending }) - head >= highWater) reader?.pause();
           notify();
         },
+        // The engine waits for a stream to come back; a replay reports that it cannot go on.
+        onCreateError: (err, failures) => {
+          if (failures < READ_CREATE_ATTEMPTS && !this.#nc.isClosed()) return;
+          failure ??= err;
+          notify();
+        },
       });
       while (true) {
         if (signal?.aborted) break;
         if (head === queue.length) {
+          if (failure) throw failure;
           await new Promise<void>((resolve) => {
             wake = resolve;
           });

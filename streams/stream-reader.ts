@@ -42,6 +42,12 @@ export interface StreamReaderOptions {
   readonly heartbeatMs?: number;
   /** Told each time the consumer is re-created (a gap, a reconnect, missed heartbeats, a deleted consumer) and why. */
   readonly onRecreate?: (fromSeq: number, reason: string) => void;
+  /**
+   * Told each time re-creating the consumer failed, with the number of failures in a row;
+   * the reader retries with back-off until it is closed (a reader that must give up, such
+   * as `readAll`, closes it from here).
+   */
+  readonly onCreateError?: (error: Error, failures: number) => void;
 }
 
 /** A running ordered read of one stream. */
@@ -377,6 +383,8 @@ class PullStreamReader implements StreamReader {
         const wait = RETRY_MS[Math.min(this.#failures, RETRY_MS.length - 1)]!;
         this.#failures += 1;
         this.#options.onRecreate?.(this.#lastSeq + 1, `creating the consumer failed (${(err as Error).message}); retrying in ${wait} ms`);
+        this.#options.onCreateError?.(err as Error, this.#failures);
+        if (this.#closed) return;
         this.#retry = setTimeout(attempt, wait);
       });
     };
