@@ -241,6 +241,10 @@ describe("read", () => {
     for await (const e of store.readAll({ filter: `evt.${tenant}.>`, since: new Date(from), follow: false })) since.push((e.data as { i: number }).i);
     expect(since).toEqual(stored.filter((e) => e.storedAt >= from).map((e) => (e.data as { i: number }).i));
     expect(since[0]).toBeLessThanOrEqual(2);
+    // Nothing stored since then: it ends at once instead of waiting for new events.
+    const later: StoredEvent[] = [];
+    for await (const e of store.readAll({ filter: `evt.${tenant}.>`, since: new Date(stored[5]!.storedAt + 60_000), follow: false })) later.push(e);
+    expect(later).toEqual([]);
     const until: number[] = [];
     for await (const e of store.readAll({ filter: `evt.${tenant}.>`, until: stored[3]!.seq })) until.push((e.data as { i: number }).i);
     expect(until).toEqual([0, 1, 2, 3]);

@@ -442,6 +442,8 @@ class JetStreamEventStore implements EventStore {
       const lastSeq = last?.seq ?? 0;
       endSeq = endSeq === undefined ? lastSeq : Math.min(endSeq, lastSeq);
       if (endSeq < (fromSeq ?? 1)) return;
+      // Nothing stored since `since`: a consumer starting there would wait for new events.
+      if (since !== undefined && (!last || last.time.getTime() < since)) return;
     }
     // The engine's reader (openStreamReader) fills a bounded queue: paused at `highWater`
     // events not yet taken, resumed at half. Events are plain objects (not lazy): they are
