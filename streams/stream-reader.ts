@@ -44,8 +44,8 @@ export interface StreamReaderOptions {
   readonly onRecreate?: (fromSeq: number, reason: string) => void;
   /**
    * Told each time re-creating the consumer failed, with the number of failures in a row;
-   * the reader retries with back-off until it is closed (a reader that must give up, such
-   * as `readAll`, closes it from here).
+   * the reader retries with back-off until it is closed (`readAll` gives up after a few
+   * and closes it).
    */
   readonly onCreateError?: (error: Error, failures: number) => void;
 }
