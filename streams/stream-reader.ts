@@ -159,11 +159,11 @@ export async function openStreamReader(nc: NatsConnection, options: StreamReader
   const window = options.window ?? DEFAULT_READ_WINDOW;
   const heartbeatMs = options.heartbeatMs ?? DEFAULT_READ_HEARTBEAT_MS;
   if (typeof options.stream !== "string" || !/^[^.*>\s]+$/u.test(options.stream)) throw new InvalidOptionError("stream", options.stream, "a stream name");
-  if (options.startTime === undefined || options.startSeq !== undefined) {
-    if (!Number.isSafeInteger(options.startSeq) || options.startSeq! < 1) throw new InvalidOptionError("startSeq", options.startSeq, options.startTime === undefined ? "an integer from 1" : "an integer from 1, or no startSeq with startTime");
-    if (options.startTime !== undefined) throw new InvalidOptionError("startTime", options.startTime, "no startTime with startSeq");
-  } else if (!Number.isFinite(options.startTime) || options.startTime < 0) {
-    throw new InvalidOptionError("startTime", options.startTime, "a time in ms since the epoch");
+  if (options.startTime !== undefined) {
+    if (options.startSeq !== undefined) throw new InvalidOptionError("startTime", options.startTime, "no startTime with startSeq");
+    if (!Number.isFinite(options.startTime) || options.startTime < 0) throw new InvalidOptionError("startTime", options.startTime, "a time in ms since the epoch");
+  } else if (!Number.isSafeInteger(options.startSeq) || options.startSeq! < 1) {
+    throw new InvalidOptionError("startSeq", options.startSeq, "an integer from 1");
   }
   if (!Number.isSafeInteger(window) || window < 1) throw new InvalidOptionError("window", window, "an integer from 1");
   if (!Number.isSafeInteger(heartbeatMs) || heartbeatMs < 500) throw new InvalidOptionError("heartbeatMs", heartbeatMs, "an integer from 500 (ms)");
