@@ -221,17 +221,29 @@ class Runner implements WorkflowRunner {
     // Single flight, but a listing that hangs (a slow or reconnecting server) must not stop
     // every later rescan: after a while another one may start.
     if (this.#rescanning && Date.now() - this.#rescanStarted > Math.max(5_000, 4 * this.#cfg.rescanMs)) this.#rescanning = undefined;
-    if (!this.#rescanning) this.#rescanStarted = Date.now();
-    this.#rescanning ??= (async () => {
-      try {
+    if (this.#rescanning) return this.#rescanning;
+    this.#rescanStarted = Date.now();
+    const scan: Promise<void> = Promise.resolve()
+      .then(async () => {
         for await (const k of await this.#defs.kv.keys(`${RUN_INDEX_PREFIX}.>`)) this.#offer(k);
-      } catch (err) {
+      })
+      .catch((err: unknown) => {
         if (!this.#closed) this.#cfg.log(`workflows: rescan failed: ${(err as Error).message}`);
-      } finally {
-        this.#rescanning = undefined;
-      }
-    })();
-    return this.#rescanning;
+      })
+      // A scan given up on as hung must not clear the one that replaced it.
+      .finally(() => {
+        if (this.#rescanning === scan) this.#rescanning = undefined;
+      });
+    this.#rescanning = scan;
+    return scan;
+  }
+
+  // A slot freed up while runs were passed over. A rescan already under way may have offered
+  // them before the slot freed, so one more starts after it rather than joining it.
+  #rescanForSlot(): void {
+    const running = this.#rescanning;
+    if (!running) void this.#rescan();
+    else void running.then(() => this.#rescan());
   }
 
   #offer(indexKey: string, initial?: RunState, lease?: Lease): void {
@@ -251,7 +263,7 @@ class Runner implements WorkflowRunner {
         this.#drivers.delete(indexKey);
         if (this.#passedOver && !this.#closed) {
           this.#passedOver = false;
-          void this.#rescan();
+          this.#rescanForSlot();
         }
       });
     this.#drivers.set(indexKey, p);
