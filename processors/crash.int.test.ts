@@ -65,12 +65,22 @@ describe("processor host crashes", () => {
     );
     const keys = Array.from({ length: 8 }, (_, i) => `s${i}`);
     const total = 3_000;
-    const chunk = 200;
-    // Events keep arriving while the host is killed and restarted.
+    const chunk = total / KILLS;
+    const part = 60;
+    // Events keep arriving while the host is killed and restarted. The pace is set by the
+    // kills, not by a clock: chunk k arrives while host k runs, and chunk k + 1 only after
+    // host k was killed, so every kill but the last leaves work behind on a machine of any speed.
+    let kills = 0;
+    let killed: () => void = () => undefined;
     const publishing = (async () => {
-      for (let start = 0; start < total; start += chunk) {
-        await publishSeries(publisher, tenant, "sensor", keys, (i) => value(start + i), chunk, `${tenant}-c${start}`);
-        await new Promise((r) => setTimeout(r, 150));
+      for (let c = 0; c < KILLS; c++) {
+        const next = new Promise<void>((r) => (killed = r));
+        for (let p = 0; p < chunk; p += part) {
+          const start = c * chunk + p;
+          await publishSeries(publisher, tenant, "sensor", keys, (i) => value(start + i), part, `${tenant}-c${start}`);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        if (kills <= c) await next;
       }
     })();
 
@@ -85,6 +95,8 @@ describe("processor host crashes", () => {
       host.child.kill("SIGKILL");
       await host.exited;
       derivedAtKills.push(await countMessages(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`));
+      kills += 1;
+      killed();
     }
     await publishing;
     const final = hostFor(configFile);
