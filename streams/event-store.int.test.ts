@@ -15,6 +15,7 @@ import {
   SubjectTokenError,
 } from "./index.js";
 import { DEFAULT_READ_HIGH_WATER } from "./event-store.js";
+import { DEFAULT_READ_HEARTBEAT_MS } from "./stream-reader.js";
 import type { EventStore, Reducer, StoredEvent } from "./index.js";
 
 let nats: TestNats;
@@ -227,6 +228,25 @@ describe("read", () => {
       await own.close();
     }
   }, 60_000);
+
+  it("readAll yields what it read, then throws when its connection is closed under it (no hang)", async () => {
+    const tenant = uniqueName("rc");
+    for (let i = 0; i < 5; i++) await store.append(eventSubject(tenant, "c", "k"), [{ type: "T", data: { i } }]);
+    const nc = await nats.connect();
+    const ownStore = await createEventStore(nc);
+    const seen: number[] = [];
+    const started = performance.now();
+    const reading = (async () => {
+      for await (const e of ownStore.readAll({ filter: `evt.${tenant}.>` })) {
+        seen.push((e.data as { i: number }).i);
+        if (seen.length === 5) void nc.close();
+      }
+    })();
+    await expect(reading).rejects.toThrow(/closed/i);
+    expect(seen).toEqual([0, 1, 2, 3, 4]);
+    // Noticed from the connection, not after two missed heartbeats (2 x 5 s).
+    expect(performance.now() - started).toBeLessThan(DEFAULT_READ_HEARTBEAT_MS);
+  }, 30_000);
 
   it("readAll starts at a stored time with since, and stops at until", async () => {
     const tenant = uniqueName("rt");

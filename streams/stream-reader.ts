@@ -235,6 +235,9 @@ class PullStreamReader implements StreamReader {
     })().catch(() => undefined);
     // nats.js's status iterator has stop(); the type only says AsyncIterable.
     this.#stopStatus = () => (status as Partial<{ stop(): void }>).stop?.();
+    // A closed connection is told at once (the re-creation fails and onCreateError hears of
+    // it), not after two missed heartbeats.
+    void this.#nc.closed().then(() => this.#recreate("connection closed"));
   }
 
   pause(): void {
@@ -384,7 +387,8 @@ class PullStreamReader implements StreamReader {
         this.#failures += 1;
         this.#options.onRecreate?.(this.#lastSeq + 1, `creating the consumer failed (${(err as Error).message}); retrying in ${wait} ms`);
         this.#options.onCreateError?.(err as Error, this.#failures);
-        if (this.#closed) return;
+        // A closed nats.js connection never opens again: nothing to wait for.
+        if (this.#closed || this.#nc.isClosed()) return;
         this.#retry = setTimeout(attempt, wait);
       });
     };
