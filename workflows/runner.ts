@@ -558,13 +558,15 @@ class Drive {
     const events: EventInput[] = [];
     const def = s.definition as WorkflowDefinition;
     const runId = this.#runId;
+    // One decision, one instant: the events' times and the retry times they carry agree.
+    const now = Date.now();
+    const time = new Date(now).toISOString();
     const add = (type: string, data: Record<string, unknown>): void => {
-      const e = { type, data: { runId, ...data }, time: new Date().toISOString(), causationId: `${runId}` };
+      const e = { type, data: { runId, ...data }, time, causationId: `${runId}` };
       events.push(e);
       applyRunEvent(s, { type, data: e.data, time: e.time, revision: s.revision + 1 });
     };
     const byId = new Map(def.steps.map((st) => [st.id, st]));
-    const now = Date.now();
     // 1. Results of attempts that ended here.
     const consumed = this.#completions.length;
     for (const c of this.#completions) {
