@@ -107,20 +107,24 @@ describe("openStreamReader", () => {
     const reasons: string[] = [];
     let deleted = false;
     const jsm = await jetstreamManager(nats.nc);
+    let held: StreamReader | undefined;
     await using reader = await openStreamReader(nats.nc, {
       stream: STREAMS.events, filter: `evt.${tenant}.>`, startSeq: 1, window: 50, heartbeatMs: 500,
       onEvent: (e, p) => {
         c.onEvent(e, p);
         if (c.events.length === 700 && !deleted) {
           deleted = true;
-          void readerConsumers().then((names) => Promise.all(names.map((n) => jsm.consumers.delete(STREAMS.events, n))));
+          // Paused until the consumer is gone, so a fast reader cannot finish before the delete.
+          held?.pause();
+          void readerConsumers()
+            .then((names) => Promise.all(names.map((n) => jsm.consumers.delete(STREAMS.events, n))))
+            .finally(() => held?.resume());
         }
       },
       onRecreate: (_from, reason) => reasons.push(reason),
     });
-    await c.until(() => c.events.length >= 3_000);
-    await new Promise((r) => setTimeout(r, 200));
-    expect(reader.recreated).toBeGreaterThan(0);
+    held = reader;
+    await c.until(() => c.events.length >= 3_000 && reader.recreated > 0);
     expect(reasons.length).toBeGreaterThan(0);
     expect(c.events.map((e) => e.seq)).toEqual(seqs);
   });

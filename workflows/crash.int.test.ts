@@ -36,6 +36,7 @@ afterAll(async () => {
 });
 
 interface Child {
+  readonly id: string;
   readonly proc: ChildProcess;
   readonly ready: Promise<void>;
   isReady: boolean;
@@ -46,6 +47,7 @@ function startChild(id: string): Child {
   children.add(proc);
   proc.once("exit", () => children.delete(proc));
   const child: Child = {
+    id,
     proc,
     isReady: false,
     ready: new Promise<void>((resolve, reject) => {
@@ -123,19 +125,29 @@ it(`kill -9 of runners ${KILLS} times during runs: every run ends, no succeeded 
       { id: "d", needs: ["c1", "c2"], kind: "script", language: "javascript", trusted: true, source: jsStep(100), input: { ...who("d", ledger.port), c1: "${{ steps.c1.output.step }}" } },
     ],
   });
-  // Three runner processes share the runs; each kill hits one that is driving runs, and a
-  // replacement starts at once (without waiting for it: the others keep working meanwhile).
+  // Three runner processes share the runs; each kill hits one that is in the middle of a step
+  // when there is one, and a replacement starts at once (without waiting for it: the others keep working meanwhile).
   const runners = [startChild("r0"), startChild("r1"), startChild("r2")];
   await Promise.all(runners.map((r) => r.ready));
   const runIds: string[] = [];
   for (let i = 0; i < RUNS; i++) runIds.push((await client.start(tenant, "crashy", { input: { i } })).runId);
+  // Runners the runs' states show in the middle of a step.
+  const busy = async (): Promise<Set<string>> => {
+    const ids = new Set<string>();
+    for (const id of runIds) {
+      const st = await client.status(tenant, id).catch(() => undefined);
+      for (const step of Object.values(st?.steps ?? {})) if (step.status === "running" && step.runner) ids.add(step.runner);
+    }
+    return ids;
+  };
   for (let k = 0; k < KILLS; k++) {
     await new Promise((r) => setTimeout(r, 300 + Math.random() * 400));
-    let i = runners.findIndex((r) => r.isReady);
-    if (i < 0) {
-      await Promise.race(runners.map((r) => r.ready));
-      i = runners.findIndex((r) => r.isReady);
-    }
+    if (!runners.some((r) => r.isReady)) await Promise.race(runners.map((r) => r.ready));
+    // A runner in the middle of a step if there is one (so kills land mid-step however fast
+    // the machine), else the first one up.
+    const driving = await busy();
+    let i = runners.findIndex((r) => r.isReady && driving.has(r.id));
+    if (i < 0) i = runners.findIndex((r) => r.isReady);
     await killChild(runners[i]!.proc);
     runners[i] = startChild(`r${i}-${k}`);
   }
