@@ -231,13 +231,14 @@ class PullStreamReader implements StreamReader {
       for await (const s of status) {
         if (this.#closed) break;
         if (s.type === "reconnect") this.#recreate("reconnected");
+        // A closed connection is told at once (the re-creation fails and onCreateError hears
+        // of it), not after two missed heartbeats. Closing waits for this loop, so the
+        // re-creation waits for the close.
+        if (s.type === "close") void this.#nc.closed().then(() => this.#recreate("connection closed"));
       }
     })().catch(() => undefined);
     // nats.js's status iterator has stop(); the type only says AsyncIterable.
     this.#stopStatus = () => (status as Partial<{ stop(): void }>).stop?.();
-    // A closed connection is told at once (the re-creation fails and onCreateError hears of
-    // it), not after two missed heartbeats.
-    void this.#nc.closed().then(() => this.#recreate("connection closed"));
   }
 
   pause(): void {
