@@ -126,19 +126,17 @@ it(`kill -9 of runners ${KILLS} times during runs: every run ends, no succeeded 
     ],
   });
   // Three runner processes share the runs; each kill hits one that is in the middle of a step
-  // when there is one, and a replacement starts at once (without waiting for it: the others keep working meanwhile).
+  // when there is one, and a replacement starts at once (without waiting for it: the others
+  // keep working meanwhile).
   const runners = [startChild("r0"), startChild("r1"), startChild("r2")];
   await Promise.all(runners.map((r) => r.ready));
   const runIds: string[] = [];
   for (let i = 0; i < RUNS; i++) runIds.push((await client.start(tenant, "crashy", { input: { i } })).runId);
   // Runners the runs' states show in the middle of a step.
   const busy = async (): Promise<Set<string>> => {
-    const ids = new Set<string>();
-    for (const id of runIds) {
-      const st = await client.status(tenant, id).catch(() => undefined);
-      for (const step of Object.values(st?.steps ?? {})) if (step.status === "running" && step.runner) ids.add(step.runner);
-    }
-    return ids;
+    const states = await Promise.all(runIds.map((id) => client.status(tenant, id).catch(() => undefined)));
+    const steps = states.flatMap((st) => Object.values(st?.steps ?? {}));
+    return new Set(steps.flatMap((step) => (step.status === "running" && step.runner ? [step.runner] : [])));
   };
   for (let k = 0; k < KILLS; k++) {
     await new Promise((r) => setTimeout(r, 300 + Math.random() * 400));
