@@ -38,6 +38,8 @@ export {
 export type { OutgoingMessage, PublishAck, Publisher, PublisherOptions, PublisherStats, PublishOptions } from "./publisher.js";
 export { BUCKETS, DEFAULT_DUPLICATE_WINDOW_MS, ensureTopology, STREAMS, streamConfigs } from "./topology.js";
 export type { Drift, TopologyOptions, TopologyReport } from "./topology.js";
+export { CREDENTIAL_ENV, credentialsFromEnv, credentialsToEnv, hasCredentials, natsConnectOptions, parseServers } from "./credentials.js";
+export type { NatsCredentials } from "./credentials.js";
 export { openSnapshotStore, snapshotKey } from "./snapshots.js";
 export type { Snapshot, SnapshotStore } from "./snapshots.js";
 export { createEventStore, DEFAULT_SNAPSHOT_EVERY, eventFromJsMsg } from "./event-store.js";

@@ -2,7 +2,7 @@ import { spawn, execFile } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { mkdtemp, mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { NatsServerError } from "./errors.js";
@@ -28,6 +28,10 @@ export interface NatsServerOptions {
   readonly configFile?: string;
   /** Configuration text used instead of `configFile` (e.g. `max_payload: 65536` in a test). */
   readonly config?: string;
+  /** Appended to the configuration (from `configFile`, `config` or none), e.g. an `authorization` block or an `include`. */
+  readonly extraConfig?: string;
+  /** Files the configuration includes (e.g. the users), read again on {@link NatsServer.reload}. */
+  readonly include?: readonly string[];
   /** Path of the binary. @default $NATS_SERVER_BIN or "nats-server" */
   readonly binary?: string;
   /** Extra command-line arguments. */
@@ -52,6 +56,8 @@ export interface NatsServer {
   kill(signal?: NodeJS.Signals): Promise<void>;
   /** Starts the server again on the same port and store (after {@link kill}). */
   restart(): Promise<void>;
+  /** Makes the server read its configuration again (SIGHUP), e.g. after new users were written to an included file. */
+  reload(): void;
   /** Stops the server (SIGTERM, then SIGKILL) and deletes a temporary store. */
   close(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
@@ -120,6 +126,18 @@ export function deriveConfig(text: string, version: string): string {
   );
 }
 
+/**
+ * Puts the store directory into the configuration's `jetstream` block (one is added when
+ * there is none). Given with `-sd` instead, a configuration reload (SIGHUP, new users) is
+ * refused: the server sees the file's empty store_dir as a change it cannot make live.
+ */
+export function withStoreDir(config: string, storeDir: string): string {
+  const line = `store_dir: ${JSON.stringify(storeDir)}`;
+  const block = /^(\s*)jetstream\s*:?\s*\{/mu;
+  if (block.test(config)) return config.replace(block, (open, indent: string) => `${open}\n${indent}  ${line}`);
+  return `${config}\njetstream {\n  ${line}\n}\n`;
+}
+
 /** Starts `nats-server` with JetStream and waits until it accepts clients. */
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
   const binary = options.binary ?? process.env.NATS_SERVER_BIN ?? DEFAULT_NATS_SERVER_BIN;
@@ -130,10 +148,12 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
   await mkdir(storeDir, { recursive: true });
   const runDir = await mkdtemp(join(tmpdir(), "flexcore-nats-run-"));
   let configPath: string | undefined;
-  if (options.configFile !== undefined || options.config !== undefined) {
+  if (options.configFile !== undefined || options.config !== undefined || options.extraConfig !== undefined || options.include !== undefined) {
     configPath = join(runDir, "nats.conf");
-    const text = options.config ?? (await readFile(options.configFile!, "utf8"));
-    await writeFile(configPath, deriveConfig(text, version));
+    const text = options.config ?? (options.configFile === undefined ? "" : await readFile(options.configFile, "utf8"));
+    // nats-server resolves an include against the including file's folder, even an absolute path.
+    const includes = (options.include ?? []).map((f) => `include ${JSON.stringify(relative(runDir, resolve(f)))}`);
+    await writeFile(configPath, withStoreDir(deriveConfig([text, options.extraConfig ?? "", ...includes, ""].join("\n"), version), storeDir));
   }
 
   let port = options.port ?? -1;
@@ -144,7 +164,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     for (const f of await readdir(runDir)) if (f.endsWith(".ports")) await rm(join(runDir, f), { force: true });
     const args = [
       ...(configPath ? ["-c", configPath] : []),
-      "-a", host, "-p", String(port), "-js", "-sd", storeDir, "--ports_file_dir", runDir,
+      "-a", host, "-p", String(port), "-js", ...(configPath ? [] : ["-sd", storeDir]), "--ports_file_dir", runDir,
       ...(options.args ?? []),
     ];
     const proc = spawn(binary, args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -214,6 +234,9 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     restart: async () => {
       await kill();
       await launch();
+    },
+    reload: () => {
+      if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGHUP");
     },
     close,
     [Symbol.asyncDispose]: close,
