@@ -58,5 +58,5 @@ export {
 export type { ExternalIssuerOptions, LocalIssuerOptions, Principal, TokenIssuer, TokenVerifier, TokenVerifierOptions } from "./tokens.js";
 export { checkTenant, checkUsername, hashPassword, MIN_PASSWORD_LENGTH, openUserStore, verifyPassword } from "./users.js";
 export type { User, UserStore } from "./users.js";
-export { generateNatsUsers, SERVICE_USER, tenantInboxPrefix } from "./nats-users.js";
-export type { NatsUsers, NatsUsersOptions } from "./nats-users.js";
+export { generateNatsUsers, seededTenants, seedFile, SERVICE_USER, tenantInboxPrefix } from "./nats-users.js";
+export type { NatsUser, NatsUsers, NatsUsersOptions } from "./nats-users.js";
