@@ -6,14 +6,14 @@
  * Usage: node bench/projections-publisher.js <natsUrl> <rate> <seconds> <firstIndex>
  */
 import { connect } from "@nats-io/transport-node";
-import { createPublisher, encodeEvent } from "../streams/index.js";
+import { createPublisher, credentialsFromEnv, encodeEvent, natsConnectOptions } from "../streams/index.js";
 
 const TICK_MS = 10;
 const AGGREGATES = 10_000;
 const [url, rateText, secondsText, firstText] = process.argv.slice(2);
 const rate = Number(rateText);
 const seconds = Number(secondsText);
-const nc = await connect({ servers: url! });
+const nc = await connect(natsConnectOptions(url!, credentialsFromEnv()));
 const publisher = createPublisher(nc, { maxInFlight: 16_384 });
 const now = (): number => performance.timeOrigin + performance.now();
 const out: string[] = [];

@@ -11,13 +11,13 @@ import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { ensureTopology, STREAMS } from "../streams/index.js";
+import { credentialsToEnv, ensureTopology, natsConnectOptions, STREAMS } from "../streams/index.js";
 
 const CLI = join(import.meta.dirname, "main.ts");
 
 function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", CLI, ...args], { env: { ...process.env, NATS_URL: "", ...env }, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+    execFile(process.execPath, ["--import", "tsx", CLI, ...args], { env: { ...process.env, NATS_URL: "", ...credentialsToEnv(nats.credentials), ...env }, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -78,6 +78,7 @@ describe("flexcore CLI", () => {
     expect(r.stdout).toMatch(/server reachable .* version 2\.\d+\.\d+/);
     if (nats.server.version.startsWith("2.9.")) expect(r.stdout).toMatch(/WARN .*power loss/);
     expect(r.stdout).toMatch(/topology present, no drift/);
+    expect(r.stdout).toMatch(/ok +the server refuses anonymous clients/);
     const down = await run(["doctor", "--nats", "nats://127.0.0.1:1"]);
     expect(down.code).toBe(1);
     expect(down.stdout).toMatch(/FAIL .*Cannot reach/);
@@ -106,7 +107,9 @@ describe("flexcore CLI", () => {
       const url = (await readFile(urlFile, "utf8")).trim();
       expect(url).toMatch(/^nats:\/\/127\.0\.0\.1:\d+$/);
       expect(url).not.toBe("nats://127.0.0.1:4222");
-      const nc = await connect({ servers: url });
+      // Authorization is on: anonymous clients are refused, the service user's seed is in the data directory.
+      await expect(connect({ servers: url, maxReconnectAttempts: 0 })).rejects.toThrow(/authoriz/i);
+      const nc = await connect(natsConnectOptions(url, { nkeySeedFile: join(data, "nats-seeds", "flexcore.nk") }));
       const jsm = await jetstreamManager(nc);
       expect((await jsm.streams.info(STREAMS.events)).config.subjects).toEqual(["evt.>"]);
       await nc.close();
@@ -118,6 +121,38 @@ describe("flexcore CLI", () => {
     } finally {
       if (child.exitCode === null) child.kill("SIGKILL");
       blocker?.close();
+    }
+  }, 120_000);
+
+  it("tenant NATS users coexist with FlexCore: nats-users on a running up lets the tenant publish at once; the CLI uses the embedded service user", async () => {
+    const data = join(dir, "data-tenants");
+    const env = { ...process.env, NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_TEST: "1" };
+    const up = await startUp([CLI, "up"], env);
+    try {
+      const url = (await readFile(join(data, "nats.url"), "utf8")).trim();
+      const added = await run(["nats-users", "--tenant", "acme"], { FLEXCORE_DATA: data });
+      expect(added.code, added.stderr).toBe(0);
+      expect(added.stderr).toMatch(/reloaded/);
+      let acme;
+      for (let i = 0; i < 50 && !acme; i++) {
+        acme = await connect(natsConnectOptions(url, { nkeySeedFile: join(data, "nats-seeds", "acme.nk") }, { inboxPrefix: "_INBOX_acme", maxReconnectAttempts: 0 })).catch(() => undefined);
+        if (!acme) await sleep(100);
+      }
+      expect(acme).toBeDefined();
+      const { jetstream } = await import("@nats-io/jetstream");
+      const { encodeEvent } = await import("../streams/index.js");
+      const e = encodeEvent({ type: "ReadingRecorded", data: { v: 7 } });
+      const ack = await jetstream(acme!).publish("evt.acme.sensor.s1", e.data, { headers: e.headers });
+      expect(ack.seq).toBeGreaterThan(0);
+      await acme!.close();
+      // No credentials in the environment: the CLI finds the embedded server's service user.
+      const replay = await run(["replay", "evt.acme.>"], { FLEXCORE_DATA: data, NATS_NKEY: "" });
+      expect(replay.code, replay.stderr).toBe(0);
+      expect(replay.stdout).toContain('"v":7');
+    } finally {
+      const exited = new Promise((res) => up.child.once("exit", res));
+      up.child.kill("SIGTERM");
+      await exited;
     }
   }, 120_000);
 

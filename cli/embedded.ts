@@ -1,13 +1,25 @@
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { generateNatsUsers, seededTenants } from "../gateway/index.js";
 import { processAlive, startNatsServer } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
-import { DEFAULT_NATS_PORT, URL_FILE } from "./connection.js";
+import { AUTH_FILE, DEFAULT_NATS_PORT, URL_FILE } from "./connection.js";
 import { portFree } from "./ports.js";
 
 /** Holds the embedded server's pid while it runs, beside its store. */
 export const PID_FILE = "nats.pid";
+
+/** Whether `pid` is a nats-server on `storeDir` (given with -sd, or in the configuration given with -c). */
+async function servesStore(pid: number, storeDir: string): Promise<boolean> {
+  const argv = (await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "")).split("\0");
+  if (!argv.some((a) => a.endsWith("nats-server"))) return false;
+  const store = resolve(storeDir);
+  if (argv.includes(store)) return true;
+  const config = argv[argv.indexOf("-c") + 1];
+  if (!argv.includes("-c") || !config) return false;
+  return (await readFile(config, "utf8").catch(() => "")).includes(`store_dir: ${JSON.stringify(store)}`);
+}
 
 /**
  * Stops a nats-server that an earlier run left on this store (its `up` was killed with
@@ -21,8 +33,7 @@ async function stopLeftover(dataDir: string, storeDir: string, notice?: (line: s
     await rm(pidFile, { force: true });
     return;
   }
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-  if (!cmdline.includes("nats-server") || !cmdline.includes(resolve(storeDir))) {
+  if (!(await servesStore(pid, storeDir))) {
     await rm(pidFile, { force: true });
     return;
   }
@@ -35,8 +46,36 @@ async function stopLeftover(dataDir: string, storeDir: string, notice?: (line: s
 }
 
 /**
+ * Writes `<dataDir>/nats-auth.conf`, the embedded server's users: FlexCore's service user and
+ * one confined user per tenant that has a seed in `<dataDir>/nats-seeds` (`flexcore
+ * nats-users`). Seeds are created on first use and reused after. Returns the file's path.
+ */
+export async function writeEmbeddedAuth(dataDir: string): Promise<string> {
+  const seedsDir = join(dataDir, "nats-seeds");
+  const users = await generateNatsUsers({ tenants: await seededTenants(seedsDir), seedsDir });
+  const file = resolve(dataDir, AUTH_FILE);
+  await writeFile(file, users.config, { mode: 0o600 });
+  await chmod(file, 0o600);
+  return file;
+}
+
+/**
+ * Makes the embedded server of `dataDir`, if one runs, read its configuration again (so
+ * users written by `flexcore nats-users` take effect). Returns whether one was signalled.
+ */
+export async function reloadEmbeddedServer(dataDir: string): Promise<boolean> {
+  const pid = Number.parseInt(await readFile(join(dataDir, PID_FILE), "utf8").catch(() => ""), 10);
+  if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid)) return false;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  if (!cmdline.includes("nats-server")) return false;
+  process.kill(pid, "SIGHUP");
+  return true;
+}
+
+/**
  * Starts the embedded nats-server for `npm start`: config derived from `nats.conf`, store
- * under `<dataDir>/nats`, on 127.0.0.1:4222 or a free port when 4222 is taken. Its URL is
+ * under `<dataDir>/nats`, on 127.0.0.1:4222 or a free port when 4222 is taken, with
+ * authorization on ({@link writeEmbeddedAuth}: anonymous clients are refused). Its URL is
  * written to `<dataDir>/nats.url` (removed on close) so the CLI finds it, its pid to
  * `<dataDir>/nats.pid`, so a server an earlier run left behind is stopped first.
  */
@@ -51,7 +90,8 @@ export async function startEmbeddedServer(
   const storeDir = join(dataDir, "nats");
   await stopLeftover(dataDir, storeDir, notice);
   const port = (await portFree(DEFAULT_NATS_PORT, host)) ? DEFAULT_NATS_PORT : -1;
-  const server = await startNatsServer({ storeDir, host, port, configFile, ...(log ? { log } : {}) });
+  const authFile = await writeEmbeddedAuth(dataDir);
+  const server = await startNatsServer({ storeDir, host, port, configFile, include: [authFile], ...(log ? { log } : {}) });
   const urlFile = join(dataDir, URL_FILE);
   const pidFile = join(dataDir, PID_FILE);
   await writeFile(urlFile, `${server.url}\n`);

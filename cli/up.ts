@@ -9,7 +9,7 @@ import { loadConfig, pipelineSections, resolveConfigPath, startProcessorRuntime 
 import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
 import { startWorkflows, workflowsSection } from "../workflows/index.js";
 import { createProjectionEngine, serveProjectionControl } from "../projections/index.js";
-import { dataDir as defaultDataDir } from "./connection.js";
+import { dataDir as defaultDataDir, embeddedConnectOptions, serviceConnectOptions } from "./connection.js";
 import { startEmbeddedServer } from "./embedded.js";
 import { startGateway } from "./gateway.js";
 import { projectRoot } from "./paths.js";
@@ -91,7 +91,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     await server?.close();
   };
   try {
-    nc = await connect({ servers: natsUrl, name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    const connection = { name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 };
+    nc = await connect(server ? embeddedConnectOptions(natsUrl, dir, connection) : serviceConnectOptions(natsUrl, connection, dir));
     const version = nc.info?.version ?? "unknown";
     for (const gap of missingFeatures(version)) log(`flexcore: nats-server ${version}: ${gap}`);
     const replicas = process.env.FLEXCORE_REPLICAS ? Number(process.env.FLEXCORE_REPLICAS) : undefined;

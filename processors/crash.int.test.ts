@@ -29,7 +29,7 @@ afterAll(async () => {
 });
 
 // The same instance id across restarts: a restarted host takes its own lease back at once.
-const hostFor = (configFile: string): HostProcess => startHost({ NATS_URL: nats.server.url, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: `host-${configFile}` });
+const hostFor = (configFile: string): HostProcess => startHost({ ...nats.env, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: `host-${configFile}` });
 
 /** What the anomaly processor must produce for the source events, computed in-process. */
 function expectedOutputs(name: string, events: readonly ReadMessage[], rawOptions: Record<string, unknown>): Map<string, string> {

@@ -89,7 +89,7 @@ describe("processor leases", () => {
     const total = 1_800;
     const configFile = join(dir, `${name}.yaml`);
     await writeFile(configFile, yaml(name, tenant));
-    const host = startHost({ NATS_URL: nats.server.url, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: "A", FLEXCORE_LEASE_TTL_MS: String(TTL_MS) });
+    const host = startHost({ ...nats.env, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: "A", FLEXCORE_LEASE_TTL_MS: String(TTL_MS) });
     const { child, exited } = host;
     await waitFor(() => host.output().includes("owner"), 30_000, `the host to own the processor (${host.output()})`);
     const b = await start(name, tenant, "B");

@@ -65,7 +65,7 @@ interface Projector {
  * shows that the rows do not depend on how events were grouped into transactions.
  */
 function spawnProjector(dataDir: string, eventsSeq: number, derivedSeq: number, small = true): Projector {
-  const child = spawn(process.execPath, ["--import", "tsx", CHILD, nats.server.url, dataDir, String(eventsSeq), String(derivedSeq), small ? "small" : "default"], { stdio: ["pipe", "pipe", "pipe"] });
+  const child = spawn(process.execPath, ["--import", "tsx", CHILD, nats.server.url, dataDir, String(eventsSeq), String(derivedSeq), small ? "small" : "default"], { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, ...nats.env } });
   let stderr = "";
   child.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {

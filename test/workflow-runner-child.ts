@@ -1,6 +1,7 @@
 // A workflow runner in its own process, for crash tests: `node --import tsx test/workflow-runner-child.ts <natsUrl> <id>`.
 // Prints "ready" once it drives runs; meant to be killed with SIGKILL.
 import { connect } from "@nats-io/transport-node";
+import { credentialsFromEnv, natsConnectOptions } from "../streams/index.js";
 import { startWorkflowRunner } from "../workflows/index.js";
 
 const [url, id] = process.argv.slice(2);
@@ -8,6 +9,6 @@ if (!url || !id) {
   process.stderr.write("usage: workflow-runner-child.ts <natsUrl> <id>\n");
   process.exit(2);
 }
-const nc = await connect({ servers: url, name: `runner-${id}` });
+const nc = await connect(natsConnectOptions(url, credentialsFromEnv(), { name: `runner-${id}` }));
 await startWorkflowRunner(nc, { id, leaseMs: 1_000, pollMs: 100, rescanMs: 250, triggers: false, log: (l) => process.stderr.write(`${l}\n`) });
 process.stdout.write("ready\n");

@@ -43,7 +43,7 @@ interface Child {
 }
 
 function startChild(id: string): Child {
-  const proc = spawn(process.execPath, ["--import", "tsx", CHILD, nats.server.url, id], { stdio: ["ignore", "pipe", "inherit"] });
+  const proc = spawn(process.execPath, ["--import", "tsx", CHILD, nats.server.url, id], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...nats.env } });
   children.add(proc);
   proc.once("exit", () => children.delete(proc));
   const child: Child = {

@@ -1,6 +1,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
 import type { Command } from "commander";
-import { ensureTopology, missingFeatures, natsServerVersion, STREAMS, streamConfigs } from "../../streams/index.js";
+import { ensureTopology, missingFeatures, natsServerVersion, parseServers, STREAMS, streamConfigs } from "../../streams/index.js";
 import { sandboxSupport } from "../../processors/index.js";
 import { connectCli, resolveNatsUrl } from "../connection.js";
 
@@ -35,6 +36,16 @@ export async function runChecks(url?: string): Promise<Check[]> {
   try {
     const version = nc.info?.version ?? "unknown";
     checks.push({ level: "ok", what: `server reachable at ${target}, version ${version}, max_payload ${nc.info?.max_payload ?? "?"} bytes` });
+    const anonymous = await connect({ servers: parseServers(target), maxReconnectAttempts: 0, reconnect: false, timeout: 2_000 }).then(
+      async (c) => {
+        await c.close();
+        return true;
+      },
+      () => false,
+    );
+    checks.push(anonymous
+      ? { level: "warn", what: "the server accepts anonymous clients: anyone who reaches it reads and writes every tenant's events (see docs/security.md: authorization)" }
+      : { level: "ok", what: "the server refuses anonymous clients" });
     const gaps = missingFeatures(version);
     for (const gap of gaps) checks.push({ level: "warn", what: gap });
     if (gaps.length === 0) checks.push({ level: "ok", what: "the server has every feature FlexCore uses" });

@@ -17,7 +17,7 @@ let data: string;
 function flexcore(args: string[], env: Record<string, string> = {}) {
   return run(process.execPath, ["--import", "tsx", join(root, "cli/main.ts"), ...args], {
     cwd: root,
-    env: { ...process.env, NATS_URL: nats.server.url, FLEXCORE_DATA: data, ...env },
+    env: { ...process.env, ...nats.env, FLEXCORE_DATA: data, ...env },
   });
 }
 
@@ -74,7 +74,7 @@ describe("flexcore users / token / nats-users", () => {
 
   it("nats-users prints a users block", async () => {
     const { stdout } = await flexcore(["nats-users", "--tenant", "acme", "--tenant", "globex", "--out", "-"]);
-    expect(stdout).toContain('publish: { allow: ["evt.acme.>"] }');
-    expect(stdout).toContain('subscribe: { allow: ["_INBOX_globex.>"] }');
+    expect(stdout).toContain('publish: { allow: ["evt.acme.>"], deny: ["evt.acme.workflow.>", "evt.acme.plugin.>"] }');
+    expect(stdout).toContain('subscribe: { allow: ["_INBOX_globex.>", "evt.globex.>", "drv.globex.>"] }');
   });
 });
