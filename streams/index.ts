@@ -39,6 +39,7 @@ export type { OutgoingMessage, PublishAck, Publisher, PublisherOptions, Publishe
 export { BUCKETS, DEFAULT_DUPLICATE_WINDOW_MS, ensureTopology, STREAMS, streamConfigs } from "./topology.js";
 export type { Drift, TopologyOptions, TopologyReport } from "./topology.js";
 export { openSnapshotStore, snapshotKey } from "./snapshots.js";
+export { fromKvKeyToken, kvKeyToken } from "./kv-keys.js";
 export type { Snapshot, SnapshotStore } from "./snapshots.js";
 export { createEventStore, DEFAULT_SNAPSHOT_EVERY, eventFromJsMsg } from "./event-store.js";
 export { DEFAULT_READ_HEARTBEAT_MS, DEFAULT_READ_WINDOW, openStreamReader, parseAckReply } from "./stream-reader.js";
@@ -74,6 +75,8 @@ export {
   METRICS_EVENT_TYPES,
   PLUGIN_CATEGORY,
   PLUGIN_EVENT_TYPES,
+  isReservedCategory,
+  RESERVED_CATEGORIES,
   WORKFLOW_CATEGORY,
   WORKFLOW_EVENT_TYPES,
 } from "./system-events.js";
