@@ -9,6 +9,11 @@ export class WorkflowDefinitionError extends FlexError {
     this.name = "WorkflowDefinitionError";
     this.path = path;
   }
+
+  /** The path, under the name the gateway reports a bad field by (`details.field`). */
+  get field(): string {
+    return this.path;
+  }
 }
 
 /** A step kind FlexCore knows but cannot run yet (`plugin` until the plugin host lands). */
