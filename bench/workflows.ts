@@ -3,7 +3,7 @@ import { connect } from "@nats-io/transport-node";
 import { createScriptRunner, sandboxSupport } from "../processors/index.js";
 import type { ScriptLanguage, ScriptRunner } from "../processors/index.js";
 import { ensureTopology, startNatsServer } from "../streams/index.js";
-import { createWorkflowClient, startWorkflowRunner } from "../workflows/index.js";
+import { createOperatorTrust, createWorkflowClient, startWorkflowRunner } from "../workflows/index.js";
 import { createEscapeFixture, PLAIN_GUARANTEED, runEscapeSuite } from "../test/sandbox-escapes.js";
 import { percentile, runTasks } from "./harness.js";
 import type { BenchResult, Suite, Task } from "./harness.js";
@@ -108,9 +108,11 @@ export const suite: Suite = {
     try {
       await ensureTopology(nc);
       const client = await createWorkflowClient(nc);
-      const runner = await startWorkflowRunner(await connect({ servers: server.url }), { scripts: trusted, maxRuns: RUNS_IN_FLIGHT * 2, triggers: false });
+      // Trusted steps: the definition is installed through the operator's path, as flexcore.yaml's files are.
+      const trust = createOperatorTrust();
+      const runner = await startWorkflowRunner(await connect({ servers: server.url }), { scripts: trusted, trust, maxRuns: RUNS_IN_FLIGHT * 2, triggers: false });
       const step = (id: string, input: string): object => ({ id, kind: "script", language: "javascript", trusted: true, source: JS_STEP, input: { n: input } });
-      await client.put("bench", { name: "three", steps: [step("a", "${{ input.n }}"), step("b", "${{ steps.a.output.n }}"), step("c", "${{ steps.b.output.n }}")] });
+      await client.put("bench", { name: "three", steps: [step("a", "${{ input.n }}"), step("b", "${{ steps.a.output.n }}"), step("c", "${{ steps.b.output.n }}")] }, { operator: trust });
       let batch = 0;
       const waiters = new Map<string, (type: string) => void>();
       nc.subscribe("evt.bench.workflow.*", {

@@ -68,6 +68,17 @@ export class ForbiddenError extends GatewayError {
   }
 }
 
+/**
+ * A write to a category only FlexCore appends to (`workflow`, `plugin`, `metrics`: the
+ * `RESERVED_CATEGORIES` of `streams/`). HTTP 403. Nothing was written.
+ */
+export class CategoryReservedError extends GatewayError {
+  constructor(category: string, reserved: readonly string[]) {
+    super("FLEX_CATEGORY_RESERVED", 403, `Category \`${category}\` is written by FlexCore only (reserved: ${reserved.join(", ")}); start workflow runs with POST /v1/workflows/{name}/runs`, { category, reserved });
+    this.name = "CategoryReservedError";
+  }
+}
+
 /** The resource does not exist for the token's tenant (also what another tenant's ids look like). HTTP 404. */
 export class NotFoundError extends GatewayError {
   constructor(what: string) {

@@ -49,7 +49,7 @@ describe("NATS users (flexcore nats-users)", () => {
       const again = await generateNatsUsers({ tenants: ["acme", "a/b"], seedsDir: dir });
       expect(again.users.map((u) => u.publicKey)).toEqual(first.users.map((u) => u.publicKey));
       expect(await seededTenants(dir)).toEqual(["a/b", "acme"]);
-      expect(first.config).toContain('publish: { allow: ["evt.acme.>"], deny: ["evt.acme.workflow.>", "evt.acme.plugin.>"] }');
+      expect(first.config).toContain('publish: { allow: ["evt.acme.>"], deny: ["evt.acme.workflow.>", "evt.acme.plugin.>", "evt.acme.metrics.>"] }');
       expect(first.config).not.toContain("allow_responses");
     } finally {
       await rm(dir, { recursive: true, force: true });
@@ -81,12 +81,12 @@ describe("NATS users (flexcore nats-users)", () => {
     const before = { globex: await eventsOn("evt.globex.>"), acme: await eventsOn("evt.acme.>") };
     const e = encodeEvent({ type: "Forged", data: { v: 666 } });
     for (const subject of [
-      "evt.globex.sensor.s1", "evt.acme.workflow.run1", "evt.acme.plugin.p", "evt._system.metrics.gateway",
+      "evt.globex.sensor.s1", "evt.acme.workflow.run1", "evt.acme.plugin.p", "evt.acme.metrics.gateway", "evt._system.metrics.gateway",
       "drv.acme.proc.k", "drv.globex.proc.k", "dlq.acme.proc", `$KV.${BUCKETS.auth}.user.x`, `$KV.${BUCKETS.workflows}.def.acme.w`,
     ]) acme.publish(subject, e.data, { headers: e.headers });
     await acme.flush();
     await new Promise((r) => setTimeout(r, 200));
-    expect(seen.filter((s) => /permissions violation/i.test(s)).length).toBeGreaterThanOrEqual(9);
+    expect(seen.filter((s) => /permissions violation/i.test(s)).length).toBeGreaterThanOrEqual(10);
     expect(await eventsOn("evt.globex.>")).toBe(before.globex);
     expect(await eventsOn("evt.acme.>")).toBe(before.acme);
     expect(await eventsOn("evt._system.>")).toBe(0);

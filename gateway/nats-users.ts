@@ -1,18 +1,13 @@
 import { chmod, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { nkeys } from "@nats-io/transport-node";
-import { InvalidOptionError, PLUGIN_CATEGORY, SUBJECT_ROOTS, WORKFLOW_CATEGORY } from "../streams/index.js";
+import { InvalidOptionError, RESERVED_CATEGORIES, SUBJECT_ROOTS } from "../streams/index.js";
 import { checkTenant } from "./users.js";
 
 /** Name of the service user (FlexCore's own processes), which keeps full access. */
 export const SERVICE_USER = "flexcore";
 /** File name of a seed: `<name>.nk`, the name percent-encoded (a tenant may hold `/`). */
 const SEED_SUFFIX = ".nk";
-/**
- * Categories only FlexCore appends to (run streams, plugin lifecycle): a tenant user may not
- * publish there, so it cannot forge a workflow run or a plugin's status.
- */
-const RESERVED_FOR_FLEXCORE = [WORKFLOW_CATEGORY, PLUGIN_CATEGORY] as const;
 
 /** Options of {@link generateNatsUsers}. */
 export interface NatsUsersOptions {
@@ -88,7 +83,7 @@ const q = (s: string): string => JSON.stringify(s);
 
 /**
  * The permissions of a tenant's user: publish its own events (not the categories FlexCore
- * writes itself), receive its JetStream acks on its own inbox prefix, and watch its own
+ * writes itself, so it cannot forge a workflow run, a plugin's status or metrics), receive its JetStream acks on its own inbox prefix, and watch its own
  * events and derived events live. No JetStream API: a consumer's deliver subject cannot be
  * confined by permissions, so a tenant that could create one could make the server write
  * into another tenant's subjects. It may not answer requests (`allow_responses` is off): it
@@ -102,7 +97,7 @@ function tenantBlock(tenant: string, publicKey: string): string {
     `    {`,
     `      nkey: ${publicKey}`,
     `      permissions: {`,
-    `        publish: { allow: [${q(`${own}.>`)}], deny: [${RESERVED_FOR_FLEXCORE.map((c) => q(`${own}.${c}.>`)).join(", ")}] }`,
+    `        publish: { allow: [${q(`${own}.>`)}], deny: [${RESERVED_CATEGORIES.map((c) => q(`${own}.${c}.>`)).join(", ")}] }`,
     `        subscribe: { allow: [${[`${inbox}.>`, `${own}.>`, `${SUBJECT_ROOTS.derived}.${tenant}.>`].map(q).join(", ")}] }`,
     `      }`,
     `    }`,

@@ -2,7 +2,7 @@ import { randomBytes, scrypt as scryptCb, timingSafeEqual } from "node:crypto";
 import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, checkToken, InvalidOptionError } from "../streams/index.js";
+import { BUCKETS, checkToken, fromKvKeyToken, InvalidOptionError, kvKeyToken } from "../streams/index.js";
 import { UserExistsError, UserNotFoundError } from "./errors.js";
 import { checkRoles } from "./policy.js";
 import type { Role } from "./policy.js";
@@ -47,14 +47,10 @@ export interface UserStore {
   verify(tenant: string, username: string, password: string): Promise<User | undefined>;
 }
 
-/** A KV key token for any string: base64url has only characters KV keys allow. */
-export function keyToken(value: string): string {
-  return Buffer.from(value, "utf8").toString("base64url");
-}
+/** A KV key token for any string: the shared `kvKeyToken` of `streams/` (base64url). */
+export const keyToken = kvKeyToken;
 
-function fromKeyToken(token: string): string {
-  return Buffer.from(token, "base64url").toString("utf8");
-}
+const fromKeyToken = fromKvKeyToken;
 
 /** Checks a tenant name for the gateway: a subject token of at most 64 bytes. */
 export function checkTenant(tenant: unknown): string {
@@ -148,7 +144,8 @@ class KvUserStore implements UserStore {
     for await (const key of await this.#kv.keys(filter)) {
       const [, t, u] = key.split(".");
       if (!t || !u) continue;
-      const found = await this.#load(fromKeyToken(t), fromKeyToken(u)).catch(() => undefined);
+      // A key that is not ours (not canonical base64url) is skipped, not a failed listing.
+      const found = await Promise.resolve().then(() => this.#load(fromKeyToken(t), fromKeyToken(u))).catch(() => undefined);
       if (found) out.push(publicUser(found.user));
     }
     return out.sort((a, b) => a.tenant.localeCompare(b.tenant) || a.username.localeCompare(b.username));

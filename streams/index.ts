@@ -41,6 +41,7 @@ export type { Drift, TopologyOptions, TopologyReport } from "./topology.js";
 export { CREDENTIAL_ENV, credentialsFromEnv, credentialsToEnv, hasCredentials, natsConnectOptions, parseServers } from "./credentials.js";
 export type { NatsCredentials } from "./credentials.js";
 export { openSnapshotStore, snapshotKey } from "./snapshots.js";
+export { fromKvKeyToken, kvKeyToken } from "./kv-keys.js";
 export type { Snapshot, SnapshotStore } from "./snapshots.js";
 export { createEventStore, DEFAULT_SNAPSHOT_EVERY, eventFromJsMsg } from "./event-store.js";
 export { DEFAULT_READ_HEARTBEAT_MS, DEFAULT_READ_WINDOW, openStreamReader, parseAckReply } from "./stream-reader.js";
@@ -76,6 +77,8 @@ export {
   METRICS_EVENT_TYPES,
   PLUGIN_CATEGORY,
   PLUGIN_EVENT_TYPES,
+  isReservedCategory,
+  RESERVED_CATEGORIES,
   WORKFLOW_CATEGORY,
   WORKFLOW_EVENT_TYPES,
 } from "./system-events.js";

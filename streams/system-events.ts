@@ -16,6 +16,17 @@ export const WORKFLOW_CATEGORY = "workflow";
 export const PLUGIN_CATEGORY = "plugin";
 /** Subject category of metrics reports: `evt._system.metrics.<component>`. */
 export const METRICS_CATEGORY = "metrics";
+/**
+ * Categories only FlexCore's own components append to: workflow runs, plugin lifecycle and
+ * metrics reports. The gateway refuses writes to them (`FLEX_CATEGORY_RESERVED`), and the
+ * components that read them never take a tenant or code from what such an event says.
+ */
+export const RESERVED_CATEGORIES: readonly string[] = Object.freeze([WORKFLOW_CATEGORY, PLUGIN_CATEGORY, METRICS_CATEGORY]);
+
+/** Whether a category is one FlexCore writes itself ({@link RESERVED_CATEGORIES}). */
+export function isReservedCategory(category: string): boolean {
+  return RESERVED_CATEGORIES.includes(category);
+}
 
 /** Event types of a workflow run, on `evt.<tenant>.workflow.<runId>`. */
 export const WORKFLOW_EVENT_TYPES = {

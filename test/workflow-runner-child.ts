@@ -1,14 +1,19 @@
-// A workflow runner in its own process, for crash tests: `node --import tsx test/workflow-runner-child.ts <natsUrl> <id>`.
+// A workflow runner in its own process, for crash tests:
+// `node --import tsx test/workflow-runner-child.ts <natsUrl> <id> [<operator definitions JSON>]`.
+// The optional JSON is an array of { tenant, definition }: the definitions the operator installed
+// (what startWorkflows reads from flexcore.yaml), whose trusted steps this runner may run.
 // Prints "ready" once it drives runs; meant to be killed with SIGKILL.
 import { connect } from "@nats-io/transport-node";
 import { credentialsFromEnv, natsConnectOptions } from "../streams/index.js";
-import { startWorkflowRunner } from "../workflows/index.js";
+import { createOperatorTrust, startWorkflowRunner } from "../workflows/index.js";
 
-const [url, id] = process.argv.slice(2);
+const [url, id, operatorJson] = process.argv.slice(2);
 if (!url || !id) {
   process.stderr.write("usage: workflow-runner-child.ts <natsUrl> <id>\n");
   process.exit(2);
 }
 const nc = await connect(natsConnectOptions(url, credentialsFromEnv(), { name: `runner-${id}` }));
-await startWorkflowRunner(nc, { id, leaseMs: 1_000, pollMs: 100, rescanMs: 250, triggers: false, log: (l) => process.stderr.write(`${l}\n`) });
+const trust = createOperatorTrust();
+for (const { tenant, definition } of JSON.parse(operatorJson ?? "[]") as Array<{ tenant: string; definition: object }>) trust.add(tenant, definition);
+await startWorkflowRunner(nc, { id, trust, leaseMs: 1_000, pollMs: 100, rescanMs: 250, triggers: false, log: (l) => process.stderr.write(`${l}\n`) });
 process.stdout.write("ready\n");

@@ -2,12 +2,12 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { AbortedError, ConcurrencyError, createEventStore, eventSubject, InvalidOptionError } from "../streams/index.js";
 import type { EventStore, StoredEvent } from "../streams/index.js";
 import { DefinitionStore } from "./definitions.js";
-import type { StoredWorkflow } from "./definitions.js";
+import type { PutOptions, StoredWorkflow } from "./definitions.js";
 import { RunFinishedError, RunNotFoundError } from "./errors.js";
 import { RUN_EVENTS, WORKFLOW_CATEGORY } from "./events.js";
 import { startRun } from "./start.js";
 import type { StartOptions, StartResult } from "./start.js";
-import { applyRunEvent, initialRunState, isTerminal } from "./state.js";
+import { applyRunEvent, attachDefinition, initialRunState, isTerminal } from "./state.js";
 import type { RunState } from "./state.js";
 
 const MAX_CANCEL_RETRIES = 16;
@@ -16,8 +16,11 @@ export const DEFAULT_WAIT_POLL_MS = 100;
 
 /** Manage definitions and runs (the API and CLI face). Runs are driven by a {@link WorkflowRunner}. */
 export interface WorkflowClient extends AsyncDisposable {
-  /** Validates and stores a definition (YAML/JSON text or an object) as its next version. */
-  put(tenant: string, source: string | object): Promise<StoredWorkflow>;
+  /**
+   * Validates and stores a definition (YAML/JSON text or an object) as its next version.
+   * Without `options.operator` (the API, the CLI) `trusted: true` steps are refused.
+   */
+  put(tenant: string, source: string | object, options?: PutOptions): Promise<StoredWorkflow>;
   get(tenant: string, name: string, version?: number): Promise<StoredWorkflow>;
   list(tenant: string): Promise<StoredWorkflow[]>;
   /** Starts a run (API/CLI trigger); a runner picks it up. */
@@ -46,8 +49,8 @@ class Client implements WorkflowClient {
     this.#defs = defs;
   }
 
-  put(tenant: string, source: string | object): Promise<StoredWorkflow> {
-    return this.#defs.put(tenant, source);
+  put(tenant: string, source: string | object, options?: PutOptions): Promise<StoredWorkflow> {
+    return this.#defs.put(tenant, source, options);
   }
 
   get(tenant: string, name: string, version?: number): Promise<StoredWorkflow> {
@@ -69,8 +72,13 @@ class Client implements WorkflowClient {
   }
 
   async status(tenant: string, runId: string): Promise<RunState> {
-    const s = initialRunState(runId);
+    const s = initialRunState(runId, tenant);
     for (const e of await this.events(tenant, runId)) applyRunEvent(s, e);
+    // Steps not started yet are listed as pending, from the stored definition the run names.
+    if (s.workflow && s.version > 0) {
+      const w = await this.#defs.get(tenant, s.workflow, s.version).catch(() => undefined);
+      if (w) attachDefinition(s, w.definition);
+    }
     return s;
   }
 

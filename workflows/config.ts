@@ -9,6 +9,7 @@ import { createWorkflowClient } from "./client.js";
 import { DEFAULT_MAX_RUNS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
 import type { WorkflowRunner } from "./runner.js";
 import { WorkflowDefinitionError } from "./errors.js";
+import { createOperatorTrust } from "./trust.js";
 
 /** The `workflows:` section of `flexcore.yaml`. */
 export interface WorkflowsConfig {
@@ -16,7 +17,11 @@ export interface WorkflowsConfig {
   readonly runner: boolean;
   /** Tenant the listed definitions are stored for. @default "demo" */
   readonly tenant: string;
-  /** YAML/JSON definition files stored (as a new version when changed) at start; relative to the project root. */
+  /**
+   * YAML/JSON definition files stored (as a new version when changed) at start; relative to
+   * the project root. They are the operator's: the only definitions whose `trusted: true`
+   * script steps are accepted, and the only ones this instance runs trusted.
+   */
   readonly definitions: readonly string[];
   /** How untrusted script steps are isolated. @default "auto" */
   readonly sandbox: "auto" | "bwrap" | "plain";
@@ -52,18 +57,20 @@ export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) =
 
 /**
  * What `flexcore up` starts for workflows: stores the configured definitions for their
- * tenant (a bad one stops the start with its path), then a runner.
+ * tenant through the operator's path (a bad one stops the start with its path), then a
+ * runner that trusts exactly those definitions.
  */
 export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig, options: { readonly root: string; readonly log?: (line: string) => void }): Promise<{ readonly runner: WorkflowRunner | undefined; close(): Promise<void> }> {
   const log = options.log ?? (() => undefined);
   checkToken("tenant", config.tenant);
   const client = await createWorkflowClient(nc);
+  const trust = createOperatorTrust();
   try {
     for (const file of config.definitions) {
       const path = isAbsolute(file) ? file : join(options.root, file);
       const text = await readFile(path, "utf8");
       try {
-        const w = await client.put(config.tenant, text);
+        const w = await client.put(config.tenant, text, { operator: trust });
         log(`flexcore: workflow ${config.tenant}/${w.name} v${w.version} from ${file}`);
       } catch (err) {
         if (err instanceof WorkflowDefinitionError) throw new WorkflowDefinitionError(err.path, `${(err.message.split(": ").slice(1).join(": "))} (in ${file})`, { cause: err });
@@ -74,6 +81,6 @@ export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig
     await client.close();
   }
   if (!config.runner) return { runner: undefined, close: async () => undefined };
-  const runner = await startWorkflowRunner(nc, { leaseMs: config.leaseMs, maxRuns: config.maxRuns, scriptRunnerOptions: { sandbox: config.sandbox, maxConcurrent: config.scriptConcurrency }, log });
+  const runner = await startWorkflowRunner(nc, { trust, leaseMs: config.leaseMs, maxRuns: config.maxRuns, scriptRunnerOptions: { sandbox: config.sandbox, maxConcurrent: config.scriptConcurrency }, log });
   return { runner, close: () => runner.close() };
 }

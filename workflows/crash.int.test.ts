@@ -9,7 +9,7 @@ import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { sweepStaleWorkDirs } from "../processors/index.js";
 import { ensureTopology } from "../streams/index.js";
-import { createWorkflowClient } from "./index.js";
+import { createOperatorTrust, createWorkflowClient } from "./index.js";
 import type { WorkflowClient } from "./index.js";
 
 const CHILD = fileURLToPath(new URL("../test/workflow-runner-child.ts", import.meta.url));
@@ -42,8 +42,16 @@ interface Child {
   isReady: boolean;
 }
 
+// The operator's definitions (with trusted steps), handed to every runner process.
+const operatorDefinitions: Array<{ tenant: string; definition: object }> = [];
+
+// The server URL a child connects to (its credentials are in nats.env).
+function childNatsUrl(): string {
+  return nats.server.url;
+}
+
 function startChild(id: string): Child {
-  const proc = spawn(process.execPath, ["--import", "tsx", CHILD, nats.server.url, id], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...nats.env } });
+  const proc = spawn(process.execPath, ["--import", "tsx", CHILD, childNatsUrl(), id, JSON.stringify(operatorDefinitions)], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...nats.env } });
   children.add(proc);
   proc.once("exit", () => children.delete(proc));
   const child: Child = {
@@ -115,7 +123,7 @@ const who = (step: string, port: number): Record<string, unknown> => ({ step, po
 it(`kill -9 of runners ${KILLS} times during runs: every run ends, no succeeded step runs again`, async () => {
   const tenant = uniqueName("crash");
   const ledger = await startLedger();
-  await client.put(tenant, {
+  const crashy = {
     name: "crashy",
     steps: [
       { id: "a", kind: "script", language: "javascript", trusted: true, source: jsStep(150), input: who("a", ledger.port) },
@@ -124,7 +132,10 @@ it(`kill -9 of runners ${KILLS} times during runs: every run ends, no succeeded 
       { id: "c2", needs: ["b"], kind: "script", language: "python", network: true, source: PY_STEP, input: who("c2", ledger.port) },
       { id: "d", needs: ["c1", "c2"], kind: "script", language: "javascript", trusted: true, source: jsStep(100), input: { ...who("d", ledger.port), c1: "${{ steps.c1.output.step }}" } },
     ],
-  });
+  };
+  // Installed as the operator's: startWorkflows' path, with the same trust in each runner.
+  await client.put(tenant, crashy, { operator: createOperatorTrust() });
+  operatorDefinitions.push({ tenant, definition: crashy });
   // Three runner processes share the runs; each kill hits one that is in the middle of a step
   // when there is one, and a replacement starts at once (without waiting for it: the others
   // keep working meanwhile).

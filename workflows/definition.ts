@@ -1,16 +1,18 @@
 import { parse as parseYaml } from "yaml";
 import { BUILTIN_PROCESSORS, SCRIPT_LANGUAGES, validateScriptSpec } from "../processors/index.js";
 import type { ScriptLanguage, ScriptLimits } from "../processors/index.js";
-import { checkSubjectFilter, describeValue } from "../streams/index.js";
+import { checkSubjectFilter, checkToken, describeValue } from "../streams/index.js";
 import { CronSyntaxError, parseCron } from "./cron.js";
 import { StepKindUnavailableError, WorkflowDefinitionError } from "./errors.js";
 import { ExpressionError, parseCondition, scanTemplate, stepRefs } from "./template.js";
 
 /** Step kinds of the schema; `plugin` is recognised but not available until the plugin host lands. */
 export const STEP_KINDS = ["script", "processor", "plugin"] as const;
-/** Names of workflows and ids of steps: letters, digits, `_` and `-`, up to 64. */
+/** Ids of steps: letters, digits, `_` and `-`, up to 64 (workflow names: {@link checkWorkflowName}). */
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 export const DEFAULT_RETRY: Readonly<RetryPolicy> = Object.freeze({ maxAttempts: 1, backoffMs: 1_000, factor: 2, maxBackoffMs: 60_000 });
+/** Longest workflow name, in UTF-8 bytes (a run id `<name>-e<seq>` must stay a subject token). */
+export const MAX_WORKFLOW_NAME_BYTES = 64;
 /** Largest definition source accepted, in bytes. */
 export const MAX_DEFINITION_BYTES = 256 * 1024;
 
@@ -132,7 +134,34 @@ function retry(v: unknown, path: string): RetryPolicy {
 
 const COMMON_KEYS = ["id", "kind", "needs", "when", "input", "retry", "timeout_ms", "continue_on_error"] as const;
 
-function step(raw: unknown, i: number, prev: string | undefined): StepDefinition {
+/** Options of {@link validateDefinition}. */
+export interface ValidateOptions {
+  /**
+   * Accept `trusted: true` script steps. Only the operator's path sets it (the definition
+   * files of `flexcore.yaml`, see `startWorkflows`); tenants' definitions never do.
+   * @default false
+   */
+  readonly allowTrusted?: boolean;
+}
+
+/**
+ * Checks a workflow name: any subject token (letters of any script, digits, `+`, `:`, `/`,
+ * `-`, `_`, ... but no `.`, `*`, `>`, whitespace or control characters), at most
+ * {@link MAX_WORKFLOW_NAME_BYTES} bytes.
+ * @throws WorkflowDefinitionError at `path`
+ */
+export function checkWorkflowName(name: unknown, path = "name"): string {
+  const n = str(name, path);
+  try {
+    checkToken(path, n);
+  } catch (err) {
+    fail(path, (err as Error).message);
+  }
+  if (Buffer.byteLength(n) > MAX_WORKFLOW_NAME_BYTES) fail(path, `expected at most ${MAX_WORKFLOW_NAME_BYTES} bytes, got ${describeValue(n)}`);
+  return n;
+}
+
+function step(raw: unknown, i: number, prev: string | undefined, options: ValidateOptions): StepDefinition {
   const path = `steps[${i}]`;
   const o = obj(raw, path, "a step object with `id` and `kind`");
   const id = str(o.id, `${path}.id`);
@@ -166,6 +195,9 @@ function step(raw: unknown, i: number, prev: string | undefined): StepDefinition
       env: (o.env ?? {}) as Record<string, string>,
       ...(o.limits === undefined ? {} : { limits: o.limits as Partial<ScriptLimits> }),
     };
+    if (spec.trusted && !options.allowTrusted) {
+      fail(`${path}.trusted`, "trusted steps run inside FlexCore with its rights, so only the operator installs them (a definition file listed in flexcore.yaml `workflows.definitions`); leave `trusted` out and the step runs in the sandbox");
+    }
     try {
       validateScriptSpec(spec, path);
     } catch (err) {
@@ -228,11 +260,10 @@ function trigger(raw: unknown, i: number, tenant: string): TriggerDefinition {
  * Validates a definition (parsed YAML/JSON) for a tenant and returns it normalised and frozen.
  * @throws WorkflowDefinitionError naming the path; StepKindUnavailableError for `plugin` steps
  */
-export function validateDefinition(raw: unknown, tenant: string): WorkflowDefinition {
+export function validateDefinition(raw: unknown, tenant: string, options: ValidateOptions = {}): WorkflowDefinition {
   const o = obj(raw, "$", "a workflow object { name, steps }");
   onlyKeys(o, "$", ["name", "description", "triggers", "steps"]);
-  const name = str(o.name, "name");
-  if (!NAME_PATTERN.test(name)) fail("name", `expected letters, digits, _ or - (at most 64), got ${describeValue(name)}`);
+  const name = checkWorkflowName(o.name);
   const description = o.description === undefined ? undefined : str(o.description, "description");
   if (o.triggers !== undefined && !Array.isArray(o.triggers)) fail("triggers", `expected an array, got ${describeValue(o.triggers)}`);
   const triggers = ((o.triggers as unknown[] | undefined) ?? []).map((t, i) => trigger(t, i, tenant));
@@ -241,7 +272,7 @@ export function validateDefinition(raw: unknown, tenant: string): WorkflowDefini
   const steps: StepDefinition[] = [];
   const index = new Map<string, number>();
   o.steps.forEach((raw, i) => {
-    const s = step(raw, i, steps[i - 1]?.id);
+    const s = step(raw, i, steps[i - 1]?.id, options);
     if (index.has(s.id)) fail(`steps[${i}].id`, `duplicate step id \`${s.id}\` (also steps[${index.get(s.id)}])`);
     index.set(s.id, i);
     steps.push(s);

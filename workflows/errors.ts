@@ -9,6 +9,11 @@ export class WorkflowDefinitionError extends FlexError {
     this.name = "WorkflowDefinitionError";
     this.path = path;
   }
+
+  /** The path, under the name the gateway reports a bad field by (`details.field`). */
+  get field(): string {
+    return this.path;
+  }
 }
 
 /** A step kind FlexCore knows but cannot run yet (`plugin` until the plugin host lands). */
@@ -48,5 +53,30 @@ export class RunFinishedError extends FlexError {
     super("FLEX_RUN_FINISHED", `Workflow run \`${runId}\` already ended with status \`${status}\``);
     this.name = "RunFinishedError";
     this.status = status;
+  }
+}
+
+/**
+ * A run's definition could not be loaded from the definition store (by the tenant of the
+ * run's subject, and the name and version its RunStarted names) or did not validate. The
+ * run fails once with this code in its RunFailed event.
+ */
+export class DefinitionUnavailableError extends FlexError {
+  constructor(tenant: string, name: string, version: number | undefined, why: string, options?: { cause?: unknown }) {
+    super("FLEX_WORKFLOW_DEFINITION_UNAVAILABLE", `The definition of workflow \`${name}\`${version === undefined ? "" : ` version ${version}`} of tenant \`${tenant}\` is not available to run: ${why}`, options);
+    this.name = "DefinitionUnavailableError";
+  }
+}
+
+/**
+ * A stored definition has `trusted: true` steps but is not one the operator installed in this
+ * instance (a definition file of `flexcore.yaml`). It never runs trusted: the run fails once.
+ */
+export class UntrustedDefinitionError extends FlexError {
+  readonly steps: readonly string[];
+  constructor(tenant: string, name: string, steps: readonly string[]) {
+    super("FLEX_WORKFLOW_UNTRUSTED", `Workflow \`${name}\` of tenant \`${tenant}\` has trusted step(s) ${steps.map((s) => `\`${s}\``).join(", ")} but is not an operator-installed definition; it is not run`);
+    this.name = "UntrustedDefinitionError";
+    this.steps = steps;
   }
 }

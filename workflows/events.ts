@@ -33,17 +33,22 @@ export type TriggerInfo =
   | { readonly kind: "event"; readonly subject: string; readonly type: string; readonly id: string; readonly seq: number; readonly key: string; readonly time: string; readonly data: unknown }
   | { readonly kind: "cron"; readonly schedule: string; readonly time: string };
 
+/**
+ * RunStarted names the definition by reference: the runner loads `workflow` at `version`
+ * from the definition store of the subject's tenant. Nothing else in it decides what runs:
+ * a `definition` or `tenant` in the data is ignored (the tenant is the subject's), and a
+ * RunStarted after the run's first event is ignored.
+ */
 export interface RunStartedData extends RunStarted {
   readonly runId: string;
   readonly workflow: string;
   readonly version: number;
+  /** For people and the read model; the subject's tenant is the run's tenant. */
   readonly tenant: string;
   /** `manual`, `schedule`, `event:<type>` (read-model field). */
   readonly trigger: string;
   readonly triggerInfo: TriggerInfo;
   readonly input: unknown;
-  /** The definition that runs, so a later version does not change a started run. */
-  readonly definition: unknown;
   /** Run of the same key that must end before this one starts a step (ordered event triggers). */
   readonly after?: string;
 }

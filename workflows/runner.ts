@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { hostname } from "node:os";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -8,21 +9,24 @@ import { nuid } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createScriptRunner } from "../processors/index.js";
 import type { ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
-import { BUCKETS, ConcurrencyError, createEventStore, decodeEvent, eventSubject, InvalidOptionError, parseSubject, STREAMS } from "../streams/index.js";
+import { BUCKETS, ConcurrencyError, createEventStore, decodeEvent, eventSubject, FlexError, InvalidOptionError, parseSubject, STREAMS } from "../streams/index.js";
 import type { EventInput, EventStore } from "../streams/index.js";
 import { cronMatches, parseCron } from "./cron.js";
-import { backoffDelay } from "./definition.js";
+import { backoffDelay, parseDefinitionText, validateDefinition } from "./definition.js";
 import type { StepDefinition, WorkflowDefinition } from "./definition.js";
-import { DefinitionStore, RUN_INDEX_PREFIX, runIndexKey } from "./definitions.js";
+import { DEFINITION_PREFIX, DefinitionStore, orderKey, parseTwoPartKey, RUN_INDEX_PREFIX, runIndexKey, runLeaseKey } from "./definitions.js";
 import type { StoredWorkflow } from "./definitions.js";
+import { DefinitionUnavailableError, UntrustedDefinitionError, WorkflowNotFoundError } from "./errors.js";
+import { createOperatorTrust } from "./trust.js";
+import type { OperatorTrust } from "./trust.js";
 import { clipLog, RUN_EVENTS, summarize, WORKFLOW_CATEGORY } from "./events.js";
 import type { TriggerInfo } from "./events.js";
-import { applyRunEvent, initialRunState, isTerminal, templateContext } from "./state.js";
+import { applyRunEvent, attachDefinition, initialRunState, isTerminal, templateContext } from "./state.js";
 import type { RunState, StepState } from "./state.js";
 import { StepExecutor } from "./steps.js";
 import type { StepOutcome } from "./steps.js";
 import { condition } from "./template.js";
-import { startRun } from "./start.js";
+import { startRunWith } from "./start.js";
 import type { StartOptions, StartResult } from "./start.js";
 
 /** How long a runner owns a run without renewing its lease. */
@@ -36,6 +40,19 @@ const ORPHAN_INDEX_MS = 10_000;
 const MAX_FINISHED_REMEMBERED = 10_000;
 // Cron schedules have minute resolution; checking every second fires within a second of it.
 const CRON_TICK_MS = 1_000;
+// Validated definitions kept per (tenant, name, version, bucket revision).
+const MAX_CACHED_DEFINITIONS = 1_000;
+// Start errors a redelivery cannot cure.
+const PERMANENT_START_ERRORS = new Set(["FLEX_WORKFLOW_NOT_FOUND", "FLEX_WORKFLOW_INVALID", "FLEX_SUBJECT_TOKEN", "FLEX_INVALID_OPTION", "FLEX_INVALID_EVENT", "FLEX_PAYLOAD_TOO_LARGE"]);
+// Tries of recording a run's failure before the runner leaves the run to a later rescan.
+const MAX_FAIL_RETRIES = 8;
+
+/** The code and message of an error for a log line or an event: `FLEX_...: message`. */
+function describeError(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const message = typeof e?.message === "string" ? e.message : String(err);
+  return err instanceof FlexError || typeof e?.code === "string" ? `${String(e.code)}: ${message}` : message;
+}
 
 /** Options of {@link startWorkflowRunner}. */
 export interface WorkflowRunnerOptions {
@@ -57,6 +74,13 @@ export interface WorkflowRunnerOptions {
   /** The clock cron schedules are checked against (tests, simulations). @default () => new Date() */
   readonly now?: () => Date;
   readonly log?: (line: string) => void;
+  /**
+   * The definitions the operator installed (`startWorkflows` fills it from `flexcore.yaml`):
+   * only their `trusted: true` steps run trusted. A stored definition with trusted steps that
+   * is not in it is never run (its runs fail with `FLEX_WORKFLOW_UNTRUSTED`).
+   * @default an empty trust: no step runs trusted
+   */
+  readonly trust?: OperatorTrust;
 }
 
 /** A workflow runner: drives runs (its own and those whose runner died), fires triggers. */
@@ -94,6 +118,7 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
     triggers: options.triggers ?? true,
     log: options.log ?? (() => undefined),
     now: options.now ?? (() => new Date()),
+    trust: options.trust ?? createOperatorTrust(),
   };
   const ownsScripts = !options.scripts;
   const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
@@ -114,6 +139,7 @@ interface Config {
   readonly triggers: boolean;
   readonly log: (line: string) => void;
   readonly now: () => Date;
+  readonly trust: OperatorTrust;
 }
 
 class Runner implements WorkflowRunner {
@@ -139,6 +165,7 @@ class Runner implements WorkflowRunner {
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #consumers = new Map<string, { name: string; messages: ConsumerMessages | undefined; done: Promise<void> }>();
   readonly #crons = new Map<string, { tenant: string; name: string; schedules: string[] }>();
+  readonly #definitions = new Map<string, WorkflowDefinition>();
   #watch: { stop(): void } | undefined;
   #defWatch: { stop(): void } | undefined;
   #lastCronMinute = 0;
@@ -179,14 +206,21 @@ class Runner implements WorkflowRunner {
         for await (const e of dw) {
           if (e.operation !== "PUT") continue;
           try {
+            const parsed = parseTwoPartKey(e.key, DEFINITION_PREFIX);
+            if (!parsed) continue;
             const w = JSON.parse(new TextDecoder().decode(e.value)) as StoredWorkflow;
-            await this.#installTriggers({ ...w, tenant: e.key.split(".")[1]! });
+            // Triggers come from the definition as validated here for the key's tenant, not
+            // from the stored object: a filter outside the tenant's events never gets installed.
+            const definition = this.#validate(parsed.tenant, parsed.name, w);
+            await this.#installTriggers({ ...w, tenant: parsed.tenant, name: parsed.name, definition });
           } catch (err) {
-            this.#cfg.log(`workflows: triggers of ${e.key}: ${(err as Error).message}`);
+            this.#cfg.log(`workflows: triggers of ${e.key}: ${describeError(err)}`);
           }
         }
-      })().catch(() => undefined);
-      const tick = setInterval(() => void this.#cronTick(), CRON_TICK_MS);
+      })().catch((err: unknown) => {
+        if (!this.#closed) this.#cfg.log(`workflows: definition watch ended: ${describeError(err)}`);
+      });
+      const tick = setInterval(() => void this.#cronTick().catch((err: unknown) => this.#cfg.log(`workflows: cron tick: ${describeError(err)}`)), CRON_TICK_MS);
       tick.unref();
       this.#timers.push(tick);
     }
@@ -198,12 +232,14 @@ class Runner implements WorkflowRunner {
     // The index watch reports the run before RunStarted is stored: this instance drives it
     // from here, from the event it stores, without reading it back.
     this.#starting.add(key);
-    const leaseKey = `wf.${tenant}.${runId}`;
+    const leaseKey = runLeaseKey(tenant, runId);
     // The lease is taken while the run is stored: one round trip less per run.
     const leaseP = this.#closed || this.#drivers.size >= this.#cfg.maxRuns ? Promise.resolve(undefined) : this.#acquire(leaseKey).catch(() => undefined);
     try {
-      const [r, lease] = await Promise.all([startRun(this.#store, this.#defs, tenant, workflow, { ...options, runId }), leaseP]);
-      const initial = r.started ? applyRunEvent(initialRunState(r.runId), { type: RUN_EVENTS.runStarted, data: r.started.data, time: r.started.time, revision: r.started.revision }) : undefined;
+      const [{ result: r, stored }, lease] = await Promise.all([startRunWith(this.#store, this.#defs, tenant, workflow, { ...options, runId }), leaseP]);
+      // The definition just read: validated here once, so the run need not read it again.
+      if (r.started) await this.definition(tenant, stored.name, stored.version, stored).catch(() => undefined);
+      const initial = r.started ? applyRunEvent(initialRunState(r.runId, tenant), { type: RUN_EVENTS.runStarted, data: r.started.data, time: r.started.time, revision: r.started.revision }) : undefined;
       this.#starting.delete(key);
       this.#offer(key, initial, lease);
       return r;
@@ -247,17 +283,20 @@ class Runner implements WorkflowRunner {
   }
 
   #offer(indexKey: string, initial?: RunState, lease?: Lease): void {
+    const parsed = parseTwoPartKey(indexKey, RUN_INDEX_PREFIX);
+    if (!parsed) return;
+    const { tenant, name: runId } = parsed;
     if (!this.#closed && this.#drivers.size >= this.#cfg.maxRuns && !this.#drivers.has(indexKey)) this.#passedOver = true;
     if (this.#closed || this.#drivers.has(indexKey) || this.#finished.has(indexKey) || this.#starting.has(indexKey) || this.#drivers.size >= this.#cfg.maxRuns) {
       // A lease taken for a run this instance will not drive goes back at once.
-      if (lease) void this.#leases.delete(`wf.${indexKey.slice(RUN_INDEX_PREFIX.length + 1)}`, { previousSeq: lease.revision }).catch(() => undefined);
+      if (lease) void this.#leases.delete(runLeaseKey(tenant, runId), { previousSeq: lease.revision }).catch(() => undefined);
+      // An entry written again for a run that ended here (a start retried) goes too.
+      if (this.#finished.has(indexKey) && !this.#closed) void this.#defs.kv.delete(indexKey).catch(() => undefined);
       return;
     }
-    const [, tenant, runId] = indexKey.split(".");
-    if (!tenant || !runId) return;
     const p = this.#own(tenant, runId, indexKey, initial, lease)
       .catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${(err as Error).message}`);
+        if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${describeError(err)}`);
       })
       .finally(() => {
         this.#drivers.delete(indexKey);
@@ -290,7 +329,7 @@ class Runner implements WorkflowRunner {
   }
 
   async #own(tenant: string, runId: string, indexKey: string, initial: RunState | undefined, taken: Lease | undefined): Promise<void> {
-    const leaseKey = `wf.${tenant}.${runId}`;
+    const leaseKey = runLeaseKey(tenant, runId);
     const lease = taken ?? (await this.#acquire(leaseKey));
     if (!lease) return;
     const renew = setInterval(() => {
@@ -331,9 +370,49 @@ class Runner implements WorkflowRunner {
     return this.#stop.signal;
   }
 
+  /**
+   * The definition a run of `tenant` names, as this runner will run it: read from the store
+   * (`stored` when the caller has just read it), validated again from its source for the
+   * tenant, and, when it has trusted steps, found in the operator's trust.
+   * @throws DefinitionUnavailableError, UntrustedDefinitionError
+   */
+  async definition(tenant: string, name: string, version: number, stored?: StoredWorkflow): Promise<WorkflowDefinition> {
+    if (!name || !Number.isInteger(version) || version < 1) throw new DefinitionUnavailableError(tenant, name || "(none)", undefined, "the run's first event is not a RunStarted naming a workflow and a version");
+    let w = stored;
+    if (!w) {
+      try {
+        w = await this.#defs.get(tenant, name, version);
+      } catch (err) {
+        if (err instanceof WorkflowNotFoundError || (err instanceof FlexError && err.code === "FLEX_WORKFLOW_INVALID")) throw new DefinitionUnavailableError(tenant, name, version, err.message, { cause: err });
+        throw err;
+      }
+    }
+    const cacheKey = `${tenant}\u0000${name}\u0000${version}\u0000${w.revision}`;
+    const cached = this.#definitions.get(cacheKey);
+    if (cached) return cached;
+    const definition = this.#validate(tenant, name, w);
+    this.#definitions.set(cacheKey, definition);
+    if (this.#definitions.size > MAX_CACHED_DEFINITIONS) this.#definitions.delete(this.#definitions.keys().next().value!);
+    return definition;
+  }
+
+  #validate(tenant: string, name: string, w: StoredWorkflow): WorkflowDefinition {
+    let definition: WorkflowDefinition;
+    try {
+      if (typeof w.source !== "string") throw new Error("the stored entry has no source text");
+      definition = validateDefinition(parseDefinitionText(w.source), tenant, { allowTrusted: true });
+    } catch (err) {
+      throw new DefinitionUnavailableError(tenant, name, w.version, `it does not validate: ${(err as Error).message}`, { cause: err });
+    }
+    if (definition.name !== name) throw new DefinitionUnavailableError(tenant, name, w.version, `the stored source is of workflow \`${definition.name}\``);
+    const trusted = definition.steps.flatMap((st) => (st.kind === "script" && st.trusted ? [st.id] : []));
+    if (trusted.length > 0 && !this.#cfg.trust.has(tenant, definition)) throw new UntrustedDefinitionError(tenant, name, trusted);
+    return definition;
+  }
+
   async #installTriggers(w: StoredWorkflow): Promise<void> {
     const def = w.definition;
-    const cronKey = `${w.tenant}.${w.name}`;
+    const cronKey = `${w.tenant}\u0000${w.name}`;
     const schedules = def.triggers.flatMap((t) => (t.kind === "cron" ? [t.schedule] : []));
     if (schedules.length > 0) this.#crons.set(cronKey, { tenant: w.tenant, name: w.name, schedules });
     else this.#crons.delete(cronKey);
@@ -346,11 +425,13 @@ class Runner implements WorkflowRunner {
     }
     def.triggers.forEach((t, i) => {
       if (t.kind !== "event" || this.#closed) return;
-      const name = `flexwf_${w.tenant}_${w.name}_v${w.version}_${i}`.replace(/[^A-Za-z0-9_-]/g, "_");
+      // Readable where the names are plain; the digest keeps names that read alike apart (`café`, `caf_`).
+      const digest = createHash("sha256").update(`${w.tenant}\u0000${w.name}`).digest("hex").slice(0, 12);
+      const name = `flexwf_${w.tenant}_${w.name}`.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 80) + `_${digest}_v${w.version}_${i}`;
       const entry = { name, messages: undefined as ConsumerMessages | undefined, done: Promise.resolve() };
       this.#consumers.set(`${cronKey}#${i}#v${w.version}`, entry);
       entry.done = this.#consume(entry, name, t.subject, t.types, t.ordered, w).catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${(err as Error).message}`);
+        if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${describeError(err)}`);
       });
     });
   }
@@ -358,7 +439,7 @@ class Runner implements WorkflowRunner {
   // The last run started for a key (`order.<tenant>.<workflow>.<key>` in flex_workflows),
   // swapped by compare-and-set; a redelivered event finds its own run there and keeps its place.
   async #chain(tenant: string, workflow: string, key: string, runId: string): Promise<string | undefined> {
-    const k = `order.${tenant}.${workflow}.${Buffer.from(key).toString("base64url")}`;
+    const k = orderKey(tenant, workflow, key);
     const kv = this.#defs.kv;
     for (let i = 0; ; i++) {
       const e = await kv.get(k);
@@ -398,8 +479,11 @@ class Runner implements WorkflowRunner {
         await this.start(w.tenant, w.name, { runId, input: e.data, trigger, causationId: e.id, ...(after ? { after } : {}) });
         m.ack();
       } catch (err) {
-        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${(err as Error).message}`);
-        m.nak(1_000);
+        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${describeError(err)}`);
+        // A start that can never succeed (no such workflow any more, a name or input that does
+        // not fit) is logged once and dropped; anything else (the server) is tried again.
+        if (err instanceof FlexError && PERMANENT_START_ERRORS.has(err.code)) m.term();
+        else m.nak(1_000);
       }
     }
   }
@@ -416,7 +500,7 @@ class Runner implements WorkflowRunner {
         if (!cronMatches(parseCron(schedule), at)) continue;
         // Every runner fires; the run id is the minute, so exactly one RunStarted is stored.
         await this.start(c.tenant, c.name, { runId: `${c.name}-c${stamp}`, input: { scheduledAt: at.toISOString() }, trigger: { kind: "cron", schedule, time: at.toISOString() } })
-          .catch((err: unknown) => this.#cfg.log(`workflows: cron ${c.tenant}/${c.name}: ${(err as Error).message}`));
+          .catch((err: unknown) => this.#cfg.log(`workflows: cron ${c.tenant}/${c.name}: ${describeError(err)}`));
       }
     }
   }
@@ -453,6 +537,8 @@ function clone(s: RunState): RunState {
 class Drive {
   readonly #r: Runner;
   readonly #runId: string;
+  readonly #tenant: string;
+  #definition: WorkflowDefinition | undefined;
   readonly #lease: Lease;
   readonly #subject: string;
   readonly #inflight = new Map<string, AbortController>();
@@ -466,15 +552,43 @@ class Drive {
     this.#initial = initial;
     this.#r = r;
     this.#runId = runId;
+    this.#tenant = tenant;
     this.#lease = lease;
     this.#subject = eventSubject(tenant, WORKFLOW_CATEGORY, runId);
-    this.#state = initialRunState(runId);
+    this.#state = initialRunState(runId, tenant);
   }
 
   async #load(): Promise<void> {
-    const s = initialRunState(this.#runId);
+    const s = initialRunState(this.#runId, this.#tenant);
     for (const e of await this.#r.store.read(this.#subject)) applyRunEvent(s, e);
+    if (this.#definition) attachDefinition(s, this.#definition);
     this.#state = s;
+  }
+
+  // Loads the definition the run names; a run whose definition cannot run fails once, with the
+  // reason's code, and is over. Returns false when the run is over.
+  async #resolve(): Promise<boolean> {
+    let error: FlexError;
+    try {
+      this.#definition = await this.#r.definition(this.#tenant, this.#state.workflow, this.#state.version);
+      attachDefinition(this.#state, this.#definition);
+      return true;
+    } catch (err) {
+      if (!(err instanceof DefinitionUnavailableError || err instanceof UntrustedDefinitionError)) throw err;
+      error = err;
+    }
+    this.#r.cfg.log(`workflows: run ${this.#tenant}/${this.#runId} fails: ${describeError(error)}`);
+    for (let i = 0; i < MAX_FAIL_RETRIES; i++) {
+      if (isTerminal(this.#state.status)) return false;
+      try {
+        await this.#r.store.append(this.#subject, [{ type: RUN_EVENTS.runFailed, data: { runId: this.#runId, error: { message: error.message, code: error.code } }, causationId: this.#runId }], { expectedRevision: this.#state.revision });
+        return false;
+      } catch (err) {
+        if (!(err instanceof ConcurrencyError)) throw err;
+        await this.#load();
+      }
+    }
+    return false;
   }
 
   /** Returns true when the run is over (its index entry can go). */
@@ -489,6 +603,8 @@ class Drive {
       if (this.#r.stopSignal.aborted) return false;
       await this.#load();
     }
+    if (isTerminal(this.#state.status)) return true;
+    if (!(await this.#resolve())) return true;
     if (this.#state.after && !isTerminal(this.#state.status) && Object.values(this.#state.steps).every((st) => st.status === "pending")) {
       const ended = await this.#waitForPrevious(this.#state.after);
       if (ended !== undefined) return ended;
@@ -524,12 +640,12 @@ class Drive {
   // Ordered runs: wait until the key's previous run has ended (or was never stored, after a
   // while), watching this run for a cancel meanwhile. Returns a result for run() to return, if any.
   async #waitForPrevious(previous: string): Promise<boolean | undefined> {
-    const subject = eventSubject(this.#state.tenant, WORKFLOW_CATEGORY, previous);
+    const subject = eventSubject(this.#tenant, WORKFLOW_CATEGORY, previous);
     const since = Date.now();
     for (let i = 0; ; i++) {
       if (this.#r.stopSignal.aborted || this.#lease.lost) return false;
       const events = await this.#r.store.read(subject);
-      const prev = initialRunState(previous);
+      const prev = initialRunState(previous, this.#tenant);
       for (const e of events) applyRunEvent(prev, e);
       if (isTerminal(prev.status)) return undefined;
       if (events.length === 0 && Date.now() - since > ORPHAN_INDEX_MS) return undefined;
@@ -587,7 +703,7 @@ class Drive {
     }
     // 2. Attempts a lost runner left running: they end as interrupted and start again (not counted as failures).
     for (const st of Object.values(s.steps)) {
-      if (st.status === "running" && !this.#inflight.has(st.id)) {
+      if (st.status === "running" && byId.has(st.id) && !this.#inflight.has(st.id)) {
         add(RUN_EVENTS.stepFailed, { step: st.id, attempt: st.attempt, error: { message: `runner ${st.runner ?? "?"} stopped during the attempt`, code: "FLEX_STEP_INTERRUPTED" }, willRetry: true, retryAt: now, interrupted: true });
       }
     }
@@ -643,12 +759,16 @@ class Drive {
     this.#inflight.set(id, ctrl);
     const base = templateContext(this.#state);
     const ctx = { ...base, run: { ...(base.run as object), attempt } };
-    void this.#r.executor.run(def, this.#state, ctx, ctrl.signal).then((outcome) => {
-      this.#inflight.delete(id);
-      if (ctrl.signal.aborted) return;
-      this.#completions.push({ step: id, attempt, outcome });
-      this.#wake?.();
-    });
+    const started = performance.now();
+    // The executor turns a step's errors into outcomes; anything it still throws is the step's failure too.
+    void this.#r.executor.run(def, this.#state, ctx, ctrl.signal)
+      .catch((err: unknown): StepOutcome => ({ ok: false, error: { message: (err as Error)?.message ?? String(err), code: err instanceof FlexError ? err.code : "FLEX_STEP_FAILED" }, durationMs: performance.now() - started }))
+      .then((outcome) => {
+        this.#inflight.delete(id);
+        if (ctrl.signal.aborted) return;
+        this.#completions.push({ step: id, attempt, outcome });
+        this.#wake?.();
+      });
   }
 
   async #waitForWork(nextRetryAt: number | undefined): Promise<void> {

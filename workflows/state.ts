@@ -45,8 +45,9 @@ export interface RunState {
   after: string | undefined;
 }
 
-export function initialRunState(runId: string): RunState {
-  return { runId, tenant: "", workflow: "", version: 0, definition: undefined, input: null, trigger: undefined, status: "running", steps: {}, startedAt: undefined, endedAt: undefined, error: undefined, output: null, revision: 0, after: undefined };
+/** The state before any event; `tenant` is the tenant of the run's subject. */
+export function initialRunState(runId: string, tenant = ""): RunState {
+  return { runId, tenant, workflow: "", version: 0, definition: undefined, input: null, trigger: undefined, status: "running", steps: {}, startedAt: undefined, endedAt: undefined, error: undefined, output: null, revision: 0, after: undefined };
 }
 
 function stepOf(s: RunState, id: string): StepState {
@@ -64,16 +65,17 @@ export function applyRunEvent(s: RunState, e: Pick<StoredEvent, "type" | "data" 
   const d = (e.data ?? {}) as Record<string, unknown>;
   switch (e.type) {
     case RUN_EVENTS.runStarted: {
+      // Only the run's first event starts it: a RunStarted appended later changes nothing.
+      // The tenant is the subject's and the definition is loaded by name and version
+      // (attachDefinition): neither comes from the data.
+      if (s.revision !== 1) break;
       const r = d as unknown as RunStartedData;
-      s.tenant = r.tenant;
-      s.workflow = r.workflow;
-      s.version = r.version;
-      s.definition = r.definition as WorkflowDefinition;
-      s.input = r.input;
+      s.workflow = typeof r.workflow === "string" ? r.workflow : "";
+      s.version = typeof r.version === "number" && Number.isInteger(r.version) ? r.version : 0;
+      s.input = r.input ?? null;
       s.trigger = r.triggerInfo;
       s.startedAt = e.time;
-      s.after = r.after;
-      for (const step of s.definition?.steps ?? []) stepOf(s, step.id);
+      s.after = typeof r.after === "string" ? r.after : undefined;
       break;
     }
     case RUN_EVENTS.stepStarted: {
@@ -129,6 +131,13 @@ export function applyRunEvent(s: RunState, e: Pick<StoredEvent, "type" | "data" 
     default:
       break;
   }
+  return s;
+}
+
+/** Sets the run's definition (loaded by the runner) and lists its steps not yet started as pending. */
+export function attachDefinition(s: RunState, definition: WorkflowDefinition): RunState {
+  s.definition = definition;
+  for (const step of definition.steps) stepOf(s, step.id);
   return s;
 }
 

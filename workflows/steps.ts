@@ -3,7 +3,7 @@ import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { BUILTIN_PROCESSORS } from "../processors/index.js";
 import type { ProcessorInput, ScriptRunner } from "../processors/index.js";
-import { BUCKETS, eventSubject } from "../streams/index.js";
+import { BUCKETS, eventSubject, kvKeyToken } from "../streams/index.js";
 import type { StepDefinition } from "./definition.js";
 import type { ErrorInfo } from "./events.js";
 import type { RunState } from "./state.js";
@@ -37,8 +37,9 @@ export class StepExecutor {
 
   async run(step: StepDefinition, run: RunState, ctx: Record<string, unknown>, signal: AbortSignal): Promise<StepOutcome> {
     const started = performance.now();
-    const input = step.input === undefined ? run.input : render(step.input, ctx);
     try {
+      // Inside the try: a template that fails to render (an expression error) fails the attempt with its code.
+      const input = step.input === undefined ? run.input : render(step.input, ctx);
       if (step.kind === "script") {
         const env = render(step.env, ctx) as Record<string, unknown>;
         const r = await this.#scripts.run({
@@ -63,7 +64,7 @@ export class StepExecutor {
       return { ok: true, output, durationMs: performance.now() - started };
     } catch (err) {
       const e = err as { message?: string; code?: string };
-      return { ok: false, error: { message: e.message ?? String(err), ...(typeof e.code === "string" ? { code: e.code } : {}) }, durationMs: performance.now() - started };
+      return { ok: false, error: { message: e.message ?? String(err), code: typeof e.code === "string" ? e.code : "FLEX_STEP_FAILED" }, durationMs: performance.now() - started };
     }
   }
 
@@ -84,7 +85,7 @@ export class StepExecutor {
       time: trigger?.kind === "event" ? trigger.time : new Date().toISOString(),
     };
     const kv = await this.#state;
-    const stateKey = `wf.${run.tenant}.${run.workflow}.${step.id}.${Buffer.from(key).toString("base64url") || "_"}`;
+    const stateKey = `wf.${kvKeyToken(run.tenant)}.${kvKeyToken(run.workflow)}.${step.id}.${key === "" ? "_" : kvKeyToken(key)}`;
     for (let i = 0; ; i++) {
       const e = await kv.get(stateKey);
       const rec = e && e.operation === "PUT" ? (JSON.parse(decoder.decode(e.value)) as ProcessorRecord) : undefined;

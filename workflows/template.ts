@@ -5,6 +5,7 @@
  * `trigger.data.items[0]`), JSON literals, `== != < <= > >=`, `&& || !` and parentheses.
  * A missing path is `null`; nothing else is evaluated (no calls, no code).
  */
+import { FlexError } from "../streams/index.js";
 
 export const TEMPLATE_ROOTS = ["trigger", "input", "steps", "run"] as const;
 
@@ -15,9 +16,9 @@ type Node =
   | { readonly t: "bin"; readonly op: string; readonly a: Node; readonly b: Node };
 
 /** An expression or template that cannot be parsed. */
-export class ExpressionError extends Error {
+export class ExpressionError extends FlexError {
   constructor(message: string) {
-    super(message);
+    super("FLEX_WORKFLOW_EXPRESSION", message);
     this.name = "ExpressionError";
   }
 }

@@ -6,7 +6,7 @@ import { createEventStore, ensureTopology, eventSubject } from "../streams/index
 import type { EventStore } from "../streams/index.js";
 import { createScriptRunner } from "../processors/index.js";
 import type { ScriptRunner } from "../processors/index.js";
-import { createWorkflowClient, RunFinishedError, startWorkflowRunner, StepKindUnavailableError, WorkflowDefinitionError, WorkflowNotFoundError } from "./index.js";
+import { createOperatorTrust, createWorkflowClient, RunFinishedError, startWorkflowRunner, StepKindUnavailableError, WorkflowDefinitionError, WorkflowNotFoundError } from "./index.js";
 import type { WorkflowClient, WorkflowRunner } from "./index.js";
 
 let nats: TestNats;
@@ -14,13 +14,16 @@ let client: WorkflowClient;
 let runner: WorkflowRunner;
 let scripts: ScriptRunner;
 let store: EventStore;
+// The operator's trust: definitions with trusted steps are installed through it, as
+// startWorkflows does with the files of flexcore.yaml.
+const trust = createOperatorTrust();
 
 beforeAll(async () => {
   nats = await startTestNats();
   await ensureTopology(nats.nc);
   scripts = await createScriptRunner({ maxConcurrent: 4 });
   client = await createWorkflowClient(nats.nc);
-  runner = await startWorkflowRunner(await nats.connect(), { scripts, leaseMs: 2_000, pollMs: 100 });
+  runner = await startWorkflowRunner(await nats.connect(), { scripts, trust, leaseMs: 2_000, pollMs: 100 });
   store = await createEventStore(nats.nc);
 });
 afterAll(async () => {
@@ -84,7 +87,7 @@ describe("runs", () => {
         { id: "b", kind: "script", language: "python", source: "def main(a):\n    return {'n': a['n'] * 10, 'label': a['label']}", input: { n: "${{ steps.a.output.n }}", label: "run ${{ run.workflow }} n=${{ steps.a.output.n }}" } },
         { id: "c", kind: "script", language: "bash", source: 'read -r x; echo "{\\"in\\": $x}"', input: "${{ steps.b.output }}" },
       ],
-    });
+    }, { operator: trust });
     const { runId } = await runner.start(tenant, "chain", { input: { n: 1 } });
     const s = await client.wait(tenant, runId, { timeoutMs: 20_000 });
     expect(s.status).toBe("succeeded");
@@ -102,7 +105,7 @@ describe("runs", () => {
         { id: "b", kind: "script", language: "javascript", trusted: true, source: js("throw new Error('always');"), retry: { max_attempts: 2, backoff_ms: 100 } },
         { id: "c", kind: "script", language: "javascript", trusted: true, source: js("return 1;") },
       ],
-    });
+    }, { operator: trust });
     const { runId } = await runner.start(tenant, "flaky");
     const s = await client.wait(tenant, runId, { timeoutMs: 20_000 });
     expect(s.status).toBe("failed");
@@ -171,7 +174,7 @@ steps:
     trusted: true
     source: "function main(a) { return a.l + a.r; }"
     input: { l: "\${{ steps.left.output.v }}", r: "\${{ steps.right.output.v }}" }
-`);
+`, { operator: trust });
     const { runId } = await runner.start(tenant, "branches");
     const s = await client.wait(tenant, runId, { timeoutMs: 20_000 });
     expect(s.status).toBe("succeeded");
@@ -240,7 +243,8 @@ describe("shipped examples (npm start's default config)", () => {
     const config = workflowsSection((parse(await readFile(new URL("../flexcore.yaml", import.meta.url), "utf8")) as { workflows: unknown }).workflows, "workflows");
     expect(config.definitions).toHaveLength(3);
     const tenant = config.tenant;
-    for (const file of config.definitions) await client.put(tenant, await readFile(new URL(`../${file}`, import.meta.url), "utf8"));
+    // The operator's files, installed as startWorkflows installs them.
+    for (const file of config.definitions) await client.put(tenant, await readFile(new URL(`../${file}`, import.meta.url), "utf8"), { operator: trust });
     await new Promise((r) => setTimeout(r, 500));
     const values = [20, 21, 20.5, 19.8, 20.2, 21.1, 20.7, 19.9, 20.4, 20.6, 20.1, 95];
     const sensor = uniqueName("s");
@@ -318,8 +322,8 @@ describe("capacity", () => {
     await using own = await startTestNats();
     await ensureTopology(own.nc);
     await using c = await createWorkflowClient(own.nc);
-    await using small = await startWorkflowRunner(await own.connect(), { scripts, maxRuns: 2, rescanMs: 600_000, triggers: false });
-    await c.put("cap", { name: "w", steps: [{ id: "a", kind: "script", language: "javascript", trusted: true, source: "function main(a) { return new Promise((r) => setTimeout(() => r(a), 100)); }" }] });
+    await using small = await startWorkflowRunner(await own.connect(), { scripts, trust, maxRuns: 2, rescanMs: 600_000, triggers: false });
+    await c.put("cap", { name: "w", steps: [{ id: "a", kind: "script", language: "javascript", trusted: true, source: "function main(a) { return new Promise((r) => setTimeout(() => r(a), 100)); }" }] }, { operator: trust });
     const ids = await Promise.all(Array.from({ length: 8 }, async (_, i) => (await c.start("cap", "w", { input: i })).runId));
     const runs = await Promise.all(ids.map((id) => c.wait("cap", id, { timeoutMs: 20_000 })));
     expect(runs.map((r) => r.status)).toEqual(ids.map(() => "succeeded"));

@@ -74,7 +74,7 @@ describe("flexcore users / token / nats-users", () => {
 
   it("nats-users prints a users block", async () => {
     const { stdout } = await flexcore(["nats-users", "--tenant", "acme", "--tenant", "globex", "--out", "-"]);
-    expect(stdout).toContain('publish: { allow: ["evt.acme.>"], deny: ["evt.acme.workflow.>", "evt.acme.plugin.>"] }');
+    expect(stdout).toContain('publish: { allow: ["evt.acme.>"], deny: ["evt.acme.workflow.>", "evt.acme.plugin.>", "evt.acme.metrics.>"] }');
     expect(stdout).toContain('subscribe: { allow: ["_INBOX_globex.>", "evt.globex.>", "drv.globex.>"] }');
   });
 });

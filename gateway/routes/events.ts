@@ -1,6 +1,6 @@
-import { encodeEvent, eventSubject, FlexError } from "../../streams/index.js";
+import { encodeEvent, eventSubject, FlexError, isReservedCategory, RESERVED_CATEGORIES } from "../../streams/index.js";
 import type { OutgoingMessage } from "../../streams/index.js";
-import { BadRequestError, InvalidJsonError } from "../errors.js";
+import { BadRequestError, CategoryReservedError, InvalidJsonError } from "../errors.js";
 import type { RouteContext } from "../gateway.js";
 import { pickEvent } from "./streams.js";
 
@@ -52,7 +52,7 @@ export function registerEventRoutes(ctx: RouteContext): void {
       description:
         "Body: a JSON array, `{ \"events\": [...] }`, or NDJSON (`application/x-ndjson`, one event per line). " +
         "Each event: `category`, `stream` (the aggregate id), `type`, `data`, and optionally `id` (event id: a retry with the same id is stored once), `time`, `correlationId`, `causationId`, `schema`. " +
-        "No optimistic concurrency (use `POST /v1/streams/:category/:id` for that). The answer lists a result per event, in order: `seq` and `duplicate`, or an `error` with a code; an invalid event does not stop the others.",
+        "No optimistic concurrency (use `POST /v1/streams/:category/:id` for that). Events for the categories FlexCore writes itself (`workflow`, `plugin`, `metrics`) are rejected with `FLEX_CATEGORY_RESERVED`. The answer lists a result per event, in order: `seq` and `duplicate`, or an `error` with a code; an invalid event does not stop the others.",
       response: {
         200: {
           type: "object",
@@ -109,6 +109,7 @@ export function registerEventRoutes(ctx: RouteContext): void {
         let subject = pair === undefined ? undefined : subjects.get(pair);
         if (subject === undefined) {
           subject = eventSubject(tenant, r.category as string, r.stream as string);
+          if (isReservedCategory(r.category as string)) throw new CategoryReservedError(r.category as string, RESERVED_CATEGORIES);
           if (pair !== undefined) subjects.set(pair, subject);
         }
         const encoded = encodeEvent(pickEvent(r), `events[${i}].`);

@@ -1,8 +1,8 @@
 import type { FastifyRequest } from "fastify";
-import { checkToken } from "../../streams/index.js";
+import { checkToken, isReservedCategory, RESERVED_CATEGORIES } from "../../streams/index.js";
 import type { EventInput, ExpectedRevision, Reducer, StoredEvent } from "../../streams/index.js";
 import { mergePatch } from "../../projections/index.js";
-import { BadRequestError, NotFoundError, UnsupportedMediaTypeError } from "../errors.js";
+import { BadRequestError, CategoryReservedError, NotFoundError, UnsupportedMediaTypeError } from "../errors.js";
 import type { RouteContext } from "../gateway.js";
 
 /** Most events one `POST /v1/streams/:category/:id` may append. */
@@ -86,7 +86,7 @@ export function registerStreamRoutes(ctx: RouteContext): void {
     schema: {
       tags: ["streams"],
       summary: "Append events to one aggregate",
-      description: "Body: one event, or `{ \"events\": [...] }` (at most 100). `If-Match: \"<revision>\"` appends only at that revision (`*`: the stream exists); `If-None-Match: *` only if it does not. `Idempotency-Key` becomes the event id (`<key>:<i>` for several), so a retry is stored once. 409 on a revision conflict, with the current revision.",
+      description: "Body: one event, or `{ \"events\": [...] }` (at most 100). `If-Match: \"<revision>\"` appends only at that revision (`*`: the stream exists); `If-None-Match: *` only if it does not. `Idempotency-Key` becomes the event id (`<key>:<i>` for several), so a retry is stored once. 409 on a revision conflict, with the current revision. 403 `FLEX_CATEGORY_RESERVED` for the categories FlexCore writes itself (`workflow`, `plugin`, `metrics`).",
       params: streamParams,
       headers: {
         type: "object",
@@ -107,6 +107,7 @@ export function registerStreamRoutes(ctx: RouteContext): void {
     const { category, id } = req.params;
     checkToken("category", category);
     checkToken("id", id);
+    if (isReservedCategory(category)) throw new CategoryReservedError(category, RESERVED_CATEGORIES);
     const body = req.body;
     if (typeof body === "string") throw new UnsupportedMediaTypeError(req.headers["content-type"], ["application/json"]);
     if (body === null || typeof body !== "object" || Array.isArray(body)) throw new BadRequestError("body", "The body must be one event object or { \"events\": [...] }");
