@@ -8,6 +8,7 @@ import {
   PublishRejectedError,
   PublishTimeoutError,
   PublisherClosedError,
+  StreamUnavailableError,
   SubjectTokenError,
 } from "../streams/index.js";
 import { FOREIGN_ERROR_STATUS } from "./read-models.js";
@@ -59,7 +60,7 @@ export function toHttpError(err: unknown, bodyLimit?: number): HttpError {
   if (err instanceof InvalidEventError) return { status: 400, headers, body: body(err.code, err.message, { field: err.field }) };
   if (err instanceof InvalidOptionError) return { status: 400, headers, body: body(err.code, err.message, { field: err.field }) };
   if (err instanceof PayloadTooLargeError) return { status: 413, headers, body: body(err.code, err.message, { size: err.size, limit: err.limit }) };
-  if (err instanceof PublishTimeoutError || err instanceof PublisherClosedError) return { status: 503, headers, body: body(err.code, err.message) };
+  if (err instanceof PublishTimeoutError || err instanceof PublisherClosedError || err instanceof StreamUnavailableError) return { status: 503, headers, body: body(err.code, err.message) };
   if (err instanceof PublishRejectedError) return { status: 502, headers, body: body(err.code, err.message) };
   if (err instanceof AbortedError) return { status: 503, headers, body: body(err.code, err.message) };
   if (err instanceof FlexError) {

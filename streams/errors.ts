@@ -111,6 +111,22 @@ export class PublishTimeoutError extends FlexError {
   }
 }
 
+/**
+ * No JetStream stream answered a publish through every attempt (NATS "no responders"):
+ * no stream stores the subject, or its stream has no leader, as in a cluster that lost its
+ * quorum. The last attempt stored nothing; retry with the same event id.
+ */
+export class StreamUnavailableError extends FlexError {
+  readonly subject: string;
+  readonly attempts: number;
+  constructor(subject: string, attempts: number) {
+    super("FLEX_STREAM_UNAVAILABLE", `No JetStream stream answered for \`${subject}\` after ${attempts} attempts: no stream stores this subject, or its stream has no leader (a cluster without a quorum of its servers); retry with the same event id`);
+    this.name = "StreamUnavailableError";
+    this.subject = subject;
+    this.attempts = attempts;
+  }
+}
+
 /** The publisher was closed (or its connection ended) before the message was acknowledged. */
 export class PublisherClosedError extends FlexError {
   constructor(subject: string, options?: { cause?: unknown }) {

@@ -10,6 +10,7 @@ export {
   PublisherClosedError,
   PublishRejectedError,
   PublishTimeoutError,
+  StreamUnavailableError,
   SubjectTokenError,
   TopologyError,
 } from "./errors.js";

@@ -3,7 +3,7 @@ import { jetstream } from "@nats-io/jetstream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { createPublisher, encodeEvent, ensureTopology, HEADERS, PayloadTooLargeError, PublisherClosedError, PublishRejectedError, STREAMS } from "./index.js";
+import { createPublisher, encodeEvent, ensureTopology, HEADERS, PayloadTooLargeError, PublisherClosedError, STREAMS, StreamUnavailableError } from "./index.js";
 import type { OutgoingMessage, PublishAck, Publisher } from "./index.js";
 
 let nats: TestNats | undefined;
@@ -102,12 +102,12 @@ describe("publisher", () => {
     expect([...counts.values()].every((n) => n === 1)).toBe(true);
   });
 
-  it("a subject no stream stores fails with PublishRejectedError instead of hanging", async () => {
+  it("a subject no stream stores fails with StreamUnavailableError instead of hanging", async () => {
     nats = await startTestNats();
     await ensureTopology(nats.nc);
     const publisher = createPublisher(nats.nc, { ackTimeoutMs: 200, maxAttempts: 2 });
     const e = encodeEvent({ type: "T", data: 1 });
-    await expect(publisher.publish("nostream.x", e.data, { headers: e.headers })).rejects.toBeInstanceOf(PublishRejectedError);
+    await expect(publisher.publish("nostream.x", e.data, { headers: e.headers })).rejects.toBeInstanceOf(StreamUnavailableError);
     expect(publisher.stats.inFlight).toBe(0);
     await publisher.close();
   });
@@ -154,7 +154,7 @@ describe("publisher", () => {
     clearInterval(watch);
     expect(killed).toBe(true);
     expect(outcomes).toHaveLength(messages.length);
-    expect(outcomes[5]).toBeInstanceOf(PublishRejectedError);
+    expect(outcomes[5]).toBeInstanceOf(StreamUnavailableError);
     expect(outcomes[7]).toBeInstanceOf(PayloadTooLargeError);
     expect(peak).toBeLessThanOrEqual(64);
     const acked = ids.filter((_, i) => outcomes[i] !== undefined && !(outcomes[i] instanceof Error));

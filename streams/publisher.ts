@@ -1,6 +1,6 @@
 import { createInbox, headers as natsHeaders } from "@nats-io/transport-node";
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
-import { InvalidOptionError, PayloadTooLargeError, PublishRejectedError, PublishTimeoutError, PublisherClosedError } from "./errors.js";
+import { InvalidOptionError, PayloadTooLargeError, PublishRejectedError, PublishTimeoutError, PublisherClosedError, StreamUnavailableError } from "./errors.js";
 
 /** Messages in flight at once before `publish` waits for acks. */
 export const DEFAULT_MAX_IN_FLIGHT = 4096;
@@ -291,7 +291,7 @@ class WindowPublisher implements Publisher {
     if (msg.headers?.hasError) {
       // 503: no stream listens on the subject (or JetStream is not ready after a restart).
       if (msg.headers.code === 503 && entry.attempts < this.#maxAttempts) return this.#retryLater(entry);
-      return this.#settle(entry, new PublishRejectedError(entry.subject, msg.headers.code === 503 ? "no stream stores this subject" : `${msg.headers.code} ${msg.headers.description}`));
+      return this.#settle(entry, msg.headers.code === 503 ? new StreamUnavailableError(entry.subject, entry.attempts) : new PublishRejectedError(entry.subject, `${msg.headers.code} ${msg.headers.description}`));
     }
     let body: AckBody;
     try {
