@@ -43,7 +43,7 @@ interface Child {
 }
 
 function startChild(id: string): Child {
-  const proc = spawn(process.execPath, ["--import", "tsx", CHILD, nats.server.url, id], { stdio: ["ignore", "pipe", "inherit"] });
+  const proc = spawn(process.execPath, ["--import", "tsx", CHILD, nats.server.url, id, "plain"], { stdio: ["ignore", "pipe", "inherit"] });
   children.add(proc);
   proc.once("exit", () => children.delete(proc));
   const child: Child = {
@@ -69,8 +69,11 @@ async function killChild(child: ChildProcess): Promise<void> {
 }
 
 // Every execution of a step first reports (run, step, attempt) to this ledger over TCP, so the
-// test counts what actually ran, not only what the run's events say (sandboxed steps reach it
-// with network: true).
+// test counts what actually ran, not only what the run's events say. The ledger listens on
+// the host's loopback, which a sandboxed step cannot reach even with network: true (its
+// network namespace is its own), so the runners here run steps as explicitly plain child
+// processes: what is tested is durability, which does not depend on the isolation (the
+// death of a step with its host is checked for both in processors/scripts/child-pool.int.test.ts).
 async function startLedger(): Promise<{ readonly port: number; readonly lines: string[]; close(): Promise<void> }> {
   const lines: string[] = [];
   const sockets = new Set<Socket>();
