@@ -79,6 +79,9 @@ describe("flexcore CLI", () => {
     if (nats.server.version.startsWith("2.9.")) expect(r.stdout).toMatch(/WARN .*power loss/);
     expect(r.stdout).toMatch(/topology present, no drift/);
     expect(r.stdout).toMatch(/ok +the server refuses anonymous clients/);
+    // The sandbox, and pasta for networked steps (fail-closed: without them such steps are refused).
+    expect(r.stdout).toMatch(/ok +script steps run in the bubblewrap/);
+    expect(r.stdout).toMatch(/ok +script steps with network: true run under pasta \(passt/);
     const down = await run(["doctor", "--nats", "nats://127.0.0.1:1"]);
     expect(down.code).toBe(1);
     expect(down.stdout).toMatch(/FAIL .*Cannot reach/);

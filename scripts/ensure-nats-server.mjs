@@ -51,23 +51,50 @@ if (older(v, MIN)) {
   process.exit(1);
 }
 
-// Script steps run sandboxed with bubblewrap when it is installed (plain rlimited child
-// processes otherwise; `flexcore doctor` says so). Install it on a fresh Debian/Ubuntu box.
-if (!existsSync("/usr/bin/bwrap")) {
-  const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+// Untrusted script steps run only sandboxed: bubblewrap, and pasta (Debian package passt)
+// for steps with network: true. Without them such steps are refused (`flexcore doctor` says
+// why). Install both on a fresh Debian/Ubuntu box when running as root.
+const isRoot = typeof process.getuid === "function" && process.getuid() === 0;
+const SANDBOX_PACKAGES = [
+  ["/usr/bin/bwrap", "bubblewrap", "untrusted script steps are refused"],
+  ["/usr/bin/pasta", "passt", "script steps with network: true are refused"],
+];
+const missing = SANDBOX_PACKAGES.filter(([bin]) => !existsSync(bin));
+if (missing.length > 0) {
+  const names = missing.map(([, pkg]) => pkg);
   if (isRoot && existsSync("/usr/bin/apt-get")) {
-    console.error("flexcore: bubblewrap is not installed; installing it with apt-get (Debian package bubblewrap) to sandbox script steps...");
+    console.error(`flexcore: installing ${names.join(" and ")} with apt-get to sandbox script steps...`);
+    const install = () => execFileSync("apt-get", ["install", "-y", "-qq", ...names], { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
     try {
-      execFileSync("apt-get", ["install", "-y", "-qq", "bubblewrap"], { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+      install();
     } catch {
       try {
         execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-        execFileSync("apt-get", ["install", "-y", "-qq", "bubblewrap"], { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+        install();
       } catch (err) {
-        console.error(`flexcore: apt-get could not install bubblewrap (${err.message}); script steps will run without the sandbox`);
+        console.error(`flexcore: apt-get could not install ${names.join(" and ")} (${err.message})`);
       }
     }
-  } else {
-    console.error("flexcore: bubblewrap (`bwrap`) is not installed: script steps run as plain child processes. Install it: sudo apt-get install -y bubblewrap");
+  }
+  for (const [bin, pkg, effect] of SANDBOX_PACKAGES) {
+    if (!existsSync(bin)) console.error(`flexcore: ${pkg} (\`${bin}\`) is not installed: ${effect}. Install it: sudo apt-get install -y ${pkg}`);
+  }
+}
+// pasta opens /dev/net/tun as the step's user: a node left at 0600 (some VMs and containers
+// without udev) refuses it. As root, set udev's own default (0666: opening it creates nothing
+// without CAP_NET_ADMIN in a namespace of one's own); otherwise say how.
+if (existsSync("/usr/bin/pasta") && existsSync("/dev/net/tun")) {
+  const { chmodSync, statSync } = await import("node:fs");
+  try {
+    if ((statSync("/dev/net/tun").mode & 0o006) !== 0o006) {
+      if (isRoot) {
+        console.error("flexcore: /dev/net/tun had mode 0600; setting udev's default 0666 so networked script steps (pasta) can run");
+        chmodSync("/dev/net/tun", 0o666);
+      } else {
+        console.error("flexcore: /dev/net/tun is not usable by other users (mode is not 0666, the usual udev default): script steps with network: true are refused. Fix: sudo chmod 0666 /dev/net/tun");
+      }
+    }
+  } catch (err) {
+    console.error(`flexcore: could not check /dev/net/tun (${err.message}); flexcore doctor reports what pasta says`);
   }
 }

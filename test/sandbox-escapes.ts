@@ -8,12 +8,15 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ScriptLanguage, ScriptResult, ScriptRunner } from "../processors/index.js";
 
 /** Attack names, in the order they run. */
-export const ATTACKS = ["read_secret", "parent_environ", "write_outside", "network", "fork_bomb", "memory_bomb", "infinite_loop", "background_children"] as const;
+export const ATTACKS = ["read_secret", "parent_environ", "write_outside", "network", "network_loopback", "fork_bomb", "memory_bomb", "infinite_loop", "background_children"] as const;
 export type Attack = (typeof ATTACKS)[number];
 /** Attacks a plain child process (no bwrap) is documented to stop; the others need the sandbox. */
 // A plain child cannot hide files the step's uid may read, nor the network; and a step that
 // clears its environment and double-forks into a new session can outlive it (no PID namespace).
 export const PLAIN_GUARANTEED: readonly Attack[] = ["parent_environ", "fork_bomb", "memory_bomb", "infinite_loop"];
+
+/** Attacks run as steps with `network: true`: they must still not reach the host's loopback. */
+export const NETWORKED: readonly Attack[] = ["network_loopback"];
 
 /** Things of the host a step must not reach. */
 export interface EscapeFixture {
@@ -75,7 +78,7 @@ interface Params {
   readonly sleepArg: string;
 }
 
-const JS: Record<Attack, string> = {
+const JS: Record<Exclude<Attack, "network_loopback">, string> = {
   read_secret: `function main(a){ const fs=require("fs"); const got=[]; for (const p of ["/etc/shadow", a.secretFile]) { try { got.push(fs.readFileSync(p,"utf8")); } catch {} } return { got }; }`,
   parent_environ: `function main(a){ const fs=require("fs"); const got=[JSON.stringify(process.env)]; let pids=[]; try { pids=fs.readdirSync("/proc").filter(x=>/^\\d+$/.test(x)); } catch {} for (const p of [...pids, String(a.hostPid), "1"]) { try { got.push(fs.readFileSync("/proc/"+p+"/environ","latin1")); } catch {} } return { got }; }`,
   write_outside: `function main(a){ const fs=require("fs"); const done=[]; for (const p of [a.outsideFile, "/usr/flexcore-escaped", "/etc/flexcore-escaped"]) { try { fs.writeFileSync(p,"x"); done.push(p); } catch {} } return { done }; }`,
@@ -86,7 +89,7 @@ const JS: Record<Attack, string> = {
   background_children: `function main(a){ const cp=require("child_process"); cp.spawn("/bin/sh",["-c","sleep "+a.sleepArg],{detached:true,stdio:"ignore"}).unref(); cp.spawn("/bin/sh",["-c","setsid sleep "+a.sleepArg+" &"],{detached:true,stdio:"ignore",env:{}}).unref(); return { started: true }; }`,
 };
 
-const PY: Record<Attack, string> = {
+const PY: Record<Exclude<Attack, "network_loopback">, string> = {
   read_secret: `def main(a):
     got = []
     for p in ["/etc/shadow", a["secretFile"]]:
@@ -158,7 +161,7 @@ def main(a):
     return {"started": True}`,
 };
 
-const SH: Record<Attack, string> = {
+const SH: Record<Exclude<Attack, "network_loopback">, string> = {
   read_secret: `n=0
 grep -q root /etc/shadow 2>/dev/null && n=$((n+1))
 grep -q SECRET "$SECRET_FILE" 2>/dev/null && n=$((n+1))
@@ -186,9 +189,14 @@ disown -a
 echo '{"started": true}'`,
 };
 
-const SOURCES: Record<ScriptLanguage, Record<Attack, string>> = { javascript: JS, python: PY, bash: SH };
+// The same connection to NATS on 127.0.0.1, from a step that was given the network.
+const SOURCES: Record<ScriptLanguage, Record<Attack, string>> = {
+  javascript: { ...JS, network_loopback: JS.network },
+  python: { ...PY, network_loopback: PY.network },
+  bash: { ...SH, network_loopback: SH.network },
+};
 // Attacks that end by the timeout: a short one keeps the suite fast.
-const TIMEOUT_MS: Partial<Record<Attack, number>> = { fork_bomb: 1_500, infinite_loop: 1_500, network: 5_000 };
+const TIMEOUT_MS: Partial<Record<Attack, number>> = { fork_bomb: 1_500, infinite_loop: 1_500, network: 5_000, network_loopback: 5_000 };
 const MEMORY_MB = 128;
 
 /** Host processes whose command line or environment carries `needle`. */
@@ -224,6 +232,7 @@ export async function attempt(runner: ScriptRunner, fx: EscapeFixture, language:
     {
       language,
       source: SOURCES[language][attack],
+      network: NETWORKED.includes(attack),
       env: {
         STEP_MARK: stepMark,
         SECRET_FILE: fx.secretFile,
@@ -263,7 +272,8 @@ export async function attempt(runner: ScriptRunner, fx: EscapeFixture, language:
       if ((await exists(outsideFile)) || (await exists("/usr/flexcore-escaped")) || (await exists("/etc/flexcore-escaped"))) flag("wrote outside its working directory");
       break;
     case "network":
-      if (/"connected":\s*true/.test(out)) flag(`connected to NATS on 127.0.0.1:${fx.natsPort}`);
+    case "network_loopback":
+      if (/"connected":\s*true/.test(out)) flag(`connected to NATS on 127.0.0.1:${fx.natsPort}${attack === "network_loopback" ? " with network: true" : ""}`);
       break;
     case "infinite_loop":
       if (result.status === "succeeded") flag("ran to completion");

@@ -51,7 +51,7 @@ function childNatsUrl(): string {
 }
 
 function startChild(id: string): Child {
-  const proc = spawn(process.execPath, ["--import", "tsx", CHILD, childNatsUrl(), id, JSON.stringify(operatorDefinitions)], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...nats.env } });
+  const proc = spawn(process.execPath, ["--import", "tsx", CHILD, childNatsUrl(), id, JSON.stringify(operatorDefinitions), "plain"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...nats.env } });
   children.add(proc);
   proc.once("exit", () => children.delete(proc));
   const child: Child = {
@@ -77,8 +77,11 @@ async function killChild(child: ChildProcess): Promise<void> {
 }
 
 // Every execution of a step first reports (run, step, attempt) to this ledger over TCP, so the
-// test counts what actually ran, not only what the run's events say (sandboxed steps reach it
-// with network: true).
+// test counts what actually ran, not only what the run's events say. The ledger listens on
+// the host's loopback, which a sandboxed step cannot reach even with network: true (its
+// network namespace is its own), so the runners here run steps as explicitly plain child
+// processes: what is tested is durability, which does not depend on the isolation (the
+// death of a step with its host is checked for both in processors/scripts/child-pool.int.test.ts).
 async function startLedger(): Promise<{ readonly port: number; readonly lines: string[]; close(): Promise<void> }> {
   const lines: string[] = [];
   const sockets = new Set<Socket>();

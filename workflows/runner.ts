@@ -122,6 +122,8 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
   };
   const ownsScripts = !options.scripts;
   const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
+  // Fail closed, loudly: the operator learns at start, not from the first failed run.
+  if (scripts.isolation === "none") cfg.log("workflows: bubblewrap cannot run here, so untrusted script steps will fail with FLEX_SANDBOX_UNAVAILABLE; `flexcore doctor` says why and how to fix it (or set workflows.sandbox: plain to run them unsandboxed)");
   const store = await createEventStore(nc);
   const defs = await DefinitionStore.open(nc);
   const leases = await new Kvm(nc).open(BUCKETS.leases);

@@ -16,9 +16,10 @@ export interface Check {
 /** Runs the checks; other areas' checks are appended by the command. */
 export async function runChecks(url?: string): Promise<Check[]> {
   const checks: Check[] = [];
-  // Script steps: the bubblewrap sandbox, or the weaker plain child processes.
+  // Script steps: the bubblewrap sandbox, and pasta for networked ones; without them such steps are refused.
   const sandbox = await sandboxSupport();
   if (sandbox.mode === "bwrap") checks.push({ level: "ok", what: `script steps run in the bubblewrap ${sandbox.bwrapVersion ?? ""} sandbox${sandbox.dropsPrivileges ? " as uid 65534" : ""}` });
+  if (sandbox.pastaPath) checks.push({ level: "ok", what: `script steps with network: true run under pasta (passt, ${sandbox.pastaPath}) in a network namespace of their own, with no way to the host's loopback (NATS, the gateway)` });
   for (const w of sandbox.warnings) checks.push({ level: "warn", what: w });
   try {
     checks.push({ level: "ok", what: `nats-server binary ${await natsServerVersion()} installed` });

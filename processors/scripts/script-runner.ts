@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { availableParallelism, tmpdir } from "node:os";
 import { InvalidOptionError, processAlive } from "../../streams/index.js";
 import { ChildPool } from "./child-pool.js";
-import { SandboxUnavailableError } from "./errors.js";
+import { SandboxNetworkUnavailableError, SandboxUnavailableError } from "./errors.js";
 import { sandboxSupport } from "./sandbox.js";
 import { TrustedPool } from "./trusted.js";
 import type { ScriptLimits, ScriptResult, ScriptRunner, ScriptRunnerOptions, ScriptSpec } from "./types.js";
@@ -104,8 +104,8 @@ function defaultPython(): string {
 }
 
 /**
- * Creates a {@link ScriptRunner}. Untrusted steps run in bubblewrap when it works here
- * (see {@link sandboxSupport}), otherwise as plain child processes with rlimits.
+ * Creates a {@link ScriptRunner}. Untrusted steps run in bubblewrap (see {@link sandboxSupport});
+ * where it cannot run they are refused, unless `sandbox: "plain"` was chosen explicitly.
  * @throws SandboxUnavailableError when `sandbox: "bwrap"` and bubblewrap cannot run
  */
 export async function createScriptRunner(options: ScriptRunnerOptions = {}): Promise<ScriptRunner> {
@@ -118,9 +118,14 @@ export async function createScriptRunner(options: ScriptRunnerOptions = {}): Pro
   };
   const maxConcurrent = positive("maxConcurrent", options.maxConcurrent) ?? availableParallelism();
   const trustedThreads = positive("trustedThreads", options.trustedThreads);
-  const support = await sandboxSupport();
-  if (sandbox === "bwrap" && support.mode !== "bwrap") throw new SandboxUnavailableError(support.warnings.join("; ") || "bwrap not found");
-  const mode = sandbox === "plain" ? "plain" : support.mode;
+  for (const field of ["bwrapPath", "pastaPath"] as const) {
+    const v = options[field];
+    if (v !== undefined && (typeof v !== "string" || !v.startsWith("/"))) throw new InvalidOptionError(field, v, "an absolute path");
+  }
+  const support = await sandboxSupport({ bwrapPath: options.bwrapPath, pastaPath: options.pastaPath });
+  if (sandbox === "bwrap" && support.bwrapProblem) throw new SandboxUnavailableError(support.bwrapProblem);
+  // Fail closed: without bubblewrap, `auto` refuses untrusted steps; only an explicit `plain` runs them bare.
+  const mode = sandbox === "plain" ? "plain" : support.bwrapProblem ? "none" : "bwrap";
   const workRoot = options.workRoot ?? tmpdir();
   const info = await stat(workRoot).catch(() => undefined);
   if (!info?.isDirectory()) throw new InvalidOptionError("workRoot", workRoot, "an existing directory");
@@ -149,14 +154,14 @@ interface RunnerConfig {
 }
 
 class Runner implements ScriptRunner {
-  readonly isolation: "bwrap" | "plain";
+  readonly isolation: "bwrap" | "plain" | "none";
   readonly #support: Awaited<ReturnType<typeof sandboxSupport>>;
   readonly #config: RunnerConfig;
   #trusted: TrustedPool | undefined;
   #children: ChildPool | undefined;
   #closed = false;
 
-  constructor(mode: "bwrap" | "plain", support: Awaited<ReturnType<typeof sandboxSupport>>, config: RunnerConfig) {
+  constructor(mode: "bwrap" | "plain" | "none", support: Awaited<ReturnType<typeof sandboxSupport>>, config: RunnerConfig) {
     this.isolation = mode;
     this.#support = support;
     this.#config = config;
@@ -176,6 +181,12 @@ class Runner implements ScriptRunner {
       this.#trusted ??= new TrustedPool(this.#config.trustedThreads, this.#config.limits.memoryMb);
       return this.#trusted.run(spec.source, input, env, limits, options.signal);
     }
+    // Refused before anything is created: no working directory, no process.
+    if (this.isolation === "none") throw new SandboxUnavailableError(this.#support.bwrapProblem ?? "bubblewrap cannot run here");
+    if (this.isolation === "bwrap" && spec.network === true && !this.#support.pastaPath) {
+      throw new SandboxNetworkUnavailableError(this.#support.pastaProblem ?? "pasta cannot run here");
+    }
+    const mode = this.isolation;
     this.#children ??= new ChildPool(this.#config.maxConcurrent, this.#config.interpreters.bash);
     return this.#children.run(
       {
@@ -185,7 +196,7 @@ class Runner implements ScriptRunner {
         env,
         limits,
         network: spec.network === true,
-        mode: this.isolation,
+        mode,
         support: this.#support,
         workRoot: this.#config.workRoot,
         interpreters: this.#config.interpreters,

@@ -33,7 +33,11 @@ export interface ScriptSpec {
    * process isolation, V8 `resourceLimits` only). Never set it for tenant code. @default false
    */
   readonly trusted?: boolean;
-  /** Let the step reach the network. @default false */
+  /**
+   * Let the step reach the network: outbound connections, in a network namespace of its own
+   * (pasta) from which the host's loopback services (NATS, the gateway) are out of reach.
+   * Refused with `SandboxNetworkUnavailableError` where pasta cannot run. @default false
+   */
   readonly network?: boolean;
   /** Environment variables given to the step (nothing of the host's environment is passed otherwise). */
   readonly env?: Readonly<Record<string, string>>;
@@ -75,11 +79,18 @@ export interface ScriptResult {
 /** Options of {@link createScriptRunner}. */
 export interface ScriptRunnerOptions {
   /**
-   * `auto`: bubblewrap when it works here, else plain child processes with rlimits.
-   * `bwrap`: fail with `SandboxUnavailableError` when it does not. `plain`: never sandbox.
+   * `auto`: bubblewrap when it works here; when it does not, untrusted steps are refused with
+   * `SandboxUnavailableError` (trusted JavaScript still runs). `bwrap`: creating the runner
+   * fails with `SandboxUnavailableError` when it does not. `plain`: never sandbox (child
+   * processes with rlimits that can read what their user may read and reach the network):
+   * only an operator's explicit choice.
    * @default "auto"
    */
   readonly sandbox?: "auto" | "bwrap" | "plain";
+  /** bubblewrap binary, for tests and unusual installs. @default "/usr/bin/bwrap" */
+  readonly bwrapPath?: string;
+  /** pasta binary (package `passt`) that networks `network: true` steps, for tests and unusual installs. @default "/usr/bin/pasta" */
+  readonly pastaPath?: string;
   /** Parent of the per-run working directories. @default os.tmpdir() */
   readonly workRoot?: string;
   /**
@@ -101,10 +112,11 @@ export interface ScriptRunnerOptions {
 export interface ScriptRunner extends AsyncDisposable {
   /**
    * Runs one script with a JSON input. Resolves with the result whatever the script did;
-   * rejects only for bad arguments or when the runner cannot start the script at all.
+   * rejects only for bad arguments or when the runner cannot start the script at all
+   * (`SandboxUnavailableError`, `SandboxNetworkUnavailableError`: then nothing ran).
    */
   run(spec: ScriptSpec, input: unknown, options?: { readonly signal?: AbortSignal }): Promise<ScriptResult>;
-  /** `bwrap` or `plain`: how untrusted steps run. */
-  readonly isolation: "bwrap" | "plain";
+  /** How untrusted steps run: `bwrap`, `plain`, or `none` (refused: bubblewrap cannot run here and `plain` was not chosen). */
+  readonly isolation: "bwrap" | "plain" | "none";
   close(): Promise<void>;
 }
