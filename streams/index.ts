@@ -11,16 +11,19 @@ export {
   PublishRejectedError,
   PublishTimeoutError,
   SubjectTokenError,
+  TenantReservedError,
   TopologyError,
 } from "./errors.js";
 export {
   checkSubjectFilter,
+  checkTenantName,
   checkToken,
   derivedSubject,
   dlqSubject,
   eventSubject,
   MAX_TOKEN_BYTES,
   parseSubject,
+  RESERVED_TENANT_PREFIX,
   SUBJECT_ROOTS,
   SYSTEM_TENANT,
 } from "./subjects.js";
