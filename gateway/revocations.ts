@@ -3,7 +3,7 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection, QueuedIterator } from "@nats-io/transport-node";
 import type { KvWatchEntry } from "@nats-io/kv";
-import { BUCKETS } from "../streams/index.js";
+import { BUCKETS, compareVersions } from "../streams/index.js";
 
 /** KV key prefix of revoked token ids (`jti`) and session ids (`sid`) in `flex_auth`. */
 export const REVOKED_PREFIX = "revoked";
@@ -33,25 +33,55 @@ const SAFE_ID = /^[A-Za-z0-9_-]{1,128}$/u;
 function keyOf(id: string): string {
   return SAFE_ID.test(id) ? id : `h_${createHash("sha256").update(id).digest("base64url")}`;
 }
-// Expired ids are swept from memory (and the bucket) this often.
+// Expired ids are swept from memory this often.
 const SWEEP_MS = 60_000;
 
+/** Wait before re-opening a revocation watch that ended or failed, in ms. */
+const REWATCH_MS = 1_000;
+
+/** Options of {@link openRevocations}. */
+export interface RevocationsOptions {
+  /** Where a failed watch is reported (it is opened again). @default stderr */
+  readonly log?: (line: string) => void;
+}
+
 /** Opens the shared revocation list and waits until the existing entries are loaded. */
-export async function openRevocations(nc: NatsConnection): Promise<Revocations> {
+export async function openRevocations(nc: NatsConnection, options: RevocationsOptions = {}): Promise<Revocations> {
   const kv = await new Kvm(nc).open(BUCKETS.auth);
-  const r = new KvRevocations(kv);
+  const r = new KvRevocations(nc, kv, await messageTtl(nc, kv), options.log ?? ((line) => process.stderr.write(`${line}\n`)));
   await r.start();
   return r;
 }
 
+// Per-message TTL (nats-server 2.11+, a bucket with `allow_msg_ttl`) lets the server drop a
+// revocation when it expires; elsewhere the gateway's sweep (auth-sweep.ts) removes it.
+async function messageTtl(nc: NatsConnection, kv: KV): Promise<boolean> {
+  if (compareVersions(nc.info?.version ?? "0.0.0", "2.11.0") < 0) return false;
+  try {
+    return (await kv.status()).streamInfo.config.allow_msg_ttl === true;
+  } catch {
+    return false;
+  }
+}
+
 class KvRevocations implements Revocations {
+  readonly #nc: NatsConnection;
   readonly #kv: KV;
+  readonly #ttl: boolean;
+  readonly #log: (line: string) => void;
   readonly #ids = new Map<string, number>();
   #watch: QueuedIterator<KvWatchEntry> | undefined;
   #timer: NodeJS.Timeout | undefined;
+  #rewatch: NodeJS.Timeout | undefined;
+  #closed = false;
+  // Revision of the last entry seen, so a re-opened watch resumes after it.
+  #revision = 0;
 
-  constructor(kv: KV) {
+  constructor(nc: NatsConnection, kv: KV, ttl: boolean, log: (line: string) => void) {
+    this.#nc = nc;
     this.#kv = kv;
+    this.#ttl = ttl;
+    this.#log = log;
   }
 
   get size(): number {
@@ -61,32 +91,61 @@ class KvRevocations implements Revocations {
   async start(): Promise<void> {
     let initial = 0;
     for await (const _ of await this.#kv.keys(`${REVOKED_PREFIX}.>`)) initial += 1;
-    const watch = await this.#kv.watch({ key: `${REVOKED_PREFIX}.>` });
-    this.#watch = watch;
+    const ready = this.#follow(initial === 0);
+    this.#timer = setInterval(() => this.#sweep(), SWEEP_MS);
+    this.#timer.unref();
+    await ready;
+  }
+
+  /**
+   * Opens the watch and applies its entries until it ends; then opens it again after
+   * {@link REWATCH_MS}, resuming after the last revision seen. Nothing here rejects: a
+   * failed watch is logged and retried, so it can neither crash the process nor stop
+   * revocations from arriving for good. Resolves once the existing entries are loaded (or
+   * the first attempt failed).
+   */
+  #follow(empty: boolean): Promise<void> {
     let resolveReady!: () => void;
     const ready = new Promise<void>((res) => (resolveReady = res));
-    if (initial === 0) resolveReady();
-    void (async () => {
+    if (empty) resolveReady();
+    const run = async (): Promise<void> => {
+      const watch = await this.#kv.watch({ key: `${REVOKED_PREFIX}.>`, ...(this.#revision > 0 ? { resumeFromRevision: this.#revision + 1 } : {}) });
+      this.#watch = watch;
+      if (this.#closed) watch.stop();
+      if (this.#revision > 0) resolveReady();
       for await (const e of watch) {
-        const id = e.key.slice(REVOKED_PREFIX.length + 1);
-        if (e.operation === "PUT") {
-          let exp = 0;
-          try {
-            exp = e.json<{ exp: number }>().exp;
-          } catch {
-            exp = Number.MAX_SAFE_INTEGER;
-          }
-          if (exp * 1000 > Date.now()) this.#ids.set(id, exp);
-        } else {
-          this.#ids.delete(id);
-        }
+        this.#revision = Math.max(this.#revision, e.revision);
+        this.#apply(e);
         // The last entry of the initial replay is flagged as an update (nats.js counts it in).
         if (e.isUpdate || e.delta === 0) resolveReady();
       }
-    })().finally(resolveReady);
-    this.#timer = setInterval(() => void this.#sweep(), SWEEP_MS);
-    this.#timer.unref();
-    await ready;
+    };
+    run()
+      .catch((err: unknown) => this.#log(`flexcore: gateway: revocation watch on ${BUCKETS.auth} failed: ${(err as Error).message}; watching again in ${REWATCH_MS} ms`))
+      .finally(() => {
+        resolveReady();
+        // A closed connection does not come back: the owner closes us too.
+        if (this.#closed || this.#nc.isClosed()) return;
+        this.#rewatch = setTimeout(() => void this.#follow(false), REWATCH_MS);
+        this.#rewatch.unref();
+      })
+      .catch(() => undefined);
+    return ready;
+  }
+
+  #apply(e: KvWatchEntry): void {
+    const id = e.key.slice(REVOKED_PREFIX.length + 1);
+    if (e.operation === "PUT") {
+      let exp = 0;
+      try {
+        exp = e.json<{ exp: number }>().exp;
+      } catch {
+        exp = Number.MAX_SAFE_INTEGER;
+      }
+      if (exp * 1000 > Date.now()) this.#ids.set(id, exp);
+    } else {
+      this.#ids.delete(id);
+    }
   }
 
   has(id: string): boolean {
@@ -96,22 +155,30 @@ class KvRevocations implements Revocations {
 
   async revoke(id: string, expiresAt: number): Promise<void> {
     const key = keyOf(id);
-    this.#ids.set(key, expiresAt);
-    await this.#kv.put(`${REVOKED_PREFIX}.${key}`, codec.encode(JSON.stringify({ exp: expiresAt })));
+    this.#ids.set(key, Math.max(expiresAt, this.#ids.get(key) ?? 0));
+    const data = codec.encode(JSON.stringify({ exp: expiresAt }));
+    const ttl = Math.max(1, Math.ceil(expiresAt - Date.now() / 1000));
+    if (this.#ttl) {
+      try {
+        await this.#kv.create(`${REVOKED_PREFIX}.${key}`, data, `${ttl}s`);
+        return;
+      } catch {
+        // revoked already (e.g. a session by two instances): overwrite below
+      }
+    }
+    await this.#kv.put(`${REVOKED_PREFIX}.${key}`, data);
   }
 
-  async #sweep(): Promise<void> {
+  // Expired ids leave memory here; the bucket entries are removed by the sweep (auth-sweep.ts) or their TTL.
+  #sweep(): void {
     const now = Date.now();
-    for (const [id, exp] of this.#ids) {
-      if (exp * 1000 > now) continue;
-      this.#ids.delete(id);
-      // Every instance may sweep the same id; deleting twice is harmless.
-      await this.#kv.delete(`${REVOKED_PREFIX}.${id}`).catch(() => undefined);
-    }
+    for (const [id, exp] of this.#ids) if (exp * 1000 <= now) this.#ids.delete(id);
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
+    if (this.#rewatch) clearTimeout(this.#rewatch);
     this.#watch?.stop();
   }
 
