@@ -63,7 +63,7 @@ export async function openAuthSweeper(nc: NatsConnection, options: AuthSweeperOp
   if (!Number.isInteger(markerGraceMs) || markerGraceMs < 0) throw new InvalidOptionError("markerGraceMs", markerGraceMs, "an integer number of milliseconds from 0 and up");
   const kv = await new Kvm(nc).open(BUCKETS.auth);
   const jsm = await jetstreamManager(nc);
-  return new KvAuthSweeper(kv, jsm, intervalMs, batch, markerGraceMs, options.log ?? ((line) => process.stderr.write(`${line}\n`)));
+  return new KvAuthSweeper(nc, kv, jsm, intervalMs, batch, markerGraceMs, options.log ?? ((line) => process.stderr.write(`${line}\n`)));
 }
 
 class KvAuthSweeper implements AuthSweeper {
@@ -75,8 +75,9 @@ class KvAuthSweeper implements AuthSweeper {
   readonly #timer: NodeJS.Timeout | undefined;
   #running: Promise<SweepReport> | undefined;
   #closed = false;
+  #failing = false;
 
-  constructor(kv: KV, jsm: JetStreamManager, intervalMs: number, batch: number, markerGraceMs: number, log: (line: string) => void) {
+  constructor(nc: NatsConnection, kv: KV, jsm: JetStreamManager, intervalMs: number, batch: number, markerGraceMs: number, log: (line: string) => void) {
     this.#kv = kv;
     this.#jsm = jsm;
     this.#batch = batch;
@@ -85,7 +86,18 @@ class KvAuthSweeper implements AuthSweeper {
     if (intervalMs > 0) {
       this.#timer = setInterval(() => {
         // A failed sweep (NATS away, bucket gone) is reported and tried again next tick; it never rejects unhandled.
-        this.sweep().catch((err: unknown) => this.#log(`flexcore: gateway: sweeping ${BUCKETS.auth} failed: ${(err as Error).message}`));
+        if (nc.isClosed()) return; // the owner closes us too
+        this.sweep().then(
+          () => {
+            if (this.#failing) this.#log(`flexcore: gateway: sweeping ${BUCKETS.auth} works again`);
+            this.#failing = false;
+          },
+          (err: unknown) => {
+            // Said once per outage, not every tick.
+            if (!this.#failing) this.#log(`flexcore: gateway: sweeping ${BUCKETS.auth} failed: ${(err as Error).message}; trying again every ${intervalMs} ms`);
+            this.#failing = true;
+          },
+        );
       }, intervalMs);
       this.#timer.unref();
     }

@@ -38,6 +38,12 @@ const SWEEP_MS = 60_000;
 
 /** Wait before re-opening a revocation watch that ended or failed, in ms. */
 const REWATCH_MS = 1_000;
+/**
+ * How often the bucket behind the watch is checked, in ms. A deleted and re-created bucket
+ * does not end a KV watch: its consumer resumes at the old sequence and misses every new
+ * entry. The check sees the new bucket's creation time and opens the watch again.
+ */
+const BUCKET_CHECK_MS = 5_000;
 
 /** Options of {@link openRevocations}. */
 export interface RevocationsOptions {
@@ -73,9 +79,11 @@ class KvRevocations implements Revocations {
   #watch: QueuedIterator<KvWatchEntry> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #rewatch: NodeJS.Timeout | undefined;
+  #check: NodeJS.Timeout | undefined;
+  // Creation time of the bucket the current watch follows.
+  #bucketCreated: string | undefined;
+  #failing = false;
   #closed = false;
-  // Revision of the last entry seen, so a re-opened watch resumes after it.
-  #revision = 0;
 
   constructor(nc: NatsConnection, kv: KV, ttl: boolean, log: (line: string) => void) {
     this.#nc = nc;
@@ -94,12 +102,15 @@ class KvRevocations implements Revocations {
     const ready = this.#follow(initial === 0);
     this.#timer = setInterval(() => this.#sweep(), SWEEP_MS);
     this.#timer.unref();
+    this.#check = setInterval(() => void this.#checkBucket(), BUCKET_CHECK_MS);
+    this.#check.unref();
     await ready;
   }
 
   /**
    * Opens the watch and applies its entries until it ends; then opens it again after
-   * {@link REWATCH_MS}, resuming after the last revision seen. Nothing here rejects: a
+   * {@link REWATCH_MS}, replaying the latest entry of every key (not resuming from a
+   * revision: a re-created bucket numbers its entries from 1 again). Nothing here rejects: a
    * failed watch is logged and retried, so it can neither crash the process nor stop
    * revocations from arriving for good. Resolves once the existing entries are loaded (or
    * the first attempt failed).
@@ -109,19 +120,30 @@ class KvRevocations implements Revocations {
     const ready = new Promise<void>((res) => (resolveReady = res));
     if (empty) resolveReady();
     const run = async (): Promise<void> => {
-      const watch = await this.#kv.watch({ key: `${REVOKED_PREFIX}.>`, ...(this.#revision > 0 ? { resumeFromRevision: this.#revision + 1 } : {}) });
+      const created = (await this.#kv.status()).streamInfo.created;
+      const watch = await this.#kv.watch({ key: `${REVOKED_PREFIX}.>` });
       this.#watch = watch;
+      this.#bucketCreated = created;
+      if (this.#failing) this.#log(`flexcore: gateway: revocation watch on ${BUCKETS.auth} is back`);
+      this.#failing = false;
       if (this.#closed) watch.stop();
-      if (this.#revision > 0) resolveReady();
       for await (const e of watch) {
-        this.#revision = Math.max(this.#revision, e.revision);
         this.#apply(e);
         // The last entry of the initial replay is flagged as an update (nats.js counts it in).
         if (e.isUpdate || e.delta === 0) resolveReady();
       }
     };
     run()
-      .catch((err: unknown) => this.#log(`flexcore: gateway: revocation watch on ${BUCKETS.auth} failed: ${(err as Error).message}; watching again in ${REWATCH_MS} ms`))
+      .then(
+        () => {
+          if (!this.#closed && !this.#nc.isClosed()) this.#log(`flexcore: gateway: revocation watch on ${BUCKETS.auth} ended; watching again in ${REWATCH_MS} ms`);
+        },
+        (err: unknown) => {
+          // Said once per outage, not every REWATCH_MS.
+          if (!this.#failing) this.#log(`flexcore: gateway: revocation watch on ${BUCKETS.auth} failed: ${(err as Error).message}; watching again every ${REWATCH_MS} ms`);
+          this.#failing = true;
+        },
+      )
       .finally(() => {
         resolveReady();
         // A closed connection does not come back: the owner closes us too.
@@ -131,6 +153,21 @@ class KvRevocations implements Revocations {
       })
       .catch(() => undefined);
     return ready;
+  }
+
+  // Never rejects: a failed check is tried again at the next interval.
+  async #checkBucket(): Promise<void> {
+    if (this.#closed || this.#nc.isClosed() || this.#bucketCreated === undefined) return;
+    let created: string | undefined;
+    try {
+      created = (await this.#kv.status()).streamInfo.created;
+    } catch {
+      created = undefined; // gone (or unreachable): the watch is re-opened once it is back
+    }
+    if (created !== this.#bucketCreated && !this.#closed) {
+      this.#bucketCreated = undefined;
+      this.#watch?.stop(); // ends the loop in #follow, which opens the watch again
+    }
   }
 
   #apply(e: KvWatchEntry): void {
@@ -179,6 +216,7 @@ class KvRevocations implements Revocations {
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     if (this.#rewatch) clearTimeout(this.#rewatch);
+    if (this.#check) clearInterval(this.#check);
     this.#watch?.stop();
   }
 
