@@ -73,7 +73,7 @@ describe("flexcore users / token / nats-users", () => {
     }
   });
 
-  it("refuses reserved tenants (`_system`, any `_` name) in users add/list, token and nats-users, changing nothing", async () => {
+  it("refuses reserved tenants (`_system`, any `_` name) in users add/list, token, nats-users and workflows, changing nothing", async () => {
     const fails = async (args: string[], env: Record<string, string> = {}) => {
       const err = await flexcore(args, env).then(() => undefined, (e: { code: number; stderr: string }) => e);
       expect(err, args.join(" ")).toBeDefined();
@@ -92,6 +92,8 @@ describe("flexcore users / token / nats-users", () => {
     await fails(["nats-users", "--tenant", "acme", "--tenant", "_system", "--out", out, "--seeds", join(data, "reserved-seeds")]);
     expect(existsSync(out)).toBe(false);
     expect(existsSync(join(data, "reserved-seeds")) ? await readdir(join(data, "reserved-seeds")) : []).toEqual([]);
+    await fails(["workflows", "put", join(root, "workflows/examples/daily-report.yaml"), "--tenant", "_system"]);
+    await fails(["workflows", "list"], { FLEXCORE_TENANT: "_system" });
   });
 
   it("nats-users prints a users block", async () => {
