@@ -1,4 +1,5 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { parse } from "yaml";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -226,6 +227,11 @@ describe("external issuer", () => {
         expect(await status(base, await token({ typ: "JWT" }))).toBe(401);
       });
       expect(gatewaySection({}, dir)(undefined, "gateway")).toEqual({ externalIssuer: undefined, authSweepIntervalMs: 60_000 });
+    });
+
+    it("the shipped flexcore.yaml has a valid gateway section (no external issuer)", async () => {
+      const shipped = parse(await readFile(new URL("../flexcore.yaml", import.meta.url), "utf8")) as { gateway?: unknown };
+      expect(gatewaySection({}, dir)(shipped.gateway, "gateway")).toEqual({ externalIssuer: undefined, authSweepIntervalMs: 60_000 });
     });
 
     it("lets the environment set or override each key", () => {
