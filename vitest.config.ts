@@ -4,6 +4,9 @@ export default defineConfig({
   test: {
     include: ["**/*.test.ts"],
     exclude: ["node_modules/**", "dist/**", "data/**"],
+    // Fails the test (or file) during which a promise rejection went unhandled or an exception
+    // went uncaught, so the JSON report (and .ci/run's summary) counts it.
+    setupFiles: ["test/fail-on-unhandled.ts"],
     // Integration tests start their own nats-server; two files at a time fit two cores.
     fileParallelism: true,
     maxWorkers: 2,

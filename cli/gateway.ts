@@ -1,4 +1,4 @@
-import { createGateway } from "../gateway/index.js";
+import { createGateway, externalIssuerOptions } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import { InvalidOptionError } from "../streams/index.js";
@@ -23,6 +23,9 @@ export interface GatewayParts {
  * (comma-separated PEM files, first signs), or the key directory FLEXCORE_GATEWAY_KEYS_DIR
  * (default `<data>/gateway/keys`, generated on first start); instances that share the files or
  * the directory accept each other's tokens. Processor consumer lag goes to `/metrics`.
+ * `gateway.external_issuer` of `flexcore.yaml` (or the `FLEXCORE_EXTERNAL_*` variables)
+ * makes it accept an external issuer's tokens instead; `gateway.auth_sweep_interval` sets
+ * how often expired sessions and revocations leave `flex_auth`.
  */
 export async function startGateway(ctx: UpContext & { readonly processors?: { lag(): Promise<Array<{ name: string; lag: number }>> } }, parts: GatewayParts = {}): Promise<Component & { readonly gateway: Gateway }> {
   const portText = process.env.FLEXCORE_GATEWAY_PORT;
@@ -32,16 +35,20 @@ export async function startGateway(ctx: UpContext & { readonly processors?: { la
   if (!portText && !(await portFree(port, host))) port = 0;
   const keyFiles = process.env.FLEXCORE_GATEWAY_KEY_FILES?.split(",").map((f) => f.trim()).filter(Boolean);
   const processors = ctx.processors;
+  const section = ctx.config.gateway;
+  const external = section?.externalIssuer ? externalIssuerOptions(section.externalIssuer) : undefined;
   const gateway = await createGateway({
     nc: ctx.nc,
     dataDir: ctx.dataDir,
     host,
     port,
-    keys: keyFiles && keyFiles.length > 0 ? { keyFiles } : { dir: gatewayKeysDir() },
+    ...(external ? { external } : { keys: keyFiles && keyFiles.length > 0 ? { keyFiles } : { dir: gatewayKeysDir() } }),
+    ...(section ? { authSweepIntervalMs: section.authSweepIntervalMs } : {}),
     ...(parts.projections ? { projections: parts.projections } : {}),
     ...(processors ? { lagSources: { consumers: () => processors.lag() } } : {}),
   });
   const url = await gateway.listen();
+  if (external) ctx.log(`flexcore: gateway accepts tokens of ${external.issuer} (audience ${external.audience}, keys from ${external.jwksUrl ?? section!.externalIssuer!.publicKeyFile}); sign-in and refresh are off`);
   ctx.log(`flexcore: gateway at ${url} (OpenAPI ${url}/docs; projections ${parts.projections ? "served" : "not running: /v1/projections answers 503"})`);
   return { name: "gateway", gateway, close: () => gateway.close() };
 }

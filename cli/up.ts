@@ -11,6 +11,7 @@ import { startWorkflows, workflowsSection } from "../workflows/index.js";
 import { createProjectionEngine, serveProjectionControl } from "../projections/index.js";
 import { dataDir as defaultDataDir, embeddedConnectOptions, serviceConnectOptions } from "./connection.js";
 import { startEmbeddedServer } from "./embedded.js";
+import { gatewaySection } from "../gateway/index.js";
 import { startGateway } from "./gateway.js";
 import { projectRoot } from "./paths.js";
 
@@ -37,8 +38,8 @@ export interface UpContext {
  * Sections of `flexcore.yaml`, one validator each; an area adds its section here
  * (e.g. `workflows: workflowsSection`). The whole file is validated before anything starts.
  */
-export function configSections() {
-  return { ...pipelineSections({ threads: availableParallelism() }), workflows: workflowsSection };
+export function configSections(root = projectRoot()) {
+  return { ...pipelineSections({ threads: availableParallelism() }), workflows: workflowsSection, gateway: gatewaySection(process.env, root) };
 }
 
 /** The validated configuration. */
@@ -74,7 +75,10 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   // Validate the configuration before starting anything, so a mistake starts nothing.
   const configFile = resolveConfigPath(root, options.configFile);
   const explicitConfig = options.configFile !== undefined || process.env.FLEXCORE_CONFIG !== undefined;
-  const config: PipelineConfig = !explicitConfig && !existsSync(configFile) ? { processors: [], runtime: configSections().runtime(undefined, "runtime"), workflows: workflowsSection(undefined, "workflows") } : await loadConfig(configFile, configSections());
+  const sections = configSections(root);
+  const config: PipelineConfig = !explicitConfig && !existsSync(configFile)
+    ? { processors: [], runtime: sections.runtime(undefined, "runtime"), workflows: workflowsSection(undefined, "workflows"), gateway: sections.gateway(undefined, "gateway") }
+    : await loadConfig(configFile, sections);
   let server: NatsServer | undefined;
   if (!url) {
     server = await startEmbeddedServer(dir, join(root, "nats.conf"), undefined, (line) => log(`flexcore: ${line}`));

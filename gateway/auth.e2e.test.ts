@@ -319,7 +319,7 @@ describe("external issuer", () => {
   });
 
   const idpToken = (payload: Record<string, unknown>) =>
-    new SignJWT({ org: tenant, scope: "reader writer", ...payload }).setProtectedHeader({ alg: "RS256", kid: "idp-1" }).setIssuer("https://idp.example").setAudience("flexcore").setSubject("dana").setIssuedAt().setExpirationTime("5m").sign(idpKey);
+    new SignJWT({ org: tenant, scope: "reader writer", ...payload }).setProtectedHeader({ alg: "RS256", typ: "at+jwt", kid: "idp-1" }).setIssuer("https://idp.example").setAudience("flexcore").setSubject("dana").setIssuedAt().setExpirationTime("5m").sign(idpKey);
 
   it("accepts the issuer's tokens with its claim names", async () => {
     const r = await external.app.inject({ method: "GET", url: "/v1/auth/me", headers: { authorization: `Bearer ${await idpToken({})}` } });
@@ -338,7 +338,7 @@ describe("external issuer", () => {
   it("refuses FlexCore's own tokens, another audience, and offers no sign-in", async () => {
     const own = await gw.issuer!.issueAccess({ tenant, subject: "svc", roles: ["reader"] });
     expect(await me(external, own.token)).toEqual({ status: 401, code: "FLEX_UNAUTHENTICATED" });
-    const wrongAud = await new SignJWT({ org: tenant }).setProtectedHeader({ alg: "RS256", kid: "idp-1" }).setIssuer("https://idp.example").setAudience("else").setSubject("x").setExpirationTime("5m").sign(idpKey);
+    const wrongAud = await new SignJWT({ org: tenant }).setProtectedHeader({ alg: "RS256", typ: "at+jwt", kid: "idp-1" }).setIssuer("https://idp.example").setAudience("else").setSubject("x").setExpirationTime("5m").sign(idpKey);
     expect(await me(external, wrongAud)).toEqual({ status: 401, code: "FLEX_UNAUTHENTICATED" });
     const r = await external.app.inject({ method: "POST", url: "/v1/auth/token", payload: { tenant, username: "alice", password: "correct horse" } });
     expect(r.statusCode).toBe(503);

@@ -20,6 +20,8 @@ import { createRateLimiter } from "./rate-limit.js";
 import type { RateLimiter, RateLimitOptions } from "./rate-limit.js";
 import type { ReadModels } from "./read-models.js";
 import { openRevocations } from "./revocations.js";
+import { DEFAULT_AUTH_SWEEP_INTERVAL_MS, openAuthSweeper } from "./auth-sweep.js";
+import type { AuthSweeper, SweepReport } from "./auth-sweep.js";
 import type { Revocations } from "./revocations.js";
 import { registerAuthRoutes } from "./routes/auth.js";
 import { registerDerivedRoutes } from "./routes/derived.js";
@@ -85,6 +87,17 @@ export interface GatewayOptions {
   readonly issuer?: LocalIssuerOptions;
   /** Accept an external issuer's tokens instead of FlexCore's (sign-in and refresh routes are then off). */
   readonly external?: ExternalIssuerOptions;
+  /**
+   * Clock skew accepted on `exp`/`nbf` of FlexCore's own tokens, in seconds (instances of one
+   * deployment share a clock source; an external issuer's is `external.clockToleranceSeconds`, 30 s).
+   * @default 0
+   */
+  readonly clockToleranceSeconds?: number;
+  /**
+   * How often expired sessions and revocations are removed from `flex_auth` (ms); 0 turns the
+   * timer off (`sweepAuth()` still works). @default 60000
+   */
+  readonly authSweepIntervalMs?: number;
   /**
    * `false` switches authentication off: every request is tenant `public` with every role.
    * Only for local experiments and the no-auth baseline of the benchmark.
@@ -190,6 +203,8 @@ export interface Gateway extends AsyncDisposable {
   readonly sessions: SessionService | undefined;
   readonly revocations: Revocations;
   readonly metrics: GatewayMetrics;
+  /** Removes expired sessions and revocations from `flex_auth` now (what the sweep timer runs). */
+  sweepAuth(): Promise<SweepReport>;
   /** Every route with its policy (undefined: public), in registration order. */
   readonly routes: ReadonlyArray<{ readonly method: string; readonly url: string; readonly policy: PolicyName | undefined }>;
   close(): Promise<void>;
@@ -227,11 +242,14 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const limiter = options.rateLimit === false ? undefined : createRateLimiter(options.rateLimit ?? {});
   const signInLimiter = createRateLimiter(options.signInRateLimit ?? { perSecond: 10, burst: 20 });
 
+  const sweepIntervalMs = int("authSweepIntervalMs", options.authSweepIntervalMs, DEFAULT_AUTH_SWEEP_INTERVAL_MS, 0);
   const revocations = await openRevocations(nc);
   // Closed in reverse if the gateway fails to start, so a failed start leaks no watcher or client.
   const opened: Array<() => Promise<void>> = [() => revocations.close()];
   try {
-    return await build(options, nc, limits, revocations, opened, { host, port, authOn, limiter, signInLimiter });
+    const sweeper = await openAuthSweeper(nc, { intervalMs: sweepIntervalMs });
+    opened.push(() => sweeper.close());
+    return await build(options, nc, limits, revocations, opened, { host, port, authOn, limiter, signInLimiter, sweeper });
   } catch (err) {
     for (const close of opened.reverse()) await close().catch(() => undefined);
     throw err;
@@ -244,10 +262,11 @@ interface BuildParts {
   readonly authOn: boolean;
   readonly limiter: RateLimiter | undefined;
   readonly signInLimiter: RateLimiter;
+  readonly sweeper: AuthSweeper;
 }
 
 async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits, revocations: Revocations, opened: Array<() => Promise<void>>, parts: BuildParts): Promise<Gateway> {
-  const { host, port, authOn, limiter, signInLimiter } = parts;
+  const { host, port, authOn, limiter, signInLimiter, sweeper } = parts;
   const users = await openUserStore(nc);
   let keys: KeyStore | undefined;
   let issuer: TokenIssuer | undefined;
@@ -259,7 +278,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     const keyOptions = options.keys ?? { dir: join(options.dataDir ?? "data", "gateway", "keys") };
     keys = await openKeyStore(keyOptions);
     issuer = createTokenIssuer(keys, options.issuer ?? {});
-    verifier = createTokenVerifier({ keys, local: options.issuer ?? {}, revocations, ...(options.tokenCacheSize !== undefined ? { cacheSize: options.tokenCacheSize } : {}) });
+    verifier = createTokenVerifier({ keys, local: options.issuer ?? {}, revocations, ...(options.clockToleranceSeconds !== undefined ? { clockToleranceSeconds: options.clockToleranceSeconds } : {}), ...(options.tokenCacheSize !== undefined ? { cacheSize: options.tokenCacheSize } : {}) });
     sessions = await openSessions(nc, users, issuer, revocations);
   }
   const jsm = await jetstreamManager(nc);
@@ -444,6 +463,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     if (closed) return;
     closed = true;
     await app.close();
+    await sweeper.close();
     await reports.close();
     await store.close();
     if (ownsPublisher) await publisher.close();
@@ -466,6 +486,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     sessions,
     revocations,
     metrics,
+    sweepAuth: () => sweeper.sweep(),
     routes,
     close,
     [Symbol.asyncDispose]: close,

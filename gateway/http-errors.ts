@@ -10,6 +10,7 @@ import {
   PublisherClosedError,
   StreamUnavailableError,
   SubjectTokenError,
+  TenantReservedError,
 } from "../streams/index.js";
 import { FOREIGN_ERROR_STATUS } from "./read-models.js";
 import { BodyTooLargeError, GatewayError, InvalidJsonError, NotFoundError, UnsupportedMediaTypeError } from "./errors.js";
@@ -56,6 +57,7 @@ export function toHttpError(err: unknown, bodyLimit?: number): HttpError {
     headers.etag = `"${err.actual}"`;
     return { status: 409, headers, body: body(err.code, err.message, { expected: err.expected, actual: err.actual, currentRevision: err.actual }) };
   }
+  if (err instanceof TenantReservedError) return { status: 400, headers, body: body(err.code, err.message, { field: err.field }) };
   if (err instanceof SubjectTokenError) return { status: 400, headers, body: body(err.code, err.message, { field: err.token }) };
   if (err instanceof InvalidEventError) return { status: 400, headers, body: body(err.code, err.message, { field: err.field }) };
   if (err instanceof InvalidOptionError) return { status: 400, headers, body: body(err.code, err.message, { field: err.field }) };

@@ -41,8 +41,12 @@ export { createRateLimiter, DEFAULT_RATE_PER_SECOND } from "./rate-limit.js";
 export type { RateLimiter, RateLimitOptions } from "./rate-limit.js";
 export type { ReadModelChange, ReadModelPage, ReadModelQuery, ReadModels } from "./read-models.js";
 export { openRevocations } from "./revocations.js";
-export type { Revocations } from "./revocations.js";
-export { openSessions, revokeUserSessions } from "./sessions.js";
+export type { Revocations, RevocationsOptions } from "./revocations.js";
+export { DEFAULT_AUTH_SWEEP_BATCH, DEFAULT_AUTH_SWEEP_INTERVAL_MS, DEFAULT_MARKER_GRACE_MS, openAuthSweeper } from "./auth-sweep.js";
+export type { AuthSweeper, AuthSweeperOptions, SweepReport } from "./auth-sweep.js";
+export { EXTERNAL_ISSUER_ENV, externalIssuerOptions, gatewaySection } from "./config.js";
+export type { ExternalIssuerConfig, GatewayConfig } from "./config.js";
+export { openSessions, revokeUserSessions, SESSION_PREFIX } from "./sessions.js";
 export type { SessionService, TokenPair } from "./sessions.js";
 export {
   ACCESS_TOKEN_TYPE,
@@ -50,7 +54,10 @@ export {
   createTokenVerifier,
   DEFAULT_ACCESS_TTL_S,
   DEFAULT_AUDIENCE,
+  DEFAULT_EXTERNAL_CLOCK_TOLERANCE_S,
+  DEFAULT_EXTERNAL_TOKEN_TYPES,
   DEFAULT_ISSUER,
+  DEFAULT_REFRESH_AUDIENCE,
   DEFAULT_REFRESH_TTL_S,
   MAX_TOKEN_BYTES,
   REFRESH_TOKEN_TYPE,

@@ -63,9 +63,13 @@ export function createRouteReports(publisher: Publisher, intervalMs: number, log
   let first: NodeJS.Timeout | undefined;
   if (intervalMs > 0) {
     const delay = intervalMs % MINUTE_MS === 0 ? MINUTE_MS - (Date.now() % MINUTE_MS) : intervalMs;
+    // A timer's flush must not reject unhandled (that ends a Node process): report it and go on.
+    const tick = (): void => {
+      flush().catch((err: unknown) => log(`flexcore: gateway metrics not reported: ${(err as Error).message}`));
+    };
     first = setTimeout(() => {
-      void flush();
-      timer = setInterval(() => void flush(), intervalMs);
+      tick();
+      timer = setInterval(tick, intervalMs);
       timer.unref();
     }, delay);
     first.unref();

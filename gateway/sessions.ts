@@ -2,7 +2,7 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { nuid } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS } from "../streams/index.js";
+import { BUCKETS, RESERVED_TENANT_PREFIX } from "../streams/index.js";
 import { InvalidCredentialsError, InvalidRefreshTokenError, RefreshTokenReuseError } from "./errors.js";
 import type { Revocations } from "./revocations.js";
 import type { Principal, TokenIssuer } from "./tokens.js";
@@ -45,14 +45,17 @@ interface SessionRecord {
 
 const codec = new TextEncoder();
 
+/** KV key prefix of sign-in sessions in `flex_auth`: `session.<tenant>.<username>.<sid>`. */
+export const SESSION_PREFIX = "session";
+
 function sessionKey(tenant: string, username: string, sid: string): string {
-  return `session.${keyToken(tenant)}.${keyToken(username)}.${sid}`;
+  return `${SESSION_PREFIX}.${keyToken(tenant)}.${keyToken(username)}.${sid}`;
 }
 
 /** Ends every session of a user (also used by `flexcore users remove|passwd`). */
 export async function revokeUserSessions(kv: KV, revocations: Revocations, tenant: string, username: string): Promise<number> {
   let n = 0;
-  for await (const key of await kv.keys(`session.${keyToken(checkTenant(tenant))}.${keyToken(checkUsername(username))}.*`)) {
+  for await (const key of await kv.keys(`${SESSION_PREFIX}.${keyToken(checkTenant(tenant))}.${keyToken(checkUsername(username))}.*`)) {
     const sid = key.split(".")[3];
     if (!sid) continue;
     const entry = await kv.get(key);
@@ -84,12 +87,14 @@ class KvSessions implements SessionService {
   }
 
   async signIn(tenant: string, username: string, password: string): Promise<TokenPair> {
+    // A reserved tenant is refused as such (400), before any user lookup: no user can exist there.
+    if (typeof tenant === "string" && tenant.startsWith(RESERVED_TENANT_PREFIX)) checkTenant(tenant);
     const user = await this.#users.verify(tenant, username, password);
     if (!user) throw new InvalidCredentialsError();
     const sid = nuid.next();
     const record: SessionRecord = { gen: 1, exp: Math.floor(Date.now() / 1000) + this.#issuer.refreshTtlSeconds, createdAt: Date.now() };
     await this.#kv.create(sessionKey(user.tenant, user.username, sid), codec.encode(JSON.stringify(record)));
-    return this.#pair(user.tenant, user.username, user.roles, sid, record.gen);
+    return this.#pair(user.tenant, user.username, user.roles, sid, record.gen, record.exp);
   }
 
   async refresh(refreshToken: string): Promise<TokenPair> {
@@ -104,6 +109,8 @@ class KvSessions implements SessionService {
     const entry = await this.#kv.get(key);
     if (!entry || entry.operation !== "PUT") throw new InvalidRefreshTokenError("session ended");
     const record = entry.json<SessionRecord>();
+    // A session lasts at most the refresh lifetime from sign-in; the sweep removes it later.
+    if (record.exp * 1000 <= Date.now()) throw new InvalidRefreshTokenError("session expired");
     if (claims.gen !== record.gen) throw new RefreshTokenReuseError(await this.revokeUser(claims.tenant, claims.subject));
     const next: SessionRecord = { ...record, gen: record.gen + 1 };
     try {
@@ -117,7 +124,7 @@ class KvSessions implements SessionService {
       await this.revokeUser(claims.tenant, claims.subject);
       throw new InvalidRefreshTokenError("user no longer exists");
     }
-    return this.#pair(user.tenant, user.username, user.roles, claims.sid, next.gen);
+    return this.#pair(user.tenant, user.username, user.roles, claims.sid, next.gen, record.exp);
   }
 
   async signOut(principal: Principal): Promise<void> {
@@ -134,9 +141,9 @@ class KvSessions implements SessionService {
     return revokeUserSessions(this.#kv, this.#revocations, tenant, username);
   }
 
-  async #pair(tenant: string, username: string, roles: Principal["roles"], sid: string, gen: number): Promise<TokenPair> {
+  async #pair(tenant: string, username: string, roles: Principal["roles"], sid: string, gen: number, sessionEnd: number): Promise<TokenPair> {
     const access = await this.#issuer.issueAccess({ tenant, subject: username, roles, sid });
-    const refresh = await this.#issuer.issueRefresh({ tenant, subject: username, sid, gen });
+    const refresh = await this.#issuer.issueRefresh({ tenant, subject: username, sid, gen, notAfter: sessionEnd });
     const now = Math.floor(Date.now() / 1000);
     return {
       access_token: access.token,

@@ -1,7 +1,9 @@
+import { createPublicKey } from "node:crypto";
+import type { KeyObject } from "node:crypto";
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, SignJWT } from "jose";
 import type { JWTHeaderParameters, JWTPayload, JWTVerifyGetKey, JWTVerifyOptions } from "jose";
 import { nuid } from "@nats-io/transport-node";
-import { InvalidOptionError } from "../streams/index.js";
+import { InvalidOptionError, TenantReservedError } from "../streams/index.js";
 import { InvalidRefreshTokenError, TokenTooLargeError, UnauthenticatedError } from "./errors.js";
 import { SIGNING_ALG } from "./keys.js";
 import type { KeyStore } from "./keys.js";
@@ -22,8 +24,22 @@ export const DEFAULT_REFRESH_TTL_S = 30 * 24 * 3600;
 export const MAX_TOKEN_BYTES = 8 * 1024;
 /** `iss` of tokens FlexCore issues. */
 export const DEFAULT_ISSUER = "flexcore";
-/** `aud` of tokens FlexCore issues. */
+/** `aud` of access tokens FlexCore issues. */
 export const DEFAULT_AUDIENCE = "flexcore-api";
+/**
+ * `aud` of refresh tokens FlexCore issues: not the access audience, so a refresh token is
+ * refused as an access token on its audience as well as on its `typ` (and by any other
+ * verifier of FlexCore's access tokens that checks only one of them).
+ */
+export const DEFAULT_REFRESH_AUDIENCE = "flexcore-refresh";
+/** Clock skew accepted on `exp`/`nbf`/`iat` of an external issuer's tokens, in seconds. */
+export const DEFAULT_EXTERNAL_CLOCK_TOLERANCE_S = 30;
+/**
+ * `typ` headers accepted from an external issuer unless `typ` says otherwise: RFC 9068
+ * access tokens (`at+jwt`, also written `application/at+jwt`) and plain `JWT`, which most
+ * providers put on access tokens. A token without `typ` is refused.
+ */
+export const DEFAULT_EXTERNAL_TOKEN_TYPES: readonly string[] = ["at+jwt", "JWT"];
 /** Verified tokens kept in memory. */
 export const DEFAULT_TOKEN_CACHE_SIZE = 50_000;
 /** Shortest time between two reloads of the key directory on an unknown `kid`, in ms. */
@@ -47,8 +63,10 @@ export interface Principal {
 export interface LocalIssuerOptions {
   /** @default "flexcore" */
   readonly issuer?: string;
-  /** @default "flexcore-api" */
+  /** `aud` of access tokens. @default "flexcore-api" */
   readonly audience?: string;
+  /** `aud` of refresh tokens; must differ from `audience`. @default "flexcore-refresh" */
+  readonly refreshAudience?: string;
   /** @default 900 */
   readonly accessTtlSeconds?: number;
   /** @default 2592000 (30 days) */
@@ -57,8 +75,10 @@ export interface LocalIssuerOptions {
 
 /** An external OpenID provider (or any JWKS-publishing issuer) instead of FlexCore's own tokens. */
 export interface ExternalIssuerOptions {
-  /** Where the issuer publishes its keys. */
-  readonly jwksUrl: string;
+  /** Where the issuer publishes its keys (give this or `publicKey`). */
+  readonly jwksUrl?: string;
+  /** The issuer's public key as PEM (SPKI), for issuers without a JWKS endpoint (give this or `jwksUrl`). */
+  readonly publicKey?: string;
   /** Expected `iss`. */
   readonly issuer: string;
   /** Expected `aud`. */
@@ -67,8 +87,14 @@ export interface ExternalIssuerOptions {
   readonly tenantClaim?: string;
   /** Claim holding the role list (array or space-separated string). @default "roles" */
   readonly rolesClaim?: string;
-  /** Expected `typ` header; providers differ (`at+jwt`, `JWT`, none), so it is pinned only when given. */
-  readonly typ?: string;
+  /**
+   * Accepted `typ` headers (compared without case and without an `application/` prefix); a
+   * token without `typ`, or with another one, is refused.
+   * @default ["at+jwt", "JWT"] ({@link DEFAULT_EXTERNAL_TOKEN_TYPES})
+   */
+  readonly typ?: string | readonly string[];
+  /** Accepted clock skew on `exp`, `nbf` and `iat`, in seconds. @default 30 */
+  readonly clockToleranceSeconds?: number;
   /** @default ["RS256"] */
   readonly algorithms?: readonly string[];
 }
@@ -77,10 +103,12 @@ export interface ExternalIssuerOptions {
 export interface TokenIssuer {
   readonly issuer: string;
   readonly audience: string;
+  readonly refreshAudience: string;
   readonly accessTtlSeconds: number;
   readonly refreshTtlSeconds: number;
   issueAccess(claims: { tenant: string; subject: string; roles: readonly Role[]; sid?: string; ttlSeconds?: number }): Promise<{ token: string; jti: string; expiresAt: number }>;
-  issueRefresh(claims: { tenant: string; subject: string; sid: string; gen: number }): Promise<{ token: string; expiresAt: number }>;
+  /** A refresh token (`typ: rt+jwt`, `aud` the refresh audience); `notAfter` (seconds since the epoch) caps its `exp`, e.g. at its session's end. */
+  issueRefresh(claims: { tenant: string; subject: string; sid: string; gen: number; notAfter?: number }): Promise<{ token: string; expiresAt: number }>;
   /** Verifies a refresh token's signature, issuer, audience, type and expiry. @throws InvalidRefreshTokenError */
   verifyRefresh(token: string): Promise<{ tenant: string; subject: string; sid: string; gen: number; expiresAt: number }>;
 }
@@ -117,6 +145,8 @@ function nonEmpty(field: string, value: unknown): string {
 export function createTokenIssuer(keys: KeyStore, options: LocalIssuerOptions = {}): TokenIssuer {
   const issuer = nonEmpty("issuer", options.issuer ?? DEFAULT_ISSUER);
   const audience = nonEmpty("audience", options.audience ?? DEFAULT_AUDIENCE);
+  const refreshAudience = nonEmpty("refreshAudience", options.refreshAudience ?? DEFAULT_REFRESH_AUDIENCE);
+  if (refreshAudience === audience) throw new InvalidOptionError("refreshAudience", refreshAudience, `an audience other than the access tokens' (\`${audience}\`)`);
   const accessTtlSeconds = positive("accessTtlSeconds", options.accessTtlSeconds, DEFAULT_ACCESS_TTL_S);
   const refreshTtlSeconds = positive("refreshTtlSeconds", options.refreshTtlSeconds, DEFAULT_REFRESH_TTL_S);
   const keyFor: JWTVerifyGetKey = (header: JWTHeaderParameters) => {
@@ -127,6 +157,7 @@ export function createTokenIssuer(keys: KeyStore, options: LocalIssuerOptions = 
   return {
     issuer,
     audience,
+    refreshAudience,
     accessTtlSeconds,
     refreshTtlSeconds,
     async issueAccess(c) {
@@ -146,11 +177,11 @@ export function createTokenIssuer(keys: KeyStore, options: LocalIssuerOptions = 
     },
     async issueRefresh(c) {
       const now = Math.floor(Date.now() / 1000);
-      const expiresAt = now + refreshTtlSeconds;
-      const token = await new SignJWT({ tenant: c.tenant, sid: c.sid, gen: c.gen })
+      const expiresAt = Math.min(now + refreshTtlSeconds, c.notAfter ?? Number.MAX_SAFE_INTEGER);
+      const token = await new SignJWT({ tenant: checkTenant(c.tenant), sid: c.sid, gen: c.gen })
         .setProtectedHeader({ alg: SIGNING_ALG, typ: REFRESH_TOKEN_TYPE, kid: keys.activeKid })
         .setIssuer(issuer)
-        .setAudience(audience)
+        .setAudience(refreshAudience)
         .setSubject(c.subject)
         .setJti(nuid.next())
         .setIssuedAt(now)
@@ -162,7 +193,7 @@ export function createTokenIssuer(keys: KeyStore, options: LocalIssuerOptions = 
       if (typeof token !== "string" || token.length === 0 || token.length > MAX_TOKEN_BYTES) throw new InvalidRefreshTokenError("missing or too long");
       try {
         const { payload } = await jwtVerify(token, keyFor, {
-          algorithms: [SIGNING_ALG], issuer, audience, typ: REFRESH_TOKEN_TYPE, requiredClaims: ["exp", "sub", "sid", "tenant"],
+          algorithms: [SIGNING_ALG], issuer, audience: refreshAudience, typ: REFRESH_TOKEN_TYPE, requiredClaims: ["exp", "sub", "sid", "tenant"],
         });
         const gen = payload.gen;
         if (typeof payload.sid !== "string" || typeof payload.tenant !== "string" || typeof gen !== "number" || !Number.isInteger(gen)) throw new InvalidRefreshTokenError("malformed claims");
@@ -190,7 +221,9 @@ function reasonOf(err: unknown): string {
 }
 
 interface VerifierConfig {
-  readonly key: JWTVerifyGetKey;
+  readonly key: JWTVerifyGetKey | KeyObject;
+  /** Accepted `typ` values, normalised ({@link normalTyp}); undefined when jose pins it. */
+  readonly types: ReadonlySet<string> | undefined;
   readonly options: JWTVerifyOptions;
   readonly tenantClaim: string;
   readonly rolesClaim: string;
@@ -209,37 +242,72 @@ export interface TokenVerifierOptions {
   readonly revocations?: Revocations;
   /** Verified tokens kept until their expiry; 0 disables the cache. @default 50000 */
   readonly cacheSize?: number;
-  /** Accepted clock skew for `exp`/`nbf`, in seconds. @default 0 */
+  /**
+   * Accepted clock skew for `exp`/`nbf` of FlexCore's own tokens, in seconds (an external
+   * issuer's is `external.clockToleranceSeconds`). @default 0
+   */
   readonly clockToleranceSeconds?: number;
+}
+
+/** `typ` as RFC 8725 §3.11 compares it: without case and without an `application/` prefix. */
+function normalTyp(typ: string): string {
+  const t = typ.toLowerCase();
+  return t.startsWith("application/") ? t.slice("application/".length) : t;
+}
+
+function tolerance(field: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || value > 3600) throw new InvalidOptionError(field, value, "a number of seconds from 0 to 3600");
+  return value;
 }
 
 /** Creates a verifier for FlexCore's tokens (`keys`) or an external issuer's (`external`). */
 export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifier {
   const cacheSize = options.cacheSize ?? DEFAULT_TOKEN_CACHE_SIZE;
   if (!Number.isInteger(cacheSize) || cacheSize < 0) throw new InvalidOptionError("cacheSize", cacheSize, "an integer from 0 and up");
-  const clockTolerance = options.clockToleranceSeconds ?? 0;
-  if (typeof clockTolerance !== "number" || clockTolerance < 0) throw new InvalidOptionError("clockToleranceSeconds", clockTolerance, "a number of seconds from 0 and up");
+  const clockTolerance = tolerance("clockToleranceSeconds", options.clockToleranceSeconds, 0);
   if (options.external) {
     const ext = options.external;
-    let url: URL;
-    try {
-      url = new URL(nonEmpty("external.jwksUrl", ext.jwksUrl));
-    } catch (err) {
-      if (err instanceof InvalidOptionError) throw err;
-      throw new InvalidOptionError("external.jwksUrl", ext.jwksUrl, "an absolute URL");
+    let key: JWTVerifyGetKey | KeyObject;
+    if ((ext.jwksUrl === undefined) === (ext.publicKey === undefined)) {
+      throw new InvalidOptionError("external.jwksUrl", ext.jwksUrl, "a JWKS URL, or else `external.publicKey` (exactly one of the two)");
     }
+    if (ext.jwksUrl !== undefined) {
+      let url: URL;
+      try {
+        url = new URL(nonEmpty("external.jwksUrl", ext.jwksUrl));
+      } catch (err) {
+        if (err instanceof InvalidOptionError) throw err;
+        throw new InvalidOptionError("external.jwksUrl", ext.jwksUrl, "an absolute URL");
+      }
+      if (url.protocol !== "https:" && url.protocol !== "http:") throw new InvalidOptionError("external.jwksUrl", ext.jwksUrl, "an http(s) URL");
+      key = createRemoteJWKSet(url);
+    } else {
+      try {
+        key = createPublicKey(nonEmpty("external.publicKey", ext.publicKey));
+      } catch (err) {
+        if (err instanceof InvalidOptionError) throw err;
+        throw new InvalidOptionError("external.publicKey", "(unparsable)", "a public key in PEM (-----BEGIN PUBLIC KEY-----)");
+      }
+    }
+    const typList = ext.typ === undefined ? DEFAULT_EXTERNAL_TOKEN_TYPES : typeof ext.typ === "string" ? [ext.typ] : ext.typ;
+    if (!Array.isArray(typList) || typList.length === 0 || typList.some((t) => typeof t !== "string" || t.length === 0)) {
+      throw new InvalidOptionError("external.typ", ext.typ, "a non-empty `typ` or list of them (e.g. \"at+jwt\")");
+    }
+    if (typList.some((t) => normalTyp(t) === REFRESH_TOKEN_TYPE)) throw new InvalidOptionError("external.typ", ext.typ, `types other than \`${REFRESH_TOKEN_TYPE}\` (refresh tokens)`);
     const algorithms = [...(ext.algorithms ?? [SIGNING_ALG])];
     if (algorithms.length === 0 || algorithms.some((a) => a === "none" || a.startsWith("HS"))) {
       throw new InvalidOptionError("external.algorithms", algorithms.join(","), "asymmetric algorithms only (no none, no HS*)");
     }
     return new CachingVerifier({
-      key: createRemoteJWKSet(url),
+      key,
+      types: new Set(typList.map(normalTyp)),
       options: {
         algorithms, issuer: nonEmpty("external.issuer", ext.issuer), audience: nonEmpty("external.audience", ext.audience),
-        requiredClaims: ["exp", "sub"], clockTolerance, ...(ext.typ ? { typ: ext.typ } : {}),
+        requiredClaims: ["exp", "sub"], clockTolerance: tolerance("external.clockToleranceSeconds", ext.clockToleranceSeconds, DEFAULT_EXTERNAL_CLOCK_TOLERANCE_S),
       },
-      tenantClaim: ext.tenantClaim ?? "tenant",
-      rolesClaim: ext.rolesClaim ?? "roles",
+      tenantClaim: nonEmpty("external.tenantClaim", ext.tenantClaim ?? "tenant"),
+      rolesClaim: nonEmpty("external.rolesClaim", ext.rolesClaim ?? "roles"),
       revocations: options.revocations,
       cacheSize,
     });
@@ -262,6 +330,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       if (!key) throw new joseErrors.JWKSNoMatchingKey();
       return key;
     },
+    types: undefined,
     options: {
       algorithms: [SIGNING_ALG], issuer: local.issuer ?? DEFAULT_ISSUER, audience: local.audience ?? DEFAULT_AUDIENCE, typ: ACCESS_TOKEN_TYPE,
       requiredClaims: ["exp", "iat", "jti", "sub", "tenant"], clockTolerance,
@@ -303,10 +372,19 @@ class CachingVerifier implements TokenVerifier {
     const hit = this.verifyCached(token);
     if (hit) return hit;
     let payload: JWTPayload;
+    let typ: unknown;
     try {
-      ({ payload } = await jwtVerify(token, this.#config.key, this.#config.options));
+      // Two calls so TypeScript picks the overload (a key resolver or a key).
+      const key = this.#config.key;
+      const verified = typeof key === "function" ? await jwtVerify(token, key, this.#config.options) : await jwtVerify(token, key, this.#config.options);
+      payload = verified.payload;
+      typ = verified.protectedHeader.typ;
     } catch (err) {
       throw new UnauthenticatedError(reasonOf(err), { cause: err });
+    }
+    const types = this.#config.types;
+    if (types && (typeof typ !== "string" || !types.has(normalTyp(typ)))) {
+      throw new UnauthenticatedError(`token type ${typeof typ === "string" ? `\`${typ}\`` : "(none)"} is not accepted; expected ${[...types].join(" or ")}`);
     }
     const principal = this.#principal(payload);
     this.#checkRevoked(principal);
@@ -327,9 +405,11 @@ class CachingVerifier implements TokenVerifier {
     const tenantValue = payload[this.#config.tenantClaim];
     let tenant: string;
     try {
-      tenant = checkTenant(tenantValue);
-    } catch {
-      throw new UnauthenticatedError(`claim \`${this.#config.tenantClaim}\` is not a valid tenant`);
+      tenant = checkTenant(tenantValue, this.#config.tenantClaim);
+    } catch (err) {
+      // A token naming a reserved tenant (`_system`) is refused like any invalid token: 401.
+      const reserved = err instanceof TenantReservedError;
+      throw new UnauthenticatedError(`claim \`${this.#config.tenantClaim}\` ${reserved ? "names a reserved tenant (starting with `_`)" : "is not a valid tenant"}`, { cause: err });
     }
     const rawRoles = payload[this.#config.rolesClaim];
     const list = Array.isArray(rawRoles) ? rawRoles : typeof rawRoles === "string" ? rawRoles.split(" ") : [];

@@ -2,7 +2,7 @@ import { randomBytes, scrypt as scryptCb, timingSafeEqual } from "node:crypto";
 import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, checkToken, fromKvKeyToken, InvalidOptionError, kvKeyToken } from "../streams/index.js";
+import { BUCKETS, checkTenantName, fromKvKeyToken, InvalidOptionError, kvKeyToken } from "../streams/index.js";
 import { UserExistsError, UserNotFoundError } from "./errors.js";
 import { checkRoles } from "./policy.js";
 import type { Role } from "./policy.js";
@@ -52,10 +52,14 @@ export const keyToken = kvKeyToken;
 
 const fromKeyToken = fromKvKeyToken;
 
-/** Checks a tenant name for the gateway: a subject token of at most 64 bytes. */
-export function checkTenant(tenant: unknown): string {
-  checkToken("tenant", tenant);
-  if (Buffer.byteLength(tenant as string) > MAX_TENANT_LENGTH) throw new InvalidOptionError("tenant", tenant, `a tenant name of at most ${MAX_TENANT_LENGTH} bytes`);
+/**
+ * Checks a tenant that a user, token or request names: a subject token of at most 64
+ * bytes that does not start with `_` (reserved for FlexCore: `_system`).
+ * @throws SubjectTokenError, TenantReservedError, InvalidOptionError (too long)
+ */
+export function checkTenant(tenant: unknown, field = "tenant"): string {
+  checkTenantName(tenant, field);
+  if (Buffer.byteLength(tenant as string) > MAX_TENANT_LENGTH) throw new InvalidOptionError(field, tenant, `a tenant name of at most ${MAX_TENANT_LENGTH} bytes`);
   return tenant as string;
 }
 

@@ -50,6 +50,21 @@ export class SubjectTokenError extends FlexError {
   }
 }
 
+/**
+ * A tenant name starting with `_`: such tenants are FlexCore's own (`_system` holds system
+ * metrics and plugin status), so no user, token, configuration or request may name one.
+ */
+export class TenantReservedError extends FlexError {
+  readonly field: string;
+  readonly value: string;
+  constructor(field: string, value: string) {
+    super("FLEX_TENANT_RESERVED", `Expected \`${field}\` to be a tenant name not starting with \`_\` (reserved for FlexCore), got \`${value}\``);
+    this.name = "TenantReservedError";
+    this.field = field;
+    this.value = value;
+  }
+}
+
 /** An event is malformed: missing type, data that is not JSON, a bad id. */
 export class InvalidEventError extends FlexError {
   readonly field: string;

@@ -12,16 +12,19 @@ export {
   PublishTimeoutError,
   StreamUnavailableError,
   SubjectTokenError,
+  TenantReservedError,
   TopologyError,
 } from "./errors.js";
 export {
   checkSubjectFilter,
+  checkTenantName,
   checkToken,
   derivedSubject,
   dlqSubject,
   eventSubject,
   MAX_TOKEN_BYTES,
   parseSubject,
+  RESERVED_TENANT_PREFIX,
   SUBJECT_ROOTS,
   SYSTEM_TENANT,
 } from "./subjects.js";

@@ -1,8 +1,26 @@
 import { describe, expect, it } from "vitest";
-import { checkSubjectFilter, derivedSubject, dlqSubject, eventSubject, parseSubject, SubjectTokenError } from "./index.js";
+import { checkSubjectFilter, checkTenantName, derivedSubject, dlqSubject, eventSubject, parseSubject, SubjectTokenError, SYSTEM_TENANT, TenantReservedError } from "./index.js";
 import { compareVersions, deriveConfig, missingFeatures, serverFeatures } from "./index.js";
 
 describe("subjects", () => {
+  it("refuses reserved tenant names (starting with `_`) where a tenant is named, but still builds FlexCore's own subjects", () => {
+    for (const name of [SYSTEM_TENANT, "_", "_other"]) {
+      try {
+        checkTenantName(name);
+        expect.unreachable();
+      } catch (err) {
+        expect(err).toBeInstanceOf(TenantReservedError);
+        expect((err as TenantReservedError).code).toBe("FLEX_TENANT_RESERVED");
+        expect((err as TenantReservedError).field).toBe("tenant");
+        expect((err as Error).message).toContain(`\`${name}\``);
+      }
+    }
+    expect(checkTenantName("acme_corp")).toBe("acme_corp");
+    expect(() => checkTenantName("a.b")).toThrow(SubjectTokenError);
+    expect(() => checkTenantName(undefined, "org")).toThrow(/`org`/u);
+    expect(eventSubject(SYSTEM_TENANT, "metrics", "gateway")).toBe("evt._system.metrics.gateway");
+  });
+
   it("builds and parses the three families", () => {
     expect(eventSubject("acme", "sensor", "s-1")).toBe("evt.acme.sensor.s-1");
     expect(derivedSubject("acme", "anomaly", "s-1")).toBe("drv.acme.anomaly.s-1");

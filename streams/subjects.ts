@@ -1,4 +1,4 @@
-import { SubjectTokenError } from "./errors.js";
+import { SubjectTokenError, TenantReservedError } from "./errors.js";
 
 /** Longest token FlexCore accepts, in UTF-8 bytes. */
 export const MAX_TOKEN_BYTES = 128;
@@ -8,6 +8,8 @@ export const SUBJECT_ROOTS = { events: "evt", derived: "drv", dlq: "dlq" } as co
 
 /** Tenant used for system events (`evt._system.plugin.<name>`). */
 export const SYSTEM_TENANT = "_system";
+/** First character of the tenant names reserved for FlexCore ({@link SYSTEM_TENANT} and any later one). */
+export const RESERVED_TENANT_PREFIX = "_";
 
 // Anything a NATS subject tokenises on or treats as a wildcard, plus control characters.
 const FORBIDDEN = /[\s.*>\u0000-\u001f\u007f]/u;
@@ -30,6 +32,18 @@ export function checkToken(name: string, value: unknown): string {
     throw new SubjectTokenError(name, value, `it is over ${MAX_TOKEN_BYTES} bytes`);
   }
   return value;
+}
+
+/**
+ * Checks a tenant that a user, token, configuration or request names: a subject token
+ * ({@link checkToken}) that does not start with `_`. FlexCore's own subjects
+ * (`evt._system...`) are built with {@link eventSubject}, which takes any token.
+ * @throws SubjectTokenError for a bad token, TenantReservedError for a reserved name
+ */
+export function checkTenantName(value: unknown, field = "tenant"): string {
+  checkToken(field, value);
+  if ((value as string).startsWith(RESERVED_TENANT_PREFIX)) throw new TenantReservedError(field, value as string);
+  return value as string;
 }
 
 /** `evt.<tenant>.<category>.<id>`: one subject is one aggregate's stream. */

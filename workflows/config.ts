@@ -4,7 +4,7 @@ import { isAbsolute, join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { array, boolean, duration, integer, object, oneOf, string } from "../processors/index.js";
 import type { SectionValidator } from "../processors/index.js";
-import { checkToken } from "../streams/index.js";
+import { checkTenantName } from "../streams/index.js";
 import { createWorkflowClient } from "./client.js";
 import { DEFAULT_MAX_RUNS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
 import type { WorkflowRunner } from "./runner.js";
@@ -39,7 +39,8 @@ export interface WorkflowsConfig {
 /** Most child-process steps one instance may run at once. */
 const MAX_SCRIPT_CONCURRENCY = 1_024;
 
-const TOKEN = { re: /^[^\s.*>]+$/, describe: "a tenant (no dots, wildcards or spaces)" };
+// Tenants starting with `_` are FlexCore's own (`_system`), never a workflow's.
+const TOKEN = { re: /^[^\s.*>_][^\s.*>]*$/u, describe: "a tenant (no dots, wildcards or spaces, not starting with `_`)" };
 
 /** Validator of the `workflows:` section (no I/O: files are read when the runner starts). */
 export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) => {
@@ -62,7 +63,7 @@ export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) =
  */
 export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig, options: { readonly root: string; readonly log?: (line: string) => void }): Promise<{ readonly runner: WorkflowRunner | undefined; close(): Promise<void> }> {
   const log = options.log ?? (() => undefined);
-  checkToken("tenant", config.tenant);
+  checkTenantName(config.tenant, "workflows.tenant");
   const client = await createWorkflowClient(nc);
   const trust = createOperatorTrust();
   try {

@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -70,6 +71,29 @@ describe("flexcore users / token / nats-users", () => {
       await one.close();
       await two.close();
     }
+  });
+
+  it("refuses reserved tenants (`_system`, any `_` name) in users add/list, token, nats-users and workflows, changing nothing", async () => {
+    const fails = async (args: string[], env: Record<string, string> = {}) => {
+      const err = await flexcore(args, env).then(() => undefined, (e: { code: number; stderr: string }) => e);
+      expect(err, args.join(" ")).toBeDefined();
+      expect(err!.code).toBe(1);
+      expect(err!.stderr).toContain("[FLEX_TENANT_RESERVED]");
+    };
+    await fails(["users", "add", "_system", "ops", "--roles", "admin"], { FLEXCORE_PASSWORD: "ops password 1" });
+    await fails(["users", "add", "_billing", "ops", "--roles", "admin"], { FLEXCORE_PASSWORD: "ops password 1" });
+    await fails(["users", "list", "_system"]);
+    const all = (await flexcore(["users", "list"])).stdout.trim().split("\n").filter(Boolean).map((l) => JSON.parse(l) as { tenant: string });
+    expect(all.filter((u) => u.tenant.startsWith("_"))).toEqual([]);
+    const keysDir = join(data, "reserved-keys");
+    await fails(["token", "--tenant", "_system", "--roles", "admin"], { FLEXCORE_GATEWAY_KEYS_DIR: keysDir });
+    expect(existsSync(keysDir)).toBe(false);
+    const out = join(data, "reserved-tenants.conf");
+    await fails(["nats-users", "--tenant", "acme", "--tenant", "_system", "--out", out, "--seeds", join(data, "reserved-seeds")]);
+    expect(existsSync(out)).toBe(false);
+    expect(existsSync(join(data, "reserved-seeds")) ? await readdir(join(data, "reserved-seeds")) : []).toEqual([]);
+    await fails(["workflows", "put", join(root, "workflows/examples/daily-report.yaml"), "--tenant", "_system"]);
+    await fails(["workflows", "list"], { FLEXCORE_TENANT: "_system" });
   });
 
   it("nats-users prints a users block", async () => {

@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
-import { InvalidOptionError } from "../../streams/index.js";
+import { checkTenantName, InvalidOptionError } from "../../streams/index.js";
 import { createWorkflowClient, nextCronTime, parseCron, startWorkflowRunner } from "../../workflows/index.js";
 import type { RunState, WorkflowClient } from "../../workflows/index.js";
 import { connectCli } from "../connection.js";
@@ -14,8 +14,9 @@ interface Common {
   json?: boolean;
 }
 
+// Workflows never live in FlexCore's own tenants (`_system`): refused like any `_` tenant.
 function tenantOf(opts: Common): string {
-  return opts.tenant ?? process.env.FLEXCORE_TENANT ?? DEFAULT_CLI_TENANT;
+  return checkTenantName(opts.tenant ?? process.env.FLEXCORE_TENANT ?? DEFAULT_CLI_TENANT, "--tenant");
 }
 
 async function withClient<T>(opts: Common, fn: (client: WorkflowClient, nc: Awaited<ReturnType<typeof connectCli>>) => Promise<T>): Promise<T> {
