@@ -74,7 +74,7 @@ beforeAll(async () => {
   await ensureTopology(nats.nc);
   jsm = await jetstreamManager(nats.nc);
   dir = await mkdtemp(join(tmpdir(), "flexcore-gw-"));
-  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, readModels: models, bodyLimit: 8 * 1024, batchBodyLimit: 64 * 1024, maxBatchEvents: 50 });
+  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, readModels: models, bodyLimit: 8 * 1024, batchBodyLimit: 64 * 1024, maxBatchEvents: 50, metricsIntervalMs: 0 });
   base = await gw.listen();
   for (const t of [A, B]) {
     tokens[`${t}:all`] = (await gw.issuer!.issueAccess({ tenant: t, subject: "root", roles: [...ROLES] })).token;
@@ -335,7 +335,7 @@ describe("limits", () => {
   it("per-tenant rate limit: 429 with Retry-After, other tenants unaffected; request timeout: 503", async () => {
     const slow = new FakeReadModels();
     slow.hang = true;
-    const limited = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, rateLimit: { perSecond: 1, burst: 2 }, requestTimeoutMs: 300, readModels: slow });
+    const limited = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, rateLimit: { perSecond: 1, burst: 2 }, requestTimeoutMs: 300, readModels: slow, metricsIntervalMs: 0 });
     try {
       const me = (t: string) => limited.app.inject({ method: "GET", url: "/v1/auth/me", headers: { authorization: `Bearer ${t}` } });
       expect((await me(tokens[`${A}:reader`]!)).statusCode).toBe(200);
@@ -355,6 +355,7 @@ describe("limits", () => {
 });
 
 describe("route reports", () => {
+  // Only this gateway reports: the file's other gateways have reports off (metricsIntervalMs: 0).
   it("publishes MetricsReported per route for the performance_metrics read model", async () => {
     const startSeq = (await jsm.streams.info(STREAMS.events)).state.last_seq;
     const g = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, workflows: false, metricsIntervalMs: 300 });

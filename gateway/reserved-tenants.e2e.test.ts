@@ -74,7 +74,7 @@ describe("reserved tenants over HTTP", () => {
     const evil = await forged(SYSTEM_TENANT);
     const event = { type: "MetricsReported", data: { component: "gateway", forged: true } };
     // Control: the same requests with a normal tenant work, so the refusal below is the tenant's doing.
-    expect((await call("POST", "/v1/streams/metrics/gateway", own, event)).status).toBe(201);
+    expect((await call("POST", "/v1/streams/sensor/gateway", own, event)).status).toBe(201);
     const before = await systemEvents();
     const attempts: Array<[string, string, unknown]> = [
       ["POST", "/v1/streams/metrics/gateway", event],
