@@ -33,6 +33,8 @@ const T = uniqueName("wt");
 // A file a trusted step would write on the host: it must never appear.
 let marker: string;
 const HOST_SECRET = `host-secret-${uniqueName("s")}`;
+let natsAccepted = 0;
+const natsConnections = (): number => natsAccepted;
 
 async function token(tenant: string, roles: readonly string[]): Promise<string> {
   return (await gw.issuer!.issueAccess({ tenant, subject: roles.join("+"), roles: [...roles] as (typeof ROLES)[number][] })).token;
@@ -73,7 +75,8 @@ const trustedMarkerStep = (): Record<string, unknown> => ({
 
 beforeAll(async () => {
   process.env.FLEX_TEST_HOST_SECRET = HOST_SECRET;
-  nats = await startTestNats();
+  // -D: the server logs every client connection it accepts (counted by the networked-step test).
+  nats = await startTestNats({ args: ["-D"], log: (line) => void (/Client connection created/u.test(line) && (natsAccepted += 1)) });
   await ensureTopology(nats.nc);
   dir = await mkdtemp(join(tmpdir(), "flexcore-wft-"));
   marker = join(dir, "marker");
@@ -143,6 +146,47 @@ describe("trusted code comes only from the operator", () => {
     // Sandboxed: no host environment, and the host file was not written.
     expect(run.output.secret).toBeNull();
     expect(existsSync(marker)).toBe(false);
+  });
+});
+
+describe("networked steps cannot reach FlexCore's insides", () => {
+  it("a tenant's step with network: true, run through the gateway, connects to neither the gateway nor NATS on loopback; neither sees a connection", async () => {
+    const tenant = uniqueName("net");
+    const admin = await token(tenant, ["admin", "writer", "reader"]);
+    const gatewayPort = Number(new URL(base).port);
+    const natsPort = nats.server.port;
+    // Each try: a TCP connect to 127.0.0.1:<port> (bash /dev/tcp), 2 s at most.
+    const probe = (port: number) => `$(timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/${port}' 2>/dev/null && echo open || echo closed)`;
+    const source = `printf '{"gateway":"%s","nats":"%s"}\\n' "${probe(gatewayPort)}" "${probe(natsPort)}"`;
+    const put = await http("POST", "/v1/workflows", admin, { name: "reach", steps: [{ id: "probe", kind: "script", language: "bash", network: true, source }] });
+    expect(put.status, JSON.stringify(put.json)).toBe(201);
+    // Connections the gateway accepts from now on, other than the test's own requests below.
+    let accepted = 0;
+    const count = (): void => void (accepted += 1);
+    gw.app.server.on("connection", count);
+    const natsClientsBefore = natsConnections();
+    // The log does count connections: the fixture's own ones were seen.
+    expect(natsClientsBefore).toBeGreaterThan(0);
+    try {
+      const sub = `evt.${tenant}.workflow.n1`;
+      const start = await http("POST", "/v1/workflows/reach/runs", admin, { runId: "n1" });
+      expect(start.status, JSON.stringify(start.json)).toBe(201);
+      const startedWith = accepted;
+      // Wait on the run stream through NATS, not HTTP, so the gateway's connection count is the step's alone.
+      const deadline = Date.now() + 30_000;
+      let events = await store.read(sub);
+      while (!events.some((e) => e.type === "RunSucceeded" || e.type === "RunFailed") && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        events = await store.read(sub);
+      }
+      const end = events.find((e) => e.type === "RunSucceeded" || e.type === "RunFailed");
+      expect(end?.type, JSON.stringify(events.map((e) => [e.type, e.data]))).toBe("RunSucceeded");
+      expect((end!.data as { result: unknown }).result).toEqual({ gateway: "closed", nats: "closed" });
+      expect(accepted).toBe(startedWith);
+      expect(natsConnections()).toBe(natsClientsBefore);
+    } finally {
+      gw.app.server.off("connection", count);
+    }
   });
 });
 
