@@ -11,8 +11,17 @@ import type { Publisher } from "./index.js";
 let cluster: TestCluster;
 beforeAll(async () => {
   cluster = await startTestCluster();
-  await ensureTopology(cluster.nc, { replicas: 3 });
-}, 90_000);
+  // R3 streams need every peer of the new meta group; on a busy machine the first tries can time out.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await ensureTopology(cluster.nc, { replicas: 3 });
+      break;
+    } catch (err) {
+      if (attempt >= 10) throw err;
+      await sleep(1_000);
+    }
+  }
+}, 120_000);
 afterAll(async () => {
   await cluster?.close();
 });
