@@ -8,7 +8,7 @@ import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
 import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
-import type { MetricsReported, Publisher } from "../streams/index.js";
+import type { MetricsReported, Publisher, PublisherStats } from "../streams/index.js";
 import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
 import { ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
@@ -87,6 +87,8 @@ export interface ProcessorRuntimeOptions {
 export interface ProcessorRuntime extends AsyncDisposable {
   /** Names of the running processors. */
   readonly processors: readonly string[];
+  /** False once `close()` was called (what `/readyz` checks). */
+  readonly running: boolean;
   /** A snapshot of each processor's counters, latency percentiles and queue depth (for `/metrics`). */
   metrics(): ProcessorMetrics[];
   /** Messages not yet acknowledged per processor consumer (`{ name, lag }`, the gateway's lag source). */
@@ -100,6 +102,8 @@ export interface ProcessorRuntime extends AsyncDisposable {
   /** Resolves once every message fetched so far is acknowledged (tests, benches). */
   idle(): Promise<void>;
   readonly pool: ProcessorPool;
+  /** Acks, failures and retries of the publisher the derived events go through. */
+  readonly publisherStats: PublisherStats;
   /** Stops fetching, finishes and acknowledges in-flight work, checkpoints, closes the pool. */
   close(): Promise<void>;
 }
@@ -260,7 +264,7 @@ class ProcessorRunner {
   #stopping = false;
   #failed = false;
   readonly latency = new LatencyWindow();
-  totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0 };
+  totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0, redelivered: 0 };
 
   constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string) => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number, leases: KV, instanceId: string, leaseTtlMs: number) {
     this.#maxKeys = maxKeys;
@@ -514,6 +518,7 @@ class ProcessorRunner {
     }
     const { raw, hdr } = rawOf(m);
     const info = m.info;
+    if (info.deliveryCount > 1) this.totals.redelivered += 1;
     k.pending += 1;
     const entry: Entry = {
       m,
@@ -1000,6 +1005,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
         outputs: r.totals.outputs,
         errors: r.totals.errors,
         deadLettered: r.totals.deadLettered,
+        redelivered: r.totals.redelivered,
         inFlight: r.inFlight,
         queueDepth: r.queued + pool.queueSize,
         throughput: (r.totals.processed - (last.processed.get(r.cfg.name) ?? 0)) / elapsed,
@@ -1071,6 +1077,12 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   return {
     processors: options.processors.map((p) => p.name),
     metrics: snapshot,
+    get running() {
+      return !closing;
+    },
+    get publisherStats() {
+      return publisher.stats;
+    },
     async lag() {
       return Promise.all(
         [...runners.values()].map(async (r) => {

@@ -83,11 +83,26 @@ export interface WorkflowRunnerOptions {
   readonly trust?: OperatorTrust;
 }
 
+/**
+ * What one runner recorded since it started (for `/metrics`): the outcomes it wrote to run
+ * logs, so instances add up without double counting.
+ */
+export interface WorkflowRunnerStats {
+  /** Runs this runner ended, by outcome (`cancelled`: a cancel it saw while driving the run). */
+  readonly runs: { readonly succeeded: number; readonly failed: number; readonly cancelled: number };
+  /** Step attempts this runner started and ended, by outcome (`retried`: failed with attempts left; `interrupted`: left running by a lost runner). */
+  readonly steps: { readonly started: number; readonly succeeded: number; readonly failed: number; readonly retried: number; readonly interrupted: number; readonly skipped: number };
+}
+
 /** A workflow runner: drives runs (its own and those whose runner died), fires triggers. */
 export interface WorkflowRunner extends AsyncDisposable {
   readonly id: string;
   /** Runs this instance drives now. */
   readonly active: number;
+  /** Outcomes recorded since start; a fresh copy on each read. */
+  readonly stats: WorkflowRunnerStats;
+  /** False once `close()` was called. */
+  readonly running: boolean;
   /** Starts a run and drives it here at once (no wait for the watch). */
   start(tenant: string, workflow: string, options?: StartOptions): Promise<StartResult>;
   /** Stops driving (runs stay unfinished and are resumed by a runner later), closes consumers. */
@@ -190,6 +205,37 @@ class Runner implements WorkflowRunner {
 
   get active(): number {
     return this.#drivers.size;
+  }
+
+  readonly counts = { runs: { succeeded: 0, failed: 0, cancelled: 0 }, steps: { started: 0, succeeded: 0, failed: 0, retried: 0, interrupted: 0, skipped: 0 } };
+
+  get stats(): WorkflowRunnerStats {
+    return { runs: { ...this.counts.runs }, steps: { ...this.counts.steps } };
+  }
+
+  get running(): boolean {
+    return !this.#closed;
+  }
+
+  /** Counts the events this runner wrote to a run log. */
+  recorded(events: readonly EventInput[]): void {
+    const { runs, steps } = this.counts;
+    for (const e of events) {
+      const data = e.data as { willRetry?: boolean; interrupted?: boolean } | undefined;
+      switch (e.type) {
+        case RUN_EVENTS.runSucceeded: runs.succeeded += 1; break;
+        case RUN_EVENTS.runFailed: runs.failed += 1; break;
+        case RUN_EVENTS.stepStarted: steps.started += 1; break;
+        case RUN_EVENTS.stepSucceeded: steps.succeeded += 1; break;
+        case RUN_EVENTS.stepSkipped: steps.skipped += 1; break;
+        case RUN_EVENTS.stepFailed:
+          if (data?.interrupted) steps.interrupted += 1;
+          else if (data?.willRetry) steps.retried += 1;
+          else steps.failed += 1;
+          break;
+        default: break;
+      }
+    }
   }
 
   async begin(): Promise<void> {
@@ -583,7 +629,9 @@ class Drive {
     for (let i = 0; i < MAX_FAIL_RETRIES; i++) {
       if (isTerminal(this.#state.status)) return false;
       try {
-        await this.#r.store.append(this.#subject, [{ type: RUN_EVENTS.runFailed, data: { runId: this.#runId, error: { message: error.message, code: error.code } }, causationId: this.#runId }], { expectedRevision: this.#state.revision });
+        const failed: EventInput = { type: RUN_EVENTS.runFailed, data: { runId: this.#runId, error: { message: error.message, code: error.code } }, causationId: this.#runId };
+        await this.#r.store.append(this.#subject, [failed], { expectedRevision: this.#state.revision });
+        this.#r.recorded([failed]);
         return false;
       } catch (err) {
         if (!(err instanceof ConcurrencyError)) throw err;
@@ -614,11 +662,16 @@ class Drive {
     try {
       for (;;) {
         if (this.#r.stopSignal.aborted || this.#lease.lost) return false;
-        if (isTerminal(this.#state.status)) return true;
+        if (isTerminal(this.#state.status)) {
+          // Ended while driven here, by an event this runner did not write: a cancel.
+          if (this.#state.status === "cancelled") this.#r.counts.runs.cancelled += 1;
+          return true;
+        }
         const planned = this.#plan();
         if (planned.events.length > 0) {
           try {
             const result = await this.#r.store.append(this.#subject, planned.events, { expectedRevision: this.#state.revision });
+            this.#r.recorded(planned.events);
             if (result.duplicates > 0 || result.revision !== planned.state.revision) await this.#load();
             else this.#state = planned.state;
             this.#completions.splice(0, planned.consumed);
