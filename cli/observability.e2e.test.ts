@@ -5,7 +5,7 @@
  * with the processors and the workflow runner. And what nobody else sees: `/metrics` is
  * public, so it must carry no tenant name, and the log carries no bearer token.
  */
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -13,7 +13,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { parseMetrics, sumOf } from "../test/metrics-text.js";
+import { metricNames, parseMetrics, promqlMetricNames, sumOf } from "../test/metrics-text.js";
 import type { Sample } from "../test/metrics-text.js";
 import { ROLES } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
@@ -31,6 +31,25 @@ const raw: string[] = [];
 const T = uniqueName("ops");
 const P = uniqueName("anom");
 const EVENTS = 40;
+const DASHBOARDS = join(import.meta.dirname, "..", "deploy", "grafana", "dashboards");
+
+/**
+ * What prometheus-nats-exporter serves with `-varz -connz -routez -healthz -jsz=all`
+ * (docker-compose.yml), from its collectors: varz/connz/routez fields become
+ * `gnatsd_<endpoint>_<field>`, jsz has fixed names (collector/jsz.go). Only the ones the
+ * NATS dashboard may use are listed; `up` is Prometheus's own, per target.
+ */
+const NATS_EXPORTER_METRICS = new Set([
+  "gnatsd_varz_connections", "gnatsd_varz_total_connections", "gnatsd_varz_in_msgs", "gnatsd_varz_out_msgs", "gnatsd_varz_in_bytes", "gnatsd_varz_out_bytes",
+  "gnatsd_varz_slow_consumers", "gnatsd_varz_subscriptions", "gnatsd_varz_mem", "gnatsd_varz_cpu", "gnatsd_varz_routes", "gnatsd_varz_remotes",
+  "gnatsd_connz_num_connections", "gnatsd_connz_total", "gnatsd_routez_num_routes",
+  "jetstream_server_jetstream_disabled", "jetstream_server_total_streams", "jetstream_server_total_consumers", "jetstream_server_total_messages",
+  "jetstream_server_total_message_bytes", "jetstream_server_max_memory", "jetstream_server_max_storage",
+  "jetstream_stream_total_messages", "jetstream_stream_total_bytes", "jetstream_stream_first_seq", "jetstream_stream_last_seq", "jetstream_stream_consumer_count",
+  "jetstream_consumer_delivered_consumer_seq", "jetstream_consumer_delivered_stream_seq", "jetstream_consumer_num_ack_pending", "jetstream_consumer_num_redelivered",
+  "jetstream_consumer_num_waiting", "jetstream_consumer_num_pending", "jetstream_consumer_ack_floor_stream_seq", "jetstream_consumer_ack_floor_consumer_seq",
+]);
+const PROMETHEUS_METRICS = new Set(["up"]);
 
 // The one place this file hands the server to FlexCore (the lead adapts it when NATS auth changes).
 function natsEnvironment(n: TestNats): Record<string, string> {
@@ -158,6 +177,33 @@ describe("flexcore up, seen by an operator", () => {
     expect(sumOf(s, "flexcore_nats_connected")).toBe(1);
     expect(sumOf(s, "flexcore_nats_messages_total", { direction: "out" })).toBeGreaterThan(0);
     expect(sumOf(s, "flexcore_http_request_duration_seconds_count", { route: "/v1/events", status: "200" })).toBe(1);
+  });
+
+  it("every metric a Grafana dashboard panel queries exists: FlexCore's in this live /metrics, NATS's in the exporter's set", async () => {
+    const { samples } = await scrape();
+    const served = metricNames(samples);
+    const files = (await readdir(DASHBOARDS)).filter((f) => f.endsWith(".json")).sort();
+    expect(files).toEqual(["gateway.json", "ingest.json", "nats.json", "overview.json", "processors.json", "projections.json", "workflows.json"]);
+    const missing: string[] = [];
+    let exprs = 0;
+    for (const file of files) {
+      const board = JSON.parse(await readFile(join(DASHBOARDS, file), "utf8")) as { uid: string; panels: Array<{ title: string; targets?: Array<{ expr: string }> }> };
+      expect(board.uid).toMatch(/^flexcore-/u);
+      for (const panel of board.panels) {
+        expect(panel.targets?.length, `${file}: ${panel.title}`).toBeGreaterThan(0);
+        for (const { expr } of panel.targets ?? []) {
+          exprs += 1;
+          const names = promqlMetricNames(expr);
+          expect(names.size, `${file}: ${panel.title}: ${expr}`).toBeGreaterThan(0);
+          for (const name of names) {
+            const known = name.startsWith("flexcore_") ? served.has(name) : NATS_EXPORTER_METRICS.has(name) || PROMETHEUS_METRICS.has(name);
+            if (!known) missing.push(`${file} / ${panel.title}: ${name}`);
+          }
+        }
+      }
+    }
+    expect(missing).toEqual([]);
+    expect(exprs).toBeGreaterThan(40);
   });
 
   it("/metrics is public, so it names no tenant, stream key or event id", async () => {

@@ -35,3 +35,24 @@ export function metricNames(samples: readonly Sample[]): Set<string> {
   }
   return names;
 }
+
+// Words of PromQL that are not metric names when they stand alone.
+const PROMQL_WORDS = new Set(["by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "inf", "nan"]);
+
+/** The metric names a PromQL expression reads (functions, labels, strings, ranges and grouping left out). */
+export function promqlMetricNames(expr: string): Set<string> {
+  const bare = expr
+    .replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'/gu, "\"\"")
+    .replace(/\{[^}]*\}/gu, " ")
+    .replace(/\[[^\]]*\]/gu, " ")
+    .replace(/\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/gu, " ");
+  const names = new Set<string>();
+  for (const m of bare.matchAll(/[a-zA-Z_:][a-zA-Z0-9_:]*(\s*\()?/gu)) {
+    const word = m[0].replace(/\s*\($/u, "");
+    if (m[1] !== undefined || PROMQL_WORDS.has(word.toLowerCase())) continue;
+    // A word right after a digit is a number's exponent or a duration unit, not a name.
+    if (/\d$/u.test(bare.slice(0, m.index))) continue;
+    names.add(word);
+  }
+  return names;
+}
