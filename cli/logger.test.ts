@@ -43,18 +43,22 @@ describe("root logger", () => {
     expect((err as Error).message).toMatch(/LOG_LEVEL.*fatal, error, warn, info, debug, trace, silent.*"verbose"/u);
   });
 
-  it("lineLogger writes an area's lines at info, without the prefix the area put there", async () => {
+  it("lineLogger writes an area's lines at their level (info unless told), without the prefix the area put there", async () => {
     const { lines, stream } = memory();
     const root = createRootLogger({ level: "info", destination: stream });
     const log = lineLogger(root.child({ area: "workflows" }));
     log("workflows: run t/r fails: boom");
     log("flexcore: projections: reading FLEX_EVENTS again from 3: gap");
     log("plain line");
+    log("workflows: cron tick: boom", "warn");
+    log("flexcore: processor p failed: x", "error");
     await new Promise<void>((r) => setImmediate(r));
     expect(lines.map((l) => [l.area, l.level, l.msg])).toEqual([
       ["workflows", 30, "run t/r fails: boom"],
       ["workflows", 30, "reading FLEX_EVENTS again from 3: gap"],
       ["workflows", 30, "plain line"],
+      ["workflows", 40, "cron tick: boom"],
+      ["workflows", 50, "processor p failed: x"],
     ]);
   });
 });

@@ -59,9 +59,10 @@ export function createRootLogger(options: RootLoggerOptions = {}): Logger {
 const PREFIX = /^(?:flexcore: )?(?:(?:projections|workflows): )?/u;
 
 /**
- * The `(line) => void` callback every area takes (`log` of their options), writing to
- * `logger` at info level without the leading `flexcore: ` / `<area>: ` the lines carry.
+ * The `(line, level?) => void` callback every area takes (`log` of their options), writing
+ * to `logger` at `level` (default info) without the leading `flexcore: ` / `<area>: ` the
+ * lines carry.
  */
-export function lineLogger(logger: Logger): (line: string) => void {
-  return (line) => logger.info(line.replace(PREFIX, ""));
+export function lineLogger(logger: Logger): (line: string, level?: "warn" | "error") => void {
+  return (line, level) => logger[level ?? "info"](line.replace(PREFIX, ""));
 }

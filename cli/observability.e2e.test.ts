@@ -228,6 +228,8 @@ describe("flexcore up, seen by an operator", () => {
     const gatewayAt = lines.find((l) => l.area === "gateway" && typeof l.msg === "string" && l.msg.startsWith("gateway at "));
     expect(gatewayAt).toMatchObject({ level: 30 });
     expect(typeof gatewayAt?.time).toBe("number");
+    // An area's warning is logged as one: the dead letter, by the processors.
+    expect(lines.find((l) => l.area === "processors" && typeof l.msg === "string" && l.msg.includes("dead-lettered to"))).toMatchObject({ level: 40 });
     // The `flexcore: ` prefix of the areas' lines is gone: `area` says who wrote them.
     expect(lines.filter((l) => typeof l.msg === "string" && l.msg.startsWith("flexcore: "))).toEqual([]);
     expect(raw.join("\n")).not.toContain(token);

@@ -76,7 +76,7 @@ export interface Pipeline extends AsyncDisposable {
  */
 export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> {
   const logger = options.logger ?? createRootLogger();
-  const areaLog = (area: string): ((line: string) => void) => lineLogger(logger.child({ area }));
+  const areaLog = (area: string): ((line: string, level?: "warn" | "error") => void) => lineLogger(logger.child({ area }));
   const upLogger = logger.child({ area: "up" });
   const log = lineLogger(upLogger);
   const root = projectRoot();

@@ -80,7 +80,7 @@ export interface ProcessorRuntimeOptions {
   readonly leaseTtlMs?: number;
   /** @default a publisher created and closed by the runtime */
   readonly publisher?: Publisher;
-  readonly log?: (line: string) => void;
+  readonly log?: (line: string, level?: "warn" | "error") => void;
 }
 
 /** The running processors. */
@@ -235,7 +235,7 @@ class ProcessorRunner {
   readonly #kv: KV;
   readonly #pool: ProcessorPool;
   readonly #publisher: Publisher;
-  readonly #log: (line: string) => void;
+  readonly #log: (line: string, level?: "warn" | "error") => void;
   readonly #partitions: Partition[];
   // Insertion order is recency: a state is re-inserted whenever it changes.
   readonly #states = new Map<string, KeyState>();
@@ -266,7 +266,7 @@ class ProcessorRunner {
   readonly latency = new LatencyWindow();
   totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0, redelivered: 0 };
 
-  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string) => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number, leases: KV, instanceId: string, leaseTtlMs: number) {
+  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string, level?: "warn" | "error") => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number, leases: KV, instanceId: string, leaseTtlMs: number) {
     this.#maxKeys = maxKeys;
     this.#lease = new Lease(leases, processorLeaseKey(cfg.name), instanceId, leaseTtlMs, () => this.#fail(new Error(`instance ${instanceId} lost the lease of processor ${cfg.name}`)));
     this.#leasePollMs = Math.min(1_000, Math.max(50, Math.floor(leaseTtlMs / 4)));
@@ -399,7 +399,7 @@ class ProcessorRunner {
         // A pull can fail (missed heartbeats while the event loop was busy, a reconnect):
         // what it delivered is in the partitions, the rest comes with the next pull.
         if (this.#stopping) break;
-        this.#log(`flexcore: processor ${cfg.name}: pull failed (${(err as Error).message}); pulling again`);
+        this.#log(`flexcore: processor ${cfg.name}: pull failed (${(err as Error).message}); pulling again`, "warn");
         await sleep(FETCH_RETRY_MS);
       } finally {
         this.#messages = undefined;
@@ -417,7 +417,7 @@ class ProcessorRunner {
    */
   async #careful(window: number): Promise<void> {
     const prior = await this.#readMarker<{ seq: number; attempts: number }>(HEAD_MARKER);
-    this.#log(`flexcore: processor ${this.cfg.name}: the last run did not stop cleanly; processing up to ${window} messages one at a time`);
+    this.#log(`flexcore: processor ${this.cfg.name}: the last run did not stop cleanly; processing up to ${window} messages one at a time`, "warn");
     let left = window;
     while (left > 0 && !this.#stopping && !this.#failed) {
       let m: JsMsg | undefined;
@@ -427,7 +427,7 @@ class ProcessorRunner {
         for await (const x of messages) m = x;
       } catch (err) {
         if (this.#stopping) return;
-        this.#log(`flexcore: processor ${this.cfg.name}: pull failed (${(err as Error).message}); pulling again`);
+        this.#log(`flexcore: processor ${this.cfg.name}: pull failed (${(err as Error).message}); pulling again`, "warn");
         await sleep(FETCH_RETRY_MS);
         continue;
       } finally {
@@ -804,7 +804,7 @@ class ProcessorRunner {
       reason,
       data: decodeData(e.m.data),
     };
-    this.#log(`flexcore: ${reason}; dead-lettered to ${dlqSubject(e.tenant, this.cfg.name)}`);
+    this.#log(`flexcore: ${reason}; dead-lettered to ${dlqSubject(e.tenant, this.cfg.name)}`, "warn");
     return { subject: dlqSubject(e.tenant, this.cfg.name), data: encoder.encode(JSON.stringify(body)), headers: h };
   }
 
@@ -897,7 +897,7 @@ class ProcessorRunner {
   #fail(err: unknown): void {
     if (this.#failed || this.#stopping) return;
     this.#failed = true;
-    this.#log(`flexcore: processor ${this.cfg.name} failed: ${(err as Error)?.message ?? String(err)}; restarting from its checkpoints`);
+    this.#log(`flexcore: processor ${this.cfg.name} failed: ${(err as Error)?.message ?? String(err)}; restarting from its checkpoints`, "error");
     // What is in flight will not be acknowledged by this runner: nobody waits for it.
     for (const w of this.#idleWaiters.splice(0)) w();
     this.#onFailure(this, err);
@@ -959,7 +959,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
       const fresh = create(runner.cfg);
       fresh.totals = runner.totals;
       runners.set(runner.cfg.name, fresh);
-      await fresh.start().catch((err: unknown) => log(`flexcore: processor ${runner.cfg.name} could not restart: ${(err as Error).message}`));
+      await fresh.start().catch((err: unknown) => log(`flexcore: processor ${runner.cfg.name} could not restart: ${(err as Error).message}`, "error"));
     })();
     restarts.add(restart);
     void restart.finally(() => restarts.delete(restart));
@@ -1039,7 +1039,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
         inFlight: s.inFlight,
       };
       const event = encodeEvent({ id: `metrics:processor:${component}:${at.getTime()}`, type: METRICS_EVENT_TYPES.reported, time: at, data });
-      await publisher.publish(eventSubject(SYSTEM_TENANT, METRICS_CATEGORY, component), event.data, { headers: event.headers }).catch((err: unknown) => log(`flexcore: metrics of ${component} not published: ${(err as Error).message}`));
+      await publisher.publish(eventSubject(SYSTEM_TENANT, METRICS_CATEGORY, component), event.data, { headers: event.headers }).catch((err: unknown) => log(`flexcore: metrics of ${component} not published: ${(err as Error).message}`, "warn"));
     }
     last = { at: performance.now(), processed: new Map(snap.map((s) => [s.processor, s.processed])), errors: new Map(snap.map((s) => [s.processor, s.errors])) };
   };

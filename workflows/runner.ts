@@ -73,7 +73,7 @@ export interface WorkflowRunnerOptions {
   readonly triggers?: boolean;
   /** The clock cron schedules are checked against (tests, simulations). @default () => new Date() */
   readonly now?: () => Date;
-  readonly log?: (line: string) => void;
+  readonly log?: (line: string, level?: "warn" | "error") => void;
   /**
    * The definitions the operator installed (`startWorkflows` fills it from `flexcore.yaml`):
    * only their `trusted: true` steps run trusted. A stored definition with trusted steps that
@@ -138,7 +138,7 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
   const ownsScripts = !options.scripts;
   const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
   // Fail closed, loudly: the operator learns at start, not from the first failed run.
-  if (scripts.isolation === "none") cfg.log("workflows: bubblewrap cannot run here, so untrusted script steps will fail with FLEX_SANDBOX_UNAVAILABLE; `flexcore doctor` says why and how to fix it (or set workflows.sandbox: plain to run them unsandboxed)");
+  if (scripts.isolation === "none") cfg.log("workflows: bubblewrap cannot run here, so untrusted script steps will fail with FLEX_SANDBOX_UNAVAILABLE; `flexcore doctor` says why and how to fix it (or set workflows.sandbox: plain to run them unsandboxed)", "warn");
   const store = await createEventStore(nc);
   const defs = await DefinitionStore.open(nc);
   const leases = await new Kvm(nc).open(BUCKETS.leases);
@@ -154,7 +154,7 @@ interface Config {
   readonly pollMs: number;
   readonly rescanMs: number;
   readonly triggers: boolean;
-  readonly log: (line: string) => void;
+  readonly log: (line: string, level?: "warn" | "error") => void;
   readonly now: () => Date;
   readonly trust: OperatorTrust;
 }
@@ -243,7 +243,7 @@ class Runner implements WorkflowRunner {
     this.#watch = w;
     void (async () => {
       for await (const e of w) if (e.operation === "PUT") this.#offer(e.key);
-    })().catch((err: unknown) => this.#cfg.log(`workflows: run watch ended: ${(err as Error).message}`));
+    })().catch((err: unknown) => this.#cfg.log(`workflows: run watch ended: ${(err as Error).message}`, "warn"));
     const rescan = setInterval(() => void this.#rescan(), this.#cfg.rescanMs);
     rescan.unref();
     this.#timers.push(rescan);
@@ -262,13 +262,13 @@ class Runner implements WorkflowRunner {
             const definition = this.#validate(parsed.tenant, parsed.name, w);
             await this.#installTriggers({ ...w, tenant: parsed.tenant, name: parsed.name, definition });
           } catch (err) {
-            this.#cfg.log(`workflows: triggers of ${e.key}: ${describeError(err)}`);
+            this.#cfg.log(`workflows: triggers of ${e.key}: ${describeError(err)}`, "warn");
           }
         }
       })().catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: definition watch ended: ${describeError(err)}`);
+        if (!this.#closed) this.#cfg.log(`workflows: definition watch ended: ${describeError(err)}`, "warn");
       });
-      const tick = setInterval(() => void this.#cronTick().catch((err: unknown) => this.#cfg.log(`workflows: cron tick: ${describeError(err)}`)), CRON_TICK_MS);
+      const tick = setInterval(() => void this.#cronTick().catch((err: unknown) => this.#cfg.log(`workflows: cron tick: ${describeError(err)}`, "warn")), CRON_TICK_MS);
       tick.unref();
       this.#timers.push(tick);
     }
@@ -312,7 +312,7 @@ class Runner implements WorkflowRunner {
         for await (const k of await this.#defs.kv.keys(`${RUN_INDEX_PREFIX}.>`)) this.#offer(k);
       })
       .catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: rescan failed: ${(err as Error).message}`);
+        if (!this.#closed) this.#cfg.log(`workflows: rescan failed: ${(err as Error).message}`, "warn");
       })
       // A scan given up on as hung must not clear the one that replaced it.
       .finally(() => {
@@ -344,7 +344,7 @@ class Runner implements WorkflowRunner {
     }
     const p = this.#own(tenant, runId, indexKey, initial, lease)
       .catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${describeError(err)}`);
+        if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${describeError(err)}`, "warn");
       })
       .finally(() => {
         this.#drivers.delete(indexKey);
@@ -479,7 +479,7 @@ class Runner implements WorkflowRunner {
       const entry = { name, messages: undefined as ConsumerMessages | undefined, done: Promise.resolve() };
       this.#consumers.set(`${cronKey}#${i}#v${w.version}`, entry);
       entry.done = this.#consume(entry, name, t.subject, t.types, t.ordered, w).catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${describeError(err)}`);
+        if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${describeError(err)}`, "warn");
       });
     });
   }
@@ -527,7 +527,7 @@ class Runner implements WorkflowRunner {
         await this.start(w.tenant, w.name, { runId, input: e.data, trigger, causationId: e.id, ...(after ? { after } : {}) });
         m.ack();
       } catch (err) {
-        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${describeError(err)}`);
+        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${describeError(err)}`, "warn");
         // A start that can never succeed (no such workflow any more, a name or input that does
         // not fit) is logged once and dropped; anything else (the server) is tried again.
         if (err instanceof FlexError && PERMANENT_START_ERRORS.has(err.code)) m.term();
@@ -548,7 +548,7 @@ class Runner implements WorkflowRunner {
         if (!cronMatches(parseCron(schedule), at)) continue;
         // Every runner fires; the run id is the minute, so exactly one RunStarted is stored.
         await this.start(c.tenant, c.name, { runId: `${c.name}-c${stamp}`, input: { scheduledAt: at.toISOString() }, trigger: { kind: "cron", schedule, time: at.toISOString() } })
-          .catch((err: unknown) => this.#cfg.log(`workflows: cron ${c.tenant}/${c.name}: ${describeError(err)}`));
+          .catch((err: unknown) => this.#cfg.log(`workflows: cron ${c.tenant}/${c.name}: ${describeError(err)}`, "warn"));
       }
     }
   }
@@ -625,7 +625,7 @@ class Drive {
       if (!(err instanceof DefinitionUnavailableError || err instanceof UntrustedDefinitionError)) throw err;
       error = err;
     }
-    this.#r.cfg.log(`workflows: run ${this.#tenant}/${this.#runId} fails: ${describeError(error)}`);
+    this.#r.cfg.log(`workflows: run ${this.#tenant}/${this.#runId} fails: ${describeError(error)}`, "warn");
     for (let i = 0; i < MAX_FAIL_RETRIES; i++) {
       if (isTerminal(this.#state.status)) return false;
       try {
