@@ -113,7 +113,8 @@ workflows:
       done();
     },
   });
-  pipeline = await startPipeline({ natsUrl: nats.server.url, configFile: config, logger: pino({ level: "info" }, sink) });
+  // NATS_URL and the credentials come from the environment, as in a container.
+  pipeline = await startPipeline({ configFile: config, logger: pino({ level: "info" }, sink) });
   gateway = (pipeline.components.find((c) => c.name === "gateway") as unknown as { gateway: Gateway }).gateway;
   base = gateway.url!;
   token = (await gateway.issuer!.issueAccess({ tenant: T, subject: "ops", roles: [...ROLES] })).token;
