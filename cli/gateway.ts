@@ -1,6 +1,8 @@
 import { createGateway, externalIssuerOptions } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
+import type { ProcessorRuntime } from "../processors/index.js";
+import type { WorkflowRunner } from "../workflows/index.js";
 import { InvalidOptionError } from "../streams/index.js";
 import { gatewayKeysDir } from "./connection.js";
 import { portFree } from "./ports.js";
@@ -14,6 +16,8 @@ export const DEFAULT_GATEWAY_PORT = 8080;
 export interface GatewayParts {
   /** The running projection engine, for `/v1/projections`. */
   readonly projections?: ProjectionEngine;
+  /** The workflow runner (absent when `workflows.runner` is off), for `/metrics` and `/readyz`. */
+  readonly workflows?: WorkflowRunner;
 }
 
 /**
@@ -27,7 +31,7 @@ export interface GatewayParts {
  * makes it accept an external issuer's tokens instead; `gateway.auth_sweep_interval` sets
  * how often expired sessions and revocations leave `flex_auth`.
  */
-export async function startGateway(ctx: UpContext & { readonly processors?: { lag(): Promise<Array<{ name: string; lag: number }>> } }, parts: GatewayParts = {}): Promise<Component & { readonly gateway: Gateway }> {
+export async function startGateway(ctx: Omit<UpContext, "processors"> & { readonly processors?: ProcessorRuntime }, parts: GatewayParts = {}): Promise<Component & { readonly gateway: Gateway }> {
   const portText = process.env.FLEXCORE_GATEWAY_PORT;
   let port = portText ? Number(portText) : DEFAULT_GATEWAY_PORT;
   if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new InvalidOptionError("FLEXCORE_GATEWAY_PORT", portText, "a port number from 0 to 65535");
@@ -37,8 +41,10 @@ export async function startGateway(ctx: UpContext & { readonly processors?: { la
   const processors = ctx.processors;
   const section = ctx.config.gateway;
   const external = section?.externalIssuer ? externalIssuerOptions(section.externalIssuer) : undefined;
+  const logger = ctx.logger.child({ area: "gateway" });
   const gateway = await createGateway({
     nc: ctx.nc,
+    logger,
     dataDir: ctx.dataDir,
     host,
     port,
@@ -46,9 +52,18 @@ export async function startGateway(ctx: UpContext & { readonly processors?: { la
     ...(section ? { authSweepIntervalMs: section.authSweepIntervalMs } : {}),
     ...(parts.projections ? { projections: parts.projections } : {}),
     ...(processors ? { lagSources: { consumers: () => processors.lag() } } : {}),
+    metricSources: {
+      ...(processors ? { processors: () => processors.metrics() } : {}),
+      ...(processors ? { publishers: () => ({ processors: processors.publisherStats }) } : {}),
+      ...(parts.workflows ? { workflows: () => ({ active: parts.workflows!.active, ...parts.workflows!.stats }) } : {}),
+    },
+    readiness: {
+      ...(processors ? { processors: () => ({ ok: processors.running, detail: { running: processors.processors.length, owned: processors.metrics().filter((m) => m.owner).length } }) } : {}),
+      workflows: () => (parts.workflows ? { ok: parts.workflows.running, detail: { active: parts.workflows.active } } : { ok: true, detail: "runner off (workflows.runner: false)" }),
+    },
   });
   const url = await gateway.listen();
-  if (external) ctx.log(`flexcore: gateway accepts tokens of ${external.issuer} (audience ${external.audience}, keys from ${external.jwksUrl ?? section!.externalIssuer!.publicKeyFile}); sign-in and refresh are off`);
-  ctx.log(`flexcore: gateway at ${url} (OpenAPI ${url}/docs; projections ${parts.projections ? "served" : "not running: /v1/projections answers 503"})`);
+  if (external) logger.info(`gateway accepts tokens of ${external.issuer} (audience ${external.audience}, keys from ${external.jwksUrl ?? section!.externalIssuer!.publicKeyFile}); sign-in and refresh are off`);
+  logger.info(`gateway at ${url} (OpenAPI ${url}/docs; projections ${parts.projections ? "served" : "not running: /v1/projections answers 503"})`);
   return { name: "gateway", gateway, close: () => gateway.close() };
 }

@@ -3,6 +3,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { Logger } from "pino";
 import { ensureTopology, missingFeatures } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, pipelineSections, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
@@ -13,6 +14,7 @@ import { dataDir as defaultDataDir, embeddedConnectOptions, serviceConnectOption
 import { startEmbeddedServer } from "./embedded.js";
 import { gatewaySection } from "../gateway/index.js";
 import { startGateway } from "./gateway.js";
+import { createRootLogger, lineLogger } from "./logger.js";
 import { projectRoot } from "./paths.js";
 
 /** Something `flexcore up` started and stops on exit, last started first stopped. */
@@ -27,7 +29,10 @@ export interface UpContext {
   readonly natsUrl: string;
   readonly dataDir: string;
   readonly root: string;
+  /** Lines of `flexcore up` itself (the `up` child logger). */
   readonly log: (line: string) => void;
+  /** The root logger; each area logs through `logger.child({ area })`. */
+  readonly logger: Logger;
   /** The validated `flexcore.yaml` (see {@link configSections}). */
   readonly config: PipelineConfig;
   /** The processor runtime: `metrics()` and `lag()` for `/metrics`, `invoke()` for workflows. */
@@ -52,7 +57,8 @@ export interface UpOptions {
   readonly dataDir?: string;
   /** Pipeline configuration file. @default $FLEXCORE_CONFIG or ./flexcore.yaml */
   readonly configFile?: string;
-  readonly log?: (line: string) => void;
+  /** The root logger. @default {@link createRootLogger}: JSON on standard error, pretty on a TTY, `LOG_LEVEL` */
+  readonly logger?: Logger;
 }
 
 /** A running pipeline. */
@@ -60,6 +66,7 @@ export interface Pipeline extends AsyncDisposable {
   readonly natsUrl: string;
   readonly server: NatsServer | undefined;
   readonly components: readonly Component[];
+  readonly logger: Logger;
   close(): Promise<void>;
 }
 
@@ -68,7 +75,10 @@ export interface Pipeline extends AsyncDisposable {
  * given, the topology, then each area's components.
  */
 export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> {
-  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const logger = options.logger ?? createRootLogger();
+  const areaLog = (area: string): ((line: string, level?: "warn" | "error") => void) => lineLogger(logger.child({ area }));
+  const upLogger = logger.child({ area: "up" });
+  const log = lineLogger(upLogger);
   const root = projectRoot();
   const dir = options.dataDir ?? defaultDataDir();
   const url = options.natsUrl || process.env.NATS_URL || undefined;
@@ -81,7 +91,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     : await loadConfig(configFile, sections);
   let server: NatsServer | undefined;
   if (!url) {
-    server = await startEmbeddedServer(dir, join(root, "nats.conf"), undefined, (line) => log(`flexcore: ${line}`));
+    server = await startEmbeddedServer(dir, join(root, "nats.conf"), undefined, areaLog("nats"));
     log(`flexcore: embedded nats-server ${server.version} at ${server.url} (store ${server.storeDir})`);
   }
   const natsUrl = url ?? server!.url;
@@ -89,7 +99,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   let nc: NatsConnection | undefined;
   const close = async (): Promise<void> => {
     for (const c of components.splice(0).reverse()) {
-      await c.close().catch((err: unknown) => log(`flexcore: stopping ${c.name} failed: ${(err as Error).message}`));
+      await c.close().catch((err: unknown) => upLogger.warn({ err, component: c.name }, `stopping ${c.name} failed`));
     }
     if (nc && !nc.isClosed()) await nc.drain().catch(() => undefined);
     await server?.close();
@@ -111,14 +121,14 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       maxKeysInMemory: config.runtime.maxKeysInMemory,
       ...(config.runtime.instanceId ? { instanceId: config.runtime.instanceId } : {}),
       leaseTtlMs: config.runtime.leaseTtlMs,
-      log,
+      log: areaLog("processors"),
     });
     components.push({ name: "processors", close: () => processors.close() });
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
-    const workflows = await startWorkflows(nc, config.workflows, { root, log });
+    const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows") });
     components.push({ name: "workflows", close: () => workflows.close() });
-    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, config, processors };
-    const projections = createProjectionEngine(nc, { dataDir: dir, log });
+    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, logger, config, processors };
+    const projections = createProjectionEngine(nc, { dataDir: dir, log: areaLog("projections") });
     await projections.start();
     const control = serveProjectionControl(nc, projections);
     components.push({ name: "projections", close: async () => {
@@ -127,10 +137,10 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     } });
     log(`flexcore: projections: ${projections.list().map((p) => p.name).join(", ")} in ${join(dir, "projections")}`);
     // The gateway starts last: it serves what the components above provide.
-    components.push(await startGateway(ctx, { projections }));
+    components.push(await startGateway(ctx, { projections, ...(workflows.runner ? { workflows: workflows.runner } : {}) }));
   } catch (err) {
     await close();
     throw err;
   }
-  return { natsUrl, server, components, close, [Symbol.asyncDispose]: close };
+  return { natsUrl, server, components, logger, close, [Symbol.asyncDispose]: close };
 }

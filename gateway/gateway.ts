@@ -1,11 +1,12 @@
+import { randomUUID } from "node:crypto";
 import { join } from "node:path";
-import Fastify from "fastify";
-import type { FastifyInstance, FastifyRequest, onRequestHookHandler, onResponseHookHandler } from "fastify";
+import Fastify, { LogController } from "fastify";
+import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, onRequestHookHandler, onResponseHookHandler } from "fastify";
 import swagger from "@fastify/swagger";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createEventStore, createPublisher, InvalidOptionError } from "../streams/index.js";
+import { createEventStore, createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
 import type { EventStore, Publisher } from "../streams/index.js";
 import { ForbiddenError, RateLimitedError, RequestTimeoutError, TokenTooLargeError, UnauthenticatedError, UnsupportedMediaTypeError } from "./errors.js";
 import { notFoundBody, toHttpError } from "./http-errors.js";
@@ -13,7 +14,7 @@ import { openKeyStore } from "./keys.js";
 import type { KeyStore, KeyStoreOptions } from "./keys.js";
 import { createMetrics } from "./metrics.js";
 import { createRouteReports } from "./route-reports.js";
-import type { GatewayMetrics, LagSources } from "./metrics.js";
+import type { GatewayMetrics, LagSources, MetricSources, PublisherReading } from "./metrics.js";
 import { POLICY, ROLES } from "./policy.js";
 import type { PolicyName } from "./policy.js";
 import { createRateLimiter } from "./rate-limit.js";
@@ -137,6 +138,16 @@ export interface GatewayOptions {
   readonly workflows?: WorkflowClient | false;
   /** Extra lag sources for `/metrics` (consumers of the processor runtime). */
   readonly lagSources?: LagSources;
+  /**
+   * What else `/metrics` reports (processors, workflows, other publishers); the gateway adds
+   * its own publisher, the projections it serves, the streams' sizes and its NATS connection.
+   */
+  readonly metricSources?: Omit<MetricSources, keyof LagSources | "nats" | "streams">;
+  /**
+   * Extra `/readyz` checks by name (e.g. `processors`, `workflows`); a check that returns
+   * `ok: false` or throws makes the instance not ready (503).
+   */
+  readonly readiness?: Readonly<Record<string, () => ReadinessCheck | Promise<ReadinessCheck>>>;
   /** @default 10000 */
   readonly maxReadyLag?: number;
   /** Publisher for batch ingest and appends. @default one created and closed by the gateway */
@@ -147,10 +158,22 @@ export interface GatewayOptions {
    * @default 60000 (on minute boundaries)
    */
   readonly metricsIntervalMs?: number;
-  /** Fastify logger. @default false */
-  readonly logger?: boolean;
+  /**
+   * Where the gateway logs: a pino logger (`flexcore up` passes its `{ area: "gateway" }`
+   * child), `true` for Fastify's own, `false` for none. Every 5xx is logged at error level
+   * with the request id (`reqId`, also the `request-id` response header) and the error with
+   * its `cause` chain; other requests are not logged (`/metrics` counts them).
+   * @default false
+   */
+  readonly logger?: boolean | FastifyBaseLogger;
   /** Trust `X-Forwarded-For` for the client address. @default false */
   readonly trustProxy?: boolean;
+}
+
+/** One `/readyz` check's result. */
+export interface ReadinessCheck {
+  readonly ok: boolean;
+  readonly detail?: unknown;
 }
 
 /** Resolved limits, shared with the route files. */
@@ -181,6 +204,7 @@ export interface RouteContext {
   readonly signInLimiter: RateLimiter;
   readonly readModels: ReadModels | undefined;
   readonly workflows: WorkflowClient | undefined;
+  readonly readiness: Readonly<Record<string, () => ReadinessCheck | Promise<ReadinessCheck>>>;
   /** Runs `fn` with the request timeout: aborts its signal and answers 503 when it passes. */
   timed<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T>;
   /** Answers 503 when `work` (which cannot be cancelled) outlasts the request timeout; no AbortController. */
@@ -243,13 +267,15 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const signInLimiter = createRateLimiter(options.signInRateLimit ?? { perSecond: 10, burst: 20 });
 
   const sweepIntervalMs = int("authSweepIntervalMs", options.authSweepIntervalMs, DEFAULT_AUTH_SWEEP_INTERVAL_MS, 0);
-  const revocations = await openRevocations(nc);
+  const given = typeof options.logger === "object" ? options.logger : undefined;
+  const log = given ? (line: string): void => given.info(line) : (line: string): void => void process.stderr.write(`${line}\n`);
+  const revocations = await openRevocations(nc, { log });
   // Closed in reverse if the gateway fails to start, so a failed start leaks no watcher or client.
   const opened: Array<() => Promise<void>> = [() => revocations.close()];
   try {
-    const sweeper = await openAuthSweeper(nc, { intervalMs: sweepIntervalMs });
+    const sweeper = await openAuthSweeper(nc, { intervalMs: sweepIntervalMs, log });
     opened.push(() => sweeper.close());
-    return await build(options, nc, limits, revocations, opened, { host, port, authOn, limiter, signInLimiter, sweeper });
+    return await build(options, nc, limits, revocations, opened, { host, port, authOn, limiter, signInLimiter, sweeper, log });
   } catch (err) {
     for (const close of opened.reverse()) await close().catch(() => undefined);
     throw err;
@@ -263,6 +289,7 @@ interface BuildParts {
   readonly limiter: RateLimiter | undefined;
   readonly signInLimiter: RateLimiter;
   readonly sweeper: AuthSweeper;
+  readonly log: (line: string) => void;
 }
 
 async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits, revocations: Revocations, opened: Array<() => Promise<void>>, parts: BuildParts): Promise<Gateway> {
@@ -290,15 +317,28 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   const ownsWorkflows = options.workflows === undefined;
   const workflows = options.workflows === false ? undefined : (options.workflows ?? (await createWorkflowClient(nc)));
   if (ownsWorkflows && workflows) opened.push(() => workflows.close());
-  const reports = createRouteReports(publisher, int("metricsIntervalMs", options.metricsIntervalMs, 60_000, 0), (line) => process.stderr.write(`${line}\n`));
+  const reports = createRouteReports(publisher, int("metricsIntervalMs", options.metricsIntervalMs, 60_000, 0), parts.log);
   opened.push(() => reports.close());
+  const extra = options.metricSources ?? {};
+  const projections = options.projections;
   const metrics = createMetrics({
     ...(readModels?.lag ? { projections: () => readModels.lag!() } : {}),
     ...options.lagSources,
+    ...extra,
+    ...(projections ? { projectionStatus: () => projections.status() } : {}),
+    publishers: (): Record<string, PublisherReading> => ({ ...extra.publishers?.(), gateway: publisher.stats }),
+    streams: () => Promise.all(Object.values(STREAMS).map((name) => jsm.streams.info(name).then((i) => ({ stream: name, messages: i.state.messages, bytes: i.state.bytes }), () => undefined)))
+      .then((all) => all.filter((x) => x !== undefined)),
+    nats: nc,
   });
+  opened.push(async () => metrics.close());
 
   const app = Fastify({
-    logger: options.logger ?? false,
+    ...(typeof options.logger === "object" ? { loggerInstance: options.logger } : { logger: options.logger ?? false }),
+    // One line per request would cost more than the request at ingest rates.
+    logController: new LogController({ disableRequestLogging: true }),
+    // Unique across instances and restarts, so a client can quote it and the log finds it.
+    genReqId: () => randomUUID(),
     bodyLimit: limits.bodyLimit,
     // Node's own limit on receiving the whole request (slow clients); handlers have `timed`.
     requestTimeout: limits.requestTimeoutMs + 1_000,
@@ -408,8 +448,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   app.setErrorHandler((err, request, reply) => {
     const limit = request.routeOptions.bodyLimit ?? limits.bodyLimit;
     const e = toHttpError(err, limit);
-    if (e.status >= 500) request.log.error({ err }, "request failed");
-    void reply.code(e.status).headers(e.headers).send(e.body);
+    if (e.status >= 500) request.log.error({ err, code: e.body.error.code, status: e.status, method: request.method, route: request.routeOptions.url ?? "unmatched" }, "request failed");
+    void reply.code(e.status).headers({ ...e.headers, "request-id": request.id }).send(e.body);
   });
   app.setNotFoundHandler((request, reply) => {
     void reply.code(404).send(notFoundBody(request.method, request.url));
@@ -444,7 +484,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     }
   };
 
-  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInLimiter, readModels, workflows, timed, deadline };
+  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInLimiter, readModels, workflows, readiness: options.readiness ?? {}, timed, deadline };
   registerHealthRoutes(ctx);
   registerAuthRoutes(ctx);
   registerUserRoutes(ctx);
@@ -463,6 +503,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     if (closed) return;
     closed = true;
     await app.close();
+    metrics.close();
     await sweeper.close();
     await reports.close();
     await store.close();

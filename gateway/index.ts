@@ -30,11 +30,11 @@ export {
   DEFAULT_REQUEST_TIMEOUT_MS,
   NO_AUTH_TENANT,
 } from "./gateway.js";
-export type { Gateway, GatewayOptions, Limits } from "./gateway.js";
+export type { Gateway, GatewayOptions, Limits, ReadinessCheck } from "./gateway.js";
 export type { ErrorBody } from "./http-errors.js";
 export { DEFAULT_RSA_BITS, openKeyStore, SIGNING_ALG } from "./keys.js";
 export type { KeyInfo, KeyStore, KeyStoreOptions } from "./keys.js";
-export type { GatewayMetrics, LagReading, LagSources } from "./metrics.js";
+export type { GatewayMetrics, LagReading, LagSources, MetricSources, ProcessorReading, ProjectionReading, PublisherReading, StreamReading, WorkflowReading } from "./metrics.js";
 export { allows, checkRoles, POLICY, ROLES } from "./policy.js";
 export type { PolicyName, Role } from "./policy.js";
 export { createRateLimiter, DEFAULT_RATE_PER_SECOND } from "./rate-limit.js";

@@ -1,4 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { NatsConnection } from "@nats-io/transport-node";
 
 /** A named lag figure (projection or consumer) reported on `/metrics`. */
 export interface LagReading {
@@ -13,6 +14,68 @@ export interface LagSources {
   readonly consumers?: () => Promise<readonly LagReading[]> | readonly LagReading[];
 }
 
+/** One processor's figures, as the processor runtime's `metrics()` gives them (counters since start). */
+export interface ProcessorReading {
+  readonly processor: string;
+  readonly kind: string;
+  readonly owner: boolean;
+  readonly processed: number;
+  readonly outputs: number;
+  readonly errors: number;
+  readonly redelivered: number;
+  readonly deadLettered: number;
+  readonly inFlight: number;
+  readonly queueDepth: number;
+  /** Fetch-to-ack latency percentiles, in ms. */
+  readonly p50: number;
+  readonly p95: number;
+  readonly p99: number;
+}
+
+/** One projection's status, as the projection engine's `status()` gives it. */
+export interface ProjectionReading {
+  readonly name: string;
+  readonly state: string;
+  /** Events applied by this process. */
+  readonly applied: number;
+  readonly failures: { readonly count: number };
+}
+
+/** A publisher's counters (`Publisher.stats`). */
+export interface PublisherReading {
+  readonly acked: number;
+  readonly failed: number;
+  readonly retries: number;
+  readonly inFlight: number;
+}
+
+/** The workflow runner's figures (`WorkflowRunner.stats` and `active`). */
+export interface WorkflowReading {
+  readonly active: number;
+  readonly runs: Readonly<Record<string, number>>;
+  readonly steps: Readonly<Record<string, number>>;
+}
+
+/** A JetStream stream's size (`FLEX_DLQ`'s is the dead-letter count of the whole deployment). */
+export interface StreamReading {
+  readonly stream: string;
+  readonly messages: number;
+  readonly bytes: number;
+}
+
+/** Everything `/metrics` reads when Prometheus scrapes, besides the gateway's own figures. */
+export interface MetricSources extends LagSources {
+  readonly processors?: () => readonly ProcessorReading[];
+  readonly projectionStatus?: () => Promise<readonly ProjectionReading[]>;
+  /** Publishers by name (`gateway`, `processors`). */
+  readonly publishers?: () => Readonly<Record<string, PublisherReading>>;
+  /** Undefined when this instance runs no workflow runner. */
+  readonly workflows?: () => WorkflowReading | undefined;
+  readonly streams?: () => Promise<readonly StreamReading[]>;
+  /** The NATS connection whose state, reconnects and traffic are reported. */
+  readonly nats?: NatsConnection;
+}
+
 /** Request latency buckets, in seconds. */
 export const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
@@ -21,9 +84,14 @@ export interface GatewayMetrics {
   readonly registry: Registry;
   readonly requestDuration: Histogram<"method" | "route" | "status">;
   readonly ingestedEvents: Counter<"route" | "result">;
+  /** Stops watching the NATS connection's status. */
+  close(): void;
 }
 
-export function createMetrics(sources: LagSources = {}, options: { defaultMetrics?: boolean } = {}): GatewayMetrics {
+type Labels = Record<string, string>;
+type Series = ReadonlyArray<readonly [Labels, number]>;
+
+export function createMetrics(sources: MetricSources = {}, options: { defaultMetrics?: boolean } = {}): GatewayMetrics {
   const registry = new Registry();
   if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: "flexcore_" });
   const requestDuration = new Histogram({
@@ -39,20 +107,113 @@ export function createMetrics(sources: LagSources = {}, options: { defaultMetric
     labelNames: ["route", "result"] as const,
     registers: [registry],
   });
-  const lagGauge = (name: string, help: string, source: LagSources["projections"]): void => {
-    if (!source) return;
-    new Gauge({
-      name,
-      help,
-      labelNames: ["name"] as const,
-      registers: [registry],
+
+  // The areas keep their own counters since start; these report them as they are at scrape
+  // time. A counter that goes down means a restart, which rate() handles.
+  const counter = (name: string, help: string, labelNames: readonly string[], read: () => Series | Promise<Series>): void => {
+    new Counter({
+      name, help, labelNames, registers: [registry],
       async collect() {
+        const series = await read();
         this.reset();
-        for (const r of await source()) this.set({ name: r.name }, r.lag);
+        for (const [labels, value] of series) this.inc(labels, value);
       },
     });
   };
+  const gauge = (name: string, help: string, labelNames: readonly string[], read: () => Series | Promise<Series>): void => {
+    new Gauge({
+      name, help, labelNames, registers: [registry],
+      async collect() {
+        const series = await read();
+        this.reset();
+        for (const [labels, value] of series) this.set(labels, value);
+      },
+    });
+  };
+
+  const lagGauge = (name: string, help: string, source: LagSources["projections"]): void => {
+    if (!source) return;
+    gauge(name, help, ["name"], async () => (await source()).map((r) => [{ name: r.name }, r.lag] as const));
+  };
   lagGauge("flexcore_projection_lag_events", "Events stored but not yet applied, per projection", sources.projections);
   lagGauge("flexcore_consumer_lag_events", "Messages pending, per durable consumer", sources.consumers);
-  return { registry, requestDuration, ingestedEvents };
+
+  const processors = sources.processors;
+  if (processors) {
+    const per = (pick: (p: ProcessorReading) => number) => (): Series => processors().map((p) => [{ processor: p.processor, kind: p.kind }, pick(p)] as const);
+    const labels = ["processor", "kind"];
+    counter("flexcore_processor_events_total", "Source events acknowledged by this instance (processed, skipped as already reflected, or dead-lettered)", labels, per((p) => p.processed));
+    counter("flexcore_processor_outputs_total", "Derived events published", labels, per((p) => p.outputs));
+    counter("flexcore_processor_errors_total", "Failed attempts (a task that threw, a worker that died)", labels, per((p) => p.errors));
+    counter("flexcore_processor_redeliveries_total", "Messages JetStream delivered again (ack wait passed, nak, restart)", labels, per((p) => p.redelivered));
+    counter("flexcore_processor_dead_lettered_total", "Events sent to FLEX_DLQ", labels, per((p) => p.deadLettered));
+    gauge("flexcore_processor_in_flight", "Events fetched and not yet acknowledged", labels, per((p) => p.inFlight));
+    gauge("flexcore_processor_queue_depth", "Events waiting in partitions plus tasks waiting for a worker", labels, per((p) => p.queueDepth));
+    gauge("flexcore_processor_owner", "1 when this instance holds the processor's lease and runs it, 0 on standby", labels, per((p) => (p.owner ? 1 : 0)));
+    gauge("flexcore_processor_latency_seconds", "Fetch-to-ack latency over the last 8192 events, by quantile", [...labels, "quantile"], () =>
+      processors().flatMap((p) => ([["0.5", p.p50], ["0.95", p.p95], ["0.99", p.p99]] as const).map(([q, ms]) => [{ processor: p.processor, kind: p.kind, quantile: q }, ms / 1000] as const)));
+  }
+
+  const status = sources.projectionStatus;
+  if (status) {
+    counter("flexcore_projection_applied_total", "Events applied to the read model by this instance", ["name"], async () => (await status()).map((p) => [{ name: p.name }, p.applied] as const));
+    gauge("flexcore_projection_failures", "Events the projection failed to apply (kept in its failure table)", ["name"], async () => (await status()).map((p) => [{ name: p.name }, p.failures.count] as const));
+    gauge("flexcore_projection_state", "1 for the projection's current state (live, catching-up, stopped, stale, read-only)", ["name", "state"], async () => (await status()).map((p) => [{ name: p.name, state: p.state }, 1] as const));
+  }
+
+  const publishers = sources.publishers;
+  if (publishers) {
+    const per = (pick: (p: PublisherReading) => number) => (): Series => Object.entries(publishers()).map(([name, p]) => [{ publisher: name }, pick(p)] as const);
+    counter("flexcore_publisher_acks_total", "Messages JetStream acknowledged", ["publisher"], per((p) => p.acked));
+    counter("flexcore_publisher_retries_total", "Publishes sent again (no ack in time, no responders)", ["publisher"], per((p) => p.retries));
+    counter("flexcore_publisher_failures_total", "Publishes that failed for good", ["publisher"], per((p) => p.failed));
+    gauge("flexcore_publisher_in_flight", "Publishes waiting for their ack", ["publisher"], per((p) => p.inFlight));
+  }
+
+  const workflows = sources.workflows;
+  if (workflows) {
+    counter("flexcore_workflow_runs_total", "Workflow runs this instance ended, by outcome", ["outcome"], () => Object.entries(workflows()?.runs ?? {}).map(([outcome, n]) => [{ outcome }, n] as const));
+    counter("flexcore_workflow_steps_total", "Step attempts this instance recorded, by outcome (started, succeeded, failed, retried, interrupted, skipped)", ["outcome"], () => Object.entries(workflows()?.steps ?? {}).map(([outcome, n]) => [{ outcome }, n] as const));
+    gauge("flexcore_workflow_runs_active", "Runs this instance drives now", [], () => {
+      const w = workflows();
+      return w ? [[{}, w.active]] : [];
+    });
+  }
+
+  const streams = sources.streams;
+  if (streams) {
+    gauge("flexcore_stream_messages", "Messages stored in the stream (FLEX_DLQ: dead letters of the whole deployment)", ["stream"], async () => (await streams()).map((s) => [{ stream: s.stream }, s.messages] as const));
+    gauge("flexcore_stream_bytes", "Bytes stored in the stream", ["stream"], async () => (await streams()).map((s) => [{ stream: s.stream }, s.bytes] as const));
+  }
+
+  let stopWatch = (): void => undefined;
+  const nc = sources.nats;
+  if (nc) {
+    const seen = { connected: nc.isClosed() ? 0 : 1, disconnects: 0, reconnects: 0 };
+    const status = nc.status();
+    void (async () => {
+      for await (const s of status) {
+        if (s.type === "disconnect") {
+          seen.connected = 0;
+          seen.disconnects += 1;
+        } else if (s.type === "reconnect") {
+          seen.connected = 1;
+          seen.reconnects += 1;
+        } else if (s.type === "close") seen.connected = 0;
+      }
+    })().catch(() => undefined);
+    stopWatch = () => (status as { stop?: () => void }).stop?.();
+    gauge("flexcore_nats_connected", "1 while the connection to NATS is up", [], () => [[{}, nc.isClosed() ? 0 : seen.connected]]);
+    counter("flexcore_nats_reconnects_total", "Reconnections to NATS", [], () => [[{}, seen.reconnects]]);
+    counter("flexcore_nats_disconnects_total", "Losses of the NATS connection", [], () => [[{}, seen.disconnects]]);
+    counter("flexcore_nats_messages_total", "Messages over this process's NATS connection, by direction", ["direction"], () => {
+      const st = nc.stats();
+      return [[{ direction: "in" }, st.inMsgs], [{ direction: "out" }, st.outMsgs]];
+    });
+    counter("flexcore_nats_bytes_total", "Bytes over this process's NATS connection, by direction", ["direction"], () => {
+      const st = nc.stats();
+      return [[{ direction: "in" }, st.inBytes], [{ direction: "out" }, st.outBytes]];
+    });
+  }
+  return { registry, requestDuration, ingestedEvents, close: () => stopWatch() };
 }

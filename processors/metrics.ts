@@ -10,6 +10,8 @@ export interface ProcessorMetrics {
   readonly outputs: number;
   /** Failed attempts (a task or key that threw, a worker that died) since start. */
   readonly errors: number;
+  /** Deliveries JetStream made again (ack wait passed, a nak, a restart) since start. */
+  readonly redelivered: number;
   /** Events sent to `FLEX_DLQ` since start. */
   readonly deadLettered: number;
   /** Events fetched and not yet acknowledged. */

@@ -8,7 +8,7 @@ import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
 import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
-import type { MetricsReported, Publisher } from "../streams/index.js";
+import type { MetricsReported, Publisher, PublisherStats } from "../streams/index.js";
 import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
 import { ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
@@ -80,13 +80,15 @@ export interface ProcessorRuntimeOptions {
   readonly leaseTtlMs?: number;
   /** @default a publisher created and closed by the runtime */
   readonly publisher?: Publisher;
-  readonly log?: (line: string) => void;
+  readonly log?: (line: string, level?: "warn" | "error") => void;
 }
 
 /** The running processors. */
 export interface ProcessorRuntime extends AsyncDisposable {
   /** Names of the running processors. */
   readonly processors: readonly string[];
+  /** False once `close()` was called (what `/readyz` checks). */
+  readonly running: boolean;
   /** A snapshot of each processor's counters, latency percentiles and queue depth (for `/metrics`). */
   metrics(): ProcessorMetrics[];
   /** Messages not yet acknowledged per processor consumer (`{ name, lag }`, the gateway's lag source). */
@@ -100,6 +102,8 @@ export interface ProcessorRuntime extends AsyncDisposable {
   /** Resolves once every message fetched so far is acknowledged (tests, benches). */
   idle(): Promise<void>;
   readonly pool: ProcessorPool;
+  /** Acks, failures and retries of the publisher the derived events go through. */
+  readonly publisherStats: PublisherStats;
   /** Stops fetching, finishes and acknowledges in-flight work, checkpoints, closes the pool. */
   close(): Promise<void>;
 }
@@ -231,7 +235,7 @@ class ProcessorRunner {
   readonly #kv: KV;
   readonly #pool: ProcessorPool;
   readonly #publisher: Publisher;
-  readonly #log: (line: string) => void;
+  readonly #log: (line: string, level?: "warn" | "error") => void;
   readonly #partitions: Partition[];
   // Insertion order is recency: a state is re-inserted whenever it changes.
   readonly #states = new Map<string, KeyState>();
@@ -260,9 +264,9 @@ class ProcessorRunner {
   #stopping = false;
   #failed = false;
   readonly latency = new LatencyWindow();
-  totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0 };
+  totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0, redelivered: 0 };
 
-  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string) => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number, leases: KV, instanceId: string, leaseTtlMs: number) {
+  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string, level?: "warn" | "error") => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number, leases: KV, instanceId: string, leaseTtlMs: number) {
     this.#maxKeys = maxKeys;
     this.#lease = new Lease(leases, processorLeaseKey(cfg.name), instanceId, leaseTtlMs, () => this.#fail(new Error(`instance ${instanceId} lost the lease of processor ${cfg.name}`)));
     this.#leasePollMs = Math.min(1_000, Math.max(50, Math.floor(leaseTtlMs / 4)));
@@ -395,7 +399,7 @@ class ProcessorRunner {
         // A pull can fail (missed heartbeats while the event loop was busy, a reconnect):
         // what it delivered is in the partitions, the rest comes with the next pull.
         if (this.#stopping) break;
-        this.#log(`flexcore: processor ${cfg.name}: pull failed (${(err as Error).message}); pulling again`);
+        this.#log(`flexcore: processor ${cfg.name}: pull failed (${(err as Error).message}); pulling again`, "warn");
         await sleep(FETCH_RETRY_MS);
       } finally {
         this.#messages = undefined;
@@ -413,7 +417,7 @@ class ProcessorRunner {
    */
   async #careful(window: number): Promise<void> {
     const prior = await this.#readMarker<{ seq: number; attempts: number }>(HEAD_MARKER);
-    this.#log(`flexcore: processor ${this.cfg.name}: the last run did not stop cleanly; processing up to ${window} messages one at a time`);
+    this.#log(`flexcore: processor ${this.cfg.name}: the last run did not stop cleanly; processing up to ${window} messages one at a time`, "warn");
     let left = window;
     while (left > 0 && !this.#stopping && !this.#failed) {
       let m: JsMsg | undefined;
@@ -423,7 +427,7 @@ class ProcessorRunner {
         for await (const x of messages) m = x;
       } catch (err) {
         if (this.#stopping) return;
-        this.#log(`flexcore: processor ${this.cfg.name}: pull failed (${(err as Error).message}); pulling again`);
+        this.#log(`flexcore: processor ${this.cfg.name}: pull failed (${(err as Error).message}); pulling again`, "warn");
         await sleep(FETCH_RETRY_MS);
         continue;
       } finally {
@@ -514,6 +518,7 @@ class ProcessorRunner {
     }
     const { raw, hdr } = rawOf(m);
     const info = m.info;
+    if (info.deliveryCount > 1) this.totals.redelivered += 1;
     k.pending += 1;
     const entry: Entry = {
       m,
@@ -799,7 +804,7 @@ class ProcessorRunner {
       reason,
       data: decodeData(e.m.data),
     };
-    this.#log(`flexcore: ${reason}; dead-lettered to ${dlqSubject(e.tenant, this.cfg.name)}`);
+    this.#log(`flexcore: ${reason}; dead-lettered to ${dlqSubject(e.tenant, this.cfg.name)}`, "warn");
     return { subject: dlqSubject(e.tenant, this.cfg.name), data: encoder.encode(JSON.stringify(body)), headers: h };
   }
 
@@ -892,7 +897,7 @@ class ProcessorRunner {
   #fail(err: unknown): void {
     if (this.#failed || this.#stopping) return;
     this.#failed = true;
-    this.#log(`flexcore: processor ${this.cfg.name} failed: ${(err as Error)?.message ?? String(err)}; restarting from its checkpoints`);
+    this.#log(`flexcore: processor ${this.cfg.name} failed: ${(err as Error)?.message ?? String(err)}; restarting from its checkpoints`, "error");
     // What is in flight will not be acknowledged by this runner: nobody waits for it.
     for (const w of this.#idleWaiters.splice(0)) w();
     this.#onFailure(this, err);
@@ -954,7 +959,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
       const fresh = create(runner.cfg);
       fresh.totals = runner.totals;
       runners.set(runner.cfg.name, fresh);
-      await fresh.start().catch((err: unknown) => log(`flexcore: processor ${runner.cfg.name} could not restart: ${(err as Error).message}`));
+      await fresh.start().catch((err: unknown) => log(`flexcore: processor ${runner.cfg.name} could not restart: ${(err as Error).message}`, "error"));
     })();
     restarts.add(restart);
     void restart.finally(() => restarts.delete(restart));
@@ -1000,6 +1005,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
         outputs: r.totals.outputs,
         errors: r.totals.errors,
         deadLettered: r.totals.deadLettered,
+        redelivered: r.totals.redelivered,
         inFlight: r.inFlight,
         queueDepth: r.queued + pool.queueSize,
         throughput: (r.totals.processed - (last.processed.get(r.cfg.name) ?? 0)) / elapsed,
@@ -1033,7 +1039,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
         inFlight: s.inFlight,
       };
       const event = encodeEvent({ id: `metrics:processor:${component}:${at.getTime()}`, type: METRICS_EVENT_TYPES.reported, time: at, data });
-      await publisher.publish(eventSubject(SYSTEM_TENANT, METRICS_CATEGORY, component), event.data, { headers: event.headers }).catch((err: unknown) => log(`flexcore: metrics of ${component} not published: ${(err as Error).message}`));
+      await publisher.publish(eventSubject(SYSTEM_TENANT, METRICS_CATEGORY, component), event.data, { headers: event.headers }).catch((err: unknown) => log(`flexcore: metrics of ${component} not published: ${(err as Error).message}`, "warn"));
     }
     last = { at: performance.now(), processed: new Map(snap.map((s) => [s.processor, s.processed])), errors: new Map(snap.map((s) => [s.processor, s.errors])) };
   };
@@ -1071,6 +1077,12 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   return {
     processors: options.processors.map((p) => p.name),
     metrics: snapshot,
+    get running() {
+      return !closing;
+    },
+    get publisherStats() {
+      return publisher.stats;
+    },
     async lag() {
       return Promise.all(
         [...runners.values()].map(async (r) => {

@@ -51,7 +51,7 @@ export interface ProjectionEngineOptions {
    */
   readonly readOnly?: boolean;
   /** Log lines for people. @default stderr */
-  readonly log?: (line: string) => void;
+  readonly log?: (line: string, level?: "warn" | "error") => void;
 }
 
 /** Options of {@link ProjectionEngine.waitFor}. */
@@ -257,7 +257,7 @@ class Engine implements ProjectionEngine {
   readonly #limits: { readonly batchSize: number; readonly foldWindow: number };
   readonly #waitTimeoutMs: number;
   readonly #readOnly: boolean;
-  readonly #log: (line: string) => void;
+  readonly #log: (line: string, level?: "warn" | "error") => void;
   readonly #projections: ReadonlyMap<string, Projection>;
   readonly #served = new Map<string, Served>();
   readonly #waiters = new Map<string, Set<Waiter>>();
@@ -307,7 +307,7 @@ class Engine implements ProjectionEngine {
       this.#state = "running";
       if (stale.length > 0) {
         this.#log(`flexcore: projections: ${stale.join(", ")} changed version; rebuilding beside the served copy`);
-        this.#track(this.rebuild(stale).catch((err: unknown) => this.#log(`flexcore: projections: rebuild of ${stale.join(", ")} failed: ${(err as Error).message}`)));
+        this.#track(this.rebuild(stale).catch((err: unknown) => this.#log(`flexcore: projections: rebuild of ${stale.join(", ")} failed: ${(err as Error).message}`, "error")));
       }
     } catch (err) {
       await this.close();
@@ -382,7 +382,7 @@ class Engine implements ProjectionEngine {
       try {
         l(change);
       } catch (err) {
-        this.#log(`flexcore: projections: a change listener of ${name} threw: ${(err as Error).message}`);
+        this.#log(`flexcore: projections: a change listener of ${name} threw: ${(err as Error).message}`, "warn");
       }
     }
   }
@@ -651,7 +651,7 @@ class Engine implements ProjectionEngine {
         try {
           served.member.flushCheckpoints();
         } catch (err) {
-          this.#log(`flexcore: projections: could not write the checkpoint of ${served.member.name}: ${(err as Error).message}`);
+          this.#log(`flexcore: projections: could not write the checkpoint of ${served.member.name}: ${(err as Error).message}`, "error");
         }
         served.member.close();
       }

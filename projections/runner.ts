@@ -70,7 +70,7 @@ export class Runner {
   readonly #readers = new Map<SourceStream, SourceReader>();
   readonly #deadLetter: DeadLetterFn;
   readonly #onBatch: BatchListener;
-  readonly #log: (line: string) => void;
+  readonly #log: (line: string, level?: "warn" | "error") => void;
   readonly #limits: WindowLimits;
   #busy: Promise<void> | undefined;
   #scheduled = false;
@@ -81,7 +81,7 @@ export class Runner {
   /** Events read from the streams by this runner. */
   received = 0;
 
-  constructor(nc: NatsConnection, deadLetter: DeadLetterFn, onBatch: BatchListener, log: (line: string) => void, limits: Partial<WindowLimits> = {}) {
+  constructor(nc: NatsConnection, deadLetter: DeadLetterFn, onBatch: BatchListener, log: (line: string, level?: "warn" | "error") => void, limits: Partial<WindowLimits> = {}) {
     this.#nc = nc;
     this.#deadLetter = deadLetter;
     this.#onBatch = onBatch;
@@ -153,7 +153,7 @@ export class Runner {
         else if (reader.buffer.push(e) >= BUFFER_HIGH_WATER) reader.reader?.pause();
         this.#schedule();
       },
-      onRecreate: (fromSeq, reason) => this.#log(`flexcore: projections: reading ${stream} again from ${fromSeq}: ${reason}`),
+      onRecreate: (fromSeq, reason) => this.#log(`flexcore: projections: reading ${stream} again from ${fromSeq}: ${reason}`, "warn"),
     });
     this.#schedule();
   }
@@ -253,12 +253,12 @@ export class Runner {
         try {
           outcome = await member.commit(stream, caughtUp, this.#deadLetter);
         } catch (err) {
-          this.#log(`flexcore: projections: a commit of ${member.name} on ${stream} failed, retrying in ${RETRY_DELAY_MS} ms: ${(err as Error).message}`);
+          this.#log(`flexcore: projections: a commit of ${member.name} on ${stream} failed, retrying in ${RETRY_DELAY_MS} ms: ${(err as Error).message}`, "warn");
           this.#paused = true;
           this.#retry = setTimeout(() => this.resume(), RETRY_DELAY_MS);
           return;
         }
-        if (outcome?.rewound) this.#log(`flexcore: projections: writing a window of ${member.name} failed (${outcome.rewound}); reading it again event by event to find the failing one`);
+        if (outcome?.rewound) this.#log(`flexcore: projections: writing a window of ${member.name} failed (${outcome.rewound}); reading it again event by event to find the failing one`, "warn");
         this.#onBatch(member, stream, outcome);
       }
       await this.#rewind(reader);

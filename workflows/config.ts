@@ -61,7 +61,7 @@ export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) =
  * tenant through the operator's path (a bad one stops the start with its path), then a
  * runner that trusts exactly those definitions.
  */
-export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig, options: { readonly root: string; readonly log?: (line: string) => void }): Promise<{ readonly runner: WorkflowRunner | undefined; close(): Promise<void> }> {
+export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig, options: { readonly root: string; readonly log?: (line: string, level?: "warn" | "error") => void }): Promise<{ readonly runner: WorkflowRunner | undefined; close(): Promise<void> }> {
   const log = options.log ?? (() => undefined);
   checkTenantName(config.tenant, "workflows.tenant");
   const client = await createWorkflowClient(nc);

@@ -2,7 +2,7 @@
 export { createWorkflowClient, DEFAULT_WAIT_POLL_MS } from "./client.js";
 export type { WorkflowClient } from "./client.js";
 export { DEFAULT_MAX_RUNS, DEFAULT_POLL_MS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
-export type { WorkflowRunner, WorkflowRunnerOptions } from "./runner.js";
+export type { WorkflowRunner, WorkflowRunnerOptions, WorkflowRunnerStats } from "./runner.js";
 export type { StartOptions, StartResult } from "./start.js";
 export { backoffDelay, checkWorkflowName, DEFAULT_RETRY, MAX_DEFINITION_BYTES, MAX_WORKFLOW_NAME_BYTES, NAME_PATTERN, parseDefinitionText, STEP_KINDS, validateDefinition } from "./definition.js";
 export type { ValidateOptions } from "./definition.js";

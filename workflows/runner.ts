@@ -73,7 +73,7 @@ export interface WorkflowRunnerOptions {
   readonly triggers?: boolean;
   /** The clock cron schedules are checked against (tests, simulations). @default () => new Date() */
   readonly now?: () => Date;
-  readonly log?: (line: string) => void;
+  readonly log?: (line: string, level?: "warn" | "error") => void;
   /**
    * The definitions the operator installed (`startWorkflows` fills it from `flexcore.yaml`):
    * only their `trusted: true` steps run trusted. A stored definition with trusted steps that
@@ -83,11 +83,26 @@ export interface WorkflowRunnerOptions {
   readonly trust?: OperatorTrust;
 }
 
+/**
+ * What one runner recorded since it started (for `/metrics`): the outcomes it wrote to run
+ * logs, so instances add up without double counting.
+ */
+export interface WorkflowRunnerStats {
+  /** Runs this runner ended, by outcome (`cancelled`: a cancel it saw while driving the run). */
+  readonly runs: { readonly succeeded: number; readonly failed: number; readonly cancelled: number };
+  /** Step attempts this runner started and ended, by outcome (`retried`: failed with attempts left; `interrupted`: left running by a lost runner). */
+  readonly steps: { readonly started: number; readonly succeeded: number; readonly failed: number; readonly retried: number; readonly interrupted: number; readonly skipped: number };
+}
+
 /** A workflow runner: drives runs (its own and those whose runner died), fires triggers. */
 export interface WorkflowRunner extends AsyncDisposable {
   readonly id: string;
   /** Runs this instance drives now. */
   readonly active: number;
+  /** Outcomes recorded since start; a fresh copy on each read. */
+  readonly stats: WorkflowRunnerStats;
+  /** False once `close()` was called. */
+  readonly running: boolean;
   /** Starts a run and drives it here at once (no wait for the watch). */
   start(tenant: string, workflow: string, options?: StartOptions): Promise<StartResult>;
   /** Stops driving (runs stay unfinished and are resumed by a runner later), closes consumers. */
@@ -123,7 +138,7 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
   const ownsScripts = !options.scripts;
   const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
   // Fail closed, loudly: the operator learns at start, not from the first failed run.
-  if (scripts.isolation === "none") cfg.log("workflows: bubblewrap cannot run here, so untrusted script steps will fail with FLEX_SANDBOX_UNAVAILABLE; `flexcore doctor` says why and how to fix it (or set workflows.sandbox: plain to run them unsandboxed)");
+  if (scripts.isolation === "none") cfg.log("workflows: bubblewrap cannot run here, so untrusted script steps will fail with FLEX_SANDBOX_UNAVAILABLE; `flexcore doctor` says why and how to fix it (or set workflows.sandbox: plain to run them unsandboxed)", "warn");
   const store = await createEventStore(nc);
   const defs = await DefinitionStore.open(nc);
   const leases = await new Kvm(nc).open(BUCKETS.leases);
@@ -139,7 +154,7 @@ interface Config {
   readonly pollMs: number;
   readonly rescanMs: number;
   readonly triggers: boolean;
-  readonly log: (line: string) => void;
+  readonly log: (line: string, level?: "warn" | "error") => void;
   readonly now: () => Date;
   readonly trust: OperatorTrust;
 }
@@ -192,12 +207,43 @@ class Runner implements WorkflowRunner {
     return this.#drivers.size;
   }
 
+  readonly counts = { runs: { succeeded: 0, failed: 0, cancelled: 0 }, steps: { started: 0, succeeded: 0, failed: 0, retried: 0, interrupted: 0, skipped: 0 } };
+
+  get stats(): WorkflowRunnerStats {
+    return { runs: { ...this.counts.runs }, steps: { ...this.counts.steps } };
+  }
+
+  get running(): boolean {
+    return !this.#closed;
+  }
+
+  /** Counts the events this runner wrote to a run log. */
+  recorded(events: readonly EventInput[]): void {
+    const { runs, steps } = this.counts;
+    for (const e of events) {
+      const data = e.data as { willRetry?: boolean; interrupted?: boolean } | undefined;
+      switch (e.type) {
+        case RUN_EVENTS.runSucceeded: runs.succeeded += 1; break;
+        case RUN_EVENTS.runFailed: runs.failed += 1; break;
+        case RUN_EVENTS.stepStarted: steps.started += 1; break;
+        case RUN_EVENTS.stepSucceeded: steps.succeeded += 1; break;
+        case RUN_EVENTS.stepSkipped: steps.skipped += 1; break;
+        case RUN_EVENTS.stepFailed:
+          if (data?.interrupted) steps.interrupted += 1;
+          else if (data?.willRetry) steps.retried += 1;
+          else steps.failed += 1;
+          break;
+        default: break;
+      }
+    }
+  }
+
   async begin(): Promise<void> {
     const w = await this.#defs.kv.watch({ key: `${RUN_INDEX_PREFIX}.>` });
     this.#watch = w;
     void (async () => {
       for await (const e of w) if (e.operation === "PUT") this.#offer(e.key);
-    })().catch((err: unknown) => this.#cfg.log(`workflows: run watch ended: ${(err as Error).message}`));
+    })().catch((err: unknown) => this.#cfg.log(`workflows: run watch ended: ${(err as Error).message}`, "warn"));
     const rescan = setInterval(() => void this.#rescan(), this.#cfg.rescanMs);
     rescan.unref();
     this.#timers.push(rescan);
@@ -216,13 +262,13 @@ class Runner implements WorkflowRunner {
             const definition = this.#validate(parsed.tenant, parsed.name, w);
             await this.#installTriggers({ ...w, tenant: parsed.tenant, name: parsed.name, definition });
           } catch (err) {
-            this.#cfg.log(`workflows: triggers of ${e.key}: ${describeError(err)}`);
+            this.#cfg.log(`workflows: triggers of ${e.key}: ${describeError(err)}`, "warn");
           }
         }
       })().catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: definition watch ended: ${describeError(err)}`);
+        if (!this.#closed) this.#cfg.log(`workflows: definition watch ended: ${describeError(err)}`, "warn");
       });
-      const tick = setInterval(() => void this.#cronTick().catch((err: unknown) => this.#cfg.log(`workflows: cron tick: ${describeError(err)}`)), CRON_TICK_MS);
+      const tick = setInterval(() => void this.#cronTick().catch((err: unknown) => this.#cfg.log(`workflows: cron tick: ${describeError(err)}`, "warn")), CRON_TICK_MS);
       tick.unref();
       this.#timers.push(tick);
     }
@@ -266,7 +312,7 @@ class Runner implements WorkflowRunner {
         for await (const k of await this.#defs.kv.keys(`${RUN_INDEX_PREFIX}.>`)) this.#offer(k);
       })
       .catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: rescan failed: ${(err as Error).message}`);
+        if (!this.#closed) this.#cfg.log(`workflows: rescan failed: ${(err as Error).message}`, "warn");
       })
       // A scan given up on as hung must not clear the one that replaced it.
       .finally(() => {
@@ -298,7 +344,7 @@ class Runner implements WorkflowRunner {
     }
     const p = this.#own(tenant, runId, indexKey, initial, lease)
       .catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${describeError(err)}`);
+        if (!this.#closed) this.#cfg.log(`workflows: run ${tenant}/${runId}: ${describeError(err)}`, "warn");
       })
       .finally(() => {
         this.#drivers.delete(indexKey);
@@ -433,7 +479,7 @@ class Runner implements WorkflowRunner {
       const entry = { name, messages: undefined as ConsumerMessages | undefined, done: Promise.resolve() };
       this.#consumers.set(`${cronKey}#${i}#v${w.version}`, entry);
       entry.done = this.#consume(entry, name, t.subject, t.types, t.ordered, w).catch((err: unknown) => {
-        if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${describeError(err)}`);
+        if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${describeError(err)}`, "warn");
       });
     });
   }
@@ -481,7 +527,7 @@ class Runner implements WorkflowRunner {
         await this.start(w.tenant, w.name, { runId, input: e.data, trigger, causationId: e.id, ...(after ? { after } : {}) });
         m.ack();
       } catch (err) {
-        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${describeError(err)}`);
+        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${describeError(err)}`, "warn");
         // A start that can never succeed (no such workflow any more, a name or input that does
         // not fit) is logged once and dropped; anything else (the server) is tried again.
         if (err instanceof FlexError && PERMANENT_START_ERRORS.has(err.code)) m.term();
@@ -502,7 +548,7 @@ class Runner implements WorkflowRunner {
         if (!cronMatches(parseCron(schedule), at)) continue;
         // Every runner fires; the run id is the minute, so exactly one RunStarted is stored.
         await this.start(c.tenant, c.name, { runId: `${c.name}-c${stamp}`, input: { scheduledAt: at.toISOString() }, trigger: { kind: "cron", schedule, time: at.toISOString() } })
-          .catch((err: unknown) => this.#cfg.log(`workflows: cron ${c.tenant}/${c.name}: ${describeError(err)}`));
+          .catch((err: unknown) => this.#cfg.log(`workflows: cron ${c.tenant}/${c.name}: ${describeError(err)}`, "warn"));
       }
     }
   }
@@ -579,11 +625,13 @@ class Drive {
       if (!(err instanceof DefinitionUnavailableError || err instanceof UntrustedDefinitionError)) throw err;
       error = err;
     }
-    this.#r.cfg.log(`workflows: run ${this.#tenant}/${this.#runId} fails: ${describeError(error)}`);
+    this.#r.cfg.log(`workflows: run ${this.#tenant}/${this.#runId} fails: ${describeError(error)}`, "warn");
     for (let i = 0; i < MAX_FAIL_RETRIES; i++) {
       if (isTerminal(this.#state.status)) return false;
       try {
-        await this.#r.store.append(this.#subject, [{ type: RUN_EVENTS.runFailed, data: { runId: this.#runId, error: { message: error.message, code: error.code } }, causationId: this.#runId }], { expectedRevision: this.#state.revision });
+        const failed: EventInput = { type: RUN_EVENTS.runFailed, data: { runId: this.#runId, error: { message: error.message, code: error.code } }, causationId: this.#runId };
+        await this.#r.store.append(this.#subject, [failed], { expectedRevision: this.#state.revision });
+        this.#r.recorded([failed]);
         return false;
       } catch (err) {
         if (!(err instanceof ConcurrencyError)) throw err;
@@ -614,11 +662,16 @@ class Drive {
     try {
       for (;;) {
         if (this.#r.stopSignal.aborted || this.#lease.lost) return false;
-        if (isTerminal(this.#state.status)) return true;
+        if (isTerminal(this.#state.status)) {
+          // Ended while driven here, by an event this runner did not write: a cancel.
+          if (this.#state.status === "cancelled") this.#r.counts.runs.cancelled += 1;
+          return true;
+        }
         const planned = this.#plan();
         if (planned.events.length > 0) {
           try {
             const result = await this.#r.store.append(this.#subject, planned.events, { expectedRevision: this.#state.revision });
+            this.#r.recorded(planned.events);
             if (result.duplicates > 0 || result.revision !== planned.state.revision) await this.#load();
             else this.#state = planned.state;
             this.#completions.splice(0, planned.consumed);

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { createRootLogger } from "../logger.js";
 import { startPipeline } from "../up.js";
 
 const ORPHAN_CHECK_MS = 500;
@@ -10,18 +11,26 @@ export function register(program: Command): void {
     .option("--nats <url>", "connect to this server instead of starting one")
     .option("--config <file>", "pipeline configuration (default: $FLEXCORE_CONFIG or ./flexcore.yaml)")
     .action(async (opts: { nats?: string; config?: string }) => {
-      const pipeline = await startPipeline({ ...(opts.nats ? { natsUrl: opts.nats } : {}), ...(opts.config ? { configFile: opts.config } : {}) });
-      process.stderr.write(`flexcore: up; NATS at ${pipeline.natsUrl}. Ctrl-C stops.\n`);
+      // LOG_LEVEL is checked before anything starts. "flexcore: up" is the line scripts wait for.
+      const logger = createRootLogger();
+      const log = logger.child({ area: "up" });
+      const pipeline = await startPipeline({ logger, ...(opts.nats ? { natsUrl: opts.nats } : {}), ...(opts.config ? { configFile: opts.config } : {}) }).catch((err: unknown) => {
+        log.fatal({ err }, "up failed");
+        logger.flush();
+        throw err;
+      });
+      log.info({ nats: pipeline.natsUrl }, `flexcore: up; NATS at ${pipeline.natsUrl}. Ctrl-C stops.`);
       let stopping = false;
       const stop = (signal: string): void => {
         if (stopping) return;
         stopping = true;
-        process.stderr.write(`flexcore: ${signal}, stopping...\n`);
+        log.info({ signal }, `${signal}, stopping`);
         const force = setTimeout(() => process.exit(1), 30_000);
         force.unref();
-        pipeline.close().then(() => process.exit(0), (err: unknown) => {
-          process.stderr.write(`flexcore: stop failed: ${(err as Error).message}\n`);
-          process.exit(1);
+        const exit = (code: number): void => logger.flush(() => process.exit(code));
+        pipeline.close().then(() => exit(0), (err: unknown) => {
+          log.error({ err }, "stop failed");
+          exit(1);
         });
       };
       process.on("SIGINT", () => stop("SIGINT"));

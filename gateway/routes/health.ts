@@ -6,13 +6,13 @@ const TOPOLOGY_CHECK_MS = 2_000;
 
 /** `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json`: public. */
 export function registerHealthRoutes(ctx: RouteContext): void {
-  const { app, nc, jsm, keys, metrics, readModels, limits } = ctx;
+  const { app, nc, jsm, keys, metrics, readModels, limits, readiness } = ctx;
   let topologyCheckedAt = 0;
   let topologyOk = false;
 
   app.get("/healthz", { schema: { tags: ["ops"], summary: "Liveness: the process answers" } }, async () => ({ status: "ok" }));
 
-  app.get("/readyz", { schema: { tags: ["ops"], summary: "Readiness: NATS connected, topology present, projection lag under the bound" } }, async (_req, reply) => {
+  app.get("/readyz", { schema: { tags: ["ops"], summary: "Readiness: NATS connected, topology present, projection lag under the bound, processors and workflow runner running" } }, async (_req, reply) => {
     const checks: Record<string, { ok: boolean; detail?: unknown }> = {};
     checks.nats = { ok: !nc.isClosed() && !(nc as { isDraining?: () => boolean }).isDraining?.(), detail: nc.getServer() };
     if (Date.now() - topologyCheckedAt > TOPOLOGY_CHECK_MS || !topologyOk) {
@@ -24,6 +24,9 @@ export function registerHealthRoutes(ctx: RouteContext): void {
       const lags = await Promise.resolve(readModels.lag()).catch(() => undefined);
       const worst = lags?.reduce((m, l) => Math.max(m, l.lag), 0);
       checks.projections = { ok: worst !== undefined && worst <= limits.maxReadyLag, detail: { maxLag: worst ?? null, bound: limits.maxReadyLag } };
+    }
+    for (const [name, check] of Object.entries(readiness)) {
+      checks[name] = await Promise.resolve().then(check).then((c) => ({ ok: c.ok === true, ...(c.detail === undefined ? {} : { detail: c.detail }) }), (err: unknown) => ({ ok: false, detail: (err as Error)?.message ?? String(err) }));
     }
     const ready = Object.values(checks).every((c) => c.ok);
     if (ready) return { ready, checks };
