@@ -21,6 +21,18 @@ export const JS_ERR = {
   wrongLastSequence: 10071,
   streamNotFound: 10059,
   temporarilyUnavailable: 10008,
+  /** Atomic batch publish is not enabled on the stream (`allow_atomic`). */
+  atomicDisabled: 10174,
+  /** The batch was abandoned (incomplete: a message went missing, or it timed out). */
+  batchIncomplete: 10176,
+  /** More messages than the server's batch limit (`max_batch_size`, 1000 by default). */
+  batchTooLarge: 10199,
+  /** An atomic batch holds a `Nats-Msg-Id` the stream already stored. */
+  batchDuplicateId: 10201,
+  /** Fast-ingest batch publishing is not enabled on the stream (`allow_batched`). */
+  fastBatchDisabled: 10205,
+  /** The fast-ingest batch is unknown to the server (ended by an error, a gap, or abandoned). */
+  batchUnknown: 10208,
 } as const;
 
 /** Options of {@link createPublisher}. */
