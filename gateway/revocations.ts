@@ -1,9 +1,9 @@
 import { createHash } from "node:crypto";
-import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection, QueuedIterator } from "@nats-io/transport-node";
 import type { KvWatchEntry } from "@nats-io/kv";
-import { BUCKETS } from "../streams/index.js";
+import { BUCKETS, MIN_MESSAGE_TTL_MS, openTtlKv } from "../streams/index.js";
+import type { TtlKv } from "../streams/index.js";
 
 /** KV key prefix of revoked token ids (`jti`) and session ids (`sid`) in `flex_auth`. */
 export const REVOKED_PREFIX = "revoked";
@@ -38,20 +38,23 @@ const SWEEP_MS = 60_000;
 
 /** Opens the shared revocation list and waits until the existing entries are loaded. */
 export async function openRevocations(nc: NatsConnection): Promise<Revocations> {
-  const kv = await new Kvm(nc).open(BUCKETS.auth);
-  const r = new KvRevocations(kv);
+  const r = new KvRevocations(await openTtlKv(nc, BUCKETS.auth));
   await r.start();
   return r;
 }
 
+// Each revoked id is written with a TTL until its token's expiry (where the bucket allows
+// per-message TTL), so the server removes it then; the sweep covers buckets without.
 class KvRevocations implements Revocations {
+  readonly #ttl: TtlKv;
   readonly #kv: KV;
   readonly #ids = new Map<string, number>();
   #watch: QueuedIterator<KvWatchEntry> | undefined;
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(kv: KV) {
-    this.#kv = kv;
+  constructor(ttl: TtlKv) {
+    this.#ttl = ttl;
+    this.#kv = ttl.kv;
   }
 
   get size(): number {
@@ -97,7 +100,7 @@ class KvRevocations implements Revocations {
   async revoke(id: string, expiresAt: number): Promise<void> {
     const key = keyOf(id);
     this.#ids.set(key, expiresAt);
-    await this.#kv.put(`${REVOKED_PREFIX}.${key}`, codec.encode(JSON.stringify({ exp: expiresAt })));
+    await this.#ttl.put(`${REVOKED_PREFIX}.${key}`, codec.encode(JSON.stringify({ exp: expiresAt })), Math.max(MIN_MESSAGE_TTL_MS, expiresAt * 1000 - Date.now()));
   }
 
   async #sweep(): Promise<void> {
@@ -105,6 +108,8 @@ class KvRevocations implements Revocations {
     for (const [id, exp] of this.#ids) {
       if (exp * 1000 > now) continue;
       this.#ids.delete(id);
+      // The server removes entries written with a TTL by itself.
+      if (this.#ttl.messageTtl) continue;
       // Every instance may sweep the same id; deleting twice is harmless.
       await this.#kv.delete(`${REVOKED_PREFIX}.${id}`).catch(() => undefined);
     }
