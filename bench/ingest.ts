@@ -11,7 +11,7 @@ import {
   startNatsServer,
   STREAMS,
 } from "../streams/index.js";
-import type { EncodedEvent, Reducer } from "../streams/index.js";
+import type { EncodedEvent, PublisherOptions, Reducer } from "../streams/index.js";
 import { ratio, runTasks } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 
@@ -35,8 +35,8 @@ function reading(i: number): EncodedEvent {
   });
 }
 
-async function publishFast(nc: NatsConnection, subjectOf: (i: number) => string, n: number, revisions?: boolean): Promise<void> {
-  const publisher = createPublisher(nc);
+async function publishFast(nc: NatsConnection, subjectOf: (i: number) => string, n: number, revisions?: boolean, options: PublisherOptions = {}): Promise<void> {
+  const publisher = createPublisher(nc, options);
   const pending: Array<Promise<unknown>> = [];
   for (let i = 0; i < n; i++) {
     const e = reading(i);
@@ -97,6 +97,13 @@ export const suite: Suite = {
           extra: { what: "createPublisher: pipelined, every message acked" },
         },
         {
+          name: "publish.flexcore-batched",
+          unit: "events/s",
+          ops: FAST_N,
+          fn: () => publishFast(nc, subject, FAST_N, false, { batching: "auto" }),
+          extra: { what: "createPublisher({ batching: \"auto\" }): fast-ingest batches (2.14+), acked per batch" },
+        },
+        {
           name: "publish.core-no-ack",
           unit: "events/s",
           ops: FAST_N,
@@ -110,6 +117,33 @@ export const suite: Suite = {
           extra: { what: "core publish then flush, no acks: the ceiling" },
         },
       ], { log });
+
+      // The cost of an fsync before every ack (`sync_interval: always`), measured on a second
+      // server with the same store device, in the same run.
+      const synced = await startNatsServer({ config: "jetstream {\n  sync_interval: always\n}\n" });
+      const syncedNc = await connect({ servers: synced.url });
+      try {
+        await ensureTopology(syncedNc);
+        results.push(...(await runTasks([
+          {
+            name: "publish.flexcore.sync-always",
+            unit: "events/s",
+            ops: FAST_N,
+            fn: () => publishFast(syncedNc, subject, FAST_N),
+            extra: { what: "publish.flexcore on a server with jetstream.sync_interval: always (fsync before each ack)" },
+          },
+          {
+            name: "publish.flexcore-batched.sync-always",
+            unit: "events/s",
+            ops: FAST_N,
+            fn: () => publishFast(syncedNc, subject, FAST_N, false, { batching: "auto" }),
+            extra: { what: "publish.flexcore-batched on a server with sync_interval: always" },
+          },
+        ], { log })));
+      } finally {
+        await syncedNc.close();
+        await synced.close();
+      }
 
       const store = await createEventStore(nc);
       let round = 0;
@@ -228,6 +262,10 @@ export const suite: Suite = {
       results.push(
         ratio("publish.flexcore/publish.window", by("publish.flexcore"), by("publish.window"), 4),
         ratio("publish.flexcore/publish.core-no-ack", by("publish.flexcore"), by("publish.core-no-ack"), 0.5),
+        ratio("publish.flexcore-batched/publish.window", by("publish.flexcore-batched"), by("publish.window"), 4),
+        ratio("publish.flexcore-batched/publish.core-no-ack", by("publish.flexcore-batched"), by("publish.core-no-ack"), 0.7),
+        ratio("publish.flexcore.sync-always/publish.flexcore", by("publish.flexcore.sync-always"), by("publish.flexcore")),
+        ratio("publish.flexcore-batched.sync-always/publish.flexcore-batched", by("publish.flexcore-batched.sync-always"), by("publish.flexcore-batched")),
         ratio("replay.readAll/replay.ordered-raw", by("replay.readAll"), by("replay.ordered-raw")),
         ratio("replay.readAll/replay.ordered-raw-callback", by("replay.readAll"), by("replay.ordered-raw-callback")),
         ratio("aggregate.snapshot-speedup", by("aggregate.load.no-snapshot"), by("aggregate.load.snapshot"), 20),

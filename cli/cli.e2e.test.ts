@@ -79,6 +79,11 @@ describe("flexcore CLI", () => {
     if (nats.server.version.startsWith("2.9.")) expect(r.stdout).toMatch(/WARN .*power loss/);
     expect(r.stdout).toMatch(/topology present, no drift/);
     expect(r.stdout).toMatch(/ok +the server refuses anonymous clients/);
+    if (!nats.server.version.startsWith("2.9.")) {
+      expect(r.stdout).toMatch(/ok +atomic appends: on/);
+      expect(r.stdout).toMatch(/ok +per-message TTL: on/);
+      expect(r.stdout).toMatch(/fast-ingest batches: /);
+    }
     const down = await run(["doctor", "--nats", "nats://127.0.0.1:1"]);
     expect(down.code).toBe(1);
     expect(down.stdout).toMatch(/FAIL .*Cannot reach/);
