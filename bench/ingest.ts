@@ -23,6 +23,7 @@ const APPEND_N = 30_000;
 const AGGREGATES = 1_000;
 const REPLAY_N = 1_000_000;
 const AGGREGATE_EVENTS = 10_000;
+const SMALL_AGGREGATE_EVENTS = 50;
 
 let serial = 0;
 /** A ~150-byte sensor reading, like the events users send. */
@@ -256,6 +257,31 @@ export const suite: Suite = {
           extra: { events: AGGREGATE_EVENTS },
         },
       ], { log, iterations: 9, warmup: 2 })));
+
+      // Aggregate reads both ways in the same run: an ordered consumer (the baseline) and
+      // batch direct gets (nats-server 2.11+), for the 10,000-event aggregate, a 50-event
+      // one, and time travel to the middle of the big one.
+      const viaConsumer = await createEventStore(nc, { batchReads: "off" });
+      const viaDirect = await createEventStore(nc, { batchReads: "auto" });
+      const small = eventSubject("bench", "load", "small");
+      await viaDirect.append(small, Array.from({ length: SMALL_AGGREGATE_EVENTS }, (_, i) => ({ type: "Read", data: { temp: i } })));
+      const middle = (await viaDirect.read(aggregate, { from: AGGREGATE_EVENTS / 2, limit: 1 }))[0]!.seq;
+      const load = (s: typeof store, subject: string, expected: number, asOf?: number) => async (): Promise<number> => {
+        const t = performance.now();
+        const r = await s.aggregate(subject, sum, { snapshots: false, ...(asOf === undefined ? {} : { asOf }) });
+        if (r.state.n !== expected) throw new Error(`read ${r.state.n} of ${expected}`);
+        return performance.now() - t;
+      };
+      results.push(...(await runTasks([
+        { name: "aggregate.load.consumer", unit: "ms", fn: load(viaConsumer, aggregate, AGGREGATE_EVENTS), extra: { events: AGGREGATE_EVENTS, what: "aggregate() without snapshot, ordered consumer (baseline)" } },
+        { name: "aggregate.load.direct-batch", unit: "ms", fn: load(viaDirect, aggregate, AGGREGATE_EVENTS), extra: { events: AGGREGATE_EVENTS, what: "same, batch direct gets" } },
+        { name: "aggregate.load-small.consumer", unit: "ms", fn: load(viaConsumer, small, SMALL_AGGREGATE_EVENTS), extra: { events: SMALL_AGGREGATE_EVENTS, what: "a 50-event aggregate, ordered consumer (baseline)" } },
+        { name: "aggregate.load-small.direct-batch", unit: "ms", fn: load(viaDirect, small, SMALL_AGGREGATE_EVENTS), extra: { events: SMALL_AGGREGATE_EVENTS, what: "same, batch direct gets" } },
+        { name: "aggregate.as-of.consumer", unit: "ms", fn: load(viaConsumer, aggregate, AGGREGATE_EVENTS / 2, middle), extra: { events: AGGREGATE_EVENTS / 2, what: "time travel to the middle of the big aggregate, ordered consumer (baseline)" } },
+        { name: "aggregate.as-of.direct-batch", unit: "ms", fn: load(viaDirect, aggregate, AGGREGATE_EVENTS / 2, middle), extra: { events: AGGREGATE_EVENTS / 2, what: "same, batch direct gets" } },
+      ], { log, iterations: 9, warmup: 2 })));
+      await viaConsumer.close();
+      await viaDirect.close();
       await store.close();
 
       const by = (name: string): BenchResult => results.find((r) => r.name === name)!;
@@ -269,6 +295,9 @@ export const suite: Suite = {
         ratio("replay.readAll/replay.ordered-raw", by("replay.readAll"), by("replay.ordered-raw")),
         ratio("replay.readAll/replay.ordered-raw-callback", by("replay.readAll"), by("replay.ordered-raw-callback")),
         ratio("aggregate.snapshot-speedup", by("aggregate.load.no-snapshot"), by("aggregate.load.snapshot"), 20),
+        ratio("aggregate.load: consumer/direct-batch (speed-up)", by("aggregate.load.consumer"), by("aggregate.load.direct-batch")),
+        ratio("aggregate.load-small: consumer/direct-batch (speed-up)", by("aggregate.load-small.consumer"), by("aggregate.load-small.direct-batch")),
+        ratio("aggregate.as-of: consumer/direct-batch (speed-up)", by("aggregate.as-of.consumer"), by("aggregate.as-of.direct-batch")),
       );
       return results;
     } finally {

@@ -41,6 +41,8 @@ const READ_COMPACT_AT = 8_192;
 const DIRECT_READ_MAX = 16;
 // Messages read per batch direct get, and at most in all, when looking for a retried append's events.
 const DIRECT_BATCH = 1_000;
+/** Messages per batch direct get when reading an aggregate (`batchReads: "auto"`). */
+export const DIRECT_READ_BATCH = 1_024;
 const FIND_STORED_MAX = 100_000;
 const MAX_ANY_RETRIES = 64;
 /** Events one append may hold: the server's atomic batch limit (`max_batch_size`, 1000 by default). */
@@ -143,6 +145,15 @@ export interface EventStoreOptions {
    * @default "auto"
    */
   readonly atomicAppends?: "auto" | "off";
+  /**
+   * How `read` and `aggregate` (time travel included) fetch an aggregate's events.
+   * `"auto"`: when at most `DIRECT_READ_BATCH` (1024) events are to be read, one batch
+   * direct get of the aggregate's subject (nats-server 2.11+, `allow_direct`), no consumer;
+   * longer reads use an ordered consumer, which streams them faster. `"off"`: an ordered
+   * consumer (single direct gets for 16 events or fewer), as before 2.11.
+   * @default "auto"
+   */
+  readonly batchReads?: "auto" | "off";
 }
 
 /** The JetStream event store: one subject per aggregate in `FLEX_EVENTS`. */
@@ -231,8 +242,10 @@ export async function createEventStore(nc: NatsConnection, options: EventStoreOp
   const atomicAppends = options.atomicAppends ?? "auto";
   if (atomicAppends !== "auto" && atomicAppends !== "off") throw new InvalidOptionError("atomicAppends", atomicAppends, '"auto" or "off"');
   const atomic = atomicAppends === "auto" && serverFeatures(nc.info?.version ?? "0.0.0").atomicBatch;
+  const batchReads = options.batchReads ?? "auto";
+  if (batchReads !== "auto" && batchReads !== "off") throw new InvalidOptionError("batchReads", batchReads, '"auto" or "off"');
   const publisher = options.publisher ?? createPublisher(nc, options.publisherOptions);
-  return new JetStreamEventStore(nc, js, jsm, snapshots, publisher, options.publisher === undefined, snapshotEvery, headCacheSize, atomic);
+  return new JetStreamEventStore(nc, js, jsm, snapshots, publisher, options.publisher === undefined, snapshotEvery, headCacheSize, atomic, batchReads === "auto");
 }
 
 type BatchOutcome = { kind: "ok"; result: AppendResult } | { kind: "conflict" } | { kind: "unsupported" } | { kind: "duplicate" };
@@ -256,11 +269,13 @@ class JetStreamEventStore implements EventStore {
   #atomic: boolean;
   #duplicateWindowMs: number | undefined;
   readonly #batchDirectGet: boolean;
+  readonly #batchReads: boolean;
   readonly publisher: Publisher;
 
-  constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, snapshots: SnapshotStore, publisher: Publisher, ownsPublisher: boolean, snapshotEvery: number, headCacheSize: number, atomic: boolean) {
+  constructor(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, snapshots: SnapshotStore, publisher: Publisher, ownsPublisher: boolean, snapshotEvery: number, headCacheSize: number, atomic: boolean, batchReads: boolean) {
     this.#atomic = atomic;
     this.#batchDirectGet = serverFeatures(nc.info?.version ?? "0.0.0").batchDirectGet;
+    this.#batchReads = batchReads && this.#batchDirectGet;
     this.#nc = nc;
     this.#js = js;
     this.#jsm = jsm;
@@ -556,6 +571,9 @@ class JetStreamEventStore implements EventStore {
   // Calls `onMessage` for the subject's messages from startSeq to endSeq, in order, until it returns false.
   async #scan(subject: string, startSeq: number, endSeq: number, expectedCount: number, signal: AbortSignal | undefined, onMessage: (m: RawMessage) => boolean): Promise<number> {
     if (endSeq < startSeq) return 0;
+    // Measured (bench ingest, aggregate.*): one batch direct get beats creating a consumer,
+    // but a consumer streams long reads faster than repeated batch requests.
+    if (this.#batchReads && expectedCount <= DIRECT_READ_BATCH) return this.#scanDirect(subject, startSeq, endSeq, signal, onMessage);
     let count = 0;
     if (expectedCount <= DIRECT_READ_MAX) {
       let seq = startSeq;
@@ -585,6 +603,47 @@ class JetStreamEventStore implements EventStore {
     } finally {
       signal?.removeEventListener("abort", onAbort);
       await messages.close().catch(() => undefined);
+    }
+    signal?.throwIfAborted();
+    return count;
+  }
+
+  // #scan with batch direct gets: the subject's messages from startSeq, DIRECT_READ_BATCH per
+  // request, each request starting after the last message of the one before.
+  async #scanDirect(subject: string, startSeq: number, endSeq: number, signal: AbortSignal | undefined, onMessage: (m: RawMessage) => boolean): Promise<number> {
+    let count = 0;
+    let seq = startSeq;
+    while (seq <= endSeq) {
+      signal?.throwIfAborted();
+      const batch = await this.#jsm.direct.getBatch(STREAMS.events, { seq, next_by_subj: subject, batch: DIRECT_READ_BATCH });
+      let got = 0;
+      let more = true;
+      try {
+        for await (const m of batch) {
+          got += 1;
+          if (m.seq > endSeq) {
+            more = false;
+            break;
+          }
+          count += 1;
+          seq = m.seq + 1;
+          if (!onMessage(fromStored(m))) {
+            more = false;
+            break;
+          }
+          if (m.seq === endSeq) {
+            more = false;
+            break;
+          }
+        }
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 404) throw err; // 404: nothing (more) from there
+        more = false;
+      } finally {
+        batch.stop();
+      }
+      // A batch may end early (the server caps its bytes): go on from the last one until endSeq or nothing more.
+      if (!more || got === 0) break;
     }
     signal?.throwIfAborted();
     return count;
