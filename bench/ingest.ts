@@ -11,7 +11,7 @@ import {
   startNatsServer,
   STREAMS,
 } from "../streams/index.js";
-import type { EncodedEvent, Reducer } from "../streams/index.js";
+import type { EncodedEvent, PublisherOptions, Reducer } from "../streams/index.js";
 import { ratio, runTasks } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 
@@ -23,6 +23,7 @@ const APPEND_N = 30_000;
 const AGGREGATES = 1_000;
 const REPLAY_N = 1_000_000;
 const AGGREGATE_EVENTS = 10_000;
+const SMALL_AGGREGATE_EVENTS = 50;
 
 let serial = 0;
 /** A ~150-byte sensor reading, like the events users send. */
@@ -35,8 +36,8 @@ function reading(i: number): EncodedEvent {
   });
 }
 
-async function publishFast(nc: NatsConnection, subjectOf: (i: number) => string, n: number, revisions?: boolean): Promise<void> {
-  const publisher = createPublisher(nc);
+async function publishFast(nc: NatsConnection, subjectOf: (i: number) => string, n: number, revisions?: boolean, options: PublisherOptions = {}): Promise<void> {
+  const publisher = createPublisher(nc, options);
   const pending: Array<Promise<unknown>> = [];
   for (let i = 0; i < n; i++) {
     const e = reading(i);
@@ -97,6 +98,13 @@ export const suite: Suite = {
           extra: { what: "createPublisher: pipelined, every message acked" },
         },
         {
+          name: "publish.flexcore-batched",
+          unit: "events/s",
+          ops: FAST_N,
+          fn: () => publishFast(nc, subject, FAST_N, false, { batching: "auto" }),
+          extra: { what: "createPublisher({ batching: \"auto\" }): fast-ingest batches (2.14+), acked per batch" },
+        },
+        {
           name: "publish.core-no-ack",
           unit: "events/s",
           ops: FAST_N,
@@ -110,6 +118,33 @@ export const suite: Suite = {
           extra: { what: "core publish then flush, no acks: the ceiling" },
         },
       ], { log });
+
+      // The cost of an fsync before every ack (`sync_interval: always`), measured on a second
+      // server with the same store device, in the same run.
+      const synced = await startNatsServer({ config: "jetstream {\n  sync_interval: always\n}\n" });
+      const syncedNc = await connect({ servers: synced.url });
+      try {
+        await ensureTopology(syncedNc);
+        results.push(...(await runTasks([
+          {
+            name: "publish.flexcore.sync-always",
+            unit: "events/s",
+            ops: FAST_N,
+            fn: () => publishFast(syncedNc, subject, FAST_N),
+            extra: { what: "publish.flexcore on a server with jetstream.sync_interval: always (fsync before each ack)" },
+          },
+          {
+            name: "publish.flexcore-batched.sync-always",
+            unit: "events/s",
+            ops: FAST_N,
+            fn: () => publishFast(syncedNc, subject, FAST_N, false, { batching: "auto" }),
+            extra: { what: "publish.flexcore-batched on a server with sync_interval: always" },
+          },
+        ], { log })));
+      } finally {
+        await syncedNc.close();
+        await synced.close();
+      }
 
       const store = await createEventStore(nc);
       let round = 0;
@@ -222,15 +257,47 @@ export const suite: Suite = {
           extra: { events: AGGREGATE_EVENTS },
         },
       ], { log, iterations: 9, warmup: 2 })));
+
+      // Aggregate reads both ways in the same run: an ordered consumer (the baseline) and
+      // batch direct gets (nats-server 2.11+), for the 10,000-event aggregate, a 50-event
+      // one, and time travel to the middle of the big one.
+      const viaConsumer = await createEventStore(nc, { batchReads: "off" });
+      const viaDirect = await createEventStore(nc, { batchReads: "auto" });
+      const small = eventSubject("bench", "load", "small");
+      await viaDirect.append(small, Array.from({ length: SMALL_AGGREGATE_EVENTS }, (_, i) => ({ type: "Read", data: { temp: i } })));
+      const middle = (await viaDirect.read(aggregate, { from: AGGREGATE_EVENTS / 2, limit: 1 }))[0]!.seq;
+      const load = (s: typeof store, subject: string, expected: number, asOf?: number) => async (): Promise<number> => {
+        const t = performance.now();
+        const r = await s.aggregate(subject, sum, { snapshots: false, ...(asOf === undefined ? {} : { asOf }) });
+        if (r.state.n !== expected) throw new Error(`read ${r.state.n} of ${expected}`);
+        return performance.now() - t;
+      };
+      results.push(...(await runTasks([
+        { name: "aggregate.load.consumer", unit: "ms", fn: load(viaConsumer, aggregate, AGGREGATE_EVENTS), extra: { events: AGGREGATE_EVENTS, what: "aggregate() without snapshot, ordered consumer (baseline)" } },
+        { name: "aggregate.load.direct-batch", unit: "ms", fn: load(viaDirect, aggregate, AGGREGATE_EVENTS), extra: { events: AGGREGATE_EVENTS, what: "same, batch direct gets" } },
+        { name: "aggregate.load-small.consumer", unit: "ms", fn: load(viaConsumer, small, SMALL_AGGREGATE_EVENTS), extra: { events: SMALL_AGGREGATE_EVENTS, what: "a 50-event aggregate, ordered consumer (baseline)" } },
+        { name: "aggregate.load-small.direct-batch", unit: "ms", fn: load(viaDirect, small, SMALL_AGGREGATE_EVENTS), extra: { events: SMALL_AGGREGATE_EVENTS, what: "same, batch direct gets" } },
+        { name: "aggregate.as-of.consumer", unit: "ms", fn: load(viaConsumer, aggregate, AGGREGATE_EVENTS / 2, middle), extra: { events: AGGREGATE_EVENTS / 2, what: "time travel to the middle of the big aggregate, ordered consumer (baseline)" } },
+        { name: "aggregate.as-of.direct-batch", unit: "ms", fn: load(viaDirect, aggregate, AGGREGATE_EVENTS / 2, middle), extra: { events: AGGREGATE_EVENTS / 2, what: "same, batch direct gets" } },
+      ], { log, iterations: 9, warmup: 2 })));
+      await viaConsumer.close();
+      await viaDirect.close();
       await store.close();
 
       const by = (name: string): BenchResult => results.find((r) => r.name === name)!;
       results.push(
         ratio("publish.flexcore/publish.window", by("publish.flexcore"), by("publish.window"), 4),
         ratio("publish.flexcore/publish.core-no-ack", by("publish.flexcore"), by("publish.core-no-ack"), 0.5),
+        ratio("publish.flexcore-batched/publish.window", by("publish.flexcore-batched"), by("publish.window"), 4),
+        ratio("publish.flexcore-batched/publish.core-no-ack", by("publish.flexcore-batched"), by("publish.core-no-ack"), 0.7),
+        ratio("publish.flexcore.sync-always/publish.flexcore", by("publish.flexcore.sync-always"), by("publish.flexcore")),
+        ratio("publish.flexcore-batched.sync-always/publish.flexcore-batched", by("publish.flexcore-batched.sync-always"), by("publish.flexcore-batched")),
         ratio("replay.readAll/replay.ordered-raw", by("replay.readAll"), by("replay.ordered-raw")),
         ratio("replay.readAll/replay.ordered-raw-callback", by("replay.readAll"), by("replay.ordered-raw-callback")),
         ratio("aggregate.snapshot-speedup", by("aggregate.load.no-snapshot"), by("aggregate.load.snapshot"), 20),
+        ratio("aggregate.load: consumer/direct-batch (speed-up)", by("aggregate.load.consumer"), by("aggregate.load.direct-batch")),
+        ratio("aggregate.load-small: consumer/direct-batch (speed-up)", by("aggregate.load-small.consumer"), by("aggregate.load-small.direct-batch")),
+        ratio("aggregate.as-of: consumer/direct-batch (speed-up)", by("aggregate.as-of.consumer"), by("aggregate.as-of.direct-batch")),
       );
       return results;
     } finally {

@@ -82,6 +82,11 @@ describe("flexcore CLI", () => {
     // The sandbox, and pasta for networked steps (fail-closed: without them such steps are refused).
     expect(r.stdout).toMatch(/ok +script steps run in the bubblewrap/);
     expect(r.stdout).toMatch(/ok +script steps with network: true run under pasta \(passt/);
+    if (!nats.server.version.startsWith("2.9.")) {
+      expect(r.stdout).toMatch(/ok +atomic appends: on/);
+      expect(r.stdout).toMatch(/ok +per-message TTL: on/);
+      expect(r.stdout).toMatch(/fast-ingest batches: /);
+    }
     const down = await run(["doctor", "--nats", "nats://127.0.0.1:1"]);
     expect(down.code).toBe(1);
     expect(down.stdout).toMatch(/FAIL .*Cannot reach/);

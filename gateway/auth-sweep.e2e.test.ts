@@ -12,8 +12,10 @@ import { createGateway, openAuthSweeper } from "./index.js";
 import type { Gateway } from "./index.js";
 
 // flex_auth keeps users, sign-in sessions and revoked ids. Sessions and revocations expire;
-// the sweep (nats-server 2.9.10 has no per-message TTL) removes them so the bucket does not
-// grow with every sign-in and logout. Each test uses its own server: the counts are exact.
+// where the bucket has no per-message TTL (before 2.11, or a bucket made without
+// allow_msg_ttl) the sweep removes them so the bucket does not grow with every sign-in and
+// logout. The buckets here are made without it, so the sweep is what is tested (the TTL is
+// in sessions-ttl.e2e.test.ts). Each test uses its own server: the counts are exact.
 let nats: TestNats;
 let dir: string;
 let kv: KV;
@@ -28,7 +30,7 @@ afterAll(async () => {
 async function fresh(): Promise<void> {
   await nats?.close();
   nats = await startTestNats();
-  await ensureTopology(nats.nc);
+  await ensureTopology(nats.nc, { messageTtl: false });
   kv = await new Kvm(nats.nc).open(BUCKETS.auth);
 }
 afterAll(async () => {

@@ -153,6 +153,15 @@ export interface GatewayOptions {
   /** Publisher for batch ingest and appends. @default one created and closed by the gateway */
   readonly publisher?: Publisher;
   /**
+   * Fast-ingest batches for `POST /v1/events` (the gateway's own publisher, `batching` of
+   * `createPublisher`; nats-server 2.14+, else one ack per event): the server acknowledges
+   * each batch, not each event. A batched event's result then has `batched: true`, a `seq`
+   * that is the batch's last sequence (the event is stored at or before it; usable as
+   * `minSeq`) and no `duplicate`. Ignored with `publisher`.
+   * @default "off"
+   */
+  readonly ingestBatching?: "auto" | "off";
+  /**
    * How often per-route figures are published as `MetricsReported` events on
    * `evt._system.metrics.gateway` (the `performance_metrics` read model); 0 turns them off.
    * @default 60000 (on minute boundaries)
@@ -310,7 +319,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   }
   const jsm = await jetstreamManager(nc);
   const ownsPublisher = options.publisher === undefined;
-  const publisher = options.publisher ?? createPublisher(nc);
+  if (options.ingestBatching !== undefined && options.ingestBatching !== "auto" && options.ingestBatching !== "off") throw new InvalidOptionError("ingestBatching", options.ingestBatching, '"auto" or "off"');
+  const publisher = options.publisher ?? createPublisher(nc, { batching: options.ingestBatching ?? "off" });
   if (ownsPublisher) opened.push(() => publisher.close());
   const store = await createEventStore(nc, { publisher });
   const readModels = options.projections ? projectionReadModels(options.projections) : options.readModels;

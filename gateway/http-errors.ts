@@ -1,6 +1,8 @@
 import {
   AbortedError,
+  BatchTooLargeError,
   ConcurrencyError,
+  DuplicateEventIdError,
   FlexError,
   InvalidEventError,
   InvalidOptionError,
@@ -58,6 +60,8 @@ export function toHttpError(err: unknown, bodyLimit?: number): HttpError {
     return { status: 409, headers, body: body(err.code, err.message, { expected: err.expected, actual: err.actual, currentRevision: err.actual }) };
   }
   if (err instanceof TenantReservedError) return { status: 400, headers, body: body(err.code, err.message, { field: err.field }) };
+  if (err instanceof DuplicateEventIdError) return { status: 409, headers, body: body(err.code, err.message) };
+  if (err instanceof BatchTooLargeError) return { status: 400, headers, body: body(err.code, err.message, { field: "events", limit: err.limit }) };
   if (err instanceof SubjectTokenError) return { status: 400, headers, body: body(err.code, err.message, { field: err.token }) };
   if (err instanceof InvalidEventError) return { status: 400, headers, body: body(err.code, err.message, { field: err.field }) };
   if (err instanceof InvalidOptionError) return { status: 400, headers, body: body(err.code, err.message, { field: err.field }) };

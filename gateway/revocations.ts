@@ -1,9 +1,8 @@
 import { createHash } from "node:crypto";
-import { Kvm } from "@nats-io/kv";
-import type { KV } from "@nats-io/kv";
+import type { KV, KvWatchEntry } from "@nats-io/kv";
 import type { NatsConnection, QueuedIterator } from "@nats-io/transport-node";
-import type { KvWatchEntry } from "@nats-io/kv";
-import { BUCKETS, compareVersions } from "../streams/index.js";
+import { BUCKETS, MIN_MESSAGE_TTL_MS, openTtlKv } from "../streams/index.js";
+import type { TtlKv } from "../streams/index.js";
 
 /** KV key prefix of revoked token ids (`jti`) and session ids (`sid`) in `flex_auth`. */
 export const REVOKED_PREFIX = "revoked";
@@ -53,27 +52,18 @@ export interface RevocationsOptions {
 
 /** Opens the shared revocation list and waits until the existing entries are loaded. */
 export async function openRevocations(nc: NatsConnection, options: RevocationsOptions = {}): Promise<Revocations> {
-  const kv = await new Kvm(nc).open(BUCKETS.auth);
-  const r = new KvRevocations(nc, kv, await messageTtl(nc, kv), options.log ?? ((line) => process.stderr.write(`${line}\n`)));
+  const r = new KvRevocations(nc, await openTtlKv(nc, BUCKETS.auth), options.log ?? ((line) => process.stderr.write(`${line}\n`)));
   await r.start();
   return r;
 }
 
-// Per-message TTL (nats-server 2.11+, a bucket with `allow_msg_ttl`) lets the server drop a
-// revocation when it expires; elsewhere the gateway's sweep (auth-sweep.ts) removes it.
-async function messageTtl(nc: NatsConnection, kv: KV): Promise<boolean> {
-  if (compareVersions(nc.info?.version ?? "0.0.0", "2.11.0") < 0) return false;
-  try {
-    return (await kv.status()).streamInfo.config.allow_msg_ttl === true;
-  } catch {
-    return false;
-  }
-}
-
+// Each revoked id is written with a TTL until its token's expiry (where the bucket allows
+// per-message TTL, 2.11+), so the server removes it then; elsewhere the gateway's sweep
+// (auth-sweep.ts) does.
 class KvRevocations implements Revocations {
   readonly #nc: NatsConnection;
   readonly #kv: KV;
-  readonly #ttl: boolean;
+  readonly #ttl: TtlKv;
   readonly #log: (line: string) => void;
   readonly #ids = new Map<string, number>();
   #watch: QueuedIterator<KvWatchEntry> | undefined;
@@ -85,9 +75,9 @@ class KvRevocations implements Revocations {
   #failing = false;
   #closed = false;
 
-  constructor(nc: NatsConnection, kv: KV, ttl: boolean, log: (line: string) => void) {
+  constructor(nc: NatsConnection, ttl: TtlKv, log: (line: string) => void) {
     this.#nc = nc;
-    this.#kv = kv;
+    this.#kv = ttl.kv;
     this.#ttl = ttl;
     this.#log = log;
   }
@@ -193,17 +183,8 @@ class KvRevocations implements Revocations {
   async revoke(id: string, expiresAt: number): Promise<void> {
     const key = keyOf(id);
     this.#ids.set(key, Math.max(expiresAt, this.#ids.get(key) ?? 0));
-    const data = codec.encode(JSON.stringify({ exp: expiresAt }));
-    const ttl = Math.max(1, Math.ceil(expiresAt - Date.now() / 1000));
-    if (this.#ttl) {
-      try {
-        await this.#kv.create(`${REVOKED_PREFIX}.${key}`, data, `${ttl}s`);
-        return;
-      } catch {
-        // revoked already (e.g. a session by two instances): overwrite below
-      }
-    }
-    await this.#kv.put(`${REVOKED_PREFIX}.${key}`, data);
+    const exp = this.#ids.get(key)!;
+    await this.#ttl.put(`${REVOKED_PREFIX}.${key}`, codec.encode(JSON.stringify({ exp })), Math.max(MIN_MESSAGE_TTL_MS, exp * 1000 - Date.now()));
   }
 
   // Expired ids leave memory here; the bucket entries are removed by the sweep (auth-sweep.ts) or their TTL.

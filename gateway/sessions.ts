@@ -1,8 +1,8 @@
-import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { nuid } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, RESERVED_TENANT_PREFIX } from "../streams/index.js";
+import { BUCKETS, MIN_MESSAGE_TTL_MS, openTtlKv, RESERVED_TENANT_PREFIX } from "../streams/index.js";
+import type { TtlKv } from "../streams/index.js";
 import { InvalidCredentialsError, InvalidRefreshTokenError, RefreshTokenReuseError } from "./errors.js";
 import type { Revocations } from "./revocations.js";
 import type { Principal, TokenIssuer } from "./tokens.js";
@@ -69,18 +69,21 @@ export async function revokeUserSessions(kv: KV, revocations: Revocations, tenan
 
 /** Opens the session service on `flex_auth`. */
 export async function openSessions(nc: NatsConnection, users: UserStore, issuer: TokenIssuer, revocations: Revocations): Promise<SessionService> {
-  const kv = await new Kvm(nc).open(BUCKETS.auth);
-  return new KvSessions(kv, users, issuer, revocations);
+  return new KvSessions(await openTtlKv(nc, BUCKETS.auth), users, issuer, revocations);
 }
 
+// Each session entry expires with its session (per-message TTL where the bucket allows it;
+// the sweep in auth-sweep.ts elsewhere).
 class KvSessions implements SessionService {
   readonly #kv: KV;
+  readonly #ttl: TtlKv;
   readonly #users: UserStore;
   readonly #issuer: TokenIssuer;
   readonly #revocations: Revocations;
 
-  constructor(kv: KV, users: UserStore, issuer: TokenIssuer, revocations: Revocations) {
-    this.#kv = kv;
+  constructor(ttl: TtlKv, users: UserStore, issuer: TokenIssuer, revocations: Revocations) {
+    this.#ttl = ttl;
+    this.#kv = ttl.kv;
     this.#users = users;
     this.#issuer = issuer;
     this.#revocations = revocations;
@@ -93,7 +96,7 @@ class KvSessions implements SessionService {
     if (!user) throw new InvalidCredentialsError();
     const sid = nuid.next();
     const record: SessionRecord = { gen: 1, exp: Math.floor(Date.now() / 1000) + this.#issuer.refreshTtlSeconds, createdAt: Date.now() };
-    await this.#kv.create(sessionKey(user.tenant, user.username, sid), codec.encode(JSON.stringify(record)));
+    await this.#ttl.create(sessionKey(user.tenant, user.username, sid), codec.encode(JSON.stringify(record)), Math.max(MIN_MESSAGE_TTL_MS, record.exp * 1000 - Date.now()));
     return this.#pair(user.tenant, user.username, user.roles, sid, record.gen, record.exp);
   }
 
@@ -114,7 +117,7 @@ class KvSessions implements SessionService {
     if (claims.gen !== record.gen) throw new RefreshTokenReuseError(await this.revokeUser(claims.tenant, claims.subject));
     const next: SessionRecord = { ...record, gen: record.gen + 1 };
     try {
-      await this.#kv.update(key, codec.encode(JSON.stringify(next)), entry.revision);
+      await this.#ttl.update(key, codec.encode(JSON.stringify(next)), entry.revision, Math.max(MIN_MESSAGE_TTL_MS, record.exp * 1000 - Date.now()));
     } catch {
       // Another refresh with the same token won the race: the token was used twice.
       throw new RefreshTokenReuseError(await this.revokeUser(claims.tenant, claims.subject));

@@ -3,10 +3,11 @@
  * `flex_leases` holding `{ owner, expiresAt }`. It is taken with a create (or, once the
  * holder's `expiresAt` has passed, an update at the revision read), renewed on a timer
  * with an update at the last revision (compare-and-set), and deleted at that revision on
- * release. The bucket's `max_age` removes a key nobody renews, so a dead holder's lease
- * goes away even if nobody reads `expiresAt`.
+ * release. Each write carries the lease's TTL (`Nats-TTL`, where the bucket allows per-message
+ * TTL), so the server removes a key nobody renews when it expires, and a dead holder's lease
+ * goes away even if nobody reads `expiresAt`; on older buckets the bucket's `max_age` does.
  */
-import type { KV } from "@nats-io/kv";
+import type { TtlKv } from "../streams/index.js";
 
 const encoder = new TextEncoder();
 
@@ -24,7 +25,7 @@ export function processorLeaseKey(processor: string): string {
 
 /** One lease; `onLost` is called (once) when a renewal finds it taken or cannot prove it held. */
 export class Lease {
-  readonly #kv: KV;
+  readonly #kv: TtlKv;
   readonly #key: string;
   readonly #owner: string;
   readonly #ttlMs: number;
@@ -35,7 +36,7 @@ export class Lease {
   #timer: NodeJS.Timeout | undefined;
   #renewing: Promise<void> | undefined;
 
-  constructor(kv: KV, key: string, owner: string, ttlMs: number, onLost: () => void) {
+  constructor(kv: TtlKv, key: string, owner: string, ttlMs: number, onLost: () => void) {
     this.#kv = kv;
     this.#key = key;
     this.#owner = owner;
@@ -56,16 +57,16 @@ export class Lease {
     if (this.#held) return true;
     const started = Date.now();
     try {
-      this.#revision = await this.#kv.create(this.#key, this.#body());
+      this.#revision = await this.#kv.create(this.#key, this.#body(), this.#ttlMs);
     } catch {
-      const e = await this.#kv.get(this.#key).catch(() => null);
+      const e = await this.#kv.kv.get(this.#key).catch(() => null);
       if (!e) return false;
       if (e.operation === "PUT" && e.length > 0) {
         const v = e.json<LeaseBody>();
         if (v.owner !== this.#owner && v.expiresAt > Date.now()) return false;
       }
       try {
-        this.#revision = await this.#kv.update(this.#key, this.#body(), e.revision);
+        this.#revision = await this.#kv.update(this.#key, this.#body(), e.revision, this.#ttlMs);
       } catch {
         return false;
       }
@@ -81,7 +82,7 @@ export class Lease {
     if (!this.#held) return;
     const started = Date.now();
     try {
-      this.#revision = await this.#kv.update(this.#key, this.#body(), this.#revision);
+      this.#revision = await this.#kv.update(this.#key, this.#body(), this.#revision, this.#ttlMs);
       this.#renewedAt = started;
     } catch (err) {
       // Someone else wrote the key (or it expired): lost. Any other failure: lost once we
@@ -104,6 +105,6 @@ export class Lease {
     await this.#renewing;
     if (!this.#held) return;
     this.#held = false;
-    await this.#kv.delete(this.#key, { previousSeq: this.#revision }).catch(() => undefined);
+    await this.#kv.kv.delete(this.#key, { previousSeq: this.#revision }).catch(() => undefined);
   }
 }

@@ -7,8 +7,8 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
-import type { MetricsReported, Publisher, PublisherStats } from "../streams/index.js";
+import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, openTtlKv, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import type { MetricsReported, Publisher, PublisherStats, TtlKv } from "../streams/index.js";
 import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
 import { ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
@@ -266,7 +266,7 @@ class ProcessorRunner {
   readonly latency = new LatencyWindow();
   totals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0, redelivered: 0 };
 
-  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string, level?: "warn" | "error") => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number, leases: KV, instanceId: string, leaseTtlMs: number) {
+  constructor(nc: NatsConnection, jsm: JetStreamManager, kv: KV, pool: ProcessorPool, publisher: Publisher, cfg: ResolvedProcessor, log: (line: string, level?: "warn" | "error") => void, onFailure: (runner: ProcessorRunner, err: unknown) => void, maxKeys: number, leases: TtlKv, instanceId: string, leaseTtlMs: number) {
     this.#maxKeys = maxKeys;
     this.#lease = new Lease(leases, processorLeaseKey(cfg.name), instanceId, leaseTtlMs, () => this.#fail(new Error(`instance ${instanceId} lost the lease of processor ${cfg.name}`)));
     this.#leasePollMs = Math.min(1_000, Math.max(50, Math.floor(leaseTtlMs / 4)));
@@ -941,7 +941,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   const jsm = await jetstreamManager(nc);
   const kvm = new Kvm(nc);
   const kv = await kvm.open(BUCKETS.state);
-  const leases = await kvm.open(BUCKETS.leases);
+  const leases = await openTtlKv(nc, BUCKETS.leases);
   const instanceId = options.instanceId ?? `${hostname()}-${process.pid}-${randomBytes(4).toString("hex")}`;
   const leaseTtlMs = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
   if (!Number.isInteger(leaseTtlMs) || leaseTtlMs < 200) throw new InvalidOptionError("leaseTtlMs", leaseTtlMs, "an integer number of ms from 200 and up");

@@ -173,3 +173,28 @@ export class TopologyError extends FlexError {
     this.name = "TopologyError";
   }
 }
+
+/** An append holds more events than one atomic batch may (the server's limit, 1000 by default). */
+export class BatchTooLargeError extends FlexError {
+  readonly size: number;
+  readonly limit: number;
+  constructor(size: number, limit: number) {
+    super("FLEX_BATCH_TOO_LARGE", `Expected \`events\` to hold at most ${limit} events (one atomic batch), got ${size}; split the append`);
+    this.name = "BatchTooLargeError";
+    this.size = size;
+    this.limit = limit;
+  }
+}
+
+/**
+ * An append reuses an event id that another aggregate's event holds (within the dedupe
+ * window), so nothing of it was stored. Which id, and where, is not said.
+ */
+export class DuplicateEventIdError extends FlexError {
+  readonly stream: string;
+  constructor(stream: string) {
+    super("FLEX_DUPLICATE_EVENT_ID", `Append to \`${stream}\` was refused: one of its event ids was used by an event stored elsewhere; nothing of this append was stored`);
+    this.name = "DuplicateEventIdError";
+    this.stream = stream;
+  }
+}

@@ -1,7 +1,9 @@
 export {
   AbortedError,
+  BatchTooLargeError,
   ConcurrencyError,
   describeValue,
+  DuplicateEventIdError,
   FlexError,
   InvalidEventError,
   InvalidOptionError,
@@ -46,8 +48,10 @@ export { CREDENTIAL_ENV, credentialsFromEnv, credentialsToEnv, hasCredentials, n
 export type { NatsCredentials } from "./credentials.js";
 export { openSnapshotStore, snapshotKey } from "./snapshots.js";
 export { fromKvKeyToken, kvKeyToken } from "./kv-keys.js";
+export { MIN_MESSAGE_TTL_MS, openTtlKv, ttlHeaderValue } from "./kv-ttl.js";
+export type { TtlKv } from "./kv-ttl.js";
 export type { Snapshot, SnapshotStore } from "./snapshots.js";
-export { createEventStore, DEFAULT_SNAPSHOT_EVERY, eventFromJsMsg } from "./event-store.js";
+export { createEventStore, DEFAULT_COMMIT_TIMEOUT_MS, DEFAULT_SNAPSHOT_EVERY, eventFromJsMsg, MAX_APPEND_EVENTS } from "./event-store.js";
 export { DEFAULT_READ_HEARTBEAT_MS, DEFAULT_READ_WINDOW, openStreamReader, parseAckReply } from "./stream-reader.js";
 export type { AckReplyInfo, StreamReader, StreamReaderOptions } from "./stream-reader.js";
 export type {

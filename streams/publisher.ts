@@ -1,6 +1,7 @@
-import { createInbox, headers as natsHeaders } from "@nats-io/transport-node";
+import { createInbox, headers as natsHeaders, nuid } from "@nats-io/transport-node";
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { InvalidOptionError, PayloadTooLargeError, PublishRejectedError, PublishTimeoutError, PublisherClosedError, StreamUnavailableError } from "./errors.js";
+import { serverFeatures } from "./server.js";
 
 /** Messages in flight at once before `publish` waits for acks. */
 export const DEFAULT_MAX_IN_FLIGHT = 4096;
@@ -21,10 +22,46 @@ export const JS_ERR = {
   wrongLastSequence: 10071,
   streamNotFound: 10059,
   temporarilyUnavailable: 10008,
+  /** Atomic batch publish is not enabled on the stream (`allow_atomic`). */
+  atomicDisabled: 10174,
+  /** The batch was abandoned (incomplete: a message went missing, or it timed out). */
+  batchIncomplete: 10176,
+  /** More messages than the server's batch limit (`max_batch_size`, 1000 by default). */
+  batchTooLarge: 10199,
+  /** An atomic batch holds a `Nats-Msg-Id` the stream already stored. */
+  batchDuplicateId: 10201,
+  /** Fast-ingest batch publishing is not enabled on the stream (`allow_batched`). */
+  fastBatchDisabled: 10205,
+  /** The fast-ingest batch is unknown to the server (ended by an error, a gap, or abandoned). */
+  batchUnknown: 10208,
 } as const;
+
+/** Flow-control interval FlexCore asks of the server for fast-ingest batches: an ack every this many messages. */
+export const FAST_BATCH_ACK_INTERVAL = 256;
+/** Most messages in one fast-ingest batch: smaller batches are acknowledged sooner, so the window refills while the server stores the next. */
+export const FAST_BATCH_MAX = 512;
+// The streams fast-ingest batches may go to, by the subject's first token: a batch stays in one stream.
+const BATCH_STREAMS: Readonly<Record<string, string>> = { evt: "FLEX_EVENTS", drv: "FLEX_DERIVED" };
+const FAST_OP = { start: 0, append: 1, commit: 2, end: 3, ping: 4 } as const;
+const EXPECT_HEADERS = ["Nats-Expected-Last-Subject-Sequence", "Nats-Expected-Last-Sequence", "Nats-Expected-Last-Msg-Id", "Nats-Expected-Stream"];
 
 /** Options of {@link createPublisher}. */
 export interface PublisherOptions {
+  /**
+   * Fast-ingest batches (nats-server 2.14+, `allow_batched` on the stream): messages to
+   * `evt.>` and `drv.>` published in the same event-loop turn go as one batch, which the
+   * server acknowledges once at its end instead of one PubAck per message. The guarantees
+   * stay (every acked message is stored, a resend with the same `Nats-Msg-Id` is stored
+   * once), but such an ack (`batched: true`) carries the sequence of the batch's last
+   * message (this one is stored at or before it: enough to wait for a projection) and does
+   * not say whether the message was a duplicate (`duplicate` is false). Messages with an
+   * expectation header (e.g.
+   * `expectedLastSubjectSequence`) are never batched. `"auto"` falls back to one ack per
+   * message where the server or the stream does not take batches. `"off"`: one PubAck per
+   * message.
+   * @default "off"
+   */
+  readonly batching?: "auto" | "off";
   /** @default 4096 */
   readonly maxInFlight?: number;
   /** First ack timeout; it doubles with every resend (at most 30 s). @default 2000 */
@@ -50,9 +87,12 @@ export interface PublishOptions {
 /** The stream's acknowledgement of a stored message. */
 export interface PublishAck {
   readonly stream: string;
+  /** The message's stream sequence; for a `batched` ack, the batch's last one (the message is stored at or before it). */
   readonly seq: number;
-  /** True when the server had already stored a message with this `Nats-Msg-Id`. */
+  /** True when the server had already stored a message with this `Nats-Msg-Id` (never known for a batched message). */
   readonly duplicate: boolean;
+  /** Acknowledged by a fast-ingest batch (`batching: "auto"`): stored once; `seq` is an upper bound and `duplicate` is not known. */
+  readonly batched?: true;
 }
 
 /** Counters since the publisher was created. */
@@ -127,6 +167,31 @@ interface Pending {
   readonly settler: Settler;
   /** The message's index in its `publishAll` batch (0 for `publish`). */
   readonly index: number;
+  /** The fast-ingest batch it was last sent in, and its sequence there. */
+  batch: FastBatch | undefined;
+  batchSeq: number;
+  /** Never batched (an expectation header, or its batch failed). */
+  single: boolean;
+}
+
+/** A fast-ingest batch in flight: its messages by batch sequence (index 0 = sequence 1). */
+interface FastBatch {
+  readonly id: string;
+  readonly root: string;
+  readonly stream: string;
+  readonly entries: Array<Pending | undefined>;
+  /** Highest batch sequence the server acknowledged. */
+  acked: number;
+  done: boolean;
+}
+
+interface FastReply {
+  type?: string;
+  seq?: number;
+  batch?: string;
+  count?: number;
+  stream?: string;
+  error?: { code?: number; err_code?: number; description?: string };
 }
 
 interface AckBody {
@@ -137,6 +202,7 @@ interface AckBody {
 }
 
 const decoder = new TextDecoder();
+const EMPTY = new Uint8Array(0);
 
 function positiveInt(field: string, value: number | undefined, fallback: number): number {
   if (value === undefined) return fallback;
@@ -157,6 +223,7 @@ class WindowPublisher implements Publisher {
   readonly #deadlineMs: number;
   readonly #prefix: string;
   readonly #sub: Subscription;
+  #fastSub: Subscription | undefined;
   readonly #pending = new Map<string, Pending>();
   readonly #slotWaiters: Array<() => void> = [];
   #slotHead = 0;
@@ -166,6 +233,11 @@ class WindowPublisher implements Publisher {
   #next = 0;
   #connected = true;
   #closed = false;
+  readonly #batching: boolean;
+  readonly #fastPrefix: string;
+  readonly #batches = new Map<string, FastBatch>();
+  // Roots whose stream refused fast-ingest batches (no allow_batched): one ack per message there.
+  readonly #unbatchable = new Set<string>();
   #acked = 0;
   #failed = 0;
   #retries = 0;
@@ -176,8 +248,12 @@ class WindowPublisher implements Publisher {
     this.#ackTimeoutMs = positiveInt("ackTimeoutMs", options.ackTimeoutMs, DEFAULT_ACK_TIMEOUT_MS);
     this.#maxAttempts = positiveInt("maxAttempts", options.maxAttempts, DEFAULT_MAX_ATTEMPTS);
     this.#deadlineMs = positiveInt("deadlineMs", options.deadlineMs, DEFAULT_DEADLINE_MS);
+    if (options.batching !== undefined && options.batching !== "auto" && options.batching !== "off") throw new InvalidOptionError("batching", options.batching, '"auto" or "off"');
+    this.#batching = options.batching === "auto" && serverFeatures(nc.info?.version ?? "0.0.0").fastIngest;
     this.#prefix = createInbox();
+    this.#fastPrefix = `${this.#prefix}.f`;
     this.#sub = nc.subscribe(`${this.#prefix}.*`, { callback: (err, msg) => (err ? undefined : this.#onAck(msg)) });
+    if (this.#batching) this.#fastSub = nc.subscribe(`${this.#fastPrefix}.>`, { callback: (err, msg) => (err ? undefined : this.#onFastReply(msg)) });
     this.#timer = setInterval(() => this.#scan(), Math.max(25, Math.floor(this.#ackTimeoutMs / 4)));
     this.#timer.unref();
     void this.#watchStatus();
@@ -234,7 +310,7 @@ class WindowPublisher implements Publisher {
   #start(subject: string, data: Uint8Array, headers: MsgHdrs | undefined, settler: Settler, index: number): void {
     const token = (this.#next++).toString(36);
     const now = Date.now();
-    const entry: Pending = { token, subject, data, headers, firstSent: now, lastSent: now, attempts: 0, settler, index };
+    const entry: Pending = { token, subject, data, headers, firstSent: now, lastSent: now, attempts: 0, settler, index, batch: undefined, batchSeq: 0, single: !this.#batching || (headers !== undefined && EXPECT_HEADERS.some((h) => headers.has(h))) };
     this.#pending.set(token, entry);
     this.#send(entry);
   }
@@ -252,7 +328,10 @@ class WindowPublisher implements Publisher {
     this.#failAll(new PublisherClosedError("publisher"));
     for (const wake of this.#slotWaiters.splice(0).slice(this.#slotHead)) wake();
     this.#slotHead = 0;
-    if (!this.#nc.isClosed()) this.#sub.unsubscribe();
+    if (!this.#nc.isClosed()) {
+      this.#sub.unsubscribe();
+      this.#fastSub?.unsubscribe();
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -271,18 +350,128 @@ class WindowPublisher implements Publisher {
   }
 
   readonly #drainOutbox = (): void => {
-    const batch = this.#outbox;
+    const outbox = this.#outbox;
     this.#outbox = [];
-    for (const entry of batch) {
+    // Messages of this turn that may go in a fast-ingest batch, by root (one batch per stream).
+    let groups: Map<string, Pending[]> | undefined;
+    for (const entry of outbox) {
       if (this.#pending.get(entry.token) !== entry) continue; // settled meanwhile (close, failAll)
-      try {
-        this.#nc.publish(entry.subject, entry.data, { reply: `${this.#prefix}.${entry.token}`, headers: entry.headers });
-      } catch (err) {
-        // A bad subject or a closed connection: nothing was sent and nothing will be.
-        this.#settle(entry, err instanceof Error ? new PublishRejectedError(entry.subject, err.message) : new PublisherClosedError(entry.subject));
+      if (!entry.single) {
+        const root = entry.subject.slice(0, entry.subject.indexOf("."));
+        if (BATCH_STREAMS[root] !== undefined && !this.#unbatchable.has(root)) {
+          groups ??= new Map();
+          const g = groups.get(root);
+          if (g) g.push(entry);
+          else groups.set(root, [entry]);
+          continue;
+        }
+      }
+      this.#sendOne(entry);
+    }
+    if (groups) {
+      for (const [root, entries] of groups) {
+        for (let i = 0; i < entries.length; i += FAST_BATCH_MAX) this.#sendBatch(root, entries.slice(i, i + FAST_BATCH_MAX));
       }
     }
   };
+
+  #sendOne(entry: Pending): void {
+    entry.batch = undefined;
+    try {
+      this.#nc.publish(entry.subject, entry.data, { reply: `${this.#prefix}.${entry.token}`, headers: entry.headers });
+    } catch (err) {
+      // A bad subject or a closed connection: nothing was sent and nothing will be.
+      this.#settle(entry, err instanceof Error ? new PublishRejectedError(entry.subject, err.message) : new PublisherClosedError(entry.subject));
+    }
+  }
+
+  // One fast-ingest batch (ADR-50, 2.14): start, appends, then an end-of-batch marker that
+  // stores nothing and makes the server answer with the batch's final ack. The reply
+  // subject tells the server the batch id, the ack interval, the gap mode (fail: a lost
+  // message ends the batch), the batch sequence and the operation.
+  #sendBatch(root: string, entries: Pending[]): void {
+    if (entries.length === 1) return this.#sendOne(entries[0]!);
+    const batch: FastBatch = { id: nuid.next(), root, stream: BATCH_STREAMS[root]!, entries: [], acked: 0, done: false };
+    this.#batches.set(batch.id, batch);
+    const reply = (seq: number, op: number): string => `${this.#fastPrefix}.${batch.id}.${FAST_BATCH_ACK_INTERVAL}.fail.${seq}.${op}.$FI`;
+    for (const entry of entries) {
+      const seq = batch.entries.push(entry);
+      entry.batch = batch;
+      entry.batchSeq = seq;
+      try {
+        this.#nc.publish(entry.subject, entry.data, { reply: reply(seq, seq === 1 ? FAST_OP.start : FAST_OP.append), headers: entry.headers });
+      } catch (err) {
+        batch.entries[seq - 1] = undefined;
+        this.#settle(entry, err instanceof Error ? new PublishRejectedError(entry.subject, err.message) : new PublisherClosedError(entry.subject));
+      }
+    }
+    try {
+      this.#nc.publish(entries[0]!.subject, EMPTY, { reply: reply(batch.entries.length + 1, FAST_OP.end) });
+    } catch {
+      // The connection is closing: failAll settles the entries.
+    }
+  }
+
+  #onFastReply(msg: Msg): void {
+    // <prefix>.f.<batch>.<interval>.<gap mode>.<seq>.<op>.$FI
+    const parts = msg.subject.slice(this.#fastPrefix.length + 1).split(".");
+    const batch = this.#batches.get(parts[0] ?? "");
+    if (!batch) return; // a batch given up (reconnect) or finished
+    const seq = Number(parts[3]);
+    let body: FastReply;
+    try {
+      body = JSON.parse(decoder.decode(msg.data)) as FastReply;
+    } catch {
+      return this.#endBatch(batch, undefined);
+    }
+    if (typeof body.batch === "string") {
+      // The final ack: the first `count` messages were processed (stored or deduplicated),
+      // all at or before stream sequence `seq` (0 when the batch ended early: the rest is
+      // then sent again one by one, and answered with exact sequences).
+      if (!body.error && (body.seq ?? 0) > 0) this.#ackBatch(batch, body.count ?? 0, body.seq!);
+      return this.#endBatch(batch, undefined);
+    }
+    // Flow-control acks (`type: "ack"`) report progress within the batch without stream
+    // sequences; messages are settled by the final ack, which gives one. A gap ends the
+    // batch (gap mode "fail"): its final ack follows.
+    if (body.type === "ack" || body.type === "gap") return;
+    if (body.type === "err" || body.error) {
+      const code = body.error?.err_code;
+      if (code === JS_ERR.fastBatchDisabled) {
+        this.#unbatchable.add(batch.root);
+        return this.#endBatch(batch, undefined);
+      }
+      // The message at `seq` was refused (a stream limit, a bad header): that one fails like a
+      // single publish would; the batch ends with it and the others are sent again.
+      const failed = body.type === "err" ? batch.entries[(body.seq ?? seq) - 1] : undefined;
+      return this.#endBatch(batch, failed ? { entry: failed, error: new PublishRejectedError(failed.subject, body.error?.description ?? "unknown error", code) } : undefined);
+    }
+  }
+
+  #ackBatch(batch: FastBatch, upTo: number, lastSeq: number): void {
+    const ack: PublishAck = { stream: batch.stream, seq: lastSeq, duplicate: false, batched: true };
+    for (let s = batch.acked + 1; s <= Math.min(upTo, batch.entries.length); s++) {
+      const entry = batch.entries[s - 1];
+      batch.entries[s - 1] = undefined;
+      if (entry && entry.batch === batch) this.#settle(entry, undefined, ack);
+    }
+    batch.acked = Math.max(batch.acked, upTo);
+  }
+
+  // The batch is over (final ack, an error, a gap): what it did not acknowledge is sent again
+  // on its own, with the same Nats-Msg-Id, so what was stored after all is stored once.
+  #endBatch(batch: FastBatch, failed: { entry: Pending; error: Error } | undefined): void {
+    if (batch.done) return;
+    batch.done = true;
+    this.#batches.delete(batch.id);
+    if (failed) this.#settle(failed.entry, failed.error);
+    for (const entry of batch.entries) {
+      if (!entry || entry.batch !== batch || this.#pending.get(entry.token) !== entry) continue;
+      entry.single = true;
+      entry.batch = undefined;
+      this.#send(entry);
+    }
+  }
 
   #onAck(msg: Msg): void {
     const token = msg.subject.slice(this.#prefix.length + 1);
@@ -344,6 +533,9 @@ class WindowPublisher implements Publisher {
         this.#connected = false;
       } else if (s.type === "reconnect") {
         this.#connected = true;
+        // The server forgot its batches with the old connection (or the restart).
+        for (const batch of this.#batches.values()) batch.done = true;
+        this.#batches.clear();
         // What was sent to the old connection may be lost: send everything again now
         // (same Nats-Msg-Id, so what did arrive is deduplicated), without spending an attempt.
         for (const entry of [...this.#pending.values()]) {

@@ -95,6 +95,12 @@ export interface ServerFeatures {
   readonly multiFilterConsumers: boolean;
   /** Atomic batch publish (`Nats-Batch-*` headers, `allow_atomic`); 2.12+. */
   readonly atomicBatch: boolean;
+  /** Per-message TTL (`Nats-TTL`, `allow_msg_ttl`, subject delete markers); 2.11+. */
+  readonly messageTtl: boolean;
+  /** Batch direct get (`$JS.API.DIRECT.GET` with `batch`, `multi_last`, `up_to_seq`); 2.11+. */
+  readonly batchDirectGet: boolean;
+  /** Fast-ingest batch publishing (`allow_batched`, flow-controlled acks per batch); 2.14+. */
+  readonly fastIngest: boolean;
 }
 
 export function serverFeatures(version: string): ServerFeatures {
@@ -102,6 +108,9 @@ export function serverFeatures(version: string): ServerFeatures {
     syncAlways: compareVersions(version, "2.10.0") >= 0,
     multiFilterConsumers: compareVersions(version, "2.10.0") >= 0,
     atomicBatch: compareVersions(version, "2.12.0") >= 0,
+    messageTtl: compareVersions(version, "2.11.0") >= 0,
+    batchDirectGet: compareVersions(version, "2.11.0") >= 0,
+    fastIngest: compareVersions(version, "2.14.0") >= 0,
   };
 }
 
@@ -112,6 +121,9 @@ export function missingFeatures(version: string): string[] {
   if (!f.syncAlways) gaps.push("no `sync_interval: always` (before 2.10): the store is fsynced every 2 minutes, so an acked event survives a process crash but not a power loss");
   if (!f.multiFilterConsumers) gaps.push("no multi-filter consumers (before 2.10): one consumer per subject filter");
   if (!f.atomicBatch) gaps.push("no atomic batch publish (before 2.12): a multi-event append is stored event by event; a retry with the same event ids completes it");
+  if (!f.messageTtl) gaps.push("no per-message TTL (before 2.11): expired sessions, revocations and leases stay in their buckets until overwritten or swept");
+  if (!f.batchDirectGet) gaps.push("no batch direct get (before 2.11): aggregates are read with a consumer");
+  if (!f.fastIngest) gaps.push("no fast-ingest batches (before 2.14): with `batching: \"auto\"` the publisher falls back to one ack per event");
   return gaps;
 }
 

@@ -4,6 +4,8 @@ import { Kvm } from "@nats-io/kv";
 import { nanos } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { InvalidOptionError, TopologyError } from "./errors.js";
+import { serverFeatures } from "./server.js";
+import type { ServerFeatures } from "./server.js";
 
 /** JetStream streams of DESIGN.md. */
 export const STREAMS = { events: "FLEX_EVENTS", derived: "FLEX_DERIVED", dlq: "FLEX_DLQ" } as const;
@@ -41,6 +43,13 @@ export interface TopologyOptions {
   readonly dlqMaxAgeMs?: number;
   /** @default 30000 */
   readonly leaseTtlMs?: number;
+  /**
+   * Per-message TTL on `flex_auth` and `flex_leases` (`allow_msg_ttl`, nats-server 2.11+):
+   * sessions, revoked token ids and leases are written with their own expiry and the server
+   * removes each when it expires. Cannot be turned off on a bucket once on.
+   * @default true
+   */
+  readonly messageTtl?: boolean;
 }
 
 /** One setting that differs between the server and what FlexCore would provision. */
@@ -67,12 +76,18 @@ interface Resolved {
   readonly derivedMaxAgeMs: number;
   readonly dlqMaxAgeMs: number;
   readonly leaseTtlMs: number;
+  readonly messageTtl: boolean;
 }
 
 function resolveOptions(o: TopologyOptions): Resolved {
   const int = (field: string, v: number | undefined, d: number, min: number): number => {
     if (v === undefined) return d;
     if (!Number.isInteger(v) || v < min) throw new InvalidOptionError(field, v, `an integer from ${min} and up`);
+    return v;
+  };
+  const bool = (field: string, v: boolean | undefined, d: boolean): boolean => {
+    if (v === undefined) return d;
+    if (typeof v !== "boolean") throw new InvalidOptionError(field, v, "true or false");
     return v;
   };
   if (o.storage !== undefined && o.storage !== "file" && o.storage !== "memory") {
@@ -86,12 +101,21 @@ function resolveOptions(o: TopologyOptions): Resolved {
     derivedMaxAgeMs: int("derivedMaxAgeMs", o.derivedMaxAgeMs, 0, 0),
     dlqMaxAgeMs: int("dlqMaxAgeMs", o.dlqMaxAgeMs, DEFAULT_DLQ_MAX_AGE_MS, 0),
     leaseTtlMs: int("leaseTtlMs", o.leaseTtlMs, DEFAULT_LEASE_TTL_MS, 1_000),
+    messageTtl: bool("messageTtl", o.messageTtl, true),
   };
 }
 
-/** The stream configurations FlexCore provisions. */
-export function streamConfigs(options: TopologyOptions = {}): Array<Partial<StreamConfig> & { name: string; subjects: string[] }> {
+// The server version assumed when none is given: the pinned one.
+const CURRENT_SERVER = "2.15.1";
+
+/**
+ * The stream configurations FlexCore provisions for a server of `serverVersion`: events
+ * take atomic batches (2.12+) and, like derived outputs, fast-ingest batches (2.14+).
+ */
+export function streamConfigs(options: TopologyOptions = {}, serverVersion = CURRENT_SERVER): Array<Partial<StreamConfig> & { name: string; subjects: string[] }> {
   const r = resolveOptions(options);
+  const f: ServerFeatures = serverFeatures(serverVersion);
+  const batched = f.fastIngest ? { allow_batched: true } : {};
   const base = {
     retention: RetentionPolicy.Limits,
     storage: r.storage,
@@ -103,8 +127,8 @@ export function streamConfigs(options: TopologyOptions = {}): Array<Partial<Stre
     deny_delete: true,
   };
   return [
-    { ...base, name: STREAMS.events, subjects: ["evt.>"], max_age: nanos(r.eventsMaxAgeMs), description: "FlexCore domain events: evt.<tenant>.<category>.<id>" },
-    { ...base, name: STREAMS.derived, subjects: ["drv.>"], max_age: nanos(r.derivedMaxAgeMs), description: "FlexCore processor outputs: drv.<tenant>.<processor>.<key>" },
+    { ...base, ...batched, ...(f.atomicBatch ? { allow_atomic: true } : {}), name: STREAMS.events, subjects: ["evt.>"], max_age: nanos(r.eventsMaxAgeMs), description: "FlexCore domain events: evt.<tenant>.<category>.<id>" },
+    { ...base, ...batched, name: STREAMS.derived, subjects: ["drv.>"], max_age: nanos(r.derivedMaxAgeMs), description: "FlexCore processor outputs: drv.<tenant>.<processor>.<key>" },
     { ...base, name: STREAMS.dlq, subjects: ["dlq.>"], max_age: nanos(r.dlqMaxAgeMs), deny_delete: false, description: "FlexCore dead letters: dlq.<tenant>.<source>" },
   ];
 }
@@ -113,20 +137,25 @@ interface BucketSpec {
   readonly name: string;
   readonly history: number;
   readonly ttlMs: number;
+  /** Entries carry their own TTL (`allow_msg_ttl`). */
+  readonly messageTtl: boolean;
 }
 
-function bucketSpecs(r: Resolved): BucketSpec[] {
+function bucketSpecs(r: Resolved, f: ServerFeatures): BucketSpec[] {
+  const ttl = r.messageTtl && f.messageTtl;
   return [
-    { name: BUCKETS.snapshots, history: 1, ttlMs: 0 },
-    { name: BUCKETS.state, history: 1, ttlMs: 0 },
-    { name: BUCKETS.workflows, history: WORKFLOW_HISTORY, ttlMs: 0 },
-    { name: BUCKETS.auth, history: 1, ttlMs: 0 },
-    { name: BUCKETS.leases, history: 1, ttlMs: r.leaseTtlMs },
+    { name: BUCKETS.snapshots, history: 1, ttlMs: 0, messageTtl: false },
+    { name: BUCKETS.state, history: 1, ttlMs: 0, messageTtl: false },
+    { name: BUCKETS.workflows, history: WORKFLOW_HISTORY, ttlMs: 0, messageTtl: false },
+    { name: BUCKETS.auth, history: 1, ttlMs: 0, messageTtl: ttl },
+    // max_age stays as the backstop for entries written without a TTL.
+    { name: BUCKETS.leases, history: 1, ttlMs: r.leaseTtlMs, messageTtl: ttl },
   ];
 }
 
 const COMPARED: ReadonlyArray<keyof StreamConfig> = [
   "subjects", "storage", "num_replicas", "retention", "discard", "duplicate_window", "max_age", "allow_direct", "deny_delete", "max_msgs_per_subject",
+  "allow_atomic", "allow_batched", "allow_msg_ttl",
 ];
 
 function compare(resource: string, expected: Partial<StreamConfig>, actual: StreamConfig): Drift[] {
@@ -156,12 +185,14 @@ async function streamInfo(jsm: JetStreamManager, name: string): Promise<StreamIn
  */
 export async function ensureTopology(nc: NatsConnection, options: TopologyOptions = {}): Promise<TopologyReport> {
   const r = resolveOptions(options);
+  const version = nc.info?.version ?? CURRENT_SERVER;
+  const features = serverFeatures(version);
   const jsm = await jetstreamManager(nc);
   const created: string[] = [];
   const unchanged: string[] = [];
   const drift: Drift[] = [];
 
-  for (const config of streamConfigs(options)) {
+  for (const config of streamConfigs(options, version)) {
     const info = await streamInfo(jsm, config.name);
     if (!info) {
       try {
@@ -178,12 +209,17 @@ export async function ensureTopology(nc: NatsConnection, options: TopologyOption
   }
 
   const kvm = new Kvm(nc);
-  for (const spec of bucketSpecs(r)) {
+  for (const spec of bucketSpecs(r, features)) {
     const streamName = `KV_${spec.name}`;
     const info = await streamInfo(jsm, streamName);
     if (!info) {
       try {
         await kvm.create(spec.name, { history: spec.history, replicas: r.replicas, storage: r.storage, ttl: spec.ttlMs });
+        // After the create: the KV client's own TTL option also turns on delete markers, which FlexCore does not need.
+        if (spec.messageTtl) {
+          const created = await jsm.streams.info(streamName);
+          await jsm.streams.update(streamName, { ...created.config, allow_msg_ttl: true });
+        }
       } catch (err) {
         throw new TopologyError(`Could not create KV bucket \`${spec.name}\`: ${(err as Error).message}`, { cause: err });
       }
@@ -195,6 +231,7 @@ export async function ensureTopology(nc: NatsConnection, options: TopologyOption
       storage: r.storage,
       max_msgs_per_subject: spec.history,
       max_age: nanos(spec.ttlMs),
+      ...(spec.messageTtl ? { allow_msg_ttl: true } : {}),
     }, info.config);
     drift.push(...d);
     if (d.length === 0) unchanged.push(spec.name);

@@ -3,14 +3,12 @@ import { setMaxListeners } from "node:events";
 import { hostname } from "node:os";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
-import { Kvm } from "@nats-io/kv";
-import type { KV } from "@nats-io/kv";
 import { nuid } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createScriptRunner } from "../processors/index.js";
 import type { ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
-import { BUCKETS, ConcurrencyError, createEventStore, decodeEvent, eventSubject, FlexError, InvalidOptionError, parseSubject, STREAMS } from "../streams/index.js";
-import type { EventInput, EventStore } from "../streams/index.js";
+import { BUCKETS, ConcurrencyError, createEventStore, decodeEvent, eventSubject, FlexError, InvalidOptionError, openTtlKv, parseSubject, STREAMS } from "../streams/index.js";
+import type { EventInput, EventStore, TtlKv } from "../streams/index.js";
 import { cronMatches, parseCron } from "./cron.js";
 import { backoffDelay, parseDefinitionText, validateDefinition } from "./definition.js";
 import type { StepDefinition, WorkflowDefinition } from "./definition.js";
@@ -141,7 +139,7 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
   if (scripts.isolation === "none") cfg.log("workflows: bubblewrap cannot run here, so untrusted script steps will fail with FLEX_SANDBOX_UNAVAILABLE; `flexcore doctor` says why and how to fix it (or set workflows.sandbox: plain to run them unsandboxed)", "warn");
   const store = await createEventStore(nc);
   const defs = await DefinitionStore.open(nc);
-  const leases = await new Kvm(nc).open(BUCKETS.leases);
+  const leases = await openTtlKv(nc, BUCKETS.leases);
   const runner = new Runner(nc, cfg, scripts, ownsScripts, store, defs, leases, await jetstreamManager(nc));
   await runner.begin();
   return runner;
@@ -166,7 +164,7 @@ class Runner implements WorkflowRunner {
   readonly #ownsScripts: boolean;
   readonly #store: EventStore;
   readonly #defs: DefinitionStore;
-  readonly #leases: KV;
+  readonly #leases: TtlKv;
   readonly #jsm: JetStreamManager;
   readonly #js: JetStreamClient;
   readonly #executor: StepExecutor;
@@ -188,7 +186,7 @@ class Runner implements WorkflowRunner {
   #lastCronMinute = 0;
   #closed = false;
 
-  constructor(nc: NatsConnection, cfg: Config, scripts: ScriptRunner, ownsScripts: boolean, store: EventStore, defs: DefinitionStore, leases: KV, jsm: JetStreamManager) {
+  constructor(nc: NatsConnection, cfg: Config, scripts: ScriptRunner, ownsScripts: boolean, store: EventStore, defs: DefinitionStore, leases: TtlKv, jsm: JetStreamManager) {
     this.id = cfg.id;
     this.#cfg = cfg;
     this.#scripts = scripts;
@@ -293,7 +291,7 @@ class Runner implements WorkflowRunner {
       return r;
     } catch (err) {
       const lease = await leaseP;
-      if (lease) await this.#leases.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined);
+      if (lease) await this.#leases.kv.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined);
       throw err;
     } finally {
       this.#starting.delete(key);
@@ -337,7 +335,7 @@ class Runner implements WorkflowRunner {
     if (!this.#closed && this.#drivers.size >= this.#cfg.maxRuns && !this.#drivers.has(indexKey)) this.#passedOver = true;
     if (this.#closed || this.#drivers.has(indexKey) || this.#finished.has(indexKey) || this.#starting.has(indexKey) || this.#drivers.size >= this.#cfg.maxRuns) {
       // A lease taken for a run this instance will not drive goes back at once.
-      if (lease) void this.#leases.delete(runLeaseKey(tenant, runId), { previousSeq: lease.revision }).catch(() => undefined);
+      if (lease) void this.#leases.kv.delete(runLeaseKey(tenant, runId), { previousSeq: lease.revision }).catch(() => undefined);
       // An entry written again for a run that ended here (a start retried) goes too.
       if (this.#finished.has(indexKey) && !this.#closed) void this.#defs.kv.delete(indexKey).catch(() => undefined);
       return;
@@ -360,16 +358,16 @@ class Runner implements WorkflowRunner {
   async #acquire(key: string): Promise<Lease | undefined> {
     const body = (): Uint8Array => encoder.encode(JSON.stringify({ owner: this.id, expiresAt: Date.now() + this.#cfg.leaseMs }));
     try {
-      return { revision: await this.#leases.create(key, body()), lost: false };
+      return { revision: await this.#leases.create(key, body(), this.#cfg.leaseMs), lost: false };
     } catch {
-      const e = await this.#leases.get(key);
+      const e = await this.#leases.kv.get(key);
       if (!e) return undefined;
       if (e.operation === "PUT") {
         const v = e.json<{ owner: string; expiresAt: number }>();
         if (v.owner !== this.id && v.expiresAt > Date.now()) return undefined;
       }
       try {
-        return { revision: await this.#leases.update(key, body(), e.revision), lost: false };
+        return { revision: await this.#leases.update(key, body(), e.revision, this.#cfg.leaseMs), lost: false };
       } catch {
         return undefined;
       }
@@ -382,7 +380,7 @@ class Runner implements WorkflowRunner {
     if (!lease) return;
     const renew = setInterval(() => {
       this.#leases
-        .update(leaseKey, encoder.encode(JSON.stringify({ owner: this.id, expiresAt: Date.now() + this.#cfg.leaseMs })), lease.revision)
+        .update(leaseKey, encoder.encode(JSON.stringify({ owner: this.id, expiresAt: Date.now() + this.#cfg.leaseMs })), lease.revision, this.#cfg.leaseMs)
         .then((rev) => (lease.revision = rev), () => (lease.lost = true));
     }, Math.max(50, Math.floor(this.#cfg.leaseMs / 3)));
     renew.unref();
@@ -397,7 +395,7 @@ class Runner implements WorkflowRunner {
         done ? this.#defs.kv.delete(indexKey).catch(() => undefined) : undefined,
         // A finished run's lease is left to expire (the bucket's max age): nobody wants the
         // run any more, and that is one write less per run. An unfinished one is handed over now.
-        lease.lost || done ? undefined : this.#leases.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined),
+        lease.lost || done ? undefined : this.#leases.kv.delete(leaseKey, { previousSeq: lease.revision }).catch(() => undefined),
       ]);
     } finally {
       clearInterval(renew);

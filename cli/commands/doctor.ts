@@ -1,7 +1,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { Command } from "commander";
-import { ensureTopology, missingFeatures, natsServerVersion, parseServers, STREAMS, streamConfigs } from "../../streams/index.js";
+import { BUCKETS, ensureTopology, missingFeatures, natsServerVersion, parseServers, serverFeatures, STREAMS, streamConfigs } from "../../streams/index.js";
 import { sandboxSupport } from "../../processors/index.js";
 import { connectCli, resolveNatsUrl } from "../connection.js";
 
@@ -67,6 +67,24 @@ export async function runChecks(url?: string): Promise<Check[]> {
       if (report.drift.length === 0) checks.push({ level: "ok", what: "topology present, no drift" });
       for (const d of report.drift) checks.push({ level: "warn", what: `drift: ${d.resource}.${d.field} is ${JSON.stringify(d.actual)}, FlexCore provisions ${JSON.stringify(d.expected)}` });
     }
+    // What of the server's features is in use here, each behind its option (docs/streams.md).
+    const f = serverFeatures(version);
+    const config = async (stream: string) => (await jsm.streams.info(stream).catch(() => undefined))?.config;
+    const events = await config(STREAMS.events);
+    const feature = (on: boolean, yes: string, no: string): void => void checks.push(on ? { level: "ok", what: yes } : { level: "warn", what: no });
+    feature(f.atomicBatch && events?.allow_atomic === true,
+      "atomic appends: on (atomicAppends \"auto\"; allow_atomic on FLEX_EVENTS): a multi-event append is stored whole or not at all",
+      "atomic appends: off (needs nats-server 2.12+ and allow_atomic on FLEX_EVENTS): a multi-event append is stored event by event");
+    feature(f.fastIngest && events?.allow_batched === true,
+      "fast-ingest batches: available (allow_batched on FLEX_EVENTS); used where batching / ingestBatching is \"auto\" (default \"off\")",
+      "fast-ingest batches: unavailable (needs nats-server 2.14+ and allow_batched): batching \"auto\" acks each event");
+    const ttl = (await config(`KV_${BUCKETS.auth}`))?.allow_msg_ttl === true && (await config(`KV_${BUCKETS.leases}`))?.allow_msg_ttl === true;
+    feature(f.messageTtl && ttl,
+      "per-message TTL: on for flex_auth and flex_leases (messageTtl): sessions, revocations and leases expire by themselves",
+      "per-message TTL: off (needs nats-server 2.11+ and allow_msg_ttl on flex_auth, flex_leases): expired entries are swept");
+    feature(f.batchDirectGet,
+      "batch direct get: available (retried appends are found in the dedupe window)",
+      "batch direct get: unavailable (before 2.11)");
   } finally {
     await nc.drain();
   }

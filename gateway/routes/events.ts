@@ -10,6 +10,7 @@ export const BATCH_MEDIA_TYPES = ["application/json", "application/x-ndjson", "a
 /** The result of one event of a batch, in request order. */
 export type BatchResult =
   | { readonly index: number; readonly id: string; readonly seq: number; readonly duplicate: boolean }
+  | { readonly index: number; readonly id: string; readonly seq: number; readonly batched: true }
   | { readonly index: number; readonly id: string | null; readonly error: { readonly code: string; readonly message: string } };
 
 /** Parses NDJSON: one JSON value per line; blank lines are skipped. */
@@ -52,7 +53,7 @@ export function registerEventRoutes(ctx: RouteContext): void {
       description:
         "Body: a JSON array, `{ \"events\": [...] }`, or NDJSON (`application/x-ndjson`, one event per line). " +
         "Each event: `category`, `stream` (the aggregate id), `type`, `data`, and optionally `id` (event id: a retry with the same id is stored once), `time`, `correlationId`, `causationId`, `schema`. " +
-        "No optimistic concurrency (use `POST /v1/streams/:category/:id` for that). Events for the categories FlexCore writes itself (`workflow`, `plugin`, `metrics`) are rejected with `FLEX_CATEGORY_RESERVED`. The answer lists a result per event, in order: `seq` and `duplicate`, or an `error` with a code; an invalid event does not stop the others.",
+        "No optimistic concurrency (use `POST /v1/streams/:category/:id` for that). Events for the categories FlexCore writes itself (`workflow`, `plugin`, `metrics`) are rejected with `FLEX_CATEGORY_RESERVED`. The answer lists a result per event, in order: `seq` and `duplicate`, or an `error` with a code; an invalid event does not stop the others. With fast-ingest batching on (`ingestBatching`), a stored event has `batched: true` and `seq` is its batch's last sequence (it is stored at or before it); whether it was a duplicate is not known.",
       response: {
         200: {
           type: "object",
@@ -71,6 +72,7 @@ export function registerEventRoutes(ctx: RouteContext): void {
                   id: { type: ["string", "null"] },
                   seq: { type: "integer" },
                   duplicate: { type: "boolean" },
+                  batched: { type: "boolean" },
                   error: { type: "object", additionalProperties: false, properties: { code: { type: "string" }, message: { type: "string" } } },
                 },
               },
@@ -130,7 +132,8 @@ export function registerEventRoutes(ctx: RouteContext): void {
         results[index] = { index, id: ids[k]!, error: errorOf(outcome) };
         rejected += 1;
       } else {
-        results[index] = { index, id: ids[k]!, seq: outcome.seq, duplicate: outcome.duplicate };
+        if (outcome.batched) results[index] = { index, id: ids[k]!, seq: outcome.seq, batched: true };
+        else results[index] = { index, id: ids[k]!, seq: outcome.seq, duplicate: outcome.duplicate };
         if (outcome.duplicate) duplicates += 1;
         else accepted += 1;
       }
