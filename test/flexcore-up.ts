@@ -2,6 +2,8 @@ import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
+import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
 
 /** Options of {@link startUp}. */
 export interface UpProcessOptions {
@@ -21,6 +23,8 @@ export interface UpProcess extends AsyncDisposable {
   readonly exited: Promise<number | null>;
   /** Everything it wrote to stderr so far. */
   stderr(): string;
+  /** When (epoch ms) a stderr line matching `re` arrived; waits for it up to `timeoutMs`. */
+  lineAt(re: RegExp, timeoutMs?: number): Promise<number>;
   /** SIGKILL, resolved once it exited. */
   kill(): Promise<void>;
   /** SIGTERM (a clean stop), resolved with its exit code. */
@@ -42,7 +46,15 @@ export async function startUp(options: UpProcessOptions): Promise<UpProcess> {
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
-  child.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
+  let partial = "";
+  const lines: Array<{ readonly at: number; readonly text: string }> = [];
+  child.stderr!.on("data", (b: Buffer) => {
+    const at = Date.now();
+    stderr += b.toString();
+    const parts = (partial + b.toString()).split("\n");
+    partial = parts.pop()!;
+    for (const text of parts) lines.push({ at, text });
+  });
   const exited = new Promise<number | null>((res) => child.once("exit", (code) => res(code)));
   const deadline = Date.now() + (options.timeoutMs ?? 90_000);
   while (!/flexcore: up/u.test(stderr) && child.exitCode === null && child.signalCode === null && Date.now() < deadline) await sleep(100);
@@ -60,5 +72,28 @@ export async function startUp(options: UpProcessOptions): Promise<UpProcess> {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
     return exited;
   };
-  return { child, gatewayUrl: gateway, exited, stderr: () => stderr, kill, stop, [Symbol.asyncDispose]: async () => void (await kill()) };
+  const lineAt = async (re: RegExp, timeoutMs = 60_000): Promise<number> => {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const hit = lines.find((l) => re.test(l.text));
+      if (hit) return hit.at;
+      if (Date.now() > until) throw new Error(`flexcore up wrote no line matching ${re} within ${timeoutMs} ms:\n${stderr}`);
+      await sleep(20);
+    }
+  };
+  return { child, gatewayUrl: gateway, exited, stderr: () => stderr, lineAt, kill, stop, [Symbol.asyncDispose]: async () => void (await kill()) };
+}
+
+/**
+ * When the first message under `filter` stored at or after `sinceMs` (epoch ms) was stored, by
+ * the stream's clock; undefined when none arrives within `timeoutMs`.
+ */
+export async function firstStoredAfter(nc: NatsConnection, stream: string, filter: string, sinceMs: number, timeoutMs = 60_000): Promise<number | undefined> {
+  const consumer = await jetstream(nc).consumers.get(stream, { filter_subjects: filter, deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(sinceMs).toISOString() });
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const m = await consumer.next({ expires: 2_000 }).catch(() => null);
+    if (m) return Math.floor(m.info.timestampNanos / 1e6);
+  }
+  return undefined;
 }
