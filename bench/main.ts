@@ -4,6 +4,7 @@ import type { Suite } from "./harness.js";
 
 // One entry per suite file: `npm run bench -- <name> [--json FILE]`.
 const loaders: Record<string, () => Promise<Suite>> = {
+  cluster: async () => (await import("./cluster.js")).suite,
   ingest: async () => (await import("./ingest.js")).suite,
   gateway: async () => (await import("./gateway.js")).suite,
   kmeans: async () => (await import("./kmeans.js")).suite,

@@ -2,7 +2,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { ConnectionOptions, NatsConnection } from "@nats-io/transport-node";
 import { generateNatsUsers, SERVICE_USER } from "../gateway/index.js";
@@ -86,6 +86,19 @@ export async function startTestCluster(options: TestClusterOptions = {}): Promis
     const ok = await jetstreamManager(nc, { timeout: 2_000 }).then((jsm) => jsm.getAccountInfo()).then(() => true, () => false);
     if (ok) break;
     if (Date.now() > deadline) throw new Error("the test cluster's JetStream did not elect a meta leader within 30 s");
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  // A meta leader may not know every peer yet ("no suitable peers for placement" for an R3
+  // stream): place and remove a probe stream on all nodes before handing the cluster out.
+  for (let n = 0; ; n++) {
+    const probe = `FLEX_PROBE_${n}`;
+    const placed = await jetstreamManager(nc, { timeout: 5_000 }).then(async (jsm) => {
+      await jsm.streams.add({ name: probe, subjects: [`_flex_probe.${n}`], num_replicas: size, storage: StorageType.Memory });
+      await jsm.streams.delete(probe);
+      return true;
+    }, () => false).catch(() => false);
+    if (placed) break;
+    if (Date.now() > deadline) throw new Error(`the test cluster could not place an R${size} stream within 30 s`);
     await new Promise((r) => setTimeout(r, 200));
   }
   const close = async (): Promise<void> => {
