@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { ProcessorMetrics } from "../processors/index.js";
 
 /** A named lag figure (projection or consumer) reported on `/metrics`. */
 export interface LagReading {
@@ -14,23 +15,8 @@ export interface LagSources {
   readonly consumers?: () => Promise<readonly LagReading[]> | readonly LagReading[];
 }
 
-/** One processor's figures, as the processor runtime's `metrics()` gives them (counters since start). */
-export interface ProcessorReading {
-  readonly processor: string;
-  readonly kind: string;
-  readonly owner: boolean;
-  readonly processed: number;
-  readonly outputs: number;
-  readonly errors: number;
-  readonly redelivered: number;
-  readonly deadLettered: number;
-  readonly inFlight: number;
-  readonly queueDepth: number;
-  /** Fetch-to-ack latency percentiles, in ms. */
-  readonly p50: number;
-  readonly p95: number;
-  readonly p99: number;
-}
+/** One processor's figures: what the processor runtime's `metrics()` gives (counters since start). */
+export type ProcessorReading = Pick<ProcessorMetrics, "processor" | "kind" | "owner" | "processed" | "outputs" | "errors" | "redelivered" | "deadLettered" | "inFlight" | "queueDepth" | "p50" | "p95" | "p99">;
 
 /** One projection's status, as the projection engine's `status()` gives it. */
 export interface ProjectionReading {
