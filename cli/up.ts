@@ -3,7 +3,7 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { ensureTopology, missingFeatures } from "../streams/index.js";
+import { checkNatsServerVersion, ensureTopology } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, pipelineSections, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
 import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
@@ -94,7 +94,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     const connection = { name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 };
     nc = await connect(server ? embeddedConnectOptions(natsUrl, dir, connection) : serviceConnectOptions(natsUrl, connection, dir));
     const version = nc.info?.version ?? "unknown";
-    for (const gap of missingFeatures(version)) log(`flexcore: nats-server ${version}: ${gap}`);
+    await checkNatsServerVersion(version, natsUrl);
     const replicas = process.env.FLEXCORE_REPLICAS ? Number(process.env.FLEXCORE_REPLICAS) : undefined;
     const report = await ensureTopology(nc, replicas === undefined ? {} : { replicas });
     log(`flexcore: topology: created [${report.created.join(", ")}], unchanged [${report.unchanged.join(", ")}]`);

@@ -60,17 +60,16 @@ export type {
   Reducer,
 } from "./event-store.js";
 export {
+  checkNatsServerVersion,
   compareVersions,
   DEFAULT_NATS_SERVER_BIN,
-  deriveConfig,
-  INSTALL_HINT,
-  missingFeatures,
+  natsServerPin,
   natsServerVersion,
   processAlive,
-  serverFeatures,
+  resolveNatsServerBinary,
   startNatsServer,
 } from "./server.js";
-export type { NatsServer, NatsServerOptions, ServerFeatures } from "./server.js";
+export type { NatsServer, NatsServerOptions, NatsServerSource, ResolvedNatsServer } from "./server.js";
 export {
   MAX_SUMMARY_CHARS,
   METRICS_CATEGORY,

@@ -1,7 +1,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { Command } from "commander";
-import { ensureTopology, missingFeatures, natsServerVersion, parseServers, STREAMS, streamConfigs } from "../../streams/index.js";
+import { checkNatsServerVersion, ensureTopology, natsServerPin, natsServerVersion, resolveNatsServerBinary, parseServers, STREAMS, streamConfigs } from "../../streams/index.js";
 import { sandboxSupport } from "../../processors/index.js";
 import { connectCli, resolveNatsUrl } from "../connection.js";
 
@@ -21,7 +21,10 @@ export async function runChecks(url?: string): Promise<Check[]> {
   if (sandbox.mode === "bwrap") checks.push({ level: "ok", what: `script steps run in the bubblewrap ${sandbox.bwrapVersion ?? ""} sandbox${sandbox.dropsPrivileges ? " as uid 65534" : ""}` });
   for (const w of sandbox.warnings) checks.push({ level: "warn", what: w });
   try {
-    checks.push({ level: "ok", what: `nats-server binary ${await natsServerVersion()} installed` });
+    const found = await resolveNatsServerBinary();
+    const binaryVersion = await natsServerVersion(found.binary);
+    await checkNatsServerVersion(binaryVersion, found.binary);
+    checks.push({ level: "ok", what: `nats-server binary ${binaryVersion} at ${found.binary} (${found.source})` });
   } catch (err) {
     checks.push({ level: "warn", what: (err as Error).message });
   }
@@ -46,9 +49,11 @@ export async function runChecks(url?: string): Promise<Check[]> {
     checks.push(anonymous
       ? { level: "warn", what: "the server accepts anonymous clients: anyone who reaches it reads and writes every tenant's events (see docs/security.md: authorization)" }
       : { level: "ok", what: "the server refuses anonymous clients" });
-    const gaps = missingFeatures(version);
-    for (const gap of gaps) checks.push({ level: "warn", what: gap });
-    if (gaps.length === 0) checks.push({ level: "ok", what: "the server has every feature FlexCore uses" });
+    const pin = await natsServerPin();
+    await checkNatsServerVersion(version, target).then(
+      () => checks.push({ level: "ok", what: `the server is ${pin.minimum} or newer: it has every feature FlexCore uses` }),
+      (err: unknown) => checks.push({ level: "fail", what: (err as Error).message }),
+    );
     const jsm = await jetstreamManager(nc).catch(() => undefined);
     if (!jsm) {
       checks.push({ level: "fail", what: "JetStream is not enabled on this server (start it with -js)" });
