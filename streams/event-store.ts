@@ -1,11 +1,12 @@
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamClient, JetStreamManager, JsMsg, StoredMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
 import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { AbortedError, ConcurrencyError, InvalidEventError, InvalidOptionError, PublishRejectedError } from "./errors.js";
 import { decodeEvent, encodeEvent, eventFromMsg, HEADERS } from "./event.js";
 import type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 import { createPublisher, JS_ERR } from "./publisher.js";
-import type { Publisher, PublisherOptions } from "./publisher.js";
+import type { PublishAck, Publisher, PublisherOptions } from "./publisher.js";
 import { openStreamReader } from "./stream-reader.js";
 import type { StreamReader } from "./stream-reader.js";
 import { openSnapshotStore } from "./snapshots.js";
@@ -28,9 +29,9 @@ const READ_CREATE_ATTEMPTS = 5;
 const READ_COMPACT_AT = 8_192;
 // Below this many events, reading with direct gets beats creating a consumer.
 const DIRECT_READ_MAX = 16;
-// A last-subject-sequence no subject can have: publishing with it stores nothing,
-// but the server still answers "duplicate" for an id it has already stored.
-const PROBE_SEQUENCE = Number.MAX_SAFE_INTEGER;
+// Publishing with an expected last message id no message has stores nothing, but the
+// server still answers "duplicate" for an id it has already stored (see #probe).
+const EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id";
 const MAX_ANY_RETRIES = 64;
 
 /** What an append expects of the aggregate: its revision, `"no_stream"` (no events), `"exists"` (some), or `"any"`. */
@@ -307,12 +308,12 @@ class JetStreamEventStore implements EventStore {
     let lastSeq = 0;
     for (const e of encoded) {
       try {
-        const ack = await this.publisher.publish(subject, e.data, { headers: e.headers, expectedLastSubjectSequence: PROBE_SEQUENCE });
-        if (!ack.duplicate) throw new Error("probe stored an event"); // cannot happen: no subject has that sequence
+        const ack = await this.#probe(subject, e);
+        if (!ack.duplicate) throw new Error("probe stored an event"); // cannot happen: no message has that id
         stored += 1;
         lastSeq = ack.seq;
       } catch (err) {
-        if (err instanceof PublishRejectedError && err.serverCode === JS_ERR.wrongLastSequence) break;
+        if (err instanceof PublishRejectedError && err.serverCode === JS_ERR.wrongLastMsgId) break;
         throw err;
       }
     }
@@ -324,8 +325,19 @@ class JetStreamEventStore implements EventStore {
     return { ...outcome.result, duplicates: outcome.result.duplicates + stored };
   }
 
+  // Asks whether the event's id is stored (in the dedupe window) without storing it: the
+  // server answers a duplicate before it checks Nats-Expected-Last-Msg-Id, which names an id
+  // no message has. (Nats-Expected-Last-Subject-Sequence is checked before the dedupe since
+  // nats-server 2.10, so it cannot serve as the probe.)
+  #probe(subject: string, e: EncodedEvent): Promise<PublishAck> {
+    const h = natsHeaders();
+    h.set(HEADERS.msgId, e.id);
+    h.set(EXPECTED_LAST_MSG_ID, `flexcore-probe-${nuid.next()}`);
+    return this.publisher.publish(subject, new Uint8Array(0), { headers: h });
+  }
+
   async #positionOf(subject: string, e: EncodedEvent, knownSeq?: number): Promise<{ revision: number; seq: number }> {
-    const seq = knownSeq ?? (await this.publisher.publish(subject, e.data, { headers: e.headers, expectedLastSubjectSequence: PROBE_SEQUENCE }).then((a) => a.seq, () => 0));
+    const seq = knownSeq ?? (await this.#probe(subject, e).then((a) => a.seq, () => 0));
     const msg = seq > 0 ? await this.#jsm.direct.getMessage(STREAMS.events, { seq }) : null;
     const rev = msg?.header?.get(HEADERS.revision);
     return { revision: rev ? Number(rev) : (await this.#readHead(subject)).revision, seq };

@@ -19,6 +19,7 @@ export const DEFAULT_DEADLINE_MS = 60_000;
 /** JetStream `err_code`s the publisher understands; they never leave `streams/`. */
 export const JS_ERR = {
   wrongLastSequence: 10071,
+  wrongLastMsgId: 10070,
   streamNotFound: 10059,
   temporarilyUnavailable: 10008,
 } as const;
