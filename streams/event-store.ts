@@ -327,8 +327,8 @@ class JetStreamEventStore implements EventStore {
 
   // Asks whether the event's id is stored (in the dedupe window) without storing it: the
   // server answers a duplicate before it checks Nats-Expected-Last-Msg-Id, which names an id
-  // no message has. (Nats-Expected-Last-Subject-Sequence is checked before the dedupe since
-  // nats-server 2.10, so it cannot serve as the probe.)
+  // no message has. (Nats-Expected-Last-Subject-Sequence is checked before the dedupe on
+  // 2.12+, so it cannot serve as the probe.)
   #probe(subject: string, e: EncodedEvent): Promise<PublishAck> {
     const h = natsHeaders();
     h.set(HEADERS.msgId, e.id);
