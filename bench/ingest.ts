@@ -1,5 +1,4 @@
 import { jetstream } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import {
   createEventStore,
@@ -8,11 +7,10 @@ import {
   ensureTopology,
   eventSubject,
   HEADERS,
-  startNatsServer,
   STREAMS,
 } from "../streams/index.js";
 import type { EncodedEvent, Reducer } from "../streams/index.js";
-import { ratio, runTasks } from "./harness.js";
+import { ratio, runTasks, startBenchNats } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 
 const AWAITED_N = 2_000;
@@ -52,9 +50,9 @@ export const suite: Suite = {
   name: "ingest",
   description: "append and replay throughput against one nats-server, each variant beside its baseline",
   async run({ log, env }) {
-    const server = await startNatsServer();
+    const nats = await startBenchNats();
+    const { server, nc } = nats;
     env.natsServer = server.version;
-    const nc = await connect({ servers: server.url });
     try {
       await ensureTopology(nc);
       const js = jetstream(nc);
@@ -234,8 +232,7 @@ export const suite: Suite = {
       );
       return results;
     } finally {
-      await nc.close();
-      await server.close();
+      await nats.close();
     }
   },
 };
