@@ -29,10 +29,11 @@ function has(command) {
 }
 
 function howToInstall(reason) {
+  const again = process.env.NATS_SERVER_BIN ? "unset NATS_SERVER_BIN and run this command again" : "run this command again";
   return [
     `flexcore: ${reason}`,
     `FlexCore runs nats-server ${PINNED_VERSION} (${MIN_VERSION} or newer is accepted). Get it one of these ways, then run the command again:`,
-    `  - on Debian/Ubuntu (amd64) with apt-get, run this command again: it puts the pinned server in ${pinnedDir()}`,
+    `  - on Debian/Ubuntu (amd64) with apt-get, ${again}: it puts the pinned server in ${pinnedDir()}`,
     `  - download the release binary for your platform from ${RELEASE_URL},`,
     `    unpack it and set NATS_SERVER_BIN=/path/to/nats-server (or copy it to ${pinnedBinary()})`,
     "  - or point FlexCore at a running server (2.12+) with NATS_URL=nats://host:4222",
