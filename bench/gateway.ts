@@ -3,15 +3,14 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { connect } from "@nats-io/transport-node";
 import Fastify from "fastify";
 import type { FastifyInstance } from "fastify";
-import { createPublisher, encodeEvent, ensureTopology, startNatsServer } from "../streams/index.js";
+import { createPublisher, encodeEvent, ensureTopology } from "../streams/index.js";
 import { createGateway } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import { createProjectionEngine, genericProjection } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
-import { cpuMeter, median, ratio, runTasks } from "./harness.js";
+import { cpuMeter, median, ratio, runTasks, startBenchNats } from "./harness.js";
 import type { BenchResult, CpuSplit, Suite } from "./harness.js";
 import type { Job } from "./gateway-load.js";
 
@@ -62,10 +61,10 @@ export const suite: Suite = {
   name: "gateway",
   description: `HTTP gateway under autocannon in a separate process (${LOAD_SECONDS} s per sample): projection query (SQLite read model) with and without auth, single-event appends, batch ingest`,
   async run({ log, env }) {
-    const server = await startNatsServer();
+    const nats = await startBenchNats();
+    const { server, nc } = nats;
     env.natsServer = server.version;
     env.loadGenerator = "autocannon (child process)";
-    const nc = await connect({ servers: server.url });
     const dir = await mkdtemp(join(tmpdir(), "flexcore-bench-gw-"));
     const gateways: Gateway[] = [];
     let bare: FastifyInstance | undefined;
@@ -213,8 +212,7 @@ export const suite: Suite = {
       for (const g of gateways) await g.close().catch(() => undefined);
       await bare?.close().catch(() => undefined);
       await engine?.close().catch(() => undefined);
-      await nc.close();
-      await server.close();
+      await nats.close();
       await rm(dir, { recursive: true, force: true });
     }
   },

@@ -1,7 +1,13 @@
 import { readFileSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
-import { cpus, totalmem, platform, release } from "node:os";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { cpus, platform, release, tmpdir, totalmem } from "node:os";
+import { join } from "node:path";
+import { connect } from "@nats-io/transport-node";
+import type { ConnectionOptions, NatsConnection } from "@nats-io/transport-node";
 import { Bench } from "tinybench";
+import { generateNatsUsers, SERVICE_USER } from "../gateway/index.js";
+import { credentialsToEnv, natsConnectOptions, startNatsServer } from "../streams/index.js";
+import type { NatsCredentials, NatsServer, NatsServerOptions } from "../streams/index.js";
 
 /** One measured figure, as written to the JSON report. */
 export interface BenchResult {
@@ -174,4 +180,56 @@ export function cpuMeter(serverPid: number | undefined): (events: number) => Cpu
       cores: Math.round(((ownMs + (serverMs ?? 0)) / wallMs) * 100) / 100,
     };
   };
+}
+
+/** A nats-server for one suite, authorization on as in production and tests. */
+export interface BenchNats extends AsyncDisposable {
+  readonly server: NatsServer;
+  /** Connected as FlexCore's service user. */
+  readonly nc: NatsConnection;
+  /** `NATS_URL` and the service user's credential variables, for a child process. */
+  readonly env: Readonly<Record<string, string>>;
+  /** Another connection as the service user; closed with the fixture. */
+  connect(extra?: ConnectionOptions): Promise<NatsConnection>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the suite's nats-server (the pinned one, see streams/server.ts) with FlexCore's
+ * service user and no anonymous access, as `flexcore up` and the tests run it, and
+ * connects as that user. Suites never connect anonymously.
+ */
+export async function startBenchNats(options: NatsServerOptions = {}): Promise<BenchNats> {
+  const seedsDir = await mkdtemp(join(tmpdir(), "flexcore-bench-seeds-"));
+  let server: NatsServer | undefined;
+  const connections: NatsConnection[] = [];
+  const close = async (): Promise<void> => {
+    for (const c of connections) if (!c.isClosed()) await c.close().catch(() => undefined);
+    await server?.close();
+    await rm(seedsDir, { recursive: true, force: true });
+  };
+  try {
+    const users = await generateNatsUsers({ tenants: [], seedsDir });
+    const service = users.users.find((u) => u.name === SERVICE_USER)!;
+    const credentials: NatsCredentials = { nkeySeedFile: service.seedFile };
+    const started = await startNatsServer({ ...options, extraConfig: `${options.extraConfig ?? ""}\n${users.config}` });
+    server = started;
+    const open = async (extra: ConnectionOptions = {}): Promise<NatsConnection> => {
+      const c = await connect(natsConnectOptions(started.url, credentials, { name: "flexcore-bench", ...extra }));
+      connections.push(c);
+      return c;
+    };
+    const nc = await open();
+    return {
+      server: started,
+      nc,
+      env: { NATS_URL: started.url, ...credentialsToEnv(credentials) },
+      connect: open,
+      close,
+      [Symbol.asyncDispose]: close,
+    };
+  } catch (err) {
+    await close();
+    throw err;
+  }
 }

@@ -1,5 +1,4 @@
 import { jetstream } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import {
   createEventStore,
@@ -8,11 +7,10 @@ import {
   ensureTopology,
   eventSubject,
   HEADERS,
-  startNatsServer,
   STREAMS,
 } from "../streams/index.js";
 import type { EncodedEvent, PublisherOptions, Reducer } from "../streams/index.js";
-import { ratio, runTasks } from "./harness.js";
+import { ratio, runTasks, startBenchNats } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 
 const AWAITED_N = 2_000;
@@ -53,9 +51,9 @@ export const suite: Suite = {
   name: "ingest",
   description: "append and replay throughput against one nats-server, each variant beside its baseline",
   async run({ log, env }) {
-    const server = await startNatsServer();
+    const nats = await startBenchNats();
+    const { server, nc } = nats;
     env.natsServer = server.version;
-    const nc = await connect({ servers: server.url });
     try {
       await ensureTopology(nc);
       const js = jetstream(nc);
@@ -121,8 +119,8 @@ export const suite: Suite = {
 
       // The cost of an fsync before every ack (`sync_interval: always`), measured on a second
       // server with the same store device, in the same run.
-      const synced = await startNatsServer({ config: "jetstream {\n  sync_interval: always\n}\n" });
-      const syncedNc = await connect({ servers: synced.url });
+      const syncedBench = await startBenchNats({ config: "jetstream {\n  sync_interval: always\n}\n" });
+      const syncedNc = syncedBench.nc;
       try {
         await ensureTopology(syncedNc);
         results.push(...(await runTasks([
@@ -142,8 +140,7 @@ export const suite: Suite = {
           },
         ], { log })));
       } finally {
-        await syncedNc.close();
-        await synced.close();
+        await syncedBench.close();
       }
 
       const store = await createEventStore(nc);
@@ -301,8 +298,7 @@ export const suite: Suite = {
       );
       return results;
     } finally {
-      await nc.close();
-      await server.close();
+      await nats.close();
     }
   },
 };

@@ -14,12 +14,11 @@
  * Extra result sources go in {@link EXTRA_RESULTS}.
  */
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createPublisher, encodeEvent, ensureTopology, startNatsServer, STREAMS } from "../streams/index.js";
+import { createPublisher, encodeEvent, ensureTopology, STREAMS } from "../streams/index.js";
 import { anomaly, anomalyOptions, createProcessorPool, parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
 import type { SeriesTask } from "../processors/index.js";
-import { ratio, runTasks } from "./harness.js";
+import { ratio, runTasks, startBenchNats } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 import { kmeansResults } from "./kmeans.js";
 
@@ -164,9 +163,9 @@ export const suite: Suite = {
     results.push(...pool.map((r) => ({ ...r, extra: { ...r.extra, met: r.median >= POOL_GOAL } })));
     results.push(ratio("anomaly.pool.2t/1t", pool[1]!, pool[0]!));
 
-    const server = await startNatsServer();
+    const nats = await startBenchNats();
+    const { server, nc } = nats;
     env.natsServer = server.version;
-    const nc = await connect({ servers: server.url });
     try {
       await ensureTopology(nc);
       const tenant = "benchp";
@@ -208,8 +207,7 @@ export const suite: Suite = {
       results.push(ratio("anomaly.e2e.2t/baseline", e2e[1]!, baseline[0]!));
       results.push(ratio("anomaly.e2e.1t/ackall-baseline", e2e[0]!, baseline[1]!));
     } finally {
-      await nc.close();
-      await server.close();
+      await nats.close();
     }
     if (!args.includes("--no-extra")) {
       for (const extra of EXTRA_RESULTS) {

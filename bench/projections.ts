@@ -5,12 +5,11 @@ import { dirname, extname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createProjectionEngine, genericProjection, pipelineSummaryProjection } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
-import { createPublisher, encodeEvent, ensureTopology, openStreamReader, startNatsServer, STREAMS } from "../streams/index.js";
-import { cpuMeter, median, percentile, ratio, runTasks } from "./harness.js";
+import { createPublisher, encodeEvent, ensureTopology, openStreamReader, STREAMS } from "../streams/index.js";
+import { cpuMeter, median, percentile, ratio, runTasks, startBenchNats } from "./harness.js";
 import type { BenchResult, CpuSplit, Suite } from "./harness.js";
 
 /** Events in the stream the rebuild reads (`--events N` to change). */
@@ -94,7 +93,7 @@ async function readWithStreamReader(nc: NatsConnection, n: number): Promise<void
  * sequence's commit time in `generic` comes from the change notifications. Lag = commit
  * time - ack time (0 when the projection had it before the ack came back).
  */
-async function measureLag(url: string, engine: ProjectionEngine, rate: number, seconds: number, firstIndex: number): Promise<{ p50: number; p99: number; max: number; achieved: number; n: number; loopDelayMaxMs: number; loopDelayP99Ms: number }> {
+async function measureLag(natsEnv: Readonly<Record<string, string>>, engine: ProjectionEngine, rate: number, seconds: number, firstIndex: number): Promise<{ p50: number; p99: number; max: number; achieved: number; n: number; loopDelayMaxMs: number; loopDelayP99Ms: number }> {
   // How long this process's event loop was held up (GC, SQLite commits and fsyncs): a lag
   // tail with a small loop delay comes from elsewhere (server, publisher, the machine).
   const loop = monitorEventLoopDelay({ resolution: 5 });
@@ -105,7 +104,7 @@ async function measureLag(url: string, engine: ProjectionEngine, rate: number, s
   });
   const here = fileURLToPath(import.meta.url);
   const script = join(dirname(here), `projections-publisher${extname(here)}`);
-  const child = spawn(process.execPath, [...process.execArgv, script, url, String(rate), String(seconds), String(firstIndex)], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [...process.execArgv, script, natsEnv.NATS_URL!, String(rate), String(seconds), String(firstIndex)], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, ...natsEnv } });
   const acks: Array<[number, number]> = [];
   let done = "";
   let rest = "";
@@ -152,9 +151,9 @@ export const suite: Suite = {
     const lagAt = args.indexOf("--lag-seconds");
     const lagSeconds = lagAt >= 0 ? Number(args[lagAt + 1]) : LAG_SECONDS;
     const skip = new Set(args.flatMap((a, i) => (args[i - 1] === "--skip" ? a.split(",") : [])));
-    const server = await startNatsServer();
+    const nats = await startBenchNats();
+    const { server, nc } = nats;
     env.natsServer = server.version;
-    const nc = await connect({ servers: server.url });
     const dataDir = await mkdtemp(join(tmpdir(), "flexcore-bench-proj-"));
     try {
       await ensureTopology(nc);
@@ -226,7 +225,7 @@ export const suite: Suite = {
           unit: "ms",
           async fn() {
             const firstIndex = events + samples.length * LAG_RATE * lagSeconds;
-            const m = await measureLag(server.url, engine, LAG_RATE, lagSeconds, firstIndex).catch((err: unknown) => {
+            const m = await measureLag(nats.env, engine, LAG_RATE, lagSeconds, firstIndex).catch((err: unknown) => {
               log(`  lag measurement failed: ${(err as Error).stack ?? String(err)}`);
               throw err;
             });
@@ -253,8 +252,7 @@ export const suite: Suite = {
         await engine.close();
       }
     } finally {
-      await nc.close();
-      await server.close();
+      await nats.close();
       await rm(dataDir, { recursive: true, force: true });
     }
   },

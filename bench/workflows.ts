@@ -1,11 +1,10 @@
 import { spawn } from "node:child_process";
-import { connect } from "@nats-io/transport-node";
 import { createScriptRunner, sandboxSupport } from "../processors/index.js";
 import type { ScriptLanguage, ScriptRunner } from "../processors/index.js";
-import { ensureTopology, startNatsServer } from "../streams/index.js";
+import { ensureTopology } from "../streams/index.js";
 import { createOperatorTrust, createWorkflowClient, startWorkflowRunner } from "../workflows/index.js";
 import { createEscapeFixture, PLAIN_GUARANTEED, runEscapeSuite } from "../test/sandbox-escapes.js";
-import { percentile, runTasks } from "./harness.js";
+import { percentile, runTasks, startBenchNats } from "./harness.js";
 import type { BenchResult, Suite, Task } from "./harness.js";
 
 const TRUSTED_STEPS = 5_000;
@@ -102,15 +101,15 @@ export const suite: Suite = {
     }
 
     // --- durable workflow runs against a real nats-server.
-    const server = await startNatsServer();
+    const nats = await startBenchNats();
+    const { server, nc } = nats;
     env.natsServer = server.version;
-    const nc = await connect({ servers: server.url });
     try {
       await ensureTopology(nc);
       const client = await createWorkflowClient(nc);
       // Trusted steps: the definition is installed through the operator's path, as flexcore.yaml's files are.
       const trust = createOperatorTrust();
-      const runner = await startWorkflowRunner(await connect({ servers: server.url }), { scripts: trusted, trust, maxRuns: RUNS_IN_FLIGHT * 2, triggers: false });
+      const runner = await startWorkflowRunner(await nats.connect(), { scripts: trusted, trust, maxRuns: RUNS_IN_FLIGHT * 2, triggers: false });
       const step = (id: string, input: string): object => ({ id, kind: "script", language: "javascript", trusted: true, source: JS_STEP, input: { n: input } });
       await client.put("bench", { name: "three", steps: [step("a", "${{ input.n }}"), step("b", "${{ steps.a.output.n }}"), step("c", "${{ steps.b.output.n }}")] }, { operator: trust });
       let batch = 0;
@@ -176,8 +175,7 @@ export const suite: Suite = {
       }
     } finally {
       for (const [, r] of runners) await r.close();
-      await nc.close();
-      await server.close();
+      await nats.close();
     }
     return results;
   },

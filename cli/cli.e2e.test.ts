@@ -14,10 +14,21 @@ import type { TestNats } from "../test/nats-server.js";
 import { credentialsToEnv, ensureTopology, natsConnectOptions, STREAMS } from "../streams/index.js";
 
 const CLI = join(import.meta.dirname, "main.ts");
+/** Debian 12's own nats-server package: older than FlexCore's minimum. */
+const DEBIAN_12_SERVER = "/usr/sbin/nats-server";
 
-function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+/** A TCP port nothing listens on right now. */
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((res) => probe.listen(0, "127.0.0.1", () => res()));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((res) => probe.close(() => res()));
+  return port;
+}
+
+function run(args: string[], env: Record<string, string> = {}, timeoutMs = 0): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ["--import", "tsx", CLI, ...args], { env: { ...process.env, NATS_URL: "", ...credentialsToEnv(nats.credentials), ...env }, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+    execFile(process.execPath, ["--import", "tsx", CLI, ...args], { env: { ...process.env, NATS_URL: "", ...credentialsToEnv(nats.credentials), ...env }, maxBuffer: 64 * 1024 * 1024, timeout: timeoutMs }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -72,11 +83,12 @@ describe("flexcore CLI", () => {
     expect(bad.stderr).toMatch(/FLEX_SUBJECT_TOKEN/);
   }, 180_000);
 
-  it("doctor reports the version's gaps and the topology", async () => {
+  it("doctor reports the server's version, that it has what FlexCore uses, and the topology", async () => {
     const r = await run(["doctor", "--nats", nats.server.url]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/server reachable .* version 2\.\d+\.\d+/);
-    if (nats.server.version.startsWith("2.9.")) expect(r.stdout).toMatch(/WARN .*power loss/);
+    expect(r.stdout).toMatch(/ok +the server is 2\.12\.0 or newer/);
+    expect(r.stdout).toMatch(/ok +nats-server binary 2\.15\.1 at .*nats-server \((pinned|NATS_SERVER_BIN|system)\)/);
     expect(r.stdout).toMatch(/topology present, no drift/);
     expect(r.stdout).toMatch(/ok +the server refuses anonymous clients/);
     // The sandbox, and pasta for networked steps (fail-closed: without them such steps are refused).
@@ -90,6 +102,33 @@ describe("flexcore CLI", () => {
     const down = await run(["doctor", "--nats", "nats://127.0.0.1:1"]);
     expect(down.code).toBe(1);
     expect(down.stdout).toMatch(/FAIL .*Cannot reach/);
+  }, 120_000);
+
+  it.skipIf(!existsSync(DEBIAN_12_SERVER))("up and doctor refuse a nats-server older than 2.12 reached through NATS_URL, and up provisions nothing there", async () => {
+    const store = await mkdtemp(join(tmpdir(), "flexcore-old-nats-"));
+    const port = await freePort();
+    const old = spawn(DEBIAN_12_SERVER, ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", store], { stdio: "ignore" });
+    const url = `nats://127.0.0.1:${port}`;
+    try {
+      let nc;
+      for (let i = 0; i < 100 && !nc; i++) nc = await connect({ servers: url, maxReconnectAttempts: 0 }).catch(() => sleep(100).then(() => undefined));
+      expect(nc?.info?.version).toBe("2.9.10");
+      // An up that is not refused would run on: stopped (SIGTERM) after 30 s, so the test fails instead of hanging.
+      const up = await run(["up"], { NATS_URL: url, FLEXCORE_DATA: join(dir, "data-old"), FLEXCORE_TEST: "1" }, 30_000);
+      expect(up.code).not.toBe(0);
+      expect(up.stderr).toMatch(/FLEX_NATS_SERVER|NatsServerError/);
+      expect(up.stderr).toMatch(/nats-server 2\.9\.10 \(nats:\/\/127\.0\.0\.1:\d+\) is too old: FlexCore needs 2\.12\.0 or newer/);
+      // Refused before the topology: no stream was created on the old server.
+      const jsm = await jetstreamManager(nc!);
+      await expect(jsm.streams.info(STREAMS.events)).rejects.toThrow(/not found/i);
+      await nc!.close();
+      const doctor = await run(["doctor", "--nats", url]);
+      expect(doctor.code).toBe(1);
+      expect(doctor.stdout).toMatch(/FAIL +nats-server 2\.9\.10 .*too old/);
+    } finally {
+      old.kill("SIGKILL");
+      await rm(store, { recursive: true, force: true });
+    }
   }, 120_000);
 
   it("up starts an embedded server on a free port when 4222 is taken, records its URL, and stops on SIGTERM", async () => {

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { ensureTopology, missingFeatures } from "../streams/index.js";
+import { checkNatsServerVersion, ensureTopology, missingFeatures } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, pipelineSections, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
 import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
@@ -108,6 +108,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     const connection = { name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 };
     nc = await connect(server ? embeddedConnectOptions(natsUrl, dir, connection) : serviceConnectOptions(natsUrl, connection, dir));
     const version = nc.info?.version ?? "unknown";
+    await checkNatsServerVersion(version, natsUrl);
     for (const gap of missingFeatures(version)) log(`flexcore: nats-server ${version}: ${gap}`);
     const replicas = process.env.FLEXCORE_REPLICAS ? Number(process.env.FLEXCORE_REPLICAS) : undefined;
     const report = await ensureTopology(nc, replicas === undefined ? {} : { replicas });

@@ -7,7 +7,7 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, compareVersions, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, openTtlKv, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import { BUCKETS, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, openTtlKv, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
 import type { MetricsReported, Publisher, PublisherStats, TtlKv } from "../streams/index.js";
 import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
@@ -17,7 +17,6 @@ import { LatencyWindow } from "./metrics.js";
 import type { ProcessorMetrics } from "./metrics.js";
 import { createProcessorPool } from "./pool.js";
 import type { InvokeResult, ProcessorPool } from "./pool.js";
-import { coverFilters, subjectMatches } from "./subject-filter.js";
 import type { BatchResult, BatchTask } from "./task.js";
 import type { ProcessorDefinition } from "./types.js";
 import { BUILTIN_PROCESSORS } from "./builtin/index.js";
@@ -36,8 +35,6 @@ const FETCH_EXPIRES_MS = 5_000;
 const FETCH_RETRY_MS = 250;
 /** Batches per partition waiting for the pool before the runtime stops fetching. */
 const BATCHES_WAITING = 2;
-/** First version whose consumers take several filter subjects. */
-const MULTI_FILTER_VERSION = "2.10.0";
 const MINUTE_MS = 60_000;
 /** Wait before a processor that failed to commit starts again, in ms. */
 const RESTART_DELAY_MS = 1_000;
@@ -250,7 +247,6 @@ class ProcessorRunner {
   readonly #lease: Lease;
   readonly #leasePollMs: number;
   #standby: Promise<void> | undefined;
-  #clientFilter: string[] | undefined;
   #consumer: Consumer | undefined;
   #messages: ConsumerMessages | undefined;
   #fetching: Promise<void> | undefined;
@@ -316,17 +312,8 @@ class ProcessorRunner {
   }
 
   async #begin(): Promise<void> {
-    const version = this.#nc.info?.version ?? "0.0.0";
-    const multi = compareVersions(version, MULTI_FILTER_VERSION) >= 0;
     const subjects = [...this.cfg.subjects];
-    let filter: Partial<ConsumerConfig>;
-    if (subjects.length === 1) filter = { filter_subject: subjects[0]! };
-    else if (multi) filter = { filter_subjects: subjects };
-    else {
-      // 2.9.x takes one filter: pull a filter covering them all, drop the rest here.
-      filter = { filter_subject: coverFilters(subjects) };
-      this.#clientFilter = subjects;
-    }
+    const filter: Partial<ConsumerConfig> = subjects.length === 1 ? { filter_subject: subjects[0]! } : { filter_subjects: subjects };
     // Start where every earlier message is acknowledged. Recreating the consumer there makes
     // the server deliver the unacknowledged messages again now and in stream order, instead
     // of after ack_wait and behind newer ones, so a key never sees its events out of order;
@@ -500,7 +487,7 @@ class ProcessorRunner {
     let k = this.#bySubject.get(subject);
     if (k === undefined) {
       const tokens = subject.split(".");
-      if (tokens.length < 3 || (this.#clientFilter && !this.#clientFilter.some((f) => subjectMatches(f, subject)))) {
+      if (tokens.length < 3) {
         this.#order.push({ m, done: true } as Entry);
         this.#advance();
         return undefined;

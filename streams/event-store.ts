@@ -469,7 +469,6 @@ class JetStreamEventStore implements EventStore {
   async #findStored(subject: string, encoded: readonly EncodedEvent[]): Promise<Map<string, { revision: number; seq: number }>> {
     const wanted = new Set(encoded.map((e) => e.id));
     const found = new Map<string, { revision: number; seq: number }>();
-    if (!this.#batchDirectGet) return this.#findStoredByProbe(subject, encoded);
     this.#duplicateWindowMs ??= await this.#jsm.streams.info(STREAMS.events).then((i) => Math.ceil(i.config.duplicate_window / 1e6), () => DEFAULT_DUPLICATE_WINDOW_MS);
     // Margin for clock skew between this process and the server.
     let from: { start_time: Date } | { seq: number } = { start_time: new Date(Date.now() - this.#duplicateWindowMs - 60_000) };
@@ -494,21 +493,6 @@ class JetStreamEventStore implements EventStore {
       scanned += n;
       if (n < DIRECT_BATCH) break;
       from = { seq: lastSeq + 1 };
-    }
-    return found;
-  }
-
-  // Servers before 2.11 (no batch direct get) answer "duplicate" to a publish whose expected
-  // last subject sequence no subject can have, without storing it. Goes with those servers.
-  async #findStoredByProbe(subject: string, encoded: readonly EncodedEvent[]): Promise<Map<string, { revision: number; seq: number }>> {
-    const found = new Map<string, { revision: number; seq: number }>();
-    for (const e of encoded) {
-      const ack = await this.publisher.publish(subject, e.data, { headers: e.headers, expectedLastSubjectSequence: Number.MAX_SAFE_INTEGER }).catch(() => undefined);
-      if (!ack?.duplicate) continue;
-      const m = await this.#jsm.direct.getMessage(STREAMS.events, { seq: ack.seq });
-      if (m?.subject !== subject) continue;
-      const rev = Number(m.header?.get(HEADERS.revision));
-      found.set(e.id, { revision: Number.isInteger(rev) && rev > 0 ? rev : (await this.#readHead(subject)).revision, seq: ack.seq });
     }
     return found;
   }

@@ -68,17 +68,18 @@ export type {
   Reducer,
 } from "./event-store.js";
 export {
+  checkNatsServerVersion,
   compareVersions,
   DEFAULT_NATS_SERVER_BIN,
-  deriveConfig,
-  INSTALL_HINT,
   missingFeatures,
+  natsServerPin,
   natsServerVersion,
   processAlive,
+  resolveNatsServerBinary,
   serverFeatures,
   startNatsServer,
 } from "./server.js";
-export type { NatsServer, NatsServerOptions, ServerFeatures } from "./server.js";
+export type { NatsServer, NatsServerOptions, NatsServerSource, ResolvedNatsServer, ServerFeatures } from "./server.js";
 export {
   MAX_SUMMARY_CHARS,
   METRICS_CATEGORY,

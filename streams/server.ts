@@ -6,15 +6,45 @@ import { join, relative, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { NatsServerError } from "./errors.js";
+import type { ResolvedNatsServer } from "../scripts/nats-server-pin.mjs";
+
+export type { NatsServerSource, ResolvedNatsServer } from "../scripts/nats-server-pin.mjs";
 
 const execFileAsync = promisify(execFile);
 
-/** Binary used when `NATS_SERVER_BIN` is unset. */
+/** Binary name looked up on PATH when neither `NATS_SERVER_BIN` nor the pinned server is there. */
 export const DEFAULT_NATS_SERVER_BIN = "nats-server";
 /** How long to wait for a starting server to listen. */
 export const DEFAULT_READY_TIMEOUT_MS = 15_000;
-/** How to install the server, for error messages. */
-export const INSTALL_HINT = "install it with `apt-get install -y nats-server` (Debian/Ubuntu), `brew install nats-server` (macOS), or download a release from the NATS project and put it on PATH (or set NATS_SERVER_BIN)";
+
+type Pin = typeof import("../scripts/nats-server-pin.mjs");
+
+let pin: Promise<Pin> | undefined;
+/**
+ * scripts/nats-server-pin.mjs: the pinned version, the minimum and where the binary is found,
+ * shared with scripts/ensure-nats-server.mjs (which runs before the build). Loaded from the
+ * package's root, from the sources (tests, tsx) as from dist/.
+ */
+async function loadPin(): Promise<Pin> {
+  const fromSource = import.meta.url.endsWith(".ts");
+  pin ??= import(new URL(fromSource ? "../scripts/nats-server-pin.mjs" : "../../scripts/nats-server-pin.mjs", import.meta.url).href) as Promise<Pin>;
+  return pin;
+}
+
+/** The nats-server FlexCore runs (`2.15.1`) and the oldest it accepts (`2.12.0`). */
+export async function natsServerPin(): Promise<{ pinned: string; minimum: string; pinnedBinary: string; installHint: string }> {
+  const p = await loadPin();
+  return { pinned: p.PINNED_VERSION, minimum: p.MIN_VERSION, pinnedBinary: p.pinnedBinary(), installHint: p.installHint() };
+}
+
+/**
+ * The binary {@link startNatsServer} runs by default: `NATS_SERVER_BIN` when set, else the
+ * pinned server in the per-user cache (`${XDG_CACHE_HOME:-~/.cache}/flexcore/nats-server/<version>/`,
+ * put there by `npm test`/`npm start`), else a `nats-server` on PATH at the minimum or newer.
+ */
+export async function resolveNatsServerBinary(env: NodeJS.ProcessEnv = process.env): Promise<ResolvedNatsServer> {
+  return (await loadPin()).resolveNatsServer(env);
+}
 
 /** Options of {@link startNatsServer}. */
 export interface NatsServerOptions {
@@ -24,7 +54,7 @@ export interface NatsServerOptions {
   readonly port?: number;
   /** Address to listen on. @default "127.0.0.1" */
   readonly host?: string;
-  /** A `nats.conf` to derive the configuration from (see {@link deriveConfig}). */
+  /** A `nats.conf` the configuration starts from. */
   readonly configFile?: string;
   /** Configuration text used instead of `configFile` (e.g. `max_payload: 65536` in a test). */
   readonly config?: string;
@@ -32,7 +62,7 @@ export interface NatsServerOptions {
   readonly extraConfig?: string;
   /** Files the configuration includes (e.g. the users), read again on {@link NatsServer.reload}. */
   readonly include?: readonly string[];
-  /** Path of the binary. @default $NATS_SERVER_BIN or "nats-server" */
+  /** Path of the binary. @default {@link resolveNatsServerBinary}: $NATS_SERVER_BIN, the pinned server, or a recent enough one on PATH */
   readonly binary?: string;
   /** Extra command-line arguments. */
   readonly args?: readonly string[];
@@ -49,7 +79,7 @@ export interface NatsServer {
   readonly host: string;
   readonly port: number;
   readonly storeDir: string;
-  /** Server version without the `v`, e.g. `2.9.10`. */
+  /** Server version without the `v`, e.g. `2.15.1`. */
   readonly version: string;
   readonly pid: number | undefined;
   /** Sends `signal` (default SIGKILL) and waits for the process to exit; the store is kept. */
@@ -63,17 +93,34 @@ export interface NatsServer {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** Returns the installed server's version (`2.9.10`), or throws {@link NatsServerError} with how to install it. */
-export async function natsServerVersion(binary = process.env.NATS_SERVER_BIN ?? DEFAULT_NATS_SERVER_BIN): Promise<string> {
+/**
+ * Returns the version (`2.15.1`) of `binary` (default: {@link resolveNatsServerBinary}), or
+ * throws {@link NatsServerError} with how to get the pinned server.
+ */
+export async function natsServerVersion(binary?: string): Promise<string> {
+  const bin = binary ?? (await resolveNatsServerBinary()).binary;
   try {
-    const { stdout, stderr } = await execFileAsync(binary, ["--version"]);
+    const { stdout, stderr } = await execFileAsync(bin, ["--version"]);
     const match = /v?(\d+\.\d+\.\d+)/.exec(stdout + stderr);
-    if (!match?.[1]) throw new NatsServerError(`\`${binary} --version\` printed no version: ${stdout}${stderr}`);
+    if (!match?.[1]) throw new NatsServerError(`\`${bin} --version\` printed no version: ${stdout}${stderr}`);
     return match[1];
   } catch (err) {
     if (err instanceof NatsServerError) throw err;
-    throw new NatsServerError(`nats-server is not installed (could not run \`${binary}\`); ${INSTALL_HINT}`, { cause: err });
+    throw new NatsServerError(`nats-server is not installed (could not run \`${bin}\`); ${(await natsServerPin()).installHint}`, { cause: err });
   }
+}
+
+/**
+ * Throws {@link NatsServerError} naming the version found, the minimum and how to get the
+ * pinned server when `version` is older than the minimum FlexCore supports.
+ * @param where what runs it, e.g. the binary's path or a server URL
+ */
+export async function checkNatsServerVersion(version: string, where: string): Promise<void> {
+  const p = await natsServerPin();
+  if (compareVersions(version, p.minimum) >= 0) return;
+  throw new NatsServerError(
+    `nats-server ${version} (${where}) is too old: FlexCore needs ${p.minimum} or newer and runs ${p.pinned}; ${p.installHint}`,
+  );
 }
 
 /** Compares dotted versions: negative when `a < b`. */
@@ -87,11 +134,15 @@ export function compareVersions(a: string, b: string): number {
   return 0;
 }
 
-/** What a server version can do that FlexCore uses or would use. */
+/**
+ * What a server version can do that FlexCore uses. Every supported server (2.12+) has
+ * `sync_interval: always`, multi-filter consumers, atomic batches, per-message TTL and batch
+ * direct get; fast-ingest batches came with 2.14.
+ */
 export interface ServerFeatures {
-  /** `jetstream.sync_interval: always` (fsync before every ack); 2.10+. */
+  /** `jetstream.sync_interval: always` (fsync before every ack). */
   readonly syncAlways: boolean;
-  /** Multiple subject filters per consumer; 2.10+. */
+  /** Multiple subject filters per consumer. */
   readonly multiFilterConsumers: boolean;
   /** Atomic batch publish (`Nats-Batch-*` headers, `allow_atomic`); 2.12+. */
   readonly atomicBatch: boolean;
@@ -114,28 +165,12 @@ export function serverFeatures(version: string): ServerFeatures {
   };
 }
 
-/** Human-readable gaps of a server version, for `flexcore doctor`. */
+/** Human-readable gaps of a supported server version, for `flexcore doctor`. */
 export function missingFeatures(version: string): string[] {
   const f = serverFeatures(version);
   const gaps: string[] = [];
-  if (!f.syncAlways) gaps.push("no `sync_interval: always` (before 2.10): the store is fsynced every 2 minutes, so an acked event survives a process crash but not a power loss");
-  if (!f.multiFilterConsumers) gaps.push("no multi-filter consumers (before 2.10): one consumer per subject filter");
-  if (!f.atomicBatch) gaps.push("no atomic batch publish (before 2.12): a multi-event append is stored event by event; a retry with the same event ids completes it");
-  if (!f.messageTtl) gaps.push("no per-message TTL (before 2.11): expired sessions, revocations and leases stay in their buckets until overwritten or swept");
-  if (!f.batchDirectGet) gaps.push("no batch direct get (before 2.11): aggregates are read with a consumer");
   if (!f.fastIngest) gaps.push("no fast-ingest batches (before 2.14): with `batching: \"auto\"` the publisher falls back to one ack per event");
   return gaps;
-}
-
-/**
- * Derives a server configuration from a `nats.conf` text for `version`: lines written as
- * `#@2.10 <setting>` are enabled when the server is at least that version, so one file
- * serves 2.9.10 (which rejects settings it does not know) and newer servers.
- */
-export function deriveConfig(text: string, version: string): string {
-  return text.replace(/^(\s*)#@(\d+\.\d+(?:\.\d+)?)\s+(.*)$/gmu, (line, indent: string, since: string, setting: string) =>
-    compareVersions(version, since) >= 0 ? `${indent}${setting}` : line,
-  );
 }
 
 /**
@@ -152,8 +187,9 @@ export function withStoreDir(config: string, storeDir: string): string {
 
 /** Starts `nats-server` with JetStream and waits until it accepts clients. */
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
-  const binary = options.binary ?? process.env.NATS_SERVER_BIN ?? DEFAULT_NATS_SERVER_BIN;
+  const binary = options.binary ?? (await resolveNatsServerBinary()).binary;
   const version = await natsServerVersion(binary);
+  await checkNatsServerVersion(version, binary);
   const host = options.host ?? "127.0.0.1";
   const tempStore = options.storeDir === undefined;
   const storeDir = tempStore ? await mkdtemp(join(tmpdir(), "flexcore-nats-")) : resolve(options.storeDir!);
@@ -165,7 +201,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     const text = options.config ?? (options.configFile === undefined ? "" : await readFile(options.configFile, "utf8"));
     // nats-server resolves an include against the including file's folder, even an absolute path.
     const includes = (options.include ?? []).map((f) => `include ${JSON.stringify(relative(runDir, resolve(f)))}`);
-    await writeFile(configPath, withStoreDir(deriveConfig([text, options.extraConfig ?? "", ...includes, ""].join("\n"), version), storeDir));
+    await writeFile(configPath, withStoreDir([text, options.extraConfig ?? "", ...includes, ""].join("\n"), storeDir));
   }
 
   let port = options.port ?? -1;

@@ -129,6 +129,62 @@ describe("openStreamReader", () => {
     expect(c.events.map((e) => e.seq)).toEqual(seqs);
   });
 
+  it("reads a filter that is most of the stream without the server's filter, and hands out none of the other tenants' events, across a re-creation", async () => {
+    const tenant = uniqueName("sr");
+    // A look-alike tenant (`<tenant>x`) interleaved with it: 1 of its events after every 3.
+    const other = `${tenant}x`;
+    const mine: number[] = [];
+    for (let round = 0; round < 10; round++) {
+      mine.push(...(await publish(tenant, 300, round * 300)));
+      await publish(other, 100, round * 100);
+    }
+    const c = collector();
+    let filters: Array<string | undefined> = [];
+    const jsm = await jetstreamManager(nats.nc);
+    let held: StreamReader | undefined;
+    let deleted = false;
+    await using reader = await openStreamReader(nats.nc, {
+      stream: STREAMS.events, filter: `evt.${tenant}.>`, startSeq: 1, window: 64, heartbeatMs: 500,
+      onEvent: (e, p) => {
+        c.onEvent(e, p);
+        if (c.events.length === 1_000 && !deleted) {
+          deleted = true;
+          held?.pause();
+          void (async () => {
+            const names = await readerConsumers();
+            filters = await Promise.all(names.map(async (n) => (await jsm.consumers.info(STREAMS.events, n)).config.filter_subject));
+            await Promise.all(names.map((n) => jsm.consumers.delete(STREAMS.events, n)));
+          })().finally(() => held?.resume());
+        }
+      },
+    });
+    held = reader;
+    await c.until(() => c.events.length >= 3_000 && reader.recreated > 0);
+    await new Promise((r) => setTimeout(r, 100));
+    // The server was asked for every subject...
+    expect(filters).toEqual([undefined]);
+    // ...and only the filter's events came out, each once, in order.
+    expect(c.events.map((e) => e.seq)).toEqual(mine);
+    expect(c.events.every((e) => e.subject.startsWith(`evt.${tenant}.`))).toBe(true);
+    expect(reader.lastSeq).toBe(mine.at(-1));
+  });
+
+  it("keeps the server's filter for a filter that is a small part of the stream", async () => {
+    const tenant = uniqueName("sr");
+    const mine = await publish(tenant, 100);
+    await publish(`${tenant}x`, 900);
+    const c = collector();
+    await using reader = await openStreamReader(nats.nc, { stream: STREAMS.events, filter: `evt.${tenant}.>`, startSeq: 1, onEvent: c.onEvent });
+    await c.until(() => c.events.length >= 100);
+    const jsm = await jetstreamManager(nats.nc);
+    const names = await readerConsumers();
+    expect(names).toHaveLength(1);
+    expect((await jsm.consumers.info(STREAMS.events, names[0]!)).config.filter_subject).toBe(`evt.${tenant}.>`);
+    expect(c.events.map((e) => e.seq)).toEqual(mine);
+    expect(c.pending.at(-1)).toBe(0);
+    expect(reader.recreated).toBe(0);
+  });
+
   it("reads on across a kill -9 and restart of nats-server, each event once and in order", async () => {
     const own = await startTestNats();
     try {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseAckReply } from "./stream-reader.js";
+import { parseAckReply, subjectMatchesFilter } from "./stream-reader.js";
 import type { AckReplyInfo } from "./stream-reader.js";
 
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -37,5 +37,30 @@ describe("parseAckReply", () => {
     for (const reply of ["", "_INBOX.abc", "$JS.ACK.S.c.1.2.3", "$JS.ACK.S.c.1.x.3.4.5", "$JS.API.S.c.1.2.3.4.5", "$JS.ACK.S.c.1..3.4.5"]) {
       expect(parseAckReply(bytes(reply), fresh())).toBe(false);
     }
+  });
+});
+
+describe("subjectMatchesFilter", () => {
+  const matches = (filter: string, subject: string): boolean => subjectMatchesFilter(filter.split("."), subject);
+
+  it("matches literal tokens, `*` for one token and `>` for one or more", () => {
+    expect(matches("evt.acme.>", "evt.acme.order.o1")).toBe(true);
+    expect(matches("evt.acme.>", "evt.acme.x")).toBe(true);
+    expect(matches("evt.*.order.*", "evt.acme.order.o1")).toBe(true);
+    expect(matches("evt.acme.order.o1", "evt.acme.order.o1")).toBe(true);
+    expect(matches(">", "evt")).toBe(true);
+  });
+
+  it("does not let a look-alike tenant or subject through", () => {
+    expect(matches("evt.acme.>", "evt.acme2.order.o1")).toBe(false);
+    expect(matches("evt.acme.>", "evt.acm.order.o1")).toBe(false);
+    expect(matches("evt.acme.>", "evt.acme")).toBe(false);
+    expect(matches("evt.acme.>", "evt.acme.")).toBe(false);
+    expect(matches("evt.*.order.*", "evt.acme.order.o1.x")).toBe(false);
+    expect(matches("evt.*.order.*", "evt.acme.order")).toBe(false);
+    expect(matches("evt.*.order.*", "evt..order.o1")).toBe(false);
+    expect(matches("evt.acme.order.o1", "evt.acme.order.o10")).toBe(false);
+    expect(matches("evt.acme.order.o1", "evt.acme.order")).toBe(false);
+    expect(matches("drv.acme.>", "evt.acme.order.o1")).toBe(false);
   });
 });

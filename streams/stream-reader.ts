@@ -13,6 +13,12 @@ export const DEFAULT_READ_WINDOW = 16_384;
 export const DEFAULT_READ_HEARTBEAT_MS = 5_000;
 /** How long one pull request waits for messages before the server ends it. */
 const PULL_EXPIRES_MS = 30_000;
+/**
+ * A filter whose events make up at least this share of the stream from the first of them on
+ * is read without a server-side filter, the other subjects dropped here (see docs/streams.md:
+ * nats-server 2.11+ spends a walk over the block's subjects on every filtered message).
+ */
+export const DENSE_FILTER_SHARE = 0.5;
 /** Timeout of the consumer create and delete requests (a busy server can be slow to answer). */
 const API_TIMEOUT_MS = 30_000;
 /** An ephemeral consumer left without pull requests this long is removed by the server. */
@@ -23,7 +29,11 @@ const RETRY_MS = [250, 500, 1_000, 2_000, 5_000];
 /** Options of {@link openStreamReader}. */
 export interface StreamReaderOptions {
   readonly stream: string;
-  /** Subject filter (one; nats-server 2.9 takes one). @default every subject */
+  /**
+   * Subject filter. When its events are most of the stream from the first of them on
+   * ({@link DENSE_FILTER_SHARE}), the server is asked for every subject and the others are
+   * dropped here, which is several times faster on nats-server 2.11+. @default every subject
+   */
   readonly filter?: string;
   /** First stream sequence to read (1 for the start). Either this or `startTime`. */
   readonly startSeq?: number;
@@ -34,7 +44,11 @@ export interface StreamReaderOptions {
    * (see `toLazyStoredEvent`); false builds plain objects. @default true
    */
   readonly lazy?: boolean;
-  /** Called for every message in stream order, with what the server said was left after it. */
+  /**
+   * Called for every message in stream order, with what the server said was left after it:
+   * of the filter's subjects, or, when the filter is read on the client (see `filter`), of
+   * every subject (then an upper bound, 0 only at the stream's end).
+   */
   readonly onEvent: (event: StoredEvent, pending: number) => void;
   /** Messages in flight. @default DEFAULT_READ_WINDOW */
   readonly window?: number;
@@ -146,6 +160,22 @@ export function parseAckReply(reply: Uint8Array, out: AckReplyInfo): boolean {
   return true;
 }
 
+/** Whether `subject` matches the filter split into `tokens` (`*` one token, `>` the rest). */
+export function subjectMatchesFilter(tokens: readonly string[], subject: string): boolean {
+  let at = 0;
+  for (let i = 0; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (at > subject.length) return false;
+    if (t === ">") return at < subject.length;
+    let end = subject.indexOf(".", at);
+    if (end < 0) end = subject.length;
+    if (t !== "*" && (end - at !== t.length || !subject.startsWith(t, at))) return false;
+    if (end === at) return false;
+    at = end + 1;
+  }
+  return at > subject.length;
+}
+
 /**
  * Reads `stream` in order from `startSeq` with an ephemeral pull consumer (no acks, memory
  * storage) on a plain subscription, and hands every message to `onEvent` as a lazily parsed
@@ -192,6 +222,10 @@ class PullStreamReader implements StreamReader {
   #credit = 0;
   #deliverySeq = 0;
   #lastSeq: number;
+  /** Last sequence received, handed out or dropped by the client-side filter: the next consumer starts after it. */
+  #seenSeq: number;
+  /** The filter's tokens while the consumer reads every subject (a dense filter), else undefined. */
+  #clientFilter: string[] | undefined;
   /** Messages (events and statuses) received; compared by the heartbeat check. */
   #received = 0;
   #receivedAtCheck = 0;
@@ -216,6 +250,7 @@ class PullStreamReader implements StreamReader {
     this.#heartbeatMs = heartbeatMs;
     this.#lazy = options.lazy ?? true;
     this.#lastSeq = (options.startSeq ?? 1) - 1;
+    this.#seenSeq = this.#lastSeq;
   }
 
   get lastSeq(): number {
@@ -269,26 +304,41 @@ class PullStreamReader implements StreamReader {
     await this.close();
   }
 
-  // Creates the next consumer from the sequence after the last one handed out, on a new inbox
+  // Creates the next consumer from the sequence after the last one seen, on a new inbox
   // (messages still on their way to the old one are dropped with its subscription).
   async #create(): Promise<void> {
     this.#serial += 1;
-    const name = `${this.#prefix}_${this.#serial}`;
+    let name = `${this.#prefix}_${this.#serial}`;
     const inbox = createInbox();
-    const from = this.#lastSeq + 1;
+    let from = this.#seenSeq + 1;
     const startTime = this.#started ? undefined : this.#options.startTime;
-    const config: Partial<ConsumerConfig> = {
+    const filter = this.#options.filter;
+    const config = (start: number, subject: string | undefined): Partial<ConsumerConfig> => ({
       name,
       ack_policy: AckPolicy.None,
       ...(startTime !== undefined
         ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(startTime).toISOString() }
-        : from > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from } : { deliver_policy: DeliverPolicy.All }),
-      ...(this.#options.filter ? { filter_subject: this.#options.filter } : {}),
+        : start > 1 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start } : { deliver_policy: DeliverPolicy.All }),
+      ...(subject ? { filter_subject: subject } : {}),
       mem_storage: true,
       num_replicas: 1,
       inactive_threshold: INACTIVE_THRESHOLD_MS * 1_000_000,
-    };
-    await this.#jsm.consumers.add(this.#options.stream, config);
+    });
+    const created = await this.#jsm.consumers.add(this.#options.stream, config(from, filter));
+    this.#clientFilter = undefined;
+    if (filter && startTime === undefined && created.num_pending > 0 && !this.#closed) {
+      const dense = await this.#denseStart(filter, from, created.num_pending);
+      if (dense !== undefined) {
+        // The filtered consumer is replaced by one on every subject from the filter's first event.
+        await this.#jsm.consumers.delete(this.#options.stream, name).catch(() => undefined);
+        this.#serial += 1;
+        name = `${this.#prefix}_${this.#serial}`;
+        from = dense;
+        await this.#jsm.consumers.add(this.#options.stream, config(from, undefined));
+        this.#clientFilter = filter.split(".");
+        this.#seenSeq = Math.max(this.#seenSeq, from - 1);
+      }
+    }
     if (this.#closed) {
       await this.#jsm.consumers.delete(this.#options.stream, name).catch(() => undefined);
       return;
@@ -309,6 +359,25 @@ class PullStreamReader implements StreamReader {
       this.#onMessage(msg);
     } });
     this.#pull();
+  }
+
+  // The sequence of the filter's first event from `from` when the filter's `matching` events
+  // are at least DENSE_FILTER_SHARE of the stream from there to its end, else undefined.
+  async #denseStart(filter: string, from: number, matching: number): Promise<number | undefined> {
+    try {
+      // The stream API's message get takes `next_by_subj` (nats.js types it for direct get only).
+      const [reply, info] = await Promise.all([
+        this.#nc.request(`$JS.API.STREAM.MSG.GET.${this.#options.stream}`, encoder.encode(JSON.stringify({ seq: from, next_by_subj: filter })), { timeout: API_TIMEOUT_MS }),
+        this.#jsm.streams.info(this.#options.stream),
+      ]);
+      const first = (reply.json() as { message?: { seq?: number } }).message?.seq;
+      if (first === undefined || !Number.isSafeInteger(first)) return undefined;
+      const span = info.state.last_seq - first + 1;
+      return span > 0 && matching >= span * DENSE_FILTER_SHARE ? first : undefined;
+    } catch {
+      // Not knowing only costs speed: read with the server's filter.
+      return undefined;
+    }
   }
 
   #pull(): void {
@@ -335,7 +404,12 @@ class PullStreamReader implements StreamReader {
       return;
     }
     this.#deliverySeq = info.deliverySeq;
-    if (info.streamSeq <= this.#lastSeq) return;
+    if (info.streamSeq <= this.#seenSeq) return;
+    this.#seenSeq = info.streamSeq;
+    if (this.#clientFilter && !subjectMatchesFilter(this.#clientFilter, msg.subject)) {
+      if (this.#credit <= this.#window / 2) this.#pull();
+      return;
+    }
     this.#lastSeq = info.streamSeq;
     this.#started = true;
     this.#options.onEvent(eventFromMsg(msg, info.streamSeq, info.storedAt, this.#lazy), info.pending);
@@ -375,7 +449,7 @@ class PullStreamReader implements StreamReader {
     const old = this.#consumer;
     if (old && !this.#nc.isClosed()) void this.#jsm.consumers.delete(this.#options.stream, old).catch(() => undefined);
     this.recreated += 1;
-    this.#options.onRecreate?.(this.#lastSeq + 1, reason);
+    this.#options.onRecreate?.(this.#seenSeq + 1, reason);
     // #recreating stays set until a consumer exists again: no second re-creation starts.
     const attempt = (): void => {
       if (this.#closed) return;
@@ -386,7 +460,7 @@ class PullStreamReader implements StreamReader {
       }, (err: unknown) => {
         const wait = RETRY_MS[Math.min(this.#failures, RETRY_MS.length - 1)]!;
         this.#failures += 1;
-        this.#options.onRecreate?.(this.#lastSeq + 1, `creating the consumer failed (${(err as Error).message}); retrying in ${wait} ms`);
+        this.#options.onRecreate?.(this.#seenSeq + 1, `creating the consumer failed (${(err as Error).message}); retrying in ${wait} ms`);
         this.#options.onCreateError?.(err as Error, this.#failures);
         // A closed nats.js connection never opens again: nothing to wait for.
         if (this.#closed || this.#nc.isClosed()) return;

@@ -1,6 +1,5 @@
 import { describe, expect, it } from "vitest";
 import { checkSubjectFilter, checkTenantName, derivedSubject, dlqSubject, eventSubject, parseSubject, SubjectTokenError, SYSTEM_TENANT, TenantReservedError } from "./index.js";
-import { compareVersions, deriveConfig, missingFeatures, serverFeatures } from "./index.js";
 
 describe("subjects", () => {
   it("refuses reserved tenant names (starting with `_`) where a tenant is named, but still builds FlexCore's own subjects", () => {
@@ -63,19 +62,5 @@ describe("subjects", () => {
     expect(checkSubjectFilter("evt.*.sensor.*")).toBe("evt.*.sensor.*");
     expect(() => checkSubjectFilter("evt.>.x")).toThrow(SubjectTokenError);
     expect(() => checkSubjectFilter("evt..x")).toThrow(SubjectTokenError);
-  });
-});
-
-describe("server versions", () => {
-  it("compares versions and derives the config per version", () => {
-    expect(compareVersions("2.9.10", "2.10.0")).toBeLessThan(0);
-    expect(compareVersions("2.12.1", "2.12.0")).toBeGreaterThan(0);
-    const conf = "jetstream {\n  #@2.10 sync_interval: always\n}\n";
-    expect(deriveConfig(conf, "2.9.10")).toBe(conf);
-    expect(deriveConfig(conf, "2.10.3")).toBe("jetstream {\n  sync_interval: always\n}\n");
-    expect(serverFeatures("2.9.10")).toEqual({ syncAlways: false, multiFilterConsumers: false, atomicBatch: false });
-    expect(serverFeatures("2.12.0").atomicBatch).toBe(true);
-    expect(missingFeatures("2.9.10").join(" ")).toMatch(/power loss/);
-    expect(missingFeatures("2.12.0")).toEqual([]);
   });
 });

@@ -1,7 +1,7 @@
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { Command } from "commander";
-import { BUCKETS, ensureTopology, missingFeatures, natsServerVersion, parseServers, serverFeatures, STREAMS, streamConfigs } from "../../streams/index.js";
+import { BUCKETS, checkNatsServerVersion, ensureTopology, natsServerPin, natsServerVersion, parseServers, resolveNatsServerBinary, serverFeatures, STREAMS, streamConfigs } from "../../streams/index.js";
 import { sandboxSupport } from "../../processors/index.js";
 import { connectCli, resolveNatsUrl } from "../connection.js";
 
@@ -22,7 +22,10 @@ export async function runChecks(url?: string): Promise<Check[]> {
   if (sandbox.pastaPath) checks.push({ level: "ok", what: `script steps with network: true run under pasta (passt, ${sandbox.pastaPath}) in a network namespace of their own, with no way to the host's loopback (NATS, the gateway)` });
   for (const w of sandbox.warnings) checks.push({ level: "warn", what: w });
   try {
-    checks.push({ level: "ok", what: `nats-server binary ${await natsServerVersion()} installed` });
+    const found = await resolveNatsServerBinary();
+    const binaryVersion = await natsServerVersion(found.binary);
+    await checkNatsServerVersion(binaryVersion, found.binary);
+    checks.push({ level: "ok", what: `nats-server binary ${binaryVersion} at ${found.binary} (${found.source})` });
   } catch (err) {
     checks.push({ level: "warn", what: (err as Error).message });
   }
@@ -47,9 +50,11 @@ export async function runChecks(url?: string): Promise<Check[]> {
     checks.push(anonymous
       ? { level: "warn", what: "the server accepts anonymous clients: anyone who reaches it reads and writes every tenant's events (see docs/security.md: authorization)" }
       : { level: "ok", what: "the server refuses anonymous clients" });
-    const gaps = missingFeatures(version);
-    for (const gap of gaps) checks.push({ level: "warn", what: gap });
-    if (gaps.length === 0) checks.push({ level: "ok", what: "the server has every feature FlexCore uses" });
+    const pin = await natsServerPin();
+    await checkNatsServerVersion(version, target).then(
+      () => checks.push({ level: "ok", what: `the server is ${pin.minimum} or newer: it has every feature FlexCore uses` }),
+      (err: unknown) => checks.push({ level: "fail", what: (err as Error).message }),
+    );
     const jsm = await jetstreamManager(nc).catch(() => undefined);
     if (!jsm) {
       checks.push({ level: "fail", what: "JetStream is not enabled on this server (start it with -js)" });
