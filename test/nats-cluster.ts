@@ -34,6 +34,9 @@ export interface TestCluster extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** How long {@link TestCluster.leaderOf} waits for a stream to have a leader. */
+const LEADER_WAIT_MS = 30_000;
+
 /** A TCP port free right now on 127.0.0.1 (for the cluster routes, which must be known before start). */
 function freePort(): Promise<number> {
   return new Promise((res, rej) => {
@@ -118,11 +121,17 @@ export async function startTestCluster(options: TestClusterOptions = {}): Promis
       return c;
     },
     leaderOf: async (stream) => {
-      const jsm = await jetstreamManager(nc);
-      const leader = (await jsm.streams.info(stream)).cluster?.leader;
-      const index = leader ? Number(/^n(\d+)$/u.exec(leader)?.[1]) : Number.NaN;
-      if (!Number.isInteger(index)) throw new Error(`stream ${stream} has no leader (${leader ?? "none"})`);
-      return index;
+      // During an election the API may time out or answer without a leader: ask again for a while.
+      const until = Date.now() + LEADER_WAIT_MS;
+      for (;;) {
+        const leader = await jetstreamManager(nc, { timeout: 5_000 })
+          .then((jsm) => jsm.streams.info(stream))
+          .then((info) => info.cluster?.leader, () => undefined);
+        const index = leader ? Number(/^n(\d+)$/u.exec(leader)?.[1]) : Number.NaN;
+        if (Number.isInteger(index)) return index;
+        if (Date.now() > until) throw new Error(`stream ${stream} has no leader after ${LEADER_WAIT_MS} ms (${leader ?? "none"})`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
     },
     close,
     [Symbol.asyncDispose]: close,
