@@ -1,14 +1,14 @@
 import { createServer } from "node:http";
 import type { Server } from "node:http";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { startTestGateway } from "../test/gateway.js";
+import type { TestGateway } from "../test/gateway.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { ensureTopology, STREAMS, SYSTEM_TENANT, TenantReservedError } from "../streams/index.js";
+import { STREAMS, SYSTEM_TENANT, TenantReservedError } from "../streams/index.js";
 import { createGateway, generateNatsUsers } from "./index.js";
 import type { Gateway } from "./index.js";
 
@@ -20,19 +20,16 @@ let gw: Gateway;
 let url: string;
 const tenant = uniqueName("acme");
 
+let fixture: TestGateway;
+
 beforeAll(async () => {
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  dir = await mkdtemp(join(tmpdir(), "flexcore-reserved-"));
-  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false });
-  url = await gw.listen();
+  fixture = await startTestGateway();
+  ({ nats, gw, url, dir } = fixture);
   await gw.users.add(tenant, "root", "admin password", ["admin", "writer", "reader"]);
 }, 60_000);
 
 afterAll(async () => {
-  await gw?.close();
-  await nats?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await fixture?.close();
 });
 
 async function call(method: string, path: string, token: string | undefined, body?: unknown): Promise<{ status: number; json: any }> {

@@ -1,37 +1,32 @@
 // Sessions and revoked token ids in flex_auth expire by themselves (per-message TTL,
 // nats-server 2.11+): nothing has to sweep them for the bucket to stay small.
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { startTestGateway } from "../test/gateway.js";
+import type { TestGateway } from "../test/gateway.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { BUCKETS, ensureTopology } from "../streams/index.js";
-import { createGateway } from "./index.js";
+import { BUCKETS } from "../streams/index.js";
 import type { Gateway } from "./index.js";
 
 let nats: TestNats;
-let dir: string;
 let gw: Gateway;
 let auth: KV;
 const tenant = uniqueName("ttl");
 
+let fixture: TestGateway;
+
 beforeAll(async () => {
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  dir = await mkdtemp(join(tmpdir(), "flexcore-gw-ttl-"));
-  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, issuer: { accessTtlSeconds: 1, refreshTtlSeconds: 2 } });
+  fixture = await startTestGateway({ issuer: { accessTtlSeconds: 1, refreshTtlSeconds: 2 } });
+  ({ nats, gw } = fixture);
   await gw.users.add(tenant, "alice", "correct horse", ["reader"]);
   auth = await new Kvm(nats.nc).open(BUCKETS.auth);
 }, 60_000);
 
 afterAll(async () => {
-  await gw?.close();
-  await nats?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await fixture?.close();
 });
 
 async function keys(filter: string): Promise<string[]> {

@@ -1,15 +1,16 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { parse } from "yaml";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { exportSPKI, generateKeyPair, SignJWT } from "jose";
 import type { CryptoKey } from "jose";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { startTestGateway } from "../test/gateway.js";
+import type { TestGateway } from "../test/gateway.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { ConfigError } from "../processors/index.js";
-import { ensureTopology, eventSubject, InvalidOptionError, STREAMS } from "../streams/index.js";
+import { eventSubject, InvalidOptionError, STREAMS } from "../streams/index.js";
 import { createGateway, createTokenVerifier, EXTERNAL_ISSUER_ENV, externalIssuerOptions, gatewaySection } from "./index.js";
 import type { ExternalIssuerOptions, Gateway } from "./index.js";
 
@@ -19,19 +20,16 @@ let gw: Gateway;
 let url: string;
 const tenant = uniqueName("acme");
 
+let fixture: TestGateway;
+
 beforeAll(async () => {
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  dir = await mkdtemp(join(tmpdir(), "flexcore-tokens-"));
-  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false });
-  url = await gw.listen();
+  fixture = await startTestGateway();
+  ({ nats, gw, url, dir } = fixture);
   await gw.users.add(tenant, "alice", "correct horse", ["reader", "writer"]);
 }, 60_000);
 
 afterAll(async () => {
-  await gw?.close();
-  await nats?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await fixture?.close();
 });
 
 async function http(base: string, method: string, path: string, options: { token?: string; body?: unknown } = {}): Promise<{ status: number; json: any }> {
