@@ -184,8 +184,14 @@ export function createMetrics(sources: MetricSources = {}, options: { defaultMet
 
   const deadLetters = sources.deadLetters;
   if (deadLetters) {
-    gauge("flexcore_dlq_messages", "Dead letters stored in FLEX_DLQ, per tenant and source (processor, projection_<name>)", ["tenant", "source"], async () => (await deadLetters()).map((d) => [{ tenant: d.tenant, source: d.source }, d.count] as const));
-    gauge("flexcore_dlq_redrive_pending", "Dead letters redriven and not yet taken back by their source, per tenant and source", ["tenant", "source"], async () => (await deadLetters()).map((d) => [{ tenant: d.tenant, source: d.source }, d.redrivePending] as const));
+    // Summed over tenants: /metrics is public and no series names a tenant (docs/gateway.md).
+    const bySource = (pick: (d: DeadLetterReading) => number) => async (): Promise<Series> => {
+      const sums = new Map<string, number>();
+      for (const d of await deadLetters()) sums.set(d.source, (sums.get(d.source) ?? 0) + pick(d));
+      return [...sums].map(([source, v]) => [{ source }, v] as const);
+    };
+    gauge("flexcore_dlq_messages", "Dead letters stored in FLEX_DLQ per source (processor, projection_<name>), all tenants together", ["source"], bySource((d) => d.count));
+    gauge("flexcore_dlq_redrive_pending", "Dead letters redriven and not yet taken back by their source, per source", ["source"], bySource((d) => d.redrivePending));
   }
 
   let stopWatch = (): void => undefined;
