@@ -373,17 +373,11 @@ class ProcessorRunner {
    */
   async #redriveLoop(): Promise<void> {
     const name = `${REDRIVE_CONSUMER_PREFIX}${this.cfg.name}`;
+    const editable = { description: `FlexCore processor ${this.cfg.name}: its redriven dead letters`, ack_wait: nanos(this.cfg.ackWaitMs), max_ack_pending: 1, max_deliver: -1 };
     try {
-      await this.#jsm.consumers.add(STREAMS.redrive, {
-        durable_name: name,
-        description: `FlexCore processor ${this.cfg.name}: its redriven dead letters`,
-        ack_policy: AckPolicy.Explicit,
-        ack_wait: nanos(this.cfg.ackWaitMs),
-        max_ack_pending: 1,
-        max_deliver: -1,
-        deliver_policy: DeliverPolicy.All,
-        filter_subject: `${SUBJECT_ROOTS.redrive}.*.${this.cfg.name}`,
-      });
+      await this.#jsm.consumers.add(STREAMS.redrive, { ...editable, durable_name: name, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, filter_subject: `${SUBJECT_ROOTS.redrive}.*.${this.cfg.name}` })
+        // It exists with other settings (ack_wait changed in flexcore.yaml): keep its position, update those.
+        .catch(() => this.#jsm.consumers.update(STREAMS.redrive, name, editable));
     } catch (err) {
       // A deployment whose topology predates FLEX_REDRIVE still processes events.
       this.#log(`flexcore: processor ${this.cfg.name}: no redrive consumer (${(err as Error).message}); run flexcore up to create ${STREAMS.redrive}`, "warn");
@@ -394,6 +388,7 @@ class ProcessorRunner {
       try {
         const messages = await consumer.fetch({ max_messages: 1, expires: FETCH_EXPIRES_MS });
         this.#redriveMessages = messages;
+        if (this.#stopping) await messages.close().catch(() => undefined); // stop() ran while the pull was being set up
         for await (const m of messages) await this.#redriveOne(m);
       } catch (err) {
         if (this.#stopping || this.#failed) break;
