@@ -261,6 +261,26 @@ describe("dead letters through the gateway", () => {
     expect(list.json.sources).toEqual([]);
   }, 60_000);
 
+  it("a redrive racing a burst of the same key's events loses no update: the key's state counts every event once", async () => {
+    const admin = await token(A, ["admin"]);
+    const broken = join(dir, "broken-k2");
+    writeFileSync(broken, "x");
+    const poison = await publish(A, "m", "k2", { value: 1, failWhile: broken });
+    await waitFor(async () => (await dlqCount(A, FLAKY)) === 1, 30_000, "the k2 poison dead-lettered");
+    await unlink(broken);
+    const burst = Array.from({ length: 300 }, (_, i) => publish(A, "m", "k2", { value: i }));
+    const r = await http("POST", "/v1/dlq/redrive", admin, { source: FLAKY });
+    expect(r.json.redriven).toHaveLength(1);
+    await Promise.all(burst);
+    await waitFor(async () => (await outputsOf(A, FLAKY, "k2")).length === 301, 30_000, "301 outputs for k2");
+    const outputs = await outputsOf(A, FLAKY, "k2");
+    expect(outputs.filter((o) => o.sourceSeq === poison)).toHaveLength(1);
+    expect(Math.max(...outputs.map((o) => o.data.n))).toBe(301);
+    expect(new Set(outputs.map((o) => o.data.n)).size).toBe(301);
+    const kv = await new Kvm(nats.nc).open(BUCKETS.state);
+    await waitFor(async () => (JSON.parse(new TextDecoder().decode((await kv.get(stateKvKey(FLAKY, A, "k2")))!.value)) as { state: { n: number } }).state.n === 301, 10_000, "the k2 checkpoint at 301");
+  }, 60_000);
+
   it("a redriven message that fails again returns to the DLQ with both reasons; purge with confirm deletes it", async () => {
     const admin = await token(A, ["admin"]);
     const seq = await publish(A, "p", "x", { value: 1, poison: true });
