@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command } from "commander";
 import { FlexError } from "../streams/index.js";
+import { register as registerDlq } from "./commands/dlq.js";
 import { register as registerDoctor } from "./commands/doctor.js";
 import { register as registerKeys } from "./commands/keys.js";
 import { register as registerNatsUsers } from "./commands/nats-users.js";
@@ -50,6 +51,7 @@ registerKeys(program);
 registerNatsUsers(program);
 registerWorkflows(program);
 registerProjections(program);
+registerDlq(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof FlexError ? ` [${err.code}]` : "";

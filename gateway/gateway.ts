@@ -6,7 +6,7 @@ import swagger from "@fastify/swagger";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createEventStore, createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
+import { createDeadLetters, createEventStore, createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
 import type { EventStore, Publisher } from "../streams/index.js";
 import { ForbiddenError, RateLimitedError, RequestTimeoutError, TokenTooLargeError, UnauthenticatedError, UnsupportedMediaTypeError } from "./errors.js";
 import { notFoundBody, toHttpError } from "./http-errors.js";
@@ -26,6 +26,7 @@ import type { AuthSweeper, SweepReport } from "./auth-sweep.js";
 import type { Revocations } from "./revocations.js";
 import { registerAuthRoutes } from "./routes/auth.js";
 import { registerDerivedRoutes } from "./routes/derived.js";
+import { registerDlqRoutes } from "./routes/dlq.js";
 import { registerDocsRoutes } from "./routes/docs.js";
 import { registerEventRoutes } from "./routes/events.js";
 import { registerHealthRoutes } from "./routes/health.js";
@@ -142,7 +143,7 @@ export interface GatewayOptions {
    * What else `/metrics` reports (processors, workflows, other publishers); the gateway adds
    * its own publisher, the projections it serves, the streams' sizes and its NATS connection.
    */
-  readonly metricSources?: Omit<MetricSources, keyof LagSources | "nats" | "streams">;
+  readonly metricSources?: Omit<MetricSources, keyof LagSources | "nats" | "streams" | "deadLetters">;
   /**
    * Extra `/readyz` checks by name (e.g. `processors`, `workflows`); a check that returns
    * `ok: false` or throws makes the instance not ready (503).
@@ -331,6 +332,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   opened.push(() => reports.close());
   const extra = options.metricSources ?? {};
   const projections = options.projections;
+  const deadLetterCounts = createDeadLetters(nc);
   const metrics = createMetrics({
     ...(readModels?.lag ? { projections: () => readModels.lag!() } : {}),
     ...options.lagSources,
@@ -339,6 +341,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     publishers: (): Record<string, PublisherReading> => ({ ...extra.publishers?.(), gateway: publisher.stats }),
     streams: () => Promise.all(Object.values(STREAMS).map((name) => jsm.streams.info(name).then((i) => ({ stream: name, messages: i.state.messages, bytes: i.state.bytes }), () => undefined)))
       .then((all) => all.filter((x) => x !== undefined)),
+    deadLetters: () => deadLetterCounts.list(undefined),
     nats: nc,
   });
   opened.push(async () => metrics.close());
@@ -502,6 +505,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   registerEventRoutes(ctx);
   registerProjectionRoutes(ctx);
   registerDerivedRoutes(ctx);
+  registerDlqRoutes(ctx);
   registerWorkflowRoutes(ctx);
   registerDocsRoutes(app);
 

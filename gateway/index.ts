@@ -34,7 +34,7 @@ export type { Gateway, GatewayOptions, Limits, ReadinessCheck } from "./gateway.
 export type { ErrorBody } from "./http-errors.js";
 export { DEFAULT_RSA_BITS, openKeyStore, SIGNING_ALG } from "./keys.js";
 export type { KeyInfo, KeyStore, KeyStoreOptions } from "./keys.js";
-export type { GatewayMetrics, LagReading, LagSources, MetricSources, ProcessorReading, ProjectionReading, PublisherReading, StreamReading, WorkflowReading } from "./metrics.js";
+export type { DeadLetterReading, GatewayMetrics, LagReading, LagSources, MetricSources, ProcessorReading, ProjectionReading, PublisherReading, StreamReading, WorkflowReading } from "./metrics.js";
 export { allows, checkRoles, POLICY, ROLES } from "./policy.js";
 export type { PolicyName, Role } from "./policy.js";
 export { createRateLimiter, DEFAULT_RATE_PER_SECOND } from "./rate-limit.js";

@@ -49,6 +49,14 @@ export interface StreamReading {
   readonly bytes: number;
 }
 
+/** Dead letters stored for one source of one tenant (`DeadLetters.list` of `streams/`). */
+export interface DeadLetterReading {
+  readonly tenant: string;
+  readonly source: string;
+  readonly count: number;
+  readonly redrivePending: number;
+}
+
 /** Everything `/metrics` reads when Prometheus scrapes, besides the gateway's own figures. */
 export interface MetricSources extends LagSources {
   readonly processors?: () => readonly ProcessorReading[];
@@ -58,6 +66,8 @@ export interface MetricSources extends LagSources {
   /** Undefined when this instance runs no workflow runner. */
   readonly workflows?: () => WorkflowReading | undefined;
   readonly streams?: () => Promise<readonly StreamReading[]>;
+  /** Dead letters per tenant and source (`FLEX_DLQ`), and redrives not yet taken back (`FLEX_REDRIVE`). */
+  readonly deadLetters?: () => Promise<readonly DeadLetterReading[]>;
   /** The NATS connection whose state, reconnects and traffic are reported. */
   readonly nats?: NatsConnection;
 }
@@ -170,6 +180,18 @@ export function createMetrics(sources: MetricSources = {}, options: { defaultMet
   if (streams) {
     gauge("flexcore_stream_messages", "Messages stored in the stream (FLEX_DLQ: dead letters of the whole deployment)", ["stream"], async () => (await streams()).map((s) => [{ stream: s.stream }, s.messages] as const));
     gauge("flexcore_stream_bytes", "Bytes stored in the stream", ["stream"], async () => (await streams()).map((s) => [{ stream: s.stream }, s.bytes] as const));
+  }
+
+  const deadLetters = sources.deadLetters;
+  if (deadLetters) {
+    // Summed over tenants: /metrics is public and no series names a tenant (docs/gateway.md).
+    const bySource = (pick: (d: DeadLetterReading) => number) => async (): Promise<Series> => {
+      const sums = new Map<string, number>();
+      for (const d of await deadLetters()) sums.set(d.source, (sums.get(d.source) ?? 0) + pick(d));
+      return [...sums].map(([source, v]) => [{ source }, v] as const);
+    };
+    gauge("flexcore_dlq_messages", "Dead letters stored in FLEX_DLQ per source (processor, projection_<name>), all tenants together", ["source"], bySource((d) => d.count));
+    gauge("flexcore_dlq_redrive_pending", "Dead letters redriven and not yet taken back by their source, per source", ["source"], bySource((d) => d.redrivePending));
   }
 
   let stopWatch = (): void => undefined;

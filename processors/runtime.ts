@@ -7,7 +7,7 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, openTtlKv, snapshotKey, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import { BUCKETS, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, openTtlKv, REDRIVE_HEADERS, snapshotKey, STREAMS, SUBJECT_ROOTS, SYSTEM_TENANT } from "../streams/index.js";
 import type { MetricsReported, Publisher, PublisherStats, TtlKv } from "../streams/index.js";
 import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
@@ -25,6 +25,8 @@ import { BUILTIN_PROCESSORS } from "./builtin/index.js";
 export const DEFAULT_MAX_KEYS_IN_MEMORY = 100_000;
 /** Prefix of the durable consumer of each processor: `proc_<name>`. */
 export const CONSUMER_PREFIX = "proc_";
+/** Prefix of each processor's durable consumer of its redriven dead letters (`FLEX_REDRIVE`): `redrive_<name>`. */
+export const REDRIVE_CONSUMER_PREFIX = "redrive_";
 /** How long a partition waits for a full batch before it runs a partial one, in ms. */
 const LINGER_MS = 5;
 /** Batches of one partition processed ahead of their commit. */
@@ -134,6 +136,8 @@ interface Entry {
   readonly receivedAt: number;
   /** Header fields, decoded on demand (outputs and dead letters need them, scoring does not). */
   meta: EntryMeta | undefined;
+  /** Set on a dead letter sent back by `flexcore dlq redrive`: where it came from, why it failed so far. */
+  readonly redrive?: { readonly dlqSeq: number; readonly reasons: readonly string[] };
 }
 
 interface EntryMeta {
@@ -250,6 +254,8 @@ class ProcessorRunner {
   #consumer: Consumer | undefined;
   #messages: ConsumerMessages | undefined;
   #fetching: Promise<void> | undefined;
+  #redriveMessages: ConsumerMessages | undefined;
+  #redriving: Promise<void> | undefined;
   #keepAlive: NodeJS.Timeout | undefined;
   #inFlight = 0;
   #carefulWindow = 0;
@@ -356,6 +362,108 @@ class ProcessorRunner {
     }, Math.max(1_000, Math.floor(this.cfg.ackWaitMs / 3)));
     this.#keepAlive.unref();
     this.#fetching = this.#fetchLoop().catch((err: unknown) => this.#fail(err));
+    this.#redriving = this.#redriveLoop().catch((err: unknown) => this.#fail(err));
+  }
+
+  /**
+   * Takes back this processor's redriven dead letters (`redrive.*.<name>` in `FLEX_REDRIVE`,
+   * see docs/dlq.md), one at a time: only this processor sees them, never the other
+   * consumers of the event. Each runs on the key's current state as a late event, with the
+   * partition of its key held, so it never races the key's regular events.
+   */
+  async #redriveLoop(): Promise<void> {
+    const name = `${REDRIVE_CONSUMER_PREFIX}${this.cfg.name}`;
+    const editable = { description: `FlexCore processor ${this.cfg.name}: its redriven dead letters`, ack_wait: nanos(this.cfg.ackWaitMs), max_ack_pending: 1, max_deliver: -1 };
+    try {
+      await this.#jsm.consumers.add(STREAMS.redrive, { ...editable, durable_name: name, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, filter_subject: `${SUBJECT_ROOTS.redrive}.*.${this.cfg.name}` })
+        // It exists with other settings (ack_wait changed in flexcore.yaml): keep its position, update those.
+        .catch(() => this.#jsm.consumers.update(STREAMS.redrive, name, editable));
+    } catch (err) {
+      // A deployment whose topology predates FLEX_REDRIVE still processes events.
+      this.#log(`flexcore: processor ${this.cfg.name}: no redrive consumer (${(err as Error).message}); run flexcore up to create ${STREAMS.redrive}`, "warn");
+      return;
+    }
+    const consumer = await jetstream(this.#nc).consumers.get(STREAMS.redrive, name);
+    while (!this.#stopping && !this.#failed) {
+      try {
+        const messages = await consumer.fetch({ max_messages: 1, expires: FETCH_EXPIRES_MS });
+        this.#redriveMessages = messages;
+        if (this.#stopping) await messages.close().catch(() => undefined); // stop() ran while the pull was being set up
+        for await (const m of messages) await this.#redriveOne(m);
+      } catch (err) {
+        if (this.#stopping || this.#failed) break;
+        this.#log(`flexcore: processor ${this.cfg.name}: redrive pull failed (${(err as Error).message}); pulling again`, "warn");
+        await sleep(FETCH_RETRY_MS);
+      } finally {
+        this.#redriveMessages = undefined;
+      }
+    }
+  }
+
+  async #redriveOne(m: JsMsg): Promise<void> {
+    const h = m.headers;
+    const subject = h?.get(REDRIVE_HEADERS.subject) ?? "";
+    const seq = Number(h?.get(REDRIVE_HEADERS.seq));
+    const dlqSeq = Number(h?.get(REDRIVE_HEADERS.dlqSeq));
+    const tenant = m.subject.split(".")[1] ?? "";
+    const tokens = subject.split(".");
+    // Only FlexCore's service user publishes redrives, but the tenant is still the subject's.
+    if (tokens.length !== 4 || tokens[0] !== SUBJECT_ROOTS.events || tokens[1] !== tenant || !Number.isSafeInteger(seq) || seq < 1) {
+      this.#log(`flexcore: processor ${this.cfg.name}: dropped a malformed redrive on ${m.subject} (original subject ${JSON.stringify(subject)}, sequence ${String(h?.get(REDRIVE_HEADERS.seq))})`, "warn");
+      m.term();
+      return;
+    }
+    let reasons: string[] = [];
+    try {
+      const r = JSON.parse(h?.get(REDRIVE_HEADERS.reasons) ?? "[]") as unknown;
+      if (Array.isArray(r)) reasons = r.filter((x): x is string => typeof x === "string");
+    } catch {
+      reasons = [];
+    }
+    const key = tokens[3]!;
+    const stateKey = `${tenant}.${key}`;
+    const k: KeyInfo = this.#byKey.get(stateKey) ?? { tenant, key, stateKey, partition: fnv(stateKey) % this.#partitions.length, pending: 0 };
+    this.#byKey.set(stateKey, k);
+    const p = this.#partitions[k.partition]!;
+    while (p.busy && !this.#stopping && !this.#failed) await sleep(5);
+    if (this.#stopping || this.#failed) return; // not acknowledged: delivered again later
+    p.busy = true;
+    k.pending += 1; // keeps the key's state in memory while it runs
+    try {
+      const { raw, hdr } = rawOf(m);
+      const entry: Entry = {
+        m, done: false, seq, subject, tenant, key, stateKey, raw, hdr,
+        storedAt: Math.floor(m.info.timestampNanos / 1e6), partition: k.partition, receivedAt: performance.now(), meta: undefined,
+        redrive: { dlqSeq: Number.isSafeInteger(dlqSeq) ? dlqSeq : 0, reasons },
+      };
+      await this.#ensureStates([entry]);
+      const reached = this.#states.get(stateKey)!.seq;
+      const outputs: PendingOutput[] = [];
+      const dlq: PendingOutput[] = [];
+      const checkpoints = new Map<string, { json: string | null; seq: number }>();
+      const failedAttempts = await this.#processOneByOne([entry], outputs, dlq, checkpoints);
+      // A late event: the key's checkpoint keeps the sequence it had reached, so the
+      // events after the original one are not replayed.
+      const cp = checkpoints.get(stateKey);
+      if (cp) {
+        const kept = { json: cp.json, seq: Math.max(reached, cp.seq) };
+        this.#remember(stateKey, kept);
+        checkpoints.set(stateKey, kept);
+      }
+      await p.commitTail;
+      const publish = (x: PendingOutput): Promise<unknown> => this.#publisher.publish(x.subject, x.data, { headers: x.headers });
+      await Promise.all([...outputs.map(publish), ...dlq.map(publish)]);
+      await this.#writeCheckpoints(checkpoints);
+      await m.ackAck();
+      this.totals.processed += 1;
+      this.totals.outputs += outputs.length;
+      this.totals.errors += failedAttempts;
+      this.totals.deadLettered += dlq.length;
+    } finally {
+      k.pending -= 1;
+      p.busy = false;
+      this.#schedule(p);
+    }
   }
 
   async #fetchLoop(): Promise<void> {
@@ -768,7 +876,8 @@ class ProcessorRunner {
   #deadLetter(e: Entry, attempts: number, error: { name: string; code: string | undefined; message: string }, reason: string): PendingOutput {
     const meta = metaOf(e);
     const h = natsHeaders();
-    h.set(HEADERS.msgId, `${this.cfg.name}:${e.seq}:dlq`);
+    // A redrive that failed again is a new dead letter (its own id), carrying the earlier reasons.
+    h.set(HEADERS.msgId, e.redrive ? `${this.cfg.name}:${e.seq}:dlq:r${e.redrive.dlqSeq}` : `${this.cfg.name}:${e.seq}:dlq`);
     h.set(HEADERS.type, "ProcessingFailed");
     h.set(HEADERS.time, new Date().toISOString());
     h.set(HEADERS.causationId, meta.sourceId);
@@ -789,6 +898,7 @@ class ProcessorRunner {
       attempts,
       error: { name: error.name, code: error.code ?? null, message: error.message },
       reason,
+      ...(e.redrive ? { previousReasons: e.redrive.reasons, redrivenFrom: e.redrive.dlqSeq } : {}),
       data: decodeData(e.m.data),
     };
     this.#log(`flexcore: ${reason}; dead-lettered to ${dlqSubject(e.tenant, this.cfg.name)}`, "warn");
@@ -800,15 +910,7 @@ class ProcessorRunner {
   async #commit(o: Outcome): Promise<void> {
     const publish = (x: PendingOutput): Promise<unknown> => this.#publisher.publish(x.subject, x.data, { headers: x.headers });
     if (o.outputs.length > 0 || o.dlq.length > 0) await Promise.all([...o.outputs.map(publish), ...o.dlq.map(publish)]);
-    if (o.checkpoints.size > 0) {
-      await Promise.all(
-        [...o.checkpoints].map(([sk, st]) => {
-          const dot = sk.indexOf(".");
-          const subject = `$KV.${BUCKETS.state}.${stateKvKey(this.cfg.name, sk.slice(0, dot), sk.slice(dot + 1))}`;
-          return this.#publisher.publish(subject, encoder.encode(`{"seq":${st.seq},"state":${st.json ?? "null"}}`));
-        }),
-      );
-    }
+    await this.#writeCheckpoints(o.checkpoints);
     const now = performance.now();
     for (const e of o.entries) {
       e.done = true;
@@ -825,6 +927,17 @@ class ProcessorRunner {
     this.#advance();
     this.#wake();
     this.#checkIdle();
+  }
+
+  async #writeCheckpoints(checkpoints: ReadonlyMap<string, { readonly json: string | null; readonly seq: number }>): Promise<void> {
+    if (checkpoints.size === 0) return;
+    await Promise.all(
+      [...checkpoints].map(([sk, st]) => {
+        const dot = sk.indexOf(".");
+        const subject = `$KV.${BUCKETS.state}.${stateKvKey(this.cfg.name, sk.slice(0, dot), sk.slice(dot + 1))}`;
+        return this.#publisher.publish(subject, encoder.encode(`{"seq":${st.seq},"state":${st.json ?? "null"}}`));
+      }),
+    );
   }
 
   // Acks the last delivery before which every delivery is committed (partitions commit out
@@ -897,6 +1010,8 @@ class ProcessorRunner {
     await this.#standby;
     await this.#messages?.close().catch(() => undefined);
     await this.#fetching;
+    await this.#redriveMessages?.close().catch(() => undefined);
+    await this.#redriving;
     for (const p of this.#partitions) this.#schedule(p);
     if (!this.#failed) {
       // Drain what is queued: partitions keep running until their queues are empty.

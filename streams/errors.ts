@@ -198,3 +198,38 @@ export class DuplicateEventIdError extends FlexError {
     this.stream = stream;
   }
 }
+
+/**
+ * No dead letter with this sequence in the caller's tenant (it never existed, was purged,
+ * redriven already, or belongs to another tenant: which one is not said).
+ */
+export class DeadLetterNotFoundError extends FlexError {
+  readonly seq: number;
+  constructor(seq: number) {
+    super("FLEX_DLQ_NOT_FOUND", `No dead letter with sequence ${seq} in this tenant (it may have been redriven or purged already)`);
+    this.name = "DeadLetterNotFoundError";
+    this.seq = seq;
+  }
+}
+
+/** A dead letter whose source cannot take it back (today: projections, see docs/dlq.md). */
+export class RedriveUnsupportedError extends FlexError {
+  readonly source: string;
+  constructor(source: string, reason: string) {
+    super("FLEX_DLQ_REDRIVE_UNSUPPORTED", `Dead letters of \`${source}\` cannot be redriven: ${reason}`);
+    this.name = "RedriveUnsupportedError";
+    this.source = source;
+  }
+}
+
+/** A purge without confirmation (`--yes` on the CLI, `confirm=true` over HTTP); nothing was deleted. */
+export class PurgeNotConfirmedError extends FlexError {
+  readonly field = "confirm";
+  /** Dead letters the purge would have deleted. */
+  readonly matching: number;
+  constructor(matching: number) {
+    super("FLEX_DLQ_PURGE_UNCONFIRMED", `Expected \`confirm\` to be true to purge ${matching} dead letter(s), got nothing; nothing was deleted`);
+    this.name = "PurgeNotConfirmedError";
+    this.matching = matching;
+  }
+}

@@ -2,6 +2,7 @@ export {
   AbortedError,
   BatchTooLargeError,
   ConcurrencyError,
+  DeadLetterNotFoundError,
   describeValue,
   DuplicateEventIdError,
   FlexError,
@@ -12,6 +13,8 @@ export {
   PublisherClosedError,
   PublishRejectedError,
   PublishTimeoutError,
+  PurgeNotConfirmedError,
+  RedriveUnsupportedError,
   StreamUnavailableError,
   SubjectTokenError,
   TenantReservedError,
@@ -26,11 +29,14 @@ export {
   eventSubject,
   MAX_TOKEN_BYTES,
   parseSubject,
+  redriveSubject,
   RESERVED_TENANT_PREFIX,
   SUBJECT_ROOTS,
   SYSTEM_TENANT,
 } from "./subjects.js";
 export type { ParsedSubject } from "./subjects.js";
+export { checkDeadLetterFilter, createDeadLetters, DEFAULT_DLQ_PAGE, MAX_DLQ_BATCH, MAX_REASON_FILTER, readDeadLetter, REDRIVE_HEADERS, redriveMessage } from "./dead-letters.js";
+export type { DeadLetter, DeadLetterCount, DeadLetterFilter, DeadLetters, PurgeReport, RedriveReport } from "./dead-letters.js";
 export { decodeData, decodeEvent, DEFAULT_SCHEMA, encodeData, encodeEvent, HEADERS, headerFields } from "./event.js";
 export { EventHeaders } from "./event-headers.js";
 export type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";

@@ -4,7 +4,7 @@ import { SubjectTokenError, TenantReservedError } from "./errors.js";
 export const MAX_TOKEN_BYTES = 128;
 
 /** Root token of each subject family (see DESIGN.md). */
-export const SUBJECT_ROOTS = { events: "evt", derived: "drv", dlq: "dlq" } as const;
+export const SUBJECT_ROOTS = { events: "evt", derived: "drv", dlq: "dlq", redrive: "redrive" } as const;
 
 /** Tenant used for system events (`evt._system.plugin.<name>`). */
 export const SYSTEM_TENANT = "_system";
@@ -59,6 +59,14 @@ export function derivedSubject(tenant: string, processor: string, key: string): 
 /** `dlq.<tenant>.<source>`: dead letters of one source (processor or projection). */
 export function dlqSubject(tenant: string, source: string): string {
   return `${SUBJECT_ROOTS.dlq}.${checkToken("tenant", tenant)}.${checkToken("source", source)}`;
+}
+
+/**
+ * `redrive.<tenant>.<source>`: dead letters sent back to the one source (processor) that
+ * failed them, in `FLEX_REDRIVE`; only that source consumes it (see docs/dlq.md).
+ */
+export function redriveSubject(tenant: string, source: string): string {
+  return `${SUBJECT_ROOTS.redrive}.${checkToken("tenant", tenant)}.${checkToken("source", source)}`;
 }
 
 /** A parsed FlexCore subject. */

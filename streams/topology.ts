@@ -8,7 +8,7 @@ import { serverFeatures } from "./server.js";
 import type { ServerFeatures } from "./server.js";
 
 /** JetStream streams of DESIGN.md. */
-export const STREAMS = { events: "FLEX_EVENTS", derived: "FLEX_DERIVED", dlq: "FLEX_DLQ" } as const;
+export const STREAMS = { events: "FLEX_EVENTS", derived: "FLEX_DERIVED", dlq: "FLEX_DLQ", redrive: "FLEX_REDRIVE" } as const;
 /** KV buckets of DESIGN.md. */
 export const BUCKETS = {
   snapshots: "flex_snapshots",
@@ -130,6 +130,9 @@ export function streamConfigs(options: TopologyOptions = {}, serverVersion = CUR
     { ...base, ...batched, ...(f.atomicBatch ? { allow_atomic: true } : {}), name: STREAMS.events, subjects: ["evt.>"], max_age: nanos(r.eventsMaxAgeMs), description: "FlexCore domain events: evt.<tenant>.<category>.<id>" },
     { ...base, ...batched, name: STREAMS.derived, subjects: ["drv.>"], max_age: nanos(r.derivedMaxAgeMs), description: "FlexCore processor outputs: drv.<tenant>.<processor>.<key>" },
     { ...base, name: STREAMS.dlq, subjects: ["dlq.>"], max_age: nanos(r.dlqMaxAgeMs), deny_delete: false, description: "FlexCore dead letters: dlq.<tenant>.<source>" },
+    // A work queue: a redriven dead letter is gone once its source acknowledged it, and the
+    // duplicate window makes a repeated redrive of one dead letter a no-op (docs/dlq.md).
+    { ...base, retention: RetentionPolicy.Workqueue, name: STREAMS.redrive, subjects: ["redrive.>"], max_age: nanos(r.dlqMaxAgeMs), deny_delete: false, description: "FlexCore redriven dead letters: redrive.<tenant>.<source>, consumed by that source only" },
   ];
 }
 

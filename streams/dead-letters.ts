@@ -1,0 +1,444 @@
+import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import type { JetStreamClient, JetStreamManager, StoredMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders } from "@nats-io/transport-node";
+import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
+import { DeadLetterNotFoundError, InvalidOptionError, PurgeNotConfirmedError, RedriveUnsupportedError } from "./errors.js";
+import { HEADERS } from "./event.js";
+import { checkToken, dlqSubject, parseSubject, redriveSubject, SUBJECT_ROOTS } from "./subjects.js";
+import { STREAMS } from "./topology.js";
+
+/**
+ * Headers of a redriven dead letter on `redrive.<tenant>.<source>` (stream `FLEX_REDRIVE`).
+ * The body is the original event's JSON data; the original `Flex-Type`, `Flex-Time`,
+ * `Flex-Schema` and `Content-Type` are copied. `Nats-Msg-Id` is `redrive:<tenant>:<source>:<dlq seq>`.
+ */
+export const REDRIVE_HEADERS = {
+  /** Sequence in `FLEX_DLQ` of the dead letter this redrive came from. */
+  dlqSeq: "Flex-Redrive-Dlq-Seq",
+  /** The event's original subject (`evt.<tenant>.<category>.<id>`). */
+  subject: "Flex-Redrive-Subject",
+  /** The event's sequence in its original stream. */
+  seq: "Flex-Redrive-Seq",
+  /** JSON array of every reason the event failed so far, oldest first. */
+  reasons: "Flex-Redrive-Reasons",
+} as const;
+
+/** Dead letters read per call by default. */
+export const DEFAULT_DLQ_PAGE = 100;
+/** Most dead letters one call reads, redrives or purges; the answer says when more are left. */
+export const MAX_DLQ_BATCH = 10_000;
+/** Longest `reason` filter, in characters. */
+export const MAX_REASON_FILTER = 256;
+// Reasons carried on a redrive header: the newest ones within this many characters.
+const MAX_REASONS_HEADER = 4_096;
+const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/u;
+
+/** Dead letters of one source of one tenant. */
+export interface DeadLetterCount {
+  readonly tenant: string;
+  readonly source: string;
+  /** Dead letters stored in `FLEX_DLQ`. */
+  readonly count: number;
+  /** Redriven and not yet taken back by the source (in `FLEX_REDRIVE`). */
+  readonly redrivePending: number;
+}
+
+/** One dead letter, whatever component wrote it. */
+export interface DeadLetter {
+  /** Sequence in `FLEX_DLQ`: the id to show, redrive or purge it by. */
+  readonly seq: number;
+  readonly tenant: string;
+  readonly source: string;
+  /** `processor`, `projection`, or `unknown` for a message FlexCore cannot read. */
+  readonly kind: "processor" | "projection" | "unknown";
+  /** When it was dead-lettered (RFC 3339). */
+  readonly storedAt: string;
+  /** The last failure. */
+  readonly reason: string;
+  /** Every failure so far, oldest first (more than one after a redrive that failed again). */
+  readonly reasons: readonly string[];
+  readonly errorCode: string | null;
+  /** Attempts before it was dead-lettered (processors), null when not recorded. */
+  readonly attempts: number | null;
+  readonly originalSubject: string | null;
+  readonly originalSeq: number | null;
+  readonly eventType: string | null;
+  readonly eventTime: string | null;
+  /** Every header of the dead letter as stored. */
+  readonly headers: Readonly<Record<string, string>>;
+  /** The original event's data. */
+  readonly data: unknown;
+}
+
+/**
+ * Which dead letters of a tenant: one by `seq`, or those of a `source`, optionally stored
+ * within [`since`, `until`] and whose reason contains `reason` (case-insensitive).
+ */
+export interface DeadLetterFilter {
+  readonly seq?: number | string;
+  readonly source?: string;
+  /** RFC 3339 time or Date. */
+  readonly since?: string | Date;
+  readonly until?: string | Date;
+  readonly reason?: string;
+  /** Most dead letters returned by `find`. @default 100 */
+  readonly limit?: number | string;
+}
+
+/** What a redrive did. */
+export interface RedriveReport {
+  /** Dead letters sent back to their source (and removed from `FLEX_DLQ`). */
+  readonly redriven: readonly number[];
+  /** Of those, redrives the server had already stored (a repeat within the duplicate window). */
+  readonly duplicates: number;
+  /** True when more matched than one call handles ({@link MAX_DLQ_BATCH}). */
+  readonly more: boolean;
+}
+
+/** What a purge did, or (unconfirmed) would do. */
+export interface PurgeReport {
+  readonly purged: number;
+  readonly more: boolean;
+}
+
+/** Reading, redriving and purging dead letters, always inside one tenant (`dlq.<tenant>.>`). */
+export interface DeadLetters {
+  /** Dead letters per source of `tenant`, or of every tenant when it is undefined (operators). */
+  list(tenant: string | undefined, signal?: AbortSignal): Promise<DeadLetterCount[]>;
+  /** @throws DeadLetterNotFoundError when `seq` is not a dead letter of `tenant` */
+  show(tenant: string, seq: number | string): Promise<DeadLetter>;
+  /** Dead letters matching `filter`, oldest first. */
+  find(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<{ deadLetters: DeadLetter[]; more: boolean }>;
+  /**
+   * Sends the selected dead letters back to the component that failed them
+   * (`redrive.<tenant>.<source>`) and removes them from `FLEX_DLQ`. Needs `seq` or `source`.
+   * @throws RedriveUnsupportedError for a source that does not consume redrives (projections)
+   */
+  redrive(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<RedriveReport>;
+  /** Deletes the selected dead letters; needs `seq` or `source`, and `confirm === true`. */
+  purge(tenant: string, filter: DeadLetterFilter, confirm: boolean, signal?: AbortSignal): Promise<PurgeReport>;
+}
+
+interface Selection {
+  readonly seq: number | undefined;
+  readonly source: string | undefined;
+  readonly since: number | undefined;
+  readonly until: number | undefined;
+  readonly reason: string | undefined;
+  readonly limit: number;
+}
+
+function checkTime(field: string, v: unknown): number | undefined {
+  if (v === undefined) return undefined;
+  if (v instanceof Date && !Number.isNaN(v.getTime())) return v.getTime();
+  if (typeof v === "string" && RFC3339.test(v) && !Number.isNaN(Date.parse(v))) return Date.parse(v);
+  throw new InvalidOptionError(field, v, "an RFC 3339 time such as 2026-01-01T00:00:00Z");
+}
+
+function checkSeq(v: unknown): number {
+  const n = typeof v === "string" && /^\d{1,15}$/u.test(v) ? Number(v) : v;
+  if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 1) throw new InvalidOptionError("seq", v, "a dead letter's sequence: an integer from 1 up");
+  return n;
+}
+
+/** Checks a filter as a user gave it (strings from a query string or the command line). */
+export function checkDeadLetterFilter(filter: DeadLetterFilter, maxLimit = MAX_DLQ_BATCH): Selection {
+  const known = new Set(["seq", "source", "since", "until", "reason", "limit"]);
+  for (const k of Object.keys(filter)) if (!known.has(k)) throw new InvalidOptionError(k, (filter as Record<string, unknown>)[k], `absent (known filters: ${[...known].join(", ")})`);
+  const seq = filter.seq === undefined ? undefined : checkSeq(filter.seq);
+  const source = filter.source === undefined ? undefined : checkToken("source", filter.source);
+  const since = checkTime("since", filter.since);
+  const until = checkTime("until", filter.until);
+  if (since !== undefined && until !== undefined && until < since) throw new InvalidOptionError("until", filter.until, `a time not before since (${new Date(since).toISOString()})`);
+  const reason = filter.reason;
+  if (reason !== undefined && (typeof reason !== "string" || reason.length === 0 || reason.length > MAX_REASON_FILTER)) {
+    throw new InvalidOptionError("reason", reason, `a non-empty text of at most ${MAX_REASON_FILTER} characters`);
+  }
+  let limit = DEFAULT_DLQ_PAGE;
+  if (filter.limit !== undefined) {
+    const n = typeof filter.limit === "string" && /^\d{1,6}$/u.test(filter.limit) ? Number(filter.limit) : filter.limit;
+    if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 1 || n > maxLimit) throw new InvalidOptionError("limit", filter.limit, `an integer from 1 to ${maxLimit}`);
+    limit = n;
+  }
+  return { seq, source, since, until, reason: reason?.toLowerCase(), limit };
+}
+
+function headerRecord(h: MsgHdrs | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const k of h?.keys() ?? []) out[k] = h!.get(k);
+  return out;
+}
+
+function parseJson(bytes: Uint8Array): unknown {
+  const text = new TextDecoder().decode(bytes);
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+function reasonsOf(previous: unknown, last: string): string[] {
+  const prior = Array.isArray(previous) ? previous.filter((x): x is string => typeof x === "string") : [];
+  return [...prior, last];
+}
+
+/** Reads a stored dead letter of either format (processor: JSON envelope; projection: headers). */
+export function readDeadLetter(subject: string, seq: number, storedAt: number, h: MsgHdrs | undefined, data: Uint8Array): DeadLetter {
+  const parsed = parseSubject(subject);
+  if (parsed.kind !== "dlq") throw new InvalidOptionError("subject", subject, "a dlq.<tenant>.<source> subject");
+  const headers = headerRecord(h);
+  const base = { seq, tenant: parsed.tenant, source: parsed.source, storedAt: new Date(storedAt).toISOString(), headers };
+  if (headers["Flex-Dlq-Source"] !== undefined) {
+    const reason = headers["Flex-Dlq-Reason"] ?? "unknown";
+    const previous = headers["Flex-Dlq-Previous-Reasons"];
+    return {
+      ...base,
+      kind: "projection",
+      reason,
+      reasons: reasonsOf(previous ? safeJson(previous) : [], reason),
+      errorCode: headers["Flex-Dlq-Error-Code"] ?? null,
+      attempts: null,
+      originalSubject: headers["Flex-Dlq-Subject"] ?? null,
+      originalSeq: numberOrNull(headers["Flex-Dlq-Seq"]),
+      eventType: headers[HEADERS.type] ?? null,
+      eventTime: headers[HEADERS.time] ?? null,
+      data: parseJson(data),
+    };
+  }
+  const body = parseJson(data) as Record<string, unknown> | string;
+  if (headers["Flex-Source-Subject"] !== undefined && typeof body === "object" && body !== null) {
+    const error = body.error as { code?: unknown } | undefined;
+    const reason = typeof body.reason === "string" ? body.reason : (headers["Flex-Error"] ?? "unknown");
+    return {
+      ...base,
+      kind: "processor",
+      reason,
+      reasons: reasonsOf(body.previousReasons, reason),
+      errorCode: typeof error?.code === "string" ? error.code : null,
+      attempts: typeof body.attempts === "number" ? body.attempts : null,
+      originalSubject: headers["Flex-Source-Subject"] ?? null,
+      originalSeq: numberOrNull(headers["Flex-Source-Seq"]),
+      eventType: typeof body.type === "string" ? body.type : null,
+      eventTime: typeof body.time === "string" ? body.time : null,
+      data: body.data,
+    };
+  }
+  return { ...base, kind: "unknown", reason: "unknown", reasons: ["unknown"], errorCode: null, attempts: null, originalSubject: null, originalSeq: null, eventType: null, eventTime: null, data: body };
+}
+
+function safeJson(s: string): unknown {
+  try {
+    return JSON.parse(s);
+  } catch {
+    return [];
+  }
+}
+
+function numberOrNull(s: string | undefined): number | null {
+  const n = s === undefined ? NaN : Number(s);
+  return Number.isSafeInteger(n) ? n : null;
+}
+
+function matches(d: DeadLetter, s: Selection): boolean {
+  const t = Date.parse(d.storedAt);
+  if (s.since !== undefined && t < s.since) return false;
+  if (s.until !== undefined && t > s.until) return false;
+  if (s.reason !== undefined && !d.reasons.some((r) => r.toLowerCase().includes(s.reason!))) return false;
+  return true;
+}
+
+/** The redrive message of a dead letter, or why its source cannot take it back. */
+export function redriveMessage(d: DeadLetter): { subject: string; data: Uint8Array; headers: MsgHdrs } {
+  if (d.kind !== "processor") {
+    throw new RedriveUnsupportedError(d.source, d.kind === "projection" ? "a projection reads its events by sequence and does not consume redrives; fix the cause and rebuild the projection (flexcore projections rebuild)" : "it is not a dead letter FlexCore wrote");
+  }
+  // The envelope comes from FlexCore's own runtime, but the tenant is decided by the DLQ subject.
+  const original = d.originalSubject === null ? undefined : (() => {
+    try {
+      return parseSubject(d.originalSubject);
+    } catch {
+      return undefined;
+    }
+  })();
+  if (!original || original.kind !== "event" || original.tenant !== d.tenant || d.originalSeq === null) {
+    throw new RedriveUnsupportedError(d.source, `its original subject ${JSON.stringify(d.originalSubject)} is not an event of tenant ${d.tenant}`);
+  }
+  const h = natsHeaders();
+  h.set(HEADERS.msgId, `redrive:${d.tenant}:${d.source}:${d.seq}`);
+  h.set(HEADERS.type, d.eventType ?? "unknown");
+  h.set(HEADERS.time, d.eventTime ?? d.storedAt);
+  const causation = d.headers[HEADERS.causationId];
+  if (causation) h.set(HEADERS.causationId, causation);
+  h.set(HEADERS.schema, "1");
+  h.set(HEADERS.contentType, "application/json");
+  h.set(REDRIVE_HEADERS.dlqSeq, String(d.seq));
+  h.set(REDRIVE_HEADERS.subject, d.originalSubject!);
+  h.set(REDRIVE_HEADERS.seq, String(d.originalSeq));
+  let reasons = [...d.reasons];
+  while (reasons.length > 1 && JSON.stringify(reasons).length > MAX_REASONS_HEADER) reasons = reasons.slice(1);
+  h.set(REDRIVE_HEADERS.reasons, JSON.stringify(reasons).replace(/[\r\n]+/gu, " ").slice(0, MAX_REASONS_HEADER));
+  return { subject: redriveSubject(d.tenant, d.source), data: new TextEncoder().encode(JSON.stringify(d.data ?? null)), headers: h };
+}
+
+class DeadLetterService implements DeadLetters {
+  readonly #nc: NatsConnection;
+  readonly #js: JetStreamClient;
+  #jsm: JetStreamManager | undefined;
+
+  constructor(nc: NatsConnection) {
+    this.#nc = nc;
+    this.#js = jetstream(nc);
+  }
+
+  async #manager(): Promise<JetStreamManager> {
+    this.#jsm ??= await jetstreamManager(this.#nc);
+    return this.#jsm;
+  }
+
+  async #counts(stream: string, filter: string): Promise<Record<string, number>> {
+    const jsm = await this.#manager();
+    const info = await jsm.streams.info(stream, { subjects_filter: filter });
+    return info.state.subjects ?? {};
+  }
+
+  async list(tenant: string | undefined): Promise<DeadLetterCount[]> {
+    const t = tenant === undefined ? "*" : checkToken("tenant", tenant);
+    const [dlq, redrive] = await Promise.all([
+      this.#counts(STREAMS.dlq, `${SUBJECT_ROOTS.dlq}.${t}.*`),
+      this.#counts(STREAMS.redrive, `${SUBJECT_ROOTS.redrive}.${t}.*`).catch(() => ({}) as Record<string, number>),
+    ]);
+    const rows = new Map<string, { tenant: string; source: string; count: number; redrivePending: number }>();
+    const row = (subject: string) => {
+      const [, tn, source] = subject.split(".");
+      const key = `${tn}.${source}`;
+      let r = rows.get(key);
+      if (!r) rows.set(key, (r = { tenant: tn!, source: source!, count: 0, redrivePending: 0 }));
+      return r;
+    };
+    for (const [s, n] of Object.entries(dlq)) row(s).count += n;
+    for (const [s, n] of Object.entries(redrive)) row(s).redrivePending += n;
+    return [...rows.values()].sort((a, b) => a.tenant.localeCompare(b.tenant) || a.source.localeCompare(b.source));
+  }
+
+  async show(tenant: string, seq: number | string): Promise<DeadLetter> {
+    checkToken("tenant", tenant);
+    const n = checkSeq(seq);
+    const m = await this.#get(n);
+    // Another tenant's dead letter is answered like a missing one: no oracle across tenants.
+    if (!m || !m.subject.startsWith(`${SUBJECT_ROOTS.dlq}.${tenant}.`) || m.subject.split(".").length !== 3) throw new DeadLetterNotFoundError(n);
+    return readDeadLetter(m.subject, m.seq, m.timestamp ? Date.parse(m.timestamp) : Date.now(), m.header, m.data);
+  }
+
+  async #get(seq: number): Promise<StoredMsg | null> {
+    const jsm = await this.#manager();
+    try {
+      return await jsm.streams.getMessage(STREAMS.dlq, { seq });
+    } catch (err) {
+      if (/no message found|not found/iu.test(String((err as Error).message))) return null;
+      throw err;
+    }
+  }
+
+  // Dead letters of the selection, oldest first, at most `limit` (and whether more matched).
+  async #select(tenant: string, s: Selection, limit: number, signal?: AbortSignal): Promise<{ deadLetters: DeadLetter[]; more: boolean }> {
+    checkToken("tenant", tenant);
+    if (s.seq !== undefined) {
+      const d = await this.show(tenant, s.seq);
+      if (s.source !== undefined && d.source !== s.source) return { deadLetters: [], more: false };
+      return { deadLetters: matches(d, s) ? [d] : [], more: false };
+    }
+    const filter = s.source !== undefined ? dlqSubject(tenant, s.source) : `${SUBJECT_ROOTS.dlq}.${tenant}.*`;
+    const total = Object.values(await this.#counts(STREAMS.dlq, filter)).reduce((a, b) => a + b, 0);
+    if (total === 0) return { deadLetters: [], more: false };
+    const consumer = await this.#js.consumers.get(STREAMS.dlq, {
+      filter_subjects: filter,
+      ...(s.since !== undefined ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(s.since).toISOString() } : { deliver_policy: DeliverPolicy.All }),
+    });
+    const out: DeadLetter[] = [];
+    let more = false;
+    const messages = await consumer.consume({ max_messages: Math.min(1_000, limit + 1) });
+    const stop = (): void => void messages.stop();
+    signal?.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const m of messages) {
+        const storedAt = Math.floor(m.info.timestampNanos / 1e6);
+        if (s.until !== undefined && storedAt > s.until) break;
+        const d = readDeadLetter(m.subject, m.seq, storedAt, m.headers, m.data);
+        if (matches(d, s)) {
+          if (out.length >= limit) {
+            more = true;
+            break;
+          }
+          out.push(d);
+        }
+        if (m.info.pending === 0) break;
+      }
+    } finally {
+      signal?.removeEventListener("abort", stop);
+      await messages.close().catch(() => undefined);
+    }
+    return { deadLetters: out, more };
+  }
+
+  async find(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<{ deadLetters: DeadLetter[]; more: boolean }> {
+    const s = checkDeadLetterFilter(filter, 1_000);
+    return this.#select(tenant, s, s.limit, signal);
+  }
+
+  #targeted(s: Selection): void {
+    if (s.seq === undefined && s.source === undefined) throw new InvalidOptionError("source", undefined, "a source name (redrive and purge act on one source at a time), or give seq");
+  }
+
+  async redrive(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<RedriveReport> {
+    const s = checkDeadLetterFilter({ ...filter, limit: filter.limit ?? MAX_DLQ_BATCH });
+    this.#targeted(s);
+    const { deadLetters, more } = await this.#select(tenant, s, s.limit, signal);
+    // Every message is built first: one that cannot go back stops the call before anything moved.
+    const outgoing = deadLetters.map((d) => ({ d, msg: redriveMessage(d) }));
+    const jsm = await this.#manager();
+    const redriven: number[] = [];
+    let duplicates = 0;
+    for (const { d, msg } of outgoing) {
+      if (signal?.aborted) break;
+      // Publish, then delete: a crash in between leaves the dead letter, and redriving it
+      // again publishes the same Nats-Msg-Id, which the server drops as a duplicate.
+      const ack = await this.#js.publish(msg.subject, msg.data, { headers: msg.headers, expect: { streamName: STREAMS.redrive } });
+      if (ack.duplicate) duplicates += 1;
+      await jsm.streams.deleteMessage(STREAMS.dlq, d.seq, false).catch((err: unknown) => {
+        if (!/no message found|not found/iu.test(String((err as Error).message))) throw err;
+      });
+      redriven.push(d.seq);
+    }
+    return { redriven, duplicates, more };
+  }
+
+  async purge(tenant: string, filter: DeadLetterFilter, confirm: boolean, signal?: AbortSignal): Promise<PurgeReport> {
+    const s = checkDeadLetterFilter({ ...filter, limit: filter.limit ?? MAX_DLQ_BATCH });
+    this.#targeted(s);
+    const jsm = await this.#manager();
+    const whole = s.seq === undefined && s.since === undefined && s.until === undefined && s.reason === undefined && filter.limit === undefined;
+    if (whole) {
+      const subject = dlqSubject(tenant, s.source!);
+      if (confirm !== true) {
+        const n = Object.values(await this.#counts(STREAMS.dlq, subject)).reduce((a, b) => a + b, 0);
+        throw new PurgeNotConfirmedError(n);
+      }
+      const r = await jsm.streams.purge(STREAMS.dlq, { filter: subject });
+      return { purged: r.purged, more: false };
+    }
+    const { deadLetters, more } = await this.#select(tenant, s, s.limit, signal);
+    if (confirm !== true) throw new PurgeNotConfirmedError(deadLetters.length);
+    let purged = 0;
+    for (const d of deadLetters) {
+      if (signal?.aborted) break;
+      if (await jsm.streams.deleteMessage(STREAMS.dlq, d.seq, false).catch(() => false)) purged += 1;
+    }
+    return { purged, more };
+  }
+}
+
+/** The dead-letter service on `nc` (which needs rights on `FLEX_DLQ` and `FLEX_REDRIVE`). */
+export function createDeadLetters(nc: NatsConnection): DeadLetters {
+  return new DeadLetterService(nc);
+}
