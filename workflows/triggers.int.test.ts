@@ -67,6 +67,7 @@ describe("event triggers across versions", () => {
   it("every event published while a new version is installed starts exactly one run", async () => {
     const tenant = uniqueName("t");
     await using r = await runner();
+    void r;
     await client.put(tenant, definition(tenant, 1));
     await waitFor("the v1 consumer", async () => (await triggerConsumers(tenant)).some((n) => n.includes("_v1_")));
     const seqs: number[] = [];
