@@ -13,6 +13,8 @@ let nats: TestNats;
 let client: WorkflowClient;
 let scripts: ScriptRunner;
 let runner: WorkflowRunner;
+// Many colours from many samples: k-means makes the step CPU-bound for a good while.
+const OPTIONS = { colours: 12, colour_samples: 200_000 };
 
 beforeAll(async () => {
   nats = await startTestNats();
@@ -28,7 +30,7 @@ afterAll(async () => {
   await nats?.close();
 });
 
-/** A 2000×2000 PNG (27 KB as base64) whose `vision` analysis costs about a second of CPU. */
+/** A 2000×2000 PNG (27 KB as base64) whose `vision` analysis (with {@link OPTIONS}) costs seconds of CPU. */
 function heavyImage(): string {
   const size = 2_000;
   const png = new PNG({ width: size, height: size });
@@ -48,13 +50,13 @@ describe("processor steps", () => {
     const png = heavyImage();
     // What the step costs on one thread, measured here on the same input.
     const vision = BUILTIN_PROCESSORS.get("vision")!;
-    const o = vision.validateOptions({}, "options");
+    const o = vision.validateOptions(OPTIONS, "options");
     const t0 = performance.now();
     vision.process(vision.initialState(o, "k"), [{ tenant, key: "k", subject: `evt.${tenant}.img.k`, seq: 1, type: "X", data: { png }, time: new Date().toISOString() }], o);
     const cpuMs = performance.now() - t0;
-    expect(cpuMs, "the input is heavy enough for the test to mean something").toBeGreaterThan(300);
+    expect(cpuMs, "the input is heavy enough for the test to mean something").toBeGreaterThan(800);
 
-    await client.put(tenant, { name: "analyse", steps: [{ id: "look", kind: "processor", processor: "vision", input: "${{ input }}", timeout_ms: 100, retry: { max_attempts: 1 } }] });
+    await client.put(tenant, { name: "analyse", steps: [{ id: "look", kind: "processor", processor: "vision", options: OPTIONS, input: "${{ input }}", timeout_ms: 100, retry: { max_attempts: 1 } }] });
     const delay = monitorEventLoopDelay({ resolution: 10 });
     delay.enable();
     const started = performance.now();
@@ -71,7 +73,7 @@ describe("processor steps", () => {
     // The attempt ended at its timeout, not when the work would have finished.
     expect(tookMs, `run took ${tookMs.toFixed(0)} ms`).toBeLessThan(cpuMs + 2_000);
     // The loop answers a timer on time while a step without a timeout works in a worker.
-    await client.put(tenant, { name: "analyse-ok", steps: [{ id: "look", kind: "processor", processor: "vision", input: "${{ input }}" }] });
+    await client.put(tenant, { name: "analyse-ok", steps: [{ id: "look", kind: "processor", processor: "vision", options: OPTIONS, input: "${{ input }}" }] });
     const okDelay = monitorEventLoopDelay({ resolution: 10 });
     okDelay.enable();
     const ok = await runner.start(tenant, "analyse-ok", { input: { png } });

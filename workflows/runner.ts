@@ -5,8 +5,8 @@ import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createScriptRunner } from "../processors/index.js";
-import type { ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
+import { BUILTIN_PROCESSORS, createProcessorPool, createScriptRunner, UnknownProcessorError } from "../processors/index.js";
+import type { ProcessorPool, ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
 import { BUCKETS, ConcurrencyError, createEventStore, decodeData, decodeEvent, dlqSubject, eventSubject, FlexError, HEADERS, InvalidOptionError, openTtlKv, parseSubject, STREAMS } from "../streams/index.js";
 import type { EventInput, EventStore, TtlKv } from "../streams/index.js";
 import { cronMatches, parseCron } from "./cron.js";
@@ -22,7 +22,7 @@ import type { TriggerInfo } from "./events.js";
 import { applyRunEvent, attachDefinition, initialRunState, isTerminal, templateContext } from "./state.js";
 import type { RunState, StepState } from "./state.js";
 import { StepExecutor } from "./steps.js";
-import type { StepOutcome } from "./steps.js";
+import type { ProcessorInvoker, StepOutcome } from "./steps.js";
 import { condition } from "./template.js";
 import { startRunWith } from "./start.js";
 import type { StartOptions, StartResult } from "./start.js";
@@ -81,6 +81,12 @@ export interface WorkflowRunnerOptions {
   /** Script runner to use (not closed by the runner). @default one created with `scriptRunnerOptions` */
   readonly scripts?: ScriptRunner;
   readonly scriptRunnerOptions?: ScriptRunnerOptions;
+  /**
+   * What runs processor steps, off the event loop: `flexcore up` passes its processor runtime
+   * (`ProcessorRuntime` has this `invoke`), so steps share its Piscina pool (not closed by the runner).
+   * @default a one-thread pool of the built-in processors, started at the first processor step and closed with the runner
+   */
+  readonly processors?: ProcessorInvoker;
   /** @default 15000 */
   readonly leaseMs?: number;
   /** @default 256 */
@@ -159,12 +165,32 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
   const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
   // Fail closed, loudly: the operator learns at start, not from the first failed run.
   if (scripts.isolation === "none") cfg.log("workflows: bubblewrap cannot run here, so untrusted script steps will fail with FLEX_SANDBOX_UNAVAILABLE; `flexcore doctor` says why and how to fix it (or set workflows.sandbox: plain to run them unsandboxed)", "warn");
+  const processors = options.processors ?? ownProcessorPool();
   const store = await createEventStore(nc);
   const defs = await DefinitionStore.open(nc);
   const leases = await openTtlKv(nc, BUCKETS.leases);
-  const runner = new Runner(nc, cfg, scripts, ownsScripts, store, defs, leases, await jetstreamManager(nc));
+  const runner = new Runner(nc, cfg, scripts, ownsScripts, processors, options.processors ? undefined : (processors as OwnProcessorPool), store, defs, leases, await jetstreamManager(nc));
   await runner.begin();
   return runner;
+}
+
+interface OwnProcessorPool extends ProcessorInvoker {
+  close(): Promise<void>;
+}
+
+/** The built-in processors on a one-thread Piscina pool, started at the first call. */
+function ownProcessorPool(): OwnProcessorPool {
+  let pool: ProcessorPool | undefined;
+  return {
+    async invoke(kind, raw, inputs, state, signal) {
+      const def = BUILTIN_PROCESSORS.get(kind);
+      if (!def) throw new UnknownProcessorError(kind, [...BUILTIN_PROCESSORS.keys()]);
+      const options = def.validateOptions(raw ?? {}, "options");
+      pool ??= createProcessorPool({ threads: 1 });
+      return pool.invoke(kind, options, inputs, state, signal);
+    },
+    close: async () => pool?.close(),
+  };
 }
 
 interface Config {
@@ -184,6 +210,7 @@ class Runner implements WorkflowRunner {
   readonly #cfg: Config;
   readonly #scripts: ScriptRunner;
   readonly #ownsScripts: boolean;
+  readonly #ownPool: OwnProcessorPool | undefined;
   readonly #store: EventStore;
   readonly #defs: DefinitionStore;
   readonly #leases: TtlKv;
@@ -208,17 +235,18 @@ class Runner implements WorkflowRunner {
   #lastCronMinute = 0;
   #closed = false;
 
-  constructor(nc: NatsConnection, cfg: Config, scripts: ScriptRunner, ownsScripts: boolean, store: EventStore, defs: DefinitionStore, leases: TtlKv, jsm: JetStreamManager) {
+  constructor(nc: NatsConnection, cfg: Config, scripts: ScriptRunner, ownsScripts: boolean, processors: ProcessorInvoker, ownPool: OwnProcessorPool | undefined, store: EventStore, defs: DefinitionStore, leases: TtlKv, jsm: JetStreamManager) {
     this.id = cfg.id;
     this.#cfg = cfg;
     this.#scripts = scripts;
     this.#ownsScripts = ownsScripts;
+    this.#ownPool = ownPool;
     this.#store = store;
     this.#defs = defs;
     this.#leases = leases;
     this.#jsm = jsm;
     this.#js = jetstream(nc);
-    this.#executor = new StepExecutor(nc, scripts);
+    this.#executor = new StepExecutor(nc, scripts, processors);
     // Every waiting run listens for the runner's stop.
     setMaxListeners(0, this.#stop.signal);
   }
@@ -657,6 +685,7 @@ class Runner implements WorkflowRunner {
     await Promise.allSettled([...this.#drivers.values(), ...[...this.#consumers.values()].map((c) => c.done)]);
     await this.#store.close();
     if (this.#ownsScripts) await this.#scripts.close();
+    await this.#ownPool?.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
