@@ -99,10 +99,13 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   let nc: NatsConnection | undefined;
   const close = async (): Promise<void> => {
     for (const c of components.splice(0).reverse()) {
-      await c.close().catch((err: unknown) => upLogger.warn({ err, component: c.name }, `stopping ${c.name} failed`));
+      await c.close().then(() => log(`flexcore: stopped ${c.name}`), (err: unknown) => upLogger.warn({ err, component: c.name }, `stopping ${c.name} failed`));
     }
     if (nc && !nc.isClosed()) await nc.drain().catch(() => undefined);
-    await server?.close();
+    if (server) {
+      await server.close();
+      log("flexcore: embedded nats-server stopped");
+    }
   };
   try {
     const connection = { name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 };
