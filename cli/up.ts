@@ -99,10 +99,13 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   let nc: NatsConnection | undefined;
   const close = async (): Promise<void> => {
     for (const c of components.splice(0).reverse()) {
-      await c.close().catch((err: unknown) => upLogger.warn({ err, component: c.name }, `stopping ${c.name} failed`));
+      await c.close().then(() => log(`flexcore: stopped ${c.name}`), (err: unknown) => upLogger.warn({ err, component: c.name }, `stopping ${c.name} failed`));
     }
     if (nc && !nc.isClosed()) await nc.drain().catch(() => undefined);
-    await server?.close();
+    if (server) {
+      await server.close();
+      log("flexcore: embedded nats-server stopped");
+    }
   };
   try {
     const connection = { name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 };
@@ -126,7 +129,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     });
     components.push({ name: "processors", close: () => processors.close() });
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
-    const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows") });
+    // Processor steps run on the runtime's pool, off the event loop (closed after the runner).
+    const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows"), processors });
     components.push({ name: "workflows", close: () => workflows.close() });
     const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, logger, config, processors };
     const projections = createProjectionEngine(nc, { dataDir: dir, log: areaLog("projections") });

@@ -80,3 +80,15 @@ export class UntrustedDefinitionError extends FlexError {
     this.steps = steps;
   }
 }
+
+/** A step attempt ran past its `timeout_ms` and was stopped (a processor step's worker thread is terminated). Reported in `StepFailed.error`. */
+export class StepTimeoutError extends FlexError {
+  readonly step: string;
+  readonly timeoutMs: number;
+  constructor(step: string, timeoutMs: number) {
+    super("FLEX_STEP_TIMEOUT", `Step \`${step}\` timed out after ${timeoutMs} ms and was stopped`);
+    this.name = "StepTimeoutError";
+    this.step = step;
+    this.timeoutMs = timeoutMs;
+  }
+}

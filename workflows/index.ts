@@ -2,7 +2,9 @@
 export { createWorkflowClient, DEFAULT_WAIT_POLL_MS } from "./client.js";
 export type { WorkflowClient } from "./client.js";
 export { DEFAULT_MAX_RUNS, DEFAULT_POLL_MS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
+export { TRIGGER_MAX_DELIVER } from "./runner.js";
 export type { WorkflowRunner, WorkflowRunnerOptions, WorkflowRunnerStats } from "./runner.js";
+export type { ProcessorInvoker } from "./steps.js";
 export type { StartOptions, StartResult } from "./start.js";
 export { backoffDelay, checkWorkflowName, DEFAULT_RETRY, MAX_DEFINITION_BYTES, MAX_WORKFLOW_NAME_BYTES, NAME_PATTERN, parseDefinitionText, STEP_KINDS, validateDefinition } from "./definition.js";
 export type { ValidateOptions } from "./definition.js";
@@ -17,6 +19,6 @@ export { condition, ExpressionError, parseExpression, render, TEMPLATE_ROOTS } f
 export { RUN_EVENTS, WORKFLOW_CATEGORY } from "./events.js";
 export type { ErrorInfo, RunCancelledData, RunFailedData, RunStartedData, RunSucceededData, StepFailedData, StepSkippedData, StepStartedData, StepSucceededData, TriggerInfo } from "./events.js";
 export type { RunState, RunStatus, StepState, StepStatus } from "./state.js";
-export { DefinitionUnavailableError, RunFinishedError, RunNotFoundError, StepKindUnavailableError, UntrustedDefinitionError, WorkflowDefinitionError, WorkflowNotFoundError } from "./errors.js";
+export { DefinitionUnavailableError, RunFinishedError, RunNotFoundError, StepKindUnavailableError, StepTimeoutError, UntrustedDefinitionError, WorkflowDefinitionError, WorkflowNotFoundError } from "./errors.js";
 export { startWorkflows, workflowsSection } from "./config.js";
 export type { WorkflowsConfig } from "./config.js";

@@ -2,12 +2,12 @@ import { createHash } from "node:crypto";
 import { setMaxListeners } from "node:events";
 import { hostname } from "node:os";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import type { ConsumerMessages, JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
-import { nuid } from "@nats-io/transport-node";
+import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
+import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createScriptRunner } from "../processors/index.js";
-import type { ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
-import { BUCKETS, ConcurrencyError, createEventStore, decodeEvent, eventSubject, FlexError, InvalidOptionError, openTtlKv, parseSubject, STREAMS } from "../streams/index.js";
+import { BUILTIN_PROCESSORS, createProcessorPool, createScriptRunner, UnknownProcessorError } from "../processors/index.js";
+import type { ProcessorPool, ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
+import { BUCKETS, ConcurrencyError, createEventStore, decodeData, decodeEvent, dlqSubject, eventSubject, FlexError, HEADERS, InvalidOptionError, openTtlKv, parseSubject, STREAMS } from "../streams/index.js";
 import type { EventInput, EventStore, TtlKv } from "../streams/index.js";
 import { cronMatches, parseCron } from "./cron.js";
 import { backoffDelay, parseDefinitionText, validateDefinition } from "./definition.js";
@@ -22,7 +22,7 @@ import type { TriggerInfo } from "./events.js";
 import { applyRunEvent, attachDefinition, initialRunState, isTerminal, templateContext } from "./state.js";
 import type { RunState, StepState } from "./state.js";
 import { StepExecutor } from "./steps.js";
-import type { StepOutcome } from "./steps.js";
+import type { ProcessorInvoker, StepOutcome } from "./steps.js";
 import { condition } from "./template.js";
 import { startRunWith } from "./start.js";
 import type { StartOptions, StartResult } from "./start.js";
@@ -42,8 +42,30 @@ const CRON_TICK_MS = 1_000;
 const MAX_CACHED_DEFINITIONS = 1_000;
 // Start errors a redelivery cannot cure.
 const PERMANENT_START_ERRORS = new Set(["FLEX_WORKFLOW_NOT_FOUND", "FLEX_WORKFLOW_INVALID", "FLEX_SUBJECT_TOKEN", "FLEX_INVALID_OPTION", "FLEX_INVALID_EVENT", "FLEX_PAYLOAD_TOO_LARGE"]);
+/** Deliveries of a trigger event before it is dead-lettered to `dlq.<tenant>.workflow-<name>`. */
+export const TRIGGER_MAX_DELIVER = 5;
+// Pause before a failed trigger event comes again, doubled per delivery up to the max.
+const TRIGGER_NAK_MS = 1_000;
+const TRIGGER_MAX_NAK_MS = 30_000;
+const TRIGGER_ACK_WAIT_NS = 30_000_000_000;
+// Event data up to this size is copied into a trigger's dead letter.
+const DLQ_MAX_DATA_BYTES = 256 * 1024;
 // Tries of recording a run's failure before the runner leaves the run to a later rescan.
 const MAX_FAIL_RETRIES = 8;
+
+/** `flexwf_<tenant>_<name>_<digest>`: the name of a workflow's trigger consumers before `_v<version>_<trigger index>`. */
+function triggerConsumerPrefix(tenant: string, name: string): string {
+  // Readable where the names are plain; the digest keeps names that read alike apart (`café`, `caf_`).
+  const digest = createHash("sha256").update(`${tenant}\u0000${name}`).digest("hex").slice(0, 12);
+  return `flexwf_${tenant}_${name}`.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 80) + `_${digest}`;
+}
+
+/** The version and trigger index of a trigger consumer named `<prefix>_v<version>_<index>`, or undefined. */
+function parseTriggerConsumer(consumer: string, prefix: string): { version: number; index: number } | undefined {
+  if (!consumer.startsWith(`${prefix}_v`)) return undefined;
+  const m = /^(\d+)_(\d+)$/u.exec(consumer.slice(prefix.length + 2));
+  return m ? { version: Number(m[1]), index: Number(m[2]) } : undefined;
+}
 
 /** The code and message of an error for a log line or an event: `FLEX_...: message`. */
 function describeError(err: unknown): string {
@@ -59,6 +81,12 @@ export interface WorkflowRunnerOptions {
   /** Script runner to use (not closed by the runner). @default one created with `scriptRunnerOptions` */
   readonly scripts?: ScriptRunner;
   readonly scriptRunnerOptions?: ScriptRunnerOptions;
+  /**
+   * What runs processor steps, off the event loop: `flexcore up` passes its processor runtime
+   * (`ProcessorRuntime` has this `invoke`), so steps share its Piscina pool (not closed by the runner).
+   * @default a one-thread pool of the built-in processors, started at the first processor step and closed with the runner
+   */
+  readonly processors?: ProcessorInvoker;
   /** @default 15000 */
   readonly leaseMs?: number;
   /** @default 256 */
@@ -137,12 +165,32 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
   const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
   // Fail closed, loudly: the operator learns at start, not from the first failed run.
   if (scripts.isolation === "none") cfg.log("workflows: bubblewrap cannot run here, so untrusted script steps will fail with FLEX_SANDBOX_UNAVAILABLE; `flexcore doctor` says why and how to fix it (or set workflows.sandbox: plain to run them unsandboxed)", "warn");
+  const processors = options.processors ?? ownProcessorPool();
   const store = await createEventStore(nc);
   const defs = await DefinitionStore.open(nc);
   const leases = await openTtlKv(nc, BUCKETS.leases);
-  const runner = new Runner(nc, cfg, scripts, ownsScripts, store, defs, leases, await jetstreamManager(nc));
+  const runner = new Runner(nc, cfg, scripts, ownsScripts, processors, options.processors ? undefined : (processors as OwnProcessorPool), store, defs, leases, await jetstreamManager(nc));
   await runner.begin();
   return runner;
+}
+
+interface OwnProcessorPool extends ProcessorInvoker {
+  close(): Promise<void>;
+}
+
+/** The built-in processors on a one-thread Piscina pool, started at the first call. */
+function ownProcessorPool(): OwnProcessorPool {
+  let pool: ProcessorPool | undefined;
+  return {
+    async invoke(kind, raw, inputs, state, signal) {
+      const def = BUILTIN_PROCESSORS.get(kind);
+      if (!def) throw new UnknownProcessorError(kind, [...BUILTIN_PROCESSORS.keys()]);
+      const options = def.validateOptions(raw ?? {}, "options");
+      pool ??= createProcessorPool({ threads: 1 });
+      return pool.invoke(kind, options, inputs, state, signal);
+    },
+    close: async () => pool?.close(),
+  };
 }
 
 interface Config {
@@ -162,6 +210,7 @@ class Runner implements WorkflowRunner {
   readonly #cfg: Config;
   readonly #scripts: ScriptRunner;
   readonly #ownsScripts: boolean;
+  readonly #ownPool: OwnProcessorPool | undefined;
   readonly #store: EventStore;
   readonly #defs: DefinitionStore;
   readonly #leases: TtlKv;
@@ -186,17 +235,18 @@ class Runner implements WorkflowRunner {
   #lastCronMinute = 0;
   #closed = false;
 
-  constructor(nc: NatsConnection, cfg: Config, scripts: ScriptRunner, ownsScripts: boolean, store: EventStore, defs: DefinitionStore, leases: TtlKv, jsm: JetStreamManager) {
+  constructor(nc: NatsConnection, cfg: Config, scripts: ScriptRunner, ownsScripts: boolean, processors: ProcessorInvoker, ownPool: OwnProcessorPool | undefined, store: EventStore, defs: DefinitionStore, leases: TtlKv, jsm: JetStreamManager) {
     this.id = cfg.id;
     this.#cfg = cfg;
     this.#scripts = scripts;
     this.#ownsScripts = ownsScripts;
+    this.#ownPool = ownPool;
     this.#store = store;
     this.#defs = defs;
     this.#leases = leases;
     this.#jsm = jsm;
     this.#js = jetstream(nc);
-    this.#executor = new StepExecutor(nc, scripts);
+    this.#executor = new StepExecutor(nc, scripts, processors);
     // Every waiting run listens for the runner's stop.
     setMaxListeners(0, this.#stop.signal);
   }
@@ -462,24 +512,56 @@ class Runner implements WorkflowRunner {
     const schedules = def.triggers.flatMap((t) => (t.kind === "cron" ? [t.schedule] : []));
     if (schedules.length > 0) this.#crons.set(cronKey, { tenant: w.tenant, name: w.name, schedules });
     else this.#crons.delete(cronKey);
-    // One durable consumer per event trigger, shared by all runners; a new version replaces the old ones.
+    // One durable consumer per event trigger, shared by all runners. A new version's consumer
+    // starts where the old one's acknowledgements end, and the old goes only after it exists:
+    // no event falls between two versions (one already started is not started again, its run
+    // id is its sequence). Consumers of versions this runner never saw (stored while no runner
+    // was up) are found by name on the server, not in memory.
     for (const [k, c] of this.#consumers) {
       if (!k.startsWith(`${cronKey}#`)) continue;
       c.messages?.stop();
       this.#consumers.delete(k);
-      if (!k.endsWith(`#v${w.version}`)) await this.#jsm.consumers.delete(STREAMS.events, c.name).catch(() => undefined);
+      await c.done;
     }
+    if (this.#closed) return;
+    const prefix = triggerConsumerPrefix(w.tenant, w.name);
+    const existing = new Map<string, { version: number; index: number; ackFloor: number }>();
+    for await (const c of this.#jsm.consumers.list(STREAMS.events)) {
+      const v = parseTriggerConsumer(c.name, prefix);
+      if (v) existing.set(c.name, { ...v, ackFloor: c.ack_floor.stream_seq });
+    }
+    // A runner behind the watch installs nothing older than what another already installed.
+    if ([...existing.values()].some((c) => c.version > w.version)) return;
+    const stale = [...existing].filter(([, c]) => c.version !== w.version);
+    const triggers: Array<{ name: string; t: Extract<WorkflowDefinition["triggers"][number], { kind: "event" }> }> = [];
     def.triggers.forEach((t, i) => {
-      if (t.kind !== "event" || this.#closed) return;
-      // Readable where the names are plain; the digest keeps names that read alike apart (`café`, `caf_`).
-      const digest = createHash("sha256").update(`${w.tenant}\u0000${w.name}`).digest("hex").slice(0, 12);
-      const name = `flexwf_${w.tenant}_${w.name}`.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 80) + `_${digest}_v${w.version}_${i}`;
+      if (t.kind === "event") triggers.push({ name: `${prefix}_v${w.version}_${i}`, t });
+    });
+    for (const { name, t } of triggers) {
+      if (existing.has(name)) continue;
+      const index = Number(name.slice(name.lastIndexOf("_") + 1));
+      // The same trigger's old consumer when there is one, else the one furthest behind.
+      const same = stale.filter(([, c]) => c.index === index);
+      const from = (same.length > 0 ? same : stale).map(([, c]) => c.ackFloor);
+      const start = from.length > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: Math.min(...from) + 1 } : { deliver_policy: DeliverPolicy.New };
+      try {
+        await this.#jsm.consumers.add(STREAMS.events, { durable_name: name, filter_subject: t.subject, ...start, ack_policy: AckPolicy.Explicit, ack_wait: TRIGGER_ACK_WAIT_NS, max_deliver: TRIGGER_MAX_DELIVER });
+      } catch (err) {
+        // Exists already (another runner made it); if not, the old consumers stay for a later try.
+        await this.#jsm.consumers.info(STREAMS.events, name).catch(() => {
+          throw err;
+        });
+      }
+    }
+    for (const [name] of stale) await this.#jsm.consumers.delete(STREAMS.events, name).catch(() => undefined);
+    for (const { name, t } of triggers) {
+      if (this.#closed) return;
       const entry = { name, messages: undefined as ConsumerMessages | undefined, done: Promise.resolve() };
-      this.#consumers.set(`${cronKey}#${i}#v${w.version}`, entry);
-      entry.done = this.#consume(entry, name, t.subject, t.types, t.ordered, w).catch((err: unknown) => {
+      this.#consumers.set(`${cronKey}#${name}`, entry);
+      entry.done = this.#consume(entry, name, t.types, t.ordered, w).catch((err: unknown) => {
         if (!this.#closed) this.#cfg.log(`workflows: trigger ${name}: ${describeError(err)}`, "warn");
       });
-    });
+    }
   }
 
   // The last run started for a key (`order.<tenant>.<workflow>.<key>` in flex_workflows),
@@ -502,12 +584,7 @@ class Runner implements WorkflowRunner {
     }
   }
 
-  async #consume(entry: { messages: ConsumerMessages | undefined }, name: string, subject: string, types: readonly string[], ordered: boolean, w: StoredWorkflow): Promise<void> {
-    try {
-      await this.#jsm.consumers.add(STREAMS.events, { durable_name: name, filter_subject: subject, deliver_policy: DeliverPolicy.New, ack_policy: AckPolicy.Explicit, ack_wait: 30_000_000_000 });
-    } catch {
-      // exists already (another runner made it)
-    }
+  async #consume(entry: { messages: ConsumerMessages | undefined }, name: string, types: readonly string[], ordered: boolean, w: StoredWorkflow): Promise<void> {
     const consumer = await this.#js.consumers.get(STREAMS.events, name);
     const messages = await consumer.consume({ max_messages: 64 });
     entry.messages = messages;
@@ -525,13 +602,59 @@ class Runner implements WorkflowRunner {
         await this.start(w.tenant, w.name, { runId, input: e.data, trigger, causationId: e.id, ...(after ? { after } : {}) });
         m.ack();
       } catch (err) {
-        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: ${describeError(err)}`, "warn");
+        if (this.#closed) return;
+        this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq} (delivery ${m.info.deliveryCount}): ${describeError(err)}`, "warn");
         // A start that can never succeed (no such workflow any more, a name or input that does
-        // not fit) is logged once and dropped; anything else (the server) is tried again.
-        if (err instanceof FlexError && PERMANENT_START_ERRORS.has(err.code)) m.term();
-        else m.nak(1_000);
+        // not fit) is dead-lettered at once; anything else (the server) is tried again, with
+        // growing pauses, until the retry budget is spent.
+        const permanent = err instanceof FlexError && PERMANENT_START_ERRORS.has(err.code);
+        if (!permanent && m.info.deliveryCount < TRIGGER_MAX_DELIVER) {
+          m.nak(Math.min(TRIGGER_NAK_MS * 2 ** (m.info.deliveryCount - 1), TRIGGER_MAX_NAK_MS));
+          continue;
+        }
+        try {
+          await this.#deadLetter(m, w, err);
+          m.term();
+        } catch (dlqErr) {
+          // Not stored in FLEX_DLQ: the event stays with the consumer (redelivered after ack_wait).
+          this.#cfg.log(`workflows: trigger ${name} at seq ${m.seq}: dead letter not stored: ${describeError(dlqErr)}`, "error");
+          m.nak(TRIGGER_MAX_NAK_MS);
+        }
       }
     }
+  }
+
+  /** Stores the `TriggerFailed` dead letter of a trigger event at `dlq.<tenant>.workflow-<name>` (once per event: fixed `Nats-Msg-Id`). */
+  async #deadLetter(m: JsMsg, w: StoredWorkflow, err: unknown): Promise<void> {
+    const source = `${WORKFLOW_CATEGORY}-${w.name}`;
+    const subject = dlqSubject(w.tenant, source);
+    const code = err instanceof FlexError ? err.code : typeof (err as { code?: unknown })?.code === "string" ? String((err as { code: string }).code) : null;
+    const reason = `workflow ${w.tenant}/${w.name} v${w.version}: event ${m.seq} started no run after ${m.info.deliveryCount} attempt(s): ${describeError(err)}`;
+    const h = natsHeaders();
+    h.set(HEADERS.msgId, `${source}:${m.seq}:dlq`);
+    h.set(HEADERS.type, "TriggerFailed");
+    h.set(HEADERS.time, new Date().toISOString());
+    const causation = m.headers?.get(HEADERS.msgId);
+    if (causation) h.set(HEADERS.causationId, causation);
+    h.set(HEADERS.schema, "1");
+    h.set(HEADERS.contentType, "application/json");
+    h.set("Flex-Source-Seq", String(m.seq));
+    h.set("Flex-Source-Subject", m.subject);
+    h.set("Flex-Error", reason.replace(/[\r\n]+/g, " ").slice(0, 1024));
+    const body = {
+      workflow: w.name,
+      version: w.version,
+      seq: m.seq,
+      subject: m.subject,
+      tenant: w.tenant,
+      attempts: m.info.deliveryCount,
+      error: { code, message: (err as Error)?.message ?? String(err) },
+      reason,
+      // The event stays in FLEX_EVENTS at `seq`; a large body is not copied (it may be why it failed).
+      ...(m.data.length <= DLQ_MAX_DATA_BYTES ? { data: decodeData(m.data) } : { dataOmitted: m.data.length }),
+    };
+    await this.#js.publish(subject, encoder.encode(JSON.stringify(body)), { headers: h, msgID: `${source}:${m.seq}:dlq` });
+    this.#cfg.log(`workflows: ${reason}; dead-lettered to ${subject}`, "warn");
   }
 
   async #cronTick(): Promise<void> {
@@ -562,6 +685,7 @@ class Runner implements WorkflowRunner {
     await Promise.allSettled([...this.#drivers.values(), ...[...this.#consumers.values()].map((c) => c.done)]);
     await this.#store.close();
     if (this.#ownsScripts) await this.#scripts.close();
+    await this.#ownPool?.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -1,10 +1,10 @@
 import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { BUILTIN_PROCESSORS } from "../processors/index.js";
-import type { ProcessorInput, ScriptRunner } from "../processors/index.js";
+import type { InvokeInput, InvokeResult, ScriptRunner } from "../processors/index.js";
 import { BUCKETS, eventSubject, kvKeyToken } from "../streams/index.js";
 import type { StepDefinition } from "./definition.js";
+import { StepTimeoutError } from "./errors.js";
 import type { ErrorInfo } from "./events.js";
 import type { RunState } from "./state.js";
 import { render } from "./template.js";
@@ -25,13 +25,24 @@ interface ProcessorRecord {
   readonly outputs: unknown;
 }
 
-/** Runs steps: scripts through the script runner, built-in processors in process with their state in `flex_state`. */
+/**
+ * What runs a processor step: `ProcessorRuntime.invoke` (its Piscina pool), so processor code
+ * never runs on the event loop and an aborted call terminates its worker thread.
+ */
+export interface ProcessorInvoker {
+  /** Validates `options` for `kind` (errors name `options.<field>`) and runs it once; `state` defaults to the kind's initial state. */
+  invoke(kind: string, options: unknown, inputs: readonly InvokeInput[], state?: unknown, signal?: AbortSignal): Promise<InvokeResult>;
+}
+
+/** Runs steps: scripts through the script runner, processors through the processor pool with their state in `flex_state`. */
 export class StepExecutor {
   readonly #scripts: ScriptRunner;
+  readonly #processors: ProcessorInvoker;
   readonly #state: Promise<KV>;
 
-  constructor(nc: NatsConnection, scripts: ScriptRunner) {
+  constructor(nc: NatsConnection, scripts: ScriptRunner, processors: ProcessorInvoker) {
     this.#scripts = scripts;
+    this.#processors = processors;
     this.#state = new Kvm(nc).open(BUCKETS.state);
   }
 
@@ -56,26 +67,30 @@ export class StepExecutor {
         const last = r.stderr.trim().split("\n").at(-1)?.slice(0, 300);
         return { ok: false, error: { message: `${r.status}: ${r.error ?? "the script failed"}${last ? `: ${last}` : ""}`, code: "FLEX_SCRIPT_FAILED" }, ...logs };
       }
-      const work = this.#processor(step, run, ctx, input);
-      const output = step.timeoutMs === undefined ? await work : await Promise.race([
-        work,
-        new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`timed out after ${step.timeoutMs} ms`)), step.timeoutMs).unref()),
-      ]);
-      return { ok: true, output, durationMs: performance.now() - started };
+      if (step.timeoutMs === undefined) return { ok: true, output: await this.#processor(step, run, ctx, input, signal), durationMs: performance.now() - started };
+      // The abort reaches the pool: Piscina terminates the worker running the task.
+      const timeout = new AbortController();
+      const timer = setTimeout(() => timeout.abort(new StepTimeoutError(step.id, step.timeoutMs!)), step.timeoutMs);
+      try {
+        const output = await this.#processor(step, run, ctx, input, AbortSignal.any([signal, timeout.signal]));
+        return { ok: true, output, durationMs: performance.now() - started };
+      } catch (err) {
+        if (timeout.signal.aborted) throw timeout.signal.reason;
+        throw err;
+      } finally {
+        clearTimeout(timer);
+      }
     } catch (err) {
       const e = err as { message?: string; code?: string };
       return { ok: false, error: { message: e.message ?? String(err), code: typeof e.code === "string" ? e.code : "FLEX_STEP_FAILED" }, durationMs: performance.now() - started };
     }
   }
 
-  async #processor(step: Extract<StepDefinition, { kind: "processor" }>, run: RunState, ctx: Record<string, unknown>, data: unknown): Promise<unknown> {
-    const def = BUILTIN_PROCESSORS.get(step.processor);
-    if (!def) throw new Error(`unknown processor \`${step.processor}\``);
-    const options = def.validateOptions(step.options, "options");
+  async #processor(step: Extract<StepDefinition, { kind: "processor" }>, run: RunState, ctx: Record<string, unknown>, data: unknown, signal: AbortSignal): Promise<unknown> {
     const trigger = run.trigger;
     const rendered = step.key === undefined ? undefined : render(step.key, ctx);
     const key = String(rendered ?? (trigger?.kind === "event" ? trigger.key : run.workflow));
-    const input: ProcessorInput = {
+    const input: InvokeInput = {
       tenant: run.tenant,
       key,
       subject: trigger?.kind === "event" ? trigger.subject : eventSubject(run.tenant, "workflow", run.runId),
@@ -90,8 +105,7 @@ export class StepExecutor {
       const e = await kv.get(stateKey);
       const rec = e && e.operation === "PUT" ? (JSON.parse(decoder.decode(e.value)) as ProcessorRecord) : undefined;
       if (rec?.lastRun === run.runId) return rec.outputs;
-      const state = rec ? rec.state : def.initialState(options, key);
-      const result = def.process(state, [input], options);
+      const result = await this.#processors.invoke(step.processor, step.options, [input], rec ? rec.state : undefined, signal);
       const outputs = { outputs: result.outputs[0] ?? [] };
       const body = encoder.encode(JSON.stringify({ state: result.state, lastRun: run.runId, outputs } satisfies ProcessorRecord));
       try {

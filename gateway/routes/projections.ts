@@ -5,6 +5,8 @@ import type { ReadModelPage, ReadModelQuery, ReadModels } from "../read-models.j
 
 /** Interval of SSE keep-alive comments, in ms. */
 export const SSE_HEARTBEAT_MS = 15_000;
+/** The `reason` of the `end` event a live feed gets when the gateway closes. */
+export const SSE_SHUTDOWN_REASON = "server shutting down";
 
 const nameParams = {
   type: "object",
@@ -42,6 +44,12 @@ function need(readModels: ReadModels | undefined): ReadModels {
 /** `GET /v1/projections/:name` and its live feed. */
 export function registerProjectionRoutes(ctx: RouteContext): void {
   const { app, limits, timed, deadline, revocations } = ctx;
+  // Open live feeds: a hijacked reply is outside Fastify's bookkeeping, so closing the server
+  // would wait for each client to leave. They are ended first, with the reason.
+  const feeds = new Set<(reason?: string) => void>();
+  app.addHook("preClose", async () => {
+    for (const end of [...feeds]) end(SSE_SHUTDOWN_REASON);
+  });
 
   app.get<{ Params: { name: string }; Querystring: ProjectionQuerystring }>("/v1/projections/:name", {
     config: { policy: "projection.query" },
@@ -113,6 +121,7 @@ export function registerProjectionRoutes(ctx: RouteContext): void {
     const end = (reason?: string): void => {
       if (!open) return;
       open = false;
+      feeds.delete(end);
       off();
       clearInterval(heartbeat);
       clearTimeout(expiry);
@@ -130,6 +139,7 @@ export function registerProjectionRoutes(ctx: RouteContext): void {
     // The stream ends when the token does; the client reconnects with a fresh one.
     const expiry = setTimeout(() => end("token expired"), Math.max(0, Math.min(principal.expiresAt * 1000 - Date.now(), 2 ** 31 - 1)));
     expiry.unref();
+    feeds.add(end);
     req.raw.on("close", () => end());
   });
 }

@@ -1,0 +1,67 @@
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTokenIssuer, openKeyStore } from "../gateway/index.js";
+import { startUp } from "../test/flexcore-up.js";
+import { uniqueName } from "../test/nats-server.js";
+
+// `up` forces its exit this long after SIGTERM (cli/commands/up.ts).
+const FORCED_EXIT_MS = 30_000;
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "flexcore-shutdown-"));
+});
+afterAll(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** The environment that makes `up` start its own embedded nats-server (no NATS_URL). */
+function embeddedServerEnv(data: string): Record<string, string> {
+  return { NATS_URL: "", FLEXCORE_DATA: data };
+}
+
+describe("flexcore up on SIGTERM", () => {
+  it("ends open live feeds, closes every component in order and stops the embedded server, well before the forced exit", async () => {
+    const config = join(dir, "flexcore.yaml");
+    await writeFile(config, "runtime:\n  threads: 1\nprocessors: []\nworkflows:\n  runner: false\n");
+    const keysDir = join(dir, "keys");
+    await using up = await startUp({ config, env: { ...embeddedServerEnv(join(dir, "data")), FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: keysDir } });
+    const issuer = createTokenIssuer(await openKeyStore({ dir: keysDir }));
+    const { token } = await issuer.issueAccess({ tenant: uniqueName("acme"), subject: "watcher", roles: ["reader"], ttlSeconds: 600 });
+    const feeds = await Promise.all([1, 2].map(async () => {
+      const res = await fetch(`${up.gatewayUrl}/v1/projections/pipeline_summary/live`, { headers: { authorization: `Bearer ${token}` } });
+      expect(res.status).toBe(200);
+      expect(res.headers.get("content-type")).toMatch(/^text\/event-stream/);
+      const reader = res.body!.getReader();
+      let text = "";
+      while (!text.includes("event: ready")) text += new TextDecoder().decode((await reader.read()).value);
+      // The rest of the stream, up to its end.
+      const rest = (async () => {
+        for (;;) {
+          const { done, value } = await reader.read().catch(() => ({ done: true, value: undefined }));
+          if (done) return text;
+          text += new TextDecoder().decode(value);
+        }
+      })();
+      // Wrapped: an async function returning the promise itself would wait for the stream's end.
+      return { rest };
+    }));
+    const sent = Date.now();
+    const code = await up.stop();
+    const tookMs = Date.now() - sent;
+    const log = up.stderr();
+    expect(code, log).toBe(0);
+    expect(tookMs, log).toBeLessThan(FORCED_EXIT_MS / 3);
+    // Each feed was told why it ended, then closed (the client reconnects elsewhere).
+    for (const text of await Promise.all(feeds.map((f) => f.rest))) expect(text).toMatch(/event: end\ndata: \{"reason":"server shutting down"\}/);
+    // Last started, first stopped: the gateway, then what it served, then the server under them.
+    const order = ["stopped gateway", "stopped projections", "stopped workflows", "stopped processors", "embedded nats-server stopped"].map((line) => {
+      const at = log.indexOf(line);
+      expect(at, `"${line}" in the log:\n${log}`).toBeGreaterThan(-1);
+      return at;
+    });
+    expect(order).toEqual([...order].sort((a, b) => a - b));
+  }, 90_000);
+});
