@@ -85,6 +85,20 @@ describe("event headers", () => {
       expect(() => h.append("Bad Name", "x")).toThrow();
       expect(() => h.append("X-Ok", "a\r\nInjected: 1")).toThrow();
     }
+    // The same final set, encoded after the changes: the encoded block kept from before is not reused.
+    expect(new TextDecoder().decode(mine.encode())).toBe(new TextDecoder().decode((theirs as unknown as { encode(): Uint8Array }).encode()));
+    expect(new TextDecoder().decode(mine.encode())).toContain("Nats-Msg-Id: e-2\r\n");
+  });
+
+  it("an event stamped now carries the current millisecond, also when many share one", async () => {
+    const a = encodeEvent({ type: "T", data: 1 }).headers.get("Flex-Time");
+    const b = encodeEvent({ type: "T", data: 1 }).headers.get("Flex-Time");
+    expect(Date.parse(b) - Date.parse(a)).toBeGreaterThanOrEqual(0);
+    await new Promise((res) => setTimeout(res, 5));
+    const before = Date.now();
+    const c = encodeEvent({ type: "T", data: 1 }).headers.get("Flex-Time");
+    expect(Date.parse(c)).toBeGreaterThanOrEqual(before);
+    expect(Date.parse(c)).toBeLessThanOrEqual(Date.now());
   });
 
   it("are what encodeEvent builds, and read back as the event's fields", () => {
