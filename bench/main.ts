@@ -6,6 +6,7 @@ import type { Suite } from "./harness.js";
 const loaders: Record<string, () => Promise<Suite>> = {
   cluster: async () => (await import("./cluster.js")).suite,
   ingest: async () => (await import("./ingest.js")).suite,
+  "ingest-cpu": async () => (await import("./ingest-cpu.js")).suite,
   gateway: async () => (await import("./gateway.js")).suite,
   kmeans: async () => (await import("./kmeans.js")).suite,
   "ml-quality": async () => (await import("./ml-quality.js")).suite,

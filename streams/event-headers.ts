@@ -1,7 +1,6 @@
 import { canonicalMIMEHeaderKey, Match } from "@nats-io/transport-node";
 import type { MsgHdrs } from "@nats-io/transport-node";
 
-const encoder = new TextEncoder();
 const LINE_BREAK = /[\r\n]/u;
 
 /**
@@ -22,9 +21,12 @@ export class EventHeaders implements MsgHdrs {
   readonly description = "";
   readonly #names: string[] = [];
   readonly #values: string[] = [];
+  // The wire form, kept until the next change: a resent message is not encoded again.
+  #encoded: Uint8Array | undefined;
 
   /** Appends a header whose name and value the caller already checked (a canonical name, one line). */
   appendChecked(name: string, value: string): void {
+    this.#encoded = undefined;
     this.#names.push(name);
     // Trimmed as nats.js does (no copy when there is nothing to trim).
     this.#values.push(value.trim());
@@ -43,6 +45,10 @@ export class EventHeaders implements MsgHdrs {
   }
 
   get(k: string, match?: Match): string {
+    if (match === undefined || match === Match.Exact) {
+      const i = this.#names.indexOf(k);
+      return i < 0 ? "" : this.#values[i]!;
+    }
     const is = this.#matches(match, k);
     const i = this.#names.findIndex(is);
     return i < 0 ? "" : this.#values[i]!;
@@ -55,6 +61,8 @@ export class EventHeaders implements MsgHdrs {
   }
 
   has(k: string, match?: Match): boolean {
+    // The publisher asks this of every event (expectation headers): no closure for exact names.
+    if (match === undefined || match === Match.Exact) return this.#names.includes(k);
     return this.#names.some(this.#matches(match, k));
   }
 
@@ -84,6 +92,7 @@ export class EventHeaders implements MsgHdrs {
     const is = this.#matches(match, k);
     for (let i = this.#names.length - 1; i >= 0; i--) {
       if (is(this.#names[i]!)) {
+        this.#encoded = undefined;
         this.#names.splice(i, 1);
         this.#values.splice(i, 1);
       }
@@ -96,7 +105,8 @@ export class EventHeaders implements MsgHdrs {
 
   /** The header block as sent on the wire (what nats.js calls to publish). */
   encode(): Uint8Array {
-    return encoder.encode(this.toString());
+    // Buffer.from, not TextEncoder: see encodeData in event.ts.
+    return (this.#encoded ??= Buffer.from(this.toString(), "utf8"));
   }
 
   toString(): string {

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { headers as natsHeaders, Match } from "@nats-io/transport-node";
 import { EventHeaders } from "./event-headers.js";
 import { encodeEvent, headerFieldsFromBlock, toLazyStoredEvent, toStoredEvent } from "./event.js";
+import { InvalidEventError } from "./errors.js";
 
 const block = (text: string): Uint8Array => new TextEncoder().encode(text);
 
@@ -85,6 +86,20 @@ describe("event headers", () => {
       expect(() => h.append("Bad Name", "x")).toThrow();
       expect(() => h.append("X-Ok", "a\r\nInjected: 1")).toThrow();
     }
+    // The same final set, encoded after the changes: the encoded block kept from before is not reused.
+    expect(new TextDecoder().decode(mine.encode())).toBe(new TextDecoder().decode((theirs as unknown as { encode(): Uint8Array }).encode()));
+    expect(new TextDecoder().decode(mine.encode())).toContain("Nats-Msg-Id: e-2\r\n");
+  });
+
+  it("an event stamped now carries the current millisecond, also when many share one", async () => {
+    const a = encodeEvent({ type: "T", data: 1 }).headers.get("Flex-Time");
+    const b = encodeEvent({ type: "T", data: 1 }).headers.get("Flex-Time");
+    expect(Date.parse(b) - Date.parse(a)).toBeGreaterThanOrEqual(0);
+    await new Promise((res) => setTimeout(res, 5));
+    const before = Date.now();
+    const c = encodeEvent({ type: "T", data: 1 }).headers.get("Flex-Time");
+    expect(Date.parse(c)).toBeGreaterThanOrEqual(before);
+    expect(Date.parse(c)).toBeLessThanOrEqual(Date.now());
   });
 
   it("are what encodeEvent builds, and read back as the event's fields", () => {
@@ -92,5 +107,30 @@ describe("event headers", () => {
     expect(e.headers).toBeInstanceOf(EventHeaders);
     const f = headerFieldsFromBlock((e.headers as EventHeaders).encode());
     expect(f).toMatchObject({ id: e.id, type: "Created", correlationId: "c-1", causationId: "e-0", schema: "1" });
+  });
+});
+
+describe("encodeEvent errors", () => {
+  it("name the field with the caller's path, the value and what was expected", () => {
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ type: "", data: 1 }, "events[2].type"],
+      [{ type: "T", data: 1, id: "a\r\nInjected: 1" }, "events[2].id"],
+      [{ type: "T", data: 1, time: "yesterday" }, "events[2].time"],
+      [{ type: "T", data: 1, correlationId: 5 }, "events[2].correlationId"],
+      [{ type: "T", data: 1, causationId: "" }, "events[2].causationId"],
+      [{ type: "T", data: 1n }, "events[2].data"],
+    ];
+    for (const [event, field] of cases) {
+      let caught: unknown;
+      try {
+        encodeEvent(event as never, "events[2].");
+      } catch (err) {
+        caught = err;
+      }
+      expect(caught).toBeInstanceOf(InvalidEventError);
+      expect((caught as InvalidEventError).field).toBe(field);
+      expect((caught as Error).message).toContain(`\`${field}\``);
+    }
+    expect(() => encodeEvent({ type: "T", data: undefined as never })).toThrow(expect.objectContaining({ field: "data" }));
   });
 });

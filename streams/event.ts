@@ -65,36 +65,56 @@ export interface EncodedEvent {
   readonly data: Uint8Array;
 }
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 // Header values go on one line of the NATS protocol.
 const BAD_HEADER_VALUE = /[\r\n\u0000]/u;
 
-function headerValue(field: string, value: unknown, required: boolean): string | undefined {
+// The field's name (`path` + `name`, e.g. `events[2].type`) is built only for an error: a
+// batch of 1,000 events otherwise concatenated 7,000 names nobody read.
+function headerValue(path: string, name: string, value: unknown, required: boolean): string | undefined {
   if (value === undefined && !required) return undefined;
   if (typeof value !== "string" || value.length === 0 || value.length > MAX_HEADER_VALUE || BAD_HEADER_VALUE.test(value)) {
-    throw new InvalidEventError(field, value, `a non-empty string of at most ${MAX_HEADER_VALUE} characters without line breaks`);
+    throw new InvalidEventError(path + name, value, `a non-empty string of at most ${MAX_HEADER_VALUE} characters without line breaks`);
   }
   return value;
 }
 
-function timeValue(field: string, value: Date | string | undefined): string {
-  if (value === undefined) return new Date().toISOString();
+// "Now" as RFC 3339, kept for the millisecond it names: a batch of events stamped in the same
+// millisecond formats the date once (Date#toISOString was ~2% of a publish's client CPU).
+let nowMs = -1;
+let nowIso = "";
+
+function timeValue(path: string, value: Date | string | undefined): string {
+  if (value === undefined) {
+    const ms = Date.now();
+    if (ms !== nowMs) {
+      nowIso = new Date(ms).toISOString();
+      nowMs = ms;
+    }
+    return nowIso;
+  }
   const date = value instanceof Date ? value : new Date(value);
-  if (Number.isNaN(date.getTime())) throw new InvalidEventError(field, value, "a Date or an RFC 3339 timestamp");
+  if (Number.isNaN(date.getTime())) throw new InvalidEventError(`${path}time`, value, "a Date or an RFC 3339 timestamp");
   return date.toISOString();
 }
 
 /** Encodes the JSON body of an event. @throws InvalidEventError when `data` is not JSON-serialisable. */
 export function encodeData(data: unknown, field = "data"): Uint8Array {
+  return encodeDataAt(data, "", field);
+}
+
+function encodeDataAt(data: unknown, path: string, name: string): Uint8Array {
   let json: string | undefined;
   try {
     json = JSON.stringify(data);
   } catch (err) {
-    throw new InvalidEventError(field, data, "JSON-serialisable data", { cause: err });
+    throw new InvalidEventError(path + name, data, "JSON-serialisable data", { cause: err });
   }
-  if (json === undefined) throw new InvalidEventError(field, data, "JSON-serialisable data");
-  return encoder.encode(json);
+  if (json === undefined) throw new InvalidEventError(path + name, data, "JSON-serialisable data");
+  // Buffer.from carves small strings out of Node's shared 8 KB pool: ~4x faster than
+  // TextEncoder#encode (which allocates an ArrayBuffer per call) for event-sized bodies, and
+  // less garbage. A Buffer is a Uint8Array; the NATS client copies it into its outbound buffer.
+  return Buffer.from(json, "utf8");
 }
 
 /**
@@ -106,12 +126,12 @@ export function encodeEvent(event: EventInput, path = ""): EncodedEvent {
   if (event === null || typeof event !== "object" || Array.isArray(event)) {
     throw new InvalidEventError(path ? path.replace(/\.$/, "") : "event", event, "an object with `type` and `data`");
   }
-  const id = headerValue(`${path}id`, event.id ?? nuid.next(), true)!;
-  const type = headerValue(`${path}type`, event.type, true)!;
-  const time = timeValue(`${path}time`, event.time);
-  const correlation = headerValue(`${path}correlationId`, event.correlationId, false) ?? id;
-  const causation = headerValue(`${path}causationId`, event.causationId, false);
-  const schema = headerValue(`${path}schema`, event.schema === undefined ? DEFAULT_SCHEMA : String(event.schema), true)!;
+  const id = headerValue(path, "id", event.id ?? nuid.next(), true)!;
+  const type = headerValue(path, "type", event.type, true)!;
+  const time = timeValue(path, event.time);
+  const correlation = headerValue(path, "correlationId", event.correlationId, false) ?? id;
+  const causation = headerValue(path, "causationId", event.causationId, false);
+  const schema = headerValue(path, "schema", event.schema === undefined ? DEFAULT_SCHEMA : String(event.schema), true)!;
   // The values were checked above and the names are canonical constants.
   const h = new EventHeaders();
   h.appendChecked(HEADERS.msgId, id);
@@ -121,7 +141,7 @@ export function encodeEvent(event: EventInput, path = ""): EncodedEvent {
   if (causation) h.appendChecked(HEADERS.causationId, causation);
   h.appendChecked(HEADERS.schema, schema);
   h.appendChecked(HEADERS.contentType, "application/json");
-  return { id, headers: h, data: encodeData(event.data, `${path}data`) };
+  return { id, headers: h, data: encodeDataAt(event.data, path, "data") };
 }
 
 /**

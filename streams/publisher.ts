@@ -44,6 +44,13 @@ export const FAST_BATCH_MAX = 512;
 const BATCH_STREAMS: Readonly<Record<string, string>> = { evt: "FLEX_EVENTS", drv: "FLEX_DERIVED" };
 const FAST_OP = { start: 0, append: 1, commit: 2, end: 3, ping: 4 } as const;
 const EXPECT_HEADERS = ["Nats-Expected-Last-Subject-Sequence", "Nats-Expected-Last-Sequence", "Nats-Expected-Last-Msg-Id", "Nats-Expected-Stream"];
+const APPEND_TAIL = `.${FAST_OP.append}.$FI`;
+
+// A message with an expectation is never batched (its own ack says whether it held).
+function hasExpectation(headers: MsgHdrs): boolean {
+  for (const name of EXPECT_HEADERS) if (headers.has(name)) return true;
+  return false;
+}
 
 /** Options of {@link createPublisher}. */
 export interface PublisherOptions {
@@ -157,7 +164,8 @@ class BatchSettler implements Settler {
 }
 
 interface Pending {
-  readonly token: string;
+  /** Key in the pending map; base 36 in the reply subject of a single publish. */
+  readonly token: number;
   readonly subject: string;
   readonly data: Uint8Array;
   readonly headers: MsgHdrs | undefined;
@@ -224,7 +232,7 @@ class WindowPublisher implements Publisher {
   readonly #prefix: string;
   readonly #sub: Subscription;
   #fastSub: Subscription | undefined;
-  readonly #pending = new Map<string, Pending>();
+  readonly #pending = new Map<number, Pending>();
   readonly #slotWaiters: Array<() => void> = [];
   #slotHead = 0;
   readonly #idleWaiters: Array<() => void> = [];
@@ -264,19 +272,35 @@ class WindowPublisher implements Publisher {
     return { acked: this.#acked, failed: this.#failed, retries: this.#retries, inFlight: this.#pending.size };
   }
 
-  async publish(subject: string, data: Uint8Array, options: PublishOptions = {}): Promise<PublishAck> {
+  // Not an async function: with a free slot, the message starts in the caller's turn and its
+  // one promise is the one returned (an async wrapper added a second promise and two
+  // microtask hops per message, ~1 µs of client CPU per event at 100k events/s).
+  publish(subject: string, data: Uint8Array, options: PublishOptions = {}): Promise<PublishAck> {
     const limit = this.#nc.info?.max_payload;
-    if (limit !== undefined && data.length > limit) throw new PayloadTooLargeError(subject, data.length, limit);
+    if (limit !== undefined && data.length > limit) return Promise.reject(new PayloadTooLargeError(subject, data.length, limit));
+    if (this.#pending.size >= this.#maxInFlight && !this.#closed) return this.#publishWhenFree(subject, data, options);
+    return this.#publishNow(subject, data, options);
+  }
+
+  async #publishWhenFree(subject: string, data: Uint8Array, options: PublishOptions): Promise<PublishAck> {
     while (this.#pending.size >= this.#maxInFlight && !this.#closed) {
       await new Promise<void>((res) => this.#slotWaiters.push(res));
     }
-    if (this.#closed || this.#nc.isClosed()) throw new PublisherClosedError(subject);
-    options.signal?.throwIfAborted();
+    return this.#publishNow(subject, data, options);
+  }
+
+  #publishNow(subject: string, data: Uint8Array, options: PublishOptions): Promise<PublishAck> {
+    if (this.#closed || this.#nc.isClosed()) return Promise.reject(new PublisherClosedError(subject));
+    if (options.signal?.aborted) return Promise.reject(options.signal.reason);
     let h = options.headers;
     if (options.msgId !== undefined || options.expectedLastSubjectSequence !== undefined) {
-      h ??= natsHeaders();
-      if (options.msgId !== undefined) h.set("Nats-Msg-Id", options.msgId);
-      if (options.expectedLastSubjectSequence !== undefined) h.set("Nats-Expected-Last-Subject-Sequence", String(options.expectedLastSubjectSequence));
+      try {
+        h ??= natsHeaders();
+        if (options.msgId !== undefined) h.set("Nats-Msg-Id", options.msgId);
+        if (options.expectedLastSubjectSequence !== undefined) h.set("Nats-Expected-Last-Subject-Sequence", String(options.expectedLastSubjectSequence));
+      } catch (err) {
+        return Promise.reject(err);
+      }
     }
     return new Promise<PublishAck>((resolve, reject) => this.#start(subject, data, h, new OneSettler(resolve, reject), 0));
   }
@@ -308,11 +332,11 @@ class WindowPublisher implements Publisher {
   }
 
   #start(subject: string, data: Uint8Array, headers: MsgHdrs | undefined, settler: Settler, index: number): void {
-    const token = (this.#next++).toString(36);
+    const token = this.#next++;
     const now = Date.now();
-    const entry: Pending = { token, subject, data, headers, firstSent: now, lastSent: now, attempts: 0, settler, index, batch: undefined, batchSeq: 0, single: !this.#batching || (headers !== undefined && EXPECT_HEADERS.some((h) => headers.has(h))) };
+    const entry: Pending = { token, subject, data, headers, firstSent: now, lastSent: now, attempts: 1, settler, index, batch: undefined, batchSeq: 0, single: !this.#batching || (headers !== undefined && hasExpectation(headers)) };
     this.#pending.set(token, entry);
-    this.#send(entry);
+    this.#queue(entry);
   }
 
   async flush(): Promise<void> {
@@ -345,6 +369,10 @@ class WindowPublisher implements Publisher {
   #send(entry: Pending): void {
     entry.attempts += 1;
     entry.lastSent = Date.now();
+    this.#queue(entry);
+  }
+
+  #queue(entry: Pending): void {
     this.#outbox.push(entry);
     if (this.#outbox.length === 1) setImmediate(this.#drainOutbox);
   }
@@ -370,7 +398,8 @@ class WindowPublisher implements Publisher {
     }
     if (groups) {
       for (const [root, entries] of groups) {
-        for (let i = 0; i < entries.length; i += FAST_BATCH_MAX) this.#sendBatch(root, entries.slice(i, i + FAST_BATCH_MAX));
+        if (entries.length <= FAST_BATCH_MAX) this.#sendBatch(root, entries);
+        else for (let i = 0; i < entries.length; i += FAST_BATCH_MAX) this.#sendBatch(root, entries.slice(i, i + FAST_BATCH_MAX));
       }
     }
   };
@@ -378,7 +407,7 @@ class WindowPublisher implements Publisher {
   #sendOne(entry: Pending): void {
     entry.batch = undefined;
     try {
-      this.#nc.publish(entry.subject, entry.data, { reply: `${this.#prefix}.${entry.token}`, headers: entry.headers });
+      this.#nc.publish(entry.subject, entry.data, { reply: `${this.#prefix}.${entry.token.toString(36)}`, headers: entry.headers });
     } catch (err) {
       // A bad subject or a closed connection: nothing was sent and nothing will be.
       this.#settle(entry, err instanceof Error ? new PublishRejectedError(entry.subject, err.message) : new PublisherClosedError(entry.subject));
@@ -393,13 +422,14 @@ class WindowPublisher implements Publisher {
     if (entries.length === 1) return this.#sendOne(entries[0]!);
     const batch: FastBatch = { id: nuid.next(), root, stream: BATCH_STREAMS[root]!, entries: [], acked: 0, done: false };
     this.#batches.set(batch.id, batch);
-    const reply = (seq: number, op: number): string => `${this.#fastPrefix}.${batch.id}.${FAST_BATCH_ACK_INTERVAL}.fail.${seq}.${op}.$FI`;
+    const head = `${this.#fastPrefix}.${batch.id}.${FAST_BATCH_ACK_INTERVAL}.fail.`;
+    const reply = (seq: number, op: number): string => `${head}${seq}.${op}.$FI`;
     for (const entry of entries) {
       const seq = batch.entries.push(entry);
       entry.batch = batch;
       entry.batchSeq = seq;
       try {
-        this.#nc.publish(entry.subject, entry.data, { reply: reply(seq, seq === 1 ? FAST_OP.start : FAST_OP.append), headers: entry.headers });
+        this.#nc.publish(entry.subject, entry.data, { reply: seq === 1 ? reply(seq, FAST_OP.start) : head + seq + APPEND_TAIL, headers: entry.headers });
       } catch (err) {
         batch.entries[seq - 1] = undefined;
         this.#settle(entry, err instanceof Error ? new PublishRejectedError(entry.subject, err.message) : new PublisherClosedError(entry.subject));
@@ -474,8 +504,7 @@ class WindowPublisher implements Publisher {
   }
 
   #onAck(msg: Msg): void {
-    const token = msg.subject.slice(this.#prefix.length + 1);
-    const entry = this.#pending.get(token);
+    const entry = this.#pending.get(Number.parseInt(msg.subject.slice(this.#prefix.length + 1), 36));
     if (!entry) return; // a late ack of a message already settled by an earlier ack
     if (msg.headers?.hasError) {
       // 503: no stream listens on the subject (or JetStream is not ready after a restart).
