@@ -1,7 +1,6 @@
 import { jetstream } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
-import { createPublisher, encodeEvent, ensureTopology } from "../streams/index.js";
-import type { EncodedEvent, PublisherOptions } from "../streams/index.js";
+import { ensureTopology } from "../streams/index.js";
+import { publishFast, reading } from "./ingest.js";
 import { cpuMeter, median, ratio, startBenchNats } from "./harness.js";
 import type { BenchResult, CpuSplit, Suite } from "./harness.js";
 
@@ -10,30 +9,7 @@ const WINDOW_N = 20_000;
 const WINDOW_SIZE = 256;
 const ROUNDS = 3;
 
-let serial = 0;
-/** The same ~150-byte reading as the `ingest` suite. */
-function reading(i: number): EncodedEvent {
-  serial += 1;
-  return encodeEvent({
-    id: `c${serial}`,
-    type: "ReadingRecorded",
-    data: { sensor: `s-${i % 1000}`, site: "plant-7", temp: 20 + (i % 50) / 10, humidity: 40 + (i % 30) / 3, pressure: 1013.25, seq: i },
-  });
-}
-
 const subject = (i: number): string => `evt.bench.sensor.s${i % 1000}`;
-
-async function publishFast(nc: NatsConnection, options: PublisherOptions): Promise<void> {
-  const publisher = createPublisher(nc, options);
-  const pending: Array<Promise<unknown>> = [];
-  for (let i = 0; i < N; i++) {
-    const e = reading(i);
-    pending.push(publisher.publish(subject(i), e.data, { headers: e.headers }));
-    if (pending.length >= 8192) await Promise.all(pending.splice(0));
-  }
-  await Promise.all(pending);
-  await publisher.close();
-}
 
 /**
  * The four publish figures of `ingest`, interleaved round by round (so the machine's
@@ -66,8 +42,8 @@ export const suite: Suite = {
             await Promise.all(inflight);
           },
         },
-        { name: "publish.flexcore", ops: N, what: "createPublisher, every message acked", fn: () => publishFast(nc, {}) },
-        { name: "publish.flexcore-batched", ops: N, what: 'createPublisher({ batching: "auto" })', fn: () => publishFast(nc, { batching: "auto" }) },
+        { name: "publish.flexcore", ops: N, what: "createPublisher, every message acked", fn: () => publishFast(nc, subject, N) },
+        { name: "publish.flexcore-batched", ops: N, what: 'createPublisher({ batching: "auto" })', fn: () => publishFast(nc, subject, N, false, { batching: "auto" }) },
         {
           name: "publish.core-no-ack", ops: N, what: "core publish then flush, no acks: the ceiling",
           async fn() {

@@ -24,8 +24,8 @@ const AGGREGATE_EVENTS = 10_000;
 const SMALL_AGGREGATE_EVENTS = 50;
 
 let serial = 0;
-/** A ~150-byte sensor reading, like the events users send. */
-function reading(i: number): EncodedEvent {
+/** A ~150-byte sensor reading, like the events users send (also the `ingest-cpu` suite's). */
+export function reading(i: number): EncodedEvent {
   serial += 1;
   return encodeEvent({
     id: `b${serial}`,
@@ -34,7 +34,8 @@ function reading(i: number): EncodedEvent {
   });
 }
 
-async function publishFast(nc: NatsConnection, subjectOf: (i: number) => string, n: number, revisions?: boolean, options: PublisherOptions = {}): Promise<void> {
+/** Publishes `n` readings through FlexCore's pipelined publisher, at most 8192 unacknowledged. */
+export async function publishFast(nc: NatsConnection, subjectOf: (i: number) => string, n: number, revisions?: boolean, options: PublisherOptions = {}): Promise<void> {
   const publisher = createPublisher(nc, options);
   const pending: Array<Promise<unknown>> = [];
   for (let i = 0; i < n; i++) {
