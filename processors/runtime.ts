@@ -5,9 +5,9 @@ import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/
 import type { Consumer, ConsumerConfig, ConsumerMessages, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
-import { headers as natsHeaders, nanos } from "@nats-io/transport-node";
+import { nanos } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
-import { BUCKETS, createPublisher, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, openTtlKv, REDRIVE_HEADERS, snapshotKey, STREAMS, SUBJECT_ROOTS, SYSTEM_TENANT } from "../streams/index.js";
+import { BUCKETS, createPublisher, deadLetterHeaders, decodeData, derivedSubject, dlqSubject, encodeEvent, eventFromJsMsg, EventHeaders, eventSubject, HEADERS, InvalidOptionError, METRICS_CATEGORY, METRICS_EVENT_TYPES, openTtlKv, REDRIVE_HEADERS, snapshotKey, STREAMS, SUBJECT_ROOTS, SYSTEM_TENANT } from "../streams/index.js";
 import type { MetricsReported, Publisher, PublisherStats, TtlKv } from "../streams/index.js";
 import { DEFAULT_LEASE_TTL_MS } from "./config.js";
 import type { ResolvedProcessor } from "./config.js";
@@ -875,17 +875,15 @@ class ProcessorRunner {
   /** The `ProcessingFailed` dead letter of `e` (its `Nats-Msg-Id` is fixed, so a repeat is stored once). */
   #deadLetter(e: Entry, attempts: number, error: { name: string; code: string | undefined; message: string }, reason: string): PendingOutput {
     const meta = metaOf(e);
-    const h = natsHeaders();
-    // A redrive that failed again is a new dead letter (its own id), carrying the earlier reasons.
-    h.set(HEADERS.msgId, e.redrive ? `${this.cfg.name}:${e.seq}:dlq:r${e.redrive.dlqSeq}` : `${this.cfg.name}:${e.seq}:dlq`);
-    h.set(HEADERS.type, "ProcessingFailed");
-    h.set(HEADERS.time, new Date().toISOString());
-    h.set(HEADERS.causationId, meta.sourceId);
-    h.set(HEADERS.schema, "1");
-    h.set(HEADERS.contentType, "application/json");
-    h.set("Flex-Source-Seq", String(e.seq));
-    h.set("Flex-Source-Subject", e.subject);
-    h.set("Flex-Error", reason.replace(/[\r\n]+/g, " ").slice(0, 1024));
+    const h = deadLetterHeaders({
+      // A redrive that failed again is a new dead letter (its own id), carrying the earlier reasons.
+      id: e.redrive ? `${this.cfg.name}:${e.seq}:dlq:r${e.redrive.dlqSeq}` : `${this.cfg.name}:${e.seq}:dlq`,
+      type: "ProcessingFailed",
+      causationId: meta.sourceId,
+      sourceSeq: e.seq,
+      sourceSubject: e.subject,
+      reason,
+    });
     const body = {
       processor: this.cfg.name,
       kind: this.cfg.kind,

@@ -23,6 +23,50 @@ export const REDRIVE_HEADERS = {
   reasons: "Flex-Redrive-Reasons",
 } as const;
 
+/** Headers a dead letter carries besides the event headers (`Nats-Msg-Id`, `Flex-Type`, ...). */
+export const DLQ_HEADERS = {
+  /** Sequence of the failed message in its own stream. */
+  sourceSeq: "Flex-Source-Seq",
+  /** Subject of the failed message. */
+  sourceSubject: "Flex-Source-Subject",
+  /** The reason, on one line, at most {@link MAX_DLQ_ERROR_HEADER} characters (the body has it whole). */
+  error: "Flex-Error",
+} as const;
+
+/** Longest reason kept in the `Flex-Error` header. */
+export const MAX_DLQ_ERROR_HEADER = 1_024;
+
+/** What {@link deadLetterHeaders} needs. */
+export interface DeadLetterHeaderInput {
+  /** The dead letter's own event id (deterministic, so a repeated dead-lettering is stored once). */
+  readonly id: string;
+  /** Its event type, e.g. `ProcessingFailed`. */
+  readonly type: string;
+  /** Id of the event that failed, when known. */
+  readonly causationId?: string | undefined;
+  readonly sourceSeq: number;
+  readonly sourceSubject: string;
+  readonly reason: string;
+}
+
+/**
+ * The headers of a dead letter on `dlq.<tenant>.<source>`, as every component that
+ * dead-letters writes them and {@link readDeadLetter} reads them back.
+ */
+export function deadLetterHeaders(input: DeadLetterHeaderInput): MsgHdrs {
+  const h = natsHeaders();
+  h.set(HEADERS.msgId, input.id);
+  h.set(HEADERS.type, input.type);
+  h.set(HEADERS.time, new Date().toISOString());
+  if (input.causationId) h.set(HEADERS.causationId, input.causationId);
+  h.set(HEADERS.schema, "1");
+  h.set(HEADERS.contentType, "application/json");
+  h.set(DLQ_HEADERS.sourceSeq, String(input.sourceSeq));
+  h.set(DLQ_HEADERS.sourceSubject, input.sourceSubject);
+  h.set(DLQ_HEADERS.error, input.reason.replace(/[\r\n]+/g, " ").slice(0, MAX_DLQ_ERROR_HEADER));
+  return h;
+}
+
 /** Dead letters read per call by default. */
 export const DEFAULT_DLQ_PAGE = 100;
 /** Most dead letters one call reads, redrives or purges; the answer says when more are left. */
@@ -207,9 +251,9 @@ export function readDeadLetter(subject: string, seq: number, storedAt: number, h
     };
   }
   const body = parseJson(data) as Record<string, unknown> | string;
-  if (headers["Flex-Source-Subject"] !== undefined && typeof body === "object" && body !== null) {
+  if (headers[DLQ_HEADERS.sourceSubject] !== undefined && typeof body === "object" && body !== null) {
     const error = body.error as { code?: unknown } | undefined;
-    const reason = typeof body.reason === "string" ? body.reason : (headers["Flex-Error"] ?? "unknown");
+    const reason = typeof body.reason === "string" ? body.reason : (headers[DLQ_HEADERS.error] ?? "unknown");
     return {
       ...base,
       kind: "processor",
@@ -217,8 +261,8 @@ export function readDeadLetter(subject: string, seq: number, storedAt: number, h
       reasons: reasonsOf(body.previousReasons, reason),
       errorCode: typeof error?.code === "string" ? error.code : null,
       attempts: typeof body.attempts === "number" ? body.attempts : null,
-      originalSubject: headers["Flex-Source-Subject"] ?? null,
-      originalSeq: numberOrNull(headers["Flex-Source-Seq"]),
+      originalSubject: headers[DLQ_HEADERS.sourceSubject] ?? null,
+      originalSeq: numberOrNull(headers[DLQ_HEADERS.sourceSeq]),
       eventType: typeof body.type === "string" ? body.type : null,
       eventTime: typeof body.time === "string" ? body.time : null,
       data: body.data,

@@ -3,11 +3,11 @@ import { setMaxListeners } from "node:events";
 import { hostname } from "node:os";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
-import { headers as natsHeaders, nuid } from "@nats-io/transport-node";
+import { nuid } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { BUILTIN_PROCESSORS, createProcessorPool, createScriptRunner, UnknownProcessorError } from "../processors/index.js";
 import type { ProcessorPool, ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
-import { BUCKETS, ConcurrencyError, createEventStore, decodeData, decodeEvent, dlqSubject, eventSubject, FlexError, HEADERS, InvalidOptionError, openTtlKv, parseSubject, STREAMS } from "../streams/index.js";
+import { BUCKETS, ConcurrencyError, createEventStore, deadLetterHeaders, decodeData, decodeEvent, dlqSubject, eventSubject, FlexError, HEADERS, InvalidOptionError, openTtlKv, parseSubject, STREAMS } from "../streams/index.js";
 import type { EventInput, EventStore, TtlKv } from "../streams/index.js";
 import { cronMatches, parseCron } from "./cron.js";
 import { backoffDelay, parseDefinitionText, validateDefinition } from "./definition.js";
@@ -630,17 +630,7 @@ class Runner implements WorkflowRunner {
     const subject = dlqSubject(w.tenant, source);
     const code = err instanceof FlexError ? err.code : typeof (err as { code?: unknown })?.code === "string" ? String((err as { code: string }).code) : null;
     const reason = `workflow ${w.tenant}/${w.name} v${w.version}: event ${m.seq} started no run after ${m.info.deliveryCount} attempt(s): ${describeError(err)}`;
-    const h = natsHeaders();
-    h.set(HEADERS.msgId, `${source}:${m.seq}:dlq`);
-    h.set(HEADERS.type, "TriggerFailed");
-    h.set(HEADERS.time, new Date().toISOString());
-    const causation = m.headers?.get(HEADERS.msgId);
-    if (causation) h.set(HEADERS.causationId, causation);
-    h.set(HEADERS.schema, "1");
-    h.set(HEADERS.contentType, "application/json");
-    h.set("Flex-Source-Seq", String(m.seq));
-    h.set("Flex-Source-Subject", m.subject);
-    h.set("Flex-Error", reason.replace(/[\r\n]+/g, " ").slice(0, 1024));
+    const h = deadLetterHeaders({ id: `${source}:${m.seq}:dlq`, type: "TriggerFailed", causationId: m.headers?.get(HEADERS.msgId), sourceSeq: m.seq, sourceSubject: m.subject, reason });
     const body = {
       workflow: w.name,
       version: w.version,
