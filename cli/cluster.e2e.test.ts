@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { createTokenIssuer, openKeyStore, openUserStore } from "../gateway/index.js";
-import { ensureTopology, HEADERS, STREAMS } from "../streams/index.js";
+import { HEADERS, STREAMS } from "../streams/index.js";
 import { startTestCluster } from "../test/nats-cluster.js";
 import type { TestCluster } from "../test/nats-cluster.js";
 import { firstStoredAfter, startUp } from "../test/flexcore-up.js";
@@ -18,8 +18,7 @@ import { uniqueName } from "../test/nats-server.js";
 let cluster: TestCluster;
 let dir: string;
 beforeAll(async () => {
-  cluster = await startTestCluster();
-  await ensureTopology(cluster.nc, { replicas: 3 });
+  cluster = await startTestCluster({ topology: true });
   dir = await mkdtemp(join(tmpdir(), "flexcore-cluster-e2e-"));
 }, 90_000);
 afterAll(async () => {

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createPublisher, encodeEvent, ensureTopology, HEADERS, STREAMS } from "../streams/index.js";
+import { createPublisher, encodeEvent, HEADERS, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { createProjectionEngine } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
@@ -20,8 +20,7 @@ import { uniqueName } from "../test/nats-server.js";
 let cluster: TestCluster;
 let dir: string;
 beforeAll(async () => {
-  cluster = await startTestCluster();
-  await ensureTopology(cluster.nc, { replicas: 3 });
+  cluster = await startTestCluster({ topology: true });
   dir = await mkdtemp(join(tmpdir(), "flexcore-cluster-int-"));
 }, 90_000);
 afterAll(async () => {

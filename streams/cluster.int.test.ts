@@ -4,23 +4,13 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { startTestCluster } from "../test/nats-cluster.js";
 import type { TestCluster } from "../test/nats-cluster.js";
 import { uniqueName } from "../test/nats-server.js";
-import { createEventStore, createPublisher, encodeEvent, ensureTopology, FlexError, HEADERS, STREAMS, StreamUnavailableError } from "./index.js";
+import { createEventStore, createPublisher, encodeEvent, FlexError, HEADERS, STREAMS, StreamUnavailableError } from "./index.js";
 import type { Publisher } from "./index.js";
 
 // Failure tests on a 3-node cluster with R3 streams: each counts by event id.
 let cluster: TestCluster;
 beforeAll(async () => {
-  cluster = await startTestCluster();
-  // R3 streams need every peer of the new meta group; on a busy machine the first tries can time out.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await ensureTopology(cluster.nc, { replicas: 3 });
-      break;
-    } catch (err) {
-      if (attempt >= 10) throw err;
-      await sleep(1_000);
-    }
-  }
+  cluster = await startTestCluster({ topology: true });
 }, 120_000);
 afterAll(async () => {
   await cluster?.close();

@@ -6,7 +6,7 @@ import { jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { ConnectionOptions, NatsConnection } from "@nats-io/transport-node";
 import { generateNatsUsers, SERVICE_USER } from "../gateway/index.js";
-import { credentialsToEnv, natsConnectOptions, startNatsServer } from "../streams/index.js";
+import { credentialsToEnv, ensureTopology, natsConnectOptions, startNatsServer } from "../streams/index.js";
 import type { NatsCredentials, NatsServer } from "../streams/index.js";
 
 /** Options of {@link startTestCluster}. */
@@ -15,6 +15,8 @@ export interface TestClusterOptions {
   readonly size?: number;
   /** Extra configuration for every node. */
   readonly extraConfig?: string;
+  /** Provision FlexCore's streams and buckets with one replica per node (`ensureTopology`). @default false */
+  readonly topology?: boolean;
 }
 
 /** A cluster of real nats-servers on loopback, authorization on, for failure tests. */
@@ -103,6 +105,16 @@ export async function startTestCluster(options: TestClusterOptions = {}): Promis
     if (placed) break;
     if (Date.now() > deadline) throw new Error(`the test cluster could not place an R${size} stream within 30 s`);
     await new Promise((r) => setTimeout(r, 200));
+  }
+  // On a busy machine the first creations of the replicated streams can still time out: again, for a while.
+  for (let attempt = 1; options.topology; attempt++) {
+    try {
+      await ensureTopology(nc, { replicas: size });
+      break;
+    } catch (err) {
+      if (attempt >= 10) throw err;
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
   }
   const close = async (): Promise<void> => {
     for (const c of [nc, ...extra]) if (!c.isClosed()) await c.close().catch(() => undefined);
