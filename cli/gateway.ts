@@ -6,7 +6,7 @@ import type { WorkflowRunner } from "../workflows/index.js";
 import { InvalidOptionError } from "../streams/index.js";
 import { gatewayKeysDir } from "./connection.js";
 import { portFree } from "./ports.js";
-import type { Component, UpContext } from "./up.js";
+import type { Component, UpContext } from "./pipeline-config.js";
 
 /** Port of the gateway when FLEXCORE_GATEWAY_PORT is unset. */
 export const DEFAULT_GATEWAY_PORT = 8080;

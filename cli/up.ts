@@ -1,54 +1,24 @@
 import { existsSync } from "node:fs";
-import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, ensureTopology, missingFeatures } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
-import { loadConfig, pipelineSections, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
-import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
+import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
 import { startWorkflows, workflowsSection } from "../workflows/index.js";
 import { createProjectionEngine, serveProjectionControl } from "../projections/index.js";
 import { dataDir as defaultDataDir, embeddedConnectOptions, serviceConnectOptions } from "./connection.js";
 import { startEmbeddedServer } from "./embedded.js";
-import { gatewaySection } from "../gateway/index.js";
 import { startGateway } from "./gateway.js";
 import { createRootLogger, lineLogger } from "./logger.js";
 import { projectRoot } from "./paths.js";
 
-/** Something `flexcore up` started and stops on exit, last started first stopped. */
-export interface Component {
-  readonly name: string;
-  close(): Promise<void>;
-}
+import { configSections } from "./pipeline-config.js";
+import type { Component, PipelineConfig, UpContext } from "./pipeline-config.js";
 
-/** What each area gets to start its part of the pipeline. */
-export interface UpContext {
-  readonly nc: NatsConnection;
-  readonly natsUrl: string;
-  readonly dataDir: string;
-  readonly root: string;
-  /** Lines of `flexcore up` itself (the `up` child logger). */
-  readonly log: (line: string) => void;
-  /** The root logger; each area logs through `logger.child({ area })`. */
-  readonly logger: Logger;
-  /** The validated `flexcore.yaml` (see {@link configSections}). */
-  readonly config: PipelineConfig;
-  /** The processor runtime: `metrics()` and `lag()` for `/metrics`, `invoke()` for workflows. */
-  readonly processors: ProcessorRuntime;
-}
-
-/**
- * Sections of `flexcore.yaml`, one validator each; an area adds its section here
- * (e.g. `workflows: workflowsSection`). The whole file is validated before anything starts.
- */
-export function configSections(root = projectRoot()) {
-  return { ...pipelineSections({ threads: availableParallelism() }), workflows: workflowsSection, gateway: gatewaySection(process.env, root) };
-}
-
-/** The validated configuration. */
-export type PipelineConfig = ConfigSections<ReturnType<typeof configSections>>;
+export { configSections };
+export type { Component, PipelineConfig, UpContext };
 
 export interface UpOptions {
   /** Connect here instead of starting an embedded server. @default $NATS_URL */

@@ -4,10 +4,9 @@ import Fastify, { LogController } from "fastify";
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, onRequestHookHandler, onResponseHookHandler } from "fastify";
 import swagger from "@fastify/swagger";
 import { jetstreamManager } from "@nats-io/jetstream";
-import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createDeadLetters, createEventStore, createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
-import type { EventStore, Publisher } from "../streams/index.js";
+import type { Publisher } from "../streams/index.js";
 import { ForbiddenError, RateLimitedError, RequestTimeoutError, TokenTooLargeError, UnauthenticatedError, UnsupportedMediaTypeError } from "./errors.js";
 import { notFoundBody, toHttpError } from "./http-errors.js";
 import { openKeyStore } from "./keys.js";
@@ -24,6 +23,7 @@ import { openRevocations } from "./revocations.js";
 import { DEFAULT_AUTH_SWEEP_INTERVAL_MS, openAuthSweeper } from "./auth-sweep.js";
 import type { AuthSweeper, SweepReport } from "./auth-sweep.js";
 import type { Revocations } from "./revocations.js";
+import type { Limits, ReadinessCheck, RouteContext } from "./route-context.js";
 import { registerAuthRoutes } from "./routes/auth.js";
 import { registerDerivedRoutes } from "./routes/derived.js";
 import { registerDlqRoutes } from "./routes/dlq.js";
@@ -180,46 +180,7 @@ export interface GatewayOptions {
   readonly trustProxy?: boolean;
 }
 
-/** One `/readyz` check's result. */
-export interface ReadinessCheck {
-  readonly ok: boolean;
-  readonly detail?: unknown;
-}
-
-/** Resolved limits, shared with the route files. */
-export interface Limits {
-  readonly bodyLimit: number;
-  readonly batchBodyLimit: number;
-  readonly maxBatchEvents: number;
-  readonly defaultPageSize: number;
-  readonly maxPageSize: number;
-  readonly requestTimeoutMs: number;
-  readonly maxWaitMs: number;
-  readonly maxReadyLag: number;
-}
-
-/** What the route files get. */
-export interface RouteContext {
-  readonly app: FastifyInstance;
-  readonly nc: NatsConnection;
-  readonly jsm: JetStreamManager;
-  readonly store: EventStore;
-  readonly publisher: Publisher;
-  readonly limits: Limits;
-  readonly metrics: GatewayMetrics;
-  readonly users: UserStore;
-  readonly sessions: SessionService | undefined;
-  readonly revocations: Revocations;
-  readonly keys: KeyStore | undefined;
-  readonly signInLimiter: RateLimiter;
-  readonly readModels: ReadModels | undefined;
-  readonly workflows: WorkflowClient | undefined;
-  readonly readiness: Readonly<Record<string, () => ReadinessCheck | Promise<ReadinessCheck>>>;
-  /** Runs `fn` with the request timeout: aborts its signal and answers 503 when it passes. */
-  timed<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T>;
-  /** Answers 503 when `work` (which cannot be cancelled) outlasts the request timeout; no AbortController. */
-  deadline<T>(work: Promise<T>): Promise<T>;
-}
+export type { Limits, ReadinessCheck, RouteContext } from "./route-context.js";
 
 /** A running gateway. */
 export interface Gateway extends AsyncDisposable {

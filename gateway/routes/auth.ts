@@ -1,5 +1,5 @@
 import { RateLimitedError, UnavailableError } from "../errors.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 
 const tokenResponse = {
   type: "object",

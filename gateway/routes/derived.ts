@@ -2,7 +2,7 @@ import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
 import { checkToken, decodeEvent, derivedSubject, STREAMS, SUBJECT_ROOTS } from "../../streams/index.js";
 import type { StoredEvent } from "../../streams/index.js";
 import { BadRequestError } from "../errors.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 
 interface DerivedQuerystring {
   key?: string;

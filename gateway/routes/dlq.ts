@@ -1,7 +1,7 @@
 import { createDeadLetters } from "../../streams/index.js";
 import type { DeadLetterFilter } from "../../streams/index.js";
 import { BadRequestError } from "../errors.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 
 const filterProperties = {
   seq: { type: ["integer", "string"], description: "One dead letter by its FLEX_DLQ sequence" },

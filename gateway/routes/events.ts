@@ -1,7 +1,7 @@
 import { encodeEvent, eventSubject, FlexError, isReservedCategory, RESERVED_CATEGORIES } from "../../streams/index.js";
 import type { OutgoingMessage } from "../../streams/index.js";
 import { BadRequestError, CategoryReservedError, InvalidJsonError } from "../errors.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 import { pickEvent } from "./streams.js";
 
 /** Media types `POST /v1/events` accepts. */

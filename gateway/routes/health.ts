@@ -1,5 +1,5 @@
 import { STREAMS } from "../../streams/index.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 
 // Stream info is fetched at most this often for /readyz.
 const TOPOLOGY_CHECK_MS = 2_000;

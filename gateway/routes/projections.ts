@@ -1,6 +1,6 @@
 import { checkToken } from "../../streams/index.js";
 import { BadRequestError, UnavailableError } from "../errors.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 import type { ReadModelPage, ReadModelQuery, ReadModels } from "../read-models.js";
 
 /** Interval of SSE keep-alive comments, in ms. */

@@ -3,7 +3,7 @@ import { checkToken, isReservedCategory, RESERVED_CATEGORIES } from "../../strea
 import type { EventInput, ExpectedRevision, Reducer, StoredEvent } from "../../streams/index.js";
 import { mergePatch } from "../../projections/index.js";
 import { BadRequestError, CategoryReservedError, NotFoundError, UnsupportedMediaTypeError } from "../errors.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 
 /** Most events one `POST /v1/streams/:category/:id` may append. */
 export const MAX_APPEND_EVENTS = 100;

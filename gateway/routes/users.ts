@@ -1,6 +1,6 @@
 import { Kvm } from "@nats-io/kv";
 import { BUCKETS } from "../../streams/index.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 import { revokeUserSessions } from "../sessions.js";
 
 const userSchema = {

@@ -1,7 +1,7 @@
 import { checkToken } from "../../streams/index.js";
 import type { WorkflowClient } from "../../workflows/index.js";
 import { BadRequestError, UnavailableError } from "../errors.js";
-import type { RouteContext } from "../gateway.js";
+import type { RouteContext } from "../route-context.js";
 import { eventView } from "./streams.js";
 
 /** Media types a workflow definition may be sent as. */
