@@ -63,7 +63,7 @@ export {
   REFRESH_TOKEN_TYPE,
 } from "./tokens.js";
 export type { ExternalIssuerOptions, LocalIssuerOptions, Principal, TokenIssuer, TokenVerifier, TokenVerifierOptions } from "./tokens.js";
-export { checkTenant, checkUsername, hashPassword, MIN_PASSWORD_LENGTH, openUserStore, verifyPassword } from "./users.js";
+export { checkUserTenant, checkUsername, hashPassword, MIN_PASSWORD_LENGTH, openUserStore, verifyPassword } from "./users.js";
 export type { User, UserStore } from "./users.js";
 export { generateNatsUsers, seededTenants, seedFile, SERVICE_USER, tenantInboxPrefix } from "./nats-users.js";
 export type { NatsUser, NatsUsers, NatsUsersOptions } from "./nats-users.js";

@@ -2,7 +2,7 @@ import { chmod, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { nkeys } from "@nats-io/transport-node";
 import { InvalidOptionError, RESERVED_CATEGORIES, SUBJECT_ROOTS } from "../streams/index.js";
-import { checkTenant } from "./users.js";
+import { checkUserTenant } from "./users.js";
 
 /** Name of the service user (FlexCore's own processes), which keeps full access. */
 export const SERVICE_USER = "flexcore";
@@ -116,7 +116,7 @@ export async function generateNatsUsers(options: NatsUsersOptions): Promise<Nats
   if (!Array.isArray(options.tenants) || (options.tenants.length === 0 && !service)) {
     throw new InvalidOptionError("tenants", options.tenants, "a non-empty list of tenant names");
   }
-  const tenants = [...new Set(options.tenants.map((t) => checkTenant(t)))];
+  const tenants = [...new Set(options.tenants.map((t) => checkUserTenant(t)))];
   if (tenants.includes(SERVICE_USER)) throw new InvalidOptionError("tenants", SERVICE_USER, `tenant names other than \`${SERVICE_USER}\` (the service user's seed file)`);
   await mkdir(options.seedsDir, { recursive: true, mode: 0o700 });
   const users: NatsUser[] = [];

@@ -6,7 +6,7 @@ import type { TtlKv } from "../streams/index.js";
 import { InvalidCredentialsError, InvalidRefreshTokenError, RefreshTokenReuseError } from "./errors.js";
 import type { Revocations } from "./revocations.js";
 import type { Principal, TokenIssuer } from "./tokens.js";
-import { checkTenant, checkUsername, keyToken } from "./users.js";
+import { checkUserTenant, checkUsername, keyToken } from "./users.js";
 import type { UserStore } from "./users.js";
 
 /** What sign-in and refresh return (the OAuth 2 token response shape). */
@@ -55,7 +55,7 @@ function sessionKey(tenant: string, username: string, sid: string): string {
 /** Ends every session of a user (also used by `flexcore users remove|passwd`). */
 export async function revokeUserSessions(kv: KV, revocations: Revocations, tenant: string, username: string): Promise<number> {
   let n = 0;
-  for await (const key of await kv.keys(`${SESSION_PREFIX}.${keyToken(checkTenant(tenant))}.${keyToken(checkUsername(username))}.*`)) {
+  for await (const key of await kv.keys(`${SESSION_PREFIX}.${keyToken(checkUserTenant(tenant))}.${keyToken(checkUsername(username))}.*`)) {
     const sid = key.split(".")[3];
     if (!sid) continue;
     const entry = await kv.get(key);
@@ -91,7 +91,7 @@ class KvSessions implements SessionService {
 
   async signIn(tenant: string, username: string, password: string): Promise<TokenPair> {
     // A reserved tenant is refused as such (400), before any user lookup: no user can exist there.
-    if (typeof tenant === "string" && tenant.startsWith(RESERVED_TENANT_PREFIX)) checkTenant(tenant);
+    if (typeof tenant === "string" && tenant.startsWith(RESERVED_TENANT_PREFIX)) checkUserTenant(tenant);
     const user = await this.#users.verify(tenant, username, password);
     if (!user) throw new InvalidCredentialsError();
     const sid = nuid.next();
@@ -105,7 +105,7 @@ class KvSessions implements SessionService {
     if (this.#revocations.has(claims.sid)) throw new InvalidRefreshTokenError("session revoked");
     let key: string;
     try {
-      key = sessionKey(checkTenant(claims.tenant), checkUsername(claims.subject), claims.sid);
+      key = sessionKey(checkUserTenant(claims.tenant), checkUsername(claims.subject), claims.sid);
     } catch {
       throw new InvalidRefreshTokenError("malformed claims");
     }

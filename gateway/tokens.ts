@@ -10,7 +10,7 @@ import type { KeyStore } from "./keys.js";
 import { ROLES } from "./policy.js";
 import type { Role } from "./policy.js";
 import type { Revocations } from "./revocations.js";
-import { checkTenant } from "./users.js";
+import { checkUserTenant } from "./users.js";
 
 /** `typ` header of access tokens (RFC 9068); a refresh token is never accepted as one. */
 export const ACCESS_TOKEN_TYPE = "at+jwt";
@@ -164,7 +164,7 @@ export function createTokenIssuer(keys: KeyStore, options: LocalIssuerOptions = 
       const jti = nuid.next();
       const now = Math.floor(Date.now() / 1000);
       const expiresAt = now + positive("ttlSeconds", c.ttlSeconds, accessTtlSeconds);
-      const token = await new SignJWT({ tenant: checkTenant(c.tenant), roles: [...c.roles], ...(c.sid ? { sid: c.sid } : {}) })
+      const token = await new SignJWT({ tenant: checkUserTenant(c.tenant), roles: [...c.roles], ...(c.sid ? { sid: c.sid } : {}) })
         .setProtectedHeader({ alg: SIGNING_ALG, typ: ACCESS_TOKEN_TYPE, kid: keys.activeKid })
         .setIssuer(issuer)
         .setAudience(audience)
@@ -178,7 +178,7 @@ export function createTokenIssuer(keys: KeyStore, options: LocalIssuerOptions = 
     async issueRefresh(c) {
       const now = Math.floor(Date.now() / 1000);
       const expiresAt = Math.min(now + refreshTtlSeconds, c.notAfter ?? Number.MAX_SAFE_INTEGER);
-      const token = await new SignJWT({ tenant: checkTenant(c.tenant), sid: c.sid, gen: c.gen })
+      const token = await new SignJWT({ tenant: checkUserTenant(c.tenant), sid: c.sid, gen: c.gen })
         .setProtectedHeader({ alg: SIGNING_ALG, typ: REFRESH_TOKEN_TYPE, kid: keys.activeKid })
         .setIssuer(issuer)
         .setAudience(refreshAudience)
@@ -405,7 +405,7 @@ class CachingVerifier implements TokenVerifier {
     const tenantValue = payload[this.#config.tenantClaim];
     let tenant: string;
     try {
-      tenant = checkTenant(tenantValue, this.#config.tenantClaim);
+      tenant = checkUserTenant(tenantValue, this.#config.tenantClaim);
     } catch (err) {
       // A token naming a reserved tenant (`_system`) is refused like any invalid token: 401.
       const reserved = err instanceof TenantReservedError;

@@ -57,7 +57,7 @@ const fromKeyToken = fromKvKeyToken;
  * bytes that does not start with `_` (reserved for FlexCore: `_system`).
  * @throws SubjectTokenError, TenantReservedError, InvalidOptionError (too long)
  */
-export function checkTenant(tenant: unknown, field = "tenant"): string {
+export function checkUserTenant(tenant: unknown, field = "tenant"): string {
   checkTenantName(tenant, field);
   if (Buffer.byteLength(tenant as string) > MAX_TENANT_LENGTH) throw new InvalidOptionError(field, tenant, `a tenant name of at most ${MAX_TENANT_LENGTH} bytes`);
   return tenant as string;
@@ -119,7 +119,7 @@ class KvUserStore implements UserStore {
   }
 
   #key(tenant: string, username: string): string {
-    return `user.${keyToken(checkTenant(tenant))}.${keyToken(checkUsername(username))}`;
+    return `user.${keyToken(checkUserTenant(tenant))}.${keyToken(checkUsername(username))}`;
   }
 
   async #load(tenant: string, username: string): Promise<{ user: StoredUser; revision: number } | undefined> {
@@ -143,7 +143,7 @@ class KvUserStore implements UserStore {
   }
 
   async list(tenant?: string): Promise<User[]> {
-    const filter = tenant === undefined ? "user.>" : `user.${keyToken(checkTenant(tenant))}.*`;
+    const filter = tenant === undefined ? "user.>" : `user.${keyToken(checkUserTenant(tenant))}.*`;
     const out: User[] = [];
     for await (const key of await this.#kv.keys(filter)) {
       const [, t, u] = key.split(".");

@@ -19,7 +19,7 @@ export const DEFAULT_CONFIG_FILE = "flexcore.yaml";
 /** Partitions per processor. */
 export const DEFAULT_PARTITIONS = 4;
 /** Messages per pool task. */
-export const DEFAULT_BATCH_SIZE = 256;
+export const DEFAULT_PROCESSOR_BATCH_SIZE = 256;
 /** Attempts at a message before it is dead-lettered. */
 export const DEFAULT_MAX_DELIVER = 5;
 /** Waits between attempts, in ms (the last one repeats). */
@@ -186,7 +186,7 @@ function processorEntry(raw: unknown, path: string, definitions: ReadonlyMap<str
         return s;
       }, { minLength: 1 }),
     () => integer(o.partitions, at(path, "partitions"), DEFAULT_PARTITIONS, { min: 1, max: 256 }),
-    () => integer(o.batch_size, at(path, "batch_size"), DEFAULT_BATCH_SIZE, { min: 1, max: 65_536 }),
+    () => integer(o.batch_size, at(path, "batch_size"), DEFAULT_PROCESSOR_BATCH_SIZE, { min: 1, max: 65_536 }),
     () => integer(o.max_deliver, at(path, "max_deliver"), DEFAULT_MAX_DELIVER, { min: 1, max: 1_000 }),
     () => (o.backoff === undefined ? DEFAULT_BACKOFF_MS : array(o.backoff, at(path, "backoff"), (v, p) => duration(v, p, 0), { minLength: 1 })),
     () => duration(o.ack_wait, at(path, "ack_wait"), DEFAULT_ACK_WAIT_MS, 1_000),

@@ -19,7 +19,7 @@ import type { ColumnType, FailurePolicy, Projection, ProjectionSource, SourceStr
 import { InvalidQueryError } from "./errors.js";
 import { runQuery } from "./query.js";
 import type { QueryOptions, QueryPage } from "./query.js";
-import { DEFAULT_BATCH_SIZE, DEFAULT_FOLD_WINDOW, Runner } from "./runner.js";
+import { DEFAULT_PROJECTION_BATCH_SIZE, DEFAULT_FOLD_WINDOW, ProjectionRunner } from "./runner.js";
 
 /** How long `waitFor` waits when no timeout is given. */
 export const DEFAULT_WAIT_TIMEOUT_MS = 5_000;
@@ -266,7 +266,7 @@ class Engine implements ProjectionEngine {
   readonly #rebuilds = new Set<Promise<unknown>>();
   readonly #closing = new AbortController();
   #jsm: JetStreamManager | undefined;
-  #live: Runner | undefined;
+  #live: ProjectionRunner | undefined;
   #publisher: Publisher | undefined;
   #release: (() => void) | undefined;
   #state: "new" | "starting" | "running" | "closed" = "new";
@@ -275,7 +275,7 @@ class Engine implements ProjectionEngine {
     this.#nc = nc;
     this.#dir = projectionsDir(options.dataDir);
     this.#sync = options.sync ?? DEFAULT_SYNC;
-    this.#limits = { batchSize: options.batchSize ?? DEFAULT_BATCH_SIZE, foldWindow: options.foldWindow ?? DEFAULT_FOLD_WINDOW };
+    this.#limits = { batchSize: options.batchSize ?? DEFAULT_PROJECTION_BATCH_SIZE, foldWindow: options.foldWindow ?? DEFAULT_FOLD_WINDOW };
     this.#waitTimeoutMs = options.waitTimeoutMs ?? DEFAULT_WAIT_TIMEOUT_MS;
     this.#readOnly = options.readOnly ?? false;
     this.#log = options.log ?? ((line) => void process.stderr.write(`${line}\n`));
@@ -294,7 +294,7 @@ class Engine implements ProjectionEngine {
         return;
       }
       this.#release = acquireLock(this.#dir);
-      this.#live = new Runner(this.#nc, this.#deadLetterFn(), (m, s, o) => this.#onLiveBatch(m, s, o), this.#log, this.#limits);
+      this.#live = new ProjectionRunner(this.#nc, this.#deadLetterFn(), (m, s, o) => this.#onLiveBatch(m, s, o), this.#log, this.#limits);
       const stale: string[] = [];
       const live: Member[] = [];
       for (const p of this.#projections.values()) {
@@ -543,7 +543,7 @@ class Engine implements ProjectionEngine {
     const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
     const fresh: Member[] = [];
     let wake: (() => void) | undefined;
-    const runner = new Runner(this.#nc, this.#deadLetterFn(), () => wake?.(), this.#log, this.#limits);
+    const runner = new ProjectionRunner(this.#nc, this.#deadLetterFn(), () => wake?.(), this.#log, this.#limits);
     let progressTimer: NodeJS.Timeout | undefined;
     let swapped = false;
     try {

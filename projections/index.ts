@@ -32,7 +32,7 @@ export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./query.js";
 export type { FilterOps, FilterValue, QueryOptions, QueryPage, Scalar } from "./query.js";
 export { DEFAULT_SYNC } from "./database.js";
 export type { StoredFailure, SyncMode } from "./database.js";
-export { DEFAULT_BATCH_SIZE, DEFAULT_FOLD_WINDOW } from "./runner.js";
+export { DEFAULT_PROJECTION_BATCH_SIZE, DEFAULT_FOLD_WINDOW } from "./runner.js";
 export { PROJECTIONS_DIR, projectionsDir } from "./catalog.js";
 export { DLQ_HEADERS, dlqSource } from "./dead-letter.js";
 export {

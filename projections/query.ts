@@ -124,7 +124,7 @@ function decodeCursor(text: unknown, reader: string, sortId: string, n: number):
 }
 
 /** Validates the tenant of a query. @throws TenantRequiredError, SubjectTokenError */
-export function checkTenant(tenant: unknown): string {
+export function checkQueryTenant(tenant: unknown): string {
   if (tenant === undefined || tenant === null || tenant === "") throw new TenantRequiredError(tenant);
   return checkToken("tenant", tenant);
 }
@@ -261,7 +261,7 @@ function planQuery(db: Database, spec: ReaderSpec, options: QueryOptions, limit:
 /** Runs a tenant-scoped query against one reader of a read-model database. */
 export function runQuery(db: Database, readerName: string, spec: ReaderSpec, options: QueryOptions): QueryPage {
   if (options === null || typeof options !== "object") throw new TenantRequiredError(options);
-  const tenant = checkTenant(options.tenant);
+  const tenant = checkQueryTenant(options.tenant);
   const limit = options.limit ?? DEFAULT_PAGE_SIZE;
   if (!Number.isInteger(limit) || limit < 1 || limit > MAX_PAGE_SIZE) throw new InvalidQueryError("limit", limit, `an integer from 1 to ${MAX_PAGE_SIZE}`);
   if (options.filter !== undefined && (options.filter === null || typeof options.filter !== "object")) throw new InvalidQueryError("filter", options.filter, "an object of column: value or operators");

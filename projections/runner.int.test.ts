@@ -8,7 +8,7 @@ import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { Member } from "./member.js";
 import type { Projection } from "./projection.js";
-import { BUFFER_HIGH_WATER, READ_WINDOW, Runner } from "./runner.js";
+import { BUFFER_HIGH_WATER, READ_WINDOW, ProjectionRunner } from "./runner.js";
 
 const EVENTS = 100_000;
 
@@ -46,7 +46,7 @@ function counting(filter: string): Projection {
 it(`stops reading while ${BUFFER_HIGH_WATER} events wait to be handed out, and hands out every one of ${EVENTS} after`, { timeout: 120_000 }, async () => {
   const tenant = uniqueName("bp");
   const member = new Member(counting(`evt.${tenant}.>`), join(dir, "counted.db"), 1, "full");
-  const runner = new Runner(nats.nc, async () => undefined, () => undefined, () => undefined);
+  const runner = new ProjectionRunner(nats.nc, async () => undefined, () => undefined, () => undefined);
   try {
     await runner.add(member);
     // Paused: what arrives is buffered, not handed out.

@@ -5,7 +5,7 @@ import type { BatchOutcome, DeadLetterFn, Member, WindowLimits } from "./member.
 import type { SourceStream } from "./projection.js";
 
 /** Most events of a projection without `fold` in one transaction. */
-export const DEFAULT_BATCH_SIZE = 16_384;
+export const DEFAULT_PROJECTION_BATCH_SIZE = 16_384;
 /**
  * Most events of a projection with `fold` in one transaction. Folding holds one entry per
  * key (aggregate, summary row), not the events, so a catch-up can write each key once per
@@ -64,7 +64,7 @@ interface SourceReader {
  * {@link MAX_WINDOW_MS}: during a catch-up, windows are large; when live, each arrival
  * is committed at once.
  */
-export class Runner {
+export class ProjectionRunner {
   readonly #nc: NatsConnection;
   readonly #members = new Set<Member>();
   readonly #readers = new Map<SourceStream, SourceReader>();
@@ -87,7 +87,7 @@ export class Runner {
     this.#onBatch = onBatch;
     this.#log = log;
     this.#limits = {
-      batchSize: limits.batchSize ?? DEFAULT_BATCH_SIZE,
+      batchSize: limits.batchSize ?? DEFAULT_PROJECTION_BATCH_SIZE,
       foldWindow: limits.foldWindow ?? DEFAULT_FOLD_WINDOW,
       windowMs: limits.windowMs ?? MAX_WINDOW_MS,
       nearLivePending: limits.nearLivePending ?? NEAR_LIVE_PENDING,

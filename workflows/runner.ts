@@ -169,7 +169,7 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
   const store = await createEventStore(nc);
   const defs = await DefinitionStore.open(nc);
   const leases = await openTtlKv(nc, BUCKETS.leases);
-  const runner = new Runner(nc, cfg, scripts, ownsScripts, processors, options.processors ? undefined : (processors as OwnProcessorPool), store, defs, leases, await jetstreamManager(nc));
+  const runner = new DurableWorkflowRunner(nc, cfg, scripts, ownsScripts, processors, options.processors ? undefined : (processors as OwnProcessorPool), store, defs, leases, await jetstreamManager(nc));
   await runner.begin();
   return runner;
 }
@@ -205,7 +205,7 @@ interface Config {
   readonly trust: OperatorTrust;
 }
 
-class Runner implements WorkflowRunner {
+class DurableWorkflowRunner implements WorkflowRunner {
   readonly id: string;
   readonly #cfg: Config;
   readonly #scripts: ScriptRunner;
@@ -695,7 +695,7 @@ function clone(s: RunState): RunState {
 
 /** Drives one owned run to its end (or until the runner stops or loses the lease). */
 class Drive {
-  readonly #r: Runner;
+  readonly #r: DurableWorkflowRunner;
   readonly #runId: string;
   readonly #tenant: string;
   #definition: WorkflowDefinition | undefined;
@@ -708,7 +708,7 @@ class Drive {
 
   readonly #initial: RunState | undefined;
 
-  constructor(r: Runner, tenant: string, runId: string, lease: Lease, initial: RunState | undefined) {
+  constructor(r: DurableWorkflowRunner, tenant: string, runId: string, lease: Lease, initial: RunState | undefined) {
     this.#initial = initial;
     this.#r = r;
     this.#runId = runId;

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { InvalidOptionError } from "../../streams/index.js";
-import { checkRoles, checkTenant, createTokenIssuer, openKeyStore } from "../../gateway/index.js";
+import { checkRoles, checkUserTenant, createTokenIssuer, openKeyStore } from "../../gateway/index.js";
 import { gatewayKeysDir } from "../connection.js";
 
 interface TokenOpts {
@@ -28,7 +28,7 @@ export function register(program: Command): void {
       const ttl = Number(opts.ttl);
       if (!Number.isInteger(ttl) || ttl < 1) throw new InvalidOptionError("--ttl", opts.ttl, "an integer number of seconds from 1 and up");
       // Before the key directory is opened (which creates a key on first use).
-      checkTenant(opts.tenant, "--tenant");
+      checkUserTenant(opts.tenant, "--tenant");
       const keys = await openKeyStore({ dir: opts.keys ?? gatewayKeysDir() });
       const issuer = createTokenIssuer(keys, { ...(opts.issuer ? { issuer: opts.issuer } : {}), ...(opts.audience ? { audience: opts.audience } : {}) });
       const roles = checkRoles(opts.roles.split(",").map((r) => r.trim()).filter(Boolean));

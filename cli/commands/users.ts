@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { Kvm } from "@nats-io/kv";
 import { BUCKETS, InvalidOptionError } from "../../streams/index.js";
-import { checkTenant, openRevocations, openUserStore, revokeUserSessions } from "../../gateway/index.js";
+import { checkUserTenant, openRevocations, openUserStore, revokeUserSessions } from "../../gateway/index.js";
 import { connectCli } from "../connection.js";
 
 interface Common {
@@ -55,7 +55,7 @@ export function register(program: Command): void {
     .requiredOption("-r, --roles <list>", "comma-separated roles: admin, writer, reader")
     .option("--nats <url>", "server URL")
     .action(async (tenant: string, username: string, opts: Common & { roles: string }) => {
-      checkTenant(tenant); // before asking for a password: `_system` and other `_` tenants are FlexCore's
+      checkUserTenant(tenant); // before asking for a password: `_system` and other `_` tenants are FlexCore's
       const password = await readPassword();
       await withUsers(opts, async ({ users: store }) => {
         const user = await store.add(tenant, username, password, roles(opts.roles));
@@ -68,7 +68,7 @@ export function register(program: Command): void {
     .argument("[tenant]")
     .option("--nats <url>", "server URL")
     .action(async (tenant: string | undefined, opts: Common) => {
-      if (tenant !== undefined) checkTenant(tenant);
+      if (tenant !== undefined) checkUserTenant(tenant);
       await withUsers(opts, async ({ users: store }) => {
         for (const u of await store.list(tenant)) process.stdout.write(`${JSON.stringify(u)}\n`);
       });
@@ -93,7 +93,7 @@ export function register(program: Command): void {
     .argument("<username>")
     .option("--nats <url>", "server URL")
     .action(async (tenant: string, username: string, opts: Common) => {
-      checkTenant(tenant);
+      checkUserTenant(tenant);
       const password = await readPassword();
       await withUsers(opts, async ({ users: store, kv, revocations }) => {
         await store.setPassword(tenant, username, password);

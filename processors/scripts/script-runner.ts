@@ -136,7 +136,7 @@ export async function createScriptRunner(options: ScriptRunnerOptions = {}): Pro
   // that was killed (kill -9 cannot clean up) is swept by the next runner on this machine.
   const base = await mkdtemp(join(workRoot, `${WORK_PREFIX}${process.pid}-`));
   await chmod(base, 0o711);
-  return new Runner(mode, support, {
+  return new ScriptStepRunner(mode, support, {
     workRoot: base,
     interpreters: { python: options.python ?? defaultPython(), node: options.node ?? process.execPath, bash: options.bash ?? "/bin/bash" },
     limits,
@@ -153,7 +153,7 @@ interface RunnerConfig {
   readonly trustedThreads: number | undefined;
 }
 
-class Runner implements ScriptRunner {
+class ScriptStepRunner implements ScriptRunner {
   readonly isolation: "bwrap" | "plain" | "none";
   readonly #support: Awaited<ReturnType<typeof sandboxSupport>>;
   readonly #config: RunnerConfig;
