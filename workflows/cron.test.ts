@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cronMatches, CronSyntaxError, nextCronTime, parseCron } from "./cron.js";
+import { cronMatches, CronSyntaxError, latestFireTime, nextCronTime, parseCron } from "./cron.js";
 
 const at = (iso: string): Date => new Date(iso);
 
@@ -25,19 +25,34 @@ describe("cron", () => {
     expect(nextCronTime(parseCron("0 0 29 2 *"), at("2026-03-01T00:00:00Z"))?.toISOString()).toBe("2028-02-29T00:00:00.000Z");
   });
 
-  it("rejects bad schedules, naming the field", () => {
+  it("reads the fields in a time zone, daylight saving included", () => {
+    const berlin = parseCron("0 9 * * *", "Europe/Berlin");
+    expect(berlin.next(at("2026-07-01T00:00:00Z"))?.toISOString()).toBe("2026-07-01T07:00:00.000Z"); // CEST, UTC+2
+    expect(berlin.next(at("2026-12-01T00:00:00Z"))?.toISOString()).toBe("2026-12-01T08:00:00.000Z"); // CET, UTC+1
+  });
+
+  it("collapses missed fires into the latest one", () => {
+    const every5 = parseCron("*/5 * * * *");
+    expect(latestFireTime(every5, at("2026-11-24T10:00:00Z"), at("2026-11-24T10:23:10Z"))?.toISOString()).toBe("2026-11-24T10:20:00.000Z");
+    expect(latestFireTime(every5, at("2026-11-24T10:20:00Z"), at("2026-11-24T10:24:59Z"))).toBeUndefined();
+  });
+
+  it("rejects bad schedules and time zones, naming the field", () => {
     for (const [bad, text] of [
       ["* * *", "expected 5 fields"],
-      ["60 * * * *", "minute: 60 is outside 0-59"],
-      ["* 24 * * *", "hour: 24"],
-      ["* * 0 * *", "day of month: 0"],
+      ["* * * * * *", "expected 5 fields"],
+      ["60 * * * *", "minute: `60` is not valid; expected values 0-59"],
+      ["* 24 * * *", "hour: `24`"],
+      ["* * 0 * *", "day of month: `0` is not valid; expected values 1-31"],
       ["* * * foo *", "month: `foo`"],
-      ["*/0 * * * *", "step `0`"],
-      ["5-1 * * * *", "goes backwards"],
-      ["1,,2 * * * *", "empty list item"],
+      ["* * * * 8", "day of week: `8`"],
+      ["*/0 * * * *", "minute: `*/0`"],
+      ["5-1 * * * *", "minute: `5-1`"],
+      ["1,,2 * * * *", "minute: `1,,2`"],
     ] as const) {
       expect(() => parseCron(bad), bad).toThrow(CronSyntaxError);
       expect(() => parseCron(bad), bad).toThrow(text);
     }
+    expect(() => parseCron("0 9 * * *", "Mars/Base")).toThrow("timezone: `Mars/Base` is not an IANA time zone");
   });
 });

@@ -67,7 +67,8 @@ export type StepDefinition = ScriptStepDefinition | ProcessorStepDefinition;
 export type TriggerDefinition =
   /** `ordered`: runs of one key (the subject's last token) run one after another, in event order. */
   | { readonly kind: "event"; readonly subject: string; readonly types: readonly string[]; readonly ordered: boolean }
-  | { readonly kind: "cron"; readonly schedule: string };
+  /** Fires at the schedule's times read in `timezone` (IANA, default UTC). */
+  | { readonly kind: "cron"; readonly schedule: string; readonly timezone: string };
 
 /** A validated, frozen workflow definition. */
 export interface WorkflowDefinition {
@@ -222,15 +223,17 @@ function trigger(raw: unknown, i: number, tenant: string): TriggerDefinition {
   const path = `triggers[${i}]`;
   const o = obj(raw, path, "{ event: { subject, type } } or { cron: \"* * * * *\" }");
   if ("cron" in o) {
-    onlyKeys(o, path, ["cron"]);
+    onlyKeys(o, path, ["cron", "timezone"]);
     const schedule = str(o.cron, `${path}.cron`, "a cron schedule");
+    const timezone = o.timezone === undefined ? "UTC" : str(o.timezone, `${path}.timezone`, "an IANA time zone such as \"Europe/Berlin\"");
     try {
-      parseCron(schedule);
+      parseCron(schedule, timezone);
     } catch (err) {
-      if (err instanceof CronSyntaxError) fail(`${path}.cron`, `bad cron schedule ${describeValue(schedule)}: ${err.message}`);
-      throw err;
+      if (!(err instanceof CronSyntaxError)) throw err;
+      if (err.message.startsWith("timezone:")) fail(`${path}.timezone`, `${describeValue(timezone)} is not an IANA time zone (e.g. "UTC", "Europe/Berlin")`);
+      fail(`${path}.cron`, `bad cron schedule ${describeValue(schedule)}: ${err.message}`);
     }
-    return { kind: "cron", schedule };
+    return { kind: "cron", schedule, timezone };
   }
   if ("event" in o) {
     onlyKeys(o, path, ["event"]);

@@ -9,7 +9,8 @@ import { BUILTIN_PROCESSORS, createProcessorPool, createScriptRunner, UnknownPro
 import type { ProcessorPool, ScriptRunner, ScriptRunnerOptions } from "../processors/index.js";
 import { BUCKETS, ConcurrencyError, createEventStore, deadLetterHeaders, decodeData, decodeEvent, dlqSubject, eventSubject, FlexError, HEADERS, InvalidOptionError, openTtlKv, parseSubject, STREAMS } from "../streams/index.js";
 import type { EventInput, EventStore, TtlKv } from "../streams/index.js";
-import { cronMatches, parseCron } from "./cron.js";
+import { latestFireTime, parseCron } from "./cron.js";
+import type { CronSchedule } from "./cron.js";
 import { backoffDelay, parseDefinitionText, validateDefinition } from "./definition.js";
 import type { StepDefinition, WorkflowDefinition } from "./definition.js";
 import { DEFINITION_PREFIX, DefinitionStore, orderKey, parseTwoPartKey, RUN_INDEX_PREFIX, runIndexKey, runLeaseKey } from "./definitions.js";
@@ -38,6 +39,8 @@ const ORPHAN_INDEX_MS = 10_000;
 const MAX_FINISHED_REMEMBERED = 10_000;
 // Cron schedules have minute resolution; checking every second fires within a second of it.
 const CRON_TICK_MS = 1_000;
+/** How late a missed cron fire may still run (after a stall or restart). */
+export const CRON_CATCH_UP_MS = 60 * 60_000;
 // Validated definitions kept per (tenant, name, version, bucket revision).
 const MAX_CACHED_DEFINITIONS = 1_000;
 // Start errors a redelivery cannot cure.
@@ -228,11 +231,13 @@ class DurableWorkflowRunner implements WorkflowRunner {
   readonly #stop = new AbortController();
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #consumers = new Map<string, { name: string; messages: ConsumerMessages | undefined; done: Promise<void> }>();
-  readonly #crons = new Map<string, { tenant: string; name: string; schedules: string[] }>();
+  /** `since`: when the version was stored; nothing before it is owed. */
+  readonly #crons = new Map<string, { tenant: string; name: string; schedules: CronSchedule[]; since: number }>();
   readonly #definitions = new Map<string, WorkflowDefinition>();
   #watch: { stop(): void } | undefined;
   #defWatch: { stop(): void } | undefined;
-  #lastCronMinute = 0;
+  /** Fire times up to here have been started; a new runner looks back CRON_CATCH_UP_MS. */
+  #cronCheckedUpTo: number | undefined;
   #closed = false;
 
   constructor(nc: NatsConnection, cfg: Config, scripts: ScriptRunner, ownsScripts: boolean, processors: ProcessorInvoker, ownPool: OwnProcessorPool | undefined, store: EventStore, defs: DefinitionStore, leases: TtlKv, jsm: JetStreamManager) {
@@ -509,8 +514,8 @@ class DurableWorkflowRunner implements WorkflowRunner {
   async #installTriggers(w: StoredWorkflow): Promise<void> {
     const def = w.definition;
     const cronKey = `${w.tenant}\u0000${w.name}`;
-    const schedules = def.triggers.flatMap((t) => (t.kind === "cron" ? [t.schedule] : []));
-    if (schedules.length > 0) this.#crons.set(cronKey, { tenant: w.tenant, name: w.name, schedules });
+    const schedules = def.triggers.flatMap((t) => (t.kind === "cron" ? [parseCron(t.schedule, t.timezone)] : []));
+    if (schedules.length > 0) this.#crons.set(cronKey, { tenant: w.tenant, name: w.name, schedules, since: Date.parse(w.storedAt) || 0 });
     else this.#crons.delete(cronKey);
     // One durable consumer per event trigger, shared by all runners. A new version's consumer
     // starts where the old one's acknowledgements end, and the old goes only after it exists:
@@ -647,18 +652,28 @@ class DurableWorkflowRunner implements WorkflowRunner {
     this.#cfg.log(`workflows: ${reason}; dead-lettered to ${subject}`, "warn");
   }
 
+  /**
+   * Starts what the cron triggers owe since the last tick. A fire missed during a stall or a
+   * restart runs late, once: several missed fires of a schedule collapse into its latest
+   * one, and a fire older than CRON_CATCH_UP_MS is skipped (logged), as a Kubernetes CronJob
+   * with a starting deadline does. Every runner fires; the run id is the fire time, so
+   * exactly one RunStarted is stored, even when a restarted runner owes a fire again.
+   */
   async #cronTick(): Promise<void> {
-    const now = this.#cfg.now();
-    const minute = Math.floor(now.getTime() / 60_000);
-    if (minute === this.#lastCronMinute || this.#closed) return;
-    this.#lastCronMinute = minute;
-    const at = new Date(minute * 60_000);
-    const stamp = at.toISOString().slice(0, 16).replace(/[-:T]/g, "");
+    if (this.#closed) return;
+    const now = this.#cfg.now().getTime();
+    const checked = this.#cronCheckedUpTo ?? now - CRON_CATCH_UP_MS;
+    if (now < checked + 1_000) return;
+    this.#cronCheckedUpTo = now;
+    const from = new Date(Math.max(checked, now - CRON_CATCH_UP_MS));
+    if (checked < from.getTime()) this.#cfg.log(`workflows: cron: ${Math.round((from.getTime() - checked) / 60_000)} min not checked (a stall); fires older than ${CRON_CATCH_UP_MS / 60_000} min are skipped`, "warn");
     for (const c of this.#crons.values()) {
       for (const schedule of c.schedules) {
-        if (!cronMatches(parseCron(schedule), at)) continue;
-        // Every runner fires; the run id is the minute, so exactly one RunStarted is stored.
-        await this.start(c.tenant, c.name, { runId: `${c.name}-c${stamp}`, input: { scheduledAt: at.toISOString() }, trigger: { kind: "cron", schedule, time: at.toISOString() } })
+        const at = latestFireTime(schedule, new Date(Math.max(from.getTime(), c.since - 1)), new Date(now));
+        if (!at) continue;
+        const time = at.toISOString();
+        const stamp = time.slice(0, 16).replace(/[-:T]/g, "");
+        await this.start(c.tenant, c.name, { runId: `${c.name}-c${stamp}`, input: { scheduledAt: time }, trigger: { kind: "cron", schedule: schedule.source, time } })
           .catch((err: unknown) => this.#cfg.log(`workflows: cron ${c.tenant}/${c.name}: ${describeError(err)}`, "warn"));
       }
     }

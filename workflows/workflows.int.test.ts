@@ -43,7 +43,7 @@ describe("definitions", () => {
       [{ name: "w", steps: [{ id: "a", kind: "email" }] }, "steps[0].kind", "unknown step kind"],
       [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", needs: ["b"] }, { id: "b", kind: "script", language: "bash", source: "echo 1" }] }, "steps[0].needs", "cycle"],
       [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", input: { x: "${{ steps.nope.output }}" } }] }, "steps[0].input.x", "missing step `nope`"],
-      [{ name: "w", triggers: [{ cron: "61 * * * *" }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].cron", "minute: 61 is outside 0-59"],
+      [{ name: "w", triggers: [{ cron: "61 * * * *" }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].cron", "minute: `61` is not valid; expected values 0-59"],
       [{ name: "w", triggers: [{ cron: "* * *" }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].cron", "expected 5 fields"],
       [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", retry: { max_attempts: 0 } }] }, "steps[0].retry.max_attempts", "from 1 to 100"],
       [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", colour: "red" }] }, "steps[0].colour", "unknown key"],
@@ -314,6 +314,42 @@ describe("cron trigger", () => {
       await a.close();
       await b.close();
     }
+  });
+});
+
+describe("cron trigger: missed fires", () => {
+  it("a stall collapses missed fires into one late run of the latest; a restart owes it again but stores it once", async () => {
+    const tenant = uniqueName("t");
+    let clock = new Date("2028-03-01T10:07:30Z");
+    await client.put(tenant, { name: "five", triggers: [{ cron: "*/5 * * * *", timezone: "Europe/Berlin" }], steps: [{ id: "r", kind: "script", language: "bash", source: "echo '{}'" }] });
+    const starts = async (): Promise<string[]> => {
+      const out: string[] = [];
+      for await (const e of store.readAll({ filter: `evt.${tenant}.workflow.*`, follow: false })) if (e.type === "RunStarted") out.push(e.subject.split(".").pop()!);
+      return out.sort();
+    };
+    const first = await startWorkflowRunner(await nats.connect(), { scripts, now: () => clock, leaseMs: 2_000 });
+    try {
+      // Started at 10:07:30: the 10:05 fire (within the catch-up hour, after the definition was stored) is owed.
+      await client.wait(tenant, "five-c202803011005", { timeoutMs: 20_000 });
+      // A stall until 10:23:10: 10:10, 10:15 and 10:20 were missed; one late run, of 10:20.
+      clock = new Date("2028-03-01T10:23:10Z");
+      await client.wait(tenant, "five-c202803011020", { timeoutMs: 20_000 });
+    } finally {
+      await first.close();
+    }
+    // A restart at the same time owes 10:20 again: the run id makes it the same run.
+    const second = await startWorkflowRunner(await nats.connect(), { scripts, now: () => clock, leaseMs: 2_000 });
+    try {
+      await new Promise((r) => setTimeout(r, 2_500));
+    } finally {
+      await second.close();
+    }
+    expect(await starts()).toEqual(["five-c202803011005", "five-c202803011020"]);
+  });
+
+  it("refuses a time zone that is not IANA, naming the field", async () => {
+    await expect(client.put(uniqueName("t"), { name: "tz", triggers: [{ cron: "0 9 * * *", timezone: "Mars/Base" }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }))
+      .rejects.toThrow(/triggers\[0\]\.timezone/);
   });
 });
 
