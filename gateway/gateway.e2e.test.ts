@@ -335,15 +335,27 @@ describe("limits", () => {
   it("per-tenant rate limit: 429 with Retry-After, other tenants unaffected; request timeout: 503", async () => {
     const slow = new FakeReadModels();
     slow.hang = true;
-    const limited = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, rateLimit: { perSecond: 1, burst: 2 }, requestTimeoutMs: 300, readModels: slow, metricsIntervalMs: 0 });
+    const limited = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, rateLimit: { perSecond: 1, burst: 2 }, signInRateLimit: { perSecond: 1, burst: 3 }, requestTimeoutMs: 300, readModels: slow, metricsIntervalMs: 0 });
     try {
       const me = (t: string) => limited.app.inject({ method: "GET", url: "/v1/auth/me", headers: { authorization: `Bearer ${t}` } });
-      expect((await me(tokens[`${A}:reader`]!)).statusCode).toBe(200);
+      const first = await me(tokens[`${A}:reader`]!);
+      expect(first.statusCode).toBe(200);
+      // burst 2 at 1/s: 2 requests per 2 s window, announced in the headers.
+      expect(first.headers["x-ratelimit-limit"]).toBe("2");
+      expect(first.headers["x-ratelimit-remaining"]).toBe("1");
       expect((await me(tokens[`${A}:reader`]!)).statusCode).toBe(200);
       const third = await me(tokens[`${A}:reader`]!);
       expect(third.statusCode).toBe(429);
-      expect(third.headers["retry-after"]).toBe("1");
+      expect(third.headers["retry-after"]).toBe("2");
       expect(third.json().error.code).toBe("FLEX_RATE_LIMITED");
+      // Health is nobody's tenant: not limited.
+      for (let i = 0; i < 5; i++) expect((await limited.app.inject({ method: "GET", url: "/healthz" })).statusCode).toBe(200);
+      // Sign-in is limited per client address, before the password is checked.
+      const signIn = () => limited.app.inject({ method: "POST", url: "/v1/auth/token", payload: { tenant: A, username: "nobody", password: "wrong-password" } });
+      const codes: number[] = [];
+      for (let i = 0; i < 5; i++) codes.push((await signIn()).statusCode);
+      expect(codes, "3 per 3 s window").toEqual([401, 401, 401, 429, 429]);
+      expect((await signIn()).json().error.code).toBe("FLEX_RATE_LIMITED");
       expect((await me(tokens[`${B}:reader`]!)).statusCode).toBe(200);
       const timedOut = await limited.app.inject({ method: "GET", url: "/v1/projections/readings", headers: { authorization: `Bearer ${tokens[`${B}:reader`]}` } });
       expect(timedOut.statusCode).toBe(503);

@@ -7,7 +7,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createDeadLetters, createEventStore, createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { ForbiddenError, RateLimitedError, RequestTimeoutError, TokenTooLargeError, UnauthenticatedError, UnsupportedMediaTypeError } from "./errors.js";
+import { ForbiddenError, RequestTimeoutError, TokenTooLargeError, UnauthenticatedError, UnsupportedMediaTypeError } from "./errors.js";
 import { notFoundBody, toHttpError } from "./http-errors.js";
 import { openKeyStore } from "./keys.js";
 import type { KeyStore, KeyStoreOptions } from "./keys.js";
@@ -16,8 +16,9 @@ import { createRouteReports } from "./route-reports.js";
 import type { GatewayMetrics, LagSources, MetricSources, PublisherReading } from "./metrics.js";
 import { POLICY, ROLES } from "./policy.js";
 import type { PolicyName } from "./policy.js";
-import { createRateLimiter } from "./rate-limit.js";
-import type { RateLimiter, RateLimitOptions } from "./rate-limit.js";
+import rateLimit from "@fastify/rate-limit";
+import { clientRateLimit, resolveRateLimit, SIGN_IN_RATE_LIMIT, tenantRateLimit } from "./rate-limit.js";
+import type { RateLimit, RateLimitOptions } from "./rate-limit.js";
 import type { ReadModels } from "./read-models.js";
 import { openRevocations } from "./revocations.js";
 import { DEFAULT_AUTH_SWEEP_INTERVAL_MS, openAuthSweeper } from "./auth-sweep.js";
@@ -234,8 +235,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const host = options.host ?? "127.0.0.1";
   const port = int("port", options.port, 8080, 0);
   const authOn = options.auth ?? true;
-  const limiter = options.rateLimit === false ? undefined : createRateLimiter(options.rateLimit ?? {});
-  const signInLimiter = createRateLimiter(options.signInRateLimit ?? { perSecond: 10, burst: 20 });
+  const limiter = options.rateLimit === false ? undefined : resolveRateLimit(options.rateLimit ?? {});
+  const signInLimiter = resolveRateLimit(options.signInRateLimit ?? SIGN_IN_RATE_LIMIT, "signInRateLimit");
 
   const sweepIntervalMs = int("authSweepIntervalMs", options.authSweepIntervalMs, DEFAULT_AUTH_SWEEP_INTERVAL_MS, 0);
   const given = typeof options.logger === "object" ? options.logger : undefined;
@@ -257,8 +258,8 @@ interface BuildParts {
   readonly host: string;
   readonly port: number;
   readonly authOn: boolean;
-  readonly limiter: RateLimiter | undefined;
-  readonly signInLimiter: RateLimiter;
+  readonly limiter: RateLimit | undefined;
+  readonly signInLimiter: RateLimit;
   readonly sweeper: AuthSweeper;
   readonly log: (line: string) => void;
 }
@@ -323,6 +324,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   });
   opened.push(() => app.close());
   app.decorateRequest("principal", undefined);
+  // Before any route is added: the plugin adds its hook to each route as it is declared.
+  await app.register(rateLimit, tenantRateLimit(limiter));
 
   await app.register(swagger, {
     openapi: {
@@ -365,10 +368,6 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     const allowed = new Set<string>(POLICY[policy]);
     const admit = (request: FastifyRequest, principal: Principal): void => {
       if (!principal.roles.some((r) => allowed.has(r))) throw new ForbiddenError(policy, POLICY[policy], principal.roles);
-      if (limiter) {
-        const wait = limiter.take(principal.tenant);
-        if (wait > 0) throw new RateLimitedError(wait, limiter.perSecond);
-      }
       request.principal = principal;
       if (accepts && hasBody(request)) {
         const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
@@ -458,7 +457,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     }
   };
 
-  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInLimiter, readModels, workflows, readiness: options.readiness ?? {}, timed, deadline };
+  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInRateLimit: clientRateLimit(signInLimiter), readModels, workflows, readiness: options.readiness ?? {}, timed, deadline };
   registerHealthRoutes(ctx);
   registerAuthRoutes(ctx);
   registerUserRoutes(ctx);

@@ -9,7 +9,7 @@ import type { EventStore, Publisher } from "../streams/index.js";
 import type { WorkflowClient } from "../workflows/index.js";
 import type { KeyStore } from "./keys.js";
 import type { GatewayMetrics } from "./metrics.js";
-import type { RateLimiter } from "./rate-limit.js";
+import type { clientRateLimit } from "./rate-limit.js";
 import type { ReadModels } from "./read-models.js";
 import type { Revocations } from "./revocations.js";
 import type { SessionService } from "./sessions.js";
@@ -46,7 +46,8 @@ export interface RouteContext {
   readonly sessions: SessionService | undefined;
   readonly revocations: Revocations;
   readonly keys: KeyStore | undefined;
-  readonly signInLimiter: RateLimiter;
+  /** `config.rateLimit` of the sign-in and refresh routes (per client address). */
+  readonly signInRateLimit: ReturnType<typeof clientRateLimit>;
   readonly readModels: ReadModels | undefined;
   readonly workflows: WorkflowClient | undefined;
   readonly readiness: Readonly<Record<string, () => ReadinessCheck | Promise<ReadinessCheck>>>;

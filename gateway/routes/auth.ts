@@ -1,4 +1,4 @@
-import { RateLimitedError, UnavailableError } from "../errors.js";
+import { UnavailableError } from "../errors.js";
 import type { RouteContext } from "../route-context.js";
 
 const tokenResponse = {
@@ -14,17 +14,14 @@ const tokenResponse = {
 
 /** Sign-in, refresh, sign-out and `me`. */
 export function registerAuthRoutes(ctx: RouteContext): void {
-  const { app, sessions, signInLimiter } = ctx;
+  const { app, sessions, signInRateLimit } = ctx;
   const need = () => {
     if (!sessions) throw new UnavailableError("Sign-in (the gateway accepts an external issuer's tokens)");
     return sessions;
   };
-  const limitClient = (ip: string): void => {
-    const wait = signInLimiter.take(ip);
-    if (wait > 0) throw new RateLimitedError(wait, signInLimiter.perSecond);
-  };
 
   app.post<{ Body: { tenant: string; username: string; password: string } }>("/v1/auth/token", {
+    config: { rateLimit: signInRateLimit },
     schema: {
       tags: ["auth"],
       summary: "Sign in: tenant, username and password give an access token and a refresh token",
@@ -36,12 +33,12 @@ export function registerAuthRoutes(ctx: RouteContext): void {
       response: { 200: tokenResponse },
     },
   }, async (req) => {
-    limitClient(req.ip);
     const s = need();
     return s.signIn(req.body.tenant, req.body.username, req.body.password);
   });
 
   app.post<{ Body: { refresh_token: string } }>("/v1/auth/refresh", {
+    config: { rateLimit: signInRateLimit },
     schema: {
       tags: ["auth"],
       summary: "Exchange a refresh token for a new pair; the old refresh token stops working, and using it again revokes every session of the user",
@@ -49,7 +46,6 @@ export function registerAuthRoutes(ctx: RouteContext): void {
       response: { 200: tokenResponse },
     },
   }, async (req) => {
-    limitClient(req.ip);
     return need().refresh(req.body.refresh_token);
   });
 
