@@ -8,6 +8,7 @@ import { Bench } from "tinybench";
 import { generateNatsUsers, SERVICE_USER } from "../gateway/index.js";
 import { credentialsToEnv, natsConnectOptions, startNatsServer } from "../streams/index.js";
 import type { NatsCredentials, NatsServer, NatsServerOptions } from "../streams/index.js";
+import * as ss from "simple-statistics";
 
 /** One measured figure, as written to the JSON report. */
 export interface BenchResult {
@@ -54,17 +55,14 @@ export const DEFAULT_ITERATIONS = 5;
 /** Iterations run and thrown away first. */
 export const DEFAULT_WARMUP = 1;
 
+/** The median (simple-statistics), NaN for no values. */
 export function median(values: readonly number[]): number {
-  if (values.length === 0) return Number.NaN;
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+  return values.length === 0 ? Number.NaN : ss.median([...values]);
 }
 
+/** The `p`th percentile (0-100, simple-statistics' quantile), NaN for no values. */
 export function percentile(values: readonly number[], p: number): number {
-  if (values.length === 0) return Number.NaN;
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+  return values.length === 0 ? Number.NaN : ss.quantile([...values], p / 100);
 }
 
 /**

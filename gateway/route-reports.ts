@@ -1,6 +1,7 @@
 import { nuid } from "@nats-io/transport-node";
 import { encodeEvent, eventSubject, METRICS_CATEGORY, METRICS_EVENT_TYPES, SYSTEM_TENANT } from "../streams/index.js";
 import type { MetricsReported, Publisher } from "../streams/index.js";
+import { quantileSorted } from "simple-statistics";
 
 /** Subject of the gateway's `MetricsReported` events (`evt._system.metrics.<component>`). */
 export const ROUTE_REPORT_SUBJECT = eventSubject(SYSTEM_TENANT, METRICS_CATEGORY, "gateway");
@@ -33,9 +34,8 @@ function round(n: number): number {
   return Math.round(n * 1000) / 1000;
 }
 
-function percentile(sorted: readonly number[], p: number): number | null {
-  if (sorted.length === 0) return null;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+function percentile(sorted: number[], p: number): number | null {
+  return sorted.length === 0 ? null : quantileSorted(sorted, p / 100);
 }
 
 /** Starts reporting every `intervalMs` (on minute boundaries when it is whole minutes); 0 only records. */
