@@ -381,18 +381,18 @@ export function checkCompatible(manifest: PluginManifest, options: Pick<Manifest
 }
 
 /**
- * Parses and validates the text of a `flexcore-plugin.yaml`, then checks it against this host.
- * @throws ManifestError (YAML syntax, schema, semantics: every issue with its path)
- * @throws PluginIncompatibleError (FlexCore version outside the range, no protocol in common)
+ * Parses the YAML of a `flexcore-plugin.yaml` (at most {@link MAX_MANIFEST_BYTES}, UTF-8,
+ * unique keys, few aliases) into a plain document, not yet validated.
+ * @throws ManifestError
  */
-export function parseManifest(text: string | Uint8Array, options: ManifestOptions = {}): PluginManifest {
+export function readManifestDocument(text: string | Uint8Array, file?: string): unknown {
   const size = typeof text === "string" ? Buffer.byteLength(text) : text.byteLength;
-  if (size > MAX_MANIFEST_BYTES) throw new ManifestError([{ path: "", value: `${size} bytes`, expected: `a manifest of at most ${MAX_MANIFEST_BYTES} bytes` }], options.file);
+  if (size > MAX_MANIFEST_BYTES) throw new ManifestError([{ path: "", value: `${size} bytes`, expected: `a manifest of at most ${MAX_MANIFEST_BYTES} bytes` }], file);
   let source: string;
   try {
     source = typeof text === "string" ? text : new TextDecoder("utf-8", { fatal: true }).decode(text);
   } catch (err) {
-    throw new ManifestError([{ path: "", value: "bytes that are not UTF-8", expected: "a UTF-8 YAML document" }], options.file, { cause: err });
+    throw new ManifestError([{ path: "", value: "bytes that are not UTF-8", expected: "a UTF-8 YAML document" }], file, { cause: err });
   }
   const parsed = parseDocument(source, { prettyErrors: true, uniqueKeys: true });
   if (parsed.errors.length > 0) {
@@ -401,15 +401,22 @@ export function parseManifest(text: string | Uint8Array, options: ManifestOption
       value: `YAML${e.linePos?.[0] ? ` (line ${e.linePos[0].line}, column ${e.linePos[0].col})` : ""}: ${e.message.split("\n")[0]}`,
       expected: "a valid YAML document",
     }));
-    throw new ManifestError(issues, options.file);
+    throw new ManifestError(issues, file);
   }
-  let doc: unknown;
   try {
-    doc = parsed.toJS({ maxAliasCount: 100 });
+    return parsed.toJS({ maxAliasCount: 100 }) ?? null;
   } catch (err) {
-    throw new ManifestError([{ path: "", value: (err as Error).message, expected: "a YAML document without excessive aliases" }], options.file, { cause: err });
+    throw new ManifestError([{ path: "", value: (err as Error).message, expected: "a YAML document without excessive aliases" }], file, { cause: err });
   }
-  const manifest = validateManifest(doc ?? null, options.file);
+}
+
+/**
+ * Parses and validates the text of a `flexcore-plugin.yaml`, then checks it against this host.
+ * @throws ManifestError (YAML syntax, schema, semantics: every issue with its path)
+ * @throws PluginIncompatibleError (FlexCore version outside the range, no protocol in common)
+ */
+export function parseManifest(text: string | Uint8Array, options: ManifestOptions = {}): PluginManifest {
+  const manifest = validateManifest(readManifestDocument(text, options.file), options.file);
   checkCompatible(manifest, options);
   return manifest;
 }
