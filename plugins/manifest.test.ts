@@ -88,7 +88,7 @@ describe("parseManifest", () => {
     const nested = manifestError(doc((d) => ((d.capabilities as { processors: Record<string, unknown>[] }).processors[0]!.deterministc = true)));
     expect(nested.path).toBe("capabilities.processors[0].deterministc");
     expect(nested.message).toContain("capabilities.processors[0].deterministc");
-    expect(nested.message).toContain("no such key");
+    expect(nested.message).toContain("not a known key");
     expect(manifestError(doc((d) => (d.limits = { memory: 5 }))).path).toBe("limits.memory");
   });
 
@@ -101,6 +101,16 @@ describe("parseManifest", () => {
     expect(err.issues.map((i) => i.path).sort()).toEqual(["limits.concurrency", "name", "tenancy"]);
     expect(err.message).toContain("Bad_Name");
     expect(err.message).toContain(`one of "system", "tenant"`);
+  });
+
+  it("reports schema and semantic issues together, and lists the known keys for an unknown one", () => {
+    const err = manifestError(doc((d) => {
+      d.version = "1.2";
+      d.flexcore = "nope nope";
+      (d.capabilities as { processors: Record<string, unknown>[] }).processors[0]!.deterministc = true;
+    }));
+    expect(err.issues.map((i) => i.path).sort()).toEqual(["capabilities.processors[0].deterministc", "flexcore", "version"]);
+    expect(err.message).toContain("kind, description, deterministic, options");
   });
 
   it("names a missing required key", () => {

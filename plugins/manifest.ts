@@ -175,7 +175,8 @@ function newAjv(): Ajv2020 {
 
 let manifestValidator: ValidateFunction | undefined;
 function validator(): ValidateFunction {
-  manifestValidator ??= newAjv().compile(manifestSchema());
+  // verbose: errors carry their parent schema, so an unknown key's error can list the known ones
+  manifestValidator ??= new Ajv2020({ allErrors: true, strict: true, verbose: true }).compile(manifestSchema());
   return manifestValidator;
 }
 
@@ -232,7 +233,7 @@ function issueOf(err: ErrorObject, doc: unknown): ManifestIssue {
       const key = String(p.additionalProperty);
       const parent = err.parentSchema as { properties?: Record<string, unknown> } | undefined;
       const known = Object.keys(parent?.properties ?? {});
-      return { path: join2(path, key), value: (here as Record<string, unknown>)[key], expected: `no such key (known keys${path ? ` of \`${path}\`` : ""}: ${known.join(", ") || "none"})` };
+      return { path: join2(path, key), value: (here as Record<string, unknown>)[key], expected: `absent: it is not a known key (the keys of \`${path || "(manifest)"}\` are ${known.join(", ") || "none"})` };
     }
     case "required":
       return { path: join2(path, String(p.missingProperty)), value: undefined, expected: "present (it is required)" };
@@ -266,35 +267,52 @@ function issueOf(err: ErrorObject, doc: unknown): ManifestIssue {
 
 const CAPABILITY_LISTS = ["processors", "steps", "sinks", "sources"] as const;
 
-function semanticIssues(m: RawManifest): ManifestIssue[] {
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/**
+ * What the schema cannot say. Runs on a document that may have failed the schema too (so
+ * every issue is reported at once), hence the shape guards.
+ */
+function semanticIssues(doc: unknown): ManifestIssue[] {
   const issues: ManifestIssue[] = [];
-  if (semver.parse(m.version) === null || !/^\d/u.test(m.version)) {
+  if (!isObject(doc)) return issues;
+  const m = doc as Partial<Record<keyof RawManifest, unknown>>;
+  if (typeof m.version === "string" && (semver.parse(m.version) === null || !/^\d/u.test(m.version))) {
     issues.push({ path: "version", value: m.version, expected: "a semantic version such as `1.4.0` (https://semver.org)" });
   }
-  if (semver.validRange(m.flexcore) === null) {
+  if (typeof m.flexcore === "string" && m.flexcore !== "" && semver.validRange(m.flexcore) === null) {
     issues.push({ path: "flexcore", value: m.flexcore, expected: "a semver range of FlexCore versions such as `>=0.1.0 <1.0.0` or `^0.1`" });
   }
-  const program = m.command[0]!;
-  const segments = program.split("/");
-  if (program.startsWith("/") || segments.includes("..") || program.includes("\\") || program.includes("\0")) {
-    issues.push({ path: "command[0]", value: program, expected: "a program name looked up on PATH (`node`, `python3`) or a relative path inside the bundle without `..` (`./bin/plugin`)" });
+  const program = Array.isArray(m.command) ? m.command[0] : undefined;
+  if (typeof program === "string") {
+    const segments = program.split("/");
+    if (program.startsWith("/") || segments.includes("..") || program.includes("\\") || program.includes("\0")) {
+      issues.push({ path: "command[0]", value: program, expected: "a program name looked up on PATH (`node`, `python3`) or a relative path inside the bundle without `..` (`./bin/plugin`)" });
+    }
   }
-  for (const name of Object.keys(m.env ?? {})) {
+  for (const name of isObject(m.env) ? Object.keys(m.env) : []) {
     if (name.startsWith(RESERVED_ENV_PREFIX)) issues.push({ path: join2("env", name), value: name, expected: `a name not starting with \`${RESERVED_ENV_PREFIX}\` (the host sets those)` });
   }
+  if (!isObject(m.capabilities)) return issues;
   let count = 0;
   for (const list of CAPABILITY_LISTS) {
-    const entries = m.capabilities[list] ?? [];
+    const entries = m.capabilities[list];
+    if (!Array.isArray(entries)) continue;
     count += entries.length;
     const seen = new Set<string>();
-    entries.forEach((c, i) => {
+    entries.forEach((c: unknown, i) => {
+      if (!isObject(c)) return;
       const idKey = list === "processors" ? "kind" : "name";
-      const id = (list === "processors" ? c.kind : c.name) ?? "";
-      if (seen.has(id)) issues.push({ path: `capabilities.${list}[${i}].${idKey}`, value: id, expected: `a ${idKey} not used by another entry of \`capabilities.${list}\`` });
-      seen.add(id);
+      const id = c[idKey];
+      if (typeof id === "string") {
+        if (seen.has(id)) issues.push({ path: `capabilities.${list}[${i}].${idKey}`, value: id, expected: `a ${idKey} not used by another entry of \`capabilities.${list}\`` });
+        seen.add(id);
+      }
       const schemaKey = list === "steps" ? "input" : "options";
-      const schema = list === "steps" ? c.input : c.options;
-      if (schema === undefined) return;
+      const schema = c[schemaKey];
+      if (!isObject(schema)) return;
       try {
         compileEmbeddedSchema(schema);
       } catch (err) {
@@ -351,18 +369,16 @@ function build(m: RawManifest): PluginManifest {
  */
 export function validateManifest(doc: unknown, file?: string): PluginManifest {
   const validate = validator();
-  if (!validate(doc)) {
-    const issues = (validate.errors ?? []).map((e) => issueOf(e, doc));
+  const issues = validate(doc) ? [] : (validate.errors ?? []).map((e) => issueOf(e, doc));
+  issues.push(...semanticIssues(doc));
+  if (issues.length > 0) {
     const seen = new Set<string>();
     throw new ManifestError(issues.filter((i) => {
       const k = `${i.path}\n${i.expected}`;
       return seen.has(k) ? false : (seen.add(k), true);
     }), file);
   }
-  const raw = doc as RawManifest;
-  const issues = semanticIssues(raw);
-  if (issues.length > 0) throw new ManifestError(issues, file);
-  return build(raw);
+  return build(doc as RawManifest);
 }
 
 /**
