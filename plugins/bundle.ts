@@ -9,7 +9,7 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign as edSign, verify as edVerify } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { constants } from "node:fs";
-import { chmod, lstat, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, mkdtemp, open, opendir, readdir, readFile, rename, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { InvalidOptionError } from "../streams/index.js";
 import { BundleTooLargeError, ChecksumError, ManifestError, SignatureError } from "./errors.js";
@@ -136,8 +136,8 @@ async function readTree(root: string, limits: BundleLimits): Promise<Map<string,
   let bytes = 0;
   for (let i = 0; i < dirs.length; i++) {
     const d = dirs[i]!;
-    const listing = await readdir(join(root, d.rel), { withFileTypes: true });
-    for (const entry of listing) {
+    // iterated, not listed: a folder of millions of names hits maxFiles before it fills memory
+    for await (const entry of await opendir(join(root, d.rel))) {
       const rel = d.rel ? `${d.rel}/${entry.name}` : entry.name;
       if (++entries > limits.maxFiles) throw new BundleTooLargeError(root, "maxFiles", limits.maxFiles, `it holds more than ${limits.maxFiles} files and folders`);
       if (BAD_NAME.test(entry.name) || Buffer.byteLength(rel) > MAX_PATH_BYTES) throw new ChecksumError(root, JSON.stringify(rel), `a name with control characters or \`\\\`, or a path over ${MAX_PATH_BYTES} bytes`);
@@ -328,17 +328,18 @@ interface SignatureFile {
   sig: string;
 }
 
-function parseSignature(root: string, plugin: string | undefined, bytes: Buffer): SignatureFile {
+/** The signature file's fields, or why it is not one. */
+function parseSignature(bytes: Buffer): SignatureFile | string {
   let doc: unknown;
   try {
-    if (bytes.length > MAX_SIG_BYTES) throw new Error(`over ${MAX_SIG_BYTES} bytes`);
+    if (bytes.length > MAX_SIG_BYTES) return `${SIG_FILE} is over ${MAX_SIG_BYTES} bytes`;
     doc = JSON.parse(bytes.toString("utf8"));
   } catch (err) {
-    throw new SignatureError(root, plugin, `${SIG_FILE} is not a signature file (${(err as Error).message})`, { cause: err });
+    return `${SIG_FILE} is not a signature file (${(err as Error).message})`;
   }
   const d = doc as Record<string, unknown>;
   if (doc === null || typeof doc !== "object" || Array.isArray(doc) || Object.keys(d).sort().join(",") !== "alg,key,sig" || d.alg !== "ed25519" || typeof d.key !== "string" || !/^[0-9a-f]{32}$/u.test(d.key) || typeof d.sig !== "string" || !/^[A-Za-z0-9+/]+={0,2}$/u.test(d.sig)) {
-    throw new SignatureError(root, plugin, `${SIG_FILE} is malformed: expected {"alg":"ed25519","key":"<key id>","sig":"<base64>"}`);
+    return `${SIG_FILE} is malformed: expected {"alg":"ed25519","key":"<key id>","sig":"<base64>"}`;
   }
   return d as unknown as SignatureFile;
 }
@@ -415,18 +416,15 @@ export async function verify(dir: string, options: VerifyOptions = {}): Promise<
   const sigBytes = files.get(SIG_FILE);
   if (!sigBytes) unsignedReason = `${SIG_FILE} is missing; sign it with \`flexcore plugins sign\``;
   else {
-    try {
-      const sig = parseSignature(root, undefined, sigBytes);
+    const sig = parseSignature(sigBytes);
+    if (typeof sig === "string") unsignedReason = sig;
+    else {
+      // an unsafe or unreadable trusted keys folder throws here: it refuses every bundle, even one allowed unsigned
       const trusted = options.trustedKeysDir === undefined ? new Map<string, KeyObject>() : await loadTrustedKeys(options.trustedKeysDir);
       const key = trusted.get(sig.key);
       if (!key) unsignedReason = `it is signed by key ${sig.key}, which is not among the trusted keys${options.trustedKeysDir ? ` in ${options.trustedKeysDir}` : " (no trusted keys folder is set)"}`;
       else if (!edVerify(null, sumBytes, key, Buffer.from(sig.sig, "base64"))) unsignedReason = `its signature by key ${sig.key} does not verify: the sum file was changed after signing, or the signature is forged`;
       else signer = sig.key;
-    } catch (err) {
-      if (!(err instanceof SignatureError)) throw err;
-      // an unsafe trusted keys folder refuses every bundle, even one allowed unsigned
-      if (!err.reason.startsWith(SIG_FILE)) throw err;
-      unsignedReason = err.reason;
     }
   }
   const m = validateManifest(readManifestDocument(files.get(MANIFEST_FILE)!, manifestPath), manifestPath);
@@ -458,13 +456,26 @@ export async function install(dir: string, storeDir: string, options: VerifyOpti
   const v = await verify(dir, options);
   const store = resolve(storeDir);
   await mkdir(store, { recursive: true, mode: 0o755 });
+  const storeStat = await stat(store);
+  if ((storeStat.mode & 0o022) !== 0) throw new InvalidOptionError("storeDir", store, `a folder not writable by group or others (mode is ${(storeStat.mode & 0o777).toString(8)}; chmod go-w it)`);
   const target = join(store, v.digest);
   const { files, ...rest } = v;
+  // An existing folder is trusted only if this user owns it, nobody can write it, and it
+  // holds exactly this bundle's files: a folder planted under the right name is refused.
   const existing = async (): Promise<InstalledBundle | undefined> => {
     const s = await lstat(target).catch(() => undefined);
     if (!s) return undefined;
-    const sum = s.isDirectory() ? await readFile(join(target, SUM_FILE)).catch(() => undefined) : undefined;
-    if (!sum || !sum.equals(files.get(SUM_FILE)!)) throw new ChecksumError(target, "", "the store folder exists but does not hold this bundle; remove it and install again");
+    const refuse = (why: string, cause?: unknown): never => {
+      throw new ChecksumError(target, "", `the store folder exists but ${why}; remove it (\`uninstall\`) and install again`, { cause });
+    };
+    if (!s.isDirectory() || (s.mode & 0o222) !== 0 || (process.getuid !== undefined && s.uid !== process.getuid())) refuse("is not a read-only folder owned by this user");
+    try {
+      const installed = await readTree(target, limitsOf(options));
+      if (!checkSums(target, installed).equals(files.get(SUM_FILE)!)) refuse("holds another bundle");
+    } catch (err) {
+      if (err instanceof ChecksumError && err.bundle === target && err.file === "") throw err;
+      refuse("does not hold this bundle's files", err);
+    }
     return { ...rest, path: target, installed: false };
   };
   const before = await existing();

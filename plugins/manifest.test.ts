@@ -161,6 +161,8 @@ describe("parseManifest", () => {
     expect(manifestError(doc((d) => (d.command = ["/usr/bin/evil"])))).toMatchObject({ path: "command[0]" });
     expect(manifestError(doc((d) => (d.command = ["../outside/run"])))).toMatchObject({ path: "command[0]" });
     expect(manifestError(doc((d) => (d.command = [])))).toMatchObject({ path: "command" });
+    expect(manifestError(doc((d) => (d.command = ["node", "a\0b"])))).toMatchObject({ path: "command[1]" });
+    expect(manifestError(doc((d) => (d.env = { A: "x\0y" })))).toMatchObject({ path: "env.A" });
     expect(manifestError(doc((d) => (d.env = { FLEXCORE_PLUGIN_NONCE: "forged" })))).toMatchObject({ path: "env.FLEXCORE_PLUGIN_NONCE" });
     expect(manifestError(doc((d) => (d.env = { "BAD-NAME": "x" })))).toMatchObject({ path: `env["BAD-NAME"]` });
     expect(manifestError(doc((d) => (d.env = { N: 5 })))).toMatchObject({ path: "env.N", value: 5 });

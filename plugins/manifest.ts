@@ -288,11 +288,17 @@ function semanticIssues(doc: unknown): ManifestIssue[] {
   const program = Array.isArray(m.command) ? m.command[0] : undefined;
   if (typeof program === "string") {
     const segments = program.split("/");
-    if (program.startsWith("/") || segments.includes("..") || program.includes("\\") || program.includes("\0")) {
+    if (program.startsWith("/") || segments.includes("..") || program.includes("\\")) {
       issues.push({ path: "command[0]", value: program, expected: "a program name looked up on PATH (`node`, `python3`) or a relative path inside the bundle without `..` (`./bin/plugin`)" });
     }
   }
-  for (const name of isObject(m.env) ? Object.keys(m.env) : []) {
+  if (Array.isArray(m.command)) {
+    m.command.forEach((arg: unknown, i) => {
+      if (typeof arg === "string" && arg.includes("\0")) issues.push({ path: `command[${i}]`, value: arg, expected: "a string without NUL characters" });
+    });
+  }
+  for (const [name, value] of isObject(m.env) ? Object.entries(m.env) : []) {
+    if (typeof value === "string" && value.includes("\0")) issues.push({ path: join2("env", name), value, expected: "a string without NUL characters" });
     if (name.startsWith(RESERVED_ENV_PREFIX)) issues.push({ path: join2("env", name), value: name, expected: `a name not starting with \`${RESERVED_ENV_PREFIX}\` (the host sets those)` });
   }
   if (!isObject(m.capabilities)) return issues;
