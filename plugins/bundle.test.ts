@@ -202,6 +202,16 @@ describe("signatures", () => {
     expect(v.unsignedReason).toContain("missing");
   });
 
+  it("refuses an unsigned bundle before reading its manifest when nothing may load unsigned", async () => {
+    const dir = await bundle({ sign: false });
+    await writeFile(join(dir, "flexcore-plugin.yaml"), `${MANIFEST}colour: blue\n`);
+    await pack(dir).catch(() => undefined);
+    // rewrite the sum by hand, as an attacker would, so only the manifest is wrong
+    execFileSync("sh", ["-c", `sha256sum README.md bin/echo flexcore-plugin.yaml lib/deep/data.json | LC_ALL=C sort -k2 > ${SUM_FILE}`], { cwd: dir });
+    await refused(dir, "FLEX_PLUGIN_SIGNATURE");
+    await refused(dir, "FLEX_PLUGIN_MANIFEST", { ...trust, allowUnsigned: ["echo"] });
+  });
+
   it("refuses a signature by a key that is not trusted, and one with no trusted keys folder", async () => {
     const dir = await bundle({ sign: stranger });
     expect((await refused(dir, "FLEX_PLUGIN_SIGNATURE")).message).toContain(stranger.keyId);

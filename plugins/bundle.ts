@@ -410,7 +410,8 @@ export async function verify(dir: string, options: VerifyOptions = {}): Promise<
   const sumBytes = checkSums(root, files);
   const manifestPath = join(root, MANIFEST_FILE);
 
-  // The signature first: a signed bundle's YAML is parsed only once its signer is trusted.
+  // The signature before the manifest: an untrusted bundle's YAML is parsed only when some
+  // plugin may load unsigned (its name is needed to decide), never otherwise.
   let signer: string | undefined;
   let unsignedReason: string | undefined;
   const sigBytes = files.get(SIG_FILE);
@@ -427,9 +428,13 @@ export async function verify(dir: string, options: VerifyOptions = {}): Promise<
       else signer = sig.key;
     }
   }
+  const allowUnsigned = options.allowUnsigned ?? [];
+  const refuse = (plugin: string | undefined): SignatureError =>
+    new SignatureError(root, plugin, `${unsignedReason ?? "unsigned"}; only plugins the operator allows unsigned by name load without a trusted signature`);
+  if (signer === undefined && allowUnsigned.length === 0) throw refuse(undefined);
   const m = validateManifest(readManifestDocument(files.get(MANIFEST_FILE)!, manifestPath), manifestPath);
-  if (signer === undefined && !(options.allowUnsigned ?? []).includes(m.name)) {
-    throw new SignatureError(root, m.name, `${unsignedReason ?? "unsigned"}; only plugins the operator allows unsigned by name load without a trusted signature`);
+  if (signer === undefined && !allowUnsigned.includes(m.name)) {
+    throw refuse(m.name);
   }
   checkCommandFile(m, files, manifestPath);
   checkCompatible(m, options);
