@@ -5,6 +5,7 @@ import { register as registerDlq } from "./commands/dlq.js";
 import { register as registerDoctor } from "./commands/doctor.js";
 import { register as registerKeys } from "./commands/keys.js";
 import { register as registerNatsUsers } from "./commands/nats-users.js";
+import { register as registerPlugins } from "./commands/plugins.js";
 import { register as registerProjections } from "./commands/projections.js";
 import { register as registerPublish } from "./commands/publish.js";
 import { register as registerReplay } from "./commands/replay.js";
@@ -52,6 +53,7 @@ registerNatsUsers(program);
 registerWorkflows(program);
 registerProjections(program);
 registerDlq(program);
+registerPlugins(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   const code = err instanceof FlexError ? ` [${err.code}]` : "";
