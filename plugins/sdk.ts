@@ -218,6 +218,8 @@ export async function serve(plugin: Plugin, options: ServeOptions = {}): Promise
       },
     });
   }
+  // Once serve() resolves, the server has the subscriptions: a call sent now is routed here.
+  await nc.flush();
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
