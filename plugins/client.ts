@@ -294,7 +294,7 @@ export function splitByKey(request: ProcessorRequest, limit: number, context: Pl
     const states: Record<string, unknown> = {};
     const origin: number[] = [];
     for (const k of keys) {
-      states[k] = request.states[k] ?? null;
+      setOwn(states, k, Object.hasOwn(request.states, k) ? request.states[k] : null);
       origin.push(...byKey.get(k)!);
     }
     origin.sort((a, b) => a - b);
@@ -305,7 +305,7 @@ export function splitByKey(request: ProcessorRequest, limit: number, context: Pl
   };
   for (const key of order) {
     // `"key":state,` plus each input and its comma.
-    let cost = byteLength(key) + byteLength(request.states[key] ?? null) + 2;
+    let cost = byteLength(key) + byteLength(Object.hasOwn(request.states, key) ? request.states[key] : null) + 2;
     for (const i of byKey.get(key)!) cost += byteLength(request.inputs[i]) + 1;
     if (base + cost > limit) {
       const first = request.inputs[byKey.get(key)![0]!]!;
@@ -319,13 +319,18 @@ export function splitByKey(request: ProcessorRequest, limit: number, context: Pl
   return chunks;
 }
 
+/** `obj[key] = value` that stays a data property for `__proto__` (a key is any subject token). */
+function setOwn(obj: Record<string, unknown>, key: string, value: unknown): void {
+  Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
 function mergeReplies(chunks: readonly Chunk[], replies: readonly ProcessorReply[]): ProcessorReply {
   const states: Record<string, unknown> = {};
   const outputs: Array<{ at: number; n: number; output: ProcessorOutput }> = [];
   let n = 0;
   chunks.forEach((chunk, c) => {
     const reply = replies[c]!;
-    Object.assign(states, reply.states);
+    for (const [k, v] of Object.entries(reply.states)) setOwn(states, k, v);
     for (const out of reply.outputs) outputs.push({ at: chunk.origin[out.input]!, n: n++, output: { ...out, input: chunk.origin[out.input]! } });
   });
   outputs.sort((a, b) => a.at - b.at || a.n - b.n);

@@ -41,6 +41,10 @@ describe("parseReply", () => {
     ["a state for a key not sent", { states: { zz: 1 }, outputs: [] }, "states.zz", /not sent/],
     ["an unknown field", { states: {}, outputs: [], extra: 1 }, "extra", /unknown field/],
     ["an empty type", { states: {}, outputs: [{ input: 0, type: "", data: 1 }] }, "outputs[0].type", /fewer than 1/],
+    ["an output key that would add subject tokens", { states: {}, outputs: [{ input: 0, type: "X", data: 1, key: "a.b" }] }, "outputs[0].key", /no dots/],
+    ["an output key with a wildcard", { states: {}, outputs: [{ input: 0, type: "X", data: 1, key: ">" }] }, "outputs[0].key", /matching/],
+    ["a type with CR/LF (header injection)", { states: {}, outputs: [{ input: 0, type: "X\r\nFlex-Tenant: other", data: 1 }] }, "outputs[0].type", /control characters/],
+    ["a state for __proto__ not sent", JSON.parse('{"states":{"__proto__":{"x":1}},"outputs":[]}'), "states.__proto__", /not sent/],
   ])("refuses %s, naming the path", (_what, body, path, message) => {
     const r = parseReply("processor", enc(body), req);
     expect(r.ok).toBe(false);
@@ -91,6 +95,12 @@ describe("splitByKey", () => {
       all.push(...c.origin);
     });
     expect(all.sort((x, y) => x - y)).toEqual(keys.map((_, i) => i));
+  });
+  it("keeps a key named __proto__ as data, not as a prototype", () => {
+    const req = batch(["__proto__", "b"]);
+    const chunks = splitByKey(req, 100_000, context);
+    expect(Object.keys(chunks[0]!.request.states).sort()).toEqual(["__proto__", "b"]);
+    expect(JSON.parse(JSON.stringify(chunks[0]!.request)).states.__proto__).toEqual({ count: 1 });
   });
   it("refuses with 413 a key whose inputs alone exceed the limit", () => {
     expect(() => splitByKey(batch(["a", "a", "a", "b"], 600), 1500, context)).toThrow(PluginRejectedError);

@@ -258,6 +258,10 @@ export interface ProtocolIssue {
 export type Checked<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly issue: ProtocolIssue };
 
 const STRING_MAP = { type: "object", additionalProperties: { type: "string" } } as const;
+// Keys and ids become subject tokens (`drv.<tenant>.<processor>.<key>`) and types become
+// header values (`Flex-Type`): a plugin must not smuggle a `.`, a wildcard or a CR/LF in.
+const TOKEN = { type: "string", minLength: 1, maxLength: 128, pattern: "^[^\\s.*>\\u0000-\\u001f\\u007f]+$" } as const;
+const EVENT_TYPE = { type: "string", minLength: 1, maxLength: 256, pattern: "^[^\\s\\u0000-\\u001f\\u007f]+$" } as const;
 const NAME = { type: "string", minLength: 1 } as const;
 
 const schemas = {
@@ -273,9 +277,9 @@ const schemas = {
           required: ["input", "type", "data"],
           properties: {
             input: { type: "integer", minimum: 0 },
-            type: { type: "string", minLength: 1, maxLength: 256 },
+            type: EVENT_TYPE,
             data: {},
-            key: { type: "string", minLength: 1, maxLength: 256 },
+            key: TOKEN,
           },
           additionalProperties: false,
         },
@@ -295,9 +299,9 @@ const schemas = {
           type: "object",
           required: ["key", "type", "data"],
           properties: {
-            id: { type: "string", minLength: 1, maxLength: 256 },
-            key: { type: "string", minLength: 1, maxLength: 256 },
-            type: { type: "string", minLength: 1, maxLength: 256 },
+            id: TOKEN,
+            key: TOKEN,
+            type: EVENT_TYPE,
             data: {},
           },
           additionalProperties: false,
@@ -399,6 +403,7 @@ function issueOf(error: ErrorObject): ProtocolIssue {
     path = path ? `${path}.${extra}` : extra;
     return { path, message: "unknown field (protocol 1 does not define it)" };
   }
+  if (error.keyword === "pattern") expected = `a string matching /${(error.params as { pattern: string }).pattern}/ (no dots or wildcards in keys and ids, no whitespace or control characters)`;
   if (error.keyword === "const") expected = `must be ${JSON.stringify((error.params as { allowedValue: unknown }).allowedValue)}`;
   expected = expected.replace(/^must (be )?/u, "");
   if (error.keyword === "anyOf") got = error.data;

@@ -69,15 +69,15 @@ export function echoPlugin(): Plugin {
         async process(req, ctx) {
           const raw = await faults(ctx);
           if (raw) return raw;
-          const states: Record<string, unknown> = {};
+          const counts = new Map<string, number>();
           const outputs: ProcessorOutput[] = [];
           for (let i = 0; i < req.inputs.length; i++) {
             const input = req.inputs[i]!;
-            const prev = (states[input.key] ?? req.states[input.key]) as { count?: number } | null | undefined;
-            states[input.key] = { count: (prev?.count ?? 0) + 1 };
+            const before = counts.get(input.key) ?? (Object.hasOwn(req.states, input.key) ? ((req.states[input.key] as { count?: number } | null)?.count ?? 0) : 0);
+            counts.set(input.key, before + 1);
             outputs.push({ input: i, type: "Echoed", data: input.data });
           }
-          return { states, outputs };
+          return { states: Object.fromEntries([...counts].map(([k, n]) => [k, { count: n }])), outputs };
         },
       },
     },
