@@ -39,7 +39,7 @@ const failing = definePlugin({
 });
 
 beforeAll(async () => {
-  nats = await startPluginTestNats({ plugins: ["echo", "echo-hang", "echo-bad", "echo-big", "echo-no", "failing", "echo-kid", "echo-old"] });
+  nats = await startPluginTestNats({ plugins: ["echo", "echo-hang", "echo-bad", "echo-big", "echo-no", "failing", "echo-kid", "echo-old", "slow"] });
 });
 
 afterAll(async () => {
@@ -130,6 +130,32 @@ describe("call errors", () => {
     expect(err).toBeInstanceOf(PluginTimeoutError);
     expect((err as PluginTimeoutError).code).toBe("FLEX_PLUGIN_TIMEOUT");
     expect((err as PluginTimeoutError).retryable).toBe(true);
+  });
+
+  it("bounds the calls in flight to FLEXCORE_PLUGIN_CONCURRENCY; the others wait and are answered", async () => {
+    let now = 0;
+    let most = 0;
+    const slow = definePlugin({
+      version: "1.0.0",
+      description: "counts",
+      protocols: [1],
+      steps: {
+        slow: {
+          async run(req) {
+            now += 1;
+            most = Math.max(most, now);
+            await new Promise((r) => setTimeout(r, 30));
+            now -= 1;
+            return { output: req.input };
+          },
+        },
+      },
+    });
+    await serveAs("slow", slow, { FLEXCORE_PLUGIN_CONCURRENCY: "2" });
+    const client = createPluginClient(nats.nc, "slow");
+    const outs = await Promise.all(Array.from({ length: 10 }, (_, i) => client.callStep("slow", { tenant: "t", input: i, run: RUN })));
+    expect(outs.map((o) => o.output)).toEqual(Array.from({ length: 10 }, (_, i) => i));
+    expect(most).toBe(2);
   });
 
   it("maps no instance to FLEX_PLUGIN_UNAVAILABLE", async () => {
@@ -257,6 +283,26 @@ describe("the echo plugin as a child process", () => {
     await expect(call).resolves.toEqual({ output: { in: "flight" } });
     expect(await echo.exit).toBe(0);
     expect(echo.stderr()).toMatch(/"msg":"draining"/);
+  });
+
+  it("fault switches: ignoreSigterm keeps it running, stdoutSpam only writes stdout, crashAfter exits 1", async () => {
+    const env = nats.pluginEnv("echo-kid", { FLEXCORE_PLUGIN_CONFIG: JSON.stringify({ crashAfter: 2, ignoreSigterm: true, stdoutSpam: 3 }) });
+    const { command, args } = echoPluginCommand();
+    const child = spawn(command, [...args], { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    children.push(child);
+    let out = 0;
+    child.stdout!.on("data", (d: Buffer) => { out += d.length; });
+    child.stderr!.resume();
+    const exit = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    await ready("echo-kid", env.FLEXCORE_PLUGIN_NONCE!);
+    const client = createPluginClient(nats.nc, "echo-kid", { callTimeoutMs: 1000 });
+    child.kill("SIGTERM");
+    await expect(client.callStep("echo", { tenant: "t", input: 1, run: RUN })).resolves.toEqual({ output: 1 });
+    await expect(client.callStep("echo", { tenant: "t", input: 2, run: RUN })).resolves.toEqual({ output: 2 });
+    expect(out).toBe(2 * 3 * 1024);
+    const third = await client.callStep("echo", { tenant: "t", input: 3, run: RUN }).catch((e: unknown) => e);
+    expect(["FLEX_PLUGIN_TIMEOUT", "FLEX_PLUGIN_UNAVAILABLE"]).toContain((third as { code?: string }).code);
+    expect(await exit).toBe(1);
   });
 
   it("exits 78 with one stderr line when it shares no protocol with the host", async () => {
