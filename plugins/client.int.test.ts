@@ -130,6 +130,9 @@ describe("call errors", () => {
     expect(err).toBeInstanceOf(PluginTimeoutError);
     expect((err as PluginTimeoutError).code).toBe("FLEX_PLUGIN_TIMEOUT");
     expect((err as PluginTimeoutError).retryable).toBe(true);
+    const stopped = await createPluginClient(nats.nc, "echo-hang", { callTimeoutMs: 60_000 }).callStep("echo", { tenant: "t", input: 1, run: RUN }, AbortSignal.timeout(50)).catch((e: unknown) => e);
+    expect((stopped as Error).name).toBe("TimeoutError");
+    expect(stopped).not.toBeInstanceOf(PluginTimeoutError);
   });
 
   it("bounds the calls in flight to FLEXCORE_PLUGIN_CONCURRENCY; the others wait and are answered", async () => {

@@ -175,11 +175,14 @@ export interface PluginClientOptions {
 /** Typed calls to one plugin service. Every method throws the `FLEX_PLUGIN_*` call errors. */
 export interface PluginClient {
   readonly service: string;
-  /** Runs a batch through processor `kind`; split into several calls when over max payload. */
+  /**
+   * Runs a batch through processor `kind`; split into several calls when over max payload.
+   * `signal` stops waiting (rejects with its reason); a call already sent may still be run.
+   */
   callProcessor(kind: string, request: Omit<ProcessorRequest, "protocol" | "kind">, signal?: AbortSignal): Promise<ProcessorReply>;
-  callStep(step: string, request: Omit<StepRequest, "protocol" | "step">): Promise<StepReply>;
-  callSink(sink: string, request: Omit<SinkRequest, "protocol" | "sink">): Promise<SinkReply>;
-  callSource(source: string, request: Omit<SourceRequest, "protocol" | "source">): Promise<SourceReply>;
+  callStep(step: string, request: Omit<StepRequest, "protocol" | "step">, signal?: AbortSignal): Promise<StepReply>;
+  callSink(sink: string, request: Omit<SinkRequest, "protocol" | "sink">, signal?: AbortSignal): Promise<SinkReply>;
+  callSource(source: string, request: Omit<SourceRequest, "protocol" | "source">, signal?: AbortSignal): Promise<SourceReply>;
 }
 
 const encoder = new TextEncoder();
@@ -210,7 +213,8 @@ class PluginClientImpl implements PluginClient {
     return this.#maxPayload ?? this.#nc.info?.max_payload ?? DEFAULT_MAX_REPLY_BYTES;
   }
 
-  async #call<K extends PluginKind>(kind: K, capability: string, request: CallTypes[K]["request"], body?: Uint8Array): Promise<CallTypes[K]["reply"]> {
+  async #call<K extends PluginKind>(kind: K, capability: string, request: CallTypes[K]["request"], signal: AbortSignal | undefined, body?: Uint8Array): Promise<CallTypes[K]["reply"]> {
+    signal?.throwIfAborted();
     const subject = endpointSubject(this.service, kind, capability);
     const context = { service: this.service, subject };
     const payload = body ?? encoder.encode(JSON.stringify(request));
@@ -219,8 +223,10 @@ class PluginClientImpl implements PluginClient {
     }
     let msg: Msg;
     try {
-      msg = await this.#nc.request(subject, payload, { timeout: this.#timeoutMs });
+      const reply = this.#nc.request(subject, payload, { timeout: this.#timeoutMs });
+      msg = signal ? await abortable(reply, signal) : await reply;
     } catch (err) {
+      if (signal?.aborted && err === signal.reason) throw err;
       throw translate(err, context, this.#timeoutMs);
     }
     const code = msg.headers?.get(HEADERS.errorCode);
@@ -235,26 +241,43 @@ class PluginClientImpl implements PluginClient {
     return checked.value;
   }
 
-  async callProcessor(kind: string, request: Omit<ProcessorRequest, "protocol" | "kind">): Promise<ProcessorReply> {
+  async callProcessor(kind: string, request: Omit<ProcessorRequest, "protocol" | "kind">, signal?: AbortSignal): Promise<ProcessorReply> {
     const full: ProcessorRequest = { protocol: 1, tenant: request.tenant, kind, options: request.options, states: request.states, inputs: request.inputs };
     const body = encoder.encode(JSON.stringify(full));
-    if (body.byteLength <= this.#limit) return this.#call("processor", kind, full, body);
+    if (body.byteLength <= this.#limit) return this.#call("processor", kind, full, signal, body);
     const chunks = splitByKey(full, this.#limit, { service: this.service, subject: endpointSubject(this.service, "processor", kind) });
-    const replies = await Promise.all(chunks.map((c) => this.#call("processor", kind, c.request)));
+    const replies = await Promise.all(chunks.map((c) => this.#call("processor", kind, c.request, signal)));
     return mergeReplies(chunks, replies);
   }
 
-  callStep(step: string, request: Omit<StepRequest, "protocol" | "step">): Promise<StepReply> {
-    return this.#call("step", step, { protocol: 1, tenant: request.tenant, step, input: request.input, run: request.run });
+  callStep(step: string, request: Omit<StepRequest, "protocol" | "step">, signal?: AbortSignal): Promise<StepReply> {
+    return this.#call("step", step, { protocol: 1, tenant: request.tenant, step, input: request.input, run: request.run }, signal);
   }
 
-  callSink(sink: string, request: Omit<SinkRequest, "protocol" | "sink">): Promise<SinkReply> {
-    return this.#call("sink", sink, { protocol: 1, tenant: request.tenant, sink, options: request.options, events: request.events });
+  callSink(sink: string, request: Omit<SinkRequest, "protocol" | "sink">, signal?: AbortSignal): Promise<SinkReply> {
+    return this.#call("sink", sink, { protocol: 1, tenant: request.tenant, sink, options: request.options, events: request.events }, signal);
   }
 
-  callSource(source: string, request: Omit<SourceRequest, "protocol" | "source">): Promise<SourceReply> {
-    return this.#call("source", source, { protocol: 1, tenant: request.tenant, source, options: request.options, cursor: request.cursor, max: request.max });
+  callSource(source: string, request: Omit<SourceRequest, "protocol" | "source">, signal?: AbortSignal): Promise<SourceReply> {
+    return this.#call("source", source, { protocol: 1, tenant: request.tenant, source, options: request.options, cursor: request.cursor, max: request.max }, signal);
   }
+}
+
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
 }
 
 /** One sub-batch: its request and, per input, its index in the whole batch. */
