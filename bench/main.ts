@@ -10,6 +10,7 @@ const loaders: Record<string, () => Promise<Suite>> = {
   gateway: async () => (await import("./gateway.js")).suite,
   kmeans: async () => (await import("./kmeans.js")).suite,
   "ml-quality": async () => (await import("./ml-quality.js")).suite,
+  plugins: async () => (await import("./plugins.js")).suite,
   processors: async () => (await import("./processors.js")).suite,
   projections: async () => (await import("./projections.js")).suite,
   workflows: async () => (await import("./workflows.js")).suite,

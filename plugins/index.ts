@@ -40,3 +40,65 @@ export {
   writeKeyPair,
 } from "./bundle.js";
 export type { BundleLimits, BundleOptions, InstalledBundle, KeyPair, PackResult, VerifiedBundle, VerifyOptions } from "./bundle.js";
+
+// --- Protocol, services subset, host client, TypeScript SDK, echo (h-plugproto) ---------
+export {
+  CAPABILITY_PATTERN,
+  DEFAULT_MAX_REPLY_BYTES,
+  ENDPOINT_SUBJECT_ROOT,
+  ENV as PLUGIN_ENV,
+  EXIT_PROTOCOL_MISMATCH,
+  HEADERS as PLUGIN_HEADERS,
+  METADATA as PLUGIN_METADATA,
+  PLUGIN_KINDS,
+  PLUGIN_NAME_PATTERN,
+  PROTOCOL_VERSION,
+  QUEUE_GROUP,
+  RESPONSE_TYPES,
+  SUPPORTED_PROTOCOLS,
+  checkControlResponse,
+  controlSubjects,
+  endpointName,
+  endpointSubject,
+  parseReply,
+} from "./protocol.js";
+export type {
+  CallTypes,
+  Checked,
+  EndpointInfo,
+  EndpointStats,
+  InfoResponse,
+  PingResponse,
+  PluginKind,
+  ProcessorInput,
+  ProcessorOutput,
+  ProcessorReply,
+  ProcessorRequest,
+  ProtocolIssue,
+  SinkEvent,
+  SinkReply,
+  SinkRequest,
+  SourceRecord,
+  SourceReply,
+  SourceRequest,
+  StatsResponse,
+  StepReply,
+  StepRequest,
+} from "./protocol.js";
+export { DEFAULT_MAX_IN_FLIGHT, ServiceError, createService } from "./service.js";
+export type { EndpointHandler, EndpointOptions, Service, ServiceOptions, ServiceRequest } from "./service.js";
+export { DEFAULT_CALL_TIMEOUT_MS, DEFAULT_DISCOVERY_TIMEOUT_MS, STATUS_TOO_LARGE, createPluginClient, discoverPlugins, pingPlugin, pluginStats } from "./client.js";
+export type { DiscoverOptions, HealthOptions, PluginClient, PluginClientOptions } from "./client.js";
+export { DEFAULT_PLUGIN_CONCURRENCY, definePlugin, readHandshake, serve } from "./sdk.js";
+export type { HandlerContext, Plugin, PluginDefinition, ProcessorDefinition, RawReply, ServeOptions, ServedPlugin, SinkDefinition, SourceDefinition, StepDefinition } from "./sdk.js";
+export { echoPluginCommand } from "./echo/launch.js";
+export {
+  PluginBadReplyError,
+  PluginCallError,
+  PluginFailedError,
+  PluginInputError,
+  PluginRejectedError,
+  PluginTimeoutError,
+  PluginUnavailableError,
+} from "./errors.js";
+export type { PluginCallContext } from "./errors.js";
