@@ -64,9 +64,9 @@ describe("plugin NATS users", () => {
   });
 
   it("serves its own $SRV and flexplugin.<service>.> subjects and answers requests", async () => {
-    plugin.subscribe("flexplugin.echo.processor.echo", { queue: "q", callback: (_e, m) => m.respond(m.data) });
-    plugin.subscribe("$SRV.INFO.echo", { callback: (_e, m) => m.respond("info") });
-    plugin.subscribe("$SRV.PING", { callback: (_e, m) => m.respond("pong") });
+    plugin.subscribe("flexplugin.echo.processor.echo", { queue: "q", callback: (_e, m) => void m.respond(m.data) });
+    plugin.subscribe("$SRV.INFO.echo", { callback: (_e, m) => void m.respond("info") });
+    plugin.subscribe("$SRV.PING", { callback: (_e, m) => void m.respond("pong") });
     await plugin.flush();
     expect((await nats.nc.request("flexplugin.echo.processor.echo", "hi", { timeout: 2000 })).string()).toBe("hi");
     expect((await nats.nc.request("$SRV.INFO.echo", "", { timeout: 2000 })).string()).toBe("info");
@@ -76,7 +76,7 @@ describe("plugin NATS users", () => {
   it("cannot publish events, derived events, JetStream or KV API calls, or to another plugin", async () => {
     const spy = await nats.connect();
     const got: string[] = [];
-    for (const s of ["evt.>", "drv.>", "$JS.API.>", "$KV.>", "flexplugin.other.>", "_INBOX.>"]) spy.subscribe(s, { callback: (_e, m) => got.push(m.subject) });
+    for (const s of ["evt.>", "drv.>", "$JS.API.>", "$KV.>", "flexplugin.other.>", "_INBOX.>"]) spy.subscribe(s, { callback: (_e, m) => void got.push(m.subject) });
     await spy.flush();
     for (const subject of ["evt.acme.orders.1", "drv.acme.anomaly.k", "$JS.API.STREAM.LIST", "$KV.flex_auth.x", "flexplugin.other.processor.echo", "_INBOX.steal"]) {
       expect(await denied(plugin, () => plugin.publish(subject, "forged")), subject).toMatch(/publish/i);
@@ -97,7 +97,7 @@ describe("plugin NATS users", () => {
     const reply = `_INBOX.once.${Date.now()}`;
     const got: string[] = [];
     const spy = await nats.connect();
-    spy.subscribe(reply, { callback: (_e, m) => got.push(m.string()) });
+    spy.subscribe(reply, { callback: (_e, m) => void got.push(m.string()) });
     await spy.flush();
     const p2 = await asPlugin("echo");
     let first = true;
