@@ -2,8 +2,15 @@ import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ensureTopology } from "../streams/index.js";
+import { createEventStore, ensureTopology, PLUGIN_EVENT_TYPES } from "../streams/index.js";
+import type { EventInput } from "../streams/index.js";
+import { createProjectionEngine, pluginStatusProjection } from "../projections/index.js";
+import { createPluginLifecycle } from "./lifecycle.js";
 import { startTestNats } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { alive, fixtureBundle, processTree, until } from "./fixtures/harness.js";
@@ -15,7 +22,7 @@ let nats: TestNats;
 let bundle: { dir: string; close(): Promise<void> };
 let credentialsDir: string;
 const supervisors: PluginSupervisor[] = [];
-const NAMES = ["ready-one", "impostor", "proto", "hung", "spam", "membomb", "forkbomb", "stubborn", "loop"];
+const NAMES = ["ready-one", "impostor", "proto", "hung", "spam", "membomb", "forkbomb", "stubborn", "loop", "takeover"];
 
 beforeAll(async () => {
   credentialsDir = await mkdtemp(join(tmpdir(), "flexcore-plugin-creds-"));
@@ -62,4 +69,213 @@ describe("plugin supervisor", () => {
     await sup.stop();
     for (const p of tree) expect(alive(p), `pid ${p}`).toBe(false);
   }, 40_000);
+
+  it("does not take an impostor's INFO with the wrong nonce as ready: the launch times out and is killed", async () => {
+    // An impostor service under the same name, from a connection that is not the launched process.
+    const impostor = await nats.connect();
+    impostor.subscribe("$SRV.INFO.impostor", { callback: (_e, m) => void m.respond(JSON.stringify({ type: "io.nats.micro.v1.info_response", name: "impostor", id: "fake", version: "6.6.6", metadata: { "flexcore.protocol": "1", "flexcore.nonce": "guessed" }, endpoints: [] })) });
+    await impostor.flush();
+    const { sup } = await supervise([spec("impostor", { fault: "wrong-nonce" }, { limits: { startTimeoutMs: 1_500 } })], { backoff: { initialMs: 60_000, maxMs: 60_000 } });
+    await until(() => sup.status("impostor").instances.length > 0, 5_000, "a launch");
+    const pid = sup.status("impostor").instances[0]!.pid!;
+    const tree = processTree([pid]);
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(sup.status("impostor").instances[0]!.ready).toBe(false);
+    expect(sup.status("impostor").state).toBe("starting");
+    await until(() => sup.status("impostor").failures === 1, 3_000, "the start timeout");
+    expect(sup.status("impostor").lastError?.code).toBe("FLEX_PLUGIN_START_TIMEOUT");
+    expect(sup.status("impostor").starts).toBe(0);
+    await until(() => tree.every((p) => !alive(p)), 1_000, "the timed-out launch to be gone");
+    await sup.stop();
+  }, 30_000);
+
+  it("never restarts a plugin that exits 78 (no common protocol) before it is ready", async () => {
+    const { sup, lines } = await supervise([spec("proto", { fault: "exit-78" })], { backoff: { initialMs: 50, maxMs: 50 } });
+    await until(() => sup.status("proto").state === "failed", 10_000, "the protocol failure");
+    expect(sup.status("proto").lastError?.code).toBe("FLEX_PLUGIN_PROTOCOL");
+    expect(lines.some((l) => l.includes("no common protocol"))).toBe(true);
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(sup.status("proto").failures).toBe(1);
+    expect(sup.status("proto").instances.every((i) => i.pid === undefined || !alive(i.pid))).toBe(true);
+    await sup.stop();
+  }, 30_000);
+
+  it("restarts a crashing plugin with growing backoff, stops after 5 failures in the window (crash loop), and plugin_status counts them", async () => {
+    const store = await createEventStore(nats.nc);
+    const published: { type: string; data: Record<string, unknown>; at: number }[] = [];
+    const lifecycle = createPluginLifecycle({
+      store: {
+        append: (ref, events: readonly EventInput[], opts) => {
+          for (const e of events) published.push({ type: e.type, data: e.data as Record<string, unknown>, at: Date.now() });
+          return store.append(ref, events, opts);
+        },
+      },
+    });
+    const { sup } = await supervise([spec("loop", { fault: "crash-at-start" })], { lifecycle, backoff: { initialMs: 100, maxMs: 10_000 } });
+    await until(() => sup.status("loop").state === "failed", 20_000, "the crash loop");
+    const failed = published.filter((e) => e.type === PLUGIN_EVENT_TYPES.failed);
+    expect(failed).toHaveLength(5);
+    expect(failed.slice(0, 4).map((e) => e.data.willRestart)).toEqual([true, true, true, true]);
+    const delays = failed.slice(0, 4).map((e) => e.data.nextRestartInMs as number);
+    delays.forEach((d, i) => {
+      expect(d).toBeGreaterThanOrEqual(100 * 2 ** i);
+      expect(d).toBeLessThanOrEqual(125 * 2 ** i);
+    });
+    // Each relaunch waited at least its announced delay.
+    for (let i = 1; i < failed.length; i++) expect(failed[i]!.at - failed[i - 1]!.at).toBeGreaterThanOrEqual(delays[i - 1]! - 5);
+    expect(failed[4]!.data).toMatchObject({ willRestart: false, attempt: 5, error: { code: "FLEX_PLUGIN_CRASH_LOOP" } });
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(sup.status("loop").failures).toBe(5);
+
+    const dataDir = await mkdtemp(join(tmpdir(), "flexcore-plugin-status-"));
+    const engine = createProjectionEngine(nats.nc, { dataDir, projections: [pluginStatusProjection()], log: () => undefined });
+    try {
+      await engine.start();
+      let row: Record<string, unknown> | undefined;
+      await until(async () => {
+        row = (await engine.query("plugin_status", { tenant: "_system", filter: { plugin: "loop" } })).rows[0];
+        return row?.failures === 5;
+      }, 10_000, "plugin_status to fold the failures");
+      expect(row).toMatchObject({ plugin: "loop", state: "failed", version: "0.0.1", failures: 5, restarts: 0 });
+      expect(String(row!.last_error)).toMatch(/FLEX_PLUGIN_CRASH_LOOP|5 times/);
+
+      // The operator's restart launches it again.
+      sup.restart("loop");
+      await until(() => sup.status("loop").failures === 6, 10_000, "the relaunch after restart()");
+      await sup.stop();
+      await until(async () => (await engine.query("plugin_status", { tenant: "_system", filter: { plugin: "loop" } })).rows[0]?.state === "stopped", 10_000, "PluginStopped to be folded");
+    } finally {
+      await engine.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  it("replaces a hung plugin after 3 call timeouts in a row", async () => {
+    const { sup } = await supervise([spec("hung", { fault: "hang", after: 1 })]);
+    await sup.ready("hung", 20_000);
+    const first = sup.status("hung").instances[0]!.pid!;
+    const tree = processTree([first]);
+    expect((await call("hung")).string()).toBe("hi");
+    await expect(call("hung", "hi", 300)).rejects.toThrow();
+    sup.reportCallTimeout("hung");
+    sup.reportCallTimeout("hung");
+    expect(sup.status("hung").instances[0]!.pid).toBe(first);
+    sup.reportCallTimeout("hung");
+    await until(() => sup.status("hung").starts === 2 && sup.status("hung").state === "running", 15_000, "the replacement");
+    expect(sup.status("hung").instances[0]!.pid).not.toBe(first);
+    for (const p of tree) expect(alive(p), `pid ${p}`).toBe(false);
+    expect((await call("hung")).string()).toBe("hi");
+    await sup.stop();
+  }, 40_000);
+
+  it("keeps the host responsive under stdout spam: lines cut at 4 KiB and at most 100 a second", async () => {
+    const { sup, lines } = await supervise([spec("spam", { fault: "spam" })]);
+    await sup.ready("spam", 20_000);
+    let maxLag = 0;
+    let last = performance.now();
+    const lag = setInterval(() => {
+      const now = performance.now();
+      maxLag = Math.max(maxLag, now - last - 20);
+      last = now;
+    }, 20);
+    const t0 = Date.now();
+    await new Promise((r) => setTimeout(r, 2_500));
+    expect((await call("spam")).string()).toBe("hi");
+    clearInterval(lag);
+    const seconds = (Date.now() - t0) / 1000;
+    const spam = lines.filter((l) => l.startsWith("[plugin spam]"));
+    expect(spam.length).toBeLessThanOrEqual(Math.ceil(seconds + 2) * 101);
+    expect(spam.some((l) => /lines dropped/.test(l))).toBe(true);
+    expect(Math.max(...spam.map((l) => Buffer.byteLength(l)))).toBeLessThanOrEqual(4096 + "[plugin spam]  [cut]".length);
+    expect(spam.some((l) => l.endsWith("[cut]"))).toBe(true);
+    expect(maxLag).toBeLessThan(500);
+    await sup.stop();
+  }, 40_000);
+
+  it("contains a memory bomb: the plugin dies at its memory limit and is restarted, the host is untouched", async () => {
+    const { sup, lines } = await supervise([spec("membomb", { fault: "memory" }, { limits: { memoryMb: 192 } })], { backoff: { initialMs: 100, maxMs: 100 }, crashLoop: { failures: 50, windowMs: 60_000 } });
+    const rss = process.memoryUsage().rss;
+    await until(() => sup.status("membomb").failures >= 2, 20_000, "the bomb to hit its limit");
+    // It was ready (it allocates only once serving), then died, twice: the limit holds on every launch.
+    expect(sup.status("membomb").starts, lines.join("\n")).toBeGreaterThanOrEqual(2);
+    expect(sup.status("membomb").lastError?.message).toMatch(/killed by SIG|exited with code/);
+    expect(process.memoryUsage().rss - rss).toBeLessThan(150 * 1024 * 1024);
+    await sup.stop();
+  }, 40_000);
+
+  it("contains a fork bomb at maxProcesses, and stop() leaves nothing of it", async () => {
+    const { sup, lines } = await supervise([spec("forkbomb", { fault: "fork-bomb" }, { limits: { maxProcesses: 32 } })]);
+    await sup.ready("forkbomb", 20_000);
+    const pid = sup.status("forkbomb").instances[0]!.pid!;
+    // Sample the sandbox's threads while the bomb runs: never over the limit (+ bubblewrap's two processes).
+    let peak = 0;
+    const seen = new Set<number>();
+    for (const end = Date.now() + 1_500; Date.now() < end; await new Promise((r) => setTimeout(r, 10))) {
+      const tree = processTree([pid]);
+      tree.forEach((p) => seen.add(p));
+      peak = Math.max(peak, tree.reduce((n, p) => n + Number(/Threads:\s+(\d+)/.exec(safeRead(`/proc/${p}/status`))?.[1] ?? 0), 0));
+    }
+    expect(lines.some((l) => l.includes("Cannot fork")), lines.join("\n")).toBe(true);
+    expect(seen.size).toBeGreaterThan(5);
+    expect(peak).toBeLessThanOrEqual(32 + 2);
+    expect((await call("forkbomb")).string()).toBe("hi");
+    const t0 = Date.now();
+    await sup.stop();
+    expect(Date.now() - t0).toBeLessThan(1_000 + 1_000 + 500);
+    await until(() => [...seen].every((p) => !alive(p)), 500, "every process of the bomb to be gone");
+  }, 40_000);
+
+  it("kills a plugin that ignores SIGTERM within grace + 1 s on stop()", async () => {
+    const { sup, lines } = await supervise([spec("stubborn", { fault: "ignore-sigterm" }, { instances: 2 })]);
+    await sup.ready("stubborn", 20_000);
+    const tree = processTree(sup.status("stubborn").instances.map((i) => i.pid));
+    const t0 = Date.now();
+    await sup.stop();
+    const took = Date.now() - t0;
+    expect(took).toBeGreaterThanOrEqual(900);
+    expect(took).toBeLessThan(2_000);
+    expect(lines.some((l) => l.includes("ignoring SIGTERM"))).toBe(true);
+    for (const p of tree) expect(alive(p), `pid ${p}`).toBe(false);
+  }, 30_000);
+
+  it("leaves no plugin process after the host's SIGKILL, and a second supervisor waits for the lease, then takes over", async () => {
+    const host = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("./fixtures/host.ts", import.meta.url))], {
+      env: {
+        ...process.env,
+        ...nats.env,
+        HOST_PLUGIN_SPEC: JSON.stringify(spec("takeover", {}, { instances: 2 })),
+        HOST_CREDENTIALS_DIR: credentialsDir,
+        HOST_INSTANCE_ID: "host-a",
+        HOST_LEASE_TTL_MS: "2000",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    host.stderr!.on("data", (c: Buffer) => (stderr += c.toString()));
+    const rl = createInterface({ input: host.stdout! });
+    const [line] = (await Promise.race([once(rl, "line"), new Promise((_, rej) => setTimeout(() => rej(new Error(`host not ready: ${stderr}`)), 30_000))])) as [string];
+    const pids = JSON.parse(line.replace(/^READY /, "")) as number[];
+    const tree = processTree(pids);
+    expect(tree.length).toBeGreaterThanOrEqual(4);
+
+    const { sup } = await supervise([spec("takeover", {}, { instances: 2 })], { instanceId: "host-b" });
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(sup.status("takeover")).toMatchObject({ state: "standby", leaseHeld: false, instances: [] });
+
+    host.kill("SIGKILL");
+    await once(host, "exit");
+    await until(() => tree.every((p) => !alive(p)), 2_000, `every plugin pid of the killed host to die (${tree.join(", ")})`);
+    await sup.ready("takeover", 20_000);
+    expect(sup.status("takeover").leaseHeld).toBe(true);
+    expect((await call("takeover")).string()).toBe("hi");
+    await sup.stop();
+  }, 60_000);
 });
+
+function safeRead(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return "";
+  }
+}

@@ -181,6 +181,8 @@ interface Resolved {
 const INTERPRETERS: Record<string, string> = { node: process.execPath, python3: "/usr/bin/python3" };
 /** How often INFO is asked while a launch waits for readiness, in ms. */
 const READY_POLL_MS = 100;
+/** How long a stop waits for a killed sandbox's processes to be gone after its outer process exited, in ms. */
+const REAP_WAIT_MS = 500;
 /** Timeout of one PING, in ms. */
 const PING_TIMEOUT_MS = 2_000;
 
@@ -213,6 +215,16 @@ export function descendants(root: number): number[] {
     }
   }
   return out;
+}
+
+/** Whether `pid` exists and is not a zombie. */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat[stat.lastIndexOf(")") + 2] !== "Z";
+  } catch {
+    return false;
+  }
 }
 
 function signal(pid: number, sig: NodeJS.Signals): void {
@@ -313,6 +325,7 @@ class Instance {
   reason: ErrorInfo | undefined;
   startTimer: NodeJS.Timeout | undefined;
   #killTimer: NodeJS.Timeout | undefined;
+  readonly #tree = new Set<number>();
 
   constructor(child: ChildProcess, nonce: string) {
     this.child = child;
@@ -336,19 +349,37 @@ class Instance {
    * then SIGKILL to the process group after `graceMs`: bubblewrap's death kills the
    * sandbox's whole PID namespace.
    */
-  terminate(graceMs: number): Promise<unknown> {
+  terminate(graceMs: number): Promise<void> {
     const pid = this.child.pid;
-    if (pid === undefined || !this.running) return this.exited;
-    for (const p of descendants(pid)) signal(p, "SIGTERM");
+    if (pid === undefined || !this.running) return this.reaped();
+    const tree = descendants(pid);
+    tree.forEach((p) => this.#tree.add(p));
+    for (const p of tree) signal(p, "SIGTERM");
     this.#killTimer ??= setTimeout(() => this.kill(), graceMs);
-    return this.exited;
+    return this.reaped();
   }
 
+  /** SIGKILL to the process group and to every process of the sandbox, by pid too (the kernel tears a PID namespace down asynchronously). */
   kill(): void {
     const pid = this.child.pid;
     if (pid === undefined) return;
+    const tree = descendants(pid);
+    tree.forEach((p) => this.#tree.add(p));
     signal(-pid, "SIGKILL");
     signal(pid, "SIGKILL");
+    for (const p of tree) signal(p, "SIGKILL");
+  }
+
+  /** Resolves once the process has exited and every process seen in its sandbox is gone (at most {@link REAP_WAIT_MS} more). */
+  async reaped(): Promise<void> {
+    await this.exited;
+    const end = Date.now() + REAP_WAIT_MS;
+    for (;;) {
+      const left = [...this.#tree].filter(alive);
+      if (left.length === 0 || Date.now() > end) return;
+      for (const p of left) signal(p, "SIGKILL");
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 }
 
@@ -445,7 +476,7 @@ class ManagedPlugin {
     this.#restartTimers.clear();
     if (this.#pingTimer) clearInterval(this.#pingTimer);
     this.#stopInfo();
-    const exits: Promise<unknown>[] = [];
+    const exits: Promise<void>[] = [];
     for (const s of this.#slots) {
       if (!s) continue;
       s.retired = true;
