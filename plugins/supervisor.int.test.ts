@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,7 +14,7 @@ import { createPluginLifecycle } from "./lifecycle.js";
 import { startTestNats } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { alive, fixtureBundle, processTree, until } from "./fixtures/harness.js";
-import { generatePluginUsers } from "./nats-users.js";
+import { generatePluginUsers, pluginCredentials } from "./nats-users.js";
 import { startPluginSupervisor } from "./supervisor.js";
 import type { PluginLaunchSpec, PluginSupervisor, PluginSupervisorOptions } from "./supervisor.js";
 
@@ -66,6 +66,14 @@ describe("plugin supervisor", () => {
     const uids = tree.map((p) => /Uid:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1]);
     expect(uids).toContain("65534");
     expect(lines.some((l) => l.startsWith("[plugin ready-one] fixture ready-one ready"))).toBe(true);
+    // The bundle is read-only, /tmp is the sandbox's own, and the password is on no command line.
+    expect(lines).toContain("[plugin ready-one] fixture: cannot write /work/written-by-plugin: EROFS");
+    expect(lines).toContain("[plugin ready-one] fixture: wrote /tmp/written-by-plugin");
+    expect(lines).toContain("[plugin ready-one] fixture: uid 65534");
+    expect(existsSync(join(bundle.dir, "written-by-plugin"))).toBe(false);
+    expect(existsSync("/tmp/written-by-plugin")).toBe(false);
+    const { password } = await pluginCredentials(credentialsDir, "ready-one");
+    for (const p of tree) expect(safeRead(`/proc/${p}/cmdline`)).not.toContain(password);
     await sup.stop();
     for (const p of tree) expect(alive(p), `pid ${p}`).toBe(false);
   }, 40_000);

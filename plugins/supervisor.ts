@@ -585,7 +585,7 @@ class ManagedPlugin {
     const { code, signal: sig } = await inst.exited;
     if (inst.startTimer) clearTimeout(inst.startTimer);
     this.#forwarder.flush();
-    if (this.#slots[slot] === inst && (inst.retired || this.#stopping)) return;
+    if (inst.retired || this.#stopping) return;
     await this.#exited(slot, inst, code, sig);
   }
 
@@ -675,6 +675,8 @@ class ManagedPlugin {
   }
 
   async #ping(): Promise<void> {
+    // Health starts with the first ready process: a plugin still starting is not unhealthy yet.
+    if (this.#starts === 0) return;
     const ready = this.#slots.filter((s): s is Instance => s !== undefined && s.ready && s.running);
     const results = await Promise.all(ready.map((s) => this.#pingOne(s).then((ms) => ms, () => undefined)));
     const answered = results.filter((r): r is number => r !== undefined);
