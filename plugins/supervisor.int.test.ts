@@ -54,13 +54,20 @@ const call = (name: string, body = "hi", timeout = 2_000) => nats.nc.request(`fl
 
 describe("plugin supervisor", () => {
   it("launches the instances sandboxed, takes each as ready when INFO carries its nonce, and they answer calls", async () => {
-    const { sup, lines } = await supervise([spec("ready-one", {}, { instances: 2 })]);
+    const started: string[] = [];
+    const store = await createEventStore(nats.nc);
+    const lifecycle = createPluginLifecycle({ store: { append: (ref, events, opts) => (events.forEach((e) => started.push(e.type)), store.append(ref, events, opts)) } });
+    const { sup, lines } = await supervise([spec("ready-one", {}, { instances: 2 })], { lifecycle });
     await sup.ready("ready-one", 20_000).catch((e) => { console.log(lines.join("\n")); throw e; });
     const st = sup.status("ready-one");
     expect(st.state).toBe("running");
     expect(st.instances).toHaveLength(2);
     expect(new Set(st.instances.map((i) => i.id)).size).toBe(2);
     expect((await call("ready-one")).string()).toBe("hi");
+    // One start of the plugin, not one per instance: plugin_status must not count the second as a restart.
+    await until(() => started.filter((t) => t === PLUGIN_EVENT_TYPES.started).length >= 1, 2_000, "PluginStarted");
+    await new Promise((r) => setTimeout(r, 200));
+    expect(started.filter((t) => t !== PLUGIN_EVENT_TYPES.health)).toEqual([PLUGIN_EVENT_TYPES.loaded, PLUGIN_EVENT_TYPES.started]);
     // Sandboxed: the plugin process runs as uid 65534 under bubblewrap.
     const tree = processTree(st.instances.map((i) => i.pid));
     const uids = tree.map((p) => /Uid:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1]);

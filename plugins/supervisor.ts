@@ -522,15 +522,17 @@ class ManagedPlugin {
     if (inst.startTimer) clearTimeout(inst.startTimer);
     inst.ready = true;
     inst.id = id;
-    const wasRunning = this.#slots.some((s) => s && s !== inst && s.ready);
-    const restart = this.#starts >= this.#count || wasRunning;
+    // One PluginStarted per start of the plugin (its first ready process) and one per
+    // replacement, so plugin_status counts restarts, not the instances of one start.
+    const fresh = !this.#slots.some((s) => s && s !== inst && s.ready);
+    const replacement = this.#starts >= this.#count;
     this.#starts += 1;
     this.#o.log(`plugin ${this.name}: instance ${id} ready (pid ${inst.child.pid})`);
     if (this.#slots.every((s) => s?.ready)) {
       this.#state = "running";
       for (const w of this.#waiters.splice(0)) w();
     } else if (this.#state !== "failed") this.#state = "starting";
-    if (restart || !wasRunning) void this.#o.lifecycle?.started({ plugin: this.name, version: this.spec.version, instance: id, attempt: this.#failureTimes.length + 1 });
+    if (fresh || replacement) void this.#o.lifecycle?.started({ plugin: this.name, version: this.spec.version, instance: id, attempt: this.#failureTimes.length + 1 });
   }
 
   #env(nonce: string, password: string, user: string): Record<string, string> {
