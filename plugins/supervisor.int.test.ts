@@ -77,6 +77,8 @@ describe("plugin supervisor", () => {
     expect(lines).toContain("[plugin ready-one] fixture: cannot write /work/written-by-plugin: EROFS");
     expect(lines).toContain("[plugin ready-one] fixture: wrote /tmp/written-by-plugin");
     expect(lines).toContain("[plugin ready-one] fixture: uid 65534");
+    // Terminal escapes and carriage returns of a plugin do not reach the log as such.
+    expect(lines).toContain("[plugin ready-one] fixture: escapes \uFFFD[2J\uFFFD[31mred\uFFFD[plugin other] forged");
     expect(existsSync(join(bundle.dir, "written-by-plugin"))).toBe(false);
     expect(existsSync("/tmp/written-by-plugin")).toBe(false);
     const { password } = await pluginCredentials(credentialsDir, "ready-one");

@@ -235,6 +235,9 @@ function signal(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
+// C0 controls but tab, DEL and C1 controls.
+const CONTROL_CHARS = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/g;
+
 /** Forwards a stream line by line with a prefix, each line cut at `maxBytes`, at most `perSecond` lines a second. */
 class LineForwarder {
   readonly #prefix: string;
@@ -302,7 +305,8 @@ class LineForwarder {
       return;
     }
     this.#count += 1;
-    this.#log(`${this.#prefix} ${text}${cut ? " [cut]" : ""}`, level);
+    // Control characters (terminal escapes, carriage returns) could rewrite what an operator sees in the log.
+    this.#log(`${this.#prefix} ${text.replace(CONTROL_CHARS, "\uFFFD")}${cut ? " [cut]" : ""}`, level);
   }
 
   /** Reports lines dropped in the current second (when the process ends). */
