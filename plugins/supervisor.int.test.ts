@@ -7,7 +7,7 @@ import { once } from "node:events";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createEventStore, ensureTopology, PLUGIN_EVENT_TYPES } from "../streams/index.js";
+import { BUCKETS, createEventStore, ensureTopology, openTtlKv, PLUGIN_EVENT_TYPES } from "../streams/index.js";
 import type { EventInput } from "../streams/index.js";
 import { createProjectionEngine, pluginStatusProjection } from "../projections/index.js";
 import { createPluginLifecycle } from "./lifecycle.js";
@@ -22,7 +22,7 @@ let nats: TestNats;
 let bundle: { dir: string; close(): Promise<void> };
 let credentialsDir: string;
 const supervisors: PluginSupervisor[] = [];
-const NAMES = ["ready-one", "impostor", "proto", "hung", "spam", "membomb", "forkbomb", "stubborn", "loop", "takeover"];
+const NAMES = ["ready-one", "impostor", "proto", "hung", "spam", "membomb", "forkbomb", "stubborn", "loop", "takeover", "stolen"];
 
 beforeAll(async () => {
   credentialsDir = await mkdtemp(join(tmpdir(), "flexcore-plugin-creds-"));
@@ -287,6 +287,25 @@ describe("plugin supervisor", () => {
     expect((await call("takeover")).string()).toBe("hi");
     await sup.stop();
   }, 60_000);
+
+  it("stops its processes when its lease is taken, and launches again once it can take it back", async () => {
+    const { sup } = await supervise([spec("stolen")], { instanceId: "victim", leaseTtlMs: 1_000 });
+    await sup.ready("stolen", 20_000);
+    const tree = processTree(sup.status("stolen").instances.map((i) => i.pid));
+    const leases = await openTtlKv(nats.nc, BUCKETS.leases);
+    const entry = await leases.kv.get("plugin.stolen");
+    expect(entry?.json<{ owner: string }>().owner).toBe("victim");
+    // Another owner overwrites the key (as after a partition): the victim's next renewal fails.
+    await leases.update("plugin.stolen", new TextEncoder().encode(JSON.stringify({ owner: "thief", expiresAt: Date.now() + 60_000 })), entry!.revision, 60_000);
+    await until(() => tree.every((p) => !alive(p)), 5_000, "the processes of a lost lease to stop");
+    expect(sup.status("stolen")).toMatchObject({ leaseHeld: false });
+    await new Promise((r) => setTimeout(r, 800));
+    expect(sup.status("stolen").instances.every((i) => !i.pid || !alive(i.pid))).toBe(true);
+    await leases.kv.delete("plugin.stolen");
+    await until(() => sup.status("stolen").state === "running" && sup.status("stolen").leaseHeld, 20_000, "the relaunch after the lease came back");
+    expect((await call("stolen")).string()).toBe("hi");
+    await sup.stop();
+  }, 40_000);
 });
 
 function safeRead(path: string): string {
