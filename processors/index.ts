@@ -45,7 +45,7 @@ export type { BatchResult, BatchTask, SeriesResult, SeriesTask } from "./task.js
 
 // Script steps: JavaScript, Python and Bash run sandboxed (bubblewrap) or trusted (worker threads).
 export { createScriptRunner, DEFAULT_SCRIPT_LIMITS, resolveLimits, SCRIPT_LANGUAGES, sweepStaleWorkDirs, validateScriptSpec, WORK_PREFIX } from "./scripts/script-runner.js";
-export { sandboxSupport } from "./scripts/sandbox.js";
-export type { SandboxProbeOptions, SandboxSupport } from "./scripts/sandbox.js";
+export { planCommand, SANDBOX_WORK_DIR, sandboxSupport, STEP_UID } from "./scripts/sandbox.js";
+export type { CommandPlan, PlanInput, SandboxProbeOptions, SandboxSupport } from "./scripts/sandbox.js";
 export { SandboxNetworkUnavailableError, SandboxUnavailableError } from "./scripts/errors.js";
 export type { ScriptLanguage, ScriptLimits, ScriptResult, ScriptRunner, ScriptRunnerOptions, ScriptSpec, ScriptStatus } from "./scripts/types.js";

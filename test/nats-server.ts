@@ -11,6 +11,8 @@ import type { NatsCredentials, NatsServer, NatsServerOptions } from "../streams/
 export interface TestNatsOptions extends NatsServerOptions {
   /** Tenants given a confined NATS user (as `flexcore nats-users` writes them). @default [] */
   readonly tenants?: readonly string[];
+  /** More entries of the server's users list (e.g. plugin users from `generatePluginUsers`). @default [] */
+  readonly extraUsers?: readonly string[];
 }
 
 /** A real nats-server for one test file plus a connection to it, authorization on. */
@@ -40,9 +42,9 @@ export interface TestNats extends AsyncDisposable {
  * Throws with install instructions when the binary is missing.
  */
 export async function startTestNats(options: TestNatsOptions = {}): Promise<TestNats> {
-  const { tenants = [], ...serverOptions } = options;
+  const { tenants = [], extraUsers = [], ...serverOptions } = options;
   const seedsDir = await mkdtemp(join(tmpdir(), "flexcore-test-seeds-"));
-  const users = await generateNatsUsers({ tenants, seedsDir });
+  const users = await generateNatsUsers({ tenants, seedsDir, extraUsers });
   const service = users.users.find((u) => u.name === SERVICE_USER)!;
   const server = await startNatsServer({ ...serverOptions, extraConfig: `${serverOptions.extraConfig ?? ""}\n${users.config}` });
   const credentials: NatsCredentials = { nkeySeedFile: service.seedFile };

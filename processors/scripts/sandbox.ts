@@ -179,16 +179,34 @@ export interface PlanInput {
   /** Whether the memory limit is the data segment (Node: V8 reserves address space) instead of the address space. */
   readonly memoryAsData: boolean;
   readonly network: boolean;
+  /**
+   * Managed plugins only: keep the host's network namespace (no pasta), so the plugin reaches
+   * NATS on the host's loopback; its NATS user's permissions are what confine it there.
+   * Never for script steps. @default false
+   */
+  readonly hostNetwork?: boolean;
+  /** Mount the working directory read-only (a plugin's verified bundle). @default false */
+  readonly readOnlyWork?: boolean;
+  /** Open files (`RLIMIT_NOFILE`); unset keeps the inherited limit. */
+  readonly openFiles?: number;
+  /**
+   * Keep the environment bubblewrap is started with instead of `--clearenv` + `--setenv`
+   * (the caller spawns it with exactly the variables the sandbox gets): a secret in `env`
+   * would be on bubblewrap's command line, which every local user can read. @default false
+   */
+  readonly inheritEnv?: boolean;
 }
 
-function rlimitArgs(limits: ScriptLimits, memoryAsData: boolean): string[] {
+function rlimitArgs(limits: ScriptLimits, memoryAsData: boolean, openFiles: number | undefined): string[] {
   const bytes = limits.memoryMb * 1024 * 1024;
   return [
     "/usr/bin/prlimit",
     memoryAsData ? `--data=${bytes}` : `--as=${bytes}`,
-    `--cpu=${limits.cpuSeconds}`,
+    // A long-running plugin has no CPU budget: Infinity means none.
+    `--cpu=${Number.isFinite(limits.cpuSeconds) ? limits.cpuSeconds : "unlimited"}`,
     `--nproc=${limits.maxProcesses}`,
     `--fsize=${limits.maxFileBytes}`,
+    ...(openFiles !== undefined ? [`--nofile=${openFiles}`] : []),
     "--core=0",
     "--",
   ];
@@ -203,7 +221,7 @@ function rlimitArgs(limits: ScriptLimits, memoryAsData: boolean): string[] {
  * @throws SandboxNetworkUnavailableError for a networked step in `bwrap` mode when pasta cannot run
  */
 export function planCommand(p: PlanInput): CommandPlan {
-  const limited = [...(p.support.rlimits ? rlimitArgs(p.limits, p.memoryAsData) : []), ...p.argv];
+  const limited = [...(p.support.rlimits ? rlimitArgs(p.limits, p.memoryAsData, p.openFiles) : []), ...p.argv];
   const outer: string[] = [];
   if (p.support.dropsPrivileges) outer.push("/usr/bin/setpriv", ...dropArgs(), "--");
   if (p.mode === "plain") {
@@ -211,6 +229,7 @@ export function planCommand(p: PlanInput): CommandPlan {
     const all = [...outer, ...limited];
     return { file: all[0]!, args: all.slice(1) };
   }
+  if (p.network && p.hostNetwork) throw new Error("planCommand: network and hostNetwork exclude each other");
   if (p.network && !p.support.pastaPath) throw new SandboxNetworkUnavailableError(p.support.pastaProblem ?? "pasta was not probed");
   const b: string[] = [];
   // A networked step gets a network namespace of its own from pasta; bwrap then keeps it
@@ -230,8 +249,12 @@ export function planCommand(p: PlanInput): CommandPlan {
   b.push("--proc", "/proc", "--dev", "/dev");
   if (p.support.modernBwrap) b.push("--size", String(p.limits.maxFileBytes));
   b.push("--tmpfs", "/tmp");
-  b.push("--bind", p.workDir, SANDBOX_WORK_DIR, "--chdir", SANDBOX_WORK_DIR);
+  b.push(p.readOnlyWork ? "--ro-bind" : "--bind", p.workDir, SANDBOX_WORK_DIR, "--chdir", SANDBOX_WORK_DIR);
   b.push("--unshare-all", "--unshare-user");
+  if (p.hostNetwork) {
+    for (const path of NET_ETC) if (existsSync(path)) b.push("--ro-bind", path, path);
+    b.push("--share-net");
+  }
   if (p.network) {
     // In pasta's user namespace the step would be uid 0; keep the uid it has without network.
     const uid = p.support.dropsPrivileges ? STEP_UID : process.getuid?.() ?? STEP_UID;
@@ -239,7 +262,8 @@ export function planCommand(p: PlanInput): CommandPlan {
     b.push("--share-net", "--uid", String(uid), "--gid", String(gid));
   }
   if (p.support.modernBwrap) b.push("--disable-userns");
-  b.push("--die-with-parent", "--new-session", "--clearenv");
+  b.push("--die-with-parent", "--new-session");
+  if (!p.inheritEnv) b.push("--clearenv");
   for (const [k, v] of Object.entries(p.env)) b.push("--setenv", k, v);
   b.push("--", ...limited);
   const all = [...outer, ...b];

@@ -1,0 +1,770 @@
+/**
+ * The supervisor of managed plugins. For each plugin, the instance holding the lease
+ * `plugin.<name>` in `flex_leases` launches `instances` processes in the script sandbox
+ * (bubblewrap, uid 65534, bundle read-only at /work, private /tmp, rlimits, die with
+ * parent, new session; the host's network namespace so it reaches NATS, where its own
+ * user's permissions confine it), hands each a fresh nonce in the environment, and takes
+ * it as ready when `$SRV.INFO.<name>` is answered with that nonce. It restarts failed
+ * processes with exponential backoff and jitter, stops after a crash loop, replaces hung
+ * ones, pings them, forwards their output to the log, and publishes their lifecycle.
+ */
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { randomBytes, randomUUID } from "node:crypto";
+import { readdirSync, readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { isAbsolute } from "node:path";
+import type { Readable } from "node:stream";
+import { createInbox } from "@nats-io/transport-node";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { DEFAULT_LEASE_TTL_MS, Lease, planCommand, sandboxSupport, SandboxUnavailableError } from "../processors/index.js";
+import type { SandboxSupport, ScriptLimits } from "../processors/index.js";
+import { BUCKETS, InvalidOptionError, openTtlKv } from "../streams/index.js";
+import type { ErrorInfo, TtlKv } from "../streams/index.js";
+import { PluginCrashLoopError, PluginProtocolError, PluginStartTimeoutError } from "./errors.js";
+import type { PluginLifecycle } from "./lifecycle.js";
+import { DEFAULT_PLUGIN_LIMITS, HOST_PROTOCOLS } from "./manifest.js";
+import type { PluginLimits } from "./manifest.js";
+import { checkPluginName, pluginCredentials } from "./nats-users.js";
+import { EXIT_PROTOCOL_MISMATCH } from "./protocol.js";
+
+/** Size of a plugin's private /tmp and largest file it may write, in bytes. */
+const PLUGIN_TMP_BYTES = 64 * 1024 * 1024;
+
+/** What the supervisor needs to launch one managed plugin (the lead maps the manifest onto it). */
+export interface PluginLaunchSpec {
+  /** Plugin (and NATS service) name, `^[a-z][a-z0-9-]{1,39}$`. */
+  readonly name: string;
+  readonly version: string;
+  /**
+   * argv as seen inside the sandbox, where the bundle is the working directory `/work`:
+   * `["node", "main.mjs"]`. The first word is `node` (this Node), `python3`, or an absolute path.
+   */
+  readonly command: readonly string[];
+  /** More environment variables (the host's environment is never passed). */
+  readonly env?: Readonly<Record<string, string>>;
+  /** The verified, read-only bundle folder (readable by uid 65534). */
+  readonly bundleDir: string;
+  /** Processes in the plugin's queue group. @default 1 */
+  readonly instances?: number;
+  readonly limits?: Partial<PluginLimits>;
+  /** The operator's options, passed as `FLEXCORE_PLUGIN_CONFIG`. @default {} */
+  readonly config?: Readonly<Record<string, unknown>>;
+}
+
+/** Options of {@link startPluginSupervisor}. */
+export interface PluginSupervisorOptions {
+  /** Connection of the host (service user): readiness, pings, leases. */
+  readonly nc: NatsConnection;
+  readonly plugins: readonly PluginLaunchSpec[];
+  /** Server list the plugins connect to (`FLEXCORE_PLUGIN_NATS_URL`), reachable from the host's network. */
+  readonly natsUrl: string;
+  /** Folder of the plugins' NATS passwords (`<name>.pass`, 0600; see plugins/nats-users.ts). */
+  readonly credentialsDir: string;
+  /** Log lines of the supervisor and the plugins' output (`[plugin <name>] ...`). @default none */
+  readonly log?: (line: string, level?: "warn" | "error") => void;
+  /** Lifecycle publisher. @default none */
+  readonly lifecycle?: PluginLifecycle;
+  /** This instance's name in `flex_leases`. @default `<hostname>-<pid>-<random>` */
+  readonly instanceId?: string;
+  /** `flex_leases` writer. @default opened on `nc` */
+  readonly leases?: TtlKv;
+  /** @default {@link DEFAULT_LEASE_TTL_MS} */
+  readonly leaseTtlMs?: number;
+  /** SIGTERM → SIGKILL, in ms. @default 5000 */
+  readonly graceMs?: number;
+  /** First restart delay and cap, in ms; doubled per failure in the window, plus up to 25% jitter. @default { initialMs: 500, maxMs: 30000 } */
+  readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
+  /** Failures within `windowMs` that make a crash loop. @default { failures: 5, windowMs: 60000 } */
+  readonly crashLoop?: { readonly failures: number; readonly windowMs: number };
+  /** @default 10000 */
+  readonly pingIntervalMs?: number;
+  /** Call timeouts in a row that make a plugin hung. @default 3 */
+  readonly hungAfter?: number;
+  /** Longest forwarded output line, in bytes (longer ones are cut). @default 4096 */
+  readonly maxLineBytes?: number;
+  /** Output lines forwarded per second per plugin; the rest are counted and reported. @default 100 */
+  readonly maxLinesPerSecond?: number;
+  /** `FLEXCORE_VERSION`. @default "0.0.0" */
+  readonly hostVersion?: string;
+  /** The sandbox probe's answer (tests). @default {@link sandboxSupport}() */
+  readonly sandbox?: SandboxSupport;
+}
+
+/** Where a plugin is. */
+export type PluginState =
+  /** Another instance holds its lease (or it was not taken yet). */
+  | "standby"
+  | "starting"
+  /** Every instance is ready. */
+  | "running"
+  /** Some instance is waiting for its restart. */
+  | "restarting"
+  /** Crash loop or protocol mismatch: no restarts until {@link PluginSupervisor.restart}. */
+  | "failed"
+  | "stopped";
+
+/** One process of a plugin. */
+export interface PluginInstanceStatus {
+  /** pid of the sandbox's outer process (bubblewrap), leader of its process group. */
+  readonly pid: number | undefined;
+  readonly ready: boolean;
+  /** Services-protocol id, once ready. */
+  readonly id: string | undefined;
+}
+
+export interface PluginStatus {
+  readonly name: string;
+  readonly state: PluginState;
+  readonly leaseHeld: boolean;
+  readonly instances: readonly PluginInstanceStatus[];
+  /** Processes that became ready, since the supervisor started. */
+  readonly starts: number;
+  /** Failures since the supervisor started. */
+  readonly failures: number;
+  readonly lastError: ErrorInfo | undefined;
+}
+
+export interface PluginSupervisor extends AsyncDisposable {
+  status(): PluginStatus[];
+  status(name: string): PluginStatus;
+  /** Clears a crash loop or protocol failure and launches again (operator's `flexcore plugins restart`). */
+  restart(name: string): void;
+  /** A call to the plugin timed out; {@link PluginSupervisorOptions.hungAfter} in a row replace its unresponsive processes. */
+  reportCallTimeout(name: string): void;
+  /** A call succeeded: resets the timeout count. */
+  reportCallOk(name: string): void;
+  /** Resolves when every instance of `name` is ready (or rejects after `timeoutMs`). */
+  ready(name: string, timeoutMs?: number): Promise<void>;
+  /** Stops every plugin (SIGTERM, SIGKILL after the grace period) and releases the leases. */
+  stop(): Promise<void>;
+}
+
+interface Resolved {
+  readonly nc: NatsConnection;
+  readonly natsUrl: string;
+  readonly credentialsDir: string;
+  readonly log: (line: string, level?: "warn" | "error") => void;
+  readonly lifecycle: PluginLifecycle | undefined;
+  readonly instanceId: string;
+  readonly leases: TtlKv;
+  readonly leaseTtlMs: number;
+  readonly graceMs: number;
+  readonly backoff: { readonly initialMs: number; readonly maxMs: number };
+  readonly crashLoop: { readonly failures: number; readonly windowMs: number };
+  readonly pingIntervalMs: number;
+  readonly hungAfter: number;
+  readonly maxLineBytes: number;
+  readonly maxLinesPerSecond: number;
+  readonly hostVersion: string;
+  readonly sandbox: SandboxSupport;
+}
+
+const INTERPRETERS: Record<string, string> = { node: process.execPath, python3: "/usr/bin/python3" };
+/** How often INFO is asked while a launch waits for readiness, in ms. */
+const READY_POLL_MS = 100;
+/** How long a stop waits for a killed sandbox's processes to be gone after its outer process exited, in ms. */
+const REAP_WAIT_MS = 500;
+/** Timeout of one PING, in ms. */
+const PING_TIMEOUT_MS = 2_000;
+
+function positive(field: string, v: unknown, min = 1): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min) throw new InvalidOptionError(field, v, `an integer from ${min} up`);
+  return v;
+}
+
+/** The pids of `root`'s descendants (not `root`), from /proc. */
+export function descendants(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      const list = children.get(ppid) ?? [];
+      list.push(Number(entry));
+      children.set(ppid, list);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: number[] = [];
+  const queue = [root];
+  while (queue.length > 0) {
+    for (const c of children.get(queue.shift()!) ?? []) {
+      out.push(c);
+      queue.push(c);
+    }
+  }
+  return out;
+}
+
+/** Whether `pid` exists and is not a zombie. */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat[stat.lastIndexOf(")") + 2] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // already gone
+  }
+}
+
+// C0 controls but tab, DEL and C1 controls.
+const CONTROL_CHARS = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f]/g;
+
+/** Forwards a stream line by line with a prefix, each line cut at `maxBytes`, at most `perSecond` lines a second. */
+class LineForwarder {
+  readonly #prefix: string;
+  readonly #log: (line: string, level?: "warn" | "error") => void;
+  readonly #maxBytes: number;
+  readonly #perSecond: number;
+  #window = 0;
+  #count = 0;
+  #dropped = 0;
+
+  constructor(prefix: string, log: (line: string, level?: "warn" | "error") => void, maxBytes: number, perSecond: number) {
+    this.#prefix = prefix;
+    this.#log = log;
+    this.#maxBytes = maxBytes;
+    this.#perSecond = perSecond;
+  }
+
+  attach(stream: Readable, level: "warn" | undefined): void {
+    let pending: Buffer[] = [];
+    let size = 0;
+    let cut = false;
+    stream.on("data", (chunk: Buffer) => {
+      let start = 0;
+      for (;;) {
+        const nl = chunk.indexOf(10, start);
+        const end = nl === -1 ? chunk.length : nl;
+        if (!cut) {
+          const take = Math.min(end - start, this.#maxBytes - size);
+          if (take > 0) {
+            pending.push(chunk.subarray(start, start + take));
+            size += take;
+          }
+          if (end - start > take) cut = true;
+        }
+        if (nl === -1) break;
+        this.#line(Buffer.concat(pending, size).toString("utf8"), cut, level);
+        pending = [];
+        size = 0;
+        cut = false;
+        start = nl + 1;
+      }
+      if (cut && size > 0) {
+        // A line longer than the cap: forward its head now, drop the rest up to its newline.
+        this.#line(Buffer.concat(pending, size).toString("utf8"), true, level);
+        pending = [];
+        size = 0;
+      }
+    });
+    stream.on("end", () => {
+      if (size > 0) this.#line(Buffer.concat(pending, size).toString("utf8"), cut, level);
+    });
+    stream.on("error", () => undefined);
+  }
+
+  #line(text: string, cut: boolean, level: "warn" | undefined): void {
+    const now = Math.floor(Date.now() / 1000);
+    if (now !== this.#window) {
+      if (this.#dropped > 0) this.#log(`${this.#prefix} ${this.#dropped} lines dropped (over ${this.#perSecond} lines/s)`, "warn");
+      this.#window = now;
+      this.#count = 0;
+      this.#dropped = 0;
+    }
+    if (this.#count >= this.#perSecond) {
+      this.#dropped += 1;
+      return;
+    }
+    this.#count += 1;
+    // Control characters (terminal escapes, carriage returns) could rewrite what an operator sees in the log.
+    this.#log(`${this.#prefix} ${text.replace(CONTROL_CHARS, "\uFFFD")}${cut ? " [cut]" : ""}`, level);
+  }
+
+  /** Reports lines dropped in the current second (when the process ends). */
+  flush(): void {
+    if (this.#dropped > 0) this.#log(`${this.#prefix} ${this.#dropped} lines dropped (over ${this.#perSecond} lines/s)`, "warn");
+    this.#dropped = 0;
+  }
+}
+
+/** One launched process. */
+class Instance {
+  readonly nonce: string;
+  readonly child: ChildProcess;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  id: string | undefined;
+  ready = false;
+  /** Killed on purpose (stop, lease lost): the exit is not a failure. */
+  retired = false;
+  /** Why the supervisor killed it, when it did so as a failure. */
+  reason: ErrorInfo | undefined;
+  startTimer: NodeJS.Timeout | undefined;
+  #killTimer: NodeJS.Timeout | undefined;
+  readonly #tree = new Set<number>();
+
+  constructor(child: ChildProcess, nonce: string) {
+    this.child = child;
+    this.nonce = nonce;
+    this.exited = new Promise((resolve) => {
+      child.once("exit", (code, sig) => {
+        if (this.#killTimer) clearTimeout(this.#killTimer);
+        resolve({ code, signal: sig });
+      });
+      child.once("error", () => resolve({ code: null, signal: null }));
+    });
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /**
+   * SIGTERM to the plugin's processes inside the sandbox (the sandbox's init ignores it,
+   * and bubblewrap itself would die at once and take the plugin with it, without a drain),
+   * then SIGKILL to the process group after `graceMs`: bubblewrap's death kills the
+   * sandbox's whole PID namespace.
+   */
+  terminate(graceMs: number): Promise<void> {
+    const pid = this.child.pid;
+    if (pid === undefined || !this.running) return this.reaped();
+    const tree = descendants(pid);
+    tree.forEach((p) => this.#tree.add(p));
+    for (const p of tree) signal(p, "SIGTERM");
+    this.#killTimer ??= setTimeout(() => this.kill(), graceMs);
+    return this.reaped();
+  }
+
+  /** SIGKILL to the process group and to every process of the sandbox, by pid too (the kernel tears a PID namespace down asynchronously). */
+  kill(): void {
+    const pid = this.child.pid;
+    if (pid === undefined) return;
+    const tree = descendants(pid);
+    tree.forEach((p) => this.#tree.add(p));
+    signal(-pid, "SIGKILL");
+    signal(pid, "SIGKILL");
+    for (const p of tree) signal(p, "SIGKILL");
+  }
+
+  /** Resolves once the process has exited and every process seen in its sandbox is gone (at most {@link REAP_WAIT_MS} more). */
+  async reaped(): Promise<void> {
+    await this.exited;
+    const end = Date.now() + REAP_WAIT_MS;
+    for (;;) {
+      const left = [...this.#tree].filter(alive);
+      if (left.length === 0 || Date.now() > end) return;
+      for (const p of left) signal(p, "SIGKILL");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+}
+
+/** One managed plugin: its lease, its processes, its restarts. */
+class ManagedPlugin {
+  readonly spec: PluginLaunchSpec;
+  readonly limits: PluginLimits;
+  readonly #o: Resolved;
+  readonly #count: number;
+  readonly #lease: Lease;
+  readonly #slots: (Instance | undefined)[];
+  readonly #restartTimers = new Set<NodeJS.Timeout>();
+  readonly #forwarder: LineForwarder;
+  readonly #failureTimes: number[] = [];
+  #state: PluginState = "standby";
+  #stopping = false;
+  #blocked = false;
+  #starts = 0;
+  #failures = 0;
+  #timeouts = 0;
+  #lastError: ErrorInfo | undefined;
+  #leaseTimer: NodeJS.Timeout | undefined;
+  #pingTimer: NodeJS.Timeout | undefined;
+  #infoSub: Subscription | undefined;
+  #infoTimer: NodeJS.Timeout | undefined;
+  #replacing = false;
+  #waiters: (() => void)[] = [];
+
+  constructor(spec: PluginLaunchSpec, o: Resolved) {
+    this.spec = spec;
+    this.#o = o;
+    this.limits = { ...DEFAULT_PLUGIN_LIMITS, ...spec.limits };
+    this.#count = spec.instances ?? 1;
+    this.#slots = Array.from({ length: this.#count }, () => undefined);
+    this.#lease = new Lease(o.leases, `plugin.${spec.name}`, o.instanceId, o.leaseTtlMs, () => this.#leaseLost());
+    this.#forwarder = new LineForwarder(`[plugin ${spec.name}]`, o.log, o.maxLineBytes, o.maxLinesPerSecond);
+  }
+
+  get name(): string {
+    return this.spec.name;
+  }
+
+  status(): PluginStatus {
+    return {
+      name: this.name,
+      state: this.#state,
+      leaseHeld: this.#lease.held,
+      instances: this.#slots.filter((s): s is Instance => s !== undefined).map((s) => ({ pid: s.child.pid, ready: s.ready, id: s.id })),
+      starts: this.#starts,
+      failures: this.#failures,
+      lastError: this.#lastError,
+    };
+  }
+
+  start(): void {
+    void this.#tryLease();
+  }
+
+  async #tryLease(): Promise<void> {
+    if (this.#stopping) return;
+    this.#leaseTimer = undefined;
+    let held = false;
+    try {
+      held = await this.#lease.tryAcquire();
+    } catch (err) {
+      this.#o.log(`plugin ${this.name}: lease: ${(err as Error).message}`, "warn");
+    }
+    if (this.#stopping) {
+      if (held) await this.#lease.release();
+      return;
+    }
+    if (!held) {
+      this.#leaseTimer = setTimeout(() => void this.#tryLease(), Math.max(100, Math.floor(this.#o.leaseTtlMs / 3)));
+      return;
+    }
+    this.#o.log(`plugin ${this.name}: lease held by ${this.#o.instanceId}; launching ${this.#count} instance(s)`);
+    await this.#o.lifecycle?.loaded({ plugin: this.name, version: this.spec.version });
+    this.#watchInfo();
+    this.#pingTimer = setInterval(() => void this.#ping(), this.#o.pingIntervalMs);
+    this.#pingTimer.unref();
+    for (let i = 0; i < this.#count; i++) void this.#launch(i);
+  }
+
+  #leaseLost(): void {
+    this.#o.log(`plugin ${this.name}: lease lost; stopping its processes`, "warn");
+    void this.#retireAll().then(() => {
+      this.#state = "standby";
+      if (!this.#stopping) void this.#tryLease();
+    });
+  }
+
+  async #retireAll(): Promise<void> {
+    for (const t of this.#restartTimers) clearTimeout(t);
+    this.#restartTimers.clear();
+    if (this.#pingTimer) clearInterval(this.#pingTimer);
+    this.#stopInfo();
+    const exits: Promise<void>[] = [];
+    for (const s of this.#slots) {
+      if (!s) continue;
+      s.retired = true;
+      if (s.startTimer) clearTimeout(s.startTimer);
+      exits.push(s.terminate(this.#o.graceMs));
+    }
+    await Promise.all(exits);
+  }
+
+  /** Asks every instance of the service for INFO while a launch waits, and matches replies to nonces. */
+  #watchInfo(): void {
+    if (this.#infoSub) return;
+    const inbox = createInbox();
+    this.#infoSub = this.#o.nc.subscribe(inbox, {
+      callback: (err, m) => {
+        if (err) return;
+        let info: { metadata?: Record<string, string>; id?: string; name?: string; type?: string };
+        try {
+          info = m.json();
+        } catch {
+          return;
+        }
+        if (info?.type !== "io.nats.micro.v1.info_response" || info.name !== this.name) return;
+        const nonce = info.metadata?.["flexcore.nonce"];
+        const inst = this.#slots.find((s) => s && !s.ready && s.running && s.nonce === nonce);
+        if (inst && typeof info.id === "string") this.#ready(inst, info.id);
+      },
+    });
+    this.#infoTimer = setInterval(() => {
+      if (this.#slots.some((s) => s && !s.ready && s.running && !s.retired)) this.#o.nc.publish(`$SRV.INFO.${this.name}`, undefined, { reply: inbox });
+    }, READY_POLL_MS);
+    this.#infoTimer.unref();
+  }
+
+  #stopInfo(): void {
+    if (this.#infoTimer) clearInterval(this.#infoTimer);
+    this.#infoTimer = undefined;
+    this.#infoSub?.unsubscribe();
+    this.#infoSub = undefined;
+  }
+
+  #ready(inst: Instance, id: string): void {
+    if (inst.startTimer) clearTimeout(inst.startTimer);
+    inst.ready = true;
+    inst.id = id;
+    // One PluginStarted per start of the plugin (its first ready process) and one per
+    // replacement, so plugin_status counts restarts, not the instances of one start.
+    const fresh = !this.#slots.some((s) => s && s !== inst && s.ready);
+    const replacement = this.#starts >= this.#count;
+    this.#starts += 1;
+    this.#o.log(`plugin ${this.name}: instance ${id} ready (pid ${inst.child.pid})`);
+    if (this.#slots.every((s) => s?.ready)) {
+      this.#state = "running";
+      for (const w of this.#waiters.splice(0)) w();
+    } else if (this.#state !== "failed") this.#state = "starting";
+    if (fresh || replacement) void this.#o.lifecycle?.started({ plugin: this.name, version: this.spec.version, instance: id, attempt: this.#failureTimes.length + 1 });
+  }
+
+  #env(nonce: string, password: string, user: string): Record<string, string> {
+    return {
+      PATH: "/usr/local/bin:/usr/bin:/bin",
+      HOME: "/work",
+      TMPDIR: "/tmp",
+      LANG: "C.UTF-8",
+      ...this.spec.env,
+      FLEXCORE_PLUGIN_NAME: this.name,
+      FLEXCORE_PLUGIN_NATS_URL: this.#o.natsUrl,
+      FLEXCORE_PLUGIN_NATS_USER: user,
+      FLEXCORE_PLUGIN_NATS_PASSWORD: password,
+      FLEXCORE_PLUGIN_PROTOCOLS: HOST_PROTOCOLS.join(","),
+      FLEXCORE_PLUGIN_NONCE: nonce,
+      FLEXCORE_VERSION: this.#o.hostVersion,
+      FLEXCORE_PLUGIN_CONCURRENCY: String(this.limits.concurrency),
+      FLEXCORE_PLUGIN_CONFIG: JSON.stringify(this.spec.config ?? {}),
+    };
+  }
+
+  async #launch(slot: number): Promise<void> {
+    if (this.#stopping || this.#blocked || !this.#lease.held) return;
+    if (this.#state !== "running") this.#state = "starting";
+    const creds = await pluginCredentials(this.#o.credentialsDir, this.name);
+    if (this.#stopping || this.#blocked || !this.#lease.held) return;
+    const [first, ...rest] = this.spec.command;
+    const argv = [INTERPRETERS[first!] ?? first!, ...rest];
+    const limits: ScriptLimits = {
+      timeoutMs: 0,
+      memoryMb: this.limits.memoryMb,
+      cpuSeconds: Number.POSITIVE_INFINITY,
+      maxProcesses: this.limits.maxProcesses,
+      maxOutputBytes: 0,
+      maxLogBytes: 0,
+      maxFileBytes: PLUGIN_TMP_BYTES,
+    };
+    const nonce = randomBytes(18).toString("base64url");
+    const env = this.#env(nonce, creds.password, creds.user);
+    // The environment goes through spawn, not bwrap's --setenv: a command line is world-readable in /proc.
+    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true });
+    const child = spawn(plan.file, plan.args, { cwd: "/", env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+    const inst = new Instance(child, nonce);
+    this.#slots[slot] = inst;
+    this.#forwarder.attach(child.stdout!, undefined);
+    this.#forwarder.attach(child.stderr!, "warn");
+    inst.startTimer = setTimeout(() => {
+      if (inst.ready || !inst.running) return;
+      inst.reason = toInfo(new PluginStartTimeoutError(this.name, this.limits.startTimeoutMs));
+      inst.kill();
+    }, this.limits.startTimeoutMs);
+    const { code, signal: sig } = await inst.exited;
+    if (inst.startTimer) clearTimeout(inst.startTimer);
+    this.#forwarder.flush();
+    if (inst.retired || this.#stopping) return;
+    await this.#exited(slot, inst, code, sig);
+  }
+
+  async #exited(slot: number, inst: Instance, code: number | null, sig: NodeJS.Signals | null): Promise<void> {
+    this.#failures += 1;
+    const how = sig ? `killed by ${sig}` : `exited with code ${code}`;
+    if (!inst.ready && code === EXIT_PROTOCOL_MISMATCH && !inst.reason) {
+      const err = new PluginProtocolError(this.name, how);
+      this.#block(err);
+      this.#o.log(`plugin ${this.name}: ${err.message}`, "error");
+      await this.#o.lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt: 1 });
+      return;
+    }
+    const error: ErrorInfo = inst.reason ?? { message: `plugin ${this.name} ${how}${inst.ready ? "" : " before it was ready"}` };
+    this.#lastError = error;
+    const now = Date.now();
+    this.#failureTimes.push(now);
+    while (this.#failureTimes.length > 0 && this.#failureTimes[0]! <= now - this.#o.crashLoop.windowMs) this.#failureTimes.shift();
+    const attempt = this.#failureTimes.length;
+    if (attempt >= this.#o.crashLoop.failures) {
+      const err = new PluginCrashLoopError(this.name, attempt, this.#o.crashLoop.windowMs, error.message);
+      this.#block(err);
+      this.#o.log(`plugin ${this.name}: ${err.message}`, "error");
+      await this.#o.lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt });
+      return;
+    }
+    const base = Math.min(this.#o.backoff.maxMs, this.#o.backoff.initialMs * 2 ** (attempt - 1));
+    const delay = Math.round(base * (1 + Math.random() * 0.25));
+    this.#state = "restarting";
+    this.#o.log(`plugin ${this.name}: ${error.message}; restart ${attempt} in ${delay} ms`, "warn");
+    const timer = setTimeout(() => {
+      this.#restartTimers.delete(timer);
+      if (this.#slots[slot] === inst) void this.#launch(slot);
+    }, delay);
+    this.#restartTimers.add(timer);
+    await this.#o.lifecycle?.failed({ plugin: this.name, error, willRestart: true, exitCode: code, signal: sig, attempt, nextRestartAt: new Date(now + delay).toISOString(), nextRestartInMs: delay });
+  }
+
+  #block(err: PluginProtocolError | PluginCrashLoopError): void {
+    this.#blocked = true;
+    this.#state = "failed";
+    this.#lastError = toInfo(err);
+    for (const t of this.#restartTimers) clearTimeout(t);
+    this.#restartTimers.clear();
+  }
+
+  restart(): void {
+    if (this.#stopping) return;
+    this.#blocked = false;
+    this.#failureTimes.length = 0;
+    if (!this.#lease.held) return;
+    for (let i = 0; i < this.#count; i++) {
+      const s = this.#slots[i];
+      if (!s || !s.running) void this.#launch(i);
+    }
+  }
+
+  reportCallOk(): void {
+    this.#timeouts = 0;
+  }
+
+  reportCallTimeout(): void {
+    this.#timeouts += 1;
+    if (this.#timeouts < this.#o.hungAfter || this.#replacing) return;
+    this.#timeouts = 0;
+    this.#replacing = true;
+    void this.#replaceHung().finally(() => (this.#replacing = false));
+  }
+
+  /** Kills the ready processes that do not answer a PING; if all answer (their handlers hang, not their loop), all of them. */
+  async #replaceHung(): Promise<void> {
+    const ready = this.#slots.filter((s): s is Instance => s !== undefined && s.ready && s.running);
+    const answered = await Promise.all(ready.map((s) => this.#pingOne(s).then(() => true, () => false)));
+    let hung = ready.filter((_, i) => !answered[i]);
+    if (hung.length === 0) hung = ready;
+    for (const s of hung) {
+      s.reason = { message: `plugin ${this.name} is hung: ${this.#o.hungAfter} calls in a row timed out` };
+      this.#o.log(`plugin ${this.name}: ${s.reason.message}; replacing pid ${s.child.pid}`, "warn");
+      void s.terminate(this.#o.graceMs);
+    }
+  }
+
+  async #pingOne(s: Instance): Promise<number> {
+    const t0 = performance.now();
+    await this.#o.nc.request(`$SRV.PING.${this.name}.${s.id}`, undefined, { timeout: PING_TIMEOUT_MS });
+    return performance.now() - t0;
+  }
+
+  async #ping(): Promise<void> {
+    // Health starts with the first ready process: a plugin still starting is not unhealthy yet.
+    if (this.#starts === 0) return;
+    const ready = this.#slots.filter((s): s is Instance => s !== undefined && s.ready && s.running);
+    const results = await Promise.all(ready.map((s) => this.#pingOne(s).then((ms) => ms, () => undefined)));
+    const answered = results.filter((r): r is number => r !== undefined);
+    const ok = answered.length === this.#count;
+    const latencyMs = answered.length > 0 ? Math.max(...answered) : undefined;
+    await this.#o.lifecycle?.health({ plugin: this.name, ok, detail: `${answered.length} of ${this.#count} instance(s) answered PING`, ...(latencyMs !== undefined ? { latencyMs: Math.round(latencyMs * 100) / 100 } : {}) });
+  }
+
+  ready(timeoutMs: number): Promise<void> {
+    if (this.#state === "running") return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`plugin ${this.name} not ready within ${timeoutMs} ms (state ${this.#state})`)), timeoutMs);
+      this.#waiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    if (this.#leaseTimer) clearTimeout(this.#leaseTimer);
+    const held = this.#lease.held;
+    await this.#retireAll();
+    this.#state = "stopped";
+    if (held) {
+      await this.#o.lifecycle?.stopped({ plugin: this.name, reason: "host stopping" });
+      await this.#lease.release();
+    }
+  }
+}
+
+function toInfo(err: Error & { code?: string }): ErrorInfo {
+  return err.code ? { message: err.message, code: err.code } : { message: err.message };
+}
+
+/**
+ * Starts supervising `plugins`; returns at once (launches follow the leases). Refuses to run
+ * without bubblewrap: a managed plugin is never started unsandboxed.
+ * @throws InvalidOptionError for a bad spec, naming the field
+ * @throws SandboxUnavailableError when bubblewrap cannot run here
+ */
+export async function startPluginSupervisor(options: PluginSupervisorOptions): Promise<PluginSupervisor> {
+  const names = new Set<string>();
+  options.plugins.forEach((p, i) => {
+    checkPluginName(p.name, `plugins[${i}].name`);
+    if (names.has(p.name)) throw new InvalidOptionError(`plugins[${i}].name`, p.name, "a name not used by another plugin");
+    names.add(p.name);
+    if (typeof p.version !== "string" || p.version.length === 0) throw new InvalidOptionError(`plugins[${i}].version`, p.version, "a version string");
+    if (!Array.isArray(p.command) || p.command.length === 0 || p.command.some((a) => typeof a !== "string")) throw new InvalidOptionError(`plugins[${i}].command`, p.command, "a non-empty argv of strings");
+    if (!(p.command[0]! in INTERPRETERS) && !isAbsolute(p.command[0]!)) throw new InvalidOptionError(`plugins[${i}].command[0]`, p.command[0], "`node`, `python3` or an absolute path");
+    if (typeof p.bundleDir !== "string" || !isAbsolute(p.bundleDir)) throw new InvalidOptionError(`plugins[${i}].bundleDir`, p.bundleDir, "an absolute path");
+    if (p.instances !== undefined) positive(`plugins[${i}].instances`, p.instances);
+    for (const [k, v] of Object.entries(p.limits ?? {})) {
+      if (!(k in DEFAULT_PLUGIN_LIMITS)) throw new InvalidOptionError(`plugins[${i}].limits.${k}`, v, `one of ${Object.keys(DEFAULT_PLUGIN_LIMITS).join(", ")}`);
+      positive(`plugins[${i}].limits.${k}`, v);
+    }
+  });
+  const sandbox = options.sandbox ?? (await sandboxSupport());
+  if (sandbox.mode !== "bwrap") throw new SandboxUnavailableError(sandbox.bwrapProblem ?? "bubblewrap is not available");
+  const o: Resolved = {
+    nc: options.nc,
+    natsUrl: options.natsUrl,
+    credentialsDir: options.credentialsDir,
+    log: options.log ?? (() => undefined),
+    lifecycle: options.lifecycle,
+    instanceId: options.instanceId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`,
+    leases: options.leases ?? (await openTtlKv(options.nc, BUCKETS.leases)),
+    leaseTtlMs: positive("leaseTtlMs", options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, 100),
+    graceMs: positive("graceMs", options.graceMs ?? 5_000, 0),
+    backoff: options.backoff ?? { initialMs: 500, maxMs: 30_000 },
+    crashLoop: options.crashLoop ?? { failures: 5, windowMs: 60_000 },
+    pingIntervalMs: positive("pingIntervalMs", options.pingIntervalMs ?? 10_000, 10),
+    hungAfter: positive("hungAfter", options.hungAfter ?? 3),
+    maxLineBytes: positive("maxLineBytes", options.maxLineBytes ?? 4_096, 16),
+    maxLinesPerSecond: positive("maxLinesPerSecond", options.maxLinesPerSecond ?? 100),
+    hostVersion: options.hostVersion ?? "0.0.0",
+    sandbox,
+  };
+  const plugins = new Map(options.plugins.map((p) => [p.name, new ManagedPlugin(p, o)]));
+  const get = (name: string): ManagedPlugin => {
+    const p = plugins.get(name);
+    if (!p) throw new InvalidOptionError("name", name, `a managed plugin (${[...plugins.keys()].join(", ") || "none"})`);
+    return p;
+  };
+  for (const p of plugins.values()) p.start();
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => (stopped ??= Promise.all([...plugins.values()].map((p) => p.stop())).then(() => o.lifecycle?.close()));
+  function status(): PluginStatus[];
+  function status(name: string): PluginStatus;
+  function status(name?: string): PluginStatus | PluginStatus[] {
+    return name === undefined ? [...plugins.values()].map((p) => p.status()) : get(name).status();
+  }
+  return {
+    status,
+    restart: (name) => get(name).restart(),
+    reportCallTimeout: (name) => get(name).reportCallTimeout(),
+    reportCallOk: (name) => get(name).reportCallOk(),
+    ready: (name, timeoutMs = 30_000) => get(name).ready(timeoutMs),
+    stop,
+    [Symbol.asyncDispose]: stop,
+  };
+}
