@@ -107,7 +107,7 @@ export type { PluginCallContext } from "./errors.js";
 export { PluginCrashLoopError, PluginProtocolError, PluginStartTimeoutError } from "./errors.js";
 export { checkPluginName, generatePluginUsers, PLUGIN_USER_PREFIX, pluginCredentials, pluginPermissions, pluginUserEntry, pluginUserName } from "./nats-users.js";
 export type { PluginCredentials, PluginPermissions, PluginUsers } from "./nats-users.js";
-export { startPluginSupervisor } from "./supervisor.js";
+export { PLUGIN_UID_BASE, PLUGIN_UID_RANGE, pluginUid, startPluginSupervisor } from "./supervisor.js";
 export type { PluginInstanceStatus, PluginLaunchSpec, PluginState, PluginStatus, PluginSupervisor, PluginSupervisorOptions } from "./supervisor.js";
 export { createPluginLifecycle, DEFAULT_HEALTH_INTERVAL_MS, validatePluginEvent } from "./lifecycle.js";
 export type { PluginFailedEvent, PluginLifecycle, PluginLifecycleOptions, PluginStartedEvent } from "./lifecycle.js";

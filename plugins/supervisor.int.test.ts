@@ -15,7 +15,8 @@ import { startTestNats } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { alive, fixtureBundle, processTree, until } from "./fixtures/harness.js";
 import { generatePluginUsers, pluginCredentials } from "./nats-users.js";
-import { startPluginSupervisor } from "./supervisor.js";
+import { createScriptRunner } from "../processors/index.js";
+import { pluginUid, startPluginSupervisor } from "./supervisor.js";
 import type { PluginLaunchSpec, PluginSupervisor, PluginSupervisorOptions } from "./supervisor.js";
 
 let nats: TestNats;
@@ -68,21 +69,32 @@ describe("plugin supervisor", () => {
     await until(() => started.filter((t) => t === PLUGIN_EVENT_TYPES.started).length >= 1, 2_000, "PluginStarted");
     await new Promise((r) => setTimeout(r, 200));
     expect(started.filter((t) => t !== PLUGIN_EVENT_TYPES.health)).toEqual([PLUGIN_EVENT_TYPES.loaded, PLUGIN_EVENT_TYPES.started]);
-    // Sandboxed: the plugin process runs as uid 65534 under bubblewrap.
+    // Sandboxed: the plugin process runs under bubblewrap as a uid of its own, not the steps' 65534.
     const tree = processTree(st.instances.map((i) => i.pid));
     const uids = tree.map((p) => /Uid:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1]);
-    expect(uids).toContain("65534");
+    expect(uids).toContain(String(pluginUid("ready-one")));
+    expect(uids).not.toContain("65534");
     expect(lines.some((l) => l.startsWith("[plugin ready-one] fixture ready-one ready"))).toBe(true);
     // The bundle is read-only, /tmp is the sandbox's own, and the password is on no command line.
     expect(lines).toContain("[plugin ready-one] fixture: cannot write /work/written-by-plugin: EROFS");
     expect(lines).toContain("[plugin ready-one] fixture: wrote /tmp/written-by-plugin");
-    expect(lines).toContain("[plugin ready-one] fixture: uid 65534");
+    expect(lines).toContain(`[plugin ready-one] fixture: uid ${pluginUid("ready-one")}`);
     // Terminal escapes and carriage returns of a plugin do not reach the log as such.
     expect(lines).toContain("[plugin ready-one] fixture: escapes \uFFFD[2J\uFFFD[31mred\uFFFD[plugin other] forged");
     expect(existsSync(join(bundle.dir, "written-by-plugin"))).toBe(false);
     expect(existsSync("/tmp/written-by-plugin")).toBe(false);
     const { password } = await pluginCredentials(credentialsDir, "ready-one");
     for (const p of tree) expect(safeRead(`/proc/${p}/cmdline`)).not.toContain(password);
+    // A script step, even one without bubblewrap (`sandbox: plain`, the host's PID namespace,
+    // uid 65534), cannot read a plugin's environment, where its NATS password is.
+    await using steps = await createScriptRunner({ sandbox: "plain", maxConcurrent: 1 });
+    const probe = await steps.run({
+      language: "javascript",
+      source: `function main(){ const fs=require("fs"); const got=[]; for (const p of fs.readdirSync("/proc").filter((x)=>/^\\d+$/.test(x))) { try { got.push(fs.readFileSync("/proc/"+p+"/environ","latin1")); } catch {} } return { read: got.length, leaked: got.filter((e)=>e.includes("FLEXCORE_PLUGIN_NATS_PASSWORD")).length }; }`,
+      limits: { timeoutMs: 10_000 },
+    }, {});
+    expect(probe.status, JSON.stringify(probe)).toBe("succeeded");
+    expect((probe.output as { leaked: number }).leaked).toBe(0);
     await sup.stop();
     for (const p of tree) expect(alive(p), `pid ${p}`).toBe(false);
   }, 40_000);

@@ -1,7 +1,7 @@
 /**
  * The supervisor of managed plugins. For each plugin, the instance holding the lease
  * `plugin.<name>` in `flex_leases` launches `instances` processes in the script sandbox
- * (bubblewrap, uid 65534, bundle read-only at /work, private /tmp, rlimits, die with
+ * (bubblewrap, a uid of its own (pluginUid), bundle read-only at /work, private /tmp, rlimits, die with
  * parent, new session; the host's network namespace so it reaches NATS, where its own
  * user's permissions confine it), hands each a fresh nonce in the environment, and takes
  * it as ready when `$SRV.INFO.<name>` is answered with that nonce. It restarts failed
@@ -28,6 +28,26 @@ import type { PluginLimits } from "./manifest.js";
 import { checkPluginName, pluginCredentials } from "./nats-users.js";
 import { EXIT_PROTOCOL_MISMATCH } from "./protocol.js";
 
+/** First uid of the range managed plugins run as (one uid per plugin name, see {@link pluginUid}). */
+export const PLUGIN_UID_BASE = 200_000;
+/** How many uids the range has. */
+export const PLUGIN_UID_RANGE = 100_000;
+
+/**
+ * The uid a managed plugin runs as: one of its own, derived from its name, never
+ * `STEP_UID` (65534, script steps). A process may read another's `/proc/<pid>/environ`
+ * (where the plugin's NATS password is) when it has the same uid; and `RLIMIT_NPROC`
+ * counts per uid. So a script step, even one run without bubblewrap (`sandbox: plain`),
+ * cannot read a plugin's credentials, and a fork bomb in one plugin cannot use up another's
+ * process limit (two names may share a uid by chance; bubblewrap's PID namespaces still
+ * keep them apart).
+ */
+export function pluginUid(name: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0;
+  return PLUGIN_UID_BASE + (h % PLUGIN_UID_RANGE);
+}
+
 /** Size of a plugin's private /tmp and largest file it may write, in bytes. */
 const PLUGIN_TMP_BYTES = 64 * 1024 * 1024;
 
@@ -43,7 +63,7 @@ export interface PluginLaunchSpec {
   readonly command: readonly string[];
   /** More environment variables (the host's environment is never passed). */
   readonly env?: Readonly<Record<string, string>>;
-  /** The verified, read-only bundle folder (readable by uid 65534). */
+  /** The verified, read-only bundle folder (readable by every uid: the plugin runs as its own). */
   readonly bundleDir: string;
   /** Processes in the plugin's queue group. @default 1 */
   readonly instances?: number;
@@ -559,7 +579,7 @@ class ManagedPlugin {
     const nonce = randomBytes(18).toString("base64url");
     const env = this.#env(nonce, creds.password, creds.user);
     // The environment goes through spawn, not bwrap's --setenv: a command line is world-readable in /proc.
-    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true });
+    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true, uid: pluginUid(this.spec.name) });
     const child = spawn(plan.file, plan.args, { cwd: "/", env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
     const inst = new Instance(child, nonce);
     this.#slots[slot] = inst;

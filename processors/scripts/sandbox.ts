@@ -113,7 +113,7 @@ async function probe(bwrap: string, pasta: string): Promise<SandboxSupport> {
   const rlimits = existsSync("/usr/bin/prlimit");
   const dropsPrivileges = isRoot() && existsSync("/usr/bin/setpriv");
   const asStep = (argv: string[]): Promise<unknown> => {
-    const [cmd, ...args] = dropsPrivileges ? ["/usr/bin/setpriv", ...dropArgs(), "--", ...argv] : argv;
+    const [cmd, ...args] = dropsPrivileges ? ["/usr/bin/setpriv", ...dropArgs(STEP_UID), "--", ...argv] : argv;
     return execFileAsync(cmd!, args, { timeout: PROBE_TIMEOUT_MS, killSignal: "SIGKILL" });
   };
   let bwrapPath: string | undefined;
@@ -157,8 +157,8 @@ async function probe(bwrap: string, pasta: string): Promise<SandboxSupport> {
   return { mode: bwrapPath ? "bwrap" : "plain", bwrapPath, bwrapVersion, bwrapProblem, pastaPath, pastaProblem, dropsPrivileges, rlimits, modernBwrap, warnings };
 }
 
-function dropArgs(): string[] {
-  return [`--reuid=${STEP_UID}`, `--regid=${STEP_UID}`, "--clear-groups", "--inh-caps=-all"];
+function dropArgs(uid: number): string[] {
+  return [`--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all"];
 }
 
 /** How to start one step: the argv and the environment the interpreter sees. */
@@ -195,6 +195,13 @@ export interface PlanInput {
    * would be on bubblewrap's command line, which every local user can read. @default false
    */
   readonly inheritEnv?: boolean;
+  /**
+   * The uid (and gid) the sandbox runs as when the host drops privileges. Script steps run as
+   * {@link STEP_UID}; a managed plugin gets a uid of its own, so no step (nor another plugin)
+   * shares its uid and could read its `/proc/<pid>/environ` (its NATS password) or use up its
+   * process limit. @default STEP_UID
+   */
+  readonly uid?: number;
 }
 
 function rlimitArgs(limits: ScriptLimits, memoryAsData: boolean, openFiles: number | undefined): string[] {
@@ -223,7 +230,7 @@ function rlimitArgs(limits: ScriptLimits, memoryAsData: boolean, openFiles: numb
 export function planCommand(p: PlanInput): CommandPlan {
   const limited = [...(p.support.rlimits ? rlimitArgs(p.limits, p.memoryAsData, p.openFiles) : []), ...p.argv];
   const outer: string[] = [];
-  if (p.support.dropsPrivileges) outer.push("/usr/bin/setpriv", ...dropArgs(), "--");
+  if (p.support.dropsPrivileges) outer.push("/usr/bin/setpriv", ...dropArgs(p.uid ?? STEP_UID), "--");
   if (p.mode === "plain") {
     // The environment is passed by spawn; the working directory is the cwd.
     const all = [...outer, ...limited];
