@@ -48,7 +48,7 @@ export async function resetConsumer(jsm: JetStreamManager, source: DeliverySourc
 }
 
 /** Creates the durable consumer delivering from `floor + 1` on. */
-export async function createConsumer(nc: NatsConnection, jsm: JetStreamManager, source: DeliverySource, cfg: ResolvedProcessor, floor: number): Promise<Consumer> {
+export async function createConsumer(nc: NatsConnection, jsm: JetStreamManager, source: DeliverySource, cfg: ResolvedProcessor, floor: number, workQueue = false): Promise<Consumer> {
   const subjects = [...source.filters];
   const filter: Partial<ConsumerConfig> = subjects.length === 1 ? { filter_subject: subjects[0]! } : { filter_subjects: subjects };
   const config: Partial<ConsumerConfig> = {
@@ -56,12 +56,14 @@ export async function createConsumer(nc: NatsConnection, jsm: JetStreamManager, 
     description: `FlexCore processor ${cfg.name} (${cfg.kind})`,
     // One ack covers every earlier delivery: the runtime acks its low-water mark (see
     // Deliveries.advance), not each message, which halves the messages per event.
-    ack_policy: AckPolicy.All,
+    // A work queue (a partition stream) takes explicit acks only, and its consumers start at
+    // its first message, which is the first one not acknowledged.
+    ack_policy: workQueue ? AckPolicy.Explicit : AckPolicy.All,
     ack_wait: nanos(cfg.ackWaitMs),
     max_ack_pending: cfg.maxInFlight,
     // The runtime counts attempts and dead-letters; the server must never drop a message.
     max_deliver: -1,
-    ...(floor > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: floor + 1 } : { deliver_policy: DeliverPolicy.All }),
+    ...(floor > 0 && !workQueue ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: floor + 1 } : { deliver_policy: DeliverPolicy.All }),
     ...filter,
   };
   await jsm.consumers.add(source.stream, config);
@@ -70,9 +72,15 @@ export async function createConsumer(nc: NatsConnection, jsm: JetStreamManager, 
 
 /** Every delivery in arrival order, and the low-water mark acknowledged last. */
 export class Deliveries {
+  readonly #ackEach: boolean;
   #order: Entry[] = [];
   #head = 0;
   #next = 1;
+
+  /** `ackEach`: acknowledge every delivery (AckPolicy.Explicit) rather than the last one. */
+  constructor(ackEach = false) {
+    this.#ackEach = ackEach;
+  }
 
   /** The delivery sequence the next message must have. */
   get next(): number {
@@ -100,7 +108,8 @@ export class Deliveries {
     let head = this.#head;
     while (head < order.length && order[head]!.done) head += 1;
     if (head === this.#head) return;
-    order[head - 1]!.m.ack();
+    if (this.#ackEach) for (let i = this.#head; i < head; i++) order[i]!.m.ack();
+    else order[head - 1]!.m.ack();
     if (head === order.length) {
       this.#order = [];
       head = 0;

@@ -181,6 +181,7 @@ async function redriveOne(runner: ProcessorRunner, m: JsMsg): Promise<void> {
   } catch {
     reasons = [];
   }
+  if (!runner.takesRedrive(m, subject)) return;
   const key = tokens[3]!;
   const k = runner.keyInfo(tenant, key);
   const held = await runner.holdLane(k.partition);

@@ -14,6 +14,7 @@ import type { ResolvedProcessor } from "./config.js";
 import { createConsumer, Deliveries, fetchLoop, resetConsumer } from "./delivery.js";
 import type { DeliverySource } from "./delivery.js";
 import { fnv, rawOf, stateKvKey } from "./entry.js";
+import { originOf } from "./partition-stream.js";
 import type { Checkpoints, Entry, KeyInfo, KeyState, Outcome, PendingOutput } from "./entry.js";
 import { ProcessorFailedError } from "./errors.js";
 import { Lease, processorLeaseKey } from "./lease.js";
@@ -26,6 +27,10 @@ import type { BatchResult } from "./task.js";
 
 /** Prefix of the durable consumer of each processor: `proc_<name>`. */
 export const CONSUMER_PREFIX = "proc_";
+/** Header naming the instance that produced an output of a partitioned processor. */
+export const INSTANCE_HEADER = "Flex-Instance";
+/** A redriven dead letter of a key held by another partition goes back after this long, in ms. */
+const REDRIVE_ELSEWHERE_MS = 100;
 /** How long a partition waits for a full batch before it runs a partial one, in ms. */
 const LINGER_MS = 5;
 /** Batches of one partition processed ahead of their commit. */
@@ -54,6 +59,33 @@ export interface RunnerContext {
   readonly leaseTtlMs: number;
 }
 
+/**
+ * Where a runner reads and what it holds: the whole processor (`FLEX_EVENTS`, consumer
+ * `proc_<name>`, lease `proc.<name>`, `partitions` lanes), or one partition of a partitioned
+ * processor (see partitioned.ts).
+ */
+export interface RunnerPlacement {
+  readonly source: DeliverySource;
+  readonly leaseKey: string;
+  /** Sets apart this runner's run and head markers from the other partitions' (`""` for the whole processor). */
+  readonly markerSuffix: string;
+  readonly lanes: number;
+  /** Set for a partition: messages come from the partition stream (a work queue, acked one by one). */
+  readonly partition?: {
+    readonly index: number;
+    /** Whether this partition holds the key of an event subject (for redriven dead letters). */
+    readonly holds: (subject: string) => boolean;
+  };
+  /** Shared by the partitions of one processor on this instance, so its figures add up. */
+  readonly totals?: RunnerTotals;
+  readonly latency?: LatencyWindow;
+}
+
+/** The placement of a processor run whole by one instance. */
+export function wholePlacement(cfg: ResolvedProcessor): RunnerPlacement {
+  return { source: { stream: STREAMS.events, consumerName: `${CONSUMER_PREFIX}${cfg.name}`, filters: cfg.subjects }, leaseKey: processorLeaseKey(cfg.name), markerSuffix: "", lanes: cfg.partitions };
+}
+
 /** Counters since the runner's processor started on this instance (carried over restarts). */
 export interface RunnerTotals {
   processed: number;
@@ -68,7 +100,8 @@ export class ProcessorRunner {
   readonly consumerName: string;
   readonly source: DeliverySource;
   readonly markers: Markers;
-  readonly deliveries = new Deliveries();
+  readonly deliveries: Deliveries;
+  readonly placement: RunnerPlacement;
   readonly #ctx: RunnerContext;
   readonly #lanes: Lane[];
   // Insertion order is recency: a state is re-inserted whenever it changes.
@@ -93,19 +126,26 @@ export class ProcessorRunner {
   #inFlight = 0;
   #stopping = false;
   #failed = false;
-  readonly latency = new LatencyWindow();
-  totals: RunnerTotals = { processed: 0, outputs: 0, errors: 0, deadLettered: 0, redelivered: 0 };
+  readonly latency: LatencyWindow;
+  totals: RunnerTotals;
+  readonly #outputHeaders: ReadonlyArray<readonly [string, string]>;
 
-  constructor(ctx: RunnerContext, cfg: ResolvedProcessor, onFailure: (runner: ProcessorRunner, err: unknown) => void) {
+  constructor(ctx: RunnerContext, cfg: ResolvedProcessor, onFailure: (runner: ProcessorRunner, err: unknown) => void, placement: RunnerPlacement = wholePlacement(cfg)) {
     this.#ctx = ctx;
-    this.#lease = new Lease(ctx.leases, processorLeaseKey(cfg.name), ctx.instanceId, ctx.leaseTtlMs, () => this.fail(new Error(`instance ${ctx.instanceId} lost the lease of processor ${cfg.name}`)));
+    this.placement = placement;
+    const what = placement.partition ? `partition ${placement.partition.index} of processor ${cfg.name}` : `processor ${cfg.name}`;
+    this.#lease = new Lease(ctx.leases, placement.leaseKey, ctx.instanceId, ctx.leaseTtlMs, () => this.fail(new Error(`instance ${ctx.instanceId} lost the lease of ${what}`)));
     this.#leasePollMs = Math.min(1_000, Math.max(50, Math.floor(ctx.leaseTtlMs / 4)));
     this.cfg = cfg;
-    this.consumerName = `${CONSUMER_PREFIX}${cfg.name}`;
-    this.source = { stream: STREAMS.events, consumerName: this.consumerName, filters: cfg.subjects };
-    this.markers = new Markers(ctx.kv, cfg.name);
+    this.source = placement.source;
+    this.consumerName = placement.source.consumerName;
+    this.markers = new Markers(ctx.kv, cfg.name, placement.markerSuffix);
+    this.deliveries = new Deliveries(placement.partition !== undefined);
+    this.latency = placement.latency ?? new LatencyWindow();
+    this.totals = placement.totals ?? { processed: 0, outputs: 0, errors: 0, deadLettered: 0, redelivered: 0 };
+    this.#outputHeaders = placement.partition ? [[INSTANCE_HEADER, ctx.instanceId]] : [];
     this.#onFailure = onFailure;
-    this.#lanes = Array.from({ length: cfg.partitions }, () => ({ queue: [], busy: false, linger: undefined, commitTail: Promise.resolve(), uncommitted: 0 }));
+    this.#lanes = Array.from({ length: placement.lanes }, () => ({ queue: [], busy: false, linger: undefined, commitTail: Promise.resolve(), uncommitted: 0 }));
   }
 
   get inFlight(): number {
@@ -158,6 +198,13 @@ export class ProcessorRunner {
     })().catch((err: unknown) => this.fail(err));
   }
 
+  /** Takes the lease if it is free and starts consuming; false (nothing started) when another instance holds it. */
+  async tryStart(): Promise<boolean> {
+    if (!(await this.#lease.tryAcquire())) return false;
+    await this.#begin();
+    return true;
+  }
+
   async #begin(): Promise<void> {
     const { floor, ackedDeliveries } = await resetConsumer(this.#ctx.jsm, this.source);
     // A run marker left behind means the last run did not stop cleanly: the deliveries it
@@ -165,7 +212,7 @@ export class ProcessorRunner {
     const run = await this.markers.readRun();
     const carefulWindow = run ? Math.max(1, run.requestedTo - ackedDeliveries) : 0;
     await this.markers.writeRun(carefulWindow);
-    const consumer = await createConsumer(this.#ctx.nc, this.#ctx.jsm, this.source, this.cfg, floor);
+    const consumer = await createConsumer(this.#ctx.nc, this.#ctx.jsm, this.source, this.cfg, floor, this.placement.partition !== undefined);
     this.#consumer = consumer;
     // Events waiting in a partition behind a slow task would be redelivered after
     // ack_wait; telling the server they are being worked on keeps them ours.
@@ -214,7 +261,18 @@ export class ProcessorRunner {
       this.fail(new Error(`delivery ${this.deliveries.next} was lost (got ${m.info.deliverySequence})`));
       return undefined;
     }
-    const subject = m.subject;
+    let seq = m.info.streamSequence;
+    let subject = m.subject;
+    if (this.placement.partition) {
+      const origin = originOf(m);
+      if (!origin) {
+        this.log(`flexcore: partition ${this.placement.partition.index} of processor ${this.cfg.name}: skipped ${m.subject} (sequence ${seq}), which does not come from ${STREAMS.events}`, "warn");
+        this.deliveries.push({ m, done: true } as Entry);
+        this.deliveries.advance();
+        return undefined;
+      }
+      ({ seq, subject } = origin);
+    }
     let k = this.#bySubject.get(subject);
     if (k === undefined) {
       const tokens = subject.split(".");
@@ -234,7 +292,7 @@ export class ProcessorRunner {
     return {
       m,
       done: false,
-      seq: info.streamSequence,
+      seq,
       subject,
       tenant: k.tenant,
       key: k.key,
@@ -259,6 +317,17 @@ export class ProcessorRunner {
   /** Starts the lane of `entry` now, without lingering for a full batch. */
   startLaneOf(entry: Entry): void {
     this.#start(this.#lanes[entry.partition]!);
+  }
+
+  /**
+   * Whether a redriven dead letter of `subject` is this runner's: always for a whole
+   * processor; for a partition, when its key hashes here. Otherwise it is handed back
+   * (`nak` after a short delay) for the partition that holds the key.
+   */
+  takesRedrive(m: JsMsg, subject: string): boolean {
+    if (!this.placement.partition || this.placement.partition.holds(subject)) return true;
+    m.nak(REDRIVE_ELSEWHERE_MS);
+    return false;
   }
 
   /** Waits until lane `i` is free and holds it; undefined if the runner stops or fails first. */
@@ -364,11 +433,6 @@ export class ProcessorRunner {
 
   #stateJson = (stateKey: string): string | null => this.#states.get(stateKey)!.json;
 
-  /** Headers added to every output of this runner. */
-  protected outputHeaders(): ReadonlyArray<readonly [string, string]> {
-    return [];
-  }
-
   // Runs a batch: skips what the state already reflects, sends the rest to the pool, and
   // falls back to one event at a time (with retries, then the DLQ) for keys that failed.
   async #process(batch: readonly Entry[]): Promise<Outcome> {
@@ -407,7 +471,7 @@ export class ProcessorRunner {
         this.remember(sk, st);
         checkpoints.set(sk, st);
       });
-      collectOutputs(this.cfg, todo, result, outputs, (i) => !failedKeys.has(order.indexOf(todo[i]!.stateKey)), this.outputHeaders());
+      collectOutputs(this.cfg, todo, result, outputs, (i) => !failedKeys.has(order.indexOf(todo[i]!.stateKey)), this.#outputHeaders);
       if (failedKeys.size > 0) retry = todo.filter((e) => failedKeys.has(order.indexOf(e.stateKey)));
     }
     if (retry.length > 0) {
@@ -440,7 +504,7 @@ export class ProcessorRunner {
           const st = { json: result.states[0] ?? null, seq: e.seq };
           this.remember(e.stateKey, st);
           checkpoints.set(e.stateKey, st);
-          collectOutputs(this.cfg, [e], result, outputs, () => true, this.outputHeaders());
+          collectOutputs(this.cfg, [e], result, outputs, () => true, this.#outputHeaders);
           done = true;
         } catch (err) {
           failedAttempts += 1;

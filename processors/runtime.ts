@@ -12,6 +12,8 @@ import { RuntimeClosedError, UnknownProcessorError } from "./errors.js";
 import type { ProcessorMetrics } from "./metrics.js";
 import { createProcessorPool } from "./pool.js";
 import type { InvokeResult, ProcessorPool } from "./pool.js";
+import { PartitionedProcessor } from "./partitioned.js";
+import { ensurePartitionStream } from "./partition-stream.js";
 import { ProcessorRunner } from "./runner.js";
 import type { RunnerContext } from "./runner.js";
 import type { ProcessorDefinition } from "./types.js";
@@ -121,12 +123,12 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   const instanceId = options.instanceId ?? `${hostname()}-${process.pid}-${randomBytes(4).toString("hex")}`;
   const leaseTtlMs = options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS;
   if (!Number.isInteger(leaseTtlMs) || leaseTtlMs < 200) throw new InvalidOptionError("leaseTtlMs", leaseTtlMs, "an integer number of ms from 200 and up");
-  const runners = new Map<string, ProcessorRunner>();
+  const runners = new Map<string, ProcessorRunner | PartitionedProcessor>();
   let closing = false;
   const restarts = new Set<Promise<void>>();
 
   const ctx: RunnerContext = { nc, jsm, kv, pool, publisher, log, maxKeys, leases, instanceId, leaseTtlMs };
-  const create = (cfg: ResolvedProcessor): ProcessorRunner => new ProcessorRunner(ctx, cfg, onFailure);
+  const create = (cfg: ResolvedProcessor): ProcessorRunner | PartitionedProcessor => (cfg.scale === "partitioned" ? new PartitionedProcessor(ctx, cfg) : new ProcessorRunner(ctx, cfg, onFailure));
   const onFailure = (runner: ProcessorRunner, _err: unknown): void => {
     const restart = (async () => {
       await runner.stop();
@@ -150,6 +152,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
     const warm = pool.warmUp();
     warm.catch(() => undefined);
     for (const cfg of options.processors) {
+      if (cfg.scale === "partitioned") await ensurePartitionStream(jsm, cfg.name, cfg.subjects, cfg.partitions);
       const runner = create(cfg);
       runners.set(cfg.name, runner);
       await runner.start();
@@ -178,6 +181,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
         processor: r.cfg.name,
         kind: r.cfg.kind,
         owner: r.owner,
+        ...(r instanceof PartitionedProcessor ? { partitions: r.partitions } : {}),
         processed: r.totals.processed,
         outputs: r.totals.outputs,
         errors: r.totals.errors,
@@ -261,10 +265,11 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
       return publisher.stats;
     },
     async lag() {
+      const consumers = [...runners.values()].flatMap((r): Array<{ stream: string; name: string }> => (r instanceof PartitionedProcessor ? r.consumers() : [{ stream: STREAMS.events, name: r.consumerName }]));
       return Promise.all(
-        [...runners.values()].map(async (r) => {
-          const info = await jsm.consumers.info(STREAMS.events, r.consumerName).catch(() => undefined);
-          return { name: r.consumerName, lag: info ? info.num_pending + info.num_ack_pending : 0 };
+        consumers.map(async (c) => {
+          const info = await jsm.consumers.info(c.stream, c.name).catch(() => undefined);
+          return { name: c.name, lag: info ? info.num_pending + info.num_ack_pending : 0 };
         }),
       );
     },
