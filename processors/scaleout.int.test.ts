@@ -4,7 +4,7 @@
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BUCKETS, STREAMS } from "../streams/index.js";
+import { BUCKETS, createPublisher, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
@@ -14,6 +14,10 @@ import { definitions } from "./fixtures/faulty.js";
 import { countMessages, FIXTURE_MODULE, openProcessorTestEnv, publishSeries, readStream, startHost, waitFor } from "./testing.js";
 import type { ProcessorTestEnv, ReadMessage } from "./testing.js";
 import { Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { startTestCluster } from "../test/nats-cluster.js";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { ensurePartitionStream, partitionOf, partitionRules, partitionStreamName } from "./partition-stream.js";
 
 const TTL_MS = 2_000;
 const PARTITIONS = 6;
@@ -34,8 +38,8 @@ afterAll(async () => {
 const yaml = (name: string, tenant: string, scale = "partitioned"): string =>
   `runtime: { threads: 1 }\nprocessors:\n  - name: ${name}\n    kind: counter\n    subjects: ["evt.${tenant}.m.>"]\n    partitions: ${PARTITIONS}\n    batch_size: 32\n    scale: ${scale}\n`;
 
-function start(name: string, tenant: string, instanceId: string, scale = "partitioned"): Promise<ProcessorRuntime> {
-  return startProcessorRuntime(nats.nc, {
+function start(name: string, tenant: string, instanceId: string, scale = "partitioned", nc: NatsConnection = nats.nc): Promise<ProcessorRuntime> {
+  return startProcessorRuntime(nc, {
     processors: parseConfig(yaml(name, tenant, scale), pipelineSections({ threads: 1, extra: definitions })).processors,
     threads: 1,
     modules: [FIXTURE_MODULE],
@@ -55,15 +59,15 @@ function ownedOnce(runtimes: readonly ProcessorRuntime[]): boolean {
   return all.length === PARTITIONS && new Set(all).size === PARTITIONS;
 }
 
-const derivedCount = (tenant: string, name: string): Promise<number> => countMessages(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
+const derivedCount = (tenant: string, name: string, nc: NatsConnection = nats.nc): Promise<number> => countMessages(nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
 
 /**
  * Every derived event once; per key the counter runs 1..n in source order (its state never
  * reset), stored in that order; and a key's outputs come from one instance at a time (the
  * instance changes at most `maxMoves` times per key, never back and forth within a move).
  */
-async function expectExactlyOnce(tenant: string, name: string, keys: readonly string[], total: number, maxMoves = Number.POSITIVE_INFINITY): Promise<ReadMessage[]> {
-  const derived = await readStream(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
+async function expectExactlyOnce(tenant: string, name: string, keys: readonly string[], total: number, maxMoves = Number.POSITIVE_INFINITY, nc: NatsConnection = nats.nc): Promise<ReadMessage[]> {
+  const derived = await readStream(nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
   expect(new Set(derived.map((d) => d.msgId)).size).toBe(total);
   expect(derived).toHaveLength(total);
   for (const key of keys) {
@@ -94,6 +98,19 @@ describe("scale: partitioned", () => {
       const shape = (d: ReadMessage, name: string) => `${d.msgId.replace(`${name}:`, "")} ${d.subject.replace(`.${name}.`, ".")} ${d.data} ${d.headers["Flex-Source-Seq"]}`;
       expect(two.map((d) => shape(d, parted)).sort()).toEqual(one.map((d) => shape(d, single)).sort());
       expect(new Set(two.map((d) => d.headers["Flex-Instance"]))).toEqual(new Set(["P"]));
+      // The server's partition of each event is the one the runtime computes (redrives are routed by it).
+      // (A partition stream nobody consumes: the processor's own is a work queue, emptied by its acks.)
+      const probe = uniqueName("pr");
+      const jsm = await jetstreamManager(nats.nc);
+      await ensurePartitionStream(jsm, probe, [`evt.${tenant}.m.>`], PARTITIONS);
+      await waitFor(async () => (await jsm.streams.info(partitionStreamName(probe))).state.messages === 300, 10_000, "the probe stream to source 300 events");
+      // (Read by sequence: a work queue takes no ordered consumer.)
+      const copies = await Promise.all(Array.from({ length: 300 }, (_, i) => jsm.streams.getMessage(partitionStreamName(probe), { seq: i + 1 }).then((m) => m!)));
+      await jsm.streams.delete(partitionStreamName(probe));
+      const rules = partitionRules(probe, [`evt.${tenant}.m.>`], PARTITIONS);
+      expect(copies).toHaveLength(300);
+      for (const m of copies) expect(`${partitionOf(rules, m.subject.split(".").slice(2).join("."), PARTITIONS)}`).toBe(m.subject.split(".")[1]);
+      expect(new Set(copies.map((m) => m.subject.split(".")[1])).size).toBeGreaterThan(1);
     } finally {
       await a.close();
       await b.close();
@@ -141,4 +158,75 @@ describe("scale: partitioned", () => {
       for (const r of runtimes) await r.close();
     }
   }, 120_000);
+});
+
+/**
+ * 3 instances (A a child process, B and C in this one) share a processor; A is killed with
+ * SIGKILL mid-stream: its partitions move to B and C once its leases expire, and every output
+ * is there once, in per-key order, with the counters continuing.
+ */
+async function killOneOfThree(nc: NatsConnection, natsEnv: Readonly<Record<string, string>>, pub: Publisher): Promise<string> {
+  const tenant = uniqueName("sk");
+  const name = uniqueName("sk");
+  const keys = Array.from({ length: 12 }, (_, i) => `k${i}`);
+  const total = 2_400;
+  const configFile = join(dir, `${name}.yaml`);
+  await writeFile(configFile, yaml(name, tenant));
+  const host = startHost({ ...natsEnv, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: "A", FLEXCORE_LEASE_TTL_MS: String(TTL_MS) });
+  const { child, exited } = host;
+  await waitFor(() => host.output().includes("owner"), 30_000, `the host to take partitions (${host.output()})`);
+  const b = await start(name, tenant, "B", "partitioned", nc);
+  const c = await start(name, tenant, "C", "partitioned", nc);
+  const leases = await new Kvm(nc).open(BUCKETS.leases);
+  const ownerOf = async (p: number): Promise<string | undefined> => {
+    const e = await leases.get(`proc.${name}.p${p}`);
+    return e && e.operation === "PUT" && e.length > 0 ? e.json<{ owner: string }>().owner : undefined;
+  };
+  try {
+    // A holds its share (2 of 6) while B and C hold theirs.
+    await waitFor(async () => held(b).length === 2 && held(c).length === 2 && (await Promise.all([0, 1, 2, 3, 4, 5].map(ownerOf))).filter((o) => o === "A").length === 2, 15_000, "6 partitions spread 2/2/2");
+    const publishing = (async () => {
+      for (let i = 0; i < total; i += 300) {
+        await publishSeries(pub, tenant, "m", keys, (j) => ({ value: i + j }), 300, `${tenant}-c${i}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await waitFor(async () => (await derivedCount(tenant, name, nc)) >= 300, 30_000, "progress");
+    child.kill("SIGKILL");
+    const killedAt = Date.now();
+    await exited;
+    await waitFor(() => ownedOnce([b, c]), 2 * TTL_MS + 3_000, "B and C to take A's partitions");
+    // A's leases were renewed every TTL/3: they could not move before they expired.
+    expect(Date.now() - killedAt).toBeGreaterThanOrEqual(TTL_MS / 2);
+    await publishing;
+    await waitFor(async () => (await derivedCount(tenant, name, nc)) >= total, 60_000, `${total} outputs`);
+    await b.idle();
+    await c.idle();
+    const derived = await expectExactlyOnce(tenant, name, keys, total, 3, nc);
+    expect(new Set(derived.map((d) => d.headers["Flex-Instance"]))).toEqual(new Set(["A", "B", "C"]));
+    return name;
+  } finally {
+    if (child.exitCode === null) child.kill("SIGKILL");
+    await b.close();
+    await c.close();
+  }
+}
+
+describe("scale: partitioned, kill -9", () => {
+  it("kill -9 of one of 3 instances mid-stream: its partitions move within the lease TTL, outputs exactly once, states continue", async () => {
+    await killOneOfThree(nats.nc, nats.env, publisher);
+  }, 120_000);
+
+  it("the same on a 3-node cluster with R3 streams", async () => {
+    await using cluster = await startTestCluster({ topology: true });
+    const pub = createPublisher(cluster.nc);
+    try {
+      const name = await killOneOfThree(cluster.nc, cluster.env, pub);
+      // The partition stream follows FLEX_EVENTS' replicas.
+      const info = await (await jetstreamManager(cluster.nc)).streams.info(partitionStreamName(name));
+      expect(info.config.num_replicas).toBe(3);
+    } finally {
+      await pub.close();
+    }
+  }, 180_000);
 });
