@@ -5,6 +5,7 @@ import { register as registerDlq } from "./commands/dlq.js";
 import { register as registerDoctor } from "./commands/doctor.js";
 import { register as registerKeys } from "./commands/keys.js";
 import { register as registerNatsUsers } from "./commands/nats-users.js";
+import { register as registerProcessors } from "./commands/processors.js";
 import { register as registerProjections } from "./commands/projections.js";
 import { register as registerPublish } from "./commands/publish.js";
 import { register as registerReplay } from "./commands/replay.js";
@@ -50,6 +51,7 @@ registerToken(program);
 registerKeys(program);
 registerNatsUsers(program);
 registerWorkflows(program);
+registerProcessors(program);
 registerProjections(program);
 registerDlq(program);
 

@@ -44,6 +44,8 @@ export { ensurePartitionStream, PARTITION_STREAM_PREFIX, partitionStreamName } f
 export { INSTANCE_HEADER } from "./runner.js";
 export { assignPartitions, memberKey, memberKeyPrefix, partitionConsumerName, partitionLeaseKey } from "./partitioned.js";
 export type { MemberBody } from "./partitioned.js";
+export { processorsStatus } from "./status.js";
+export type { InstanceStatus, PartitionStatus, ProcessorStatus } from "./status.js";
 export type { LeaseBody } from "./lease.js";
 export type { InvokeInput, ProcessorRuntime, ProcessorRuntimeOptions } from "./runtime.js";
 export type { ProcessorMetrics } from "./metrics.js";

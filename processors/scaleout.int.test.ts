@@ -8,7 +8,7 @@ import { BUCKETS, createPublisher, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { parseConfig, pipelineSections, startProcessorRuntime } from "./index.js";
+import { parseConfig, pipelineSections, processorsStatus, startProcessorRuntime } from "./index.js";
 import type { ProcessorRuntime } from "./index.js";
 import { definitions } from "./fixtures/faulty.js";
 import { countMessages, FIXTURE_MODULE, openProcessorTestEnv, publishSeries, readStream, startHost, waitFor } from "./testing.js";
@@ -115,6 +115,38 @@ describe("scale: partitioned", () => {
       await a.close();
       await b.close();
     }
+  }, 60_000);
+
+  it("status: which instance holds which partitions, their lag and throughput, read from NATS alone", async () => {
+    const tenant = uniqueName("st");
+    const name = uniqueName("st");
+    const x = await start(name, tenant, "X");
+    const y = await start(name, tenant, "Y");
+    try {
+      await waitFor(() => ownedOnce([x, y]) && held(x).length === 3, 10_000, "6 partitions spread 3/3");
+      await publishSeries(publisher, tenant, "m", ["a", "b", "c", "d"], (i) => ({ value: i }), 200, `${tenant}-1`);
+      await waitFor(async () => (await derivedCount(tenant, name)) === 200, 20_000, "200 outputs");
+      await x.idle();
+      await y.idle();
+      // The member keys carry the last heartbeat's figures: wait for one after the work.
+      await waitFor(async () => {
+        const st = (await processorsStatus(nats.nc)).find((r) => r.processor === name);
+        return st !== undefined && st.lag === 0 && st.instances.reduce((a, i) => a + i.processed, 0) === 200;
+      }, 10_000, "status after the work");
+      const st = (await processorsStatus(nats.nc)).find((r) => r.processor === name)!;
+      expect(st.scale).toBe("partitioned");
+      expect(st.partitions.map((p) => p.owner)).toEqual([0, 1, 2, 3, 4, 5].map((p) => (held(x).includes(p) ? "X" : "Y")));
+      expect(st.instances.map((i) => [i.instance, i.partitions])).toEqual([["X", held(x)], ["Y", held(y)]]);
+      // The consumers' lag for /metrics names each partition's consumer.
+      expect((await x.lag()).map((l) => l.name).sort()).toEqual(held(x).map((p) => `proc_${name}_p${p}`).sort());
+    } finally {
+      await x.close();
+      await y.close();
+    }
+    // Both left: no member, no owner.
+    const after = (await processorsStatus(nats.nc)).find((r) => r.processor === name)!;
+    expect(after.instances).toEqual([]);
+    expect(after.partitions.every((p) => p.owner === null)).toBe(true);
   }, 60_000);
 
   it("3 instances share the partitions; a 4th joins under load; then they stop one by one down to the last: nothing lost or repeated", async () => {
