@@ -11,6 +11,7 @@ const loaders: Record<string, () => Promise<Suite>> = {
   kmeans: async () => (await import("./kmeans.js")).suite,
   "ml-quality": async () => (await import("./ml-quality.js")).suite,
   processors: async () => (await import("./processors.js")).suite,
+  scaleout: async () => (await import("./scaleout.js")).suite,
   projections: async () => (await import("./projections.js")).suite,
   workflows: async () => (await import("./workflows.js")).suite,
 };

@@ -40,7 +40,8 @@ export type { InvokeResult, ProcessorPool, ProcessorPoolOptions } from "./pool.j
 export { CONSUMER_PREFIX, DEFAULT_MAX_KEYS_IN_MEMORY, startProcessorRuntime, stateKvKey } from "./runtime.js";
 export { Lease, processorLeaseKey } from "./lease.js";
 // Scale-out (`scale: partitioned`): partition streams, members and partition leases.
-export { ensurePartitionStream, PARTITION_STREAM_PREFIX, partitionStreamName } from "./partition-stream.js";
+export { ensurePartitionStream, PARTITION_STREAM_PREFIX, partitionOf, partitionRules, partitionStreamName } from "./partition-stream.js";
+export type { PartitionRule } from "./partition-stream.js";
 export { INSTANCE_HEADER } from "./runner.js";
 export { assignPartitions, memberKey, memberKeyPrefix, partitionConsumerName, partitionLeaseKey } from "./partitioned.js";
 export type { MemberBody } from "./partitioned.js";
