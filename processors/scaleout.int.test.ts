@@ -1,10 +1,10 @@
 // Scale-out (#18): a processor with `scale: partitioned` spread over several runtime
 // instances. Partitions move on join, stop and kill -9; outputs stay exactly once with the
 // ids of the single-instance runtime, per-key order and per-key state continue.
-import { writeFile } from "node:fs/promises";
+import { unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BUCKETS, createPublisher, STREAMS } from "../streams/index.js";
+import { BUCKETS, createDeadLetters, createPublisher, redriveMessage, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
@@ -147,6 +147,48 @@ describe("scale: partitioned", () => {
     const after = (await processorsStatus(nats.nc)).find((r) => r.processor === name)!;
     expect(after.instances).toEqual([]);
     expect(after.partitions.every((p) => p.owner === null)).toBe(true);
+  }, 60_000);
+
+  it("a dead letter names the event's FLEX_EVENTS sequence; its redrive is processed once, by the instance holding its key", async () => {
+    const tenant = uniqueName("sd");
+    const name = uniqueName("sd");
+    const marker = join(dir, `${name}.broken`);
+    await writeFile(marker, "");
+    const cfg = (id: string) =>
+      startProcessorRuntime(nats.nc, {
+        processors: parseConfig(`processors:\n  - name: ${name}\n    kind: flaky\n    subjects: ["evt.${tenant}.m.*"]\n    partitions: ${PARTITIONS}\n    max_deliver: 1\n    backoff: [10]\n    scale: partitioned\n`, pipelineSections({ threads: 1, extra: definitions })).processors,
+        threads: 1, modules: [FIXTURE_MODULE], definitions, metricsIntervalMs: 0, instanceId: id, leaseTtlMs: TTL_MS, log: () => undefined,
+      });
+    const x = await cfg("X");
+    const y = await cfg("Y");
+    try {
+      await waitFor(() => ownedOnce([x, y]), 10_000, "the partitions spread");
+      const keys = ["a", "b", "c", "d", "e", "f"];
+      await publishSeries(publisher, tenant, "m", keys, (i) => (i === 9 ? { value: i, failWhile: marker } : { value: i }), 18, `${tenant}-1`);
+      await waitFor(async () => (await derivedCount(tenant, name)) === 17, 20_000, "17 outputs");
+      const events = await readStream(nats.nc, STREAMS.events, `evt.${tenant}.m.*`);
+      const poison = events[9]!;
+      const dl = createDeadLetters(nats.nc);
+      await waitFor(async () => (await dl.find(tenant, { source: name })).deadLetters.length === 1, 10_000, "the dead letter");
+      const letter = await dl.show(tenant, (await dl.find(tenant, { source: name })).deadLetters[0]!.seq);
+      expect(letter.originalSeq).toBe(poison.seq);
+      expect(letter.originalSubject).toBe(poison.subject);
+      await unlink(marker);
+      const r = redriveMessage(letter);
+      await publisher.publish(r.subject, r.data, { headers: r.headers });
+      await waitFor(async () => (await derivedCount(tenant, name)) === 18, 20_000, "the redriven event processed");
+      await waitFor(async () => (await countMessages(nats.nc, STREAMS.redrive, `redrive.${tenant}.>`)) === 0, 10_000, "the redrive taken back");
+      const derived = await readStream(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
+      const late = derived.filter((d) => d.headers["Flex-Source-Seq"] === String(poison.seq));
+      expect(late).toHaveLength(1);
+      const key = poison.subject.split(".")[3]!;
+      const owner = [x, y].find((r) => held(r).includes(partitionOf(partitionRules(name, [`evt.${tenant}.m.*`], PARTITIONS), poison.subject, PARTITIONS)!));
+      expect(late[0]!.headers["Flex-Instance"]).toBe(owner === x ? "X" : "Y");
+      expect(late[0]!.subject.endsWith(`.${key}`)).toBe(true);
+    } finally {
+      await x.close();
+      await y.close();
+    }
   }, 60_000);
 
   it("3 instances share the partitions; a 4th joins under load; then they stop one by one down to the last: nothing lost or repeated", async () => {
