@@ -147,7 +147,7 @@ export function createMetrics(sources: MetricSources = {}, options: { defaultMet
     gauge("flexcore_processor_queue_depth", "Events waiting in partitions plus tasks waiting for a worker", labels, per((p) => p.queueDepth));
     gauge("flexcore_processor_owner", "1 when this instance holds the processor's lease and runs it (scale: partitioned: at least one partition), 0 on standby", labels, per((p) => (p.owner ? 1 : 0)));
     gauge("flexcore_processor_throughput_events_per_second", "Source events acknowledged per second since the last MetricsReported", labels, per((p) => p.throughput ?? 0));
-    // scale: partitioned: which partitions this instance consumes (their lag is flexcore_consumer_lag_events{consumer="proc_<name>_p<n>"}).
+    // scale: partitioned: which partitions this instance consumes (their lag is flexcore_consumer_lag_events{name="proc_<name>_p<n>"}).
     gauge("flexcore_processor_partitions_held", "Partitions of a partitioned processor this instance consumes now", labels, () =>
       processors().filter((p) => p.partitions !== undefined).map((p) => [{ processor: p.processor, kind: p.kind }, p.partitions!.length] as const));
     gauge("flexcore_processor_partition_held", "1 for each partition of a partitioned processor this instance consumes now", [...labels, "partition"], () =>
