@@ -32,7 +32,7 @@ const LEASE_TTL_MS = 2_000;
 const PARTITIONS = 8;
 const KEYS = 64;
 /** Events per throughput run (small: the machine is shared; the lead raises it on a quiet one). */
-const EVENTS = Number(process.env.SCALEOUT_EVENTS ?? 12_000);
+const EVENTS = Number(process.env.SCALEOUT_EVENTS ?? 8_000);
 const ITERATIONS = Number(process.env.SCALEOUT_ITERATIONS ?? 2);
 /** Steady load during the moves, events/s. */
 const MOVE_RATE = 400;
@@ -41,7 +41,7 @@ const MOVES = 5;
 let run = 0;
 
 const yaml = (name: string, tenant: string): string =>
-  `runtime: { threads: 1 }\nprocessors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: ${PARTITIONS}\n    batch_size: 256\n    scale: partitioned\n    options: { method: iforest, window: 128, trees: 50, emit: all, refit_every: 16 }\n`;
+  `runtime: { threads: 1 }\nprocessors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: ${PARTITIONS}\n    batch_size: 256\n    scale: partitioned\n    options: { method: iforest, window: 128, trees: 50, emit: all, refit_every: 8 }\n`;
 
 function reading(i: number): number {
   const noise = ((Math.imul(i + 1, 2654435761) >>> 0) / 4294967296 - 0.5) * 2;
