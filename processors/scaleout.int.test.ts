@@ -4,11 +4,11 @@
 import { unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BUCKETS, createDeadLetters, createPublisher, redriveMessage, STREAMS } from "../streams/index.js";
+import { BUCKETS, createDeadLetters, createPublisher, ensureTopology, redriveMessage, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { uniqueName } from "../test/nats-server.js";
+import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { parseConfig, pipelineSections, processorsStatus, startProcessorRuntime } from "./index.js";
+import { memberKey, parseConfig, partitionLeaseKey, pipelineSections, processorsStatus, startProcessorRuntime } from "./index.js";
 import type { ProcessorRuntime } from "./index.js";
 import { definitions } from "./fixtures/faulty.js";
 import { countMessages, FIXTURE_MODULE, openProcessorTestEnv, publishSeries, readStream, startHost, waitFor } from "./testing.js";
@@ -16,7 +16,8 @@ import type { ProcessorTestEnv, ReadMessage } from "./testing.js";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { startTestCluster } from "../test/nats-cluster.js";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { headers } from "@nats-io/transport-node";
 import { ensurePartitionStream, partitionOf, partitionRules, partitionStreamName } from "./partition-stream.js";
 
 const TTL_MS = 2_000;
@@ -303,4 +304,51 @@ describe("scale: partitioned, kill -9", () => {
       await pub.close();
     }
   }, 180_000);
+});
+
+describe("scale: partitioned, seen by a tenant", () => {
+  it("a tenant can neither forge the origin of an event, publish into a partition stream, nor join or steer the group", async () => {
+    await using server = await startTestNats({ tenants: ["acme", "evil"] });
+    await ensureTopology(server.nc);
+    const pub = createPublisher(server.nc);
+    const name = uniqueName("sx");
+    const rt = await startProcessorRuntime(server.nc, {
+      processors: parseConfig(`processors:\n  - name: ${name}\n    kind: counter\n    subjects: ["evt.*.m.*"]\n    partitions: 2\n    scale: partitioned\n`, pipelineSections({ threads: 1, extra: definitions })).processors,
+      threads: 1, modules: [FIXTURE_MODULE], definitions, metricsIntervalMs: 0, instanceId: "S", leaseTtlMs: TTL_MS, log: () => undefined,
+    });
+    const evil = await server.connectAs("evil");
+    try {
+      await waitFor(() => held(rt).length === 2, 10_000, "the partitions taken");
+      await publishSeries(pub, "acme", "m", ["k"], (i) => ({ value: i }), 3, "acme-x");
+      // evil's own event claims (in the header the server sets on sourcing) to be acme's sequence 1.
+      const h = headers();
+      h.set("Nats-Stream-Source", `${STREAMS.events} 1 evt.*.*.* x evt.acme.m.k`);
+      h.set("Nats-Msg-Id", "evil-1");
+      h.set("Flex-Type", "Reading");
+      // The server refuses a client's Nats-Stream-Source outright; had it been stored, sourcing
+      // would replace it with its own.
+      await expect(jetstream(evil).publish("evt.evil.m.k", new TextEncoder().encode(`{"value":1}`), { headers: h })).rejects.toThrow(/source header/);
+      h.delete("Nats-Stream-Source");
+      await jetstream(evil).publish("evt.evil.m.k", new TextEncoder().encode(`{"value":1}`), { headers: h });
+      // Straight into the partition stream, and into the group's keys in flex_leases: refused.
+      await expect(jetstream(evil).publish(`part.0.evt.acme.m.k`, new TextEncoder().encode("{}"), { timeout: 1_000 })).rejects.toThrow();
+      for (const key of [memberKey(name, "evil"), partitionLeaseKey(name, 0)]) {
+        await expect(jetstream(evil).publish(`$KV.${BUCKETS.leases}.${key}`, new TextEncoder().encode(`{"owner":"evil","expiresAt":${Date.now() + 60_000}}`), { timeout: 1_000 })).rejects.toThrow();
+      }
+      await waitFor(async () => (await derivedCount("acme", name, server.nc)) === 3 && (await derivedCount("evil", name, server.nc)) === 1, 10_000, "4 outputs");
+      const events = await readStream(server.nc, STREAMS.events, "evt.evil.m.k");
+      const out = await readStream(server.nc, STREAMS.derived, `drv.evil.${name}.>`);
+      // The forged header was replaced by the server's: the output names evil's own event and sequence.
+      expect(out.map((o) => [o.msgId, o.headers["Flex-Source-Seq"]])).toEqual([[`${name}:${events[0]!.seq}:0`, String(events[0]!.seq)]]);
+      expect(events[0]!.seq).not.toBe(1);
+      // acme's count was not touched by it.
+      expect((await readStream(server.nc, STREAMS.derived, `drv.acme.${name}.>`)).map((o) => (JSON.parse(o.data) as { n: number }).n)).toEqual([1, 2, 3]);
+      // Still one member, and this instance holds both partitions.
+      expect((await processorsStatus(server.nc)).find((r) => r.processor === name)!.instances.map((i) => i.instance)).toEqual(["S"]);
+      expect(held(rt)).toEqual([0, 1]);
+    } finally {
+      await rt.close();
+      await pub.close();
+    }
+  }, 60_000);
 });
