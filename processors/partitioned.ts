@@ -120,12 +120,12 @@ export class PartitionedProcessor {
 
   /** Whether this instance consumes at least one partition. */
   get owner(): boolean {
-    return this.#runners.size > 0;
+    return this.partitions.length > 0;
   }
 
-  /** The partitions this instance consumes, ascending. */
+  /** The partitions this instance consumes (holds the lease of, draining included), ascending. */
   get partitions(): number[] {
-    return [...this.#runners.keys()].sort((a, b) => a - b);
+    return [...this.#runners].filter(([, r]) => r.owner).map(([p]) => p).sort((a, b) => a - b);
   }
 
   get inFlight(): number {
