@@ -107,6 +107,7 @@ export class PartitionedProcessor {
   #watching: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #ticking: Promise<void> | undefined;
+  #again = false;
   #beat = { at: performance.now(), processed: 0, throughput: 0 };
   #stopping = false;
 
@@ -154,10 +155,16 @@ export class PartitionedProcessor {
   async start(): Promise<void> {
     const kv = this.#ctx.leases.kv;
     await this.#heartbeat();
-    this.#watch = await kv.watch({ key: `${memberKeyPrefix(this.cfg.name)}>` });
+    // The members, and the partition leases: a released lease is taken at once, not at the next tick.
+    const leasePrefix = `${partitionLeaseKey(this.cfg.name, 0).split(".").slice(0, -1).join(".")}.`;
+    this.#watch = await kv.watch({ key: [`${memberKeyPrefix(this.cfg.name)}>`, `${leasePrefix}*`] });
     const watch = this.#watch;
     this.#watching = (async () => {
       for await (const e of watch) {
+        if (e.key.startsWith(leasePrefix)) {
+          if (e.isUpdate && e.operation !== "PUT") this.#kick();
+          continue;
+        }
         if (e.operation === "PUT" && e.length > 0) {
           try {
             const body = e.json<MemberBody>();
@@ -175,11 +182,23 @@ export class PartitionedProcessor {
     this.#kick();
   }
 
+  // One rebalance at a time; a kick during one runs another right after it (a lease released
+  // meanwhile is taken then, not at the next tick).
   #kick(): void {
     if (this.#stopping) return;
-    this.#ticking ??= this.#tick()
+    if (this.#ticking) {
+      this.#again = true;
+      return;
+    }
+    this.#ticking = this.#tick()
       .catch((err: unknown) => this.#ctx.log(`flexcore: processor ${this.cfg.name}: rebalance failed (${(err as Error).message}); trying again`, "warn"))
-      .finally(() => (this.#ticking = undefined));
+      .finally(() => {
+        this.#ticking = undefined;
+        if (this.#again) {
+          this.#again = false;
+          this.#kick();
+        }
+      });
   }
 
   async #tick(): Promise<void> {
