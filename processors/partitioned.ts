@@ -14,8 +14,7 @@
  *   the partition's consumer at its ack floor and loads key states from `flex_state`, so a
  *   key's order and state continue across the move.
  */
-import type { QueuedIterator } from "@nats-io/nats-core";
-import type { KvWatchEntry } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
 import type { ResolvedProcessor } from "./config.js";
 import { LatencyWindow } from "./metrics.js";
 import { partitionFilter, partitionOf, partitionRules, partitionStreamName } from "./partition-stream.js";
@@ -103,7 +102,7 @@ export class PartitionedProcessor {
   readonly #retakeAfter = new Map<number, number>();
   readonly #members = new Map<string, MemberBody>();
   readonly #tickMs: number;
-  #watch: QueuedIterator<KvWatchEntry> | undefined;
+  #watch: Awaited<ReturnType<KV["watch"]>> | undefined;
   #watching: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #ticking: Promise<void> | undefined;
