@@ -12,6 +12,7 @@ const loaders: Record<string, () => Promise<Suite>> = {
   "ml-quality": async () => (await import("./ml-quality.js")).suite,
   plugins: async () => (await import("./plugins.js")).suite,
   processors: async () => (await import("./processors.js")).suite,
+  scaleout: async () => (await import("./scaleout.js")).suite,
   projections: async () => (await import("./projections.js")).suite,
   workflows: async () => (await import("./workflows.js")).suite,
 };

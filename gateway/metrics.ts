@@ -16,7 +16,7 @@ export interface LagSources {
 }
 
 /** One processor's figures: what the processor runtime's `metrics()` gives (counters since start). */
-export type ProcessorReading = Pick<ProcessorMetrics, "processor" | "kind" | "owner" | "processed" | "outputs" | "errors" | "redelivered" | "deadLettered" | "inFlight" | "queueDepth" | "p50" | "p95" | "p99">;
+export type ProcessorReading = Pick<ProcessorMetrics, "processor" | "kind" | "owner" | "processed" | "outputs" | "errors" | "redelivered" | "deadLettered" | "inFlight" | "queueDepth" | "p50" | "p95" | "p99"> & Partial<Pick<ProcessorMetrics, "partitions" | "throughput">>;
 
 /** One projection's status, as the projection engine's `status()` gives it. */
 export interface ProjectionReading {
@@ -145,7 +145,13 @@ export function createMetrics(sources: MetricSources = {}, options: { defaultMet
     counter("flexcore_processor_dead_lettered_total", "Events sent to FLEX_DLQ", labels, per((p) => p.deadLettered));
     gauge("flexcore_processor_in_flight", "Events fetched and not yet acknowledged", labels, per((p) => p.inFlight));
     gauge("flexcore_processor_queue_depth", "Events waiting in partitions plus tasks waiting for a worker", labels, per((p) => p.queueDepth));
-    gauge("flexcore_processor_owner", "1 when this instance holds the processor's lease and runs it, 0 on standby", labels, per((p) => (p.owner ? 1 : 0)));
+    gauge("flexcore_processor_owner", "1 when this instance holds the processor's lease and runs it (scale: partitioned: at least one partition), 0 on standby", labels, per((p) => (p.owner ? 1 : 0)));
+    gauge("flexcore_processor_throughput_events_per_second", "Source events acknowledged per second since the last MetricsReported", labels, per((p) => p.throughput ?? 0));
+    // scale: partitioned: which partitions this instance consumes (their lag is flexcore_consumer_lag_events{name="proc_<name>_p<n>"}).
+    gauge("flexcore_processor_partitions_held", "Partitions of a partitioned processor this instance consumes now", labels, () =>
+      processors().filter((p) => p.partitions !== undefined).map((p) => [{ processor: p.processor, kind: p.kind }, p.partitions!.length] as const));
+    gauge("flexcore_processor_partition_held", "1 for each partition of a partitioned processor this instance consumes now", [...labels, "partition"], () =>
+      processors().flatMap((p) => (p.partitions ?? []).map((n) => [{ processor: p.processor, kind: p.kind, partition: String(n) }, 1] as const)));
     gauge("flexcore_processor_latency_seconds", "Fetch-to-ack latency over the last 8192 events, by quantile", [...labels, "quantile"], () =>
       processors().flatMap((p) => ([["0.5", p.p50], ["0.95", p.p95], ["0.99", p.p99]] as const).map(([q, ms]) => [{ processor: p.processor, kind: p.kind, quantile: q }, ms / 1000] as const)));
   }

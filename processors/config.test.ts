@@ -49,7 +49,7 @@ workflow: []
       "workflow: unknown key; expected one of processors, runtime",
       'processors[2].options.method: expected one of "zscore", "robust", "ewma", "iforest", got "magic"',
       'processors[2].options.window: expected integer ≥ 2, got "ten"',
-      "processors[3].colour: unknown key; expected one of name, kind, subjects, options, partitions, batch_size, max_deliver, backoff, ack_wait, max_in_flight",
+      "processors[3].colour: unknown key; expected one of name, kind, subjects, options, partitions, batch_size, max_deliver, backoff, ack_wait, max_in_flight, scale",
       "runtime.threads: expected integer ≥ 1 and ≤ 256, got 0",
       'runtime.metrics_interval: expected a duration ≥ 100 ms (milliseconds, or "500ms", "2s", "1m"), got "soon"',
     ]);

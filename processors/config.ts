@@ -9,9 +9,10 @@ import { isAbsolute, join, resolve } from "node:path";
 import { parseDocument } from "yaml";
 import { checkSubjectFilter } from "../streams/index.js";
 import { BUILTIN_PROCESSORS } from "./builtin/index.js";
-import { ConfigError } from "./errors.js";
+import { ConfigError, PartitionFilterError } from "./errors.js";
 import type { ConfigIssue } from "./errors.js";
 import { array, at, collect, fail, integer, issuesOf, object, string } from "./options.js";
+import { partitionRules } from "./partition-stream.js";
 import type { ProcessorDefinition } from "./types.js";
 
 /** File read when neither an explicit path nor `FLEXCORE_CONFIG` is given. */
@@ -59,7 +60,18 @@ export interface ProcessorConfig {
   readonly ackWaitMs: number;
   /** Messages fetched and not yet acknowledged. @default 8192 */
   readonly maxInFlight: number;
+  /**
+   * `single`: one instance runs the whole processor (lease `proc.<name>`), the others stand
+   * by. `partitioned`: its `partitions` are spread over every instance running it (see
+   * docs/processors.md, "Scale-out"). @default "single"
+   */
+  readonly scale: ProcessorScale;
 }
+
+/** How a processor runs across instances (`scale:` in flexcore.yaml). */
+export type ProcessorScale = "single" | "partitioned";
+/** The values of `scale:`. */
+export const PROCESSOR_SCALES: readonly ProcessorScale[] = ["single", "partitioned"];
 
 /** The `runtime:` section. */
 export interface RuntimeConfig {
@@ -77,7 +89,7 @@ export interface RuntimeConfig {
   readonly leaseTtlMs: number;
 }
 
-const PROCESSOR_KEYS = ["name", "kind", "subjects", "options", "partitions", "batch_size", "max_deliver", "backoff", "ack_wait", "max_in_flight"] as const;
+const PROCESSOR_KEYS = ["name", "kind", "subjects", "options", "partitions", "batch_size", "max_deliver", "backoff", "ack_wait", "max_in_flight", "scale"] as const;
 const RUNTIME_KEYS = ["threads", "worker_memory_mb", "metrics_interval", "max_keys_in_memory", "instance_id", "lease_ttl"] as const;
 const NAME = { re: /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/u, describe: "a name of letters, digits, `-` and `_` (at most 64, starting with a letter or digit)" };
 const INSTANCE = { re: /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/u, describe: "an instance id of letters, digits, `.`, `:`, `-` and `_` (at most 128)" };
@@ -168,7 +180,7 @@ function processorEntry(raw: unknown, path: string, definitions: ReadonlyMap<str
   const o = object(raw, path, PROCESSOR_KEYS);
   const kindOk = typeof o.kind === "string" && definitions.has(o.kind);
   // Options are checked with the rest, so every mistake of the entry is reported at once.
-  const [name, kind, subjects, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, validatedOptions] = collect([
+  const [name, kind, subjects, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, scale, validatedOptions] = collect([
     () => string(o.name, at(path, "name"), "", NAME) || fail(at(path, "name"), NAME.describe, o.name),
     () => {
       if (!kindOk) fail(at(path, "kind"), `one of ${[...definitions.keys()].map((d) => JSON.stringify(d)).join(", ")}`, o.kind);
@@ -191,10 +203,23 @@ function processorEntry(raw: unknown, path: string, definitions: ReadonlyMap<str
     () => (o.backoff === undefined ? DEFAULT_BACKOFF_MS : array(o.backoff, at(path, "backoff"), (v, p) => duration(v, p, 0), { minLength: 1 })),
     () => duration(o.ack_wait, at(path, "ack_wait"), DEFAULT_ACK_WAIT_MS, 1_000),
     () => integer(o.max_in_flight, at(path, "max_in_flight"), DEFAULT_MAX_IN_FLIGHT, { min: 1, max: 1_000_000 }),
+    () => {
+      const scale = o.scale ?? "single";
+      if (typeof scale !== "string" || !(PROCESSOR_SCALES as readonly string[]).includes(scale)) fail(at(path, "scale"), PROCESSOR_SCALES.map((x) => JSON.stringify(x)).join(" or "), o.scale);
+      if (scale === "partitioned" && Array.isArray(o.subjects) && o.subjects.every((x) => typeof x === "string")) {
+        try {
+          partitionRules(typeof o.name === "string" ? o.name : "?", o.subjects as string[], 1);
+        } catch (err) {
+          if (!(err instanceof PartitionFilterError)) throw err;
+          fail(at(path, "subjects"), `filters a partitioned processor can split: ${err.expected}`, err.filter);
+        }
+      }
+      return scale as ProcessorScale;
+    },
     () => (kindOk ? definitions.get(o.kind as string)!.validateOptions(o.options ?? {}, at(path, "options")) : undefined),
   ] as const);
   const definition = definitions.get(kind)!;
-  return { name, kind, subjects, options: o.options ?? {}, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, definition, validatedOptions };
+  return { name, kind, subjects, options: o.options ?? {}, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, scale, definition, validatedOptions };
 }
 
 /**

@@ -82,3 +82,24 @@ export class RuntimeClosedError extends FlexError {
     this.name = "RuntimeClosedError";
   }
 }
+
+/**
+ * A processor with `scale: partitioned` has subject filters its partitions cannot be built
+ * from: a filter that does not name FLEX_EVENTS' four tokens (`evt.<tenant>.<category>.<id>`,
+ * a trailing `>` standing for the tokens left), or two filters that overlap (an event would be
+ * copied into the partition stream twice).
+ */
+export class PartitionFilterError extends FlexError {
+  readonly processor: string;
+  readonly filter: string;
+  /** What the filter should have been. */
+  readonly expected: string;
+
+  constructor(processor: string, filter: string, expected: string) {
+    super("FLEX_PARTITION_FILTER", `Processor \`${processor}\`: subject filter ${JSON.stringify(filter)} cannot be partitioned: expected ${expected}`);
+    this.name = "PartitionFilterError";
+    this.processor = processor;
+    this.filter = filter;
+    this.expected = expected;
+  }
+}

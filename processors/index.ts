@@ -3,7 +3,7 @@
  * derived events), the pipeline configuration, and the built-in processors.
  */
 export type { ProcessorDefinition, ProcessorInput, ProcessorOutput, ProcessResult } from "./types.js";
-export { ConfigError, ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
+export { ConfigError, PartitionFilterError, ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
 export type { ConfigIssue } from "./errors.js";
 export { array, at, boolean, collect, fail, integer, issuesOf, number, object, oneOf, required, string } from "./options.js";
 export type { NumberBounds } from "./options.js";
@@ -18,6 +18,7 @@ export {
   DEFAULT_METRICS_INTERVAL_MS,
   DEFAULT_PARTITIONS,
   duration,
+  PROCESSOR_SCALES,
   loadConfig,
   parseConfig,
   pipelineSections,
@@ -25,7 +26,7 @@ export {
   resolveConfigPath,
   runtimeSection,
 } from "./config.js";
-export type { ConfigSections, ProcessorConfig, ResolvedProcessor, RuntimeConfig, SectionValidator } from "./config.js";
+export type { ConfigSections, ProcessorConfig, ProcessorScale, ResolvedProcessor, RuntimeConfig, SectionValidator } from "./config.js";
 export { BUILTIN_PROCESSORS } from "./builtin/index.js";
 // The ML building blocks, for benchmarks and plugins that compose them.
 export { adjustedRandIndex, inertia, kmeans } from "./ml/kmeans.js";
@@ -38,6 +39,14 @@ export { createProcessorPool, DEFAULT_WORKER_MEMORY_MB } from "./pool.js";
 export type { InvokeResult, ProcessorPool, ProcessorPoolOptions } from "./pool.js";
 export { CONSUMER_PREFIX, DEFAULT_MAX_KEYS_IN_MEMORY, startProcessorRuntime, stateKvKey } from "./runtime.js";
 export { Lease, processorLeaseKey } from "./lease.js";
+// Scale-out (`scale: partitioned`): partition streams, members and partition leases.
+export { ensurePartitionStream, PARTITION_STREAM_PREFIX, partitionOf, partitionRules, partitionStreamName } from "./partition-stream.js";
+export type { PartitionRule } from "./partition-stream.js";
+export { INSTANCE_HEADER } from "./runner.js";
+export { assignPartitions, memberKey, memberKeyPrefix, partitionConsumerName, partitionLeaseKey } from "./partitioned.js";
+export type { MemberBody } from "./partitioned.js";
+export { processorsStatus } from "./status.js";
+export type { InstanceStatus, PartitionStatus, ProcessorStatus } from "./status.js";
 export type { LeaseBody } from "./lease.js";
 export type { InvokeInput, ProcessorRuntime, ProcessorRuntimeOptions } from "./runtime.js";
 export type { ProcessorMetrics } from "./metrics.js";

@@ -4,6 +4,8 @@ export interface ProcessorMetrics {
   readonly kind: string;
   /** Whether this instance holds the processor's lease in `flex_leases` (a standby runs nothing). */
   readonly owner: boolean;
+  /** For `scale: partitioned`: the partitions this instance consumes now. */
+  readonly partitions?: readonly number[];
   /** Source events acknowledged since start (processed, skipped as already reflected, or dead-lettered). */
   readonly processed: number;
   /** Derived events published since start. */

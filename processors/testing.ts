@@ -110,11 +110,13 @@ export interface HostProcess {
   output(): string;
 }
 
-const HOST = fileURLToPath(new URL("./fixtures/host.ts", import.meta.url));
+// From the sources (tests, through tsx) or from dist/ (benches, compiled).
+const FROM_SOURCE = import.meta.url.endsWith(".ts");
+const HOST = fileURLToPath(new URL(FROM_SOURCE ? "./fixtures/host.ts" : "./fixtures/host.js", import.meta.url));
 
 /** Starts the fixture host with `env` added to this process's environment. */
 export function startHost(env: Readonly<Record<string, string>>): HostProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", HOST], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [...(FROM_SOURCE ? ["--import", "tsx"] : []), HOST], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   const ready = new Promise<void>((resolve, reject) => {
     child.stdout!.on("data", (b: Buffer) => {
