@@ -5,12 +5,11 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { AckPolicy, DeliverPolicy, jetstream } from "@nats-io/jetstream";
-import type { Consumer, ConsumerConfig, JetStreamManager, JsMsg } from "@nats-io/jetstream";
+import type { Consumer, ConsumerConfig, ConsumerMessages, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { ResolvedProcessor } from "./config.js";
 import type { Entry } from "./entry.js";
-import type { ProcessorRunner } from "./runner.js";
 
 /** How long one pull waits for messages, in ms (idle heartbeats every half of it). */
 export const FETCH_EXPIRES_MS = 5_000;
@@ -121,8 +120,24 @@ export class Deliveries {
   }
 }
 
+/** What the pull loop needs of a processor's runner (runner.ts implements it). */
+export interface FetchHost {
+  readonly cfg: ResolvedProcessor;
+  readonly lanes: number;
+  readonly stopping: boolean;
+  readonly inFlight: number;
+  readonly queued: number;
+  readonly deliveries: Deliveries;
+  readonly markers: { writeRun(requestedTo: number): Promise<void> };
+  messages: ConsumerMessages | undefined;
+  /** Resolves when there may be room for more messages. */
+  room(): Promise<void>;
+  accept(m: JsMsg): void;
+  log(line: string, level?: "warn" | "error"): void;
+}
+
 /** Pulls for `runner` until it stops, with backpressure; after an unclean stop, the careful window first. */
-export async function fetchLoop(runner: ProcessorRunner, consumer: Consumer, careful: () => Promise<void>): Promise<void> {
+export async function fetchLoop(runner: FetchHost, consumer: Consumer, careful: () => Promise<void>): Promise<void> {
   const cfg = runner.cfg;
   // Work waiting for the pool: each partition has at most one task in the pool's queue
   // and up to two batches waiting behind it. Gating on the pool's queue alone (2 tasks

@@ -109,3 +109,12 @@ export function fnv(s: string): number {
 export function stateKvKey(processor: string, tenant: string, key: string): string {
   return snapshotKey(`${tenant}.${key}`, processor);
 }
+
+/** Counters since the runner's processor started on this instance (carried over restarts). */
+export interface RunnerTotals {
+  processed: number;
+  outputs: number;
+  errors: number;
+  deadLettered: number;
+  redelivered: number;
+}

@@ -4,16 +4,18 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { AckPolicy, DeliverPolicy, jetstream } from "@nats-io/jetstream";
-import type { Consumer, JetStreamManager, JsMsg } from "@nats-io/jetstream";
+import type { Consumer, ConsumerMessages, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import { nanos } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { REDRIVE_HEADERS, snapshotKey, STREAMS, SUBJECT_ROOTS } from "../streams/index.js";
 import { FETCH_EXPIRES_MS, FETCH_RETRY_MS } from "./delivery.js";
+import type { FetchHost } from "./delivery.js";
+import type { FailureInfo } from "./outputs.js";
 import { rawOf } from "./entry.js";
-import type { Checkpoints, Entry, PendingOutput } from "./entry.js";
+import type { Checkpoints, Entry, KeyInfo, KeyState, PendingOutput, RunnerTotals } from "./entry.js";
 import { ProcessorCrashedError } from "./errors.js";
-import type { ProcessorRunner } from "./runner.js";
+
 
 /** Prefix of each processor's durable consumer of its redriven dead letters (`FLEX_REDRIVE`): `redrive_<name>`. */
 export const REDRIVE_CONSUMER_PREFIX = "redrive_";
@@ -68,6 +70,29 @@ export class Markers {
   }
 }
 
+/** What recovery (careful mode, redrive) needs of a processor's runner (runner.ts implements it). */
+export interface RecoveryHost extends FetchHost {
+  readonly markers: Markers;
+  readonly failed: boolean;
+  readonly totals: RunnerTotals;
+  redriveMessages: ConsumerMessages | undefined;
+  entryOf(m: JsMsg): Entry | undefined;
+  enqueue(entry: Entry): void;
+  startLaneOf(entry: Entry): void;
+  holdLane(i: number): Promise<{ readonly commitTail: Promise<void> } | undefined>;
+  releaseLane(i: number): void;
+  keyInfo(tenant: string, key: string): KeyInfo;
+  ensureStates(batch: readonly Entry[]): Promise<void>;
+  reflected(stateKey: string): number;
+  remember(stateKey: string, st: KeyState): void;
+  processOneByOne(entries: readonly Entry[], outputs: PendingOutput[], dlq: PendingOutput[], checkpoints: Checkpoints): Promise<number>;
+  publish(x: PendingOutput): Promise<unknown>;
+  writeCheckpoints(checkpoints: ReadonlyMap<string, { readonly json: string | null; readonly seq: number }>): Promise<void>;
+  takesRedrive(m: JsMsg, subject: string): boolean;
+  deadLetter(e: Entry, attempts: number, error: FailureInfo, reason: string): PendingOutput;
+  idle(): Promise<void>;
+}
+
 /**
  * After a run that did not stop cleanly (crash, process out of memory, kill -9), the
  * `window` deliveries it may have fetched beyond its ack floor are processed one at a
@@ -76,7 +101,7 @@ export class Markers {
  * start counts one more attempt, and at `max_deliver` attempts dead-letters it without
  * processing it again. Then the runner goes back to batches.
  */
-export async function careful(runner: ProcessorRunner, consumer: Consumer, window: number): Promise<void> {
+export async function careful(runner: RecoveryHost, consumer: Consumer, window: number): Promise<void> {
   const cfg = runner.cfg;
   const prior = await runner.markers.readHead();
   runner.log(`flexcore: processor ${cfg.name}: the last run did not stop cleanly; processing up to ${window} messages one at a time`, "warn");
@@ -130,7 +155,7 @@ export async function careful(runner: ProcessorRunner, consumer: Consumer, windo
  * consumers of the event. Each runs on the key's current state as a late event, with the
  * partition of its key held, so it never races the key's regular events.
  */
-export async function redriveLoop(runner: ProcessorRunner, nc: NatsConnection, jsm: JetStreamManager): Promise<void> {
+export async function redriveLoop(runner: RecoveryHost, nc: NatsConnection, jsm: JetStreamManager): Promise<void> {
   const cfg = runner.cfg;
   const name = `${REDRIVE_CONSUMER_PREFIX}${cfg.name}`;
   const editable = { description: `FlexCore processor ${cfg.name}: its redriven dead letters`, ack_wait: nanos(cfg.ackWaitMs), max_ack_pending: 1, max_deliver: -1 };
@@ -160,7 +185,7 @@ export async function redriveLoop(runner: ProcessorRunner, nc: NatsConnection, j
   }
 }
 
-async function redriveOne(runner: ProcessorRunner, m: JsMsg): Promise<void> {
+async function redriveOne(runner: RecoveryHost, m: JsMsg): Promise<void> {
   const cfg = runner.cfg;
   const h = m.headers;
   const subject = h?.get(REDRIVE_HEADERS.subject) ?? "";

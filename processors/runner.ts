@@ -15,7 +15,7 @@ import { createConsumer, Deliveries, fetchLoop, resetConsumer } from "./delivery
 import type { DeliverySource } from "./delivery.js";
 import { fnv, rawOf, stateKvKey } from "./entry.js";
 import { originOf } from "./partition-stream.js";
-import type { Checkpoints, Entry, KeyInfo, KeyState, Outcome, PendingOutput } from "./entry.js";
+import type { Checkpoints, Entry, KeyInfo, KeyState, Outcome, PendingOutput, RunnerTotals } from "./entry.js";
 import { ProcessorFailedError } from "./errors.js";
 import { Lease, processorLeaseKey } from "./lease.js";
 import { LatencyWindow } from "./metrics.js";
@@ -23,6 +23,7 @@ import { buildTask, checkpointMessage, collectOutputs, deadLetter } from "./outp
 import type { FailureInfo } from "./outputs.js";
 import type { ProcessorPool } from "./pool.js";
 import { careful, Markers, redriveLoop } from "./recovery.js";
+import type { RecoveryHost } from "./recovery.js";
 import type { BatchResult } from "./task.js";
 
 /** Prefix of the durable consumer of each processor: `proc_<name>`. */
@@ -86,16 +87,9 @@ export function wholePlacement(cfg: ResolvedProcessor): RunnerPlacement {
   return { source: { stream: STREAMS.events, consumerName: `${CONSUMER_PREFIX}${cfg.name}`, filters: cfg.subjects }, leaseKey: processorLeaseKey(cfg.name), markerSuffix: "", lanes: cfg.partitions };
 }
 
-/** Counters since the runner's processor started on this instance (carried over restarts). */
-export interface RunnerTotals {
-  processed: number;
-  outputs: number;
-  errors: number;
-  deadLettered: number;
-  redelivered: number;
-}
+export type { RunnerTotals } from "./entry.js";
 
-export class ProcessorRunner {
+export class ProcessorRunner implements RecoveryHost {
   readonly cfg: ResolvedProcessor;
   readonly consumerName: string;
   readonly source: DeliverySource;

@@ -259,7 +259,7 @@ async function killOneOfThree(nc: NatsConnection, natsEnv: Readonly<Record<strin
   };
   try {
     // A holds its share (2 of 6) while B and C hold theirs.
-    await waitFor(async () => held(b).length === 2 && held(c).length === 2 && (await Promise.all([0, 1, 2, 3, 4, 5].map(ownerOf))).filter((o) => o === "A").length === 2, 15_000, "6 partitions spread 2/2/2");
+    await waitFor(async () => held(b).length === 2 && held(c).length === 2 && (await Promise.all([0, 1, 2, 3, 4, 5].map(ownerOf))).filter((o) => o === "A").length === 2, 45_000, "6 partitions spread 2/2/2");
     const publishing = (async () => {
       for (let i = 0; i < total; i += 300) {
         await publishSeries(pub, tenant, "m", keys, (j) => ({ value: i + j }), 300, `${tenant}-c${i}`);
