@@ -5,8 +5,6 @@
 export type { ProcessorDefinition, ProcessorInput, ProcessorOutput, ProcessResult } from "./types.js";
 export { ConfigError, ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
 export type { ConfigIssue } from "./errors.js";
-export { array, at, boolean, collect, fail, integer, issuesOf, number, object, oneOf, required, string } from "./options.js";
-export type { NumberBounds } from "./options.js";
 export {
   DEFAULT_ACK_WAIT_MS,
   DEFAULT_BACKOFF_MS,
@@ -17,12 +15,15 @@ export {
   DEFAULT_MAX_IN_FLIGHT,
   DEFAULT_METRICS_INTERVAL_MS,
   DEFAULT_PARTITIONS,
-  duration,
+  issuesOf,
   loadConfig,
   parseConfig,
   pipelineSections,
+  PROCESSOR_SCHEMA,
+  PROCESSORS_SCHEMA,
   processorsSection,
   resolveConfigPath,
+  RUNTIME_SCHEMA,
   runtimeSection,
 } from "./config.js";
 export type { ConfigSections, ProcessorConfig, ResolvedProcessor, RuntimeConfig, SectionValidator } from "./config.js";
