@@ -44,7 +44,7 @@ export { openRevocations } from "./revocations.js";
 export type { Revocations, RevocationsOptions } from "./revocations.js";
 export { DEFAULT_AUTH_SWEEP_BATCH, DEFAULT_AUTH_SWEEP_INTERVAL_MS, DEFAULT_MARKER_GRACE_MS, openAuthSweeper } from "./auth-sweep.js";
 export type { AuthSweeper, AuthSweeperOptions, SweepReport } from "./auth-sweep.js";
-export { EXTERNAL_ISSUER_ENV, externalIssuerOptions, gatewaySection } from "./config.js";
+export { EXTERNAL_ISSUER_ENV, externalIssuerOptions, GATEWAY_SCHEMA, gatewaySection } from "./config.js";
 export type { ExternalIssuerConfig, GatewayConfig } from "./config.js";
 export { openSessions, revokeUserSessions, SESSION_PREFIX } from "./sessions.js";
 export type { SessionService, TokenPair } from "./sessions.js";
