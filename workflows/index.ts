@@ -2,7 +2,7 @@
 export { createWorkflowClient, DEFAULT_WAIT_POLL_MS } from "./client.js";
 export type { WorkflowClient } from "./client.js";
 export { DEFAULT_MAX_RUNS, DEFAULT_POLL_MS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
-export { TRIGGER_MAX_DELIVER } from "./runner.js";
+export { TRIGGER_MAX_DELIVER } from "./triggers.js";
 export type { WorkflowRunner, WorkflowRunnerOptions, WorkflowRunnerStats } from "./runner.js";
 export type { ProcessorInvoker } from "./steps.js";
 export type { StartOptions, StartResult } from "./start.js";
