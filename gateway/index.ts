@@ -28,8 +28,8 @@ export {
   DEFAULT_MAX_WAIT_MS,
   DEFAULT_PAGE_SIZE,
   DEFAULT_REQUEST_TIMEOUT_MS,
-  NO_AUTH_TENANT,
 } from "./gateway.js";
+export { NO_AUTH_TENANT } from "./auth-hook.js";
 export type { Gateway, GatewayOptions, Limits, ReadinessCheck } from "./gateway.js";
 export type { ErrorBody } from "./http-errors.js";
 export { DEFAULT_RSA_BITS, openKeyStore, SIGNING_ALG } from "./keys.js";
