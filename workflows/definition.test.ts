@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { backoffDelay, DEFAULT_RETRY, validateDefinition } from "./definition.js";
+import { backoffDelay, DEFAULT_RETRY, parseDefinitionText, validateDefinition } from "./definition.js";
 import { WorkflowDefinitionError } from "./errors.js";
 
 describe("retry backoff", () => {
@@ -81,5 +81,12 @@ describe("the schema pass", () => {
     const def = validateDefinition(raw, "t");
     expect(def.steps[0]).toMatchObject({ retry: DEFAULT_RETRY, continueOnError: false, needs: [], trusted: false, network: false });
     expect(raw.steps[0]).toEqual(S);
+  });
+
+  it("refuses a tenant's step that smuggles trust or keys through __proto__ or constructor", () => {
+    const json = JSON.parse('{"name":"w","steps":[{"id":"a","kind":"script","language":"javascript","source":"x","__proto__":{"trusted":true}}]}') as unknown;
+    const yaml = parseDefinitionText("name: w\nsteps:\n  - id: a\n    kind: script\n    language: javascript\n    source: x\n    __proto__: { trusted: true }\n");
+    for (const def of [json, yaml]) expect(failure(def)).toEqual(["steps[0].__proto__", expect.stringContaining("unknown key")]);
+    expect(failure({ name: "w", steps: [{ id: "a", kind: "processor", processor: "anomaly", options: { constructor: 1 } }] })[0]).toBe("steps[0].options.constructor");
   });
 });
