@@ -40,11 +40,18 @@ export interface SchemaValidator<T> {
 /** The JSON Schema dialect of every FlexCore schema. */
 export const SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema";
 
-// strictRequired is off so `if: { required: [key] }` can pick a branch by the key it holds.
-const ajv = new Ajv2020({ allErrors: true, useDefaults: true, strict: true, strictRequired: false, allowUnionTypes: true, verbose: true });
-// ajv-formats is CommonJS; its default export arrives as the module under NodeNext.
-(((formats as unknown as { default?: typeof formats }).default ?? formats) as unknown as (a: Ajv2020) => void)(ajv);
-ajv.addKeyword({ keyword: "expected", schemaType: "string" });
+let shared: Ajv2020 | undefined;
+
+/** The one ajv instance, made on first use (importing `streams/` does no work). */
+function ajv(): Ajv2020 {
+  if (shared) return shared;
+  // strictRequired is off so `if: { required: [key] }` can pick a branch by the key it holds.
+  const a = new Ajv2020({ allErrors: true, useDefaults: true, strict: true, strictRequired: false, allowUnionTypes: true, verbose: true });
+  // ajv-formats is CommonJS; its default export arrives as the module under NodeNext.
+  (((formats as unknown as { default?: typeof formats }).default ?? formats) as unknown as (i: Ajv2020) => void)(a);
+  a.addKeyword({ keyword: "expected", schemaType: "string" });
+  return (shared = a);
+}
 
 /** Shows a received value in a message: `"ten"`, `3.5`, `an array`, `an object`, `nothing`. */
 export function shown(value: unknown): string {
@@ -153,16 +160,22 @@ function issuesOf(errors: readonly ErrorObject[], base: string, root: string): S
 }
 
 /**
- * Compiles `schema` once. `root` names the document itself in issues (`(root)`, `$`).
- * @throws Error when the schema itself is invalid (a programming error)
+ * A validator of `schema`, compiled once, on its first check (so modules can declare their
+ * validators without doing work when imported). `rootName` names the document itself in
+ * issues (`(root)`, `$`).
+ * @throws Error from the first check when the schema itself is invalid (a programming error)
  */
 export function compileSchema<T>(schema: JsonSchema, rootName = "(root)"): SchemaValidator<T> {
-  // A root `default` speaks to a parent schema that embeds this one; ajv (strict) refuses it at the root.
-  const { default: _unused, ...root } = schema;
-  const validate: ValidateFunction = ajv.compile(root);
+  let compiled: ValidateFunction | undefined;
+  const compile = (): ValidateFunction => {
+    // A root `default` speaks to a parent schema that embeds this one; ajv (strict) refuses it at the root.
+    const { default: _unused, ...root } = schema;
+    return (compiled = ajv().compile(root));
+  };
   return {
     schema,
     check(raw, path) {
+      const validate = compiled ?? compile();
       // useDefaults writes into the value: validate a copy, so the caller's stays as given.
       let value: unknown;
       try {
