@@ -1,7 +1,9 @@
 import { readFileSync } from "node:fs";
 import { isAbsolute, resolve } from "node:path";
-import { array, at, collect, ConfigError, duration, fail, object, string } from "../processors/index.js";
+import { ConfigError } from "../processors/index.js";
 import type { SectionValidator } from "../processors/index.js";
+import { compileSchema, durationMs, durationSchema, issue, pathAt } from "../streams/index.js";
+import type { JsonSchema } from "../streams/index.js";
 import { DEFAULT_AUTH_SWEEP_INTERVAL_MS } from "./auth-sweep.js";
 import { DEFAULT_EXTERNAL_CLOCK_TOLERANCE_S } from "./tokens.js";
 import type { ExternalIssuerOptions } from "./tokens.js";
@@ -51,46 +53,69 @@ export const EXTERNAL_ISSUER_ENV: Readonly<Record<ExternalKey, string>> = {
 };
 const LISTS: ReadonlySet<ExternalKey> = new Set(["typ", "algorithms"]);
 
-const CLAIM = { re: /^[A-Za-z0-9_:./-]{1,128}$/u, describe: "a claim name (letters, digits, `_ : . / -`)" };
+const CLAIM_SCHEMA: JsonSchema = { type: "string", pattern: "^[A-Za-z0-9_:./-]{1,128}$", expected: "a claim name (letters, digits, `_ : . / -`)" };
+const STRING_LIST: JsonSchema = { anyOf: [{ type: "string", minLength: 1 }, { type: "array", minItems: 1, items: { type: "string", minLength: 1 } }], expected: "a string or a non-empty list of strings" };
+const MAX_CLOCK_TOLERANCE_MS = 3_600_000;
 
-function stringList(raw: unknown, path: string): string[] {
-  if (typeof raw === "string") return [string(raw, path, "")];
-  return array(raw, path, (v, p) => string(v, p, ""), { minLength: 1 });
+/** Schema of `gateway.external_issuer` (a bare `clock_tolerance` number is seconds). */
+export const EXTERNAL_ISSUER_SCHEMA: JsonSchema = {
+  type: "object",
+  additionalProperties: false,
+  required: ["issuer", "audience"],
+  properties: {
+    issuer: { type: "string", minLength: 1, expected: "the issuer (`iss`) of the tokens" },
+    audience: { type: "string", minLength: 1, expected: "the audience (`aud`) the tokens are for" },
+    jwks_url: { type: "string", format: "uri", pattern: "^https?://", expected: "an http(s) URL" },
+    public_key_file: { type: "string", minLength: 1 },
+    tenant_claim: { ...CLAIM_SCHEMA, default: "tenant" },
+    roles_claim: { ...CLAIM_SCHEMA, default: "roles" },
+    typ: STRING_LIST,
+    algorithms: STRING_LIST,
+    clock_tolerance: { anyOf: [{ type: "number", minimum: 0, maximum: MAX_CLOCK_TOLERANCE_MS / 1000 }, durationSchema(0)], default: DEFAULT_EXTERNAL_CLOCK_TOLERANCE_S, expected: "a duration (seconds, or \"500ms\", \"30s\", \"1m\"; at most 1h)" },
+  },
+  oneOf: [{ required: ["jwks_url"] }, { required: ["public_key_file"] }],
+};
+
+/** Schema of the `gateway:` section. */
+export const GATEWAY_SCHEMA: JsonSchema = {
+  type: "object",
+  additionalProperties: false,
+  default: {},
+  properties: {
+    external_issuer: EXTERNAL_ISSUER_SCHEMA,
+    auth_sweep_interval: durationSchema(0, DEFAULT_AUTH_SWEEP_INTERVAL_MS),
+  },
+};
+
+interface RawIssuer {
+  issuer: string;
+  audience: string;
+  jwks_url?: string;
+  public_key_file?: string;
+  tenant_claim: string;
+  roles_claim: string;
+  typ?: string | string[];
+  algorithms?: string | string[];
+  clock_tolerance: number | string;
 }
 
+const sectionValidator = compileSchema<{ auth_sweep_interval: number | string }>({ ...GATEWAY_SCHEMA, properties: { ...(GATEWAY_SCHEMA.properties as object), external_issuer: {} } });
+const issuerValidator = compileSchema<RawIssuer>(EXTERNAL_ISSUER_SCHEMA);
+
+const list = (v: string | string[] | undefined): string[] | undefined => (v === undefined ? undefined : typeof v === "string" ? [v] : v);
+
 function externalIssuer(raw: Record<string, unknown>, path: string, root: string): ExternalIssuerConfig {
-  const [issuer, audience, jwksUrl, publicKeyFile, tenantClaim, rolesClaim, typ, algorithms, toleranceMs] = collect([
-    () => string(raw.issuer ?? fail(at(path, "issuer"), "the issuer (`iss`) of the tokens", raw.issuer), at(path, "issuer"), ""),
-    () => string(raw.audience ?? fail(at(path, "audience"), "the audience (`aud`) the tokens are for", raw.audience), at(path, "audience"), ""),
-    () => {
-      if (raw.jwks_url === undefined) return undefined;
-      const url = string(raw.jwks_url, at(path, "jwks_url"), "");
-      let ok = false;
-      try {
-        ok = ["https:", "http:"].includes(new URL(url).protocol);
-      } catch {
-        ok = false;
-      }
-      if (!ok) fail(at(path, "jwks_url"), "an http(s) URL", raw.jwks_url);
-      return url;
-    },
-    () => {
-      if (raw.public_key_file === undefined) return undefined;
-      const file = string(raw.public_key_file, at(path, "public_key_file"), "");
-      return isAbsolute(file) ? file : resolve(root, file);
-    },
-    () => string(raw.tenant_claim, at(path, "tenant_claim"), "tenant", CLAIM),
-    () => string(raw.roles_claim, at(path, "roles_claim"), "roles", CLAIM),
-    () => (raw.typ === undefined ? undefined : stringList(raw.typ, at(path, "typ"))),
-    () => (raw.algorithms === undefined ? undefined : stringList(raw.algorithms, at(path, "algorithms"))),
-    // A bare number is seconds here (clock skew is said in seconds); strings take units.
-    () => duration(typeof raw.clock_tolerance === "number" ? raw.clock_tolerance * 1000 : raw.clock_tolerance, at(path, "clock_tolerance"), DEFAULT_EXTERNAL_CLOCK_TOLERANCE_S * 1000, 0),
-  ] as const);
-  if ((jwksUrl === undefined) === (publicKeyFile === undefined)) {
-    throw new ConfigError([{ path: at(path, "jwks_url"), message: "give exactly one of jwks_url and public_key_file" }]);
-  }
-  if (toleranceMs > 3_600_000) fail(at(path, "clock_tolerance"), "at most 1h", raw.clock_tolerance);
-  return { issuer, audience, jwksUrl, publicKeyFile, tenantClaim, rolesClaim, typ, algorithms, clockToleranceSeconds: toleranceMs / 1000 };
+  const checked = issuerValidator.check(raw, path);
+  const issues = [...checked.issues];
+  // The schema's oneOf (exactly one key source) reports at the object; name the key as users expect.
+  const oneKey = issues.findIndex((i) => i.path === path);
+  if (oneKey >= 0 && raw !== null && typeof raw === "object" && !Array.isArray(raw)) issues.splice(oneKey, 1, { path: pathAt(path, "jwks_url"), message: "give exactly one of jwks_url and public_key_file" });
+  const o = checked.value;
+  const toleranceMs = o === undefined ? 0 : typeof o.clock_tolerance === "number" ? o.clock_tolerance * 1000 : durationMs(o.clock_tolerance, pathAt(path, "clock_tolerance"), 0, issues);
+  if (toleranceMs > MAX_CLOCK_TOLERANCE_MS) issues.push(issue(pathAt(path, "clock_tolerance"), "at most 1h", o?.clock_tolerance));
+  if (o === undefined || issues.length > 0) throw new ConfigError(issues);
+  const publicKeyFile = o.public_key_file === undefined ? undefined : isAbsolute(o.public_key_file) ? o.public_key_file : resolve(root, o.public_key_file);
+  return { issuer: o.issuer, audience: o.audience, jwksUrl: o.jwks_url, publicKeyFile, tenantClaim: o.tenant_claim, rolesClaim: o.roles_claim, typ: list(o.typ), algorithms: list(o.algorithms), clockToleranceSeconds: toleranceMs / 1000 };
 }
 
 /**
@@ -100,31 +125,33 @@ function externalIssuer(raw: Record<string, unknown>, path: string, root: string
  */
 export function gatewaySection(env: Readonly<Record<string, string | undefined>> = process.env, root = process.cwd()): SectionValidator<GatewayConfig> {
   return (raw, path) => {
-    const o = object(raw, path, ["external_issuer", "auth_sweep_interval"], true);
-    const issuerPath = at(path, "external_issuer");
-    const fromFile = o.external_issuer === undefined ? undefined : object(o.external_issuer, issuerPath, EXTERNAL_KEYS);
+    const checked = sectionValidator.check(raw ?? {}, path);
+    const issues = [...checked.issues];
+    const o = checked.value;
+    const issuerPath = pathAt(path, "external_issuer");
+    const fromFile = o === undefined || raw === undefined || raw === null ? undefined : ((raw as Record<string, unknown>).external_issuer as Record<string, unknown> | undefined);
     const fromEnv: Record<string, unknown> = {};
     for (const key of EXTERNAL_KEYS) {
       const value = env[EXTERNAL_ISSUER_ENV[key]];
       if (value === undefined || value === "") continue;
       fromEnv[key] = LISTS.has(key) ? value.split(",").map((v) => v.trim()).filter(Boolean) : key === "clock_tolerance" && /^\d+(\.\d+)?$/u.test(value) ? Number(value) : value;
     }
-    const merged = fromFile === undefined && Object.keys(fromEnv).length === 0 ? undefined : { ...fromFile, ...fromEnv };
+    const fileIsObject = fromFile !== null && typeof fromFile === "object" && !Array.isArray(fromFile);
+    const merged = fromFile === undefined && Object.keys(fromEnv).length === 0 ? undefined : fileIsObject || fromFile === undefined ? { ...fromFile, ...fromEnv } : fromFile;
     // Name the variable in errors about a value that came from the environment.
     let externalIssuerConfig: ExternalIssuerConfig | undefined;
     try {
-      externalIssuerConfig = merged === undefined ? undefined : externalIssuer(merged, issuerPath, root);
+      externalIssuerConfig = merged === undefined ? undefined : externalIssuer(merged as Record<string, unknown>, issuerPath, root);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
-      throw new ConfigError(err.issues.map((i) => {
-        const key = EXTERNAL_KEYS.find((k) => i.path === at(issuerPath, k) || i.path.startsWith(`${at(issuerPath, k)}[`));
+      issues.push(...err.issues.map((i) => {
+        const key = EXTERNAL_KEYS.find((k) => i.path === pathAt(issuerPath, k) || i.path.startsWith(`${pathAt(issuerPath, k)}[`));
         return key !== undefined && key in fromEnv ? { ...i, path: `${i.path} (from ${EXTERNAL_ISSUER_ENV[key]})` } : i;
       }));
     }
-    return {
-      externalIssuer: externalIssuerConfig,
-      authSweepIntervalMs: duration(o.auth_sweep_interval, at(path, "auth_sweep_interval"), DEFAULT_AUTH_SWEEP_INTERVAL_MS, 0),
-    };
+    const authSweepIntervalMs = o === undefined ? 0 : durationMs(o.auth_sweep_interval, pathAt(path, "auth_sweep_interval"), 0, issues);
+    if (issues.length > 0) throw new ConfigError(issues);
+    return { externalIssuer: externalIssuerConfig, authSweepIntervalMs };
   };
 }
 

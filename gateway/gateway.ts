@@ -1,20 +1,21 @@
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import Fastify, { LogController } from "fastify";
-import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, onRequestHookHandler, onResponseHookHandler } from "fastify";
+import type { FastifyBaseLogger, FastifyInstance, onResponseHookHandler } from "fastify";
 import swagger from "@fastify/swagger";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createDeadLetters, createEventStore, createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { ForbiddenError, RequestTimeoutError, TokenTooLargeError, UnauthenticatedError, UnsupportedMediaTypeError } from "./errors.js";
+import { createAuthHook } from "./auth-hook.js";
+import { createDeadlines } from "./deadlines.js";
 import { notFoundBody, toHttpError } from "./http-errors.js";
 import { openKeyStore } from "./keys.js";
 import type { KeyStore, KeyStoreOptions } from "./keys.js";
 import { createMetrics } from "./metrics.js";
 import { createRouteReports } from "./route-reports.js";
 import type { GatewayMetrics, LagSources, MetricSources, PublisherReading } from "./metrics.js";
-import { POLICY, ROLES } from "./policy.js";
+import { POLICY } from "./policy.js";
 import type { PolicyName } from "./policy.js";
 import rateLimit from "@fastify/rate-limit";
 import { clientRateLimit, resolveRateLimit, SIGN_IN_RATE_LIMIT, tenantRateLimit } from "./rate-limit.js";
@@ -36,7 +37,7 @@ import { registerStreamRoutes } from "./routes/streams.js";
 import { registerUserRoutes } from "./routes/users.js";
 import { openSessions } from "./sessions.js";
 import type { SessionService } from "./sessions.js";
-import { createTokenIssuer, createTokenVerifier, MAX_TOKEN_BYTES } from "./tokens.js";
+import { createTokenIssuer, createTokenVerifier } from "./tokens.js";
 import type { ExternalIssuerOptions, LocalIssuerOptions, Principal, TokenIssuer, TokenVerifier } from "./tokens.js";
 import { openUserStore } from "./users.js";
 import { projectionReadModels } from "./projection-read-models.js";
@@ -75,8 +76,6 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 export const DEFAULT_MAX_WAIT_MS = 5_000;
 /** Projection lag above which `/readyz` fails, in events. */
 export const DEFAULT_MAX_READY_LAG = 10_000;
-/** Tenant of every request when `auth` is false. */
-export const NO_AUTH_TENANT = "public";
 
 /** Options of {@link createGateway}. */
 export interface GatewayOptions {
@@ -206,17 +205,11 @@ export interface Gateway extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-function hasBody(request: FastifyRequest): boolean {
-  return request.headers["transfer-encoding"] !== undefined || (request.headers["content-length"] !== undefined && request.headers["content-length"] !== "0");
-}
-
 function int(field: string, value: number | undefined, fallback: number, min: number): number {
   if (value === undefined) return fallback;
   if (!Number.isInteger(value) || value < min) throw new InvalidOptionError(field, value, `an integer from ${min} and up`);
   return value;
 }
-
-const PUBLIC_PRINCIPAL: Principal = { tenant: NO_AUTH_TENANT, subject: "anonymous", roles: [...ROLES], jti: "none", sid: undefined, expiresAt: Number.MAX_SAFE_INTEGER };
 
 /** Creates the HTTP gateway (Fastify): auth, tenancy, RBAC, routes, limits, metrics and OpenAPI. */
 export async function createGateway(options: GatewayOptions): Promise<Gateway> {
@@ -364,42 +357,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     return hook;
   };
 
-  const authenticate = (policy: PolicyName, accepts: readonly string[] | undefined): onRequestHookHandler => {
-    const allowed = new Set<string>(POLICY[policy]);
-    const admit = (request: FastifyRequest, principal: Principal): void => {
-      if (!principal.roles.some((r) => allowed.has(r))) throw new ForbiddenError(policy, POLICY[policy], principal.roles);
-      request.principal = principal;
-      if (accepts && hasBody(request)) {
-        const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
-        if (!type || !accepts.includes(type)) throw new UnsupportedMediaTypeError(request.headers["content-type"], accepts);
-      }
-    };
-    // Callback style, so a token already in the cache costs no promise: most requests.
-    return (request, _reply, done) => {
-      try {
-        if (!authOn) {
-          admit(request, PUBLIC_PRINCIPAL);
-          return done();
-        }
-        const header = request.headers.authorization;
-        if (header === undefined) throw new UnauthenticatedError("missing Authorization: Bearer <token>");
-        if (header.length > MAX_TOKEN_BYTES + 7) throw new TokenTooLargeError(header.length, MAX_TOKEN_BYTES);
-        if (header.length < 8 || header.slice(0, 7).toLowerCase() !== "bearer ") throw new UnauthenticatedError("expected Authorization: Bearer <token>");
-        const token = header.slice(7).trim();
-        const cached = verifier!.verifyCached(token);
-        if (cached) {
-          admit(request, cached);
-          return done();
-        }
-        verifier!.verify(token).then((principal) => {
-          admit(request, principal);
-          done();
-        }).catch((err: unknown) => done(err as Error));
-      } catch (err) {
-        done(err as Error);
-      }
-    };
-  };
+  const authenticate = createAuthHook(authOn ? verifier : undefined);
 
   const observe = (url: string): onResponseHookHandler => {
     const labels = new Map<string, { method: string; route: string; status: string }>();
@@ -428,34 +386,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
     void reply.code(404).send(notFoundBody(request.method, request.url));
   });
 
-  const timed = async <T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> => {
-    const ac = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        const err = new RequestTimeoutError(limits.requestTimeoutMs);
-        ac.abort(err);
-        reject(err);
-      }, limits.requestTimeoutMs);
-    });
-    try {
-      return await Promise.race([fn(ac.signal), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
-
-  const deadline = async <T>(work: Promise<T>): Promise<T> => {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new RequestTimeoutError(limits.requestTimeoutMs)), limits.requestTimeoutMs);
-    });
-    try {
-      return await Promise.race([work, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
+  const { timed, deadline } = createDeadlines(limits.requestTimeoutMs);
 
   const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInRateLimit: clientRateLimit(signInLimiter), readModels, workflows, readiness: options.readiness ?? {}, timed, deadline };
   registerHealthRoutes(ctx);

@@ -28,8 +28,8 @@ export {
   DEFAULT_MAX_WAIT_MS,
   DEFAULT_PAGE_SIZE,
   DEFAULT_REQUEST_TIMEOUT_MS,
-  NO_AUTH_TENANT,
 } from "./gateway.js";
+export { NO_AUTH_TENANT } from "./auth-hook.js";
 export type { Gateway, GatewayOptions, Limits, ReadinessCheck } from "./gateway.js";
 export type { ErrorBody } from "./http-errors.js";
 export { DEFAULT_RSA_BITS, openKeyStore, SIGNING_ALG } from "./keys.js";
@@ -44,7 +44,7 @@ export { openRevocations } from "./revocations.js";
 export type { Revocations, RevocationsOptions } from "./revocations.js";
 export { DEFAULT_AUTH_SWEEP_BATCH, DEFAULT_AUTH_SWEEP_INTERVAL_MS, DEFAULT_MARKER_GRACE_MS, openAuthSweeper } from "./auth-sweep.js";
 export type { AuthSweeper, AuthSweeperOptions, SweepReport } from "./auth-sweep.js";
-export { EXTERNAL_ISSUER_ENV, externalIssuerOptions, gatewaySection } from "./config.js";
+export { EXTERNAL_ISSUER_ENV, externalIssuerOptions, GATEWAY_SCHEMA, gatewaySection } from "./config.js";
 export type { ExternalIssuerConfig, GatewayConfig } from "./config.js";
 export { openSessions, revokeUserSessions, SESSION_PREFIX } from "./sessions.js";
 export type { SessionService, TokenPair } from "./sessions.js";

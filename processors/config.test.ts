@@ -2,7 +2,9 @@ import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
-import { ConfigError, integer, object, parseConfig, pipelineSections } from "./index.js";
+import { compileSchema } from "../streams/index.js";
+import { ConfigError, parseConfig, pipelineSections } from "./index.js";
+import { checkOptions } from "./options.js";
 
 const sections = pipelineSections({ threads: 2 });
 const ROOT_CONFIG = fileURLToPath(new URL("../flexcore.yaml", import.meta.url));
@@ -45,22 +47,27 @@ processors:
 runtime: { threads: 0, metrics_interval: soon }
 workflow: []
 `;
+    // Every mistake of every entry at once: the schema's, then what only code can check.
     expect(issues(yaml)).toEqual([
       "workflow: unknown key; expected one of processors, runtime",
       'processors[2].options.method: expected one of "zscore", "robust", "ewma", "iforest", got "magic"',
       'processors[2].options.window: expected integer ≥ 2, got "ten"',
       "processors[3].colour: unknown key; expected one of name, kind, subjects, options, partitions, batch_size, max_deliver, backoff, ack_wait, max_in_flight, scale",
+      'processors[3].name: expected a name of letters, digits, `-` and `_` (at most 64, starting with a letter or digit), got "bad name"',
+      "processors[3].partitions: expected integer ≥ 1 and ≤ 256, got 0",
+      'processors[3].backoff[0]: expected a duration ≥ 0 ms (milliseconds, or "500ms", "2s", "1m"), got "fast"',
+      'processors[3].kind: expected one of "anomaly", "clustering", "forecast", "classify", "nlp", "vision", "recommend", "auto", got "nope"',
+      'processors[3].subjects[0]: expected a filter on FLEX_EVENTS (starting with evt.), got "drv.>"',
+      expect.stringMatching(/^processors\[3\]\.subjects\[1\]: expected a valid subject filter/),
+      'processors[4].name: duplicate name "a" (also processors[0])',
       "runtime.threads: expected integer ≥ 1 and ≤ 256, got 0",
       'runtime.metrics_interval: expected a duration ≥ 100 ms (milliseconds, or "500ms", "2s", "1m"), got "soon"',
     ]);
-    // Once the unknown key is gone, the rest of the entry is checked too.
-    const entry = issues(`processors:\n  - { name: "bad name", kind: nope, subjects: ["drv.>", "evt..x"], partitions: 0, backoff: [fast] }\n`);
-    expect(entry[0]).toMatch(/^processors\[0\]\.name: expected a name of letters/);
-    expect(entry[1]).toMatch(/^processors\[0\]\.kind: expected one of "anomaly"/);
-    expect(entry[2]).toMatch(/^processors\[0\]\.subjects\[0\]: expected a filter on FLEX_EVENTS/);
-    expect(entry[3]).toMatch(/^processors\[0\]\.subjects\[1\]: expected a valid subject filter/);
-    expect(entry[4]).toBe("processors[0].partitions: expected integer ≥ 1 and ≤ 256, got 0");
-    expect(entry[5]).toMatch(/^processors\[0\]\.backoff\[0\]: expected a duration/);
+    expect(issues(`processors:\n  - { name: a, subjects: [], ack_wait: 0.5s }\n`)).toEqual([
+      "processors[0].kind: expected a processor kind (anomaly, clustering, forecast, classify, nlp, vision, recommend, auto), got nothing",
+      "processors[0].subjects: expected a list of at least 1 item(s), got an empty list",
+    ]);
+    expect(issues(`processors:\n  - { name: a, kind: anomaly, subjects: [evt.>], ack_wait: 0.5s }\n`)).toEqual(['processors[0].ack_wait: expected a duration ≥ 1000 ms (milliseconds, or "500ms", "2s", "1m"), got "0.5s"']);
     expect(issues(`processors:\n  - { name: a, kind: anomaly, subjects: ["evt.>"] }\n  - { name: a, kind: anomaly, subjects: ["evt.>"] }\n`)).toEqual(['processors[1].name: duplicate name "a" (also processors[0])']);
   });
 
@@ -71,10 +78,8 @@ workflow: []
   });
 
   it("takes other areas' sections", () => {
-    const workflows = (raw: unknown, path: string): { retries: number } => {
-      const o = object(raw, path, ["retries"], true);
-      return { retries: integer(o.retries, `${path}.retries`, 3, { min: 0 }) };
-    };
+    const schema = compileSchema<{ retries: number }>({ type: "object", additionalProperties: false, properties: { retries: { type: "integer", minimum: 0, default: 3 } } });
+    const workflows = (raw: unknown, path: string): { retries: number } => checkOptions(schema, raw, path);
     expect(parseConfig("workflows: { retries: 5 }\n", { ...sections, workflows }).workflows).toEqual({ retries: 5 });
     expect(issues("workflows: { retries: -1 }\n", { workflows })).toEqual(["workflows.retries: expected integer ≥ 0, got -1"]);
   });

@@ -7,12 +7,14 @@
 import { readFile } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import { parseDocument } from "yaml";
-import { checkSubjectFilter } from "../streams/index.js";
+import { checkSubjectFilter, compileSchema, durationMs, durationSchema, expectedOf, hasIssueAt, issue, pathAt } from "../streams/index.js";
+import type { JsonSchema } from "../streams/index.js";
 import { BUILTIN_PROCESSORS } from "./builtin/index.js";
 import { ConfigError, PartitionFilterError } from "./errors.js";
 import type { ConfigIssue } from "./errors.js";
-import { array, at, collect, fail, integer, issuesOf, object, string } from "./options.js";
+import { checkOptions, integerSchema, objectSchema, throwIssues } from "./options.js";
 import { partitionRules } from "./partition-stream.js";
+import { DEFAULT_WORKER_MEMORY_MB } from "./pool.js";
 import type { ProcessorDefinition } from "./types.js";
 
 /** File read when neither an explicit path nor `FLEXCORE_CONFIG` is given. */
@@ -89,27 +91,71 @@ export interface RuntimeConfig {
   readonly leaseTtlMs: number;
 }
 
-const PROCESSOR_KEYS = ["name", "kind", "subjects", "options", "partitions", "batch_size", "max_deliver", "backoff", "ack_wait", "max_in_flight", "scale"] as const;
-const RUNTIME_KEYS = ["threads", "worker_memory_mb", "metrics_interval", "max_keys_in_memory", "instance_id", "lease_ttl"] as const;
-const NAME = { re: /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/u, describe: "a name of letters, digits, `-` and `_` (at most 64, starting with a letter or digit)" };
-const INSTANCE = { re: /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/u, describe: "an instance id of letters, digits, `.`, `:`, `-` and `_` (at most 128)" };
+const NAME_SCHEMA: JsonSchema = { type: "string", pattern: "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", expected: "a name of letters, digits, `-` and `_` (at most 64, starting with a letter or digit)" };
 /** How long a processor lease lasts unrenewed: the `flex_leases` bucket's default max age. */
 export const DEFAULT_LEASE_TTL_MS = 30_000;
-const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m)$/u;
-const UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1_000, m: 60_000 };
+const ACK_WAIT_MIN_MS = 1_000;
+const METRICS_INTERVAL_MIN_MS = 100;
+const LEASE_TTL_MIN_MS = 200;
 
-/** A duration: a number of milliseconds or a string such as `500ms`, `2s`, `1m`. */
-export function duration(raw: unknown, path: string, fallback: number, min = 0): number {
-  if (raw === undefined) return fallback;
-  let ms: number | undefined;
-  if (typeof raw === "number" && Number.isFinite(raw)) ms = raw;
-  else if (typeof raw === "string") {
-    const m = DURATION.exec(raw.trim());
-    if (m) ms = Number(m[1]) * UNIT_MS[m[2]!]!;
-  }
-  if (ms === undefined || ms < min) fail(path, `a duration ≥ ${min} ms (milliseconds, or "500ms", "2s", "1m")`, raw);
-  return Math.round(ms);
+/** Schema of one entry of `processors:` (its `options` are checked by the kind's own schema). */
+export const PROCESSOR_SCHEMA: JsonSchema = {
+  type: "object",
+  additionalProperties: false,
+  required: ["name", "kind", "subjects"],
+  properties: {
+    name: NAME_SCHEMA,
+    kind: { type: "string", minLength: 1, expected: "a processor kind (anomaly, clustering, forecast, classify, nlp, vision, recommend, auto)" },
+    subjects: { type: "array", minItems: 1, items: { type: "string", minLength: 1, expected: "a subject filter such as evt.*.sensor.*" } },
+    options: { type: "object", default: {}, expected: "the kind's options (an object)" },
+    partitions: integerSchema(DEFAULT_PARTITIONS, 1, 256),
+    batch_size: integerSchema(DEFAULT_PROCESSOR_BATCH_SIZE, 1, 65_536),
+    max_deliver: integerSchema(DEFAULT_MAX_DELIVER, 1, 1_000),
+    backoff: { type: "array", minItems: 1, items: durationSchema(0), default: [...DEFAULT_BACKOFF_MS] },
+    ack_wait: durationSchema(ACK_WAIT_MIN_MS, DEFAULT_ACK_WAIT_MS),
+    max_in_flight: integerSchema(DEFAULT_MAX_IN_FLIGHT, 1, 1_000_000),
+    scale: { enum: [...PROCESSOR_SCALES], default: "single", expected: PROCESSOR_SCALES.map((x) => JSON.stringify(x)).join(" or ") },
+  },
+};
+
+/** Schema of `processors:`. */
+export const PROCESSORS_SCHEMA: JsonSchema = { type: "array", items: PROCESSOR_SCHEMA, default: [] };
+
+/** Schema of `runtime:` (`threads` defaults to the number of CPUs, which a schema cannot say). */
+export const RUNTIME_SCHEMA: JsonSchema = objectSchema({
+  threads: integerSchema(undefined, 1, 256),
+  worker_memory_mb: integerSchema(DEFAULT_WORKER_MEMORY_MB, 0, 65_536),
+  metrics_interval: durationSchema(METRICS_INTERVAL_MIN_MS, DEFAULT_METRICS_INTERVAL_MS),
+  max_keys_in_memory: integerSchema(100_000, 1),
+  instance_id: { type: "string", pattern: "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", expected: "an instance id of letters, digits, `.`, `:`, `-` and `_` (at most 128)" },
+  lease_ttl: durationSchema(LEASE_TTL_MIN_MS, DEFAULT_LEASE_TTL_MS),
+});
+
+interface RawProcessor {
+  name: string;
+  kind: string;
+  subjects: string[];
+  options: Record<string, unknown>;
+  partitions: number;
+  batch_size: number;
+  max_deliver: number;
+  backoff: Array<number | string>;
+  ack_wait: number | string;
+  max_in_flight: number;
+  scale: ProcessorScale;
 }
+
+interface RawRuntime {
+  threads?: number;
+  worker_memory_mb: number;
+  metrics_interval: number | string;
+  max_keys_in_memory: number;
+  instance_id?: string;
+  lease_ttl: number | string;
+}
+
+const processorValidator = compileSchema<RawProcessor>(PROCESSOR_SCHEMA);
+const runtimeValidator = compileSchema<RawRuntime>(RUNTIME_SCHEMA);
 
 /** Where the configuration is read from: `explicit`, else `$FLEXCORE_CONFIG`, else `<root>/flexcore.yaml`. */
 export function resolveConfigPath(root: string, explicit?: string): string {
@@ -138,13 +184,10 @@ export function parseConfig<V extends Readonly<Record<string, SectionValidator<u
   const raw: unknown = doc.toJS() ?? {};
   const issues: ConfigIssue[] = [];
   let top: Record<string, unknown> = {};
-  try {
-    top = object(raw, "", Object.keys(sections));
-  } catch (err) {
-    issues.push(...issuesOf(err, ""));
-    if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw new ConfigError(issues, file);
-    top = raw as Record<string, unknown>;
-  }
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw new ConfigError([issue("(root)", "an object (a mapping of keys)", raw)], file);
+  top = raw as Record<string, unknown>;
+  const names = Object.keys(sections);
+  for (const key of Object.keys(top)) if (!names.includes(key)) issues.push({ path: key, message: `unknown key; expected one of ${names.join(", ")}` });
   const out: Record<string, unknown> = {};
   for (const [name, validate] of Object.entries(sections)) {
     try {
@@ -176,50 +219,68 @@ export interface ResolvedProcessor extends ProcessorConfig {
   readonly validatedOptions: unknown;
 }
 
-function processorEntry(raw: unknown, path: string, definitions: ReadonlyMap<string, ProcessorDefinition>): ResolvedProcessor {
-  const o = object(raw, path, PROCESSOR_KEYS);
-  const kindOk = typeof o.kind === "string" && definitions.has(o.kind);
-  // Options are checked with the rest, so every mistake of the entry is reported at once.
-  const [name, kind, subjects, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, scale, validatedOptions] = collect([
-    () => string(o.name, at(path, "name"), "", NAME) || fail(at(path, "name"), NAME.describe, o.name),
-    () => {
-      if (!kindOk) fail(at(path, "kind"), `one of ${[...definitions.keys()].map((d) => JSON.stringify(d)).join(", ")}`, o.kind);
-      return o.kind as string;
-    },
-    () =>
-      array(o.subjects, at(path, "subjects"), (s, p) => {
-        if (typeof s !== "string") fail(p, "a subject filter such as evt.*.sensor.*", s);
-        try {
-          checkSubjectFilter(s);
-        } catch (err) {
-          fail(p, `a valid subject filter (${(err as Error).message})`, s);
-        }
-        if (!/^(evt|\*|>)(\.|$)/u.test(s)) fail(p, "a filter on FLEX_EVENTS (starting with evt.)", s);
-        return s;
-      }, { minLength: 1 }),
-    () => integer(o.partitions, at(path, "partitions"), DEFAULT_PARTITIONS, { min: 1, max: 256 }),
-    () => integer(o.batch_size, at(path, "batch_size"), DEFAULT_PROCESSOR_BATCH_SIZE, { min: 1, max: 65_536 }),
-    () => integer(o.max_deliver, at(path, "max_deliver"), DEFAULT_MAX_DELIVER, { min: 1, max: 1_000 }),
-    () => (o.backoff === undefined ? DEFAULT_BACKOFF_MS : array(o.backoff, at(path, "backoff"), (v, p) => duration(v, p, 0), { minLength: 1 })),
-    () => duration(o.ack_wait, at(path, "ack_wait"), DEFAULT_ACK_WAIT_MS, 1_000),
-    () => integer(o.max_in_flight, at(path, "max_in_flight"), DEFAULT_MAX_IN_FLIGHT, { min: 1, max: 1_000_000 }),
-    () => {
-      const scale = o.scale ?? "single";
-      if (typeof scale !== "string" || !(PROCESSOR_SCALES as readonly string[]).includes(scale)) fail(at(path, "scale"), PROCESSOR_SCALES.map((x) => JSON.stringify(x)).join(" or "), o.scale);
-      if (scale === "partitioned" && Array.isArray(o.subjects) && o.subjects.every((x) => typeof x === "string")) {
-        try {
-          partitionRules(typeof o.name === "string" ? o.name : "?", o.subjects as string[], 1);
-        } catch (err) {
-          if (!(err instanceof PartitionFilterError)) throw err;
-          fail(at(path, "subjects"), `filters a partitioned processor can split: ${err.expected}`, err.filter);
-        }
+/**
+ * The issues of an error thrown by a section validator or a kind's `validateOptions`: a
+ * {@link ConfigError}'s own, an `InvalidOptionError`'s field and message, or the message of
+ * anything else at `path`.
+ */
+export function issuesOf(err: unknown, path: string): ConfigIssue[] {
+  if (err instanceof ConfigError) return [...err.issues];
+  const e = err as { field?: unknown; message?: unknown };
+  if (typeof e?.field === "string") {
+    // InvalidOptionError says "Expected `<field>` to be X, got Y"; the path is printed already.
+    const prefix = `Expected \`${e.field}\` to be `;
+    const message = String(e.message);
+    return [{ path: e.field, message: message.startsWith(prefix) ? `expected ${message.slice(prefix.length)}` : message }];
+  }
+  return [{ path, message: err instanceof Error ? err.message : String(err) }];
+}
+
+/** What the schema cannot check of one entry: its kind, its subject filters, its options. */
+function resolveProcessor(raw: unknown, path: string, definitions: ReadonlyMap<string, ProcessorDefinition>, issues: ConfigIssue[]): ResolvedProcessor | undefined {
+  const checked = processorValidator.check(raw, path);
+  issues.push(...checked.issues);
+  // The rest is checked even when the schema found issues, so every mistake is reported at once.
+  const p = (checked.value ?? (raw !== null && typeof raw === "object" ? raw : {})) as Partial<RawProcessor>;
+  const before = issues.length;
+  const definition = typeof p.kind === "string" ? definitions.get(p.kind) : undefined;
+  if (typeof p.kind === "string" && !hasIssueAt(issues, pathAt(path, "kind")) && !definition) issues.push(issue(pathAt(path, "kind"), `one of ${[...definitions.keys()].map((d) => JSON.stringify(d)).join(", ")}`, p.kind));
+  if (Array.isArray(p.subjects)) {
+    p.subjects.forEach((s, i) => {
+      const at = pathAt(pathAt(path, "subjects"), i);
+      if (typeof s !== "string" || hasIssueAt(issues, at)) return;
+      try {
+        checkSubjectFilter(s);
+      } catch (err) {
+        issues.push(issue(at, `a valid subject filter (${(err as Error).message})`, s));
+        return;
       }
-      return scale as ProcessorScale;
-    },
-    () => (kindOk ? definitions.get(o.kind as string)!.validateOptions(o.options ?? {}, at(path, "options")) : undefined),
-  ] as const);
-  const definition = definitions.get(kind)!;
-  return { name, kind, subjects, options: o.options ?? {}, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, scale, definition, validatedOptions };
+      if (!/^(evt|\*|>)(\.|$)/u.test(s)) issues.push(issue(at, "a filter on FLEX_EVENTS (starting with evt.)", s));
+    });
+    const subjectsPath = pathAt(path, "subjects");
+    if (p.scale === "partitioned" && p.subjects.every((x) => typeof x === "string") && !issues.some((i) => i.path.startsWith(subjectsPath))) {
+      try {
+        partitionRules(typeof p.name === "string" ? p.name : "?", p.subjects, 1);
+      } catch (err) {
+        if (!(err instanceof PartitionFilterError)) throw err;
+        issues.push(issue(subjectsPath, `filters a partitioned processor can split: ${err.expected}`, err.filter));
+      }
+    }
+  }
+  let validatedOptions: unknown;
+  const optionsPath = pathAt(path, "options");
+  if (definition && !hasIssueAt(issues, optionsPath)) {
+    try {
+      validatedOptions = definition.validateOptions(p.options, optionsPath);
+    } catch (err) {
+      issues.push(...issuesOf(err, optionsPath));
+    }
+  }
+  if (checked.value === undefined || issues.length > before || !definition) return undefined;
+  const backoffMs = checked.value.backoff.map((d, i) => durationMs(d, pathAt(pathAt(path, "backoff"), i), 0, issues));
+  const { name, kind, subjects, options, partitions, batch_size: batchSize, max_deliver: maxDeliver, ack_wait, max_in_flight: maxInFlight, scale } = checked.value;
+  const ackWaitMs = durationMs(ack_wait, pathAt(path, "ack_wait"), ACK_WAIT_MIN_MS, issues);
+  return { name, kind, subjects, options, partitions, batchSize, maxDeliver, backoffMs, ackWaitMs, maxInFlight, scale, definition, validatedOptions };
 }
 
 /**
@@ -231,14 +292,18 @@ export function processorsSection(extra: readonly ProcessorDefinition[] = []): S
   for (const d of extra) definitions.set(d.kind, d);
   return (raw, path) => {
     if (raw === undefined || raw === null) return [];
-    const list = array(raw, path, (item, p) => processorEntry(item, p, definitions));
-    const seen = new Map<string, number>();
+    if (!Array.isArray(raw)) throw new ConfigError([issue(path, expectedOf(PROCESSORS_SCHEMA), raw)]);
     const issues: ConfigIssue[] = [];
-    list.forEach((p, i) => {
-      if (seen.has(p.name)) issues.push({ path: `${path}[${i}].name`, message: `duplicate name ${JSON.stringify(p.name)} (also ${path}[${seen.get(p.name)}])` });
-      seen.set(p.name, i);
+    const list: ResolvedProcessor[] = [];
+    const seen = new Map<string, number>();
+    raw.forEach((entry: unknown, i) => {
+      const resolved = resolveProcessor(entry, pathAt(path, i), definitions, issues);
+      if (resolved === undefined) return;
+      if (seen.has(resolved.name)) issues.push({ path: `${path}[${i}].name`, message: `duplicate name ${JSON.stringify(resolved.name)} (also ${path}[${seen.get(resolved.name)}])` });
+      seen.set(resolved.name, i);
+      list.push(resolved);
     });
-    if (issues.length > 0) throw new ConfigError(issues);
+    throwIssues(issues);
     return list;
   };
 }
@@ -246,16 +311,12 @@ export function processorsSection(extra: readonly ProcessorDefinition[] = []): S
 /** The validator of `runtime:`. */
 export function runtimeSection(defaultThreads: number): SectionValidator<RuntimeConfig> {
   return (raw, path) => {
-    const o = object(raw, path, RUNTIME_KEYS, true);
-    const [threads, workerMemoryMb, metricsIntervalMs, maxKeysInMemory, instanceId, leaseTtlMs] = collect([
-      () => integer(o.threads, at(path, "threads"), defaultThreads, { min: 1, max: 256 }),
-      () => integer(o.worker_memory_mb, at(path, "worker_memory_mb"), 512, { min: 0, max: 65_536 }),
-      () => duration(o.metrics_interval, at(path, "metrics_interval"), DEFAULT_METRICS_INTERVAL_MS, 100),
-      () => integer(o.max_keys_in_memory, at(path, "max_keys_in_memory"), 100_000, { min: 1 }),
-      () => (o.instance_id === undefined ? undefined : string(o.instance_id, at(path, "instance_id"), "", INSTANCE)),
-      () => duration(o.lease_ttl, at(path, "lease_ttl"), DEFAULT_LEASE_TTL_MS, 200),
-    ] as const);
-    return { threads, workerMemoryMb, metricsIntervalMs, maxKeysInMemory, instanceId, leaseTtlMs };
+    const o = checkOptions(runtimeValidator, raw, path);
+    const issues: ConfigIssue[] = [];
+    const metricsIntervalMs = durationMs(o.metrics_interval, pathAt(path, "metrics_interval"), METRICS_INTERVAL_MIN_MS, issues);
+    const leaseTtlMs = durationMs(o.lease_ttl, pathAt(path, "lease_ttl"), LEASE_TTL_MIN_MS, issues);
+    throwIssues(issues);
+    return { threads: o.threads ?? defaultThreads, workerMemoryMb: o.worker_memory_mb, metricsIntervalMs, maxKeysInMemory: o.max_keys_in_memory, instanceId: o.instance_id, leaseTtlMs };
   };
 }
 

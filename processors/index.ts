@@ -5,8 +5,6 @@
 export type { ProcessorDefinition, ProcessorInput, ProcessorOutput, ProcessResult } from "./types.js";
 export { ConfigError, PartitionFilterError, ProcessorCrashedError, ProcessorFailedError, RuntimeClosedError, UnknownProcessorError } from "./errors.js";
 export type { ConfigIssue } from "./errors.js";
-export { array, at, boolean, collect, fail, integer, issuesOf, number, object, oneOf, required, string } from "./options.js";
-export type { NumberBounds } from "./options.js";
 export {
   DEFAULT_ACK_WAIT_MS,
   DEFAULT_BACKOFF_MS,
@@ -17,14 +15,14 @@ export {
   DEFAULT_MAX_IN_FLIGHT,
   DEFAULT_METRICS_INTERVAL_MS,
   DEFAULT_PARTITIONS,
-  duration,
   PROCESSOR_SCALES,
   loadConfig,
   parseConfig,
   pipelineSections,
-  processorsSection,
+  PROCESSOR_SCHEMA,
+  PROCESSORS_SCHEMA,
   resolveConfigPath,
-  runtimeSection,
+  RUNTIME_SCHEMA,
 } from "./config.js";
 export type { ConfigSections, ProcessorConfig, ProcessorScale, ResolvedProcessor, RuntimeConfig, SectionValidator } from "./config.js";
 export { BUILTIN_PROCESSORS } from "./builtin/index.js";
@@ -33,8 +31,8 @@ export { adjustedRandIndex, inertia, kmeans } from "./ml/kmeans.js";
 export type { KMeansOptions, KMeansResult } from "./ml/kmeans.js";
 export { createRandom, shuffle } from "./ml/random.js";
 export type { Random } from "./ml/random.js";
-export { anomaly, anomalyOptions, ANOMALY_METHODS, scoreSeries } from "./builtin/anomaly.js";
-export type { AnomalyMethod, AnomalyOptions, AnomalyState } from "./builtin/anomaly.js";
+export { anomaly, anomalyOptions } from "./builtin/anomaly.js";
+export type { AnomalyMethod, AnomalyOptions } from "./builtin/anomaly.js";
 export { createProcessorPool, DEFAULT_WORKER_MEMORY_MB } from "./pool.js";
 export type { InvokeResult, ProcessorPool, ProcessorPoolOptions } from "./pool.js";
 export { CONSUMER_PREFIX, DEFAULT_MAX_KEYS_IN_MEMORY, startProcessorRuntime, stateKvKey } from "./runtime.js";
@@ -50,7 +48,7 @@ export type { InstanceStatus, PartitionStatus, ProcessorStatus } from "./status.
 export type { LeaseBody } from "./lease.js";
 export type { InvokeInput, ProcessorRuntime, ProcessorRuntimeOptions } from "./runtime.js";
 export type { ProcessorMetrics } from "./metrics.js";
-export type { BatchResult, BatchTask, SeriesResult, SeriesTask } from "./task.js";
+export type { SeriesTask } from "./task.js";
 
 // Script steps: JavaScript, Python and Bash run sandboxed (bubblewrap) or trusted (worker threads).
 export { createScriptRunner, DEFAULT_SCRIPT_LIMITS, resolveLimits, SCRIPT_LANGUAGES, sweepStaleWorkDirs, validateScriptSpec, WORK_PREFIX } from "./scripts/script-runner.js";

@@ -1,162 +1,64 @@
 /**
- * Small validators for configuration values and processor options. Each takes the raw
- * value and its path and throws a {@link ConfigError} such as
- * `processors[2].options.window: expected integer ≥ 2, got "ten"`.
- * Processor definitions use them in `validateOptions(raw, path)`.
+ * Processor options and configuration sections are JSON Schemas checked by the shared
+ * validator of `streams/schema.ts`; this module holds the small builders the schemas of
+ * this area are written with, and {@link checkOptions}, which runs a compiled schema and
+ * throws a {@link ConfigError} naming every bad path
+ * (`processors[2].options.window: expected integer ≥ 2, got "ten"`).
  */
+import { issue } from "../streams/index.js";
+import type { JsonSchema, SchemaIssue, SchemaValidator } from "../streams/index.js";
 import { ConfigError } from "./errors.js";
-import type { ConfigIssue } from "./errors.js";
 
-/** Shows a received value in an error: `"ten"`, `3.5`, `an array`, `an object`. */
-export function shown(value: unknown): string {
-  if (value === undefined) return "nothing";
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
-  if (typeof value === "object") return "an object";
-  if (typeof value === "string") return JSON.stringify(value.length > 60 ? `${value.slice(0, 57)}...` : value);
-  return String(value);
+/** An integer in `[min, max]`, `fallback` when absent. */
+export function integerSchema(fallback: number | undefined, min: number, max?: number): JsonSchema {
+  return { type: "integer", minimum: min, ...(max === undefined ? {} : { maximum: max }), ...(fallback === undefined ? {} : { default: fallback }) };
 }
 
-/** Throws a one-issue {@link ConfigError}: `<path>: expected <expected>, got <value>`. */
-export function fail(path: string, expected: string, value: unknown): never {
-  throw new ConfigError([{ path, message: `expected ${expected}, got ${shown(value)}` }]);
+/** A number in `[min, max]` (`open`: in `(min, max)`), `fallback` when absent. */
+export function numberSchema(fallback: number, min: number, max: number, open = false): JsonSchema {
+  return open ? { type: "number", exclusiveMinimum: min, exclusiveMaximum: max, default: fallback } : { type: "number", minimum: min, maximum: max, default: fallback };
 }
 
-/** `a.b` / `a[2]` path joining. */
-export function at(path: string, key: string | number): string {
-  if (typeof key === "number") return `${path}[${key}]`;
-  return path ? `${path}.${key}` : key;
+/** One of `values`, `fallback` when absent. */
+export function enumSchema(values: readonly string[], fallback: string): JsonSchema {
+  return { type: "string", enum: [...values], default: fallback };
 }
+
+/** `true` or `false`, `fallback` when absent. */
+export function booleanSchema(fallback: boolean): JsonSchema {
+  return { type: "boolean", default: fallback };
+}
+
+/** A mapping with exactly these keys (unknown keys are errors naming the key), `{}` when absent. */
+export function objectSchema(properties: Readonly<Record<string, JsonSchema>>, extra: JsonSchema = {}): JsonSchema {
+  return { type: "object", additionalProperties: false, properties, default: {}, ...extra };
+}
+
+/** The seed of a processor's PRNG: an unsigned 32-bit integer. */
+export const DEFAULT_SEED = 42;
+export const SEED_SCHEMA: JsonSchema = integerSchema(DEFAULT_SEED, 0, 0xffffffff);
 
 /**
- * Checks that `raw` is a plain object whose keys are all in `allowed`; unknown keys are
- * errors naming the key. `undefined`/`null` count as `{}` when `optional`.
+ * Checks `raw` (absent: `{}`) against a compiled schema and returns it with its defaults.
+ * @throws ConfigError listing every issue, each prefixed with `path`
  */
-export function object(raw: unknown, path: string, allowed: readonly string[], optional = false): Record<string, unknown> {
-  if ((raw === undefined || raw === null) && optional) return {};
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) fail(path || "(root)", "an object (a mapping of keys)", raw);
-  const obj = raw as Record<string, unknown>;
-  const issues: ConfigIssue[] = [];
-  for (const key of Object.keys(obj)) {
-    if (!allowed.includes(key)) issues.push({ path: at(path, key), message: `unknown key; expected one of ${allowed.join(", ")}` });
-  }
+export function checkOptions<T>(validator: SchemaValidator<T>, raw: unknown, path: string): T {
+  const { value, issues } = validator.check(raw ?? {}, path);
+  if (value === undefined || issues.length > 0) throw new ConfigError(issues);
+  return value;
+}
+
+/** Throws the issues found by code after the schema pass, if any. */
+export function throwIssues(issues: readonly SchemaIssue[]): void {
   if (issues.length > 0) throw new ConfigError(issues);
-  return obj;
 }
 
-export interface NumberBounds {
-  /** Inclusive lower bound. */
-  readonly min?: number;
-  /** Inclusive upper bound. */
-  readonly max?: number;
-  /** Exclusive lower bound. */
-  readonly above?: number;
-  /** Exclusive upper bound. */
-  readonly below?: number;
+/** `{ retrain_every: 5 }` → `{ retrainEvery: 5 }`: the options types name the YAML keys in camelCase. */
+export function camelKeys<T>(o: Readonly<Record<string, unknown>>): T {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k.replace(/_([a-z])/gu, (_, c: string) => c.toUpperCase()), v])) as T;
 }
 
-function boundsText(b: NumberBounds): string {
-  const parts: string[] = [];
-  if (b.min !== undefined) parts.push(`≥ ${b.min}`);
-  if (b.above !== undefined) parts.push(`> ${b.above}`);
-  if (b.max !== undefined) parts.push(`≤ ${b.max}`);
-  if (b.below !== undefined) parts.push(`< ${b.below}`);
-  return parts.length ? ` ${parts.join(" and ")}` : "";
-}
-
-function inBounds(v: number, b: NumberBounds): boolean {
-  return (b.min === undefined || v >= b.min) && (b.max === undefined || v <= b.max) && (b.above === undefined || v > b.above) && (b.below === undefined || v < b.below);
-}
-
-/** An integer within bounds; `fallback` when absent. */
-export function integer(raw: unknown, path: string, fallback: number, bounds: NumberBounds = {}): number {
-  if (raw === undefined) return fallback;
-  if (typeof raw !== "number" || !Number.isInteger(raw) || !inBounds(raw, bounds)) fail(path, `integer${boundsText(bounds)}`, raw);
-  return raw;
-}
-
-/** A finite number within bounds; `fallback` when absent. */
-export function number(raw: unknown, path: string, fallback: number, bounds: NumberBounds = {}): number {
-  if (raw === undefined) return fallback;
-  if (typeof raw !== "number" || !Number.isFinite(raw) || !inBounds(raw, bounds)) fail(path, `number${boundsText(bounds)}`, raw);
-  return raw;
-}
-
-/** One of `choices`; `fallback` when absent. */
-export function oneOf<T extends string>(raw: unknown, path: string, choices: readonly T[], fallback: T): T {
-  if (raw === undefined) return fallback;
-  if (typeof raw !== "string" || !(choices as readonly string[]).includes(raw)) fail(path, `one of ${choices.map((c) => JSON.stringify(c)).join(", ")}`, raw);
-  return raw as T;
-}
-
-/** A string (non-empty unless `allowEmpty`) matching `pattern` when given; `fallback` when absent. */
-export function string(raw: unknown, path: string, fallback: string, pattern?: { readonly re: RegExp; readonly describe: string }): string {
-  if (raw === undefined) return fallback;
-  if (typeof raw !== "string" || raw.length === 0) fail(path, pattern ? pattern.describe : "a non-empty string", raw);
-  if (pattern && !pattern.re.test(raw)) fail(path, pattern.describe, raw);
-  return raw;
-}
-
-/** A required value: fails with `expected <what>, got nothing` when absent. */
-export function required<T>(raw: unknown, path: string, what: string, check: (raw: unknown, path: string) => T): T {
-  if (raw === undefined || raw === null) fail(path, what, raw);
-  return check(raw, path);
-}
-
-/** A boolean; `fallback` when absent. */
-export function boolean(raw: unknown, path: string, fallback: boolean): boolean {
-  if (raw === undefined) return fallback;
-  if (typeof raw !== "boolean") fail(path, "true or false", raw);
-  return raw;
-}
-
-/** An array whose items are checked by `item(raw, path)`; collects every item's issues. */
-export function array<T>(raw: unknown, path: string, item: (raw: unknown, path: string, index: number) => T, bounds: { readonly minLength?: number } = {}): T[] {
-  if (!Array.isArray(raw)) fail(path, bounds.minLength ? `a list of at least ${bounds.minLength} item(s)` : "a list", raw);
-  if (bounds.minLength !== undefined && raw.length < bounds.minLength) fail(path, `a list of at least ${bounds.minLength} item(s)`, raw.length === 0 ? "an empty list" : raw);
-  const out: T[] = [];
-  const issues: ConfigIssue[] = [];
-  raw.forEach((v, i) => {
-    try {
-      out.push(item(v, at(path, i), i));
-    } catch (err) {
-      issues.push(...issuesOf(err, at(path, i)));
-    }
-  });
-  if (issues.length > 0) throw new ConfigError(issues);
-  return out;
-}
-
-/**
- * Runs each check and throws one {@link ConfigError} listing every issue, so a user sees
- * all mistakes at once. Returns the checks' results in order.
- */
-export function collect<T extends readonly unknown[]>(checks: { [K in keyof T]: () => T[K] }): T {
-  const issues: ConfigIssue[] = [];
-  const out = checks.map((check) => {
-    try {
-      return check();
-    } catch (err) {
-      issues.push(...issuesOf(err, ""));
-      return undefined;
-    }
-  });
-  if (issues.length > 0) throw new ConfigError(issues);
-  return out as unknown as T;
-}
-
-/**
- * The issues of an error thrown by a validator: a {@link ConfigError}'s own, an
- * `InvalidOptionError`'s field and message, or the message of anything else at `path`.
- */
-export function issuesOf(err: unknown, path: string): ConfigIssue[] {
-  if (err instanceof ConfigError) return [...err.issues];
-  const e = err as { field?: unknown; message?: unknown };
-  if (typeof e?.field === "string") {
-    // InvalidOptionError says "Expected `<field>` to be X, got Y"; the path is printed already.
-    const prefix = `Expected \`${e.field}\` to be `;
-    const message = String(e.message);
-    return [{ path: e.field, message: message.startsWith(prefix) ? `expected ${message.slice(prefix.length)}` : message }];
-  }
-  return [{ path, message: err instanceof Error ? err.message : String(err) }];
+/** An integer option whose bounds depend on other options, checked after the schema pass. */
+export function checkBetween(issues: SchemaIssue[], path: string, value: number, min: number, max?: number): void {
+  if (value < min || (max !== undefined && value > max)) issues.push(issue(path, `integer ≥ ${min}${max === undefined ? "" : ` and ≤ ${max}`}`, value));
 }

@@ -4,6 +4,7 @@
  * inputs give the same state and outputs, so a replay reproduces outputs byte for byte.
  * State must be JSON-serialisable (it is checkpointed to `flex_state`).
  */
+import type { JsonSchema } from "../streams/index.js";
 
 /** One source event handed to a processor. */
 export interface ProcessorInput {
@@ -43,6 +44,11 @@ export interface ProcessorDefinition<O = unknown, S = unknown> {
    * (`processors[2].options`) and must prefix every error's field name.
    */
   validateOptions(raw: unknown, path: string): O;
+  /**
+   * The JSON Schema of the options (snake_case keys), when the kind has one: published in
+   * `schemas/flexcore.schema.json` so editors complete and check `processors[].options`.
+   */
+  readonly optionsSchema?: JsonSchema;
   /** State of a key never seen before. */
   initialState(options: O, key: string): S;
   /** Folds one key's inputs, in order, into the state and returns the outputs. */

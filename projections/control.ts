@@ -1,7 +1,8 @@
 import { createInbox } from "@nats-io/transport-node";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { AbortedError, FlexError } from "../streams/index.js";
-import type { ProjectionEngine, RebuildProgress, RebuildResult } from "./engine.js";
+import type { ProjectionEngine } from "./engine.js";
+import type { RebuildProgress, RebuildResult } from "./rebuild.js";
 
 /**
  * Subject on which a running engine (`flexcore up`) accepts rebuild requests, so that

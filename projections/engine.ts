@@ -3,15 +3,14 @@ import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { Database } from "better-sqlite3";
-import { AbortedError, createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
+import { createPublisher, InvalidOptionError, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { builtinProjections } from "./builtin/index.js";
 import { acquireLock, generationFile, generationsOnDisk, lastGeneration, projectionsDir, readManifest, removeDatabase, writeManifest } from "./catalog.js";
 import { DEFAULT_SYNC, openReader, readCheckpoints, readFailures } from "./database.js";
 import type { StoredFailure, SyncMode } from "./database.js";
 import { deadLetter } from "./dead-letter.js";
-import { ProjectionEngineClosedError, ProjectionNotFoundError, ProjectionStoppedError, RebuildInProgressError, WaitTimeoutError } from "./errors.js";
+import { ProjectionEngineClosedError, ProjectionNotFoundError, ProjectionStoppedError, RebuildInProgressError } from "./errors.js";
 import { Member } from "./member.js";
 import type { BatchOutcome, DeadLetterFn } from "./member.js";
 import { checkProjection } from "./projection.js";
@@ -20,13 +19,14 @@ import { InvalidQueryError } from "./errors.js";
 import { runQuery } from "./query.js";
 import type { QueryOptions, QueryPage } from "./query.js";
 import { DEFAULT_PROJECTION_BATCH_SIZE, DEFAULT_FOLD_WINDOW, ProjectionRunner } from "./runner.js";
+import { rebuildBeside } from "./rebuild.js";
+import type { RebuildHost, RebuildOptions, RebuildResult, Served } from "./rebuild.js";
+import { PositionWaiters } from "./waiters.js";
 
 /** How long `waitFor` waits when no timeout is given. */
 export const DEFAULT_WAIT_TIMEOUT_MS = 5_000;
 /** JetStream API timeout: a busy server must not fail a start or a rebuild. */
 const API_TIMEOUT_MS = 30_000;
-/** How often a rebuild reports progress. */
-export const PROGRESS_INTERVAL_MS = 250;
 
 /** Options of {@link createProjectionEngine}. */
 export interface ProjectionEngineOptions {
@@ -61,34 +61,6 @@ export interface WaitOptions {
   /** In ms. @default 5000 (the engine's `waitTimeoutMs`) */
   readonly timeout?: number;
   readonly signal?: AbortSignal;
-}
-
-/** Rebuild progress, reported every 250 ms and at the end. */
-export interface RebuildProgress {
-  readonly projections: readonly string[];
-  /** Events applied to the new copy so far (summed over its streams). */
-  readonly done: number;
-  /** Events to apply to reach the stream ends seen when the rebuild started. */
-  readonly total: number;
-  readonly eventsPerSecond: number;
-  /** Seconds left at the current rate; undefined before the rate is known. */
-  readonly etaSeconds: number | undefined;
-  readonly phase: "catching-up" | "swapping" | "done";
-}
-
-/** Options of {@link ProjectionEngine.rebuild}. */
-export interface RebuildOptions {
-  readonly onProgress?: (progress: RebuildProgress) => void;
-  readonly signal?: AbortSignal;
-}
-
-/** What a rebuild did. */
-export interface RebuildResult {
-  readonly projections: ReadonlyArray<{ readonly name: string; readonly generation: number; readonly file: string }>;
-  /** Events read from the streams. */
-  readonly events: number;
-  readonly durationMs: number;
-  readonly eventsPerSecond: number;
 }
 
 /** Told when a served read model changed. */
@@ -196,22 +168,6 @@ export interface ProjectionEngine extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-interface Served {
-  /** Absent in a read-only engine. */
-  member: Member | undefined;
-  reader: Database;
-  file: string;
-  generation: number;
-  stale: boolean;
-}
-
-interface Waiter {
-  readonly stream: SourceStream;
-  readonly seq: number;
-  resolve(): void;
-  reject(err: Error): void;
-}
-
 /** What {@link ProjectionEngine.list} says about a projection. */
 export function describeProjection(p: Projection): ProjectionInfo {
   return {
@@ -260,7 +216,7 @@ class Engine implements ProjectionEngine {
   readonly #log: (line: string, level?: "warn" | "error") => void;
   readonly #projections: ReadonlyMap<string, Projection>;
   readonly #served = new Map<string, Served>();
-  readonly #waiters = new Map<string, Set<Waiter>>();
+  readonly #waiters = new PositionWaiters();
   readonly #listeners = new Map<string, Set<ChangeListener>>();
   readonly #rebuilding = new Set<string>();
   readonly #rebuilds = new Set<Promise<unknown>>();
@@ -351,6 +307,25 @@ class Engine implements ProjectionEngine {
     };
   }
 
+  #rebuildHost(): RebuildHost {
+    return {
+      nc: this.#nc,
+      dir: this.#dir,
+      sync: this.#sync,
+      limits: this.#limits,
+      log: this.#log,
+      jsm: this.#jsm!,
+      live: this.#live!,
+      served: this.#served,
+      closing: this.#closing.signal,
+      deadLetterFn: () => this.#deadLetterFn(),
+      rebuilt: (m) => {
+        this.#settleWaiters(m.name);
+        this.#emit(m.name, { projection: m.name, kind: "rebuild", stream: undefined, seq: m.position(STREAMS.events), events: 0, tenants: [] });
+      },
+    };
+  }
+
   #projection(name: string): Projection {
     const p = typeof name === "string" ? this.#projections.get(name) : undefined;
     if (!p) throw new ProjectionNotFoundError(String(name), [...this.#projections.keys()]);
@@ -388,14 +363,7 @@ class Engine implements ProjectionEngine {
   }
 
   #settleWaiters(name: string): void {
-    const waiters = this.#waiters.get(name);
-    if (!waiters || waiters.size === 0) return;
-    const member = this.#served.get(name)?.member;
-    if (!member) return;
-    for (const w of waiters) {
-      if (member.position(w.stream) >= w.seq) w.resolve();
-      else if (member.stopped) w.reject(new ProjectionStoppedError(name, member.stopped.stream, member.stopped.seq, member.stopped.error));
-    }
+    this.#waiters.settle(name, this.#served.get(name)?.member);
   }
 
   list(): ProjectionInfo[] {
@@ -472,34 +440,7 @@ class Engine implements ProjectionEngine {
     if (!member) throw new ProjectionEngineClosedError("the engine is read-only");
     if (member.position(stream) >= seq) return;
     if (member.stopped) throw new ProjectionStoppedError(name, member.stopped.stream, member.stopped.seq, member.stopped.error);
-    const signal = options.signal;
-    if (signal?.aborted) throw new AbortedError("waitFor", { cause: signal.reason });
-    await new Promise<void>((resolve, reject) => {
-      let set = this.#waiters.get(name);
-      if (!set) this.#waiters.set(name, (set = new Set()));
-      const waiters = set;
-      const done = (): void => {
-        clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
-        waiters.delete(waiter);
-      };
-      const waiter: Waiter = {
-        stream,
-        seq,
-        resolve: () => {
-          done();
-          resolve();
-        },
-        reject: (err) => {
-          done();
-          reject(err);
-        },
-      };
-      const onAbort = (): void => waiter.reject(new AbortedError("waitFor", { cause: signal?.reason }));
-      const timer = setTimeout(() => waiter.reject(new WaitTimeoutError(name, stream, seq, this.#served.get(name)?.member?.position(stream) ?? 0, timeout)), timeout);
-      signal?.addEventListener("abort", onAbort, { once: true });
-      waiters.add(waiter);
-    });
+    await this.#waiters.wait(name, stream, seq, timeout, options.signal, () => this.#served.get(name)?.member?.position(stream) ?? 0);
   }
 
   async query<T = Record<string, unknown>>(name: string, options: QueryOptions): Promise<QueryPage<T>> {
@@ -529,113 +470,12 @@ class Engine implements ProjectionEngine {
     if (this.#readOnly) throw new ProjectionEngineClosedError("the engine is read-only");
     for (const n of list) if (this.#rebuilding.has(n)) throw new RebuildInProgressError(n);
     for (const n of list) this.#rebuilding.add(n);
-    const work = this.#rebuild(projections, options);
+    const work = rebuildBeside(this.#rebuildHost(), projections, options);
     this.#track(work);
     try {
       return await work;
     } finally {
       for (const n of list) this.#rebuilding.delete(n);
-    }
-  }
-
-  async #rebuild(projections: readonly Projection[], options: RebuildOptions): Promise<RebuildResult> {
-    const started = performance.now();
-    const signal = options.signal ? AbortSignal.any([options.signal, this.#closing.signal]) : this.#closing.signal;
-    const fresh: Member[] = [];
-    let wake: (() => void) | undefined;
-    const runner = new ProjectionRunner(this.#nc, this.#deadLetterFn(), () => wake?.(), this.#log, this.#limits);
-    let progressTimer: NodeJS.Timeout | undefined;
-    let swapped = false;
-    try {
-      for (const p of projections) {
-        const served = this.#served.get(p.name)!;
-        const generation = Math.max(lastGeneration(this.#dir, p.name), served.generation) + 1;
-        fresh.push(new Member(p, join(this.#dir, generationFile(p.name, generation)), generation, this.#sync));
-      }
-      const streams = [...new Set(projections.flatMap((p) => p.sources.map((s) => s.stream)))];
-      const targets = new Map<SourceStream, number>();
-      for (const s of streams) targets.set(s, (await this.#jsm!.streams.info(s)).state.last_seq);
-      const done = (): number => fresh.reduce((a, m) => a + [...m.streams.keys()].reduce((b, s) => b + Math.min(m.position(s), targets.get(s)!), 0), 0);
-      const total = fresh.reduce((a, m) => a + [...m.streams.keys()].reduce((b, s) => b + targets.get(s)!, 0), 0);
-      let phase: RebuildProgress["phase"] = "catching-up";
-      const report = (): void => {
-        if (!options.onProgress) return;
-        const elapsed = (performance.now() - started) / 1000;
-        const d = done();
-        const rate = elapsed > 0 ? d / elapsed : 0;
-        options.onProgress({ projections: projections.map((p) => p.name), done: d, total, eventsPerSecond: rate, etaSeconds: rate > 0 ? (total - d) / rate : undefined, phase });
-      };
-      if (options.onProgress) {
-        progressTimer = setInterval(report, PROGRESS_INTERVAL_MS);
-        progressTimer.unref();
-      }
-      // Waits until `reached` holds, re-checked after each batch of the rebuild.
-      const until = async (reached: () => boolean): Promise<void> => {
-        while (!reached()) {
-          if (signal.aborted) throw new AbortedError("rebuild", { cause: signal.reason });
-          const halted = fresh.find((m) => m.stopped);
-          if (halted) throw new ProjectionStoppedError(halted.name, halted.stopped!.stream, halted.stopped!.seq, halted.stopped!.error);
-          await new Promise<void>((res) => {
-            wake = res;
-            const t = setTimeout(res, PROGRESS_INTERVAL_MS);
-            t.unref();
-          });
-        }
-      };
-      await runner.add(...fresh);
-      await until(() => fresh.every((m) => [...m.streams.keys()].every((s) => m.position(s) >= targets.get(s)!)));
-
-      // Freeze the served side, bring the copy to (at least) where it is, then swap.
-      phase = "swapping";
-      await this.#live!.pause();
-      try {
-        const goals = new Map<Member, Map<SourceStream, number>>();
-        for (const m of fresh) {
-          const old = this.#served.get(m.name)!.member!;
-          goals.set(m, new Map([...m.streams.keys()].map((s) => [s, Math.max(old.position(s), this.#live!.applied(s))])));
-        }
-        await until(() => fresh.every((m) => [...goals.get(m)!].every(([s, goal]) => m.position(s) >= goal)));
-        await runner.close();
-        for (const m of fresh) {
-          m.flushCheckpoints();
-          const old = this.#served.get(m.name)!;
-          writeManifest(this.#dir, { name: m.name, version: m.projection.version, generation: m.generation, file: generationFile(m.name, m.generation) });
-          const reader = openReader(m.file);
-          this.#served.set(m.name, { member: m, reader, file: generationFile(m.name, m.generation), generation: m.generation, stale: false });
-          if (old.member) {
-            this.#live!.remove(old.member);
-            old.member.close();
-          }
-          old.reader.close();
-          removeDatabase(this.#dir, old.file);
-          await this.#live!.add(m);
-        }
-        swapped = true;
-      } finally {
-        this.#live!.resume();
-      }
-      phase = "done";
-      report();
-      for (const m of fresh) {
-        this.#settleWaiters(m.name);
-        this.#emit(m.name, { projection: m.name, kind: "rebuild", stream: undefined, seq: m.position(STREAMS.events), events: 0, tenants: [] });
-      }
-      const durationMs = performance.now() - started;
-      return {
-        projections: fresh.map((m) => ({ name: m.name, generation: m.generation, file: m.file })),
-        events: runner.received,
-        durationMs,
-        eventsPerSecond: runner.received / (durationMs / 1000),
-      };
-    } finally {
-      clearInterval(progressTimer);
-      if (!swapped) {
-        await runner.close();
-        for (const m of fresh) {
-          m.close();
-          removeDatabase(this.#dir, generationFile(m.name, m.generation));
-        }
-      }
     }
   }
 
@@ -645,7 +485,7 @@ class Engine implements ProjectionEngine {
     this.#closing.abort(new ProjectionEngineClosedError("it was closed"));
     await Promise.allSettled([...this.#rebuilds]);
     await this.#live?.close();
-    for (const [name, waiters] of this.#waiters) for (const w of waiters) w.reject(new ProjectionEngineClosedError(`closed while waiting on \`${name}\``));
+    this.#waiters.rejectAll((name) => new ProjectionEngineClosedError(`closed while waiting on \`${name}\``));
     for (const served of this.#served.values()) {
       if (served.member) {
         try {

@@ -21,12 +21,10 @@ export type {
   ProjectionInfo,
   ProjectionStatus,
   ReaderInfo,
-  RebuildOptions,
-  RebuildProgress,
-  RebuildResult,
   StreamStatus,
   WaitOptions,
 } from "./engine.js";
+export type { RebuildOptions, RebuildProgress, RebuildResult } from "./rebuild.js";
 export type { ApplyContext, ColumnType, FailurePolicy, Projection, ProjectionFold, ProjectionSource, ReaderSpec, SourceStream } from "./projection.js";
 export { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./query.js";
 export type { FilterOps, FilterValue, QueryOptions, QueryPage, Scalar } from "./query.js";

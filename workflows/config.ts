@@ -2,9 +2,10 @@ import { readFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { isAbsolute, join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { array, boolean, duration, integer, object, oneOf, string } from "../processors/index.js";
+import { ConfigError } from "../processors/index.js";
 import type { SectionValidator } from "../processors/index.js";
-import { checkTenantName } from "../streams/index.js";
+import { checkTenantName, compileSchema, durationMs, durationSchema, pathAt } from "../streams/index.js";
+import type { JsonSchema } from "../streams/index.js";
 import { createWorkflowClient } from "./client.js";
 import { DEFAULT_MAX_RUNS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
 import type { WorkflowRunner } from "./runner.js";
@@ -39,22 +40,45 @@ export interface WorkflowsConfig {
 
 /** Most child-process steps one instance may run at once. */
 const MAX_SCRIPT_CONCURRENCY = 1_024;
+const LEASE_MIN_MS = 200;
 
-// Tenants starting with `_` are FlexCore's own (`_system`), never a workflow's.
-const TOKEN = { re: /^[^\s.*>_][^\s.*>]*$/u, describe: "a tenant (no dots, wildcards or spaces, not starting with `_`)" };
+/** Schema of the `workflows:` section (`script_concurrency` defaults to the number of CPUs, which a schema cannot say). */
+export const WORKFLOWS_SCHEMA: JsonSchema = {
+  type: "object",
+  additionalProperties: false,
+  default: {},
+  properties: {
+    runner: { type: "boolean", default: true },
+    // Tenants starting with `_` are FlexCore's own (`_system`), never a workflow's.
+    tenant: { type: "string", pattern: "^[^\\s.*>_][^\\s.*>]*$", default: "demo", expected: "a tenant (no dots, wildcards or spaces, not starting with `_`)" },
+    definitions: { type: "array", items: { type: "string", minLength: 1 }, default: [] },
+    sandbox: { type: "string", enum: ["auto", "bwrap", "plain"], default: "auto" },
+    lease: durationSchema(LEASE_MIN_MS, DEFAULT_RUN_LEASE_MS),
+    max_runs: { type: "integer", minimum: 1, default: DEFAULT_MAX_RUNS },
+    script_concurrency: { type: "integer", minimum: 1, maximum: MAX_SCRIPT_CONCURRENCY },
+  },
+};
+
+interface RawWorkflows {
+  runner: boolean;
+  tenant: string;
+  definitions: string[];
+  sandbox: WorkflowsConfig["sandbox"];
+  lease: number | string;
+  max_runs: number;
+  script_concurrency?: number;
+}
+
+const validator = compileSchema<RawWorkflows>(WORKFLOWS_SCHEMA);
 
 /** Validator of the `workflows:` section (no I/O: files are read when the runner starts). */
 export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) => {
-  const o = object(raw, path, ["runner", "tenant", "definitions", "sandbox", "lease", "max_runs", "script_concurrency"], true);
-  return {
-    runner: boolean(o.runner, `${path}.runner`, true),
-    tenant: string(o.tenant, `${path}.tenant`, "demo", TOKEN),
-    definitions: o.definitions === undefined ? [] : array(o.definitions, `${path}.definitions`, (v, p) => string(v, p, "")),
-    sandbox: oneOf(o.sandbox, `${path}.sandbox`, ["auto", "bwrap", "plain"] as const, "auto"),
-    leaseMs: duration(o.lease, `${path}.lease`, DEFAULT_RUN_LEASE_MS, 200),
-    maxRuns: integer(o.max_runs, `${path}.max_runs`, DEFAULT_MAX_RUNS, { min: 1 }),
-    scriptConcurrency: integer(o.script_concurrency, `${path}.script_concurrency`, availableParallelism(), { min: 1, max: MAX_SCRIPT_CONCURRENCY }),
-  };
+  const checked = validator.check(raw ?? {}, path);
+  const issues = [...checked.issues];
+  const leaseMs = checked.value === undefined ? 0 : durationMs(checked.value.lease, pathAt(path, "lease"), LEASE_MIN_MS, issues);
+  if (checked.value === undefined || issues.length > 0) throw new ConfigError(issues);
+  const o = checked.value;
+  return { runner: o.runner, tenant: o.tenant, definitions: o.definitions, sandbox: o.sandbox, leaseMs, maxRuns: o.max_runs, scriptConcurrency: o.script_concurrency ?? availableParallelism() };
 };
 
 /**

@@ -92,3 +92,10 @@ export class StepTimeoutError extends FlexError {
     this.timeoutMs = timeoutMs;
   }
 }
+
+/** The code and message of an error for a log line or an event: `FLEX_...: message`. */
+export function describeError(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const message = typeof e?.message === "string" ? e.message : String(err);
+  return err instanceof FlexError || typeof e?.code === "string" ? `${String(e.code)}: ${message}` : message;
+}

@@ -40,12 +40,12 @@ describe("definitions", () => {
   it("rejects bad definitions with the path named, and stores nothing", async () => {
     const tenant = uniqueName("t");
     const cases: Array<[unknown, string, string]> = [
-      [{ name: "w", steps: [{ id: "a", kind: "email" }] }, "steps[0].kind", "unknown step kind"],
+      [{ name: "w", steps: [{ id: "a", kind: "email" }] }, "steps[0].kind", "expected a step kind"],
       [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", needs: ["b"] }, { id: "b", kind: "script", language: "bash", source: "echo 1" }] }, "steps[0].needs", "cycle"],
       [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", input: { x: "${{ steps.nope.output }}" } }] }, "steps[0].input.x", "missing step `nope`"],
       [{ name: "w", triggers: [{ cron: "61 * * * *" }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].cron", "minute: `61` is not valid; expected values 0-59"],
       [{ name: "w", triggers: [{ cron: "* * *" }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].cron", "expected 5 fields"],
-      [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", retry: { max_attempts: 0 } }] }, "steps[0].retry.max_attempts", "from 1 to 100"],
+      [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", retry: { max_attempts: 0 } }] }, "steps[0].retry.max_attempts", "integer ≥ 1 and ≤ 100"],
       [{ name: "w", steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1", colour: "red" }] }, "steps[0].colour", "unknown key"],
       [{ name: "w", triggers: [{ event: { subject: "evt.other.sensor.*", type: "X" } }], steps: [{ id: "a", kind: "script", language: "bash", source: "echo 1" }] }, "triggers[0].event.subject", "inside the tenant's events"],
     ];

@@ -26,8 +26,9 @@
  * Deterministic: the forest's random draws are seeded from `seed`, the key and the point
  * count, so a replay gives byte-identical outputs.
  */
-import { InvalidEventError } from "../../streams/index.js";
-import { at, boolean, collect, fail, integer, number, object, oneOf, string } from "../options.js";
+import { compileSchema, InvalidEventError, issue, pathAt } from "../../streams/index.js";
+import type { SchemaIssue } from "../../streams/index.js";
+import { booleanSchema, camelKeys, checkBetween, checkOptions, enumSchema, integerSchema, numberSchema, objectSchema, SEED_SCHEMA, throwIssues } from "../options.js";
 import type { ProcessorDefinition, ProcessorInput, ProcessorOutput, ProcessResult } from "../types.js";
 
 export const ANOMALY_METHODS = ["zscore", "robust", "ewma", "iforest"] as const;
@@ -41,7 +42,6 @@ export const DEFAULT_ALPHA = 0.1;
 export const DEFAULT_SEASON_ALPHA = 0.1;
 export const DEFAULT_TREES = 50;
 export const DEFAULT_SAMPLE_SIZE = 128;
-export const DEFAULT_SEED = 42;
 // A score is capped so that a spread of 0 (a constant window) stays JSON-serialisable.
 const MAX_SCORE = 1e6;
 // 0.6745 = Φ⁻¹(0.75): makes the MAD a consistent estimator of σ for normal data.
@@ -128,31 +128,36 @@ export interface PointScore {
   readonly ready: boolean;
 }
 
-const METHOD_KEYS = ["method", "field", "window", "threshold", "min_points", "alpha", "season", "season_alpha", "emit", "trees", "sample_size", "refit_every", "seed", "winsorize"] as const;
+const MAX_SEASON = 100_000;
+const OPTIONS = compileSchema<{ method: AnomalyMethod; window: number; threshold?: number; min_points?: number; sample_size?: number; refit_every?: number }>(objectSchema({
+  method: enumSchema(ANOMALY_METHODS, "zscore"),
+  field: { type: "string", pattern: "^[^.\\s]+(\\.[^.\\s]+)*$", default: "value", expected: "a dot path such as value or reading.temp" },
+  window: integerSchema(DEFAULT_WINDOW, 2),
+  threshold: { type: "number", exclusiveMinimum: 0, expected: "number > 0 (iforest: < 1)" },
+  min_points: integerSchema(undefined, 2),
+  alpha: numberSchema(DEFAULT_ALPHA, 0, 1, true),
+  season: integerSchema(0, 0, MAX_SEASON),
+  season_alpha: numberSchema(DEFAULT_SEASON_ALPHA, 0, 1, true),
+  emit: enumSchema(["flagged", "all"], "flagged"),
+  trees: integerSchema(DEFAULT_TREES, 1, 1_000),
+  sample_size: integerSchema(undefined, 4),
+  refit_every: integerSchema(undefined, 1),
+  seed: SEED_SCHEMA,
+  winsorize: booleanSchema(true),
+}));
 
 function validateOptions(raw: unknown, path: string): AnomalyOptions {
-  const o: Record<string, unknown> = raw !== null && typeof raw === "object" && !Array.isArray(raw) ? (raw as Record<string, unknown>) : {};
-  const methodOf = (): AnomalyMethod => (ANOMALY_METHODS as readonly unknown[]).includes(o.method) ? (o.method as AnomalyMethod) : "zscore";
-  const windowOf = (): number => (typeof o.window === "number" && Number.isInteger(o.window) && o.window >= 2 ? o.window : DEFAULT_WINDOW);
-  // Every field is checked, so one error message lists every mistake.
-  const [, method, field, window, threshold, minPoints, alpha, season, seasonAlpha, emit, trees, sampleSize, refitEvery, seed, winsorize] = collect([
-    () => object(raw, path, METHOD_KEYS, true),
-    () => oneOf(o.method, at(path, "method"), ANOMALY_METHODS, "zscore"),
-    () => string(o.field, at(path, "field"), "value", { re: /^[^.\s]+(\.[^.\s]+)*$/u, describe: "a dot path such as value or reading.temp" }),
-    () => integer(o.window, at(path, "window"), DEFAULT_WINDOW, { min: 2 }),
-    () => number(o.threshold, at(path, "threshold"), DEFAULT_THRESHOLDS[methodOf()], methodOf() === "iforest" ? { above: 0, below: 1 } : { above: 0 }),
-    () => integer(o.min_points, at(path, "min_points"), Math.min(DEFAULT_MIN_POINTS, windowOf()), { min: 2, max: windowOf() }),
-    () => number(o.alpha, at(path, "alpha"), DEFAULT_ALPHA, { above: 0, below: 1 }),
-    () => integer(o.season, at(path, "season"), 0, { min: 0, max: 100_000 }),
-    () => number(o.season_alpha, at(path, "season_alpha"), DEFAULT_SEASON_ALPHA, { above: 0, below: 1 }),
-    () => oneOf(o.emit, at(path, "emit"), ["flagged", "all"] as const, "flagged"),
-    () => integer(o.trees, at(path, "trees"), DEFAULT_TREES, { min: 1, max: 1_000 }),
-    () => integer(o.sample_size, at(path, "sample_size"), Math.min(DEFAULT_SAMPLE_SIZE, windowOf()), { min: 4, max: windowOf() }),
-    () => integer(o.refit_every, at(path, "refit_every"), windowOf(), { min: 1 }),
-    () => integer(o.seed, at(path, "seed"), DEFAULT_SEED, { min: 0, max: 0xffffffff }),
-    () => boolean(o.winsorize, at(path, "winsorize"), true),
-  ] as const);
-  return { method, field, window, threshold, minPoints, alpha, season, seasonAlpha, emit, trees, sampleSize, refitEvery, seed, winsorize };
+  const o = checkOptions(OPTIONS, raw, path);
+  // What the schema cannot say: defaults and bounds that follow the method and the window.
+  const issues: SchemaIssue[] = [];
+  const threshold = o.threshold ?? DEFAULT_THRESHOLDS[o.method];
+  if (o.method === "iforest" && threshold >= 1) issues.push(issue(pathAt(path, "threshold"), "number > 0 and < 1", threshold));
+  const minPoints = o.min_points ?? Math.min(DEFAULT_MIN_POINTS, o.window);
+  checkBetween(issues, pathAt(path, "min_points"), minPoints, 2, o.window);
+  const sampleSize = o.sample_size ?? Math.min(DEFAULT_SAMPLE_SIZE, o.window);
+  checkBetween(issues, pathAt(path, "sample_size"), sampleSize, 4, o.window);
+  throwIssues(issues);
+  return camelKeys<AnomalyOptions>({ ...o, threshold, min_points: minPoints, sample_size: sampleSize, refit_every: o.refit_every ?? o.window });
 }
 
 function initialState(): AnomalyState {
@@ -618,12 +623,12 @@ export const anomaly: ProcessorDefinition<AnomalyOptions, AnomalyState> = {
   kind: "anomaly",
   description: "Flags outliers per key: z-score, robust z (median/MAD), EWMA, or isolation forest over a sliding window",
   validateOptions,
+  optionsSchema: OPTIONS.schema,
   initialState,
   process: processBatch,
 };
 
 /** Validates anomaly options outside a config file (benches, workflows). */
 export function anomalyOptions(raw: Record<string, unknown> = {}, path = "options"): AnomalyOptions {
-  if (raw === null || typeof raw !== "object") fail(path, "an object", raw);
   return validateOptions(raw, path);
 }

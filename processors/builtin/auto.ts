@@ -13,10 +13,10 @@
  * Each target keeps its own state per key inside this processor's state; consecutive
  * inputs of one route go to the target as one batch, so order per key holds.
  */
-import { InvalidEventError } from "../../streams/index.js";
-import { at } from "../options.js";
+import { compileSchema, InvalidEventError, pathAt } from "../../streams/index.js";
+import { checkOptions, enumSchema, objectSchema } from "../options.js";
 import type { ProcessorDefinition, ProcessorInput, ProcessorOutput } from "../types.js";
-import { badInput, isRecord, readEnum, readObject } from "./option-readers.js";
+import { badInput, isRecord } from "./input-checks.js";
 
 export const ROUTES = ["text", "image", "interactions", "row", "series", "vector"] as const;
 export type Route = (typeof ROUTES)[number];
@@ -68,21 +68,25 @@ export function createAutoProcessor(targets: ReadonlyMap<string, AnyDefinition>)
     if (!t) throw new Error(`auto: no target processor ${kind}`);
     return t;
   };
+  const kinds = [...targets.keys()];
+  // Each target's own options schema, so the published schema completes them too.
+  const targetOptions = Object.fromEntries(kinds.map((kind) => [kind, targets.get(kind)!.optionsSchema ?? { type: "object" }]));
+  const validator = compileSchema<{ routes: Record<Route, string>; options: Record<string, unknown>; unknown: "error" | "skip" }>(objectSchema({
+    routes: objectSchema(Object.fromEntries(ROUTES.map((route) => [route, enumSchema(kinds, DEFAULT_ROUTES[route])]))),
+    options: objectSchema(targetOptions),
+    unknown: enumSchema(["error", "skip"], "error"),
+  }));
   return {
     kind: "auto",
     description: "Routes each payload by its shape (numeric series, vector, text, image, interactions, labelled row) to the matching built-in processor.",
     validateOptions(raw, path) {
-      const o = readObject(raw, path, ["routes", "options", "unknown"]);
-      const kinds = [...targets.keys()];
-      const routesPath = at(path, "routes");
-      const r = readObject(o["routes"], routesPath, ROUTES);
-      const routes = Object.fromEntries(ROUTES.map((route) => [route, readEnum(r, routesPath, route, DEFAULT_ROUTES[route], kinds)])) as Record<Route, string>;
-      const optionsPath = at(path, "options");
-      const rawOptions = readObject(o["options"], optionsPath, kinds);
-      const used = [...new Set(Object.values(routes))];
-      const options = Object.fromEntries(used.map((kind) => [kind, target(kind).validateOptions(rawOptions[kind], at(optionsPath, kind))]));
-      return Object.freeze({ routes: Object.freeze(routes), options: Object.freeze(options), unknown: readEnum(o, path, "unknown", "error", ["error", "skip"] as const) });
+      const o = checkOptions(validator, raw, path);
+      const optionsPath = pathAt(path, "options");
+      const used = [...new Set(Object.values(o.routes))];
+      const options = Object.fromEntries(used.map((kind) => [kind, target(kind).validateOptions(o.options[kind], pathAt(optionsPath, kind))]));
+      return Object.freeze({ routes: Object.freeze(o.routes), options: Object.freeze(options), unknown: o.unknown });
     },
+    optionsSchema: validator.schema,
     initialState() {
       return {};
     },

@@ -8,6 +8,7 @@
  * The model carries a `version` that increments whenever its parameters change;
  * predictions name the version they came from.
  */
+import { compileSchema } from "../../streams/index.js";
 import { predictTree, trainTree } from "../ml/decision-tree.js";
 import type { TreeNode } from "../ml/decision-tree.js";
 import { createLogistic, observeFeatures, predictLogistic, stepLogistic } from "../ml/logistic.js";
@@ -16,7 +17,8 @@ import { createNaiveBayes, predictNaiveBayes, updateNaiveBayes } from "../ml/nai
 import type { NaiveBayesModel } from "../ml/naive-bayes.js";
 import { createRandom, seedFor, shuffle } from "../ml/random.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
-import { badInput, isRecord, readBoolean, readEnum, readInteger, readNumber, readObject, readSeed, readVector } from "./option-readers.js";
+import { badInput, isRecord, readVector } from "./input-checks.js";
+import { booleanSchema, camelKeys, checkOptions, enumSchema, integerSchema, numberSchema, objectSchema, SEED_SCHEMA } from "../options.js";
 
 export type ClassifyAlgorithm = "naive-bayes" | "logistic" | "tree";
 
@@ -77,7 +79,18 @@ export interface Prediction {
 export const PREDICTED_OUTPUT = "LabelPredicted";
 export const TRAINED_OUTPUT = "ClassifierTrained";
 
-const KEYS = ["algorithm", "window", "retrain_every", "epochs", "learning_rate", "l2", "max_depth", "min_leaf", "emit_training", "seed"] as const;
+const OPTIONS = compileSchema<Record<string, unknown>>(objectSchema({
+  algorithm: enumSchema(["naive-bayes", "logistic", "tree"], "naive-bayes"),
+  window: integerSchema(1000, 1, 1_000_000),
+  retrain_every: integerSchema(25, 1),
+  epochs: integerSchema(30, 1, 10_000),
+  learning_rate: numberSchema(0.5, 0, 100, true),
+  l2: numberSchema(1e-4, 0, 1),
+  max_depth: integerSchema(6, 1, 64),
+  min_leaf: integerSchema(2, 1),
+  emit_training: booleanSchema(false),
+  seed: SEED_SCHEMA,
+}));
 const RESERVED = new Set(["label", "features"]);
 
 /**
@@ -176,20 +189,9 @@ export const classify: ProcessorDefinition<ClassifyOptions, ClassifyState> = {
   kind: "classify",
   description: "Learns a classifier per key from labelled events (naive Bayes, logistic regression, decision tree) and predicts unlabelled ones; models are versioned.",
   validateOptions(raw, path) {
-    const o = readObject(raw, path, KEYS);
-    return Object.freeze({
-      algorithm: readEnum(o, path, "algorithm", "naive-bayes", ["naive-bayes", "logistic", "tree"] as const),
-      window: readInteger(o, path, "window", 1000, 1, 1_000_000),
-      retrainEvery: readInteger(o, path, "retrain_every", 25, 1),
-      epochs: readInteger(o, path, "epochs", 30, 1, 10_000),
-      learningRate: readNumber(o, path, "learning_rate", 0.5, 0, 100, true),
-      l2: readNumber(o, path, "l2", 1e-4, 0, 1),
-      maxDepth: readInteger(o, path, "max_depth", 6, 1, 64),
-      minLeaf: readInteger(o, path, "min_leaf", 2, 1),
-      emitTraining: readBoolean(o, path, "emit_training", false),
-      seed: readSeed(o, path),
-    });
+    return Object.freeze(camelKeys<ClassifyOptions>(checkOptions(OPTIONS, raw, path)));
   },
+  optionsSchema: OPTIONS.schema,
   initialState(options, key) {
     return { featureNames: null, d: 0, window: [], sinceFit: 0, rng: seedFor(options.seed, key), model: { version: 0, trainedOn: 0, nb: null, logistic: null, tree: null } };
   },

@@ -10,7 +10,10 @@
 import { kmeans, miniBatchStep, nearest } from "../ml/kmeans.js";
 import { createRandom, seedFor } from "../ml/random.js";
 import type { ProcessorDefinition, ProcessorInput, ProcessorOutput } from "../types.js";
-import { badInput, isRecord, readEnum, readInteger, readObject, readSeed, readVector } from "./option-readers.js";
+import { compileSchema, pathAt } from "../../streams/index.js";
+import type { SchemaIssue } from "../../streams/index.js";
+import { camelKeys, checkBetween, checkOptions, enumSchema, integerSchema, objectSchema, SEED_SCHEMA, throwIssues } from "../options.js";
+import { badInput, isRecord, readVector } from "./input-checks.js";
 
 /** Options of the `clustering` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface ClusteringOptions {
@@ -63,7 +66,18 @@ export interface ClusterAssignment {
 
 export const CLUSTERING_OUTPUT = "ClusterAssigned";
 
-const KEYS = ["k", "mode", "window", "warmup", "refit_every", "max_iterations", "n_init", "emit_centroids", "seed"] as const;
+const MAX_WINDOW = 1_000_000;
+const OPTIONS = compileSchema<{ k: number; window: number; warmup?: number }>(objectSchema({
+  k: integerSchema(3, 2, 1000),
+  mode: enumSchema(["streaming", "window"], "streaming"),
+  window: integerSchema(500, 2, MAX_WINDOW),
+  warmup: integerSchema(undefined, 2, MAX_WINDOW),
+  refit_every: integerSchema(50, 1),
+  max_iterations: integerSchema(100, 1, 10_000),
+  n_init: integerSchema(3, 1, 100),
+  emit_centroids: enumSchema(["always", "on-change", "never"], "on-change"),
+  seed: SEED_SCHEMA,
+}));
 
 /** Accepts `[x, y, ...]` or `{ point | features | vector: [...] }`. */
 export function readPoint(data: unknown, field: string, d: number): number[] {
@@ -99,21 +113,16 @@ export const clustering: ProcessorDefinition<ClusteringOptions, ClusteringState>
   kind: "clustering",
   description: "k-means per key: k-means++ and Lloyd over a sliding window, or streaming mini-batch k-means; emits each point's cluster and the centres.",
   validateOptions(raw, path) {
-    const o = readObject(raw, path, KEYS);
-    const k = readInteger(o, path, "k", 3, 2, 1000);
-    const window = readInteger(o, path, "window", 500, k, 1_000_000);
-    return Object.freeze({
-      k,
-      mode: readEnum(o, path, "mode", "streaming", ["streaming", "window"] as const),
-      window,
-      warmup: readInteger(o, path, "warmup", Math.min(10 * k, window), k, window),
-      refitEvery: readInteger(o, path, "refit_every", 50, 1),
-      maxIterations: readInteger(o, path, "max_iterations", 100, 1, 10_000),
-      nInit: readInteger(o, path, "n_init", 3, 1, 100),
-      emitCentroids: readEnum(o, path, "emit_centroids", "on-change", ["always", "on-change", "never"] as const),
-      seed: readSeed(o, path),
-    });
+    const o = checkOptions(OPTIONS, raw, path);
+    // The window holds at least k points, and the warm-up lies between the two.
+    const issues: SchemaIssue[] = [];
+    checkBetween(issues, pathAt(path, "window"), o.window, o.k, MAX_WINDOW);
+    const warmup = o.warmup ?? Math.min(10 * o.k, o.window);
+    checkBetween(issues, pathAt(path, "warmup"), warmup, o.k, o.window);
+    throwIssues(issues);
+    return Object.freeze(camelKeys<ClusteringOptions>({ ...o, warmup }));
   },
+  optionsSchema: OPTIONS.schema,
   initialState(options, key) {
     return { d: 0, rng: seedFor(options.seed, key), buffer: [], centroids: null, counts: [], sinceFit: 0, modelVersion: 0, seen: 0 };
   },

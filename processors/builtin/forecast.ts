@@ -7,7 +7,10 @@
 import { fitHoltWinters, forecastHoltWinters, initHoltWinters, nextValue, updateHoltWinters } from "../ml/holt-winters.js";
 import type { ForecastPoint, HoltWintersModel, HoltWintersParams } from "../ml/holt-winters.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
-import { badInput, isRecord, readBoolean, readInteger, readNumber, readObject } from "./option-readers.js";
+import { compileSchema, pathAt } from "../../streams/index.js";
+import type { SchemaIssue } from "../../streams/index.js";
+import { camelKeys, checkBetween, checkOptions, integerSchema, numberSchema, objectSchema, throwIssues } from "../options.js";
+import { badInput, isRecord } from "./input-checks.js";
 
 /** Options of the `forecast` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface ForecastOptions {
@@ -54,7 +57,19 @@ export interface ForecastResult {
 
 export const FORECAST_OUTPUT = "ForecastPredicted";
 
-const KEYS = ["period", "horizon", "coverage", "alpha", "beta", "gamma", "phi", "optimize", "history", "refit_every"] as const;
+const MAX_HISTORY = 1_000_000;
+const OPTIONS = compileSchema<{ period: number; optimize?: boolean; history?: number; refit_every?: number }>(objectSchema({
+  period: integerSchema(24, 2, 100_000),
+  horizon: integerSchema(1, 1, 10_000),
+  coverage: numberSchema(0.95, 0, 1, true),
+  alpha: numberSchema(0.3, 0, 1, true),
+  beta: numberSchema(0.05, 0, 1),
+  gamma: numberSchema(0.1, 0, 1),
+  phi: numberSchema(0.98, 0.5, 1),
+  optimize: { type: "boolean", expected: "true or false (default: true unless alpha, beta or gamma is given)" },
+  history: integerSchema(undefined, 4, MAX_HISTORY),
+  refit_every: integerSchema(undefined, 1),
+}));
 
 /** Accepts a number or `{ value: number }`. */
 export function readObservation(data: unknown, field: string): number {
@@ -74,22 +89,17 @@ export const forecast: ProcessorDefinition<ForecastOptions, ForecastState> = {
   kind: "forecast",
   description: "Holt-Winters (additive seasonality, damped trend) per key, online; forecasts `horizon` steps with prediction intervals.",
   validateOptions(raw, path) {
-    const o = readObject(raw, path, KEYS);
-    const period = readInteger(o, path, "period", 24, 2, 100_000);
-    const fixed = o["alpha"] !== undefined || o["beta"] !== undefined || o["gamma"] !== undefined;
-    return Object.freeze({
-      period,
-      horizon: readInteger(o, path, "horizon", 1, 1, 10_000),
-      coverage: readNumber(o, path, "coverage", 0.95, 0, 1, true),
-      alpha: readNumber(o, path, "alpha", 0.3, 0, 1, true),
-      beta: readNumber(o, path, "beta", 0.05, 0, 1),
-      gamma: readNumber(o, path, "gamma", 0.1, 0, 1),
-      phi: readNumber(o, path, "phi", 0.98, 0.5, 1),
-      optimize: readBoolean(o, path, "optimize", !fixed),
-      history: readInteger(o, path, "history", 4 * period, 2 * period, 1_000_000),
-      refitEvery: readInteger(o, path, "refit_every", period, 1),
-    });
+    const given = raw !== null && typeof raw === "object" ? (raw as Record<string, unknown>) : {};
+    const o = checkOptions(OPTIONS, raw, path);
+    // Smoothing factors given by hand are kept; without them they are fitted.
+    const fixed = given["alpha"] !== undefined || given["beta"] !== undefined || given["gamma"] !== undefined;
+    const history = o.history ?? 4 * o.period;
+    const issues: SchemaIssue[] = [];
+    checkBetween(issues, pathAt(path, "history"), history, 2 * o.period, MAX_HISTORY);
+    throwIssues(issues);
+    return Object.freeze(camelKeys<ForecastOptions>({ ...o, optimize: o.optimize ?? !fixed, history, refit_every: o.refit_every ?? o.period }));
   },
+  optionsSchema: OPTIONS.schema,
   initialState(options) {
     const { alpha, beta, gamma, phi } = options;
     return { history: [], model: null, params: { alpha, beta, gamma, phi }, sinceFit: 0, modelVersion: 0 };

@@ -3,12 +3,14 @@
  * the same key (document frequencies are updated event by event), text statistics and
  * lexicon-based sentiment with negation.
  */
+import { compileSchema } from "../../streams/index.js";
 import { sentiment } from "../ml/sentiment.js";
 import type { Sentiment } from "../ml/sentiment.js";
 import { STOP_WORDS, textStats, tokenize } from "../ml/text.js";
 import type { TextStats } from "../ml/text.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
-import { badInput, isRecord, readBoolean, readInteger, readNumber, readObject } from "./option-readers.js";
+import { badInput, isRecord } from "./input-checks.js";
+import { booleanSchema, camelKeys, checkOptions, integerSchema, numberSchema, objectSchema } from "../options.js";
 
 /** Options of the `nlp` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface NlpOptions {
@@ -46,7 +48,13 @@ export interface NlpResult {
 }
 
 export const NLP_OUTPUT = "TextAnalyzed";
-const KEYS = ["window", "keywords", "emit_tokens", "neutral_below", "max_length"] as const;
+const OPTIONS = compileSchema<Record<string, unknown>>(objectSchema({
+  window: integerSchema(100, 1, 100_000),
+  keywords: integerSchema(5, 0, 1000),
+  emit_tokens: booleanSchema(false),
+  neutral_below: numberSchema(0, 0, 1000),
+  max_length: integerSchema(100_000, 1),
+}));
 const MIN_KEYWORD_LENGTH = 2;
 
 /** Accepts a string or `{ text: string }`. */
@@ -64,15 +72,9 @@ export const nlp: ProcessorDefinition<NlpOptions, NlpState> = {
   kind: "nlp",
   description: "Tokens, TF-IDF keywords over a sliding window of texts per key, text statistics and lexicon sentiment with negation.",
   validateOptions(raw, path) {
-    const o = readObject(raw, path, KEYS);
-    return Object.freeze({
-      window: readInteger(o, path, "window", 100, 1, 100_000),
-      keywords: readInteger(o, path, "keywords", 5, 0, 1000),
-      emitTokens: readBoolean(o, path, "emit_tokens", false),
-      neutralBelow: readNumber(o, path, "neutral_below", 0, 0, 1000),
-      maxLength: readInteger(o, path, "max_length", 100_000, 1),
-    });
+    return Object.freeze(camelKeys<NlpOptions>(checkOptions(OPTIONS, raw, path)));
   },
+  optionsSchema: OPTIONS.schema,
   initialState() {
     return { docs: [], df: {}, seen: 0 };
   },

@@ -7,11 +7,13 @@
  * top `top_n` unseen items; unknown users (or before the first training) get the most
  * popular items.
  */
+import { compileSchema } from "../../streams/index.js";
 import { foldInUserRow, gram, randomFactors, scoreItems, trainAls } from "../ml/als.js";
 import type { Interaction } from "../ml/als.js";
 import { createRandom, seedFor } from "../ml/random.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
-import { badInput, isRecord, readBoolean, readInteger, readNumber, readObject, readSeed } from "./option-readers.js";
+import { badInput, isRecord } from "./input-checks.js";
+import { booleanSchema, camelKeys, checkOptions, integerSchema, numberSchema, objectSchema, SEED_SCHEMA } from "../options.js";
 
 /** Options of the `recommend` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface RecommendOptions {
@@ -68,7 +70,18 @@ export interface Recommendations {
 }
 
 export const RECOMMEND_OUTPUT = "ItemsRecommended";
-const KEYS = ["factors", "lambda", "alpha", "iterations", "retrain_every", "top_n", "max_interactions", "exclude_seen", "emit_on_interaction", "seed"] as const;
+const OPTIONS = compileSchema<Record<string, unknown>>(objectSchema({
+  factors: integerSchema(16, 1, 256),
+  lambda: numberSchema(1, 0, 1000, true),
+  alpha: numberSchema(10, 0, 10_000),
+  iterations: integerSchema(10, 1, 1000),
+  retrain_every: integerSchema(100, 1),
+  top_n: integerSchema(10, 1, 10_000),
+  max_interactions: integerSchema(100_000, 1),
+  exclude_seen: booleanSchema(true),
+  emit_on_interaction: booleanSchema(false),
+  seed: SEED_SCHEMA,
+}));
 const MAX_ID_LENGTH = 256;
 
 function readId(v: unknown, field: string): string {
@@ -178,20 +191,9 @@ export const recommend: ProcessorDefinition<RecommendOptions, RecommendState> = 
   kind: "recommend",
   description: "Collaborative filtering per key: implicit-feedback ALS matrix factorisation (ml-matrix), online fold-in per interaction, top-N unseen items per user.",
   validateOptions(raw, path) {
-    const o = readObject(raw, path, KEYS);
-    return Object.freeze({
-      factors: readInteger(o, path, "factors", 16, 1, 256),
-      lambda: readNumber(o, path, "lambda", 1, 0, 1000, true),
-      alpha: readNumber(o, path, "alpha", 10, 0, 10_000),
-      iterations: readInteger(o, path, "iterations", 10, 1, 1000),
-      retrainEvery: readInteger(o, path, "retrain_every", 100, 1),
-      topN: readInteger(o, path, "top_n", 10, 1, 10_000),
-      maxInteractions: readInteger(o, path, "max_interactions", 100_000, 1),
-      excludeSeen: readBoolean(o, path, "exclude_seen", true),
-      emitOnInteraction: readBoolean(o, path, "emit_on_interaction", false),
-      seed: readSeed(o, path),
-    });
+    return Object.freeze(camelKeys<RecommendOptions>(checkOptions(OPTIONS, raw, path)));
   },
+  optionsSchema: OPTIONS.schema,
   initialState(options, key) {
     return { users: [], items: [], userFactors: [], itemFactors: [], pairs: [], popularity: [], clock: 0, sinceFit: 0, modelVersion: 0, rng: seedFor(options.seed, key) };
   },

@@ -4,11 +4,13 @@
  * keeps running brightness statistics (Welford, online) and reports how unusual each
  * image's brightness is for that key.
  */
+import { compileSchema } from "../../streams/index.js";
 import { PNG } from "pngjs";
 import { imageStats } from "../ml/image.js";
 import type { ImageStats, RasterImage } from "../ml/image.js";
 import type { ProcessorDefinition, ProcessorOutput } from "../types.js";
-import { badInput, isRecord, readInteger, readNumber, readObject, readSeed } from "./option-readers.js";
+import { badInput, isRecord } from "./input-checks.js";
+import { camelKeys, checkOptions, integerSchema, numberSchema, objectSchema, SEED_SCHEMA } from "../options.js";
 
 /** Options of the `vision` processor (validated, frozen). In `flexcore.yaml` the keys are snake_case (`refit_every` for `refitEvery`). */
 export interface VisionOptions {
@@ -40,7 +42,14 @@ export interface VisionResult extends ImageStats {
 }
 
 export const VISION_OUTPUT = "ImageAnalyzed";
-const KEYS = ["bins", "edge_threshold", "colours", "colour_samples", "max_pixels", "seed"] as const;
+const OPTIONS = compileSchema<Record<string, unknown>>(objectSchema({
+  bins: integerSchema(16, 2, 256),
+  edge_threshold: numberSchema(0.5, 0, 6, true),
+  colours: integerSchema(3, 1, 32),
+  colour_samples: integerSchema(4096, 16, 1_000_000),
+  max_pixels: integerSchema(4_000_000, 1),
+  seed: SEED_SCHEMA,
+}));
 
 /**
  * Reads `{ png: base64 }` or `{ width, height, channels?, pixels: number[] }` (values
@@ -83,16 +92,9 @@ export const vision: ProcessorDefinition<VisionOptions, VisionState> = {
   kind: "vision",
   description: "Image statistics from pixel arrays or PNG bytes: brightness, contrast, histogram, edge density, dominant colours; brightness z-score per key.",
   validateOptions(raw, path) {
-    const o = readObject(raw, path, KEYS);
-    return Object.freeze({
-      bins: readInteger(o, path, "bins", 16, 2, 256),
-      edgeThreshold: readNumber(o, path, "edge_threshold", 0.5, 0, 6, true),
-      colours: readInteger(o, path, "colours", 3, 1, 32),
-      colourSamples: readInteger(o, path, "colour_samples", 4096, 16, 1_000_000),
-      maxPixels: readInteger(o, path, "max_pixels", 4_000_000, 1),
-      seed: readSeed(o, path),
-    });
+    return Object.freeze(camelKeys<VisionOptions>(checkOptions(OPTIONS, raw, path)));
   },
+  optionsSchema: OPTIONS.schema,
   initialState() {
     return { images: 0, meanBrightness: 0, m2Brightness: 0 };
   },
