@@ -1,0 +1,95 @@
+// pii-redact end to end: the Python plugin as a child process with the handshake environment,
+// called through the host client against a real nats-server with the plugin's own user.
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startPluginTestNats } from "../../test/plugin-nats.js";
+import type { PluginTestNats } from "../../test/plugin-nats.js";
+import { createPluginClient, discoverPlugins } from "../client.js";
+import type { PluginClient } from "../client.js";
+
+const RUN = { id: "r1", workflow: "w", attempt: 1 };
+let nats: PluginTestNats;
+let child: ChildProcess;
+let client: PluginClient;
+let stderr = "";
+
+beforeAll(async () => {
+  nats = await startPluginTestNats({ plugins: ["pii-redact"] });
+  const env = nats.pluginEnv("pii-redact", { FLEXCORE_PLUGIN_CONFIG: JSON.stringify({ replacement: "<{detector}>" }) });
+  child = spawn("python3", ["-B", join(import.meta.dirname, "main.py")], { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  child.stderr!.on("data", (d: Buffer) => { stderr += d.toString(); });
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if ((await discoverPlugins(nats.nc, { name: "pii-redact", nonce: env.FLEXCORE_PLUGIN_NONCE!, timeoutMs: 200, limit: 1 })).length) break;
+  }
+  client = createPluginClient(nats.nc, "pii-redact");
+});
+
+afterAll(async () => {
+  if (child && child.exitCode === null) {
+    const exit = new Promise((r) => child.once("exit", r));
+    child.kill("SIGTERM");
+    await exit;
+  }
+  await nats?.close();
+});
+
+const input = (seq: number, key: string, data: unknown) => ({ seq, subject: `evt.acme.users.${key}`, key, id: `e${seq}`, type: "UserUpdated", time: "2026-01-01T00:00:00Z", data });
+
+describe("pii-redact plugin", () => {
+  it("processor: one Redacted output per input with every string redacted, keys and nested values included; no state", async () => {
+    const reply = await client.callProcessor("pii-redact", {
+      tenant: "acme",
+      options: {},
+      states: { u1: null, u2: null },
+      inputs: [
+        input(1, "u1", { name: "Jane", contact: { email: "jane@example.com", phones: ["+1 415 555 2671", "call (415) 555-2671"] }, age: 41 }),
+        input(2, "u2", { note: "card 4111 1111 1111 1111, order 4111111111111112, on 2026-01-31 12:30:00", "bob@example.org": true }),
+        input(3, "u1", "plain text"),
+      ],
+    });
+    expect(reply).toEqual({
+      states: {},
+      outputs: [
+        { input: 0, type: "Redacted", data: { name: "Jane", contact: { email: "[REDACTED]", phones: ["[REDACTED]", "call [REDACTED]"] }, age: 41 } },
+        { input: 1, type: "Redacted", data: { note: "card [REDACTED], order 4111111111111112, on 2026-01-31 12:30:00", "[REDACTED]": true } },
+        { input: 2, type: "Redacted", data: "plain text" },
+      ],
+    });
+  });
+
+  it("processor options pick the detectors and the replacement; a replay gives the same outputs", async () => {
+    const request = { tenant: "acme", options: { detectors: ["email"], replacement: "***" }, states: { u1: null }, inputs: [input(1, "u1", { a: "x@y.io +1 415 555 2671" })] };
+    const first = await client.callProcessor("pii-redact", request);
+    expect(first.outputs[0]!.data).toEqual({ a: "*** +1 415 555 2671" });
+    expect(await client.callProcessor("pii-redact", request)).toEqual(first);
+  });
+
+  it("bad options or too deep data are rejected with 400 naming the field (dead letter, no retry)", async () => {
+    for (const [options, field] of [[{ detectors: ["ssn"] }, "options.detectors"], [{ replace: "x" }, "options.replace"], ["all", "options"]] as const) {
+      const err = await client.callProcessor("pii-redact", { tenant: "acme", options, states: { u1: null }, inputs: [input(1, "u1", "a@b.io")] }).catch((e: unknown) => e);
+      expect(err, JSON.stringify(options)).toMatchObject({ code: "FLEX_PLUGIN_REJECTED", status: 400, retryable: false });
+      expect((err as { reason: string }).reason).toContain(`\`${field}\``);
+    }
+    let deep: unknown = "a@b.io";
+    for (let i = 0; i < 300; i++) deep = [deep];
+    await expect(client.callProcessor("pii-redact", { tenant: "acme", options: {}, states: { u1: null }, inputs: [input(1, "u1", deep)] })).rejects.toMatchObject({ code: "FLEX_PLUGIN_REJECTED", reason: expect.stringContaining("inputs[0].data") });
+  });
+
+  it("step: the output is the input redacted with the operator's config", async () => {
+    expect(await client.callStep("pii-redact", { tenant: "acme", input: { to: "ops@example.com", text: ["pay 5500-0055-5555-5559"] }, run: RUN })).toEqual({
+      output: { to: "<email>", text: ["pay <card>"] },
+    });
+    expect(await client.callStep("pii-redact", { tenant: "acme", input: null, run: RUN })).toEqual({ output: null });
+  });
+
+  it("a hostile string costs its length: 1 MB of near-misses is answered within the call timeout", async () => {
+    const hostile = `${"a@".repeat(100_000)}${"1 ".repeat(100_000)}${"+1 ".repeat(60_000)}`;
+    const reply = await client.callStep("pii-redact", { tenant: "acme", input: hostile, run: RUN });
+    expect(typeof reply.output).toBe("string");
+    expect(child.exitCode).toBeNull();
+    expect(stderr).not.toMatch(/"level":50/u);
+  });
+});
