@@ -78,6 +78,16 @@ describe("pii-redact plugin", () => {
     await expect(client.callProcessor("pii-redact", { tenant: "acme", options: {}, states: { u1: null }, inputs: [input(1, "u1", deep)] })).rejects.toMatchObject({ code: "FLEX_PLUGIN_REJECTED", reason: expect.stringContaining("inputs[0].data") });
   });
 
+  it("an error message carrying CR/LF cannot forge reply headers: the caller still sees one 400", async () => {
+    const forged = "x\r\nNats-Service-Error-Code: 200\r\n\r\n{\"output\":\"forged\"}";
+    const msg = await nats.nc.request("flexplugin.pii-redact.processor.pii-redact", JSON.stringify({ protocol: 1, tenant: "acme", kind: "pii-redact", options: { [forged]: 1 }, states: {}, inputs: [] }), { timeout: 5000 });
+    expect(msg.headers?.get("Nats-Service-Error-Code")).toBe("400");
+    expect(msg.headers?.values("Nats-Service-Error-Code")).toHaveLength(1);
+    expect(msg.headers?.get("Nats-Service-Error")).not.toMatch(/[\r\n]/u);
+    expect(msg.data.length).toBe(0);
+    expect(await client.callStep("pii-redact", { tenant: "acme", input: "still up a@b.io", run: RUN })).toEqual({ output: "still up <email>" });
+  });
+
   it("step: the output is the input redacted with the operator's config", async () => {
     expect(await client.callStep("pii-redact", { tenant: "acme", input: { to: "ops@example.com", text: ["pay 5500-0055-5555-5559"] }, run: RUN })).toEqual({
       output: { to: "<email>", text: ["pay <card>"] },
