@@ -1,11 +1,15 @@
-// pii-redact end to end: the Python plugin as a child process with the handshake environment,
+// pii-redact end to end: the bundle packed, signed and installed read-only as an operator does,
+// then run from the store with the manifest's command and the handshake environment, and
 // called through the host client against a real nats-server with the plugin's own user.
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
+import { chmod, cp, mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPluginTestNats } from "../../test/plugin-nats.js";
 import type { PluginTestNats } from "../../test/plugin-nats.js";
+import { install, keygen, pack, sign, writeKeyPair } from "../bundle.js";
 import { createPluginClient, discoverPlugins } from "../client.js";
 import type { PluginClient } from "../client.js";
 
@@ -14,11 +18,31 @@ let nats: PluginTestNats;
 let child: ChildProcess;
 let client: PluginClient;
 let stderr = "";
+let work: string;
+let installedPath: string;
+let installedFiles: string[];
+
+async function files(dir: string): Promise<string[]> {
+  return (await readdir(dir, { recursive: true })).map(String).sort();
+}
 
 beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "flexcore-pii-"));
+  const bundle = join(work, "pii-redact");
+  await cp(import.meta.dirname, bundle, { recursive: true, filter: (src) => !src.includes("__pycache__") });
+  const keys = join(work, "keys");
+  const pair = keygen();
+  await writeKeyPair(pair, keys, "ops");
+  await pack(bundle);
+  await sign(bundle, pair.privateKeyPem);
+  const installed = await install(bundle, join(work, "store"), { trustedKeysDir: keys });
+  expect(installed.signer).toBe(pair.keyId);
+  installedPath = installed.path;
+  installedFiles = await files(installedPath);
   nats = await startPluginTestNats({ plugins: ["pii-redact"] });
   const env = nats.pluginEnv("pii-redact", { FLEXCORE_PLUGIN_CONFIG: JSON.stringify({ replacement: "<{detector}>" }) });
-  child = spawn("python3", ["-B", join(import.meta.dirname, "main.py")], { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  const [command, ...args] = installed.manifest.command;
+  child = spawn(command!, args, { cwd: installedPath, env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "ignore", "pipe"] });
   child.stderr!.on("data", (d: Buffer) => { stderr += d.toString(); });
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {
@@ -34,6 +58,13 @@ afterAll(async () => {
     await exit;
   }
   await nats?.close();
+  if (work) {
+    await rm(work, { recursive: true, force: true, maxRetries: 2 }).catch(async () => {
+      // The store is read-only by design; make it writable again to clean up.
+      for (const f of [installedPath, ...installedFiles.map((x) => join(installedPath, x))]) await chmod(f, 0o700).catch(() => undefined);
+      await rm(work, { recursive: true, force: true });
+    });
+  }
 });
 
 const input = (seq: number, key: string, data: unknown) => ({ seq, subject: `evt.acme.users.${key}`, key, id: `e${seq}`, type: "UserUpdated", time: "2026-01-01T00:00:00Z", data });
@@ -101,5 +132,10 @@ describe("pii-redact plugin", () => {
     expect(typeof reply.output).toBe("string");
     expect(child.exitCode).toBeNull();
     expect(stderr).not.toMatch(/"level":50/u);
+  });
+
+  it("runs from its read-only installed copy and writes nothing there", async () => {
+    expect(await files(installedPath)).toEqual(installedFiles);
+    expect(installedFiles).not.toContain("__pycache__");
   });
 });
