@@ -256,7 +256,8 @@ describe.each(IMPLEMENTATIONS)("conformance: $label", (impl) => {
     const p = await start(impl, "term", { delayMs: 1500 });
     const client = createPluginClient(nats.nc, p.service, { callTimeoutMs: 5000 });
     const call = client.callStep("echo", { tenant: "t", input: { in: "flight" }, run: RUN });
-    await new Promise((r) => setTimeout(r, 300));
+    // SIGTERM once the plugin has the call (its STATS count it), not after a guessed delay.
+    await expect.poll(async () => (await pluginStats(nats.nc, p.service, { id: p.id })).endpoints.find((e) => e.name === "step-echo")!.num_requests, { timeout: 5000 }).toBe(1);
     p.child.kill("SIGTERM");
     await expect(call).resolves.toEqual({ output: { in: "flight" } });
     expect(await p.exit).toBe(0);
