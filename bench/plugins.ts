@@ -1,7 +1,11 @@
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import type { ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { createPluginClient, discoverPlugins, echoPluginCommand } from "../plugins/index.js";
 import { startPluginTestNats } from "../test/plugin-nats.js";
+import type { PluginTestNats } from "../test/plugin-nats.js";
 import { percentile, runTasks } from "./harness.js";
 import type { BenchResult, Suite } from "./harness.js";
 
@@ -37,65 +41,107 @@ async function pooled(n: number, inFlight: number, one: (i: number) => Promise<u
   }));
 }
 
-async function waitReady(nc: NatsConnection, nonce: string): Promise<void> {
+async function waitReady(nc: NatsConnection, name: string, nonce: string): Promise<void> {
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
-    if ((await discoverPlugins(nc, { name: "echo", nonce, timeoutMs: 200, limit: 1 })).length > 0) return;
+    if ((await discoverPlugins(nc, { name, nonce, timeoutMs: 200, limit: 1 })).length > 0) return;
   }
-  throw new Error("the echo plugin did not become ready within 30 s");
+  throw new Error(`the ${name} plugin did not become ready within 30 s`);
+}
+
+/** The two echo implementations: the TypeScript `echo` and the Python `echo-py` (stdlib SDK). */
+const ECHOES = [
+  { name: "echo", command: echoPluginCommand, goal: 15_000 },
+  { name: "echo-py", command: () => ({ command: "python3", args: ["-B", pythonEchoMain()] }), goal: 4_000 },
+] as const;
+
+/** plugins/echo-py/main.py of this checkout, from bench/ (tsx) or dist/bench/ (built; tsc copies no .py). */
+function pythonEchoMain(): string {
+  const candidates = ["../plugins/echo-py/main.py", "../../plugins/echo-py/main.py"].map((p) => fileURLToPath(new URL(p, import.meta.url)));
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) throw new Error(`plugins/echo-py/main.py not found (looked at ${candidates.join(", ")})`);
+  return found;
+}
+
+interface Running {
+  readonly child: ChildProcess;
+  readonly commandLine: string;
+  stop(): Promise<void>;
+}
+
+async function launchEcho(nats: PluginTestNats, echo: (typeof ECHOES)[number]): Promise<Running> {
+  const pluginEnv = nats.pluginEnv(echo.name, { FLEXCORE_PLUGIN_CONCURRENCY: String(IN_FLIGHT), LOG_LEVEL: "warn" });
+  const { command, args } = echo.command();
+  const child = spawn(command, [...args], { env: { PATH: process.env.PATH ?? "", ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
+  const stop = () => new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const t = setTimeout(() => { child.kill("SIGKILL"); resolve(); }, 5_000);
+    child.once("exit", () => { clearTimeout(t); resolve(); });
+    child.kill("SIGTERM");
+  });
+  try {
+    await waitReady(nats.nc, echo.name, pluginEnv.FLEXCORE_PLUGIN_NONCE!);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { child, commandLine: [command, ...args].join(" "), stop };
 }
 
 export const suite: Suite = {
   name: "plugins",
-  description: "TypeScript echo plugin (child process) round trip p50/p99 beside a bare in-process nc.request, and calls/s with 64 in flight",
+  description: "echo plugins (TypeScript echo, Python echo-py; child processes): round trip p50/p99 beside a bare in-process nc.request, and calls/s with 64 in flight",
   async run({ args, log, env }) {
     const calls = callsFrom(args);
-    await using nats = await startPluginTestNats({ plugins: ["echo"] });
-    const pluginEnv = nats.pluginEnv("echo", { FLEXCORE_PLUGIN_CONCURRENCY: String(IN_FLIGHT), LOG_LEVEL: "warn" });
-    const { command, args: argv } = echoPluginCommand();
-    const child = spawn(command, [...argv], { env: { PATH: process.env.PATH ?? "", ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
-    env.pluginCommand = [command, ...argv].join(" ");
+    await using nats = await startPluginTestNats({ plugins: ECHOES.map((e) => e.name) });
     const results: BenchResult[] = [];
-    try {
-      await waitReady(nats.nc, pluginEnv.FLEXCORE_PLUGIN_NONCE!);
-      const client = createPluginClient(nats.nc, "echo", { callTimeoutMs: 10_000 });
-      const echo = (i: number) => client.callStep("echo", { tenant: "bench", input: { n: i }, run: RUN });
-
-      // Baseline: the same body to a plain subscription on another connection of this process.
-      const responder = await nats.connect();
-      responder.subscribe("bench.bare", {
-        callback: (_e, m) => {
-          m.respond(JSON.stringify({ output: (JSON.parse(new TextDecoder().decode(m.data)) as { input: unknown }).input }));
-        },
-      });
-      await responder.flush();
-      const bare = (i: number) => nats.nc.request("bench.bare", JSON.stringify({ protocol: 1, tenant: "bench", step: "echo", input: { n: i }, run: RUN }), { timeout: 10_000 });
-
-      const p99: Record<string, number[]> = { "bare.rtt.p99": [], "echo.rtt.p99": [] };
-      const [bareP50, echoP50] = await runTasks([
-        { name: "bare.rtt.p50", unit: "ms", fn: async () => { const ms = await roundTrips(calls, bare); p99["bare.rtt.p99"]!.push(percentile(ms, 99)); return percentile(ms, 50); } },
-        { name: "echo.rtt.p50", unit: "ms", fn: async () => { const ms = await roundTrips(calls, echo); p99["echo.rtt.p99"]!.push(percentile(ms, 99)); return percentile(ms, 50); }, extra: { goal: "≤ 0.5 ms" } },
-      ], { log });
-      results.push(bareP50!, echoP50!);
-      for (const [name, samples] of Object.entries(p99)) {
-        const kept = samples.slice(-5);
-        const sorted = [...kept].sort((a, b) => a - b);
-        results.push({ name, unit: "ms", median: sorted[sorted.length >> 1]!, samples: kept, ...(name.startsWith("echo") ? { extra: { goal: "≤ 3 ms" } } : {}) });
+    // Baseline: the same body to a plain subscription on another connection of this process.
+    const responder = await nats.connect();
+    responder.subscribe("bench.bare", {
+      callback: (_e, m) => {
+        m.respond(JSON.stringify({ output: (JSON.parse(new TextDecoder().decode(m.data)) as { input: unknown }).input }));
+      },
+    });
+    await responder.flush();
+    const bare = (i: number) => nats.nc.request("bench.bare", JSON.stringify({ protocol: 1, tenant: "bench", step: "echo", input: { n: i }, run: RUN }), { timeout: 10_000 });
+    let bareP50: BenchResult | undefined;
+    for (const echo of ECHOES) {
+      const running = await launchEcho(nats, echo);
+      env[`${echo.name}Command`] = running.commandLine;
+      try {
+        const client = createPluginClient(nats.nc, echo.name, { callTimeoutMs: 10_000 });
+        const call = (i: number) => client.callStep("echo", { tenant: "bench", input: { n: i }, run: RUN });
+        const p99: Record<string, number[]> = {};
+        const rtt = (name: string, one: (i: number) => Promise<unknown>, extra?: Record<string, unknown>) => ({
+          name: `${name}.rtt.p50`,
+          unit: "ms",
+          extra,
+          fn: async () => {
+            const ms = await roundTrips(calls, one);
+            (p99[`${name}.rtt.p99`] ??= []).push(percentile(ms, 99));
+            return percentile(ms, 50);
+          },
+        });
+        const tasks = [...(bareP50 ? [] : [rtt("bare", bare)]), rtt(echo.name, call, { goal: echo.name === "echo" ? "≤ 0.5 ms" : "none (TypeScript's ≤ 0.5 ms for reference)" })];
+        const measured = await runTasks(tasks, { log });
+        bareP50 ??= measured.find((r) => r.name === "bare.rtt.p50");
+        const echoP50 = measured.find((r) => r.name === `${echo.name}.rtt.p50`)!;
+        results.push(...measured);
+        for (const [name, samples] of Object.entries(p99)) {
+          const kept = samples.slice(-5);
+          const sorted = [...kept].sort((a, b) => a - b);
+          results.push({ name, unit: "ms", median: sorted[sorted.length >> 1]!, samples: kept, ...(name === "echo.rtt.p99" ? { extra: { goal: "≤ 3 ms" } } : {}) });
+        }
+        const r = echoP50.median / bareP50!.median;
+        results.push({ name: `${echo.name}/bare.rtt.p50`, unit: "x", median: r, samples: [r], extra: echo.name === "echo" ? { goal: "≤ 2.5", met: r <= 2.5 } : {} });
+        const n = calls * THROUGHPUT_FACTOR;
+        const [throughput] = await runTasks([{ name: `${echo.name}.calls.${IN_FLIGHT}-in-flight`, unit: "calls/s", ops: n, fn: () => pooled(n, IN_FLIGHT, call), extra: { goal: `≥ ${echo.goal}` } }], { log });
+        results.push({ ...throughput!, extra: { ...throughput!.extra, met: throughput!.median >= echo.goal } });
+      } finally {
+        await running.stop();
       }
-      const r = echoP50!.median / bareP50!.median;
-      results.push({ name: "echo/bare.rtt.p50", unit: "x", median: r, samples: [r], extra: { goal: "≤ 2.5", met: r <= 2.5 } });
-
-      const n = calls * THROUGHPUT_FACTOR;
-      const [throughput] = await runTasks([{ name: `echo.calls.${IN_FLIGHT}-in-flight`, unit: "calls/s", ops: n, fn: () => pooled(n, IN_FLIGHT, echo), extra: { goal: "≥ 15000" } }], { log });
-      results.push(throughput!);
-      await responder.close();
-    } finally {
-      child.kill("SIGTERM");
-      await new Promise((resolve) => {
-        const t = setTimeout(() => { child.kill("SIGKILL"); resolve(undefined); }, 5_000);
-        child.once("exit", () => { clearTimeout(t); resolve(undefined); });
-      });
     }
+    await responder.close();
     return results;
   },
 };

@@ -25,6 +25,8 @@ export interface EchoFaults {
   readonly stdoutSpam?: boolean | number;
   /** Answer every call with 400. */
   readonly reject?: boolean;
+  /** Answer every call with 500 (the handler throws a plain Error). */
+  readonly fail?: boolean;
   /** Wait this long (ms) before answering. */
   readonly delayMs?: number;
   /** Where the echo source ends (records are 1..sourceEnd). @default 1000 */
@@ -49,6 +51,7 @@ async function faults(context: HandlerContext): Promise<Uint8Array | undefined> 
   if (f.hang) await new Promise(() => undefined);
   if (typeof f.delayMs === "number" && f.delayMs > 0) await new Promise((r) => setTimeout(r, f.delayMs));
   if (f.reject) throw new PluginInputError("echo: rejected by the `reject` fault switch");
+  if (f.fail) throw new Error("echo: failed by the `fail` fault switch");
   if (f.malformed) return NOT_JSON;
   if (f.oversized) {
     const size = typeof f.oversizedBytes === "number" ? f.oversizedBytes : 256 * 1024;
