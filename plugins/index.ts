@@ -72,6 +72,7 @@ export type {
   PluginKind,
   ProcessorInput,
   ProcessorOutput,
+  ProcessorRejection,
   ProcessorReply,
   ProcessorRequest,
   ProtocolIssue,
