@@ -216,7 +216,8 @@ function deepEqual(a: unknown, b: unknown): boolean {
 }
 
 function clone(v: unknown): unknown {
-  return v === undefined ? undefined : (JSON.parse(JSON.stringify(v)) as unknown);
+  // Primitives are values already; only objects and arrays need a copy of their own.
+  return typeof v !== "object" || v === null ? v : (JSON.parse(JSON.stringify(v)) as unknown);
 }
 
 /**
