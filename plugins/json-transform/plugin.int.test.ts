@@ -44,6 +44,18 @@ describe("json-transform plugin", () => {
     expect(reply.states).toEqual({});
   });
 
+  it("a batch split over the max payload gets its rejections remapped to the whole batch's indexes", async () => {
+    const small = createPluginClient(nats.nc, "json-transform", { maxPayload: 1024 });
+    const datas = Array.from({ length: 12 }, (_, i) => ({ order: { id: i, total: i % 4 === 1 ? "bad" : String(200 + i) } }));
+    const inputs = datas.map((d, i) => input(i, d, `k${i % 6}`));
+    const states = Object.fromEntries(inputs.map((x) => [x.key, null]));
+    const whole = await client.callProcessor("json-transform", { tenant: "acme", options, states, inputs });
+    const split = await small.callProcessor("json-transform", { tenant: "acme", options, states, inputs });
+    expect(split).toEqual(whole);
+    expect(split.rejected?.map((r) => r.input)).toEqual([1, 5, 9]);
+    expect(split.outputs.map((o) => o.input)).toEqual([0, 2, 3, 4, 6, 7, 8, 10, 11]);
+  });
+
   it("is deterministic: the same batch gives the same reply", async () => {
     const inputs = Array.from({ length: 50 }, (_, i) => input(i, { order: { id: i, total: String(i * 5) } }));
     const req = { tenant: "acme", options, states: { k0: null, k1: null, k2: null }, inputs };
