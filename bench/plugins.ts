@@ -3,7 +3,8 @@ import { existsSync } from "node:fs";
 import type { ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createPluginClient, discoverPlugins, echoPluginCommand } from "../plugins/index.js";
+import { compileTransform, createPluginClient, discoverPlugins, echoPluginCommand, jsonTransformPluginCommand } from "../plugins/index.js";
+import type { ProcessorInput, ProcessorOutput } from "../plugins/index.js";
 import { startPluginTestNats } from "../test/plugin-nats.js";
 import type { PluginTestNats } from "../test/plugin-nats.js";
 import { percentile, runTasks } from "./harness.js";
@@ -15,6 +16,49 @@ const DEFAULT_CALLS = 4_000;
 const THROUGHPUT_FACTOR = 5;
 const IN_FLIGHT = 64;
 const RUN = { id: "bench", workflow: "bench", attempt: 1 };
+
+/** Events through json-transform per iteration (`--events N` or FLEXCORE_BENCH_PLUGIN_EVENTS). */
+const DEFAULT_EVENTS = 100_000;
+const TRANSFORM_BATCH = 256;
+/** Batches in flight for the second json-transform figure (partitions of a processor run side by side). */
+const TRANSFORM_IN_FLIGHT = 4;
+const TRANSFORM_OPTIONS = {
+  pick: ["order.id", "order.total", "order.currency", "customer.email", "customer.tier"],
+  rename: { "order.total": "total", "customer.email": "email" },
+  default: { "order.currency": "EUR", "customer.tier": "basic" },
+  cast: { total: "number", "order.id": "string" },
+  filter: [{ path: "total", op: "gte", value: 5 }],
+  type: "OrderSummary",
+};
+
+function eventsFrom(args: readonly string[]): number {
+  const at = args.indexOf("--events");
+  const text = at >= 0 ? args[at + 1] : process.env.FLEXCORE_BENCH_PLUGIN_EVENTS;
+  const n = text === undefined ? DEFAULT_EVENTS : Number(text);
+  if (!Number.isInteger(n) || n < TRANSFORM_BATCH) throw new Error(`--events: expected an integer from ${TRANSFORM_BATCH} and up, got ${JSON.stringify(text)}`);
+  return n;
+}
+
+function transformBatches(events: number): ProcessorInput[][] {
+  const batches: ProcessorInput[][] = [];
+  for (let start = 0; start < events; start += TRANSFORM_BATCH) {
+    const batch: ProcessorInput[] = [];
+    for (let i = start; i < Math.min(events, start + TRANSFORM_BATCH); i++) {
+      const key = `c${i % 64}`;
+      batch.push({ seq: i + 1, subject: `evt.bench.orders.${key}`, key, id: `o${i}`, type: "OrderPlaced", time: "2026-01-01T00:00:00.000Z", data: { order: { id: i, total: String((i % 100) + 0.5), lines: [{ sku: "A", qty: 1 }] }, customer: { email: `u${i}@example.com`, tier: i % 3 ? "gold" : null, address: { city: "Lyon" } } } });
+    }
+    batches.push(batch);
+  }
+  return batches;
+}
+
+function stop(child: ReturnType<typeof spawn>): Promise<void> {
+  child.kill("SIGTERM");
+  return new Promise((resolve) => {
+    const t = setTimeout(() => { child.kill("SIGKILL"); resolve(); }, 5_000);
+    child.once("exit", () => { clearTimeout(t); resolve(); });
+  });
+}
 
 function callsFrom(args: readonly string[]): number {
   const at = args.indexOf("--calls");
@@ -90,10 +134,11 @@ async function launchEcho(nats: PluginTestNats, echo: (typeof ECHOES)[number]): 
 
 export const suite: Suite = {
   name: "plugins",
-  description: "echo plugins (TypeScript echo, Python echo-py; child processes): round trip p50/p99 beside a bare in-process nc.request, and calls/s with 64 in flight",
+  description: "echo plugins (TypeScript echo, Python echo-py; child processes): round trip p50/p99 beside a bare in-process nc.request, and calls/s with 64 in flight; json-transform as a processor plugin (events/s, batches of 256) beside the same transform in-process",
   async run({ args, log, env }) {
     const calls = callsFrom(args);
-    await using nats = await startPluginTestNats({ plugins: ECHOES.map((e) => e.name) });
+    const events = eventsFrom(args);
+    await using nats = await startPluginTestNats({ plugins: [...ECHOES.map((e) => e.name), "json-transform"] });
     const results: BenchResult[] = [];
     // Baseline: the same body to a plain subscription on another connection of this process.
     const responder = await nats.connect();
@@ -142,6 +187,51 @@ export const suite: Suite = {
       }
     }
     await responder.close();
+    results.push(...(await jsonTransform(nats, events, log, env)));
     return results;
   },
 };
+
+/** json-transform as a processor plugin over `events` events in batches of 256, beside the same transform in-process. */
+async function jsonTransform(nats: Awaited<ReturnType<typeof startPluginTestNats>>, events: number, log: ((line: string) => void) | undefined, env: Record<string, unknown>): Promise<BenchResult[]> {
+  const pluginEnv = nats.pluginEnv("json-transform", { FLEXCORE_PLUGIN_CONCURRENCY: "16", LOG_LEVEL: "warn" });
+  const { command, args: argv } = jsonTransformPluginCommand();
+  const child = spawn(command, [...argv], { env: { PATH: process.env.PATH ?? "", ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
+  env.jsonTransformCommand = [command, ...argv].join(" ");
+  env.jsonTransformEvents = events;
+  try {
+    await waitReady(nats.nc, "json-transform", pluginEnv.FLEXCORE_PLUGIN_NONCE!);
+    const batches = transformBatches(events);
+    const client = createPluginClient(nats.nc, "json-transform", { callTimeoutMs: 30_000 });
+    let kept = 0;
+    // The in-process baseline does what the plugin's handler does: one output per kept input.
+    const inProcess = (): void => {
+      const t = compileTransform(TRANSFORM_OPTIONS);
+      kept = 0;
+      for (const batch of batches) {
+        const outputs: ProcessorOutput[] = [];
+        for (let i = 0; i < batch.length; i++) {
+          const r = t(batch[i]!.data);
+          if (r.kept) outputs.push({ input: i, type: TRANSFORM_OPTIONS.type, data: r.data });
+        }
+        kept += outputs.length;
+      }
+    };
+    const call = (batch: readonly ProcessorInput[]) => {
+      const states: Record<string, null> = {};
+      for (const input of batch) states[input.key] = null;
+      return client.callProcessor("json-transform", { tenant: "bench", options: TRANSFORM_OPTIONS, states, inputs: batch });
+    };
+    let pluginKept = 0;
+    const [base, sequential, parallel] = await runTasks([
+      { name: "json-transform.in-process", unit: "events/s", ops: events, fn: inProcess },
+      { name: "json-transform.plugin.batch-256", unit: "events/s", ops: events, fn: async () => { pluginKept = 0; for (const b of batches) pluginKept += (await call(b)).outputs.length; }, extra: { goal: "≥ 30000" } },
+      { name: `json-transform.plugin.batch-256.${TRANSFORM_IN_FLIGHT}-in-flight`, unit: "events/s", ops: events, fn: () => pooled(batches.length, TRANSFORM_IN_FLIGHT, (i) => call(batches[i]!)) },
+    ], { log });
+    if (pluginKept !== kept) throw new Error(`json-transform: the plugin kept ${pluginKept} events, the in-process transform ${kept}`);
+    const ratio = sequential!.median / base!.median;
+    return [base!, sequential!, parallel!, { name: "json-transform.plugin/in-process", unit: "x", median: ratio, samples: [ratio], extra: { goal: "≥ 0.4", met: ratio >= 0.4 } }];
+  } finally {
+    await stop(child);
+  }
+}

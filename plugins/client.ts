@@ -29,6 +29,7 @@ import type {
   PluginKind,
   ProcessorInput,
   ProcessorOutput,
+  ProcessorRejection,
   ProcessorReply,
   ProcessorRequest,
   SinkReply,
@@ -350,14 +351,18 @@ function setOwn(obj: Record<string, unknown>, key: string, value: unknown): void
 function mergeReplies(chunks: readonly Chunk[], replies: readonly ProcessorReply[]): ProcessorReply {
   const states: Record<string, unknown> = {};
   const outputs: Array<{ at: number; n: number; output: ProcessorOutput }> = [];
+  const rejected: ProcessorRejection[] = [];
   let n = 0;
   chunks.forEach((chunk, c) => {
     const reply = replies[c]!;
     for (const [k, v] of Object.entries(reply.states)) setOwn(states, k, v);
     for (const out of reply.outputs) outputs.push({ at: chunk.origin[out.input]!, n: n++, output: { ...out, input: chunk.origin[out.input]! } });
+    for (const r of reply.rejected ?? []) rejected.push({ input: chunk.origin[r.input]!, reason: r.reason });
   });
   outputs.sort((a, b) => a.at - b.at || a.n - b.n);
-  return { states, outputs: outputs.map((o) => o.output) };
+  rejected.sort((a, b) => a.input - b.input);
+  const merged = { states, outputs: outputs.map((o) => o.output) };
+  return rejected.length > 0 ? { ...merged, rejected } : merged;
 }
 
 /** A client for one plugin service. */

@@ -72,6 +72,7 @@ export type {
   PluginKind,
   ProcessorInput,
   ProcessorOutput,
+  ProcessorRejection,
   ProcessorReply,
   ProcessorRequest,
   ProtocolIssue,
@@ -111,3 +112,15 @@ export { PLUGIN_UID_BASE, PLUGIN_UID_RANGE, pluginUid, startPluginSupervisor } f
 export type { PluginInstanceStatus, PluginLaunchSpec, PluginState, PluginStatus, PluginSupervisor, PluginSupervisorOptions } from "./supervisor.js";
 export { createPluginLifecycle, DEFAULT_HEALTH_INTERVAL_MS, validatePluginEvent } from "./lifecycle.js";
 export type { PluginFailedEvent, PluginLifecycle, PluginLifecycleOptions, PluginStartedEvent } from "./lifecycle.js";
+
+// --- Shipped plugins and the host drivers of sinks and sources (h-plugsix) ---------------
+export { createSinkDriver, DEFAULT_SINK_ACK_WAIT_MS, DEFAULT_SINK_BACKOFF_MS, DEFAULT_SINK_BATCH, DEFAULT_SINK_FETCH_MS } from "./sink-driver.js";
+export type { SinkDriver, SinkDriverMetrics, SinkDriverOptions } from "./sink-driver.js";
+export { createSourceDriver, DEFAULT_SOURCE_INTERVAL_MS, DEFAULT_SOURCE_MAX, DEFAULT_SOURCE_RETRY_MS, sourceCursorKey, sourceEventId } from "./source-driver.js";
+export type { SourceDriver, SourceDriverMetrics, SourceDriverOptions, SourceIdParts } from "./source-driver.js";
+export { compileTransform, DEFAULT_OUTPUT_TYPE as JSON_TRANSFORM_OUTPUT_TYPE, TRANSFORM_OPTIONS_SCHEMA } from "./json-transform/transform.js";
+export type { CastType, FilterCondition, FilterOp, Transform, TransformOptions, TransformResult } from "./json-transform/transform.js";
+export { jsonTransformPluginCommand } from "./json-transform/launch.js";
+export { schemaValidatePluginCommand } from "./schema-validate/launch.js";
+export { httpSinkPluginCommand } from "./http-sink/launch.js";
+export { sqliteSourcePluginCommand } from "./sqlite-source/launch.js";

@@ -112,3 +112,26 @@ describe("splitByKey", () => {
     }
   });
 });
+
+describe("parseReply: per-input rejections (optional `rejected`)", () => {
+  const req = batch(["a", "b", "a"]);
+  it("accepts rejections in input order with no output from a rejected input", () => {
+    const r = parseReply("processor", enc({ states: {}, outputs: [{ input: 0, type: "X", data: 1 }, { input: 2, type: "X", data: 1 }], rejected: [{ input: 1, reason: "bad" }] }), req);
+    expect(r).toMatchObject({ ok: true, value: { rejected: [{ input: 1, reason: "bad" }] } });
+  });
+  it.each([
+    ["an index past the inputs", [{ input: 3, reason: "x" }], [], "rejected[0].input", /below 3/],
+    ["twice the same input", [{ input: 1, reason: "x" }, { input: 1, reason: "y" }], [], "rejected[1].input", /each input once/],
+    ["out of order", [{ input: 2, reason: "x" }, { input: 0, reason: "y" }], [], "rejected[1].input", /input order/],
+    ["an output from a rejected input", [{ input: 1, reason: "x" }], [{ input: 1, type: "X", data: 1 }], "outputs[0].input", /rejected input/],
+    ["a reason that is not a string", [{ input: 1, reason: 5 }], [], "rejected[0].reason", /string/],
+    ["an unknown field", [{ input: 1, reason: "x", why: 1 }], [], "rejected[0].why", /absent|unknown|additional|why/],
+  ])("refuses %s", (_label, rejected, outputs, path, message) => {
+    const r = parseReply("processor", enc({ states: {}, outputs, rejected }), req);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.issue.path).toBe(path);
+      expect(r.issue.message).toMatch(message);
+    }
+  });
+});

@@ -123,6 +123,20 @@ export interface ProcessorReply {
   readonly states: Readonly<Record<string, unknown>>;
   /** Outputs, in the order of their inputs. */
   readonly outputs: readonly ProcessorOutput[];
+  /**
+   * Inputs the plugin refuses one by one (optional): the host dead-letters each with its
+   * reason, as it would a 400 for that input alone, and keeps the rest of the batch. In
+   * input order, each index once, and no output may derive from a rejected input.
+   */
+  readonly rejected?: readonly ProcessorRejection[];
+}
+
+/** One input a processor refuses, by index, with a reason for the dead letter. */
+export interface ProcessorRejection {
+  /** Index into the request's `inputs`. */
+  readonly input: number;
+  /** Why, for the dead letter (at most 1024 characters). */
+  readonly reason: string;
 }
 
 export interface StepRequest {
@@ -281,6 +295,15 @@ const schemas = {
             data: {},
             key: TOKEN,
           },
+          additionalProperties: false,
+        },
+      },
+      rejected: {
+        type: "array",
+        items: {
+          type: "object",
+          required: ["input", "reason"],
+          properties: { input: { type: "integer", minimum: 0 }, reason: { type: "string", maxLength: 1024 } },
           additionalProperties: false,
         },
       },
@@ -444,6 +467,16 @@ function crossCheck(kind: PluginKind, reply: unknown, request: unknown): Protoco
       const input = rep.outputs[i]!.input;
       if (input >= req.inputs.length) return { path: `outputs[${i}].input`, message: `expected an index below ${req.inputs.length} (the inputs sent), got \`${input}\` (number)` };
       if (i > 0 && input < rep.outputs[i - 1]!.input) return { path: `outputs[${i}].input`, message: `expected outputs in input order (at least ${rep.outputs[i - 1]!.input}), got \`${input}\` (number)` };
+    }
+    const rejected = new Set<number>();
+    for (let i = 0; i < (rep.rejected ?? []).length; i++) {
+      const input = rep.rejected![i]!.input;
+      if (input >= req.inputs.length) return { path: `rejected[${i}].input`, message: `expected an index below ${req.inputs.length} (the inputs sent), got \`${input}\` (number)` };
+      if (i > 0 && input <= rep.rejected![i - 1]!.input) return { path: `rejected[${i}].input`, message: `expected rejections in input order, each input once (above ${rep.rejected![i - 1]!.input}), got \`${input}\` (number)` };
+      rejected.add(input);
+    }
+    for (let i = 0; i < rep.outputs.length; i++) {
+      if (rejected.has(rep.outputs[i]!.input)) return { path: `outputs[${i}].input`, message: `expected no output from a rejected input, got one from input \`${rep.outputs[i]!.input}\`` };
     }
     for (const key of Object.keys(rep.states)) {
       if (!Object.hasOwn(req.states, key)) return { path: `states.${key}`, message: "expected only keys of the request's states, got a key that was not sent" };
