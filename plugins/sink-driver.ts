@@ -11,6 +11,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { checkSubjectFilter, checkTenantName, checkToken, deadLetterHeaders, dlqSubject, HEADERS, InvalidOptionError, STREAMS, SUBJECT_ROOTS } from "../streams/index.js";
 import type { PluginClient } from "./client.js";
 import type { SinkEvent } from "./protocol.js";
+import { DriverLoop } from "./driver-loop.js";
 
 /** @default events per sink call */
 export const DEFAULT_SINK_BATCH = 64;
@@ -91,7 +92,7 @@ function isRetryable(err: unknown): boolean {
   return (err as { retryable?: unknown }).retryable === true;
 }
 
-class SinkDriverImpl implements SinkDriver {
+class SinkDriverImpl extends DriverLoop implements SinkDriver {
   readonly consumer: string;
   #nc: NatsConnection;
   #js: JetStreamClient;
@@ -99,12 +100,10 @@ class SinkDriverImpl implements SinkDriver {
   #batch: number;
   #backoff: readonly number[];
   #streamName: string;
-  #closed = false;
-  #loop: Promise<void> | undefined;
-  #abort = new AbortController();
   #m = { delivered: 0, failed: 0, retried: 0, deadLettered: 0 };
 
   constructor(nc: NatsConnection, o: SinkDriverOptions) {
+    super("sink driver");
     checkTenantName(o.tenant);
     checkToken("name", o.name);
     if (o.stream !== "events" && o.stream !== "derived") throw new InvalidOptionError("stream", o.stream, "`events` or `derived`");
@@ -132,7 +131,7 @@ class SinkDriverImpl implements SinkDriver {
   }
 
   async start(): Promise<void> {
-    if (this.#loop || this.#closed) return;
+    if (this.started) return;
     const jsm = await jetstreamManager(this.#nc);
     const config = {
       durable_name: this.consumer,
@@ -151,11 +150,11 @@ class SinkDriverImpl implements SinkDriver {
       await jsm.consumers.add(this.#streamName, config);
     }
     const consumer = await this.#js.consumers.get(this.#streamName, this.consumer);
-    this.#loop = this.#run(consumer);
+    this.runLoop(this.#run(consumer));
   }
 
   async #run(consumer: Consumer): Promise<void> {
-    while (!this.#closed) {
+    while (!this.closed) {
       try {
         const batch = await consumer.fetch({ max_messages: this.#batch, expires: this.#o.fetchMs ?? DEFAULT_SINK_FETCH_MS });
         const msgs: JsMsg[] = [];
@@ -163,11 +162,11 @@ class SinkDriverImpl implements SinkDriver {
         if (msgs.length === 0) continue;
         const wait = await this.#handle(msgs);
         // Newer messages must not overtake the nak'd ones: wait until they are due again.
-        if (wait > 0) await sleep(wait, this.#abort.signal);
+        if (wait > 0) await this.pause(wait);
       } catch (err) {
-        if (this.#closed) break;
+        if (this.closed) break;
         this.#o.onError?.(err);
-        await sleep(this.#backoff[0]!, this.#abort.signal);
+        await this.pause(this.#backoff[0]!);
       }
     }
   }
@@ -189,7 +188,7 @@ class SinkDriverImpl implements SinkDriver {
       const reply = await this.#call(items);
       return this.#settle(items, reply.delivered);
     } catch (err) {
-      if (this.#closed) return this.#release(items);
+      if (this.closed) return this.#release(items);
       this.#m.failed += 1;
       if (isRetryable(err)) return this.#nak(items);
       if (items.length === 1) {
@@ -206,7 +205,7 @@ class SinkDriverImpl implements SinkDriver {
             this.#m.delivered += 1;
           } else return this.#nak(items.slice(i));
         } catch (e) {
-          if (this.#closed) return this.#release(items.slice(i));
+          if (this.closed) return this.#release(items.slice(i));
           this.#m.failed += 1;
           if (isRetryable(e)) return this.#nak(items.slice(i));
           await this.#deadLetter(item, e);
@@ -218,7 +217,7 @@ class SinkDriverImpl implements SinkDriver {
 
   #call(items: readonly Item[]) {
     const o = this.#o;
-    return o.client.callSink(o.sink, { tenant: o.tenant, options: o.options ?? {}, events: items.map((i) => i.event) }, this.#abort.signal);
+    return o.client.callSink(o.sink, { tenant: o.tenant, options: o.options ?? {}, events: items.map((i) => i.event) }, this.signal);
   }
 
   #settle(items: readonly Item[], delivered: number): number {
@@ -256,24 +255,8 @@ class SinkDriverImpl implements SinkDriver {
     return { ...this.#m };
   }
 
-  async close(): Promise<void> {
-    this.#closed = true;
-    this.#abort.abort(new Error("sink driver closed"));
-    await this.#loop?.catch(() => undefined);
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
-  }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => { clearTimeout(t); resolve(); }, { once: true });
-  });
-}
 
 /** A driver of one sink of one plugin for one tenant's subjects (call `start()`). */
 export function createSinkDriver(nc: NatsConnection, options: SinkDriverOptions): SinkDriver {

@@ -15,6 +15,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { BUCKETS, checkTenantName, checkToken, encodeEvent, eventSubject, InvalidOptionError, kvKeyToken } from "../streams/index.js";
 import type { PluginClient } from "./client.js";
 import type { SourceRecord } from "./protocol.js";
+import { DriverLoop } from "./driver-loop.js";
 
 /** @default records asked per poll */
 export const DEFAULT_SOURCE_MAX = 100;
@@ -93,7 +94,7 @@ export function sourceEventId(p: SourceIdParts, record: SourceRecord, cursor: st
   return `${p.plugin}:${p.source}:${p.tenant}:${p.name}:${record.id ?? `${cursor ?? ""}#${index}`}`;
 }
 
-class SourceDriverImpl implements SourceDriver {
+class SourceDriverImpl extends DriverLoop implements SourceDriver {
   #o: SourceDriverOptions;
   #js: JetStreamClient;
   #kvm: Kvm;
@@ -101,12 +102,10 @@ class SourceDriverImpl implements SourceDriver {
   #key: string;
   #ids: SourceIdParts;
   #max: number;
-  #closed = false;
-  #loop: Promise<void> | undefined;
-  #abort = new AbortController();
   #m = { polls: 0, records: 0, appended: 0, duplicates: 0, failed: 0 };
 
   constructor(nc: NatsConnection, o: SourceDriverOptions) {
+    super("source driver");
     checkTenantName(o.tenant);
     checkToken("category", o.category);
     checkToken("name", o.name);
@@ -163,48 +162,32 @@ class SourceDriverImpl implements SourceDriver {
   }
 
   start(): void {
-    if (this.#loop || this.#closed) return;
-    this.#loop = (async () => {
+    if (this.started) return;
+    this.runLoop((async () => {
       let retry = this.#o.retryMs ?? DEFAULT_SOURCE_RETRY_MS;
-      while (!this.#closed) {
+      while (!this.closed) {
         let wait: number;
         try {
-          const n = await this.pollOnce(this.#abort.signal);
+          const n = await this.pollOnce(this.signal);
           retry = this.#o.retryMs ?? DEFAULT_SOURCE_RETRY_MS;
           wait = n >= this.#max ? 0 : (this.#o.intervalMs ?? DEFAULT_SOURCE_INTERVAL_MS);
         } catch (err) {
-          if (this.#closed) break;
+          if (this.closed) break;
           this.#o.onError?.(err);
           wait = retry;
           retry = Math.min(MAX_RETRY_MS, retry * 2);
         }
-        if (wait > 0) await sleep(wait, this.#abort.signal);
+        if (wait > 0) await this.pause(wait);
       }
-    })();
+    })());
   }
 
   metrics(): SourceDriverMetrics {
     return { ...this.#m };
   }
 
-  async close(): Promise<void> {
-    this.#closed = true;
-    this.#abort.abort(new Error("source driver closed"));
-    await this.#loop?.catch(() => undefined);
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
-  }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => { clearTimeout(t); resolve(); }, { once: true });
-  });
-}
 
 /** A driver of one source of one plugin for one tenant (call `start()`, or `pollOnce()`). */
 export function createSourceDriver(nc: NatsConnection, options: SourceDriverOptions): SourceDriver {

@@ -30,6 +30,8 @@ export interface TestNats extends AsyncDisposable {
   options(extra?: ConnectionOptions): ConnectionOptions;
   /** Another connection as the service user (e.g. for a second writer); closed with the fixture. */
   connect(extra?: ConnectionOptions): Promise<NatsConnection>;
+  /** A connection with other credentials (a plugin's user, say); closed with the fixture. */
+  connectWith(credentials: NatsCredentials, extra?: ConnectionOptions): Promise<NatsConnection>;
   /** A connection as a tenant's confined user (its inbox prefix set); closed with the fixture. */
   connectAs(tenant: string, extra?: ConnectionOptions): Promise<NatsConnection>;
   close(): Promise<void>;
@@ -76,6 +78,7 @@ export async function startTestNats(options: TestNatsOptions = {}): Promise<Test
     tenantSeedFile: (tenant) => tenantUser(tenant).seedFile,
     options: options_,
     connect: async (more) => track(await connect(options_(more))),
+    connectWith: async (creds, more = {}) => track(await connect(natsConnectOptions(server.url, creds, { maxReconnectAttempts: 0, ...more }))),
     connectAs: async (tenant, more = {}) => {
       const u = tenantUser(tenant);
       return track(await connect(natsConnectOptions(server.url, { nkeySeedFile: u.seedFile }, { maxReconnectAttempts: 0, name: `tenant-${tenant}`, inboxPrefix: u.inboxPrefix!, ...more })));

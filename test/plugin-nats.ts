@@ -1,14 +1,10 @@
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { connect } from "@nats-io/transport-node";
 import type { ConnectionOptions, NatsConnection } from "@nats-io/transport-node";
-import { generateNatsUsers, SERVICE_USER } from "../gateway/index.js";
-import { natsConnectOptions, startNatsServer } from "../streams/index.js";
+import { pluginUserEntry, pluginUserName } from "../plugins/index.js";
 import type { NatsServer, NatsServerOptions } from "../streams/index.js";
+import { startTestNats } from "./nats-server.js";
 
-/** A plugin's NATS user (as the contract of #15 gives it; the production generator is D's). */
+/** A plugin's NATS user (user/password, as `flexcore up` gives managed plugins). */
 export interface TestPluginUser {
   readonly service: string;
   readonly user: string;
@@ -30,65 +26,33 @@ export interface PluginTestNats extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-/** The contract's permissions of `plugin-<service>`: its own subjects, answers only. */
-export function pluginUserBlock(u: TestPluginUser): string {
-  const subs = ["$SRV.PING", "$SRV.INFO", "$SRV.STATS", `$SRV.*.${u.service}`, `$SRV.*.${u.service}.>`, `flexplugin.${u.service}.>`];
-  return [
-    `    { user: "${u.user}", password: "${u.password}", permissions: {`,
-    `        subscribe: { allow: [${subs.map((s) => JSON.stringify(s)).join(", ")}] }`,
-    `        publish: { deny: [">"] }`,
-    `        allow_responses: true`,
-    `    } }`,
-  ].join("\n");
-}
-
 /**
- * A real nats-server with authorization on: FlexCore's service user (NKey) plus one
- * user/password per plugin in `plugins`, with the permissions of the plugin contract.
+ * {@link startTestNats} (authorization on, FlexCore's service user) plus one user/password
+ * per plugin in `plugins`, with the production permissions of `plugins/nats-users.ts`.
  */
 export async function startPluginTestNats(options: NatsServerOptions & { readonly plugins: readonly string[] }): Promise<PluginTestNats> {
   const { plugins, ...serverOptions } = options;
-  const seedsDir = await mkdtemp(join(tmpdir(), "flexcore-plugin-seeds-"));
-  const users = await generateNatsUsers({ tenants: [], seedsDir });
-  const service = users.users.find((u) => u.name === SERVICE_USER)!;
-  const pluginUsers = new Map<string, TestPluginUser>(plugins.map((s) => [s, { service: s, user: `plugin-${s}`, password: randomBytes(18).toString("base64url") }]));
-  const marker = "  users = [\n";
-  if (!users.config.includes(marker)) throw new Error("startPluginTestNats: the generated users block changed shape");
-  const config = users.config.replace(marker, `${marker}${[...pluginUsers.values()].map(pluginUserBlock).join("\n")}\n`);
-  const server = await startNatsServer({ ...serverOptions, extraConfig: `${serverOptions.extraConfig ?? ""}\n${config}` });
-  const hostOptions = (more: ConnectionOptions = {}): ConnectionOptions => natsConnectOptions(server.url, { nkeySeedFile: service.seedFile }, { name: "flexcore-test", ...more });
-  const nc = await connect(hostOptions());
-  const extra: NatsConnection[] = [];
+  const pluginUsers = new Map<string, TestPluginUser>(plugins.map((s) => [s, { service: s, user: pluginUserName(s), password: randomBytes(18).toString("base64url") }]));
+  const nats = await startTestNats({ ...serverOptions, extraUsers: [...pluginUsers.values()].map((u) => pluginUserEntry(u.service, u.password)) });
   const user = (s: string): TestPluginUser => {
     const u = pluginUsers.get(s);
     if (!u) throw new Error(`startPluginTestNats: plugin ${s} has no NATS user; list it in options.plugins`);
     return u;
   };
-  const close = async (): Promise<void> => {
-    for (const c of [nc, ...extra]) if (!c.isClosed()) await c.close().catch(() => undefined);
-    await server.close();
-    await rm(seedsDir, { recursive: true, force: true });
-  };
   return {
-    server,
-    nc,
-    connect: async (more) => {
-      const c = await connect(hostOptions(more));
-      extra.push(c);
-      return c;
-    },
+    server: nats.server,
+    nc: nats.nc,
+    connect: (more) => nats.connect(more),
     pluginUser: user,
     connectAsPlugin: async (s, more = {}) => {
       const u = user(s);
-      const c = await connect(natsConnectOptions(server.url, { user: u.user, password: u.password }, { name: u.user, maxReconnectAttempts: 0, ...more }));
-      extra.push(c);
-      return c;
+      return nats.connectWith({ user: u.user, password: u.password }, { name: u.user, ...more });
     },
     pluginEnv: (s, more = {}) => {
       const u = user(s);
       return {
         FLEXCORE_PLUGIN_NAME: s,
-        FLEXCORE_PLUGIN_NATS_URL: server.url,
+        FLEXCORE_PLUGIN_NATS_URL: nats.server.url,
         FLEXCORE_PLUGIN_NATS_USER: u.user,
         FLEXCORE_PLUGIN_NATS_PASSWORD: u.password,
         FLEXCORE_PLUGIN_PROTOCOLS: "1",
@@ -99,7 +63,7 @@ export async function startPluginTestNats(options: NatsServerOptions & { readonl
         ...more,
       };
     },
-    close,
-    [Symbol.asyncDispose]: close,
+    close: () => nats.close(),
+    [Symbol.asyncDispose]: () => nats.close(),
   };
 }
