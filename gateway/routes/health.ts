@@ -1,10 +1,14 @@
+import { processorsStatus } from "../../processors/index.js";
+import type { ProcessorStatus } from "../../processors/index.js";
 import { STREAMS } from "../../streams/index.js";
 import type { RouteContext } from "../route-context.js";
 
 // Stream info is fetched at most this often for /readyz.
 const TOPOLOGY_CHECK_MS = 2_000;
+// Processor status (partition owners, lag) is read from NATS at most this often.
+const PROCESSORS_STATUS_MS = 1_000;
 
-/** `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json`: public. */
+/** `/healthz`, `/readyz`, `/metrics`, `/ops/processors`, `/.well-known/jwks.json`: public. */
 export function registerHealthRoutes(ctx: RouteContext): void {
   const { app, nc, jsm, keys, metrics, readModels, limits, readiness } = ctx;
   let topologyCheckedAt = 0;
@@ -36,6 +40,19 @@ export function registerHealthRoutes(ctx: RouteContext): void {
   app.get("/metrics", { schema: { tags: ["ops"], summary: "Prometheus metrics" } }, async (_req, reply) => {
     const text = await metrics.registry.metrics();
     return reply.type(metrics.registry.contentType).send(text);
+  });
+
+  // What `flexcore processors status --json` prints, for operators (the same facts /metrics
+  // exports: processors, partition owners, lag, throughput; no tenant's data). Read from NATS
+  // at most once a second, however often it is asked.
+  let status: { at: number; value: Promise<ProcessorStatus[]> } | undefined;
+  app.get("/ops/processors", { schema: { tags: ["ops"], summary: "Processors: which instance holds which partitions, their lag and throughput (as `flexcore processors status --json`)" } }, async () => {
+    if (!status || Date.now() - status.at > PROCESSORS_STATUS_MS) {
+      const value = processorsStatus(nc);
+      status = { at: Date.now(), value };
+      value.catch(() => (status = undefined));
+    }
+    return { processors: await status.value };
   });
 
   app.get("/.well-known/jwks.json", { schema: { tags: ["auth"], summary: "Public keys that verify FlexCore tokens (JWK Set)" } }, async (_req, reply) => {
