@@ -30,6 +30,6 @@ describe("GET /ops/processors", () => {
     const mine = body!.processors.find((p) => p.processor === name)!;
     expect(mine.scale).toBe("partitioned");
     expect(mine.partitions).toEqual([{ partition: 0, owner: "ops-a", lag: 0 }, { partition: 1, owner: "ops-a", lag: 0 }]);
-    expect(runtime.metrics().map((m) => m.name)).toEqual([name]);
+    expect(runtime.metrics().map((m) => m.processor)).toEqual([name]);
   }, 60_000);
 });
