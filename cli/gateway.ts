@@ -56,9 +56,16 @@ export async function startGateway(ctx: Omit<UpContext, "processors"> & { readon
       ...(processors ? { processors: () => processors.metrics() } : {}),
       ...(processors ? { publishers: () => ({ processors: processors.publisherStats }) } : {}),
       ...(parts.workflows ? { workflows: () => ({ active: parts.workflows!.active, ...parts.workflows!.stats }) } : {}),
+      ...(ctx.plugins ? { plugins: () => ctx.plugins!.metrics() } : {}),
     },
     readiness: {
       ...(processors ? { processors: () => ({ ok: processors.running, detail: { running: processors.processors.length, owned: processors.metrics().filter((m) => m.owner).length } }) } : {}),
+      // Ready when no managed plugin this instance supervises is failed (crash loop, protocol) or still starting.
+      ...(ctx.plugins ? { plugins: () => {
+        const all = ctx.plugins!.metrics();
+        const notReady = all.filter((p) => p.state === "failed" || p.state === "starting");
+        return { ok: notReady.length === 0, detail: Object.fromEntries(all.map((p) => [p.plugin, p.state])) };
+      } } : {}),
       workflows: () => (parts.workflows ? { ok: parts.workflows.running, detail: { active: parts.workflows.active } } : { ok: true, detail: "runner off (workflows.runner: false)" }),
     },
   });

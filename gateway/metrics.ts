@@ -57,6 +57,22 @@ export interface DeadLetterReading {
   readonly redrivePending: number;
 }
 
+/** One plugin's call figures (the plugin host's `metrics()`, counters since start). */
+export interface PluginReading {
+  readonly plugin: string;
+  /** Calls answered without error. */
+  readonly calls: number;
+  /** Failed calls by error code. */
+  readonly errors: Readonly<Record<string, number>>;
+  /** Call latency in ms over the last calls. */
+  readonly p50: number;
+  readonly p95: number;
+  readonly p99: number;
+  /** Process failures (restarts, or a crash loop) the supervisor saw. */
+  readonly restarts: number;
+  readonly state: string;
+}
+
 /** Everything `/metrics` reads when Prometheus scrapes, besides the gateway's own figures. */
 export interface MetricSources extends LagSources {
   readonly processors?: () => readonly ProcessorReading[];
@@ -68,6 +84,8 @@ export interface MetricSources extends LagSources {
   readonly streams?: () => Promise<readonly StreamReading[]>;
   /** Dead letters per tenant and source (`FLEX_DLQ`), and redrives not yet taken back (`FLEX_REDRIVE`). */
   readonly deadLetters?: () => Promise<readonly DeadLetterReading[]>;
+  /** The configured plugins' calls, errors, latency and restarts. */
+  readonly plugins?: () => readonly PluginReading[];
   /** The NATS connection whose state, reconnects and traffic are reported. */
   readonly nats?: NatsConnection;
 }
@@ -154,6 +172,17 @@ export function createMetrics(sources: MetricSources = {}, options: { defaultMet
       processors().flatMap((p) => (p.partitions ?? []).map((n) => [{ processor: p.processor, kind: p.kind, partition: String(n) }, 1] as const)));
     gauge("flexcore_processor_latency_seconds", "Fetch-to-ack latency over the last 8192 events, by quantile", [...labels, "quantile"], () =>
       processors().flatMap((p) => ([["0.5", p.p50], ["0.95", p.p95], ["0.99", p.p99]] as const).map(([q, ms]) => [{ processor: p.processor, kind: p.kind, quantile: q }, ms / 1000] as const)));
+  }
+
+  const plugins = sources.plugins;
+  if (plugins) {
+    counter("flexcore_plugin_calls_total", "Plugin calls answered without error (processor batches, steps)", ["plugin"], () => plugins().map((p) => [{ plugin: p.plugin }, p.calls] as const));
+    counter("flexcore_plugin_errors_total", "Failed plugin calls by error code (FLEX_PLUGIN_TIMEOUT, _REJECTED, _FAILED, _UNAVAILABLE, _BAD_REPLY)", ["plugin", "code"], () =>
+      plugins().flatMap((p) => Object.entries(p.errors).map(([code, n]) => [{ plugin: p.plugin, code }, n] as const)));
+    counter("flexcore_plugin_restarts_total", "Plugin process failures the supervisor saw (each restarted unless in a crash loop)", ["plugin"], () => plugins().map((p) => [{ plugin: p.plugin }, p.restarts] as const));
+    gauge("flexcore_plugin_call_latency_seconds", "Plugin call latency over the last 8192 calls, by quantile", ["plugin", "quantile"], () =>
+      plugins().flatMap((p) => ([["0.5", p.p50], ["0.95", p.p95], ["0.99", p.p99]] as const).map(([q, ms]) => [{ plugin: p.plugin, quantile: q }, ms / 1000] as const)));
+    gauge("flexcore_plugin_state", "1 for the plugin's current state (running, starting, restarting, standby, failed, stopped, disabled, external)", ["plugin", "state"], () => plugins().map((p) => [{ plugin: p.plugin, state: p.state }, 1] as const));
   }
 
   const status = sources.projectionStatus;

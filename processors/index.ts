@@ -51,6 +51,8 @@ export type { InvokeInput, ProcessorRuntime, ProcessorRuntimeOptions } from "./r
 export { isRemoteKind, parseRemoteKind, REMOTE_KIND_PATTERN } from "./remote.js";
 export type { RemoteBatch, RemoteBatchResult, RemoteInput, RemoteKinds } from "./remote.js";
 export type { ProcessorMetrics } from "./metrics.js";
+// Call latency percentiles of the plugin host, in the processors' own window.
+export { LatencyWindow } from "./metrics.js";
 export type { SeriesTask } from "./task.js";
 
 // Script steps: JavaScript, Python and Bash run sandboxed (bubblewrap) or trusted (worker threads).

@@ -570,7 +570,8 @@ export class ProcessorRunner implements RecoveryHost {
             if (remote.isPermanent(err)) return { indexes, error };
             if (this.#stopping || this.#failed) throw err;
             const wait = this.cfg.backoffMs[Math.min(attempt - 1, this.cfg.backoffMs.length - 1)]!;
-            this.log(`flexcore: processor ${this.cfg.name}: ${error.code ?? error.name}: ${error.message}; retrying ${entries.length} message(s) of tenant ${tenant} in ${wait} ms (attempt ${attempt})`, "warn");
+            // Attempts 1, 2, 4, 8, ...: an unavailable plugin must not flood the log.
+            if ((attempt & (attempt - 1)) === 0) this.log(`flexcore: processor ${this.cfg.name}: ${error.code ?? error.name}: ${error.message}; retrying ${entries.length} message(s) of tenant ${tenant} in ${wait} ms (attempt ${attempt})`, "warn");
             for (const e of entries) e.m.working();
             const until = Date.now() + wait;
             while (Date.now() < until && !this.#stopping && !this.#failed) await sleep(Math.min(50, Math.max(1, until - Date.now())));

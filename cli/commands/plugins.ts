@@ -1,22 +1,12 @@
 import { readFile, stat } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import type { Command } from "commander";
 import { install, keygen, manifestSchema, pack, sign, verify, writeKeyPair } from "../../plugins/index.js";
 import type { VerifiedBundle, VerifyOptions } from "../../plugins/index.js";
 import { InvalidOptionError } from "../../streams/index.js";
-import { dataDir } from "../connection.js";
+import { pluginStoreDir, trustedKeysDir } from "../connection.js";
 
-/** The operator's trusted plugin signing keys: `FLEXCORE_PLUGIN_TRUSTED_KEYS`, else `<data>/plugins/trusted-keys`. */
-export function trustedKeysDir(): string {
-  const explicit = process.env.FLEXCORE_PLUGIN_TRUSTED_KEYS;
-  return resolve(explicit ? explicit : join(dataDir(), "plugins", "trusted-keys"));
-}
-
-/** Where verified bundles are installed: `FLEXCORE_PLUGIN_STORE`, else `<data>/plugins/store`. */
-export function pluginStoreDir(): string {
-  const explicit = process.env.FLEXCORE_PLUGIN_STORE;
-  return resolve(explicit ? explicit : join(dataDir(), "plugins", "store"));
-}
+export { pluginStoreDir, trustedKeysDir } from "../connection.js";
 
 interface VerifyOpts {
   trustedKeys?: string;
