@@ -2,6 +2,7 @@ import { createGateway, externalIssuerOptions } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import type { ProcessorRuntime } from "../processors/index.js";
+import { createWorkflowClient } from "../workflows/index.js";
 import type { WorkflowRunner } from "../workflows/index.js";
 import { InvalidOptionError } from "../streams/index.js";
 import { gatewayKeysDir } from "./connection.js";
@@ -42,7 +43,10 @@ export async function startGateway(ctx: Omit<UpContext, "processors"> & { readon
   const section = ctx.config.gateway;
   const external = section?.externalIssuer ? externalIssuerOptions(section.externalIssuer) : undefined;
   const logger = ctx.logger.child({ area: "gateway" });
+  // With plugins, the API checks a definition's `plugin` steps against them before storing it.
+  const workflowClient = ctx.plugins ? await createWorkflowClient(ctx.nc, { plugins: ctx.plugins }) : undefined;
   const gateway = await createGateway({
+    ...(workflowClient ? { workflows: workflowClient } : {}),
     nc: ctx.nc,
     logger,
     dataDir: ctx.dataDir,
@@ -72,5 +76,8 @@ export async function startGateway(ctx: Omit<UpContext, "processors"> & { readon
   const url = await gateway.listen();
   if (external) logger.info(`gateway accepts tokens of ${external.issuer} (audience ${external.audience}, keys from ${external.jwksUrl ?? section!.externalIssuer!.publicKeyFile}); sign-in and refresh are off`);
   logger.info(`gateway at ${url} (OpenAPI ${url}/docs; projections ${parts.projections ? "served" : "not running: /v1/projections answers 503"})`);
-  return { name: "gateway", gateway, close: () => gateway.close() };
+  return { name: "gateway", gateway, close: async () => {
+    await gateway.close();
+    await workflowClient?.close();
+  } };
 }

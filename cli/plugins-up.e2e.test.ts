@@ -13,6 +13,7 @@ import { build } from "esbuild";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { createTokenIssuer, openKeyStore } from "../gateway/index.js";
 import { keygen, pack, sign, writeKeyPair } from "../plugins/index.js";
 import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
@@ -30,6 +31,13 @@ let up: UpProcess;
 let nc: NatsConnection;
 let natsUrl: string;
 let publisher: Publisher;
+let token: (tenant: string, roles?: Array<"admin" | "writer" | "reader">) => Promise<string>;
+
+async function api(bearer: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const r = await fetch(`${up.gatewayUrl}${path}`, { method, headers: { authorization: `Bearer ${bearer}`, ...(body === undefined ? {} : { "content-type": "application/json" }) }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+  const text = await r.text();
+  return { status: r.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
 
 /** The echo plugin as one file (main.js) beside its manifest: what a packed TypeScript bundle holds. */
 async function echoBundle(into: string): Promise<void> {
@@ -146,14 +154,14 @@ processors:
     partitions: 2
     batch_size: 16
     backoff: [50ms, 200ms]
-workflows:
-  runner: false
 `);
   // No NATS_URL: flexcore up starts its embedded server, with the plugin's user in its auth file.
   up = await startUp({ config, env: { NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "gw-keys") }, timeoutMs: 120_000 });
   natsUrl = (await readFile(join(data, "nats.url"), "utf8")).trim();
   nc = await connect(embeddedConnectOptions(natsUrl, data));
   publisher = createPublisher(nc);
+  const issuer = createTokenIssuer(await openKeyStore({ dir: join(dir, "gw-keys") }));
+  token = async (tenant, roles = ["writer", "reader", "admin"]) => (await issuer.issueAccess({ tenant, subject: "e2e", roles, ttlSeconds: 600 })).token;
   await up.lineAt(/plugin echo.*(ready|started)/iu, 60_000).catch(() => undefined);
 }, 180_000);
 
@@ -246,4 +254,24 @@ describe("plugins under flexcore up", () => {
     // A wrong password is refused outright.
     await expect(connect({ servers: natsUrl, user: "plugin-echo", pass: `${password}x`, reconnect: false })).rejects.toThrow();
   }, 30_000);
+
+  it("runs a workflow's plugin step through the plugin with the run's tenant; the API refuses a step the plugin lacks", async () => {
+    const bearer = await token(TENANT);
+    const bad = await api(bearer, "POST", "/v1/workflows", { name: "shout", steps: [{ id: "a", kind: "plugin", plugin: "echo", step: "shout" }] });
+    expect(bad.status).toBe(400);
+    expect(JSON.stringify(bad.body)).toMatch(/FLEX_WORKFLOW_INVALID/u);
+    expect(JSON.stringify(bad.body)).toMatch(/steps\[0\]\.step/u);
+    const put = await api(bearer, "POST", "/v1/workflows", { name: "echoing", steps: [{ id: "say", kind: "plugin", plugin: "echo", step: "echo", input: { hello: "${{ input.who }}", tenant: "someone-else" }, timeout_ms: 3000, retry: { max_attempts: 3, backoff_ms: 100 } }] });
+    expect(put.status, JSON.stringify(put.body)).toBe(201);
+    const run = await api(bearer, "POST", "/v1/workflows/echoing/runs", { input: { who: "world" } });
+    expect(run.status, JSON.stringify(run.body)).toBe(201);
+    const runId = run.body.runId as string;
+    let state: Record<string, unknown> = {};
+    await waitFor(async () => {
+      state = (await api(bearer, "GET", `/v1/runs/${runId}`)).body;
+      return state.status === "succeeded" || state.status === "failed";
+    }, 30_000, "the run to end");
+    expect(state.status, JSON.stringify(state)).toBe("succeeded");
+    expect(JSON.stringify(state)).toContain('"hello":"world"');
+  }, 60_000);
 });

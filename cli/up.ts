@@ -141,7 +141,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     components.push({ name: "processors", close: () => processors.close() });
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
     // Processor steps run on the runtime's pool, off the event loop (closed after the runner).
-    const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows"), processors });
+    const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows"), processors, ...(pluginHost ? { plugins: pluginHost } : {}) });
     components.push({ name: "workflows", close: () => workflows.close() });
     const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, logger, config, processors, ...(pluginHost ? { plugins: pluginHost } : {}) };
     const projections = createProjectionEngine(nc, { dataDir: dir, log: areaLog("projections") });

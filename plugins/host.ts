@@ -57,6 +57,8 @@ export interface PluginHostOptions {
 /** The plugins as the runtime's remote kinds and the workflows' steps. */
 export interface PluginHost extends RemoteKinds {
   readonly plugins: ReadonlyMap<string, HostedPlugin>;
+  /** Whether `tenant` may use `plugin`: a system plugin, or one the tenant owns. */
+  hasPlugin(plugin: string, tenant: string): boolean;
   /** Whether `plugin` serves step `step` (a managed plugin's manifest lists it; an external one is asked when called). */
   hasStep(plugin: string, step: string): boolean;
   /** Calls a step; the tenant is the caller's (the run's subject), never the input's. Throws the `FLEX_PLUGIN_*` call errors. */
@@ -97,6 +99,11 @@ class Host implements PluginHost {
     const p = r && this.plugins.get(r.plugin);
     if (!p) return false;
     return p.manifest ? p.manifest.capabilities.processors.some((c) => c.kind === r.kind) : true;
+  }
+
+  hasPlugin(plugin: string, tenant: string): boolean {
+    const p = this.plugins.get(plugin);
+    return p !== undefined && (p.tenant === undefined || p.tenant === tenant);
   }
 
   hasStep(plugin: string, step: string): boolean {
