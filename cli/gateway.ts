@@ -3,6 +3,7 @@ import type { Gateway } from "../gateway/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import type { ProcessorRuntime } from "../processors/index.js";
 import { createWorkflowClient } from "../workflows/index.js";
+import { setPluginEnabled } from "../plugins/index.js";
 import type { WorkflowRunner } from "../workflows/index.js";
 import { InvalidOptionError } from "../streams/index.js";
 import { gatewayKeysDir } from "./connection.js";
@@ -45,8 +46,20 @@ export async function startGateway(ctx: Omit<UpContext, "processors"> & { readon
   const logger = ctx.logger.child({ area: "gateway" });
   // With plugins, the API checks a definition's `plugin` steps against them before storing it.
   const workflowClient = ctx.plugins ? await createWorkflowClient(ctx.nc, { plugins: ctx.plugins }) : undefined;
+  const pluginHost = ctx.plugins;
   const gateway = await createGateway({
     ...(workflowClient ? { workflows: workflowClient } : {}),
+    ...(pluginHost ? { plugins: {
+      list: () => pluginHost.metrics().map((m) => {
+        const p = pluginHost.plugins.get(m.plugin)!;
+        return { name: m.plugin, version: p.manifest?.version ?? null, tenant: p.tenant ?? null, managed: p.managed, enabled: m.enabled, state: m.state, restarts: m.restarts };
+      }),
+      setEnabled: async (name: string, enabled: boolean, by: string) => {
+        await setPluginEnabled(ctx.nc, name, enabled, by);
+        // This instance at once; the others (and this one again) through the watch of flex_state.
+        pluginHost.setEnabled(name, enabled);
+      },
+    } } : {}),
     nc: ctx.nc,
     logger,
     dataDir: ctx.dataDir,

@@ -14,7 +14,7 @@ import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { createTokenIssuer, openKeyStore } from "../gateway/index.js";
-import { keygen, pack, sign, writeKeyPair } from "../plugins/index.js";
+import { collectPluginViews, keygen, pack, requestPluginLogs, requestPluginRestart, setPluginEnabled, sign, writeKeyPair } from "../plugins/index.js";
 import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { startUp } from "../test/flexcore-up.js";
@@ -147,6 +147,12 @@ plugins:
   echo:
     bundle: ./echo-bundle
     config: { delayMs: 5 }
+  acme-tools:
+    external: acme-tools
+    tenant: ${TENANT}
+  globex-tools:
+    external: globex-tools
+    tenant: globex
 processors:
   - name: ${PROCESSOR}
     kind: echo/echo
@@ -274,4 +280,52 @@ describe("plugins under flexcore up", () => {
     expect(state.status, JSON.stringify(state)).toBe("succeeded");
     expect(JSON.stringify(state)).toContain('"hello":"world"');
   }, 60_000);
+
+  it("GET /v1/plugins shows a tenant the system plugins and its own only; an admin switches only its own", async () => {
+    const acmeReader = await token(TENANT, ["reader"]);
+    const acmeAdmin = await token(TENANT, ["admin"]);
+    const globex = await token("globex", ["reader"]);
+    const names = (b: Record<string, unknown>): string[] => (b.plugins as Array<{ name: string }>).map((p) => p.name).sort();
+    const acme = await api(acmeReader, "GET", "/v1/plugins");
+    expect(acme.status).toBe(200);
+    expect(names(acme.body)).toEqual(["acme-tools", "echo"]);
+    expect(names((await api(globex, "GET", "/v1/plugins")).body)).toEqual(["echo", "globex-tools"]);
+    // System plugins are the operator's; another tenant's looks like nothing; a reader switches nothing.
+    const system = await api(acmeAdmin, "POST", "/v1/plugins/echo/disable");
+    expect(system.status).toBe(403);
+    expect(JSON.stringify(system.body)).toContain("FLEX_PLUGIN_SYSTEM_OWNED");
+    expect((await api(acmeAdmin, "POST", "/v1/plugins/globex-tools/disable")).status).toBe(404);
+    expect((await api(acmeReader, "POST", "/v1/plugins/acme-tools/disable")).status).toBe(403);
+    const own = await api(acmeAdmin, "POST", "/v1/plugins/acme-tools/disable");
+    expect(own.status, JSON.stringify(own.body)).toBe(200);
+    const after = (await api(acmeReader, "GET", "/v1/plugins")).body.plugins as Array<{ name: string; enabled: boolean }>;
+    expect(after.find((p) => p.name === "acme-tools")!.enabled).toBe(false);
+    expect(after.find((p) => p.name === "echo")!.enabled).toBe(true);
+    expect((await api(globex, "GET", "/v1/plugins")).body.plugins).toEqual(expect.arrayContaining([expect.objectContaining({ name: "globex-tools", enabled: true })]));
+  }, 30_000);
+
+  it("the operator's controls: disable holds messages back without dropping them, enable lets them through; list, logs and restart reach the lease holder", async () => {
+    await setPluginEnabled(nc, "echo", false, "e2e");
+    await waitFor(async () => up.stderr().includes("plugin echo disabled by e2e"), 10_000, "the switch to reach flexcore up");
+    const before = await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`);
+    await publish(600, 40);
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)).toBe(before);
+    await setPluginEnabled(nc, "echo", true, "e2e");
+    await waitFor(async () => (await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)) === before + 40, 30_000, "the held-back events after enable");
+    expect(await count(STREAMS.dlq, `dlq.${TENANT}.${PROCESSOR}`).catch(() => 0)).toBe(0);
+    const views = await collectPluginViews(nc);
+    const echo = views.find((v) => v.plugin === "echo" && v.leaseHeld);
+    expect(echo).toMatchObject({ version: "1.0.0", state: "running", processes: 1, enabled: true });
+    expect(echo!.restarts).toBeGreaterThanOrEqual(1);
+    const logs = await requestPluginLogs(nc, "echo", 50);
+    expect(logs.lines.length).toBeGreaterThan(0);
+    expect(logs.lines.join("\n")).toMatch(/plugin echo/u);
+    // restart clears a crash loop and launches missing processes; running ones keep serving.
+    const pidsBefore = pluginPids(up.child.pid!);
+    await expect(requestPluginRestart(nc, "echo")).resolves.toMatchObject({ restarted: "echo" });
+    expect(pluginPids(up.child.pid!)).toEqual(pidsBefore);
+    // Nobody supervises an external plugin: no instance answers.
+    await expect(requestPluginRestart(nc, "acme-tools", 500)).rejects.toThrow();
+  }, 90_000);
 });

@@ -1,11 +1,12 @@
 import { existsSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
-import { checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, generatePluginUsers, resolvePlugins, startPluginSupervisor } from "../plugins/index.js";
+import { checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, generatePluginUsers, PluginLogBuffer, readPluginSwitches, resolvePlugins, servePluginControl, startPluginSupervisor } from "../plugins/index.js";
 import type { PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
@@ -106,6 +107,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     for (const d of report.drift) log(`flexcore: drift in ${d.resource}.${d.field}: expected ${JSON.stringify(d.expected)}, found ${JSON.stringify(d.actual)}`);
     // Plugins start before the processors that call them and stop after them, before NATS.
     let supervisor: PluginSupervisor | undefined;
+    const pluginLogs = new PluginLogBuffer();
+    const pluginLog = areaLog("plugins");
     if (managed.length > 0) {
       const lifecycle = createPluginLifecycle({ store: await createEventStore(nc), log: areaLog("plugins") });
       supervisor = await startPluginSupervisor({
@@ -113,7 +116,11 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
         plugins: managed.map((m) => m.spec),
         natsUrl,
         credentialsDir: pluginCredentialsDir(dir),
-        log: areaLog("plugins"),
+        // Each plugin's last lines stay in memory for `flexcore plugins logs`.
+        log: (line, level) => {
+          pluginLogs.capture(line);
+          pluginLog(line, level);
+        },
         lifecycle,
         ...(config.runtime.instanceId ? { instanceId: `${config.runtime.instanceId}` } : {}),
         leaseTtlMs: config.runtime.leaseTtlMs,
@@ -127,6 +134,16 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       log(`flexcore: plugins: ${managed.map((m) => `${m.entry.name} ${m.manifest.version} (${m.spec.instances ?? 1} instance(s))`).join("; ")}`);
     }
     const pluginHost: PluginHost | undefined = config.plugins.length > 0 ? createPluginHost({ nc, plugins, ...(supervisor ? { supervisor } : {}) }) : undefined;
+    if (pluginHost) {
+      // enable/disable is stored in flex_state, so every instance agrees (and it outlives a restart).
+      for (const [name, s] of await readPluginSwitches(nc)) pluginHost.setEnabled(name, s.enabled);
+      const switches = await followPluginSwitches(nc, pluginHost, (line) => log(line));
+      const control = servePluginControl(nc, { host: pluginHost, ...(supervisor ? { supervisor } : {}), logs: pluginLogs, instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}` });
+      components.push({ name: "plugin control", close: async () => {
+        switches.stop();
+        await control.close();
+      } });
+    }
     const processors = await startProcessorRuntime(nc, {
       ...(pluginHost ? { remote: pluginHost } : {}),
       processors: config.processors,

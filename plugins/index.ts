@@ -130,3 +130,18 @@ export { checkPluginProcessors, launchSpec, PLUGIN_ENTRY_SCHEMA, PLUGINS_SCHEMA,
 export type { ExternalPluginEntry, ManagedPluginEntry, PluginEntry, ResolvedManagedPlugin, ResolvedPlugins, ResolvePluginsOptions } from "./host-config.js";
 export { createPluginHost } from "./host.js";
 export type { HostedPlugin, PluginCallMetrics, PluginHost, PluginHostOptions } from "./host.js";
+export {
+  collectPluginViews,
+  DEFAULT_PLUGIN_LOG_LINES,
+  followPluginSwitches,
+  PLUGIN_CONTROL_SUBJECT,
+  PLUGIN_SWITCH_PREFIX,
+  PluginLogBuffer,
+  pluginViews,
+  readPluginSwitches,
+  requestPluginLogs,
+  requestPluginRestart,
+  servePluginControl,
+  setPluginEnabled,
+} from "./control.js";
+export type { PluginControlOptions, PluginInstanceView, PluginSwitch } from "./control.js";
