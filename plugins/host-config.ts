@@ -5,6 +5,7 @@
  * supervisor's launch spec; processors of kind `<plugin>/<kind>` checked against the
  * plugins' manifests.
  */
+import { stat } from "node:fs/promises";
 import { isAbsolute, resolve } from "node:path";
 import { ConfigError, parseRemoteKind } from "../processors/index.js";
 import type { ConfigIssue, ResolvedProcessor, SectionValidator } from "../processors/index.js";
@@ -159,9 +160,25 @@ export async function resolvePlugins(entries: readonly PluginEntry[], options: R
     if (installed.manifest.name !== entry.name) {
       throw new ConfigError([issue(`plugins.${entry.name}.bundle`, `the bundle of plugin ${JSON.stringify(entry.name)} (its manifest names it ${JSON.stringify(installed.manifest.name)})`, entry.bundle)], options.file);
     }
+    if (process.getuid?.() === 0) {
+      // As root the plugin runs as a uid of its own, which must be able to reach the store copy.
+      const closed = await closedAncestor(installed.path);
+      if (closed) throw new ConfigError([{ path: `plugins.${entry.name}.bundle`, message: `the plugin runs as a uid of its own and cannot reach its installed copy ${installed.path}: ${closed} is not traversable by other users (chmod o+x it, or set FLEXCORE_PLUGIN_STORE to a folder that is)` }], options.file);
+    }
     managed.push({ entry, installed, manifest: installed.manifest, spec: launchSpec(installed.manifest, installed.path, entry) });
   }
   return { managed, external };
+}
+
+/** The first folder from `/` down to `path` that other users cannot traverse (no `o+x`), if any. */
+async function closedAncestor(path: string): Promise<string | undefined> {
+  const parts = resolve(path).split("/").filter(Boolean);
+  for (let i = 1; i <= parts.length; i++) {
+    const dir = `/${parts.slice(0, i).join("/")}`;
+    const s = await stat(dir);
+    if ((s.mode & 0o001) === 0) return dir;
+  }
+  return undefined;
 }
 
 /**

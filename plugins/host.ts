@@ -121,10 +121,12 @@ class Host implements PluginHost {
     if (p) p.enabled = enabled;
   }
 
-  #gate(p: HostedPlugin, tenant: string, subject: string): void {
+  /** Throws when the call may not be made (counted in the figures like a failed call); undefined otherwise. */
+  #gate(p: HostedPlugin, tenant: string, subject: string): undefined {
     if (!p.enabled) throw new PluginUnavailableError({ service: p.service, subject }, { cause: new Error(`plugin ${p.name} is disabled`) });
     // A tenant's plugin sees only its tenant's data: anything else is refused for good.
     if (p.tenant !== undefined && p.tenant !== tenant) throw new PluginRejectedError({ service: p.service, subject }, 403, `plugin ${p.name} belongs to tenant ${p.tenant}, not ${tenant}`);
+    return undefined;
   }
 
   async #timed<T>(p: HostedPlugin, call: () => Promise<T>): Promise<T> {
@@ -148,15 +150,13 @@ class Host implements PluginHost {
     const r = parseRemoteKind(batch.kind);
     const p = r && this.plugins.get(r.plugin);
     if (!r || !p) throw new PluginUnavailableError({ service: r?.plugin ?? batch.kind, subject: batch.kind });
-    this.#gate(p, batch.tenant, endpointSubject(p.service, "processor", r.kind));
     const client = this.#clients.get(p.name)!;
-    return this.#timed(p, () => client.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal));
+    return this.#timed(p, () => this.#gate(p, batch.tenant, endpointSubject(p.service, "processor", r.kind)) ?? client.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal));
   }
 
   async callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options: { readonly timeoutMs?: number; readonly signal?: AbortSignal } = {}): Promise<StepReply> {
     const p = this.plugins.get(plugin);
     if (!p) throw new PluginUnavailableError({ service: plugin, subject: `flexplugin.${plugin}.step.${step}` });
-    this.#gate(p, request.tenant, endpointSubject(p.service, "step", step));
     let client = this.#clients.get(plugin)!;
     if (options.timeoutMs !== undefined) {
       let byTimeout = this.#stepClients.get(options.timeoutMs);
@@ -164,7 +164,7 @@ class Host implements PluginHost {
       client = byTimeout.get(plugin) ?? createPluginClient(this.#nc, p.service, { callTimeoutMs: options.timeoutMs });
       byTimeout.set(plugin, client);
     }
-    return this.#timed(p, () => client.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal));
+    return this.#timed(p, () => this.#gate(p, request.tenant, endpointSubject(p.service, "step", step)) ?? client.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal));
   }
 
   metrics(): PluginCallMetrics[] {
