@@ -10,7 +10,7 @@ import { pipelineSections } from "../processors/index.js";
 import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
 import { workflowsSection } from "../workflows/index.js";
 import { gatewaySection } from "../gateway/index.js";
-import { pluginsSection } from "../plugins/index.js";
+import { pluginsSection, sinksSection, sourcesSection } from "../plugins/index.js";
 import type { PluginHost } from "../plugins/index.js";
 import { projectRoot } from "./paths.js";
 
@@ -43,7 +43,7 @@ export interface UpContext {
  * (e.g. `workflows: workflowsSection`). The whole file is validated before anything starts.
  */
 export function configSections(root = projectRoot()) {
-  return { ...pipelineSections({ threads: availableParallelism() }), workflows: workflowsSection, gateway: gatewaySection(process.env, root), plugins: pluginsSection() };
+  return { ...pipelineSections({ threads: availableParallelism() }), workflows: workflowsSection, gateway: gatewaySection(process.env, root), plugins: pluginsSection(), sinks: sinksSection(), sources: sourcesSection() };
 }
 
 /** The validated configuration. */

@@ -14,7 +14,8 @@ import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { createTokenIssuer, openKeyStore } from "../gateway/index.js";
-import { collectPluginViews, keygen, pack, requestPluginLogs, requestPluginRestart, setPluginEnabled, sign, writeKeyPair } from "../plugins/index.js";
+import { collectPluginViews, keygen, pack, requestPluginLogs, requestPluginRestart, setPluginEnabled, sign, sourceCursorKey, writeKeyPair } from "../plugins/index.js";
+import { Kvm } from "@nats-io/kv";
 import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { startUp } from "../test/flexcore-up.js";
@@ -146,7 +147,7 @@ runtime:
 plugins:
   echo:
     bundle: ./echo-bundle
-    config: { delayMs: 5 }
+    config: { delayMs: 5, sourceEnd: 30 }
   acme-tools:
     external: acme-tools
     tenant: ${TENANT}
@@ -160,6 +161,18 @@ processors:
     partitions: 2
     batch_size: 16
     backoff: [50ms, 200ms]
+sinks:
+  - name: readings-out
+    kind: echo/echo
+    tenant: ${TENANT}
+    subjects: ["evt.${TENANT}.reading.>"]
+sources:
+  - name: numbers-in
+    kind: echo/echo
+    tenant: ${TENANT}
+    category: numbers
+    max: 7
+    interval: 200ms
 `);
   // No NATS_URL: flexcore up starts its embedded server, with the plugin's user in its auth file.
   up = await startUp({ config, env: { NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "gw-keys") }, timeoutMs: 120_000 });
@@ -247,7 +260,7 @@ describe("plugins under flexcore up", () => {
     void (async () => {
       for await (const s of plugin.status()) if (s.type === "error" || (s as { error?: unknown }).error) errors.push(String((s as { error?: unknown }).error ?? s.type));
     })();
-    const stored = await count(STREAMS.events, `evt.${TENANT}.>`);
+    const stored = await count(STREAMS.events, `evt.${TENANT}.reading.>`);
     plugin.publish(`evt.${TENANT}.reading.k0`, JSON.stringify({ forged: true }));
     plugin.publish(`drv.${TENANT}.${PROCESSOR}.k0`, JSON.stringify({ forged: true }));
     await expect(plugin.request("$JS.API.STREAM.NAMES", "", { timeout: 1_000 })).rejects.toThrow();
@@ -255,7 +268,7 @@ describe("plugins under flexcore up", () => {
     await new Promise((r) => setTimeout(r, 500));
     await plugin.close().catch(() => undefined);
     expect(errors.join("\n")).toMatch(/permissions? violation/iu);
-    expect(await count(STREAMS.events, `evt.${TENANT}.>`)).toBe(stored);
+    expect(await count(STREAMS.events, `evt.${TENANT}.reading.>`)).toBe(stored);
     expect(await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)).toBe(600);
     // A wrong password is refused outright.
     await expect(connect({ servers: natsUrl, user: "plugin-echo", pass: `${password}x`, reconnect: false })).rejects.toThrow();
@@ -328,4 +341,22 @@ describe("plugins under flexcore up", () => {
     // Nobody supervises an external plugin: no instance answers.
     await expect(requestPluginRestart(nc, "acme-tools", 500)).rejects.toThrow();
   }, 90_000);
+
+  it("runs the configured sink and source: the sink acknowledges every reading, the source appends its records once with their cursor kept", async () => {
+    const jsm = await jetstreamManager(nc);
+    const readings = await count(STREAMS.events, `evt.${TENANT}.reading.>`);
+    await waitFor(async () => {
+      const info = await jsm.consumers.info(STREAMS.events, `flex-sink-${TENANT}-readings-out`).catch(() => undefined);
+      // Every reading delivered (redeliveries count too) and none pending or unacknowledged.
+      return info !== undefined && info.num_pending === 0 && info.num_ack_pending === 0 && info.ack_floor.consumer_seq >= readings;
+    }, 30_000, "the sink to acknowledge every reading");
+    await waitFor(async () => (await count(STREAMS.events, `evt.${TENANT}.numbers.>`)) === 30, 30_000, "30 records from the source");
+    await new Promise((r) => setTimeout(r, 600));
+    const numbers = await readAll(`evt.${TENANT}.numbers.>`, STREAMS.events);
+    expect(numbers).toHaveLength(30);
+    expect(numbers.map((n) => (n.data as { n: number }).n)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
+    expect(new Set(numbers.map((n) => n.msgId)).size).toBe(30);
+    const cursor = await (await new Kvm(nc).open("flex_state")).get(sourceCursorKey("echo", "echo", TENANT, "numbers-in"));
+    expect((cursor!.json() as { cursor: string }).cursor).toBe("30");
+  }, 60_000);
 });

@@ -6,7 +6,7 @@ import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
-import { checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, generatePluginUsers, PluginLogBuffer, readPluginSwitches, resolvePlugins, servePluginControl, startPluginSupervisor } from "../plugins/index.js";
+import { checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, generatePluginUsers, PluginLogBuffer, readPluginSwitches, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor } from "../plugins/index.js";
 import type { PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
@@ -61,12 +61,13 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   const explicitConfig = options.configFile !== undefined || process.env.FLEXCORE_CONFIG !== undefined;
   const sections = configSections(root);
   const config: PipelineConfig = !explicitConfig && !existsSync(configFile)
-    ? { processors: [], runtime: sections.runtime(undefined, "runtime"), workflows: workflowsSection(undefined, "workflows"), gateway: sections.gateway(undefined, "gateway"), plugins: [] }
+    ? { processors: [], runtime: sections.runtime(undefined, "runtime"), workflows: workflowsSection(undefined, "workflows"), gateway: sections.gateway(undefined, "gateway"), plugins: [], sinks: [], sources: [] }
     : await loadConfig(configFile, sections);
   // Every managed bundle is verified and installed, and every processor of a plugin's kind
   // checked against its manifest, before anything starts: a refused bundle starts nothing.
   const plugins = await resolvePlugins(config.plugins, { baseDir: dirname(configFile), storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), file: configFile });
   checkPluginProcessors(config.processors, plugins, configFile);
+  checkPluginEndpoints(config.sinks, config.sources, plugins, configFile);
   const managed = plugins.managed.filter((m) => m.entry.enabled);
   for (const m of plugins.managed) log(`flexcore: plugin ${m.entry.name} ${m.manifest.version} verified (${m.installed.signer ? `signed by ${m.installed.signer}` : `unsigned, allowed: ${m.installed.unsignedReason ?? ""}`}), installed at ${m.installed.path}${m.entry.enabled ? "" : "; disabled"}`);
   let server: NatsServer | undefined;
@@ -156,6 +157,10 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       log: areaLog("processors"),
     });
     components.push({ name: "processors", close: () => processors.close() });
+    if (config.sinks.length > 0 || config.sources.length > 0) {
+      const endpoints = await startPluginEndpoints(nc, { sinks: config.sinks, sources: config.sources, plugins, instanceId: config.runtime.instanceId ?? `${hostname()}-${process.pid}`, leaseTtlMs: config.runtime.leaseTtlMs, log: pluginLog });
+      components.push({ name: "sinks and sources", close: () => endpoints.close() });
+    }
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
     // Processor steps run on the runtime's pool, off the event loop (closed after the runner).
     const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows"), processors, ...(pluginHost ? { plugins: pluginHost } : {}) });

@@ -145,3 +145,5 @@ export {
   setPluginEnabled,
 } from "./control.js";
 export type { PluginControlOptions, PluginInstanceView, PluginSwitch } from "./control.js";
+export { checkPluginEndpoints, SINK_SCHEMA, sinksSection, SOURCE_SCHEMA, sourcesSection, startPluginEndpoints } from "./endpoints.js";
+export type { EndpointMetrics, PluginEndpoints, PluginEndpointsOptions, SinkEntry, SourceEntry } from "./endpoints.js";
