@@ -112,12 +112,15 @@ describe("resolvePlugins and checkPluginProcessors", () => {
     const c = parseConfig(`plugins:
   echo: { bundle: ./echo }
   ext: { external: ext-svc }
+  mine: { external: mine-svc, tenant: acme }
 processors:
   - { name: a, kind: echo/echo, subjects: ["evt.*.x.*"] }
   - { name: b, kind: echo/shout, subjects: ["evt.*.x.*"] }
   - { name: c, kind: nope/echo, subjects: ["evt.*.x.*"] }
   - { name: d, kind: echo/echo, subjects: ["evt.*.x.*"], options: { loud: true } }
   - { name: e, kind: ext/anything, subjects: ["evt.*.x.*"], options: { any: 1 } }
+  - { name: f, kind: mine/x, subjects: ["evt.acme.x.*", "evt.*.y.*", "evt.globex.z.*"] }
+  - { name: g, kind: mine/x, subjects: ["evt.acme.>"] }
 `, sections);
     const resolved = await resolvePlugins(c.plugins, { baseDir: dir, storeDir: store, trustedKeysDir: keys });
     let err: unknown;
@@ -128,7 +131,7 @@ processors:
     }
     expect(err).toBeInstanceOf(ConfigError);
     const paths = (err as ConfigError).issues.map((i) => i.path);
-    expect(paths).toEqual(["processors[1].kind", "processors[2].kind", "processors[3].options.loud"]);
+    expect(paths).toEqual(["processors[1].kind", "processors[2].kind", "processors[3].options.loud", "processors[5].subjects[1]", "processors[5].subjects[2]"]);
     expect((err as ConfigError).issues[0]!.message).toContain("echo/echo");
   });
 });

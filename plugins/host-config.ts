@@ -200,6 +200,13 @@ export function checkPluginProcessors(processors: readonly ResolvedProcessor[], 
       issues.push(issue(pathAt(at, "kind"), `a plugin of plugins: (${names.join(", ") || "none configured"}) and one of its processor kinds`, p.kind));
       return;
     }
+    // A tenant's plugin gets only its tenant's events: every filter must name that tenant.
+    const owner = m ? m.entry.tenant : x!.tenant;
+    if (owner !== undefined) {
+      p.subjects.forEach((f, j) => {
+        if (f.split(".")[1] !== owner) issues.push(issue(pathAt(pathAt(at, "subjects"), j), `a filter within tenant ${owner}, which owns plugin ${remote.plugin} (evt.${owner}.<…>)`, f));
+      });
+    }
     if (!m) return;
     const cap = m.manifest.capabilities.processors.find((c) => c.kind === remote.kind);
     if (!cap) {
