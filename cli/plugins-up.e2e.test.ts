@@ -4,6 +4,7 @@
 // loses and duplicates nothing; the plugin's NATS user cannot publish events or touch
 // JetStream. One `flexcore up` for the whole file.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -193,7 +194,6 @@ afterAll(async () => {
   }
   if (dir) {
     // The store is read-only by design; make it writable again to clean up.
-    const { execFileSync } = await import("node:child_process");
     execFileSync("chmod", ["-R", "u+w", dir]);
     await rm(dir, { recursive: true, force: true });
   }
@@ -334,6 +334,13 @@ describe("plugins under flexcore up", () => {
     const logs = await requestPluginLogs(nc, "echo", 50);
     expect(logs.lines.length).toBeGreaterThan(0);
     expect(logs.lines.join("\n")).toMatch(/plugin echo/u);
+    // The CLI itself, as an operator runs it against the embedded server of this data folder.
+    const cli = (...args: string[]): string => execFileSync(process.execPath, ["--import", "tsx", join(here, "main.ts"), "plugins", ...args], { env: { ...process.env, NATS_URL: "", FLEXCORE_DATA: data }, encoding: "utf8", timeout: 30_000 });
+    const listed = cli("list").trim().split("\n").map((l) => JSON.parse(l) as { plugin: string; state: string; version: string | null; supervisedBy: string | null });
+    expect(listed.map((l) => l.plugin)).toEqual(["acme-tools", "echo", "globex-tools"]);
+    expect(listed.find((l) => l.plugin === "echo")).toMatchObject({ state: "running", version: "1.0.0" });
+    expect(listed.find((l) => l.plugin === "echo")!.supervisedBy).not.toBeNull();
+    expect(cli("logs", "echo", "-n", "5").trim().split("\n").length).toBeLessThanOrEqual(5);
     // restart clears a crash loop and launches missing processes; running ones keep serving.
     const pidsBefore = pluginPids(up.child.pid!);
     await expect(requestPluginRestart(nc, "echo")).resolves.toMatchObject({ restarted: "echo" });
