@@ -74,6 +74,7 @@ export async function startGateway(ctx: Omit<UpContext, "processors"> & { readon
       ...(processors ? { publishers: () => ({ processors: processors.publisherStats }) } : {}),
       ...(parts.workflows ? { workflows: () => ({ active: parts.workflows!.active, ...parts.workflows!.stats }) } : {}),
       ...(ctx.plugins ? { plugins: () => ctx.plugins!.metrics() } : {}),
+      ...(ctx.pluginEndpoints ? { pluginEndpoints: () => ctx.pluginEndpoints!.metrics() } : {}),
     },
     readiness: {
       ...(processors ? { processors: () => ({ ok: processors.running, detail: { running: processors.processors.length, owned: processors.metrics().filter((m) => m.owner).length } }) } : {}),

@@ -11,7 +11,7 @@ import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
 import { workflowsSection } from "../workflows/index.js";
 import { gatewaySection } from "../gateway/index.js";
 import { pluginsSection, sinksSection, sourcesSection } from "../plugins/index.js";
-import type { PluginHost } from "../plugins/index.js";
+import type { PluginEndpoints, PluginHost } from "../plugins/index.js";
 import { projectRoot } from "./paths.js";
 
 /** Something `flexcore up` started and stops on exit, last started first stopped. */
@@ -36,6 +36,8 @@ export interface UpContext {
   readonly processors: ProcessorRuntime;
   /** The configured plugins (calls, figures, enable/disable); absent when `plugins:` is empty. */
   readonly plugins?: PluginHost;
+  /** The running sinks and sources of plugins, when any are configured. */
+  readonly pluginEndpoints?: PluginEndpoints;
 }
 
 /**

@@ -365,5 +365,8 @@ describe("plugins under flexcore up", () => {
     expect(new Set(numbers.map((n) => n.msgId)).size).toBe(30);
     const cursor = await (await new Kvm(nc).open("flex_state")).get(sourceCursorKey("echo", "echo", TENANT, "numbers-in"));
     expect((cursor!.json() as { cursor: string }).cursor).toBe("30");
+    const metrics = await (await fetch(`${up.gatewayUrl}/metrics`)).text();
+    expect(metrics).toMatch(/flexcore_sink_delivered_total\{name="readings-out"\} [1-9]/u);
+    expect(metrics).toMatch(/flexcore_source_appended_total\{name="numbers-in"\} 30\b/u);
   }, 60_000);
 });

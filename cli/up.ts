@@ -7,7 +7,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
 import { checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, generatePluginUsers, PluginLogBuffer, readPluginSwitches, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor } from "../plugins/index.js";
-import type { PluginHost, PluginSupervisor } from "../plugins/index.js";
+import type { PluginEndpoints, PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
 import { startWorkflows, workflowsSection } from "../workflows/index.js";
@@ -157,15 +157,17 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       log: areaLog("processors"),
     });
     components.push({ name: "processors", close: () => processors.close() });
+    let endpoints: PluginEndpoints | undefined;
     if (config.sinks.length > 0 || config.sources.length > 0) {
-      const endpoints = await startPluginEndpoints(nc, { sinks: config.sinks, sources: config.sources, plugins, instanceId: config.runtime.instanceId ?? `${hostname()}-${process.pid}`, leaseTtlMs: config.runtime.leaseTtlMs, log: pluginLog });
-      components.push({ name: "sinks and sources", close: () => endpoints.close() });
+      endpoints = await startPluginEndpoints(nc, { sinks: config.sinks, sources: config.sources, plugins, instanceId: config.runtime.instanceId ?? `${hostname()}-${process.pid}`, leaseTtlMs: config.runtime.leaseTtlMs, log: pluginLog });
+      const started = endpoints;
+      components.push({ name: "sinks and sources", close: () => started.close() });
     }
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
     // Processor steps run on the runtime's pool, off the event loop (closed after the runner).
     const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows"), processors, ...(pluginHost ? { plugins: pluginHost } : {}) });
     components.push({ name: "workflows", close: () => workflows.close() });
-    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, logger, config, processors, ...(pluginHost ? { plugins: pluginHost } : {}) };
+    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, logger, config, processors, ...(pluginHost ? { plugins: pluginHost } : {}), ...(endpoints ? { pluginEndpoints: endpoints } : {}) };
     const projections = createProjectionEngine(nc, { dataDir: dir, log: areaLog("projections") });
     await projections.start();
     const control = serveProjectionControl(nc, projections);

@@ -73,6 +73,12 @@ export interface PluginReading {
   readonly state: string;
 }
 
+/** The sinks' and sources' counters (the plugin drivers' `metrics()`), by configured name. */
+export interface PluginEndpointReading {
+  readonly sinks: ReadonlyArray<{ readonly name: string; readonly delivered: number; readonly failed: number; readonly retried: number; readonly deadLettered: number }>;
+  readonly sources: ReadonlyArray<{ readonly name: string; readonly polls: number; readonly records: number; readonly appended: number; readonly duplicates: number; readonly failed: number }>;
+}
+
 /** Everything `/metrics` reads when Prometheus scrapes, besides the gateway's own figures. */
 export interface MetricSources extends LagSources {
   readonly processors?: () => readonly ProcessorReading[];
@@ -86,6 +92,8 @@ export interface MetricSources extends LagSources {
   readonly deadLetters?: () => Promise<readonly DeadLetterReading[]>;
   /** The configured plugins' calls, errors, latency and restarts. */
   readonly plugins?: () => readonly PluginReading[];
+  /** Sinks and sources of plugins (flexcore.yaml `sinks:`, `sources:`). */
+  readonly pluginEndpoints?: () => PluginEndpointReading;
   /** The NATS connection whose state, reconnects and traffic are reported. */
   readonly nats?: NatsConnection;
 }
@@ -183,6 +191,23 @@ export function createMetrics(sources: MetricSources = {}, options: { defaultMet
     gauge("flexcore_plugin_call_latency_seconds", "Plugin call latency over the last 8192 calls, by quantile", ["plugin", "quantile"], () =>
       plugins().flatMap((p) => ([["0.5", p.p50], ["0.95", p.p95], ["0.99", p.p99]] as const).map(([q, ms]) => [{ plugin: p.plugin, quantile: q }, ms / 1000] as const)));
     gauge("flexcore_plugin_state", "1 for the plugin's current state (running, starting, restarting, standby, failed, stopped, disabled, external)", ["plugin", "state"], () => plugins().map((p) => [{ plugin: p.plugin, state: p.state }, 1] as const));
+  }
+
+  const endpoints = sources.pluginEndpoints;
+  if (endpoints) {
+    // By configured name, summed over tenants: no series names a tenant.
+    const sum = <T extends { name: string }>(list: readonly T[], pick: (x: T) => number): Series => {
+      const by = new Map<string, number>();
+      for (const x of list) by.set(x.name, (by.get(x.name) ?? 0) + pick(x));
+      return [...by].map(([name, v]) => [{ name }, v] as const);
+    };
+    counter("flexcore_sink_delivered_total", "Events a sink plugin confirmed (and that were acknowledged)", ["name"], () => sum(endpoints().sinks, (s) => s.delivered));
+    counter("flexcore_sink_failed_calls_total", "Sink calls that failed", ["name"], () => sum(endpoints().sinks, (s) => s.failed));
+    counter("flexcore_sink_retried_total", "Messages a sink nak'd for a later retry", ["name"], () => sum(endpoints().sinks, (s) => s.retried));
+    counter("flexcore_sink_dead_lettered_total", "Events a sink refused, sent to FLEX_DLQ", ["name"], () => sum(endpoints().sinks, (s) => s.deadLettered));
+    counter("flexcore_source_appended_total", "Records a source plugin returned that were stored as new events", ["name"], () => sum(endpoints().sources, (s) => s.appended));
+    counter("flexcore_source_duplicates_total", "Records appended again after a re-read, dropped by the stream's dedupe", ["name"], () => sum(endpoints().sources, (s) => s.duplicates));
+    counter("flexcore_source_failed_polls_total", "Source polls that failed", ["name"], () => sum(endpoints().sources, (s) => s.failed));
   }
 
   const status = sources.projectionStatus;
