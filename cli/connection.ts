@@ -7,6 +7,23 @@ import { seedFile, SERVICE_USER } from "../gateway/index.js";
 import { credentialsFromEnv, hasCredentials, natsConnectOptions } from "../streams/index.js";
 import type { NatsCredentials } from "../streams/index.js";
 
+/** The operator's trusted plugin signing keys: `FLEXCORE_PLUGIN_TRUSTED_KEYS`, else `<data>/plugins/trusted-keys`. */
+export function trustedKeysDir(dir: string = dataDir()): string {
+  const explicit = process.env.FLEXCORE_PLUGIN_TRUSTED_KEYS;
+  return resolve(explicit ? explicit : join(dir, "plugins", "trusted-keys"));
+}
+
+/** Where verified bundles are installed: `FLEXCORE_PLUGIN_STORE`, else `<data>/plugins/store`. */
+export function pluginStoreDir(dir: string = dataDir()): string {
+  const explicit = process.env.FLEXCORE_PLUGIN_STORE;
+  return resolve(explicit ? explicit : join(dir, "plugins", "store"));
+}
+
+/** The managed plugins' NATS passwords (`<name>.pass`, 0600): `<data>/plugin-credentials`. */
+export function pluginCredentialsDir(dir: string = dataDir()): string {
+  return resolve(dir, "plugin-credentials");
+}
+
 /** Where `npm start` keeps its state. */
 export const DEFAULT_DATA_DIR = "data";
 /** File in the data directory holding the embedded server's URL. */

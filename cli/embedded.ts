@@ -1,10 +1,11 @@
-import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { generateNatsUsers, seededTenants } from "../gateway/index.js";
+import { generatePluginUsers, PLUGIN_NAME_PATTERN } from "../plugins/index.js";
 import { processAlive, startNatsServer } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
-import { AUTH_FILE, DEFAULT_NATS_PORT, URL_FILE } from "./connection.js";
+import { AUTH_FILE, DEFAULT_NATS_PORT, pluginCredentialsDir, URL_FILE } from "./connection.js";
 import { portFree } from "./ports.js";
 
 /** Holds the embedded server's pid while it runs, beside its store. */
@@ -45,14 +46,34 @@ async function stopLeftover(dataDir: string, storeDir: string, notice?: (line: s
   await rm(pidFile, { force: true });
 }
 
+/** The managed plugins that have a password in `<dataDir>/plugin-credentials` (`flexcore up` keeps it to the configured ones). */
+export async function credentialedPlugins(dataDir: string): Promise<string[]> {
+  const files = await readdir(pluginCredentialsDir(dataDir)).catch(() => [] as string[]);
+  return files.filter((f) => f.endsWith(".pass")).map((f) => f.slice(0, -".pass".length)).filter((n) => PLUGIN_NAME_PATTERN.test(n)).sort();
+}
+
 /**
- * Writes `<dataDir>/nats-auth.conf`, the embedded server's users: FlexCore's service user and
+ * Makes `<dataDir>/plugin-credentials` hold passwords of exactly `names` (created when
+ * missing, reused otherwise; others deleted, so a plugin taken out of flexcore.yaml loses its
+ * NATS user at the next start).
+ */
+export async function syncPluginCredentials(dataDir: string, names: readonly string[]): Promise<void> {
+  const dir = pluginCredentialsDir(dataDir);
+  for (const old of await credentialedPlugins(dataDir)) if (!names.includes(old)) await rm(join(dir, `${old}.pass`), { force: true });
+  await generatePluginUsers({ services: names, dir });
+}
+
+/**
+ * Writes `<dataDir>/nats-auth.conf`, the embedded server's users: FlexCore's service user,
  * one confined user per tenant that has a seed in `<dataDir>/nats-seeds` (`flexcore
- * nats-users`). Seeds are created on first use and reused after. Returns the file's path.
+ * nats-users`), and one per managed plugin with a password in `<dataDir>/plugin-credentials`
+ * (its own subjects only, plugins/nats-users.ts). Seeds are created on first use and reused
+ * after. Returns the file's path.
  */
 export async function writeEmbeddedAuth(dataDir: string): Promise<string> {
   const seedsDir = join(dataDir, "nats-seeds");
-  const users = await generateNatsUsers({ tenants: await seededTenants(seedsDir), seedsDir });
+  const plugins = await generatePluginUsers({ services: await credentialedPlugins(dataDir), dir: pluginCredentialsDir(dataDir) });
+  const users = await generateNatsUsers({ tenants: await seededTenants(seedsDir), seedsDir, extraUsers: plugins.entries });
   const file = resolve(dataDir, AUTH_FILE);
   await writeFile(file, users.config, { mode: 0o600 });
   await chmod(file, 0o600);

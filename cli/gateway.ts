@@ -2,6 +2,8 @@ import { createGateway, externalIssuerOptions } from "../gateway/index.js";
 import type { Gateway } from "../gateway/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import type { ProcessorRuntime } from "../processors/index.js";
+import { createWorkflowClient } from "../workflows/index.js";
+import { setPluginEnabled } from "../plugins/index.js";
 import type { WorkflowRunner } from "../workflows/index.js";
 import { InvalidOptionError } from "../streams/index.js";
 import { gatewayKeysDir } from "./connection.js";
@@ -42,7 +44,22 @@ export async function startGateway(ctx: Omit<UpContext, "processors"> & { readon
   const section = ctx.config.gateway;
   const external = section?.externalIssuer ? externalIssuerOptions(section.externalIssuer) : undefined;
   const logger = ctx.logger.child({ area: "gateway" });
+  // With plugins, the API checks a definition's `plugin` steps against them before storing it.
+  const workflowClient = ctx.plugins ? await createWorkflowClient(ctx.nc, { plugins: ctx.plugins }) : undefined;
+  const pluginHost = ctx.plugins;
   const gateway = await createGateway({
+    ...(workflowClient ? { workflows: workflowClient } : {}),
+    ...(pluginHost ? { plugins: {
+      list: () => pluginHost.metrics().map((m) => {
+        const p = pluginHost.plugins.get(m.plugin)!;
+        return { name: m.plugin, version: p.manifest?.version ?? null, tenant: p.tenant ?? null, managed: p.managed, enabled: m.enabled, state: m.state, restarts: m.restarts };
+      }),
+      setEnabled: async (name: string, enabled: boolean, by: string) => {
+        await setPluginEnabled(ctx.nc, name, enabled, by);
+        // This instance at once; the others (and this one again) through the watch of flex_state.
+        pluginHost.setEnabled(name, enabled);
+      },
+    } } : {}),
     nc: ctx.nc,
     logger,
     dataDir: ctx.dataDir,
@@ -56,14 +73,25 @@ export async function startGateway(ctx: Omit<UpContext, "processors"> & { readon
       ...(processors ? { processors: () => processors.metrics() } : {}),
       ...(processors ? { publishers: () => ({ processors: processors.publisherStats }) } : {}),
       ...(parts.workflows ? { workflows: () => ({ active: parts.workflows!.active, ...parts.workflows!.stats }) } : {}),
+      ...(ctx.plugins ? { plugins: () => ctx.plugins!.metrics() } : {}),
+      ...(ctx.pluginEndpoints ? { pluginEndpoints: () => ctx.pluginEndpoints!.metrics() } : {}),
     },
     readiness: {
       ...(processors ? { processors: () => ({ ok: processors.running, detail: { running: processors.processors.length, owned: processors.metrics().filter((m) => m.owner).length } }) } : {}),
+      // Ready when no managed plugin this instance supervises is failed (crash loop, protocol) or still starting.
+      ...(ctx.plugins ? { plugins: () => {
+        const all = ctx.plugins!.metrics();
+        const notReady = all.filter((p) => p.state === "failed" || p.state === "starting");
+        return { ok: notReady.length === 0, detail: Object.fromEntries(all.map((p) => [p.plugin, p.state])) };
+      } } : {}),
       workflows: () => (parts.workflows ? { ok: parts.workflows.running, detail: { active: parts.workflows.active } } : { ok: true, detail: "runner off (workflows.runner: false)" }),
     },
   });
   const url = await gateway.listen();
   if (external) logger.info(`gateway accepts tokens of ${external.issuer} (audience ${external.audience}, keys from ${external.jwksUrl ?? section!.externalIssuer!.publicKeyFile}); sign-in and refresh are off`);
   logger.info(`gateway at ${url} (OpenAPI ${url}/docs; projections ${parts.projections ? "served" : "not running: /v1/projections answers 503"})`);
-  return { name: "gateway", gateway, close: () => gateway.close() };
+  return { name: "gateway", gateway, close: async () => {
+    await gateway.close();
+    await workflowClient?.close();
+  } };
 }

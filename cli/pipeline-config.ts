@@ -10,6 +10,8 @@ import { pipelineSections } from "../processors/index.js";
 import type { ConfigSections, ProcessorRuntime } from "../processors/index.js";
 import { workflowsSection } from "../workflows/index.js";
 import { gatewaySection } from "../gateway/index.js";
+import { pluginsSection, sinksSection, sourcesSection } from "../plugins/index.js";
+import type { PluginEndpoints, PluginHost } from "../plugins/index.js";
 import { projectRoot } from "./paths.js";
 
 /** Something `flexcore up` started and stops on exit, last started first stopped. */
@@ -32,6 +34,10 @@ export interface UpContext {
   readonly config: PipelineConfig;
   /** The processor runtime: `metrics()` and `lag()` for `/metrics`, `invoke()` for workflows. */
   readonly processors: ProcessorRuntime;
+  /** The configured plugins (calls, figures, enable/disable); absent when `plugins:` is empty. */
+  readonly plugins?: PluginHost;
+  /** The running sinks and sources of plugins, when any are configured. */
+  readonly pluginEndpoints?: PluginEndpoints;
 }
 
 /**
@@ -39,7 +45,7 @@ export interface UpContext {
  * (e.g. `workflows: workflowsSection`). The whole file is validated before anything starts.
  */
 export function configSections(root = projectRoot()) {
-  return { ...pipelineSections({ threads: availableParallelism() }), workflows: workflowsSection, gateway: gatewaySection(process.env, root) };
+  return { ...pipelineSections({ threads: availableParallelism() }), workflows: workflowsSection, gateway: gatewaySection(process.env, root), plugins: pluginsSection(), sinks: sinksSection(), sources: sourcesSection() };
 }
 
 /** The validated configuration. */

@@ -6,6 +6,7 @@
  * test keeps them equal.
  */
 import { GATEWAY_SCHEMA } from "../gateway/index.js";
+import { PLUGINS_SCHEMA, SINK_SCHEMA, SOURCE_SCHEMA } from "../plugins/index.js";
 import { BUILTIN_PROCESSORS, PROCESSOR_SCHEMA, PROCESSORS_SCHEMA, RUNTIME_SCHEMA } from "../processors/index.js";
 import { SCHEMA_DIALECT } from "../streams/index.js";
 import type { JsonSchema } from "../streams/index.js";
@@ -40,6 +41,9 @@ export function flexcoreSchema(): JsonSchema {
       processors: { ...PROCESSORS_SCHEMA, items: { ...PROCESSOR_SCHEMA, allOf: byKind } },
       workflows: WORKFLOWS_SCHEMA,
       gateway: GATEWAY_SCHEMA,
+      plugins: PLUGINS_SCHEMA,
+      sinks: { type: "array", items: SINK_SCHEMA, default: [] },
+      sources: { type: "array", items: SOURCE_SCHEMA, default: [] },
     },
     // A definition's own `default: {}` says nothing at the root (the `options` key has it).
     $defs: Object.fromEntries(kinds.map((d) => [`${d.kind}-options`, byRef({ ...d.optionsSchema, default: undefined }, true)])),

@@ -1,15 +1,19 @@
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
+import { dirname, join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { checkNatsServerVersion, ensureTopology, missingFeatures } from "../streams/index.js";
+import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
+import { checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, generatePluginUsers, PluginLogBuffer, readPluginSwitches, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor } from "../plugins/index.js";
+import type { PluginEndpoints, PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
 import { startWorkflows, workflowsSection } from "../workflows/index.js";
 import { createProjectionEngine, serveProjectionControl } from "../projections/index.js";
-import { dataDir as defaultDataDir, embeddedConnectOptions, serviceConnectOptions } from "./connection.js";
-import { startEmbeddedServer } from "./embedded.js";
+import { dataDir as defaultDataDir, embeddedConnectOptions, pluginCredentialsDir, pluginStoreDir, serviceConnectOptions, trustedKeysDir } from "./connection.js";
+import { startEmbeddedServer, syncPluginCredentials } from "./embedded.js";
 import { startGateway } from "./gateway.js";
 import { createRootLogger, lineLogger } from "./logger.js";
 import { projectRoot } from "./paths.js";
@@ -57,9 +61,24 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   const explicitConfig = options.configFile !== undefined || process.env.FLEXCORE_CONFIG !== undefined;
   const sections = configSections(root);
   const config: PipelineConfig = !explicitConfig && !existsSync(configFile)
-    ? { processors: [], runtime: sections.runtime(undefined, "runtime"), workflows: workflowsSection(undefined, "workflows"), gateway: sections.gateway(undefined, "gateway") }
+    ? { processors: [], runtime: sections.runtime(undefined, "runtime"), workflows: workflowsSection(undefined, "workflows"), gateway: sections.gateway(undefined, "gateway"), plugins: [], sinks: [], sources: [] }
     : await loadConfig(configFile, sections);
+  // Every managed bundle is verified and installed, and every processor of a plugin's kind
+  // checked against its manifest, before anything starts: a refused bundle starts nothing.
+  const plugins = await resolvePlugins(config.plugins, { baseDir: dirname(configFile), storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), file: configFile });
+  checkPluginProcessors(config.processors, plugins, configFile);
+  checkPluginEndpoints(config.sinks, config.sources, plugins, configFile);
+  const managed = plugins.managed.filter((m) => m.entry.enabled);
+  for (const m of plugins.managed) log(`flexcore: plugin ${m.entry.name} ${m.manifest.version} verified (${m.installed.signer ? `signed by ${m.installed.signer}` : `unsigned, allowed: ${m.installed.unsignedReason ?? ""}`}), installed at ${m.installed.path}${m.entry.enabled ? "" : "; disabled"}`);
   let server: NatsServer | undefined;
+  // Each managed plugin's NATS user (its own subjects only): in the embedded server's auth file.
+  await syncPluginCredentials(dir, managed.map((m) => m.entry.name));
+  if (url && managed.length > 0) {
+    const users = await generatePluginUsers({ services: managed.map((m) => m.entry.name), dir: pluginCredentialsDir(dir) });
+    const file = join(dir, "nats-plugin-users.conf");
+    await writeFile(file, `${users.entries.join("\n")}\n`, { mode: 0o600 });
+    log(`flexcore: the managed plugins' NATS users are in ${file}: add them to the users list of ${url}'s authorization block and reload it`);
+  }
   if (!url) {
     server = await startEmbeddedServer(dir, join(root, "nats.conf"), undefined, areaLog("nats"));
     log(`flexcore: embedded nats-server ${server.version} at ${server.url} (store ${server.storeDir})`);
@@ -87,7 +106,47 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     const report = await ensureTopology(nc, replicas === undefined ? {} : { replicas });
     log(`flexcore: topology: created [${report.created.join(", ")}], unchanged [${report.unchanged.join(", ")}]`);
     for (const d of report.drift) log(`flexcore: drift in ${d.resource}.${d.field}: expected ${JSON.stringify(d.expected)}, found ${JSON.stringify(d.actual)}`);
+    // Plugins start before the processors that call them and stop after them, before NATS.
+    let supervisor: PluginSupervisor | undefined;
+    const pluginLogs = new PluginLogBuffer();
+    const pluginLog = areaLog("plugins");
+    if (managed.length > 0) {
+      const lifecycle = createPluginLifecycle({ store: await createEventStore(nc), log: areaLog("plugins") });
+      supervisor = await startPluginSupervisor({
+        nc,
+        plugins: managed.map((m) => m.spec),
+        natsUrl,
+        credentialsDir: pluginCredentialsDir(dir),
+        // Each plugin's last lines stay in memory for `flexcore plugins logs`.
+        log: (line, level) => {
+          pluginLogs.capture(line);
+          pluginLog(line, level);
+        },
+        lifecycle,
+        ...(config.runtime.instanceId ? { instanceId: `${config.runtime.instanceId}` } : {}),
+        leaseTtlMs: config.runtime.leaseTtlMs,
+        hostVersion: flexcoreVersion(),
+      });
+      const running = supervisor;
+      components.push({ name: "plugins", close: async () => {
+        await running.stop();
+        lifecycle.close();
+      } });
+      log(`flexcore: plugins: ${managed.map((m) => `${m.entry.name} ${m.manifest.version} (${m.spec.instances ?? 1} instance(s))`).join("; ")}`);
+    }
+    const pluginHost: PluginHost | undefined = config.plugins.length > 0 ? createPluginHost({ nc, plugins, ...(supervisor ? { supervisor } : {}) }) : undefined;
+    if (pluginHost) {
+      // enable/disable is stored in flex_state, so every instance agrees (and it outlives a restart).
+      for (const [name, s] of await readPluginSwitches(nc)) pluginHost.setEnabled(name, s.enabled);
+      const switches = await followPluginSwitches(nc, pluginHost, (line) => log(line));
+      const control = servePluginControl(nc, { host: pluginHost, ...(supervisor ? { supervisor } : {}), logs: pluginLogs, instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}` });
+      components.push({ name: "plugin control", close: async () => {
+        switches.stop();
+        await control.close();
+      } });
+    }
     const processors = await startProcessorRuntime(nc, {
+      ...(pluginHost ? { remote: pluginHost } : {}),
       processors: config.processors,
       threads: config.runtime.threads,
       workerMemoryMb: config.runtime.workerMemoryMb,
@@ -98,11 +157,17 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       log: areaLog("processors"),
     });
     components.push({ name: "processors", close: () => processors.close() });
+    let endpoints: PluginEndpoints | undefined;
+    if (config.sinks.length > 0 || config.sources.length > 0) {
+      endpoints = await startPluginEndpoints(nc, { sinks: config.sinks, sources: config.sources, plugins, instanceId: config.runtime.instanceId ?? `${hostname()}-${process.pid}`, leaseTtlMs: config.runtime.leaseTtlMs, log: pluginLog });
+      const started = endpoints;
+      components.push({ name: "sinks and sources", close: () => started.close() });
+    }
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
     // Processor steps run on the runtime's pool, off the event loop (closed after the runner).
-    const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows"), processors });
+    const workflows = await startWorkflows(nc, config.workflows, { root, log: areaLog("workflows"), processors, ...(pluginHost ? { plugins: pluginHost } : {}) });
     components.push({ name: "workflows", close: () => workflows.close() });
-    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, logger, config, processors };
+    const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, logger, config, processors, ...(pluginHost ? { plugins: pluginHost } : {}), ...(endpoints ? { pluginEndpoints: endpoints } : {}) };
     const projections = createProjectionEngine(nc, { dataDir: dir, log: areaLog("projections") });
     await projections.start();
     const control = serveProjectionControl(nc, projections);

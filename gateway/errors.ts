@@ -87,6 +87,14 @@ export class NotFoundError extends GatewayError {
   }
 }
 
+/** A tenant's admin tried to switch a system plugin (the operator's, `flexcore plugins enable|disable`). HTTP 403. */
+export class PluginSystemOwnedError extends GatewayError {
+  constructor(plugin: string) {
+    super("FLEX_PLUGIN_SYSTEM_OWNED", 403, `Plugin \`${plugin}\` is a system plugin: only the operator enables or disables it (\`flexcore plugins enable|disable\`)`, { plugin });
+    this.name = "PluginSystemOwnedError";
+  }
+}
+
 /** A query parameter, header, path parameter or body field is invalid; nothing was changed. HTTP 400. */
 export class BadRequestError extends GatewayError {
   readonly field: string;

@@ -25,7 +25,7 @@ import { openRevocations } from "./revocations.js";
 import { DEFAULT_AUTH_SWEEP_INTERVAL_MS, openAuthSweeper } from "./auth-sweep.js";
 import type { AuthSweeper, SweepReport } from "./auth-sweep.js";
 import type { Revocations } from "./revocations.js";
-import type { Limits, ReadinessCheck, RouteContext } from "./route-context.js";
+import type { Limits, PluginsApi, ReadinessCheck, RouteContext } from "./route-context.js";
 import { registerAuthRoutes } from "./routes/auth.js";
 import { registerDerivedRoutes } from "./routes/derived.js";
 import { registerDlqRoutes } from "./routes/dlq.js";
@@ -42,6 +42,7 @@ import type { ExternalIssuerOptions, LocalIssuerOptions, Principal, TokenIssuer,
 import { openUserStore } from "./users.js";
 import { projectionReadModels } from "./projection-read-models.js";
 import { registerWorkflowRoutes } from "./routes/workflows.js";
+import { registerPluginRoutes } from "./routes/plugins.js";
 import { createWorkflowClient } from "../workflows/index.js";
 import type { WorkflowClient } from "../workflows/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
@@ -137,6 +138,8 @@ export interface GatewayOptions {
    * gateway; `false` leaves the routes answering 503
    */
   readonly workflows?: WorkflowClient | false;
+  /** The plugins for `/v1/plugins`. @default none: the routes answer 503 */
+  readonly plugins?: PluginsApi;
   /** Extra lag sources for `/metrics` (consumers of the processor runtime). */
   readonly lagSources?: LagSources;
   /**
@@ -388,7 +391,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
 
   const { timed, deadline } = createDeadlines(limits.requestTimeoutMs);
 
-  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInRateLimit: clientRateLimit(signInLimiter), readModels, workflows, readiness: options.readiness ?? {}, timed, deadline };
+  const ctx: RouteContext = { app, nc, jsm, store, publisher, limits, metrics, users, sessions, revocations, keys, signInRateLimit: clientRateLimit(signInLimiter), readModels, workflows, plugins: options.plugins, readiness: options.readiness ?? {}, timed, deadline };
   registerHealthRoutes(ctx);
   registerAuthRoutes(ctx);
   registerUserRoutes(ctx);
@@ -398,6 +401,7 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   registerDerivedRoutes(ctx);
   registerDlqRoutes(ctx);
   registerWorkflowRoutes(ctx);
+  registerPluginRoutes(ctx);
   registerDocsRoutes(app);
 
   await app.ready();

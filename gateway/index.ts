@@ -8,6 +8,7 @@ export {
   InvalidRefreshTokenError,
   KeyStoreError,
   NotFoundError,
+  PluginSystemOwnedError,
   RateLimitedError,
   RefreshTokenReuseError,
   RequestTimeoutError,
@@ -34,7 +35,8 @@ export type { Gateway, GatewayOptions, Limits, ReadinessCheck } from "./gateway.
 export type { ErrorBody } from "./http-errors.js";
 export { DEFAULT_RSA_BITS, openKeyStore, SIGNING_ALG } from "./keys.js";
 export type { KeyInfo, KeyStore, KeyStoreOptions } from "./keys.js";
-export type { DeadLetterReading, GatewayMetrics, LagReading, LagSources, MetricSources, ProcessorReading, ProjectionReading, PublisherReading, StreamReading, WorkflowReading } from "./metrics.js";
+export type { PluginsApi, PluginView } from "./route-context.js";
+export type { DeadLetterReading, GatewayMetrics, LagReading, LagSources, MetricSources, PluginEndpointReading, PluginReading, ProcessorReading, ProjectionReading, PublisherReading, StreamReading, WorkflowReading } from "./metrics.js";
 export { allows, checkRoles, POLICY, ROLES } from "./policy.js";
 export type { PolicyName, Role } from "./policy.js";
 export { DEFAULT_RATE_PER_SECOND, resolveRateLimit } from "./rate-limit.js";

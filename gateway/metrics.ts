@@ -57,6 +57,28 @@ export interface DeadLetterReading {
   readonly redrivePending: number;
 }
 
+/** One plugin's call figures (the plugin host's `metrics()`, counters since start). */
+export interface PluginReading {
+  readonly plugin: string;
+  /** Calls answered without error. */
+  readonly calls: number;
+  /** Failed calls by error code. */
+  readonly errors: Readonly<Record<string, number>>;
+  /** Call latency in ms over the last calls. */
+  readonly p50: number;
+  readonly p95: number;
+  readonly p99: number;
+  /** Process failures (restarts, or a crash loop) the supervisor saw. */
+  readonly restarts: number;
+  readonly state: string;
+}
+
+/** The sinks' and sources' counters (the plugin drivers' `metrics()`), by configured name. */
+export interface PluginEndpointReading {
+  readonly sinks: ReadonlyArray<{ readonly name: string; readonly delivered: number; readonly failed: number; readonly retried: number; readonly deadLettered: number }>;
+  readonly sources: ReadonlyArray<{ readonly name: string; readonly polls: number; readonly records: number; readonly appended: number; readonly duplicates: number; readonly failed: number }>;
+}
+
 /** Everything `/metrics` reads when Prometheus scrapes, besides the gateway's own figures. */
 export interface MetricSources extends LagSources {
   readonly processors?: () => readonly ProcessorReading[];
@@ -68,6 +90,10 @@ export interface MetricSources extends LagSources {
   readonly streams?: () => Promise<readonly StreamReading[]>;
   /** Dead letters per tenant and source (`FLEX_DLQ`), and redrives not yet taken back (`FLEX_REDRIVE`). */
   readonly deadLetters?: () => Promise<readonly DeadLetterReading[]>;
+  /** The configured plugins' calls, errors, latency and restarts. */
+  readonly plugins?: () => readonly PluginReading[];
+  /** Sinks and sources of plugins (flexcore.yaml `sinks:`, `sources:`). */
+  readonly pluginEndpoints?: () => PluginEndpointReading;
   /** The NATS connection whose state, reconnects and traffic are reported. */
   readonly nats?: NatsConnection;
 }
@@ -154,6 +180,34 @@ export function createMetrics(sources: MetricSources = {}, options: { defaultMet
       processors().flatMap((p) => (p.partitions ?? []).map((n) => [{ processor: p.processor, kind: p.kind, partition: String(n) }, 1] as const)));
     gauge("flexcore_processor_latency_seconds", "Fetch-to-ack latency over the last 8192 events, by quantile", [...labels, "quantile"], () =>
       processors().flatMap((p) => ([["0.5", p.p50], ["0.95", p.p95], ["0.99", p.p99]] as const).map(([q, ms]) => [{ processor: p.processor, kind: p.kind, quantile: q }, ms / 1000] as const)));
+  }
+
+  const plugins = sources.plugins;
+  if (plugins) {
+    counter("flexcore_plugin_calls_total", "Plugin calls answered without error (processor batches, steps)", ["plugin"], () => plugins().map((p) => [{ plugin: p.plugin }, p.calls] as const));
+    counter("flexcore_plugin_errors_total", "Failed plugin calls by error code (FLEX_PLUGIN_TIMEOUT, _REJECTED, _FAILED, _UNAVAILABLE, _BAD_REPLY)", ["plugin", "code"], () =>
+      plugins().flatMap((p) => Object.entries(p.errors).map(([code, n]) => [{ plugin: p.plugin, code }, n] as const)));
+    counter("flexcore_plugin_restarts_total", "Plugin process failures the supervisor saw (each restarted unless in a crash loop)", ["plugin"], () => plugins().map((p) => [{ plugin: p.plugin }, p.restarts] as const));
+    gauge("flexcore_plugin_call_latency_seconds", "Plugin call latency over the last 8192 calls, by quantile", ["plugin", "quantile"], () =>
+      plugins().flatMap((p) => ([["0.5", p.p50], ["0.95", p.p95], ["0.99", p.p99]] as const).map(([q, ms]) => [{ plugin: p.plugin, quantile: q }, ms / 1000] as const)));
+    gauge("flexcore_plugin_state", "1 for the plugin's current state (running, starting, restarting, standby, failed, stopped, disabled, external)", ["plugin", "state"], () => plugins().map((p) => [{ plugin: p.plugin, state: p.state }, 1] as const));
+  }
+
+  const endpoints = sources.pluginEndpoints;
+  if (endpoints) {
+    // By configured name, summed over tenants: no series names a tenant.
+    const sum = <T extends { name: string }>(list: readonly T[], pick: (x: T) => number): Series => {
+      const by = new Map<string, number>();
+      for (const x of list) by.set(x.name, (by.get(x.name) ?? 0) + pick(x));
+      return [...by].map(([name, v]) => [{ name }, v] as const);
+    };
+    counter("flexcore_sink_delivered_total", "Events a sink plugin confirmed (and that were acknowledged)", ["name"], () => sum(endpoints().sinks, (s) => s.delivered));
+    counter("flexcore_sink_failed_calls_total", "Sink calls that failed", ["name"], () => sum(endpoints().sinks, (s) => s.failed));
+    counter("flexcore_sink_retried_total", "Messages a sink nak'd for a later retry", ["name"], () => sum(endpoints().sinks, (s) => s.retried));
+    counter("flexcore_sink_dead_lettered_total", "Events a sink refused, sent to FLEX_DLQ", ["name"], () => sum(endpoints().sinks, (s) => s.deadLettered));
+    counter("flexcore_source_appended_total", "Records a source plugin returned that were stored as new events", ["name"], () => sum(endpoints().sources, (s) => s.appended));
+    counter("flexcore_source_duplicates_total", "Records appended again after a re-read, dropped by the stream's dedupe", ["name"], () => sum(endpoints().sources, (s) => s.duplicates));
+    counter("flexcore_source_failed_polls_total", "Source polls that failed", ["name"], () => sum(endpoints().sources, (s) => s.failed));
   }
 
   const status = sources.projectionStatus;

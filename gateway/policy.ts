@@ -24,6 +24,8 @@ export const POLICY = {
   "workflow.run": ["writer", "admin"],
   "run.read": ["reader", "writer", "admin"],
   "users.manage": ["admin"],
+  "plugin.list": ["reader", "writer", "admin"],
+  "plugin.manage": ["admin"],
   "auth.logout": ["reader", "writer", "admin"],
   "auth.me": ["reader", "writer", "admin"],
 } as const satisfies Record<string, readonly Role[]>;

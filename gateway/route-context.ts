@@ -16,6 +16,26 @@ import type { SessionService } from "./sessions.js";
 import type { UserStore } from "./users.js";
 
 /** One `/readyz` check's result. */
+/** One configured plugin as `GET /v1/plugins` shows it. */
+export interface PluginView {
+  readonly name: string;
+  readonly version: string | null;
+  /** The owning tenant; `null`: a system plugin (the operator's). */
+  readonly tenant: string | null;
+  readonly managed: boolean;
+  readonly enabled: boolean;
+  /** This instance's view: `running`, `standby` (another instance supervises it), `failed`, `disabled`, `external`, ... */
+  readonly state: string;
+  readonly restarts: number;
+}
+
+/** The plugins of `flexcore up`, for `/v1/plugins` (tenancy is the routes' job). */
+export interface PluginsApi {
+  list(): readonly PluginView[];
+  /** Persists the switch for every instance. */
+  setEnabled(name: string, enabled: boolean, by: string): Promise<void>;
+}
+
 export interface ReadinessCheck {
   readonly ok: boolean;
   readonly detail?: unknown;
@@ -50,6 +70,7 @@ export interface RouteContext {
   readonly signInRateLimit: ReturnType<typeof clientRateLimit>;
   readonly readModels: ReadModels | undefined;
   readonly workflows: WorkflowClient | undefined;
+  readonly plugins: PluginsApi | undefined;
   readonly readiness: Readonly<Record<string, () => ReadinessCheck | Promise<ReadinessCheck>>>;
   /** Runs `fn` with the request timeout: aborts its signal and answers 503 when it passes. */
   timed<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T>;

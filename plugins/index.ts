@@ -124,3 +124,26 @@ export { jsonTransformPluginCommand } from "./json-transform/launch.js";
 export { schemaValidatePluginCommand } from "./schema-validate/launch.js";
 export { httpSinkPluginCommand } from "./http-sink/launch.js";
 export { sqliteSourcePluginCommand } from "./sqlite-source/launch.js";
+
+// --- The host of flexcore up: the plugins: section, bundles to launch specs, remote kinds, steps (h-plughost) ---
+export { checkPluginProcessors, launchSpec, PLUGIN_ENTRY_SCHEMA, PLUGINS_SCHEMA, pluginsSection, resolvePlugins } from "./host-config.js";
+export type { ExternalPluginEntry, ManagedPluginEntry, PluginEntry, ResolvedManagedPlugin, ResolvedPlugins, ResolvePluginsOptions } from "./host-config.js";
+export { createPluginHost } from "./host.js";
+export type { HostedPlugin, PluginCallMetrics, PluginHost, PluginHostOptions } from "./host.js";
+export {
+  collectPluginViews,
+  DEFAULT_PLUGIN_LOG_LINES,
+  followPluginSwitches,
+  PLUGIN_CONTROL_SUBJECT,
+  PLUGIN_SWITCH_PREFIX,
+  PluginLogBuffer,
+  pluginViews,
+  readPluginSwitches,
+  requestPluginLogs,
+  requestPluginRestart,
+  servePluginControl,
+  setPluginEnabled,
+} from "./control.js";
+export type { PluginControlOptions, PluginInstanceView, PluginSwitch } from "./control.js";
+export { checkPluginEndpoints, SINK_SCHEMA, sinksSection, SOURCE_SCHEMA, sourcesSection, startPluginEndpoints } from "./endpoints.js";
+export type { EndpointMetrics, PluginEndpoints, PluginEndpointsOptions, SinkEntry, SourceEntry } from "./endpoints.js";

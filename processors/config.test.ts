@@ -56,7 +56,7 @@ workflow: []
       'processors[3].name: expected a name of letters, digits, `-` and `_` (at most 64, starting with a letter or digit), got "bad name"',
       "processors[3].partitions: expected integer ≥ 1 and ≤ 256, got 0",
       'processors[3].backoff[0]: expected a duration ≥ 0 ms (milliseconds, or "500ms", "2s", "1m"), got "fast"',
-      'processors[3].kind: expected one of "anomaly", "clustering", "forecast", "classify", "nlp", "vision", "recommend", "auto", got "nope"',
+      'processors[3].kind: expected one of "anomaly", "clustering", "forecast", "classify", "nlp", "vision", "recommend", "auto", or <plugin>/<kind> for a plugin\'s, got "nope"',
       'processors[3].subjects[0]: expected a filter on FLEX_EVENTS (starting with evt.), got "drv.>"',
       expect.stringMatching(/^processors\[3\]\.subjects\[1\]: expected a valid subject filter/),
       'processors[4].name: duplicate name "a" (also processors[0])',
@@ -64,7 +64,7 @@ workflow: []
       'runtime.metrics_interval: expected a duration ≥ 100 ms (milliseconds, or "500ms", "2s", "1m"), got "soon"',
     ]);
     expect(issues(`processors:\n  - { name: a, subjects: [], ack_wait: 0.5s }\n`)).toEqual([
-      "processors[0].kind: expected a processor kind (anomaly, clustering, forecast, classify, nlp, vision, recommend, auto), got nothing",
+      "processors[0].kind: expected a processor kind (anomaly, clustering, forecast, classify, nlp, vision, recommend, auto) or <plugin>/<kind>, got nothing",
       "processors[0].subjects: expected a list of at least 1 item(s), got an empty list",
     ]);
     expect(issues(`processors:\n  - { name: a, kind: anomaly, subjects: [evt.>], ack_wait: 0.5s }\n`)).toEqual(['processors[0].ack_wait: expected a duration ≥ 1000 ms (milliseconds, or "500ms", "2s", "1m"), got "0.5s"']);

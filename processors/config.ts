@@ -15,6 +15,7 @@ import type { ConfigIssue } from "./errors.js";
 import { checkOptions, integerSchema, objectSchema, throwIssues } from "./options.js";
 import { partitionRules } from "./partition-stream.js";
 import { DEFAULT_WORKER_MEMORY_MB } from "./pool.js";
+import { isRemoteKind, parseRemoteKind, remoteDefinition } from "./remote.js";
 import type { ProcessorDefinition } from "./types.js";
 
 /** File read when neither an explicit path nor `FLEXCORE_CONFIG` is given. */
@@ -105,7 +106,7 @@ export const PROCESSOR_SCHEMA: JsonSchema = {
   required: ["name", "kind", "subjects"],
   properties: {
     name: NAME_SCHEMA,
-    kind: { type: "string", minLength: 1, expected: "a processor kind (anomaly, clustering, forecast, classify, nlp, vision, recommend, auto)" },
+    kind: { type: "string", minLength: 1, expected: "a processor kind (anomaly, clustering, forecast, classify, nlp, vision, recommend, auto) or <plugin>/<kind>" },
     subjects: { type: "array", minItems: 1, items: { type: "string", minLength: 1, expected: "a subject filter such as evt.*.sensor.*" } },
     options: { type: "object", default: {}, expected: "the kind's options (an object)" },
     partitions: integerSchema(DEFAULT_PARTITIONS, 1, 256),
@@ -243,8 +244,12 @@ function resolveProcessor(raw: unknown, path: string, definitions: ReadonlyMap<s
   // The rest is checked even when the schema found issues, so every mistake is reported at once.
   const p = (checked.value ?? (raw !== null && typeof raw === "object" ? raw : {})) as Partial<RawProcessor>;
   const before = issues.length;
-  const definition = typeof p.kind === "string" ? definitions.get(p.kind) : undefined;
-  if (typeof p.kind === "string" && !hasIssueAt(issues, pathAt(path, "kind")) && !definition) issues.push(issue(pathAt(path, "kind"), `one of ${[...definitions.keys()].map((d) => JSON.stringify(d)).join(", ")}`, p.kind));
+  // `<plugin>/<kind>`: a plugin's kind, checked against the plugin's manifest once plugins are known (flexcore up).
+  const remote = typeof p.kind === "string" && isRemoteKind(p.kind);
+  const definition = typeof p.kind === "string" ? (remote ? (parseRemoteKind(p.kind) ? remoteDefinition(p.kind) : undefined) : definitions.get(p.kind)) : undefined;
+  if (typeof p.kind === "string" && !hasIssueAt(issues, pathAt(path, "kind")) && !definition) {
+    issues.push(issue(pathAt(path, "kind"), remote ? "<plugin>/<kind>: a plugin name (a-z, 0-9, -), a slash, and one of its processor kinds" : `one of ${[...definitions.keys()].map((d) => JSON.stringify(d)).join(", ")}, or <plugin>/<kind> for a plugin's`, p.kind));
+  }
   if (Array.isArray(p.subjects)) {
     p.subjects.forEach((s, i) => {
       const at = pathAt(pathAt(path, "subjects"), i);

@@ -47,7 +47,12 @@ export { processorsStatus } from "./status.js";
 export type { InstanceStatus, PartitionStatus, ProcessorStatus } from "./status.js";
 export type { LeaseBody } from "./lease.js";
 export type { InvokeInput, ProcessorRuntime, ProcessorRuntimeOptions } from "./runtime.js";
+// Remote kinds (`<plugin>/<kind>`): filled by plugins/ through `flexcore up`.
+export { isRemoteKind, parseRemoteKind, REMOTE_KIND_PATTERN } from "./remote.js";
+export type { RemoteBatch, RemoteBatchResult, RemoteInput, RemoteKinds } from "./remote.js";
 export type { ProcessorMetrics } from "./metrics.js";
+// Call latency percentiles of the plugin host, in the processors' own window.
+export { LatencyWindow } from "./metrics.js";
 export type { SeriesTask } from "./task.js";
 
 // Script steps: JavaScript, Python and Bash run sandboxed (bubblewrap) or trusted (worker threads).

@@ -13,7 +13,7 @@ import type { Publisher, TtlKv } from "../streams/index.js";
 import type { ResolvedProcessor } from "./config.js";
 import { createConsumer, Deliveries, fetchLoop, resetConsumer } from "./delivery.js";
 import type { DeliverySource } from "./delivery.js";
-import { fnv, rawOf, stateKvKey } from "./entry.js";
+import { fnv, metaOf, rawOf, stateKvKey } from "./entry.js";
 import { originOf } from "./partition-stream.js";
 import type { Checkpoints, Entry, KeyInfo, KeyState, Outcome, PendingOutput, RunnerTotals } from "./entry.js";
 import { ProcessorFailedError } from "./errors.js";
@@ -25,6 +25,11 @@ import type { ProcessorPool } from "./pool.js";
 import { careful, Markers, redriveLoop } from "./recovery.js";
 import type { RecoveryHost } from "./recovery.js";
 import type { BatchResult } from "./task.js";
+import { isRemoteKind } from "./remote.js";
+import type { RemoteBatchResult, RemoteInput, RemoteKinds } from "./remote.js";
+import { decodeData } from "../streams/index.js";
+
+const textEncoder = new TextEncoder();
 
 /** Prefix of the durable consumer of each processor: `proc_<name>`. */
 export const CONSUMER_PREFIX = "proc_";
@@ -58,6 +63,8 @@ export interface RunnerContext {
   readonly leases: TtlKv;
   readonly instanceId: string;
   readonly leaseTtlMs: number;
+  /** Kinds served outside the pool (plugins); see remote.ts. */
+  readonly remote?: RemoteKinds;
 }
 
 /**
@@ -443,6 +450,10 @@ export class ProcessorRunner implements RecoveryHost {
     const checkpoints: Checkpoints = new Map();
     let failedAttempts = 0;
     if (todo.length === 0) return { entries: batch, outputs, dlq, checkpoints, failedAttempts };
+    if (this.#remote) {
+      failedAttempts += await this.#processRemote(this.#remote, todo, outputs, dlq, checkpoints);
+      return { entries: batch, outputs, dlq, checkpoints, failedAttempts };
+    }
 
     let retry: Entry[] = [];
     let result: BatchResult | undefined;
@@ -476,6 +487,11 @@ export class ProcessorRunner implements RecoveryHost {
   }
 
   async processOneByOne(entries: readonly Entry[], outputs: PendingOutput[], dlq: PendingOutput[], checkpoints: Checkpoints): Promise<number> {
+    if (this.#remote) {
+      let failed = 0;
+      for (const e of entries) failed += await this.#processRemote(this.#remote, [e], outputs, dlq, checkpoints);
+      return failed;
+    }
     let failedAttempts = 0;
     for (const e of entries) {
       const allowed = Math.max(1, this.cfg.maxDeliver - (e.m.info.deliveryCount - 1));
@@ -516,6 +532,134 @@ export class ProcessorRunner implements RecoveryHost {
       dlq.push(this.deadLetter(e, allowed + (e.m.info.deliveryCount - 1), lastError, reason.message));
     }
     return failedAttempts;
+  }
+
+  /** The remote kinds, when this processor's kind is one. */
+  get #remote(): RemoteKinds | undefined {
+    return isRemoteKind(this.cfg.kind) ? this.#ctx.remote : undefined;
+  }
+
+  /**
+   * Runs entries (already past their keys' states) through a remote kind: one call per
+   * tenant, in parallel (keys never span tenants, so per-key order holds). A permanent
+   * error (the input's fault) dead-letters the entries, the states unchanged; any other is
+   * retried with the processor's backoff until it succeeds or the runner stops (the
+   * messages stay unacknowledged and are redelivered): never dropped. Inputs the reply
+   * rejects one by one are dead-lettered, the rest kept. Returns the failed attempts.
+   */
+  async #processRemote(remote: RemoteKinds, todo: readonly Entry[], outputs: PendingOutput[], dlq: PendingOutput[], checkpoints: Checkpoints): Promise<number> {
+    const byTenant = new Map<string, number[]>();
+    todo.forEach((e, i) => {
+      const list = byTenant.get(e.tenant);
+      if (list) list.push(i);
+      else byTenant.set(e.tenant, [i]);
+    });
+    let failedAttempts = 0;
+    // Each tenant's call succeeds, fails for good, or is retried on its own: one tenant's bad
+    // input never dead-letters another's.
+    const settled = await Promise.all(
+      [...byTenant].map(async ([tenant, indexes]): Promise<{ readonly indexes: readonly number[]; readonly reply?: RemoteBatchResult; readonly error?: FailureInfo }> => {
+        const entries = indexes.map((i) => todo[i]!);
+        for (let attempt = 1; ; attempt++) {
+          try {
+            return { indexes, reply: await remote.process(this.#remoteBatch(tenant, entries)) };
+          } catch (err) {
+            failedAttempts += 1;
+            const x = err as { name?: string; code?: string; message?: string };
+            const error: FailureInfo = { name: x?.name ?? "Error", code: typeof x?.code === "string" ? x.code : undefined, message: x?.message ?? String(err) };
+            if (remote.isPermanent(err)) return { indexes, error };
+            if (this.#stopping || this.#failed) throw err;
+            const wait = this.cfg.backoffMs[Math.min(attempt - 1, this.cfg.backoffMs.length - 1)]!;
+            // Attempts 1, 2, 4, 8, ...: an unavailable plugin must not flood the log.
+            if ((attempt & (attempt - 1)) === 0) this.log(`flexcore: processor ${this.cfg.name}: ${error.code ?? error.name}: ${error.message}; retrying ${entries.length} message(s) of tenant ${tenant} in ${wait} ms (attempt ${attempt})`, "warn");
+            for (const e of entries) e.m.working();
+            const until = Date.now() + wait;
+            while (Date.now() < until && !this.#stopping && !this.#failed) await sleep(Math.min(50, Math.max(1, until - Date.now())));
+            if (this.#stopping || this.#failed) throw err;
+            for (const e of entries) e.m.working();
+          }
+        }
+      }),
+    );
+    // The reply as the pool's result columns, so outputs get the same ids as in-process kinds.
+    const outEvent: number[] = [];
+    const outIndex: number[] = [];
+    const outTypes: string[] = [];
+    const outKeys: Array<string | null> = [];
+    const bodies: Uint8Array[] = [];
+    const perInput = new Uint32Array(todo.length);
+    const rejected = new Map<number, string>();
+    const lastSeq = new Map<string, number>();
+    for (const e of todo) lastSeq.set(e.stateKey, Math.max(lastSeq.get(e.stateKey) ?? 0, e.seq));
+    for (const s of settled) {
+      if (s.error || !s.reply) {
+        const error = s.error ?? { name: "Error", code: undefined, message: "no reply" };
+        // Poison: the states do not change, the sequences count as handled.
+        for (const i of s.indexes) {
+          const e = todo[i]!;
+          const st = { json: this.#states.get(e.stateKey)!.json, seq: lastSeq.get(e.stateKey)! };
+          this.remember(e.stateKey, st);
+          checkpoints.set(e.stateKey, st);
+          const reason = new ProcessorFailedError(this.cfg.name, e.seq, `${error.name}${error.code ? ` [${error.code}]` : ""}: ${error.message}`);
+          dlq.push(this.deadLetter(e, e.m.info.deliveryCount, error, reason.message));
+        }
+        continue;
+      }
+      const { indexes, reply } = s as { indexes: readonly number[]; reply: RemoteBatchResult };
+      for (const r of reply.rejected ?? []) rejected.set(indexes[r.input]!, r.reason);
+      for (const o of reply.outputs) {
+        const i = indexes[o.input]!;
+        outEvent.push(i);
+        outIndex.push(perInput[i]!);
+        perInput[i]! += 1;
+        outTypes.push(o.type);
+        outKeys.push(o.key ?? null);
+        bodies.push(textEncoder.encode(JSON.stringify(o.data ?? null)));
+      }
+      const done = new Set<string>();
+      for (const i of indexes) {
+        const e = todo[i]!;
+        if (done.has(e.stateKey)) continue;
+        done.add(e.stateKey);
+        const next = reply.states[e.key];
+        const json = Object.hasOwn(reply.states, e.key) ? (next === null || next === undefined ? null : JSON.stringify(next)) : this.#states.get(e.stateKey)!.json;
+        const st = { json, seq: lastSeq.get(e.stateKey)! };
+        this.remember(e.stateKey, st);
+        checkpoints.set(e.stateKey, st);
+      }
+    }
+    const offsets = new Uint32Array(bodies.length + 1);
+    let size = 0;
+    bodies.forEach((b, j) => {
+      size += b.length;
+      offsets[j + 1] = size;
+    });
+    const outBody = new Uint8Array(size);
+    bodies.forEach((b, j) => outBody.set(b, offsets[j]!));
+    const result: BatchResult = { states: [], outEvent: Uint32Array.from(outEvent), outIndex: Uint32Array.from(outIndex), outTypes, outKeys, outBody, outOffsets: offsets, failures: [] };
+    collectOutputs(this.cfg, todo, result, outputs, (i) => !rejected.has(i), this.#outputHeaders);
+    for (const [i, why] of rejected) {
+      const e = todo[i]!;
+      const error: FailureInfo = { name: "PluginRejectedError", code: "FLEX_PLUGIN_REJECTED", message: why };
+      const reason = new ProcessorFailedError(this.cfg.name, e.seq, `PluginRejectedError [FLEX_PLUGIN_REJECTED]: ${why}`);
+      dlq.push(this.deadLetter(e, e.m.info.deliveryCount, error, reason.message));
+      failedAttempts += 1;
+    }
+    return failedAttempts;
+  }
+
+  #remoteBatch(tenant: string, entries: readonly Entry[]): { processor: string; kind: string; options: unknown; tenant: string; states: Record<string, unknown>; inputs: RemoteInput[] } {
+    const states: Record<string, unknown> = {};
+    const inputs: RemoteInput[] = [];
+    for (const e of entries) {
+      if (!Object.hasOwn(states, e.key)) {
+        const json = this.#states.get(e.stateKey)!.json;
+        states[e.key] = json === null ? null : JSON.parse(json);
+      }
+      const meta = metaOf(e);
+      inputs.push({ seq: e.seq, subject: e.subject, key: e.key, id: meta.sourceId, type: meta.type, time: meta.time, data: decodeData(e.raw, e.hdr) });
+    }
+    return { processor: this.cfg.name, kind: this.cfg.kind, options: this.cfg.validatedOptions, tenant, states, inputs };
   }
 
   /** The dead letter of `e`, logged. */

@@ -17,6 +17,8 @@ import { ensurePartitionStream } from "./partition-stream.js";
 import { ProcessorRunner } from "./runner.js";
 import type { RunnerContext } from "./runner.js";
 import type { ProcessorDefinition } from "./types.js";
+import { isRemoteKind } from "./remote.js";
+import type { RemoteKinds } from "./remote.js";
 import { BUILTIN_PROCESSORS } from "./builtin/index.js";
 
 export { CONSUMER_PREFIX } from "./runner.js";
@@ -64,6 +66,12 @@ export interface ProcessorRuntimeOptions {
   readonly leaseTtlMs?: number;
   /** @default a publisher created and closed by the runtime */
   readonly publisher?: Publisher;
+  /**
+   * Kinds served outside the pool (`<plugin>/<kind>`, see processors/remote.ts): their
+   * batches go through `remote.process` instead of the workers. @default none (a processor
+   * of a remote kind is then refused with `FLEX_PROCESSOR_UNKNOWN`)
+   */
+  readonly remote?: RemoteKinds;
   readonly log?: (line: string, level?: "warn" | "error") => void;
 }
 
@@ -127,7 +135,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
   let closing = false;
   const restarts = new Set<Promise<void>>();
 
-  const ctx: RunnerContext = { nc, jsm, kv, pool, publisher, log, maxKeys, leases, instanceId, leaseTtlMs };
+  const ctx: RunnerContext = { nc, jsm, kv, pool, publisher, log, maxKeys, leases, instanceId, leaseTtlMs, ...(options.remote ? { remote: options.remote } : {}) };
   const create = (cfg: ResolvedProcessor): ProcessorRunner | PartitionedProcessor => (cfg.scale === "partitioned" ? new PartitionedProcessor(ctx, cfg) : new ProcessorRunner(ctx, cfg, onFailure));
   const onFailure = (runner: ProcessorRunner, _err: unknown): void => {
     const restart = (async () => {
@@ -146,7 +154,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
 
   try {
     for (const cfg of options.processors) {
-      if (!definitions.has(cfg.kind)) throw new UnknownProcessorError(cfg.kind, [...definitions.keys()]);
+      if (isRemoteKind(cfg.kind) ? !options.remote?.has(cfg.kind) : !definitions.has(cfg.kind)) throw new UnknownProcessorError(cfg.kind, [...definitions.keys()]);
     }
     // Workers load their code while the consumers are set up.
     const warm = pool.warmUp();
@@ -159,7 +167,7 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
     }
     const known = await warm;
     for (const cfg of options.processors) {
-      if (!known.includes(cfg.kind)) throw new UnknownProcessorError(cfg.kind, known);
+      if (!isRemoteKind(cfg.kind) && !known.includes(cfg.kind)) throw new UnknownProcessorError(cfg.kind, known);
     }
   } catch (err) {
     closing = true;

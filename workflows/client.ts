@@ -3,6 +3,7 @@ import { AbortedError, ConcurrencyError, createEventStore, eventSubject, Invalid
 import type { EventStore, StoredEvent } from "../streams/index.js";
 import { DefinitionStore } from "./definitions.js";
 import type { PutOptions, StoredWorkflow } from "./definitions.js";
+import type { PluginStepCatalog } from "./definition.js";
 import { RunFinishedError, RunNotFoundError } from "./errors.js";
 import { RUN_EVENTS, WORKFLOW_CATEGORY } from "./events.js";
 import { startRun } from "./start.js";
@@ -36,21 +37,29 @@ export interface WorkflowClient extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-export async function createWorkflowClient(nc: NatsConnection): Promise<WorkflowClient> {
-  return new Client(await createEventStore(nc), await DefinitionStore.open(nc));
+/** Options of {@link createWorkflowClient}. */
+export interface WorkflowClientOptions {
+  /** The plugins `plugin` steps are checked against on `put` (`flexcore up`'s gateway). @default shape only */
+  readonly plugins?: PluginStepCatalog;
+}
+
+export async function createWorkflowClient(nc: NatsConnection, options: WorkflowClientOptions = {}): Promise<WorkflowClient> {
+  return new Client(await createEventStore(nc), await DefinitionStore.open(nc), options.plugins);
 }
 
 class Client implements WorkflowClient {
   readonly #store: EventStore;
   readonly #defs: DefinitionStore;
+  readonly #plugins: PluginStepCatalog | undefined;
 
-  constructor(store: EventStore, defs: DefinitionStore) {
+  constructor(store: EventStore, defs: DefinitionStore, plugins?: PluginStepCatalog) {
     this.#store = store;
     this.#defs = defs;
+    this.#plugins = plugins;
   }
 
-  put(tenant: string, source: string | object, options?: PutOptions): Promise<StoredWorkflow> {
-    return this.#defs.put(tenant, source, options);
+  put(tenant: string, source: string | object, options: PutOptions = {}): Promise<StoredWorkflow> {
+    return this.#defs.put(tenant, source, this.#plugins && !options.plugins ? { ...options, plugins: this.#plugins } : options);
   }
 
   get(tenant: string, name: string, version?: number): Promise<StoredWorkflow> {

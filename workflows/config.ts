@@ -9,7 +9,7 @@ import type { JsonSchema } from "../streams/index.js";
 import { createWorkflowClient } from "./client.js";
 import { DEFAULT_MAX_RUNS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
 import type { WorkflowRunner } from "./runner.js";
-import type { ProcessorInvoker } from "./steps.js";
+import type { PluginStepCaller, ProcessorInvoker } from "./steps.js";
 import { WorkflowDefinitionError } from "./errors.js";
 import { createOperatorTrust } from "./trust.js";
 
@@ -86,10 +86,10 @@ export const workflowsSection: SectionValidator<WorkflowsConfig> = (raw, path) =
  * tenant through the operator's path (a bad one stops the start with its path), then a
  * runner that trusts exactly those definitions.
  */
-export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig, options: { readonly root: string; readonly log?: (line: string, level?: "warn" | "error") => void; readonly processors?: ProcessorInvoker }): Promise<{ readonly runner: WorkflowRunner | undefined; close(): Promise<void> }> {
+export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig, options: { readonly root: string; readonly log?: (line: string, level?: "warn" | "error") => void; readonly processors?: ProcessorInvoker; readonly plugins?: PluginStepCaller }): Promise<{ readonly runner: WorkflowRunner | undefined; close(): Promise<void> }> {
   const log = options.log ?? (() => undefined);
   checkTenantName(config.tenant, "workflows.tenant");
-  const client = await createWorkflowClient(nc);
+  const client = await createWorkflowClient(nc, options.plugins ? { plugins: options.plugins } : {});
   const trust = createOperatorTrust();
   try {
     for (const file of config.definitions) {
@@ -107,6 +107,6 @@ export async function startWorkflows(nc: NatsConnection, config: WorkflowsConfig
     await client.close();
   }
   if (!config.runner) return { runner: undefined, close: async () => undefined };
-  const runner = await startWorkflowRunner(nc, { trust, leaseMs: config.leaseMs, maxRuns: config.maxRuns, ...(options.processors ? { processors: options.processors } : {}), scriptRunnerOptions: { sandbox: config.sandbox, maxConcurrent: config.scriptConcurrency }, log });
+  const runner = await startWorkflowRunner(nc, { trust, leaseMs: config.leaseMs, maxRuns: config.maxRuns, ...(options.processors ? { processors: options.processors } : {}), ...(options.plugins ? { plugins: options.plugins } : {}), scriptRunnerOptions: { sandbox: config.sandbox, maxConcurrent: config.scriptConcurrency }, log });
   return { runner, close: () => runner.close() };
 }

@@ -4,10 +4,10 @@ import type { ScriptLanguage, ScriptLimits } from "../processors/index.js";
 import { checkSubjectFilter, checkToken, compileSchema, SCHEMA_DIALECT, shown } from "../streams/index.js";
 import type { JsonSchema } from "../streams/index.js";
 import { CronSyntaxError, parseCron } from "./cron.js";
-import { StepKindUnavailableError, WorkflowDefinitionError } from "./errors.js";
+import { WorkflowDefinitionError } from "./errors.js";
 import { ExpressionError, parseCondition, scanTemplate, stepRefs } from "./template.js";
 
-/** Step kinds of the schema; `plugin` is recognised but not available until the plugin host lands. */
+/** Step kinds of the schema. */
 export const STEP_KINDS = ["script", "processor", "plugin"] as const;
 /** Ids of steps: letters, digits, `_` and `-`, up to 64 (workflow names: {@link checkWorkflowName}). */
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -63,7 +63,24 @@ export interface ProcessorStepDefinition extends StepCommon {
   readonly key?: string;
 }
 
-export type StepDefinition = ScriptStepDefinition | ProcessorStepDefinition;
+/** A step served by a plugin (`flexplugin.<plugin>.step.<step>`), called with the run's tenant. */
+export interface PluginStepDefinition extends StepCommon {
+  readonly kind: "plugin";
+  /** The plugin's name in flexcore.yaml `plugins:`. */
+  readonly plugin: string;
+  /** One of its steps (its manifest's `capabilities.steps[].name`). */
+  readonly step: string;
+}
+
+export type StepDefinition = ScriptStepDefinition | ProcessorStepDefinition | PluginStepDefinition;
+
+/** The plugins a runner can call, for checking `plugin` steps when a definition is stored or run. */
+export interface PluginStepCatalog {
+  /** Whether `tenant` may use plugin `plugin` (a system plugin, or the tenant's own). */
+  hasPlugin(plugin: string, tenant: string): boolean;
+  /** Whether `plugin` serves step `step`. */
+  hasStep(plugin: string, step: string): boolean;
+}
 
 export type TriggerDefinition =
   /** `ordered`: runs of one key (the subject's last token) run one after another, in event order. */
@@ -83,6 +100,7 @@ const STEP_ID: JsonSchema = { type: "string", pattern: NAME_PATTERN.source, expe
 const COMMON_KEYS = ["id", "kind", "needs", "when", "input", "retry", "timeout_ms", "continue_on_error"] as const;
 const SCRIPT_KEYS = [...COMMON_KEYS, "language", "source", "trusted", "network", "env", "limits"] as const;
 const PROCESSOR_KEYS = [...COMMON_KEYS, "processor", "options", "key"] as const;
+const PLUGIN_KEYS = [...COMMON_KEYS, "plugin", "step"] as const;
 const MAX_STEPS = 200;
 const DAY_MS = 24 * 3_600_000;
 
@@ -107,6 +125,9 @@ const LANGUAGE: JsonSchema = { type: "string", enum: [...SCRIPT_LANGUAGES] };
 const SOURCE: JsonSchema = { type: "string", minLength: 1, expected: "the script's code" };
 const PROCESSOR: JsonSchema = { type: "string", enum: [...BUILTIN_PROCESSORS.keys()], expected: `a built-in processor kind: ${[...BUILTIN_PROCESSORS.keys()].join(", ")}` };
 
+const PLUGIN_NAME: JsonSchema = { type: "string", pattern: "^[a-z][a-z0-9-]{1,39}$", expected: "a plugin name of flexcore.yaml `plugins:` (a-z, 0-9, -)" };
+const PLUGIN_STEP: JsonSchema = { type: "string", pattern: "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", expected: "one of the plugin's steps" };
+
 const STEP_SCHEMA: JsonSchema = {
   type: "object",
   additionalProperties: false,
@@ -130,8 +151,10 @@ const STEP_SCHEMA: JsonSchema = {
     processor: PROCESSOR,
     options: { type: "object" },
     key: { type: "string", minLength: 1, expected: "a key template" },
+    plugin: PLUGIN_NAME,
+    step: PLUGIN_STEP,
   },
-  allOf: [onlyFor("script", SCRIPT_KEYS, { language: LANGUAGE, source: SOURCE }), onlyFor("processor", PROCESSOR_KEYS, { processor: PROCESSOR })],
+  allOf: [onlyFor("script", SCRIPT_KEYS, { language: LANGUAGE, source: SOURCE }), onlyFor("processor", PROCESSOR_KEYS, { processor: PROCESSOR }), onlyFor("plugin", PLUGIN_KEYS, { plugin: PLUGIN_NAME, step: PLUGIN_STEP })],
 };
 
 const EVENT_TYPE: JsonSchema = { type: "string", minLength: 1, expected: "an event type" };
@@ -180,7 +203,7 @@ export const WORKFLOW_SCHEMA: JsonSchema = {
 
 interface RawStep {
   id: string;
-  kind: "script" | "processor";
+  kind: "script" | "processor" | "plugin";
   needs?: string[];
   when?: string;
   input?: unknown;
@@ -196,6 +219,8 @@ interface RawStep {
   processor: string;
   options?: unknown;
   key?: string;
+  plugin: string;
+  step: string;
 }
 
 type RawTrigger = { cron: string; timezone?: string } | { event: { subject: string; type?: string; types?: string[]; ordered?: boolean } };
@@ -232,6 +257,12 @@ export interface ValidateOptions {
    * @default false
    */
   readonly allowTrusted?: boolean;
+  /**
+   * The plugins of the runner: `plugin` steps must name one the tenant may use and one of
+   * its steps. @default none: `plugin` steps are checked for their shape only (the CLI and
+   * API clients that know no plugins; the runner checks again before it runs one)
+   */
+  readonly plugins?: PluginStepCatalog;
 }
 
 /**
@@ -253,7 +284,7 @@ export function checkWorkflowName(name: unknown, path = "name"): string {
 }
 
 /** What the schema cannot check of a step: trust, the script's limits, the processor's options. */
-function step(o: RawStep, i: number, prev: string | undefined, options: ValidateOptions): StepDefinition {
+function step(o: RawStep, i: number, prev: string | undefined, options: ValidateOptions, tenant: string): StepDefinition {
   const path = `steps[${i}]`;
   const r = o.retry;
   const common = {
@@ -277,6 +308,13 @@ function step(o: RawStep, i: number, prev: string | undefined, options: Validate
       fail(field, (err as Error).message);
     }
     return { kind: "script", ...common, ...spec };
+  }
+  if (o.kind === "plugin") {
+    if (options.plugins) {
+      if (!options.plugins.hasPlugin(o.plugin, tenant)) fail(`${path}.plugin`, `no plugin ${shown(o.plugin)} is available to this tenant (flexcore.yaml \`plugins:\` lists the system plugins and each tenant's own)`);
+      if (!options.plugins.hasStep(o.plugin, o.step)) fail(`${path}.step`, `plugin ${shown(o.plugin)} has no step ${shown(o.step)}`);
+    }
+    return { kind: "plugin", ...common, plugin: o.plugin, step: o.step };
   }
   const def = BUILTIN_PROCESSORS.get(o.processor)!;
   try {
@@ -317,15 +355,9 @@ function trigger(o: RawTrigger, i: number, tenant: string): TriggerDefinition {
 
 /**
  * Validates a definition (parsed YAML/JSON) for a tenant and returns it normalised and frozen.
- * @throws WorkflowDefinitionError naming the path; StepKindUnavailableError for `plugin` steps
+ * @throws WorkflowDefinitionError naming the path
  */
 export function validateDefinition(raw: unknown, tenant: string, options: ValidateOptions = {}): WorkflowDefinition {
-  // `plugin` is a known kind that cannot run yet: say so rather than list its keys as unknown.
-  const rawSteps = (raw as { steps?: unknown } | null)?.steps;
-  if (Array.isArray(rawSteps)) {
-    const i = rawSteps.findIndex((s) => (s as { kind?: unknown } | null)?.kind === "plugin");
-    if (i >= 0) throw new StepKindUnavailableError(`steps[${i}].kind`, "plugin", "plugin steps arrive with the plugin host; use a script or processor step");
-  }
   const { value: o, issues } = validator.check(raw, "");
   if (o === undefined || issues.length > 0) {
     const [first, ...more] = issues;
@@ -337,7 +369,7 @@ export function validateDefinition(raw: unknown, tenant: string, options: Valida
   const steps: StepDefinition[] = [];
   const index = new Map<string, number>();
   o.steps.forEach((raw, i) => {
-    const s = step(raw, i, steps[i - 1]?.id, options);
+    const s = step(raw, i, steps[i - 1]?.id, options, tenant);
     if (index.has(s.id)) fail(`steps[${i}].id`, `duplicate step id \`${s.id}\` (also steps[${index.get(s.id)}])`);
     index.set(s.id, i);
     steps.push(s);

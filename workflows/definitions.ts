@@ -3,6 +3,7 @@ import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { BUCKETS, checkToken, fromKvKeyToken, kvKeyToken } from "../streams/index.js";
 import { checkWorkflowName, parseDefinitionText, validateDefinition } from "./definition.js";
+import type { PluginStepCatalog } from "./definition.js";
 import type { WorkflowDefinition } from "./definition.js";
 import { WorkflowNotFoundError } from "./errors.js";
 import type { OperatorTrust } from "./trust.js";
@@ -31,6 +32,8 @@ export interface PutOptions {
    * @default none: a tenant definition, `trusted: true` is refused
    */
   readonly operator?: OperatorTrust;
+  /** The runner's plugins: `plugin` steps must name one the tenant may use, and one of its steps. @default shape only */
+  readonly plugins?: PluginStepCatalog;
 }
 
 /** A stored version of a workflow definition. */
@@ -109,14 +112,14 @@ export class DefinitionStore {
   /**
    * Validates and stores a definition as the next version. Storing the same definition
    * again returns the stored version unchanged.
-   * @throws WorkflowDefinitionError, StepKindUnavailableError before anything is stored
+   * @throws WorkflowDefinitionError before anything is stored
    */
   async put(tenant: string, source: string | object, options: PutOptions = {}): Promise<StoredWorkflow> {
     checkToken("tenant", tenant);
     const text = typeof source === "string" ? source : JSON.stringify(source, null, 2);
     const raw = typeof source === "string" ? parseDefinitionText(source) : source;
     const origin: DefinitionOrigin = options.operator ? "operator" : "tenant";
-    const definition = options.operator ? options.operator.add(tenant, source) : validateDefinition(raw, tenant);
+    const definition = options.operator ? options.operator.add(tenant, source, options.plugins) : validateDefinition(raw, tenant, options.plugins ? { plugins: options.plugins } : {});
     const key = definitionKey(tenant, definition.name);
     for (let i = 0; ; i++) {
       const current = await this.#kv.get(key);

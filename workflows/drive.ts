@@ -217,7 +217,7 @@ export class Drive {
         add(RUN_EVENTS.stepSucceeded, { step: c.step, attempt: c.attempt, output: summarize(o.output), result: o.output ?? null, durationMs: Math.round(o.durationMs), ...logs });
       } else {
         const policy = byId.get(c.step)!.retry;
-        const willRetry = st.failures + 1 < policy.maxAttempts;
+        const willRetry = st.failures + 1 < policy.maxAttempts && o.permanent !== true;
         add(RUN_EVENTS.stepFailed, {
           step: c.step, attempt: c.attempt, error: o.error, willRetry, durationMs: Math.round(o.durationMs), ...logs,
           ...(willRetry ? { retryAt: now + backoffDelay(policy, st.failures + 1) } : {}),

@@ -1,14 +1,14 @@
 // Workflows: definitions (YAML/JSON, versioned in flex_workflows), the durable runner, triggers.
 export { createWorkflowClient, DEFAULT_WAIT_POLL_MS } from "./client.js";
-export type { WorkflowClient } from "./client.js";
+export type { WorkflowClient, WorkflowClientOptions } from "./client.js";
 export { DEFAULT_MAX_RUNS, DEFAULT_POLL_MS, DEFAULT_RUN_LEASE_MS, startWorkflowRunner } from "./runner.js";
 export { TRIGGER_MAX_DELIVER } from "./triggers.js";
 export type { WorkflowRunner, WorkflowRunnerOptions, WorkflowRunnerStats } from "./runner.js";
-export type { ProcessorInvoker } from "./steps.js";
+export type { PluginStepCaller, ProcessorInvoker } from "./steps.js";
 export type { StartOptions, StartResult } from "./start.js";
 export { backoffDelay, checkWorkflowName, DEFAULT_RETRY, MAX_DEFINITION_BYTES, MAX_WORKFLOW_NAME_BYTES, NAME_PATTERN, parseDefinitionText, STEP_KINDS, validateDefinition, WORKFLOW_SCHEMA } from "./definition.js";
 export type { ValidateOptions } from "./definition.js";
-export type { ProcessorStepDefinition, RetryPolicy, ScriptStepDefinition, StepDefinition, TriggerDefinition, WorkflowDefinition } from "./definition.js";
+export type { PluginStepCatalog, PluginStepDefinition, ProcessorStepDefinition, RetryPolicy, ScriptStepDefinition, StepDefinition, TriggerDefinition, WorkflowDefinition } from "./definition.js";
 export { DEFINITION_PREFIX, definitionKey, ORDER_PREFIX, RUN_INDEX_PREFIX, RUN_LEASE_PREFIX, runIndexKey, runLeaseKey } from "./definitions.js";
 export type { DefinitionOrigin, PutOptions, StoredWorkflow } from "./definitions.js";
 export { createOperatorTrust } from "./trust.js";

@@ -23,7 +23,7 @@ import { RUN_EVENTS } from "./events.js";
 import { applyRunEvent, initialRunState } from "./state.js";
 import type { RunState } from "./state.js";
 import { StepExecutor } from "./steps.js";
-import type { ProcessorInvoker } from "./steps.js";
+import type { PluginStepCaller, ProcessorInvoker } from "./steps.js";
 import { startRunWith } from "./start.js";
 import type { StartOptions, StartResult } from "./start.js";
 
@@ -50,6 +50,11 @@ export interface WorkflowRunnerOptions {
    * @default a one-thread pool of the built-in processors, started at the first processor step and closed with the runner
    */
   readonly processors?: ProcessorInvoker;
+  /**
+   * What runs `plugin` steps (`flexcore up` passes its plugin host); definitions are checked
+   * against it before a run uses them. @default none: a `plugin` step fails its run
+   */
+  readonly plugins?: PluginStepCaller;
   /** @default 15000 */
   readonly leaseMs?: number;
   /** @default 256 */
@@ -118,6 +123,7 @@ export async function startWorkflowRunner(nc: NatsConnection, options: WorkflowR
     log: options.log ?? (() => undefined),
     now: options.now ?? (() => new Date()),
     trust: options.trust ?? createOperatorTrust(),
+    plugins: options.plugins,
   };
   const ownsScripts = !options.scripts;
   const scripts = options.scripts ?? (await createScriptRunner(options.scriptRunnerOptions));
@@ -161,6 +167,7 @@ interface Config {
   readonly log: (line: string, level?: "warn" | "error") => void;
   readonly now: () => Date;
   readonly trust: OperatorTrust;
+  readonly plugins: PluginStepCaller | undefined;
 }
 
 class DurableWorkflowRunner implements WorkflowRunner, RunHost, TriggerHost {
@@ -199,7 +206,7 @@ class DurableWorkflowRunner implements WorkflowRunner, RunHost, TriggerHost {
     this.#defs = defs;
     this.#leases = leases;
     this.#triggers = new WorkflowTriggers(this, { js: jetstream(nc), jsm, kv: defs.kv, log: cfg.log, now: cfg.now });
-    this.#executor = new StepExecutor(nc, scripts, processors);
+    this.#executor = new StepExecutor(nc, scripts, processors, cfg.plugins);
     // Every waiting run listens for the runner's stop.
     setMaxListeners(0, this.#stop.signal);
   }
@@ -449,7 +456,7 @@ class DurableWorkflowRunner implements WorkflowRunner, RunHost, TriggerHost {
     let definition: WorkflowDefinition;
     try {
       if (typeof w.source !== "string") throw new Error("the stored entry has no source text");
-      definition = validateDefinition(parseDefinitionText(w.source), tenant, { allowTrusted: true });
+      definition = validateDefinition(parseDefinitionText(w.source), tenant, { allowTrusted: true, ...(this.#cfg.plugins ? { plugins: this.#cfg.plugins } : {}) });
     } catch (err) {
       throw new DefinitionUnavailableError(tenant, name, w.version, `it does not validate: ${(err as Error).message}`, { cause: err });
     }

@@ -3,7 +3,7 @@ import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { InvokeInput, InvokeResult, ScriptRunner } from "../processors/index.js";
 import { BUCKETS, eventSubject, kvKeyToken } from "../streams/index.js";
-import type { StepDefinition } from "./definition.js";
+import type { PluginStepCatalog, StepDefinition } from "./definition.js";
 import { StepTimeoutError } from "./errors.js";
 import type { ErrorInfo } from "./events.js";
 import type { RunState } from "./state.js";
@@ -12,7 +12,7 @@ import { render } from "./template.js";
 /** What one attempt of a step produced. */
 export type StepOutcome =
   | { readonly ok: true; readonly output: unknown; readonly durationMs: number; readonly stdout?: string; readonly stderr?: string; readonly exitCode?: number | null }
-  | { readonly ok: false; readonly error: ErrorInfo; readonly durationMs: number; readonly stdout?: string; readonly stderr?: string; readonly exitCode?: number | null };
+  | { readonly ok: false; readonly error: ErrorInfo; readonly durationMs: number; readonly stdout?: string; readonly stderr?: string; readonly exitCode?: number | null; /** No retry can help (a plugin's 4xx): the step fails now, whatever its retry policy. */ readonly permanent?: boolean };
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -34,15 +34,28 @@ export interface ProcessorInvoker {
   invoke(kind: string, options: unknown, inputs: readonly InvokeInput[], state?: unknown, signal?: AbortSignal): Promise<InvokeResult>;
 }
 
-/** Runs steps: scripts through the script runner, processors through the processor pool with their state in `flex_state`. */
+/**
+ * What runs a `plugin` step: the plugin host of `flexcore up` (plugins/host.ts), injected so
+ * workflows/ imports nothing of plugins/.
+ */
+export interface PluginStepCaller extends PluginStepCatalog {
+  /** Calls the step with the run's tenant (never one from the input); throws the `FLEX_PLUGIN_*` call errors. */
+  callStep(plugin: string, step: string, request: { readonly tenant: string; readonly input: unknown; readonly run: { readonly id: string; readonly workflow: string; readonly attempt: number } }, options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<{ readonly output: unknown }>;
+  /** Whether an error of `callStep` is the input's fault (a 4xx, a malformed reply): the step fails without retries. */
+  isPermanent(err: unknown): boolean;
+}
+
+/** Runs steps: scripts through the script runner, processors through the processor pool with their state in `flex_state`, plugin steps through the plugin host. */
 export class StepExecutor {
   readonly #scripts: ScriptRunner;
   readonly #processors: ProcessorInvoker;
   readonly #state: Promise<KV>;
+  readonly #plugins: PluginStepCaller | undefined;
 
-  constructor(nc: NatsConnection, scripts: ScriptRunner, processors: ProcessorInvoker) {
+  constructor(nc: NatsConnection, scripts: ScriptRunner, processors: ProcessorInvoker, plugins?: PluginStepCaller) {
     this.#scripts = scripts;
     this.#processors = processors;
+    this.#plugins = plugins;
     this.#state = new Kvm(nc).open(BUCKETS.state);
   }
 
@@ -66,6 +79,18 @@ export class StepExecutor {
         // The last line of stderr is usually the exception: worth having in the error itself.
         const last = r.stderr.trim().split("\n").at(-1)?.slice(0, 300);
         return { ok: false, error: { message: `${r.status}: ${r.error ?? "the script failed"}${last ? `: ${last}` : ""}`, code: "FLEX_SCRIPT_FAILED" }, ...logs };
+      }
+      if (step.kind === "plugin") {
+        if (!this.#plugins) return { ok: false, error: { message: `step \`${step.id}\` calls plugin ${step.plugin}, but this runner has no plugins (flexcore.yaml \`plugins:\`)`, code: "FLEX_PLUGIN_UNAVAILABLE" }, durationMs: performance.now() - started, permanent: true };
+        // The tenant is the run's (its subject's), never one the input names.
+        const attempt = run.steps[step.id]?.attempt ?? 1;
+        try {
+          const reply = await this.#plugins.callStep(step.plugin, step.step, { tenant: run.tenant, input, run: { id: run.runId, workflow: run.workflow, attempt } }, { ...(step.timeoutMs === undefined ? {} : { timeoutMs: step.timeoutMs }), signal });
+          return { ok: true, output: reply.output, durationMs: performance.now() - started };
+        } catch (err) {
+          const e = err as { message?: string; code?: string };
+          return { ok: false, error: { message: e.message ?? String(err), code: typeof e.code === "string" ? e.code : "FLEX_STEP_FAILED" }, durationMs: performance.now() - started, permanent: this.#plugins.isPermanent(err) };
+        }
       }
       if (step.timeoutMs === undefined) return { ok: true, output: await this.#processor(step, run, ctx, input, signal), durationMs: performance.now() - started };
       // The abort reaches the pool: Piscina terminates the worker running the task.

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { checkToken } from "../streams/index.js";
 import { parseDefinitionText, validateDefinition } from "./definition.js";
-import type { WorkflowDefinition } from "./definition.js";
+import type { PluginStepCatalog, WorkflowDefinition } from "./definition.js";
 
 /**
  * The definitions the operator vouches for in this process: those read from the files of
@@ -14,9 +14,9 @@ export interface OperatorTrust {
   /**
    * Validates a definition with trusted steps allowed and vouches for exactly that content
    * for `tenant`. @returns the validated definition
-   * @throws WorkflowDefinitionError, StepKindUnavailableError
+   * @throws WorkflowDefinitionError
    */
-  add(tenant: string, source: string | object): WorkflowDefinition;
+  add(tenant: string, source: string | object, plugins?: PluginStepCatalog): WorkflowDefinition;
   /** Whether this exact (validated) definition was vouched for, for this tenant. */
   has(tenant: string, definition: WorkflowDefinition): boolean;
   /** Definitions vouched for. */
@@ -32,10 +32,10 @@ function digest(tenant: string, definition: WorkflowDefinition): string {
 export function createOperatorTrust(): OperatorTrust {
   const digests = new Set<string>();
   return {
-    add(tenant, source) {
+    add(tenant, source, plugins) {
       checkToken("tenant", tenant);
       const raw = typeof source === "string" ? parseDefinitionText(source) : source;
-      const definition = validateDefinition(raw, tenant, { allowTrusted: true });
+      const definition = validateDefinition(raw, tenant, { allowTrusted: true, ...(plugins ? { plugins } : {}) });
       digests.add(digest(tenant, definition));
       return definition;
     },

@@ -6,7 +6,7 @@ import { createEventStore, ensureTopology, eventSubject } from "../streams/index
 import type { EventStore } from "../streams/index.js";
 import { createScriptRunner } from "../processors/index.js";
 import type { ScriptRunner } from "../processors/index.js";
-import { createOperatorTrust, createWorkflowClient, RunFinishedError, startWorkflowRunner, StepKindUnavailableError, WorkflowDefinitionError, WorkflowNotFoundError } from "./index.js";
+import { createOperatorTrust, createWorkflowClient, RunFinishedError, startWorkflowRunner, WorkflowDefinitionError, WorkflowNotFoundError } from "./index.js";
 import type { WorkflowClient, WorkflowRunner } from "./index.js";
 
 let nats: TestNats;
@@ -56,9 +56,11 @@ describe("definitions", () => {
       expect((err as WorkflowDefinitionError).path).toBe(path);
       expect((err as Error).message).toContain(text);
     }
+    // A plugin step names its plugin and step (plugin-steps.int.test.ts checks them against the plugins).
     const plugin = await client.put(tenant, "name: w\nsteps:\n  - id: a\n    kind: plugin\n").catch((e: unknown) => e);
-    expect(plugin).toBeInstanceOf(StepKindUnavailableError);
-    expect((plugin as StepKindUnavailableError).code).toBe("FLEX_STEP_KIND_UNAVAILABLE");
+    expect(plugin).toBeInstanceOf(WorkflowDefinitionError);
+    expect((plugin as WorkflowDefinitionError).code).toBe("FLEX_WORKFLOW_INVALID");
+    expect((plugin as WorkflowDefinitionError).path).toBe("steps[0].plugin");
     const yamlErr = await client.put(tenant, "name: w\nsteps: [\n").catch((e: unknown) => e);
     expect((yamlErr as WorkflowDefinitionError).path).toBe("$");
     expect(await client.list(tenant)).toEqual([]);

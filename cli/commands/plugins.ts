@@ -1,22 +1,13 @@
 import { readFile, stat } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import type { Command } from "commander";
-import { install, keygen, manifestSchema, pack, sign, verify, writeKeyPair } from "../../plugins/index.js";
+import { collectPluginViews, install, keygen, manifestSchema, pack, requestPluginLogs, requestPluginRestart, setPluginEnabled, sign, verify, writeKeyPair } from "../../plugins/index.js";
+import type { PluginInstanceView } from "../../plugins/index.js";
 import type { VerifiedBundle, VerifyOptions } from "../../plugins/index.js";
 import { InvalidOptionError } from "../../streams/index.js";
-import { dataDir } from "../connection.js";
+import { connectCli, pluginStoreDir, trustedKeysDir } from "../connection.js";
 
-/** The operator's trusted plugin signing keys: `FLEXCORE_PLUGIN_TRUSTED_KEYS`, else `<data>/plugins/trusted-keys`. */
-export function trustedKeysDir(): string {
-  const explicit = process.env.FLEXCORE_PLUGIN_TRUSTED_KEYS;
-  return resolve(explicit ? explicit : join(dataDir(), "plugins", "trusted-keys"));
-}
-
-/** Where verified bundles are installed: `FLEXCORE_PLUGIN_STORE`, else `<data>/plugins/store`. */
-export function pluginStoreDir(): string {
-  const explicit = process.env.FLEXCORE_PLUGIN_STORE;
-  return resolve(explicit ? explicit : join(dataDir(), "plugins", "store"));
-}
+export { pluginStoreDir, trustedKeysDir } from "../connection.js";
 
 interface VerifyOpts {
   trustedKeys?: string;
@@ -56,7 +47,7 @@ async function readPrivateKey(file: string): Promise<Buffer> {
 export function register(program: Command): void {
   const plugins = program
     .command("plugins")
-    .description("plugin bundles: keys, pack, sign, verify, install (docs/plugins.md). list/enable/disable/restart/logs come with the plugin supervisor");
+    .description("plugin bundles (keygen, pack, sign, verify, install) and the plugins of running instances (list, enable, disable, restart, logs); docs/plugins.md");
   plugins
     .command("keygen")
     .description("create an operator key pair for signing bundles: <out>/<name>.key (0600, keep it secret) and <out>/<name>.pub (copy it into each host's trusted keys folder)")
@@ -105,9 +96,90 @@ export function register(program: Command): void {
       print({ ...summary(r), path: r.path, installed: r.installed });
     });
   plugins
+    .command("list")
+    .description("the configured plugins as the running instances see them: name, version, state, processes, restarts, calls, last error (one JSON line each; the lease holder's view wins)")
+    .option("--nats <url>", "server URL")
+    .action(async (opts: { nats?: string }) => {
+      const nc = await connectCli(opts.nats);
+      try {
+        const views = await collectPluginViews(nc);
+        if (views.length === 0) process.stderr.write("flexcore: no running instance answered (is `flexcore up` running, with plugins: in flexcore.yaml?)\n");
+        for (const v of merge(views)) print(v);
+      } finally {
+        await nc.drain();
+      }
+    });
+  for (const [verb, enabled] of [["enable", true], ["disable", false]] as const) {
+    plugins
+      .command(verb)
+      .description(enabled ? "let FlexCore call the plugin again (every instance, persisted in flex_state)" : "stop calling the plugin on every instance (persisted in flex_state): processor messages wait unacknowledged, steps retry; nothing is dropped")
+      .argument("<name>", "the plugin's name in flexcore.yaml")
+      .option("--nats <url>", "server URL")
+      .action(async (name: string, opts: { nats?: string }) => {
+        const nc = await connectCli(opts.nats);
+        try {
+          print({ plugin: name, ...(await setPluginEnabled(nc, name, enabled, "cli")) });
+        } finally {
+          await nc.drain();
+        }
+      });
+  }
+  plugins
+    .command("restart")
+    .description("restart a plugin's processes on the instance holding its lease, clearing a crash loop or protocol failure")
+    .argument("<name>", "the plugin's name")
+    .option("--nats <url>", "server URL")
+    .action(async (name: string, opts: { nats?: string }) => {
+      const nc = await connectCli(opts.nats);
+      try {
+        print(await requestPluginRestart(nc, name));
+      } finally {
+        await nc.drain();
+      }
+    });
+  plugins
+    .command("logs")
+    .description("the last lines of a plugin's output, kept in memory by the instance holding its lease")
+    .argument("<name>", "the plugin's name")
+    .option("-n, --lines <n>", "how many lines", "100")
+    .option("--nats <url>", "server URL")
+    .action(async (name: string, opts: { nats?: string; lines: string }) => {
+      const n = Number(opts.lines);
+      if (!Number.isInteger(n) || n < 1) throw new InvalidOptionError("--lines", opts.lines, "a whole number from 1");
+      const nc = await connectCli(opts.nats);
+      try {
+        const r = await requestPluginLogs(nc, name, n);
+        for (const line of r.lines) process.stdout.write(`${line}\n`);
+      } finally {
+        await nc.drain();
+      }
+    });
+  plugins
     .command("schema")
     .description("print the JSON Schema of flexcore-plugin.yaml (for editors: `# yaml-language-server: $schema=<file>`)")
     .action(() => {
       process.stdout.write(`${JSON.stringify(manifestSchema(), null, 2)}\n`);
     });
+}
+
+/** One line per plugin: the view of the instance holding its lease (else the first), with every instance's calls added up. */
+function merge(views: readonly PluginInstanceView[]): Array<Record<string, unknown>> {
+  const by = new Map<string, PluginInstanceView[]>();
+  for (const v of views) by.set(v.plugin, [...(by.get(v.plugin) ?? []), v]);
+  return [...by].sort(([a], [b]) => a.localeCompare(b)).map(([plugin, list]) => {
+    const main = list.find((v) => v.leaseHeld) ?? list[0]!;
+    return {
+      plugin,
+      version: main.version ?? null,
+      tenant: main.tenant,
+      state: main.state,
+      enabled: main.enabled,
+      processes: main.processes,
+      restarts: main.restarts,
+      lastError: main.lastError,
+      supervisedBy: list.find((v) => v.leaseHeld)?.instance ?? null,
+      calls: list.reduce((n, v) => n + v.calls, 0),
+      errors: list.reduce((n, v) => n + Object.values(v.errors).reduce((a, b) => a + b, 0), 0),
+    };
+  });
 }

@@ -1,0 +1,372 @@
+// Plugins under a real `flexcore up` (embedded nats-server, real sandbox): the TypeScript echo
+// bundled, packed and signed with a test key as an operator would, configured as a processor
+// kind `echo/echo`; derived events with the in-process ids; a kill -9 of the plugin mid-stream
+// loses and duplicates nothing; the plugin's NATS user cannot publish events or touch
+// JetStream. One `flexcore up` for the whole file.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { build } from "esbuild";
+import { connect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { createTokenIssuer, openKeyStore } from "../gateway/index.js";
+import { collectPluginViews, keygen, pack, requestPluginLogs, requestPluginRestart, setPluginEnabled, sign, sourceCursorKey, writeKeyPair } from "../plugins/index.js";
+import { Kvm } from "@nats-io/kv";
+import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
+import type { Publisher } from "../streams/index.js";
+import { startUp } from "../test/flexcore-up.js";
+import type { UpProcess } from "../test/flexcore-up.js";
+import { embeddedConnectOptions } from "./connection.js";
+
+const here = fileURLToPath(new URL(".", import.meta.url));
+const TENANT = "acme";
+const PROCESSOR = "echoer";
+
+let dir: string;
+let data: string;
+let up: UpProcess;
+let nc: NatsConnection;
+let natsUrl: string;
+let publisher: Publisher;
+let token: (tenant: string, roles?: Array<"admin" | "writer" | "reader">) => Promise<string>;
+
+async function api(bearer: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const r = await fetch(`${up.gatewayUrl}${path}`, { method, headers: { authorization: `Bearer ${bearer}`, ...(body === undefined ? {} : { "content-type": "application/json" }) }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+  const text = await r.text();
+  return { status: r.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
+
+/** The echo plugin as one file (main.js) beside its manifest: what a packed TypeScript bundle holds. */
+async function echoBundle(into: string): Promise<void> {
+  await mkdir(into, { recursive: true });
+  await build({
+    entryPoints: [join(here, "..", "plugins", "echo", "main.ts")],
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    outfile: join(into, "main.js"),
+    banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
+    logLevel: "error",
+  });
+  await copyFile(join(here, "..", "plugins", "echo", "flexcore-plugin.yaml"), join(into, "flexcore-plugin.yaml"));
+}
+
+async function readAll(filter: string, stream: string = STREAMS.derived): Promise<Array<{ subject: string; msgId: string; type: string; seq: number; data: unknown }>> {
+  const jsm = await jetstreamManager(nc);
+  const info = await jsm.streams.info(stream, { subjects_filter: filter }).catch(() => undefined);
+  const out: Array<{ subject: string; msgId: string; type: string; seq: number; data: unknown }> = [];
+  if (!info || info.state.messages === 0) return out;
+  const consumer = await jetstream(nc).consumers.get(stream, { filter_subjects: filter });
+  const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0) || info.state.messages;
+  const iter = await consumer.fetch({ max_messages: total, expires: 5_000 });
+  for await (const m of iter) {
+    out.push({ subject: m.subject, msgId: m.headers?.get("Nats-Msg-Id") ?? "", type: m.headers?.get("Flex-Type") ?? "", seq: Number(m.headers?.get("Flex-Source-Seq") ?? 0), data: m.json() });
+    if (m.info.pending === 0) break;
+  }
+  return out;
+}
+
+async function count(stream: string, filter: string): Promise<number> {
+  const info = await (await jetstreamManager(nc)).streams.info(stream, { subjects_filter: filter });
+  return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
+}
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\n${up?.stderr().split("\n").filter((l) => !l.includes("retrying")).join("\n").slice(-6000)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function publish(from: number, n: number): Promise<void> {
+  const pending: Promise<unknown>[] = [];
+  for (let i = from; i < from + n; i++) {
+    const e = encodeEvent({ id: `${TENANT}-r-${i}`, type: "Reading", data: { i, value: i * 2 }, time: new Date(Date.UTC(2026, 0, 1) + i * 1000) });
+    pending.push(publisher.publish(`evt.${TENANT}.reading.k${i % 4}`, e.data, { headers: e.headers }));
+  }
+  await Promise.all(pending);
+}
+
+/** pids of `up`'s descendants running the plugin (`node main.js` in the sandbox). */
+function pluginPids(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/u.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: number[] = [];
+  const queue = [root];
+  while (queue.length > 0) {
+    for (const c of children.get(queue.shift()!) ?? []) {
+      queue.push(c);
+      try {
+        const argv = readFileSync(`/proc/${c}/cmdline`, "utf8").split("\0");
+        if (argv[0]?.endsWith("node") && argv.includes("main.js")) out.push(c);
+      } catch {
+        // gone meanwhile
+      }
+    }
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "flexcore-plugins-up-"));
+  data = join(dir, "data");
+  // The plugin runs as a uid of its own: the path to the store must be traversable by it.
+  await chmod(dir, 0o755);
+  await mkdir(data, { mode: 0o755 });
+  const trusted = join(data, "plugins", "trusted-keys");
+  await mkdir(trusted, { recursive: true, mode: 0o755 });
+  await chmod(join(data, "plugins"), 0o755);
+  await chmod(trusted, 0o755);
+  const pair = keygen();
+  const files = await writeKeyPair(pair, join(dir, "keys"), "operator");
+  await copyFile(files.publicKeyFile, join(trusted, "operator.pub"));
+  await chmod(join(trusted, "operator.pub"), 0o644);
+  const bundle = join(dir, "echo-bundle");
+  await echoBundle(bundle);
+  await pack(bundle);
+  await sign(bundle, pair.privateKeyPem);
+  const config = join(dir, "flexcore.yaml");
+  await writeFile(config, `
+runtime:
+  threads: 1
+plugins:
+  echo:
+    bundle: ./echo-bundle
+    config: { delayMs: 5, sourceEnd: 30 }
+  acme-tools:
+    external: acme-tools
+    tenant: ${TENANT}
+  globex-tools:
+    external: globex-tools
+    tenant: globex
+processors:
+  - name: ${PROCESSOR}
+    kind: echo/echo
+    subjects: ["evt.*.reading.*"]
+    partitions: 2
+    batch_size: 16
+    backoff: [50ms, 200ms]
+sinks:
+  - name: readings-out
+    kind: echo/echo
+    tenant: ${TENANT}
+    subjects: ["evt.${TENANT}.reading.>"]
+sources:
+  - name: numbers-in
+    kind: echo/echo
+    tenant: ${TENANT}
+    category: numbers
+    max: 7
+    interval: 200ms
+`);
+  // No NATS_URL: flexcore up starts its embedded server, with the plugin's user in its auth file.
+  up = await startUp({ config, env: { NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "gw-keys") }, timeoutMs: 120_000 });
+  natsUrl = (await readFile(join(data, "nats.url"), "utf8")).trim();
+  nc = await connect(embeddedConnectOptions(natsUrl, data));
+  publisher = createPublisher(nc);
+  const issuer = createTokenIssuer(await openKeyStore({ dir: join(dir, "gw-keys") }));
+  token = async (tenant, roles = ["writer", "reader", "admin"]) => (await issuer.issueAccess({ tenant, subject: "e2e", roles, ttlSeconds: 600 })).token;
+  await up.lineAt(/plugin echo.*(ready|started)/iu, 60_000).catch(() => undefined);
+}, 180_000);
+
+afterAll(async () => {
+  await publisher?.close().catch(() => undefined);
+  await nc?.close().catch(() => undefined);
+  if (up) {
+    const code = await Promise.race([up.stop(), new Promise<"hung">((r) => setTimeout(() => r("hung"), 30_000))]);
+    if (code === "hung") await up.kill();
+  }
+  if (dir) {
+    // The store is read-only by design; make it writable again to clean up.
+    execFileSync("chmod", ["-R", "u+w", dir]);
+    await rm(dir, { recursive: true, force: true });
+  }
+}, 60_000);
+
+describe("plugins under flexcore up", () => {
+  it("runs a processor of kind echo/echo through the signed, installed bundle: Echoed outputs with the in-process ids", async () => {
+    expect(up.stderr()).toMatch(/plugin echo 1\.0\.0 verified \(signed by [0-9a-f]+\), installed at /u);
+    await publish(0, 200);
+    await waitFor(async () => (await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)) === 200, 60_000, "200 derived events");
+    const derived = await readAll(`drv.${TENANT}.${PROCESSOR}.>`);
+    expect(derived).toHaveLength(200);
+    // The id an in-process kind gives output 0 of source sequence s: <processor>:<s>:0 (processors/outputs.ts).
+    for (const d of derived) {
+      expect(d.msgId).toBe(`${PROCESSOR}:${d.seq}:0`);
+      expect(d.type).toBe("Echoed");
+      const { i } = d.data as { i: number };
+      expect(d.subject).toBe(`drv.${TENANT}.${PROCESSOR}.k${i % 4}`);
+      expect(d.data).toEqual({ i, value: i * 2 });
+    }
+    // Per-key order: each key's outputs in source order.
+    for (let k = 0; k < 4; k++) {
+      const seqs = derived.filter((d) => d.subject.endsWith(`.k${k}`)).map((d) => d.seq);
+      expect([...seqs].sort((a, b) => a - b)).toEqual(seqs);
+    }
+    // The plugin's lifecycle is on evt._system.plugin.echo for plugin_status.
+    const lifecycle = await readAll("evt._system.plugin.echo", STREAMS.events);
+    expect(lifecycle.map((e) => e.type)).toEqual(expect.arrayContaining(["PluginLoaded", "PluginStarted"]));
+    // /metrics counts the calls; /readyz includes the plugin.
+    const metrics = await (await fetch(`${up.gatewayUrl}/metrics`)).text();
+    expect(metrics).toMatch(/flexcore_plugin_calls_total\{plugin="echo"\} [1-9]/u);
+    const ready = (await (await fetch(`${up.gatewayUrl}/readyz`)).json()) as { checks?: Record<string, { ok: boolean }> };
+    expect(JSON.stringify(ready)).toMatch(/"plugins"/u);
+  }, 90_000);
+
+  it("loses and duplicates nothing when the plugin process is killed with SIGKILL mid-stream", async () => {
+    const before = await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`);
+    const pids = pluginPids(up.child.pid!);
+    expect(pids.length).toBeGreaterThan(0);
+    const sending = publish(200, 400);
+    await waitFor(async () => (await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)) > before + 20, 30_000, "the stream to be flowing");
+    for (const pid of pids) process.kill(pid, "SIGKILL");
+    await sending;
+    await waitFor(async () => (await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)) >= 600, 90_000, "600 derived events after the kill");
+    // Give a duplicate the time to show up, if one were coming.
+    await new Promise((r) => setTimeout(r, 1_000));
+    const derived = await readAll(`drv.${TENANT}.${PROCESSOR}.>`);
+    expect(derived).toHaveLength(600);
+    expect(new Set(derived.map((d) => d.msgId)).size).toBe(600);
+    expect(new Set(derived.map((d) => (d.data as { i: number }).i))).toEqual(new Set(Array.from({ length: 600 }, (_, i) => i)));
+    expect(await count(STREAMS.dlq, `dlq.${TENANT}.${PROCESSOR}`).catch(() => 0)).toBe(0);
+    // Restarted: a new process, and PluginFailed (SIGKILL) then PluginStarted again.
+    await waitFor(async () => pluginPids(up.child.pid!).some((p) => !pids.includes(p)), 30_000, "a new plugin process");
+    const lifecycle = await readAll("evt._system.plugin.echo", STREAMS.events);
+    const types = lifecycle.map((e) => e.type);
+    expect(types).toContain("PluginFailed");
+    expect(types.lastIndexOf("PluginStarted")).toBeGreaterThan(types.indexOf("PluginFailed"));
+  }, 150_000);
+
+  it("gives the plugin a NATS user that cannot publish events or use JetStream, even with its own password", async () => {
+    const password = (await readFile(join(data, "plugin-credentials", "echo.pass"), "utf8")).trim();
+    const errors: string[] = [];
+    const plugin = await connect({ servers: natsUrl, user: "plugin-echo", pass: password });
+    void (async () => {
+      for await (const s of plugin.status()) if (s.type === "error" || (s as { error?: unknown }).error) errors.push(String((s as { error?: unknown }).error ?? s.type));
+    })();
+    const stored = await count(STREAMS.events, `evt.${TENANT}.reading.>`);
+    plugin.publish(`evt.${TENANT}.reading.k0`, JSON.stringify({ forged: true }));
+    plugin.publish(`drv.${TENANT}.${PROCESSOR}.k0`, JSON.stringify({ forged: true }));
+    await expect(plugin.request("$JS.API.STREAM.NAMES", "", { timeout: 1_000 })).rejects.toThrow();
+    await plugin.flush().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 500));
+    await plugin.close().catch(() => undefined);
+    expect(errors.join("\n")).toMatch(/permissions? violation/iu);
+    expect(await count(STREAMS.events, `evt.${TENANT}.reading.>`)).toBe(stored);
+    expect(await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)).toBe(600);
+    // A wrong password is refused outright.
+    await expect(connect({ servers: natsUrl, user: "plugin-echo", pass: `${password}x`, reconnect: false })).rejects.toThrow();
+  }, 30_000);
+
+  it("runs a workflow's plugin step through the plugin with the run's tenant; the API refuses a step the plugin lacks", async () => {
+    const bearer = await token(TENANT);
+    const bad = await api(bearer, "POST", "/v1/workflows", { name: "shout", steps: [{ id: "a", kind: "plugin", plugin: "echo", step: "shout" }] });
+    expect(bad.status).toBe(400);
+    expect(JSON.stringify(bad.body)).toMatch(/FLEX_WORKFLOW_INVALID/u);
+    expect(JSON.stringify(bad.body)).toMatch(/steps\[0\]\.step/u);
+    const put = await api(bearer, "POST", "/v1/workflows", { name: "echoing", steps: [{ id: "say", kind: "plugin", plugin: "echo", step: "echo", input: { hello: "${{ input.who }}", tenant: "someone-else" }, timeout_ms: 3000, retry: { max_attempts: 3, backoff_ms: 100 } }] });
+    expect(put.status, JSON.stringify(put.body)).toBe(201);
+    const run = await api(bearer, "POST", "/v1/workflows/echoing/runs", { input: { who: "world" } });
+    expect(run.status, JSON.stringify(run.body)).toBe(201);
+    const runId = run.body.runId as string;
+    let state: Record<string, unknown> = {};
+    await waitFor(async () => {
+      state = (await api(bearer, "GET", `/v1/runs/${runId}`)).body;
+      return state.status === "succeeded" || state.status === "failed";
+    }, 30_000, "the run to end");
+    expect(state.status, JSON.stringify(state)).toBe("succeeded");
+    expect(JSON.stringify(state)).toContain('"hello":"world"');
+  }, 60_000);
+
+  it("GET /v1/plugins shows a tenant the system plugins and its own only; an admin switches only its own", async () => {
+    const acmeReader = await token(TENANT, ["reader"]);
+    const acmeAdmin = await token(TENANT, ["admin"]);
+    const globex = await token("globex", ["reader"]);
+    const names = (b: Record<string, unknown>): string[] => (b.plugins as Array<{ name: string }>).map((p) => p.name).sort();
+    const acme = await api(acmeReader, "GET", "/v1/plugins");
+    expect(acme.status).toBe(200);
+    expect(names(acme.body)).toEqual(["acme-tools", "echo"]);
+    expect(names((await api(globex, "GET", "/v1/plugins")).body)).toEqual(["echo", "globex-tools"]);
+    // System plugins are the operator's; another tenant's looks like nothing; a reader switches nothing.
+    const system = await api(acmeAdmin, "POST", "/v1/plugins/echo/disable");
+    expect(system.status).toBe(403);
+    expect(JSON.stringify(system.body)).toContain("FLEX_PLUGIN_SYSTEM_OWNED");
+    expect((await api(acmeAdmin, "POST", "/v1/plugins/globex-tools/disable")).status).toBe(404);
+    expect((await api(acmeReader, "POST", "/v1/plugins/acme-tools/disable")).status).toBe(403);
+    const own = await api(acmeAdmin, "POST", "/v1/plugins/acme-tools/disable");
+    expect(own.status, JSON.stringify(own.body)).toBe(200);
+    const after = (await api(acmeReader, "GET", "/v1/plugins")).body.plugins as Array<{ name: string; enabled: boolean }>;
+    expect(after.find((p) => p.name === "acme-tools")!.enabled).toBe(false);
+    expect(after.find((p) => p.name === "echo")!.enabled).toBe(true);
+    expect((await api(globex, "GET", "/v1/plugins")).body.plugins).toEqual(expect.arrayContaining([expect.objectContaining({ name: "globex-tools", enabled: true })]));
+  }, 30_000);
+
+  it("the operator's controls: disable holds messages back without dropping them, enable lets them through; list, logs and restart reach the lease holder", async () => {
+    await setPluginEnabled(nc, "echo", false, "e2e");
+    await waitFor(async () => up.stderr().includes("plugin echo disabled by e2e"), 10_000, "the switch to reach flexcore up");
+    const before = await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`);
+    await publish(600, 40);
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)).toBe(before);
+    await setPluginEnabled(nc, "echo", true, "e2e");
+    await waitFor(async () => (await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)) === before + 40, 30_000, "the held-back events after enable");
+    expect(await count(STREAMS.dlq, `dlq.${TENANT}.${PROCESSOR}`).catch(() => 0)).toBe(0);
+    const views = await collectPluginViews(nc);
+    const echo = views.find((v) => v.plugin === "echo" && v.leaseHeld);
+    expect(echo).toMatchObject({ version: "1.0.0", state: "running", processes: 1, enabled: true });
+    expect(echo!.restarts).toBeGreaterThanOrEqual(1);
+    const logs = await requestPluginLogs(nc, "echo", 50);
+    expect(logs.lines.length).toBeGreaterThan(0);
+    expect(logs.lines.join("\n")).toMatch(/plugin echo/u);
+    // The CLI itself, as an operator runs it against the embedded server of this data folder.
+    const cli = (...args: string[]): string => execFileSync(process.execPath, ["--import", "tsx", join(here, "main.ts"), "plugins", ...args], { env: { ...process.env, NATS_URL: "", FLEXCORE_DATA: data }, encoding: "utf8", timeout: 30_000 });
+    const listed = cli("list").trim().split("\n").map((l) => JSON.parse(l) as { plugin: string; state: string; version: string | null; supervisedBy: string | null });
+    expect(listed.map((l) => l.plugin)).toEqual(["acme-tools", "echo", "globex-tools"]);
+    expect(listed.find((l) => l.plugin === "echo")).toMatchObject({ state: "running", version: "1.0.0" });
+    expect(listed.find((l) => l.plugin === "echo")!.supervisedBy).not.toBeNull();
+    expect(cli("logs", "echo", "-n", "5").trim().split("\n").length).toBeLessThanOrEqual(5);
+    // restart clears a crash loop and launches missing processes; running ones keep serving.
+    const pidsBefore = pluginPids(up.child.pid!);
+    await expect(requestPluginRestart(nc, "echo")).resolves.toMatchObject({ restarted: "echo" });
+    expect(pluginPids(up.child.pid!)).toEqual(pidsBefore);
+    // Nobody supervises an external plugin: no instance answers.
+    await expect(requestPluginRestart(nc, "acme-tools", 500)).rejects.toThrow();
+  }, 90_000);
+
+  it("runs the configured sink and source: the sink acknowledges every reading, the source appends its records once with their cursor kept", async () => {
+    const jsm = await jetstreamManager(nc);
+    const readings = await count(STREAMS.events, `evt.${TENANT}.reading.>`);
+    await waitFor(async () => {
+      const info = await jsm.consumers.info(STREAMS.events, `flex-sink-${TENANT}-readings-out`).catch(() => undefined);
+      // Every reading delivered (redeliveries count too) and none pending or unacknowledged.
+      return info !== undefined && info.num_pending === 0 && info.num_ack_pending === 0 && info.ack_floor.consumer_seq >= readings;
+    }, 30_000, "the sink to acknowledge every reading");
+    await waitFor(async () => (await count(STREAMS.events, `evt.${TENANT}.numbers.>`)) === 30, 30_000, "30 records from the source");
+    await new Promise((r) => setTimeout(r, 600));
+    const numbers = await readAll(`evt.${TENANT}.numbers.>`, STREAMS.events);
+    expect(numbers).toHaveLength(30);
+    expect(numbers.map((n) => (n.data as { n: number }).n)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
+    expect(new Set(numbers.map((n) => n.msgId)).size).toBe(30);
+    const cursor = await (await new Kvm(nc).open("flex_state")).get(sourceCursorKey("echo", "echo", TENANT, "numbers-in"));
+    expect((cursor!.json() as { cursor: string }).cursor).toBe("30");
+    const metrics = await (await fetch(`${up.gatewayUrl}/metrics`)).text();
+    expect(metrics).toMatch(/flexcore_sink_delivered_total\{name="readings-out"\} [1-9]/u);
+    expect(metrics).toMatch(/flexcore_source_appended_total\{name="numbers-in"\} 30\b/u);
+  }, 60_000);
+});

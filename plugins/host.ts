@@ -1,0 +1,207 @@
+/**
+ * The plugin host of `flexcore up`: the configured plugins as the processor runtime's
+ * remote kinds (`<plugin>/<kind>`) and the workflow runner's `plugin` steps, with each call's
+ * figures for `/metrics`, call timeouts and successes reported to the supervisor (its hung
+ * detection), tenant plugins confined to their tenant's data, and enable/disable.
+ */
+import type { NatsConnection } from "@nats-io/transport-node";
+import { LatencyWindow, parseRemoteKind } from "../processors/index.js";
+import type { RemoteBatch, RemoteBatchResult, RemoteKinds } from "../processors/index.js";
+import { createPluginClient } from "./client.js";
+import type { PluginClient } from "./client.js";
+import { PluginBadReplyError, PluginRejectedError, PluginTimeoutError, PluginUnavailableError } from "./errors.js";
+import type { ExternalPluginEntry, ResolvedManagedPlugin, ResolvedPlugins } from "./host-config.js";
+import type { PluginManifest } from "./manifest.js";
+import { endpointSubject } from "./protocol.js";
+import type { StepReply, StepRequest } from "./protocol.js";
+import type { PluginStatus, PluginSupervisor } from "./supervisor.js";
+
+/** One plugin's call figures since the host started (what `/metrics` shows). */
+export interface PluginCallMetrics {
+  readonly plugin: string;
+  readonly managed: boolean;
+  readonly enabled: boolean;
+  /** Calls answered without error. */
+  readonly calls: number;
+  /** Calls that failed, by error code (`FLEX_PLUGIN_TIMEOUT`, `_REJECTED`, `_FAILED`, `_UNAVAILABLE`, `_BAD_REPLY`). */
+  readonly errors: Readonly<Record<string, number>>;
+  /** Call latency over the last 8192 calls, in ms. */
+  readonly p50: number;
+  readonly p95: number;
+  readonly p99: number;
+  /** Process failures the supervisor saw (each followed by a restart unless in a crash loop); 0 for external plugins. */
+  readonly restarts: number;
+  /** The supervisor's state (`running`, `standby`, `failed`, ...), `external` for external plugins, `disabled`. */
+  readonly state: string;
+}
+
+/** What the host knows of one configured plugin. */
+export interface HostedPlugin {
+  readonly name: string;
+  readonly managed: boolean;
+  readonly service: string;
+  /** Owner tenant; undefined: a system plugin. */
+  readonly tenant: string | undefined;
+  readonly manifest: PluginManifest | undefined;
+  enabled: boolean;
+}
+
+/** Options of {@link createPluginHost}. */
+export interface PluginHostOptions {
+  readonly nc: NatsConnection;
+  readonly plugins: ResolvedPlugins;
+  /** The supervisor of the managed plugins (call timeouts and successes are reported to it). */
+  readonly supervisor?: PluginSupervisor;
+}
+
+/** The plugins as the runtime's remote kinds and the workflows' steps. */
+export interface PluginHost extends RemoteKinds {
+  readonly plugins: ReadonlyMap<string, HostedPlugin>;
+  /** Whether `tenant` may use `plugin`: a system plugin, or one the tenant owns. */
+  hasPlugin(plugin: string, tenant: string): boolean;
+  /** Whether `plugin` serves step `step` (a managed plugin's manifest lists it; an external one is asked when called). */
+  hasStep(plugin: string, step: string): boolean;
+  /** Calls a step; the tenant is the caller's (the run's subject), never the input's. Throws the `FLEX_PLUGIN_*` call errors. */
+  callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<StepReply>;
+  /** Disabled plugins get no calls: they fail as unavailable (retried, never dropped). */
+  setEnabled(plugin: string, enabled: boolean): void;
+  metrics(): PluginCallMetrics[];
+}
+
+interface Figures {
+  calls: number;
+  readonly errors: Record<string, number>;
+  readonly latency: LatencyWindow;
+}
+
+class Host implements PluginHost {
+  readonly plugins = new Map<string, HostedPlugin>();
+  readonly #nc: NatsConnection;
+  readonly #supervisor: PluginSupervisor | undefined;
+  readonly #clients = new Map<string, PluginClient>();
+  readonly #stepClients = new Map<number, Map<string, PluginClient>>();
+  readonly #figures = new Map<string, Figures>();
+
+  constructor(options: PluginHostOptions) {
+    this.#nc = options.nc;
+    this.#supervisor = options.supervisor;
+    const add = (p: HostedPlugin, callTimeoutMs: number | undefined): void => {
+      this.plugins.set(p.name, p);
+      this.#clients.set(p.name, createPluginClient(options.nc, p.service, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
+      this.#figures.set(p.name, { calls: 0, errors: {}, latency: new LatencyWindow() });
+    };
+    for (const m of options.plugins.managed) add(hosted(m), m.manifest.limits.callTimeoutMs);
+    for (const x of options.plugins.external) add(external(x), undefined);
+  }
+
+  has(kind: string): boolean {
+    const r = parseRemoteKind(kind);
+    const p = r && this.plugins.get(r.plugin);
+    if (!p) return false;
+    return p.manifest ? p.manifest.capabilities.processors.some((c) => c.kind === r.kind) : true;
+  }
+
+  hasPlugin(plugin: string, tenant: string): boolean {
+    const p = this.plugins.get(plugin);
+    return p !== undefined && (p.tenant === undefined || p.tenant === tenant);
+  }
+
+  hasStep(plugin: string, step: string): boolean {
+    const p = this.plugins.get(plugin);
+    if (!p) return false;
+    return p.manifest ? p.manifest.capabilities.steps.some((s) => s.name === step) : true;
+  }
+
+  isPermanent(err: unknown): boolean {
+    return err instanceof PluginRejectedError || err instanceof PluginBadReplyError;
+  }
+
+  setEnabled(plugin: string, enabled: boolean): void {
+    const p = this.plugins.get(plugin);
+    if (p) p.enabled = enabled;
+  }
+
+  /** Throws when the call may not be made (counted in the figures like a failed call); undefined otherwise. */
+  #gate(p: HostedPlugin, tenant: string, subject: string): undefined {
+    if (!p.enabled) throw new PluginUnavailableError({ service: p.service, subject }, { cause: new Error(`plugin ${p.name} is disabled`) });
+    // A tenant's plugin sees only its tenant's data: anything else is refused for good.
+    if (p.tenant !== undefined && p.tenant !== tenant) throw new PluginRejectedError({ service: p.service, subject }, 403, `plugin ${p.name} belongs to tenant ${p.tenant}, not ${tenant}`);
+    return undefined;
+  }
+
+  async #timed<T>(p: HostedPlugin, call: () => Promise<T>): Promise<T> {
+    const f = this.#figures.get(p.name)!;
+    const start = performance.now();
+    try {
+      const v = await call();
+      f.calls += 1;
+      f.latency.add(performance.now() - start);
+      if (p.managed) this.#supervisor?.reportCallOk(p.name);
+      return v;
+    } catch (err) {
+      const code = typeof (err as { code?: unknown }).code === "string" ? (err as { code: string }).code : "error";
+      f.errors[code] = (f.errors[code] ?? 0) + 1;
+      if (p.managed && err instanceof PluginTimeoutError) this.#supervisor?.reportCallTimeout(p.name);
+      throw err;
+    }
+  }
+
+  async process(batch: RemoteBatch, signal?: AbortSignal): Promise<RemoteBatchResult> {
+    const r = parseRemoteKind(batch.kind);
+    const p = r && this.plugins.get(r.plugin);
+    if (!r || !p) throw new PluginUnavailableError({ service: r?.plugin ?? batch.kind, subject: batch.kind });
+    const client = this.#clients.get(p.name)!;
+    return this.#timed(p, () => this.#gate(p, batch.tenant, endpointSubject(p.service, "processor", r.kind)) ?? client.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal));
+  }
+
+  async callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options: { readonly timeoutMs?: number; readonly signal?: AbortSignal } = {}): Promise<StepReply> {
+    const p = this.plugins.get(plugin);
+    if (!p) throw new PluginUnavailableError({ service: plugin, subject: `flexplugin.${plugin}.step.${step}` });
+    let client = this.#clients.get(plugin)!;
+    if (options.timeoutMs !== undefined) {
+      let byTimeout = this.#stepClients.get(options.timeoutMs);
+      if (!byTimeout) this.#stepClients.set(options.timeoutMs, (byTimeout = new Map()));
+      client = byTimeout.get(plugin) ?? createPluginClient(this.#nc, p.service, { callTimeoutMs: options.timeoutMs });
+      byTimeout.set(plugin, client);
+    }
+    return this.#timed(p, () => this.#gate(p, request.tenant, endpointSubject(p.service, "step", step)) ?? client.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal));
+  }
+
+  metrics(): PluginCallMetrics[] {
+    return [...this.plugins.values()].map((p) => {
+      const f = this.#figures.get(p.name)!;
+      const status = p.managed && this.#supervisor ? safeStatus(this.#supervisor, p.name) : undefined;
+      return {
+        plugin: p.name,
+        managed: p.managed,
+        enabled: p.enabled,
+        calls: f.calls,
+        errors: { ...f.errors },
+        ...f.latency.percentiles(),
+        restarts: status?.failures ?? 0,
+        state: !p.enabled ? "disabled" : p.managed ? (status?.state ?? "stopped") : "external",
+      };
+    });
+  }
+}
+
+function safeStatus(s: PluginSupervisor, name: string): PluginStatus | undefined {
+  try {
+    return s.status(name);
+  } catch {
+    return undefined;
+  }
+}
+
+function hosted(m: ResolvedManagedPlugin): HostedPlugin {
+  return { name: m.entry.name, managed: true, service: m.manifest.name, tenant: m.entry.tenant, manifest: m.manifest, enabled: m.entry.enabled };
+}
+
+function external(x: ExternalPluginEntry): HostedPlugin {
+  return { name: x.name, managed: false, service: x.service, tenant: x.tenant, manifest: undefined, enabled: x.enabled };
+}
+
+/** The plugin host over the resolved plugins of `flexcore.yaml`. */
+export function createPluginHost(options: PluginHostOptions): PluginHost {
+  return new Host(options);
+}
