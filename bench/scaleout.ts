@@ -10,9 +10,10 @@
  *   a moved partition's outputs is the time from its old owner's last output before the
  *   move to its new owner's first output after it; the figure is the p99 over the moved
  *   partitions of the 5 moves (goal ≤ 2 × the lease TTL).
- * Instances here: one in this process (A); B in this process for the throughput runs, a
- * child process (`processors/fixtures/host.ts`) for the moves so that it can be killed.
+ * Instances here: one in this process (A); B a child process (`processors/fixtures/host.ts`),
+ * with its own event loop and worker thread. Each instance on a core of its own (below).
  */
+import { execFileSync } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -29,19 +30,38 @@ import type { BenchResult, Suite } from "./harness.js";
 
 export const RATIO_GOAL = 1.6;
 const LEASE_TTL_MS = 2_000;
-const PARTITIONS = 8;
-const KEYS = 64;
+const PARTITIONS = 16;
+const KEYS = 256;
 /** Events per throughput run (small: the machine is shared; the lead raises it on a quiet one). */
-const EVENTS = Number(process.env.SCALEOUT_EVENTS ?? 4_000);
+const EVENTS = Number(process.env.SCALEOUT_EVENTS ?? 8_000);
 const ITERATIONS = Number(process.env.SCALEOUT_ITERATIONS ?? 2);
 /** Steady load during the moves, events/s. */
 const MOVE_RATE = 400;
 const MOVES = 5;
+/**
+ * Each instance on a core of its own (this process, instance A with its worker and the
+ * publisher, on CPU 0; instance B on CPU 1; nats-server anywhere), as if each had a machine
+ * of its own: scale-out adds machines. `SCALEOUT_PIN=0` runs both on the same cores; then one
+ * instance with one worker thread already uses about 1.6 of a 2-core machine (its worker, its
+ * main thread, V8's GC helper threads), and a second one on the same cores can add little
+ * (docs/benchmarks.md, run Z).
+ */
+const PINNED = process.env.SCALEOUT_PIN !== "0";
 
 let run = 0;
 
-const yaml = (name: string, tenant: string): string =>
-  `runtime: { threads: 1 }\nprocessors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: ${PARTITIONS}\n    batch_size: 256\n    scale: partitioned\n    options: { method: iforest, window: 128, trees: 50, emit: all, refit_every: 1 }\n`;
+/**
+ * The processor: an isolation forest. For throughput it refits on every point (about 1-2 ms
+ * of CPU per event), so the worker threads, not the main threads or the server, are what
+ * two instances add; for the moves, a lighter one (refit every 8 points) under a steady load.
+ */
+const OPTIONS = {
+  throughput: "{ method: iforest, window: 32, trees: 400, emit: all, refit_every: 1 }",
+  moves: "{ method: iforest, window: 128, trees: 50, emit: all, refit_every: 8 }",
+} as const;
+
+const yaml = (name: string, tenant: string, use: keyof typeof OPTIONS = "moves"): string =>
+  `runtime: { threads: 1 }\nprocessors:\n  - name: ${name}\n    kind: anomaly\n    subjects: ["evt.${tenant}.sensor.*"]\n    partitions: ${PARTITIONS}\n    batch_size: 256\n    scale: partitioned\n    options: ${OPTIONS[use]}\n`;
 
 function reading(i: number): number {
   const noise = ((Math.imul(i + 1, 2654435761) >>> 0) / 4294967296 - 0.5) * 2;
@@ -58,9 +78,9 @@ async function publishLoad(publisher: Publisher, tenant: string, from: number, n
   await Promise.all(pending);
 }
 
-function start(nc: NatsConnection, name: string, tenant: string, instanceId: string): Promise<ProcessorRuntime> {
+function start(nc: NatsConnection, name: string, tenant: string, instanceId: string, use: keyof typeof OPTIONS = "moves"): Promise<ProcessorRuntime> {
   return startProcessorRuntime(nc, {
-    processors: parseConfig(yaml(name, tenant), pipelineSections({ threads: 1 })).processors,
+    processors: parseConfig(yaml(name, tenant, use), pipelineSections({ threads: 1 })).processors,
     threads: 1,
     metricsIntervalMs: 0,
     instanceId,
@@ -91,12 +111,12 @@ async function throughput(nc: NatsConnection, natsEnv: Readonly<Record<string, s
   const name = `scale${run}`;
   const dir = await mkdtemp(join(tmpdir(), "flexcore-bench-scaleout-"));
   const configFile = join(dir, "flexcore.yaml");
-  await writeFile(configFile, yaml(name, tenant));
-  const a = await start(nc, name, tenant, "A");
+  await writeFile(configFile, yaml(name, tenant, "throughput"));
+  const a = await start(nc, name, tenant, "A", "throughput");
   let host: ReturnType<typeof startHost> | undefined;
   try {
     if (instances === 2) {
-      host = startHost({ ...natsEnv, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: "B", FLEXCORE_LEASE_TTL_MS: String(LEASE_TTL_MS) });
+      host = startHost({ ...natsEnv, FLEXCORE_CONFIG: configFile, FLEXCORE_INSTANCE: "B", FLEXCORE_LEASE_TTL_MS: String(LEASE_TTL_MS) }, PINNED ? { cpus: "1" } : {});
       await host.ready;
     }
     await until(() => held(a) === PARTITIONS / instances, 30_000, "the partitions to settle");
@@ -214,10 +234,14 @@ async function countDerived(nc: NatsConnection, tenant: string, name: string): P
 
 export const suite: Suite = {
   name: "scaleout",
-  description: `anomaly iforest with scale: partitioned (${PARTITIONS} partitions), 1 worker thread per instance: 1 vs 2 instances (${EVENTS} events x ${ITERATIONS}), and the output gap of moved partitions over ${MOVES} moves (lease TTL ${LEASE_TTL_MS} ms)`,
+  description: `anomaly iforest with scale: partitioned (${PARTITIONS} partitions), 1 worker thread per instance${PINNED ? " and one CPU each (taskset)" : " (unpinned)"}: 1 vs 2 instances (${EVENTS} events x ${ITERATIONS}), and the output gap of moved partitions over ${MOVES} moves (lease TTL ${LEASE_TTL_MS} ms)`,
   async run({ log, env }) {
     await using nats = await startBenchNats();
     env.natsServer = nats.server.version;
+    env.pinned = PINNED;
+    // After nats-server started (it stays unpinned): every thread of this process, and the
+    // worker threads it starts later, on CPU 0.
+    if (PINNED) execFileSync("taskset", ["-a", "-cp", "0", String(process.pid)], { stdio: "ignore" });
     await ensureTopology(nats.nc, { leaseTtlMs: 30_000 });
     const publisher = createPublisher(nats.nc);
     try {

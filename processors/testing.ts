@@ -115,8 +115,11 @@ const FROM_SOURCE = import.meta.url.endsWith(".ts");
 const HOST = fileURLToPath(new URL(FROM_SOURCE ? "./fixtures/host.ts" : "./fixtures/host.js", import.meta.url));
 
 /** Starts the fixture host with `env` added to this process's environment. */
-export function startHost(env: Readonly<Record<string, string>>): HostProcess {
-  const child = spawn(process.execPath, [...(FROM_SOURCE ? ["--import", "tsx"] : []), HOST], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+export function startHost(env: Readonly<Record<string, string>>, options: { readonly cpus?: string } = {}): HostProcess {
+  const argv = [process.execPath, ...(FROM_SOURCE ? ["--import", "tsx"] : []), HOST];
+  // `cpus`: run the host on these CPUs only (taskset), as if it had a machine of its own.
+  const [file, ...args] = options.cpus === undefined ? argv : ["taskset", "-c", options.cpus, ...argv];
+  const child = spawn(file!, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   const ready = new Promise<void>((resolve, reject) => {
     child.stdout!.on("data", (b: Buffer) => {
