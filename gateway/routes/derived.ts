@@ -1,8 +1,11 @@
-import { DeliverPolicy, jetstream } from "@nats-io/jetstream";
+import type { StoredMsg } from "@nats-io/jetstream";
 import { checkToken, decodeEvent, derivedSubject, STREAMS, SUBJECT_ROOTS } from "../../streams/index.js";
 import type { StoredEvent } from "../../streams/index.js";
 import { BadRequestError } from "../errors.js";
 import type { RouteContext } from "../route-context.js";
+
+/** Messages per batch direct get of one key's outputs. */
+const DIRECT_BATCH = 1_024;
 
 interface DerivedQuerystring {
   key?: string;
@@ -20,8 +23,7 @@ function outputView(e: StoredEvent): Record<string, unknown> {
  * or the latest outputs of one `key`.
  */
 export function registerDerivedRoutes(ctx: RouteContext): void {
-  const { app, nc, jsm, limits, timed } = ctx;
-  const js = jetstream(nc);
+  const { app, jsm, limits, timed } = ctx;
 
   app.get<{ Params: { processor: string }; Querystring: DerivedQuerystring }>("/v1/derived/:processor", {
     config: { policy: "derived.read" },
@@ -42,28 +44,37 @@ export function registerDerivedRoutes(ctx: RouteContext): void {
     if (q.limit !== undefined && q.limit > limits.maxPageSize) throw new BadRequestError("limit", `limit must be at most ${limits.maxPageSize}, got ${q.limit}`, { max: limits.maxPageSize });
     const limit = q.limit ?? limits.defaultPageSize;
     const filter = q.key !== undefined ? derivedSubject(tenant, processor, q.key) : `${SUBJECT_ROOTS.derived}.${checkToken("tenant", tenant)}.${processor}.*`;
+    // Batch direct gets (any replica answers; no consumer to create, which took seconds on a
+    // loaded cluster): the last output of every key at once, or one key's outputs in batches.
     const outputs = await timed(async (signal) => {
-      const last = await jsm.streams.getMessage(STREAMS.derived, { last_by_subj: filter }).catch(() => null);
-      if (!last) return [];
-      const consumer = await js.consumers.get(STREAMS.derived, {
-        filter_subjects: filter,
-        deliver_policy: q.key !== undefined ? DeliverPolicy.All : DeliverPolicy.LastPerSubject,
-      });
       const kept: StoredEvent[] = [];
-      const messages = await consumer.consume({ max_messages: Math.min(1_000, limit * 2) });
-      const stop = (): void => void messages.stop();
-      signal.addEventListener("abort", stop, { once: true });
-      try {
-        for await (const m of messages) {
-          kept.push(decodeEvent({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: Math.floor(m.info.timestampNanos / 1e6) }));
-          // One key's history: keep the newest `limit`. Latest per key: the first `limit` keys.
-          if (q.key !== undefined && kept.length > limit) kept.shift();
-          if (q.key === undefined && kept.length >= limit) break;
-          if (m.seq >= last.seq || m.info.pending === 0) break;
+      const keep = (m: StoredMsg): void => {
+        kept.push(decodeEvent({ subject: m.subject, seq: m.seq, headers: m.header, data: m.data, storedAt: m.time.getTime() }));
+      };
+      const drain = async (batch: AsyncIterable<StoredMsg>): Promise<{ n: number; last: number }> => {
+        let n = 0;
+        let last = 0;
+        try {
+          for await (const m of batch) {
+            n += 1;
+            last = m.seq;
+            keep(m);
+            if (q.key !== undefined && kept.length > limit) kept.shift();
+          }
+        } catch (err) {
+          // 404: nothing (more) on the subject.
+          if ((err as { code?: unknown }).code !== 404) throw err;
         }
-      } finally {
-        signal.removeEventListener("abort", stop);
-        await messages.close().catch(() => undefined);
+        return { n, last };
+      };
+      if (q.key === undefined) {
+        await drain(await jsm.direct.getLastMessagesFor(STREAMS.derived, { multi_last: [filter], batch: limit }));
+        return kept;
+      }
+      for (let from = 1; !signal.aborted; ) {
+        const { n, last } = await drain(await jsm.direct.getBatch(STREAMS.derived, { seq: from, next_by_subj: filter, batch: DIRECT_BATCH }));
+        if (n < DIRECT_BATCH) break;
+        from = last + 1;
       }
       return kept;
     });
