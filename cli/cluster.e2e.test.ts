@@ -3,10 +3,10 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { createTokenIssuer, openKeyStore, openUserStore } from "../gateway/index.js";
 import { HEADERS, STREAMS } from "../streams/index.js";
-import { startTestCluster } from "../test/nats-cluster.js";
+import { countByHeader, startTestCluster, storedCount } from "../test/nats-cluster.js";
 import type { TestCluster } from "../test/nats-cluster.js";
 import { firstStoredAfter, startUp } from "../test/flexcore-up.js";
 import type { UpProcess } from "../test/flexcore-up.js";
@@ -36,31 +36,8 @@ const BATCH = 100;
 const KEYS = 20;
 const LEASE_TTL_MS = 3_000;
 
-async function stored(stream: string, filter: string): Promise<number> {
-  const info = await (await jetstreamManager(cluster.nc)).streams.info(stream, { subjects_filter: filter });
-  return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-}
-
-async function countBy(stream: string, filter: string, header: string): Promise<Map<string, number>> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const total = await stored(stream, filter);
-    const counts = new Map<string, number>();
-    const consumer = await jetstream(cluster.nc).consumers.get(stream, { filter_subjects: filter });
-    let remaining = (await consumer.info(true)).num_pending;
-    if (remaining > 0) {
-      const messages = await consumer.consume({ max_messages: 4096 });
-      for await (const m of messages) {
-        const id = m.headers?.get(header) ?? "";
-        counts.set(id, (counts.get(id) ?? 0) + 1);
-        if (--remaining <= 0) break;
-      }
-      await messages.close();
-    }
-    if ([...counts.values()].reduce((a, b) => a + b, 0) === total || Date.now() > deadline) return counts;
-    await sleep(500);
-  }
-}
+const stored = (stream: string, filter: string): Promise<number> => storedCount(cluster.nc, stream, filter);
+const countBy = (stream: string, filter: string, header: string): Promise<Map<string, number>> => countByHeader(cluster.nc, stream, filter, header);
 
 describe("two flexcore up instances on a 3-node cluster", () => {
   it("share the work by lease, accept each other's tokens, and lose nothing when one is killed -9 under load", async () => {

@@ -3,14 +3,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { createPublisher, encodeEvent, HEADERS, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { createProjectionEngine } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
-import { startTestCluster } from "../test/nats-cluster.js";
+import { countByHeader, startTestCluster } from "../test/nats-cluster.js";
 import type { TestCluster } from "../test/nats-cluster.js";
 import { uniqueName } from "../test/nats-server.js";
 
@@ -53,28 +52,6 @@ async function publishAll(publisher: Publisher, tenant: string, from: number, to
   return to - from - pending.length;
 }
 
-/** Stored messages under a filter, by a header, read until the read agrees with the leader's count. */
-async function countBy(nc: NatsConnection, stream: string, filter: string, header: string): Promise<Map<string, number>> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const info = await (await jetstreamManager(nc)).streams.info(stream, { subjects_filter: filter });
-    const stored = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-    const counts = new Map<string, number>();
-    if (stored > 0) {
-      const consumer = await jetstream(nc).consumers.get(stream, { filter_subjects: filter });
-      let remaining = (await consumer.info(true)).num_pending;
-      const messages = await consumer.consume({ max_messages: 4096 });
-      for await (const m of messages) {
-        const id = m.headers?.get(header) ?? "";
-        counts.set(id, (counts.get(id) ?? 0) + 1);
-        if (--remaining <= 0) break;
-      }
-      await messages.close();
-    }
-    if ([...counts.values()].reduce((a, b) => a + b, 0) === stored || Date.now() > deadline) return counts;
-    await sleep(500);
-  }
-}
 
 /** Every row of a tenant in a read model, in key order, without the columns computed at query time. */
 async function rows(engine: ProjectionEngine, name: string, tenant: string, sort: string[]): Promise<Array<Record<string, unknown>>> {
@@ -133,11 +110,11 @@ describe("projections and processors on a 3-node cluster", () => {
         const info = await (await jetstreamManager(cluster.nc)).streams.info(STREAMS.derived, { subjects_filter: `drv.${tenant}.${processor}.>` });
         return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0) >= EVENTS;
       }, 120_000);
-      const byCause = await countBy(cluster.nc, STREAMS.derived, `drv.${tenant}.${processor}.>`, HEADERS.causationId);
+      const byCause = await countByHeader(cluster.nc, STREAMS.derived, `drv.${tenant}.${processor}.>`, HEADERS.causationId);
       expect(byCause.size).toBe(EVENTS);
       expect([...byCause].filter(([, n]) => n !== 1)).toEqual([]);
       expect([...byCause.keys()].filter((id) => !/^.+-\d+$/u.test(id) || !id.startsWith(`${tenant}-`))).toEqual([]);
-      const events = await countBy(cluster.nc, STREAMS.events, `evt.${tenant}.>`, HEADERS.msgId);
+      const events = await countByHeader(cluster.nc, STREAMS.events, `evt.${tenant}.>`, HEADERS.msgId);
       expect(events.size).toBe(EVENTS);
 
       // Projection: caught up with both streams, then equal to a clean build in a fresh directory.

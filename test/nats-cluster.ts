@@ -2,7 +2,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { jetstreamManager, StorageType } from "@nats-io/jetstream";
+import { setTimeout as sleep } from "node:timers/promises";
+import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { ConnectionOptions, NatsConnection } from "@nats-io/transport-node";
 import { generateNatsUsers, SERVICE_USER } from "../gateway/index.js";
@@ -148,4 +149,38 @@ export async function startTestCluster(options: TestClusterOptions = {}): Promis
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/** Messages stored under `filter` in `stream`, by the stream leader's count. */
+export async function storedCount(nc: NatsConnection, stream: string, filter: string): Promise<number> {
+  const info = await (await jetstreamManager(nc)).streams.info(stream, { subjects_filter: filter });
+  return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
+}
+
+/**
+ * The messages stored under `filter`, counted by the value of `header` (the event id, the
+ * causation id), read again until the read agrees with the leader's count (or a minute passed):
+ * after a leader change a replica can briefly lag.
+ */
+export async function countByHeader(nc: NatsConnection, stream: string, filter: string, header: string): Promise<Map<string, number>> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const stored = await storedCount(nc, stream, filter);
+    const counts = new Map<string, number>();
+    if (stored > 0) {
+      const consumer = await jetstream(nc).consumers.get(stream, { filter_subjects: filter });
+      let remaining = (await consumer.info(true)).num_pending;
+      if (remaining > 0) {
+        const messages = await consumer.consume({ max_messages: 4096 });
+        for await (const m of messages) {
+          const id = m.headers?.get(header) ?? "";
+          counts.set(id, (counts.get(id) ?? 0) + 1);
+          if (--remaining <= 0) break;
+        }
+        await messages.close();
+      }
+    }
+    if ([...counts.values()].reduce((a, b) => a + b, 0) === stored || Date.now() > deadline) return counts;
+    await sleep(500);
+  }
 }
