@@ -158,6 +158,8 @@ export async function fetchLoop(runner: FetchHost, consumer: Consumer, careful: 
       await runner.markers.writeRun(runner.deliveries.next - 1 + want);
       const messages = await consumer.fetch({ max_messages: want, expires: FETCH_EXPIRES_MS });
       runner.messages = messages;
+      // stop() ran while the pull was being set up: end it now rather than at its expiry.
+      if (runner.stopping) messages.stop();
       for await (const m of messages) runner.accept(m);
     } catch (err) {
       // A pull can fail (missed heartbeats while the event loop was busy, a reconnect):

@@ -111,6 +111,7 @@ export async function careful(runner: RecoveryHost, consumer: Consumer, window: 
     try {
       const messages = await consumer.fetch({ max_messages: 1, expires: FETCH_EXPIRES_MS });
       runner.messages = messages;
+      if (runner.stopping) messages.stop();
       for await (const x of messages) m = x;
     } catch (err) {
       if (runner.stopping) return;
@@ -173,7 +174,10 @@ export async function redriveLoop(runner: RecoveryHost, nc: NatsConnection, jsm:
     try {
       const messages = await consumer.fetch({ max_messages: 1, expires: FETCH_EXPIRES_MS });
       runner.redriveMessages = messages;
-      if (runner.stopping) await messages.close().catch(() => undefined); // stop() ran while the pull was being set up
+      // stop() ran while the pull was being set up. Not `await messages.close()`: close()
+      // resolves only once the iterator below has consumed the stop it queues, so awaiting
+      // it before iterating waited for ever (the scale-out test's hang in CI).
+      if (runner.stopping) messages.stop();
       for await (const m of messages) await redriveOne(runner, m);
     } catch (err) {
       if (runner.stopping || runner.failed) break;

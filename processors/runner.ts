@@ -751,9 +751,11 @@ export class ProcessorRunner implements RecoveryHost {
     this.#stopping = true;
     this.#wake();
     await this.#standby;
-    await this.messages?.close().catch(() => undefined);
+    // stop(), not `await close()`: the loops end when their iterators have consumed the stop;
+    // close() would wait for an iterator nobody iterates any more.
+    this.messages?.stop();
     await this.#fetching;
-    await this.redriveMessages?.close().catch(() => undefined);
+    this.redriveMessages?.stop();
     await this.#redriving;
     for (const p of this.#lanes) this.#schedule(p);
     if (!this.#failed) {
