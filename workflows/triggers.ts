@@ -65,6 +65,15 @@ function parseTriggerConsumer(consumer: string, prefix: string): { version: numb
 }
 
 /** The triggers of every workflow this runner has seen installed. */
+/** One event trigger's durable consumer and the loop that reads it. */
+interface TriggerConsumer {
+  readonly name: string;
+  messages: ConsumerMessages | undefined;
+  /** Set before `messages.stop()`: a loop still setting up its consumer stops it itself. */
+  stopped: boolean;
+  done: Promise<void>;
+}
+
 export class WorkflowTriggers {
   readonly #host: TriggerHost;
   readonly #js: JetStreamClient;
@@ -72,7 +81,7 @@ export class WorkflowTriggers {
   readonly #kv: KV;
   readonly #log: TriggerContext["log"];
   readonly #now: () => Date;
-  readonly #consumers = new Map<string, { name: string; messages: ConsumerMessages | undefined; done: Promise<void> }>();
+  readonly #consumers = new Map<string, TriggerConsumer>();
   /** `since`: when the version was stored; nothing before it is owed. */
   readonly #crons = new Map<string, { tenant: string; name: string; schedules: CronSchedule[]; since: number }>();
   /** Fire times up to here have been started; a new runner looks back CRON_CATCH_UP_MS. */
@@ -102,6 +111,7 @@ export class WorkflowTriggers {
     // was up) are found by name on the server, not in memory.
     for (const [k, c] of this.#consumers) {
       if (!k.startsWith(`${cronKey}#`)) continue;
+      c.stopped = true;
       c.messages?.stop();
       this.#consumers.delete(k);
       await c.done;
@@ -139,7 +149,7 @@ export class WorkflowTriggers {
     for (const [name] of stale) await this.#jsm.consumers.delete(STREAMS.events, name).catch(() => undefined);
     for (const { name, t } of triggers) {
       if (this.#closed) return;
-      const entry = { name, messages: undefined as ConsumerMessages | undefined, done: Promise.resolve() };
+      const entry: TriggerConsumer = { name, messages: undefined, stopped: false, done: Promise.resolve() };
       this.#consumers.set(`${cronKey}#${name}`, entry);
       entry.done = this.#consume(entry, name, t.types, t.ordered, w).catch((err: unknown) => {
         if (!this.#closed) this.#log(`workflows: trigger ${name}: ${describeError(err)}`, "warn");
@@ -167,10 +177,13 @@ export class WorkflowTriggers {
     }
   }
 
-  async #consume(entry: { messages: ConsumerMessages | undefined }, name: string, types: readonly string[], ordered: boolean, w: StoredWorkflow): Promise<void> {
+  async #consume(entry: TriggerConsumer, name: string, types: readonly string[], ordered: boolean, w: StoredWorkflow): Promise<void> {
     const consumer = await this.#js.consumers.get(STREAMS.events, name);
     const messages = await consumer.consume({ max_messages: 64 });
     entry.messages = messages;
+    // Stopped (close, or a new version) while the consumer was being set up: nobody else
+    // will stop it, and close() waits for this loop to end.
+    if (entry.stopped || this.#closed) messages.stop();
     for await (const m of messages) {
       try {
         const e = decodeEvent({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: m.info.timestampNanos / 1e6 });
@@ -260,7 +273,10 @@ export class WorkflowTriggers {
   /** Stops every consumer and waits for the runs they were starting. */
   async close(): Promise<void> {
     this.#closed = true;
-    for (const c of this.#consumers.values()) c.messages?.stop();
+    for (const c of this.#consumers.values()) {
+      c.stopped = true;
+      c.messages?.stop();
+    }
     await Promise.allSettled([...this.#consumers.values()].map((c) => c.done));
   }
 }
