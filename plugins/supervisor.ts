@@ -604,6 +604,8 @@ class ManagedPlugin {
       exits.push(s.terminate(this.#o.graceMs));
     }
     await Promise.all(exits);
+    // Gone processes are not instances any more (status, a later launch starts afresh).
+    for (let i = 0; i < this.#slots.length; i++) if (this.#slots[i]?.retired) this.#slots[i] = undefined;
   }
 
   /** Asks every instance of the service for INFO while a launch waits, and matches replies to nonces. */
