@@ -9,8 +9,9 @@ import { readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createPublisher, encodeEvent, ensureTopology, PLUGIN_EVENT_TYPES, STREAMS } from "../streams/index.js";
-import type { EventInput, Publisher } from "../streams/index.js";
+import { createEventStore, createPublisher, encodeEvent, ensureTopology, PLUGIN_EVENT_TYPES, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import type { EventStore, Publisher } from "../streams/index.js";
+import { createProjectionEngine, pluginStatusProjection } from "../projections/index.js";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
 import type { ProcessorRuntime } from "../processors/index.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
@@ -27,7 +28,7 @@ import { createPluginLifecycle } from "./lifecycle.js";
 import { generatePluginUsers } from "./nats-users.js";
 import { pluginServiceNames, pluginUid, startPluginSupervisor } from "./supervisor.js";
 import type { PluginSupervisor } from "./supervisor.js";
-import { readPluginVersions, upgradePlugin } from "./upgrade.js";
+import { applyPluginVersions, readPluginVersions, upgradePlugin } from "./upgrade.js";
 
 let nats: TestNats;
 let work: string;
@@ -112,8 +113,9 @@ async function managedPlugin(name: string, dir: string, config: Record<string, u
 
 async function startAll(plugins: ResolvedPlugins, lifecycleTypes?: Array<{ type: string; data: unknown }>): Promise<{ sup: PluginSupervisor; host: PluginHost; lines: string[] }> {
   const lines: string[] = [];
+  const store: EventStore = await createEventStore(nats.nc);
   const lifecycle = lifecycleTypes
-    ? createPluginLifecycle({ store: { append: async (_ref: unknown, events: readonly EventInput[]) => (events.forEach((e) => lifecycleTypes.push({ type: e.type, data: e.data })), { first: 0, last: 0 } as never) } as never })
+    ? createPluginLifecycle({ store: { append: (ref, events, opts) => (events.forEach((e) => lifecycleTypes.push({ type: e.type, data: e.data })), store.append(ref, events, opts)) } })
     : undefined;
   const sup = await startPluginSupervisor({ nc: nats.nc, plugins: plugins.managed.map((m) => m.spec), natsUrl: nats.server.url, credentialsDir, log: (l) => void lines.push(l), graceMs: 2_000, leaseTtlMs: 3_000, ...(lifecycle ? { lifecycle } : {}) });
   closers.push(() => sup.stop());
@@ -230,6 +232,26 @@ describe("plugin upgrade without loss", () => {
     expect(started).toBeGreaterThan(-1);
     expect(stoppedOld).toBeGreaterThan(started);
     expect(events.some((e) => JSON.stringify(e.data).includes("3.0.0"))).toBe(false);
+    // plugin_status shows the new version running (the old version's stop does not make it "stopped").
+    const engine = createProjectionEngine(nats.nc, { dataDir: await mkdtemp(join(work, "proj-")), projections: [pluginStatusProjection()], log: () => undefined });
+    closers.push(() => engine.close());
+    await engine.start();
+    let row: Record<string, unknown> | undefined;
+    await until(async () => {
+      row = (await engine.query("plugin_status", { tenant: SYSTEM_TENANT, filter: { plugin: "up" } })).rows[0];
+      return row?.version === "2.0.0";
+    }, 10_000, "plugin_status of up");
+    expect(row).toMatchObject({ plugin: "up", state: "running", version: "2.0.0" });
+
+    // A failover: the instance taking the lease over, with flexcore.yaml still naming v1,
+    // starts the chosen v2 under the chosen service; an operator's newer bundle in
+    // flexcore.yaml (neither the chosen nor the replaced one) wins, under the chosen service.
+    const records = await readPluginVersions(nats.nc);
+    const takeover = await applyPluginVersions(await managedPlugin("up", v1, { processor: true }), records, { storeDir, trustedKeysDir: keysDir });
+    expect(takeover.managed[0]!.spec).toMatchObject({ name: "up", version: "2.0.0", service: "up--b", bundleDir: join(storeDir, result.digest), config: { processor: true } });
+    const v4 = await bundle("up", "4.0.0", "v4");
+    const operator = await applyPluginVersions(await managedPlugin("up", v4, {}), records, { storeDir, trustedKeysDir: keysDir });
+    expect(operator.managed[0]!.spec).toMatchObject({ version: "4.0.0", service: "up--b" });
   }, 180_000);
 
   it("a tenant cannot reach the upgrade subject: refused by the server, and nothing is upgraded", async () => {
