@@ -111,6 +111,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     for (const d of report.drift) log(`flexcore: drift in ${d.resource}.${d.field}: expected ${JSON.stringify(d.expected)}, found ${JSON.stringify(d.actual)}`);
     // Plugins start before the processors that call them and stop after them, before NATS.
     let supervisor: PluginSupervisor | undefined;
+    const endpointsRef: { current: PluginEndpoints | undefined } = { current: undefined };
     const pluginLogs = new PluginLogBuffer();
     const pluginLog = areaLog("plugins");
     // The stored switches and chosen versions (flexcore plugins enable|disable|upgrade) outrank flexcore.yaml.
@@ -146,7 +147,11 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       for (const [name, s] of storedSwitches) pluginHost.setEnabled(name, s.enabled);
       const switches = await followPluginSwitches(nc, pluginHost, (line) => log(line), supervisor);
       // Upgrades (flexcore plugins upgrade) switch every instance's callers to the chosen service.
-      const versions = await followPluginVersions(nc, pluginHost, (line) => log(line));
+      // Sinks and sources (started below) follow too.
+      const versions = await followPluginVersions(nc, { setService: (name, service, manifest) => {
+        pluginHost.setService(name, service, manifest);
+        endpointsRef.current?.setService(name, service);
+      } }, (line) => log(line));
       const running = supervisor;
       const host = pluginHost;
       const entries = new Map(plugins.managed.map((m) => [m.entry.name, m.entry]));
@@ -176,6 +181,9 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     if (config.sinks.length > 0 || config.sources.length > 0) {
       endpoints = await startPluginEndpoints(nc, { sinks: config.sinks, sources: config.sources, plugins, instanceId: config.runtime.instanceId ?? `${hostname()}-${process.pid}`, leaseTtlMs: config.runtime.leaseTtlMs, log: pluginLog });
       const started = endpoints;
+      endpointsRef.current = endpoints;
+      // A switch between the host's start and now: the host knows it.
+      for (const p of pluginHost?.plugins.values() ?? []) if (p.managed) endpoints.setService(p.name, p.service);
       components.push({ name: "sinks and sources", close: () => started.close() });
     }
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);
