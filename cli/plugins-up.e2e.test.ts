@@ -4,7 +4,8 @@
 // loses and duplicates nothing; the plugin's NATS user cannot publish events or touch
 // JetStream. One `flexcore up` for the whole file.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
+import { promisify } from "node:util";
 import { readdirSync, readFileSync } from "node:fs";
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -24,6 +25,7 @@ import type { UpProcess } from "../test/flexcore-up.js";
 import { embeddedConnectOptions } from "./connection.js";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
+const execFileAsync = promisify(execFile);
 const TENANT = "acme";
 const PROCESSOR = "echoer";
 
@@ -369,4 +371,53 @@ describe("plugins under flexcore up", () => {
     expect(metrics).toMatch(/flexcore_sink_delivered_total\{name="readings-out"\} [1-9]/u);
     expect(metrics).toMatch(/flexcore_source_appended_total\{name="numbers-in"\} 30\b/u);
   }, 60_000);
+
+  it("flexcore plugins upgrade: 2.0.0 starts beside 1.0.0 under load, calls switch, 1.0.0 is drained; nothing lost, the sink and the source follow", async () => {
+    const v2 = join(dir, "echo-bundle-2");
+    await echoBundle(v2);
+    const manifest = join(v2, "flexcore-plugin.yaml");
+    await writeFile(manifest, (await readFile(manifest, "utf8")).replace(/^version: 1\.0\.0$/mu, "version: 2.0.0"));
+    await pack(v2);
+    await sign(v2, await readFile(join(dir, "keys", "operator.key")));
+    await execFileAsync("chmod", ["-R", "a+rX", v2]);
+    const pidsBefore = pluginPids(up.child.pid!);
+    expect(pidsBefore.length).toBeGreaterThan(0);
+    const before = await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`);
+    // A steady load while the CLI upgrades.
+    let loading = true;
+    let sent = 0;
+    const load = (async () => {
+      while (loading) {
+        await publish(2_000 + sent, 10);
+        sent += 10;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const out = await execFileAsync(process.execPath, ["--import", "tsx", join(here, "main.ts"), "plugins", "upgrade", "echo", v2], { env: { ...process.env, NATS_URL: "", FLEXCORE_DATA: data }, encoding: "utf8", timeout: 60_000 });
+    await new Promise((r) => setTimeout(r, 500));
+    loading = false;
+    await load;
+    const answer = JSON.parse(out.stdout.trim()) as { upgraded: { version: string; service: string; previous: { version: string } } };
+    expect(answer.upgraded).toMatchObject({ version: "2.0.0", service: "echo--b", previous: { version: "1.0.0" } });
+    await waitFor(async () => (await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)) === before + sent, 60_000, `${sent} outputs across the upgrade`);
+    expect(await count(STREAMS.dlq, `dlq.${TENANT}.${PROCESSOR}`).catch(() => 0)).toBe(0);
+    const pidsAfter = pluginPids(up.child.pid!);
+    expect(pidsAfter.length).toBeGreaterThan(0);
+    expect(pidsAfter.filter((p) => pidsBefore.includes(p))).toEqual([]);
+    const views = await collectPluginViews(nc);
+    expect(views.find((v) => v.plugin === "echo" && v.leaseHeld)).toMatchObject({ version: "2.0.0", state: "running" });
+    const stored = await (await new Kvm(nc).open("flex_state")).get("plugin-version.echo");
+    expect(stored!.json()).toMatchObject({ version: "2.0.0", service: "echo--b" });
+    // The sink delivers to 2.0.0 (every reading acknowledged); the source keeps its cursor.
+    const jsm = await jetstreamManager(nc);
+    const readings = await count(STREAMS.events, `evt.${TENANT}.reading.>`);
+    await waitFor(async () => {
+      const info = await jsm.consumers.info(STREAMS.events, `flex-sink-${TENANT}-readings-out`).catch(() => undefined);
+      return info !== undefined && info.num_pending === 0 && info.num_ack_pending === 0 && info.ack_floor.consumer_seq >= readings;
+    }, 30_000, "the sink to acknowledge every reading after the upgrade");
+    const cursor = await (await new Kvm(nc).open("flex_state")).get(sourceCursorKey("echo", "echo", TENANT, "numbers-in"));
+    expect((cursor!.json() as { cursor: string }).cursor).toBe("30");
+    expect(await count(STREAMS.events, `evt.${TENANT}.numbers.>`)).toBe(30);
+    expect(up.stderr()).toMatch(/plugin echo: upgraded to 2\.0\.0/u);
+  }, 120_000);
 });

@@ -6,7 +6,7 @@ import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
-import { checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, generatePluginUsers, PluginLogBuffer, readPluginSwitches, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor } from "../plugins/index.js";
+import { applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor, upgradePlugin } from "../plugins/index.js";
 import type { PluginEndpoints, PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
@@ -65,16 +65,19 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     : await loadConfig(configFile, sections);
   // Every managed bundle is verified and installed, and every processor of a plugin's kind
   // checked against its manifest, before anything starts: a refused bundle starts nothing.
-  const plugins = await resolvePlugins(config.plugins, { baseDir: dirname(configFile), storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), file: configFile });
+  let plugins = await resolvePlugins(config.plugins, { baseDir: dirname(configFile), storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), file: configFile });
   checkPluginProcessors(config.processors, plugins, configFile);
   checkPluginEndpoints(config.sinks, config.sources, plugins, configFile);
-  const managed = plugins.managed.filter((m) => m.entry.enabled);
+  // Disabled ones too: enabling one later starts it without a restart of FlexCore.
+  const managed = plugins.managed;
+  // Each managed plugin has two NATS users, `<name>` and `<name>--b`: an upgrade starts the new version under the other one.
+  const pluginServices = managed.flatMap((m) => pluginServiceNames(m.entry.name).filter((x): x is string => x !== undefined));
   for (const m of plugins.managed) log(`flexcore: plugin ${m.entry.name} ${m.manifest.version} verified (${m.installed.signer ? `signed by ${m.installed.signer}` : `unsigned, allowed: ${m.installed.unsignedReason ?? ""}`}), installed at ${m.installed.path}${m.entry.enabled ? "" : "; disabled"}`);
   let server: NatsServer | undefined;
   // Each managed plugin's NATS user (its own subjects only): in the embedded server's auth file.
-  await syncPluginCredentials(dir, managed.map((m) => m.entry.name));
+  await syncPluginCredentials(dir, pluginServices);
   if (url && managed.length > 0) {
-    const users = await generatePluginUsers({ services: managed.map((m) => m.entry.name), dir: pluginCredentialsDir(dir) });
+    const users = await generatePluginUsers({ services: pluginServices, dir: pluginCredentialsDir(dir) });
     const file = join(dir, "nats-plugin-users.conf");
     await writeFile(file, `${users.entries.join("\n")}\n`, { mode: 0o600 });
     log(`flexcore: the managed plugins' NATS users are in ${file}: add them to the users list of ${url}'s authorization block and reload it`);
@@ -108,13 +111,17 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     for (const d of report.drift) log(`flexcore: drift in ${d.resource}.${d.field}: expected ${JSON.stringify(d.expected)}, found ${JSON.stringify(d.actual)}`);
     // Plugins start before the processors that call them and stop after them, before NATS.
     let supervisor: PluginSupervisor | undefined;
+    const endpointsRef: { current: PluginEndpoints | undefined } = { current: undefined };
     const pluginLogs = new PluginLogBuffer();
     const pluginLog = areaLog("plugins");
+    // The stored switches and chosen versions (flexcore plugins enable|disable|upgrade) outrank flexcore.yaml.
+    const storedSwitches = config.plugins.length > 0 ? await readPluginSwitches(nc) : new Map();
+    if (managed.length > 0) plugins = await applyPluginVersions(plugins, await readPluginVersions(nc), { storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), log: (line, level) => pluginLog(line, level) });
     if (managed.length > 0) {
       const lifecycle = createPluginLifecycle({ store: await createEventStore(nc), log: areaLog("plugins") });
       supervisor = await startPluginSupervisor({
         nc,
-        plugins: managed.map((m) => m.spec),
+        plugins: plugins.managed.map((m) => ({ ...m.spec, enabled: storedSwitches.get(m.entry.name)?.enabled ?? m.entry.enabled })),
         natsUrl,
         credentialsDir: pluginCredentialsDir(dir),
         // Each plugin's last lines stay in memory for `flexcore plugins logs`.
@@ -132,16 +139,29 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
         await running.stop();
         lifecycle.close();
       } });
-      log(`flexcore: plugins: ${managed.map((m) => `${m.entry.name} ${m.manifest.version} (${m.spec.instances ?? 1} instance(s))`).join("; ")}`);
+      log(`flexcore: plugins: ${plugins.managed.map((m) => `${m.entry.name} ${m.manifest.version} (${m.spec.instances ?? 1} instance(s))`).join("; ")}`);
     }
     const pluginHost: PluginHost | undefined = config.plugins.length > 0 ? createPluginHost({ nc, plugins, ...(supervisor ? { supervisor } : {}) }) : undefined;
     if (pluginHost) {
       // enable/disable is stored in flex_state, so every instance agrees (and it outlives a restart).
-      for (const [name, s] of await readPluginSwitches(nc)) pluginHost.setEnabled(name, s.enabled);
-      const switches = await followPluginSwitches(nc, pluginHost, (line) => log(line));
-      const control = servePluginControl(nc, { host: pluginHost, ...(supervisor ? { supervisor } : {}), logs: pluginLogs, instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}` });
+      for (const [name, s] of storedSwitches) pluginHost.setEnabled(name, s.enabled);
+      const switches = await followPluginSwitches(nc, pluginHost, (line) => log(line), supervisor);
+      // Upgrades (flexcore plugins upgrade) switch every instance's callers to the chosen service.
+      // Sinks and sources (started below) follow too.
+      const versions = await followPluginVersions(nc, { setService: (name, service, manifest) => {
+        pluginHost.setService(name, service, manifest);
+        endpointsRef.current?.setService(name, service);
+      } }, (line) => log(line));
+      const running = supervisor;
+      const host = pluginHost;
+      const entries = new Map(plugins.managed.map((m) => [m.entry.name, m.entry]));
+      const upgrade = running
+        ? (name: string, bundle: string, by: string) => upgradePlugin(name, bundle, { nc: nc!, supervisor: running, host, storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), allowUnsigned: entries.get(name)?.allowUnsigned ?? false, by })
+        : undefined;
+      const control = servePluginControl(nc, { host: pluginHost, ...(supervisor ? { supervisor } : {}), ...(upgrade ? { upgrade } : {}), logs: pluginLogs, instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}` });
       components.push({ name: "plugin control", close: async () => {
         switches.stop();
+        versions.stop();
         await control.close();
       } });
     }
@@ -161,6 +181,9 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     if (config.sinks.length > 0 || config.sources.length > 0) {
       endpoints = await startPluginEndpoints(nc, { sinks: config.sinks, sources: config.sources, plugins, instanceId: config.runtime.instanceId ?? `${hostname()}-${process.pid}`, leaseTtlMs: config.runtime.leaseTtlMs, log: pluginLog });
       const started = endpoints;
+      endpointsRef.current = endpoints;
+      // A switch between the host's start and now: the host knows it.
+      for (const p of pluginHost?.plugins.values() ?? []) if (p.managed) endpoints.setService(p.name, p.service);
       components.push({ name: "sinks and sources", close: () => started.close() });
     }
     log(`flexcore: processors: ${config.processors.map((p) => `${p.name} (${p.kind} on ${p.subjects.join(", ")})`).join("; ") || "none"} from ${configFile}`);

@@ -9,13 +9,14 @@ import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { BUCKETS, InvalidOptionError } from "../streams/index.js";
+import { PluginUpgradeFailedError } from "./errors.js";
 import type { PluginCallMetrics, PluginHost } from "./host.js";
 import { PLUGIN_NAME_PATTERN } from "./protocol.js";
 import type { PluginStatus, PluginSupervisor } from "./supervisor.js";
 
 /** Key prefix of the switches in `flex_state`: `plugin-enabled.<name>`. */
 export const PLUGIN_SWITCH_PREFIX = "plugin-enabled";
-/** Subjects of the control service: `<root>.status`, `<root>.restart.<name>`, `<root>.logs.<name>`. */
+/** Subjects of the control service: `<root>.status`, `<root>.restart.<name>`, `<root>.logs.<name>`, `<root>.upgrade.<name>`. */
 export const PLUGIN_CONTROL_SUBJECT = "flexcore.plugins";
 /** Lines kept per plugin for `flexcore plugins logs`. */
 export const DEFAULT_PLUGIN_LOG_LINES = 500;
@@ -70,7 +71,7 @@ function parseSwitch(bytes: Uint8Array): PluginSwitch | undefined {
 }
 
 /** Applies the stored switches to `host` now and on every change, until `stop()`. */
-export async function followPluginSwitches(nc: NatsConnection, host: Pick<PluginHost, "setEnabled">, log?: (line: string) => void): Promise<{ stop(): void }> {
+export async function followPluginSwitches(nc: NatsConnection, host: Pick<PluginHost, "setEnabled">, log?: (line: string) => void, supervisor?: Pick<PluginSupervisor, "setEnabled" | "status">): Promise<{ stop(): void }> {
   const kv = await stateKv(nc);
   const watch = await kv.watch({ key: `${PLUGIN_SWITCH_PREFIX}.>` });
   void (async () => {
@@ -79,6 +80,8 @@ export async function followPluginSwitches(nc: NatsConnection, host: Pick<Plugin
       const s = e.operation === "PUT" ? parseSwitch(e.value) : undefined;
       if (!s) continue;
       host.setEnabled(name, s.enabled);
+      // A managed plugin's processes follow the switch (a disabled one's are stopped).
+      if (supervisor && statusOf(supervisor as PluginSupervisor, name)) await supervisor.setEnabled(name, s.enabled).catch(() => undefined);
       log?.(`flexcore: plugin ${name} ${s.enabled ? "enabled" : "disabled"} by ${s.by}`);
     }
   })().catch(() => undefined);
@@ -129,6 +132,8 @@ export interface PluginControlOptions {
   readonly logs?: PluginLogBuffer;
   /** This instance's name. */
   readonly instance: string;
+  /** Performs `flexcore plugins upgrade` on this instance (see plugins/upgrade.ts); absent: upgrades are not answered. */
+  readonly upgrade?: (name: string, bundle: string, by: string) => Promise<unknown>;
 }
 
 function reply(msg: Msg, value: unknown): void {
@@ -196,11 +201,55 @@ export function servePluginControl(nc: NatsConnection, options: PluginControlOpt
       reply(msg, { instance: options.instance, plugin: name, lines: options.logs?.tail(name, n) ?? [] });
     },
   }));
+  subs.push(nc.subscribe(`${PLUGIN_CONTROL_SUBJECT}.upgrade.*`, {
+    callback: (err, msg) => {
+      if (err || !options.upgrade) return;
+      const name = msg.subject.split(".").pop()!;
+      // Only the lease holder runs the plugin's processes, so only it can start the new version beside them.
+      if (!statusOf(options.supervisor, name)?.leaseHeld) return;
+      let bundle: unknown;
+      let by: unknown;
+      try {
+        ({ bundle, by } = JSON.parse(decoder.decode(msg.data)) as { bundle?: unknown; by?: unknown });
+      } catch {
+        bundle = undefined;
+      }
+      void (async () => {
+        try {
+          if (typeof bundle !== "string" || bundle.length === 0) throw new InvalidOptionError("bundle", bundle, "the absolute path of the new bundle's folder");
+          reply(msg, { instance: options.instance, upgraded: await options.upgrade!(name, bundle, typeof by === "string" ? by.slice(0, 200) : "cli") });
+        } catch (e) {
+          const x = e as { code?: unknown; message?: unknown };
+          reply(msg, { instance: options.instance, error: { code: typeof x.code === "string" ? x.code : "FLEX_PLUGIN_UPGRADE_FAILED", message: String(x.message ?? e) } });
+        }
+      })();
+    },
+  }));
   return {
     close: async () => {
       for (const s of subs) if (!nc.isClosed()) s.unsubscribe();
     },
   };
+}
+
+/**
+ * Asks the instance holding `name`'s lease to upgrade it to the bundle in `bundle` (an
+ * absolute path that instance can read; every instance that may take the lease over must
+ * reach it too). Waits up to `timeoutMs` (the new version's start timeout and the drain).
+ * @throws PluginUpgradeFailedError (or the coded error the instance answered with, as its cause)
+ */
+export async function requestPluginUpgrade(nc: NatsConnection, name: string, bundle: string, options: { readonly timeoutMs?: number; readonly by?: string } = {}): Promise<{ instance: string; upgraded: unknown }> {
+  const m = await nc.request(`${PLUGIN_CONTROL_SUBJECT}.upgrade.${checkName(name)}`, encoder.encode(JSON.stringify({ bundle, by: options.by ?? "cli" })), { timeout: options.timeoutMs ?? 120_000 });
+  const answer = JSON.parse(decoder.decode(m.data)) as { instance: string; upgraded?: unknown; error?: { code: string; message: string } };
+  if (answer.error) {
+    if (answer.error.code === "FLEX_PLUGIN_UPGRADE_FAILED") {
+      const err = new PluginUpgradeFailedError(name, undefined, answer.error.message);
+      err.message = answer.error.message;
+      throw err;
+    }
+    throw new PluginUpgradeFailedError(name, undefined, `${answer.error.code}: ${answer.error.message}`);
+  }
+  return { instance: answer.instance, upgraded: answer.upgraded };
 }
 
 /** Every instance's view of the plugins (`flexcore plugins list`), collected for `timeoutMs`. */

@@ -11,6 +11,7 @@ import type { ConfigIssue, SectionValidator } from "../processors/index.js";
 import { BUCKETS, checkSubjectFilter, compileSchema, durationMs, durationSchema, issue, openTtlKv, pathAt } from "../streams/index.js";
 import type { JsonSchema } from "../streams/index.js";
 import { createPluginClient } from "./client.js";
+import type { PluginClient } from "./client.js";
 import type { ResolvedPlugins } from "./host-config.js";
 import { compileEmbeddedSchema } from "./manifest.js";
 import { createSinkDriver, DEFAULT_SINK_BATCH } from "./sink-driver.js";
@@ -192,6 +193,8 @@ export interface EndpointMetrics {
 /** The running sinks and sources of `flexcore up`. */
 export interface PluginEndpoints {
   metrics(): EndpointMetrics;
+  /** Calls managed plugin `plugin` at `service` from the next call on (an upgrade's switch); cursors and ids keep the plugin's name. */
+  setService(plugin: string, service: string): void;
   close(): Promise<void>;
 }
 
@@ -207,11 +210,49 @@ export interface PluginEndpointsOptions {
   readonly log?: (line: string, level?: "warn" | "error") => void;
 }
 
-function serviceOf(plugins: ResolvedPlugins, kind: string): { service: string; callTimeoutMs: number | undefined } {
+function serviceOf(plugins: ResolvedPlugins, kind: string): { plugin: string; name: string; service: string; callTimeoutMs: number | undefined } {
   const r = parseRemoteKind(kind)!;
   const m = plugins.managed.find((x) => x.entry.name === r.plugin);
-  if (m) return { service: m.manifest.name, callTimeoutMs: m.manifest.limits.callTimeoutMs };
-  return { service: plugins.external.find((x) => x.name === r.plugin)!.service, callTimeoutMs: undefined };
+  if (m) return { plugin: r.plugin, name: m.manifest.name, service: m.spec.service ?? m.manifest.name, callTimeoutMs: m.manifest.limits.callTimeoutMs };
+  const service = plugins.external.find((x) => x.name === r.plugin)!.service;
+  return { plugin: r.plugin, name: service, service, callTimeoutMs: undefined };
+}
+
+/**
+ * A client whose calls go to the service chosen now (an upgrade moves a managed plugin
+ * between `<name>` and `<name>--b`), while `service`, which names the source cursors and
+ * dead letters, stays the plugin's name.
+ */
+class SwitchableClient implements PluginClient {
+  readonly service: string;
+  #client: PluginClient;
+  readonly #make: (service: string) => PluginClient;
+
+  constructor(name: string, service: string, make: (service: string) => PluginClient) {
+    this.service = name;
+    this.#make = make;
+    this.#client = make(service);
+  }
+
+  switchTo(service: string): void {
+    if (this.#client.service !== service) this.#client = this.#make(service);
+  }
+
+  callProcessor(...a: Parameters<PluginClient["callProcessor"]>): ReturnType<PluginClient["callProcessor"]> {
+    return this.#client.callProcessor(...a);
+  }
+
+  callStep(...a: Parameters<PluginClient["callStep"]>): ReturnType<PluginClient["callStep"]> {
+    return this.#client.callStep(...a);
+  }
+
+  callSink(...a: Parameters<PluginClient["callSink"]>): ReturnType<PluginClient["callSink"]> {
+    return this.#client.callSink(...a);
+  }
+
+  callSource(...a: Parameters<PluginClient["callSource"]>): ReturnType<PluginClient["callSource"]> {
+    return this.#client.callSource(...a);
+  }
 }
 
 /** Starts every sink (a shared durable consumer each) and every source (on the instance holding its lease). */
@@ -222,6 +263,13 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
   const sources: Array<{ entry: SourceEntry; driver: SourceDriver; lease: Lease; started: boolean }> = [];
   let closed = false;
   const timers: NodeJS.Timeout[] = [];
+  const clients: Array<{ plugin: string; client: SwitchableClient }> = [];
+  const clientFor = (kind: string): SwitchableClient => {
+    const { plugin, name, service, callTimeoutMs } = serviceOf(options.plugins, kind);
+    const client = new SwitchableClient(name, service, (s) => createPluginClient(nc, s, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
+    if (options.plugins.managed.some((m) => m.entry.name === plugin)) clients.push({ plugin, client });
+    return client;
+  };
   const close = async (): Promise<void> => {
     closed = true;
     for (const t of timers) clearInterval(t);
@@ -233,8 +281,7 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
   };
   try {
     for (const entry of options.sinks) {
-      const { service, callTimeoutMs } = serviceOf(options.plugins, entry.kind);
-      const client = createPluginClient(nc, service, callTimeoutMs === undefined ? {} : { callTimeoutMs });
+      const client = clientFor(entry.kind);
       const driver = createSinkDriver(nc, { client, sink: parseRemoteKind(entry.kind)!.kind, name: entry.name, tenant: entry.tenant, stream: entry.stream, subjects: entry.subjects, options: entry.options, batchSize: entry.batchSize, onError: (err) => log(`flexcore: sink ${entry.tenant}/${entry.name}: ${(err as Error).message}`, "warn") });
       await driver.start();
       sinks.push({ entry, driver });
@@ -242,8 +289,7 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
     }
     const leases = options.sources.length > 0 ? await openTtlKv(nc, BUCKETS.leases) : undefined;
     for (const entry of options.sources) {
-      const { service, callTimeoutMs } = serviceOf(options.plugins, entry.kind);
-      const client = createPluginClient(nc, service, callTimeoutMs === undefined ? {} : { callTimeoutMs });
+      const client = clientFor(entry.kind);
       const driver = createSourceDriver(nc, { client, source: parseRemoteKind(entry.kind)!.kind, name: entry.name, tenant: entry.tenant, category: entry.category, options: entry.options, max: entry.max, intervalMs: entry.intervalMs, onError: (err) => log(`flexcore: source ${entry.tenant}/${entry.name}: ${(err as Error).message}`, "warn") });
       const item = { entry, driver, started: false, lease: undefined as unknown as Lease };
       item.lease = new Lease(leases!, `source.${entry.tenant}.${entry.name}`, options.instanceId, ttl, () => {
@@ -276,6 +322,9 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
       sinks: sinks.map((s) => ({ name: s.entry.name, tenant: s.entry.tenant, kind: s.entry.kind, ...s.driver.metrics() })),
       sources: sources.map((s) => ({ name: s.entry.name, tenant: s.entry.tenant, kind: s.entry.kind, leaseHeld: s.lease.held, ...s.driver.metrics() })),
     }),
+    setService: (plugin, service) => {
+      for (const c of clients) if (c.plugin === plugin) c.client.switchTo(service);
+    },
     close,
   };
 }

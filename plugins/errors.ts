@@ -265,3 +265,23 @@ export class PluginCrashLoopError extends FlexError {
     this.windowMs = windowMs;
   }
 }
+
+// --- upgrades (issue #15, upgrade without loss) ---
+
+/**
+ * An upgrade of a managed plugin did not happen: the new version was refused (bundle,
+ * name, compatibility), did not become healthy within its start timeout, crash-looped, or
+ * this instance does not run the plugin. The old version keeps serving and the chosen
+ * version in `flex_state` is unchanged; `cause` says why.
+ */
+export class PluginUpgradeFailedError extends FlexError {
+  readonly plugin: string;
+  /** The version that was to replace the running one, when known. */
+  readonly version: string | undefined;
+  constructor(plugin: string, version: string | undefined, reason: string, options?: { cause?: unknown }) {
+    super("FLEX_PLUGIN_UPGRADE_FAILED", `plugin ${plugin} was not upgraded${version ? ` to ${version}` : ""}: ${reason}; the running version keeps serving`, options);
+    this.name = "PluginUpgradeFailedError";
+    this.plugin = plugin;
+    this.version = version;
+  }
+}

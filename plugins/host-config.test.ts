@@ -82,6 +82,11 @@ describe("plugins: in flexcore.yaml", () => {
     expect(found).toMatch(/plugins\.cfg\.instances/u);
     expect(issues("plugins:\n  ext: { external: y, instances: 2 }\n").join("\n")).toMatch(/plugins\.ext\.instances: only for managed plugins/u);
   });
+
+  it("refuses a plugin named as another's upgrade service name (<name>--b)", () => {
+    expect(issues("plugins:\n  echo: { bundle: ./x }\n  echo--b: { bundle: ./y }\n").join("\n")).toMatch(/plugins\.echo--b: .*upgrade service name of plugin echo/u);
+    expect(issues("plugins:\n  echo--b: { bundle: ./y }\n")).toEqual([]);
+  });
 });
 
 describe("resolvePlugins and checkPluginProcessors", () => {

@@ -106,6 +106,10 @@ export function pluginsSection(): SectionValidator<readonly PluginEntry[]> {
         out.push({ name, managed: true, bundle: e.bundle!, allowUnsigned: e.allow_unsigned, instances: e.instances, config: e.config, enabled: e.enabled, tenant: e.tenant });
       }
     }
+    // `<name>--b` is the service name an upgrade of `<name>` runs under (supervisor.ts): two plugins may not share it.
+    for (const e of out) {
+      if (e.name.endsWith("--b") && out.some((x) => x.name === e.name.slice(0, -3))) issues.push({ path: pathAt(path, e.name), message: `a name other than ${e.name}: it is the upgrade service name of plugin ${e.name.slice(0, -3)}` });
+    }
     if (issues.length > 0) throw new ConfigError(issues);
     return out;
   };

@@ -39,10 +39,11 @@ export interface PluginCallMetrics {
 export interface HostedPlugin {
   readonly name: string;
   readonly managed: boolean;
-  readonly service: string;
+  /** The NATS service called now (an upgrade switches a managed plugin between `<name>` and `<name>--b`). */
+  service: string;
   /** Owner tenant; undefined: a system plugin. */
   readonly tenant: string | undefined;
-  readonly manifest: PluginManifest | undefined;
+  manifest: PluginManifest | undefined;
   enabled: boolean;
 }
 
@@ -65,6 +66,14 @@ export interface PluginHost extends RemoteKinds {
   callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<StepReply>;
   /** Disabled plugins get no calls: they fail as unavailable (retried, never dropped). */
   setEnabled(plugin: string, enabled: boolean): void;
+  /**
+   * Calls `plugin` at `service` from now on (an upgrade's switch). A call already made keeps
+   * its service, and the calls of one processor batch are chosen together, so no batch is
+   * half on the old version and half on the new. `manifest`: the new version's, when known.
+   */
+  setService(plugin: string, service: string, manifest?: PluginManifest): void;
+  /** Resolves once no call of this host to `plugin` at `service` is in flight (or after `timeoutMs`). */
+  idle(plugin: string, service: string, timeoutMs?: number): Promise<void>;
   metrics(): PluginCallMetrics[];
 }
 
@@ -81,12 +90,17 @@ class Host implements PluginHost {
   readonly #clients = new Map<string, PluginClient>();
   readonly #stepClients = new Map<number, Map<string, PluginClient>>();
   readonly #figures = new Map<string, Figures>();
+  /** Calls in flight by `<plugin> <service>`. */
+  readonly #inFlight = new Map<string, number>();
+  readonly #idleWaiters = new Set<() => void>();
+  readonly #callTimeouts = new Map<string, number | undefined>();
 
   constructor(options: PluginHostOptions) {
     this.#nc = options.nc;
     this.#supervisor = options.supervisor;
     const add = (p: HostedPlugin, callTimeoutMs: number | undefined): void => {
       this.plugins.set(p.name, p);
+      this.#callTimeouts.set(p.name, callTimeoutMs);
       this.#clients.set(p.name, createPluginClient(options.nc, p.service, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
       this.#figures.set(p.name, { calls: 0, errors: {}, latency: new LatencyWindow() });
     };
@@ -121,6 +135,48 @@ class Host implements PluginHost {
     if (p) p.enabled = enabled;
   }
 
+  setService(plugin: string, service: string, manifest?: PluginManifest): void {
+    const p = this.plugins.get(plugin);
+    if (!p || !p.managed) return;
+    if (manifest) p.manifest = manifest;
+    if (p.service === service) return;
+    const callTimeoutMs = manifest?.limits.callTimeoutMs ?? this.#callTimeouts.get(plugin);
+    this.#callTimeouts.set(plugin, callTimeoutMs);
+    this.#clients.set(plugin, createPluginClient(this.#nc, service, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
+    for (const byTimeout of this.#stepClients.values()) byTimeout.delete(plugin);
+    p.service = service;
+  }
+
+  idle(plugin: string, service: string, timeoutMs = 30_000): Promise<void> {
+    const key = `${plugin} ${service}`;
+    if ((this.#inFlight.get(key) ?? 0) === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        if ((this.#inFlight.get(key) ?? 0) > 0) return;
+        clearTimeout(timer);
+        this.#idleWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.#idleWaiters.delete(done);
+        resolve();
+      }, timeoutMs);
+      this.#idleWaiters.add(done);
+    });
+  }
+
+  /** Counts the call in flight at the service chosen now, until it settles. */
+  async #tracked<T>(p: HostedPlugin, service: string, call: () => Promise<T>): Promise<T> {
+    const key = `${p.name} ${service}`;
+    this.#inFlight.set(key, (this.#inFlight.get(key) ?? 0) + 1);
+    try {
+      return await call();
+    } finally {
+      this.#inFlight.set(key, this.#inFlight.get(key)! - 1);
+      for (const w of [...this.#idleWaiters]) w();
+    }
+  }
+
   /** Throws when the call may not be made (counted in the figures like a failed call); undefined otherwise. */
   #gate(p: HostedPlugin, tenant: string, subject: string): undefined {
     if (!p.enabled) throw new PluginUnavailableError({ service: p.service, subject }, { cause: new Error(`plugin ${p.name} is disabled`) });
@@ -150,21 +206,25 @@ class Host implements PluginHost {
     const r = parseRemoteKind(batch.kind);
     const p = r && this.plugins.get(r.plugin);
     if (!r || !p) throw new PluginUnavailableError({ service: r?.plugin ?? batch.kind, subject: batch.kind });
+    // Client and service are read before the first await: the runtime starts a batch's
+    // calls (one per tenant) in one go, so they all go to the same version.
     const client = this.#clients.get(p.name)!;
-    return this.#timed(p, () => this.#gate(p, batch.tenant, endpointSubject(p.service, "processor", r.kind)) ?? client.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal));
+    const service = p.service;
+    return this.#tracked(p, service, () => this.#timed(p, () => this.#gate(p, batch.tenant, endpointSubject(service, "processor", r.kind)) ?? client.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal)));
   }
 
   async callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options: { readonly timeoutMs?: number; readonly signal?: AbortSignal } = {}): Promise<StepReply> {
     const p = this.plugins.get(plugin);
     if (!p) throw new PluginUnavailableError({ service: plugin, subject: `flexplugin.${plugin}.step.${step}` });
     let client = this.#clients.get(plugin)!;
+    const service = p.service;
     if (options.timeoutMs !== undefined) {
       let byTimeout = this.#stepClients.get(options.timeoutMs);
       if (!byTimeout) this.#stepClients.set(options.timeoutMs, (byTimeout = new Map()));
-      client = byTimeout.get(plugin) ?? createPluginClient(this.#nc, p.service, { callTimeoutMs: options.timeoutMs });
+      client = byTimeout.get(plugin) ?? createPluginClient(this.#nc, service, { callTimeoutMs: options.timeoutMs });
       byTimeout.set(plugin, client);
     }
-    return this.#timed(p, () => this.#gate(p, request.tenant, endpointSubject(p.service, "step", step)) ?? client.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal));
+    return this.#tracked(p, service, () => this.#timed(p, () => this.#gate(p, request.tenant, endpointSubject(service, "step", step)) ?? client.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal)));
   }
 
   metrics(): PluginCallMetrics[] {
@@ -194,7 +254,7 @@ function safeStatus(s: PluginSupervisor, name: string): PluginStatus | undefined
 }
 
 function hosted(m: ResolvedManagedPlugin): HostedPlugin {
-  return { name: m.entry.name, managed: true, service: m.manifest.name, tenant: m.entry.tenant, manifest: m.manifest, enabled: m.entry.enabled };
+  return { name: m.entry.name, managed: true, service: m.spec.service ?? m.manifest.name, tenant: m.entry.tenant, manifest: m.manifest, enabled: m.entry.enabled };
 }
 
 function external(x: ExternalPluginEntry): HostedPlugin {

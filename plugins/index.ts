@@ -147,3 +147,11 @@ export {
 export type { PluginControlOptions, PluginInstanceView, PluginSwitch } from "./control.js";
 export { checkPluginEndpoints, SINK_SCHEMA, sinksSection, SOURCE_SCHEMA, sourcesSection, startPluginEndpoints } from "./endpoints.js";
 export type { EndpointMetrics, PluginEndpoints, PluginEndpointsOptions, SinkEntry, SourceEntry } from "./endpoints.js";
+
+// --- Upgrades without loss and per-plugin stop (h-plugupgrade) ---
+export { PluginUpgradeFailedError } from "./errors.js";
+export { pluginServiceNames, UPGRADE_SLOT_SUFFIX, upgradeServiceName } from "./supervisor.js";
+export type { PluginUpgradeOptions, PluginUpgradeResult } from "./supervisor.js";
+export { requestPluginUpgrade } from "./control.js";
+export { applyPluginVersions, DEFAULT_SWITCH_SETTLE_MS, followPluginVersions, PLUGIN_VERSION_PREFIX, readPluginVersions, upgradePlugin, writePluginVersion } from "./upgrade.js";
+export type { ApplyPluginVersionsOptions, PluginVersionRecord, UpgradePluginOptions } from "./upgrade.js";

@@ -72,7 +72,7 @@ const SCHEMAS: Record<string, readonly Check[]> = {
   [PLUGIN_EVENT_TYPES.loaded]: [str("plugin"), str("version")],
   [PLUGIN_EVENT_TYPES.started]: [str("plugin"), str("version", true), str("instance", true), num("attempt")],
   [PLUGIN_EVENT_TYPES.failed]: [str("plugin"), error, bool("willRestart", true), num("exitCode"), str("signal", true), num("attempt"), str("nextRestartAt", true), num("nextRestartInMs")],
-  [PLUGIN_EVENT_TYPES.stopped]: [str("plugin"), str("reason", true)],
+  [PLUGIN_EVENT_TYPES.stopped]: [str("plugin"), str("reason", true), str("version", true)],
   [PLUGIN_EVENT_TYPES.health]: [str("plugin"), bool("ok"), str("detail", true), num("latencyMs")],
 };
 

@@ -21,12 +21,12 @@ import { DEFAULT_LEASE_TTL_MS, Lease, planCommand, sandboxSupport, SandboxUnavai
 import type { SandboxSupport, ScriptLimits } from "../processors/index.js";
 import { BUCKETS, InvalidOptionError, openTtlKv } from "../streams/index.js";
 import type { ErrorInfo, TtlKv } from "../streams/index.js";
-import { PluginCrashLoopError, PluginProtocolError, PluginStartTimeoutError } from "./errors.js";
+import { PluginCrashLoopError, PluginProtocolError, PluginStartTimeoutError, PluginUpgradeFailedError } from "./errors.js";
 import type { PluginLifecycle } from "./lifecycle.js";
 import { DEFAULT_PLUGIN_LIMITS, HOST_PROTOCOLS } from "./manifest.js";
 import type { PluginLimits } from "./manifest.js";
 import { checkPluginName, pluginCredentials } from "./nats-users.js";
-import { EXIT_PROTOCOL_MISMATCH } from "./protocol.js";
+import { EXIT_PROTOCOL_MISMATCH, PLUGIN_NAME_PATTERN } from "./protocol.js";
 
 /** First uid of the range managed plugins run as (one uid per plugin name, see {@link pluginUid}). */
 export const PLUGIN_UID_BASE = 200_000;
@@ -70,6 +70,56 @@ export interface PluginLaunchSpec {
   readonly limits?: Partial<PluginLimits>;
   /** The operator's options, passed as `FLEXCORE_PLUGIN_CONFIG`. @default {} */
   readonly config?: Readonly<Record<string, unknown>>;
+  /**
+   * The NATS service name it registers as (`FLEXCORE_PLUGIN_NAME`): `name`, or its upgrade
+   * slot's name {@link upgradeServiceName} (a version started beside the running one).
+   * @default name
+   */
+  readonly service?: string;
+  /** Started only while enabled ({@link PluginSupervisor.setEnabled}). @default true */
+  readonly enabled?: boolean;
+}
+
+/** Suffix of a plugin's second service name: the slot an upgrade starts the new version in. */
+export const UPGRADE_SLOT_SUFFIX = "--b";
+
+/**
+ * The two NATS service names a managed plugin alternates between across upgrades: `<name>`
+ * and `<name>--b` (each with its own NATS user, both created when FlexCore starts, so the
+ * new version's user exists before it is launched). Undefined for the second when the name
+ * is too long for a service name (over 37 characters): such a plugin is upgraded by a restart.
+ */
+export function pluginServiceNames(name: string): readonly [string, string | undefined] {
+  checkPluginName(name);
+  const b = `${name}${UPGRADE_SLOT_SUFFIX}`;
+  return [name, PLUGIN_NAME_PATTERN.test(b) ? b : undefined];
+}
+
+/** The service name an upgrade of a plugin now registered as `current` starts the new version under. */
+export function upgradeServiceName(name: string, current: string): string | undefined {
+  const [a, b] = pluginServiceNames(name);
+  return current === a ? b : a;
+}
+
+/** What {@link PluginSupervisor.upgrade} did. */
+export interface PluginUpgradeResult {
+  readonly plugin: string;
+  readonly version: string;
+  readonly service: string;
+  readonly previous: { readonly version: string; readonly service: string };
+}
+
+/** Options of {@link PluginSupervisor.upgrade}. */
+export interface PluginUpgradeOptions {
+  /**
+   * Called once the new version is ready, before the old one is drained: make callers use
+   * `service` (persist the chosen version, switch the clients) and resolve once the old
+   * service's calls in flight were answered. A rejection abandons the upgrade.
+   */
+  readonly switchTo?: (service: string) => Promise<void>;
+  /** How long the new version may take to become ready. @default its limits' startTimeoutMs */
+  readonly timeoutMs?: number;
+  readonly signal?: AbortSignal;
 }
 
 /** Options of {@link startPluginSupervisor}. */
@@ -158,6 +208,24 @@ export interface PluginSupervisor extends AsyncDisposable {
   ready(name: string, timeoutMs?: number): Promise<void>;
   /** Stops every plugin (SIGTERM, SIGKILL after the grace period) and releases the leases. */
   stop(): Promise<void>;
+  /**
+   * Disabled: its processes are stopped (SIGTERM, SIGKILL after the grace period), its lease
+   * released, and it is not started again until enabled; enabled: it takes its lease again.
+   */
+  setEnabled(name: string, enabled: boolean): Promise<void>;
+  /** The launch spec now in force for `name` (after an upgrade, the new version's). */
+  spec(name: string): PluginLaunchSpec;
+  /**
+   * Starts `next` beside the running version under the other service name, waits until
+   * it is ready, lets the callers switch ({@link PluginUpgradeOptions.switchTo}), then
+   * drains the old processes (SIGTERM once the switch resolved; SIGKILL after the grace
+   * period) and publishes `PluginStarted` (new version) and `PluginStopped` (old version).
+   * Only on the instance holding the plugin's lease.
+   * @throws PluginUpgradeFailedError when the new version never becomes ready (start timeout,
+   * crash loop, protocol mismatch), the switch fails, or this instance does not run it; the
+   * new processes are stopped and the old one keeps serving
+   */
+  upgrade(name: string, next: PluginLaunchSpec, options?: PluginUpgradeOptions): Promise<PluginUpgradeResult>;
 }
 
 interface Resolved {
@@ -389,13 +457,29 @@ class Instance {
   }
 }
 
-/** One managed plugin: its lease, its processes, its restarts. */
+/** Who answers a lease loss: the version in force (an upgrade hands the lease on). */
+interface LeaseBox {
+  current: ManagedPlugin;
+}
+
+/** One managed plugin (one version of it): its lease, its processes, its restarts. */
 class ManagedPlugin {
   readonly spec: PluginLaunchSpec;
   readonly limits: PluginLimits;
+  /** The NATS service name its processes register. */
+  readonly service: string;
   readonly #o: Resolved;
   readonly #count: number;
   readonly #lease: Lease;
+  readonly #box: LeaseBox;
+  /** Lifecycle events; none while it is an upgrade's candidate (the running version is what plugin_status shows). */
+  #lifecycle: PluginLifecycle | undefined;
+  #disabled: boolean;
+  /** Replaced by an upgrade: no longer holds the lease, never launches again. */
+  #handedOff = false;
+  /** The upgrade under way: the new version, started beside this one. */
+  #candidate: ManagedPlugin | undefined;
+  #failWaiters: ((err: Error) => void)[] = [];
   readonly #slots: (Instance | undefined)[];
   readonly #restartTimers = new Set<NodeJS.Timeout>();
   readonly #forwarder: LineForwarder;
@@ -414,14 +498,33 @@ class ManagedPlugin {
   #replacing = false;
   #waiters: (() => void)[] = [];
 
-  constructor(spec: PluginLaunchSpec, o: Resolved) {
+  /** `shared`: the lease of the running version, for an upgrade's candidate (same key, same owner). */
+  constructor(spec: PluginLaunchSpec, o: Resolved, shared?: { readonly lease: Lease; readonly box: LeaseBox }) {
     this.spec = spec;
     this.#o = o;
+    this.service = spec.service ?? spec.name;
     this.limits = { ...DEFAULT_PLUGIN_LIMITS, ...spec.limits };
     this.#count = spec.instances ?? 1;
     this.#slots = Array.from({ length: this.#count }, () => undefined);
-    this.#lease = new Lease(o.leases, `plugin.${spec.name}`, o.instanceId, o.leaseTtlMs, () => this.#leaseLost());
+    this.#lifecycle = shared ? undefined : o.lifecycle;
+    this.#disabled = spec.enabled === false;
+    this.#box = shared?.box ?? { current: this };
+    const box = this.#box;
+    this.#lease = shared?.lease ?? new Lease(o.leases, `plugin.${spec.name}`, o.instanceId, o.leaseTtlMs, () => box.current.#leaseLost());
     this.#forwarder = new LineForwarder(`[plugin ${spec.name}]`, o.log, o.maxLineBytes, o.maxLinesPerSecond);
+  }
+
+  /** Whether this version may run processes: enabled, not replaced, lease held. */
+  #held(): boolean {
+    return !this.#disabled && !this.#handedOff && this.#lease.held;
+  }
+
+  get leaseHeld(): boolean {
+    return this.#held();
+  }
+
+  get upgrading(): boolean {
+    return this.#candidate !== undefined;
   }
 
   get name(): string {
@@ -432,7 +535,7 @@ class ManagedPlugin {
     return {
       name: this.name,
       state: this.#state,
-      leaseHeld: this.#lease.held,
+      leaseHeld: this.#held(),
       instances: this.#slots.filter((s): s is Instance => s !== undefined).map((s) => ({ pid: s.child.pid, ready: s.ready, id: s.id })),
       starts: this.#starts,
       failures: this.#failures,
@@ -441,11 +544,15 @@ class ManagedPlugin {
   }
 
   start(): void {
+    if (this.#disabled) {
+      this.#state = "stopped";
+      return;
+    }
     void this.#tryLease();
   }
 
   async #tryLease(): Promise<void> {
-    if (this.#stopping) return;
+    if (this.#stopping || this.#disabled || this.#handedOff) return;
     this.#leaseTimer = undefined;
     let held = false;
     try {
@@ -453,8 +560,8 @@ class ManagedPlugin {
     } catch (err) {
       this.#o.log(`plugin ${this.name}: lease: ${(err as Error).message}`, "warn");
     }
-    if (this.#stopping) {
-      if (held) await this.#lease.release();
+    if (this.#stopping || this.#disabled || this.#handedOff) {
+      if (held && !this.#handedOff) await this.#lease.release();
       return;
     }
     if (!held) {
@@ -462,7 +569,12 @@ class ManagedPlugin {
       return;
     }
     this.#o.log(`plugin ${this.name}: lease held by ${this.#o.instanceId}; launching ${this.#count} instance(s)`);
-    await this.#o.lifecycle?.loaded({ plugin: this.name, version: this.spec.version });
+    await this.#lifecycle?.loaded({ plugin: this.name, version: this.spec.version });
+    this.#begin();
+  }
+
+  /** Launches the processes (the lease is held). */
+  #begin(): void {
     this.#watchInfo();
     this.#pingTimer = setInterval(() => void this.#ping(), this.#o.pingIntervalMs);
     this.#pingTimer.unref();
@@ -471,6 +583,8 @@ class ManagedPlugin {
 
   #leaseLost(): void {
     this.#o.log(`plugin ${this.name}: lease lost; stopping its processes`, "warn");
+    const candidate = this.#candidate;
+    if (candidate) void candidate.abandon(new Error("the lease was lost during the upgrade"));
     void this.#retireAll().then(() => {
       this.#state = "standby";
       if (!this.#stopping) void this.#tryLease();
@@ -490,6 +604,8 @@ class ManagedPlugin {
       exits.push(s.terminate(this.#o.graceMs));
     }
     await Promise.all(exits);
+    // Gone processes are not instances any more (status, a later launch starts afresh).
+    for (let i = 0; i < this.#slots.length; i++) if (this.#slots[i]?.retired) this.#slots[i] = undefined;
   }
 
   /** Asks every instance of the service for INFO while a launch waits, and matches replies to nonces. */
@@ -505,14 +621,14 @@ class ManagedPlugin {
         } catch {
           return;
         }
-        if (info?.type !== "io.nats.micro.v1.info_response" || info.name !== this.name) return;
+        if (info?.type !== "io.nats.micro.v1.info_response" || info.name !== this.service) return;
         const nonce = info.metadata?.["flexcore.nonce"];
         const inst = this.#slots.find((s) => s && !s.ready && s.running && s.nonce === nonce);
         if (inst && typeof info.id === "string") this.#ready(inst, info.id);
       },
     });
     this.#infoTimer = setInterval(() => {
-      if (this.#slots.some((s) => s && !s.ready && s.running && !s.retired)) this.#o.nc.publish(`$SRV.INFO.${this.name}`, undefined, { reply: inbox });
+      if (this.#slots.some((s) => s && !s.ready && s.running && !s.retired)) this.#o.nc.publish(`$SRV.INFO.${this.service}`, undefined, { reply: inbox });
     }, READY_POLL_MS);
     this.#infoTimer.unref();
   }
@@ -538,7 +654,7 @@ class ManagedPlugin {
       this.#state = "running";
       for (const w of this.#waiters.splice(0)) w();
     } else if (this.#state !== "failed") this.#state = "starting";
-    if (fresh || replacement) void this.#o.lifecycle?.started({ plugin: this.name, version: this.spec.version, instance: id, attempt: this.#failureTimes.length + 1 });
+    if (fresh || replacement) void this.#lifecycle?.started({ plugin: this.name, version: this.spec.version, instance: id, attempt: this.#failureTimes.length + 1 });
   }
 
   #env(nonce: string, password: string, user: string): Record<string, string> {
@@ -548,7 +664,7 @@ class ManagedPlugin {
       TMPDIR: "/tmp",
       LANG: "C.UTF-8",
       ...this.spec.env,
-      FLEXCORE_PLUGIN_NAME: this.name,
+      FLEXCORE_PLUGIN_NAME: this.service,
       FLEXCORE_PLUGIN_NATS_URL: this.#o.natsUrl,
       FLEXCORE_PLUGIN_NATS_USER: user,
       FLEXCORE_PLUGIN_NATS_PASSWORD: password,
@@ -561,10 +677,10 @@ class ManagedPlugin {
   }
 
   async #launch(slot: number): Promise<void> {
-    if (this.#stopping || this.#blocked || !this.#lease.held) return;
+    if (this.#stopping || this.#blocked || !this.#held()) return;
     if (this.#state !== "running") this.#state = "starting";
-    const creds = await pluginCredentials(this.#o.credentialsDir, this.name);
-    if (this.#stopping || this.#blocked || !this.#lease.held) return;
+    const creds = await pluginCredentials(this.#o.credentialsDir, this.service);
+    if (this.#stopping || this.#blocked || !this.#held()) return;
     const [first, ...rest] = this.spec.command;
     const argv = [INTERPRETERS[first!] ?? first!, ...rest];
     const limits: ScriptLimits = {
@@ -579,7 +695,7 @@ class ManagedPlugin {
     const nonce = randomBytes(18).toString("base64url");
     const env = this.#env(nonce, creds.password, creds.user);
     // The environment goes through spawn, not bwrap's --setenv: a command line is world-readable in /proc.
-    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true, uid: pluginUid(this.spec.name) });
+    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true, uid: pluginUid(this.service) });
     const child = spawn(plan.file, plan.args, { cwd: "/", env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
     const inst = new Instance(child, nonce);
     this.#slots[slot] = inst;
@@ -604,7 +720,7 @@ class ManagedPlugin {
       const err = new PluginProtocolError(this.name, how);
       this.#block(err);
       this.#o.log(`plugin ${this.name}: ${err.message}`, "error");
-      await this.#o.lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt: 1 });
+      await this.#lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt: 1 });
       return;
     }
     const error: ErrorInfo = inst.reason ?? { message: `plugin ${this.name} ${how}${inst.ready ? "" : " before it was ready"}` };
@@ -617,7 +733,7 @@ class ManagedPlugin {
       const err = new PluginCrashLoopError(this.name, attempt, this.#o.crashLoop.windowMs, error.message);
       this.#block(err);
       this.#o.log(`plugin ${this.name}: ${err.message}`, "error");
-      await this.#o.lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt });
+      await this.#lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt });
       return;
     }
     const base = Math.min(this.#o.backoff.maxMs, this.#o.backoff.initialMs * 2 ** (attempt - 1));
@@ -629,7 +745,7 @@ class ManagedPlugin {
       if (this.#slots[slot] === inst) void this.#launch(slot);
     }, delay);
     this.#restartTimers.add(timer);
-    await this.#o.lifecycle?.failed({ plugin: this.name, error, willRestart: true, exitCode: code, signal: sig, attempt, nextRestartAt: new Date(now + delay).toISOString(), nextRestartInMs: delay });
+    await this.#lifecycle?.failed({ plugin: this.name, error, willRestart: true, exitCode: code, signal: sig, attempt, nextRestartAt: new Date(now + delay).toISOString(), nextRestartInMs: delay });
   }
 
   #block(err: PluginProtocolError | PluginCrashLoopError): void {
@@ -638,13 +754,14 @@ class ManagedPlugin {
     this.#lastError = toInfo(err);
     for (const t of this.#restartTimers) clearTimeout(t);
     this.#restartTimers.clear();
+    for (const w of this.#failWaiters.splice(0)) w(err);
   }
 
   restart(): void {
     if (this.#stopping) return;
     this.#blocked = false;
     this.#failureTimes.length = 0;
-    if (!this.#lease.held) return;
+    if (!this.#held()) return;
     for (let i = 0; i < this.#count; i++) {
       const s = this.#slots[i];
       if (!s || !s.running) void this.#launch(i);
@@ -678,7 +795,7 @@ class ManagedPlugin {
 
   async #pingOne(s: Instance): Promise<number> {
     const t0 = performance.now();
-    await this.#o.nc.request(`$SRV.PING.${this.name}.${s.id}`, undefined, { timeout: PING_TIMEOUT_MS });
+    await this.#o.nc.request(`$SRV.PING.${this.service}.${s.id}`, undefined, { timeout: PING_TIMEOUT_MS });
     return performance.now() - t0;
   }
 
@@ -690,10 +807,11 @@ class ManagedPlugin {
     const answered = results.filter((r): r is number => r !== undefined);
     const ok = answered.length === this.#count;
     const latencyMs = answered.length > 0 ? Math.max(...answered) : undefined;
-    await this.#o.lifecycle?.health({ plugin: this.name, ok, detail: `${answered.length} of ${this.#count} instance(s) answered PING`, ...(latencyMs !== undefined ? { latencyMs: Math.round(latencyMs * 100) / 100 } : {}) });
+    await this.#lifecycle?.health({ plugin: this.name, ok, detail: `${answered.length} of ${this.#count} instance(s) answered PING`, ...(latencyMs !== undefined ? { latencyMs: Math.round(latencyMs * 100) / 100 } : {}) });
   }
 
   ready(timeoutMs: number): Promise<void> {
+    // `ready` of the plugin as a whole; a candidate's readiness is awaited by trial().
     if (this.#state === "running") return Promise.resolve();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`plugin ${this.name} not ready within ${timeoutMs} ms (state ${this.#state})`)), timeoutMs);
@@ -707,13 +825,100 @@ class ManagedPlugin {
   async stop(): Promise<void> {
     this.#stopping = true;
     if (this.#leaseTimer) clearTimeout(this.#leaseTimer);
-    const held = this.#lease.held;
+    const held = this.#held();
+    await this.#candidate?.abandon(new Error("the host is stopping"));
     await this.#retireAll();
     this.#state = "stopped";
     if (held) {
-      await this.#o.lifecycle?.stopped({ plugin: this.name, reason: "host stopping" });
+      await this.#lifecycle?.stopped({ plugin: this.name, version: this.spec.version, reason: "host stopping" });
       await this.#lease.release();
     }
+  }
+
+  /** Disabled: stops the processes and releases the lease; enabled: takes the lease again. */
+  async setEnabled(enabled: boolean): Promise<void> {
+    if (this.#stopping || this.#handedOff || enabled === !this.#disabled) return;
+    if (enabled) {
+      this.#disabled = false;
+      this.#state = "standby";
+      this.#o.log(`plugin ${this.name}: enabled; taking its lease`);
+      void this.#tryLease();
+      return;
+    }
+    const held = this.#lease.held;
+    this.#disabled = true;
+    if (this.#leaseTimer) clearTimeout(this.#leaseTimer);
+    this.#leaseTimer = undefined;
+    this.#o.log(`plugin ${this.name}: disabled; stopping its processes`);
+    await this.#candidate?.abandon(new Error("the plugin was disabled"));
+    await this.#retireAll();
+    this.#state = "stopped";
+    if (held) {
+      await this.#lifecycle?.stopped({ plugin: this.name, version: this.spec.version, reason: "disabled" });
+      if (this.#disabled) await this.#lease.release();
+    }
+  }
+
+  /**
+   * Starts `next` beside this version, sharing the lease, without lifecycle events; resolves
+   * once all its processes are ready, rejects when it is blocked (crash loop, protocol) or
+   * not ready within `timeoutMs` (its processes are then stopped).
+   */
+  async trial(next: PluginLaunchSpec, timeoutMs: number, signal?: AbortSignal): Promise<ManagedPlugin> {
+    const candidate = new ManagedPlugin(next, this.#o, { lease: this.#lease, box: this.#box });
+    this.#candidate = candidate;
+    try {
+      if (!this.#held()) throw new Error("this instance does not run it (another holds its lease, or it is disabled)");
+      candidate.#state = "starting";
+      candidate.#begin();
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new PluginStartTimeoutError(this.name, timeoutMs)), timeoutMs);
+        const done = (err?: Error): void => {
+          clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
+          if (err) reject(err);
+          else resolve();
+        };
+        const onAbort = (): void => done(new Error("aborted"));
+        signal?.addEventListener("abort", onAbort, { once: true });
+        candidate.#waiters.push(() => done());
+        candidate.#failWaiters.push((err) => done(err));
+      });
+      if (candidate.#stopping) throw new Error("the upgrade was abandoned");
+      return candidate;
+    } catch (err) {
+      await candidate.abandon(err as Error);
+      throw err;
+    }
+  }
+
+  /** Stops an upgrade's candidate that will not be promoted. */
+  async abandon(why: Error): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    this.#o.log(`plugin ${this.name}: version ${this.spec.version} (service ${this.service}) abandoned: ${why.message}`, "warn");
+    for (const w of this.#failWaiters.splice(0)) w(why);
+    await this.#retireAll();
+    this.#state = "stopped";
+  }
+
+  /**
+   * Makes the ready candidate the version in force (it answers lease losses and publishes
+   * lifecycle events from now on), then drains this version's processes: SIGTERM (a plugin
+   * answers its calls in flight, then exits), SIGKILL after the grace period.
+   */
+  async handOver(candidate: ManagedPlugin): Promise<void> {
+    this.#candidate = undefined;
+    this.#handedOff = true;
+    if (this.#leaseTimer) clearTimeout(this.#leaseTimer);
+    this.#box.current = candidate;
+    candidate.#lifecycle = this.#lifecycle;
+    // Restarts and failures of the new version count from its own start.
+    const first = candidate.#slots.find((s) => s?.ready);
+    await candidate.#lifecycle?.started({ plugin: this.name, version: candidate.spec.version, ...(first?.id ? { instance: first.id } : {}), attempt: 1 });
+    await this.#retireAll();
+    this.#state = "stopped";
+    await this.#lifecycle?.stopped({ plugin: this.name, version: this.spec.version, reason: `upgraded to ${candidate.spec.version}` });
   }
 }
 
@@ -727,21 +932,28 @@ function toInfo(err: Error & { code?: string }): ErrorInfo {
  * @throws InvalidOptionError for a bad spec, naming the field
  * @throws SandboxUnavailableError when bubblewrap cannot run here
  */
+/** @throws InvalidOptionError naming `<at>.<field>` */
+function checkSpec(p: PluginLaunchSpec, at: string): void {
+  checkPluginName(p.name, `${at}.name`);
+  if (typeof p.version !== "string" || p.version.length === 0) throw new InvalidOptionError(`${at}.version`, p.version, "a version string");
+  if (!Array.isArray(p.command) || p.command.length === 0 || p.command.some((a) => typeof a !== "string")) throw new InvalidOptionError(`${at}.command`, p.command, "a non-empty argv of strings");
+  if (!(p.command[0]! in INTERPRETERS) && !isAbsolute(p.command[0]!)) throw new InvalidOptionError(`${at}.command[0]`, p.command[0], "`node`, `python3` or an absolute path");
+  if (typeof p.bundleDir !== "string" || !isAbsolute(p.bundleDir)) throw new InvalidOptionError(`${at}.bundleDir`, p.bundleDir, "an absolute path");
+  if (p.instances !== undefined) positive(`${at}.instances`, p.instances);
+  if (p.service !== undefined && !pluginServiceNames(p.name).includes(p.service)) throw new InvalidOptionError(`${at}.service`, p.service, `one of the plugin's service names (${pluginServiceNames(p.name).filter(Boolean).join(", ")})`);
+  if (p.enabled !== undefined && typeof p.enabled !== "boolean") throw new InvalidOptionError(`${at}.enabled`, p.enabled, "a boolean");
+  for (const [k, v] of Object.entries(p.limits ?? {})) {
+    if (!(k in DEFAULT_PLUGIN_LIMITS)) throw new InvalidOptionError(`${at}.limits.${k}`, v, `one of ${Object.keys(DEFAULT_PLUGIN_LIMITS).join(", ")}`);
+    positive(`${at}.limits.${k}`, v);
+  }
+}
+
 export async function startPluginSupervisor(options: PluginSupervisorOptions): Promise<PluginSupervisor> {
   const names = new Set<string>();
   options.plugins.forEach((p, i) => {
-    checkPluginName(p.name, `plugins[${i}].name`);
+    checkSpec(p, `plugins[${i}]`);
     if (names.has(p.name)) throw new InvalidOptionError(`plugins[${i}].name`, p.name, "a name not used by another plugin");
     names.add(p.name);
-    if (typeof p.version !== "string" || p.version.length === 0) throw new InvalidOptionError(`plugins[${i}].version`, p.version, "a version string");
-    if (!Array.isArray(p.command) || p.command.length === 0 || p.command.some((a) => typeof a !== "string")) throw new InvalidOptionError(`plugins[${i}].command`, p.command, "a non-empty argv of strings");
-    if (!(p.command[0]! in INTERPRETERS) && !isAbsolute(p.command[0]!)) throw new InvalidOptionError(`plugins[${i}].command[0]`, p.command[0], "`node`, `python3` or an absolute path");
-    if (typeof p.bundleDir !== "string" || !isAbsolute(p.bundleDir)) throw new InvalidOptionError(`plugins[${i}].bundleDir`, p.bundleDir, "an absolute path");
-    if (p.instances !== undefined) positive(`plugins[${i}].instances`, p.instances);
-    for (const [k, v] of Object.entries(p.limits ?? {})) {
-      if (!(k in DEFAULT_PLUGIN_LIMITS)) throw new InvalidOptionError(`plugins[${i}].limits.${k}`, v, `one of ${Object.keys(DEFAULT_PLUGIN_LIMITS).join(", ")}`);
-      positive(`plugins[${i}].limits.${k}`, v);
-    }
   });
   const sandbox = options.sandbox ?? (await sandboxSupport());
   if (sandbox.mode !== "bwrap") throw new SandboxUnavailableError(sandbox.bwrapProblem ?? "bubblewrap is not available");
@@ -778,8 +990,47 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
   function status(name?: string): PluginStatus | PluginStatus[] {
     return name === undefined ? [...plugins.values()].map((p) => p.status()) : get(name).status();
   }
+  const upgrade = async (name: string, next: PluginLaunchSpec, opts: PluginUpgradeOptions = {}): Promise<PluginUpgradeResult> => {
+    const old = get(name);
+    const fail = (reason: string, cause?: unknown): never => {
+      throw new PluginUpgradeFailedError(name, typeof next?.version === "string" ? next.version : undefined, reason, cause === undefined ? undefined : { cause });
+    };
+    if (stopped) fail("the supervisor is stopping");
+    try {
+      checkSpec(next, "next");
+    } catch (err) {
+      fail((err as Error).message, err);
+    }
+    if (next.name !== name) fail(`the new bundle is plugin ${JSON.stringify(next.name)}, not ${JSON.stringify(name)}`);
+    if (old.upgrading) fail("another upgrade of it is under way");
+    if (!old.leaseHeld) fail("this instance does not run it (another instance holds its lease, or it is disabled)");
+    const service = upgradeServiceName(name, old.service);
+    if (!service) fail(`its name is too long for a second service name (${name}${UPGRADE_SLOT_SUFFIX}); upgrade it by a restart`);
+    const spec: PluginLaunchSpec = { ...next, service: service!, enabled: true };
+    const timeoutMs = opts.timeoutMs ?? spec.limits?.startTimeoutMs ?? DEFAULT_PLUGIN_LIMITS.startTimeoutMs;
+    o.log(`plugin ${name}: upgrading ${old.spec.version} (service ${old.service}) to ${spec.version} (service ${service}); starting it beside the running one`);
+    let candidate: ManagedPlugin | undefined;
+    try {
+      candidate = await old.trial(spec, timeoutMs, opts.signal);
+    } catch (err) {
+      fail(`version ${spec.version} did not become ready: ${(err as Error).message}`, err);
+    }
+    try {
+      await opts.switchTo?.(service!);
+    } catch (err) {
+      await candidate!.abandon(err as Error);
+      fail(`the callers could not be switched: ${(err as Error).message}`, err);
+    }
+    plugins.set(name, candidate!);
+    await old.handOver(candidate!);
+    o.log(`plugin ${name}: upgraded to ${spec.version}; version ${old.spec.version} drained and stopped`);
+    return { plugin: name, version: spec.version, service: service!, previous: { version: old.spec.version, service: old.service } };
+  };
   return {
     status,
+    upgrade,
+    setEnabled: (name, enabled) => get(name).setEnabled(enabled),
+    spec: (name) => get(name).spec,
     restart: (name) => get(name).restart(),
     reportCallTimeout: (name) => get(name).reportCallTimeout(),
     reportCallOk: (name) => get(name).reportCallOk(),

@@ -161,6 +161,8 @@ export interface PluginFailed {
 export interface PluginStopped {
   readonly plugin: string;
   readonly reason?: string;
+  /** The version stopped (an upgrade stops the old one after the new one started; `plugin_status` ignores a stop of a version it no longer shows). */
+  readonly version?: string;
 }
 
 /** `PluginHealth`: the result of a health check. */

@@ -1,7 +1,7 @@
 import { readFile, stat } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { Command } from "commander";
-import { collectPluginViews, install, keygen, manifestSchema, pack, requestPluginLogs, requestPluginRestart, setPluginEnabled, sign, verify, writeKeyPair } from "../../plugins/index.js";
+import { collectPluginViews, install, keygen, manifestSchema, pack, requestPluginLogs, requestPluginRestart, requestPluginUpgrade, setPluginEnabled, sign, verify, writeKeyPair } from "../../plugins/index.js";
 import type { PluginInstanceView } from "../../plugins/index.js";
 import type { VerifiedBundle, VerifyOptions } from "../../plugins/index.js";
 import { InvalidOptionError } from "../../streams/index.js";
@@ -47,7 +47,7 @@ async function readPrivateKey(file: string): Promise<Buffer> {
 export function register(program: Command): void {
   const plugins = program
     .command("plugins")
-    .description("plugin bundles (keygen, pack, sign, verify, install) and the plugins of running instances (list, enable, disable, restart, logs); docs/plugins.md");
+    .description("plugin bundles (keygen, pack, sign, verify, install) and the plugins of running instances (list, enable, disable, restart, logs, upgrade); docs/plugins.md");
   plugins
     .command("keygen")
     .description("create an operator key pair for signing bundles: <out>/<name>.key (0600, keep it secret) and <out>/<name>.pub (copy it into each host's trusted keys folder)")
@@ -133,6 +133,26 @@ export function register(program: Command): void {
       const nc = await connectCli(opts.nats);
       try {
         print(await requestPluginRestart(nc, name));
+      } finally {
+        await nc.drain();
+      }
+    });
+  plugins
+    .command("upgrade")
+    .description("upgrade a managed plugin without loss: the instance holding its lease verifies and installs the bundle (checksum, signature per its trusted keys, compatibility), starts it beside the running version, switches every instance's calls between two batches once it is ready, and drains the old one; if it never becomes ready, the old one keeps serving (FLEX_PLUGIN_UPGRADE_FAILED). The folder must be readable at the same path by every instance that may take the plugin over")
+    .argument("<name>", "the plugin's name in flexcore.yaml")
+    .argument("<bundle>", "the new version's bundle folder (packed and signed)")
+    .option("--timeout <ms>", "how long to wait for the answer", "120000")
+    .option("--nats <url>", "server URL")
+    .action(async (name: string, bundle: string, opts: { nats?: string; timeout: string }) => {
+      const timeoutMs = Number(opts.timeout);
+      if (!Number.isInteger(timeoutMs) || timeoutMs < 1000) throw new InvalidOptionError("--timeout", opts.timeout, "a whole number of ms from 1000");
+      const dir = resolve(bundle);
+      const s = await stat(dir).catch(() => undefined);
+      if (!s?.isDirectory()) throw new InvalidOptionError("<bundle>", bundle, "a bundle folder (flexcore-plugin.yaml, .sum, .sig); unpack an archive first");
+      const nc = await connectCli(opts.nats);
+      try {
+        print(await requestPluginUpgrade(nc, name, dir, { timeoutMs, by: "cli" }));
       } finally {
         await nc.drain();
       }

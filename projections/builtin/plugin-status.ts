@@ -42,7 +42,8 @@ export function pluginStatusProjection(): Projection {
       const started = db.prepare(`UPDATE plugin_status SET state = 'running', version = coalesce(?, version), started_at = ?, stopped_at = NULL,
         starts = starts + 1, restarts = max(starts, 0) WHERE tenant = ? AND plugin = ?`);
       const failed = db.prepare(`UPDATE plugin_status SET state = 'failed', failures = failures + 1, last_error = ?, last_error_at = ? WHERE tenant = ? AND plugin = ?`);
-      const stopped = db.prepare(`UPDATE plugin_status SET state = 'stopped', stopped_at = ? WHERE tenant = ? AND plugin = ?`);
+      // A stop naming a version other than the row's is an upgrade's old version going: the new one runs.
+      const stopped = db.prepare(`UPDATE plugin_status SET state = 'stopped', stopped_at = ? WHERE tenant = ? AND plugin = ? AND (? IS NULL OR version IS NULL OR version = ?)`);
       const health = db.prepare(`UPDATE plugin_status SET last_health_at = ?, healthy = ?, health_detail = ?, health_latency_ms = ? WHERE tenant = ? AND plugin = ?`);
       for (const e of events) {
         if (e.type !== T.loaded && e.type !== T.started && e.type !== T.failed && e.type !== T.stopped && e.type !== T.health) continue;
@@ -61,9 +62,11 @@ export function pluginStatusProjection(): Projection {
           case T.failed:
             failed.run(errorInfo(e, d, "error"), e.time, tenant, plugin);
             break;
-          case T.stopped:
-            stopped.run(e.time, tenant, plugin);
+          case T.stopped: {
+            const version = optionalString(e, d, "version");
+            stopped.run(e.time, tenant, plugin, version, version);
             break;
+          }
           case T.health: {
             if (typeof d.ok !== "boolean") throw new Error(`PluginHealth.ok must be a boolean, got ${typeof d.ok}`);
             health.run(e.time, d.ok ? 1 : 0, optionalString(e, d, "detail"), optionalNumber(e, d, "latencyMs"), tenant, plugin);

@@ -1,0 +1,202 @@
+/**
+ * Upgrades of managed plugins without loss, across instances: the lease holder verifies and
+ * installs the new bundle, starts it beside the running version under the plugin's other
+ * service name (`<name>` ↔ `<name>--b`), persists the choice in `flex_state`
+ * (`plugin-version.<name>`), which every instance's host follows (its callers switch
+ * between two batches), waits for its own calls to the old service, and drains the old
+ * processes. An instance that takes the lease over later starts the chosen version under
+ * the chosen service, not flexcore.yaml's bundle.
+ */
+import { Kvm } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { isAbsolute, resolve } from "node:path";
+import { BUCKETS, InvalidOptionError } from "../streams/index.js";
+import { install } from "./bundle.js";
+import { PluginUpgradeFailedError } from "./errors.js";
+import { launchSpec } from "./host-config.js";
+import type { ResolvedManagedPlugin, ResolvedPlugins } from "./host-config.js";
+import type { PluginHost } from "./host.js";
+import type { PluginManifest } from "./manifest.js";
+import { checkPluginName } from "./nats-users.js";
+import { pluginServiceNames } from "./supervisor.js";
+import type { PluginSupervisor, PluginUpgradeResult } from "./supervisor.js";
+
+/** Key prefix of the chosen versions in `flex_state`: `plugin-version.<name>`. */
+export const PLUGIN_VERSION_PREFIX = "plugin-version";
+/**
+ * After the switch, how long the lease holder waits before it drains the old version, so
+ * that the other instances, which follow the switch through a KV watch, have moved too;
+ * a call of theirs that still reaches the old version while it drains is answered (the
+ * plugin drains on SIGTERM) or retried on the new one: nothing is lost. In ms.
+ */
+export const DEFAULT_SWITCH_SETTLE_MS = 500;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** The chosen version of a managed plugin, as stored. */
+export interface PluginVersionRecord {
+  readonly version: string;
+  /** The service name it registers as (`<name>` or `<name>--b`); every caller calls this one. */
+  readonly service: string;
+  /** SHA-256 digest of the verified bundle (its store folder's name). */
+  readonly digest: string;
+  /** Where the bundle was installed from: an instance taking the lease over installs it from there (a path every instance shares). */
+  readonly bundle: string;
+  /** The version it replaced. */
+  readonly previous: { readonly version: string; readonly service: string; readonly digest: string | undefined } | undefined;
+  readonly at: string;
+  /** Who asked (`cli`, ...). */
+  readonly by: string;
+}
+
+async function stateKv(nc: NatsConnection): Promise<KV> {
+  return new Kvm(nc).open(BUCKETS.state);
+}
+
+function parseRecord(bytes: Uint8Array): PluginVersionRecord | undefined {
+  try {
+    const v = JSON.parse(decoder.decode(bytes)) as PluginVersionRecord;
+    return typeof v.version === "string" && typeof v.service === "string" && typeof v.digest === "string" && typeof v.bundle === "string" ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Stores the chosen version of `name`. */
+export async function writePluginVersion(nc: NatsConnection, name: string, record: PluginVersionRecord): Promise<void> {
+  await (await stateKv(nc)).put(`${PLUGIN_VERSION_PREFIX}.${checkPluginName(name)}`, encoder.encode(JSON.stringify(record)));
+}
+
+/** The stored chosen versions, by plugin name (plugins never upgraded are absent: flexcore.yaml's bundle holds). */
+export async function readPluginVersions(nc: NatsConnection): Promise<Map<string, PluginVersionRecord>> {
+  const kv = await stateKv(nc);
+  const out = new Map<string, PluginVersionRecord>();
+  for await (const key of await kv.keys(`${PLUGIN_VERSION_PREFIX}.*`)) {
+    const e = await kv.get(key);
+    const r = e && e.operation === "PUT" ? parseRecord(e.value) : undefined;
+    if (r) out.set(key.slice(PLUGIN_VERSION_PREFIX.length + 1), r);
+  }
+  return out;
+}
+
+/** Switches `host`'s callers to each plugin's chosen service now and on every change, until `stop()`. */
+export async function followPluginVersions(nc: NatsConnection, host: Pick<PluginHost, "setService">, log?: (line: string) => void): Promise<{ stop(): void }> {
+  const kv = await stateKv(nc);
+  const watch = await kv.watch({ key: `${PLUGIN_VERSION_PREFIX}.>` });
+  void (async () => {
+    for await (const e of watch) {
+      const name = e.key.slice(PLUGIN_VERSION_PREFIX.length + 1);
+      const r = e.operation === "PUT" ? parseRecord(e.value) : undefined;
+      if (!r) continue;
+      host.setService(name, r.service);
+      log?.(`flexcore: plugin ${name} is called as service ${r.service} (version ${r.version}, by ${r.by})`);
+    }
+  })().catch(() => undefined);
+  return { stop: () => watch.stop() };
+}
+
+/** Options of {@link applyPluginVersions}. */
+export interface ApplyPluginVersionsOptions {
+  readonly storeDir: string;
+  readonly trustedKeysDir: string;
+  readonly log?: (line: string, level?: "warn" | "error") => void;
+}
+
+/**
+ * The managed plugins with the stored choices applied (at start, before the supervisor):
+ * every plugin is launched and called under its chosen service; its bundle is the chosen
+ * one unless flexcore.yaml names another than both the chosen and the replaced one (the
+ * operator's newer choice wins). A chosen bundle that cannot be installed here (the shared
+ * path is missing, or holds other bytes) is reported and flexcore.yaml's is run, under the
+ * chosen service, so callers still reach it.
+ */
+export async function applyPluginVersions(plugins: ResolvedPlugins, records: ReadonlyMap<string, PluginVersionRecord>, options: ApplyPluginVersionsOptions): Promise<ResolvedPlugins> {
+  const managed: ResolvedManagedPlugin[] = [];
+  for (const m of plugins.managed) {
+    const r = records.get(m.entry.name);
+    if (!r || !pluginServiceNames(m.entry.name).includes(r.service)) {
+      managed.push(m);
+      continue;
+    }
+    const yamlDigest = m.installed.digest;
+    const stale = yamlDigest !== r.digest && (r.previous?.digest === undefined || yamlDigest === r.previous.digest);
+    if (!stale) {
+      managed.push({ ...m, spec: { ...m.spec, service: r.service } });
+      continue;
+    }
+    try {
+      const installed = await install(r.bundle, options.storeDir, { trustedKeysDir: options.trustedKeysDir, allowUnsigned: m.entry.allowUnsigned ? [m.entry.name] : [] });
+      if (installed.digest !== r.digest) throw new Error(`it holds a bundle with digest ${installed.digest}, not the chosen ${r.digest}`);
+      if (installed.manifest.name !== m.entry.name) throw new Error(`its manifest names plugin ${installed.manifest.name}`);
+      options.log?.(`flexcore: plugin ${m.entry.name}: running the chosen version ${r.version} (upgraded ${r.at} by ${r.by}) from ${installed.path}, not flexcore.yaml's ${m.manifest.version}`);
+      managed.push({ entry: m.entry, installed, manifest: installed.manifest, spec: { ...launchSpec(installed.manifest, installed.path, m.entry), service: r.service } });
+    } catch (err) {
+      options.log?.(`flexcore: plugin ${m.entry.name}: the chosen version ${r.version} cannot be installed from ${r.bundle} (${(err as Error).message}); running flexcore.yaml's ${m.manifest.version} as service ${r.service}`, "error");
+      managed.push({ ...m, spec: { ...m.spec, service: r.service } });
+    }
+  }
+  return { managed, external: plugins.external };
+}
+
+/** Options of {@link upgradePlugin}. */
+export interface UpgradePluginOptions {
+  readonly nc: NatsConnection;
+  readonly supervisor: PluginSupervisor;
+  readonly host: PluginHost;
+  readonly storeDir: string;
+  readonly trustedKeysDir: string;
+  /** Load the bundle without a trusted signature (the plugin's `allow_unsigned`). @default false */
+  readonly allowUnsigned?: boolean;
+  /** Who asks, kept in the record. @default "cli" */
+  readonly by?: string;
+  /** @default {@link DEFAULT_SWITCH_SETTLE_MS} */
+  readonly settleMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+/**
+ * Upgrades managed plugin `name` to the bundle in `bundleDir` on this instance (which must
+ * hold its lease): verifies and installs it (checksum, signature per the trusted keys,
+ * compatibility), starts it beside the running version, persists the choice (every
+ * instance's callers switch), waits for this host's calls to the old version, lets the
+ * others move, drains the old one.
+ * @throws PluginUpgradeFailedError (the running version keeps serving, the stored choice is unchanged)
+ */
+export async function upgradePlugin(name: string, bundleDir: string, options: UpgradePluginOptions): Promise<PluginUpgradeResult & { readonly digest: string }> {
+  checkPluginName(name);
+  if (typeof bundleDir !== "string" || !isAbsolute(bundleDir)) throw new InvalidOptionError("bundle", bundleDir, "an absolute path of a bundle folder");
+  const hosted = options.host.plugins.get(name);
+  if (!hosted || !hosted.managed) throw new PluginUpgradeFailedError(name, undefined, "it is not a managed plugin of this instance");
+  const current = options.supervisor.spec(name);
+  let installed;
+  try {
+    installed = await install(resolve(bundleDir), options.storeDir, { trustedKeysDir: options.trustedKeysDir, allowUnsigned: options.allowUnsigned ? [name] : [] });
+  } catch (err) {
+    throw new PluginUpgradeFailedError(name, undefined, `the bundle ${bundleDir} was refused (${(err as { code?: string }).code ?? "error"}: ${(err as Error).message})`, { cause: err });
+  }
+  const manifest: PluginManifest = installed.manifest;
+  if (manifest.name !== name) throw new PluginUpgradeFailedError(name, manifest.version, `the bundle is plugin ${JSON.stringify(manifest.name)}`);
+  const previousDigest = current.bundleDir.split("/").pop();
+  const next = launchSpec(manifest, installed.path, { instances: current.instances ?? 1, config: current.config ?? {} });
+  const result = await options.supervisor.upgrade(name, next, {
+    ...(options.signal ? { signal: options.signal } : {}),
+    switchTo: async (service) => {
+      const oldService = hosted.service;
+      await writePluginVersion(options.nc, name, {
+        version: manifest.version,
+        service,
+        digest: installed.digest,
+        bundle: resolve(bundleDir),
+        previous: { version: current.version, service: current.service ?? name, digest: previousDigest },
+        at: new Date().toISOString(),
+        by: options.by ?? "cli",
+      });
+      options.host.setService(name, service, manifest);
+      await options.host.idle(name, oldService, manifest.limits.callTimeoutMs);
+      await new Promise((r) => setTimeout(r, options.settleMs ?? DEFAULT_SWITCH_SETTLE_MS));
+    },
+  });
+  return { ...result, digest: installed.digest };
+}
