@@ -31,6 +31,7 @@ function page(manifest: ConsoleManifest): string {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>FlexCore console</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="assets/${manifest.css}">
 <script type="module" src="assets/${manifest.js}"></script>
 </head>
