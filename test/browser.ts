@@ -9,13 +9,18 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
 import type { BrowserContext, Page, Response as PwResponse } from "playwright-core";
-import { chromiumInstallHint, chromiumPath, hasChromium } from "../scripts/ensure-chromium.mjs";
+
+type ChromiumSetup = typeof import("../scripts/ensure-chromium.mjs");
+// scripts/ensure-chromium.mjs (run by `pretest`) says where Chromium is and how to install it;
+// loaded from the package's root, from the sources (tests) as from dist/ (the bench).
+const setup = (): Promise<ChromiumSetup> =>
+  import(new URL(import.meta.url.endsWith(".ts") ? "../scripts/ensure-chromium.mjs" : "../../scripts/ensure-chromium.mjs", import.meta.url).href) as Promise<ChromiumSetup>;
 
 /** Flags for a quiet, offline headless Chromium (the machine notes' list). */
 export const CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 
 /** Where screenshots go (gitignored). */
-export const ARTIFACTS = resolve(import.meta.dirname, "..", "test-artifacts", "console");
+export const ARTIFACTS = resolve(import.meta.dirname, import.meta.url.endsWith(".ts") ? ".." : "../..", "test-artifacts", "console");
 
 /** A browser with a fresh profile; `close` deletes the profile. */
 export interface TestBrowser extends AsyncDisposable {
@@ -35,6 +40,7 @@ export interface WatchedPage {
 }
 
 export async function launchBrowser(): Promise<TestBrowser> {
+  const { chromiumInstallHint, chromiumPath, hasChromium } = await setup();
   if (!hasChromium()) throw new Error(chromiumInstallHint());
   const profile = await mkdtemp(join(tmpdir(), "flexcore-chromium-"));
   let context: BrowserContext;
