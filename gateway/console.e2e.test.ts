@@ -161,6 +161,14 @@ describe("console", () => {
     await w.page.close();
   });
 
+  it("would see an accessibility failure: axe fails on a nameless button", async () => {
+    const w = await browser.newPage();
+    await gotoConsole(w.page, t.url);
+    await w.page.evaluate(`document.querySelector("form").append(document.createElement("button"))`);
+    await expect(expectNoAxeViolations(w.page)).rejects.toThrow(/button-name \(critical\)/u);
+    await w.page.close();
+  });
+
   it("ran every page without a CSP violation or a console error", async () => {
     for (const w of pages) {
       if (w.page.isClosed()) continue;
