@@ -49,7 +49,7 @@ export function registerConsoleRoutes(ctx: RouteContext, dir: string): void {
   const hide = { schema: { hide: true } } as const;
 
   // The page lives at `/console/` so that its relative URLs (assets, `../v1/...`) also work behind a path prefix.
-  app.get("/console", hide, async (_req, reply) => reply.code(308).header("location", "/console/").send());
+  app.get("/console", hide, async (_req, reply) => reply.code(308).header("location", "console/").send());
   app.get("/console/", hide, async (_req, reply) => {
     const a = await assets();
     return reply.headers({ ...SECURITY_HEADERS, "cache-control": "no-cache" }).type("text/html; charset=utf-8").send(a.index);
