@@ -39,21 +39,42 @@ export interface OverviewReader {
 
 /** How long one tenant's reading is reused, in ms (consoles poll every 2 s). */
 export const OVERVIEW_CACHE_MS = 1_000;
-// The counting consumers are deleted at once; this is the server's backstop if the gateway dies in between.
-const COUNTER_INACTIVE_MS = 10_000;
+/**
+ * How long an unused counting consumer lives on the server, in ms. Reading its info is not
+ * activity to the server, so it is made again about this often while a console polls.
+ */
+const COUNTER_INACTIVE_MS = 60_000;
 
-/** Messages of `stream` on `filter`: the pending count of a throw-away consumer that starts at the first message. */
-async function count(jsm: JetStreamManager, stream: string, filter: string): Promise<number> {
-  const info = await jsm.consumers.add(stream, {
-    filter_subject: filter,
-    ack_policy: AckPolicy.None,
-    deliver_policy: DeliverPolicy.All,
-    mem_storage: true,
-    num_replicas: 1,
-    inactive_threshold: nanos(COUNTER_INACTIVE_MS),
-  });
-  void jsm.consumers.delete(stream, info.name).catch(() => undefined);
-  return info.num_pending;
+/**
+ * Counts messages of a stream on a subject filter: the pending count of a pull consumer that
+ * starts at the first message and is never pulled (no acks, in memory, one replica). One
+ * consumer per filter is kept and its info read each time, so a poll costs a consumer info,
+ * not a consumer creation (which a cluster's meta leader would have to agree on).
+ */
+function createCounter(jsm: JetStreamManager): (stream: string, filter: string) => Promise<number> {
+  const names = new Map<string, { name: string; used: number }>();
+  return async (stream, filter) => {
+    const key = `${stream} ${filter}`;
+    const known = names.get(key);
+    for (const [k, v] of names) if (Date.now() - v.used > COUNTER_INACTIVE_MS) names.delete(k);
+    if (known) {
+      const info = await jsm.consumers.info(stream, known.name).catch(() => undefined);
+      if (info) {
+        known.used = Date.now();
+        return info.num_pending;
+      }
+    }
+    const info = await jsm.consumers.add(stream, {
+      filter_subject: filter,
+      ack_policy: AckPolicy.None,
+      deliver_policy: DeliverPolicy.All,
+      mem_storage: true,
+      num_replicas: 1,
+      inactive_threshold: nanos(COUNTER_INACTIVE_MS),
+    });
+    names.set(key, { name: info.name, used: Date.now() });
+    return info.num_pending;
+  };
 }
 
 export interface OverviewSources {
@@ -66,6 +87,7 @@ export interface OverviewSources {
 export function createOverviewReader(sources: OverviewSources): OverviewReader {
   const { nc, jsm, readModels, plugins } = sources;
   const dlq = createDeadLetters(nc);
+  const count = createCounter(jsm);
   const cache = new Map<string, { at: number; value: Promise<Overview> }>();
   let status: { at: number; value: Promise<ProcessorStatus[]> } | undefined;
   const processors = (): Promise<ProcessorStatus[]> => {
@@ -81,13 +103,13 @@ export function createOverviewReader(sources: OverviewSources): OverviewReader {
     // The tenant comes from a verified token, but it becomes part of a subject filter here: a wildcard must never reach it.
     checkToken("tenant", tenant);
     const [events, derived, procs, lags, dead] = await Promise.all([
-      count(jsm, STREAMS.events, `evt.${tenant}.>`),
-      count(jsm, STREAMS.derived, `drv.${tenant}.>`),
+      count(STREAMS.events, `evt.${tenant}.>`),
+      count(STREAMS.derived, `drv.${tenant}.>`),
       processors(),
       readModels?.lag ? Promise.resolve(readModels.lag()) : Promise.resolve([]),
       dlq.list(tenant),
     ]);
-    const outputs = await Promise.all(procs.map((p) => count(jsm, STREAMS.derived, `drv.${tenant}.${p.processor}.>`)));
+    const outputs = await Promise.all(procs.map((p) => count(STREAMS.derived, `drv.${tenant}.${p.processor}.>`)));
     return {
       tenant,
       at: new Date().toISOString(),
