@@ -61,7 +61,7 @@ describe("console", () => {
     const w = await open();
     const res = await gotoConsole(w.page, t.url);
     expect(res?.headers()["content-security-policy"]).toBe(CONSOLE_CSP);
-    await expect(w.page.getByRole("heading", { name: "FlexCore console" }).isVisible()).resolves.toBe(true);
+    await w.page.getByRole("heading", { name: "FlexCore console" }).waitFor();
     await expectNoAxeViolations(w.page);
     await screenshot(w.page, "sign-in");
     await w.page.getByLabel("Tenant").fill(A);
@@ -81,7 +81,7 @@ describe("console", () => {
     await expect.poll(() => text(w, "events")).toBe("25");
     expect(await text(w, "derived")).toBe("3");
     expect(await text(w, "dead-letters")).toBe("2");
-    await expect(w.page.getByRole("link", { name: "Users (coming)" }).isVisible()).resolves.toBe(true);
+    await w.page.getByRole("link", { name: "Users (coming)" }).waitFor();
     // Events arriving now show up in the count and as a rate above zero.
     const js = jetstream(t.nats.nc);
     for (let i = 0; i < 10; i++) {
@@ -95,7 +95,7 @@ describe("console", () => {
     // Keyboard: a nav link opens its page with Enter, and the focus moves to the page's heading.
     await w.page.getByRole("link", { name: "Event explorer (coming)" }).focus();
     await w.page.keyboard.press("Enter");
-    await expect(w.page.getByRole("heading", { name: "Event explorer" }).isVisible()).resolves.toBe(true);
+    await w.page.getByRole("heading", { name: "Event explorer" }).waitFor();
     await expect.poll(() => w.page.evaluate("document.activeElement.textContent")).toBe("Event explorer");
     await expectNoAxeViolations(w.page);
     await screenshot(w.page, "coming");
@@ -126,7 +126,7 @@ describe("console", () => {
     expect(await text(w, "roles")).toBe("reader");
     expect(await w.page.getByRole("link", { name: /Users/u }).count()).toBe(0);
     await gotoConsole(w.page, t.url, "users");
-    await expect(w.page.getByRole("heading", { name: "Not found" }).isVisible()).resolves.toBe(true);
+    await w.page.getByRole("heading", { name: "Not found" }).waitFor();
     const status = await w.page.evaluate<{ status: number; code: string }>(`(async () => {
       const s = JSON.parse(sessionStorage.getItem("flexcore.console.session"));
       const r = await fetch("../v1/users", { headers: { authorization: "Bearer " + s.accessToken } });
