@@ -60,14 +60,21 @@ describe("console api", () => {
     const { store, api } = client();
     const s = await api.signIn(A, "rita", PASSWORD);
     store.set({ ...s, accessToken: "stale", refreshToken: "not-a-refresh-token" });
+    const ended: Array<string | undefined> = [];
+    store.subscribe((session, why) => ended.push(session ? "session" : (why as ApiError | undefined)?.code));
     await expect(api.get("/v1/overview")).rejects.toMatchObject({ code: "FLEX_REFRESH_INVALID", status: 401 });
     expect(store.get()).toBeUndefined();
+    // The sign-in page is told why, with the code.
+    expect(ended).toEqual(["FLEX_REFRESH_INVALID"]);
   });
 
   it("signs out: the access token is revoked on the gateway and forgotten here", async () => {
     const { store, api } = client();
     const s = await api.signIn(A, "rita", PASSWORD);
+    const ended: unknown[] = [];
+    store.subscribe((_session, why) => ended.push(why));
     await api.signOut();
+    expect(ended).toEqual([undefined]);
     expect(store.get()).toBeUndefined();
     const me = await fetch(`${t.url}/v1/auth/me`, { headers: { authorization: `Bearer ${s.accessToken}` } });
     expect(me.status).toBe(401);

@@ -84,11 +84,15 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
       try {
         session = await refresh(session);
       } catch (err) {
-        store.set(undefined);
+        store.set(undefined, err as Error);
         throw err;
       }
       res = await send(method, path, body, session.accessToken);
-      if (res.status === 401) store.set(undefined);
+      if (res.status === 401) {
+        const err = await errorOf(res);
+        store.set(undefined, err);
+        throw err;
+      }
     }
     if (!res.ok) throw await errorOf(res);
     if (res.status === 204) return undefined as T;

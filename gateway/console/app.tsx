@@ -17,9 +17,9 @@ export function App() {
   const [session, setSession] = useState<Session | undefined>(store.get());
   const [ended, setEnded] = useState<Error | undefined>();
   const route = useRoute();
-  useEffect(() => store.subscribe((s) => {
-    // A session that vanished without a sign-out (refresh refused) says so on the sign-in page.
-    setEnded(s ? undefined : new Error("You are signed out."));
+  useEffect(() => store.subscribe((s, why) => {
+    // A session that ended without a sign-out (refresh refused) says why on the sign-in page.
+    setEnded(why ? Object.assign(new Error(`Your session ended: ${why.message}. Sign in again.`), { code: (why as { code?: string }).code }) : undefined);
     setSession(s);
   }), [store]);
 

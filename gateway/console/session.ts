@@ -18,8 +18,9 @@ export interface Session {
 /** Where the session lives; pages subscribe to hear sign-in, refresh and sign-out. */
 export interface SessionStore {
   get(): Session | undefined;
-  set(session: Session | undefined): void;
-  subscribe(listener: (session: Session | undefined) => void): () => void;
+  /** `ended`: why the session ended without a sign-out (a refused refresh), shown on the sign-in page. */
+  set(session: Session | undefined, ended?: Error): void;
+  subscribe(listener: (session: Session | undefined, ended: Error | undefined) => void): () => void;
 }
 
 /** The `sessionStorage` key. */
@@ -38,10 +39,10 @@ export function createSessionStore(storage: Storage | undefined = globalThis.ses
   } catch {
     storage?.removeItem(SESSION_KEY);
   }
-  const listeners = new Set<(session: Session | undefined) => void>();
+  const listeners = new Set<(session: Session | undefined, ended: Error | undefined) => void>();
   return {
     get: () => current,
-    set(session) {
+    set(session, ended) {
       current = session;
       try {
         if (session) storage?.setItem(SESSION_KEY, JSON.stringify(session));
@@ -49,7 +50,7 @@ export function createSessionStore(storage: Storage | undefined = globalThis.ses
       } catch {
         // Storage full or refused (private mode): the session still lives in memory.
       }
-      for (const l of listeners) l(session);
+      for (const l of listeners) l(session, ended);
     },
     subscribe(listener) {
       listeners.add(listener);
