@@ -5,6 +5,7 @@ import type { Suite } from "./harness.js";
 // One entry per suite file: `npm run bench -- <name> [--json FILE]`.
 const loaders: Record<string, () => Promise<Suite>> = {
   cluster: async () => (await import("./cluster.js")).suite,
+  console: async () => (await import("./console.js")).suite,
   ingest: async () => (await import("./ingest.js")).suite,
   "ingest-cpu": async () => (await import("./ingest-cpu.js")).suite,
   gateway: async () => (await import("./gateway.js")).suite,

@@ -179,3 +179,11 @@ export class KeyStoreError extends GatewayError {
     this.name = "KeyStoreError";
   }
 }
+
+/** `/console` was asked for but the console was not built into `dist/console`. HTTP 503. */
+export class ConsoleNotBuiltError extends GatewayError {
+  constructor(dir: string) {
+    super("FLEX_CONSOLE_NOT_BUILT", 503, `The console is not built (no manifest.json in ${dir}); run \`npm run build\``, { dir });
+    this.name = "ConsoleNotBuiltError";
+  }
+}

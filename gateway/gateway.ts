@@ -27,11 +27,14 @@ import type { AuthSweeper, SweepReport } from "./auth-sweep.js";
 import type { Revocations } from "./revocations.js";
 import type { Limits, PluginsApi, ReadinessCheck, RouteContext } from "./route-context.js";
 import { registerAuthRoutes } from "./routes/auth.js";
+import { registerConsoleRoutes } from "./routes/console.js";
+import { defaultConsoleDir } from "./console-assets.js";
 import { registerDerivedRoutes } from "./routes/derived.js";
 import { registerDlqRoutes } from "./routes/dlq.js";
 import { registerDocsRoutes } from "./routes/docs.js";
 import { registerEventRoutes } from "./routes/events.js";
 import { registerHealthRoutes } from "./routes/health.js";
+import { registerOverviewRoutes } from "./routes/overview.js";
 import { registerProjectionRoutes } from "./routes/projections.js";
 import { registerStreamRoutes } from "./routes/streams.js";
 import { registerUserRoutes } from "./routes/users.js";
@@ -179,6 +182,12 @@ export interface GatewayOptions {
    * @default false
    */
   readonly logger?: boolean | FastifyBaseLogger;
+  /**
+   * Folder of the built console served at `/console` (`npm run build` writes it); `false`
+   * serves no console (the routes then do not exist).
+   * @default `<package root>/dist/console`
+   */
+  readonly consoleDir?: string | false;
   /** Trust `X-Forwarded-For` for the client address. @default false */
   readonly trustProxy?: boolean;
 }
@@ -402,6 +411,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   registerDlqRoutes(ctx);
   registerWorkflowRoutes(ctx);
   registerPluginRoutes(ctx);
+  registerOverviewRoutes(ctx);
+  if (options.consoleDir !== false) registerConsoleRoutes(ctx, options.consoleDir ?? defaultConsoleDir());
   registerDocsRoutes(app);
 
   await app.ready();

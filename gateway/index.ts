@@ -1,6 +1,7 @@
 export {
   BadRequestError,
   BodyTooLargeError,
+  ConsoleNotBuiltError,
   ForbiddenError,
   GatewayError,
   InvalidCredentialsError,
@@ -33,6 +34,10 @@ export {
 export { NO_AUTH_TENANT } from "./auth-hook.js";
 export type { Gateway, GatewayOptions, Limits, ReadinessCheck } from "./gateway.js";
 export type { ErrorBody } from "./http-errors.js";
+export { defaultConsoleDir } from "./console-assets.js";
+export type { ConsoleManifest } from "./console-assets.js";
+export { CONSOLE_CSP } from "./routes/console.js";
+export type { Overview } from "./overview.js";
 export { DEFAULT_RSA_BITS, openKeyStore, SIGNING_ALG } from "./keys.js";
 export type { KeyInfo, KeyStore, KeyStoreOptions } from "./keys.js";
 export type { PluginsApi, PluginView } from "./route-context.js";

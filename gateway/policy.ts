@@ -28,6 +28,7 @@ export const POLICY = {
   "plugin.manage": ["admin"],
   "auth.logout": ["reader", "writer", "admin"],
   "auth.me": ["reader", "writer", "admin"],
+  "overview.read": ["reader", "writer", "admin"],
 } as const satisfies Record<string, readonly Role[]>;
 
 export type PolicyName = keyof typeof POLICY;

@@ -1,0 +1,30 @@
+/**
+ * The console's pages, in nav order. To add a page: write `pages/<name>.tsx` exporting a
+ * component, and set it as `component` of its entry here (an entry without one shows the
+ * "coming" page). `requires` hides the entry from users whose roles may not use it.
+ */
+import type { ComponentType } from "preact";
+import type { Action } from "../roles.js";
+import { Overview } from "./overview.js";
+
+export interface PageEntry {
+  /** Route: `#/<route>`. */
+  readonly route: string;
+  readonly title: string;
+  readonly component?: ComponentType;
+  /** The action a user needs to see the page. */
+  readonly requires?: Action;
+}
+
+export const PAGES: readonly PageEntry[] = [
+  { route: "overview", title: "Overview", component: Overview, requires: "overview.read" },
+  { route: "events", title: "Event explorer", requires: "stream.read" },
+  { route: "projections", title: "Projections", requires: "projection.query" },
+  { route: "processors", title: "Processors", requires: "derived.read" },
+  { route: "workflows", title: "Workflows", requires: "workflow.list" },
+  { route: "dead-letters", title: "Dead letters", requires: "dlq.read" },
+  { route: "users", title: "Users", requires: "users.manage" },
+];
+
+/** The page shown after sign-in and for an empty route. */
+export const HOME = "overview";

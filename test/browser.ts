@@ -1,0 +1,115 @@
+/**
+ * Headless Chromium for the console's tests: playwright-core drives the system's Chromium
+ * (`CHROMIUM_PATH`, else /usr/bin/chromium; `scripts/ensure-chromium.mjs` installs it in CI),
+ * never a downloaded browser. A missing Chromium fails the test with how to install it.
+ */
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { chromium } from "playwright-core";
+import type { BrowserContext, Page, Response as PwResponse } from "playwright-core";
+
+type ChromiumSetup = typeof import("../scripts/ensure-chromium.mjs");
+// scripts/ensure-chromium.mjs (run by `pretest`) says where Chromium is and how to install it;
+// loaded from the package's root, from the sources (tests) as from dist/ (the bench).
+const setup = (): Promise<ChromiumSetup> =>
+  import(new URL(import.meta.url.endsWith(".ts") ? "../scripts/ensure-chromium.mjs" : "../../scripts/ensure-chromium.mjs", import.meta.url).href) as Promise<ChromiumSetup>;
+
+/** Flags for a quiet, offline headless Chromium (the machine notes' list). */
+export const CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+
+/** Where screenshots go (gitignored). */
+export const ARTIFACTS = resolve(import.meta.dirname, import.meta.url.endsWith(".ts") ? ".." : "../..", "test-artifacts", "console");
+
+/** A browser with a fresh profile; `close` deletes the profile. */
+export interface TestBrowser extends AsyncDisposable {
+  readonly context: BrowserContext;
+  /** A new tab whose CSP violations, page errors and console errors are recorded. */
+  newPage(): Promise<WatchedPage>;
+  close(): Promise<void>;
+}
+
+/** A tab and what went wrong in it. */
+export interface WatchedPage {
+  readonly page: Page;
+  /** Console errors and uncaught page errors, in order. */
+  readonly errors: string[];
+  /** CSP violations the page reported (`securitypolicyviolation` events). */
+  cspViolations(): Promise<string[]>;
+}
+
+export async function launchBrowser(): Promise<TestBrowser> {
+  const { chromiumInstallHint, chromiumPath, hasChromium } = await setup();
+  if (!hasChromium()) throw new Error(chromiumInstallHint());
+  const profile = await mkdtemp(join(tmpdir(), "flexcore-chromium-"));
+  let context: BrowserContext;
+  try {
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: chromiumPath(),
+      headless: true,
+      chromiumSandbox: false,
+      args: CHROMIUM_FLAGS.filter((f) => f !== "--headless" && f !== "--no-sandbox"),
+      viewport: { width: 1280, height: 860 },
+      timeout: 20_000,
+    });
+  } catch (err) {
+    await rm(profile, { recursive: true, force: true });
+    throw err;
+  }
+  // Recorded from before the page's own script runs; injected by the driver, so the page's CSP does not apply to it.
+  await context.addInitScript({
+    content: 'window.__cspViolations = []; document.addEventListener("securitypolicyviolation", (e) => window.__cspViolations.push(e.violatedDirective + " " + e.blockedURI));',
+  });
+  const close = async (): Promise<void> => {
+    await context.close().catch(() => undefined);
+    await rm(profile, { recursive: true, force: true });
+  };
+  return {
+    context,
+    async newPage() {
+      const page = await context.newPage();
+      const errors: string[] = [];
+      page.on("console", (m) => {
+        if (m.type() === "error") errors.push(`${m.text()} (${m.location().url})`);
+      });
+      page.on("pageerror", (e) => errors.push(`pageerror: ${e.message}`));
+      return {
+        page,
+        errors,
+        cspViolations: () => page.evaluate(() => (globalThis as unknown as { __cspViolations?: string[] }).__cspViolations ?? []),
+      };
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** Opens the console of the gateway at `base` (`#/<route>` when given) and waits for it to render. */
+export async function gotoConsole(page: Page, base: string, route = ""): Promise<PwResponse | null> {
+  const res = await page.goto(`${base}/console/${route ? `#/${route}` : ""}`, { waitUntil: "load" });
+  await page.locator("#app > *").first().waitFor();
+  return res;
+}
+
+let axeSource: string | undefined;
+
+/** Runs axe-core on the page and fails on serious or critical violations, naming each rule and element. */
+export async function expectNoAxeViolations(page: Page): Promise<void> {
+  axeSource ??= await readFile(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+  // Evaluated by the driver (not a <script> tag), which the page's CSP rightly would refuse.
+  await page.evaluate(axeSource);
+  const violations = await page.evaluate<Array<{ id: string; impact: string | null; help: string; targets: string[] }>>(
+    `axe.run(document, { resultTypes: ["violations"] }).then((r) => r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(" ")) })))`,
+  );
+  const bad = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  if (bad.length > 0) throw new Error(`axe: ${bad.length} serious or critical violation(s):\n${bad.map((v) => `  ${v.id} (${v.impact}): ${v.help} at ${v.targets.join(", ")}`).join("\n")}`);
+}
+
+/** Saves a full-page screenshot as `test-artifacts/console/<name>.png`; returns its path. */
+export async function screenshot(page: Page, name: string): Promise<string> {
+  await mkdir(ARTIFACTS, { recursive: true });
+  const path = join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path, fullPage: true });
+  return path;
+}
