@@ -93,8 +93,15 @@ export interface PluginSupervisorOptions {
   readonly leaseTtlMs?: number;
   /** SIGTERM → SIGKILL, in ms. @default 5000 */
   readonly graceMs?: number;
-  /** First restart delay and cap, in ms; doubled per failure in the window, plus up to 25% jitter. @default { initialMs: 500, maxMs: 30000 } */
-  readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
+  /**
+   * Restart delays, in ms, each plus up to 25% jitter: the n-th failure within the crash-loop
+   * window waits `initialMs × 2^(n-1)`, at most `maxMs`. One exception: a process that was
+   * ready and is the window's first failure (a crash after a healthy run) waits only `firstMs`,
+   * so one kill -9 costs a process start, not half a second more; a second failure within the
+   * window is back on the doubling sequence, so a crash loop still backs off.
+   * @default { initialMs: 500, maxMs: 30000, firstMs: 25 }
+   */
+  readonly backoff?: { readonly initialMs: number; readonly maxMs: number; readonly firstMs?: number };
   /** Failures within `windowMs` that make a crash loop. @default { failures: 5, windowMs: 60000 } */
   readonly crashLoop?: { readonly failures: number; readonly windowMs: number };
   /** @default 10000 */
@@ -170,7 +177,7 @@ interface Resolved {
   readonly leases: TtlKv;
   readonly leaseTtlMs: number;
   readonly graceMs: number;
-  readonly backoff: { readonly initialMs: number; readonly maxMs: number };
+  readonly backoff: { readonly initialMs: number; readonly maxMs: number; readonly firstMs: number };
   readonly crashLoop: { readonly failures: number; readonly windowMs: number };
   readonly pingIntervalMs: number;
   readonly hungAfter: number;
@@ -620,8 +627,7 @@ class ManagedPlugin {
       await this.#o.lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt });
       return;
     }
-    const base = Math.min(this.#o.backoff.maxMs, this.#o.backoff.initialMs * 2 ** (attempt - 1));
-    const delay = Math.round(base * (1 + Math.random() * 0.25));
+    const delay = restartDelay(this.#o.backoff, attempt, inst.ready);
     this.#state = "restarting";
     this.#o.log(`plugin ${this.name}: ${error.message}; restart ${attempt} in ${delay} ms`, "warn");
     const timer = setTimeout(() => {
@@ -717,6 +723,24 @@ class ManagedPlugin {
   }
 }
 
+/** First restart delay after a healthy run, in ms (see {@link PluginSupervisorOptions.backoff}). */
+export const DEFAULT_FIRST_RESTART_MS = 25;
+
+function resolveBackoff(b: PluginSupervisorOptions["backoff"]): Resolved["backoff"] {
+  if (b === undefined) return { initialMs: 500, maxMs: 30_000, firstMs: DEFAULT_FIRST_RESTART_MS };
+  return { initialMs: positive("backoff.initialMs", b.initialMs, 0), maxMs: positive("backoff.maxMs", b.maxMs, 0), firstMs: positive("backoff.firstMs", b.firstMs ?? Math.min(DEFAULT_FIRST_RESTART_MS, b.initialMs), 0) };
+}
+
+/**
+ * The delay before restart number `attempt` (failures within the crash-loop window, this one
+ * included), with up to 25% jitter so instances restarted together do not start in lockstep.
+ * Exported for its unit test.
+ */
+export function restartDelay(backoff: { readonly initialMs: number; readonly maxMs: number; readonly firstMs: number }, attempt: number, wasReady: boolean): number {
+  const base = attempt === 1 && wasReady ? backoff.firstMs : Math.min(backoff.maxMs, backoff.initialMs * 2 ** (attempt - 1));
+  return Math.round(base * (1 + Math.random() * 0.25));
+}
+
 function toInfo(err: Error & { code?: string }): ErrorInfo {
   return err.code ? { message: err.message, code: err.code } : { message: err.message };
 }
@@ -755,7 +779,7 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     leases: options.leases ?? (await openTtlKv(options.nc, BUCKETS.leases)),
     leaseTtlMs: positive("leaseTtlMs", options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, 100),
     graceMs: positive("graceMs", options.graceMs ?? 5_000, 0),
-    backoff: options.backoff ?? { initialMs: 500, maxMs: 30_000 },
+    backoff: resolveBackoff(options.backoff),
     crashLoop: options.crashLoop ?? { failures: 5, windowMs: 60_000 },
     pingIntervalMs: positive("pingIntervalMs", options.pingIntervalMs ?? 10_000, 10),
     hungAfter: positive("hungAfter", options.hungAfter ?? 3),
