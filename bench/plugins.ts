@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import type { ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { compileTransform, createPluginClient, discoverPlugins, echoPluginCommand, jsonTransformPluginCommand } from "../plugins/index.js";
+import { compileTransform, createPluginClient, discoverPlugins, echoPluginCommand, jsonTransformPluginCommand, pythonSdkDir } from "../plugins/index.js";
 import type { ProcessorInput, ProcessorOutput } from "../plugins/index.js";
 import { startPluginTestNats } from "../test/plugin-nats.js";
 import type { PluginTestNats } from "../test/plugin-nats.js";
@@ -116,7 +116,7 @@ interface Running {
 async function launchEcho(nats: PluginTestNats, echo: (typeof ECHOES)[number]): Promise<Running> {
   const pluginEnv = nats.pluginEnv(echo.name, { FLEXCORE_PLUGIN_CONCURRENCY: String(IN_FLIGHT), LOG_LEVEL: "warn" });
   const { command, args } = echo.command();
-  const child = spawn(command, [...args], { env: { PATH: process.env.PATH ?? "", ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
+  const child = spawn(command, [...args], { env: { PATH: process.env.PATH ?? "", PYTHONPATH: pythonSdkDir(), ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
   const stop = () => new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve();
     const t = setTimeout(() => { child.kill("SIGKILL"); resolve(); }, 5_000);
@@ -196,7 +196,7 @@ export const suite: Suite = {
 async function jsonTransform(nats: Awaited<ReturnType<typeof startPluginTestNats>>, events: number, log: ((line: string) => void) | undefined, env: Record<string, unknown>): Promise<BenchResult[]> {
   const pluginEnv = nats.pluginEnv("json-transform", { FLEXCORE_PLUGIN_CONCURRENCY: "16", LOG_LEVEL: "warn" });
   const { command, args: argv } = jsonTransformPluginCommand();
-  const child = spawn(command, [...argv], { env: { PATH: process.env.PATH ?? "", ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
+  const child = spawn(command, [...argv], { env: { PATH: process.env.PATH ?? "", PYTHONPATH: pythonSdkDir(), ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
   env.jsonTransformCommand = [command, ...argv].join(" ");
   env.jsonTransformEvents = events;
   try {

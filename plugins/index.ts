@@ -147,3 +147,7 @@ export {
 export type { PluginControlOptions, PluginInstanceView, PluginSwitch } from "./control.js";
 export { checkPluginEndpoints, SINK_SCHEMA, sinksSection, SOURCE_SCHEMA, sourcesSection, startPluginEndpoints } from "./endpoints.js";
 export type { EndpointMetrics, PluginEndpoints, PluginEndpointsOptions, SinkEntry, SourceEntry } from "./endpoints.js";
+
+// --- The Python SDK the host provides (`sdk: python`), the first quick restart (h-plugfig) ---
+export { PYTHON_SDK_FILE, PYTHON_SDK_MOUNT, pythonPathWithSdk, pythonSdkDir } from "./python-sdk.js";
+export { DEFAULT_FIRST_RESTART_MS } from "./supervisor.js";

@@ -27,6 +27,7 @@ import { DEFAULT_PLUGIN_LIMITS, HOST_PROTOCOLS } from "./manifest.js";
 import type { PluginLimits } from "./manifest.js";
 import { checkPluginName, pluginCredentials } from "./nats-users.js";
 import { EXIT_PROTOCOL_MISMATCH } from "./protocol.js";
+import { PYTHON_SDK_MOUNT, pythonPathWithSdk, pythonSdkDir } from "./python-sdk.js";
 
 /** First uid of the range managed plugins run as (one uid per plugin name, see {@link pluginUid}). */
 export const PLUGIN_UID_BASE = 200_000;
@@ -70,6 +71,8 @@ export interface PluginLaunchSpec {
   readonly limits?: Partial<PluginLimits>;
   /** The operator's options, passed as `FLEXCORE_PLUGIN_CONFIG`. @default {} */
   readonly config?: Readonly<Record<string, unknown>>;
+  /** The manifest's `sdk`: `python` mounts FlexCore's Python SDK read-only and puts it first on `PYTHONPATH`. @default none */
+  readonly sdk?: "python";
 }
 
 /** Options of {@link startPluginSupervisor}. */
@@ -555,6 +558,7 @@ class ManagedPlugin {
       TMPDIR: "/tmp",
       LANG: "C.UTF-8",
       ...this.spec.env,
+      ...(this.spec.sdk === "python" ? { PYTHONPATH: pythonPathWithSdk(PYTHON_SDK_MOUNT, this.spec.env?.PYTHONPATH) } : {}),
       FLEXCORE_PLUGIN_NAME: this.name,
       FLEXCORE_PLUGIN_NATS_URL: this.#o.natsUrl,
       FLEXCORE_PLUGIN_NATS_USER: user,
@@ -586,7 +590,7 @@ class ManagedPlugin {
     const nonce = randomBytes(18).toString("base64url");
     const env = this.#env(nonce, creds.password, creds.user);
     // The environment goes through spawn, not bwrap's --setenv: a command line is world-readable in /proc.
-    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true, uid: pluginUid(this.spec.name) });
+    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true, uid: pluginUid(this.spec.name), readOnlyBinds: this.spec.sdk === "python" ? [{ host: pythonSdkDir(), sandbox: PYTHON_SDK_MOUNT }] : [] });
     const child = spawn(plan.file, plan.args, { cwd: "/", env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
     const inst = new Instance(child, nonce);
     this.#slots[slot] = inst;
@@ -762,6 +766,7 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     if (!(p.command[0]! in INTERPRETERS) && !isAbsolute(p.command[0]!)) throw new InvalidOptionError(`plugins[${i}].command[0]`, p.command[0], "`node`, `python3` or an absolute path");
     if (typeof p.bundleDir !== "string" || !isAbsolute(p.bundleDir)) throw new InvalidOptionError(`plugins[${i}].bundleDir`, p.bundleDir, "an absolute path");
     if (p.instances !== undefined) positive(`plugins[${i}].instances`, p.instances);
+    if (p.sdk !== undefined && p.sdk !== "python") throw new InvalidOptionError(`plugins[${i}].sdk`, p.sdk, "`python` or absent");
     for (const [k, v] of Object.entries(p.limits ?? {})) {
       if (!(k in DEFAULT_PLUGIN_LIMITS)) throw new InvalidOptionError(`plugins[${i}].limits.${k}`, v, `one of ${Object.keys(DEFAULT_PLUGIN_LIMITS).join(", ")}`);
       positive(`plugins[${i}].limits.${k}`, v);
