@@ -8,6 +8,7 @@ import type { ProcessorInput, ProcessorOutput } from "../plugins/index.js";
 import { startPluginTestNats } from "../test/plugin-nats.js";
 import type { PluginTestNats } from "../test/plugin-nats.js";
 import { percentile, runTasks } from "./harness.js";
+import { DEFAULT_KILLS, idleMemory, killToAnswer, SHIPPED } from "./plugins-managed.js";
 import type { BenchResult, Suite } from "./harness.js";
 
 /** Sequential round trips per measured iteration (`--calls N` or FLEXCORE_BENCH_PLUGIN_CALLS). */
@@ -58,6 +59,27 @@ function stop(child: ReturnType<typeof spawn>): Promise<void> {
     const t = setTimeout(() => { child.kill("SIGKILL"); resolve(); }, 5_000);
     child.once("exit", () => { clearTimeout(t); resolve(); });
   });
+}
+
+/** Parts of the suite (`--parts a,b`): all by default. */
+const PARTS = ["echo", "transform", "restart", "memory"] as const;
+type Part = (typeof PARTS)[number];
+
+function partsFrom(args: readonly string[]): ReadonlySet<Part> {
+  const at = args.indexOf("--parts");
+  if (at < 0) return new Set(PARTS);
+  const list = (args[at + 1] ?? "").split(",").filter(Boolean);
+  const bad = list.filter((p) => !(PARTS as readonly string[]).includes(p));
+  if (list.length === 0 || bad.length > 0) throw new Error(`--parts: expected a comma list of ${PARTS.join(", ")}, got ${JSON.stringify(args[at + 1])}`);
+  return new Set(list as Part[]);
+}
+
+function killsFrom(args: readonly string[]): number {
+  const at = args.indexOf("--kills");
+  const text = at >= 0 ? args[at + 1] : process.env.FLEXCORE_BENCH_PLUGIN_KILLS;
+  const n = text === undefined ? DEFAULT_KILLS : Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--kills: expected an integer from 1 and up, got ${JSON.stringify(text)}`);
+  return n;
 }
 
 function callsFrom(args: readonly string[]): number {
@@ -134,12 +156,22 @@ async function launchEcho(nats: PluginTestNats, echo: (typeof ECHOES)[number]): 
 
 export const suite: Suite = {
   name: "plugins",
-  description: "echo plugins (TypeScript echo, Python echo-py; child processes): round trip p50/p99 beside a bare in-process nc.request, and calls/s with 64 in flight; json-transform as a processor plugin (events/s, batches of 256) beside the same transform in-process",
+  description: "echo plugins (TypeScript echo, Python echo-py; child processes): round trip p50/p99 beside a bare in-process nc.request, and calls/s with 64 in flight; json-transform as a processor plugin (events/s, batches of 256) beside the same transform in-process; kill -9 → answering again and the idle memory of the shipped plugins, managed in the real sandbox (--parts echo,transform,restart,memory; --kills N)",
   async run({ args, log, env }) {
     const calls = callsFrom(args);
     const events = eventsFrom(args);
-    await using nats = await startPluginTestNats({ plugins: [...ECHOES.map((e) => e.name), "json-transform"] });
+    const parts = partsFrom(args);
     const results: BenchResult[] = [];
+    if (parts.has("restart")) {
+      log(`kill -9 → answering again, ${killsFrom(args)} kills per echo, sandboxed`);
+      results.push(...(await killToAnswer(killsFrom(args), log)));
+    }
+    if (parts.has("memory")) {
+      log(`idle memory of the ${SHIPPED.length} shipped plugins, sandboxed`);
+      results.push(...(await idleMemory(log, env)));
+    }
+    if (!parts.has("echo") && !parts.has("transform")) return results;
+    await using nats = await startPluginTestNats({ plugins: [...ECHOES.map((e) => e.name), "json-transform"] });
     // Baseline: the same body to a plain subscription on another connection of this process.
     const responder = await nats.connect();
     responder.subscribe("bench.bare", {
@@ -150,7 +182,7 @@ export const suite: Suite = {
     await responder.flush();
     const bare = (i: number) => nats.nc.request("bench.bare", JSON.stringify({ protocol: 1, tenant: "bench", step: "echo", input: { n: i }, run: RUN }), { timeout: 10_000 });
     let bareP50: BenchResult | undefined;
-    for (const echo of ECHOES) {
+    for (const echo of parts.has("echo") ? ECHOES : []) {
       const running = await launchEcho(nats, echo);
       env[`${echo.name}Command`] = running.commandLine;
       try {
@@ -187,7 +219,7 @@ export const suite: Suite = {
       }
     }
     await responder.close();
-    results.push(...(await jsonTransform(nats, events, log, env)));
+    if (parts.has("transform")) results.push(...(await jsonTransform(nats, events, log, env)));
     return results;
   },
 };
