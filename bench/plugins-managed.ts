@@ -87,14 +87,14 @@ async function buildBundle(name: string, into: string): Promise<string> {
   return dir;
 }
 
-/** RSS and PSS (kB) of a process, from /proc/<pid>/smaps_rollup. */
-function memoryOf(pid: number): { rssKb: number; pssKb: number } {
+/** RSS, PSS and USS (private pages only) of a process in kB, from /proc/<pid>/smaps_rollup. */
+function memoryOf(pid: number): { rssKb: number; pssKb: number; ussKb: number } {
   try {
     const text = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
     const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(text)?.[1] ?? 0);
-    return { rssKb: kb("Rss"), pssKb: kb("Pss") };
+    return { rssKb: kb("Rss"), pssKb: kb("Pss"), ussKb: kb("Private_Clean") + kb("Private_Dirty") };
   } catch {
-    return { rssKb: 0, pssKb: 0 };
+    return { rssKb: 0, pssKb: 0, ussKb: 0 };
   }
 }
 
@@ -203,20 +203,23 @@ export async function idleMemory(log: (line: string) => void, env: Record<string
     const results: BenchResult[] = [];
     let rss = 0;
     let pss = 0;
+    let uss = 0;
     const detail: Record<string, unknown> = {};
     for (const name of SHIPPED) {
       const pids = m.sup.status(name).instances.flatMap((i) => (i.pid === undefined ? [] : tree(i.pid)));
       const per = pids.map((p) => ({ pid: p, cmd: cmdline(p).slice(0, 80), ...memoryOf(p) }));
       const r = per.reduce((a, b) => a + b.rssKb, 0) / 1024;
       const p = per.reduce((a, b) => a + b.pssKb, 0) / 1024;
+      const u = per.reduce((a, b) => a + b.ussKb, 0) / 1024;
       rss += r;
       pss += p;
+      uss += u;
       detail[name] = per;
-      results.push({ name: `idle-memory.${name}.pss`, unit: "MB", median: p, samples: [p], extra: { rssMb: r, processes: per.length } });
-      log(`  ${name}: PSS ${p.toFixed(1)} MB, RSS ${r.toFixed(1)} MB in ${per.length} processes`);
+      results.push({ name: `idle-memory.${name}.pss`, unit: "MB", median: p, samples: [p], extra: { rssMb: r, ussMb: u, processes: per.length } });
+      log(`  ${name}: PSS ${p.toFixed(1)} MB, USS ${u.toFixed(1)} MB, RSS ${r.toFixed(1)} MB in ${per.length} processes`);
     }
     env.idleMemoryProcesses = detail;
-    results.push({ name: "idle-memory.all.pss", unit: "MB", median: pss, samples: [pss], extra: { goal: "≤ 300 MB", met: pss <= 300, rssMb: rss, rssMet: rss <= 300, plugins: SHIPPED.length } });
+    results.push({ name: "idle-memory.all.pss", unit: "MB", median: pss, samples: [pss], extra: { goal: "≤ 300 MB", met: pss <= 300, ussMb: uss, rssSumMb: rss, plugins: SHIPPED.length, note: "PSS splits pages shared between processes (the node and python3 binaries, shared libraries) among them; the RSS sum counts them once per process" } });
     return results;
   } finally {
     await m.close();
