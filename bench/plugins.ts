@@ -9,6 +9,7 @@ import { startPluginTestNats } from "../test/plugin-nats.js";
 import type { PluginTestNats } from "../test/plugin-nats.js";
 import { percentile, runTasks } from "./harness.js";
 import { DEFAULT_KILLS, idleMemory, killToAnswer, SHIPPED } from "./plugins-managed.js";
+import { transformThroughRuntime } from "./plugins-runtime.js";
 import type { BenchResult, Suite } from "./harness.js";
 
 /** Sequential round trips per measured iteration (`--calls N` or FLEXCORE_BENCH_PLUGIN_CALLS). */
@@ -257,12 +258,15 @@ async function jsonTransform(nats: Awaited<ReturnType<typeof startPluginTestNats
     let pluginKept = 0;
     const [base, sequential, parallel] = await runTasks([
       { name: "json-transform.in-process", unit: "events/s", ops: events, fn: inProcess },
-      { name: "json-transform.plugin.batch-256", unit: "events/s", ops: events, fn: async () => { pluginKept = 0; for (const b of batches) pluginKept += (await call(b)).outputs.length; }, extra: { goal: "≥ 30000" } },
+      { name: "json-transform.plugin.batch-256", unit: "events/s", ops: events, fn: async () => { pluginKept = 0; for (const b of batches) pluginKept += (await call(b)).outputs.length; } },
       { name: `json-transform.plugin.batch-256.${TRANSFORM_IN_FLIGHT}-in-flight`, unit: "events/s", ops: events, fn: () => pooled(batches.length, TRANSFORM_IN_FLIGHT, (i) => call(batches[i]!)) },
     ], { log });
     if (pluginKept !== kept) throw new Error(`json-transform: the plugin kept ${pluginKept} events, the in-process transform ${kept}`);
     const ratio = sequential!.median / base!.median;
-    return [base!, sequential!, parallel!, { name: "json-transform.plugin/in-process", unit: "x", median: ratio, samples: [ratio], extra: { goal: "≥ 0.4", met: ratio >= 0.4 } }];
+    const direct: BenchResult[] = [base!, sequential!, parallel!, { name: "json-transform.plugin/in-process", unit: "x", median: ratio, samples: [ratio], extra: { note: "the client alone, not the runtime: see json-transform.runtime.* for the issue's figure" } }];
+    // The issue's figure: the processor runtime's real path, plugin vs the same transform in-process.
+    log?.("json-transform through the processor runtime (FLEX_EVENTS → FLEX_DERIVED), plugin vs in-process");
+    return [...direct, ...(await transformThroughRuntime(nats.nc, events, TRANSFORM_OPTIONS, log ?? (() => undefined)))];
   } finally {
     await stop(child);
   }
