@@ -65,7 +65,7 @@ let run = 0;
  * json-transform through the processor runtime, plugin vs in-process, `events` events.
  * `nc` must be FlexCore's service user on a server where the json-transform plugin runs.
  */
-export async function transformThroughRuntime(nc: NatsConnection, events: number, options: unknown, log: (line: string) => void): Promise<BenchResult[]> {
+export async function transformThroughRuntime(nc: NatsConnection, events: number, options: unknown, log: (line: string) => void, pluginCpuMs: () => number = () => Number.NaN): Promise<BenchResult[]> {
   await ensureTopology(nc);
   log(`  loading ${events} events into FLEX_EVENTS`);
   await load(nc, events);
@@ -77,16 +77,25 @@ export async function transformThroughRuntime(nc: NatsConnection, events: number
     process: (b, signal) => (local.has(b.kind) ? local.process(b, signal) : plugin.process(b, signal)),
   };
   const outputsOf: Record<string, number> = {};
+  /** CPU time of this process (the runtime, publisher, client) per event, in µs, per task. */
+  const cpuOf: Record<string, number[]> = {};
+  /** CPU time of the plugin's process per event, in µs, per task. */
+  const pluginCpuOf: Record<string, number[]> = {};
   const once = async (kind: string, lanes: number): Promise<void> => {
     run += 1;
     const name = `jt${run}`;
     const yaml = `processors:\n  - name: ${name}\n    kind: ${kind}\n    subjects: ["evt.${TENANT}.orders.*"]\n    partitions: ${lanes}\n    batch_size: ${BATCH}\n    options: ${JSON.stringify(options)}\n`;
     const processors = parseConfig(yaml, pipelineSections({ threads: 1 })).processors;
+    const cpu = process.cpuUsage();
+    const pluginCpu = pluginCpuMs();
     const runtime = await startProcessorRuntime(nc, { processors, threads: 1, metricsIntervalMs: 0, remote, log: () => undefined });
     try {
       for (;;) {
         const m = runtime.metrics()[0]!;
         if (m.processed >= events) {
+          const used = process.cpuUsage(cpu);
+          (cpuOf[`${kind}/${lanes}`] ??= []).push((used.user + used.system) / events);
+          (pluginCpuOf[`${kind}/${lanes}`] ??= []).push(((pluginCpuMs() - pluginCpu) * 1000) / events);
           outputsOf[`${kind}/${lanes}`] = m.outputs;
           return;
         }
@@ -101,7 +110,11 @@ export async function transformThroughRuntime(nc: NatsConnection, events: number
     { name: `json-transform.runtime.plugin.lanes-${lanes}`, unit: "events/s", ops: events, fn: () => once(PLUGIN_KIND, lanes), extra: lanes === 4 ? { goal: "≥ 30000" } : {} },
   ]);
   const measured = await runTasks(tasks, { log, iterations: 3 });
-  const results: BenchResult[] = [...measured];
+  const med = (xs: readonly number[] = []) => [...xs].sort((a, b) => a - b)[xs.length >> 1] ?? Number.NaN;
+  const results: BenchResult[] = measured.map((r) => {
+    const key = `${r.name.includes(".plugin.") ? PLUGIN_KIND : IN_PROCESS_KIND}/${r.name.slice(r.name.lastIndexOf("-") + 1)}`;
+    return { ...r, extra: { ...r.extra, hostCpuUsPerEvent: med(cpuOf[key]), ...(key.startsWith(PLUGIN_KIND) ? { pluginCpuUsPerEvent: med(pluginCpuOf[key]) } : {}) } };
+  });
   for (const lanes of LANES) {
     if (outputsOf[`${IN_PROCESS_KIND}/${lanes}`] !== outputsOf[`${PLUGIN_KIND}/${lanes}`]) throw new Error(`json-transform through the runtime: the plugin made ${outputsOf[`${PLUGIN_KIND}/${lanes}`]} outputs, in-process ${outputsOf[`${IN_PROCESS_KIND}/${lanes}`]}`);
     const base = measured.find((r) => r.name === `json-transform.runtime.in-process.lanes-${lanes}`)!;

@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import type { ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -52,6 +52,17 @@ function transformBatches(events: number): ProcessorInput[][] {
     batches.push(batch);
   }
   return batches;
+}
+
+/** utime + stime of a process, in ms, from /proc (the kernel's clock ticks are 100 a second on Linux). */
+function processCpuMs(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 function stop(child: ReturnType<typeof spawn>): Promise<void> {
@@ -266,7 +277,7 @@ async function jsonTransform(nats: Awaited<ReturnType<typeof startPluginTestNats
     const direct: BenchResult[] = [base!, sequential!, parallel!, { name: "json-transform.plugin/in-process", unit: "x", median: ratio, samples: [ratio], extra: { note: "the client alone, not the runtime: see json-transform.runtime.* for the issue's figure" } }];
     // The issue's figure: the processor runtime's real path, plugin vs the same transform in-process.
     log?.("json-transform through the processor runtime (FLEX_EVENTS → FLEX_DERIVED), plugin vs in-process");
-    return [...direct, ...(await transformThroughRuntime(nats.nc, events, TRANSFORM_OPTIONS, log ?? (() => undefined)))];
+    return [...direct, ...(await transformThroughRuntime(nats.nc, events, TRANSFORM_OPTIONS, log ?? (() => undefined), () => processCpuMs(child.pid)))];
   } finally {
     await stop(child);
   }
