@@ -1,13 +1,15 @@
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import type { ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { compileTransform, createPluginClient, discoverPlugins, echoPluginCommand, jsonTransformPluginCommand } from "../plugins/index.js";
+import { compileTransform, createPluginClient, discoverPlugins, echoPluginCommand, jsonTransformPluginCommand, pythonSdkDir } from "../plugins/index.js";
 import type { ProcessorInput, ProcessorOutput } from "../plugins/index.js";
 import { startPluginTestNats } from "../test/plugin-nats.js";
 import type { PluginTestNats } from "../test/plugin-nats.js";
 import { percentile, runTasks } from "./harness.js";
+import { DEFAULT_KILLS, idleMemory, killToAnswer, SHIPPED } from "./plugins-managed.js";
+import { transformThroughRuntime } from "./plugins-runtime.js";
 import type { BenchResult, Suite } from "./harness.js";
 
 /** Sequential round trips per measured iteration (`--calls N` or FLEXCORE_BENCH_PLUGIN_CALLS). */
@@ -52,12 +54,44 @@ function transformBatches(events: number): ProcessorInput[][] {
   return batches;
 }
 
+/** utime + stime of a process, in ms, from /proc (the kernel's clock ticks are 100 a second on Linux). */
+function processCpuMs(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 function stop(child: ReturnType<typeof spawn>): Promise<void> {
   child.kill("SIGTERM");
   return new Promise((resolve) => {
     const t = setTimeout(() => { child.kill("SIGKILL"); resolve(); }, 5_000);
     child.once("exit", () => { clearTimeout(t); resolve(); });
   });
+}
+
+/** Parts of the suite (`--parts a,b`): all by default. */
+const PARTS = ["echo", "transform", "restart", "memory"] as const;
+type Part = (typeof PARTS)[number];
+
+function partsFrom(args: readonly string[]): ReadonlySet<Part> {
+  const at = args.indexOf("--parts");
+  if (at < 0) return new Set(PARTS);
+  const list = (args[at + 1] ?? "").split(",").filter(Boolean);
+  const bad = list.filter((p) => !(PARTS as readonly string[]).includes(p));
+  if (list.length === 0 || bad.length > 0) throw new Error(`--parts: expected a comma list of ${PARTS.join(", ")}, got ${JSON.stringify(args[at + 1])}`);
+  return new Set(list as Part[]);
+}
+
+function killsFrom(args: readonly string[]): number {
+  const at = args.indexOf("--kills");
+  const text = at >= 0 ? args[at + 1] : process.env.FLEXCORE_BENCH_PLUGIN_KILLS;
+  const n = text === undefined ? DEFAULT_KILLS : Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--kills: expected an integer from 1 and up, got ${JSON.stringify(text)}`);
+  return n;
 }
 
 function callsFrom(args: readonly string[]): number {
@@ -116,7 +150,7 @@ interface Running {
 async function launchEcho(nats: PluginTestNats, echo: (typeof ECHOES)[number]): Promise<Running> {
   const pluginEnv = nats.pluginEnv(echo.name, { FLEXCORE_PLUGIN_CONCURRENCY: String(IN_FLIGHT), LOG_LEVEL: "warn" });
   const { command, args } = echo.command();
-  const child = spawn(command, [...args], { env: { PATH: process.env.PATH ?? "", ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
+  const child = spawn(command, [...args], { env: { PATH: process.env.PATH ?? "", PYTHONPATH: pythonSdkDir(), ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
   const stop = () => new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) return resolve();
     const t = setTimeout(() => { child.kill("SIGKILL"); resolve(); }, 5_000);
@@ -134,12 +168,22 @@ async function launchEcho(nats: PluginTestNats, echo: (typeof ECHOES)[number]): 
 
 export const suite: Suite = {
   name: "plugins",
-  description: "echo plugins (TypeScript echo, Python echo-py; child processes): round trip p50/p99 beside a bare in-process nc.request, and calls/s with 64 in flight; json-transform as a processor plugin (events/s, batches of 256) beside the same transform in-process",
+  description: "echo plugins (TypeScript echo, Python echo-py; child processes): round trip p50/p99 beside a bare in-process nc.request, and calls/s with 64 in flight; json-transform as a processor plugin (events/s, batches of 256) beside the same transform in-process; kill -9 → answering again and the idle memory of the shipped plugins, managed in the real sandbox (--parts echo,transform,restart,memory; --kills N)",
   async run({ args, log, env }) {
     const calls = callsFrom(args);
     const events = eventsFrom(args);
-    await using nats = await startPluginTestNats({ plugins: [...ECHOES.map((e) => e.name), "json-transform"] });
+    const parts = partsFrom(args);
     const results: BenchResult[] = [];
+    if (parts.has("restart")) {
+      log(`kill -9 → answering again, ${killsFrom(args)} kills per echo, sandboxed`);
+      results.push(...(await killToAnswer(killsFrom(args), log)));
+    }
+    if (parts.has("memory")) {
+      log(`idle memory of the ${SHIPPED.length} shipped plugins, sandboxed`);
+      results.push(...(await idleMemory(log, env)));
+    }
+    if (!parts.has("echo") && !parts.has("transform")) return results;
+    await using nats = await startPluginTestNats({ plugins: [...ECHOES.map((e) => e.name), "json-transform"] });
     // Baseline: the same body to a plain subscription on another connection of this process.
     const responder = await nats.connect();
     responder.subscribe("bench.bare", {
@@ -150,7 +194,7 @@ export const suite: Suite = {
     await responder.flush();
     const bare = (i: number) => nats.nc.request("bench.bare", JSON.stringify({ protocol: 1, tenant: "bench", step: "echo", input: { n: i }, run: RUN }), { timeout: 10_000 });
     let bareP50: BenchResult | undefined;
-    for (const echo of ECHOES) {
+    for (const echo of parts.has("echo") ? ECHOES : []) {
       const running = await launchEcho(nats, echo);
       env[`${echo.name}Command`] = running.commandLine;
       try {
@@ -187,7 +231,7 @@ export const suite: Suite = {
       }
     }
     await responder.close();
-    results.push(...(await jsonTransform(nats, events, log, env)));
+    if (parts.has("transform")) results.push(...(await jsonTransform(nats, events, log, env)));
     return results;
   },
 };
@@ -196,7 +240,7 @@ export const suite: Suite = {
 async function jsonTransform(nats: Awaited<ReturnType<typeof startPluginTestNats>>, events: number, log: ((line: string) => void) | undefined, env: Record<string, unknown>): Promise<BenchResult[]> {
   const pluginEnv = nats.pluginEnv("json-transform", { FLEXCORE_PLUGIN_CONCURRENCY: "16", LOG_LEVEL: "warn" });
   const { command, args: argv } = jsonTransformPluginCommand();
-  const child = spawn(command, [...argv], { env: { PATH: process.env.PATH ?? "", ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
+  const child = spawn(command, [...argv], { env: { PATH: process.env.PATH ?? "", PYTHONPATH: pythonSdkDir(), ...pluginEnv }, stdio: ["ignore", "inherit", "inherit"] });
   env.jsonTransformCommand = [command, ...argv].join(" ");
   env.jsonTransformEvents = events;
   try {
@@ -225,12 +269,15 @@ async function jsonTransform(nats: Awaited<ReturnType<typeof startPluginTestNats
     let pluginKept = 0;
     const [base, sequential, parallel] = await runTasks([
       { name: "json-transform.in-process", unit: "events/s", ops: events, fn: inProcess },
-      { name: "json-transform.plugin.batch-256", unit: "events/s", ops: events, fn: async () => { pluginKept = 0; for (const b of batches) pluginKept += (await call(b)).outputs.length; }, extra: { goal: "≥ 30000" } },
+      { name: "json-transform.plugin.batch-256", unit: "events/s", ops: events, fn: async () => { pluginKept = 0; for (const b of batches) pluginKept += (await call(b)).outputs.length; } },
       { name: `json-transform.plugin.batch-256.${TRANSFORM_IN_FLIGHT}-in-flight`, unit: "events/s", ops: events, fn: () => pooled(batches.length, TRANSFORM_IN_FLIGHT, (i) => call(batches[i]!)) },
     ], { log });
     if (pluginKept !== kept) throw new Error(`json-transform: the plugin kept ${pluginKept} events, the in-process transform ${kept}`);
     const ratio = sequential!.median / base!.median;
-    return [base!, sequential!, parallel!, { name: "json-transform.plugin/in-process", unit: "x", median: ratio, samples: [ratio], extra: { goal: "≥ 0.4", met: ratio >= 0.4 } }];
+    const direct: BenchResult[] = [base!, sequential!, parallel!, { name: "json-transform.plugin/in-process", unit: "x", median: ratio, samples: [ratio], extra: { note: "the client alone, not the runtime: see json-transform.runtime.* for the issue's figure" } }];
+    // The issue's figure: the processor runtime's real path, plugin vs the same transform in-process.
+    log?.("json-transform through the processor runtime (FLEX_EVENTS → FLEX_DERIVED), plugin vs in-process");
+    return [...direct, ...(await transformThroughRuntime(nats.nc, events, TRANSFORM_OPTIONS, log ?? (() => undefined), () => processCpuMs(child.pid)))];
   } finally {
     await stop(child);
   }

@@ -12,6 +12,7 @@ import { echoPluginCommand } from "./echo/launch.js";
 import { PluginBadReplyError, PluginFailedError, PluginRejectedError } from "./errors.js";
 import { RESPONSE_TYPES, checkControlResponse } from "./protocol.js";
 import type { SrvVerb } from "./protocol.js";
+import { pythonSdkDir } from "./python-sdk.js";
 
 const RUN = { id: "r1", workflow: "w", attempt: 1 };
 const CASES = ["disc", "srv", "calls", "err", "rej", "fail", "bad", "big", "huge", "conc", "term", "p78", "env78", "spam", "crash", "lost"] as const;
@@ -64,7 +65,7 @@ function launch(impl: Implementation, c: Case, config: Record<string, unknown> =
   const service = `${impl.prefix}-${c}`;
   const env = on.pluginEnv(service, { FLEXCORE_PLUGIN_CONFIG: JSON.stringify(config), ...more });
   const { command, args } = impl.command();
-  const child = spawn(command, [...args], { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(command, [...args], { env: { PATH: process.env.PATH ?? "", PYTHONPATH: pythonSdkDir(), ...env }, stdio: ["ignore", "pipe", "pipe"] });
   children.push(child);
   let err = "";
   let out = 0;

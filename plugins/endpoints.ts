@@ -255,12 +255,30 @@ class SwitchableClient implements PluginClient {
   }
 }
 
-/** Starts every sink (a shared durable consumer each) and every source (on the instance holding its lease). */
+/** One configured source on this instance: its lease, and the driver that polls while the lease is held. */
+interface SourceItem {
+  readonly entry: SourceEntry;
+  lease: Lease;
+  driver: SourceDriver;
+  started: boolean;
+  /** The closing of the driver of a lost lease; the lease is not taken again before it ends. */
+  stopping: Promise<void> | undefined;
+  /** Counters of the drivers of earlier leases. */
+  past: SourceDriverMetrics;
+}
+
+const NO_SOURCE_METRICS: SourceDriverMetrics = { polls: 0, records: 0, appended: 0, duplicates: 0, failed: 0 };
+
+function addSourceMetrics(a: SourceDriverMetrics, b: SourceDriverMetrics): SourceDriverMetrics {
+  return { polls: a.polls + b.polls, records: a.records + b.records, appended: a.appended + b.appended, duplicates: a.duplicates + b.duplicates, failed: a.failed + b.failed };
+}
+
+/** Starts every sink (a shared durable consumer each) and every source (on the instance holding its lease, which takes it again after losing it once it is free). */
 export async function startPluginEndpoints(nc: NatsConnection, options: PluginEndpointsOptions): Promise<PluginEndpoints> {
   const log = options.log ?? (() => undefined);
   const ttl = options.leaseTtlMs ?? 30_000;
   const sinks: Array<{ entry: SinkEntry; driver: SinkDriver }> = [];
-  const sources: Array<{ entry: SourceEntry; driver: SourceDriver; lease: Lease; started: boolean }> = [];
+  const sources: SourceItem[] = [];
   let closed = false;
   const timers: NodeJS.Timeout[] = [];
   const clients: Array<{ plugin: string; client: SwitchableClient }> = [];
@@ -275,6 +293,7 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
     for (const t of timers) clearInterval(t);
     await Promise.all(sinks.map((s) => s.driver.close()));
     await Promise.all(sources.map(async (s) => {
+      await s.stopping;
       await s.driver.close();
       await s.lease.release();
     }));
@@ -290,28 +309,36 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
     const leases = options.sources.length > 0 ? await openTtlKv(nc, BUCKETS.leases) : undefined;
     for (const entry of options.sources) {
       const client = clientFor(entry.kind);
-      const driver = createSourceDriver(nc, { client, source: parseRemoteKind(entry.kind)!.kind, name: entry.name, tenant: entry.tenant, category: entry.category, options: entry.options, max: entry.max, intervalMs: entry.intervalMs, onError: (err) => log(`flexcore: source ${entry.tenant}/${entry.name}: ${(err as Error).message}`, "warn") });
-      const item = { entry, driver, started: false, lease: undefined as unknown as Lease };
+      const newDriver = (): SourceDriver => createSourceDriver(nc, { client, source: parseRemoteKind(entry.kind)!.kind, name: entry.name, tenant: entry.tenant, category: entry.category, options: entry.options, max: entry.max, intervalMs: entry.intervalMs, onError: (err) => log(`flexcore: source ${entry.tenant}/${entry.name}: ${(err as Error).message}`, "warn") });
+      const item: SourceItem = { entry, driver: newDriver(), started: false, stopping: undefined, past: { ...NO_SOURCE_METRICS }, lease: undefined as unknown as Lease };
       item.lease = new Lease(leases!, `source.${entry.tenant}.${entry.name}`, options.instanceId, ttl, () => {
-        // Lost: another instance polls now; this one closes its loop (the cursor is in flex_state).
-        log(`flexcore: source ${entry.tenant}/${entry.name}: lease lost`, "warn");
-        void driver.close();
+        // Lost: another instance polls now. This one closes its loop (the cursor is in
+        // flex_state), goes back to standby and takes the lease again when it is free, as
+        // processors do. A driver cannot start again once closed, so the next start gets a new one.
+        log(`flexcore: source ${entry.tenant}/${entry.name}: lease lost; standing by`, "warn");
+        const old = item.driver;
+        item.started = false;
+        item.stopping = old.close().then(() => {
+          item.past = addSourceMetrics(item.past, old.metrics());
+          item.driver = newDriver();
+          item.stopping = undefined;
+        });
       });
       sources.push(item);
       const attempt = async (): Promise<void> => {
-        if (closed || item.started) return;
+        if (closed || item.started || item.stopping) return;
         if (await item.lease.tryAcquire().catch(() => false)) {
+          if (closed) return;
           item.started = true;
-          driver.start();
+          item.driver.start();
           log(`flexcore: source ${entry.tenant}/${entry.name} (${entry.kind}) into evt.${entry.tenant}.${entry.category}.*`);
         }
       };
       await attempt();
-      if (!item.started) {
-        const t = setInterval(() => void attempt(), Math.max(100, Math.floor(ttl / 3)));
-        t.unref();
-        timers.push(t);
-      }
+      // Kept for the whole run: a source whose lease is lost later waits here for it again.
+      const t = setInterval(() => void attempt(), Math.max(100, Math.floor(ttl / 3)));
+      t.unref();
+      timers.push(t);
     }
   } catch (err) {
     await close();
@@ -320,7 +347,7 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
   return {
     metrics: () => ({
       sinks: sinks.map((s) => ({ name: s.entry.name, tenant: s.entry.tenant, kind: s.entry.kind, ...s.driver.metrics() })),
-      sources: sources.map((s) => ({ name: s.entry.name, tenant: s.entry.tenant, kind: s.entry.kind, leaseHeld: s.lease.held, ...s.driver.metrics() })),
+      sources: sources.map((s) => ({ name: s.entry.name, tenant: s.entry.tenant, kind: s.entry.kind, leaseHeld: s.lease.held, ...addSourceMetrics(s.past, s.driver.metrics()) })),
     }),
     setService: (plugin, service) => {
       for (const c of clients) if (c.plugin === plugin) c.client.switchTo(service);

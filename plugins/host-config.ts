@@ -143,7 +143,7 @@ export interface ResolvePluginsOptions {
 
 /** The supervisor's launch spec of an installed bundle: command from the manifest (`node` is this Node, `python3` the system's), limits from the manifest. */
 export function launchSpec(manifest: PluginManifest, bundleDir: string, entry: Pick<ManagedPluginEntry, "instances" | "config">): PluginLaunchSpec {
-  return { name: manifest.name, version: manifest.version, command: manifest.command, env: manifest.env, bundleDir, instances: entry.instances, limits: manifest.limits, config: entry.config };
+  return { name: manifest.name, version: manifest.version, command: manifest.command, env: manifest.env, bundleDir, instances: entry.instances, limits: manifest.limits, config: entry.config, ...(manifest.sdk ? { sdk: manifest.sdk } : {}) };
 }
 
 /**

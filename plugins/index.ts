@@ -155,3 +155,7 @@ export type { PluginUpgradeOptions, PluginUpgradeResult } from "./supervisor.js"
 export { requestPluginUpgrade } from "./control.js";
 export { applyPluginVersions, DEFAULT_SWITCH_SETTLE_MS, followPluginVersions, PLUGIN_VERSION_PREFIX, readPluginVersions, upgradePlugin, writePluginVersion } from "./upgrade.js";
 export type { ApplyPluginVersionsOptions, PluginVersionRecord, UpgradePluginOptions } from "./upgrade.js";
+
+// --- The Python SDK the host provides (`sdk: python`), the first quick restart (h-plugfig) ---
+export { PYTHON_SDK_FILE, PYTHON_SDK_MOUNT, pythonPathWithSdk, pythonSdkDir } from "./python-sdk.js";
+export { DEFAULT_FIRST_RESTART_MS } from "./supervisor.js";

@@ -99,6 +99,11 @@ export interface PluginManifest {
   readonly env: Readonly<Record<string, string>>;
   /** @default "system" */
   readonly tenancy: "system" | "tenant";
+  /**
+   * A FlexCore SDK the host provides to the plugin (`python`: `flexcore_plugin.py` on
+   * `PYTHONPATH`, read-only), so the bundle need not carry a copy. @default undefined (none)
+   */
+  readonly sdk: "python" | undefined;
   readonly capabilities: {
     readonly processors: readonly ProcessorCapability[];
     readonly steps: readonly StepCapability[];
@@ -136,6 +141,7 @@ interface RawManifest {
   command: string[];
   env?: Record<string, string>;
   tenancy?: "system" | "tenant";
+  sdk?: "python";
   capabilities: Partial<Record<"processors" | "steps" | "sinks" | "sources", RawCapability[]>>;
   limits?: Partial<Record<"memory_mb" | "max_processes" | "open_files" | "concurrency" | "call_timeout_ms" | "start_timeout_ms", number>>;
 }
@@ -351,6 +357,7 @@ function build(m: RawManifest): PluginManifest {
     command: [...m.command],
     env: { ...(m.env ?? {}) },
     tenancy: m.tenancy ?? "system",
+    sdk: m.sdk,
     capabilities: {
       processors: (m.capabilities.processors ?? []).map((c) => ({ kind: c.kind!, description: c.description, deterministic: c.deterministic!, options: c.options })),
       steps: (m.capabilities.steps ?? []).map((c) => ({ name: c.name!, description: c.description, input: c.input })),

@@ -129,16 +129,22 @@ class SourceDriverImpl extends DriverLoop implements SourceDriver {
   }
 
   async storedCursor(): Promise<string | null> {
+    return (await this.#read()).cursor;
+  }
+
+  /** The stored cursor and the revision it was read at (0: the key never existed). */
+  async #read(): Promise<{ cursor: string | null; revision: number }> {
     const e = await (await this.#bucket()).get(this.#key);
-    if (!e || e.operation !== "PUT" || e.length === 0) return null;
-    return (e.json() as { cursor: string | null }).cursor;
+    if (!e) return { cursor: null, revision: 0 };
+    if (e.operation !== "PUT" || e.length === 0) return { cursor: null, revision: e.revision };
+    return { cursor: (e.json() as { cursor: string | null }).cursor, revision: e.revision };
   }
 
   async pollOnce(signal?: AbortSignal): Promise<number> {
     this.#m.polls += 1;
     try {
       const o = this.#o;
-      const cursor = await this.storedCursor();
+      const { cursor, revision } = await this.#read();
       const reply = await o.client.callSource(o.source, { tenant: o.tenant, options: o.options ?? {}, cursor, max: this.#max }, signal);
       this.#m.records += reply.records.length;
       // Appends in record order; one connection keeps them in order on the wire, so per-key order holds.
@@ -153,7 +159,15 @@ class SourceDriverImpl extends DriverLoop implements SourceDriver {
         else this.#m.appended += 1;
       }
       await o.afterAppend?.(reply.records);
-      if (reply.cursor !== cursor) await (await this.#bucket()).put(this.#key, JSON.stringify({ cursor: reply.cursor }));
+      if (reply.cursor !== cursor) {
+        // Compare-and-set at the revision read: an instance that lost the source's lease and
+        // has not noticed yet cannot move the cursor back under the new holder (its write
+        // fails; the records it appended have the new holder's ids and are dropped as duplicates).
+        const kv = await this.#bucket();
+        const value = JSON.stringify({ cursor: reply.cursor });
+        if (revision === 0) await kv.create(this.#key, value);
+        else await kv.update(this.#key, value, revision);
+      }
       return reply.records.length;
     } catch (err) {
       this.#m.failed += 1;

@@ -16,14 +16,14 @@ import type { TestNats } from "../test/nats-server.js";
 import { alive, fixtureBundle, processTree, until } from "./fixtures/harness.js";
 import { generatePluginUsers, pluginCredentials } from "./nats-users.js";
 import { createScriptRunner } from "../processors/index.js";
-import { pluginUid, startPluginSupervisor } from "./supervisor.js";
+import { descendants, pluginUid, startPluginSupervisor } from "./supervisor.js";
 import type { PluginLaunchSpec, PluginSupervisor, PluginSupervisorOptions } from "./supervisor.js";
 
 let nats: TestNats;
 let bundle: { dir: string; close(): Promise<void> };
 let credentialsDir: string;
 const supervisors: PluginSupervisor[] = [];
-const NAMES = ["ready-one", "impostor", "proto", "hung", "spam", "membomb", "forkbomb", "stubborn", "loop", "takeover", "stolen"];
+const NAMES = ["ready-one", "impostor", "proto", "hung", "spam", "membomb", "forkbomb", "stubborn", "loop", "takeover", "stolen", "killed"];
 
 beforeAll(async () => {
   credentialsDir = await mkdtemp(join(tmpdir(), "flexcore-plugin-creds-"));
@@ -316,6 +316,29 @@ describe("plugin supervisor", () => {
     await leases.kv.delete("plugin.stolen");
     await until(() => sup.status("stolen").state === "running" && sup.status("stolen").leaseHeld, 20_000, "the relaunch after the lease came back");
     expect((await call("stolen")).string()).toBe("hi");
+    await sup.stop();
+  }, 40_000);
+
+  it("restarts a plugin killed after a healthy run at once, and a second kill within the window waits on the doubling sequence", async () => {
+    const failed: Record<string, unknown>[] = [];
+    const lifecycle = { loaded: async () => undefined, started: async () => undefined, health: async () => undefined, stopped: async () => undefined, close: async () => undefined, failed: async (e: Record<string, unknown>) => void failed.push(e) };
+    const { sup } = await supervise([spec("killed")], { lifecycle: lifecycle as unknown as PluginSupervisorOptions["lifecycle"], backoff: { initialMs: 400, maxMs: 10_000 } });
+    await sup.ready("killed", 20_000);
+    const kill = () => {
+      const outer = sup.status("killed").instances[0]!.pid!;
+      const inner = descendants(outer).at(-1)!;
+      process.kill(inner, "SIGKILL");
+    };
+    kill();
+    await until(() => failed.length === 1 && sup.status("killed").state === "running", 10_000, "the quick restart");
+    expect(failed[0]).toMatchObject({ willRestart: true, attempt: 1, signal: null });
+    expect(failed[0]!.nextRestartInMs as number).toBeLessThanOrEqual(Math.round(25 * 1.25));
+    expect((await call("killed")).string()).toBe("hi");
+    kill();
+    await until(() => failed.length === 2, 10_000, "the second failure");
+    expect(failed[1]).toMatchObject({ willRestart: true, attempt: 2 });
+    expect(failed[1]!.nextRestartInMs as number).toBeGreaterThanOrEqual(800);
+    expect(failed[1]!.nextRestartInMs as number).toBeLessThanOrEqual(1_000);
     await sup.stop();
   }, 40_000);
 });

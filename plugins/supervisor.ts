@@ -27,6 +27,7 @@ import { DEFAULT_PLUGIN_LIMITS, HOST_PROTOCOLS } from "./manifest.js";
 import type { PluginLimits } from "./manifest.js";
 import { checkPluginName, pluginCredentials } from "./nats-users.js";
 import { EXIT_PROTOCOL_MISMATCH, PLUGIN_NAME_PATTERN } from "./protocol.js";
+import { PYTHON_SDK_MOUNT, pythonPathWithSdk, pythonSdkDir } from "./python-sdk.js";
 
 /** First uid of the range managed plugins run as (one uid per plugin name, see {@link pluginUid}). */
 export const PLUGIN_UID_BASE = 200_000;
@@ -78,6 +79,8 @@ export interface PluginLaunchSpec {
   readonly service?: string;
   /** Started only while enabled ({@link PluginSupervisor.setEnabled}). @default true */
   readonly enabled?: boolean;
+  /** The manifest's `sdk`: `python` mounts FlexCore's Python SDK read-only and puts it first on `PYTHONPATH`. @default none */
+  readonly sdk?: "python";
 }
 
 /** Suffix of a plugin's second service name: the slot an upgrade starts the new version in. */
@@ -143,8 +146,15 @@ export interface PluginSupervisorOptions {
   readonly leaseTtlMs?: number;
   /** SIGTERM → SIGKILL, in ms. @default 5000 */
   readonly graceMs?: number;
-  /** First restart delay and cap, in ms; doubled per failure in the window, plus up to 25% jitter. @default { initialMs: 500, maxMs: 30000 } */
-  readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
+  /**
+   * Restart delays, in ms, each plus up to 25% jitter: the n-th failure within the crash-loop
+   * window waits `initialMs × 2^(n-1)`, at most `maxMs`. One exception: a process that was
+   * ready and is the window's first failure (a crash after a healthy run) waits only `firstMs`,
+   * so one kill -9 costs a process start, not half a second more; a second failure within the
+   * window is back on the doubling sequence, so a crash loop still backs off.
+   * @default { initialMs: 500, maxMs: 30000, firstMs: 25 }
+   */
+  readonly backoff?: { readonly initialMs: number; readonly maxMs: number; readonly firstMs?: number };
   /** Failures within `windowMs` that make a crash loop. @default { failures: 5, windowMs: 60000 } */
   readonly crashLoop?: { readonly failures: number; readonly windowMs: number };
   /** @default 10000 */
@@ -238,7 +248,7 @@ interface Resolved {
   readonly leases: TtlKv;
   readonly leaseTtlMs: number;
   readonly graceMs: number;
-  readonly backoff: { readonly initialMs: number; readonly maxMs: number };
+  readonly backoff: { readonly initialMs: number; readonly maxMs: number; readonly firstMs: number };
   readonly crashLoop: { readonly failures: number; readonly windowMs: number };
   readonly pingIntervalMs: number;
   readonly hungAfter: number;
@@ -664,6 +674,7 @@ class ManagedPlugin {
       TMPDIR: "/tmp",
       LANG: "C.UTF-8",
       ...this.spec.env,
+      ...(this.spec.sdk === "python" ? { PYTHONPATH: pythonPathWithSdk(PYTHON_SDK_MOUNT, this.spec.env?.PYTHONPATH) } : {}),
       FLEXCORE_PLUGIN_NAME: this.service,
       FLEXCORE_PLUGIN_NATS_URL: this.#o.natsUrl,
       FLEXCORE_PLUGIN_NATS_USER: user,
@@ -695,7 +706,7 @@ class ManagedPlugin {
     const nonce = randomBytes(18).toString("base64url");
     const env = this.#env(nonce, creds.password, creds.user);
     // The environment goes through spawn, not bwrap's --setenv: a command line is world-readable in /proc.
-    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true, uid: pluginUid(this.service) });
+    const plan = planCommand({ mode: "bwrap", support: this.#o.sandbox, workDir: this.spec.bundleDir, argv, env: {}, limits, memoryAsData: true, network: false, hostNetwork: true, readOnlyWork: true, openFiles: this.limits.openFiles, inheritEnv: true, uid: pluginUid(this.service), readOnlyBinds: this.spec.sdk === "python" ? [{ host: pythonSdkDir(), sandbox: PYTHON_SDK_MOUNT }] : [] });
     const child = spawn(plan.file, plan.args, { cwd: "/", env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
     const inst = new Instance(child, nonce);
     this.#slots[slot] = inst;
@@ -736,8 +747,7 @@ class ManagedPlugin {
       await this.#lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt });
       return;
     }
-    const base = Math.min(this.#o.backoff.maxMs, this.#o.backoff.initialMs * 2 ** (attempt - 1));
-    const delay = Math.round(base * (1 + Math.random() * 0.25));
+    const delay = restartDelay(this.#o.backoff, attempt, inst.ready);
     this.#state = "restarting";
     this.#o.log(`plugin ${this.name}: ${error.message}; restart ${attempt} in ${delay} ms`, "warn");
     const timer = setTimeout(() => {
@@ -922,6 +932,24 @@ class ManagedPlugin {
   }
 }
 
+/** First restart delay after a healthy run, in ms (see {@link PluginSupervisorOptions.backoff}). */
+export const DEFAULT_FIRST_RESTART_MS = 25;
+
+function resolveBackoff(b: PluginSupervisorOptions["backoff"]): Resolved["backoff"] {
+  if (b === undefined) return { initialMs: 500, maxMs: 30_000, firstMs: DEFAULT_FIRST_RESTART_MS };
+  return { initialMs: positive("backoff.initialMs", b.initialMs, 0), maxMs: positive("backoff.maxMs", b.maxMs, 0), firstMs: positive("backoff.firstMs", b.firstMs ?? Math.min(DEFAULT_FIRST_RESTART_MS, b.initialMs), 0) };
+}
+
+/**
+ * The delay before restart number `attempt` (failures within the crash-loop window, this one
+ * included), with up to 25% jitter so instances restarted together do not start in lockstep.
+ * Exported for its unit test.
+ */
+export function restartDelay(backoff: { readonly initialMs: number; readonly maxMs: number; readonly firstMs: number }, attempt: number, wasReady: boolean): number {
+  const base = attempt === 1 && wasReady ? backoff.firstMs : Math.min(backoff.maxMs, backoff.initialMs * 2 ** (attempt - 1));
+  return Math.round(base * (1 + Math.random() * 0.25));
+}
+
 function toInfo(err: Error & { code?: string }): ErrorInfo {
   return err.code ? { message: err.message, code: err.code } : { message: err.message };
 }
@@ -942,6 +970,7 @@ function checkSpec(p: PluginLaunchSpec, at: string): void {
   if (p.instances !== undefined) positive(`${at}.instances`, p.instances);
   if (p.service !== undefined && !pluginServiceNames(p.name).includes(p.service)) throw new InvalidOptionError(`${at}.service`, p.service, `one of the plugin's service names (${pluginServiceNames(p.name).filter(Boolean).join(", ")})`);
   if (p.enabled !== undefined && typeof p.enabled !== "boolean") throw new InvalidOptionError(`${at}.enabled`, p.enabled, "a boolean");
+  if (p.sdk !== undefined && p.sdk !== "python") throw new InvalidOptionError(`${at}.sdk`, p.sdk, "`python` or absent");
   for (const [k, v] of Object.entries(p.limits ?? {})) {
     if (!(k in DEFAULT_PLUGIN_LIMITS)) throw new InvalidOptionError(`${at}.limits.${k}`, v, `one of ${Object.keys(DEFAULT_PLUGIN_LIMITS).join(", ")}`);
     positive(`${at}.limits.${k}`, v);
@@ -967,7 +996,7 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     leases: options.leases ?? (await openTtlKv(options.nc, BUCKETS.leases)),
     leaseTtlMs: positive("leaseTtlMs", options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, 100),
     graceMs: positive("graceMs", options.graceMs ?? 5_000, 0),
-    backoff: options.backoff ?? { initialMs: 500, maxMs: 30_000 },
+    backoff: resolveBackoff(options.backoff),
     crashLoop: options.crashLoop ?? { failures: 5, windowMs: 60_000 },
     pingIntervalMs: positive("pingIntervalMs", options.pingIntervalMs ?? 10_000, 10),
     hungAfter: positive("hungAfter", options.hungAfter ?? 3),

@@ -12,6 +12,7 @@ import type { PluginTestNats } from "../../test/plugin-nats.js";
 import { install, keygen, pack, sign, writeKeyPair } from "../bundle.js";
 import { createPluginClient, discoverPlugins } from "../client.js";
 import type { PluginClient } from "../client.js";
+import { pythonSdkDir } from "../python-sdk.js";
 
 const RUN = { id: "r1", workflow: "w", attempt: 1 };
 let nats: PluginTestNats;
@@ -42,7 +43,7 @@ beforeAll(async () => {
   nats = await startPluginTestNats({ plugins: ["pii-redact"] });
   const env = nats.pluginEnv("pii-redact", { FLEXCORE_PLUGIN_CONFIG: JSON.stringify({ replacement: "<{detector}>" }) });
   const [command, ...args] = installed.manifest.command;
-  child = spawn(command!, args, { cwd: installedPath, env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  child = spawn(command!, args, { cwd: installedPath, env: { PATH: process.env.PATH ?? "", PYTHONPATH: pythonSdkDir(), ...env }, stdio: ["ignore", "ignore", "pipe"] });
   child.stderr!.on("data", (d: Buffer) => { stderr += d.toString(); });
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {

@@ -202,6 +202,11 @@ export interface PlanInput {
    * process limit. @default STEP_UID
    */
   readonly uid?: number;
+  /**
+   * More host folders mounted read-only in the sandbox (bwrap mode only), e.g. the Python SDK
+   * FlexCore provides to Python plugins. `sandbox` must be absolute. @default none
+   */
+  readonly readOnlyBinds?: readonly { readonly host: string; readonly sandbox: string }[];
 }
 
 function rlimitArgs(limits: ScriptLimits, memoryAsData: boolean, openFiles: number | undefined): string[] {
@@ -257,6 +262,7 @@ export function planCommand(p: PlanInput): CommandPlan {
   if (p.support.modernBwrap) b.push("--size", String(p.limits.maxFileBytes));
   b.push("--tmpfs", "/tmp");
   b.push(p.readOnlyWork ? "--ro-bind" : "--bind", p.workDir, SANDBOX_WORK_DIR, "--chdir", SANDBOX_WORK_DIR);
+  for (const m of p.readOnlyBinds ?? []) b.push("--ro-bind", m.host, m.sandbox);
   b.push("--unshare-all", "--unshare-user");
   if (p.hostNetwork) {
     for (const path of NET_ETC) if (existsSync(path)) b.push("--ro-bind", path, path);
