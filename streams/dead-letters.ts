@@ -95,8 +95,8 @@ export interface DeadLetter {
   readonly seq: number;
   readonly tenant: string;
   readonly source: string;
-  /** `processor`, `projection`, or `unknown` for a message FlexCore cannot read. */
-  readonly kind: "processor" | "projection" | "unknown";
+  /** `processor`, `projection`, `trigger` (a workflow's event trigger), or `unknown` for a message FlexCore cannot read. */
+  readonly kind: "processor" | "projection" | "trigger" | "unknown";
   /** When it was dead-lettered (RFC 3339). */
   readonly storedAt: string;
   /** The last failure. */
@@ -258,7 +258,8 @@ export function readDeadLetter(subject: string, seq: number, storedAt: number, h
     const reason = typeof body.reason === "string" ? body.reason : (headers[DLQ_HEADERS.error] ?? "unknown");
     return {
       ...base,
-      kind: "processor",
+      // A workflow trigger writes the processor's envelope, typed `TriggerFailed`.
+      kind: headers[HEADERS.type] === "TriggerFailed" ? "trigger" : "processor",
       reason,
       reasons: reasonsOf(body.previousReasons, reason),
       errorCode: typeof error?.code === "string" ? error.code : null,
@@ -300,7 +301,7 @@ function matches(d: DeadLetter, s: Selection): boolean {
  * `reapply.<tenant>.projection_<name>` (`FLEX_REAPPLY`), read by every copy of it.
  */
 export function redriveMessage(d: DeadLetter): { subject: string; data: Uint8Array; headers: MsgHdrs; stream: string } {
-  if (d.kind !== "processor" && d.kind !== "projection") throw new RedriveUnsupportedError(d.source, "it is not a dead letter FlexCore wrote");
+  if (d.kind === "unknown") throw new RedriveUnsupportedError(d.source, "it is not a dead letter FlexCore wrote");
   const projectionStream = d.headers["Flex-Dlq-Stream"];
   if (d.kind === "projection" && projectionStream !== STREAMS.events && projectionStream !== STREAMS.derived) {
     throw new RedriveUnsupportedError(d.source, `its stream ${JSON.stringify(projectionStream ?? null)} is not ${STREAMS.events} or ${STREAMS.derived}`);
