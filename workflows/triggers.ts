@@ -13,7 +13,7 @@ import type { CronSchedule } from "./cron.js";
 import type { WorkflowDefinition } from "./definition.js";
 import { orderKey } from "./definitions.js";
 import type { StoredWorkflow } from "./definitions.js";
-import { describeError } from "./errors.js";
+import { describeError, TriggerEventGoneError } from "./errors.js";
 import { WORKFLOW_CATEGORY } from "./events.js";
 import type { TriggerInfo } from "./events.js";
 import type { StartOptions, StartResult } from "./start.js";
@@ -23,7 +23,7 @@ export const CRON_TICK_MS = 1_000;
 /** How late a missed cron fire may still run (after a stall or restart). */
 export const CRON_CATCH_UP_MS = 60 * 60_000;
 // Start errors a redelivery cannot cure.
-const PERMANENT_START_ERRORS = new Set(["FLEX_WORKFLOW_NOT_FOUND", "FLEX_WORKFLOW_INVALID", "FLEX_SUBJECT_TOKEN", "FLEX_INVALID_OPTION", "FLEX_INVALID_EVENT", "FLEX_PAYLOAD_TOO_LARGE"]);
+const PERMANENT_START_ERRORS = new Set(["FLEX_WORKFLOW_TRIGGER_EVENT_GONE", "FLEX_WORKFLOW_NOT_FOUND", "FLEX_WORKFLOW_INVALID", "FLEX_SUBJECT_TOKEN", "FLEX_INVALID_OPTION", "FLEX_INVALID_EVENT", "FLEX_PAYLOAD_TOO_LARGE"]);
 /** Deliveries of a trigger event before it is dead-lettered to `dlq.<tenant>.workflow-<name>`. */
 export const TRIGGER_MAX_DELIVER = 5;
 // Pause before a failed trigger event comes again, doubled per delivery up to the max.
@@ -306,15 +306,15 @@ export class WorkflowTriggers {
     let event: TriggerEvent | undefined;
     try {
       const stored = await this.#jsm.streams.getMessage(STREAMS.events, { seq });
-      if (!stored || stored.subject !== subject) throw new WorkflowTriggerEventGoneError(subject, seq);
+      if (!stored || stored.subject !== subject) throw new TriggerEventGoneError(subject, seq, `it is no longer in ${STREAMS.events} at that sequence`);
       event = { subject, seq, headers: stored.header, data: stored.data, storedAt: stored.time.getTime(), attempts: m.info.deliveryCount };
       const t = w.definition.triggers.find((x): x is Extract<WorkflowDefinition["triggers"][number], { kind: "event" }> => x.kind === "event" && matchesFilter(x.subject, subject));
-      if (!t) throw new WorkflowTriggerEventGoneError(subject, seq, `no event trigger of ${w.name} v${w.version} takes ${subject}`);
+      if (!t) throw new TriggerEventGoneError(subject, seq, `no event trigger of ${w.name} v${w.version} takes that subject`);
       await this.#startFrom(event, w, t.types, t.ordered);
       m.ack();
     } catch (err) {
       if (this.#closed) return;
-      const permanent = (err instanceof FlexError && PERMANENT_START_ERRORS.has(err.code)) || err instanceof WorkflowTriggerEventGoneError;
+      const permanent = err instanceof FlexError && PERMANENT_START_ERRORS.has(err.code);
       if (!permanent && m.info.deliveryCount < TRIGGER_MAX_DELIVER) {
         m.nak(Math.min(TRIGGER_NAK_MS * 2 ** (m.info.deliveryCount - 1), TRIGGER_MAX_NAK_MS));
         return;
@@ -395,10 +395,3 @@ export class WorkflowTriggers {
   }
 }
 
-/** A redriven trigger event that cannot start a run any more: gone from FLEX_EVENTS, or no trigger takes it. */
-class WorkflowTriggerEventGoneError extends Error {
-  constructor(subject: string, seq: number, why = `event ${seq} is no longer in ${STREAMS.events} as ${subject}`) {
-    super(why);
-    this.name = "WorkflowTriggerEventGoneError";
-  }
-}
