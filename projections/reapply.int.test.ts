@@ -5,8 +5,9 @@ import { mkdtemp, rm, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createDeadLetters, createPublisher, encodeEvent, ensureTopology, HEADERS, redriveMessage } from "../streams/index.js";
+import { createDeadLetters, createPublisher, encodeEvent, ensureTopology, HEADERS, REDRIVE_HEADERS, redriveMessage, STREAMS } from "../streams/index.js";
 import type { DeadLetter, Publisher } from "../streams/index.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
@@ -17,13 +18,15 @@ import { createProjectionEngine, dlqSource } from "./index.js";
 import type { ProjectionEngine } from "./index.js";
 
 const HOST = join(import.meta.dirname, "fixtures", "reapply-host.ts");
+/** A tenant with its own confined NATS user (the boundary test). */
+const TENANT = uniqueName("nt");
 
 let nats: TestNats;
 let pub: Publisher;
 const dirs: string[] = [];
 
 beforeAll(async () => {
-  nats = await startTestNats();
+  nats = await startTestNats({ tenants: [TENANT] });
   await ensureTopology(nats.nc);
   pub = createPublisher(nats.nc);
 });
@@ -198,4 +201,35 @@ describe("projection redrive", () => {
       await second.exited;
     }
   }, 90_000);
+
+  it("a tenant's NATS user can neither publish a redrive into FLEX_REAPPLY nor read it: nothing is stored, the model is unchanged", async () => {
+    const name = uniqueName("pb").replace(/[^a-z0-9_]/gu, "_");
+    const dir = await tempDir();
+    const marker = join(dir, "broken");
+    await writeFile(marker, "");
+    await using engine = createProjectionEngine(nats.nc, { dataDir: dir, projections: [flakyProjection(name)], log: () => undefined });
+    await engine.start();
+    const [, bad] = await publishItems(TENANT, "z", [{ v: 1 }, { v: 2, failWhile: marker }]);
+    await engine.waitFor(name, bad!);
+    await unlink(marker);
+    expect(model(dir, name, TENANT, "z").n).toBe(1);
+    const subject = `reapply.${TENANT}.${dlqSource(name)}`;
+    const countReapply = async (): Promise<number> => {
+      const info = await (await jetstreamManager(nats.nc)).streams.info(STREAMS.reapply, { subjects_filter: subject });
+      return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
+    };
+    const forged = encodeEvent({ type: "ItemTouched", data: { v: 2 } });
+    forged.headers.set(REDRIVE_HEADERS.subject, `evt.${TENANT}.item.z`);
+    forged.headers.set(REDRIVE_HEADERS.seq, String(bad));
+    forged.headers.set(REDRIVE_HEADERS.dlqSeq, "1");
+    forged.headers.set(REDRIVE_HEADERS.stream, STREAMS.events);
+    const nc = await nats.connectAs(TENANT);
+    await expect(jetstream(nc, { timeout: 1_000 }).publish(subject, forged.data, { headers: forged.headers })).rejects.toThrow();
+    nc.publish(subject, forged.data, { headers: forged.headers }); // plain publish: dropped by the server's permissions
+    await nc.flush();
+    await expect(jetstreamManager(nc, { timeout: 1_000 }).then((jsm) => jsm.direct.getMessage(STREAMS.reapply, { seq: 1, next_by_subj: "reapply.>" }))).rejects.toThrow();
+    await new Promise((r) => setTimeout(r, 1_000)); // more than the engine's poll
+    expect(await countReapply()).toBe(0);
+    expect(model(dir, name, TENANT, "z")).toMatchObject({ n: 1, redriven: [] });
+  }, 30_000);
 });
