@@ -112,6 +112,11 @@ export interface Reapply {
  */
 export type ReapplyOutcome = "applied" | "duplicate" | "not-failed-here";
 
+/** `apply` threw on a redriven event: nothing was written. */
+export interface ReapplyFailure {
+  readonly failed: unknown;
+}
+
 const ROLLBACK = Symbol("rollback");
 const NO_TENANTS: ReadonlySet<string> = new Set();
 
@@ -189,22 +194,36 @@ export class Member {
    * its id (`_flex_redriven`) and the reapply position, so a redelivery or a second redrive
    * changes nothing. Only an event this copy failed (`_flex_failures`) and did not apply
    * since is applied. Needs no open window (the runner commits them first: see
-   * `ProjectionRunner.exclusive`). Throws what `apply` threw, having written nothing.
+   * `ProjectionRunner.exclusive`). When `apply` throws, nothing is written and its error is
+   * returned; any other error (the database) is thrown.
    */
-  reapply(r: Reapply): ReapplyOutcome {
+  reapply(r: Reapply): ReapplyOutcome | ReapplyFailure {
     for (const state of this.streams.values()) if (state.window) throw new Error(`projection ${this.name} has an open window; commit it before a reapply`);
-    const outcome = this.db.transaction((): ReapplyOutcome => {
+    let failure: ReapplyFailure | undefined;
+    const run = this.db.transaction((): ReapplyOutcome => {
       let outcome: ReapplyOutcome;
       const seen = this.db.prepare(`SELECT 1 FROM ${ENGINE_TABLES.redriven} WHERE (source = ? AND dlq_seq = ?) OR (stream = ? AND seq = ? AND outcome = 'applied')`).get(r.source, r.dlqSeq, r.stream, r.event.seq);
       if (seen) outcome = "duplicate";
       else if (!this.db.prepare(`SELECT 1 FROM ${ENGINE_TABLES.failures} WHERE stream = ? AND seq = ?`).get(r.stream, r.event.seq)) outcome = "not-failed-here";
       else {
-        this.projection.apply(this.db, [r.event], { projection: this.name, stream: r.stream });
+        try {
+          this.projection.apply(this.db, [r.event], { projection: this.name, stream: r.stream });
+        } catch (err) {
+          failure = { failed: err };
+          throw err;
+        }
         outcome = "applied";
       }
       this.#recordReapply(r, outcome);
       return outcome;
-    })();
+    });
+    let outcome: ReapplyOutcome;
+    try {
+      outcome = run();
+    } catch (err) {
+      if (failure) return failure;
+      throw err;
+    }
     this.reapplied = Math.max(this.reapplied, r.position);
     if (outcome === "applied") {
       // `apply` wrote rows a kept fold does not know about.

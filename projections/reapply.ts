@@ -43,6 +43,7 @@ export class Reapplier {
   #nap = new AbortController();
   #closed = false;
   #again = false;
+  #failing = false;
   #running: Promise<void> | undefined;
 
   constructor(host: ReapplyHost) {
@@ -83,12 +84,15 @@ export class Reapplier {
         m = await jsm.direct.getMessage(STREAMS.reapply, { seq: next, next_by_subj: `${SUBJECT_ROOTS.reapply}.>` });
       } catch (err) {
         if (this.#closed) break;
-        if (!/no message found|not found/iu.test(String((err as Error).message))) {
-          this.#host.log(`flexcore: projections: reading ${STREAMS.reapply} failed (${(err as Error).message}); reading it again in ${RETRY_MS} ms`, "warn");
+        if (!/no message found|message not found/iu.test(String((err as Error).message))) {
+          // Logged once per run of failures (a topology without FLEX_REAPPLY fails every time).
+          if (!this.#failing) this.#host.log(`flexcore: projections: reading ${STREAMS.reapply} failed (${(err as Error).message}); trying every ${RETRY_MS} ms (flexcore up creates the stream)`, "warn");
+          this.#failing = true;
           wait = RETRY_MS;
         }
         m = null;
       }
+      if (m !== null) this.#failing = false;
       if (m === null) {
         await this.#sleep(wait);
         continue;
@@ -165,19 +169,15 @@ export class Reapplier {
       return;
     }
     const r: Reapply = { source, dlqSeq, position: m.seq, stream: stream as SourceStream, event };
-    let failure: unknown;
+    // Errors other than `apply`'s (a database closed by a rebuild's swap, the DLQ out of
+    // reach) are thrown: the message is read again, from the position of the copy served then.
     const outcome = await this.#host.live.exclusive(async () => {
       await this.#host.live.commitAll(member);
-      try {
-        return member.reapply(r);
-      } catch (err) {
-        failure = err;
-        return undefined;
-      }
+      return member.reapply(r);
     });
-    if (outcome === undefined) {
+    if (typeof outcome === "object") {
       // Failed again: a new dead letter with both reasons, then the record that it was tried.
-      await this.#host.deadLetter(member, r.stream, event, failure, { dlqSeq, reasons });
+      await this.#host.deadLetter(member, r.stream, event, outcome.failed, { dlqSeq, reasons });
       member.reapplyFailed(r);
       this.#host.log(`flexcore: projections: ${member.name}: redrive of dead letter ${dlqSeq} failed again; dead-lettered with both reasons`, "warn");
       return;
