@@ -79,7 +79,15 @@ export interface KeyInfo {
 export interface KeyState {
   json: string | null;
   seq: number;
+  /**
+   * `FLEX_DLQ` sequences of the redriven dead letters this state already took (the newest
+   * {@link MAX_REDRIVEN_IDS}), so a redelivered redrive is not applied twice.
+   */
+  redriven?: readonly number[];
 }
+
+/** Redriven dead-letter ids kept per key state (the newest; a redelivery comes soon after the first delivery). */
+export const MAX_REDRIVEN_IDS = 64;
 
 export interface PendingOutput {
   readonly subject: string;
@@ -91,12 +99,12 @@ export interface Outcome {
   readonly entries: readonly Entry[];
   readonly outputs: readonly PendingOutput[];
   readonly dlq: readonly PendingOutput[];
-  readonly checkpoints: ReadonlyMap<string, { readonly json: string | null; readonly seq: number }>;
+  readonly checkpoints: ReadonlyMap<string, Readonly<KeyState>>;
   readonly failedAttempts: number;
 }
 
 /** A key's state as held in memory: its JSON and the source sequence it reflects. */
-export type Checkpoints = Map<string, { json: string | null; seq: number }>;
+export type Checkpoints = Map<string, KeyState>;
 
 /** 32-bit FNV-1a of a string's UTF-16 code units (the lane of a key). */
 export function fnv(s: string): number {

@@ -6,7 +6,7 @@
 import { BUCKETS, deadLetterHeaders, decodeData, derivedSubject, dlqSubject, EventHeaders, HEADERS } from "../streams/index.js";
 import type { ResolvedProcessor } from "./config.js";
 import { metaOf, stateKvKey } from "./entry.js";
-import type { Entry, PendingOutput } from "./entry.js";
+import type { Entry, KeyState, PendingOutput } from "./entry.js";
 import type { BatchResult, BatchTask } from "./task.js";
 
 const encoder = new TextEncoder();
@@ -115,7 +115,8 @@ export function deadLetter(cfg: ResolvedProcessor, e: Entry, attempts: number, e
 }
 
 /** The `flex_state` write of one key's checkpoint (`stateKey` is `<tenant>.<key>`), published as a KV put. */
-export function checkpointMessage(processor: string, stateKey: string, st: { readonly json: string | null; readonly seq: number }): { readonly subject: string; readonly data: Uint8Array } {
+export function checkpointMessage(processor: string, stateKey: string, st: Readonly<KeyState>): { readonly subject: string; readonly data: Uint8Array } {
   const dot = stateKey.indexOf(".");
-  return { subject: `$KV.${BUCKETS.state}.${stateKvKey(processor, stateKey.slice(0, dot), stateKey.slice(dot + 1))}`, data: encoder.encode(`{"seq":${st.seq},"state":${st.json ?? "null"}}`) };
+  const redriven = st.redriven && st.redriven.length > 0 ? `,"redriven":${JSON.stringify(st.redriven)}` : "";
+  return { subject: `$KV.${BUCKETS.state}.${stateKvKey(processor, stateKey.slice(0, dot), stateKey.slice(dot + 1))}`, data: encoder.encode(`{"seq":${st.seq},"state":${st.json ?? "null"}${redriven}}`) };
 }

@@ -12,7 +12,7 @@ import { REDRIVE_HEADERS, snapshotKey, STREAMS, SUBJECT_ROOTS } from "../streams
 import { FETCH_EXPIRES_MS, FETCH_RETRY_MS } from "./delivery.js";
 import type { FetchHost } from "./delivery.js";
 import type { FailureInfo } from "./outputs.js";
-import { rawOf } from "./entry.js";
+import { MAX_REDRIVEN_IDS, rawOf } from "./entry.js";
 import type { Checkpoints, Entry, KeyInfo, KeyState, PendingOutput, RunnerTotals } from "./entry.js";
 import { ProcessorCrashedError } from "./errors.js";
 
@@ -84,10 +84,11 @@ export interface RecoveryHost extends FetchHost {
   keyInfo(tenant: string, key: string): KeyInfo;
   ensureStates(batch: readonly Entry[]): Promise<void>;
   reflected(stateKey: string): number;
+  redrivenInto(stateKey: string): readonly number[];
   remember(stateKey: string, st: KeyState): void;
   processOneByOne(entries: readonly Entry[], outputs: PendingOutput[], dlq: PendingOutput[], checkpoints: Checkpoints): Promise<number>;
   publish(x: PendingOutput): Promise<unknown>;
-  writeCheckpoints(checkpoints: ReadonlyMap<string, { readonly json: string | null; readonly seq: number }>): Promise<void>;
+  writeCheckpoints(checkpoints: ReadonlyMap<string, Readonly<KeyState>>): Promise<void>;
   takesRedrive(m: JsMsg, subject: string): boolean;
   deadLetter(e: Entry, attempts: number, error: FailureInfo, reason: string): PendingOutput;
   idle(): Promise<void>;
@@ -224,6 +225,14 @@ async function redriveOne(runner: RecoveryHost, m: JsMsg): Promise<void> {
       redrive: { dlqSeq: Number.isSafeInteger(dlqSeq) ? dlqSeq : 0, reasons },
     };
     await runner.ensureStates([entry]);
+    const taken = runner.redrivenInto(k.stateKey);
+    if (entry.redrive!.dlqSeq > 0 && taken.includes(entry.redrive!.dlqSeq)) {
+      // Delivered again after its checkpoint was written but before the ack (a crash in
+      // between): the state already took it and its outputs are stored.
+      runner.log(`flexcore: processor ${cfg.name}: redrive of dead letter ${entry.redrive!.dlqSeq} was already applied to ${k.stateKey}; acknowledged without running it again`, "warn");
+      await m.ackAck();
+      return;
+    }
     const reached = runner.reflected(k.stateKey);
     const outputs: PendingOutput[] = [];
     const dlq: PendingOutput[] = [];
@@ -231,15 +240,21 @@ async function redriveOne(runner: RecoveryHost, m: JsMsg): Promise<void> {
     const failedAttempts = await runner.processOneByOne([entry], outputs, dlq, checkpoints);
     // A late event: the key's checkpoint keeps the sequence it had reached, so the
     // events after the original one are not replayed.
+    // The checkpoint also records this dead letter's id (even when it failed again: its new
+    // dead letter is stored with the outputs), so a redelivery after a crash before the ack
+    // is recognised above.
     const cp = checkpoints.get(k.stateKey);
+    const redriven = entry.redrive!.dlqSeq > 0 ? [...taken, entry.redrive!.dlqSeq].slice(-MAX_REDRIVEN_IDS) : taken;
     if (cp) {
-      const kept = { json: cp.json, seq: Math.max(reached, cp.seq) };
+      const kept: KeyState = { json: cp.json, seq: Math.max(reached, cp.seq), redriven };
       runner.remember(k.stateKey, kept);
       checkpoints.set(k.stateKey, kept);
     }
     await held.commitTail;
     await Promise.all([...outputs.map((x) => runner.publish(x)), ...dlq.map((x) => runner.publish(x))]);
     await runner.writeCheckpoints(checkpoints);
+    // Test-only fault switch: dies between the stored checkpoint and the ack (crash tests).
+    if (process.env.FLEXCORE_TEST_FAULT === "processor-redrive-before-ack") process.kill(process.pid, "SIGKILL");
     await m.ackAck();
     runner.totals.processed += 1;
     runner.totals.outputs += outputs.length;

@@ -425,11 +425,17 @@ export class ProcessorRunner implements RecoveryHost {
     return this.#states.get(stateKey)!.seq;
   }
 
+  /** The redriven dead letters (`FLEX_DLQ` sequences) the key's state already took (its state must be loaded). */
+  redrivenInto(stateKey: string): readonly number[] {
+    return this.#states.get(stateKey)!.redriven ?? [];
+  }
+
   async #loadState(tenant: string, key: string): Promise<KeyState> {
     const entry = await this.#ctx.kv.get(stateKvKey(this.cfg.name, tenant, key));
     if (!entry || entry.operation !== "PUT" || entry.length === 0) return { json: null, seq: 0 };
-    const saved = JSON.parse(new TextDecoder().decode(entry.value)) as { seq: number; state: unknown };
-    return { json: saved.state === null || saved.state === undefined ? null : JSON.stringify(saved.state), seq: saved.seq };
+    const saved = JSON.parse(new TextDecoder().decode(entry.value)) as { seq: number; state: unknown; redriven?: unknown };
+    const redriven = Array.isArray(saved.redriven) ? saved.redriven.filter((x): x is number => Number.isSafeInteger(x)) : [];
+    return { json: saved.state === null || saved.state === undefined ? null : JSON.stringify(saved.state), seq: saved.seq, ...(redriven.length > 0 ? { redriven } : {}) };
   }
 
   #stateJson = (stateKey: string): string | null => this.#states.get(stateKey)!.json;
@@ -691,7 +697,7 @@ export class ProcessorRunner implements RecoveryHost {
     this.#checkIdle();
   }
 
-  async writeCheckpoints(checkpoints: ReadonlyMap<string, { readonly json: string | null; readonly seq: number }>): Promise<void> {
+  async writeCheckpoints(checkpoints: ReadonlyMap<string, Readonly<KeyState>>): Promise<void> {
     if (checkpoints.size === 0) return;
     await Promise.all(
       [...checkpoints].map(([sk, st]) => {
@@ -702,6 +708,11 @@ export class ProcessorRunner implements RecoveryHost {
   }
 
   remember(stateKey: string, st: KeyState): void {
+    // A new state of the key keeps the record of the redrives it took, so its checkpoint does too.
+    if (st.redriven === undefined) {
+      const before = this.#states.get(stateKey)?.redriven;
+      if (before !== undefined) st.redriven = before;
+    }
     this.#states.delete(stateKey);
     this.#states.set(stateKey, st);
   }

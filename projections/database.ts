@@ -16,7 +16,10 @@ export type SyncMode = "full" | "normal";
 export const DEFAULT_SYNC: SyncMode = "full";
 
 /** Tables the engine keeps in every read-model database, beside the projection's own. */
-export const ENGINE_TABLES = { meta: "_flex_meta", checkpoint: "_flex_checkpoint", failures: "_flex_failures" } as const;
+export const ENGINE_TABLES = { meta: "_flex_meta", checkpoint: "_flex_checkpoint", failures: "_flex_failures", redriven: "_flex_redriven" } as const;
+
+/** `_flex_meta` key of the last `FLEX_REAPPLY` sequence this database has taken (written with what it did). */
+export const REAPPLY_POSITION_KEY = "reapply_seq";
 
 /** One stream's checkpoint as stored. */
 export interface StoredCheckpoint {
@@ -60,6 +63,9 @@ export function openWriter(file: string, sync: SyncMode): Database {
     CREATE TABLE IF NOT EXISTS ${ENGINE_TABLES.failures} (
       stream TEXT NOT NULL, seq INTEGER NOT NULL, subject TEXT NOT NULL, type TEXT NOT NULL,
       error TEXT NOT NULL, policy TEXT NOT NULL, PRIMARY KEY (stream, seq));
+    CREATE TABLE IF NOT EXISTS ${ENGINE_TABLES.redriven} (
+      source TEXT NOT NULL, dlq_seq INTEGER NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
+      outcome TEXT NOT NULL, at INTEGER NOT NULL, PRIMARY KEY (source, dlq_seq));
   `);
   return db;
 }

@@ -21,9 +21,20 @@ export const DLQ_HEADERS = {
   subject: "Flex-Dlq-Subject",
   /** What the projection did: `dlq` (skipped it) or `stop` (halted before it). */
   policy: "Flex-Dlq-Policy",
+  /** After a redrive that failed again: JSON array of the earlier reasons, oldest first. */
+  previousReasons: "Flex-Dlq-Previous-Reasons",
+  /** After a redrive that failed again: the `FLEX_DLQ` sequence of the dead letter redriven. */
+  redrivenFrom: "Flex-Dlq-Redriven-From",
 } as const;
 
+/** Where a dead letter of a redrive that failed again came from. */
+export interface RedrivenFrom {
+  readonly dlqSeq: number;
+  readonly reasons: readonly string[];
+}
+
 const MAX_REASON = 1_024;
+const MAX_PREVIOUS_REASONS = 4_096;
 
 /** The DLQ source token of a projection. */
 export function dlqSource(projection: string): string {
@@ -42,10 +53,17 @@ function tenantOf(subject: string): string {
  * Publishes a failed event to `FLEX_DLQ` and waits for the ack. The message id is derived
  * from (projection, stream, sequence), so a retry after a crash is stored once.
  */
-export async function deadLetter(publisher: Publisher, projection: string, stream: string, event: StoredEvent, error: unknown, policy: string): Promise<void> {
+export async function deadLetter(publisher: Publisher, projection: string, stream: string, event: StoredEvent, error: unknown, policy: string, redriven?: RedrivenFrom): Promise<void> {
   const h = natsHeaders();
   const reason = (error instanceof Error ? error.message : String(error)).replace(/[\r\n\u0000]+/gu, " ").slice(0, MAX_REASON) || "unknown error";
-  h.set(HEADERS.msgId, `dlq:projection:${projection}:${stream}:${event.seq}`);
+  // A redrive that failed again is a new dead letter (its own id), carrying the earlier reasons.
+  h.set(HEADERS.msgId, `dlq:projection:${projection}:${stream}:${event.seq}${redriven ? `:r${redriven.dlqSeq}` : ""}`);
+  if (redriven) {
+    let reasons = [...redriven.reasons];
+    while (reasons.length > 1 && JSON.stringify(reasons).length > MAX_PREVIOUS_REASONS) reasons = reasons.slice(1);
+    h.set(DLQ_HEADERS.previousReasons, JSON.stringify(reasons).replace(/[\r\n\u0000]+/gu, " ").slice(0, MAX_PREVIOUS_REASONS));
+    h.set(DLQ_HEADERS.redrivenFrom, String(redriven.dlqSeq));
+  }
   h.set(HEADERS.type, event.type);
   h.set(HEADERS.time, event.time);
   h.set(HEADERS.correlationId, event.correlationId ?? event.id);

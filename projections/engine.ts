@@ -10,6 +10,7 @@ import { acquireLock, generationFile, generationsOnDisk, lastGeneration, project
 import { DEFAULT_SYNC, openReader, readCheckpoints, readFailures } from "./database.js";
 import type { StoredFailure, SyncMode } from "./database.js";
 import { deadLetter } from "./dead-letter.js";
+import { Reapplier } from "./reapply.js";
 import { ProjectionEngineClosedError, ProjectionNotFoundError, ProjectionStoppedError, RebuildInProgressError } from "./errors.js";
 import { Member } from "./member.js";
 import type { BatchOutcome, DeadLetterFn } from "./member.js";
@@ -223,6 +224,7 @@ class Engine implements ProjectionEngine {
   readonly #closing = new AbortController();
   #jsm: JetStreamManager | undefined;
   #live: ProjectionRunner | undefined;
+  #reapplier: Reapplier | undefined;
   #publisher: Publisher | undefined;
   #release: (() => void) | undefined;
   #state: "new" | "starting" | "running" | "closed" = "new";
@@ -260,6 +262,7 @@ class Engine implements ProjectionEngine {
         else live.push(served.member!);
       }
       await this.#live.add(...live);
+      this.#reapplier = this.#startReapplier(this.#live);
       this.#state = "running";
       if (stale.length > 0) {
         this.#log(`flexcore: projections: ${stale.join(", ")} changed version; rebuilding beside the served copy`);
@@ -307,6 +310,24 @@ class Engine implements ProjectionEngine {
     };
   }
 
+  #startReapplier(live: ProjectionRunner): Reapplier {
+    const servedMember = (name: string): Member | undefined => this.#served.get(name)?.member;
+    const r = new Reapplier({
+      nc: this.#nc,
+      live,
+      member: servedMember,
+      members: () => [...this.#served.values()].flatMap((s) => (s.member ? [s.member] : [])),
+      deadLetter: async (member, stream, event, error, redriven) => {
+        this.#publisher ??= createPublisher(this.#nc);
+        await deadLetter(this.#publisher, member.name, stream, event, error, "dlq", redriven);
+      },
+      applied: (member, stream, tenant) => this.#onLiveBatch(member, stream, { applied: 1, failed: 0, tenants: new Set([tenant]) }),
+      log: this.#log,
+    });
+    r.start();
+    return r;
+  }
+
   #rebuildHost(): RebuildHost {
     return {
       nc: this.#nc,
@@ -320,6 +341,8 @@ class Engine implements ProjectionEngine {
       closing: this.#closing.signal,
       deadLetterFn: () => this.#deadLetterFn(),
       rebuilt: (m) => {
+        // The new copy takes the redrives from its own position (0): those of events it failed again.
+        this.#reapplier?.restart();
         this.#settleWaiters(m.name);
         this.#emit(m.name, { projection: m.name, kind: "rebuild", stream: undefined, seq: m.position(STREAMS.events), events: 0, tenants: [] });
       },
@@ -484,6 +507,7 @@ class Engine implements ProjectionEngine {
     this.#state = "closed";
     this.#closing.abort(new ProjectionEngineClosedError("it was closed"));
     await Promise.allSettled([...this.#rebuilds]);
+    await this.#reapplier?.close();
     await this.#live?.close();
     this.#waiters.rejectAll((name) => new ProjectionEngineClosedError(`closed while waiting on \`${name}\``));
     for (const served of this.#served.values()) {

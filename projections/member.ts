@@ -1,6 +1,6 @@
 import type { Database, Statement } from "better-sqlite3";
 import type { StoredEvent } from "../streams/index.js";
-import { ENGINE_TABLES, openWriter, readCheckpoints, readMeta, writeMeta } from "./database.js";
+import { ENGINE_TABLES, openWriter, readCheckpoints, readMeta, REAPPLY_POSITION_KEY, writeMeta } from "./database.js";
 import type { SyncMode } from "./database.js";
 import { ProjectionApplyError } from "./errors.js";
 import { subjectMatcher } from "./projection.js";
@@ -92,6 +92,31 @@ interface StreamState {
   lastStoredAt: number | null;
 }
 
+/** A projection's dead letter sent back (`FLEX_REAPPLY`), as {@link Member.reapply} takes it. */
+export interface Reapply {
+  /** `projection_<name>`. */
+  readonly source: string;
+  /** The dead letter's `FLEX_DLQ` sequence. */
+  readonly dlqSeq: number;
+  /** Its sequence in `FLEX_REAPPLY`: the member's reapply position once taken. */
+  readonly position: number;
+  /** The stream the event was read from; `event.seq` is its sequence there. */
+  readonly stream: SourceStream;
+  readonly event: StoredEvent;
+}
+
+/**
+ * What {@link Member.reapply} did: `applied`; `duplicate` (this dead letter, or another of the
+ * same event, was already applied here); `not-failed-here` (this copy did not fail the event:
+ * it applied it in order, e.g. another instance's copy or a rebuilt one).
+ */
+export type ReapplyOutcome = "applied" | "duplicate" | "not-failed-here";
+
+/** `apply` threw on a redriven event: nothing was written. */
+export interface ReapplyFailure {
+  readonly failed: unknown;
+}
+
 const ROLLBACK = Symbol("rollback");
 const NO_TENANTS: ReadonlySet<string> = new Set();
 
@@ -123,6 +148,8 @@ export class Member {
   /** Wall-clock ms of the last committed batch with events. */
   lastAppliedAt = 0;
   #lastWrite = 0;
+  /** Last `FLEX_REAPPLY` sequence taken (stored in `_flex_meta` with what it did). */
+  reapplied: number;
   readonly #checkpointStmt: Statement;
   readonly #failureStmt: Statement;
 
@@ -159,6 +186,69 @@ export class Member {
     this.#checkpointStmt = this.db.prepare(`INSERT INTO ${ENGINE_TABLES.checkpoint} (stream, seq, last_event_time, last_stored_at) VALUES (?, ?, ?, ?)
       ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq, last_event_time = excluded.last_event_time, last_stored_at = excluded.last_stored_at`);
     this.#failureStmt = this.db.prepare(`INSERT OR IGNORE INTO ${ENGINE_TABLES.failures} (stream, seq, subject, type, error, policy) VALUES (?, ?, ?, ?, ?, ?)`);
+    this.reapplied = Number(readMeta(this.db, REAPPLY_POSITION_KEY) ?? 0);
+  }
+
+  /**
+   * Applies a redriven dead letter as a late event, in one transaction with the record of
+   * its id (`_flex_redriven`) and the reapply position, so a redelivery or a second redrive
+   * changes nothing. Only an event this copy failed (`_flex_failures`) and did not apply
+   * since is applied. Needs no open window (the runner commits them first: see
+   * `ProjectionRunner.exclusive`). When `apply` throws, nothing is written and its error is
+   * returned; any other error (the database) is thrown.
+   */
+  reapply(r: Reapply): ReapplyOutcome | ReapplyFailure {
+    for (const state of this.streams.values()) if (state.window) throw new Error(`projection ${this.name} has an open window; commit it before a reapply`);
+    let failure: ReapplyFailure | undefined;
+    const run = this.db.transaction((): ReapplyOutcome => {
+      let outcome: ReapplyOutcome;
+      const seen = this.db.prepare(`SELECT 1 FROM ${ENGINE_TABLES.redriven} WHERE (source = ? AND dlq_seq = ?) OR (stream = ? AND seq = ? AND outcome = 'applied')`).get(r.source, r.dlqSeq, r.stream, r.event.seq);
+      if (seen) outcome = "duplicate";
+      else if (!this.db.prepare(`SELECT 1 FROM ${ENGINE_TABLES.failures} WHERE stream = ? AND seq = ?`).get(r.stream, r.event.seq)) outcome = "not-failed-here";
+      else {
+        try {
+          this.projection.apply(this.db, [r.event], { projection: this.name, stream: r.stream });
+        } catch (err) {
+          failure = { failed: err };
+          throw err;
+        }
+        outcome = "applied";
+      }
+      this.#recordReapply(r, outcome);
+      return outcome;
+    });
+    let outcome: ReapplyOutcome;
+    try {
+      outcome = run();
+    } catch (err) {
+      if (failure) return failure;
+      throw err;
+    }
+    this.reapplied = Math.max(this.reapplied, r.position);
+    if (outcome === "applied") {
+      // `apply` wrote rows a kept fold does not know about.
+      for (const state of this.streams.values()) state.fold = undefined;
+      this.applied += 1;
+      this.lastAppliedAt = Date.now();
+    }
+    return outcome;
+  }
+
+  /** Records a reapply that failed again (its new dead letter is stored): it is not tried again here. */
+  reapplyFailed(r: Reapply): void {
+    this.db.transaction(() => this.#recordReapply(r, "failed"))();
+    this.reapplied = Math.max(this.reapplied, r.position);
+  }
+
+  /** Moves the reapply position past a message that is not a redrive of this projection. */
+  skipReapply(position: number): void {
+    this.reapplied = Math.max(this.reapplied, position);
+    writeMeta(this.db, REAPPLY_POSITION_KEY, String(this.reapplied));
+  }
+
+  #recordReapply(r: Reapply, outcome: string): void {
+    this.db.prepare(`INSERT OR IGNORE INTO ${ENGINE_TABLES.redriven} (source, dlq_seq, stream, seq, outcome, at) VALUES (?, ?, ?, ?, ?, ?)`).run(r.source, r.dlqSeq, r.stream, r.event.seq, outcome, Date.now());
+    writeMeta(this.db, REAPPLY_POSITION_KEY, String(Math.max(this.reapplied, r.position)));
   }
 
   get name(): string {

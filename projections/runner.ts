@@ -174,6 +174,31 @@ export class ProjectionRunner {
     }
   }
 
+  /**
+   * Runs `fn` between two turns: no event is handed out and no window committed meanwhile
+   * (events that arrive are buffered), then the runner goes on.
+   */
+  async exclusive<T>(fn: () => Promise<T> | T): Promise<T> {
+    while (this.#busy) await this.#busy;
+    let release!: () => void;
+    this.#busy = new Promise<void>((r) => (release = r));
+    try {
+      return await fn();
+    } finally {
+      this.#busy = undefined;
+      release();
+      this.#schedule();
+    }
+  }
+
+  /** Commits every open window of `member` now (before a reapply writes beside them). */
+  async commitAll(member: Member): Promise<void> {
+    for (const stream of member.streams.keys()) {
+      const outcome = await member.commit(stream, true, this.#deadLetter);
+      this.#onBatch(member, stream, outcome);
+    }
+  }
+
   resume(): void {
     this.#paused = false;
     this.#schedule();

@@ -4,7 +4,7 @@ import { headers as natsHeaders } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
 import { DeadLetterNotFoundError, InvalidOptionError, PurgeNotConfirmedError, RedriveUnsupportedError } from "./errors.js";
 import { HEADERS } from "./event.js";
-import { checkToken, dlqSubject, parseSubject, redriveSubject, SUBJECT_ROOTS } from "./subjects.js";
+import { checkToken, dlqSubject, parseSubject, reapplySubject, redriveSubject, SUBJECT_ROOTS } from "./subjects.js";
 import { STREAMS } from "./topology.js";
 
 /**
@@ -21,6 +21,8 @@ export const REDRIVE_HEADERS = {
   seq: "Flex-Redrive-Seq",
   /** JSON array of every reason the event failed so far, oldest first. */
   reasons: "Flex-Redrive-Reasons",
+  /** Projections only: the stream the event was read from (`FLEX_EVENTS` or `FLEX_DERIVED`). */
+  stream: "Flex-Redrive-Stream",
 } as const;
 
 /** Headers a dead letter carries besides the event headers (`Nats-Msg-Id`, `Flex-Type`, ...). */
@@ -93,8 +95,8 @@ export interface DeadLetter {
   readonly seq: number;
   readonly tenant: string;
   readonly source: string;
-  /** `processor`, `projection`, or `unknown` for a message FlexCore cannot read. */
-  readonly kind: "processor" | "projection" | "unknown";
+  /** `processor`, `projection`, `trigger` (a workflow's event trigger), or `unknown` for a message FlexCore cannot read. */
+  readonly kind: "processor" | "projection" | "trigger" | "unknown";
   /** When it was dead-lettered (RFC 3339). */
   readonly storedAt: string;
   /** The last failure. */
@@ -156,7 +158,7 @@ export interface DeadLetters {
   /**
    * Sends the selected dead letters back to the component that failed them
    * (`redrive.<tenant>.<source>`) and removes them from `FLEX_DLQ`. Needs `seq` or `source`.
-   * @throws RedriveUnsupportedError for a source that does not consume redrives (projections)
+   * @throws RedriveUnsupportedError for a dead letter FlexCore did not write, or whose original subject is not of `tenant`
    */
   redrive(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<RedriveReport>;
   /** Deletes the selected dead letters; needs `seq` or `source`, and `confirm === true`. */
@@ -256,7 +258,8 @@ export function readDeadLetter(subject: string, seq: number, storedAt: number, h
     const reason = typeof body.reason === "string" ? body.reason : (headers[DLQ_HEADERS.error] ?? "unknown");
     return {
       ...base,
-      kind: "processor",
+      // A workflow trigger writes the processor's envelope, typed `TriggerFailed`.
+      kind: headers[HEADERS.type] === "TriggerFailed" ? "trigger" : "processor",
       reason,
       reasons: reasonsOf(body.previousReasons, reason),
       errorCode: typeof error?.code === "string" ? error.code : null,
@@ -292,10 +295,16 @@ function matches(d: DeadLetter, s: Selection): boolean {
   return true;
 }
 
-/** The redrive message of a dead letter, or why its source cannot take it back. */
-export function redriveMessage(d: DeadLetter): { subject: string; data: Uint8Array; headers: MsgHdrs } {
-  if (d.kind !== "processor") {
-    throw new RedriveUnsupportedError(d.source, d.kind === "projection" ? "a projection reads its events by sequence and does not consume redrives; fix the cause and rebuild the projection (flexcore projections rebuild)" : "it is not a dead letter FlexCore wrote");
+/**
+ * The redrive message of a dead letter, or why its source cannot take it back: a
+ * processor's goes to `redrive.<tenant>.<processor>` (`FLEX_REDRIVE`), a projection's to
+ * `reapply.<tenant>.projection_<name>` (`FLEX_REAPPLY`), read by every copy of it.
+ */
+export function redriveMessage(d: DeadLetter): { subject: string; data: Uint8Array; headers: MsgHdrs; stream: string } {
+  if (d.kind === "unknown") throw new RedriveUnsupportedError(d.source, "it is not a dead letter FlexCore wrote");
+  const projectionStream = d.headers["Flex-Dlq-Stream"];
+  if (d.kind === "projection" && projectionStream !== STREAMS.events && projectionStream !== STREAMS.derived) {
+    throw new RedriveUnsupportedError(d.source, `its stream ${JSON.stringify(projectionStream ?? null)} is not ${STREAMS.events} or ${STREAMS.derived}`);
   }
   // The envelope comes from FlexCore's own runtime, but the tenant is decided by the DLQ subject.
   const original = d.originalSubject === null ? undefined : (() => {
@@ -305,7 +314,9 @@ export function redriveMessage(d: DeadLetter): { subject: string; data: Uint8Arr
       return undefined;
     }
   })();
-  if (!original || original.kind !== "event" || original.tenant !== d.tenant || d.originalSeq === null) {
+  // A projection also reads processors' outputs (FLEX_DERIVED); a processor reads events only.
+  const kindOk = original?.kind === "event" || (d.kind === "projection" && original?.kind === "derived" && projectionStream === STREAMS.derived);
+  if (!original || !kindOk || original.tenant !== d.tenant || d.originalSeq === null) {
     throw new RedriveUnsupportedError(d.source, `its original subject ${JSON.stringify(d.originalSubject)} is not an event of tenant ${d.tenant}`);
   }
   const h = natsHeaders();
@@ -322,7 +333,14 @@ export function redriveMessage(d: DeadLetter): { subject: string; data: Uint8Arr
   let reasons = [...d.reasons];
   while (reasons.length > 1 && JSON.stringify(reasons).length > MAX_REASONS_HEADER) reasons = reasons.slice(1);
   h.set(REDRIVE_HEADERS.reasons, JSON.stringify(reasons).replace(/[\r\n]+/gu, " ").slice(0, MAX_REASONS_HEADER));
-  return { subject: redriveSubject(d.tenant, d.source), data: new TextEncoder().encode(JSON.stringify(d.data ?? null)), headers: h };
+  const data = new TextEncoder().encode(JSON.stringify(d.data ?? null));
+  if (d.kind === "projection") {
+    h.set(REDRIVE_HEADERS.stream, projectionStream!);
+    const correlation = d.headers[HEADERS.correlationId];
+    if (correlation) h.set(HEADERS.correlationId, correlation);
+    return { subject: reapplySubject(d.tenant, d.source), data, headers: h, stream: STREAMS.reapply };
+  }
+  return { subject: redriveSubject(d.tenant, d.source), data, headers: h, stream: STREAMS.redrive };
 }
 
 class DeadLetterService implements DeadLetters {
@@ -447,7 +465,7 @@ class DeadLetterService implements DeadLetters {
       if (signal?.aborted) break;
       // Publish, then delete: a crash in between leaves the dead letter, and redriving it
       // again publishes the same Nats-Msg-Id, which the server drops as a duplicate.
-      const ack = await this.#js.publish(msg.subject, msg.data, { headers: msg.headers, expect: { streamName: STREAMS.redrive } });
+      const ack = await this.#js.publish(msg.subject, msg.data, { headers: msg.headers, expect: { streamName: msg.stream } });
       if (ack.duplicate) duplicates += 1;
       await jsm.streams.deleteMessage(STREAMS.dlq, d.seq, false).catch((err: unknown) => {
         if (!/no message found|not found/iu.test(String((err as Error).message))) throw err;

@@ -29,6 +29,7 @@ export {
   eventSubject,
   MAX_TOKEN_BYTES,
   parseSubject,
+  reapplySubject,
   redriveSubject,
   RESERVED_TENANT_PREFIX,
   SUBJECT_ROOTS,

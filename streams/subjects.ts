@@ -4,7 +4,7 @@ import { SubjectTokenError, TenantReservedError } from "./errors.js";
 export const MAX_TOKEN_BYTES = 128;
 
 /** Root token of each subject family (see DESIGN.md). */
-export const SUBJECT_ROOTS = { events: "evt", derived: "drv", dlq: "dlq", redrive: "redrive" } as const;
+export const SUBJECT_ROOTS = { events: "evt", derived: "drv", dlq: "dlq", redrive: "redrive", reapply: "reapply" } as const;
 
 /** Tenant used for system events (`evt._system.plugin.<name>`). */
 export const SYSTEM_TENANT = "_system";
@@ -67,6 +67,15 @@ export function dlqSubject(tenant: string, source: string): string {
  */
 export function redriveSubject(tenant: string, source: string): string {
   return `${SUBJECT_ROOTS.redrive}.${checkToken("tenant", tenant)}.${checkToken("source", source)}`;
+}
+
+/**
+ * `reapply.<tenant>.projection_<name>`: a projection's dead letters sent back, in
+ * `FLEX_REAPPLY` (limits retention): every instance's copy of the projection reads it and
+ * applies the event where that copy failed it (see docs/dlq.md).
+ */
+export function reapplySubject(tenant: string, source: string): string {
+  return `${SUBJECT_ROOTS.reapply}.${checkToken("tenant", tenant)}.${checkToken("source", source)}`;
 }
 
 /** A parsed FlexCore subject. */

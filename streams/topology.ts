@@ -8,7 +8,7 @@ import { serverFeatures } from "./server.js";
 import type { ServerFeatures } from "./server.js";
 
 /** JetStream streams of DESIGN.md. */
-export const STREAMS = { events: "FLEX_EVENTS", derived: "FLEX_DERIVED", dlq: "FLEX_DLQ", redrive: "FLEX_REDRIVE" } as const;
+export const STREAMS = { events: "FLEX_EVENTS", derived: "FLEX_DERIVED", dlq: "FLEX_DLQ", redrive: "FLEX_REDRIVE", reapply: "FLEX_REAPPLY" } as const;
 /** KV buckets of DESIGN.md. */
 export const BUCKETS = {
   snapshots: "flex_snapshots",
@@ -133,6 +133,9 @@ export function streamConfigs(options: TopologyOptions = {}, serverVersion = CUR
     // A work queue: a redriven dead letter is gone once its source acknowledged it, and the
     // duplicate window makes a repeated redrive of one dead letter a no-op (docs/dlq.md).
     { ...base, retention: RetentionPolicy.Workqueue, name: STREAMS.redrive, subjects: ["redrive.>"], max_age: nanos(r.dlqMaxAgeMs), deny_delete: false, description: "FlexCore redriven dead letters: redrive.<tenant>.<source>, consumed by that source only" },
+    // Not a work queue: every instance builds its own copy of a projection, and each copy reads
+    // the redriven dead letters of its projection from its own position (docs/dlq.md).
+    { ...base, name: STREAMS.reapply, subjects: ["reapply.>"], max_age: nanos(r.dlqMaxAgeMs), deny_delete: false, description: "FlexCore projection dead letters sent back: reapply.<tenant>.projection_<name>, read by every copy of that projection" },
   ];
 }
 

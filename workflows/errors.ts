@@ -93,6 +93,22 @@ export class StepTimeoutError extends FlexError {
   }
 }
 
+/**
+ * A redriven trigger dead letter that can start no run: its event is no longer in
+ * `FLEX_EVENTS` at its sequence (aged out or purged), or no event trigger of the installed
+ * version takes its subject. It returns to the DLQ with this reason.
+ */
+export class TriggerEventGoneError extends FlexError {
+  readonly subject: string;
+  readonly seq: number;
+  constructor(subject: string, seq: number, why: string) {
+    super("FLEX_WORKFLOW_TRIGGER_EVENT_GONE", `The redriven trigger event ${seq} (\`${subject}\`) cannot start a run: ${why}`);
+    this.name = "TriggerEventGoneError";
+    this.subject = subject;
+    this.seq = seq;
+  }
+}
+
 /** The code and message of an error for a log line or an event: `FLEX_...: message`. */
 export function describeError(err: unknown): string {
   const e = err as { code?: unknown; message?: unknown };

@@ -19,6 +19,6 @@ export { condition, ExpressionError, parseExpression, render, TEMPLATE_ROOTS } f
 export { RUN_EVENTS, WORKFLOW_CATEGORY } from "./events.js";
 export type { ErrorInfo, RunCancelledData, RunFailedData, RunStartedData, RunSucceededData, StepFailedData, StepSkippedData, StepStartedData, StepSucceededData, TriggerInfo } from "./events.js";
 export type { RunState, RunStatus, StepState, StepStatus } from "./state.js";
-export { DefinitionUnavailableError, RunFinishedError, RunNotFoundError, StepKindUnavailableError, StepTimeoutError, UntrustedDefinitionError, WorkflowDefinitionError, WorkflowNotFoundError } from "./errors.js";
+export { DefinitionUnavailableError, RunFinishedError, RunNotFoundError, StepKindUnavailableError, StepTimeoutError, TriggerEventGoneError, UntrustedDefinitionError, WorkflowDefinitionError, WorkflowNotFoundError } from "./errors.js";
 export { startWorkflows, WORKFLOWS_SCHEMA, workflowsSection } from "./config.js";
 export type { WorkflowsConfig } from "./config.js";

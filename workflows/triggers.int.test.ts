@@ -4,11 +4,11 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { createEventStore, dlqSubject, ensureTopology, eventSubject, STREAMS } from "../streams/index.js";
+import { createDeadLetters, createPublisher, deadLetterHeaders, createEventStore, dlqSubject, ensureTopology, eventSubject, HEADERS, redriveMessage, STREAMS } from "../streams/index.js";
 import type { EventStore } from "../streams/index.js";
 import { createScriptRunner } from "../processors/index.js";
 import type { ScriptRunner } from "../processors/index.js";
-import { createWorkflowClient, startWorkflowRunner } from "./index.js";
+import { createWorkflowClient, RUN_EVENTS, startWorkflowRunner } from "./index.js";
 import type { WorkflowClient, WorkflowRunner } from "./index.js";
 
 let nats: TestNats;
@@ -152,4 +152,51 @@ describe("event triggers across versions", () => {
       return i.num_pending === 0 && i.num_ack_pending === 0;
     });
   });
+
+  it("a trigger's dead letter is listed as kind trigger and redriven back to the trigger: a redrive that fails again returns with both reasons, one that can start its run starts it once however often it comes", async () => {
+    const tenant = uniqueName("t");
+    const publisher = createPublisher(nats.nc);
+    const dl = createDeadLetters(nats.nc);
+    const runStarts = async (seq: number): Promise<number> => (await store.read(eventSubject(tenant, "workflow", `ingest-e${seq}`))).filter((e) => e.type === RUN_EVENTS.runStarted).length;
+    try {
+      // Published before the workflow exists: its trigger never saw it, so it has no run yet.
+      const early = await store.append(eventSubject(tenant, "sensor", "e"), [{ type: "ReadingRecorded", data: { value: 3 } }]);
+      await using r = await runner();
+      void r;
+      await client.put(tenant, definition(tenant, 1));
+      await waitFor("the v1 consumer", async () => (await triggerConsumers(tenant)).some((n) => n.includes("_v1_")));
+      const big = "x".repeat(Math.floor((nats.nc.info?.max_payload ?? 1_048_576) * 0.6));
+      const poison = await store.append(eventSubject(tenant, "sensor", "p"), [{ type: "ReadingRecorded", data: { big } }]);
+      let letters = (await dl.find(tenant, { source: "workflow-ingest" })).deadLetters;
+      await waitFor("the dead letter", async () => (letters = (await dl.find(tenant, { source: "workflow-ingest" })).deadLetters).length === 1);
+      expect(letters[0]).toMatchObject({ kind: "trigger", originalSeq: poison.seq, eventType: "ReadingRecorded", errorCode: "FLEX_PAYLOAD_TOO_LARGE" });
+
+      // Redriven: the trigger reads the event back and fails again, for good.
+      expect((await dl.redrive(tenant, { seq: letters[0]!.seq })).redriven).toEqual([letters[0]!.seq]);
+      let again = letters;
+      await waitFor("the dead letter of the redrive", async () => (again = (await dl.find(tenant, { source: "workflow-ingest" })).deadLetters).length === 1 && again[0]!.seq !== letters[0]!.seq);
+      expect(again[0]!.reasons).toHaveLength(2);
+      expect(again[0]!.reasons[0]).toBe(letters[0]!.reason);
+      await waitFor("the redrive taken back", async () => (await dl.list(tenant)).every((c) => c.redrivePending === 0));
+      expect(await runStarts(poison.seq)).toBe(0);
+
+      // A dead letter of an event that can start its run (as after a fixed cause): one run, even redriven twice.
+      const h = deadLetterHeaders({ id: `workflow-ingest:${early.seq}:dlq`, type: "TriggerFailed", sourceSeq: early.seq, sourceSubject: eventSubject(tenant, "sensor", "e"), reason: "the runner was down" });
+      const body = { workflow: "ingest", version: 1, seq: early.seq, subject: eventSubject(tenant, "sensor", "e"), tenant, type: "ReadingRecorded", attempts: 5, error: { code: "X", message: "down" }, reason: "the runner was down", data: { value: 3 } };
+      const forged = (await publisher.publish(dlqSubject(tenant, "workflow-ingest"), new TextEncoder().encode(JSON.stringify(body)), { headers: h })).seq;
+      const letter = await dl.show(tenant, forged);
+      expect(letter.kind).toBe("trigger");
+      await dl.redrive(tenant, { seq: forged });
+      await waitFor("the run of the redriven event", async () => (await runStarts(early.seq)) === 1);
+      // The same redrive again, past the duplicate window (another message id).
+      const repeat = redriveMessage(letter);
+      repeat.headers.set(HEADERS.msgId, `${repeat.headers.get(HEADERS.msgId)}:repeat`);
+      await publisher.publish(repeat.subject, repeat.data, { headers: repeat.headers });
+      await waitFor("the repeat taken back", async () => (await dl.list(tenant)).every((c) => c.redrivePending === 0));
+      expect(await runStarts(early.seq)).toBe(1);
+      expect((await dl.find(tenant, { source: "workflow-ingest" })).deadLetters.map((d) => d.seq)).toEqual([again[0]!.seq]);
+    } finally {
+      await publisher.close();
+    }
+  }, 60_000);
 });

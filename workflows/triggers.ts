@@ -7,13 +7,13 @@ import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import { deadLetterHeaders, decodeData, decodeEvent, dlqSubject, FlexError, HEADERS, parseSubject, STREAMS } from "../streams/index.js";
+import { deadLetterHeaders, decodeData, decodeEvent, dlqSubject, FlexError, HEADERS, parseSubject, REDRIVE_HEADERS, redriveSubject, STREAMS } from "../streams/index.js";
 import { latestFireTime, parseCron } from "./cron.js";
 import type { CronSchedule } from "./cron.js";
 import type { WorkflowDefinition } from "./definition.js";
 import { orderKey } from "./definitions.js";
 import type { StoredWorkflow } from "./definitions.js";
-import { describeError } from "./errors.js";
+import { describeError, TriggerEventGoneError } from "./errors.js";
 import { WORKFLOW_CATEGORY } from "./events.js";
 import type { TriggerInfo } from "./events.js";
 import type { StartOptions, StartResult } from "./start.js";
@@ -23,7 +23,7 @@ export const CRON_TICK_MS = 1_000;
 /** How late a missed cron fire may still run (after a stall or restart). */
 export const CRON_CATCH_UP_MS = 60 * 60_000;
 // Start errors a redelivery cannot cure.
-const PERMANENT_START_ERRORS = new Set(["FLEX_WORKFLOW_NOT_FOUND", "FLEX_WORKFLOW_INVALID", "FLEX_SUBJECT_TOKEN", "FLEX_INVALID_OPTION", "FLEX_INVALID_EVENT", "FLEX_PAYLOAD_TOO_LARGE"]);
+const PERMANENT_START_ERRORS = new Set(["FLEX_WORKFLOW_TRIGGER_EVENT_GONE", "FLEX_WORKFLOW_NOT_FOUND", "FLEX_WORKFLOW_INVALID", "FLEX_SUBJECT_TOKEN", "FLEX_INVALID_OPTION", "FLEX_INVALID_EVENT", "FLEX_PAYLOAD_TOO_LARGE"]);
 /** Deliveries of a trigger event before it is dead-lettered to `dlq.<tenant>.workflow-<name>`. */
 export const TRIGGER_MAX_DELIVER = 5;
 // Pause before a failed trigger event comes again, doubled per delivery up to the max.
@@ -64,6 +64,33 @@ function parseTriggerConsumer(consumer: string, prefix: string): { version: numb
   return m ? { version: Number(m[1]), index: Number(m[2]) } : undefined;
 }
 
+/** Whether a concrete subject matches a subject filter (`*` one token, `>` the rest). */
+function matchesFilter(filter: string, subject: string): boolean {
+  const f = filter.split(".");
+  const s = subject.split(".");
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === ">") return s.length > i;
+    if (i >= s.length || (f[i] !== "*" && f[i] !== s[i])) return false;
+  }
+  return f.length === s.length;
+}
+
+/** Where a redriven trigger event came from (`FLEX_REDRIVE` headers). */
+interface RedriveOrigin {
+  readonly dlqSeq: number;
+  readonly reasons: readonly string[];
+}
+
+/** A trigger event as the start logic needs it: from the trigger's consumer, or read back for a redrive. */
+interface TriggerEvent {
+  readonly subject: string;
+  readonly seq: number;
+  readonly headers: JsMsg["headers"];
+  readonly data: Uint8Array;
+  readonly storedAt: number;
+  readonly attempts: number;
+}
+
 /** The triggers of every workflow this runner has seen installed. */
 /** One event trigger's durable consumer and the loop that reads it. */
 interface TriggerConsumer {
@@ -82,6 +109,9 @@ export class WorkflowTriggers {
   readonly #log: TriggerContext["log"];
   readonly #now: () => Date;
   readonly #consumers = new Map<string, TriggerConsumer>();
+  /** The version installed last per `<tenant>\u0000<name>` (what a redrive starts), and its redrive reader. */
+  readonly #installed = new Map<string, StoredWorkflow>();
+  readonly #redrives = new Map<string, { messages: ConsumerMessages | undefined; done: Promise<void> }>();
   /** `since`: when the version was stored; nothing before it is owed. */
   readonly #crons = new Map<string, { tenant: string; name: string; schedules: CronSchedule[]; since: number }>();
   /** Fire times up to here have been started; a new runner looks back CRON_CATCH_UP_MS. */
@@ -118,6 +148,9 @@ export class WorkflowTriggers {
     }
     if (this.#closed) return;
     const prefix = triggerConsumerPrefix(w.tenant, w.name);
+    const installed = this.#installed.get(cronKey);
+    if (!installed || installed.version <= w.version) this.#installed.set(cronKey, w);
+    if (!this.#redrives.has(cronKey) && def.triggers.some((t) => t.kind === "event")) await this.#readRedrives(cronKey, prefix, w);
     const existing = new Map<string, { version: number; index: number; ackFloor: number }>();
     for await (const c of this.#jsm.consumers.list(STREAMS.events)) {
       const v = parseTriggerConsumer(c.name, prefix);
@@ -186,16 +219,7 @@ export class WorkflowTriggers {
     if (entry.stopped || this.#closed) messages.stop();
     for await (const m of messages) {
       try {
-        const e = decodeEvent({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: m.info.timestampNanos / 1e6 });
-        const parsed = parseSubject(m.subject);
-        if (parsed.kind !== "event" || parsed.category === WORKFLOW_CATEGORY || (types.length > 0 && !types.includes(e.type))) {
-          m.ack();
-          continue;
-        }
-        const trigger: TriggerInfo = { kind: "event", subject: e.subject, type: e.type, id: e.id, seq: e.seq, key: parsed.id, time: e.time, data: e.data };
-        const runId = `${w.name}-e${m.seq}`;
-        const after = ordered ? await this.#chain(w.tenant, w.name, parsed.id, runId) : undefined;
-        await this.#host.start(w.tenant, w.name, { runId, input: e.data, trigger, causationId: e.id, ...(after ? { after } : {}) });
+        await this.#startFrom({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: m.info.timestampNanos / 1e6, attempts: m.info.deliveryCount }, w, types, ordered);
         m.ack();
       } catch (err) {
         if (this.#closed) return;
@@ -209,7 +233,7 @@ export class WorkflowTriggers {
           continue;
         }
         try {
-          await this.#deadLetter(m, w, err);
+          await this.#deadLetter({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: 0, attempts: m.info.deliveryCount }, w, err);
           m.term();
         } catch (dlqErr) {
           // Not stored in FLEX_DLQ: the event stays with the consumer (redelivered after ack_wait).
@@ -220,26 +244,132 @@ export class WorkflowTriggers {
     }
   }
 
-  /** Stores the `TriggerFailed` dead letter of a trigger event at `dlq.<tenant>.workflow-<name>` (once per event: fixed `Nats-Msg-Id`). */
-  async #deadLetter(m: JsMsg, w: StoredWorkflow, err: unknown): Promise<void> {
+  // Starts the run of one trigger event (an event FlexCore writes itself, or of a type the
+  // trigger does not take, starts nothing). The run id is the event's sequence: a redelivery
+  // or a redrive of the same event starts no second run.
+  async #startFrom(m: TriggerEvent, w: StoredWorkflow, types: readonly string[], ordered: boolean): Promise<void> {
+    const e = decodeEvent({ subject: m.subject, seq: m.seq, headers: m.headers, data: m.data, storedAt: m.storedAt });
+    const parsed = parseSubject(m.subject);
+    if (parsed.kind !== "event" || parsed.category === WORKFLOW_CATEGORY || (types.length > 0 && !types.includes(e.type))) return;
+    const trigger: TriggerInfo = { kind: "event", subject: e.subject, type: e.type, id: e.id, seq: e.seq, key: parsed.id, time: e.time, data: e.data };
+    const runId = `${w.name}-e${m.seq}`;
+    const after = ordered ? await this.#chain(w.tenant, w.name, parsed.id, runId) : undefined;
+    await this.#host.start(w.tenant, w.name, { runId, input: e.data, trigger, causationId: e.id, ...(after ? { after } : {}) });
+  }
+
+  /**
+   * Reads the workflow's redriven dead letters (`redrive.<tenant>.workflow-<name>` in
+   * `FLEX_REDRIVE`, one durable consumer shared by all runners) and tries each event again
+   * with the version installed now: the event is read back from `FLEX_EVENTS` by its sequence.
+   */
+  async #readRedrives(key: string, prefix: string, w: StoredWorkflow): Promise<void> {
+    const name = `${prefix}_redrive`;
+    const filter = redriveSubject(w.tenant, `${WORKFLOW_CATEGORY}-${w.name}`);
+    try {
+      await this.#jsm.consumers.add(STREAMS.redrive, { durable_name: name, filter_subject: filter, deliver_policy: DeliverPolicy.All, ack_policy: AckPolicy.Explicit, ack_wait: TRIGGER_ACK_WAIT_NS, max_deliver: -1, max_ack_pending: 1 })
+        .catch(async (err: unknown) => {
+          await this.#jsm.consumers.info(STREAMS.redrive, name).catch(() => {
+            throw err;
+          });
+        });
+    } catch (err) {
+      // A deployment whose topology predates FLEX_REDRIVE still runs its triggers.
+      this.#log(`workflows: no redrive consumer for ${w.tenant}/${w.name} (${describeError(err)}); run flexcore up to create ${STREAMS.redrive}`, "warn");
+      return;
+    }
+    const entry = { messages: undefined as ConsumerMessages | undefined, done: Promise.resolve() };
+    this.#redrives.set(key, entry);
+    entry.done = (async () => {
+      const consumer = await this.#js.consumers.get(STREAMS.redrive, name);
+      const messages = await consumer.consume({ max_messages: 1 });
+      entry.messages = messages;
+      if (this.#closed) messages.stop();
+      for await (const m of messages) await this.#redriveOne(key, m);
+    })().catch((err: unknown) => {
+      if (!this.#closed) this.#log(`workflows: redrives of ${w.tenant}/${w.name}: ${describeError(err)}`, "warn");
+    });
+  }
+
+  async #redriveOne(key: string, m: JsMsg): Promise<void> {
+    const w = this.#installed.get(key)!;
+    const h = m.headers;
+    const subject = h?.get(REDRIVE_HEADERS.subject) ?? "";
+    const seq = Number(h?.get(REDRIVE_HEADERS.seq));
+    const dlqSeq = Number(h?.get(REDRIVE_HEADERS.dlqSeq));
+    let reasons: string[] = [];
+    try {
+      const r = JSON.parse(h?.get(REDRIVE_HEADERS.reasons) ?? "[]") as unknown;
+      if (Array.isArray(r)) reasons = r.filter((x): x is string => typeof x === "string");
+    } catch {
+      reasons = [];
+    }
+    let parsed: ReturnType<typeof parseSubject> | undefined;
+    try {
+      parsed = parseSubject(subject);
+    } catch {
+      parsed = undefined;
+    }
+    // Only FlexCore's service user publishes redrives, but the tenant is still the workflow's.
+    if (!parsed || parsed.kind !== "event" || parsed.tenant !== w.tenant || m.subject.split(".")[1] !== w.tenant || !Number.isSafeInteger(seq) || seq < 1) {
+      this.#log(`workflows: dropped a malformed redrive on ${m.subject} (original subject ${JSON.stringify(subject)}, sequence ${String(h?.get(REDRIVE_HEADERS.seq))})`, "warn");
+      m.term();
+      return;
+    }
+    const origin: RedriveOrigin = { dlqSeq: Number.isSafeInteger(dlqSeq) ? dlqSeq : 0, reasons };
+    let event: TriggerEvent | undefined;
+    try {
+      const stored = await this.#jsm.streams.getMessage(STREAMS.events, { seq });
+      if (!stored || stored.subject !== subject) throw new TriggerEventGoneError(subject, seq, `it is no longer in ${STREAMS.events} at that sequence`);
+      event = { subject, seq, headers: stored.header, data: stored.data, storedAt: stored.time.getTime(), attempts: m.info.deliveryCount };
+      const t = w.definition.triggers.find((x): x is Extract<WorkflowDefinition["triggers"][number], { kind: "event" }> => x.kind === "event" && matchesFilter(x.subject, subject));
+      if (!t) throw new TriggerEventGoneError(subject, seq, `no event trigger of ${w.name} v${w.version} takes that subject`);
+      await this.#startFrom(event, w, t.types, t.ordered);
+      m.ack();
+    } catch (err) {
+      if (this.#closed) return;
+      const permanent = err instanceof FlexError && PERMANENT_START_ERRORS.has(err.code);
+      if (!permanent && m.info.deliveryCount < TRIGGER_MAX_DELIVER) {
+        m.nak(Math.min(TRIGGER_NAK_MS * 2 ** (m.info.deliveryCount - 1), TRIGGER_MAX_NAK_MS));
+        return;
+      }
+      try {
+        await this.#deadLetter(event ?? { subject, seq, headers: undefined, data: m.data, storedAt: 0, attempts: m.info.deliveryCount }, w, err, origin);
+        m.term();
+      } catch (dlqErr) {
+        this.#log(`workflows: redrive of dead letter ${origin.dlqSeq}: dead letter not stored: ${describeError(dlqErr)}`, "error");
+        m.nak(TRIGGER_MAX_NAK_MS);
+      }
+    }
+  }
+
+  /**
+   * Stores the `TriggerFailed` dead letter of a trigger event at `dlq.<tenant>.workflow-<name>`
+   * (once per event: fixed `Nats-Msg-Id`; a redrive that failed again is a new one, `:r<dlq seq>`,
+   * carrying the earlier reasons).
+   */
+  async #deadLetter(m: TriggerEvent, w: StoredWorkflow, err: unknown, redriven?: RedriveOrigin): Promise<void> {
     const source = `${WORKFLOW_CATEGORY}-${w.name}`;
     const subject = dlqSubject(w.tenant, source);
     const code = err instanceof FlexError ? err.code : typeof (err as { code?: unknown })?.code === "string" ? String((err as { code: string }).code) : null;
-    const reason = `workflow ${w.tenant}/${w.name} v${w.version}: event ${m.seq} started no run after ${m.info.deliveryCount} attempt(s): ${describeError(err)}`;
-    const h = deadLetterHeaders({ id: `${source}:${m.seq}:dlq`, type: "TriggerFailed", causationId: m.headers?.get(HEADERS.msgId), sourceSeq: m.seq, sourceSubject: m.subject, reason });
+    const reason = `workflow ${w.tenant}/${w.name} v${w.version}: event ${m.seq} started no run after ${m.attempts} attempt(s)${redriven ? " of its redrive" : ""}: ${describeError(err)}`;
+    const id = `${source}:${m.seq}:dlq${redriven ? `:r${redriven.dlqSeq}` : ""}`;
+    const h = deadLetterHeaders({ id, type: "TriggerFailed", causationId: m.headers?.get(HEADERS.msgId), sourceSeq: m.seq, sourceSubject: m.subject, reason });
     const body = {
       workflow: w.name,
       version: w.version,
       seq: m.seq,
       subject: m.subject,
       tenant: w.tenant,
-      attempts: m.info.deliveryCount,
+      type: m.headers?.get(HEADERS.type) || undefined,
+      time: m.headers?.get(HEADERS.time) || undefined,
+      attempts: m.attempts,
       error: { code, message: (err as Error)?.message ?? String(err) },
       reason,
+      ...(redriven ? { previousReasons: redriven.reasons, redrivenFrom: redriven.dlqSeq } : {}),
       // The event stays in FLEX_EVENTS at `seq`; a large body is not copied (it may be why it failed).
       ...(m.data.length <= DLQ_MAX_DATA_BYTES ? { data: decodeData(m.data) } : { dataOmitted: m.data.length }),
     };
-    await this.#js.publish(subject, encoder.encode(JSON.stringify(body)), { headers: h, msgID: `${source}:${m.seq}:dlq` });
+    await this.#js.publish(subject, encoder.encode(JSON.stringify(body)), { headers: h, msgID: id });
     this.#log(`workflows: ${reason}; dead-lettered to ${subject}`, "warn");
   }
 
@@ -277,6 +407,9 @@ export class WorkflowTriggers {
       c.stopped = true;
       c.messages?.stop();
     }
-    await Promise.allSettled([...this.#consumers.values()].map((c) => c.done));
+    // A redrive reader still being set up stops itself when it sees #closed.
+    for (const c of this.#redrives.values()) c.messages?.stop();
+    await Promise.allSettled([...this.#consumers.values(), ...this.#redrives.values()].map((c) => c.done));
   }
 }
+

@@ -45,7 +45,7 @@ async function processorDeadLetter(tenant: string, processor: string, seq: numbe
   return (await publisher.publish(dlqSubject(tenant, processor), new TextEncoder().encode(JSON.stringify(body)), { headers: h })).seq;
 }
 
-async function projectionDeadLetter(tenant: string, projection: string): Promise<number> {
+async function projectionDeadLetter(tenant: string, projection: string, subject = `evt.${tenant}.m.k`): Promise<number> {
   const h = natsHeaders();
   h.set("Nats-Msg-Id", `dlq:projection:${projection}:FLEX_EVENTS:7`);
   h.set("Flex-Type", "Reading");
@@ -54,7 +54,7 @@ async function projectionDeadLetter(tenant: string, projection: string): Promise
   h.set(DLQ_HEADERS.source, `projection:${projection}`);
   h.set(DLQ_HEADERS.stream, STREAMS.events);
   h.set(DLQ_HEADERS.seq, "7");
-  h.set(DLQ_HEADERS.subject, `evt.${tenant}.m.k`);
+  h.set(DLQ_HEADERS.subject, subject);
   h.set(DLQ_HEADERS.policy, "dlq");
   return (await publisher.publish(dlqSubject(tenant, dlqSource(projection)), new TextEncoder().encode('{"value":7}'), { headers: h })).seq;
 }
@@ -119,14 +119,26 @@ it("list and show read a tenant's dead letters; redrive sends them to redrive.<t
   expect(await countMessages(nats.nc, STREAMS.dlq, dlqSubject(other, p))).toBe(1);
 }, 60_000);
 
-it("a projection's dead letter cannot be redriven (coded, nothing moved): projections are rebuilt instead", async () => {
+it("a projection's dead letter is redriven to reapply.<tenant>.projection_<name> once (every copy of the projection reads it); one naming another tenant's event moves nothing (coded)", async () => {
   const t = uniqueName("cp");
   const seq = await projectionDeadLetter(t, "orders");
   const show = await run(["dlq", "show", String(seq), "--tenant", t, "--json"]);
   expect(JSON.parse(show.stdout)).toMatchObject({ kind: "projection", source: "projection_orders", reason: "no such column", originalSeq: 7, data: { value: 7 } });
-  const r = await run(["dlq", "redrive", "--tenant", t, "--source", "projection_orders"]);
-  expect(r.code).toBe(1);
-  expect(r.stderr).toContain("[FLEX_DLQ_REDRIVE_UNSUPPORTED]");
-  expect(await countMessages(nats.nc, STREAMS.dlq, dlqSubject(t, "projection_orders"))).toBe(1);
+  const r = await run(["dlq", "redrive", "--tenant", t, "--source", "projection_orders", "--json"]);
+  expect(r.code, r.stderr).toBe(0);
+  expect(JSON.parse(r.stdout)).toEqual({ redriven: [seq], duplicates: 0, more: false });
+  expect(await countMessages(nats.nc, STREAMS.dlq, dlqSubject(t, "projection_orders"))).toBe(0);
+  expect(await countMessages(nats.nc, STREAMS.reapply, `reapply.${t}.projection_orders`)).toBe(1);
   expect(await countMessages(nats.nc, STREAMS.redrive, `redrive.${t}.>`)).toBe(0);
+  const twice = await run(["dlq", "redrive", "--tenant", t, "--seq", String(seq)]);
+  expect(twice.stderr).toContain("[FLEX_DLQ_NOT_FOUND]");
+  expect(await countMessages(nats.nc, STREAMS.reapply, `reapply.${t}.projection_orders`)).toBe(1);
+
+  // A dead letter under t whose event is another tenant's is not sent anywhere.
+  const forged = await projectionDeadLetter(t, "audit", `evt.${uniqueName("cq")}.m.k`);
+  const refused = await run(["dlq", "redrive", "--tenant", t, "--seq", String(forged)]);
+  expect(refused.code).toBe(1);
+  expect(refused.stderr).toContain("[FLEX_DLQ_REDRIVE_UNSUPPORTED]");
+  expect(await countMessages(nats.nc, STREAMS.dlq, dlqSubject(t, "projection_audit"))).toBe(1);
+  expect(await countMessages(nats.nc, STREAMS.reapply, `reapply.${t}.projection_audit`)).toBe(0);
 }, 60_000);

@@ -55,7 +55,7 @@ function filtered(cmd: Command): Command {
 }
 
 export function register(program: Command): void {
-  const dlq = program.command("dlq").description("dead letters (FLEX_DLQ): list, show, redrive to the processor that failed them, purge (docs/dlq.md)");
+  const dlq = program.command("dlq").description("dead letters (FLEX_DLQ): list, show, redrive to the processor or projection that failed them, purge (docs/dlq.md)");
 
   dlq
     .command("list")
@@ -83,7 +83,7 @@ export function register(program: Command): void {
         ].join("\n")).join("\n\n") + (found.more ? "\n(more match: narrow the filters or raise --limit)\n" : "\n"));
     });
 
-  filtered(dlq.command("redrive").description("send dead letters back to the processor that failed them (not to every consumer); a repeated redrive is harmless"))
+  filtered(dlq.command("redrive").description("send dead letters back to the processor or projection that failed them (not to every consumer); a repeated redrive is harmless"))
     .action(async (opts: FilterOptions) => {
       const r = await withDlq(opts, (d) => d.redrive(opts.tenant!, filterOf(opts)));
       print(opts.json, r, () => `redriven ${r.redriven.length} dead letter(s)${r.redriven.length > 0 ? `: ${r.redriven.join(", ")}` : ""}${r.duplicates > 0 ? ` (${r.duplicates} already redriven)` : ""}${r.more ? "; more match, run it again" : ""}\n`);
