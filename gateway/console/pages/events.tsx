@@ -148,11 +148,15 @@ export function Events() {
         </p>
         <ErrorBox error={live.error} />
         {tailOn ? (
-          <ol class="tail-list" role="log" aria-live="polite" aria-label="New events" data-testid="tail">
-            {tail.length === 0 ? <li class="muted">Waiting for events…</li> : tail.map((e) => (
-              <li key={e.seq}><code>{e.seq}</code> {time(e.storedAt)} <strong>{e.category}/{e.stream}</strong> {e.type} <code>{json(e.data, 100)}</code></li>
-            ))}
-          </ol>
+          <div class="tail-list" role="log" aria-live="polite" aria-label="New events" data-testid="tail">
+            {tail.length === 0 ? <p class="muted">Waiting for events…</p> : (
+              <ol>
+                {tail.map((e) => (
+                  <li key={e.seq}><code>{e.seq}</code> {time(e.storedAt)} <strong>{e.category}/{e.stream}</strong> {e.type} <code>{json(e.data, 100)}</code></li>
+                ))}
+              </ol>
+            )}
+          </div>
         ) : null}
       </div>
 
