@@ -254,6 +254,35 @@ describe("GET /v1/events/live", () => {
     expect(((await bad.json()) as { error: { details: { field: string } } }).error.details.field).toBe("last-event-id");
   });
 
+  it("ends the feed, sending nothing more, once the token is revoked; ends it with the reason when the gateway shuts down", async () => {
+    const issued = await gw.issuer!.issueAccess({ tenant: A, subject: "revoked", roles: ["reader"] });
+    const f = await sse("/v1/events/live", issued.token);
+    await f.wait((e) => e.event === "ready", 2_000);
+    await gw.revocations.revoke(issued.jti, issued.expiresAt);
+    await ingest(tok.aw!, [{ category: "sensor", stream: "after", type: "AfterRevoke", data: {} }]);
+    const end = await f.wait((e) => e.event === "end", 2_000);
+    expect(end.data.reason).toBe("token expired or revoked");
+    expect(f.events.some((e) => e.event === "event")).toBe(false);
+    f.close();
+
+    // A second gateway on the same server: closing it ends its open feeds at once, with the reason.
+    const other = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false, projections: engine });
+    const base = await other.listen();
+    const token = await tokenFor(other, A, ["reader"]);
+    const res = await fetch(`${base}/v1/events/live`, { headers: { authorization: `Bearer ${token}` } });
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    while (!text.includes("event: ready")) text += (await reader.read()).value ?? "";
+    const closing = other.close();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    await closing;
+    expect(text).toContain('event: end\ndata: {"reason":"server shutting down"}');
+  });
+
   it(`allows ${MAX_LIVE_TAILS_PER_TENANT} open feeds per tenant, then 429 FLEX_LIVE_FEEDS_EXHAUSTED; other tenants are not affected`, async () => {
     const open: Sse[] = [];
     try {

@@ -13,6 +13,10 @@ export const SSE_HEARTBEAT_MS = 15_000;
 export const SSE_SHUTDOWN_REASON = "server shutting down";
 /** The `reason` of the `end` event when the caller's token expires or is revoked. */
 export const SSE_TOKEN_REASON = "token expired or revoked";
+/** Bytes a feed may have waiting for a client that does not read before it is ended (the client reconnects and resumes). */
+export const SSE_MAX_BUFFERED_BYTES = 1024 * 1024;
+/** The `reason` of the `end` event of a client that fell {@link SSE_MAX_BUFFERED_BYTES} behind. */
+export const SSE_SLOW_CLIENT_REASON = "client too slow";
 
 /** An open feed. */
 export interface SseFeed {
@@ -90,6 +94,8 @@ export function sseFeeds(app: FastifyInstance): SseFeeds {
         send(event, data, id) {
           if (!isOpen) return;
           if (!stillValid()) return end(SSE_TOKEN_REASON);
+          // A client that stops reading must not make the gateway hold every event for it.
+          if (raw.writableLength > SSE_MAX_BUFFERED_BYTES) return end(SSE_SLOW_CLIENT_REASON);
           raw.write(`${id !== undefined ? `id: ${id}\n` : ""}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
         },
         end,
