@@ -131,8 +131,11 @@ describe("console: event explorer", () => {
     const { page } = w;
     await page.getByLabel("Category").fill("door");
     await page.getByRole("button", { name: "Search" }).click();
-    await page.getByRole("button", { name: "History of door/d1" }).first().click();
+    // By keyboard: Enter on the aggregate opens its history and the focus lands on its heading.
+    await page.getByRole("button", { name: "History of door/d1" }).first().focus();
+    await page.keyboard.press("Enter");
     await page.getByRole("heading", { name: "History of door/d1" }).waitFor();
+    await expect.poll(() => page.evaluate("document.activeElement.textContent")).toBe("History of door/d1");
     await expect.poll(() => page.getByTestId("state-current").innerText()).toContain('"blue"');
     await page.getByLabel("State as of revision").selectOption({ label: await page.locator("#as-of option", { hasText: "revision 1:" }).innerText() });
     await expect.poll(() => page.getByTestId("state-as-of").innerText()).toContain('"red"');
