@@ -187,3 +187,11 @@ export class ConsoleNotBuiltError extends GatewayError {
     this.name = "ConsoleNotBuiltError";
   }
 }
+
+/** The tenant already has as many open live event feeds on this gateway instance as it may. HTTP 429. */
+export class LiveFeedLimitError extends GatewayError {
+  constructor(limit: number) {
+    super("FLEX_LIVE_FEEDS_EXHAUSTED", 429, `Your tenant already has ${limit} open live event feeds on this gateway; close one (another tab or client) and retry`, { limit });
+    this.name = "LiveFeedLimitError";
+  }
+}

@@ -33,6 +33,7 @@ import { registerDerivedRoutes } from "./routes/derived.js";
 import { registerDlqRoutes } from "./routes/dlq.js";
 import { registerDocsRoutes } from "./routes/docs.js";
 import { registerEventRoutes } from "./routes/events.js";
+import { registerExplorerRoutes } from "./routes/explorer.js";
 import { registerHealthRoutes } from "./routes/health.js";
 import { registerOverviewRoutes } from "./routes/overview.js";
 import { registerProjectionRoutes } from "./routes/projections.js";
@@ -406,6 +407,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   registerUserRoutes(ctx);
   registerStreamRoutes(ctx);
   registerEventRoutes(ctx);
+  // The console's event explorer (GET /v1/events, /v1/events/live).
+  registerExplorerRoutes(ctx);
   registerProjectionRoutes(ctx);
   registerDerivedRoutes(ctx);
   registerDlqRoutes(ctx);

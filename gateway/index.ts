@@ -8,6 +8,7 @@ export {
   InvalidJsonError,
   InvalidRefreshTokenError,
   KeyStoreError,
+  LiveFeedLimitError,
   NotFoundError,
   PluginSystemOwnedError,
   RateLimitedError,
@@ -46,7 +47,7 @@ export { allows, checkRoles, POLICY, ROLES } from "./policy.js";
 export type { PolicyName, Role } from "./policy.js";
 export { DEFAULT_RATE_PER_SECOND, resolveRateLimit } from "./rate-limit.js";
 export type { RateLimit, RateLimitOptions } from "./rate-limit.js";
-export type { ReadModelChange, ReadModelPage, ReadModelQuery, ReadModels } from "./read-models.js";
+export type { ReadModelChange, ReadModelEntry, ReadModelPage, ReadModelQuery, ReadModelReader, ReadModels } from "./read-models.js";
 export { openRevocations } from "./revocations.js";
 export type { Revocations, RevocationsOptions } from "./revocations.js";
 export { DEFAULT_AUTH_SWEEP_BATCH, DEFAULT_AUTH_SWEEP_INTERVAL_MS, DEFAULT_MARKER_GRACE_MS, openAuthSweeper } from "./auth-sweep.js";

@@ -1,5 +1,5 @@
 import type { FilterValue, ProjectionEngine } from "../projections/index.js";
-import type { ReadModelChange, ReadModels } from "./read-models.js";
+import type { ReadModelChange, ReadModelEntry, ReadModels } from "./read-models.js";
 
 /**
  * The projection engine as the gateway's {@link ReadModels}: queries, read-your-writes
@@ -24,5 +24,28 @@ export function projectionReadModels(engine: ProjectionEngine): ReadModels {
         listener(event);
       }),
     lag: async () => (await engine.status()).map((s) => ({ name: s.name, lag: s.lag ?? Number.POSITIVE_INFINITY })),
+    catalog: async () => {
+      const status = new Map((await engine.status()).map((s) => [s.name, s]));
+      return engine.list().map((p): ReadModelEntry => {
+        const s = status.get(p.name);
+        const times = (s?.streams ?? []).map((x) => x.lastEventTime).filter((t): t is string => t !== null).sort();
+        return {
+          name: p.name,
+          description: p.description,
+          readers: p.readers.map((r) => ({
+            name: r.name,
+            description: r.description,
+            columns: Object.fromEntries(Object.entries(r.columns).filter(([c]) => c !== "tenant")),
+            key: r.key.filter((c) => c !== "tenant"),
+            defaultSort: r.defaultSort ?? null,
+          })),
+          state: s?.state ?? "unknown",
+          lag: s?.lag ?? null,
+          rebuilding: s?.rebuilding ?? false,
+          generation: s?.generation ?? null,
+          lastEventTime: times.at(-1) ?? null,
+        };
+      });
+    },
   };
 }

@@ -29,6 +29,32 @@ export interface ReadModelChange {
   readonly seq?: number;
 }
 
+/** One reader of a read model, as `GET /v1/projections` lists it. */
+export interface ReadModelReader {
+  readonly name: string;
+  readonly description: string;
+  /** Column → SQLite type (`text`, `integer`, `real`, `json`); `tenant` is never shown. */
+  readonly columns: Readonly<Record<string, string>>;
+  readonly key: readonly string[];
+  readonly defaultSort: string | null;
+}
+
+/** A read model a tenant can query, with its deployment-wide state. */
+export interface ReadModelEntry {
+  readonly name: string;
+  readonly description: string;
+  readonly readers: readonly ReadModelReader[];
+  /** `live`, `catching-up`, `stopped`, `stale`, `read-only`, or `unknown`. */
+  readonly state: string;
+  /** Events not yet reflected (all tenants); null when NATS could not be asked. */
+  readonly lag: number | null;
+  readonly rebuilding: boolean;
+  /** Copy being served: 1 for the first build, one more after each rebuild or version bump. */
+  readonly generation: number | null;
+  /** `Flex-Time` of the last event applied. */
+  readonly lastEventTime: string | null;
+}
+
 /** The projection engine, as the gateway uses it. */
 export interface ReadModels {
   query(name: string, query: ReadModelQuery): ReadModelPage | Promise<ReadModelPage>;
@@ -38,6 +64,8 @@ export interface ReadModels {
   onChange(name: string, listener: (change: ReadModelChange) => void): () => void;
   /** Projections whose lag is reported and checked by `/readyz`. */
   lag?(): Promise<ReadonlyArray<{ name: string; lag: number }>> | ReadonlyArray<{ name: string; lag: number }>;
+  /** The read models with their readers and state, for `GET /v1/projections`; without it the route answers 503. */
+  catalog?(): Promise<readonly ReadModelEntry[]> | readonly ReadModelEntry[];
 }
 
 /**

@@ -27,6 +27,9 @@ export interface Api {
   signIn(tenant: string, username: string, password: string): Promise<Session>;
   /** Ends the session on the gateway (best effort) and forgets it here. */
   signOut(): Promise<void>;
+  // Event explorer: live feeds (server-sent events) need the bearer, which EventSource cannot send.
+  /** A GET answered as a stream (server-sent events): the bearer, one refresh on 401, coded errors; read `body` yourself. */
+  stream(path: string, headers?: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Response>;
 }
 
 interface TokenPair {
@@ -44,13 +47,14 @@ async function errorOf(res: Response): Promise<ApiError> {
 
 export function createApi(store: SessionStore, base: URL = new URL("../", globalThis.location.href)): Api {
   const url = (path: string): string => new URL(path.replace(/^\//u, ""), base).href;
-  const send = async (method: string, path: string, body: unknown, token: string | undefined): Promise<Response> => {
-    const headers: Record<string, string> = { accept: "application/json" };
+  const send = async (method: string, path: string, body: unknown, token: string | undefined, extra?: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Response> => {
+    const headers: Record<string, string> = { accept: "application/json", ...extra };
     if (token) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
     try {
-      return await fetch(url(path), { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}), credentials: "omit", cache: "no-store" });
+      return await fetch(url(path), { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}), ...(signal ? { signal } : {}), credentials: "omit", cache: "no-store" });
     } catch (err) {
+      if (signal?.aborted) throw err;
       throw new ApiError("NETWORK", 0, `The gateway could not be reached: ${(err as Error).message}`);
     }
   };
@@ -77,9 +81,9 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
     return refreshing;
   };
 
-  const call = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+  const authed = async (method: string, path: string, body?: unknown, extra?: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Response> => {
     let session = store.get();
-    let res = await send(method, path, body, session?.accessToken);
+    let res = await send(method, path, body, session?.accessToken, extra, signal);
     if (res.status === 401 && session) {
       try {
         session = await refresh(session);
@@ -87,7 +91,7 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
         store.set(undefined, err as Error);
         throw err;
       }
-      res = await send(method, path, body, session.accessToken);
+      res = await send(method, path, body, session.accessToken, extra, signal);
       if (res.status === 401) {
         const err = await errorOf(res);
         store.set(undefined, err);
@@ -95,12 +99,18 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
       }
     }
     if (!res.ok) throw await errorOf(res);
+    return res;
+  };
+
+  const call = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+    const res = await authed(method, path, body);
     if (res.status === 204) return undefined as T;
     return (await res.json()) as T;
   };
 
   return {
     get: (path) => call("GET", path),
+    stream: (path, headers, signal) => authed("GET", path, undefined, { accept: "text/event-stream", ...headers }, signal),
     post: (path, body) => call("POST", path, body ?? {}),
     async signIn(tenant, username, password) {
       const res = await send("POST", "/v1/auth/token", { tenant, username, password }, undefined);

@@ -2,11 +2,9 @@ import { checkToken } from "../../streams/index.js";
 import { BadRequestError, UnavailableError } from "../errors.js";
 import type { RouteContext } from "../route-context.js";
 import type { ReadModelPage, ReadModelQuery, ReadModels } from "../read-models.js";
+import { sseFeeds } from "../sse.js";
 
-/** Interval of SSE keep-alive comments, in ms. */
-export const SSE_HEARTBEAT_MS = 15_000;
-/** The `reason` of the `end` event a live feed gets when the gateway closes. */
-export const SSE_SHUTDOWN_REASON = "server shutting down";
+export { SSE_HEARTBEAT_MS, SSE_SHUTDOWN_REASON } from "../sse.js";
 
 const nameParams = {
   type: "object",
@@ -44,11 +42,19 @@ function need(readModels: ReadModels | undefined): ReadModels {
 /** `GET /v1/projections/:name` and its live feed. */
 export function registerProjectionRoutes(ctx: RouteContext): void {
   const { app, limits, timed, deadline, revocations } = ctx;
-  // Open live feeds: a hijacked reply is outside Fastify's bookkeeping, so closing the server
-  // would wait for each client to leave. They are ended first, with the reason.
-  const feeds = new Set<(reason?: string) => void>();
-  app.addHook("preClose", async () => {
-    for (const end of [...feeds]) end(SSE_SHUTDOWN_REASON);
+  const feeds = sseFeeds(app);
+
+  // The console's list of read models: what a tenant can query, and how far behind each is.
+  app.get("/v1/projections", {
+    config: { policy: "projection.query" },
+    schema: {
+      tags: ["projections"],
+      summary: "The read models you can query: readers with their columns, key and default sort, and each projection's state, lag and generation (deployment-wide: a projection serves every tenant)",
+    },
+  }, async () => {
+    const rm = need(ctx.readModels);
+    if (!rm.catalog) throw new UnavailableError("The projection catalog");
+    return { projections: await deadline(Promise.resolve(rm.catalog())) };
   });
 
   app.get<{ Params: { name: string }; Querystring: ProjectionQuerystring }>("/v1/projections/:name", {
@@ -112,34 +118,11 @@ export function registerProjectionRoutes(ctx: RouteContext): void {
     const name = checkToken("projection", req.params.name);
     // Fails with 404 (unknown projection) before the stream starts.
     await rm.query(name, { tenant: principal.tenant, limit: 1 });
-    reply.hijack();
-    const raw = reply.raw;
-    raw.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache, no-transform", connection: "keep-alive", "x-accel-buffering": "no" });
-    raw.write(`retry: 2000\nevent: ready\ndata: ${JSON.stringify({ projection: name })}\n\n`);
-    let open = true;
-    const stillValid = (): boolean => principal.expiresAt * 1000 > Date.now() && !revocations.has(principal.jti) && !(principal.sid && revocations.has(principal.sid));
-    const end = (reason?: string): void => {
-      if (!open) return;
-      open = false;
-      feeds.delete(end);
-      off();
-      clearInterval(heartbeat);
-      clearTimeout(expiry);
-      if (reason) raw.write(`event: end\ndata: ${JSON.stringify({ reason })}\n\n`);
-      raw.end();
-    };
+    const feed = feeds.open(req, reply, principal, revocations, { projection: name });
     const off = rm.onChange(name, (change) => {
-      if (!open) return;
       if (change.tenants && !change.tenants.includes(principal.tenant)) return;
-      if (!stillValid()) return end("token expired or revoked");
-      raw.write(`event: change\ndata: ${JSON.stringify({ seq: change.seq ?? null })}\n\n`);
+      feed.send("change", { seq: change.seq ?? null });
     });
-    const heartbeat = setInterval(() => (stillValid() ? raw.write(": ping\n\n") : end("token expired or revoked")), SSE_HEARTBEAT_MS);
-    heartbeat.unref();
-    // The stream ends when the token does; the client reconnects with a fresh one.
-    const expiry = setTimeout(() => end("token expired"), Math.max(0, Math.min(principal.expiresAt * 1000 - Date.now(), 2 ** 31 - 1)));
-    expiry.unref();
-    feeds.add(end);
-    req.raw.on("close", () => end());
+    feed.onEnd(off);
   });
 }

@@ -6,6 +6,9 @@
 import type { ComponentType } from "preact";
 import type { Action } from "../roles.js";
 import { Overview } from "./overview.js";
+// Event explorer and projections (console part 2b).
+import { Events } from "./events.js";
+import { Projections } from "./projections.js";
 
 export interface PageEntry {
   /** Route: `#/<route>`. */
@@ -18,8 +21,8 @@ export interface PageEntry {
 
 export const PAGES: readonly PageEntry[] = [
   { route: "overview", title: "Overview", component: Overview, requires: "overview.read" },
-  { route: "events", title: "Event explorer", requires: "stream.read" },
-  { route: "projections", title: "Projections", requires: "projection.query" },
+  { route: "events", title: "Event explorer", component: Events, requires: "stream.read" },
+  { route: "projections", title: "Projections", component: Projections, requires: "projection.query" },
   { route: "processors", title: "Processors", requires: "derived.read" },
   { route: "workflows", title: "Workflows", requires: "workflow.list" },
   { route: "dead-letters", title: "Dead letters", requires: "dlq.read" },
