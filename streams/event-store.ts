@@ -39,6 +39,8 @@ const READ_CREATE_ATTEMPTS = 5;
 const READ_COMPACT_AT = 8_192;
 // Below this many events, reading with direct gets beats creating a consumer.
 const DIRECT_READ_MAX = 16;
+// Subjects whose last append's sequence a store remembers for read-your-writes.
+const WRITTEN_CACHE_SIZE = 10_000;
 // Messages read per batch direct get, and at most in all, when looking for a retried append's events.
 const DIRECT_BATCH = 1_000;
 /** Messages per batch direct get when reading an aggregate (`batchReads: "auto"`). */
@@ -265,6 +267,11 @@ class JetStreamEventStore implements EventStore {
   readonly #snapshotEvery: number;
   readonly #headCacheSize: number;
   readonly #heads = new Map<string, Head>();
+  // The stream sequence of this store's last acknowledged append per subject (bounded like
+  // #heads). Direct gets are answered by any replica of an R3 stream, and one that is still
+  // catching up (a node just back) answers with what it has: a read below this sequence came
+  // from such a replica and is asked again of the stream leader. Read-your-writes per store.
+  readonly #written = new Map<string, number>();
   // Whether appends of several events go as one atomic batch; turned off for good when the stream says it lacks allow_atomic.
   #atomic: boolean;
   #duplicateWindowMs: number | undefined;
@@ -314,11 +321,11 @@ class JetStreamEventStore implements EventStore {
           continue;
         }
         const resumed = await this.#resumeIfStored(subject, encoded, head);
-        if (resumed) return resumed;
+        if (resumed) return this.#wrote(subject, resumed);
         throw new ConcurrencyError(subject, expected, head.revision);
       }
       const outcome = await this.#publishEvents(subject, encoded, head, options.signal);
-      if (outcome.kind === "ok") return outcome.result;
+      if (outcome.kind === "ok") return this.#wrote(subject, outcome.result);
       // Someone appended between our read of the head and our first event.
       this.#heads.delete(subject);
       head = undefined;
@@ -501,8 +508,27 @@ class JetStreamEventStore implements EventStore {
     return this.#readHead(toSubject(stream));
   }
 
+  // STREAM.MSG.GET, which only the stream leader answers (a direct get goes to any replica).
+  async #leaderGet(query: { last_by_subj: string } | { seq: number; next_by_subj: string }): Promise<StoredMsg | null> {
+    try {
+      return await this.#jsm.streams.getMessage(STREAMS.events, query);
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 404 || /no message found/i.test(String((err as Error).message))) return null;
+      throw err;
+    }
+  }
+
+  #wrote(subject: string, result: AppendResult): AppendResult {
+    this.#written.delete(subject);
+    this.#written.set(subject, result.seq);
+    if (this.#written.size > WRITTEN_CACHE_SIZE) this.#written.delete(this.#written.keys().next().value!);
+    return result;
+  }
+
   async #readHead(subject: string): Promise<Head> {
-    const last = await this.#jsm.direct.getMessage(STREAMS.events, { last_by_subj: subject });
+    let last = await this.#jsm.direct.getMessage(STREAMS.events, { last_by_subj: subject });
+    // A replica behind this store's own last write answered: the leader knows it.
+    if ((last?.seq ?? 0) < (this.#written.get(subject) ?? 0)) last = await this.#leaderGet({ last_by_subj: subject });
     if (!last) return this.#remember(subject, { revision: 0, seq: 0 });
     const rev = last.header?.get(HEADERS.revision);
     let revision = rev ? Number(rev) : Number.NaN;
@@ -540,21 +566,42 @@ class JetStreamEventStore implements EventStore {
       first = limit === undefined ? 1 : Math.max(1, last - limit + 1);
     }
     if (first > last) return [];
-    const out: StoredEvent[] = [];
-    let position = 0;
-    await this.#scan(subject, 1, head.seq, head.revision, options.signal, (raw) => {
-      position += 1;
-      const event = decodeEvent(raw);
-      const revision = event.revision ?? position;
-      if (revision >= first && revision <= last) out.push(event.revision === undefined ? { ...event, revision } : event);
-      return revision < last;
-    });
+    const collect = async (fromLeader: boolean): Promise<StoredEvent[]> => {
+      const out: StoredEvent[] = [];
+      let position = 0;
+      await this.#scan(subject, 1, head.seq, head.revision, options.signal, (raw) => {
+        position += 1;
+        const event = decodeEvent(raw);
+        const revision = event.revision ?? position;
+        if (revision >= first && revision <= last) out.push(event.revision === undefined ? { ...event, revision } : event);
+        return revision < last;
+      }, fromLeader);
+      return out;
+    };
+    let out = await collect(false);
+    // Fewer than the head promised: a replica still catching up answered the direct gets.
+    if (out.length < last - first + 1) out = await collect(true);
     return direction === "backward" ? out.reverse() : out;
   }
 
   // Calls `onMessage` for the subject's messages from startSeq to endSeq, in order, until it returns false.
-  async #scan(subject: string, startSeq: number, endSeq: number, expectedCount: number, signal: AbortSignal | undefined, onMessage: (m: RawMessage) => boolean): Promise<number> {
+  async #scan(subject: string, startSeq: number, endSeq: number, expectedCount: number, signal: AbortSignal | undefined, onMessage: (m: RawMessage) => boolean, fromLeader = false): Promise<number> {
     if (endSeq < startSeq) return 0;
+    if (fromLeader) {
+      // One message at a time from the stream leader (not a direct get): slow, and only used
+      // when a lagging replica answered the direct gets.
+      let count = 0;
+      let seq = startSeq;
+      while (seq <= endSeq) {
+        signal?.throwIfAborted();
+        const m = await this.#leaderGet({ seq, next_by_subj: subject });
+        if (!m || m.seq > endSeq) break;
+        count += 1;
+        if (!onMessage(fromStored(m))) break;
+        seq = m.seq + 1;
+      }
+      return count;
+    }
     // Measured (bench ingest, aggregate.*): one batch direct get beats creating a consumer,
     // but a consumer streams long reads faster than repeated batch requests.
     if (this.#batchReads && expectedCount <= DIRECT_READ_BATCH) return this.#scanDirect(subject, startSeq, endSeq, signal, onMessage);
@@ -734,29 +781,43 @@ class JetStreamEventStore implements EventStore {
 
     const head = await this.#readHead(subject);
     const endSeq = asOfSeq === undefined ? head.seq : Math.min(asOfSeq, head.seq);
-    let state = reducer.initial();
-    let revision = 0;
-    let seq = 0;
-    let storedAt = 0;
+    let start = { state: reducer.initial(), revision: 0, seq: 0, storedAt: 0 };
     let fromSnapshot = false;
     if (useSnapshots && head.seq > 0) {
       const snap = await this.#snapshots.load<S>(subject, reducer.name);
       if (snap && snap.reducerVersion === version && snap.seq <= endSeq && (asOfTime === undefined || snap.storedAt <= asOfTime)) {
-        ({ state, revision, seq, storedAt } = snap);
+        start = { state: snap.state, revision: snap.revision, seq: snap.seq, storedAt: snap.storedAt };
         fromSnapshot = true;
       }
     }
-    let position = revision;
-    const eventsRead = await this.#scan(subject, seq + 1, endSeq, head.revision - revision, options.signal, (raw) => {
-      if (asOfTime !== undefined && raw.storedAt > asOfTime) return false;
-      position += 1;
-      const event = decodeEvent<E>(raw);
-      state = reducer.apply(state, event.revision === undefined ? { ...event, revision: position } : event);
-      revision = event.revision ?? position;
-      seq = raw.seq;
-      storedAt = raw.storedAt;
-      return true;
-    });
+    let { state, revision, seq, storedAt } = start;
+    const fold = async (fromLeader: boolean): Promise<{ eventsRead: number; complete: boolean }> => {
+      // The second fold starts from scratch: the first may have changed the snapshot's state in place.
+      if (fromLeader) {
+        start = { state: reducer.initial(), revision: 0, seq: 0, storedAt: 0 };
+        fromSnapshot = false;
+      }
+      ({ state, revision, seq, storedAt } = start);
+      let position = revision;
+      let stoppedAt = false;
+      const eventsRead = await this.#scan(subject, seq + 1, endSeq, head.revision - revision, options.signal, (raw) => {
+        if (asOfTime !== undefined && raw.storedAt > asOfTime) {
+          stoppedAt = true;
+          return false;
+        }
+        position += 1;
+        const event = decodeEvent<E>(raw);
+        state = reducer.apply(state, event.revision === undefined ? { ...event, revision: position } : event);
+        revision = event.revision ?? position;
+        seq = raw.seq;
+        storedAt = raw.storedAt;
+        return true;
+      }, fromLeader);
+      return { eventsRead, complete: stoppedAt || seq >= endSeq };
+    };
+    let { eventsRead, complete } = await fold(false);
+    // Short of the head: a replica still catching up answered the direct gets.
+    if (!complete) ({ eventsRead } = await fold(true));
     if (useSnapshots && eventsRead >= this.#snapshotEvery) {
       const snapshot: Snapshot<S> = { state, revision, seq, storedAt, reducer: reducer.name, reducerVersion: version };
       // Only the newest state is worth keeping: older asOf loads start from scratch anyway.
