@@ -23,6 +23,12 @@ export class ApiError extends Error {
 export interface Api {
   get<T>(path: string): Promise<T>;
   post<T>(path: string, body?: unknown): Promise<T>;
+  // console pages: processors, workflows, dead letters, users (issue #16 part 2c)
+  patch<T>(path: string, body: unknown): Promise<T>;
+  /** DELETE; resolves to undefined on 204. */
+  del<T = undefined>(path: string): Promise<T>;
+  /** POST of text of a media type, sent as is (a YAML workflow definition). */
+  postText<T>(path: string, text: string, type: string): Promise<T>;
   /** Signs in, reads who the token says the user is, and stores the session. */
   signIn(tenant: string, username: string, password: string): Promise<Session>;
   /** Ends the session on the gateway (best effort) and forgets it here. */
@@ -44,12 +50,13 @@ async function errorOf(res: Response): Promise<ApiError> {
 
 export function createApi(store: SessionStore, base: URL = new URL("../", globalThis.location.href)): Api {
   const url = (path: string): string => new URL(path.replace(/^\//u, ""), base).href;
-  const send = async (method: string, path: string, body: unknown, token: string | undefined): Promise<Response> => {
+  // `type`: the body is text of that media type, sent as is (YAML definitions); else JSON.
+  const send = async (method: string, path: string, body: unknown, token: string | undefined, type?: string): Promise<Response> => {
     const headers: Record<string, string> = { accept: "application/json" };
     if (token) headers.authorization = `Bearer ${token}`;
-    if (body !== undefined) headers["content-type"] = "application/json";
+    if (body !== undefined) headers["content-type"] = type ?? "application/json";
     try {
-      return await fetch(url(path), { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}), credentials: "omit", cache: "no-store" });
+      return await fetch(url(path), { method, headers, ...(body !== undefined ? { body: type ? String(body) : JSON.stringify(body) } : {}), credentials: "omit", cache: "no-store" });
     } catch (err) {
       throw new ApiError("NETWORK", 0, `The gateway could not be reached: ${(err as Error).message}`);
     }
@@ -77,9 +84,9 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
     return refreshing;
   };
 
-  const call = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+  const call = async <T>(method: string, path: string, body?: unknown, type?: string): Promise<T> => {
     let session = store.get();
-    let res = await send(method, path, body, session?.accessToken);
+    let res = await send(method, path, body, session?.accessToken, type);
     if (res.status === 401 && session) {
       try {
         session = await refresh(session);
@@ -87,7 +94,7 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
         store.set(undefined, err as Error);
         throw err;
       }
-      res = await send(method, path, body, session.accessToken);
+      res = await send(method, path, body, session.accessToken, type);
       if (res.status === 401) {
         const err = await errorOf(res);
         store.set(undefined, err);
@@ -102,6 +109,10 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
   return {
     get: (path) => call("GET", path),
     post: (path, body) => call("POST", path, body ?? {}),
+    // console pages: processors, workflows, dead letters, users (issue #16 part 2c)
+    patch: (path, body) => call("PATCH", path, body),
+    del: (path) => call("DELETE", path),
+    postText: (path, text, type) => call("POST", path, text, type),
     async signIn(tenant, username, password) {
       const res = await send("POST", "/v1/auth/token", { tenant, username, password }, undefined);
       if (!res.ok) throw await errorOf(res);

@@ -6,6 +6,11 @@
 import type { ComponentType } from "preact";
 import type { Action } from "../roles.js";
 import { Overview } from "./overview.js";
+// console pages: processors, workflows, dead letters, users (issue #16 part 2c)
+import { DeadLetters } from "./dead-letters.js";
+import { Processors } from "./processors.js";
+import { Users } from "./users.js";
+import { Workflows } from "./workflows.js";
 
 export interface PageEntry {
   /** Route: `#/<route>`. */
@@ -20,10 +25,10 @@ export const PAGES: readonly PageEntry[] = [
   { route: "overview", title: "Overview", component: Overview, requires: "overview.read" },
   { route: "events", title: "Event explorer", requires: "stream.read" },
   { route: "projections", title: "Projections", requires: "projection.query" },
-  { route: "processors", title: "Processors", requires: "derived.read" },
-  { route: "workflows", title: "Workflows", requires: "workflow.list" },
-  { route: "dead-letters", title: "Dead letters", requires: "dlq.read" },
-  { route: "users", title: "Users", requires: "users.manage" },
+  { route: "processors", title: "Processors", component: Processors, requires: "derived.read" },
+  { route: "workflows", title: "Workflows", component: Workflows, requires: "workflow.list" },
+  { route: "dead-letters", title: "Dead letters", component: DeadLetters, requires: "dlq.read" },
+  { route: "users", title: "Users", component: Users, requires: "users.manage" },
 ];
 
 /** The page shown after sign-in and for an empty route. */
