@@ -101,10 +101,11 @@ beforeAll(async () => {
   // dead letters of another source to purge.
   await publish(A, "k1", { value: 1 });
   await publish(A, "k1", { value: 2, failWhile: marker });
+  for (const value of [3, 5, 4, 8]) await publish(A, "k1", { value });
   await publish(B, B_KEY, { value: 40 });
   await seedTenant(nats.nc, A, { events: 0, deadLetters: { junk: 2 } });
   await seedTenant(nats.nc, B, { events: 0, deadLetters: { [`only_${B}`]: 3 } });
-  await waitFor(async () => (await countMessages(nats.nc, STREAMS.dlq, `dlq.${A}.${FLAKY}`)) === 1 && (await outputsOf(A, "k1")) === 1 && (await outputsOf(B, B_KEY)) === 1, 30_000, "the poison event dead-lettered, the good ones processed");
+  await waitFor(async () => (await countMessages(nats.nc, STREAMS.dlq, `dlq.${A}.${FLAKY}`)) === 1 && (await outputsOf(A, "k1")) === 5 && (await outputsOf(B, B_KEY)) === 1, 30_000, "the poison event dead-lettered, the good ones processed");
 }, 60_000);
 
 afterAll(async () => {
@@ -207,13 +208,13 @@ describe("console operations pages", () => {
 
     // The cause is fixed; the admin redrives it and the processor's output count goes up by one.
     await unlink(marker);
-    expect(await outputsOf(A, "k1")).toBe(1);
+    expect(await outputsOf(A, "k1")).toBe(5);
     await w.page.getByRole("button", { name: /^Redrive \d+$/u }).click();
     const dialog = w.page.getByRole("dialog", { name: "Redrive dead letters?" });
     await dialog.waitFor();
     await dialog.getByRole("button", { name: "Redrive" }).click();
     await w.page.getByRole("status").getByText("Redrove 1 dead letter(s).").waitFor();
-    await waitFor(async () => (await outputsOf(A, "k1")) === 2, 20_000, "the redriven message processed");
+    await waitFor(async () => (await outputsOf(A, "k1")) === 6, 20_000, "the redriven message processed");
     await expect.poll(() => w.page.getByTestId("dlq-sources").innerText(), { timeout: 10_000 }).not.toContain(FLAKY);
 
     // Purge: Cancel (or Escape) changes nothing; confirming deletes them.

@@ -38,7 +38,9 @@ const fmt = new Intl.NumberFormat("en", { maximumFractionDigits: 2 });
 /** One x axis (the minutes any processor reported) and one series per processor. */
 function perMinute(m: ProcessorMetrics | undefined, pick: (p: ProcessorMetrics["processors"][number]["minutes"][number]) => number | null): { names: string[]; data: uPlot.AlignedData } {
   const procs = m?.processors ?? [];
-  const xs = [...new Set(procs.flatMap((p) => p.minutes.map((x) => Date.parse(x.minute) / 1000)))].sort((a, b) => a - b);
+  // The window's start and now bound the x axis, so it always spans the window shown.
+  const bounds = m ? [Date.parse(m.since) / 1000, Math.floor(Date.now() / 1000)] : [];
+  const xs = [...new Set([...bounds, ...procs.flatMap((p) => p.minutes.map((x) => Date.parse(x.minute) / 1000))])].sort((a, b) => a - b);
   const series = procs.map((p) => {
     const at = new Map(p.minutes.map((x) => [Date.parse(x.minute) / 1000, pick(x)]));
     return xs.map((x) => at.get(x) ?? null);
