@@ -193,6 +193,22 @@ describe("console operations pages", () => {
     await screenshot(w.page, "workflows");
   });
 
+  it("workflows: a running run is cancelled from the console", async () => {
+    const token = (await gw.issuer!.issueAccess({ tenant: A, subject: "ann", roles: ["admin"] })).token;
+    const def = { name: "slow", steps: [{ id: "wait", kind: "script", language: "bash", timeout_ms: 60_000, source: "sleep 30; echo '{}'" }] };
+    const put = await fetch(`${base}/v1/workflows`, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: JSON.stringify(def) });
+    expect(put.status).toBe(201);
+    const w = await signIn(A, "ann", "workflows");
+    await w.page.getByRole("button", { name: "slow", exact: true }).click();
+    await w.page.getByRole("heading", { name: /^slow version 1/u }).waitFor();
+    await w.page.getByRole("button", { name: "Start a run" }).click();
+    await expect.poll(() => w.page.locator('[data-testid="run-graph"] [data-step="wait"]').getAttribute("data-status"), { timeout: 10_000 }).toBe("running");
+    await w.page.getByRole("button", { name: "Cancel run" }).click();
+    await expect.poll(() => w.page.getByTestId("run-status").innerText(), { timeout: 10_000 }).toBe("cancelled");
+    expect(await w.page.getByRole("button", { name: "Cancel run" }).count()).toBe(0);
+    await expect.poll(() => w.page.getByTestId("run-logs").innerText()).toContain("RunCancelled");
+  });
+
   it("dead letters: inspected, redriven from the console and processed; a purge asks first", async () => {
     const w = await signIn(A, "ann", "dead-letters");
     await expect.poll(() => w.page.getByTestId(`dlq-count-${FLAKY}`).innerText()).toBe("1");
