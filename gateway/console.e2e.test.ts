@@ -81,7 +81,7 @@ describe("console", () => {
     await expect.poll(() => text(w, "events")).toBe("25");
     expect(await text(w, "derived")).toBe("3");
     expect(await text(w, "dead-letters")).toBe("2");
-    await w.page.getByRole("link", { name: "Users (coming)" }).waitFor();
+    await w.page.getByRole("link", { name: "Users", exact: true }).waitFor();
     // Events arriving now show up in the count and as a rate above zero.
     const js = jetstream(t.nats.nc);
     for (let i = 0; i < 10; i++) {

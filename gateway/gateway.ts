@@ -37,6 +37,8 @@ import { registerExplorerRoutes } from "./routes/explorer.js";
 import { registerHealthRoutes } from "./routes/health.js";
 import { registerOverviewRoutes } from "./routes/overview.js";
 import { registerProjectionRoutes } from "./routes/projections.js";
+// console pages: processors (issue #16 part 2c)
+import { registerProcessorRoutes } from "./routes/processors.js";
 import { registerStreamRoutes } from "./routes/streams.js";
 import { registerUserRoutes } from "./routes/users.js";
 import { openSessions } from "./sessions.js";
@@ -415,6 +417,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   registerWorkflowRoutes(ctx);
   registerPluginRoutes(ctx);
   registerOverviewRoutes(ctx);
+  // console pages: processors (issue #16 part 2c)
+  registerProcessorRoutes(ctx);
   if (options.consoleDir !== false) registerConsoleRoutes(ctx, options.consoleDir ?? defaultConsoleDir());
   registerDocsRoutes(app);
 

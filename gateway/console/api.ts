@@ -30,6 +30,12 @@ export interface Api {
   // Event explorer: live feeds (server-sent events) need the bearer, which EventSource cannot send.
   /** A GET answered as a stream (server-sent events): the bearer, one refresh on 401, coded errors; read `body` yourself. */
   stream(path: string, headers?: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Response>;
+  // console pages: processors, workflows, dead letters, users (issue #16 part 2c)
+  patch<T>(path: string, body: unknown): Promise<T>;
+  /** DELETE; resolves to undefined on 204. */
+  del<T = undefined>(path: string): Promise<T>;
+  /** POST of text of a media type, sent as is (a YAML workflow definition). */
+  postText<T>(path: string, text: string, type: string): Promise<T>;
 }
 
 interface TokenPair {
@@ -50,9 +56,11 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
   const send = async (method: string, path: string, body: unknown, token: string | undefined, extra?: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Response> => {
     const headers: Record<string, string> = { accept: "application/json", ...extra };
     if (token) headers.authorization = `Bearer ${token}`;
-    if (body !== undefined) headers["content-type"] = "application/json";
+    // A `content-type` in `extra` sends the body as that text, as is (YAML definitions); else JSON.
+    const asText = extra?.["content-type"] !== undefined;
+    if (body !== undefined && !asText) headers["content-type"] = "application/json";
     try {
-      return await fetch(url(path), { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}), ...(signal ? { signal } : {}), credentials: "omit", cache: "no-store" });
+      return await fetch(url(path), { method, headers, ...(body !== undefined ? { body: asText ? String(body) : JSON.stringify(body) } : {}), ...(signal ? { signal } : {}), credentials: "omit", cache: "no-store" });
     } catch (err) {
       if (signal?.aborted) throw err;
       throw new ApiError("NETWORK", 0, `The gateway could not be reached: ${(err as Error).message}`);
@@ -102,8 +110,8 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
     return res;
   };
 
-  const call = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
-    const res = await authed(method, path, body);
+  const call = async <T>(method: string, path: string, body?: unknown, type?: string): Promise<T> => {
+    const res = await authed(method, path, body, type ? { "content-type": type } : undefined);
     if (res.status === 204) return undefined as T;
     return (await res.json()) as T;
   };
@@ -112,6 +120,10 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
     get: (path) => call("GET", path),
     stream: (path, headers, signal) => authed("GET", path, undefined, { accept: "text/event-stream", ...headers }, signal),
     post: (path, body) => call("POST", path, body ?? {}),
+    // console pages: processors, workflows, dead letters, users (issue #16 part 2c)
+    patch: (path, body) => call("PATCH", path, body),
+    del: (path) => call("DELETE", path),
+    postText: (path, text, type) => call("POST", path, text, type),
     async signIn(tenant, username, password) {
       const res = await send("POST", "/v1/auth/token", { tenant, username, password }, undefined);
       if (!res.ok) throw await errorOf(res);

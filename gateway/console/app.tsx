@@ -2,7 +2,6 @@ import { useEffect, useMemo, useState } from "preact/hooks";
 import { createApi } from "./api.js";
 import { Console } from "./context.js";
 import { Layout } from "./layout.js";
-import { Coming } from "./pages/coming.js";
 import { HOME, PAGES } from "./pages/index.js";
 import { SignIn } from "./pages/sign-in.js";
 import { can } from "./roles.js";
@@ -38,7 +37,7 @@ export function App() {
             <h1 tabIndex={-1}>Not found</h1>
             <p>There is no page <code>{route}</code> for your roles.</p>
           </section>
-        ) : Page ? <Page /> : <Coming page={page} />}
+        ) : Page ? <Page /> : null}
       </Layout>
     </Console.Provider>
   );

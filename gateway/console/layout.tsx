@@ -39,7 +39,6 @@ export function Layout({ route, children }: { route: string; children: Component
             <li key={p.route}>
               <a href={href(p.route)} aria-current={p.route === route ? "page" : undefined}>
                 {p.title}
-                {p.component ? null : <span class="soon"> (coming)</span>}
               </a>
             </li>
           ))}

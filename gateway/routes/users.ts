@@ -42,6 +42,23 @@ export function registerUserRoutes(ctx: RouteContext): void {
     return reply.code(201).send(user);
   });
 
+  // A role change ends the user's sessions: tokens carry roles, so an old token would keep the old rights until it expired.
+  app.patch<{ Params: { username: string }; Body: { roles: string[] } }>("/v1/users/:username", {
+    config: { policy: "users.manage", accepts: ["application/json"] },
+    schema: {
+      tags: ["users"],
+      summary: "Change the roles of a user of your tenant; the user's sessions end (signs in again with the new roles)",
+      params: { type: "object", properties: { username: { type: "string" } } },
+      body: { type: "object", required: ["roles"], additionalProperties: false, properties: { roles: { type: "array", items: { type: "string" } } } },
+      response: { 200: userSchema },
+    },
+  }, async (req) => {
+    const tenant = req.principal!.tenant;
+    const user = await users.setRoles(tenant, req.params.username, req.body.roles);
+    await revokeUserSessions(await kv, revocations, tenant, req.params.username);
+    return user;
+  });
+
   app.delete<{ Params: { username: string } }>("/v1/users/:username", {
     config: { policy: "users.manage" },
     schema: { tags: ["users"], summary: "Remove a user of your tenant and end its sessions", params: { type: "object", properties: { username: { type: "string" } } }, response: { 204: { type: "null" } } },

@@ -68,6 +68,44 @@ export function registerWorkflowRoutes(ctx: RouteContext): void {
     return reply.code(started.created ? 201 : 200).send(started);
   });
 
+  // The console's run list: the workflow_history read model's runs of the caller's tenant.
+  app.get<{ Querystring: { workflow?: string; status?: string; limit?: number; cursor?: string } }>("/v1/runs", {
+    config: { policy: "run.read" },
+    schema: {
+      tags: ["workflows"],
+      summary: "Runs of your tenant, newest first (from the workflow_history read model), optionally of one workflow or status",
+      querystring: {
+        type: "object",
+        additionalProperties: false,
+        properties: {
+          workflow: { type: "string", minLength: 1, maxLength: 128 },
+          status: { type: "string", enum: ["running", "succeeded", "failed", "cancelled"] },
+          limit: { type: "integer", minimum: 1 },
+          cursor: { type: "string", maxLength: 4096 },
+        },
+      },
+    },
+  }, async (req) => {
+    const q = req.query;
+    if (q.limit !== undefined && q.limit > ctx.limits.maxPageSize) throw new BadRequestError("limit", `limit must be at most ${ctx.limits.maxPageSize}, got ${q.limit}`, { max: ctx.limits.maxPageSize });
+    if (!ctx.readModels) throw new UnavailableError("The workflow_history read model");
+    const filter: Record<string, unknown> = {};
+    if (q.workflow !== undefined) filter.workflow = checkToken("workflow", q.workflow);
+    if (q.status !== undefined) filter.status = q.status;
+    const page = await ctx.deadline(Promise.resolve(ctx.readModels.query("workflow_history", {
+      tenant: req.principal!.tenant,
+      reader: "runs",
+      filter,
+      sort: "-started_at",
+      limit: q.limit ?? ctx.limits.defaultPageSize,
+      ...(q.cursor !== undefined ? { cursor: q.cursor } : {}),
+    })));
+    return {
+      runs: page.rows.map((r) => ({ runId: r.run_id, workflow: r.workflow, version: r.version, status: r.status, trigger: r.trigger, startedAt: r.started_at, endedAt: r.ended_at, durationMs: r.duration_ms, error: r.error, steps: r.steps })),
+      ...(page.nextCursor !== undefined ? { nextCursor: page.nextCursor } : {}),
+    };
+  });
+
   app.get<{ Params: { runId: string } }>("/v1/runs/:runId", {
     config: { policy: "run.read" },
     schema: { tags: ["workflows"], summary: "A run's state (status, steps, output)", params: runParams },
