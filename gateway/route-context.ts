@@ -27,6 +27,11 @@ export interface PluginView {
   /** This instance's view: `running`, `standby` (another instance supervises it), `failed`, `disabled`, `external`, ... */
   readonly state: string;
   readonly restarts: number;
+  /**
+   * A `tenancy: tenant` plugin the operator runs for several tenants (one instance set each,
+   * this view is `tenant`'s own): the tenant sees its instance, only the operator switches it.
+   */
+  readonly shared?: boolean;
 }
 
 /** The plugins of `flexcore up`, for `/v1/plugins` (tenancy is the routes' job). */

@@ -11,7 +11,7 @@ import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node"
 import { BUCKETS, InvalidOptionError } from "../streams/index.js";
 import { PluginUpgradeFailedError } from "./errors.js";
 import type { PluginCallMetrics, PluginHost } from "./host.js";
-import { PLUGIN_NAME_PATTERN } from "./protocol.js";
+import { PLUGIN_SERVICE_PATTERN } from "./tenancy.js";
 import type { PluginStatus, PluginSupervisor } from "./supervisor.js";
 
 /** Key prefix of the switches in `flex_state`: `plugin-enabled.<name>`. */
@@ -25,7 +25,7 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 function checkName(name: unknown): string {
-  if (typeof name !== "string" || !PLUGIN_NAME_PATTERN.test(name)) throw new InvalidOptionError("name", name, "a plugin name: a lower-case letter, then 1 to 39 of a-z, 0-9 and -");
+  if (typeof name !== "string" || !PLUGIN_SERVICE_PATTERN.test(name)) throw new InvalidOptionError("name", name, "a plugin name (a lower-case letter, then 1 to 39 of a-z, 0-9 and -), or `<name>_<tenant>` for a tenant's instance set");
   return name;
 }
 
@@ -99,7 +99,7 @@ export class PluginLogBuffer {
 
   /** Keeps `line` if it is a plugin's (`[plugin <name>] ...`, or the supervisor's `plugin <name>: ...`). */
   capture(line: string): void {
-    const m = /^\[plugin ([a-z][a-z0-9-]{1,39})\] |^plugin ([a-z][a-z0-9-]{1,39}): /u.exec(line);
+    const m = /^\[plugin ([a-z][a-z0-9-]{1,39}(?:_[A-Za-z0-9][A-Za-z0-9_-]{0,63})?)\] |^plugin ([a-z][a-z0-9-]{1,39}(?:_[A-Za-z0-9][A-Za-z0-9_-]{0,63})?): /u.exec(line);
     const name = m?.[1] ?? m?.[2];
     if (!name) return;
     const list = this.#lines.get(name) ?? [];

@@ -155,3 +155,9 @@ export type { PluginUpgradeOptions, PluginUpgradeResult } from "./supervisor.js"
 export { requestPluginUpgrade } from "./control.js";
 export { applyPluginVersions, DEFAULT_SWITCH_SETTLE_MS, followPluginVersions, PLUGIN_VERSION_PREFIX, readPluginVersions, upgradePlugin, writePluginVersion } from "./upgrade.js";
 export type { ApplyPluginVersionsOptions, PluginVersionRecord, UpgradePluginOptions } from "./upgrade.js";
+
+// --- Tenant instances of `tenancy: tenant` plugins, `<name>_<tenant>` (h-plugtenant) ---
+export { checkPluginTenant, checkServiceName, parseServiceName, PLUGIN_SERVICE_PATTERN, PLUGIN_TENANT_ENV, PLUGIN_TENANT_PATTERN, TENANT_SERVICE_SEPARATOR, tenantServiceName } from "./tenancy.js";
+export { supervisedSpecs } from "./host-config.js";
+export { pluginInstanceKey } from "./supervisor.js";
+export type { PluginTenantInstance } from "./host.js";
