@@ -6,7 +6,7 @@ import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
-import { applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor, supervisedSpecs, tenantServiceName, upgradePlugin } from "../plugins/index.js";
+import { applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor, pluginInstanceKey, supervisedSpecs, tenantServiceName, upgradePlugin } from "../plugins/index.js";
 import type { PluginEndpoints, PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
@@ -122,7 +122,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       const lifecycle = createPluginLifecycle({ store: await createEventStore(nc), log: areaLog("plugins") });
       supervisor = await startPluginSupervisor({
         nc,
-        plugins: plugins.managed.flatMap((m) => supervisedSpecs(m).map((spec) => ({ ...spec, enabled: storedSwitches.get(m.entry.name)?.enabled ?? m.entry.enabled }))),
+        // A tenant's instance set runs when the plugin's switch and its own (`<name>_<tenant>`) are both on.
+        plugins: plugins.managed.flatMap((m) => supervisedSpecs(m).map((spec) => ({ ...spec, enabled: (storedSwitches.get(m.entry.name)?.enabled ?? m.entry.enabled) && (storedSwitches.get(pluginInstanceKey(spec))?.enabled ?? true) }))),
         natsUrl,
         credentialsDir: pluginCredentialsDir(dir),
         // Each plugin's last lines stay in memory for `flexcore plugins logs`.

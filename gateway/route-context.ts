@@ -28,10 +28,10 @@ export interface PluginView {
   readonly state: string;
   readonly restarts: number;
   /**
-   * A `tenancy: tenant` plugin the operator runs for several tenants (one instance set each,
-   * this view is `tenant`'s own): the tenant sees its instance, only the operator switches it.
+   * A `tenancy: tenant` plugin's instance set of `tenant` (`<name>_<tenant>`): the tenant sees
+   * its own set, never another's, and its admin's enable/disable switches only this set.
    */
-  readonly shared?: boolean;
+  readonly instance?: string;
 }
 
 /** The plugins of `flexcore up`, for `/v1/plugins` (tenancy is the routes' job). */

@@ -81,7 +81,8 @@ export async function followPluginSwitches(nc: NatsConnection, host: Pick<Plugin
       if (!s) continue;
       host.setEnabled(name, s.enabled);
       // A managed plugin's processes follow the switch (a disabled one's are stopped).
-      if (supervisor && statusOf(supervisor as PluginSupervisor, name)) await supervisor.setEnabled(name, s.enabled).catch(() => undefined);
+      // (A tenancy: tenant plugin's name switches all its sets, `<name>_<tenant>` one; an external plugin has none.)
+      if (supervisor) await Promise.resolve().then(() => supervisor.setEnabled(name, s.enabled)).catch(() => undefined);
       log?.(`flexcore: plugin ${name} ${s.enabled ? "enabled" : "disabled"} by ${s.by}`);
     }
   })().catch(() => undefined);

@@ -14,7 +14,7 @@ import type { ExternalPluginEntry, ResolvedManagedPlugin, ResolvedPlugins } from
 import type { PluginManifest } from "./manifest.js";
 import type { StepReply, StepRequest } from "./protocol.js";
 import type { PluginStatus, PluginSupervisor } from "./supervisor.js";
-import { tenantServiceName } from "./tenancy.js";
+import { parseServiceName, tenantServiceName } from "./tenancy.js";
 
 /** One plugin's call figures since the host started (what `/metrics` shows). */
 export interface PluginCallMetrics {
@@ -69,7 +69,10 @@ export interface PluginHost extends RemoteKinds {
   hasStep(plugin: string, step: string): boolean;
   /** Calls a step; the tenant is the caller's (the run's subject), never the input's. Throws the `FLEX_PLUGIN_*` call errors. */
   callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<StepReply>;
-  /** Disabled plugins get no calls: they fail as unavailable (retried, never dropped). */
+  /**
+   * Disabled plugins get no calls: they fail as unavailable (retried, never dropped).
+   * `plugin` may name one tenant's instance set, `<name>_<tenant>`: only that tenant's calls wait.
+   */
   setEnabled(plugin: string, enabled: boolean): void;
   /**
    * Calls `plugin` at `service` from now on (an upgrade's switch). A call already made keeps
@@ -94,6 +97,8 @@ export interface PluginTenantInstance {
   readonly state: string;
   /** Process failures of this set. */
   readonly restarts: number;
+  /** Both the plugin's switch and this set's (`<name>_<tenant>`) are on. */
+  readonly enabled: boolean;
 }
 
 /** Which state of a plugin's instance sets the plugin as a whole shows: the first present, in this order. */
@@ -112,6 +117,8 @@ class Host implements PluginHost {
   readonly #clients = new Map<string, PluginClient>();
   /** Clients of tenant instance sets, by service (`<name>_<tenant>`). */
   readonly #tenantClients = new Map<string, PluginClient>();
+  /** Tenant instance sets switched off on their own (`<name>_<tenant>`). */
+  readonly #disabledSets = new Set<string>();
   readonly #stepClients = new Map<number, Map<string, PluginClient>>();
   readonly #figures = new Map<string, Figures>();
   /** Calls in flight by `<plugin> <service>`. */
@@ -171,7 +178,14 @@ class Host implements PluginHost {
 
   setEnabled(plugin: string, enabled: boolean): void {
     const p = this.plugins.get(plugin);
-    if (p) p.enabled = enabled;
+    if (p) {
+      p.enabled = enabled;
+      return;
+    }
+    const set = parseServiceName(plugin);
+    if (set.tenant === undefined || !this.plugins.get(set.plugin)?.tenants?.includes(set.tenant)) return;
+    if (enabled) this.#disabledSets.delete(plugin);
+    else this.#disabledSets.add(plugin);
   }
 
   setService(plugin: string, service: string, manifest?: PluginManifest): void {
@@ -224,6 +238,7 @@ class Host implements PluginHost {
     if (p.tenant !== undefined && p.tenant !== tenant) throw new PluginRejectedError({ service: p.service, subject }, 403, `plugin ${p.name} belongs to tenant ${p.tenant}, not ${tenant}`);
     // A tenancy: tenant plugin runs no instance for a tenant it was not configured for: nowhere to send its data.
     if (service === undefined) throw new PluginRejectedError({ service: p.name, subject }, 403, `plugin ${p.name} runs no instance for tenant ${tenant} (its tenants: ${p.tenants?.join(", ")})`);
+    if (this.#disabledSets.has(service)) throw new PluginUnavailableError({ service, subject }, { cause: new Error(`plugin ${p.name}'s instance set for tenant ${tenant} is disabled`) });
     return undefined;
   }
 
@@ -287,7 +302,8 @@ class Host implements PluginHost {
     return p.tenants.map((tenant) => {
       const service = tenantServiceName(p.name, tenant);
       const st = this.#supervisor ? safeStatus(this.#supervisor, service) : undefined;
-      return { plugin: p.name, tenant, service, state: !p.enabled ? "disabled" : (st?.state ?? "stopped"), restarts: st?.failures ?? 0 };
+      const enabled = p.enabled && !this.#disabledSets.has(service);
+      return { plugin: p.name, tenant, service, state: !enabled ? "disabled" : (st?.state ?? "stopped"), restarts: st?.failures ?? 0, enabled };
     });
   }
 

@@ -36,8 +36,9 @@ export function registerPluginRoutes(ctx: RouteContext): void {
       const api = need(ctx.plugins);
       const p = api.list().find((x) => x.name === req.params.name && visible(x, tenant));
       if (!p) throw new NotFoundError(`Plugin \`${req.params.name}\``);
-      if (p.tenant === null || p.shared === true) throw new PluginSystemOwnedError(p.name);
-      await ctx.deadline(api.setEnabled(p.name, enabled, `tenant:${tenant}/${req.principal!.subject}`));
+      if (p.tenant === null) throw new PluginSystemOwnedError(p.name);
+      // A tenancy: tenant plugin: the tenant's own instance set only, never another tenant's.
+      await ctx.deadline(api.setEnabled(p.instance ?? p.name, enabled, `tenant:${tenant}/${req.principal!.subject}`));
       return { plugin: p.name, enabled };
     });
   }
