@@ -3,15 +3,21 @@
 // (whoever sent it), for the TypeScript SDK (echo) and the Python one (echo-py); a
 // FLEXCORE_PLUGIN_TENANT that is not the service name's tenant is a bad handshake (exit 78).
 import { spawn } from "node:child_process";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { ensureTopology } from "../streams/index.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startPluginTestNats } from "../test/plugin-nats.js";
 import type { PluginTestNats } from "../test/plugin-nats.js";
 import { startPluginProcess } from "../test/plugin-process.js";
 import type { PluginProcess } from "../test/plugin-process.js";
 import { createPluginClient } from "./client.js";
+import { startPluginEndpoints } from "./endpoints.js";
+import { launchSpec } from "./host-config.js";
+import { createPluginHost } from "./host.js";
+import { parseManifest } from "./manifest.js";
 import { echoPluginCommand } from "./echo/launch.js";
-import { PluginRejectedError } from "./errors.js";
+import { PluginRejectedError, PluginUnavailableError } from "./errors.js";
 import { EXIT_PROTOCOL_MISMATCH } from "./protocol.js";
 
 const RUN = { id: "r1", workflow: "w", attempt: 1 };
@@ -24,7 +30,8 @@ let nats: PluginTestNats;
 const running: PluginProcess[] = [];
 
 beforeAll(async () => {
-  nats = await startPluginTestNats({ plugins: IMPLEMENTATIONS.flatMap((i) => [`${i.name}_acme`, `${i.name}_globex`]) });
+  nats = await startPluginTestNats({ plugins: [...IMPLEMENTATIONS.flatMap((i) => [`${i.name}_acme`, `${i.name}_globex`]), "hecho_acme", "hecho_globex"] });
+  await ensureTopology(nats.nc);
 });
 
 afterAll(async () => {
@@ -66,4 +73,45 @@ describe.each(IMPLEMENTATIONS)("$label as a tenant instance", (impl) => {
     expect(code).toBe(EXIT_PROTOCOL_MISMATCH);
     expect(err).toMatch(/FLEXCORE_PLUGIN_TENANT/u);
   }, 30_000);
+});
+
+describe("the host's other paths to a tenant plugin", () => {
+  it("workflow steps, sinks and sources call the tenant's instance set, never the bare name nor another tenant's", async () => {
+    // Only acme's set runs (the TypeScript echo as hecho_acme): a call reaching it for globex
+    // would be a 403; a call to the bare name or to hecho_globex finds nobody.
+    const p = await startPluginProcess(nats, "hecho_acme", echoPluginCommand(), { FLEXCORE_PLUGIN_TENANT: "acme" });
+    running.push(p);
+    const manifest = parseManifest((await readFile(join(import.meta.dirname, "echo", "flexcore-plugin.yaml"), "utf8")).replace(/^name: echo$/mu, "name: hecho").replace(/^tenancy: system$/mu, "tenancy: tenant"));
+    const entry = { name: "hecho", managed: true as const, bundle: "/nonexistent", allowUnsigned: true, instances: 1, config: {}, enabled: true, tenant: undefined, tenants: ["acme", "globex"] };
+    const plugins = { managed: [{ entry, manifest, installed: undefined as never, spec: launchSpec(manifest, "/nonexistent", entry), tenants: ["acme", "globex"] }], external: [] };
+    const host = createPluginHost({ nc: nats.nc, plugins });
+    // A workflow step: the run's tenant picks the set.
+    expect(await host.callStep("hecho", "echo", { tenant: "acme", input: "hi", run: RUN })).toEqual({ output: "hi" });
+    await expect(host.callStep("hecho", "echo", { tenant: "globex", input: "hi", run: RUN }, { timeoutMs: 500 })).rejects.toBeInstanceOf(PluginUnavailableError);
+    await expect(host.callStep("hecho", "echo", { tenant: "initech", input: "hi", run: RUN })).rejects.toBeInstanceOf(PluginRejectedError);
+    expect(host.hasPlugin("hecho", "initech")).toBe(false);
+    // A source and a sink of acme's, and a source of globex's (whose set is not running).
+    const endpoints = await startPluginEndpoints(nats.nc, {
+      plugins,
+      instanceId: "tenancy-test",
+      sinks: [{ name: "out", kind: "hecho/echo", tenant: "acme", stream: "events", subjects: ["evt.acme.numbers.>"], options: {}, batchSize: 16 }],
+      sources: [
+        { name: "nums", kind: "hecho/echo", tenant: "acme", category: "numbers", options: {}, max: 5, intervalMs: 100 },
+        { name: "nums", kind: "hecho/echo", tenant: "globex", category: "numbers", options: {}, max: 5, intervalMs: 100 },
+      ],
+    });
+    try {
+      const deadline = Date.now() + 20_000;
+      const acme = () => endpoints.metrics().sources.find((x) => x.tenant === "acme")!;
+      while ((acme().appended < 10 || endpoints.metrics().sinks[0]!.delivered < 10) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      expect(acme().appended).toBeGreaterThanOrEqual(10);
+      expect(endpoints.metrics().sinks[0]!.delivered).toBeGreaterThanOrEqual(10);
+      expect(endpoints.metrics().sinks[0]!.deadLettered).toBe(0);
+      const globex = endpoints.metrics().sources.find((x) => x.tenant === "globex")!;
+      expect(globex.appended).toBe(0);
+      expect(globex.failed).toBeGreaterThan(0);
+    } finally {
+      await endpoints.close();
+    }
+  }, 60_000);
 });
