@@ -154,13 +154,15 @@ export function pluginViews(options: PluginControlOptions): PluginInstanceView[]
   return options.host.metrics().map((m) => {
     const p = options.host.plugins.get(m.plugin)!;
     const st = p.managed ? statusOf(options.supervisor, m.plugin) : undefined;
+    // A tenancy: tenant plugin: its sets on this instance (`<name>_<tenant>`), as one row.
+    const sets = p.managed && p.tenants !== undefined ? (options.supervisor?.status() ?? []).filter((x) => x.plugin === m.plugin && x.tenant !== undefined) : [];
     return {
       ...m,
       instance: options.instance,
       version: p.manifest?.version,
       tenant: p.tenant ?? null,
-      leaseHeld: st?.leaseHeld ?? false,
-      processes: st?.instances.filter((i) => i.ready).length ?? 0,
+      leaseHeld: st?.leaseHeld ?? sets.some((x) => x.leaseHeld),
+      processes: st ? st.instances.filter((i) => i.ready).length : sets.reduce((n, x) => n + x.instances.filter((i) => i.ready).length, 0),
       lastError: st?.lastError ? { message: st.lastError.message, ...(st.lastError.code ? { code: st.lastError.code } : {}) } : null,
     };
   });

@@ -22,6 +22,7 @@ import type { Publisher } from "../streams/index.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { pack } from "./bundle.js";
+import { pluginViews } from "./control.js";
 import { PluginRejectedError, PluginUpgradeFailedError } from "./errors.js";
 import { fixtureBundle, until } from "./fixtures/harness.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
@@ -272,6 +273,8 @@ describe("tenancy: tenant plugins, one instance set per tenant", () => {
     expect(host.hasPlugin("tp", "acme")).toBe(true);
     expect(host.hasPlugin("tp", "initech")).toBe(false);
     expect(host.tenantInstances("tp").map((i) => [i.tenant, i.service, i.state, i.restarts])).toEqual([["acme", "tp_acme", "running", 1], ["globex", "tp_globex", "running", 0]]);
+    // flexcore plugins list: one row for the plugin, its sets' processes and restarts summed.
+    expect(pluginViews({ host, supervisor: sup, instance: "test" })).toEqual([expect.objectContaining({ plugin: "tp", state: "running", restarts: 1, leaseHeld: true, processes: 2 })]);
   }, 120_000);
 
   it("plugin_status shows each tenant its own instance, on its own subject, and the system tenant none", async () => {
