@@ -2,7 +2,7 @@ import { chmod, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { generateNatsUsers, seededTenants } from "../gateway/index.js";
-import { generatePluginUsers, PLUGIN_NAME_PATTERN } from "../plugins/index.js";
+import { generatePluginUsers, PLUGIN_SERVICE_PATTERN } from "../plugins/index.js";
 import { processAlive, startNatsServer } from "../streams/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { AUTH_FILE, DEFAULT_NATS_PORT, pluginCredentialsDir, URL_FILE } from "./connection.js";
@@ -49,7 +49,7 @@ async function stopLeftover(dataDir: string, storeDir: string, notice?: (line: s
 /** The managed plugins that have a password in `<dataDir>/plugin-credentials` (`flexcore up` keeps it to the configured ones). */
 export async function credentialedPlugins(dataDir: string): Promise<string[]> {
   const files = await readdir(pluginCredentialsDir(dataDir)).catch(() => [] as string[]);
-  return files.filter((f) => f.endsWith(".pass")).map((f) => f.slice(0, -".pass".length)).filter((n) => PLUGIN_NAME_PATTERN.test(n)).sort();
+  return files.filter((f) => f.endsWith(".pass")).map((f) => f.slice(0, -".pass".length)).filter((n) => PLUGIN_SERVICE_PATTERN.test(n)).sort();
 }
 
 /**

@@ -50,9 +50,13 @@ export async function startGateway(ctx: Omit<UpContext, "processors"> & { readon
   const gateway = await createGateway({
     ...(workflowClient ? { workflows: workflowClient } : {}),
     ...(pluginHost ? { plugins: {
-      list: () => pluginHost.metrics().map((m) => {
+      list: () => pluginHost.metrics().flatMap((m) => {
         const p = pluginHost.plugins.get(m.plugin)!;
-        return { name: m.plugin, version: p.manifest?.version ?? null, tenant: p.tenant ?? null, managed: p.managed, enabled: m.enabled, state: m.state, restarts: m.restarts };
+        // A tenancy: tenant plugin: one view per tenant instance set, so each tenant sees its own and never another's.
+        if (p.tenants !== undefined) {
+          return pluginHost.tenantInstances(m.plugin).map((i) => ({ name: m.plugin, version: p.manifest?.version ?? null, tenant: i.tenant, managed: p.managed, enabled: i.enabled, state: i.state, restarts: i.restarts, instance: i.service }));
+        }
+        return [{ name: m.plugin, version: p.manifest?.version ?? null, tenant: p.tenant ?? null, managed: p.managed, enabled: m.enabled, state: m.state, restarts: m.restarts }];
       }),
       setEnabled: async (name: string, enabled: boolean, by: string) => {
         await setPluginEnabled(ctx.nc, name, enabled, by);

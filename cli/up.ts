@@ -6,7 +6,7 @@ import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
-import { applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor, upgradePlugin } from "../plugins/index.js";
+import { applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor, pluginInstanceKey, supervisedSpecs, tenantServiceName, upgradePlugin } from "../plugins/index.js";
 import type { PluginEndpoints, PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
@@ -71,7 +71,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   // Disabled ones too: enabling one later starts it without a restart of FlexCore.
   const managed = plugins.managed;
   // Each managed plugin has two NATS users, `<name>` and `<name>--b`: an upgrade starts the new version under the other one.
-  const pluginServices = managed.flatMap((m) => pluginServiceNames(m.entry.name).filter((x): x is string => x !== undefined));
+  // A `tenancy: tenant` plugin has one per tenant instead, `<name>_<tenant>` (upgraded by a restart).
+  const pluginServices = managed.flatMap((m) => m.tenants !== undefined ? m.tenants.map((t) => tenantServiceName(m.entry.name, t)) : pluginServiceNames(m.entry.name).filter((x): x is string => x !== undefined));
   for (const m of plugins.managed) log(`flexcore: plugin ${m.entry.name} ${m.manifest.version} verified (${m.installed.signer ? `signed by ${m.installed.signer}` : `unsigned, allowed: ${m.installed.unsignedReason ?? ""}`}), installed at ${m.installed.path}${m.entry.enabled ? "" : "; disabled"}`);
   let server: NatsServer | undefined;
   // Each managed plugin's NATS user (its own subjects only): in the embedded server's auth file.
@@ -121,7 +122,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       const lifecycle = createPluginLifecycle({ store: await createEventStore(nc), log: areaLog("plugins") });
       supervisor = await startPluginSupervisor({
         nc,
-        plugins: plugins.managed.map((m) => ({ ...m.spec, enabled: storedSwitches.get(m.entry.name)?.enabled ?? m.entry.enabled })),
+        // A tenant's instance set runs when the plugin's switch and its own (`<name>_<tenant>`) are both on.
+        plugins: plugins.managed.flatMap((m) => supervisedSpecs(m).map((spec) => ({ ...spec, enabled: (storedSwitches.get(m.entry.name)?.enabled ?? m.entry.enabled) && (storedSwitches.get(pluginInstanceKey(spec))?.enabled ?? true) }))),
         natsUrl,
         credentialsDir: pluginCredentialsDir(dir),
         // Each plugin's last lines stay in memory for `flexcore plugins logs`.
@@ -139,7 +141,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
         await running.stop();
         lifecycle.close();
       } });
-      log(`flexcore: plugins: ${plugins.managed.map((m) => `${m.entry.name} ${m.manifest.version} (${m.spec.instances ?? 1} instance(s))`).join("; ")}`);
+      log(`flexcore: plugins: ${plugins.managed.map((m) => `${m.entry.name} ${m.manifest.version} (${m.spec.instances ?? 1} instance(s)${m.tenants ? ` per tenant: ${m.tenants.join(", ")}` : ""})`).join("; ")}`);
     }
     const pluginHost: PluginHost | undefined = config.plugins.length > 0 ? createPluginHost({ nc, plugins, ...(supervisor ? { supervisor } : {}) }) : undefined;
     if (pluginHost) {

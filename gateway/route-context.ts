@@ -27,6 +27,11 @@ export interface PluginView {
   /** This instance's view: `running`, `standby` (another instance supervises it), `failed`, `disabled`, `external`, ... */
   readonly state: string;
   readonly restarts: number;
+  /**
+   * A `tenancy: tenant` plugin's instance set of `tenant` (`<name>_<tenant>`): the tenant sees
+   * its own set, never another's, and its admin's enable/disable switches only this set.
+   */
+  readonly instance?: string;
 }
 
 /** The plugins of `flexcore up`, for `/v1/plugins` (tenancy is the routes' job). */

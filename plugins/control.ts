@@ -11,7 +11,7 @@ import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node"
 import { BUCKETS, InvalidOptionError } from "../streams/index.js";
 import { PluginUpgradeFailedError } from "./errors.js";
 import type { PluginCallMetrics, PluginHost } from "./host.js";
-import { PLUGIN_NAME_PATTERN } from "./protocol.js";
+import { PLUGIN_SERVICE_PATTERN } from "./tenancy.js";
 import type { PluginStatus, PluginSupervisor } from "./supervisor.js";
 
 /** Key prefix of the switches in `flex_state`: `plugin-enabled.<name>`. */
@@ -25,7 +25,7 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 function checkName(name: unknown): string {
-  if (typeof name !== "string" || !PLUGIN_NAME_PATTERN.test(name)) throw new InvalidOptionError("name", name, "a plugin name: a lower-case letter, then 1 to 39 of a-z, 0-9 and -");
+  if (typeof name !== "string" || !PLUGIN_SERVICE_PATTERN.test(name)) throw new InvalidOptionError("name", name, "a plugin name (a lower-case letter, then 1 to 39 of a-z, 0-9 and -), or `<name>_<tenant>` for a tenant's instance set");
   return name;
 }
 
@@ -81,7 +81,8 @@ export async function followPluginSwitches(nc: NatsConnection, host: Pick<Plugin
       if (!s) continue;
       host.setEnabled(name, s.enabled);
       // A managed plugin's processes follow the switch (a disabled one's are stopped).
-      if (supervisor && statusOf(supervisor as PluginSupervisor, name)) await supervisor.setEnabled(name, s.enabled).catch(() => undefined);
+      // (A tenancy: tenant plugin's name switches all its sets, `<name>_<tenant>` one; an external plugin has none.)
+      if (supervisor) await Promise.resolve().then(() => supervisor.setEnabled(name, s.enabled)).catch(() => undefined);
       log?.(`flexcore: plugin ${name} ${s.enabled ? "enabled" : "disabled"} by ${s.by}`);
     }
   })().catch(() => undefined);
@@ -99,7 +100,7 @@ export class PluginLogBuffer {
 
   /** Keeps `line` if it is a plugin's (`[plugin <name>] ...`, or the supervisor's `plugin <name>: ...`). */
   capture(line: string): void {
-    const m = /^\[plugin ([a-z][a-z0-9-]{1,39})\] |^plugin ([a-z][a-z0-9-]{1,39}): /u.exec(line);
+    const m = /^\[plugin ([a-z][a-z0-9-]{1,39}(?:_[A-Za-z0-9][A-Za-z0-9_-]{0,63})?)\] |^plugin ([a-z][a-z0-9-]{1,39}(?:_[A-Za-z0-9][A-Za-z0-9_-]{0,63})?): /u.exec(line);
     const name = m?.[1] ?? m?.[2];
     if (!name) return;
     const list = this.#lines.get(name) ?? [];
@@ -153,13 +154,15 @@ export function pluginViews(options: PluginControlOptions): PluginInstanceView[]
   return options.host.metrics().map((m) => {
     const p = options.host.plugins.get(m.plugin)!;
     const st = p.managed ? statusOf(options.supervisor, m.plugin) : undefined;
+    // A tenancy: tenant plugin: its sets on this instance (`<name>_<tenant>`), as one row.
+    const sets = p.managed && p.tenants !== undefined ? (options.supervisor?.status() ?? []).filter((x) => x.plugin === m.plugin && x.tenant !== undefined) : [];
     return {
       ...m,
       instance: options.instance,
       version: p.manifest?.version,
       tenant: p.tenant ?? null,
-      leaseHeld: st?.leaseHeld ?? false,
-      processes: st?.instances.filter((i) => i.ready).length ?? 0,
+      leaseHeld: st?.leaseHeld ?? sets.some((x) => x.leaseHeld),
+      processes: st ? st.instances.filter((i) => i.ready).length : sets.reduce((n, x) => n + x.instances.filter((i) => i.ready).length, 0),
       lastError: st?.lastError ? { message: st.lastError.message, ...(st.lastError.code ? { code: st.lastError.code } : {}) } : null,
     };
   });

@@ -18,6 +18,7 @@ import { createSinkDriver, DEFAULT_SINK_BATCH } from "./sink-driver.js";
 import type { SinkDriver, SinkDriverMetrics } from "./sink-driver.js";
 import { createSourceDriver, DEFAULT_SOURCE_INTERVAL_MS, DEFAULT_SOURCE_MAX } from "./source-driver.js";
 import type { SourceDriver, SourceDriverMetrics } from "./source-driver.js";
+import { tenantServiceName } from "./tenancy.js";
 
 /** One entry of `sinks:`. */
 export interface SinkEntry {
@@ -162,7 +163,8 @@ export function checkPluginEndpoints(sinks: readonly SinkEntry[], sources: reado
     const m = plugins.managed.find((x) => x.entry.name === r.plugin);
     const x = plugins.external.find((y) => y.name === r.plugin);
     const owner = m ? m.entry.tenant : x?.tenant;
-    if ((!m && !x) || (owner !== undefined && owner !== e.tenant)) {
+    // A tenancy: tenant plugin serves only the tenants it runs instances for.
+    if ((!m && !x) || (owner !== undefined && owner !== e.tenant) || (m?.tenants !== undefined && !m.tenants.includes(e.tenant))) {
       issues.push(issue(pathAt(at, "kind"), `a plugin of plugins: that tenant ${e.tenant} may use`, e.kind));
       return;
     }
@@ -210,12 +212,14 @@ export interface PluginEndpointsOptions {
   readonly log?: (line: string, level?: "warn" | "error") => void;
 }
 
-function serviceOf(plugins: ResolvedPlugins, kind: string): { plugin: string; name: string; service: string; callTimeoutMs: number | undefined } {
+function serviceOf(plugins: ResolvedPlugins, kind: string, tenant: string): { plugin: string; name: string; service: string; callTimeoutMs: number | undefined; tenant: string | undefined } {
   const r = parseRemoteKind(kind)!;
   const m = plugins.managed.find((x) => x.entry.name === r.plugin);
-  if (m) return { plugin: r.plugin, name: m.manifest.name, service: m.spec.service ?? m.manifest.name, callTimeoutMs: m.manifest.limits.callTimeoutMs };
+  // A tenancy: tenant plugin is called at its tenant's instance, `<name>_<tenant>`, never at the bare name.
+  if (m?.tenants) return { plugin: r.plugin, name: m.manifest.name, service: tenantServiceName(m.manifest.name, tenant), callTimeoutMs: m.manifest.limits.callTimeoutMs, tenant };
+  if (m) return { plugin: r.plugin, name: m.manifest.name, service: m.spec.service ?? m.manifest.name, callTimeoutMs: m.manifest.limits.callTimeoutMs, tenant: undefined };
   const service = plugins.external.find((x) => x.name === r.plugin)!.service;
-  return { plugin: r.plugin, name: service, service, callTimeoutMs: undefined };
+  return { plugin: r.plugin, name: service, service, callTimeoutMs: undefined, tenant: undefined };
 }
 
 /**
@@ -282,10 +286,11 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
   let closed = false;
   const timers: NodeJS.Timeout[] = [];
   const clients: Array<{ plugin: string; client: SwitchableClient }> = [];
-  const clientFor = (kind: string): SwitchableClient => {
-    const { plugin, name, service, callTimeoutMs } = serviceOf(options.plugins, kind);
+  const clientFor = (kind: string, forTenant: string): SwitchableClient => {
+    const { plugin, name, service, callTimeoutMs, tenant } = serviceOf(options.plugins, kind, forTenant);
     const client = new SwitchableClient(name, service, (s) => createPluginClient(nc, s, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
-    if (options.plugins.managed.some((m) => m.entry.name === plugin)) clients.push({ plugin, client });
+    // Upgrades switch system-tenancy plugins only (tenant instances are upgraded by a restart).
+    if (tenant === undefined && options.plugins.managed.some((m) => m.entry.name === plugin)) clients.push({ plugin, client });
     return client;
   };
   const close = async (): Promise<void> => {
@@ -300,7 +305,7 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
   };
   try {
     for (const entry of options.sinks) {
-      const client = clientFor(entry.kind);
+      const client = clientFor(entry.kind, entry.tenant);
       const driver = createSinkDriver(nc, { client, sink: parseRemoteKind(entry.kind)!.kind, name: entry.name, tenant: entry.tenant, stream: entry.stream, subjects: entry.subjects, options: entry.options, batchSize: entry.batchSize, onError: (err) => log(`flexcore: sink ${entry.tenant}/${entry.name}: ${(err as Error).message}`, "warn") });
       await driver.start();
       sinks.push({ entry, driver });
@@ -308,7 +313,7 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
     }
     const leases = options.sources.length > 0 ? await openTtlKv(nc, BUCKETS.leases) : undefined;
     for (const entry of options.sources) {
-      const client = clientFor(entry.kind);
+      const client = clientFor(entry.kind, entry.tenant);
       const newDriver = (): SourceDriver => createSourceDriver(nc, { client, source: parseRemoteKind(entry.kind)!.kind, name: entry.name, tenant: entry.tenant, category: entry.category, options: entry.options, max: entry.max, intervalMs: entry.intervalMs, onError: (err) => log(`flexcore: source ${entry.tenant}/${entry.name}: ${(err as Error).message}`, "warn") });
       const item: SourceItem = { entry, driver: newDriver(), started: false, stopping: undefined, past: { ...NO_SOURCE_METRICS }, lease: undefined as unknown as Lease };
       item.lease = new Lease(leases!, `source.${entry.tenant}.${entry.name}`, options.instanceId, ttl, () => {

@@ -9,7 +9,7 @@ import { stat } from "node:fs/promises";
 import { isAbsolute, resolve } from "node:path";
 import { ConfigError, parseRemoteKind } from "../processors/index.js";
 import type { ConfigIssue, ResolvedProcessor, SectionValidator } from "../processors/index.js";
-import { compileSchema, issue, pathAt } from "../streams/index.js";
+import { checkTenantName, compileSchema, issue, pathAt } from "../streams/index.js";
 import type { JsonSchema } from "../streams/index.js";
 import { install } from "./bundle.js";
 import type { InstalledBundle } from "./bundle.js";
@@ -17,6 +17,7 @@ import { compileEmbeddedSchema } from "./manifest.js";
 import type { PluginManifest } from "./manifest.js";
 import { PLUGIN_NAME_PATTERN } from "./protocol.js";
 import type { PluginLaunchSpec } from "./supervisor.js";
+import { checkPluginTenant, PLUGIN_TENANT_PATTERN } from "./tenancy.js";
 
 /** One entry of `plugins:` (keyed by the plugin's name, the `<plugin>` of `<plugin>/<kind>`). */
 export type PluginEntry = ManagedPluginEntry | ExternalPluginEntry;
@@ -41,6 +42,11 @@ export interface ManagedPluginEntry extends PluginEntryBase {
   readonly instances: number;
   /** The operator's options (`FLEXCORE_PLUGIN_CONFIG`). @default {} */
   readonly config: Readonly<Record<string, unknown>>;
+  /**
+   * For a `tenancy: tenant` plugin: the tenants it serves, one instance set (service
+   * `<name>_<tenant>`) each. Absent: `[tenant]` when `tenant` is set.
+   */
+  readonly tenants?: readonly string[] | undefined;
 }
 
 /** A service running elsewhere, only discovered and called. */
@@ -64,6 +70,14 @@ export const PLUGIN_ENTRY_SCHEMA: JsonSchema = {
     config: { type: "object", default: {}, expected: "the plugin's options (an object)" },
     enabled: { type: "boolean", default: true },
     tenant: { type: "string", pattern: "^[A-Za-z0-9][A-Za-z0-9-]{0,63}$", expected: "a tenant name (the plugin's owner)" },
+    tenants: {
+      type: "array",
+      minItems: 1,
+      maxItems: 1000,
+      uniqueItems: true,
+      items: { type: "string", pattern: PLUGIN_TENANT_PATTERN.source, expected: "a tenant name that fits a NATS service name (letters, digits, - and _, not starting with _)" },
+      expected: "the tenants a `tenancy: tenant` plugin serves, one instance set each",
+    },
   },
   oneOf: [{ required: ["bundle"] }, { required: ["external"] }],
   expected: "either `bundle: <folder>` (managed) or `external: <service name>`",
@@ -85,6 +99,7 @@ interface RawEntry {
   config: Record<string, unknown>;
   enabled: boolean;
   tenant?: string;
+  tenants?: string[];
 }
 
 const validator = compileSchema<Record<string, RawEntry>>(PLUGINS_SCHEMA);
@@ -98,12 +113,13 @@ export function pluginsSection(): SectionValidator<readonly PluginEntry[]> {
     for (const [name, e] of Object.entries(checked.value ?? {})) {
       const at = pathAt(path, name);
       if (e.external !== undefined) {
-        for (const k of ["allow_unsigned", "instances", "config"] as const) {
+        for (const k of ["allow_unsigned", "instances", "config", "tenants"] as const) {
           if (raw && Object.hasOwn((raw as Record<string, Record<string, unknown>>)[name] ?? {}, k)) issues.push({ path: pathAt(at, k), message: "only for managed plugins (`bundle:`); an external plugin is run by whoever runs it" });
         }
         out.push({ name, managed: false, service: e.external, enabled: e.enabled, tenant: e.tenant });
       } else {
-        out.push({ name, managed: true, bundle: e.bundle!, allowUnsigned: e.allow_unsigned, instances: e.instances, config: e.config, enabled: e.enabled, tenant: e.tenant });
+        if (e.tenant !== undefined && e.tenants !== undefined) issues.push({ path: pathAt(at, "tenants"), message: `absent when \`tenant: ${e.tenant}\` is set (a tenant's own plugin serves only its owner)` });
+        out.push({ name, managed: true, bundle: e.bundle!, allowUnsigned: e.allow_unsigned, instances: e.instances, config: e.config, enabled: e.enabled, tenant: e.tenant, tenants: e.tenants });
       }
     }
     // `<name>--b` is the service name an upgrade of `<name>` runs under (supervisor.ts): two plugins may not share it.
@@ -120,7 +136,10 @@ export interface ResolvedManagedPlugin {
   readonly entry: ManagedPluginEntry;
   readonly installed: InstalledBundle;
   readonly manifest: PluginManifest;
+  /** The base launch spec (a `tenancy: tenant` plugin runs it once per tenant of {@link tenants}, see {@link supervisedSpecs}). */
   readonly spec: PluginLaunchSpec;
+  /** `tenancy: tenant`: the tenants it runs an instance set for; `undefined` for a system-tenancy plugin. */
+  readonly tenants?: readonly string[] | undefined;
 }
 
 /** The plugins of the configuration, ready to start. */
@@ -147,6 +166,16 @@ export function launchSpec(manifest: PluginManifest, bundleDir: string, entry: P
 }
 
 /**
+ * What the supervisor runs of a managed plugin: its launch spec, or for a `tenancy: tenant`
+ * plugin one spec per tenant (service, NATS user, uid, lease `<name>_<tenant>`).
+ */
+export function supervisedSpecs(m: Pick<ResolvedManagedPlugin, "spec" | "tenants">): PluginLaunchSpec[] {
+  if (m.tenants === undefined) return [m.spec];
+  const { service: _slot, ...base } = m.spec;
+  return m.tenants.map((tenant) => ({ ...base, tenant }));
+}
+
+/**
  * Verifies and installs every managed bundle (`FLEX_PLUGIN_CHECKSUM`, `_SIGNATURE`,
  * `_MANIFEST`, `_INCOMPATIBLE` refuse it and nothing starts), and maps each manifest onto a
  * launch spec. A bundle whose manifest name is not its key in `plugins:` is refused.
@@ -169,9 +198,33 @@ export async function resolvePlugins(entries: readonly PluginEntry[], options: R
       const closed = await closedAncestor(installed.path);
       if (closed) throw new ConfigError([{ path: `plugins.${entry.name}.bundle`, message: `the plugin runs as a uid of its own and cannot reach its installed copy ${installed.path}: ${closed} is not traversable by other users (chmod o+x it, or set FLEXCORE_PLUGIN_STORE to a folder that is)` }], options.file);
     }
-    managed.push({ entry, installed, manifest: installed.manifest, spec: launchSpec(installed.manifest, installed.path, entry) });
+    managed.push({ entry, installed, manifest: installed.manifest, spec: launchSpec(installed.manifest, installed.path, entry), tenants: instanceTenants(entry, installed.manifest, options.file) });
   }
   return { managed, external };
+}
+
+/**
+ * The tenants a managed plugin runs instances for: for `tenancy: tenant`, the entry's
+ * `tenants:` (or its owner `tenant:`), which must be named; for `tenancy: system`, none
+ * (and `tenants:` is refused: a system plugin runs once for everyone).
+ */
+function instanceTenants(entry: ManagedPluginEntry, manifest: PluginManifest, file: string | undefined): readonly string[] | undefined {
+  const at = `plugins.${entry.name}.tenants`;
+  if (manifest.tenancy !== "tenant") {
+    if (entry.tenants !== undefined) throw new ConfigError([{ path: at, message: `absent: plugin ${entry.name}'s manifest says \`tenancy: ${manifest.tenancy}\` (one instance set for everyone); only a \`tenancy: tenant\` plugin runs per tenant` }], file);
+    return undefined;
+  }
+  const tenants = entry.tenants ?? (entry.tenant !== undefined ? [entry.tenant] : undefined);
+  if (!tenants) throw new ConfigError([{ path: at, message: `the tenants plugin ${entry.name} serves (its manifest says \`tenancy: tenant\`: one instance set per tenant, service ${entry.name}_<tenant>), e.g. \`tenants: [acme, globex]\`, or \`tenant: <owner>\`` }], file);
+  tenants.forEach((t, i) => {
+    try {
+      checkPluginTenant(t, `${at}[${i}]`);
+      checkTenantName(t, `${at}[${i}]`);
+    } catch (err) {
+      throw new ConfigError([{ path: `${at}[${i}]`, message: (err as Error).message }], file);
+    }
+  });
+  return Object.freeze([...tenants]);
 }
 
 /** The first folder from `/` down to `path` that other users cannot traverse (no `o+x`), if any. */
@@ -209,6 +262,13 @@ export function checkPluginProcessors(processors: readonly ResolvedProcessor[], 
     if (owner !== undefined) {
       p.subjects.forEach((f, j) => {
         if (f.split(".")[1] !== owner) issues.push(issue(pathAt(pathAt(at, "subjects"), j), `a filter within tenant ${owner}, which owns plugin ${remote.plugin} (evt.${owner}.<…>)`, f));
+      });
+    }
+    // A tenancy: tenant plugin has instances only for its tenants: a filter reaching another tenant's events would have nowhere to go.
+    if (m?.tenants && owner === undefined) {
+      p.subjects.forEach((f, j) => {
+        const t = f.split(".")[1];
+        if (t === undefined || !m.tenants!.includes(t)) issues.push(issue(pathAt(pathAt(at, "subjects"), j), `a filter within one of the tenants plugin ${remote.plugin} runs instances for (${m.tenants!.join(", ")}): evt.<tenant>.<…>`, f));
       });
     }
     if (!m) return;

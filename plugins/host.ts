@@ -12,9 +12,9 @@ import type { PluginClient } from "./client.js";
 import { PluginBadReplyError, PluginRejectedError, PluginTimeoutError, PluginUnavailableError } from "./errors.js";
 import type { ExternalPluginEntry, ResolvedManagedPlugin, ResolvedPlugins } from "./host-config.js";
 import type { PluginManifest } from "./manifest.js";
-import { endpointSubject } from "./protocol.js";
 import type { StepReply, StepRequest } from "./protocol.js";
 import type { PluginStatus, PluginSupervisor } from "./supervisor.js";
+import { parseServiceName, tenantServiceName } from "./tenancy.js";
 
 /** One plugin's call figures since the host started (what `/metrics` shows). */
 export interface PluginCallMetrics {
@@ -43,6 +43,11 @@ export interface HostedPlugin {
   service: string;
   /** Owner tenant; undefined: a system plugin. */
   readonly tenant: string | undefined;
+  /**
+   * A `tenancy: tenant` plugin: the tenants it runs an instance set for; each tenant's calls
+   * go to its own `<name>_<tenant>` service, never to the bare name. Undefined: system tenancy.
+   */
+  readonly tenants?: readonly string[] | undefined;
   manifest: PluginManifest | undefined;
   enabled: boolean;
 }
@@ -58,13 +63,16 @@ export interface PluginHostOptions {
 /** The plugins as the runtime's remote kinds and the workflows' steps. */
 export interface PluginHost extends RemoteKinds {
   readonly plugins: ReadonlyMap<string, HostedPlugin>;
-  /** Whether `tenant` may use `plugin`: a system plugin, or one the tenant owns. */
+  /** Whether `tenant` may use `plugin`: a system plugin, one the tenant owns, or a `tenancy: tenant` plugin with an instance set for the tenant. */
   hasPlugin(plugin: string, tenant: string): boolean;
   /** Whether `plugin` serves step `step` (a managed plugin's manifest lists it; an external one is asked when called). */
   hasStep(plugin: string, step: string): boolean;
   /** Calls a step; the tenant is the caller's (the run's subject), never the input's. Throws the `FLEX_PLUGIN_*` call errors. */
   callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options?: { readonly timeoutMs?: number; readonly signal?: AbortSignal }): Promise<StepReply>;
-  /** Disabled plugins get no calls: they fail as unavailable (retried, never dropped). */
+  /**
+   * Disabled plugins get no calls: they fail as unavailable (retried, never dropped).
+   * `plugin` may name one tenant's instance set, `<name>_<tenant>`: only that tenant's calls wait.
+   */
   setEnabled(plugin: string, enabled: boolean): void;
   /**
    * Calls `plugin` at `service` from now on (an upgrade's switch). A call already made keeps
@@ -75,7 +83,26 @@ export interface PluginHost extends RemoteKinds {
   /** Resolves once no call of this host to `plugin` at `service` is in flight (or after `timeoutMs`). */
   idle(plugin: string, service: string, timeoutMs?: number): Promise<void>;
   metrics(): PluginCallMetrics[];
+  /** A `tenancy: tenant` plugin's instance sets as the supervisor sees them (empty for others). */
+  tenantInstances(plugin: string): PluginTenantInstance[];
 }
+
+/** One tenant's instance set of a `tenancy: tenant` plugin. */
+export interface PluginTenantInstance {
+  readonly plugin: string;
+  readonly tenant: string;
+  /** `<name>_<tenant>`. */
+  readonly service: string;
+  /** The supervisor's state of this set (`running`, `standby`, ...), `disabled`, or `stopped` when unknown here. */
+  readonly state: string;
+  /** Process failures of this set. */
+  readonly restarts: number;
+  /** Both the plugin's switch and this set's (`<name>_<tenant>`) are on. */
+  readonly enabled: boolean;
+}
+
+/** Which state of a plugin's instance sets the plugin as a whole shows: the first present, in this order. */
+const STATE_ORDER = ["failed", "restarting", "starting", "standby", "stopped", "running"];
 
 interface Figures {
   calls: number;
@@ -88,6 +115,10 @@ class Host implements PluginHost {
   readonly #nc: NatsConnection;
   readonly #supervisor: PluginSupervisor | undefined;
   readonly #clients = new Map<string, PluginClient>();
+  /** Clients of tenant instance sets, by service (`<name>_<tenant>`). */
+  readonly #tenantClients = new Map<string, PluginClient>();
+  /** Tenant instance sets switched off on their own (`<name>_<tenant>`). */
+  readonly #disabledSets = new Set<string>();
   readonly #stepClients = new Map<number, Map<string, PluginClient>>();
   readonly #figures = new Map<string, Figures>();
   /** Calls in flight by `<plugin> <service>`. */
@@ -102,6 +133,10 @@ class Host implements PluginHost {
       this.plugins.set(p.name, p);
       this.#callTimeouts.set(p.name, callTimeoutMs);
       this.#clients.set(p.name, createPluginClient(options.nc, p.service, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
+      for (const t of p.tenants ?? []) {
+        const service = tenantServiceName(p.name, t);
+        this.#tenantClients.set(service, createPluginClient(options.nc, service, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
+      }
       this.#figures.set(p.name, { calls: 0, errors: {}, latency: new LatencyWindow() });
     };
     for (const m of options.plugins.managed) add(hosted(m), m.manifest.limits.callTimeoutMs);
@@ -117,7 +152,18 @@ class Host implements PluginHost {
 
   hasPlugin(plugin: string, tenant: string): boolean {
     const p = this.plugins.get(plugin);
-    return p !== undefined && (p.tenant === undefined || p.tenant === tenant);
+    return p !== undefined && (p.tenant === undefined || p.tenant === tenant) && (p.tenants === undefined || p.tenants.includes(tenant));
+  }
+
+  /** The service a call of `tenant` goes to: the tenant's instance set for a `tenancy: tenant` plugin (undefined when it has none), the plugin's service otherwise. */
+  #serviceFor(p: HostedPlugin, tenant: string): string | undefined {
+    if (p.tenants === undefined) return p.service;
+    return p.tenants.includes(tenant) ? tenantServiceName(p.name, tenant) : undefined;
+  }
+
+  /** The supervisor's key of the instance set a call went to. */
+  #supervised(p: HostedPlugin, tenant: string): string {
+    return p.tenants === undefined ? p.name : tenantServiceName(p.name, tenant);
   }
 
   hasStep(plugin: string, step: string): boolean {
@@ -132,12 +178,20 @@ class Host implements PluginHost {
 
   setEnabled(plugin: string, enabled: boolean): void {
     const p = this.plugins.get(plugin);
-    if (p) p.enabled = enabled;
+    if (p) {
+      p.enabled = enabled;
+      return;
+    }
+    const set = parseServiceName(plugin);
+    if (set.tenant === undefined || !this.plugins.get(set.plugin)?.tenants?.includes(set.tenant)) return;
+    if (enabled) this.#disabledSets.delete(plugin);
+    else this.#disabledSets.add(plugin);
   }
 
   setService(plugin: string, service: string, manifest?: PluginManifest): void {
     const p = this.plugins.get(plugin);
-    if (!p || !p.managed) return;
+    // Tenant instance sets are not upgraded in place (the supervisor refuses it).
+    if (!p || !p.managed || p.tenants !== undefined) return;
     if (manifest) p.manifest = manifest;
     if (p.service === service) return;
     const callTimeoutMs = manifest?.limits.callTimeoutMs ?? this.#callTimeouts.get(plugin);
@@ -178,26 +232,29 @@ class Host implements PluginHost {
   }
 
   /** Throws when the call may not be made (counted in the figures like a failed call); undefined otherwise. */
-  #gate(p: HostedPlugin, tenant: string, subject: string): undefined {
-    if (!p.enabled) throw new PluginUnavailableError({ service: p.service, subject }, { cause: new Error(`plugin ${p.name} is disabled`) });
+  #gate(p: HostedPlugin, tenant: string, service: string | undefined, subject: string): undefined {
+    if (!p.enabled) throw new PluginUnavailableError({ service: service ?? p.service, subject }, { cause: new Error(`plugin ${p.name} is disabled`) });
     // A tenant's plugin sees only its tenant's data: anything else is refused for good.
     if (p.tenant !== undefined && p.tenant !== tenant) throw new PluginRejectedError({ service: p.service, subject }, 403, `plugin ${p.name} belongs to tenant ${p.tenant}, not ${tenant}`);
+    // A tenancy: tenant plugin runs no instance for a tenant it was not configured for: nowhere to send its data.
+    if (service === undefined) throw new PluginRejectedError({ service: p.name, subject }, 403, `plugin ${p.name} runs no instance for tenant ${tenant} (its tenants: ${p.tenants?.join(", ")})`);
+    if (this.#disabledSets.has(service)) throw new PluginUnavailableError({ service, subject }, { cause: new Error(`plugin ${p.name}'s instance set for tenant ${tenant} is disabled`) });
     return undefined;
   }
 
-  async #timed<T>(p: HostedPlugin, call: () => Promise<T>): Promise<T> {
+  async #timed<T>(p: HostedPlugin, supervised: string, call: () => Promise<T>): Promise<T> {
     const f = this.#figures.get(p.name)!;
     const start = performance.now();
     try {
       const v = await call();
       f.calls += 1;
       f.latency.add(performance.now() - start);
-      if (p.managed) this.#supervisor?.reportCallOk(p.name);
+      if (p.managed) reportTo(this.#supervisor, (s) => s.reportCallOk(supervised));
       return v;
     } catch (err) {
       const code = typeof (err as { code?: unknown }).code === "string" ? (err as { code: string }).code : "error";
       f.errors[code] = (f.errors[code] ?? 0) + 1;
-      if (p.managed && err instanceof PluginTimeoutError) this.#supervisor?.reportCallTimeout(p.name);
+      if (p.managed && err instanceof PluginTimeoutError) reportTo(this.#supervisor, (s) => s.reportCallTimeout(supervised));
       throw err;
     }
   }
@@ -208,29 +265,52 @@ class Host implements PluginHost {
     if (!r || !p) throw new PluginUnavailableError({ service: r?.plugin ?? batch.kind, subject: batch.kind });
     // Client and service are read before the first await: the runtime starts a batch's
     // calls (one per tenant) in one go, so they all go to the same version.
-    const client = this.#clients.get(p.name)!;
-    const service = p.service;
-    return this.#tracked(p, service, () => this.#timed(p, () => this.#gate(p, batch.tenant, endpointSubject(service, "processor", r.kind)) ?? client.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal)));
+    const service = this.#serviceFor(p, batch.tenant);
+    const client = p.tenants === undefined ? this.#clients.get(p.name)! : service === undefined ? undefined : this.#tenantClients.get(service)!;
+    const subject = `flexplugin.${service ?? p.name}.processor.${r.kind}`;
+    return this.#tracked(p, service ?? p.name, () => this.#timed(p, this.#supervised(p, batch.tenant), () => this.#gate(p, batch.tenant, service, subject) ?? client!.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal)));
   }
 
   async callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options: { readonly timeoutMs?: number; readonly signal?: AbortSignal } = {}): Promise<StepReply> {
     const p = this.plugins.get(plugin);
     if (!p) throw new PluginUnavailableError({ service: plugin, subject: `flexplugin.${plugin}.step.${step}` });
-    let client = this.#clients.get(plugin)!;
-    const service = p.service;
-    if (options.timeoutMs !== undefined) {
+    const service = this.#serviceFor(p, request.tenant);
+    let client = p.tenants === undefined ? this.#clients.get(plugin) : service === undefined ? undefined : this.#tenantClients.get(service);
+    if (options.timeoutMs !== undefined && service !== undefined) {
       let byTimeout = this.#stepClients.get(options.timeoutMs);
       if (!byTimeout) this.#stepClients.set(options.timeoutMs, (byTimeout = new Map()));
-      client = byTimeout.get(plugin) ?? createPluginClient(this.#nc, service, { callTimeoutMs: options.timeoutMs });
-      byTimeout.set(plugin, client);
+      // Keyed by plugin for a system-tenancy plugin (setService clears it), by service for a tenant's set.
+      const key = p.tenants === undefined ? plugin : service;
+      client = byTimeout.get(key) ?? createPluginClient(this.#nc, service, { callTimeoutMs: options.timeoutMs });
+      byTimeout.set(key, client);
     }
-    return this.#tracked(p, service, () => this.#timed(p, () => this.#gate(p, request.tenant, endpointSubject(service, "step", step)) ?? client.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal)));
+    const subject = `flexplugin.${service ?? p.name}.step.${step}`;
+    return this.#tracked(p, service ?? p.name, () => this.#timed(p, this.#supervised(p, request.tenant), () => this.#gate(p, request.tenant, service, subject) ?? client!.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal)));
+  }
+
+  /** A tenant plugin's sets as one: failures summed, the first state of {@link STATE_ORDER} any set is in. */
+  #combined(p: HostedPlugin): Pick<PluginStatus, "state" | "failures"> | undefined {
+    const sets = (p.tenants ?? []).map((t) => safeStatus(this.#supervisor!, tenantServiceName(p.name, t))).filter((x): x is PluginStatus => x !== undefined);
+    if (sets.length === 0) return undefined;
+    const state = STATE_ORDER.find((st) => sets.some((x) => x.state === st)) ?? sets[0]!.state;
+    return { state: state as PluginStatus["state"], failures: sets.reduce((n, x) => n + x.failures, 0) };
+  }
+
+  tenantInstances(plugin: string): PluginTenantInstance[] {
+    const p = this.plugins.get(plugin);
+    if (!p?.tenants) return [];
+    return p.tenants.map((tenant) => {
+      const service = tenantServiceName(p.name, tenant);
+      const st = this.#supervisor ? safeStatus(this.#supervisor, service) : undefined;
+      const enabled = p.enabled && !this.#disabledSets.has(service);
+      return { plugin: p.name, tenant, service, state: !enabled ? "disabled" : (st?.state ?? "stopped"), restarts: st?.failures ?? 0, enabled };
+    });
   }
 
   metrics(): PluginCallMetrics[] {
     return [...this.plugins.values()].map((p) => {
       const f = this.#figures.get(p.name)!;
-      const status = p.managed && this.#supervisor ? safeStatus(this.#supervisor, p.name) : undefined;
+      const status = p.managed && this.#supervisor ? (p.tenants === undefined ? safeStatus(this.#supervisor, p.name) : this.#combined(p)) : undefined;
       return {
         plugin: p.name,
         managed: p.managed,
@@ -245,6 +325,15 @@ class Host implements PluginHost {
   }
 }
 
+function reportTo(s: PluginSupervisor | undefined, report: (s: PluginSupervisor) => void): void {
+  if (!s) return;
+  try {
+    report(s);
+  } catch {
+    // not supervised here
+  }
+}
+
 function safeStatus(s: PluginSupervisor, name: string): PluginStatus | undefined {
   try {
     return s.status(name);
@@ -254,7 +343,7 @@ function safeStatus(s: PluginSupervisor, name: string): PluginStatus | undefined
 }
 
 function hosted(m: ResolvedManagedPlugin): HostedPlugin {
-  return { name: m.entry.name, managed: true, service: m.spec.service ?? m.manifest.name, tenant: m.entry.tenant, manifest: m.manifest, enabled: m.entry.enabled };
+  return { name: m.entry.name, managed: true, service: m.spec.service ?? m.manifest.name, tenant: m.entry.tenant, tenants: m.tenants, manifest: m.manifest, enabled: m.entry.enabled };
 }
 
 function external(x: ExternalPluginEntry): HostedPlugin {

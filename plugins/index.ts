@@ -159,3 +159,9 @@ export type { ApplyPluginVersionsOptions, PluginVersionRecord, UpgradePluginOpti
 // --- The Python SDK the host provides (`sdk: python`), the first quick restart (h-plugfig) ---
 export { PYTHON_SDK_FILE, PYTHON_SDK_MOUNT, pythonPathWithSdk, pythonSdkDir } from "./python-sdk.js";
 export { DEFAULT_FIRST_RESTART_MS } from "./supervisor.js";
+
+// --- Tenant instances of `tenancy: tenant` plugins, `<name>_<tenant>` (h-plugtenant) ---
+export { checkPluginTenant, checkServiceName, parseServiceName, PLUGIN_SERVICE_PATTERN, PLUGIN_TENANT_ENV, PLUGIN_TENANT_PATTERN, TENANT_SERVICE_SEPARATOR, tenantServiceName } from "./tenancy.js";
+export { supervisedSpecs } from "./host-config.js";
+export { pluginInstanceKey } from "./supervisor.js";
+export type { PluginTenantInstance } from "./host.js";

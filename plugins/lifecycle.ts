@@ -6,7 +6,7 @@
  * health changes, at most once per `healthIntervalMs`: a change inside the interval is
  * published when it ends, if it still holds.
  */
-import { InvalidEventError, PLUGIN_CATEGORY, PLUGIN_EVENT_TYPES, SYSTEM_TENANT } from "../streams/index.js";
+import { checkTenantName, InvalidEventError, PLUGIN_CATEGORY, PLUGIN_EVENT_TYPES, SYSTEM_TENANT } from "../streams/index.js";
 import type { ErrorInfo, EventStore, PluginFailed, PluginHealth, PluginLoaded, PluginStarted, PluginStopped } from "../streams/index.js";
 import { checkPluginName } from "./nats-users.js";
 
@@ -54,6 +54,11 @@ export interface PluginLifecycle {
   health(e: PluginHealth): Promise<boolean>;
   /** Cancels held health events. */
   close(): void;
+  /**
+   * The publisher of a `tenancy: tenant` plugin's instance for `tenant`: the same events on
+   * `evt.<tenant>.plugin.<name>`, so `plugin_status` shows each tenant its own instance. Closed with this one.
+   */
+  forTenant(tenant: string): PluginLifecycle;
 }
 
 /** A field check: `[field, expected]` when the field is wrong. */
@@ -95,6 +100,7 @@ export function validatePluginEvent(type: string, data: unknown): void {
 /** Creates the lifecycle publisher of managed plugins. */
 export function createPluginLifecycle(options: PluginLifecycleOptions): PluginLifecycle {
   const tenant = options.tenant ?? SYSTEM_TENANT;
+  const perTenant = new Map<string, PluginLifecycle>();
   const interval = options.healthIntervalMs ?? DEFAULT_HEALTH_INTERVAL_MS;
   const health = new Map<string, { ok: boolean | undefined; at: number; timer: NodeJS.Timeout | undefined; latest: PluginHealth | undefined }>();
   const publish = async (type: string, data: { readonly plugin: string }): Promise<void> => {
@@ -142,6 +148,13 @@ export function createPluginLifecycle(options: PluginLifecycleOptions): PluginLi
     close() {
       for (const h of health.values()) if (h.timer) clearTimeout(h.timer);
       health.clear();
+      for (const l of perTenant.values()) l.close();
+      perTenant.clear();
+    },
+    forTenant(t) {
+      let l = perTenant.get(t);
+      if (!l) perTenant.set(t, (l = createPluginLifecycle({ ...options, tenant: checkTenantName(t) })));
+      return l;
     },
   };
 }

@@ -9,6 +9,7 @@ import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { InvalidOptionError } from "../streams/index.js";
 import { ENDPOINT_SUBJECT_ROOT, PLUGIN_NAME_PATTERN } from "./protocol.js";
+import { checkServiceName } from "./tenancy.js";
 
 /** Prefix of a plugin's NATS user name. */
 export const PLUGIN_USER_PREFIX = "plugin-";
@@ -26,7 +27,7 @@ export function checkPluginName(name: unknown, field = "name"): string {
 
 /** The NATS user name of a plugin's service. */
 export function pluginUserName(service: string): string {
-  return `${PLUGIN_USER_PREFIX}${checkPluginName(service, "service")}`;
+  return `${PLUGIN_USER_PREFIX}${checkServiceName(service)}`;
 }
 
 /** What a plugin's user may do, in the server's terms. */
@@ -44,7 +45,7 @@ export interface PluginPermissions {
  * `evt.>`/`drv.>`, no JetStream or KV API, no other plugin's subjects, no `_INBOX.>`.
  */
 export function pluginPermissions(service: string): PluginPermissions {
-  checkPluginName(service, "service");
+  checkServiceName(service);
   return {
     publish: { deny: [">"] },
     subscribe: { allow: ["$SRV.PING", "$SRV.INFO", "$SRV.STATS", `$SRV.*.${service}`, `$SRV.*.${service}.>`, `${ENDPOINT_SUBJECT_ROOT}.${service}.>`] },

@@ -23,6 +23,7 @@ import {
 import type { PluginKind, ProcessorReply, ProcessorRequest, SinkReply, SinkRequest, SourceReply, SourceRequest, StepReply, StepRequest } from "./protocol.js";
 import { ServiceError, createService } from "./service.js";
 import type { Service } from "./service.js";
+import { PLUGIN_SERVICE_PATTERN, PLUGIN_TENANT_ENV, PLUGIN_TENANT_PATTERN, TENANT_SERVICE_SEPARATOR } from "./tenancy.js";
 
 /** What a handler gets beside the request. */
 export interface HandlerContext {
@@ -129,7 +130,9 @@ const encoder = new TextEncoder();
 /** The handshake environment, checked. Throws InvalidOptionError naming the variable. */
 export function readHandshake(env: NodeJS.ProcessEnv, plugin: Plugin) {
   const name = env[ENV.name] || plugin.name;
-  if (!name || !PLUGIN_NAME_PATTERN.test(name) && !/^[a-z][a-z0-9-]{1,39}_[a-z0-9-]+$/u.test(name)) throw new InvalidOptionError(ENV.name, name, `a plugin name matching ${PLUGIN_NAME_PATTERN} (or a name in definePlugin)`);
+  if (!name || !PLUGIN_NAME_PATTERN.test(name) && !PLUGIN_SERVICE_PATTERN.test(name)) throw new InvalidOptionError(ENV.name, name, `a plugin name matching ${PLUGIN_NAME_PATTERN}, or <name>_<tenant> (or a name in definePlugin)`);
+  const tenant = env[PLUGIN_TENANT_ENV] || undefined;
+  if (tenant !== undefined && (!PLUGIN_TENANT_PATTERN.test(tenant) || name !== `${name.split(TENANT_SERVICE_SEPARATOR, 1)[0]}${TENANT_SERVICE_SEPARATOR}${tenant}`)) throw new InvalidOptionError(PLUGIN_TENANT_ENV, tenant, `the tenant of the service name ${name} (<name>_<tenant>)`);
   const url = env[ENV.natsUrl] || env.NATS_URL;
   if (!url) throw new InvalidOptionError(ENV.natsUrl, url, "a comma-separated list of NATS server URLs");
   const user = env[ENV.natsUser];
@@ -157,6 +160,8 @@ export function readHandshake(env: NodeJS.ProcessEnv, plugin: Plugin) {
     hostProtocols,
     concurrency,
     nonce: env[ENV.nonce] || undefined,
+    /** `FLEXCORE_PLUGIN_TENANT`: the one tenant a `tenancy: tenant` instance serves; calls of another are answered 403. */
+    tenant,
     config: Object.freeze(config as Record<string, unknown>),
   };
 }
@@ -206,6 +211,10 @@ export async function serve(plugin: Plugin, options: ServeOptions = {}): Promise
         }
         if (typeof request !== "object" || request === null || request.protocol !== protocol) {
           throw new ServiceError(400, `expected \`protocol\` to be ${protocol}, got ${JSON.stringify((request as { protocol?: unknown } | null)?.protocol)}`);
+        }
+        // A tenant's instance never handles another tenant's data, whoever sent it.
+        if (handshake.tenant !== undefined && (request as { tenant?: unknown }).tenant !== handshake.tenant) {
+          throw new ServiceError(403, `this instance serves tenant ${handshake.tenant}, not ${JSON.stringify((request as { tenant?: unknown }).tenant)}`);
         }
         try {
           const reply = await cap.call(request as never, context);

@@ -19,7 +19,7 @@ import { createInbox } from "@nats-io/transport-node";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { DEFAULT_LEASE_TTL_MS, Lease, planCommand, sandboxSupport, SandboxUnavailableError } from "../processors/index.js";
 import type { SandboxSupport, ScriptLimits } from "../processors/index.js";
-import { BUCKETS, InvalidOptionError, openTtlKv } from "../streams/index.js";
+import { BUCKETS, checkTenantName, InvalidOptionError, openTtlKv } from "../streams/index.js";
 import type { ErrorInfo, TtlKv } from "../streams/index.js";
 import { PluginCrashLoopError, PluginProtocolError, PluginStartTimeoutError, PluginUpgradeFailedError } from "./errors.js";
 import type { PluginLifecycle } from "./lifecycle.js";
@@ -28,6 +28,7 @@ import type { PluginLimits } from "./manifest.js";
 import { checkPluginName, pluginCredentials } from "./nats-users.js";
 import { EXIT_PROTOCOL_MISMATCH, PLUGIN_NAME_PATTERN } from "./protocol.js";
 import { PYTHON_SDK_MOUNT, pythonPathWithSdk, pythonSdkDir } from "./python-sdk.js";
+import { checkPluginTenant, PLUGIN_TENANT_ENV, tenantServiceName } from "./tenancy.js";
 
 /** First uid of the range managed plugins run as (one uid per plugin name, see {@link pluginUid}). */
 export const PLUGIN_UID_BASE = 200_000;
@@ -81,6 +82,19 @@ export interface PluginLaunchSpec {
   readonly enabled?: boolean;
   /** The manifest's `sdk`: `python` mounts FlexCore's Python SDK read-only and puts it first on `PYTHONPATH`. @default none */
   readonly sdk?: "python";
+  /**
+   * A `tenancy: tenant` plugin's instance set for this tenant: service, NATS user, uid and
+   * log prefix `<name>_<tenant>`, lease `plugin.<name>_<tenant>`, restarts of its own,
+   * lifecycle on `evt.<tenant>.plugin.<name>`, and `FLEXCORE_PLUGIN_TENANT` in the handshake.
+   * The supervisor's methods name it by its key `<name>_<tenant>` ({@link pluginInstanceKey}).
+   * @default none: a system-tenancy plugin
+   */
+  readonly tenant?: string;
+}
+
+/** How the supervisor names one instance set: `<name>`, or `<name>_<tenant>` for a tenant's. */
+export function pluginInstanceKey(spec: Pick<PluginLaunchSpec, "name" | "tenant">): string {
+  return spec.tenant === undefined ? spec.name : tenantServiceName(spec.name, spec.tenant);
 }
 
 /** Suffix of a plugin's second service name: the slot an upgrade starts the new version in. */
@@ -194,7 +208,12 @@ export interface PluginInstanceStatus {
 }
 
 export interface PluginStatus {
+  /** The instance set's key: the plugin's name, or `<name>_<tenant>` for a tenant's instance set. */
   readonly name: string;
+  /** The plugin's name (as `name` for a system-tenancy plugin). */
+  readonly plugin?: string;
+  /** The tenant a `tenancy: tenant` instance set serves; absent for a system-tenancy plugin. */
+  readonly tenant?: string | undefined;
   readonly state: PluginState;
   readonly leaseHeld: boolean;
   readonly instances: readonly PluginInstanceStatus[];
@@ -512,16 +531,16 @@ class ManagedPlugin {
   constructor(spec: PluginLaunchSpec, o: Resolved, shared?: { readonly lease: Lease; readonly box: LeaseBox }) {
     this.spec = spec;
     this.#o = o;
-    this.service = spec.service ?? spec.name;
+    this.service = spec.tenant === undefined ? (spec.service ?? spec.name) : tenantServiceName(spec.name, spec.tenant);
     this.limits = { ...DEFAULT_PLUGIN_LIMITS, ...spec.limits };
     this.#count = spec.instances ?? 1;
     this.#slots = Array.from({ length: this.#count }, () => undefined);
-    this.#lifecycle = shared ? undefined : o.lifecycle;
+    this.#lifecycle = shared ? undefined : spec.tenant === undefined ? o.lifecycle : o.lifecycle?.forTenant(spec.tenant);
     this.#disabled = spec.enabled === false;
     this.#box = shared?.box ?? { current: this };
     const box = this.#box;
-    this.#lease = shared?.lease ?? new Lease(o.leases, `plugin.${spec.name}`, o.instanceId, o.leaseTtlMs, () => box.current.#leaseLost());
-    this.#forwarder = new LineForwarder(`[plugin ${spec.name}]`, o.log, o.maxLineBytes, o.maxLinesPerSecond);
+    this.#lease = shared?.lease ?? new Lease(o.leases, `plugin.${pluginInstanceKey(spec)}`, o.instanceId, o.leaseTtlMs, () => box.current.#leaseLost());
+    this.#forwarder = new LineForwarder(`[plugin ${pluginInstanceKey(spec)}]`, o.log, o.maxLineBytes, o.maxLinesPerSecond);
   }
 
   /** Whether this version may run processes: enabled, not replaced, lease held. */
@@ -537,13 +556,16 @@ class ManagedPlugin {
     return this.#candidate !== undefined;
   }
 
+  /** The instance set's key (`<name>`, or `<name>_<tenant>`): logs, errors, the supervisor's methods. */
   get name(): string {
-    return this.spec.name;
+    return pluginInstanceKey(this.spec);
   }
 
   status(): PluginStatus {
     return {
       name: this.name,
+      plugin: this.spec.name,
+      tenant: this.spec.tenant,
       state: this.#state,
       leaseHeld: this.#held(),
       instances: this.#slots.filter((s): s is Instance => s !== undefined).map((s) => ({ pid: s.child.pid, ready: s.ready, id: s.id })),
@@ -579,7 +601,7 @@ class ManagedPlugin {
       return;
     }
     this.#o.log(`plugin ${this.name}: lease held by ${this.#o.instanceId}; launching ${this.#count} instance(s)`);
-    await this.#lifecycle?.loaded({ plugin: this.name, version: this.spec.version });
+    await this.#lifecycle?.loaded({ plugin: this.spec.name, version: this.spec.version });
     this.#begin();
   }
 
@@ -664,7 +686,7 @@ class ManagedPlugin {
       this.#state = "running";
       for (const w of this.#waiters.splice(0)) w();
     } else if (this.#state !== "failed") this.#state = "starting";
-    if (fresh || replacement) void this.#lifecycle?.started({ plugin: this.name, version: this.spec.version, instance: id, attempt: this.#failureTimes.length + 1 });
+    if (fresh || replacement) void this.#lifecycle?.started({ plugin: this.spec.name, version: this.spec.version, instance: id, attempt: this.#failureTimes.length + 1 });
   }
 
   #env(nonce: string, password: string, user: string): Record<string, string> {
@@ -684,6 +706,7 @@ class ManagedPlugin {
       FLEXCORE_VERSION: this.#o.hostVersion,
       FLEXCORE_PLUGIN_CONCURRENCY: String(this.limits.concurrency),
       FLEXCORE_PLUGIN_CONFIG: JSON.stringify(this.spec.config ?? {}),
+      ...(this.spec.tenant === undefined ? {} : { [PLUGIN_TENANT_ENV]: this.spec.tenant }),
     };
   }
 
@@ -731,7 +754,7 @@ class ManagedPlugin {
       const err = new PluginProtocolError(this.name, how);
       this.#block(err);
       this.#o.log(`plugin ${this.name}: ${err.message}`, "error");
-      await this.#lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt: 1 });
+      await this.#lifecycle?.failed({ plugin: this.spec.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt: 1 });
       return;
     }
     const error: ErrorInfo = inst.reason ?? { message: `plugin ${this.name} ${how}${inst.ready ? "" : " before it was ready"}` };
@@ -744,7 +767,7 @@ class ManagedPlugin {
       const err = new PluginCrashLoopError(this.name, attempt, this.#o.crashLoop.windowMs, error.message);
       this.#block(err);
       this.#o.log(`plugin ${this.name}: ${err.message}`, "error");
-      await this.#lifecycle?.failed({ plugin: this.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt });
+      await this.#lifecycle?.failed({ plugin: this.spec.name, error: toInfo(err), willRestart: false, exitCode: code, signal: sig, attempt });
       return;
     }
     const delay = restartDelay(this.#o.backoff, attempt, inst.ready);
@@ -755,7 +778,7 @@ class ManagedPlugin {
       if (this.#slots[slot] === inst) void this.#launch(slot);
     }, delay);
     this.#restartTimers.add(timer);
-    await this.#lifecycle?.failed({ plugin: this.name, error, willRestart: true, exitCode: code, signal: sig, attempt, nextRestartAt: new Date(now + delay).toISOString(), nextRestartInMs: delay });
+    await this.#lifecycle?.failed({ plugin: this.spec.name, error, willRestart: true, exitCode: code, signal: sig, attempt, nextRestartAt: new Date(now + delay).toISOString(), nextRestartInMs: delay });
   }
 
   #block(err: PluginProtocolError | PluginCrashLoopError): void {
@@ -817,7 +840,7 @@ class ManagedPlugin {
     const answered = results.filter((r): r is number => r !== undefined);
     const ok = answered.length === this.#count;
     const latencyMs = answered.length > 0 ? Math.max(...answered) : undefined;
-    await this.#lifecycle?.health({ plugin: this.name, ok, detail: `${answered.length} of ${this.#count} instance(s) answered PING`, ...(latencyMs !== undefined ? { latencyMs: Math.round(latencyMs * 100) / 100 } : {}) });
+    await this.#lifecycle?.health({ plugin: this.spec.name, ok, detail: `${answered.length} of ${this.#count} instance(s) answered PING`, ...(latencyMs !== undefined ? { latencyMs: Math.round(latencyMs * 100) / 100 } : {}) });
   }
 
   ready(timeoutMs: number): Promise<void> {
@@ -840,7 +863,7 @@ class ManagedPlugin {
     await this.#retireAll();
     this.#state = "stopped";
     if (held) {
-      await this.#lifecycle?.stopped({ plugin: this.name, version: this.spec.version, reason: "host stopping" });
+      await this.#lifecycle?.stopped({ plugin: this.spec.name, version: this.spec.version, reason: "host stopping" });
       await this.#lease.release();
     }
   }
@@ -864,7 +887,7 @@ class ManagedPlugin {
     await this.#retireAll();
     this.#state = "stopped";
     if (held) {
-      await this.#lifecycle?.stopped({ plugin: this.name, version: this.spec.version, reason: "disabled" });
+      await this.#lifecycle?.stopped({ plugin: this.spec.name, version: this.spec.version, reason: "disabled" });
       if (this.#disabled) await this.#lease.release();
     }
   }
@@ -925,10 +948,10 @@ class ManagedPlugin {
     candidate.#lifecycle = this.#lifecycle;
     // Restarts and failures of the new version count from its own start.
     const first = candidate.#slots.find((s) => s?.ready);
-    await candidate.#lifecycle?.started({ plugin: this.name, version: candidate.spec.version, ...(first?.id ? { instance: first.id } : {}), attempt: 1 });
+    await candidate.#lifecycle?.started({ plugin: this.spec.name, version: candidate.spec.version, ...(first?.id ? { instance: first.id } : {}), attempt: 1 });
     await this.#retireAll();
     this.#state = "stopped";
-    await this.#lifecycle?.stopped({ plugin: this.name, version: this.spec.version, reason: `upgraded to ${candidate.spec.version}` });
+    await this.#lifecycle?.stopped({ plugin: this.spec.name, version: this.spec.version, reason: `upgraded to ${candidate.spec.version}` });
   }
 }
 
@@ -968,7 +991,12 @@ function checkSpec(p: PluginLaunchSpec, at: string): void {
   if (!(p.command[0]! in INTERPRETERS) && !isAbsolute(p.command[0]!)) throw new InvalidOptionError(`${at}.command[0]`, p.command[0], "`node`, `python3` or an absolute path");
   if (typeof p.bundleDir !== "string" || !isAbsolute(p.bundleDir)) throw new InvalidOptionError(`${at}.bundleDir`, p.bundleDir, "an absolute path");
   if (p.instances !== undefined) positive(`${at}.instances`, p.instances);
-  if (p.service !== undefined && !pluginServiceNames(p.name).includes(p.service)) throw new InvalidOptionError(`${at}.service`, p.service, `one of the plugin's service names (${pluginServiceNames(p.name).filter(Boolean).join(", ")})`);
+  if (p.service !== undefined && p.tenant === undefined && !pluginServiceNames(p.name).includes(p.service)) throw new InvalidOptionError(`${at}.service`, p.service, `one of the plugin's service names (${pluginServiceNames(p.name).filter(Boolean).join(", ")})`);
+  if (p.tenant !== undefined) {
+    checkPluginTenant(p.tenant, `${at}.tenant`);
+    checkTenantName(p.tenant, `${at}.tenant`);
+    if (p.service !== undefined && p.service !== tenantServiceName(p.name, p.tenant)) throw new InvalidOptionError(`${at}.service`, p.service, `absent or ${tenantServiceName(p.name, p.tenant)} (a tenant's instance set registers as <name>_<tenant>)`);
+  }
   if (p.enabled !== undefined && typeof p.enabled !== "boolean") throw new InvalidOptionError(`${at}.enabled`, p.enabled, "a boolean");
   if (p.sdk !== undefined && p.sdk !== "python") throw new InvalidOptionError(`${at}.sdk`, p.sdk, "`python` or absent");
   for (const [k, v] of Object.entries(p.limits ?? {})) {
@@ -981,8 +1009,13 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
   const names = new Set<string>();
   options.plugins.forEach((p, i) => {
     checkSpec(p, `plugins[${i}]`);
-    if (names.has(p.name)) throw new InvalidOptionError(`plugins[${i}].name`, p.name, "a name not used by another plugin");
-    names.add(p.name);
+    const key = pluginInstanceKey(p);
+    if (names.has(key)) throw new InvalidOptionError(`plugins[${i}].${p.tenant === undefined ? "name" : "tenant"}`, p.tenant ?? p.name, "a plugin (and tenant) not used by another spec");
+    names.add(key);
+  });
+  // A plugin is either system-tenancy (one set) or tenant-tenancy (sets by tenant), never both.
+  options.plugins.forEach((p, i) => {
+    if (p.tenant === undefined && options.plugins.some((q) => q.name === p.name && q.tenant !== undefined)) throw new InvalidOptionError(`plugins[${i}].tenant`, p.tenant, `a tenant: plugin ${p.name} has tenant instance sets in other specs`);
   });
   const sandbox = options.sandbox ?? (await sandboxSupport());
   if (sandbox.mode !== "bwrap") throw new SandboxUnavailableError(sandbox.bwrapProblem ?? "bubblewrap is not available");
@@ -1005,11 +1038,18 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     hostVersion: options.hostVersion ?? "0.0.0",
     sandbox,
   };
-  const plugins = new Map(options.plugins.map((p) => [p.name, new ManagedPlugin(p, o)]));
+  const plugins = new Map(options.plugins.map((p) => [pluginInstanceKey(p), new ManagedPlugin(p, o)]));
   const get = (name: string): ManagedPlugin => {
     const p = plugins.get(name);
     if (!p) throw new InvalidOptionError("name", name, `a managed plugin (${[...plugins.keys()].join(", ") || "none"})`);
     return p;
+  };
+  // An instance set by its key; a tenant-tenancy plugin's bare name means all its tenants' sets.
+  const every = (name: string): ManagedPlugin[] => {
+    const p = plugins.get(name);
+    if (p) return [p];
+    const sets = [...plugins.values()].filter((x) => x.spec.name === name && x.spec.tenant !== undefined);
+    return sets.length > 0 ? sets : [get(name)];
   };
   for (const p of plugins.values()) p.start();
   let stopped: Promise<void> | undefined;
@@ -1020,10 +1060,14 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     return name === undefined ? [...plugins.values()].map((p) => p.status()) : get(name).status();
   }
   const upgrade = async (name: string, next: PluginLaunchSpec, opts: PluginUpgradeOptions = {}): Promise<PluginUpgradeResult> => {
-    const old = get(name);
     const fail = (reason: string, cause?: unknown): never => {
       throw new PluginUpgradeFailedError(name, typeof next?.version === "string" ? next.version : undefined, reason, cause === undefined ? undefined : { cause });
     };
+    const key = plugins.get(name);
+    if (!key && [...plugins.values()].some((x) => x.spec.name === name && x.spec.tenant !== undefined) || key?.spec.tenant !== undefined) {
+      fail("it is a `tenancy: tenant` plugin (one instance set per tenant), which is upgraded by a restart: point flexcore.yaml at the new bundle and restart FlexCore");
+    }
+    const old = get(name);
     if (stopped) fail("the supervisor is stopping");
     try {
       checkSpec(next, "next");
@@ -1058,12 +1102,18 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
   return {
     status,
     upgrade,
-    setEnabled: (name, enabled) => get(name).setEnabled(enabled),
+    setEnabled: async (name, enabled) => {
+      await Promise.all(every(name).map((p) => p.setEnabled(enabled)));
+    },
     spec: (name) => get(name).spec,
-    restart: (name) => get(name).restart(),
+    restart: (name) => {
+      for (const p of every(name)) p.restart();
+    },
     reportCallTimeout: (name) => get(name).reportCallTimeout(),
     reportCallOk: (name) => get(name).reportCallOk(),
-    ready: (name, timeoutMs = 30_000) => get(name).ready(timeoutMs),
+    ready: async (name, timeoutMs = 30_000) => {
+      await Promise.all(every(name).map((p) => p.ready(timeoutMs)));
+    },
     stop,
     [Symbol.asyncDispose]: stop,
   };

@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { discoverPlugins } from "../plugins/index.js";
+import { discoverPlugins, pythonSdkDir } from "../plugins/index.js";
 import type { PluginTestNats } from "./plugin-nats.js";
 
 /** A plugin child process launched with the handshake environment, as the supervisor would. */
@@ -26,7 +26,8 @@ export async function startPluginProcess(
   timeoutMs = 20_000,
 ): Promise<PluginProcess> {
   const env = nats.pluginEnv(service, more);
-  const child = spawn(launch.command, [...launch.args], { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  // PYTHONPATH: a Python plugin imports FlexCore's SDK, which the sandbox mounts for `sdk: python`.
+  const child = spawn(launch.command, [...launch.args], { env: { PATH: process.env.PATH ?? "", PYTHONPATH: pythonSdkDir(), ...env }, stdio: ["ignore", "ignore", "pipe"] });
   let err = "";
   child.stderr!.on("data", (d: Buffer) => {
     err += d.toString();

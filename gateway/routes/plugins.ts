@@ -34,10 +34,11 @@ export function registerPluginRoutes(ctx: RouteContext): void {
     }, async (req) => {
       const tenant = req.principal!.tenant;
       const api = need(ctx.plugins);
-      const p = api.list().find((x) => x.name === req.params.name);
-      if (!p || !visible(p, tenant)) throw new NotFoundError(`Plugin \`${req.params.name}\``);
+      const p = api.list().find((x) => x.name === req.params.name && visible(x, tenant));
+      if (!p) throw new NotFoundError(`Plugin \`${req.params.name}\``);
       if (p.tenant === null) throw new PluginSystemOwnedError(p.name);
-      await ctx.deadline(api.setEnabled(p.name, enabled, `tenant:${tenant}/${req.principal!.subject}`));
+      // A tenancy: tenant plugin: the tenant's own instance set only, never another tenant's.
+      await ctx.deadline(api.setEnabled(p.instance ?? p.name, enabled, `tenant:${tenant}/${req.principal!.subject}`));
       return { plugin: p.name, enabled };
     });
   }

@@ -65,7 +65,11 @@ async def process(req: Dict[str, Any], ctx: Context) -> Any:
             state = req["states"].get(key)
             counts[key] = state.get("count", 0) if isinstance(state, dict) else 0
         counts[key] += 1
-        outputs.append({"input": i, "type": "Echoed", "data": item["data"]})
+        data = item["data"]
+        if ctx.config.get("servedBy") is True and isinstance(data, dict):
+            # Not a fault: which instance served it (FLEXCORE_PLUGIN_NAME / FLEXCORE_PLUGIN_TENANT).
+            data = {**data, "servedBy": {"service": os.environ.get("FLEXCORE_PLUGIN_NAME"), "tenant": os.environ.get("FLEXCORE_PLUGIN_TENANT")}}
+        outputs.append({"input": i, "type": "Echoed", "data": data})
     return {"states": {k: {"count": n} for k, n in counts.items()}, "outputs": outputs}
 
 

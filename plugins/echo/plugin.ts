@@ -31,6 +31,11 @@ export interface EchoFaults {
   readonly delayMs?: number;
   /** Where the echo source ends (records are 1..sourceEnd). @default 1000 */
   readonly sourceEnd?: number;
+  /**
+   * Not a fault: each processor output's data gets `servedBy: {service, tenant}` (its
+   * `FLEXCORE_PLUGIN_NAME` and `FLEXCORE_PLUGIN_TENANT`), so a test sees which instance served it.
+   */
+  readonly servedBy?: boolean;
 }
 
 let calls = 0;
@@ -78,7 +83,8 @@ export function echoPlugin(): Plugin {
             const input = req.inputs[i]!;
             const before = counts.get(input.key) ?? (Object.hasOwn(req.states, input.key) ? ((req.states[input.key] as { count?: number } | null)?.count ?? 0) : 0);
             counts.set(input.key, before + 1);
-            outputs.push({ input: i, type: "Echoed", data: input.data });
+            const data = (ctx.config as EchoFaults).servedBy === true ? { ...(input.data as object), servedBy: { service: process.env.FLEXCORE_PLUGIN_NAME ?? null, tenant: process.env.FLEXCORE_PLUGIN_TENANT ?? null } } : input.data;
+            outputs.push({ input: i, type: "Echoed", data });
           }
           return { states: Object.fromEntries([...counts].map(([k, n]) => [k, { count: n }])), outputs };
         },

@@ -38,7 +38,8 @@ QUEUE_GROUP = "q"
 DEFAULT_CONCURRENCY = 64
 KINDS = (("processor", "processors"), ("step", "steps"), ("sink", "sinks"), ("source", "sources"))
 TYPES = {verb: f"io.nats.micro.v1.{verb.lower()}_response" for verb in ("PING", "INFO", "STATS")}
-PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9-]{1,39}(_[a-z0-9-]+)?$")
+PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9-]{1,39}(_[A-Za-z0-9][A-Za-z0-9_-]{0,63})?$")
+TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CAPABILITY = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 LEVELS = {"trace": 10, "debug": 20, "info": 30, "warn": 40, "error": 50, "fatal": 60}
@@ -138,6 +139,7 @@ class Handshake:
     concurrency: int
     nonce: Optional[str]
     config: Mapping[str, Any]
+    tenant: Optional[str] = None  # FLEXCORE_PLUGIN_TENANT: the one tenant a tenancy: tenant instance serves
 
 
 def read_handshake(env: Mapping[str, str], plugin: Plugin) -> Handshake:
@@ -170,8 +172,11 @@ def read_handshake(env: Mapping[str, str], plugin: Plugin) -> Handshake:
         config = None
     if not isinstance(config, dict):
         raise bad("FLEXCORE_PLUGIN_CONFIG", text, "a JSON object")
+    tenant = env.get("FLEXCORE_PLUGIN_TENANT") or None
+    if tenant is not None and (not TENANT.match(tenant) or name != f"{name.split('_', 1)[0]}_{tenant}"):
+        raise bad("FLEXCORE_PLUGIN_TENANT", tenant, f"the tenant of the service name {name!r} (<name>_<tenant>)")
     return Handshake(name, servers, env.get("FLEXCORE_PLUGIN_NATS_USER") or None, env.get("FLEXCORE_PLUGIN_NATS_PASSWORD") or None,
-                     protocols, concurrency, env.get("FLEXCORE_PLUGIN_NONCE") or None, MappingProxyType(config))
+                     protocols, concurrency, env.get("FLEXCORE_PLUGIN_NONCE") or None, MappingProxyType(config), tenant)
 
 
 Callback = Callable[[str, Optional[str], Dict[str, str], bytes], None]
@@ -329,6 +334,7 @@ class Service:
         self.metadata = {"flexcore.protocol": str(protocol), **({"flexcore.nonce": hs.nonce} if hs.nonce else {})}
         self.started = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self.context = Context(hs.config, log)
+        self.tenant = hs.tenant
         self.slots = asyncio.Semaphore(hs.concurrency)
         self.in_flight = 0
         self.idle = asyncio.Event()
@@ -395,6 +401,9 @@ class Service:
         if not isinstance(request, dict) or request.get("protocol") != self.protocol:
             got = request.get("protocol") if isinstance(request, dict) else None
             raise PluginInputError(f"expected `protocol` to be {self.protocol}, got {json.dumps(got)}")
+        if self.tenant is not None and request.get("tenant") != self.tenant:
+            # A tenant's instance never handles another tenant's data, whoever sent it.
+            raise PluginInputError(f"this instance serves tenant {self.tenant}, not {json.dumps(request.get('tenant'))}", 403)
         result = ep.handler(request, self.context)
         if inspect.isawaitable(result):
             result = await result

@@ -1,0 +1,230 @@
+// A `tenancy: tenant` plugin under a real `flexcore up` (embedded nats-server, real sandbox,
+// the gateway on port 0): the TypeScript echo bundled as `techo` with `tenants: [acme, globex]`
+// runs one instance set per tenant (`techo_acme`, `techo_globex`); each tenant's events are
+// served by its own set; GET /v1/plugins shows each tenant its own set and never another's;
+// a tenant admin's disable switches only its own set (its events wait, the other tenant's go
+// on, nothing is dead-lettered); the lifecycle is on each tenant's own subject.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { build } from "esbuild";
+import { connect } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { createTokenIssuer, openKeyStore } from "../gateway/index.js";
+import { keygen, pack, pluginUid, sign, writeKeyPair } from "../plugins/index.js";
+import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
+import type { Publisher } from "../streams/index.js";
+import { startUp } from "../test/flexcore-up.js";
+import type { UpProcess } from "../test/flexcore-up.js";
+import { embeddedConnectOptions } from "./connection.js";
+
+const here = fileURLToPath(new URL(".", import.meta.url));
+const PROCESSOR = "tenanted";
+
+let dir: string;
+let data: string;
+let up: UpProcess;
+let nc: NatsConnection;
+let publisher: Publisher;
+let token: (tenant: string, roles?: Array<"admin" | "writer" | "reader">) => Promise<string>;
+
+async function api(bearer: string, method: string, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const r = await fetch(`${up.gatewayUrl}${path}`, { method, headers: { authorization: `Bearer ${bearer}` } });
+  const text = await r.text();
+  return { status: r.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+}
+
+async function readAll(filter: string, stream: string = STREAMS.derived): Promise<Array<{ subject: string; type: string; data: Record<string, unknown> }>> {
+  const jsm = await jetstreamManager(nc);
+  const info = await jsm.streams.info(stream, { subjects_filter: filter }).catch(() => undefined);
+  const total = Object.values(info?.state.subjects ?? {}).reduce((a, b) => a + b, 0);
+  if (total === 0) return [];
+  const out: Array<{ subject: string; type: string; data: Record<string, unknown> }> = [];
+  const iter = await (await jetstream(nc).consumers.get(stream, { filter_subjects: filter })).fetch({ max_messages: total, expires: 5_000 });
+  for await (const m of iter) {
+    out.push({ subject: m.subject, type: m.headers?.get("Flex-Type") ?? "", data: m.json() });
+    if (m.info.pending === 0) break;
+  }
+  return out;
+}
+
+async function count(stream: string, filter: string): Promise<number> {
+  const info = await (await jetstreamManager(nc)).streams.info(stream, { subjects_filter: filter }).catch(() => undefined);
+  return Object.values(info?.state.subjects ?? {}).reduce((a, b) => a + b, 0);
+}
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\n${up?.stderr().split("\n").filter((l) => !l.includes("retrying")).join("\n").slice(-6000)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function publish(tenant: string, from: number, n: number): Promise<void> {
+  const pending: Promise<unknown>[] = [];
+  for (let i = from; i < from + n; i++) {
+    const e = encodeEvent({ id: `${tenant}-r-${i}`, type: "Reading", data: { i } });
+    pending.push(publisher.publish(`evt.${tenant}.reading.k${i % 3}`, e.data, { headers: e.headers }));
+  }
+  await Promise.all(pending);
+}
+
+/** Pids of processes running as `uid`, from /proc. */
+function pidsOfUid(uid: number): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/u.test(e)) continue;
+    try {
+      const status = readFileSync(`/proc/${e}/status`, "utf8");
+      if (/State:\s+Z/u.test(status)) continue;
+      if (new RegExp(`^Uid:\\s+${uid}\\s`, "mu").test(status)) out.push(Number(e));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "flexcore-plugins-tenant-"));
+  data = join(dir, "data");
+  await chmod(dir, 0o755);
+  await mkdir(data, { mode: 0o755 });
+  const trusted = join(data, "plugins", "trusted-keys");
+  await mkdir(trusted, { recursive: true, mode: 0o755 });
+  await chmod(join(data, "plugins"), 0o755);
+  await chmod(trusted, 0o755);
+  const pair = keygen();
+  const files = await writeKeyPair(pair, join(dir, "keys"), "operator");
+  await copyFile(files.publicKeyFile, join(trusted, "operator.pub"));
+  await chmod(join(trusted, "operator.pub"), 0o644);
+  // The TypeScript echo as one file, its manifest renamed `techo` with `tenancy: tenant`.
+  const bundle = join(dir, "techo");
+  await mkdir(bundle);
+  await build({
+    entryPoints: [join(here, "..", "plugins", "echo", "main.ts")],
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    outfile: join(bundle, "main.js"),
+    banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
+    logLevel: "error",
+  });
+  const manifest = (await readFile(join(here, "..", "plugins", "echo", "flexcore-plugin.yaml"), "utf8")).replace(/^name: echo$/mu, "name: techo").replace(/^tenancy: system$/mu, "tenancy: tenant");
+  expect(manifest).toMatch(/^tenancy: tenant$/mu);
+  await writeFile(join(bundle, "flexcore-plugin.yaml"), manifest);
+  await pack(bundle);
+  await sign(bundle, pair.privateKeyPem);
+  const config = join(dir, "flexcore.yaml");
+  await writeFile(config, `
+runtime:
+  threads: 1
+plugins:
+  techo:
+    bundle: ./techo
+    tenants: [acme, globex]
+    config: { servedBy: true }
+# One processor per tenant: a processor's batch waits for all its tenants' calls (docs/plugins.md).
+processors:
+  - name: ${PROCESSOR}-acme
+    kind: techo/echo
+    subjects: ["evt.acme.reading.*"]
+    batch_size: 16
+    backoff: [50ms, 200ms]
+  - name: ${PROCESSOR}-globex
+    kind: techo/echo
+    subjects: ["evt.globex.reading.*"]
+    batch_size: 16
+    backoff: [50ms, 200ms]
+`);
+  up = await startUp({ config, env: { NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "gw-keys") }, timeoutMs: 120_000 });
+  const natsUrl = (await readFile(join(data, "nats.url"), "utf8")).trim();
+  nc = await connect(embeddedConnectOptions(natsUrl, data));
+  publisher = createPublisher(nc);
+  const issuer = createTokenIssuer(await openKeyStore({ dir: join(dir, "gw-keys") }));
+  token = async (tenant, roles = ["writer", "reader", "admin"]) => (await issuer.issueAccess({ tenant, subject: "e2e", roles, ttlSeconds: 600 })).token;
+}, 180_000);
+
+afterAll(async () => {
+  await publisher?.close().catch(() => undefined);
+  await nc?.close().catch(() => undefined);
+  if (up) {
+    const code = await Promise.race([up.stop(), new Promise<"hung">((r) => setTimeout(() => r("hung"), 30_000))]);
+    if (code === "hung") await up.kill();
+  }
+  if (dir) {
+    execFileSync("chmod", ["-R", "u+w", dir]);
+    await rm(dir, { recursive: true, force: true });
+  }
+}, 60_000);
+
+describe("a tenancy: tenant plugin under flexcore up", () => {
+  it("serves each tenant's events by that tenant's own instance set, with its own NATS user and lifecycle subject", async () => {
+    // One NATS user per set, none for the bare name or an upgrade slot.
+    const passes = execFileSync("ls", [join(data, "plugin-credentials")]).toString().split("\n").filter(Boolean).sort();
+    expect(passes).toEqual(["techo_acme.pass", "techo_globex.pass"]);
+    await publish("acme", 0, 40);
+    await publish("globex", 0, 40);
+    await waitFor(async () => (await count(STREAMS.derived, "drv.>")) === 80, 60_000, "80 derived events");
+    for (const tenant of ["acme", "globex"]) {
+      const out = await readAll(`drv.${tenant}.${PROCESSOR}-${tenant}.>`);
+      expect(out).toHaveLength(40);
+      for (const o of out) expect(o.data.servedBy).toEqual({ service: `techo_${tenant}`, tenant });
+      const lifecycle = await readAll(`evt.${tenant}.plugin.techo`, STREAMS.events);
+      expect(lifecycle.map((e) => e.type)).toEqual(expect.arrayContaining(["PluginLoaded", "PluginStarted"]));
+    }
+    expect(await count(STREAMS.events, "evt._system.plugin.techo")).toBe(0);
+    expect(await count(STREAMS.dlq, "dlq.>")).toBe(0);
+  }, 90_000);
+
+  it("GET /v1/plugins shows each tenant its own instance set, never another tenant's", async () => {
+    for (const [tenant, other] of [["acme", "globex"], ["globex", "acme"]] as const) {
+      const r = await api(await token(tenant, ["reader"]), "GET", "/v1/plugins");
+      expect(r.status).toBe(200);
+      const views = (r.body.plugins as Array<Record<string, unknown>>).filter((p) => p.name === "techo");
+      expect(views).toEqual([expect.objectContaining({ name: "techo", tenant, instance: `techo_${tenant}`, enabled: true })]);
+      expect(JSON.stringify(r.body)).not.toContain(other);
+    }
+    const initech = await api(await token("initech", ["reader"]), "GET", "/v1/plugins");
+    expect((initech.body.plugins as unknown[]).length).toBe(0);
+  });
+
+  it("a tenant admin's disable switches only its own set: its events wait, the other tenant's go on, nothing dead-lettered", async () => {
+    const acmeAdmin = await token("acme");
+    // Another tenant cannot switch it at all (it does not exist for them).
+    expect((await api(await token("initech"), "POST", "/v1/plugins/techo/disable")).status).toBe(404);
+    expect((await api(await token("acme", ["reader"]), "POST", "/v1/plugins/techo/disable")).status).toBe(403);
+    const off = await api(acmeAdmin, "POST", "/v1/plugins/techo/disable");
+    expect(off).toMatchObject({ status: 200, body: { plugin: "techo", enabled: false } });
+    await waitFor(async () => {
+      const views = (await api(acmeAdmin, "GET", "/v1/plugins")).body.plugins as Array<Record<string, unknown>>;
+      return views.some((v) => v.name === "techo" && v.enabled === false);
+    }, 10_000, "acme's set disabled");
+    // The supervisor follows the switch: acme's processes stop, globex's keep running.
+    if (process.getuid?.() === 0) {
+      await waitFor(async () => pidsOfUid(pluginUid("techo_acme")).length === 0, 15_000, "acme's processes gone");
+      expect(pidsOfUid(pluginUid("techo_globex")).length).toBeGreaterThan(0);
+    }
+    const globexViews = (await api(await token("globex", ["reader"]), "GET", "/v1/plugins")).body.plugins as Array<Record<string, unknown>>;
+    expect(globexViews).toEqual([expect.objectContaining({ tenant: "globex", enabled: true })]);
+    await publish("acme", 40, 20);
+    await publish("globex", 40, 20);
+    await waitFor(async () => (await count(STREAMS.derived, `drv.globex.${PROCESSOR}-globex.>`)) === 60, 30_000, "globex's 60 derived events");
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(await count(STREAMS.derived, `drv.acme.${PROCESSOR}-acme.>`)).toBe(40);
+    const on = await api(acmeAdmin, "POST", "/v1/plugins/techo/enable");
+    if (process.getuid?.() === 0) await waitFor(async () => pidsOfUid(pluginUid("techo_acme")).length > 0, 30_000, "acme's processes back");
+    expect(on).toMatchObject({ status: 200, body: { plugin: "techo", enabled: true } });
+    await waitFor(async () => (await count(STREAMS.derived, `drv.acme.${PROCESSOR}-acme.>`)) === 60, 60_000, "acme's 60 derived events after enable");
+    const out = await readAll(`drv.acme.${PROCESSOR}-acme.>`);
+    for (const o of out) expect(o.data.servedBy).toEqual({ service: "techo_acme", tenant: "acme" });
+    expect(await count(STREAMS.dlq, "dlq.>")).toBe(0);
+  }, 120_000);
+});
