@@ -329,8 +329,12 @@ describe("plugins under flexcore up", () => {
     await setPluginEnabled(nc, "echo", true, "e2e");
     await waitFor(async () => (await count(STREAMS.derived, `drv.${TENANT}.${PROCESSOR}.>`)) === before + 40, 30_000, "the held-back events after enable");
     expect(await count(STREAMS.dlq, `dlq.${TENANT}.${PROCESSOR}`).catch(() => 0)).toBe(0);
-    const views = await collectPluginViews(nc);
-    const echo = views.find((v) => v.plugin === "echo" && v.leaseHeld);
+    // Running again (under a loaded machine a restart may still be under way: wait for it).
+    let echo: Awaited<ReturnType<typeof collectPluginViews>>[number] | undefined;
+    await waitFor(async () => {
+      echo = (await collectPluginViews(nc)).find((v) => v.plugin === "echo" && v.leaseHeld);
+      return echo?.state === "running" && echo.processes === 1;
+    }, 15_000, "echo running with one process after enable").catch(() => undefined);
     expect(echo).toMatchObject({ version: "1.0.0", state: "running", processes: 1, enabled: true });
     expect(echo!.restarts).toBeGreaterThanOrEqual(1);
     const logs = await requestPluginLogs(nc, "echo", 50);
