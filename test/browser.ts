@@ -113,3 +113,37 @@ export async function screenshot(page: Page, name: string): Promise<string> {
   await page.screenshot({ path, fullPage: true });
   return path;
 }
+
+/** The key under which the console keeps its session in the tab's `sessionStorage` (gateway/console/session.ts). */
+export const CONSOLE_SESSION_KEY = "flexcore.console.session";
+
+/**
+ * Opens the console at `base` in `page`, signs in as `username` of `tenant` and waits for the
+ * signed-in layout (the tenant shown in the header); then opens `#/<route>` when given.
+ */
+export async function signInConsole(page: Page, base: string, user: { readonly tenant: string; readonly username: string; readonly password: string }, route?: string): Promise<void> {
+  await gotoConsole(page, base);
+  await page.getByLabel("Tenant").fill(user.tenant);
+  await page.getByLabel("Username").fill(user.username);
+  await page.getByLabel("Password").fill(user.password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByTestId("tenant").waitFor();
+  if (route) await gotoConsole(page, base, route);
+}
+
+/**
+ * Calls the gateway's API from the tab with the signed-in user's own access token, as the
+ * console stores it: what a user could do by hand in the browser's devtools. Answers the
+ * status and the error's `code`, if any.
+ */
+export async function callApiAs(page: Page, method: string, path: string, body?: unknown): Promise<{ status: number; code: string | undefined }> {
+  return page.evaluate<{ status: number; code: string | undefined }>(`(async () => {
+    const s = JSON.parse(sessionStorage.getItem(${JSON.stringify(CONSOLE_SESSION_KEY)}));
+    const body = ${JSON.stringify(body === undefined ? null : JSON.stringify(body))};
+    const headers = { authorization: "Bearer " + s.accessToken };
+    if (body !== null) headers["content-type"] = "application/json";
+    const r = await fetch(${JSON.stringify(`..${path}`)}, { method: ${JSON.stringify(method)}, headers, ...(body !== null ? { body } : {}) });
+    const j = await r.json().catch(() => ({}));
+    return { status: r.status, code: j.error ? j.error.code : undefined };
+  })()`);
+}
