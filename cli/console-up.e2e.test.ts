@@ -30,7 +30,7 @@ import { definePlugin, pluginUserEntry, pluginUserName, serve } from "../plugins
 import type { ProcessorOutput, ProcessorRejection, ServedPlugin } from "../plugins/index.js";
 import { STREAMS } from "../streams/index.js";
 import { countMessages, readStream, waitFor } from "../processors/testing.js";
-import { callApiAs, expectNoAxeViolations, launchBrowser, screenshot, signInConsole } from "../test/browser.js";
+import { callApiAs, expectNoAxeViolations, gotoConsole, launchBrowser, screenshot, signInConsole } from "../test/browser.js";
 import type { TestBrowser, WatchedPage } from "../test/browser.js";
 import { startUp } from "../test/flexcore-up.js";
 import type { UpProcess } from "../test/flexcore-up.js";
@@ -212,6 +212,9 @@ workflows:
     { category: "reading", stream: "bkey", type: "Reading", data: { value: 40, note: B_VALUE } },
   ]);
   await waitFor(async () => (await countMessages(nats.nc, STREAMS.dlq, `dlq.${A}.${PROCESSOR}`)) === 1 && (await outputsOf(A, "k1")).length === 2 && (await outputsOf(B, "bkey")).length === 1, 30_000, "the refused reading dead-lettered, the others processed");
+  const ann = await signInToken(A, "ann");
+  const meters = `/v1/projections/generic?limit=100&filter=${encodeURIComponent('{"category":"meter"}')}`;
+  await waitFor(async () => ((await api(ann, "GET", meters)).body.rows as unknown[] | undefined)?.length === 15, 30_000, "the 15 meters in the generic read model");
 }, 120_000);
 
 afterAll(async () => {
@@ -230,6 +233,8 @@ describe("the console under flexcore up", () => {
   it("signs A's admin in; an event appended through the API shows in the live tail within 1 s of the POST's answer", async () => {
     tail = await newTab(browserA);
     const { page } = tail;
+    await gotoConsole(page, base);
+    await check(page, "sign-in", []);
     page.on("request", (request) => {
       if (request.url().includes("/v1/events/live")) feeds.push({ request });
     });
