@@ -4,7 +4,7 @@
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import type { MsgHdrs } from "@nats-io/transport-node";
-import { eventFromJsMsg, snapshotKey } from "../streams/index.js";
+import { headerFieldsFromBlock, snapshotKey } from "../streams/index.js";
 
 export interface Entry {
   readonly m: JsMsg;
@@ -60,8 +60,11 @@ export function rawOf(m: JsMsg): { raw: Uint8Array; hdr: number } {
 
 export function metaOf(e: Entry): EntryMeta {
   if (!e.meta) {
-    const ev = eventFromJsMsg(e.m, { lazyData: true });
-    e.meta = { type: ev.type || "unknown", time: ev.time, sourceId: ev.id, correlationId: ev.correlationId || ev.id };
+    // One pass over the header block the entry already holds (the same fields and defaults
+    // as eventFromJsMsg, without building an event).
+    const f = headerFieldsFromBlock(e.raw, 0, e.hdr);
+    const sourceId = f.id ?? `seq-${e.m.info.streamSequence}`;
+    e.meta = { type: f.type || "unknown", time: f.time ?? new Date(e.storedAt).toISOString(), sourceId, correlationId: f.correlationId || sourceId };
   }
   return e.meta;
 }

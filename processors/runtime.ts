@@ -123,7 +123,9 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
     ...(options.workerMemoryMb === undefined ? {} : { workerMemoryMb: options.workerMemoryMb }),
     ...(options.modules ? { modules: options.modules } : {}),
   });
-  const publisher = options.publisher ?? createPublisher(nc);
+  // Fast-ingest batches: the outputs of a commit go as one batch, acknowledged once instead
+  // of one PubAck per derived event (same ids, so a replay is still stored once).
+  const publisher = options.publisher ?? createPublisher(nc, { batching: "auto" });
   const jsm = await jetstreamManager(nc);
   const kvm = new Kvm(nc);
   const kv = await kvm.open(BUCKETS.state);
