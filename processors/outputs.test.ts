@@ -65,14 +65,20 @@ describe("collectOutputs", () => {
     expect(out.map((o) => o.headers.get(HEADERS.msgId))).toEqual(["p1:2:0"]);
   });
 
-  it("refuses a line break in a source header value or an output type instead of sending an injected header", () => {
-    // A bare \n is not a header line end, so the parsed value keeps it; sent on, it would
-    // start a forged `Nats-Msg-Id` line in the derived event's headers.
-    const forged = "NATS/1.0\r\nNats-Msg-Id: src-1\r\nFlex-Correlation-Id: c\nNats-Msg-Id: forged\r\n\r\n";
+  it("never carries a line break of a source header value or an output type into a derived event's headers", () => {
+    // A bare \n is not a header line end, so the parsed value keeps it; copied on, it would
+    // start a forged `Nats-Msg-Id` line in the derived event's headers. Such a value counts
+    // as absent (the defaults apply); an output type with one is refused.
+    const forged = "NATS/1.0\r\nNats-Msg-Id: src-1\r\nFlex-Time: 2026-01-01T00:00:00.000Z\nNats-Msg-Id: forged\r\nFlex-Correlation-Id: c\nNats-Msg-Id: forged\r\n\r\n";
     const out: Parameters<typeof collectOutputs>[3] = [];
-    expect(() => collectOutputs(cfg, [entry(1, "a", forged)], result([{ event: 0, index: 0, type: "S", key: null, body: "1" }]), out, () => true)).toThrow(/Flex-Correlation-Id: values cannot contain/u);
-    expect(() => collectOutputs(cfg, [entry(1, "a", SOURCE)], result([{ event: 0, index: 0, type: "S\r\nNats-Msg-Id: forged", key: null, body: "1" }]), out, () => true)).toThrow(/Flex-Type: values cannot contain/u);
-    expect(out).toEqual([]);
+    collectOutputs(cfg, [entry(1, "a", forged)], result([{ event: 0, index: 0, type: "S", key: null, body: "1" }]), out, () => true);
+    const block = out[0]!.headers.toString();
+    expect(block).not.toContain("forged");
+    expect(block.match(/^Nats-Msg-Id:/gmu)).toHaveLength(1);
+    expect([out[0]!.headers.get(HEADERS.msgId), out[0]!.headers.get(HEADERS.correlationId), out[0]!.headers.get(HEADERS.time)]).toEqual(["p1:1:0", "src-1", "2026-01-01T00:00:00.000Z"]);
+    const more: Parameters<typeof collectOutputs>[3] = [];
+    expect(() => collectOutputs(cfg, [entry(1, "a", SOURCE)], result([{ event: 0, index: 0, type: "S\r\nNats-Msg-Id: forged", key: null, body: "1" }]), more, () => true)).toThrow(/Flex-Type: values cannot contain/u);
+    expect(more).toEqual([]);
   });
 
   it("refuses an output key that is not a subject token", () => {
