@@ -64,7 +64,11 @@ export interface ProcessorRuntimeOptions {
    * @default 30000
    */
   readonly leaseTtlMs?: number;
-  /** @default a publisher created and closed by the runtime */
+  /**
+   * Where derived events, dead letters and checkpoints are published; give one with
+   * `batching: "auto"` to keep one ack per commit's outputs rather than one per output.
+   * @default a publisher with `batching: "auto"`, created and closed by the runtime
+   */
   readonly publisher?: Publisher;
   /**
    * Kinds served outside the pool (`<plugin>/<kind>`, see processors/remote.ts): their
