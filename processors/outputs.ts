@@ -14,8 +14,8 @@ const LINE_BREAK = /[\r\n]/u;
 /** Header of a derived event: the source event's stream sequence. */
 const SOURCE_SEQ_HEADER = "Flex-Source-Seq";
 
-// A header value must stay on its line (what EventHeaders.append checks): a source event's
-// fields or an output type carrying a line break would inject headers.
+// A header value must stay on its line (what EventHeaders.append checks): an output type
+// carrying a line break would inject headers.
 function oneLine(name: string, value: string): string {
   if (LINE_BREAK.test(value)) throw new TypeError(`header ${name}: values cannot contain \\r or \\n`);
   return value;
@@ -84,15 +84,15 @@ export function collectOutputs(cfg: ResolvedProcessor, entries: readonly Entry[]
     const type = result.outTypes[j]!;
     if (type !== checkedType) checkedType = oneLine(HEADERS.type, type);
     const meta = metaOf(e);
-    // Names are FlexCore's canonical constants and values are checked here, so the headers
-    // skip EventHeaders.append's name canonicalisation and lookups (a closure and a scan
-    // per header, per derived event).
+    // Names are FlexCore's canonical constants and values single lines (the type checked
+    // here, the source's fields by metaOf), so the headers skip EventHeaders.append's name
+    // canonicalisation and lookups (a closure and a scan per header, per derived event).
     const h = new EventHeaders();
     h.appendChecked(HEADERS.msgId, `${cfg.name}:${e.seq}:${result.outIndex[j]}`);
     h.appendChecked(HEADERS.type, type);
-    h.appendChecked(HEADERS.time, oneLine(HEADERS.time, meta.time));
-    h.appendChecked(HEADERS.correlationId, oneLine(HEADERS.correlationId, meta.correlationId));
-    h.appendChecked(HEADERS.causationId, oneLine(HEADERS.causationId, meta.sourceId));
+    h.appendChecked(HEADERS.time, meta.time);
+    h.appendChecked(HEADERS.correlationId, meta.correlationId);
+    h.appendChecked(HEADERS.causationId, meta.sourceId);
     h.appendChecked(HEADERS.schema, "1");
     h.appendChecked(HEADERS.contentType, "application/json");
     h.appendChecked(SOURCE_SEQ_HEADER, String(e.seq));
