@@ -4,7 +4,7 @@
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import type { MsgHdrs } from "@nats-io/transport-node";
-import { eventFromJsMsg, snapshotKey } from "../streams/index.js";
+import { headerFieldsFromBlock, snapshotKey } from "../streams/index.js";
 
 export interface Entry {
   readonly m: JsMsg;
@@ -58,10 +58,27 @@ export function rawOf(m: JsMsg): { raw: Uint8Array; hdr: number } {
   return { raw, hdr: block.length };
 }
 
+const LINE_BREAK = /[\r\n]/u;
+
+// A header line ends at CRLF only, so a raw client can store a value holding a bare CR or LF
+// (nats.js refuses to write one, nats-server stores it). Copied into a derived event's or a
+// dead letter's headers it would start a forged header line: such a value counts as absent.
+function oneLine(value: string | undefined): string | undefined {
+  return value === undefined || LINE_BREAK.test(value) ? undefined : value;
+}
+
+/**
+ * The header fields outputs and dead letters carry on, read once per entry. Values carried
+ * into headers (time, ids) are single lines; a source without them, or with a value that is
+ * not, gets the defaults: its stored time, `seq-<n>` as its id, its id as correlation id.
+ */
 export function metaOf(e: Entry): EntryMeta {
   if (!e.meta) {
-    const ev = eventFromJsMsg(e.m, { lazyData: true });
-    e.meta = { type: ev.type || "unknown", time: ev.time, sourceId: ev.id, correlationId: ev.correlationId || ev.id };
+    // One pass over the header block the entry already holds (the same fields and defaults
+    // as eventFromJsMsg, without building an event).
+    const f = headerFieldsFromBlock(e.raw, 0, e.hdr);
+    const sourceId = oneLine(f.id) ?? `seq-${e.m.info.streamSequence}`;
+    e.meta = { type: f.type || "unknown", time: oneLine(f.time) ?? new Date(e.storedAt).toISOString(), sourceId, correlationId: oneLine(f.correlationId) || sourceId };
   }
   return e.meta;
 }

@@ -10,6 +10,16 @@ import type { Entry, KeyState, PendingOutput } from "./entry.js";
 import type { BatchResult, BatchTask } from "./task.js";
 
 const encoder = new TextEncoder();
+const LINE_BREAK = /[\r\n]/u;
+/** Header of a derived event: the source event's stream sequence. */
+const SOURCE_SEQ_HEADER = "Flex-Source-Seq";
+
+// A header value must stay on its line (what EventHeaders.append checks): an output type
+// carrying a line break would inject headers.
+function oneLine(name: string, value: string): string {
+  if (LINE_BREAK.test(value)) throw new TypeError(`header ${name}: values cannot contain \\r or \\n`);
+  return value;
+}
 
 /** An error as a dead letter reports it. */
 export interface FailureInfo {
@@ -63,24 +73,38 @@ export function buildTask(cfg: ResolvedProcessor, entries: readonly Entry[], sta
  * `extraHeaders` are appended to each (e.g. the instance that produced it).
  */
 export function collectOutputs(cfg: ResolvedProcessor, entries: readonly Entry[], result: BatchResult, out: PendingOutput[], include: (eventIndex: number) => boolean, extraHeaders: ReadonlyArray<readonly [string, string]> = []): void {
+  // Subjects of the outputs that keep their input's key, by `<tenant>.<key>`: a batch holds
+  // few keys, and each subject's tokens are checked once per batch, not once per output.
+  const subjects = new Map<string, string>();
+  let checkedType = "";
   for (let j = 0; j < result.outEvent.length; j++) {
     const i = result.outEvent[j]!;
     if (!include(i)) continue;
     const e = entries[i]!;
-    // append on fresh headers (set would scan and delete first); values are still checked.
-    const h = new EventHeaders();
-    h.append(HEADERS.msgId, `${cfg.name}:${e.seq}:${result.outIndex[j]}`);
+    const type = result.outTypes[j]!;
+    if (type !== checkedType) checkedType = oneLine(HEADERS.type, type);
     const meta = metaOf(e);
-    h.append(HEADERS.type, result.outTypes[j]!);
-    h.append(HEADERS.time, meta.time);
-    h.append(HEADERS.correlationId, meta.correlationId);
-    h.append(HEADERS.causationId, meta.sourceId);
-    h.append(HEADERS.schema, "1");
-    h.append(HEADERS.contentType, "application/json");
-    h.append("Flex-Source-Seq", String(e.seq));
+    // Names are FlexCore's canonical constants and values single lines (the type checked
+    // here, the source's fields by metaOf), so the headers skip EventHeaders.append's name
+    // canonicalisation and lookups (a closure and a scan per header, per derived event).
+    const h = new EventHeaders();
+    h.appendChecked(HEADERS.msgId, `${cfg.name}:${e.seq}:${result.outIndex[j]}`);
+    h.appendChecked(HEADERS.type, type);
+    h.appendChecked(HEADERS.time, meta.time);
+    h.appendChecked(HEADERS.correlationId, meta.correlationId);
+    h.appendChecked(HEADERS.causationId, meta.sourceId);
+    h.appendChecked(HEADERS.schema, "1");
+    h.appendChecked(HEADERS.contentType, "application/json");
+    h.appendChecked(SOURCE_SEQ_HEADER, String(e.seq));
     for (const [k, v] of extraHeaders) h.append(k, v);
-    const outKey = result.outKeys[j] ?? e.key;
-    out.push({ subject: derivedSubject(e.tenant, cfg.name, outKey), data: result.outBody.slice(result.outOffsets[j]!, result.outOffsets[j + 1]!), headers: h });
+    const outKey = result.outKeys[j];
+    let subject: string | undefined;
+    if (outKey === null || outKey === undefined) {
+      subject = subjects.get(e.stateKey);
+      if (subject === undefined) subjects.set(e.stateKey, (subject = derivedSubject(e.tenant, cfg.name, e.key)));
+    } else subject = derivedSubject(e.tenant, cfg.name, outKey);
+    // A view, not a copy: the result's buffer is not written again, and lives until the batch is published.
+    out.push({ subject, data: result.outBody.subarray(result.outOffsets[j]!, result.outOffsets[j + 1]!), headers: h });
   }
 }
 

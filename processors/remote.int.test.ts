@@ -130,4 +130,34 @@ describe("remote processor kinds", () => {
       await runtime.close();
     }
   });
+  it("publishes each output's body as the kind returned it (multi-byte text, several outputs per input, another key)", async () => {
+    const tenant = uniqueName("rm");
+    const name = uniqueName("multi");
+    const remote: RemoteKinds = {
+      has: (kind) => kind === "echo/echo",
+      isPermanent: () => false,
+      async process(b): Promise<RemoteBatchResult> {
+        const outputs = b.inputs.flatMap((x, i) => [
+          { input: i, type: "Texted", data: { s: `é${(x.data as { i: number }).i}🎉`, n: null } },
+          { input: i, type: "Keyed", data: [(x.data as { i: number }).i], key: `u${(x.data as { i: number }).i % 2}` },
+        ]);
+        return { states: {}, outputs };
+      },
+    };
+    const runtime = await startProcessorRuntime(nats.nc, { processors: processors(`processors:\n  - name: ${name}\n    kind: echo/echo\n    subjects: ["evt.${tenant}.x.*"]\n    batch_size: 8\n`), threads: 1, metricsIntervalMs: 0, remote });
+    try {
+      await publishSeries(publisher, tenant, "x", ["a"], (i) => ({ i }), 20);
+      await waitFor(async () => (await countMessages(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`)) === 40, 30_000, "40 derived events");
+      await runtime.idle();
+      const derived = await readStream(nats.nc, STREAMS.derived, `drv.${tenant}.${name}.>`);
+      const texted = derived.filter((d) => d.headers["Flex-Type"] === "Texted");
+      expect(texted.map((d) => d.data)).toEqual(Array.from({ length: 20 }, (_, i) => JSON.stringify({ s: `é${i}🎉`, n: null })));
+      expect(texted.every((d) => d.subject === `drv.${tenant}.${name}.a`)).toBe(true);
+      const keyed = derived.filter((d) => d.headers["Flex-Type"] === "Keyed");
+      expect(keyed.map((d) => [d.subject, d.data, d.msgId])).toEqual(Array.from({ length: 20 }, (_, i) => [`drv.${tenant}.${name}.u${i % 2}`, `[${i}]`, `${name}:${keyed[i]!.headers["Flex-Source-Seq"]}:1`]));
+      expect(runtime.metrics()[0]!.outputs).toBe(40);
+    } finally {
+      await runtime.close();
+    }
+  });
 });

@@ -29,8 +29,6 @@ import { isRemoteKind } from "./remote.js";
 import type { RemoteBatchResult, RemoteInput, RemoteKinds } from "./remote.js";
 import { decodeData } from "../streams/index.js";
 
-const textEncoder = new TextEncoder();
-
 /** Prefix of the durable consumer of each processor: `proc_<name>`. */
 export const CONSUMER_PREFIX = "proc_";
 /** Header naming the instance that produced an output of a partitioned processor. */
@@ -592,7 +590,7 @@ export class ProcessorRunner implements RecoveryHost {
     const outIndex: number[] = [];
     const outTypes: string[] = [];
     const outKeys: Array<string | null> = [];
-    const bodies: Uint8Array[] = [];
+    const bodies: string[] = [];
     const perInput = new Uint32Array(todo.length);
     const rejected = new Map<number, string>();
     const lastSeq = new Map<string, number>();
@@ -620,7 +618,7 @@ export class ProcessorRunner implements RecoveryHost {
         perInput[i]! += 1;
         outTypes.push(o.type);
         outKeys.push(o.key ?? null);
-        bodies.push(textEncoder.encode(JSON.stringify(o.data ?? null)));
+        bodies.push(JSON.stringify(o.data ?? null));
       }
       const done = new Set<string>();
       for (const i of indexes) {
@@ -634,14 +632,14 @@ export class ProcessorRunner implements RecoveryHost {
         checkpoints.set(e.stateKey, st);
       }
     }
+    // One encoding of all the bodies, not an array and a copy per output.
     const offsets = new Uint32Array(bodies.length + 1);
     let size = 0;
-    bodies.forEach((b, j) => {
-      size += b.length;
+    for (let j = 0; j < bodies.length; j++) {
+      size += Buffer.byteLength(bodies[j]!);
       offsets[j + 1] = size;
-    });
-    const outBody = new Uint8Array(size);
-    bodies.forEach((b, j) => outBody.set(b, offsets[j]!));
+    }
+    const outBody = bodies.length === 0 ? new Uint8Array(0) : Buffer.from(bodies.join(""));
     const result: BatchResult = { states: [], outEvent: Uint32Array.from(outEvent), outIndex: Uint32Array.from(outIndex), outTypes, outKeys, outBody, outOffsets: offsets, failures: [] };
     collectOutputs(this.cfg, todo, result, outputs, (i) => !rejected.has(i), this.#outputHeaders);
     for (const [i, why] of rejected) {
@@ -677,7 +675,11 @@ export class ProcessorRunner implements RecoveryHost {
   // Outputs first, then the state checkpoints, then the acks: a crash anywhere in between
   // replays the batch, whose outputs carry the same Nats-Msg-Id and are stored once.
   async #commit(o: Outcome): Promise<void> {
-    if (o.outputs.length > 0 || o.dlq.length > 0) await Promise.all([...o.outputs.map((x) => this.publish(x)), ...o.dlq.map((x) => this.publish(x))]);
+    if (o.outputs.length > 0 || o.dlq.length > 0) {
+      // One promise for the batch's messages, not one per message.
+      const acks = await this.#ctx.publisher.publishAll(o.dlq.length === 0 ? o.outputs : [...o.outputs, ...o.dlq]);
+      for (const a of acks) if (a instanceof Error) throw a;
+    }
     await this.writeCheckpoints(o.checkpoints);
     const now = performance.now();
     for (const e of o.entries) {
@@ -699,12 +701,9 @@ export class ProcessorRunner implements RecoveryHost {
 
   async writeCheckpoints(checkpoints: ReadonlyMap<string, Readonly<KeyState>>): Promise<void> {
     if (checkpoints.size === 0) return;
-    await Promise.all(
-      [...checkpoints].map(([sk, st]) => {
-        const x = checkpointMessage(this.cfg.name, sk, st);
-        return this.#ctx.publisher.publish(x.subject, x.data);
-      }),
-    );
+    const messages: Array<{ subject: string; data: Uint8Array }> = [];
+    for (const [sk, st] of checkpoints) messages.push(checkpointMessage(this.cfg.name, sk, st));
+    for (const a of await this.#ctx.publisher.publishAll(messages)) if (a instanceof Error) throw a;
   }
 
   remember(stateKey: string, st: KeyState): void {

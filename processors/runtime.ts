@@ -64,7 +64,11 @@ export interface ProcessorRuntimeOptions {
    * @default 30000
    */
   readonly leaseTtlMs?: number;
-  /** @default a publisher created and closed by the runtime */
+  /**
+   * Where derived events, dead letters and checkpoints are published; give one with
+   * `batching: "auto"` to keep one ack per commit's outputs rather than one per output.
+   * @default a publisher with `batching: "auto"`, created and closed by the runtime
+   */
   readonly publisher?: Publisher;
   /**
    * Kinds served outside the pool (`<plugin>/<kind>`, see processors/remote.ts): their
@@ -123,7 +127,9 @@ export async function startProcessorRuntime(nc: NatsConnection, options: Process
     ...(options.workerMemoryMb === undefined ? {} : { workerMemoryMb: options.workerMemoryMb }),
     ...(options.modules ? { modules: options.modules } : {}),
   });
-  const publisher = options.publisher ?? createPublisher(nc);
+  // Fast-ingest batches: the outputs of a commit go as one batch, acknowledged once instead
+  // of one PubAck per derived event (same ids, so a replay is still stored once).
+  const publisher = options.publisher ?? createPublisher(nc, { batching: "auto" });
   const jsm = await jetstreamManager(nc);
   const kvm = new Kvm(nc);
   const kv = await kvm.open(BUCKETS.state);

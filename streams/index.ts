@@ -40,7 +40,7 @@ export { compileSchema, durationExpected, durationMs, durationSchema, expectedOf
 export type { JsonSchema, SchemaIssue, SchemaValidator } from "./schema.js";
 export { checkDeadLetterFilter, createDeadLetters, deadLetterHeaders, DEFAULT_DLQ_PAGE, DLQ_HEADERS, MAX_DLQ_BATCH, MAX_REASON_FILTER, readDeadLetter, REDRIVE_HEADERS, redriveMessage } from "./dead-letters.js";
 export type { DeadLetter, DeadLetterCount, DeadLetterHeaderInput, DeadLetterFilter, DeadLetters, PurgeReport, RedriveReport } from "./dead-letters.js";
-export { decodeData, decodeEvent, DEFAULT_SCHEMA, encodeData, encodeEvent, HEADERS, headerFields } from "./event.js";
+export { decodeData, decodeEvent, DEFAULT_SCHEMA, encodeData, encodeEvent, HEADERS, headerFields, headerFieldsFromBlock } from "./event.js";
 export { EventHeaders } from "./event-headers.js";
 export type { EncodedEvent, EventInput, RawMessage, StoredEvent } from "./event.js";
 export {
