@@ -336,7 +336,9 @@ describe("plugins under flexcore up", () => {
       return echo?.state === "running" && echo.processes === 1;
     }, 15_000, "echo running with one process after enable").catch(() => undefined);
     expect(echo).toMatchObject({ version: "1.0.0", state: "running", processes: 1, enabled: true });
-    expect(echo!.restarts).toBeGreaterThanOrEqual(1);
+    // `restarts` counts failures within the crash-loop window (a minute): the SIGKILL of an
+    // earlier test may have left it under the suite's load, so it is not checked here
+    // (plugins/lifecycle.int.test.ts counts restarts).
     const logs = await requestPluginLogs(nc, "echo", 50);
     expect(logs.lines.length).toBeGreaterThan(0);
     expect(logs.lines.join("\n")).toMatch(/plugin echo/u);
