@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createProjectionEngine, genericProjection, serveProjectionControl } from "../projections/index.js";
 import type { ProjectionControl, ProjectionEngine } from "../projections/index.js";
 import { ensureTopology } from "../streams/index.js";
-import { callApiAs, expectNoAxeViolations, launchBrowser, screenshot, signInConsole } from "../test/browser.js";
+import { callApiAs, expectNoAxeViolations, gotoConsole, launchBrowser, screenshot, signInConsole } from "../test/browser.js";
 import type { TestBrowser, WatchedPage } from "../test/browser.js";
 import { seedTenant } from "../test/console-fixtures.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
@@ -109,6 +109,17 @@ describe("console: the operator's rebuild", () => {
     const r = await callApiAs(page, "POST", "/v1/projections/generic/rebuild", {});
     expect(r).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
     expect((await engine.status("generic"))[0]!.generation).toBe(before);
+    // The Users page offers no operator role and leaves the operator's account alone; the API refuses anyway.
+    await gotoConsole(page, url, "users");
+    const table = page.getByTestId("user-table");
+    await expect.poll(() => table.innerText()).toContain("olga");
+    expect(await table.innerText()).toContain("managed by the deployment's operator");
+    expect(await page.getByRole("button", { name: "Delete olga…" }).count()).toBe(0);
+    expect(await page.getByRole("checkbox", { name: "operator" }).count()).toBe(0);
+    expect(await callApiAs(page, "PATCH", "/v1/users/ann", { roles: ["admin", "operator"] })).toEqual({ status: 403, code: "FLEX_ROLE_NOT_GRANTABLE" });
+    expect(await callApiAs(page, "DELETE", "/v1/users/olga")).toEqual({ status: 403, code: "FLEX_ROLE_NOT_GRANTABLE" });
+    expect((await gw.users.get(A, "olga"))?.roles).toEqual(["operator", "reader"]);
+    expect((await gw.users.get(A, "ann"))?.roles).toEqual(["admin"]);
   });
 
   it("ran without a CSP violation or an unexpected console error", async () => {
