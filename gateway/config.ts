@@ -18,6 +18,8 @@ export interface ExternalIssuerConfig {
   readonly publicKeyFile: string | undefined;
   readonly tenantClaim: string;
   readonly rolesClaim: string;
+  /** Whether the issuer's `operator` role counts. */
+  readonly grantsOperator: boolean;
   readonly typ: readonly string[] | undefined;
   readonly algorithms: readonly string[] | undefined;
   /** Seconds. */
@@ -32,7 +34,7 @@ export interface GatewayConfig {
   readonly authSweepIntervalMs: number;
 }
 
-const EXTERNAL_KEYS = ["issuer", "audience", "jwks_url", "public_key_file", "tenant_claim", "roles_claim", "typ", "algorithms", "clock_tolerance"] as const;
+const EXTERNAL_KEYS = ["issuer", "audience", "jwks_url", "public_key_file", "tenant_claim", "roles_claim", "grants_operator", "typ", "algorithms", "clock_tolerance"] as const;
 type ExternalKey = (typeof EXTERNAL_KEYS)[number];
 
 /**
@@ -47,6 +49,7 @@ export const EXTERNAL_ISSUER_ENV: Readonly<Record<ExternalKey, string>> = {
   public_key_file: "FLEXCORE_EXTERNAL_PUBLIC_KEY_FILE",
   tenant_claim: "FLEXCORE_EXTERNAL_TENANT_CLAIM",
   roles_claim: "FLEXCORE_EXTERNAL_ROLES_CLAIM",
+  grants_operator: "FLEXCORE_EXTERNAL_GRANTS_OPERATOR",
   typ: "FLEXCORE_EXTERNAL_TYP",
   algorithms: "FLEXCORE_EXTERNAL_ALGORITHMS",
   clock_tolerance: "FLEXCORE_EXTERNAL_CLOCK_TOLERANCE",
@@ -69,6 +72,7 @@ export const EXTERNAL_ISSUER_SCHEMA: JsonSchema = {
     public_key_file: { type: "string", minLength: 1 },
     tenant_claim: { ...CLAIM_SCHEMA, default: "tenant" },
     roles_claim: { ...CLAIM_SCHEMA, default: "roles" },
+    grants_operator: { type: "boolean", default: false, expected: "true or false: whether the issuer's `operator` role counts" },
     typ: STRING_LIST,
     algorithms: STRING_LIST,
     clock_tolerance: { anyOf: [{ type: "number", minimum: 0, maximum: MAX_CLOCK_TOLERANCE_MS / 1000 }, durationSchema(0)], default: DEFAULT_EXTERNAL_CLOCK_TOLERANCE_S, expected: "a duration (seconds, or \"500ms\", \"30s\", \"1m\"; at most 1h)" },
@@ -94,6 +98,7 @@ interface RawIssuer {
   public_key_file?: string;
   tenant_claim: string;
   roles_claim: string;
+  grants_operator: boolean;
   typ?: string | string[];
   algorithms?: string | string[];
   clock_tolerance: number | string;
@@ -115,7 +120,7 @@ function externalIssuer(raw: Record<string, unknown>, path: string, root: string
   if (toleranceMs > MAX_CLOCK_TOLERANCE_MS) issues.push(issue(pathAt(path, "clock_tolerance"), "at most 1h", o?.clock_tolerance));
   if (o === undefined || issues.length > 0) throw new ConfigError(issues);
   const publicKeyFile = o.public_key_file === undefined ? undefined : isAbsolute(o.public_key_file) ? o.public_key_file : resolve(root, o.public_key_file);
-  return { issuer: o.issuer, audience: o.audience, jwksUrl: o.jwks_url, publicKeyFile, tenantClaim: o.tenant_claim, rolesClaim: o.roles_claim, typ: list(o.typ), algorithms: list(o.algorithms), clockToleranceSeconds: toleranceMs / 1000 };
+  return { issuer: o.issuer, audience: o.audience, jwksUrl: o.jwks_url, publicKeyFile, tenantClaim: o.tenant_claim, rolesClaim: o.roles_claim, grantsOperator: o.grants_operator, typ: list(o.typ), algorithms: list(o.algorithms), clockToleranceSeconds: toleranceMs / 1000 };
 }
 
 /**
@@ -134,7 +139,7 @@ export function gatewaySection(env: Readonly<Record<string, string | undefined>>
     for (const key of EXTERNAL_KEYS) {
       const value = env[EXTERNAL_ISSUER_ENV[key]];
       if (value === undefined || value === "") continue;
-      fromEnv[key] = LISTS.has(key) ? value.split(",").map((v) => v.trim()).filter(Boolean) : key === "clock_tolerance" && /^\d+(\.\d+)?$/u.test(value) ? Number(value) : value;
+      fromEnv[key] = LISTS.has(key) ? value.split(",").map((v) => v.trim()).filter(Boolean) : key === "clock_tolerance" && /^\d+(\.\d+)?$/u.test(value) ? Number(value) : key === "grants_operator" && (value === "true" || value === "false") ? value === "true" : value;
     }
     const fileIsObject = fromFile !== null && typeof fromFile === "object" && !Array.isArray(fromFile);
     const merged = fromFile === undefined && Object.keys(fromEnv).length === 0 ? undefined : fileIsObject || fromFile === undefined ? { ...fromFile, ...fromEnv } : fromFile;
@@ -172,6 +177,7 @@ export function externalIssuerOptions(config: ExternalIssuerConfig): ExternalIss
     ...(publicKey !== undefined ? { publicKey } : {}),
     tenantClaim: config.tenantClaim,
     rolesClaim: config.rolesClaim,
+    grantsOperator: config.grantsOperator,
     ...(config.typ ? { typ: config.typ } : {}),
     ...(config.algorithms ? { algorithms: config.algorithms } : {}),
     clockToleranceSeconds: config.clockToleranceSeconds,

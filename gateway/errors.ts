@@ -195,3 +195,23 @@ export class LiveFeedLimitError extends GatewayError {
     this.name = "LiveFeedLimitError";
   }
 }
+
+/**
+ * A tenant's admin tried to grant or take away a role it may not manage through the HTTP API
+ * (`operator`: deployment-wide, granted only with `flexcore users add|roles`), or to change or
+ * remove a user that holds it.
+ */
+export class RoleNotGrantableError extends GatewayError {
+  constructor(role: string, grantable: readonly string[], reason: string) {
+    super("FLEX_ROLE_NOT_GRANTABLE", 403, `Invalid \`roles\`: ${reason} (role \`${role}\`); a tenant admin grants only ${grantable.join(", ")}. The operator role is granted by the deployment's operator: \`flexcore users add|roles <tenant> <user> --roles operator,...\``, { field: "roles", role, grantable });
+    this.name = "RoleNotGrantableError";
+  }
+}
+
+/** No projection engine answered the gateway's control request on NATS (none runs, or none is reachable). */
+export class EngineUnreachableError extends GatewayError {
+  constructor(subject: string) {
+    super("FLEX_ENGINE_UNREACHABLE", 503, `No running projection engine answered on \`${subject}\`; start \`flexcore up\` (or check its NATS connection) and retry`, { subject });
+    this.name = "EngineUnreachableError";
+  }
+}

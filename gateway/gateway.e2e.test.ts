@@ -98,8 +98,8 @@ describe("RBAC", () => {
     const md = await readFile(new URL("../docs/gateway.md", import.meta.url), "utf8");
     const block = md.split("<!-- policy-table:start -->")[1]!.split("<!-- policy-table:end -->")[0]!;
     table = block.trim().split("\n").slice(2).map((line) => {
-      const [method, route, policy, reader, writer, admin] = line.split("|").slice(1, -1).map((c) => c.trim());
-      return { method: method!, route: route!, policy: policy!, allowed: { reader: reader === "yes", writer: writer === "yes", admin: admin === "yes" } };
+      const [method, route, policy, reader, writer, admin, operator] = line.split("|").slice(1, -1).map((c) => c.trim());
+      return { method: method!, route: route!, policy: policy!, allowed: { reader: reader === "yes", writer: writer === "yes", admin: admin === "yes", operator: operator === "yes" } };
     });
   });
 

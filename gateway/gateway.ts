@@ -36,7 +36,7 @@ import { registerEventRoutes } from "./routes/events.js";
 import { registerExplorerRoutes } from "./routes/explorer.js";
 import { registerHealthRoutes } from "./routes/health.js";
 import { registerOverviewRoutes } from "./routes/overview.js";
-import { registerProjectionRoutes } from "./routes/projections.js";
+import { registerProjectionRebuildRoute, registerProjectionRoutes } from "./routes/projections.js";
 // console pages: processors (issue #16 part 2c)
 import { registerProcessorRoutes } from "./routes/processors.js";
 import { registerStreamRoutes } from "./routes/streams.js";
@@ -412,6 +412,8 @@ async function build(options: GatewayOptions, nc: NatsConnection, limits: Limits
   // The console's event explorer (GET /v1/events, /v1/events/live).
   registerExplorerRoutes(ctx);
   registerProjectionRoutes(ctx);
+  // The operator's rebuild (issue #16): asks the running engine over NATS, progress as SSE.
+  registerProjectionRebuildRoute(ctx);
   registerDerivedRoutes(ctx);
   registerDlqRoutes(ctx);
   registerWorkflowRoutes(ctx);

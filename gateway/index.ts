@@ -12,8 +12,10 @@ export {
   NotFoundError,
   PluginSystemOwnedError,
   RateLimitedError,
+  EngineUnreachableError,
   RefreshTokenReuseError,
   RequestTimeoutError,
+  RoleNotGrantableError,
   TokenTooLargeError,
   UnauthenticatedError,
   UnavailableError,
@@ -43,7 +45,7 @@ export { DEFAULT_RSA_BITS, openKeyStore, SIGNING_ALG } from "./keys.js";
 export type { KeyInfo, KeyStore, KeyStoreOptions } from "./keys.js";
 export type { PluginsApi, PluginView } from "./route-context.js";
 export type { DeadLetterReading, GatewayMetrics, LagReading, LagSources, MetricSources, PluginEndpointReading, PluginReading, ProcessorReading, ProjectionReading, PublisherReading, StreamReading, WorkflowReading } from "./metrics.js";
-export { allows, checkRoles, POLICY, ROLES } from "./policy.js";
+export { allows, checkRoles, OPERATOR_ROLE, POLICY, ROLES, TENANT_GRANTABLE_ROLES } from "./policy.js";
 export type { PolicyName, Role } from "./policy.js";
 export { DEFAULT_RATE_PER_SECOND, resolveRateLimit } from "./rate-limit.js";
 export type { RateLimit, RateLimitOptions } from "./rate-limit.js";

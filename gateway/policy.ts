@@ -1,8 +1,20 @@
 import { InvalidOptionError } from "../streams/index.js";
 
-/** Roles a gateway user can hold; a user may hold several. */
-export const ROLES = ["admin", "writer", "reader"] as const;
+/**
+ * Roles a gateway user can hold; a user may hold several. `admin`, `writer` and `reader` act
+ * within the token's tenant; `operator` adds the deployment's own operations (a projection
+ * rebuild replaces the read model of every tenant) and is granted only by whoever runs the
+ * deployment (`flexcore users add|roles`), never through the HTTP API: see
+ * {@link TENANT_GRANTABLE_ROLES}.
+ */
+export const ROLES = ["admin", "writer", "reader", "operator"] as const;
 export type Role = (typeof ROLES)[number];
+
+/** The deployment-level role: see {@link ROLES}. */
+export const OPERATOR_ROLE = "operator" satisfies Role;
+
+/** Roles a tenant's admin may grant or take away through `POST /v1/users` and `PATCH /v1/users/:username`. */
+export const TENANT_GRANTABLE_ROLES = ["admin", "writer", "reader"] as const satisfies readonly Role[];
 
 /**
  * Which roles may call each route: the policy table of `docs/gateway.md`. A route not
@@ -26,9 +38,10 @@ export const POLICY = {
   "users.manage": ["admin"],
   "plugin.list": ["reader", "writer", "admin"],
   "plugin.manage": ["admin"],
-  "auth.logout": ["reader", "writer", "admin"],
-  "auth.me": ["reader", "writer", "admin"],
+  "auth.logout": ["reader", "writer", "admin", "operator"],
+  "auth.me": ["reader", "writer", "admin", "operator"],
   "overview.read": ["reader", "writer", "admin"],
+  "projection.rebuild": ["operator"],
 } as const satisfies Record<string, readonly Role[]>;
 
 export type PolicyName = keyof typeof POLICY;

@@ -187,6 +187,23 @@ describe("external issuer", () => {
     });
   });
 
+  it("drops the issuer's `operator` role unless grantsOperator is set: a tenant's IdP admin cannot rebuild every tenant's read models", async () => {
+    const op = await new SignJWT({ org: tenant, scope: "operator reader" }).setProtectedHeader({ alg: "RS256", typ: "at+jwt" }).setIssuer("https://idp.example").setAudience("flexcore").setSubject("olga").setExpirationTime("5m").sign(idp);
+    await withGateway(ext(), async (base) => {
+      expect((await http(base, "GET", "/v1/auth/me", { token: op })).json.roles).toEqual(["reader"]);
+      const r = await http(base, "POST", "/v1/projections/generic/rebuild", { token: op });
+      expect([r.status, r.json.error.code]).toEqual([403, "FLEX_FORBIDDEN"]);
+    });
+    await withGateway(ext({ grantsOperator: true }), async (base) => {
+      expect((await http(base, "GET", "/v1/auth/me", { token: op })).json.roles).toEqual(["operator", "reader"]);
+      // Past the policy: this gateway's NATS has no engine, so 503, not 403.
+      const r = await http(base, "POST", "/v1/projections/generic/rebuild", { token: op });
+      expect([r.status, r.json.error.code]).toEqual([503, "FLEX_ENGINE_UNREACHABLE"]);
+    });
+    expect(gatewaySection({ [EXTERNAL_ISSUER_ENV.grants_operator]: "true" }, dir)({ external_issuer: { issuer: "https://idp.example", audience: "flexcore", public_key_file: "idp.pub.pem" } }, "gateway").externalIssuer?.grantsOperator).toBe(true);
+    expect(() => gatewaySection({ [EXTERNAL_ISSUER_ENV.grants_operator]: "yes" }, dir)({ external_issuer: { issuer: "https://idp.example", audience: "flexcore", public_key_file: "idp.pub.pem" } }, "gateway")).toThrow(/grants_operator/u);
+  });
+
   it("refuses tokens signed by another key than the configured public key", async () => {
     const other = await generateKeyPair("RS256");
     const forged = await new SignJWT({ org: tenant, scope: "admin" }).setProtectedHeader({ alg: "RS256", typ: "at+jwt" }).setIssuer("https://idp.example").setAudience("flexcore").setSubject("x").setExpirationTime("5m").sign(other.privateKey);
@@ -217,7 +234,7 @@ describe("external issuer", () => {
     it("reads the section, resolves the key file and serves the issuer's tokens", async () => {
       const config = gatewaySection({}, dir)({ external_issuer: { ...issuerYaml, clock_tolerance: "45s", typ: ["at+jwt"] }, auth_sweep_interval: "10s" }, "gateway");
       expect(config).toEqual({
-        externalIssuer: { issuer: "https://idp.example", audience: "flexcore", jwksUrl: undefined, publicKeyFile: pemFile, tenantClaim: "org", rolesClaim: "scope", typ: ["at+jwt"], algorithms: undefined, clockToleranceSeconds: 45 },
+        externalIssuer: { issuer: "https://idp.example", audience: "flexcore", jwksUrl: undefined, publicKeyFile: pemFile, tenantClaim: "org", rolesClaim: "scope", grantsOperator: false, typ: ["at+jwt"], algorithms: undefined, clockToleranceSeconds: 45 },
         authSweepIntervalMs: 10_000,
       });
       await withGateway(externalIssuerOptions(config.externalIssuer!), async (base) => {

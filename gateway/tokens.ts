@@ -7,7 +7,7 @@ import { InvalidOptionError, TenantReservedError } from "../streams/index.js";
 import { InvalidRefreshTokenError, TokenTooLargeError, UnauthenticatedError } from "./errors.js";
 import { SIGNING_ALG } from "./keys.js";
 import type { KeyStore } from "./keys.js";
-import { ROLES } from "./policy.js";
+import { ROLES, TENANT_GRANTABLE_ROLES } from "./policy.js";
 import type { Role } from "./policy.js";
 import type { Revocations } from "./revocations.js";
 import { checkUserTenant } from "./users.js";
@@ -87,6 +87,13 @@ export interface ExternalIssuerOptions {
   readonly tenantClaim?: string;
   /** Claim holding the role list (array or space-separated string). @default "roles" */
   readonly rolesClaim?: string;
+  /**
+   * Whether the issuer's `operator` role counts (projection rebuilds, for every tenant). Off,
+   * the role is dropped from its tokens: many providers let a tenant's own administrators
+   * set role claims, and `operator` must come from whoever runs the deployment.
+   * @default false
+   */
+  readonly grantsOperator?: boolean;
   /**
    * Accepted `typ` headers (compared without case and without an `application/` prefix); a
    * token without `typ`, or with another one, is refused.
@@ -227,6 +234,8 @@ interface VerifierConfig {
   readonly options: JWTVerifyOptions;
   readonly tenantClaim: string;
   readonly rolesClaim: string;
+  /** Roles a token of this issuer may carry; others are dropped. */
+  readonly roles: ReadonlySet<string>;
   readonly revocations: Revocations | undefined;
   readonly cacheSize: number;
 }
@@ -296,6 +305,8 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
     }
     if (typList.some((t) => normalTyp(t) === REFRESH_TOKEN_TYPE)) throw new InvalidOptionError("external.typ", ext.typ, `types other than \`${REFRESH_TOKEN_TYPE}\` (refresh tokens)`);
     const algorithms = [...(ext.algorithms ?? [SIGNING_ALG])];
+    if (ext.grantsOperator !== undefined && typeof ext.grantsOperator !== "boolean") throw new InvalidOptionError("external.grantsOperator", ext.grantsOperator, "true or false");
+    const grantsOperator = ext.grantsOperator ?? false;
     if (algorithms.length === 0 || algorithms.some((a) => a === "none" || a.startsWith("HS"))) {
       throw new InvalidOptionError("external.algorithms", algorithms.join(","), "asymmetric algorithms only (no none, no HS*)");
     }
@@ -308,6 +319,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
       },
       tenantClaim: nonEmpty("external.tenantClaim", ext.tenantClaim ?? "tenant"),
       rolesClaim: nonEmpty("external.rolesClaim", ext.rolesClaim ?? "roles"),
+      roles: new Set<string>(grantsOperator ? ROLES : TENANT_GRANTABLE_ROLES),
       revocations: options.revocations,
       cacheSize,
     });
@@ -337,6 +349,7 @@ export function createTokenVerifier(options: TokenVerifierOptions): TokenVerifie
     },
     tenantClaim: "tenant",
     rolesClaim: "roles",
+    roles: new Set<string>(ROLES),
     revocations: options.revocations,
     cacheSize,
   });
@@ -413,7 +426,7 @@ class CachingVerifier implements TokenVerifier {
     }
     const rawRoles = payload[this.#config.rolesClaim];
     const list = Array.isArray(rawRoles) ? rawRoles : typeof rawRoles === "string" ? rawRoles.split(" ") : [];
-    const roles = [...new Set(list.filter((r): r is Role => (ROLES as readonly unknown[]).includes(r)))];
+    const roles = [...new Set(list.filter((r): r is Role => typeof r === "string" && this.#config.roles.has(r)))];
     if (typeof payload.sub !== "string" || payload.sub.length === 0) throw new UnauthenticatedError("claim `sub` is missing");
     if (typeof payload.exp !== "number") throw new UnauthenticatedError("claim `exp` is missing");
     const jti = typeof payload.jti === "string" && payload.jti.length > 0 ? payload.jti : `exp${payload.exp}.${payload.sub}`;

@@ -11,8 +11,8 @@ export {
   WaitTimeoutError,
 } from "./errors.js";
 export { createProjectionEngine, DEFAULT_WAIT_TIMEOUT_MS, describeProjection } from "./engine.js";
-export { CONTROL_TIMEOUT_MS, REBUILD_SUBJECT, requestRebuild, serveProjectionControl } from "./control.js";
-export type { ProjectionControl, RebuildMessage } from "./control.js";
+export { CONTROL_TIMEOUT_MS, REBUILD_SUBJECT, requestRebuild, serveProjectionControl, startRebuild } from "./control.js";
+export type { AcceptedRebuild, ProjectionControl, RebuildMessage } from "./control.js";
 export type {
   ChangeEvent,
   ChangeListener,

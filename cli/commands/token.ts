@@ -18,7 +18,7 @@ export function register(program: Command): void {
     .command("token")
     .description("print an access token signed with the gateway's key (for scripts and tests)")
     .requiredOption("--tenant <tenant>", "tenant of the token")
-    .requiredOption("--roles <list>", "comma-separated roles: admin, writer, reader")
+    .requiredOption("--roles <list>", "comma-separated roles: admin, writer, reader, operator")
     .option("--subject <name>", "sub claim", "cli")
     .option("--ttl <seconds>", "lifetime in seconds", "900")
     .option("--keys <dir>", "key directory (default: $FLEXCORE_GATEWAY_KEYS_DIR or <data>/gateway/keys, as the gateway)")

@@ -50,6 +50,27 @@ describe("flexcore users / token / nats-users", () => {
     }
   });
 
+  it("grants and takes away `operator` (only the CLI can), ending the user's sessions", async () => {
+    const tenant = uniqueName("ops");
+    await flexcore(["users", "add", tenant, "olga", "--roles", "operator,reader"], { FLEXCORE_PASSWORD: "cli password 2" });
+    const gw = await createGateway({ nc: nats.nc, dataDir: data, port: 0, workflows: false });
+    try {
+      const signIn = await gw.app.inject({ method: "POST", url: "/v1/auth/token", payload: { tenant, username: "olga", password: "cli password 2" } });
+      expect(signIn.statusCode).toBe(200);
+      const { access_token: access, refresh_token: refresh } = signIn.json() as { access_token: string; refresh_token: string };
+      expect((await gw.app.inject({ method: "GET", url: "/v1/auth/me", headers: { authorization: `Bearer ${access}` } })).json().roles).toEqual(["operator", "reader"]);
+      const changed = JSON.parse((await flexcore(["users", "roles", tenant, "olga", "--roles", "reader"])).stdout.trim()) as { roles: string[]; sessionsEnded: number };
+      expect(changed).toMatchObject({ roles: ["reader"], sessionsEnded: 1 });
+      // The old session is over: its refresh token no longer gives a token with operator.
+      expect((await gw.app.inject({ method: "POST", url: "/v1/auth/refresh", payload: { refresh_token: refresh } })).statusCode).toBe(401);
+      const bad = await flexcore(["users", "roles", tenant, "olga", "--roles", "root"]).then(() => undefined, (e: { code: number; stderr: string }) => e);
+      expect(bad?.code).toBe(1);
+      expect(bad?.stderr).toContain("roles");
+    } finally {
+      await gw.close();
+    }
+  });
+
   it("`keys` fills a shared key directory once; two gateways on it accept each other's tokens and `token`'s", async () => {
     const shared = join(data, "shared-keys");
     const env = { FLEXCORE_GATEWAY_KEYS_DIR: shared };

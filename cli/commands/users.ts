@@ -52,7 +52,7 @@ export function register(program: Command): void {
     .description("add a user")
     .argument("<tenant>")
     .argument("<username>")
-    .requiredOption("-r, --roles <list>", "comma-separated roles: admin, writer, reader")
+    .requiredOption("-r, --roles <list>", "comma-separated roles: admin, writer, reader, operator (deployment-wide: projection rebuilds; only this CLI grants it)")
     .option("--nats <url>", "server URL")
     .action(async (tenant: string, username: string, opts: Common & { roles: string }) => {
       checkUserTenant(tenant); // before asking for a password: `_system` and other `_` tenants are FlexCore's
@@ -60,6 +60,22 @@ export function register(program: Command): void {
       await withUsers(opts, async ({ users: store }) => {
         const user = await store.add(tenant, username, password, roles(opts.roles));
         process.stdout.write(`${JSON.stringify(user)}\n`);
+      });
+    });
+  users
+    .command("roles")
+    .description("set a user's roles (the only way to grant or take away `operator`) and end its sessions")
+    .argument("<tenant>")
+    .argument("<username>")
+    .requiredOption("-r, --roles <list>", "comma-separated roles: admin, writer, reader, operator")
+    .option("--nats <url>", "server URL")
+    .action(async (tenant: string, username: string, opts: Common & { roles: string }) => {
+      checkUserTenant(tenant);
+      await withUsers(opts, async ({ users: store, kv, revocations }) => {
+        const user = await store.setRoles(tenant, username, roles(opts.roles));
+        // Tokens carry roles: an old token would keep the old rights until it expired.
+        const ended = await revokeUserSessions(kv, revocations, tenant, username);
+        process.stdout.write(`${JSON.stringify({ ...user, sessionsEnded: ended })}\n`);
       });
     });
   users

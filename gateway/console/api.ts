@@ -30,6 +30,8 @@ export interface Api {
   // Event explorer: live feeds (server-sent events) need the bearer, which EventSource cannot send.
   /** A GET answered as a stream (server-sent events): the bearer, one refresh on 401, coded errors; read `body` yourself. */
   stream(path: string, headers?: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Response>;
+  /** A POST answered as a stream of server-sent events (the operator's rebuild): as {@link Api.stream}. */
+  streamPost(path: string, body?: unknown, signal?: AbortSignal): Promise<Response>;
   // console pages: processors, workflows, dead letters, users (issue #16 part 2c)
   patch<T>(path: string, body: unknown): Promise<T>;
   /** DELETE; resolves to undefined on 204. */
@@ -119,6 +121,7 @@ export function createApi(store: SessionStore, base: URL = new URL("../", global
   return {
     get: (path) => call("GET", path),
     stream: (path, headers, signal) => authed("GET", path, undefined, { accept: "text/event-stream", ...headers }, signal),
+    streamPost: (path, body, signal) => authed("POST", path, body ?? {}, { accept: "text/event-stream" }, signal),
     post: (path, body) => call("POST", path, body ?? {}),
     // console pages: processors, workflows, dead letters, users (issue #16 part 2c)
     patch: (path, body) => call("PATCH", path, body),

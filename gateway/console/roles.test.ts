@@ -16,4 +16,12 @@ describe("console roles", () => {
     expect(can([], "overview.read")).toBe(false);
     expect(can("root", "users.manage")).toBe(false);
   });
+
+  it("let only an operator rebuild a projection, and an operator alone nothing of a tenant's", () => {
+    expect(can("operator", "projection.rebuild")).toBe(true);
+    for (const role of ["admin", "writer", "reader"]) expect(can(role, "projection.rebuild")).toBe(false);
+    expect(can("operator", "projection.query")).toBe(false);
+    expect(can("operator", "users.manage")).toBe(false);
+    expect(can(["operator", "reader"], "projection.query")).toBe(true);
+  });
 });

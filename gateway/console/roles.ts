@@ -21,9 +21,10 @@ export const ACTIONS = {
   "users.manage": ["admin"],
   "plugin.list": ["reader", "writer", "admin"],
   "plugin.manage": ["admin"],
-  "auth.logout": ["reader", "writer", "admin"],
-  "auth.me": ["reader", "writer", "admin"],
+  "auth.logout": ["reader", "writer", "admin", "operator"],
+  "auth.me": ["reader", "writer", "admin", "operator"],
   "overview.read": ["reader", "writer", "admin"],
+  "projection.rebuild": ["operator"],
 } as const satisfies Record<string, readonly string[]>;
 
 /** An action: the policy name of the route that does it. */

@@ -1,5 +1,7 @@
-import { checkToken } from "../../streams/index.js";
-import { BadRequestError, UnavailableError } from "../errors.js";
+import { checkToken, FlexError } from "../../streams/index.js";
+import { REBUILD_SUBJECT, startRebuild } from "../../projections/index.js";
+import type { RebuildProgress } from "../../projections/index.js";
+import { BadRequestError, EngineUnreachableError, UnavailableError } from "../errors.js";
 import type { RouteContext } from "../route-context.js";
 import type { ReadModelPage, ReadModelQuery, ReadModels } from "../read-models.js";
 import { sseFeeds } from "../sse.js";
@@ -124,5 +126,44 @@ export function registerProjectionRoutes(ctx: RouteContext): void {
       feed.send("change", { seq: change.seq ?? null });
     });
     feed.onEnd(off);
+  });
+}
+
+/** `POST /v1/projections/:name/rebuild`: the operator's rebuild, asked of the running engine over NATS, progress as server-sent events. */
+export function registerProjectionRebuildRoute(ctx: RouteContext): void {
+  const { app, nc, revocations } = ctx;
+  const feeds = sseFeeds(app);
+  app.post<{ Params: { name: string } }>("/v1/projections/:name/rebuild", {
+    config: { policy: "projection.rebuild" },
+    schema: {
+      tags: ["projections"],
+      summary: "Rebuild a projection beside the served copy (operator: it replaces the read model of every tenant). Server-sent events: `ready`, `progress` ({done, total, eventsPerSecond, etaSeconds, phase}), then `done` ({projection, generation, events, durationMs}) or `error` ({code, message}). Refusals come before the stream: 404 unknown projection, 409 FLEX_REBUILD_IN_PROGRESS, 503 FLEX_ENGINE_UNREACHABLE",
+      params: nameParams,
+    },
+  }, async (req, reply) => {
+    const principal = req.principal!;
+    const name = checkToken("projection", req.params.name);
+    const ac = new AbortController();
+    // Progress that arrives before the feed opens (a small store) is kept and sent first.
+    const early: RebuildProgress[] = [];
+    let onProgress = (p: RebuildProgress): void => void early.push(p);
+    const accepted = await startRebuild(nc, [name], (p) => onProgress(p), ac.signal);
+    if (!accepted) throw new EngineUnreachableError(REBUILD_SUBJECT);
+    req.log.info({ tenant: principal.tenant, subject: principal.subject, projection: name }, "projection rebuild started by an operator");
+    const feed = feeds.open(req, reply, principal, revocations, { projection: name });
+    // A client that leaves stops listening; the rebuild itself goes on in the engine and swaps when done.
+    feed.onEnd(() => ac.abort());
+    const progress = (p: RebuildProgress): void => feed.send("progress", { done: p.done, total: p.total, eventsPerSecond: p.eventsPerSecond, etaSeconds: p.etaSeconds ?? null, phase: p.phase });
+    for (const p of early) progress(p);
+    onProgress = progress;
+    try {
+      const result = await accepted.done;
+      const built = result.projections.find((p) => p.name === name);
+      feed.send("done", { projection: name, generation: built?.generation ?? null, events: result.events, durationMs: result.durationMs, eventsPerSecond: result.eventsPerSecond });
+    } catch (err) {
+      if (!feed.open) return;
+      feed.send("error", { code: err instanceof FlexError ? err.code : "FLEX_INTERNAL", message: err instanceof FlexError ? err.message : "The rebuild failed; see the engine's log" });
+    }
+    feed.end();
   });
 }

@@ -1,7 +1,11 @@
-import { useEffect, useMemo, useState } from "preact/hooks";
-import type { ApiError } from "../api.js";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
+import { ApiError } from "../api.js";
+import type { Api } from "../api.js";
+import { Confirm } from "../confirm.js";
 import { useConsole } from "../context.js";
 import { ErrorBox } from "../error-box.js";
+import { parseSse } from "../live.js";
+import { can } from "../roles.js";
 
 /** A reader of a read model, as `GET /v1/projections` lists it. */
 export interface ReaderView {
@@ -68,12 +72,101 @@ function cell(v: unknown): string {
   return String(v);
 }
 
-/** The tenant's read models: state and lag, and a query with filters, sort and paging. */
+/** Progress of a rebuild, as `POST /v1/projections/:name/rebuild` streams it. */
+export interface RebuildProgressView {
+  readonly done: number;
+  readonly total: number;
+  readonly eventsPerSecond: number;
+  readonly etaSeconds: number | null;
+  readonly phase: string;
+}
+
+/** The end of a rebuild. */
+export interface RebuildDoneView {
+  readonly projection: string;
+  readonly generation: number | null;
+  readonly events: number;
+  readonly durationMs: number;
+}
+
+interface RebuildState {
+  readonly name: string;
+  readonly progress: RebuildProgressView | undefined;
+  readonly done: RebuildDoneView | undefined;
+  readonly error: ApiError | undefined;
+}
+
+/**
+ * Asks the gateway to rebuild `name` and reads the server-sent events: `progress` until
+ * `done` (resolves with it) or `error` (rejects with its code).
+ */
+export async function runRebuild(api: Api, name: string, onProgress: (p: RebuildProgressView) => void, signal?: AbortSignal): Promise<RebuildDoneView> {
+  const res = await api.streamPost(`/v1/projections/${encodeURIComponent(name)}/rebuild`, {}, signal);
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    const parsed = parseSse(buffer + value);
+    buffer = parsed.rest;
+    for (const m of parsed.messages) {
+      if (m.event === "progress") onProgress(m.data as RebuildProgressView);
+      else if (m.event === "done") return m.data as RebuildDoneView;
+      else if (m.event === "error") {
+        const e = m.data as { code: string; message: string };
+        throw new ApiError(e.code, 200, e.message);
+      } else if (m.event === "end") throw new ApiError("REBUILD_UNFOLLOWED", 200, `The gateway stopped following the rebuild (${(m.data as { reason?: string }).reason ?? "ended"}); it goes on in the engine: reload to see its generation`);
+    }
+  }
+  throw new ApiError("NETWORK", 0, "The rebuild's progress stream ended early; the rebuild goes on in the engine: reload to see its generation");
+}
+
+const seconds = (s: number): string => (s < 60 ? `${Math.ceil(s)} s` : `${Math.floor(s / 60)} min ${Math.ceil(s % 60)} s`);
+
+/** The operator's rebuild: progress bar, rate, ETA, then the new generation. */
+function RebuildStatus({ state }: { state: RebuildState }) {
+  const p = state.progress;
+  return (
+    <section aria-labelledby="rebuild-title" class="rebuild" data-testid="rebuild">
+      <h2 id="rebuild-title">Rebuild of {state.name}</h2>
+      <label for="rebuild-progress">Events read</label>{" "}
+      <progress id="rebuild-progress" max={p && p.total > 0 ? p.total : 1} value={state.done ? (p?.total || 1) : (p?.done ?? 0)}>
+        {p ? `${p.done} of ${p.total}` : "starting"}
+      </progress>
+      <p role="status" aria-live="polite" data-testid="rebuild-status">
+        {state.error ? "Failed." : state.done
+          ? `Done: ${state.name} is served from generation ${state.done.generation ?? "?"} (${fmt.format(state.done.events)} events in ${seconds(state.done.durationMs / 1000)}).`
+          : p ? `${fmt.format(p.done)} of ${fmt.format(p.total)} events, ${fmt.format(Math.round(p.eventsPerSecond))} events/s${p.etaSeconds !== null ? `, about ${seconds(p.etaSeconds)} left` : ""} (${p.phase}).` : "Starting…"}
+      </p>
+      <ErrorBox error={state.error} />
+    </section>
+  );
+}
+
+/** The tenant's read models: state and lag, and a query with filters, sort and paging; operators rebuild. */
 export function Projections() {
-  const { api } = useConsole();
+  const { api, session } = useConsole();
+  const operator = can(session.roles, "projection.rebuild");
   const [list, setList] = useState<readonly ProjectionView[] | undefined>();
   const [error, setError] = useState<ApiError | undefined>();
   const [chosen, setChosen] = useState<string | undefined>();
+  const [reload, setReload] = useState(0);
+  const [asking, setAsking] = useState<string | undefined>();
+  const [rebuild, setRebuild] = useState<RebuildState | undefined>();
+  const running = rebuild !== undefined && !rebuild.done && !rebuild.error;
+  const statusRef = useRef<HTMLDivElement>(null);
+  const start = async (name: string): Promise<void> => {
+    setAsking(undefined);
+    setRebuild({ name, progress: undefined, done: undefined, error: undefined });
+    statusRef.current?.focus();
+    try {
+      const done = await runRebuild(api, name, (progress) => setRebuild((r) => (r ? { ...r, progress } : r)));
+      setRebuild((r) => (r ? { ...r, done } : r));
+    } catch (err) {
+      setRebuild((r) => (r ? { ...r, error: err instanceof ApiError ? err : new ApiError("NETWORK", 0, (err as Error).message) } : r));
+    }
+    setReload((n) => n + 1);
+  };
   useEffect(() => {
     let stop = false;
     api.get<{ projections: ProjectionView[] }>("/v1/projections").then(
@@ -85,8 +178,9 @@ export function Projections() {
       (err: ApiError) => !stop && setError(err),
     );
     return () => void (stop = true);
-  }, [api]);
+  }, [api, reload]);
   const projection = list?.find((p) => p.name === chosen);
+  const columns = operator ? 7 : 6;
 
   return (
     <section aria-labelledby="page-title" class="projections">
@@ -94,9 +188,9 @@ export function Projections() {
       <ErrorBox error={error} />
       <table data-testid="projections-table">
         <caption>Read models (state and lag are the deployment's: a projection serves every tenant)</caption>
-        <thead><tr><th scope="col">Projection</th><th scope="col">State</th><th scope="col">Lag (events)</th><th scope="col">Copy</th><th scope="col">Last event applied</th><th scope="col">Query</th></tr></thead>
+        <thead><tr><th scope="col">Projection</th><th scope="col">State</th><th scope="col">Lag (events)</th><th scope="col">Copy</th><th scope="col">Last event applied</th><th scope="col">Query</th>{operator ? <th scope="col">Rebuild</th> : null}</tr></thead>
         <tbody>
-          {!list ? <tr><td colSpan={6}>Loading…</td></tr> : list.length === 0 ? <tr><td colSpan={6}>No projections are served here.</td></tr> : list.map((p) => (
+          {!list ? <tr><td colSpan={columns}>Loading…</td></tr> : list.length === 0 ? <tr><td colSpan={columns}>No projections are served here.</td></tr> : list.map((p) => (
             <tr key={p.name}>
               <th scope="row">{p.name}<div class="muted small">{p.description}</div></th>
               <td>{p.rebuilding ? `${p.state}, rebuilding` : p.state}</td>
@@ -104,14 +198,26 @@ export function Projections() {
               <td>{p.generation === null ? "—" : `generation ${p.generation}`}</td>
               <td>{p.lastEventTime ? new Date(p.lastEventTime).toLocaleString() : "—"}</td>
               <td><button type="button" aria-pressed={p.name === chosen} onClick={() => setChosen(p.name)}>{p.name === chosen ? "Querying" : "Query"}<span class="visually-hidden"> {p.name}</span></button></td>
+              {operator ? <td><button type="button" class="danger" disabled={running || p.rebuilding} onClick={() => setAsking(p.name)}>Rebuild<span class="visually-hidden"> {p.name}</span></button></td> : null}
             </tr>
           ))}
         </tbody>
       </table>
       <p class="muted">
-        Rebuilding a projection replaces the read model of every tenant, so it is the operator's, not a tenant admin's:{" "}
-        <code>flexcore projections rebuild &lt;name&gt;</code> on the deployment. The copy's generation goes up by one with each rebuild.
+        Rebuilding a projection replaces the read model of every tenant, so it is the deployment operator's, not a tenant admin's:
+        users with the <code>operator</code> role rebuild here, or run <code>flexcore projections rebuild &lt;name&gt;</code> on the deployment.
+        The copy's generation goes up by one with each rebuild.
       </p>
+      {asking ? (
+        <Confirm title={`Rebuild ${asking}?`} action={`Rebuild ${asking}`} onConfirm={() => void start(asking)} onCancel={() => setAsking(undefined)}>
+          <p>
+            A new copy of <strong>{asking}</strong> is built from the first event of the store, beside the copy served now. This projection serves
+            every tenant of the deployment: until the new copy has caught up, every tenant's queries are served from the old copy, then all switch to the new one at once.
+          </p>
+          <p>It reads every tenant's events and shares the machine with the live pipeline. One rebuild runs at a time per deployment.</p>
+        </Confirm>
+      ) : null}
+      <div ref={statusRef} tabIndex={-1}>{rebuild ? <RebuildStatus state={rebuild} /> : null}</div>
       {projection ? <Query key={projection.name} projection={projection} /> : null}
     </section>
   );

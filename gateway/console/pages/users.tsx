@@ -111,10 +111,11 @@ export function Users() {
           {(users.data?.users ?? []).map((u) => (
             <tr key={`${u.username}:${u.updatedAt}`}>
               <th scope="row">{u.username}{u.username === session.username ? <span class="muted"> (you)</span> : null}</th>
-              <td><RoleEditor user={u} self={u.username === session.username} onSaved={saved} /></td>
+              {/* `operator` is the deployment's: the gateway refuses to change or remove its holders over HTTP. */}
+              <td>{u.roles.includes("operator") ? <span>{u.roles.join(", ")} <span class="muted">(managed by the deployment's operator: <code>flexcore users roles</code>)</span></span> : <RoleEditor user={u} self={u.username === session.username} onSaved={saved} />}</td>
               <td>{when(u.createdAt)}</td>
               <td>{when(u.updatedAt)}</td>
-              <td><button type="button" class="danger" onClick={() => setRemoving(u.username)}>Delete {u.username}…</button></td>
+              <td>{u.roles.includes("operator") ? <span class="muted">—</span> : <button type="button" class="danger" onClick={() => setRemoving(u.username)}>Delete {u.username}…</button>}</td>
             </tr>
           ))}
         </tbody>
