@@ -8,7 +8,7 @@ import type { Consumer, ConsumerMessages, JetStreamManager, JsMsg } from "@nats-
 import type { KV } from "@nats-io/kv";
 import { nanos } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { REDRIVE_HEADERS, snapshotKey, STREAMS, SUBJECT_ROOTS } from "../streams/index.js";
+import { readRedriveHeaders, REDRIVE_HEADERS, snapshotKey, STREAMS, SUBJECT_ROOTS } from "../streams/index.js";
 import { FETCH_EXPIRES_MS, FETCH_RETRY_MS } from "./delivery.js";
 import type { FetchHost } from "./delivery.js";
 import type { FailureInfo } from "./outputs.js";
@@ -193,9 +193,7 @@ export async function redriveLoop(runner: RecoveryHost, nc: NatsConnection, jsm:
 async function redriveOne(runner: RecoveryHost, m: JsMsg): Promise<void> {
   const cfg = runner.cfg;
   const h = m.headers;
-  const subject = h?.get(REDRIVE_HEADERS.subject) ?? "";
-  const seq = Number(h?.get(REDRIVE_HEADERS.seq));
-  const dlqSeq = Number(h?.get(REDRIVE_HEADERS.dlqSeq));
+  const { subject, seq, dlqSeq, reasons } = readRedriveHeaders(h);
   const tenant = m.subject.split(".")[1] ?? "";
   const tokens = subject.split(".");
   // Only FlexCore's service user publishes redrives, but the tenant is still the subject's.
@@ -203,13 +201,6 @@ async function redriveOne(runner: RecoveryHost, m: JsMsg): Promise<void> {
     runner.log(`flexcore: processor ${cfg.name}: dropped a malformed redrive on ${m.subject} (original subject ${JSON.stringify(subject)}, sequence ${String(h?.get(REDRIVE_HEADERS.seq))})`, "warn");
     m.term();
     return;
-  }
-  let reasons: string[] = [];
-  try {
-    const r = JSON.parse(h?.get(REDRIVE_HEADERS.reasons) ?? "[]") as unknown;
-    if (Array.isArray(r)) reasons = r.filter((x): x is string => typeof x === "string");
-  } catch {
-    reasons = [];
   }
   if (!runner.takesRedrive(m, subject)) return;
   const key = tokens[3]!;

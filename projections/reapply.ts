@@ -7,7 +7,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { jetstreamManager } from "@nats-io/jetstream";
 import type { StoredMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { HEADERS, parseSubject, REDRIVE_HEADERS, STREAMS, SUBJECT_ROOTS } from "../streams/index.js";
+import { HEADERS, parseSubject, readRedriveHeaders, REDRIVE_HEADERS, STREAMS, SUBJECT_ROOTS } from "../streams/index.js";
 import type { StoredEvent } from "../streams/index.js";
 import { dlqSource } from "./dead-letter.js";
 import type { RedrivenFrom } from "./dead-letter.js";
@@ -121,10 +121,7 @@ export class Reapplier {
     const member = this.#host.member(source.slice(PREFIX.length));
     if (!member || m.seq <= member.reapplied || member.stopped) return;
     const h = m.header;
-    const subject = h?.get(REDRIVE_HEADERS.subject) ?? "";
-    const stream = h?.get(REDRIVE_HEADERS.stream) ?? "";
-    const seq = Number(h?.get(REDRIVE_HEADERS.seq));
-    const dlqSeq = Number(h?.get(REDRIVE_HEADERS.dlqSeq));
+    const { subject, stream, seq, dlqSeq, reasons } = readRedriveHeaders(h);
     let parsed: ReturnType<typeof parseSubject> | undefined;
     try {
       parsed = parseSubject(subject);
@@ -136,13 +133,6 @@ export class Reapplier {
     const ok = parsed !== undefined && parsed.tenant === tenant && (parsed.kind === "event" || parsed.kind === "derived") &&
       member.streams.get(stream as SourceStream)?.matcher(subject) === true && Number.isSafeInteger(seq) && seq > 0 && Number.isSafeInteger(dlqSeq) && dlqSeq > 0 &&
       source === dlqSource(member.name) && m.subject.split(".").length === 3 && m.subject.startsWith(`${SUBJECT_ROOTS.reapply}.`);
-    let reasons: string[] = [];
-    try {
-      const r = JSON.parse(h?.get(REDRIVE_HEADERS.reasons) ?? "[]") as unknown;
-      if (Array.isArray(r)) reasons = r.filter((x): x is string => typeof x === "string");
-    } catch {
-      reasons = [];
-    }
     const data = (() => {
       try {
         return JSON.parse(new TextDecoder().decode(m.data)) as unknown;

@@ -25,6 +25,35 @@ export const REDRIVE_HEADERS = {
   stream: "Flex-Redrive-Stream",
 } as const;
 
+/** What a redrive (or reapply) message's headers say; numbers are NaN and strings empty when missing. */
+export interface RedriveInfo {
+  readonly subject: string;
+  readonly seq: number;
+  readonly dlqSeq: number;
+  /** Every earlier failure, oldest first (malformed JSON reads as none). */
+  readonly reasons: string[];
+  /** Projections only: the stream the event was read from. */
+  readonly stream: string;
+}
+
+/** Reads {@link REDRIVE_HEADERS} from a redrive message's headers (the processor's, the projection's and the trigger's readers). */
+export function readRedriveHeaders(h: { get(name: string): string } | undefined): RedriveInfo {
+  let reasons: string[] = [];
+  try {
+    const r = JSON.parse(h?.get(REDRIVE_HEADERS.reasons) || "[]") as unknown;
+    if (Array.isArray(r)) reasons = r.filter((x): x is string => typeof x === "string");
+  } catch {
+    reasons = [];
+  }
+  return {
+    subject: h?.get(REDRIVE_HEADERS.subject) ?? "",
+    seq: Number(h?.get(REDRIVE_HEADERS.seq)),
+    dlqSeq: Number(h?.get(REDRIVE_HEADERS.dlqSeq)),
+    reasons,
+    stream: h?.get(REDRIVE_HEADERS.stream) ?? "",
+  };
+}
+
 /** Headers a dead letter carries besides the event headers (`Nats-Msg-Id`, `Flex-Type`, ...). */
 export const DLQ_HEADERS = {
   /** Sequence of the failed message in its own stream. */

@@ -38,7 +38,7 @@ export {
 export type { ParsedSubject } from "./subjects.js";
 export { compileSchema, durationExpected, durationMs, durationSchema, expectedOf, hasIssueAt, issue, pathAt, SCHEMA_DIALECT, shown } from "./schema.js";
 export type { JsonSchema, SchemaIssue, SchemaValidator } from "./schema.js";
-export { checkDeadLetterFilter, createDeadLetters, deadLetterHeaders, DEFAULT_DLQ_PAGE, DLQ_HEADERS, MAX_DLQ_BATCH, MAX_REASON_FILTER, readDeadLetter, REDRIVE_HEADERS, redriveMessage } from "./dead-letters.js";
+export { checkDeadLetterFilter, createDeadLetters, deadLetterHeaders, DEFAULT_DLQ_PAGE, DLQ_HEADERS, MAX_DLQ_BATCH, MAX_REASON_FILTER, readDeadLetter, readRedriveHeaders, REDRIVE_HEADERS, redriveMessage } from "./dead-letters.js";
 export type { DeadLetter, DeadLetterCount, DeadLetterHeaderInput, DeadLetterFilter, DeadLetters, PurgeReport, RedriveReport } from "./dead-letters.js";
 export { decodeData, decodeEvent, DEFAULT_SCHEMA, encodeData, encodeEvent, HEADERS, headerFields, headerFieldsFromBlock } from "./event.js";
 export { EventHeaders } from "./event-headers.js";

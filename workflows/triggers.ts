@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import type { ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
-import { deadLetterHeaders, decodeData, decodeEvent, dlqSubject, FlexError, HEADERS, parseSubject, REDRIVE_HEADERS, redriveSubject, STREAMS } from "../streams/index.js";
+import { deadLetterHeaders, decodeData, decodeEvent, dlqSubject, FlexError, HEADERS, parseSubject, readRedriveHeaders, REDRIVE_HEADERS, redriveSubject, STREAMS } from "../streams/index.js";
 import { latestFireTime, parseCron } from "./cron.js";
 import type { CronSchedule } from "./cron.js";
 import type { WorkflowDefinition } from "./definition.js";
@@ -293,16 +293,7 @@ export class WorkflowTriggers {
   async #redriveOne(key: string, m: JsMsg): Promise<void> {
     const w = this.#installed.get(key)!;
     const h = m.headers;
-    const subject = h?.get(REDRIVE_HEADERS.subject) ?? "";
-    const seq = Number(h?.get(REDRIVE_HEADERS.seq));
-    const dlqSeq = Number(h?.get(REDRIVE_HEADERS.dlqSeq));
-    let reasons: string[] = [];
-    try {
-      const r = JSON.parse(h?.get(REDRIVE_HEADERS.reasons) ?? "[]") as unknown;
-      if (Array.isArray(r)) reasons = r.filter((x): x is string => typeof x === "string");
-    } catch {
-      reasons = [];
-    }
+    const { subject, seq, dlqSeq, reasons } = readRedriveHeaders(h);
     let parsed: ReturnType<typeof parseSubject> | undefined;
     try {
       parsed = parseSubject(subject);
