@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createProjectionEngine, genericProjection } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import { ensureTopology } from "../streams/index.js";
-import { expectNoAxeViolations, gotoConsole, launchBrowser, screenshot } from "../test/browser.js";
+import { callApiAs, expectNoAxeViolations, launchBrowser, queryProjectionRows, screenshot, signInConsole } from "../test/browser.js";
 import type { TestBrowser, WatchedPage } from "../test/browser.js";
 import { seedTenant, tokenFor } from "../test/console-fixtures.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
@@ -69,13 +69,7 @@ async function append(token: string, category: string, id: string, events: Array
 async function signIn(tenant: string, username: string, route: string): Promise<WatchedPage> {
   const w = await browser.newPage();
   pages.push(w);
-  await gotoConsole(w.page, url);
-  await w.page.getByLabel("Tenant").fill(tenant);
-  await w.page.getByLabel("Username").fill(username);
-  await w.page.getByLabel("Password").fill(PASSWORD);
-  await w.page.getByRole("button", { name: "Sign in" }).click();
-  await w.page.getByTestId("tenant").waitFor();
-  await gotoConsole(w.page, url, route);
+  await signInConsole(w.page, url, { tenant, username, password: PASSWORD }, route);
   return w;
 }
 
@@ -160,14 +154,8 @@ describe("console: projections", () => {
     const { page } = w;
     await expect.poll(() => page.getByTestId("projections-table").innerText()).toContain("generic");
     expect(await page.locator("body").innerText()).toContain("flexcore projections rebuild");
-    const rows = page.getByTestId("rows-table");
-    await expect.poll(() => rows.locator("caption").innerText()).toContain("page 1");
-    await page.getByLabel("Rows per page").selectOption("10");
-    await page.getByLabel("Sort by").selectOption("id");
-    await page.getByRole("button", { name: "Add filter" }).click();
-    await page.getByLabel("Column").fill("category");
-    await page.getByLabel("Value").fill("meter");
-    await page.getByRole("button", { name: "Run query" }).click();
+    await expect.poll(() => page.getByTestId("rows-table").locator("caption").innerText()).toContain("page 1");
+    const rows = await queryProjectionRows(page, { perPage: "10", sortBy: "id", filter: { column: "category", value: "meter" } });
     await expect.poll(() => rows.locator("caption").innerText()).toContain("page 1, 10 rows");
     const first = await rows.locator("tbody").innerText();
     expect(first).toContain("m00");
@@ -198,11 +186,7 @@ describe("console: roles", () => {
     const w = await signIn(A, "wes", "events");
     await w.page.getByRole("heading", { name: "Not found" }).waitFor();
     expect(await w.page.getByRole("link", { name: "Event explorer" }).count()).toBe(0);
-    const status = await w.page.evaluate<number>(`(async () => {
-      const s = JSON.parse(sessionStorage.getItem("flexcore.console.session"));
-      return (await fetch("../v1/events", { headers: { authorization: "Bearer " + s.accessToken } })).status;
-    })()`);
-    expect(status).toBe(403);
+    expect((await callApiAs(w.page, "GET", "/v1/events")).status).toBe(403);
   });
 
   it("ran every page without a CSP violation or an unexpected console error", async () => {

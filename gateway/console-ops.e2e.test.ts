@@ -21,7 +21,7 @@ import { createProjectionEngine } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import { createPublisher, encodeEvent, ensureTopology, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { expectNoAxeViolations, gotoConsole, launchBrowser, screenshot } from "../test/browser.js";
+import { callApiAs, expectNoAxeViolations, launchBrowser, screenshot, signInConsole } from "../test/browser.js";
 import type { TestBrowser, WatchedPage } from "../test/browser.js";
 import { seedTenant } from "../test/console-fixtures.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
@@ -122,28 +122,8 @@ afterAll(async () => {
 async function signIn(tenant: string, username: string, route: string): Promise<WatchedPage> {
   const w = await browser.newPage();
   pages.push(w);
-  await gotoConsole(w.page, base);
-  await w.page.getByLabel("Tenant").fill(tenant);
-  await w.page.getByLabel("Username").fill(username);
-  await w.page.getByLabel("Password").fill(PASSWORD);
-  await w.page.getByRole("button", { name: "Sign in" }).click();
-  await w.page.getByTestId("tenant").waitFor();
-  await w.page.getByRole("link", { name: new RegExp(`^${route === "dead-letters" ? "Dead letters" : route[0]!.toUpperCase() + route.slice(1)}$`, "u") }).click();
-  await w.page.locator("h1", { hasText: route === "dead-letters" ? "Dead letters" : route[0]!.toUpperCase() + route.slice(1) }).waitFor();
+  await signInConsole(w.page, base, { tenant, username, password: PASSWORD }, { link: route === "dead-letters" ? "Dead letters" : route[0]!.toUpperCase() + route.slice(1) });
   return w;
-}
-
-/** Calls the API from the tab with the signed-in user's own token, as the console stores it. */
-async function callAs(w: WatchedPage, method: string, path: string, body?: unknown): Promise<{ status: number; code: string | undefined }> {
-  return w.page.evaluate<{ status: number; code: string | undefined }>(`(async () => {
-    const s = JSON.parse(sessionStorage.getItem("flexcore.console.session"));
-    const body = ${JSON.stringify(body === undefined ? null : JSON.stringify(body))};
-    const headers = { authorization: "Bearer " + s.accessToken };
-    if (body !== null) headers["content-type"] = "application/json";
-    const r = await fetch(${JSON.stringify(`..${path}`)}, { method: ${JSON.stringify(method)}, headers, ...(body !== null ? { body } : {}) });
-    const j = await r.json().catch(() => ({}));
-    return { status: r.status, code: j.error ? j.error.code : undefined };
-  })()`);
 }
 
 describe("console operations pages", () => {
@@ -290,12 +270,12 @@ describe("console operations pages", () => {
     expect(await w.page.getByText("Upload a definition").count()).toBe(0);
     expect(await w.page.getByRole("button", { name: "Start a run" }).count()).toBe(0);
 
-    expect(await callAs(w, "POST", "/v1/dlq/redrive", { source: FLAKY })).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
-    expect(await callAs(w, "POST", "/v1/dlq/purge", { source: FLAKY, confirm: true })).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
-    expect(await callAs(w, "GET", "/v1/users")).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
-    expect(await callAs(w, "PATCH", "/v1/users/rita", { roles: ["admin"] })).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
-    expect(await callAs(w, "DELETE", "/v1/users/ann")).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
-    expect(await callAs(w, "POST", "/v1/workflows/greet/runs", {})).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
+    expect(await callApiAs(w.page, "POST", "/v1/dlq/redrive", { source: FLAKY })).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
+    expect(await callApiAs(w.page, "POST", "/v1/dlq/purge", { source: FLAKY, confirm: true })).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
+    expect(await callApiAs(w.page, "GET", "/v1/users")).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
+    expect(await callApiAs(w.page, "PATCH", "/v1/users/rita", { roles: ["admin"] })).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
+    expect(await callApiAs(w.page, "DELETE", "/v1/users/ann")).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
+    expect(await callApiAs(w.page, "POST", "/v1/workflows/greet/runs", {})).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
     // Nothing moved: the dead letter is still there, the users and roles are as they were.
     expect(await countMessages(nats.nc, STREAMS.dlq, `dlq.${A}.${FLAKY}`)).toBe(1);
     expect((await gw.users.get(A, "rita"))?.roles).toEqual(["reader"]);

@@ -8,7 +8,7 @@
 import { jetstream } from "@nats-io/jetstream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodeEvent } from "../streams/index.js";
-import { expectNoAxeViolations, gotoConsole, launchBrowser, screenshot } from "../test/browser.js";
+import { callApiAs, changeConsoleAccessToken, expectNoAxeViolations, gotoConsole, launchBrowser, readConsoleSession, screenshot, signInConsole } from "../test/browser.js";
 import type { TestBrowser, WatchedPage } from "../test/browser.js";
 import { seedTenant } from "../test/console-fixtures.js";
 import { startTestGateway } from "../test/gateway.js";
@@ -45,14 +45,7 @@ async function open(): Promise<WatchedPage> {
   return w;
 }
 
-async function signIn(w: WatchedPage, tenant: string, username: string): Promise<void> {
-  await gotoConsole(w.page, t.url);
-  await w.page.getByLabel("Tenant").fill(tenant);
-  await w.page.getByLabel("Username").fill(username);
-  await w.page.getByLabel("Password").fill(PASSWORD);
-  await w.page.getByRole("button", { name: "Sign in" }).click();
-  await w.page.getByTestId("tenant").waitFor();
-}
+const signIn = (w: WatchedPage, tenant: string, username: string): Promise<void> => signInConsole(w.page, t.url, { tenant, username, password: PASSWORD });
 
 const text = (w: WatchedPage, id: string): Promise<string> => w.page.getByTestId(id).innerText();
 
@@ -103,17 +96,17 @@ describe("console", () => {
   it("refreshes an expired access token without asking the user again, and signs out for good", async () => {
     const w = await open();
     await signIn(w, A, "ann");
-    const before = await w.page.evaluate<{ accessToken: string }>(`JSON.parse(sessionStorage.getItem("flexcore.console.session"))`);
+    const before = (await readConsoleSession(w.page))!;
     // A token the gateway refuses (401) stands for an expired one.
-    await w.page.evaluate(`(() => { const s = JSON.parse(sessionStorage.getItem("flexcore.console.session")); s.accessToken = "expired." + s.accessToken; sessionStorage.setItem("flexcore.console.session", JSON.stringify(s)); })()`);
+    await changeConsoleAccessToken(w.page, (token) => `expired.${token}`);
     await w.page.reload();
     await expect.poll(() => text(w, "events")).toBe("35");
-    const after = await w.page.evaluate<{ accessToken: string }>(`JSON.parse(sessionStorage.getItem("flexcore.console.session"))`);
+    const after = (await readConsoleSession(w.page))!;
     expect(after.accessToken).not.toBe(before.accessToken);
     expect(after.accessToken.startsWith("expired.")).toBe(false);
     await w.page.getByRole("button", { name: "Sign out" }).click();
     await w.page.getByLabel("Password").waitFor();
-    expect(await w.page.evaluate(`sessionStorage.getItem("flexcore.console.session")`)).toBeNull();
+    expect(await readConsoleSession(w.page)).toBeNull();
     const me = await fetch(`${t.url}/v1/auth/me`, { headers: { authorization: `Bearer ${after.accessToken}` } });
     expect(me.status).toBe(401);
   });
@@ -126,11 +119,7 @@ describe("console", () => {
     expect(await w.page.getByRole("link", { name: /Users/u }).count()).toBe(0);
     await gotoConsole(w.page, t.url, "users");
     await w.page.getByRole("heading", { name: "Not found" }).waitFor();
-    const status = await w.page.evaluate<{ status: number; code: string }>(`(async () => {
-      const s = JSON.parse(sessionStorage.getItem("flexcore.console.session"));
-      const r = await fetch("../v1/users", { headers: { authorization: "Bearer " + s.accessToken } });
-      return { status: r.status, code: (await r.json()).error.code };
-    })()`);
+    const status = await callApiAs(w.page, "GET", "/v1/users");
     expect(status).toEqual({ status: 403, code: "FLEX_FORBIDDEN" });
     await screenshot(w.page, "overview-reader");
   });

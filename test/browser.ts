@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
-import type { BrowserContext, Page, Response as PwResponse } from "playwright-core";
+import type { BrowserContext, Locator, Page, Response as PwResponse } from "playwright-core";
 
 type ChromiumSetup = typeof import("../scripts/ensure-chromium.mjs");
 // scripts/ensure-chromium.mjs (run by `pretest`) says where Chromium is and how to install it;
@@ -117,18 +117,55 @@ export async function screenshot(page: Page, name: string): Promise<string> {
 /** The key under which the console keeps its session in the tab's `sessionStorage` (gateway/console/session.ts). */
 export const CONSOLE_SESSION_KEY = "flexcore.console.session";
 
+/** A console page opened by clicking its navigation link (named `link` exactly), then waiting for its `<h1>` of the same name. */
+export interface ConsoleNavLink {
+  readonly link: string;
+}
+
 /**
  * Opens the console at `base` in `page`, signs in as `username` of `tenant` and waits for the
- * signed-in layout (the tenant shown in the header); then opens `#/<route>` when given.
+ * signed-in layout (the tenant shown in the header); then opens `route` when given: `#/<route>`
+ * by its URL, or a {@link ConsoleNavLink} by clicking the link as a user would.
  */
-export async function signInConsole(page: Page, base: string, user: { readonly tenant: string; readonly username: string; readonly password: string }, route?: string): Promise<void> {
+export async function signInConsole(page: Page, base: string, user: { readonly tenant: string; readonly username: string; readonly password: string }, route?: string | ConsoleNavLink): Promise<void> {
   await gotoConsole(page, base);
   await page.getByLabel("Tenant").fill(user.tenant);
   await page.getByLabel("Username").fill(user.username);
   await page.getByLabel("Password").fill(user.password);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByTestId("tenant").waitFor();
-  if (route) await gotoConsole(page, base, route);
+  if (typeof route === "string" && route) await gotoConsole(page, base, route);
+  else if (typeof route === "object") {
+    await page.getByRole("link", { name: new RegExp(`^${route.link}$`, "u") }).click();
+    await page.locator("h1", { hasText: route.link }).waitFor();
+  }
+}
+
+/** The session the console keeps in the tab's `sessionStorage`, or `null` when signed out. */
+export async function readConsoleSession(page: Page): Promise<{ accessToken: string } | null> {
+  return page.evaluate<{ accessToken: string } | null>(`JSON.parse(sessionStorage.getItem(${JSON.stringify(CONSOLE_SESSION_KEY)}))`);
+}
+
+/** Replaces the stored session's access token with `change(token)` (e.g. to stand for an expired one). */
+export async function changeConsoleAccessToken(page: Page, change: (token: string) => string): Promise<void> {
+  const s = await readConsoleSession(page);
+  if (s === null) throw new Error("changeConsoleAccessToken: the tab has no console session (not signed in)");
+  await page.evaluate(`sessionStorage.setItem(${JSON.stringify(CONSOLE_SESSION_KEY)}, ${JSON.stringify(JSON.stringify({ ...s, accessToken: change(s.accessToken) }))})`);
+}
+
+/**
+ * On an open projection query (the `rows-table`), sets the page size, the sort column and one
+ * equality filter, runs the query and answers the rows table.
+ */
+export async function queryProjectionRows(page: Page, query: { readonly perPage: string; readonly sortBy: string; readonly filter: { readonly column: string; readonly value: string } }): Promise<Locator> {
+  const rows = page.getByTestId("rows-table");
+  await page.getByLabel("Rows per page").selectOption(query.perPage);
+  await page.getByLabel("Sort by").selectOption(query.sortBy);
+  await page.getByRole("button", { name: "Add filter" }).click();
+  await page.getByLabel("Column").fill(query.filter.column);
+  await page.getByLabel("Value").fill(query.filter.value);
+  await page.getByRole("button", { name: "Run query" }).click();
+  return rows;
 }
 
 /**
