@@ -30,7 +30,7 @@ import { definePlugin, pluginUserEntry, pluginUserName, serve } from "../plugins
 import type { ProcessorOutput, ProcessorRejection, ServedPlugin } from "../plugins/index.js";
 import { STREAMS } from "../streams/index.js";
 import { countMessages, readStream, waitFor } from "../processors/testing.js";
-import { callApiAs, expectNoAxeViolations, gotoConsole, launchBrowser, screenshot, signInConsole } from "../test/browser.js";
+import { callApiAs, expectNoAxeViolations, gotoConsole, launchBrowser, queryProjectionRows, screenshot, signInConsole } from "../test/browser.js";
 import type { TestBrowser, WatchedPage } from "../test/browser.js";
 import { startUp } from "../test/flexcore-up.js";
 import type { UpProcess } from "../test/flexcore-up.js";
@@ -290,13 +290,7 @@ describe("the console under flexcore up", () => {
     const { page } = admin;
     await signInConsole(page, base, user(A, "ann"), "projections");
     await page.getByRole("button", { name: "Query generic" }).click();
-    const rows = page.getByTestId("rows-table");
-    await page.getByLabel("Rows per page").selectOption("10");
-    await page.getByLabel("Sort by").selectOption("id");
-    await page.getByRole("button", { name: "Add filter" }).click();
-    await page.getByLabel("Column").fill("category");
-    await page.getByLabel("Value").fill("meter");
-    await page.getByRole("button", { name: "Run query" }).click();
+    const rows = await queryProjectionRows(page, { perPage: "10", sortBy: "id", filter: { column: "category", value: "meter" } });
     await expect.poll(() => rows.locator("caption").innerText()).toContain("page 1, 10 rows");
     const first = await rows.locator("tbody").innerText();
     expect(first).toContain("m00");
