@@ -7,31 +7,25 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { build } from "esbuild";
-import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { createTokenIssuer, openKeyStore } from "../gateway/index.js";
-import { keygen, pack, pluginUid, sign, writeKeyPair } from "../plugins/index.js";
-import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
+import { pluginUid } from "../plugins/index.js";
+import { encodeEvent, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { startUp } from "../test/flexcore-up.js";
 import type { UpProcess } from "../test/flexcore-up.js";
-import { embeddedConnectOptions } from "./connection.js";
+import { echoBundle, preparePluginUpStore, startPluginUp, waitForUp } from "./testing.js";
+import type { PluginUp } from "./testing.js";
 
-const here = fileURLToPath(new URL(".", import.meta.url));
 const PROCESSOR = "tenanted";
 
+let plugins: PluginUp;
 let dir: string;
 let data: string;
 let up: UpProcess;
 let nc: NatsConnection;
 let publisher: Publisher;
-let token: (tenant: string, roles?: Array<"admin" | "writer" | "reader">) => Promise<string>;
+let token: PluginUp["token"];
 
 async function api(bearer: string, method: string, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
   const r = await fetch(`${up.gatewayUrl}${path}`, { method, headers: { authorization: `Bearer ${bearer}` } });
@@ -58,13 +52,7 @@ async function count(stream: string, filter: string): Promise<number> {
   return Object.values(info?.state.subjects ?? {}).reduce((a, b) => a + b, 0);
 }
 
-async function waitFor(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\n${up?.stderr().split("\n").filter((l) => !l.includes("retrying")).join("\n").slice(-6000)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const waitFor = (check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> => waitForUp(up, check, timeoutMs, what);
 
 async function publish(tenant: string, from: number, n: number): Promise<void> {
   const pending: Promise<unknown>[] = [];
@@ -92,38 +80,16 @@ function pidsOfUid(uid: number): number[] {
 }
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "flexcore-plugins-tenant-"));
-  data = join(dir, "data");
-  await chmod(dir, 0o755);
-  await mkdir(data, { mode: 0o755 });
-  const trusted = join(data, "plugins", "trusted-keys");
-  await mkdir(trusted, { recursive: true, mode: 0o755 });
-  await chmod(join(data, "plugins"), 0o755);
-  await chmod(trusted, 0o755);
-  const pair = keygen();
-  const files = await writeKeyPair(pair, join(dir, "keys"), "operator");
-  await copyFile(files.publicKeyFile, join(trusted, "operator.pub"));
-  await chmod(join(trusted, "operator.pub"), 0o644);
+  const store = await preparePluginUpStore("flexcore-plugins-tenant-");
+  ({ dir, data } = store);
   // The TypeScript echo as one file, its manifest renamed `techo` with `tenancy: tenant`.
-  const bundle = join(dir, "techo");
-  await mkdir(bundle);
-  await build({
-    entryPoints: [join(here, "..", "plugins", "echo", "main.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    outfile: join(bundle, "main.js"),
-    banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
-    logLevel: "error",
+  let manifest = "";
+  await echoBundle(join(dir, "techo"), {
+    privateKeyPem: store.privateKeyPem,
+    manifest: (yaml) => (manifest = yaml.replace(/^name: echo$/mu, "name: techo").replace(/^tenancy: system$/mu, "tenancy: tenant")),
   });
-  const manifest = (await readFile(join(here, "..", "plugins", "echo", "flexcore-plugin.yaml"), "utf8")).replace(/^name: echo$/mu, "name: techo").replace(/^tenancy: system$/mu, "tenancy: tenant");
   expect(manifest).toMatch(/^tenancy: tenant$/mu);
-  await writeFile(join(bundle, "flexcore-plugin.yaml"), manifest);
-  await pack(bundle);
-  await sign(bundle, pair.privateKeyPem);
-  const config = join(dir, "flexcore.yaml");
-  await writeFile(config, `
+  plugins = await startPluginUp(store, `
 runtime:
   threads: 1
 plugins:
@@ -144,25 +110,11 @@ processors:
     batch_size: 16
     backoff: [50ms, 200ms]
 `);
-  up = await startUp({ config, env: { NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "gw-keys") }, timeoutMs: 120_000 });
-  const natsUrl = (await readFile(join(data, "nats.url"), "utf8")).trim();
-  nc = await connect(embeddedConnectOptions(natsUrl, data));
-  publisher = createPublisher(nc);
-  const issuer = createTokenIssuer(await openKeyStore({ dir: join(dir, "gw-keys") }));
-  token = async (tenant, roles = ["writer", "reader", "admin"]) => (await issuer.issueAccess({ tenant, subject: "e2e", roles, ttlSeconds: 600 })).token;
+  ({ up, nc, publisher, token } = plugins);
 }, 180_000);
 
 afterAll(async () => {
-  await publisher?.close().catch(() => undefined);
-  await nc?.close().catch(() => undefined);
-  if (up) {
-    const code = await Promise.race([up.stop(), new Promise<"hung">((r) => setTimeout(() => r("hung"), 30_000))]);
-    if (code === "hung") await up.kill();
-  }
-  if (dir) {
-    execFileSync("chmod", ["-R", "u+w", dir]);
-    await rm(dir, { recursive: true, force: true });
-  }
+  await plugins?.close();
 }, 60_000);
 
 describe("a tenancy: tenant plugin under flexcore up", () => {

@@ -7,56 +7,39 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
 import { promisify } from "node:util";
 import { readdirSync, readFileSync } from "node:fs";
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { build } from "esbuild";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { createTokenIssuer, openKeyStore } from "../gateway/index.js";
-import { collectPluginViews, keygen, pack, requestPluginLogs, requestPluginRestart, setPluginEnabled, sign, sourceCursorKey, writeKeyPair } from "../plugins/index.js";
+import { collectPluginViews, requestPluginLogs, requestPluginRestart, setPluginEnabled, sourceCursorKey } from "../plugins/index.js";
 import { Kvm } from "@nats-io/kv";
-import { createPublisher, encodeEvent, STREAMS } from "../streams/index.js";
+import { encodeEvent, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { startUp } from "../test/flexcore-up.js";
 import type { UpProcess } from "../test/flexcore-up.js";
-import { embeddedConnectOptions } from "./connection.js";
+import { echoBundle, preparePluginUpStore, startPluginUp, waitForUp } from "./testing.js";
+import type { PluginUp } from "./testing.js";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const execFileAsync = promisify(execFile);
 const TENANT = "acme";
 const PROCESSOR = "echoer";
 
+let plugins: PluginUp;
+let operatorKey: string;
 let dir: string;
 let data: string;
 let up: UpProcess;
 let nc: NatsConnection;
 let natsUrl: string;
 let publisher: Publisher;
-let token: (tenant: string, roles?: Array<"admin" | "writer" | "reader">) => Promise<string>;
+let token: PluginUp["token"];
 
 async function api(bearer: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
   const r = await fetch(`${up.gatewayUrl}${path}`, { method, headers: { authorization: `Bearer ${bearer}`, ...(body === undefined ? {} : { "content-type": "application/json" }) }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
   const text = await r.text();
   return { status: r.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
-}
-
-/** The echo plugin as one file (main.js) beside its manifest: what a packed TypeScript bundle holds. */
-async function echoBundle(into: string): Promise<void> {
-  await mkdir(into, { recursive: true });
-  await build({
-    entryPoints: [join(here, "..", "plugins", "echo", "main.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    outfile: join(into, "main.js"),
-    banner: { js: "import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);" },
-    logLevel: "error",
-  });
-  await copyFile(join(here, "..", "plugins", "echo", "flexcore-plugin.yaml"), join(into, "flexcore-plugin.yaml"));
 }
 
 async function readAll(filter: string, stream: string = STREAMS.derived): Promise<Array<{ subject: string; msgId: string; type: string; seq: number; data: unknown }>> {
@@ -79,13 +62,7 @@ async function count(stream: string, filter: string): Promise<number> {
   return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
 }
 
-async function waitFor(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}\n${up?.stderr().split("\n").filter((l) => !l.includes("retrying")).join("\n").slice(-6000)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const waitFor = (check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> => waitForUp(up, check, timeoutMs, what);
 
 async function publish(from: number, n: number): Promise<void> {
   const pending: Promise<unknown>[] = [];
@@ -126,25 +103,11 @@ function pluginPids(root: number): number[] {
 }
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "flexcore-plugins-up-"));
-  data = join(dir, "data");
-  // The plugin runs as a uid of its own: the path to the store must be traversable by it.
-  await chmod(dir, 0o755);
-  await mkdir(data, { mode: 0o755 });
-  const trusted = join(data, "plugins", "trusted-keys");
-  await mkdir(trusted, { recursive: true, mode: 0o755 });
-  await chmod(join(data, "plugins"), 0o755);
-  await chmod(trusted, 0o755);
-  const pair = keygen();
-  const files = await writeKeyPair(pair, join(dir, "keys"), "operator");
-  await copyFile(files.publicKeyFile, join(trusted, "operator.pub"));
-  await chmod(join(trusted, "operator.pub"), 0o644);
-  const bundle = join(dir, "echo-bundle");
-  await echoBundle(bundle);
-  await pack(bundle);
-  await sign(bundle, pair.privateKeyPem);
-  const config = join(dir, "flexcore.yaml");
-  await writeFile(config, `
+  const store = await preparePluginUpStore("flexcore-plugins-up-");
+  ({ dir, data, privateKeyPem: operatorKey } = store);
+  await echoBundle(join(dir, "echo-bundle"), { privateKeyPem: operatorKey });
+  // No NATS_URL: flexcore up starts its embedded server, with the plugin's user in its auth file.
+  plugins = await startPluginUp(store, `
 runtime:
   threads: 1
 plugins:
@@ -177,28 +140,12 @@ sources:
     max: 7
     interval: 200ms
 `);
-  // No NATS_URL: flexcore up starts its embedded server, with the plugin's user in its auth file.
-  up = await startUp({ config, env: { NATS_URL: "", FLEXCORE_DATA: data, FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "gw-keys") }, timeoutMs: 120_000 });
-  natsUrl = (await readFile(join(data, "nats.url"), "utf8")).trim();
-  nc = await connect(embeddedConnectOptions(natsUrl, data));
-  publisher = createPublisher(nc);
-  const issuer = createTokenIssuer(await openKeyStore({ dir: join(dir, "gw-keys") }));
-  token = async (tenant, roles = ["writer", "reader", "admin"]) => (await issuer.issueAccess({ tenant, subject: "e2e", roles, ttlSeconds: 600 })).token;
+  ({ up, natsUrl, nc, publisher, token } = plugins);
   await up.lineAt(/plugin echo.*(ready|started)/iu, 60_000).catch(() => undefined);
 }, 180_000);
 
 afterAll(async () => {
-  await publisher?.close().catch(() => undefined);
-  await nc?.close().catch(() => undefined);
-  if (up) {
-    const code = await Promise.race([up.stop(), new Promise<"hung">((r) => setTimeout(() => r("hung"), 30_000))]);
-    if (code === "hung") await up.kill();
-  }
-  if (dir) {
-    // The store is read-only by design; make it writable again to clean up.
-    execFileSync("chmod", ["-R", "u+w", dir]);
-    await rm(dir, { recursive: true, force: true });
-  }
+  await plugins?.close();
 }, 60_000);
 
 describe("plugins under flexcore up", () => {
@@ -380,11 +327,7 @@ describe("plugins under flexcore up", () => {
 
   it("flexcore plugins upgrade: 2.0.0 starts beside 1.0.0 under load, calls switch, 1.0.0 is drained; nothing lost, the sink and the source follow", async () => {
     const v2 = join(dir, "echo-bundle-2");
-    await echoBundle(v2);
-    const manifest = join(v2, "flexcore-plugin.yaml");
-    await writeFile(manifest, (await readFile(manifest, "utf8")).replace(/^version: 1\.0\.0$/mu, "version: 2.0.0"));
-    await pack(v2);
-    await sign(v2, await readFile(join(dir, "keys", "operator.key")));
+    await echoBundle(v2, { privateKeyPem: operatorKey, manifest: (yaml) => yaml.replace(/^version: 1\.0\.0$/mu, "version: 2.0.0") });
     await execFileAsync("chmod", ["-R", "a+rX", v2]);
     const pidsBefore = pluginPids(up.child.pid!);
     expect(pidsBefore.length).toBeGreaterThan(0);
