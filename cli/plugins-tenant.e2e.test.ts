@@ -6,7 +6,6 @@
 // on, nothing is dead-lettered); the lifecycle is on each tenant's own subject.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -14,6 +13,7 @@ import { pluginUid } from "../plugins/index.js";
 import { encodeEvent, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import type { UpProcess } from "../test/flexcore-up.js";
+import { pidsOfUid } from "../test/plugin-process.js";
 import { echoBundle, preparePluginUpStore, startPluginUp, waitForUp } from "./testing.js";
 import type { PluginUp } from "./testing.js";
 
@@ -61,22 +61,6 @@ async function publish(tenant: string, from: number, n: number): Promise<void> {
     pending.push(publisher.publish(`evt.${tenant}.reading.k${i % 3}`, e.data, { headers: e.headers }));
   }
   await Promise.all(pending);
-}
-
-/** Pids of processes running as `uid`, from /proc. */
-function pidsOfUid(uid: number): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync("/proc")) {
-    if (!/^\d+$/u.test(e)) continue;
-    try {
-      const status = readFileSync(`/proc/${e}/status`, "utf8");
-      if (/State:\s+Z/u.test(status)) continue;
-      if (new RegExp(`^Uid:\\s+${uid}\\s`, "mu").test(status)) out.push(Number(e));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
 }
 
 beforeAll(async () => {

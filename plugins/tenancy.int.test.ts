@@ -5,9 +5,7 @@
 // instance subjects nor `evt.>`; a tenant's own NATS user cannot call either instance; an
 // instance registering without the launch's nonce is never taken as ready; plugin_status
 // shows each tenant its own instance on its own subject.
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { readdirSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdtemp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
@@ -17,24 +15,26 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createProjectionEngine, pluginStatusProjection } from "../projections/index.js";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
 import { ConfigError } from "../processors/index.js";
-import { BUCKETS, createEventStore, createPublisher, encodeEvent, ensureTopology, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import { BUCKETS, createEventStore, encodeEvent, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { pack } from "./bundle.js";
 import { pluginViews } from "./control.js";
 import { PluginRejectedError, PluginUpgradeFailedError } from "./errors.js";
-import { fixtureBundle, until } from "./fixtures/harness.js";
+import { fixtureBundle, packFixtureBundle, startSupervisorBed, until } from "./fixtures/harness.js";
+import type { SupervisorBed } from "./fixtures/harness.js";
+import { pidsOfUid } from "../test/plugin-process.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
 import type { ManagedPluginEntry, ResolvedPlugins } from "./host-config.js";
 import { createPluginHost } from "./host.js";
 import { createPluginLifecycle } from "./lifecycle.js";
-import { generatePluginUsers, pluginCredentials } from "./nats-users.js";
+import { pluginCredentials } from "./nats-users.js";
 import { pluginUid, startPluginSupervisor } from "./supervisor.js";
 import type { PluginSupervisor } from "./supervisor.js";
 import { tenantServiceName } from "./tenancy.js";
 
 const TENANTS = ["acme", "globex"] as const;
+let bed: SupervisorBed;
 let nats: TestNats;
 let work: string;
 let credentialsDir: string;
@@ -45,27 +45,16 @@ const closers: Array<() => Promise<unknown>> = [];
 const opened: NatsConnection[] = [];
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "flexcore-plugin-tenancy-"));
-  await chmod(work, 0o755);
-  credentialsDir = join(work, "creds");
-  storeDir = join(work, "store");
-  keysDir = join(work, "keys");
-  await mkdir(storeDir, { mode: 0o755 });
-  await mkdir(keysDir);
   // As flexcore up writes them: one user per tenant instance set, none for the bare name.
   const services = [...TENANTS.map((t) => tenantServiceName("tp", t)), tenantServiceName("tq", "globex")];
-  const users = await generatePluginUsers({ services, dir: credentialsDir });
-  nats = await startTestNats({ extraUsers: users.entries, tenants: [...TENANTS] });
-  await ensureTopology(nats.nc);
-  publisher = createPublisher(nats.nc);
+  bed = await startSupervisorBed("flexcore-plugin-tenancy-", services, TENANTS);
+  ({ nats, work, credentialsDir, storeDir, keysDir, publisher } = bed);
 }, 60_000);
 
 afterAll(async () => {
   for (const c of closers.reverse()) await c().catch(() => undefined);
   for (const nc of opened) await nc.close().catch(() => undefined);
-  await publisher?.close();
-  await nats?.close();
-  await rm(work, { recursive: true, force: true });
+  await bed?.close();
 });
 
 /** A packed bundle of the fixture plugin as `name`, `tenancy: tenant`; `fault` in its FAULT file. */
@@ -73,47 +62,12 @@ async function bundle(name: string, more: { fault?: string; startTimeoutMs?: num
   const b = await fixtureBundle();
   closers.push(() => b.close());
   if (more.fault) await writeFile(join(b.dir, "FAULT"), `${more.fault}\n`, { mode: 0o644 });
-  await writeFile(join(b.dir, "flexcore-plugin.yaml"), [
-    `name: ${name}`,
-    "version: 1.0.0",
-    "description: tenancy fixture",
-    "protocols: [1]",
-    'flexcore: ">=0.1.0 <1.0.0"',
-    `tenancy: ${more.tenancy ?? "tenant"}`,
-    "command: [node, plugin.mjs]",
-    "capabilities:",
-    "  processors:",
-    "    - kind: echo",
-    "      description: one Echoed per input, saying which instance served it",
-    "      deterministic: true",
-    "limits:",
-    `  start_timeout_ms: ${more.startTimeoutMs ?? 15000}`,
-    "  call_timeout_ms: 5000",
-    "",
-  ].join("\n"), { mode: 0o644 });
-  await pack(b.dir);
-  await chmod(join(b.dir, "flexcore-plugin.sum"), 0o644);
+  await packFixtureBundle(b.dir, { name, version: "1.0.0", description: "tenancy fixture", tenancy: more.tenancy ?? "tenant", kindDescription: "one Echoed per input, saying which instance served it", ...(more.startTimeoutMs !== undefined ? { startTimeoutMs: more.startTimeoutMs } : {}) });
   return b.dir;
 }
 
 function entry(name: string, dir: string, tenants: readonly string[] | undefined): ManagedPluginEntry {
   return { name, managed: true, bundle: dir, allowUnsigned: true, instances: 1, config: { processor: true }, enabled: true, tenant: undefined, tenants };
-}
-
-/** Pids of processes running as `uid`, from /proc. */
-function pidsOfUid(uid: number): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync("/proc")) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const status = readFileSync(`/proc/${e}/status`, "utf8");
-      if (/State:\s+Z/.test(status)) continue;
-      if (new RegExp(`^Uid:\\s+${uid}\\s`, "m").test(status)) out.push(Number(e));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
 }
 
 interface Served {

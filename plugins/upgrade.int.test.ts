@@ -4,32 +4,32 @@
 // drains the old processes; an upgrade to a version that never becomes ready leaves the
 // running one serving and the stored choice unchanged; disabling stops every process of the
 // plugin and enabling starts it again; a tenant cannot reach the upgrade subject.
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { readdirSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdtemp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createEventStore, createPublisher, encodeEvent, ensureTopology, PLUGIN_EVENT_TYPES, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import { createEventStore, encodeEvent, PLUGIN_EVENT_TYPES, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
 import type { EventStore, Publisher } from "../streams/index.js";
 import { createProjectionEngine, pluginStatusProjection } from "../projections/index.js";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
 import type { ProcessorRuntime } from "../processors/index.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { install, pack } from "./bundle.js";
+import { install } from "./bundle.js";
 import { followPluginSwitches, requestPluginUpgrade, servePluginControl, setPluginEnabled } from "./control.js";
 import { PluginUpgradeFailedError } from "./errors.js";
-import { fixtureBundle, until } from "./fixtures/harness.js";
+import { fixtureBundle, packFixtureBundle, startSupervisorBed, until } from "./fixtures/harness.js";
+import type { SupervisorBed } from "./fixtures/harness.js";
+import { pidsOfUid } from "../test/plugin-process.js";
 import { launchSpec } from "./host-config.js";
 import type { ResolvedPlugins } from "./host-config.js";
 import { createPluginHost } from "./host.js";
 import type { PluginHost } from "./host.js";
 import { createPluginLifecycle } from "./lifecycle.js";
-import { generatePluginUsers } from "./nats-users.js";
 import { pluginServiceNames, pluginUid, startPluginSupervisor } from "./supervisor.js";
 import type { PluginSupervisor } from "./supervisor.js";
 import { applyPluginVersions, readPluginVersions, upgradePlugin } from "./upgrade.js";
 
+let bed: SupervisorBed;
 let nats: TestNats;
 let work: string;
 let credentialsDir: string;
@@ -40,24 +40,13 @@ const closers: Array<() => Promise<unknown>> = [];
 const PLUGINS = ["up", "dis"];
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "flexcore-plugin-upgrade-"));
-  await chmod(work, 0o755);
-  credentialsDir = join(work, "creds");
-  storeDir = join(work, "store");
-  keysDir = join(work, "keys");
-  await mkdir(storeDir, { mode: 0o755 });
-  await mkdir(keysDir);
-  const users = await generatePluginUsers({ services: PLUGINS.flatMap((p) => pluginServiceNames(p).filter((s): s is string => s !== undefined)), dir: credentialsDir });
-  nats = await startTestNats({ extraUsers: users.entries, tenants: ["acme"] });
-  await ensureTopology(nats.nc);
-  publisher = createPublisher(nats.nc);
+  bed = await startSupervisorBed("flexcore-plugin-upgrade-", PLUGINS.flatMap((p) => pluginServiceNames(p).filter((s): s is string => s !== undefined)), ["acme"]);
+  ({ nats, work, credentialsDir, storeDir, keysDir, publisher } = bed);
 }, 60_000);
 
 afterAll(async () => {
   for (const c of closers.reverse()) await c().catch(() => undefined);
-  await publisher?.close();
-  await nats?.close();
-  await rm(work, { recursive: true, force: true });
+  await bed?.close();
 });
 
 /** A packed bundle of the fixture plugin as `name` `version`, whose outputs carry `tag`; `fault` in its FAULT file. */
@@ -66,43 +55,8 @@ async function bundle(name: string, version: string, tag: string, more: { fault?
   closers.push(() => b.close());
   await writeFile(join(b.dir, "TAG"), `${tag}\n`, { mode: 0o644 });
   if (more.fault) await writeFile(join(b.dir, "FAULT"), `${more.fault}\n`, { mode: 0o644 });
-  await writeFile(join(b.dir, "flexcore-plugin.yaml"), [
-    `name: ${name}`,
-    `version: ${version}`,
-    "description: upgrade fixture",
-    "protocols: [1]",
-    'flexcore: ">=0.1.0 <1.0.0"',
-    "tenancy: system",
-    "command: [node, plugin.mjs]",
-    "capabilities:",
-    "  processors:",
-    "    - kind: echo",
-    "      description: one Echoed per input, tagged with the bundle's version",
-    "      deterministic: true",
-    "limits:",
-    `  start_timeout_ms: ${more.startTimeoutMs ?? 15000}`,
-    "  call_timeout_ms: 5000",
-    "",
-  ].join("\n"), { mode: 0o644 });
-  await pack(b.dir);
-  await chmod(join(b.dir, "flexcore-plugin.sum"), 0o644);
+  await packFixtureBundle(b.dir, { name, version, description: "upgrade fixture", tenancy: "system", kindDescription: "one Echoed per input, tagged with the bundle's version", ...(more.startTimeoutMs !== undefined ? { startTimeoutMs: more.startTimeoutMs } : {}) });
   return b.dir;
-}
-
-/** Pids of processes running as `uid`, from /proc. */
-function pidsOfUid(uid: number): number[] {
-  const out: number[] = [];
-  for (const e of readdirSync("/proc")) {
-    if (!/^\d+$/.test(e)) continue;
-    try {
-      const status = readFileSync(`/proc/${e}/status`, "utf8");
-      if (/State:\s+Z/.test(status)) continue;
-      if (new RegExp(`^Uid:\\s+${uid}\\s`, "m").test(status)) out.push(Number(e));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
 }
 
 async function managedPlugin(name: string, dir: string, config: Record<string, unknown>): Promise<ResolvedPlugins> {

@@ -1,4 +1,5 @@
 import { spawn } from "node:child_process";
+import { readdirSync, readFileSync } from "node:fs";
 import type { ChildProcess } from "node:child_process";
 import { discoverPlugins, pythonSdkDir } from "../plugins/index.js";
 import type { PluginTestNats } from "./plugin-nats.js";
@@ -52,4 +53,20 @@ export async function startPluginProcess(
     }
   }
   return { child, nonce, stderr: () => err, exit, kill, [Symbol.asyncDispose]: kill };
+}
+
+/** Pids of the live (not zombie) processes running as `uid` (a plugin's sandbox uid), from /proc. */
+export function pidsOfUid(uid: number): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/u.test(e)) continue;
+    try {
+      const status = readFileSync(`/proc/${e}/status`, "utf8");
+      if (/State:\s+Z/u.test(status)) continue;
+      if (new RegExp(`^Uid:\\s+${uid}\\s`, "mu").test(status)) out.push(Number(e));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
 }
