@@ -4,37 +4,28 @@
  * authorization on and a real projection engine: what a tenant sees, paging, and every way
  * a query could try to leave `evt.<tenant>.>` refused with a coded 400 naming the field.
  */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createProjectionEngine, genericProjection } from "../projections/index.js";
-import type { ProjectionEngine } from "../projections/index.js";
+import { genericProjection } from "../projections/index.js";
 import { seedTenant, tokenFor } from "../test/console-fixtures.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { startProjectionGateway } from "../test/gateway.js";
+import type { TestProjectionGateway } from "../test/gateway.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { ensureTopology } from "../streams/index.js";
 import { createGateway } from "./index.js";
 import type { Gateway } from "./index.js";
 import { MAX_LIVE_TAILS_PER_TENANT } from "./routes/explorer.js";
 
 const A = uniqueName("exa");
 const B = uniqueName("exb");
+let running: TestProjectionGateway;
 let nats: TestNats;
 let gw: Gateway;
-let engine: ProjectionEngine;
-let dir: string;
 const t = { url: "" };
 const tok: Record<string, string> = {};
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "flexcore-explorer-"));
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  engine = createProjectionEngine(nats.nc, { dataDir: join(dir, "projections"), projections: [genericProjection()], log: () => undefined });
-  await engine.start();
-  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false, projections: engine });
-  t.url = await gw.listen();
+  running = await startProjectionGateway([genericProjection()]);
+  ({ nats, gw, url: t.url } = running);
   tok.a = await tokenFor(gw, A, ["reader"]);
   tok.aw = await tokenFor(gw, A, ["writer"]);
   tok.b = await tokenFor(gw, B, ["reader"]);
@@ -44,10 +35,7 @@ beforeAll(async () => {
 }, 30_000);
 
 afterAll(async () => {
-  await gw?.close();
-  await engine?.close();
-  await nats?.close();
-  await rm(dir, { recursive: true, force: true });
+  await running?.close();
 });
 
 async function get(path: string, token: string): Promise<{ status: number; body: any }> {
@@ -266,7 +254,7 @@ describe("GET /v1/events/live", () => {
     f.close();
 
     // A second gateway on the same server: closing it ends its open feeds at once, with the reason.
-    const other = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false, projections: engine });
+    const other = await createGateway({ nc: nats.nc, dataDir: running.dir, port: 0, metricsIntervalMs: 0, workflows: false, projections: running.engine });
     const base = await other.listen();
     const token = await tokenFor(other, A, ["reader"]);
     const res = await fetch(`${base}/v1/events/live`, { headers: { authorization: `Bearer ${token}` } });
