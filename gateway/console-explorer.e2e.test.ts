@@ -6,41 +6,33 @@
  * sees tenant B's events in the explorer or the tail, a writer (no stream.read) gets neither
  * page, axe finds nothing serious, one screenshot per page.
  */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createProjectionEngine, genericProjection } from "../projections/index.js";
+import { genericProjection } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
-import { ensureTopology } from "../streams/index.js";
 import { callApiAs, expectNoAxeViolations, launchBrowser, queryProjectionRows, screenshot, signInConsole } from "../test/browser.js";
 import type { TestBrowser, WatchedPage } from "../test/browser.js";
 import { seedTenant, tokenFor } from "../test/console-fixtures.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { startProjectionGateway } from "../test/gateway.js";
+import type { TestProjectionGateway } from "../test/gateway.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { createGateway } from "./index.js";
 import type { Gateway } from "./index.js";
 
 const A = uniqueName("cea");
 const B = uniqueName("ceb");
 const PASSWORD = "correct horse battery";
+let running: TestProjectionGateway;
 let nats: TestNats;
 let gw: Gateway;
 let engine: ProjectionEngine;
-let dir: string;
 let url: string;
 let browser: TestBrowser;
 const pages: WatchedPage[] = [];
 const tok: Record<string, string> = {};
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "flexcore-console-explorer-"));
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  engine = createProjectionEngine(nats.nc, { dataDir: join(dir, "projections"), projections: [genericProjection()], log: () => undefined });
-  await engine.start();
-  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false, projections: engine });
-  url = await gw.listen();
+  running = await startProjectionGateway([genericProjection()]);
+  ({ nats, gw, engine, url } = running);
   await gw.users.add(A, "ann", PASSWORD, ["admin"]);
   await gw.users.add(A, "wes", PASSWORD, ["writer"]);
   await gw.users.add(B, "bob", PASSWORD, ["admin"]);
@@ -54,10 +46,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await browser?.close();
-  await gw?.close();
-  await engine?.close();
-  await nats?.close();
-  await rm(dir, { recursive: true, force: true });
+  await running?.close();
 });
 
 async function append(token: string, category: string, id: string, events: Array<{ type: string; data: unknown }>): Promise<number> {

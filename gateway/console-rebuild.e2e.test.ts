@@ -4,42 +4,29 @@
  * authorization on: an operator confirms in a dialog (axe passes with it open), follows the
  * progress bar to the new generation; an admin sees no Rebuild button and the API refuses it.
  */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createProjectionEngine, genericProjection, serveProjectionControl } from "../projections/index.js";
-import type { ProjectionControl, ProjectionEngine } from "../projections/index.js";
-import { ensureTopology } from "../streams/index.js";
+import { genericProjection } from "../projections/index.js";
+import type { ProjectionEngine } from "../projections/index.js";
 import { callApiAs, expectNoAxeViolations, gotoConsole, launchBrowser, screenshot, signInConsole } from "../test/browser.js";
 import type { TestBrowser, WatchedPage } from "../test/browser.js";
 import { seedTenant } from "../test/console-fixtures.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
-import type { TestNats } from "../test/nats-server.js";
-import { createGateway } from "./index.js";
+import { startProjectionGateway } from "../test/gateway.js";
+import type { TestProjectionGateway } from "../test/gateway.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { Gateway } from "./index.js";
 
 const A = uniqueName("cra");
 const PASSWORD = "correct horse battery";
-let nats: TestNats;
+let running: TestProjectionGateway;
 let gw: Gateway;
 let engine: ProjectionEngine;
-let control: ProjectionControl;
-let dir: string;
 let url: string;
 let browser: TestBrowser;
 const pages: WatchedPage[] = [];
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "flexcore-console-rebuild-"));
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  await seedTenant(nats.nc, A, { events: 500 });
-  engine = createProjectionEngine(nats.nc, { dataDir: join(dir, "projections"), projections: [genericProjection()], log: () => undefined });
-  await engine.start();
-  control = serveProjectionControl(nats.nc, engine);
-  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false, projections: engine });
-  url = await gw.listen();
+  running = await startProjectionGateway([genericProjection()], { control: true, seed: ({ nc }) => seedTenant(nc, A, { events: 500 }) });
+  ({ gw, engine, url } = running);
   await gw.users.add(A, "olga", PASSWORD, ["operator", "reader"]);
   await gw.users.add(A, "ann", PASSWORD, ["admin"]);
   browser = await launchBrowser();
@@ -47,11 +34,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await browser?.close();
-  await gw?.close();
-  await control?.close();
-  await engine?.close();
-  await nats?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await running?.close();
 });
 
 async function open(username: string): Promise<WatchedPage> {

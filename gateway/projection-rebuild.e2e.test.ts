@@ -6,17 +6,14 @@
  * time; no engine → 503; a tenant admin cannot grant, change or remove `operator` over HTTP;
  * an operator still reads only its own tenant's rows.
  */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createProjectionEngine, genericProjection, serveProjectionControl } from "../projections/index.js";
+import { genericProjection, serveProjectionControl } from "../projections/index.js";
 import type { ProjectionControl, ProjectionEngine } from "../projections/index.js";
-import { ensureTopology } from "../streams/index.js";
 import { seedTenant, tokenFor } from "../test/console-fixtures.js";
-import { startTestNats, uniqueName } from "../test/nats-server.js";
+import { startProjectionGateway } from "../test/gateway.js";
+import type { TestProjectionGateway } from "../test/gateway.js";
+import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { createGateway } from "./index.js";
 import type { Gateway } from "./index.js";
 
 const A = uniqueName("opa");
@@ -41,11 +38,11 @@ function slowProjection() {
     },
   };
 }
+let running: TestProjectionGateway;
 let nats: TestNats;
 let gw: Gateway;
 let engine: ProjectionEngine;
 let control: ProjectionControl;
-let dir: string;
 let url: string;
 const tok: Record<string, string> = {};
 
@@ -89,16 +86,15 @@ async function rowsOf(token: string): Promise<unknown[]> {
 }
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "flexcore-rebuild-"));
-  nats = await startTestNats();
-  await ensureTopology(nats.nc);
-  await seedTenant(nats.nc, A, { events: EVENTS });
-  await seedTenant(nats.nc, B, { events: 12 });
-  engine = createProjectionEngine(nats.nc, { dataDir: join(dir, "projections"), projections: [genericProjection(), slowProjection()], log: () => undefined });
-  await engine.start();
+  running = await startProjectionGateway([genericProjection(), slowProjection()], {
+    seed: async ({ nc }) => {
+      await seedTenant(nc, A, { events: EVENTS });
+      await seedTenant(nc, B, { events: 12 });
+    },
+  });
+  ({ nats, gw, engine, url } = running);
+  // Served here, not by the helper: a test closes it and serves a new one.
   control = serveProjectionControl(nats.nc, engine);
-  gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false, projections: engine });
-  url = await gw.listen();
   tok.operator = await tokenFor(gw, A, ["operator", "reader"]);
   tok.admin = await tokenFor(gw, A, ["admin"]);
   tok.writer = await tokenFor(gw, A, ["writer"]);
@@ -111,11 +107,8 @@ beforeAll(async () => {
 }, 90_000);
 
 afterAll(async () => {
-  await gw?.close();
   await control?.close();
-  await engine?.close();
-  await nats?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await running?.close();
 });
 
 describe("POST /v1/projections/:name/rebuild", () => {
