@@ -13,10 +13,8 @@ import { mkdtemp, rm, unlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
 import type { ProcessorRuntime } from "../processors/index.js";
-import { definitions as fixtureDefinitions } from "../processors/fixtures/faulty.js";
-import { countMessages, FIXTURE_MODULE, readStream, waitFor } from "../processors/testing.js";
+import { countMessages, readStream, startFixtureRuntime, waitFor } from "../processors/testing.js";
 import { createProjectionEngine } from "../projections/index.js";
 import type { ProjectionEngine } from "../projections/index.js";
 import { createPublisher, encodeEvent, ensureTopology, STREAMS } from "../streams/index.js";
@@ -63,23 +61,9 @@ beforeAll(async () => {
   marker = join(dir, "broken");
   writeFileSync(marker, "the cause of the failure");
   publisher = createPublisher(nats.nc);
-  const yaml = `processors:
-  - name: ${FLAKY}
-    kind: flaky
-    subjects: ["evt.*.m.*"]
-    max_deliver: 2
-    backoff: [10ms]
-`;
   const [rt, eng, wr, br] = await Promise.all([
-    (async () => startProcessorRuntime(await nats.connect(), {
-      processors: parseConfig(yaml, pipelineSections({ threads: 1, extra: fixtureDefinitions })).processors,
-      threads: 1,
-      modules: [FIXTURE_MODULE],
-      definitions: fixtureDefinitions,
-      // Reports every second (not per minute), so the throughput chart has points at once.
-      metricsIntervalMs: 1_000,
-      log: () => undefined,
-    }))(),
+    // Reports every second (not per minute), so the throughput chart has points at once.
+    (async () => startFixtureRuntime(await nats.connect(), [{ name: FLAKY, kind: "flaky", subjects: ["evt.*.m.*"] }], { metricsIntervalMs: 1_000 }))(),
     (async () => {
       const e = createProjectionEngine(nats.nc, { dataDir: join(dir, "data"), log: () => undefined });
       await e.start();

@@ -14,10 +14,9 @@ import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { BUCKETS, createDeadLetters, createPublisher, encodeEvent, ensureTopology, redriveMessage, STREAMS } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
-import { parseConfig, pipelineSections, startProcessorRuntime, stateKvKey } from "../processors/index.js";
+import { stateKvKey } from "../processors/index.js";
 import type { ProcessorRuntime } from "../processors/index.js";
-import { definitions as fixtureDefinitions } from "../processors/fixtures/faulty.js";
-import { countMessages, FIXTURE_MODULE, readStream, waitFor } from "../processors/testing.js";
+import { countMessages, readStream, startFixtureRuntime, waitFor } from "../processors/testing.js";
 import { startTestNats, uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { parseMetrics, sumOf } from "../test/metrics-text.js";
@@ -72,26 +71,10 @@ beforeAll(async () => {
   marker = join(dir, "broken");
   writeFileSync(marker, "the cause of the failure");
   publisher = createPublisher(nats.nc);
-  const yaml = `processors:
-  - name: ${FLAKY}
-    kind: flaky
-    subjects: ["evt.*.m.*"]
-    max_deliver: 2
-    backoff: [10ms]
-  - name: ${FAULTY}
-    kind: faulty
-    subjects: ["evt.*.p.*"]
-    max_deliver: 2
-    backoff: [10ms]
-`;
-  runtime = await startProcessorRuntime(await nats.connect(), {
-    processors: parseConfig(yaml, pipelineSections({ threads: 1, extra: fixtureDefinitions })).processors,
-    threads: 1,
-    modules: [FIXTURE_MODULE],
-    definitions: fixtureDefinitions,
-    metricsIntervalMs: 0,
-    log: () => undefined,
-  });
+  runtime = await startFixtureRuntime(await nats.connect(), [
+    { name: FLAKY, kind: "flaky", subjects: ["evt.*.m.*"] },
+    { name: FAULTY, kind: "faulty", subjects: ["evt.*.p.*"] },
+  ], { metricsIntervalMs: 0 });
   gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0 });
   base = await gw.listen();
 }, 60_000);

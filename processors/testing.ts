@@ -11,6 +11,10 @@ import { createPublisher, encodeEvent, ensureTopology, STREAMS } from "../stream
 import type { Publisher } from "../streams/index.js";
 import { startTestNats } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
+import { parseConfig, pipelineSections } from "./config.js";
+import { definitions as fixtureDefinitions } from "./fixtures/faulty.js";
+import { startProcessorRuntime } from "./runtime.js";
+import type { ProcessorRuntime } from "./runtime.js";
 
 /** What a processors integration test file shares: a server with the topology, a publisher, a temp directory. */
 export interface ProcessorTestEnv {
@@ -41,6 +45,30 @@ export async function openProcessorTestEnv(options: { readonly tempDirPrefix?: s
 
 /** URL of the test-only processor kinds (`counter`, `faulty`). */
 export const FIXTURE_MODULE = new URL(import.meta.url.endsWith(".ts") ? "./fixtures/faulty.ts" : "./fixtures/faulty.js", import.meta.url).href;
+
+/** A processor of one of the fixture kinds (`flaky`, `faulty`, `counter`) on `subjects`. */
+export interface FixtureProcessor {
+  readonly name: string;
+  readonly kind: "flaky" | "faulty" | "counter";
+  readonly subjects: readonly string[];
+}
+
+/**
+ * A one-thread processor runtime on `nc` running `processors` with the fixture kinds of
+ * fixtures/faulty.ts, each given up after 2 deliveries 10 ms apart, so a poison event is
+ * dead-lettered at once. Reports metrics every `metricsIntervalMs` (0: never).
+ */
+export async function startFixtureRuntime(nc: NatsConnection, processors: readonly FixtureProcessor[], options: { readonly metricsIntervalMs: number }): Promise<ProcessorRuntime> {
+  const yaml = `processors:\n${processors.map((p) => `  - name: ${p.name}\n    kind: ${p.kind}\n    subjects: ${JSON.stringify(p.subjects)}\n    max_deliver: 2\n    backoff: [10ms]\n`).join("")}`;
+  return startProcessorRuntime(nc, {
+    processors: parseConfig(yaml, pipelineSections({ threads: 1, extra: fixtureDefinitions })).processors,
+    threads: 1,
+    modules: [FIXTURE_MODULE],
+    definitions: fixtureDefinitions,
+    metricsIntervalMs: options.metricsIntervalMs,
+    log: () => undefined,
+  });
+}
 
 /** Publishes events `{ value }` round-robin over keys; returns nothing until all are acked. */
 export async function publishSeries(publisher: Publisher, tenant: string, category: string, keys: readonly string[], values: (i: number, key: string) => unknown, count: number, idPrefix = `${tenant}-e`): Promise<void> {
