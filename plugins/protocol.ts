@@ -6,6 +6,7 @@
 import { Ajv } from "ajv";
 import type { ErrorObject, ValidateFunction } from "ajv";
 import { describeValue } from "../streams/index.js";
+import type { RemoteInput } from "../processors/index.js";
 
 /** The protocol version this host and SDK speak. */
 export const PROTOCOL_VERSION = 1;
@@ -82,20 +83,11 @@ export function controlSubjects(verb: SrvVerb, service: string, id: string): str
 
 // --- Call bodies -------------------------------------------------------------------------
 
-/** One event given to a processor. */
-export interface ProcessorInput {
-  /** Stream sequence of the event. */
-  readonly seq: number;
-  readonly subject: string;
-  /** The partition key: state is kept per key, in order. */
-  readonly key: string;
-  /** The event id. */
-  readonly id: string;
-  readonly type: string;
-  /** RFC 3339. */
-  readonly time: string;
-  readonly data: unknown;
-}
+/**
+ * One event given to a processor: the processor runtime's remote input, sent as is (the
+ * runtime, which may not import plugins/, defines it; the wire and the runtime share one type).
+ */
+export type ProcessorInput = RemoteInput;
 
 /** A batch for a processor kind. State lives in the host: the plugin gets and returns it. */
 export interface ProcessorRequest {
