@@ -4,18 +4,10 @@ import type { ApiError } from "../api.js";
 import { Chart } from "../chart.js";
 import { useConsole } from "../context.js";
 import { ErrorBox } from "../error-box.js";
+import type { Overview } from "../../api-types.js";
 
-/** What `GET /v1/overview` answers (gateway/overview.ts). */
-export interface OverviewData {
-  readonly tenant: string;
-  readonly at: string;
-  readonly events: number;
-  readonly derived: number;
-  readonly processors: ReadonlyArray<{ readonly processor: string; readonly outputs: number; readonly lag: number }>;
-  readonly projections: ReadonlyArray<{ readonly name: string; readonly lag: number }>;
-  readonly deadLetters: ReadonlyArray<{ readonly source: string; readonly count: number; readonly redrivePending: number }>;
-  readonly plugins: ReadonlyArray<{ readonly name: string; readonly state: string; readonly enabled: boolean; readonly restarts: number }> | null;
-}
+/** What `GET /v1/overview` answers: the gateway's own type. */
+export type OverviewData = Overview;
 
 /** How often the overview is read, in ms. */
 export const POLL_MS = 2_000;
