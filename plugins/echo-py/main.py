@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Any, Dict, List, Optional
 
-from flexcore_plugin import Context, PluginInputError, define_plugin, serve
+from flexcore_plugin import Context, PluginInputError, define_plugin, serve, write_stderr
 
 NOT_JSON = b"{not json"
 calls = 0
@@ -114,5 +114,6 @@ if __name__ == "__main__":
     except (ValueError, AttributeError):
         ignore = False  # serve() reports a bad FLEXCORE_PLUGIN_CONFIG and exits 78
     if ignore:
-        signal.signal(signal.SIGTERM, lambda *_: sys.stderr.write('{"level":40,"msg":"echo-py: ignoring SIGTERM (fault switch)"}\n'))
+        # write_stderr, not sys.stderr.write: the handler may run inside the SDK's own stderr write.
+        signal.signal(signal.SIGTERM, lambda *_: write_stderr('{"level":40,"msg":"echo-py: ignoring SIGTERM (fault switch)"}\n'))
     serve(plugin, handle_signals=not ignore)

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-__all__ = ["PluginInputError", "Context", "Logger", "Plugin", "define_plugin", "serve", "read_handshake"]
+__all__ = ["PluginInputError", "Context", "Logger", "write_stderr", "Plugin", "define_plugin", "serve", "read_handshake"]
 
 SUPPORTED_PROTOCOLS: Tuple[int, ...] = (1,)
 EXIT_CONFIG = 78  # EX_CONFIG: protocol mismatch or unusable environment; never restarted
@@ -54,6 +54,15 @@ class PluginInputError(Exception):
         self.status = status if 400 <= status < 500 else 400
 
 
+def write_stderr(text: str) -> None:
+    """Writes to fd 2 with plain write(2) calls, not through ``sys.stderr``: a signal handler that
+    logs while the main code is inside a buffered stderr write would otherwise raise "reentrant
+    call" into whatever the main code was doing (and kill the task it lands in)."""
+    data = text.encode()
+    while data:
+        data = data[os.write(2, data):]
+
+
 class Logger:
     """JSON lines on stderr with pino's numeric levels, so FlexCore forwards them like a TypeScript plugin's."""
 
@@ -73,8 +82,7 @@ class Logger:
         if isinstance(err, BaseException):
             fields["err"] = {"type": type(err).__name__, "message": str(err), "stack": "".join(traceback.format_exception(err))}
         line = {"level": LEVELS[level], "time": int(time.time() * 1000), **self.base, **fields, "msg": msg}
-        sys.stderr.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
-        sys.stderr.flush()
+        write_stderr(json.dumps(line, default=str, separators=(",", ":")) + "\n")
 
     def debug(self, msg: str, **f: Any) -> None: self.log("debug", msg, **f)
     def info(self, msg: str, **f: Any) -> None: self.log("info", msg, **f)
