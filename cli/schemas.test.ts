@@ -36,5 +36,9 @@ describe("published schemas", () => {
       expect(published.check(parse(text), "").issues, f).toEqual([]);
     }
     expect(published.check({ name: "w", steps: [{ id: "a", kind: "script", language: "cobol", source: "x" }] }, "").issues.map((i) => i.path)).toEqual(["steps[0].language"]);
+    // Script steps are described by the script spec's schema: an editor sees bad limits and env names too.
+    const script = { id: "a", kind: "script", language: "bash", source: "x", limits: { timeoutMs: 0, wallMs: 1 }, env: { "A-B": "1" } };
+    expect(published.check({ name: "w", steps: [script] }, "").issues.map((i) => i.path).sort()).toEqual(["steps[0].env.A-B", "steps[0].limits.timeoutMs", "steps[0].limits.wallMs"]);
+    expect(published.check({ name: "w", steps: [{ ...script, limits: {}, env: {}, language: "python", trusted: true }] }, "").issues.map((i) => i.path)).toEqual(["steps[0].trusted"]);
   });
 });

@@ -56,7 +56,8 @@ export { LatencyWindow } from "./metrics.js";
 export type { SeriesTask } from "./task.js";
 
 // Script steps: JavaScript, Python and Bash run sandboxed (bubblewrap) or trusted (worker threads).
-export { createScriptRunner, DEFAULT_SCRIPT_LIMITS, resolveLimits, SCRIPT_LANGUAGES, sweepStaleWorkDirs, validateScriptSpec, WORK_PREFIX } from "./scripts/script-runner.js";
+export { createScriptRunner, sweepStaleWorkDirs, WORK_PREFIX } from "./scripts/script-runner.js";
+export { DEFAULT_SCRIPT_LIMITS, resolveLimits, SCRIPT_LANGUAGES, SCRIPT_SPEC_FIELDS, SCRIPT_SPEC_RULES, validateScriptSpec } from "./scripts/spec.js";
 export { planCommand, SANDBOX_WORK_DIR, sandboxSupport, STEP_UID } from "./scripts/sandbox.js";
 export type { CommandPlan, PlanInput, SandboxProbeOptions, SandboxSupport } from "./scripts/sandbox.js";
 export { SandboxNetworkUnavailableError, SandboxUnavailableError } from "./scripts/errors.js";

@@ -2,6 +2,7 @@ import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamClient, JetStreamManager, StoredMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
+import type { DeadLetter, DeadLetterCount, DeadLetterPage, PurgeReport, RedriveReport } from "./api-types.js";
 import { DeadLetterNotFoundError, InvalidOptionError, PurgeNotConfirmedError, RedriveUnsupportedError } from "./errors.js";
 import { HEADERS } from "./event.js";
 import { checkToken, dlqSubject, parseSubject, reapplySubject, redriveSubject, SUBJECT_ROOTS } from "./subjects.js";
@@ -108,43 +109,6 @@ export const MAX_REASON_FILTER = 256;
 const MAX_REASONS_HEADER = 4_096;
 const RFC3339 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/u;
 
-/** Dead letters of one source of one tenant. */
-export interface DeadLetterCount {
-  readonly tenant: string;
-  readonly source: string;
-  /** Dead letters stored in `FLEX_DLQ`. */
-  readonly count: number;
-  /** Redriven and not yet taken back by the source (in `FLEX_REDRIVE`). */
-  readonly redrivePending: number;
-}
-
-/** One dead letter, whatever component wrote it. */
-export interface DeadLetter {
-  /** Sequence in `FLEX_DLQ`: the id to show, redrive or purge it by. */
-  readonly seq: number;
-  readonly tenant: string;
-  readonly source: string;
-  /** `processor`, `projection`, `trigger` (a workflow's event trigger), or `unknown` for a message FlexCore cannot read. */
-  readonly kind: "processor" | "projection" | "trigger" | "unknown";
-  /** When it was dead-lettered (RFC 3339). */
-  readonly storedAt: string;
-  /** The last failure. */
-  readonly reason: string;
-  /** Every failure so far, oldest first (more than one after a redrive that failed again). */
-  readonly reasons: readonly string[];
-  readonly errorCode: string | null;
-  /** Attempts before it was dead-lettered (processors), null when not recorded. */
-  readonly attempts: number | null;
-  readonly originalSubject: string | null;
-  readonly originalSeq: number | null;
-  readonly eventType: string | null;
-  readonly eventTime: string | null;
-  /** Every header of the dead letter as stored. */
-  readonly headers: Readonly<Record<string, string>>;
-  /** The original event's data. */
-  readonly data: unknown;
-}
-
 /**
  * Which dead letters of a tenant: one by `seq`, or those of a `source`, optionally stored
  * within [`since`, `until`] and whose reason contains `reason` (case-insensitive).
@@ -160,22 +124,6 @@ export interface DeadLetterFilter {
   readonly limit?: number | string;
 }
 
-/** What a redrive did. */
-export interface RedriveReport {
-  /** Dead letters sent back to their source (and removed from `FLEX_DLQ`). */
-  readonly redriven: readonly number[];
-  /** Of those, redrives the server had already stored (a repeat within the duplicate window). */
-  readonly duplicates: number;
-  /** True when more matched than one call handles ({@link MAX_DLQ_BATCH}). */
-  readonly more: boolean;
-}
-
-/** What a purge did, or (unconfirmed) would do. */
-export interface PurgeReport {
-  readonly purged: number;
-  readonly more: boolean;
-}
-
 /** Reading, redriving and purging dead letters, always inside one tenant (`dlq.<tenant>.>`). */
 export interface DeadLetters {
   /** Dead letters per source of `tenant`, or of every tenant when it is undefined (operators). */
@@ -183,7 +131,7 @@ export interface DeadLetters {
   /** @throws DeadLetterNotFoundError when `seq` is not a dead letter of `tenant` */
   show(tenant: string, seq: number | string): Promise<DeadLetter>;
   /** Dead letters matching `filter`, oldest first. */
-  find(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<{ deadLetters: DeadLetter[]; more: boolean }>;
+  find(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<DeadLetterPage>;
   /**
    * Sends the selected dead letters back to the component that failed them
    * (`redrive.<tenant>.<source>`) and removes them from `FLEX_DLQ`. Needs `seq` or `source`.
@@ -432,7 +380,7 @@ class DeadLetterService implements DeadLetters {
   }
 
   // Dead letters of the selection, oldest first, at most `limit` (and whether more matched).
-  async #select(tenant: string, s: Selection, limit: number, signal?: AbortSignal): Promise<{ deadLetters: DeadLetter[]; more: boolean }> {
+  async #select(tenant: string, s: Selection, limit: number, signal?: AbortSignal): Promise<DeadLetterPage> {
     checkToken("tenant", tenant);
     if (s.seq !== undefined) {
       const d = await this.show(tenant, s.seq);
@@ -472,7 +420,7 @@ class DeadLetterService implements DeadLetters {
     return { deadLetters: out, more };
   }
 
-  async find(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<{ deadLetters: DeadLetter[]; more: boolean }> {
+  async find(tenant: string, filter: DeadLetterFilter, signal?: AbortSignal): Promise<DeadLetterPage> {
     const s = checkDeadLetterFilter(filter, 1_000);
     return this.#select(tenant, s, s.limit, signal);
   }

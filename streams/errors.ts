@@ -3,6 +3,7 @@
  * and carries a stable `code`; callers branch on `code` or `instanceof`, never on the
  * message. Codes are listed in `docs/errors.md`.
  */
+import type { SchemaIssue } from "./schema.js";
 
 /** Base class of every FlexCore error. */
 export class FlexError extends Error {
@@ -30,9 +31,20 @@ export function describeValue(value: unknown): string {
 
 /** An option or argument was outside its documented range. */
 export class InvalidOptionError extends FlexError {
+  /** Path of the bad value: `limits`, `script.limits.timeoutMs`. */
   readonly field: string;
-  constructor(field: string, value: unknown, expected: string) {
-    super("FLEX_INVALID_OPTION", `Expected \`${field}\` to be ${expected}, got ${describeValue(value)}`);
+  constructor(field: string, value: unknown, expected: string);
+  /** From a schema pass (`compileSchema`): the first issue's path is the field, the others follow in the message. */
+  constructor(issues: readonly SchemaIssue[]);
+  constructor(fieldOrIssues: string | readonly SchemaIssue[], value?: unknown, expected?: string) {
+    const [first, ...more] = typeof fieldOrIssues === "string" ? [] : fieldOrIssues;
+    const field = typeof fieldOrIssues === "string" ? fieldOrIssues : (first?.path ?? "");
+    super(
+      "FLEX_INVALID_OPTION",
+      typeof fieldOrIssues === "string"
+        ? `Expected \`${field}\` to be ${expected}, got ${describeValue(value)}`
+        : `Invalid \`${field}\`: ${first?.message ?? "invalid value"}${more.length ? ` (and ${more.map((i) => `${i.path}: ${i.message}`).join("; ")})` : ""}`,
+    );
     this.name = "InvalidOptionError";
     this.field = field;
   }

@@ -36,6 +36,11 @@ describe("compileSchema", () => {
     );
   });
 
+  it("names a key that fails a propertyNames pattern by the key, with what a name must look like", () => {
+    const env = compileSchema({ type: "object", propertyNames: { type: "string", pattern: "^[A-Z]+$", expected: "an upper-case name" } });
+    expect(env.check({ OK: 1, "no-way": 2 }, "env").issues).toEqual([{ path: "env.no-way", message: 'expected an upper-case name, got "no-way"' }]);
+  });
+
   it("names the document itself by its root name", () => {
     expect(options.check([1], "").issues).toEqual([{ path: "(root)", message: "expected an object (a mapping of keys), got an array" }]);
     expect(compileSchema({ type: "object" }, "$").check(3, "").issues).toEqual([{ path: "$", message: "expected an object (a mapping of keys), got 3" }]);

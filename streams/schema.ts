@@ -140,7 +140,8 @@ function issuesOf(errors: readonly ErrorObject[], base: string, root: string): S
       continue; // reported by the name's own error just below
     } else if (e.schemaPath.includes("/propertyNames/")) {
       const key = (e.params as { propertyName?: string }).propertyName ?? String(e.data);
-      item = { path: pathAt(at, key), message: `unknown key; expected one of ${((parent.enum as string[] | undefined) ?? []).join(", ")}` };
+      // A list of names says which keys exist; a pattern says what a name must look like.
+      item = Array.isArray(parent.enum) ? { path: pathAt(at, key), message: `unknown key; expected one of ${(parent.enum as string[]).join(", ")}` } : issue(pathAt(at, key), expectedOf(parent), key);
     } else if (e.keyword === "required") {
       const key = (e.params as { missingProperty: string }).missingProperty;
       const child = ((parent.properties as Record<string, JsonSchema> | undefined) ?? {})[key] ?? {};

@@ -1,11 +1,15 @@
 // The import graph of the project's own source (tests excluded): no circles, type-only
-// imports included, and an area reaches another only through its index.ts (DESIGN.md), or
-// its testing.ts (the face it offers tests and benchmarks: fixtures, child-process hosts).
+// imports included, and an area reaches another only through its index.ts (DESIGN.md), its
+// testing.ts (the face it offers tests and benchmarks: fixtures, child-process hosts), or its
+// api-types.ts (the face browser code may read: plain types, importing nothing but other
+// areas' api-types.ts, type-only, so the console's bundle never pulls in server code).
 import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { describe, expect, it } from "vitest";
 
 const ROOT = resolve(import.meta.dirname, "..");
+/** The files of an area that other areas may import. */
+const FACES = ["index.ts", "testing.ts", "api-types.ts"];
 const AREAS = ["streams", "projections", "processors", "workflows", "plugins", "gateway", "cli", "bench"];
 
 function sources(dir: string, out: string[] = []): string[] {
@@ -86,9 +90,23 @@ describe("the import graph", () => {
       for (const dep of deps) {
         const [area, ...rest] = relative(ROOT, dep).split(sep);
         if (area === from || area === "test" || !AREAS.includes(area!)) continue;
-        if (rest.join("/") !== "index.ts" && rest.join("/") !== "testing.ts") deep.push(`${relative(ROOT, file)} -> ${relative(ROOT, dep)}`);
+        if (!FACES.includes(rest.join("/"))) deep.push(`${relative(ROOT, file)} -> ${relative(ROOT, dep)}`);
       }
     }
     expect(deep).toEqual([]);
+  });
+
+  it("keeps every api-types.ts plain: type-only imports of other api-types.ts, no runtime code", () => {
+    const faces = [...edges.keys()].filter((f) => f.endsWith(`${sep}api-types.ts`));
+    expect(faces.map((f) => relative(ROOT, f)).sort()).toEqual(expect.arrayContaining(["gateway/api-types.ts", "streams/api-types.ts"]));
+    const bad: string[] = [];
+    for (const file of faces) {
+      const text = readFileSync(file, "utf8");
+      for (const m of text.matchAll(/^(import|export)(\s+type)?\s[^;]*?\sfrom\s+"([^"]+)"/gmsu)) {
+        if (!m[2] || !/^\.\.\/[a-z]+\/api-types\.js$/u.test(m[3]!)) bad.push(`${relative(ROOT, file)}: ${m[0].split("\n")[0]}`);
+      }
+      if (/^\s*(export\s+)?(const|let|var|function|class|enum)\s/mu.test(text)) bad.push(`${relative(ROOT, file)}: declares runtime code`);
+    }
+    expect(bad).toEqual([]);
   });
 });

@@ -62,6 +62,16 @@ describe("the schema pass", () => {
     expect(failure([])[0]).toBe("$");
   });
 
+  it("checks a script step with the script spec's own schema: limits, env names, trust by language", () => {
+    expect(failure({ name: "w", steps: [{ ...S, limits: { timeoutMs: 0 } }] })).toEqual(["steps[0].limits.timeoutMs", "Invalid workflow definition at `steps[0].limits.timeoutMs`: expected integer ≥ 1 and ≤ 86400000, got 0"]);
+    expect(failure({ name: "w", steps: [{ ...S, limits: { wallMs: 5 } }] })[0]).toBe("steps[0].limits.wallMs");
+    expect(failure({ name: "w", steps: [{ ...S, env: { "BAD-NAME": "1" } }] })).toEqual(["steps[0].env.BAD-NAME", 'Invalid workflow definition at `steps[0].env.BAD-NAME`: expected a variable name of letters, digits and _, got "BAD-NAME"']);
+    expect(failure({ name: "w", steps: [{ ...S, language: "python", trusted: true }] }, { allowTrusted: true })[0]).toBe("steps[0].trusted");
+    // Which host variables reach a step is the operator's to say (the runner's envAllow), never a definition's.
+    expect(failure({ name: "w", steps: [{ ...S, envAllow: ["NATS_PASSWORD"] }] })[0]).toBe("steps[0].envAllow");
+    expect(validateDefinition({ name: "w", steps: [{ ...S, limits: { memoryMb: 16, maxLogBytes: 0 }, env: { _A1: "x" } }] }, "t").steps[0]).toMatchObject({ limits: { memoryMb: 16, maxLogBytes: 0 }, env: { _A1: "x" } });
+  });
+
   it("refuses keys of another step kind by name", () => {
     expect(failure({ name: "w", steps: [{ ...S, processor: "anomaly" }] })[0]).toBe("steps[0].processor");
     expect(failure({ name: "w", steps: [{ id: "a", kind: "processor", processor: "anomaly", source: "x" }] })[0]).toBe("steps[0].source");

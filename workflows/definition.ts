@@ -1,5 +1,5 @@
 import { parse as parseYaml } from "yaml";
-import { BUILTIN_PROCESSORS, ConfigError, SCRIPT_LANGUAGES, validateScriptSpec } from "../processors/index.js";
+import { BUILTIN_PROCESSORS, ConfigError, SCRIPT_SPEC_FIELDS, SCRIPT_SPEC_RULES } from "../processors/index.js";
 import type { ScriptLanguage, ScriptLimits } from "../processors/index.js";
 import { checkSubjectFilter, checkToken, compileSchema, SCHEMA_DIALECT, shown } from "../streams/index.js";
 import type { JsonSchema } from "../streams/index.js";
@@ -116,13 +116,17 @@ const RETRY_SCHEMA: JsonSchema = {
   },
 };
 
-/** Keys a step of `kind` may have (any other is an error naming the key), and the ones it must have. */
-const onlyFor = (kind: string, keys: readonly string[], required: Readonly<Record<string, JsonSchema>>): JsonSchema => ({
+/**
+ * Keys a step of `kind` may have (any other is an error naming the key), the ones it must
+ * have, and the rules across its fields.
+ */
+const onlyFor = (kind: string, keys: readonly string[], required: Readonly<Record<string, JsonSchema>>, rules: readonly JsonSchema[] = []): JsonSchema => ({
   if: { properties: { kind: { const: kind } }, required: ["kind"] },
-  then: { required: Object.keys(required), properties: required, propertyNames: { enum: [...keys] } },
+  then: { required: Object.keys(required), properties: required, propertyNames: { enum: [...keys] }, ...(rules.length ? { allOf: [...rules] } : {}) },
 });
-const LANGUAGE: JsonSchema = { type: "string", enum: [...SCRIPT_LANGUAGES] };
-const SOURCE: JsonSchema = { type: "string", minLength: 1, expected: "the script's code" };
+// A script step's fields are the script spec's (processors/), so what a definition accepts the runner runs;
+// `envAllow` is not among them: which host variables pass through is the operator's to say, not a tenant's.
+const { language: LANGUAGE, source: SOURCE, trusted: TRUSTED, network: NETWORK, env: ENV, limits: LIMITS } = SCRIPT_SPEC_FIELDS;
 const PROCESSOR: JsonSchema = { type: "string", enum: [...BUILTIN_PROCESSORS.keys()], expected: `a built-in processor kind: ${[...BUILTIN_PROCESSORS.keys()].join(", ")}` };
 
 const PLUGIN_NAME: JsonSchema = { type: "string", pattern: "^[a-z][a-z0-9-]{1,39}$", expected: "a plugin name of flexcore.yaml `plugins:` (a-z, 0-9, -)" };
@@ -144,17 +148,17 @@ const STEP_SCHEMA: JsonSchema = {
     continue_on_error: { type: "boolean", default: false },
     language: LANGUAGE,
     source: SOURCE,
-    trusted: { type: "boolean" },
-    network: { type: "boolean" },
-    env: { type: "object", additionalProperties: { type: "string" }, expected: "an object of NAME: string" },
-    limits: { type: "object" },
+    trusted: TRUSTED,
+    network: NETWORK,
+    env: ENV,
+    limits: LIMITS,
     processor: PROCESSOR,
     options: { type: "object" },
     key: { type: "string", minLength: 1, expected: "a key template" },
     plugin: PLUGIN_NAME,
     step: PLUGIN_STEP,
   },
-  allOf: [onlyFor("script", SCRIPT_KEYS, { language: LANGUAGE, source: SOURCE }), onlyFor("processor", PROCESSOR_KEYS, { processor: PROCESSOR }), onlyFor("plugin", PLUGIN_KEYS, { plugin: PLUGIN_NAME, step: PLUGIN_STEP })],
+  allOf: [onlyFor("script", SCRIPT_KEYS, { language: LANGUAGE, source: SOURCE }, [SCRIPT_SPEC_RULES]), onlyFor("processor", PROCESSOR_KEYS, { processor: PROCESSOR }), onlyFor("plugin", PLUGIN_KEYS, { plugin: PLUGIN_NAME, step: PLUGIN_STEP })],
 };
 
 const EVENT_TYPE: JsonSchema = { type: "string", minLength: 1, expected: "an event type" };
@@ -283,7 +287,7 @@ export function checkWorkflowName(name: unknown, path = "name"): string {
   return n;
 }
 
-/** What the schema cannot check of a step: trust, the script's limits, the processor's options. */
+/** What the schema cannot check of a step: who may install trusted code, the processor's options. */
 function step(o: RawStep, i: number, prev: string | undefined, options: ValidateOptions, tenant: string): StepDefinition {
   const path = `steps[${i}]`;
   const r = o.retry;
@@ -300,12 +304,6 @@ function step(o: RawStep, i: number, prev: string | undefined, options: Validate
     const spec = { language: o.language, source: o.source, trusted: o.trusted ?? false, network: o.network ?? false, env: o.env ?? {}, ...(o.limits === undefined ? {} : { limits: o.limits }) };
     if (spec.trusted && !options.allowTrusted) {
       fail(`${path}.trusted`, "trusted steps run inside FlexCore with its rights, so only the operator installs them (a definition file listed in flexcore.yaml `workflows.definitions`); leave `trusted` out and the step runs in the sandbox");
-    }
-    try {
-      validateScriptSpec(spec, path);
-    } catch (err) {
-      const field = (err as { field?: string }).field ?? path;
-      fail(field, (err as Error).message);
     }
     return { kind: "script", ...common, ...spec };
   }

@@ -1,5 +1,6 @@
 import { createDeadLetters } from "../../streams/index.js";
 import type { DeadLetterFilter } from "../../streams/index.js";
+import type { DeadLetterSources } from "../api-types.js";
 import { BadRequestError } from "../errors.js";
 import type { RouteContext } from "../route-context.js";
 
@@ -31,7 +32,7 @@ export function registerDlqRoutes(ctx: RouteContext): void {
   app.get("/v1/dlq", {
     config: { policy: "dlq.read" },
     schema: { tags: ["dlq"], summary: "Dead letters of your tenant per source, with the redrives not yet taken back" },
-  }, async (req) => {
+  }, async (req): Promise<DeadLetterSources> => {
     const rows = await timed((signal) => dlq.list(req.principal!.tenant, signal));
     return { sources: rows.map(({ source, count, redrivePending }) => ({ source, count, redrivePending })) };
   });

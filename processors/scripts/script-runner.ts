@@ -6,19 +6,9 @@ import { InvalidOptionError, processAlive } from "../../streams/index.js";
 import { ChildPool } from "./child-pool.js";
 import { SandboxNetworkUnavailableError, SandboxUnavailableError } from "./errors.js";
 import { sandboxSupport } from "./sandbox.js";
+import { resolveLimits, validateScriptSpec } from "./spec.js";
 import { TrustedPool } from "./trusted.js";
 import type { ScriptLimits, ScriptResult, ScriptRunner, ScriptRunnerOptions, ScriptSpec } from "./types.js";
-
-/** Limits of a step that sets none. */
-export const DEFAULT_SCRIPT_LIMITS: Readonly<ScriptLimits> = Object.freeze({
-  timeoutMs: 10_000,
-  memoryMb: 256,
-  cpuSeconds: 10,
-  maxProcesses: 64,
-  maxOutputBytes: 1024 * 1024,
-  maxLogBytes: 256 * 1024,
-  maxFileBytes: 64 * 1024 * 1024,
-});
 
 /** Prefix of the per-process folder of working directories: `flexcore-steps-<pid>-XXXXXX`. */
 export const WORK_PREFIX = "flexcore-steps-";
@@ -33,70 +23,6 @@ export async function sweepStaleWorkDirs(workRoot: string): Promise<string[]> {
     swept.push(name);
   }
   return swept;
-}
-
-/** Languages accepted in {@link ScriptSpec.language}. */
-export const SCRIPT_LANGUAGES = ["javascript", "python", "bash"] as const;
-
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const LIMIT_RANGES: Record<keyof ScriptLimits, readonly [number, number]> = {
-  timeoutMs: [1, 24 * 3_600_000],
-  memoryMb: [16, 64 * 1024],
-  cpuSeconds: [1, 24 * 3_600],
-  maxProcesses: [1, 4_096],
-  maxOutputBytes: [1, 64 * 1024 * 1024],
-  maxLogBytes: [0, 64 * 1024 * 1024],
-  maxFileBytes: [1, 64 * 1024 * 1024 * 1024],
-};
-
-/**
- * Checks limits and returns them merged over `base`.
- * @param path prefix of field names in errors (`steps[1].limits`)
- */
-export function resolveLimits(raw: unknown, base: Readonly<ScriptLimits> = DEFAULT_SCRIPT_LIMITS, path = "limits"): ScriptLimits {
-  if (raw === undefined) return { ...base };
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw new InvalidOptionError(path, raw, "an object of limits");
-  const out: Record<string, number> = { ...base };
-  for (const [key, value] of Object.entries(raw)) {
-    const range = LIMIT_RANGES[key as keyof ScriptLimits];
-    if (!range) throw new InvalidOptionError(`${path}.${key}`, value, `one of the limits ${Object.keys(LIMIT_RANGES).join(", ")} (unknown key)`);
-    if (typeof value !== "number" || !Number.isInteger(value) || value < range[0] || value > range[1]) {
-      throw new InvalidOptionError(`${path}.${key}`, value, `an integer from ${range[0]} to ${range[1]}`);
-    }
-    out[key] = value;
-  }
-  return out as unknown as ScriptLimits;
-}
-
-/**
- * Checks a script spec (as a workflow step or an API call gives it) and returns it.
- * @throws InvalidOptionError naming the field
- */
-export function validateScriptSpec(raw: unknown, path = "script"): ScriptSpec {
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw new InvalidOptionError(path, raw, "an object { language, source }");
-  const s = raw as Record<string, unknown>;
-  if (!SCRIPT_LANGUAGES.includes(s.language as (typeof SCRIPT_LANGUAGES)[number])) {
-    throw new InvalidOptionError(`${path}.language`, s.language, `one of ${SCRIPT_LANGUAGES.join(", ")}`);
-  }
-  if (typeof s.source !== "string" || s.source.length === 0) throw new InvalidOptionError(`${path}.source`, s.source, "the script's code, a non-empty string");
-  if (s.trusted !== undefined && typeof s.trusted !== "boolean") throw new InvalidOptionError(`${path}.trusted`, s.trusted, "a boolean");
-  if (s.trusted === true && s.language !== "javascript") throw new InvalidOptionError(`${path}.trusted`, s.trusted, "false for Python and Bash (only JavaScript runs trusted in worker threads)");
-  if (s.network !== undefined && typeof s.network !== "boolean") throw new InvalidOptionError(`${path}.network`, s.network, "a boolean");
-  if (s.env !== undefined) {
-    if (s.env === null || typeof s.env !== "object" || Array.isArray(s.env)) throw new InvalidOptionError(`${path}.env`, s.env, "an object of NAME: string");
-    for (const [k, v] of Object.entries(s.env)) {
-      if (!ENV_NAME.test(k)) throw new InvalidOptionError(`${path}.env.${k}`, k, "a variable name of letters, digits and _");
-      if (typeof v !== "string") throw new InvalidOptionError(`${path}.env.${k}`, v, "a string");
-    }
-  }
-  if (s.envAllow !== undefined) {
-    if (!Array.isArray(s.envAllow)) throw new InvalidOptionError(`${path}.envAllow`, s.envAllow, "an array of variable names");
-    s.envAllow.forEach((n: unknown, i) => {
-      if (typeof n !== "string" || !ENV_NAME.test(n)) throw new InvalidOptionError(`${path}.envAllow[${i}]`, n, "a variable name");
-    });
-  }
-  if (s.limits !== undefined) resolveLimits(s.limits, DEFAULT_SCRIPT_LIMITS, `${path}.limits`);
-  return s as unknown as ScriptSpec;
 }
 
 function defaultPython(): string {

@@ -1,4 +1,5 @@
 import { useState } from "preact/hooks";
+import type { DeadLetter, DeadLetterPage, DeadLetterSources, PurgeReport, RedriveReport } from "../../api-types.js";
 import type { ApiError } from "../api.js";
 import { Confirm } from "../confirm.js";
 import { useConsole } from "../context.js";
@@ -7,23 +8,6 @@ import { JsonView, when } from "../json-view.js";
 import { can } from "../roles.js";
 import { useLoad } from "../use-load.js";
 
-/** What `GET /v1/dlq/messages[/:seq]` answers for one dead letter (streams/dead-letters.ts). */
-interface DeadLetter {
-  readonly seq: number;
-  readonly source: string;
-  readonly kind: string;
-  readonly storedAt: string;
-  readonly reason: string;
-  readonly reasons: readonly string[];
-  readonly errorCode: string | null;
-  readonly attempts: number | null;
-  readonly originalSubject: string | null;
-  readonly originalSeq: number | null;
-  readonly eventType: string | null;
-  readonly eventTime: string | null;
-  readonly headers: Readonly<Record<string, string>>;
-  readonly data: unknown;
-}
 interface Filter {
   readonly source?: string;
   readonly reason?: string;
@@ -50,9 +34,9 @@ const rfc3339 = (local: string): string | undefined => (local ? new Date(local).
 export function DeadLetters() {
   const { api, session } = useConsole();
   const admin = { redrive: can(session.roles, "dlq.redrive"), purge: can(session.roles, "dlq.purge") };
-  const counts = useLoad("counts", () => api.get<{ sources: Array<{ source: string; count: number; redrivePending: number }> }>("/v1/dlq"), 5_000);
+  const counts = useLoad("counts", () => api.get<DeadLetterSources>("/v1/dlq"), 5_000);
   const [filter, setFilter] = useState<Filter | undefined>();
-  const list = useLoad(filter ? query(filter) : undefined, () => api.get<{ deadLetters: DeadLetter[]; more: boolean }>(`/v1/dlq/messages?${query(filter!)}`));
+  const list = useLoad(filter ? query(filter) : undefined, () => api.get<DeadLetterPage>(`/v1/dlq/messages?${query(filter!)}`));
   const [seq, setSeq] = useState<number | undefined>();
   const one = useLoad(seq === undefined ? undefined : String(seq), () => api.get<DeadLetter>(`/v1/dlq/messages/${seq}`));
   const [pending, setPending] = useState<Pending | undefined>();
@@ -73,10 +57,10 @@ export function DeadLetters() {
     try {
       const body = Object.fromEntries(Object.entries(p.filter).filter(([, v]) => v !== undefined && v !== ""));
       if (p.kind === "redrive") {
-        const r = await api.post<{ redriven: number[]; duplicates: number; more: boolean }>("/v1/dlq/redrive", body);
+        const r = await api.post<RedriveReport>("/v1/dlq/redrive", body);
         setDone(`Redrove ${r.redriven.length} dead letter(s)${r.duplicates ? ` (${r.duplicates} already redriven before)` : ""}${r.more ? "; more match: redrive again" : ""}.`);
       } else {
-        const r = await api.post<{ purged: number; more: boolean }>("/v1/dlq/purge", { ...body, confirm: true });
+        const r = await api.post<PurgeReport>("/v1/dlq/purge", { ...body, confirm: true });
         setDone(`Purged ${r.purged} dead letter(s)${r.more ? "; more match: purge again" : ""}.`);
       }
       if (p.filter.seq !== undefined) setSeq(undefined);
