@@ -71,8 +71,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   // Disabled ones too: enabling one later starts it without a restart of FlexCore.
   const managed = plugins.managed;
   // Each managed plugin has two NATS users, `<name>` and `<name>--b`: an upgrade starts the new version under the other one.
-  // A `tenancy: tenant` plugin has one per tenant instead, `<name>_<tenant>` (upgraded by a restart).
-  const pluginServices = managed.flatMap((m) => m.tenants !== undefined ? m.tenants.map((t) => tenantServiceName(m.entry.name, t)) : pluginServiceNames(m.entry.name).filter((x): x is string => x !== undefined));
+  // A `tenancy: tenant` plugin has both per tenant instead, `<name>_<tenant>` and `<name>--b_<tenant>`.
+  const pluginServices = managed.flatMap((m) => pluginServiceNames(m.entry.name).filter((x): x is string => x !== undefined).flatMap((slot) => m.tenants !== undefined ? m.tenants.map((t) => tenantServiceName(slot, t)) : [slot]));
   for (const m of plugins.managed) log(`flexcore: plugin ${m.entry.name} ${m.manifest.version} verified (${m.installed.signer ? `signed by ${m.installed.signer}` : `unsigned, allowed: ${m.installed.unsignedReason ?? ""}`}), installed at ${m.installed.path}${m.entry.enabled ? "" : "; disabled"}`);
   let server: NatsServer | undefined;
   // Each managed plugin's NATS user (its own subjects only): in the embedded server's auth file.
