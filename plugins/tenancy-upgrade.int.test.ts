@@ -32,6 +32,8 @@ import { applyPluginVersions, readPluginVersions, upgradePlugin } from "./upgrad
 
 const TENANTS = ["acme", "globex"] as const;
 const PLUGIN = "tu";
+/** The plugin of the lease and disabled-set cases. */
+const OTHER = "tw";
 let bed: SupervisorBed;
 let nats: TestNats;
 let credentialsDir: string;
@@ -43,7 +45,7 @@ const opened: NatsConnection[] = [];
 
 beforeAll(async () => {
   // As flexcore up writes them: both slots' users for every tenant.
-  bed = await startSupervisorBed("flexcore-plugin-tenancy-upgrade-", TENANTS.flatMap((t) => tenantSlotServiceNames(PLUGIN, t).filter((s): s is string => s !== undefined)), TENANTS);
+  bed = await startSupervisorBed("flexcore-plugin-tenancy-upgrade-", [PLUGIN, OTHER].flatMap((p) => TENANTS.flatMap((t) => tenantSlotServiceNames(p, t).filter((s): s is string => s !== undefined))), TENANTS);
   ({ nats, credentialsDir, storeDir, keysDir, publisher } = bed);
 }, 60_000);
 
@@ -54,12 +56,12 @@ afterAll(async () => {
 });
 
 /** A packed `tenancy: tenant` bundle of the fixture as PLUGIN `version`, outputs tagged `tag`; `fault` in its FAULT file. */
-async function bundle(version: string, tag: string, more: { fault?: string; startTimeoutMs?: number } = {}): Promise<string> {
+async function bundle(version: string, tag: string, more: { fault?: string; startTimeoutMs?: number; name?: string } = {}): Promise<string> {
   const b = await fixtureBundle();
   closers.push(() => b.close());
   await writeFile(join(b.dir, "TAG"), `${tag}\n`, { mode: 0o644 });
   if (more.fault) await writeFile(join(b.dir, "FAULT"), `${more.fault}\n`, { mode: 0o644 });
-  await packFixtureBundle(b.dir, { name: PLUGIN, version, description: "tenant upgrade fixture", tenancy: "tenant", kindDescription: "one Echoed per input, tagged with the bundle's version and the set that served it", ...(more.startTimeoutMs !== undefined ? { startTimeoutMs: more.startTimeoutMs } : {}) });
+  await packFixtureBundle(b.dir, { name: more.name ?? PLUGIN, version, description: "tenant upgrade fixture", tenancy: "tenant", kindDescription: "one Echoed per input, tagged with the bundle's version and the set that served it", ...(more.startTimeoutMs !== undefined ? { startTimeoutMs: more.startTimeoutMs } : {}) });
   return b.dir;
 }
 
@@ -268,4 +270,43 @@ describe("upgrades of tenancy: tenant plugins", () => {
       }
     }
   });
+
+  it("is refused, starting nothing, while another instance holds a tenant's set; a set its tenant disabled takes the new version and runs it once enabled", async () => {
+    const v1 = await bundle("1.0.0", "v1", { name: OTHER });
+    const plugins = await resolvePlugins([{ name: OTHER, managed: true as const, bundle: v1, allowUnsigned: true, instances: 1, config: {}, enabled: true, tenant: undefined, tenants: TENANTS }], { baseDir: bed.work, storeDir, trustedKeysDir: keysDir });
+    const specs = plugins.managed.flatMap((m) => supervisedSpecs(m));
+    const common = { nc: nats.nc, natsUrl: nats.server.url, credentialsDir, graceMs: 1_000, leaseTtlMs: 3_000 };
+    // Another instance runs globex's set; this one gets acme's only.
+    const elsewhere = await startPluginSupervisor({ ...common, plugins: specs.filter((x) => x.tenant === "globex"), instanceId: "elsewhere" });
+    closers.push(() => elsewhere.stop());
+    await elsewhere.ready(`${OTHER}_globex`, 30_000);
+    const sup = await startPluginSupervisor({ ...common, plugins: specs, instanceId: "here" });
+    closers.push(() => sup.stop());
+    await sup.ready(`${OTHER}_acme`, 30_000);
+    const next = { ...plugins.managed[0]!.spec, version: "2.0.0" };
+    const refused = await sup.upgrade(OTHER, next).then(() => undefined, (e: unknown) => e);
+    expect(refused).toBeInstanceOf(PluginUpgradeFailedError);
+    expect((refused as Error).message).toMatch(new RegExp(`${OTHER}_globex .*another instance`, "u"));
+    expect(TENANTS.map((t) => pidsOf(`${OTHER}--b_${t}`).length)).toEqual([0, 0]);
+    expect(sup.spec(`${OTHER}_acme`).version).toBe("1.0.0");
+
+    // The other instance stops: this one takes globex's set over. Then globex's admin disables it.
+    await elsewhere.stop();
+    await until(() => sup.status(`${OTHER}_globex`).state === "running", 20_000, "globex's set taken over");
+    await sup.setEnabled(`${OTHER}_globex`, false);
+    await until(() => pidsOf(`${OTHER}_globex`).length === 0, 10_000, "globex's set stopped");
+    const result = await sup.upgrade(OTHER, next);
+    expect(result).toMatchObject({ version: "2.0.0", service: `${OTHER}--b` });
+    await until(() => pidsOf(`${OTHER}_acme`).length === 0, 10_000, "acme's v1 gone");
+    expect(pidsOf(`${OTHER}--b_acme`).length).toBeGreaterThan(0);
+    // globex's disabled set started nothing, but holds the new version and slot...
+    expect(pidsOf(`${OTHER}--b_globex`)).toEqual([]);
+    expect(sup.spec(`${OTHER}_globex`)).toMatchObject({ version: "2.0.0", service: `${OTHER}--b_globex` });
+    expect(sup.status(`${OTHER}_globex`).state).toBe("stopped");
+    // ...and runs them once enabled.
+    await sup.setEnabled(`${OTHER}_globex`, true);
+    await sup.ready(`${OTHER}_globex`, 30_000);
+    expect(pidsOf(`${OTHER}--b_globex`).length).toBeGreaterThan(0);
+    expect(pidsOf(`${OTHER}_globex`)).toEqual([]);
+  }, 60_000);
 });
