@@ -631,8 +631,7 @@ class ManagedPlugin {
 
   #leaseLost(): void {
     this.#o.log(`plugin ${this.name}: lease lost; stopping its processes`, "warn");
-    const candidate = this.#candidate;
-    if (candidate) void candidate.abandon(new Error("the lease was lost during the upgrade"));
+    if (this.#candidate) void this.dropCandidate(new Error("the lease was lost during the upgrade"));
     void this.#retireAll().then(() => {
       this.#state = "standby";
       if (!this.#stopping) void this.#tryLease();
@@ -875,7 +874,7 @@ class ManagedPlugin {
     this.#stopping = true;
     if (this.#leaseTimer) clearTimeout(this.#leaseTimer);
     const held = this.#held();
-    await this.#candidate?.abandon(new Error("the host is stopping"));
+    await this.dropCandidate(new Error("the host is stopping"));
     await this.#retireAll();
     this.#state = "stopped";
     if (held) {
@@ -899,7 +898,7 @@ class ManagedPlugin {
     if (this.#leaseTimer) clearTimeout(this.#leaseTimer);
     this.#leaseTimer = undefined;
     this.#o.log(`plugin ${this.name}: disabled; stopping its processes`);
-    await this.#candidate?.abandon(new Error("the plugin was disabled"));
+    await this.dropCandidate(new Error("the plugin was disabled"));
     await this.#retireAll();
     this.#state = "stopped";
     if (held) {
@@ -936,9 +935,19 @@ class ManagedPlugin {
       if (candidate.#stopping) throw new Error("the upgrade was abandoned");
       return candidate;
     } catch (err) {
-      await candidate.abandon(err as Error);
+      await this.dropCandidate(err as Error);
       throw err;
     }
+  }
+
+  /**
+   * Stops the upgrade's candidate and forgets it, so that a failed upgrade does not leave
+   * this version looking mid-upgrade (which would refuse every later upgrade).
+   */
+  async dropCandidate(why: Error): Promise<void> {
+    const candidate = this.#candidate;
+    this.#candidate = undefined;
+    await candidate?.abandon(why);
   }
 
   /** Stops an upgrade's candidate that will not be promoted. */
@@ -1107,7 +1116,7 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     try {
       await opts.switchTo?.(service!);
     } catch (err) {
-      await candidate!.abandon(err as Error);
+      await old.dropCandidate(err as Error);
       fail(`the callers could not be switched: ${(err as Error).message}`, err);
     }
     plugins.set(name, candidate!);
@@ -1151,14 +1160,14 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     const candidates = trials.flatMap((t) => (t.status === "fulfilled" ? [t.value] : []));
     const failedAt = trials.findIndex((t) => t.status === "rejected");
     if (failedAt !== -1) {
-      await Promise.all(candidates.map((c) => c.abandon(new Error("another tenant's new set did not become ready"))));
+      await Promise.all(live.map((x) => x.dropCandidate(new Error("another tenant's new set did not become ready"))));
       const err = (trials[failedAt] as PromiseRejectedResult).reason as Error;
       fail(`version ${next.version} did not become ready for tenant ${live[failedAt]!.spec.tenant}: ${err.message}`, err);
     }
     try {
       await opts.switchTo?.(slot!);
     } catch (err) {
-      await Promise.all(candidates.map((c) => c.abandon(err as Error)));
+      await Promise.all(live.map((x) => x.dropCandidate(err as Error)));
       fail(`the callers could not be switched: ${(err as Error).message}`, err);
     }
     // A set its tenant disabled starts nothing now; it runs the new version when enabled.

@@ -271,7 +271,7 @@ describe("upgrades of tenancy: tenant plugins", () => {
     }
   });
 
-  it("is refused, starting nothing, while another instance holds a tenant's set; a set its tenant disabled takes the new version and runs it once enabled", async () => {
+  it("is refused, starting nothing, while another instance holds a tenant's set; a set its tenant disabled takes the new version and runs it once enabled; a failed upgrade does not block the next", async () => {
     const v1 = await bundle("1.0.0", "v1", { name: OTHER });
     const plugins = await resolvePlugins([{ name: OTHER, managed: true as const, bundle: v1, allowUnsigned: true, instances: 1, config: {}, enabled: true, tenant: undefined, tenants: TENANTS }], { baseDir: bed.work, storeDir, trustedKeysDir: keysDir });
     const specs = plugins.managed.flatMap((m) => supervisedSpecs(m));
@@ -308,5 +308,15 @@ describe("upgrades of tenancy: tenant plugins", () => {
     await sup.ready(`${OTHER}_globex`, 30_000);
     expect(pidsOf(`${OTHER}--b_globex`).length).toBeGreaterThan(0);
     expect(pidsOf(`${OTHER}_globex`)).toEqual([]);
+
+    // A failed upgrade leaves nothing behind that blocks the next one: the retry goes through.
+    const broken = await bundle("3.0.0", "v3", { name: OTHER, fault: "wrong-nonce-for-globex" });
+    const brokenSpec = (await resolvePlugins([{ name: OTHER, managed: true as const, bundle: broken, allowUnsigned: true, instances: 1, config: {}, enabled: true, tenant: undefined, tenants: TENANTS }], { baseDir: bed.work, storeDir, trustedKeysDir: keysDir })).managed[0]!.spec;
+    const failed = await sup.upgrade(OTHER, brokenSpec, { timeoutMs: 1_500 }).then(() => undefined, (e: unknown) => e);
+    expect((failed as Error).message).toMatch(/did not become ready for tenant globex/u);
+    await until(() => TENANTS.every((t) => pidsOf(`${OTHER}_${t}`).length === 0), 10_000, "3.0.0's processes gone");
+    expect(await sup.upgrade(OTHER, { ...next, version: "4.0.0" })).toMatchObject({ version: "4.0.0", service: OTHER, previous: { version: "2.0.0", service: `${OTHER}--b` } });
+    await until(() => TENANTS.every((t) => pidsOf(`${OTHER}--b_${t}`).length === 0), 10_000, "2.0.0's processes gone");
+    for (const t of TENANTS) expect(sup.status(`${OTHER}_${t}`)).toMatchObject({ state: "running", instances: [expect.objectContaining({ ready: true })] });
   }, 60_000);
 });
