@@ -266,6 +266,15 @@ export interface PluginSupervisor extends AsyncDisposable {
    * new processes are stopped and the old one keeps serving
    */
   upgrade(name: string, next: PluginLaunchSpec, options?: PluginUpgradeOptions): Promise<PluginUpgradeResult>;
+  /**
+   * The version another instance's upgrade chose for plugin `name` (`chosen.service`: its slot,
+   * `<name>` or `<name>--b`): every set of it this instance does not run now (standby, or
+   * switched off) is replaced by one of the chosen version under the chosen slot
+   * (`<slot>_<tenant>` for a tenant's set), so a failover launches what the callers call.
+   * Sets this instance runs are left alone (an upgrade here already moved them).
+   * @returns the keys of the sets replaced
+   */
+  follow(name: string, chosen: PluginLaunchSpec): string[];
 }
 
 interface Resolved {
@@ -1181,9 +1190,33 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     o.log(`plugin ${name}: upgraded to ${next.version} for every tenant; version ${previous.version}'s sets drained and stopped`);
     return { plugin: name, version: next.version, service: slot!, previous };
   };
+  const follow = (name: string, chosen: PluginLaunchSpec): string[] => {
+    checkPluginName(name);
+    if (chosen.name !== name) throw new InvalidOptionError("chosen.name", chosen.name, `plugin ${name}`);
+    const replaced: string[] = [];
+    if (stopped) return replaced;
+    for (const [key, x] of [...plugins]) {
+      if (x.spec.name !== name || x.leaseHeld || x.upgrading) continue;
+      const slot = chosen.service ?? name;
+      const service = x.spec.tenant === undefined ? slot : tenantServiceName(slot, x.spec.tenant);
+      if (x.service === service && x.spec.version === chosen.version && x.spec.bundleDir === chosen.bundleDir) continue;
+      const spec: PluginLaunchSpec = { ...chosen, service, enabled: !x.disabled, ...(x.spec.tenant === undefined ? {} : { tenant: x.spec.tenant }) };
+      checkSpec(spec, "chosen");
+      const next = new ManagedPlugin(spec, o);
+      plugins.set(key, next);
+      replaced.push(key);
+      o.log(`plugin ${key}: following the chosen version ${spec.version} (service ${service}) for when this instance takes it over`);
+      // The standby version stops trying for the lease first, so only the chosen one takes it.
+      void x.stop().then(() => {
+        if (!stopped && plugins.get(key) === next) next.start();
+      });
+    }
+    return replaced;
+  };
   return {
     status,
     upgrade,
+    follow,
     setEnabled: async (name, enabled) => {
       await Promise.all(every(name).map((p) => p.setEnabled(enabled)));
     },

@@ -28,7 +28,7 @@ import { createPluginHost } from "./host.js";
 import { createPluginLifecycle } from "./lifecycle.js";
 import { pluginCredentials } from "./nats-users.js";
 import { pluginUid, startPluginSupervisor, tenantSlotServiceNames } from "./supervisor.js";
-import { applyPluginVersions, readPluginVersions, upgradePlugin } from "./upgrade.js";
+import { adoptPluginVersion, applyPluginVersions, followPluginVersions, readPluginVersions, upgradePlugin } from "./upgrade.js";
 
 const TENANTS = ["acme", "globex"] as const;
 const PLUGIN = "tu";
@@ -151,6 +151,12 @@ describe("upgrades of tenancy: tenant plugins", () => {
       throw e;
     });
     const v1Pids = TENANTS.flatMap((t) => sup.status(`${PLUGIN}_${t}`).instances.map((i) => i.pid!));
+    // A second instance, running since before the upgrade, standby for both sets; it follows the stored choice as flexcore up wires it.
+    const standby = await startPluginSupervisor({ nc: nats.nc, plugins: plugins.managed.flatMap((m) => supervisedSpecs(m)), natsUrl: nats.server.url, credentialsDir, instanceId: "standby", graceMs: 2_000, leaseTtlMs: 3_000 });
+    closers.push(() => standby.stop());
+    const adopted: string[] = [];
+    const following = await followPluginVersions(nats.nc, { setService: () => undefined }, undefined, (name, record) => void adoptPluginVersion(standby, plugins.managed.find((m) => m.entry.name === name)!, record, { storeDir, trustedKeysDir: keysDir }).then((keys) => adopted.push(...keys)));
+    closers.push(async () => following.stop());
     const host = createPluginHost({ nc: nats.nc, plugins, supervisor: sup });
     const control = servePluginControl(nats.nc, { host, supervisor: sup, instance: "test", upgrade: (name, dir, by) => upgradePlugin(name, dir, { nc: nats.nc, supervisor: sup, host, storeDir, trustedKeysDir: keysDir, allowUnsigned: true, by, settleMs: 200 }) });
     closers.push(() => control.close());
@@ -245,6 +251,32 @@ describe("upgrades of tenancy: tenant plugins", () => {
     const records = await readPluginVersions(nats.nc);
     const takeover = await applyPluginVersions(plugins, records, { storeDir, trustedKeysDir: keysDir });
     expect(supervisedSpecs(takeover.managed[0]!).map((s) => [s.tenant, s.version, s.service])).toEqual(TENANTS.map((t) => [t, "2.0.0", `${PLUGIN}--b_${t}`]));
+
+    // The instance that was standby all along followed the choice: when the lease holder
+    // stops, it takes both sets over with v2 under <name>--b_<tenant>, and the callers'
+    // events (sent to <name>--b_<tenant>) go on.
+    expect(adopted.sort()).toEqual(TENANTS.map((t) => `${PLUGIN}_${t}`));
+    await sup.stop();
+    await standby.ready(PLUGIN, 30_000);
+    for (const t of TENANTS) {
+      expect(standby.spec(`${PLUGIN}_${t}`)).toMatchObject({ version: "2.0.0", service: `${PLUGIN}--b_${t}` });
+      expect(pidsOf(`${PLUGIN}--b_${t}`).length).toBeGreaterThan(0);
+      expect(pidsOf(`${PLUGIN}_${t}`)).toEqual([]);
+    }
+    await Promise.all(TENANTS.flatMap((t) => Array.from({ length: 20 }, (_, j) => {
+      const e = encodeEvent({ id: `${t}-${category}-after-failover-${j}`, type: "Reading", data: { i: j } });
+      return publisher.publish(`evt.${t}.${category}.k${j % 3}`, e.data, { headers: e.headers });
+    })));
+    await until(async () => {
+      const all = await outputs(processor);
+      return TENANTS.every((t, i) => all.filter((o) => o.subject.startsWith(`drv.${t}.`)).length === counts[i]! + 20);
+    }, 30_000, "20 more outputs per tenant after the failover");
+    const tail = await outputs(processor);
+    for (const [i, t] of TENANTS.entries()) {
+      const mine = tail.filter((o) => o.subject.startsWith(`drv.${t}.`)).sort((a, b) => a.seq - b.seq).slice(counts[i]!);
+      expect(mine.every((o) => o.tag === "v2" && o.servedBy.service === `${PLUGIN}--b_${t}` && o.servedBy.tenant === t), t).toBe(true);
+    }
+    expect(await dlqCount(processor)).toBe(0);
   }, 90_000);
 
   it("the new slot's NATS user is confined to its own tenant's set: acme's --b user cannot reach globex's subjects, evt.> or drv.>", async () => {

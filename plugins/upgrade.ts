@@ -82,8 +82,12 @@ export async function readPluginVersions(nc: NatsConnection): Promise<Map<string
   return out;
 }
 
-/** Switches `host`'s callers to each plugin's chosen service now and on every change, until `stop()`. */
-export async function followPluginVersions(nc: NatsConnection, host: Pick<PluginHost, "setService">, log?: (line: string) => void): Promise<{ stop(): void }> {
+/**
+ * Switches `host`'s callers to each plugin's chosen service now and on every change, until
+ * `stop()`; `onChoice` gets every record too (`flexcore up` passes it to
+ * {@link adoptPluginVersion}, so the standby sets follow the choice).
+ */
+export async function followPluginVersions(nc: NatsConnection, host: Pick<PluginHost, "setService">, log?: (line: string) => void, onChoice?: (name: string, record: PluginVersionRecord) => void): Promise<{ stop(): void }> {
   const kv = await stateKv(nc);
   const watch = await kv.watch({ key: `${PLUGIN_VERSION_PREFIX}.>` });
   void (async () => {
@@ -93,6 +97,7 @@ export async function followPluginVersions(nc: NatsConnection, host: Pick<Plugin
       if (!r) continue;
       host.setService(name, r.service);
       log?.(`flexcore: plugin ${name} is called as service ${r.service} (version ${r.version}, by ${r.by})`);
+      onChoice?.(name, r);
     }
   })().catch(() => undefined);
   return { stop: () => watch.stop() };
@@ -140,6 +145,21 @@ export async function applyPluginVersions(plugins: ResolvedPlugins, records: Rea
     }
   }
   return { managed, external: plugins.external };
+}
+
+/**
+ * Makes the sets of `m` that this instance does not run now (standby, switched off) follow
+ * the chosen version `record` (installed from its shared path and verified as at start, see
+ * {@link applyPluginVersions}), so that if this instance takes one over, it launches the
+ * chosen version under the chosen service, which is what every caller calls. Without it, an
+ * instance started before the upgrade would launch flexcore.yaml's version under the old
+ * service after a failover, and the calls would wait until its restart.
+ * @returns the keys of the sets that now follow it
+ */
+export async function adoptPluginVersion(supervisor: Pick<PluginSupervisor, "follow">, m: ResolvedManagedPlugin, record: PluginVersionRecord, options: ApplyPluginVersionsOptions): Promise<string[]> {
+  const [applied] = (await applyPluginVersions({ managed: [m], external: [] }, new Map([[m.entry.name, record]]), options)).managed;
+  if (!applied || applied.spec.service !== record.service) return [];
+  return supervisor.follow(m.entry.name, applied.spec);
 }
 
 /** Options of {@link upgradePlugin}. */
