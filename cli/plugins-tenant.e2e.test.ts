@@ -3,10 +3,14 @@
 // runs one instance set per tenant (`techo_acme`, `techo_globex`); each tenant's events are
 // served by its own set; GET /v1/plugins shows each tenant its own set and never another's;
 // a tenant admin's disable switches only its own set (its events wait, the other tenant's go
-// on, nothing is dead-lettered); the lifecycle is on each tenant's own subject.
+// on, nothing is dead-lettered); the lifecycle is on each tenant's own subject;
+// `flexcore plugins upgrade techo <dir>` moves every tenant's set to 2.0.0 under
+// `techo--b_<tenant>` without losing an event.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { execFileSync } from "node:child_process";
-import { join } from "node:path";
+import { execFile, execFileSync } from "node:child_process";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { pluginUid } from "../plugins/index.js";
@@ -18,6 +22,8 @@ import { echoBundle, preparePluginUpStore, startPluginUp, waitForUp } from "./te
 import type { PluginUp } from "./testing.js";
 
 const PROCESSOR = "tenanted";
+const here = dirname(fileURLToPath(import.meta.url));
+const execFileAsync = promisify(execFile);
 
 let plugins: PluginUp;
 let dir: string;
@@ -26,6 +32,7 @@ let up: UpProcess;
 let nc: NatsConnection;
 let publisher: Publisher;
 let token: PluginUp["token"];
+let privateKeyPem: string;
 
 async function api(bearer: string, method: string, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
   const r = await fetch(`${up.gatewayUrl}${path}`, { method, headers: { authorization: `Bearer ${bearer}` } });
@@ -65,7 +72,7 @@ async function publish(tenant: string, from: number, n: number): Promise<void> {
 
 beforeAll(async () => {
   const store = await preparePluginUpStore("flexcore-plugins-tenant-");
-  ({ dir, data } = store);
+  ({ dir, data, privateKeyPem } = store);
   // The TypeScript echo as one file, its manifest renamed `techo` with `tenancy: tenant`.
   let manifest = "";
   await echoBundle(join(dir, "techo"), {
@@ -103,9 +110,9 @@ afterAll(async () => {
 
 describe("a tenancy: tenant plugin under flexcore up", () => {
   it("serves each tenant's events by that tenant's own instance set, with its own NATS user and lifecycle subject", async () => {
-    // One NATS user per set, none for the bare name or an upgrade slot.
+    // Two NATS users per set (its two slots, so an upgrade's new sets have theirs before they start), none for the bare name.
     const passes = execFileSync("ls", [join(data, "plugin-credentials")]).toString().split("\n").filter(Boolean).sort();
-    expect(passes).toEqual(["techo_acme.pass", "techo_globex.pass"]);
+    expect(passes).toEqual(["techo--b_acme.pass", "techo--b_globex.pass", "techo_acme.pass", "techo_globex.pass"]);
     await publish("acme", 0, 40);
     await publish("globex", 0, 40);
     await waitFor(async () => (await count(STREAMS.derived, "drv.>")) === 80, 60_000, "80 derived events");
@@ -162,5 +169,44 @@ describe("a tenancy: tenant plugin under flexcore up", () => {
     const out = await readAll(`drv.acme.${PROCESSOR}-acme.>`);
     for (const o of out) expect(o.data.servedBy).toEqual({ service: "techo_acme", tenant: "acme" });
     expect(await count(STREAMS.dlq, "dlq.>")).toBe(0);
+  }, 120_000);
+
+  it("flexcore plugins upgrade techo: every tenant's set moves to 2.0.0 under techo--b_<tenant> under load; nothing lost, each tenant still served by its own set", async () => {
+    const v2 = join(dir, "techo-2");
+    await echoBundle(v2, { privateKeyPem, manifest: (yaml) => yaml.replace(/^name: echo$/mu, "name: techo").replace(/^tenancy: system$/mu, "tenancy: tenant").replace(/^version: 1\.0\.0$/mu, "version: 2.0.0") });
+    await execFileAsync("chmod", ["-R", "a+rX", v2]);
+    const before = await Promise.all(["acme", "globex"].map((t) => count(STREAMS.derived, `drv.${t}.${PROCESSOR}-${t}.>`)));
+    let loading = true;
+    let sent = 0;
+    const load = (async () => {
+      while (loading) {
+        await Promise.all([publish("acme", 1_000 + sent, 8), publish("globex", 1_000 + sent, 8)]);
+        sent += 8;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const out = await execFileAsync(process.execPath, ["--import", "tsx", join(here, "main.ts"), "plugins", "upgrade", "techo", v2], { env: { ...process.env, NATS_URL: "", FLEXCORE_DATA: data }, encoding: "utf8", timeout: 60_000 });
+    await new Promise((r) => setTimeout(r, 500));
+    loading = false;
+    await load;
+    const answer = JSON.parse(out.stdout.trim()) as { upgraded: Record<string, unknown> };
+    expect(answer.upgraded).toMatchObject({ plugin: "techo", version: "2.0.0", service: "techo--b", previous: { version: "1.0.0", service: "techo" } });
+    for (const [i, t] of (["acme", "globex"] as const).entries()) {
+      await waitFor(async () => (await count(STREAMS.derived, `drv.${t}.${PROCESSOR}-${t}.>`)) === before[i]! + sent, 60_000, `${t}'s ${sent} outputs across the upgrade`);
+      const mine = await readAll(`drv.${t}.${PROCESSOR}-${t}.>`);
+      // Every event once (no duplicate id), each served by its own tenant's set of either slot, the last ones by the new one.
+      expect(new Set(mine.map((o) => o.data.i)).size).toBe(mine.length);
+      for (const o of mine) expect([`techo_${t}`, `techo--b_${t}`]).toContain((o.data.servedBy as { service: string }).service);
+      for (const o of mine) expect(o.data.servedBy).toMatchObject({ tenant: t });
+      expect((mine.at(-1)!.data.servedBy as { service: string }).service).toBe(`techo--b_${t}`);
+      const views = (await api(await token(t, ["reader"]), "GET", "/v1/plugins")).body.plugins as Array<Record<string, unknown>>;
+      expect(views).toEqual([expect.objectContaining({ name: "techo", tenant: t, version: "2.0.0" })]);
+      if (process.getuid?.() === 0) {
+        await waitFor(async () => pidsOfUid(pluginUid(`techo_${t}`)).length === 0, 15_000, `${t}'s 1.0.0 processes gone`);
+        expect(pidsOfUid(pluginUid(`techo--b_${t}`)).length).toBeGreaterThan(0);
+      }
+    }
+    expect(await count(STREAMS.dlq, "dlq.>")).toBe(0);
+    expect(up.stderr()).toMatch(/plugin techo: upgraded to 2\.0\.0 for every tenant/u);
   }, 120_000);
 });

@@ -6,7 +6,7 @@ import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
-import { applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor, pluginInstanceKey, supervisedSpecs, tenantServiceName, upgradePlugin } from "../plugins/index.js";
+import { adoptPluginVersion, applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor, pluginInstanceKey, supervisedSpecs, tenantServiceName, upgradePlugin } from "../plugins/index.js";
 import type { PluginEndpoints, PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
@@ -71,8 +71,8 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   // Disabled ones too: enabling one later starts it without a restart of FlexCore.
   const managed = plugins.managed;
   // Each managed plugin has two NATS users, `<name>` and `<name>--b`: an upgrade starts the new version under the other one.
-  // A `tenancy: tenant` plugin has one per tenant instead, `<name>_<tenant>` (upgraded by a restart).
-  const pluginServices = managed.flatMap((m) => m.tenants !== undefined ? m.tenants.map((t) => tenantServiceName(m.entry.name, t)) : pluginServiceNames(m.entry.name).filter((x): x is string => x !== undefined));
+  // A `tenancy: tenant` plugin has both per tenant instead, `<name>_<tenant>` and `<name>--b_<tenant>`.
+  const pluginServices = managed.flatMap((m) => pluginServiceNames(m.entry.name).filter((x): x is string => x !== undefined).flatMap((slot) => m.tenants !== undefined ? m.tenants.map((t) => tenantServiceName(slot, t)) : [slot]));
   for (const m of plugins.managed) log(`flexcore: plugin ${m.entry.name} ${m.manifest.version} verified (${m.installed.signer ? `signed by ${m.installed.signer}` : `unsigned, allowed: ${m.installed.unsignedReason ?? ""}`}), installed at ${m.installed.path}${m.entry.enabled ? "" : "; disabled"}`);
   let server: NatsServer | undefined;
   // Each managed plugin's NATS user (its own subjects only): in the embedded server's auth file.
@@ -150,10 +150,18 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       const switches = await followPluginSwitches(nc, pluginHost, (line) => log(line), supervisor);
       // Upgrades (flexcore plugins upgrade) switch every instance's callers to the chosen service.
       // Sinks and sources (started below) follow too.
+      // The standby sets follow the choice too, so a failover launches the chosen version under the chosen service.
+      const resolved = new Map(plugins.managed.map((m) => [m.entry.name, m]));
+      const standby = supervisor;
       const versions = await followPluginVersions(nc, { setService: (name, service, manifest) => {
         pluginHost.setService(name, service, manifest);
         endpointsRef.current?.setService(name, service);
-      } }, (line) => log(line));
+      } }, (line) => log(line), standby ? (name, record) => {
+        const m = resolved.get(name);
+        if (!m) return;
+        adoptPluginVersion(standby, m, record, { storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), log: (line, level) => pluginLog(line, level) })
+          .catch((err: unknown) => pluginLog(`flexcore: plugin ${name}: the standby sets cannot follow version ${record.version}: ${(err as Error).message}`, "error"));
+      } : undefined);
       const running = supervisor;
       const host = pluginHost;
       const entries = new Map(plugins.managed.map((m) => [m.entry.name, m.entry]));

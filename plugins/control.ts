@@ -141,6 +141,16 @@ function reply(msg: Msg, value: unknown): void {
   msg.respond(encoder.encode(JSON.stringify(value)));
 }
 
+/**
+ * Whether this instance runs `name`: holds its lease, or for a `tenancy: tenant` plugin the
+ * lease of one of its tenants' sets (the upgrade then checks that it holds every enabled set's).
+ */
+function runs(s: PluginSupervisor | undefined, name: string): boolean {
+  const st = statusOf(s, name);
+  if (st) return st.leaseHeld;
+  return (s?.status() ?? []).some((x) => x.plugin === name && x.tenant !== undefined && x.leaseHeld);
+}
+
 function statusOf(s: PluginSupervisor | undefined, name: string): PluginStatus | undefined {
   try {
     return s?.status(name);
@@ -209,7 +219,7 @@ export function servePluginControl(nc: NatsConnection, options: PluginControlOpt
       if (err || !options.upgrade) return;
       const name = msg.subject.split(".").pop()!;
       // Only the lease holder runs the plugin's processes, so only it can start the new version beside them.
-      if (!statusOf(options.supervisor, name)?.leaseHeld) return;
+      if (!runs(options.supervisor, name)) return;
       let bundle: unknown;
       let by: unknown;
       try {

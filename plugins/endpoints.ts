@@ -216,7 +216,8 @@ function serviceOf(plugins: ResolvedPlugins, kind: string, tenant: string): { pl
   const r = parseRemoteKind(kind)!;
   const m = plugins.managed.find((x) => x.entry.name === r.plugin);
   // A tenancy: tenant plugin is called at its tenant's instance, `<name>_<tenant>`, never at the bare name.
-  if (m?.tenants) return { plugin: r.plugin, name: m.manifest.name, service: tenantServiceName(m.manifest.name, tenant), callTimeoutMs: m.manifest.limits.callTimeoutMs, tenant };
+  // Under the plugin's current slot (`<name>` or, after an upgrade, `<name>--b`).
+  if (m?.tenants) return { plugin: r.plugin, name: m.manifest.name, service: tenantServiceName(m.spec.service ?? m.manifest.name, tenant), callTimeoutMs: m.manifest.limits.callTimeoutMs, tenant };
   if (m) return { plugin: r.plugin, name: m.manifest.name, service: m.spec.service ?? m.manifest.name, callTimeoutMs: m.manifest.limits.callTimeoutMs, tenant: undefined };
   const service = plugins.external.find((x) => x.name === r.plugin)!.service;
   return { plugin: r.plugin, name: service, service, callTimeoutMs: undefined, tenant: undefined };
@@ -285,12 +286,12 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
   const sources: SourceItem[] = [];
   let closed = false;
   const timers: NodeJS.Timeout[] = [];
-  const clients: Array<{ plugin: string; client: SwitchableClient }> = [];
+  const clients: Array<{ plugin: string; client: SwitchableClient; tenant: string | undefined }> = [];
   const clientFor = (kind: string, forTenant: string): SwitchableClient => {
     const { plugin, name, service, callTimeoutMs, tenant } = serviceOf(options.plugins, kind, forTenant);
     const client = new SwitchableClient(name, service, (s) => createPluginClient(nc, s, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
-    // Upgrades switch system-tenancy plugins only (tenant instances are upgraded by a restart).
-    if (tenant === undefined && options.plugins.managed.some((m) => m.entry.name === plugin)) clients.push({ plugin, client });
+    // Upgrades switch managed plugins; a tenant plugin's client moves to its tenant's set under the new slot.
+    if (options.plugins.managed.some((m) => m.entry.name === plugin)) clients.push({ plugin, client, tenant });
     return client;
   };
   const close = async (): Promise<void> => {
@@ -355,7 +356,7 @@ export async function startPluginEndpoints(nc: NatsConnection, options: PluginEn
       sources: sources.map((s) => ({ name: s.entry.name, tenant: s.entry.tenant, kind: s.entry.kind, leaseHeld: s.lease.held, ...addSourceMetrics(s.past, s.driver.metrics()) })),
     }),
     setService: (plugin, service) => {
-      for (const c of clients) if (c.plugin === plugin) c.client.switchTo(service);
+      for (const c of clients) if (c.plugin === plugin) c.client.switchTo(c.tenant === undefined ? service : tenantServiceName(service, c.tenant));
     },
     close,
   };

@@ -17,7 +17,7 @@ import { compileEmbeddedSchema } from "./manifest.js";
 import type { PluginManifest } from "./manifest.js";
 import { PLUGIN_NAME_PATTERN } from "./protocol.js";
 import type { PluginLaunchSpec } from "./supervisor.js";
-import { checkPluginTenant, PLUGIN_TENANT_PATTERN } from "./tenancy.js";
+import { checkPluginTenant, PLUGIN_TENANT_PATTERN, tenantServiceName } from "./tenancy.js";
 
 /** One entry of `plugins:` (keyed by the plugin's name, the `<plugin>` of `<plugin>/<kind>`). */
 export type PluginEntry = ManagedPluginEntry | ExternalPluginEntry;
@@ -171,8 +171,9 @@ export function launchSpec(manifest: PluginManifest, bundleDir: string, entry: P
  */
 export function supervisedSpecs(m: Pick<ResolvedManagedPlugin, "spec" | "tenants">): PluginLaunchSpec[] {
   if (m.tenants === undefined) return [m.spec];
-  const { service: _slot, ...base } = m.spec;
-  return m.tenants.map((tenant) => ({ ...base, tenant }));
+  // The stored slot (an upgrade's `<name>--b`) applies to every tenant's set: `<slot>_<tenant>`.
+  const { service: slot, ...base } = m.spec;
+  return m.tenants.map((tenant) => ({ ...base, tenant, ...(slot !== undefined && slot !== base.name ? { service: tenantServiceName(slot, tenant) } : {}) }));
 }
 
 /**

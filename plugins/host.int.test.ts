@@ -42,6 +42,7 @@ function recordingSupervisor(): PluginSupervisor & { timeouts: string[]; oks: st
     setEnabled: async () => undefined,
     spec: () => { throw new Error("not used"); },
     upgrade: async () => { throw new Error("not used"); },
+    follow: () => [],
     ready: async () => undefined,
     stop: async () => undefined,
     [Symbol.asyncDispose]: async () => undefined,

@@ -39,7 +39,11 @@ export interface PluginCallMetrics {
 export interface HostedPlugin {
   readonly name: string;
   readonly managed: boolean;
-  /** The NATS service called now (an upgrade switches a managed plugin between `<name>` and `<name>--b`). */
+  /**
+   * The NATS service called now (an upgrade switches a managed plugin between `<name>` and
+   * `<name>--b`). For a `tenancy: tenant` plugin, the slot every tenant's set is under: a
+   * tenant's calls go to `<service>_<tenant>`.
+   */
   service: string;
   /** Owner tenant; undefined: a system plugin. */
   readonly tenant: string | undefined;
@@ -80,7 +84,7 @@ export interface PluginHost extends RemoteKinds {
    * half on the old version and half on the new. `manifest`: the new version's, when known.
    */
   setService(plugin: string, service: string, manifest?: PluginManifest): void;
-  /** Resolves once no call of this host to `plugin` at `service` is in flight (or after `timeoutMs`). */
+  /** Resolves once no call of this host to `plugin` at `service` (a tenant plugin's slot: any tenant's set under it) is in flight (or after `timeoutMs`). */
   idle(plugin: string, service: string, timeoutMs?: number): Promise<void>;
   metrics(): PluginCallMetrics[];
   /** A `tenancy: tenant` plugin's instance sets as the supervisor sees them (empty for others). */
@@ -134,7 +138,7 @@ class Host implements PluginHost {
       this.#callTimeouts.set(p.name, callTimeoutMs);
       this.#clients.set(p.name, createPluginClient(options.nc, p.service, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
       for (const t of p.tenants ?? []) {
-        const service = tenantServiceName(p.name, t);
+        const service = tenantServiceName(p.service, t);
         this.#tenantClients.set(service, createPluginClient(options.nc, service, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
       }
       this.#figures.set(p.name, { calls: 0, errors: {}, latency: new LatencyWindow() });
@@ -155,10 +159,25 @@ class Host implements PluginHost {
     return p !== undefined && (p.tenant === undefined || p.tenant === tenant) && (p.tenants === undefined || p.tenants.includes(tenant));
   }
 
-  /** The service a call of `tenant` goes to: the tenant's instance set for a `tenancy: tenant` plugin (undefined when it has none), the plugin's service otherwise. */
+  /**
+   * The service a call of `tenant` goes to: the tenant's instance set under the plugin's
+   * current slot for a `tenancy: tenant` plugin (`<slot>_<tenant>`; undefined when it has
+   * none), the plugin's service otherwise.
+   */
   #serviceFor(p: HostedPlugin, tenant: string): string | undefined {
     if (p.tenants === undefined) return p.service;
-    return p.tenants.includes(tenant) ? tenantServiceName(p.name, tenant) : undefined;
+    return p.tenants.includes(tenant) ? tenantServiceName(p.service, tenant) : undefined;
+  }
+
+  /** The client of a tenant's set at `service` (created on first use: an upgrade moves the sets to their other slot). */
+  #tenantClient(p: HostedPlugin, service: string): PluginClient {
+    let c = this.#tenantClients.get(service);
+    if (!c) {
+      const callTimeoutMs = this.#callTimeouts.get(p.name);
+      c = createPluginClient(this.#nc, service, callTimeoutMs === undefined ? {} : { callTimeoutMs });
+      this.#tenantClients.set(service, c);
+    }
+    return c;
   }
 
   /** The supervisor's key of the instance set a call went to. */
@@ -190,12 +209,21 @@ class Host implements PluginHost {
 
   setService(plugin: string, service: string, manifest?: PluginManifest): void {
     const p = this.plugins.get(plugin);
-    // Tenant instance sets are not upgraded in place (the supervisor refuses it).
-    if (!p || !p.managed || p.tenants !== undefined) return;
+    if (!p || !p.managed) return;
     if (manifest) p.manifest = manifest;
     if (p.service === service) return;
     const callTimeoutMs = manifest?.limits.callTimeoutMs ?? this.#callTimeouts.get(plugin);
     this.#callTimeouts.set(plugin, callTimeoutMs);
+    if (p.tenants !== undefined) {
+      // Every tenant's calls move to its set under the new slot at once; the old slot's clients go.
+      for (const t of p.tenants) {
+        const old = tenantServiceName(p.service, t);
+        this.#tenantClients.delete(old);
+        for (const byTimeout of this.#stepClients.values()) byTimeout.delete(old);
+      }
+      p.service = service;
+      return;
+    }
     this.#clients.set(plugin, createPluginClient(this.#nc, service, callTimeoutMs === undefined ? {} : { callTimeoutMs }));
     for (const byTimeout of this.#stepClients.values()) byTimeout.delete(plugin);
     p.service = service;
@@ -219,7 +247,7 @@ class Host implements PluginHost {
     });
   }
 
-  /** Counts the call in flight at the service chosen now, until it settles. */
+  /** Counts the call in flight at the service (for a tenant plugin, the slot) chosen now, until it settles. */
   async #tracked<T>(p: HostedPlugin, service: string, call: () => Promise<T>): Promise<T> {
     const key = `${p.name} ${service}`;
     this.#inFlight.set(key, (this.#inFlight.get(key) ?? 0) + 1);
@@ -238,7 +266,7 @@ class Host implements PluginHost {
     if (p.tenant !== undefined && p.tenant !== tenant) throw new PluginRejectedError({ service: p.service, subject }, 403, `plugin ${p.name} belongs to tenant ${p.tenant}, not ${tenant}`);
     // A tenancy: tenant plugin runs no instance for a tenant it was not configured for: nowhere to send its data.
     if (service === undefined) throw new PluginRejectedError({ service: p.name, subject }, 403, `plugin ${p.name} runs no instance for tenant ${tenant} (its tenants: ${p.tenants?.join(", ")})`);
-    if (this.#disabledSets.has(service)) throw new PluginUnavailableError({ service, subject }, { cause: new Error(`plugin ${p.name}'s instance set for tenant ${tenant} is disabled`) });
+    if (p.tenants !== undefined && this.#disabledSets.has(tenantServiceName(p.name, tenant))) throw new PluginUnavailableError({ service, subject }, { cause: new Error(`plugin ${p.name}'s instance set for tenant ${tenant} is disabled`) });
     return undefined;
   }
 
@@ -265,17 +293,19 @@ class Host implements PluginHost {
     if (!r || !p) throw new PluginUnavailableError({ service: r?.plugin ?? batch.kind, subject: batch.kind });
     // Client and service are read before the first await: the runtime starts a batch's
     // calls (one per tenant) in one go, so they all go to the same version.
+    const slot = p.service;
     const service = this.#serviceFor(p, batch.tenant);
-    const client = p.tenants === undefined ? this.#clients.get(p.name)! : service === undefined ? undefined : this.#tenantClients.get(service)!;
+    const client = p.tenants === undefined ? this.#clients.get(p.name)! : service === undefined ? undefined : this.#tenantClient(p, service);
     const subject = `flexplugin.${service ?? p.name}.processor.${r.kind}`;
-    return this.#tracked(p, service ?? p.name, () => this.#timed(p, this.#supervised(p, batch.tenant), () => this.#gate(p, batch.tenant, service, subject) ?? client!.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal)));
+    return this.#tracked(p, slot, () => this.#timed(p, this.#supervised(p, batch.tenant), () => this.#gate(p, batch.tenant, service, subject) ?? client!.callProcessor(r.kind, { tenant: batch.tenant, options: batch.options, states: batch.states, inputs: batch.inputs }, signal)));
   }
 
   async callStep(plugin: string, step: string, request: Omit<StepRequest, "protocol" | "step">, options: { readonly timeoutMs?: number; readonly signal?: AbortSignal } = {}): Promise<StepReply> {
     const p = this.plugins.get(plugin);
     if (!p) throw new PluginUnavailableError({ service: plugin, subject: `flexplugin.${plugin}.step.${step}` });
+    const slot = p.service;
     const service = this.#serviceFor(p, request.tenant);
-    let client = p.tenants === undefined ? this.#clients.get(plugin) : service === undefined ? undefined : this.#tenantClients.get(service);
+    let client = p.tenants === undefined ? this.#clients.get(plugin) : service === undefined ? undefined : this.#tenantClient(p, service);
     if (options.timeoutMs !== undefined && service !== undefined) {
       let byTimeout = this.#stepClients.get(options.timeoutMs);
       if (!byTimeout) this.#stepClients.set(options.timeoutMs, (byTimeout = new Map()));
@@ -285,7 +315,7 @@ class Host implements PluginHost {
       byTimeout.set(key, client);
     }
     const subject = `flexplugin.${service ?? p.name}.step.${step}`;
-    return this.#tracked(p, service ?? p.name, () => this.#timed(p, this.#supervised(p, request.tenant), () => this.#gate(p, request.tenant, service, subject) ?? client!.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal)));
+    return this.#tracked(p, slot, () => this.#timed(p, this.#supervised(p, request.tenant), () => this.#gate(p, request.tenant, service, subject) ?? client!.callStep(step, { tenant: request.tenant, input: request.input, run: request.run }, options.signal)));
   }
 
   /** A tenant plugin's sets as one: failures summed, the first state of {@link STATE_ORDER} any set is in. */

@@ -150,10 +150,10 @@ export type { EndpointMetrics, PluginEndpoints, PluginEndpointsOptions, SinkEntr
 
 // --- Upgrades without loss and per-plugin stop (h-plugupgrade) ---
 export { PluginUpgradeFailedError } from "./errors.js";
-export { pluginServiceNames, UPGRADE_SLOT_SUFFIX, upgradeServiceName } from "./supervisor.js";
+export { pluginServiceNames, tenantSlotServiceNames, UPGRADE_SLOT_SUFFIX, upgradeServiceName } from "./supervisor.js";
 export type { PluginUpgradeOptions, PluginUpgradeResult } from "./supervisor.js";
 export { requestPluginUpgrade } from "./control.js";
-export { applyPluginVersions, DEFAULT_SWITCH_SETTLE_MS, followPluginVersions, PLUGIN_VERSION_PREFIX, readPluginVersions, upgradePlugin, writePluginVersion } from "./upgrade.js";
+export { adoptPluginVersion, applyPluginVersions, DEFAULT_SWITCH_SETTLE_MS, followPluginVersions, PLUGIN_VERSION_PREFIX, readPluginVersions, upgradePlugin, writePluginVersion } from "./upgrade.js";
 export type { ApplyPluginVersionsOptions, PluginVersionRecord, UpgradePluginOptions } from "./upgrade.js";
 
 // --- The Python SDK the host provides (`sdk: python`), the first quick restart (h-plugfig) ---

@@ -28,7 +28,7 @@ import type { PluginLimits } from "./manifest.js";
 import { checkPluginName, pluginCredentials } from "./nats-users.js";
 import { EXIT_PROTOCOL_MISMATCH, PLUGIN_NAME_PATTERN } from "./protocol.js";
 import { PYTHON_SDK_MOUNT, pythonPathWithSdk, pythonSdkDir } from "./python-sdk.js";
-import { checkPluginTenant, PLUGIN_TENANT_ENV, tenantServiceName } from "./tenancy.js";
+import { checkPluginTenant, parseServiceName, PLUGIN_TENANT_ENV, tenantServiceName } from "./tenancy.js";
 
 /** First uid of the range managed plugins run as (one uid per plugin name, see {@link pluginUid}). */
 export const PLUGIN_UID_BASE = 200_000;
@@ -110,6 +110,17 @@ export function pluginServiceNames(name: string): readonly [string, string | und
   checkPluginName(name);
   const b = `${name}${UPGRADE_SLOT_SUFFIX}`;
   return [name, PLUGIN_NAME_PATTERN.test(b) ? b : undefined];
+}
+
+/**
+ * The two service names of `tenant`'s instance set of a `tenancy: tenant` plugin, one per
+ * slot: `<name>_<tenant>` and `<name>--b_<tenant>` (the slot's name, then `_<tenant>`, so the
+ * first `_` still splits plugin slot and tenant, and no tenant's name can produce another
+ * tenant's slot: `<name>_<tenant>--b` would be tenant `<tenant>--b`'s first slot).
+ */
+export function tenantSlotServiceNames(name: string, tenant: string): readonly [string, string | undefined] {
+  const [a, b] = pluginServiceNames(name);
+  return [tenantServiceName(a, tenant), b === undefined ? undefined : tenantServiceName(b, tenant)];
 }
 
 /** The service name an upgrade of a plugin now registered as `current` starts the new version under. */
@@ -255,6 +266,15 @@ export interface PluginSupervisor extends AsyncDisposable {
    * new processes are stopped and the old one keeps serving
    */
   upgrade(name: string, next: PluginLaunchSpec, options?: PluginUpgradeOptions): Promise<PluginUpgradeResult>;
+  /**
+   * The version another instance's upgrade chose for plugin `name` (`chosen.service`: its slot,
+   * `<name>` or `<name>--b`): every set of it this instance does not run now (standby, or
+   * switched off) is replaced by one of the chosen version under the chosen slot
+   * (`<slot>_<tenant>` for a tenant's set), so a failover launches what the callers call.
+   * Sets this instance runs are left alone (an upgrade here already moved them).
+   * @returns the keys of the sets replaced
+   */
+  follow(name: string, chosen: PluginLaunchSpec): string[];
 }
 
 interface Resolved {
@@ -531,7 +551,7 @@ class ManagedPlugin {
   constructor(spec: PluginLaunchSpec, o: Resolved, shared?: { readonly lease: Lease; readonly box: LeaseBox }) {
     this.spec = spec;
     this.#o = o;
-    this.service = spec.tenant === undefined ? (spec.service ?? spec.name) : tenantServiceName(spec.name, spec.tenant);
+    this.service = spec.service ?? (spec.tenant === undefined ? spec.name : tenantServiceName(spec.name, spec.tenant));
     this.limits = { ...DEFAULT_PLUGIN_LIMITS, ...spec.limits };
     this.#count = spec.instances ?? 1;
     this.#slots = Array.from({ length: this.#count }, () => undefined);
@@ -554,6 +574,11 @@ class ManagedPlugin {
 
   get upgrading(): boolean {
     return this.#candidate !== undefined;
+  }
+
+  /** Switched off (by the operator or, for a tenant's set, by its tenant's admin). */
+  get disabled(): boolean {
+    return this.#disabled;
   }
 
   /** The instance set's key (`<name>`, or `<name>_<tenant>`): logs, errors, the supervisor's methods. */
@@ -615,8 +640,7 @@ class ManagedPlugin {
 
   #leaseLost(): void {
     this.#o.log(`plugin ${this.name}: lease lost; stopping its processes`, "warn");
-    const candidate = this.#candidate;
-    if (candidate) void candidate.abandon(new Error("the lease was lost during the upgrade"));
+    if (this.#candidate) void this.dropCandidate(new Error("the lease was lost during the upgrade"));
     void this.#retireAll().then(() => {
       this.#state = "standby";
       if (!this.#stopping) void this.#tryLease();
@@ -859,7 +883,7 @@ class ManagedPlugin {
     this.#stopping = true;
     if (this.#leaseTimer) clearTimeout(this.#leaseTimer);
     const held = this.#held();
-    await this.#candidate?.abandon(new Error("the host is stopping"));
+    await this.dropCandidate(new Error("the host is stopping"));
     await this.#retireAll();
     this.#state = "stopped";
     if (held) {
@@ -883,7 +907,7 @@ class ManagedPlugin {
     if (this.#leaseTimer) clearTimeout(this.#leaseTimer);
     this.#leaseTimer = undefined;
     this.#o.log(`plugin ${this.name}: disabled; stopping its processes`);
-    await this.#candidate?.abandon(new Error("the plugin was disabled"));
+    await this.dropCandidate(new Error("the plugin was disabled"));
     await this.#retireAll();
     this.#state = "stopped";
     if (held) {
@@ -920,9 +944,19 @@ class ManagedPlugin {
       if (candidate.#stopping) throw new Error("the upgrade was abandoned");
       return candidate;
     } catch (err) {
-      await candidate.abandon(err as Error);
+      await this.dropCandidate(err as Error);
       throw err;
     }
+  }
+
+  /**
+   * Stops the upgrade's candidate and forgets it, so that a failed upgrade does not leave
+   * this version looking mid-upgrade (which would refuse every later upgrade).
+   */
+  async dropCandidate(why: Error): Promise<void> {
+    const candidate = this.#candidate;
+    this.#candidate = undefined;
+    await candidate?.abandon(why);
   }
 
   /** Stops an upgrade's candidate that will not be promoted. */
@@ -995,7 +1029,8 @@ function checkSpec(p: PluginLaunchSpec, at: string): void {
   if (p.tenant !== undefined) {
     checkPluginTenant(p.tenant, `${at}.tenant`);
     checkTenantName(p.tenant, `${at}.tenant`);
-    if (p.service !== undefined && p.service !== tenantServiceName(p.name, p.tenant)) throw new InvalidOptionError(`${at}.service`, p.service, `absent or ${tenantServiceName(p.name, p.tenant)} (a tenant's instance set registers as <name>_<tenant>)`);
+    const slots = tenantSlotServiceNames(p.name, p.tenant).filter((x): x is string => x !== undefined);
+    if (p.service !== undefined && !slots.includes(p.service)) throw new InvalidOptionError(`${at}.service`, p.service, `absent or one of ${slots.join(", ")} (a tenant's instance set registers as <name>_<tenant>, or <name>--b_<tenant> after an upgrade)`);
   }
   if (p.enabled !== undefined && typeof p.enabled !== "boolean") throw new InvalidOptionError(`${at}.enabled`, p.enabled, "a boolean");
   if (p.sdk !== undefined && p.sdk !== "python") throw new InvalidOptionError(`${at}.sdk`, p.sdk, "`python` or absent");
@@ -1064,9 +1099,8 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
       throw new PluginUpgradeFailedError(name, typeof next?.version === "string" ? next.version : undefined, reason, cause === undefined ? undefined : { cause });
     };
     const key = plugins.get(name);
-    if (!key && [...plugins.values()].some((x) => x.spec.name === name && x.spec.tenant !== undefined) || key?.spec.tenant !== undefined) {
-      fail("it is a `tenancy: tenant` plugin (one instance set per tenant), which is upgraded by a restart: point flexcore.yaml at the new bundle and restart FlexCore");
-    }
+    if (key?.spec.tenant !== undefined) fail(`it is one tenant's instance set of a \`tenancy: tenant\` plugin; upgrade the plugin, ${key!.spec.name}, and every tenant's set follows`);
+    if (!key && [...plugins.values()].some((x) => x.spec.name === name && x.spec.tenant !== undefined)) return upgradeTenantSets(name, next, opts, fail);
     const old = get(name);
     if (stopped) fail("the supervisor is stopping");
     try {
@@ -1091,7 +1125,7 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     try {
       await opts.switchTo?.(service!);
     } catch (err) {
-      await candidate!.abandon(err as Error);
+      await old.dropCandidate(err as Error);
       fail(`the callers could not be switched: ${(err as Error).message}`, err);
     }
     plugins.set(name, candidate!);
@@ -1099,9 +1133,90 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     o.log(`plugin ${name}: upgraded to ${spec.version}; version ${old.spec.version} drained and stopped`);
     return { plugin: name, version: spec.version, service: service!, previous: { version: old.spec.version, service: old.service } };
   };
+  /**
+   * A `tenancy: tenant` plugin: every tenant's set, together, through the same protocol. All
+   * new sets start beside the old ones (under `<name>--b_<tenant>`, or back under
+   * `<name>_<tenant>`); only when every one is ready do the callers switch, once for all
+   * tenants (one stored choice), then every old set drains. If one tenant's new set never
+   * becomes ready, every new set is stopped and every tenant keeps its old set serving.
+   */
+  const upgradeTenantSets = async (name: string, next: PluginLaunchSpec, opts: PluginUpgradeOptions, fail: (reason: string, cause?: unknown) => never): Promise<PluginUpgradeResult> => {
+    const sets = [...plugins.values()].filter((x) => x.spec.name === name && x.spec.tenant !== undefined);
+    if (stopped) fail("the supervisor is stopping");
+    try {
+      checkSpec(next, "next");
+    } catch (err) {
+      fail((err as Error).message, err);
+    }
+    if (next.name !== name) fail(`the new bundle is plugin ${JSON.stringify(next.name)}, not ${JSON.stringify(name)}`);
+    if (next.tenant !== undefined) fail(`next.tenant is ${JSON.stringify(next.tenant)}: the upgrade applies to every tenant's set, the supervisor sets each tenant`);
+    if (sets.some((x) => x.upgrading)) fail("another upgrade of it is under way");
+    // One slot for the whole plugin: every set is registered under it, and one stored choice names it.
+    const slots = new Set(sets.map((x) => parseServiceName(x.service).plugin));
+    if (slots.size !== 1) fail(`its tenants' sets are under different slots (${[...slots].join(", ")}); restart FlexCore to bring them under the stored one`);
+    const current = [...slots][0]!;
+    const slot = upgradeServiceName(name, current);
+    if (!slot) fail(`its name is too long for a second service name (${name}${UPGRADE_SLOT_SUFFIX}_<tenant>); upgrade it by a restart`);
+    const live = sets.filter((x) => !x.disabled);
+    if (live.length === 0) fail("every tenant's set is disabled; enable the plugin first");
+    const elsewhere = live.filter((x) => !x.leaseHeld).map((x) => x.name);
+    if (elsewhere.length > 0) fail(`this instance does not run the sets ${elsewhere.join(", ")} (another instance holds their leases); a tenant plugin is upgraded by the instance running all its enabled sets`);
+    const specOf = (x: ManagedPlugin): PluginLaunchSpec => ({ ...next, tenant: x.spec.tenant!, service: tenantServiceName(slot!, x.spec.tenant!), enabled: !x.disabled });
+    const timeoutMs = opts.timeoutMs ?? next.limits?.startTimeoutMs ?? DEFAULT_PLUGIN_LIMITS.startTimeoutMs;
+    const previous = { version: live[0]!.spec.version, service: current };
+    o.log(`plugin ${name}: upgrading ${previous.version} (service ${current}_<tenant>) to ${next.version} (service ${slot}_<tenant>) for tenants ${sets.map((x) => x.spec.tenant).join(", ")}; starting the new sets beside the running ones`);
+    const trials = await Promise.allSettled(live.map((x) => x.trial(specOf(x), timeoutMs, opts.signal)));
+    const candidates = trials.flatMap((t) => (t.status === "fulfilled" ? [t.value] : []));
+    const failedAt = trials.findIndex((t) => t.status === "rejected");
+    if (failedAt !== -1) {
+      await Promise.all(live.map((x) => x.dropCandidate(new Error("another tenant's new set did not become ready"))));
+      const err = (trials[failedAt] as PromiseRejectedResult).reason as Error;
+      fail(`version ${next.version} did not become ready for tenant ${live[failedAt]!.spec.tenant}: ${err.message}`, err);
+    }
+    try {
+      await opts.switchTo?.(slot!);
+    } catch (err) {
+      await Promise.all(live.map((x) => x.dropCandidate(err as Error)));
+      fail(`the callers could not be switched: ${(err as Error).message}`, err);
+    }
+    // A set its tenant disabled starts nothing now; it runs the new version when enabled.
+    for (const x of sets.filter((y) => y.disabled)) {
+      const replaced = new ManagedPlugin(specOf(x), o);
+      plugins.set(x.name, replaced);
+      replaced.start();
+    }
+    live.forEach((x, i) => plugins.set(x.name, candidates[i]!));
+    await Promise.all(live.map((x, i) => x.handOver(candidates[i]!)));
+    o.log(`plugin ${name}: upgraded to ${next.version} for every tenant; version ${previous.version}'s sets drained and stopped`);
+    return { plugin: name, version: next.version, service: slot!, previous };
+  };
+  const follow = (name: string, chosen: PluginLaunchSpec): string[] => {
+    checkPluginName(name);
+    if (chosen.name !== name) throw new InvalidOptionError("chosen.name", chosen.name, `plugin ${name}`);
+    const replaced: string[] = [];
+    if (stopped) return replaced;
+    for (const [key, x] of [...plugins]) {
+      if (x.spec.name !== name || x.leaseHeld || x.upgrading) continue;
+      const slot = chosen.service ?? name;
+      const service = x.spec.tenant === undefined ? slot : tenantServiceName(slot, x.spec.tenant);
+      if (x.service === service && x.spec.version === chosen.version && x.spec.bundleDir === chosen.bundleDir) continue;
+      const spec: PluginLaunchSpec = { ...chosen, service, enabled: !x.disabled, ...(x.spec.tenant === undefined ? {} : { tenant: x.spec.tenant }) };
+      checkSpec(spec, "chosen");
+      const next = new ManagedPlugin(spec, o);
+      plugins.set(key, next);
+      replaced.push(key);
+      o.log(`plugin ${key}: following the chosen version ${spec.version} (service ${service}) for when this instance takes it over`);
+      // The standby version stops trying for the lease first, so only the chosen one takes it.
+      void x.stop().then(() => {
+        if (!stopped && plugins.get(key) === next) next.start();
+      });
+    }
+    return replaced;
+  };
   return {
     status,
     upgrade,
+    follow,
     setEnabled: async (name, enabled) => {
       await Promise.all(every(name).map((p) => p.setEnabled(enabled)));
     },

@@ -4,7 +4,7 @@
 // acme's instance does not interrupt globex's; acme's plugin user cannot reach globex's
 // instance subjects nor `evt.>`; a tenant's own NATS user cannot call either instance; an
 // instance registering without the launch's nonce is never taken as ready; plugin_status
-// shows each tenant its own instance on its own subject.
+// shows each tenant its own instance on its own subject. (Upgrades: tenancy-upgrade.int.test.ts.)
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
@@ -276,12 +276,14 @@ describe("tenancy: tenant plugins, one instance set per tenant", () => {
     }
   });
 
-  it("upgrades of a tenancy: tenant plugin are refused with a coded error, and nothing changes", async () => {
-    const err = await sup.upgrade("tp", { ...plugins.managed[0]!.spec, version: "2.0.0" }).then(() => undefined, (e: unknown) => e);
+  it("one tenant's set is not upgraded on its own (the plugin is, every set together: tenancy-upgrade.int.test.ts): a coded error, and nothing changes", async () => {
+    const pid = sup.status("tp_acme").instances[0]!.pid;
+    const err = await sup.upgrade("tp_acme", { ...plugins.managed[0]!.spec, version: "2.0.0" }).then(() => undefined, (e: unknown) => e);
     expect(err).toBeInstanceOf(PluginUpgradeFailedError);
     expect((err as PluginUpgradeFailedError).code).toBe("FLEX_PLUGIN_UPGRADE_FAILED");
-    expect((err as Error).message).toMatch(/tenancy: tenant/u);
-    expect(sup.status("tp_acme").state).toBe("running");
+    expect((err as Error).message).toMatch(/one tenant's instance set/u);
+    expect(sup.status("tp_acme")).toMatchObject({ state: "running", instances: [expect.objectContaining({ pid })] });
+    expect(sup.spec("tp_acme").version).toBe("1.0.0");
   });
 });
 

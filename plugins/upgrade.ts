@@ -20,6 +20,7 @@ import type { PluginHost } from "./host.js";
 import type { PluginManifest } from "./manifest.js";
 import { checkPluginName } from "./nats-users.js";
 import { pluginServiceNames } from "./supervisor.js";
+import { tenantServiceName } from "./tenancy.js";
 import type { PluginSupervisor, PluginUpgradeResult } from "./supervisor.js";
 
 /** Key prefix of the chosen versions in `flex_state`: `plugin-version.<name>`. */
@@ -81,8 +82,12 @@ export async function readPluginVersions(nc: NatsConnection): Promise<Map<string
   return out;
 }
 
-/** Switches `host`'s callers to each plugin's chosen service now and on every change, until `stop()`. */
-export async function followPluginVersions(nc: NatsConnection, host: Pick<PluginHost, "setService">, log?: (line: string) => void): Promise<{ stop(): void }> {
+/**
+ * Switches `host`'s callers to each plugin's chosen service now and on every change, until
+ * `stop()`; `onChoice` gets every record too (`flexcore up` passes it to
+ * {@link adoptPluginVersion}, so the standby sets follow the choice).
+ */
+export async function followPluginVersions(nc: NatsConnection, host: Pick<PluginHost, "setService">, log?: (line: string) => void, onChoice?: (name: string, record: PluginVersionRecord) => void): Promise<{ stop(): void }> {
   const kv = await stateKv(nc);
   const watch = await kv.watch({ key: `${PLUGIN_VERSION_PREFIX}.>` });
   void (async () => {
@@ -92,6 +97,7 @@ export async function followPluginVersions(nc: NatsConnection, host: Pick<Plugin
       if (!r) continue;
       host.setService(name, r.service);
       log?.(`flexcore: plugin ${name} is called as service ${r.service} (version ${r.version}, by ${r.by})`);
+      onChoice?.(name, r);
     }
   })().catch(() => undefined);
   return { stop: () => watch.stop() };
@@ -131,13 +137,29 @@ export async function applyPluginVersions(plugins: ResolvedPlugins, records: Rea
       if (installed.digest !== r.digest) throw new Error(`it holds a bundle with digest ${installed.digest}, not the chosen ${r.digest}`);
       if (installed.manifest.name !== m.entry.name) throw new Error(`its manifest names plugin ${installed.manifest.name}`);
       options.log?.(`flexcore: plugin ${m.entry.name}: running the chosen version ${r.version} (upgraded ${r.at} by ${r.by}) from ${installed.path}, not flexcore.yaml's ${m.manifest.version}`);
-      managed.push({ entry: m.entry, installed, manifest: installed.manifest, spec: { ...launchSpec(installed.manifest, installed.path, m.entry), service: r.service } });
+      // A tenant plugin keeps its tenants: every tenant's set runs the chosen version under `<service>_<tenant>`.
+      managed.push({ entry: m.entry, installed, manifest: installed.manifest, spec: { ...launchSpec(installed.manifest, installed.path, m.entry), service: r.service }, tenants: m.tenants });
     } catch (err) {
       options.log?.(`flexcore: plugin ${m.entry.name}: the chosen version ${r.version} cannot be installed from ${r.bundle} (${(err as Error).message}); running flexcore.yaml's ${m.manifest.version} as service ${r.service}`, "error");
       managed.push({ ...m, spec: { ...m.spec, service: r.service } });
     }
   }
   return { managed, external: plugins.external };
+}
+
+/**
+ * Makes the sets of `m` that this instance does not run now (standby, switched off) follow
+ * the chosen version `record` (installed from its shared path and verified as at start, see
+ * {@link applyPluginVersions}), so that if this instance takes one over, it launches the
+ * chosen version under the chosen service, which is what every caller calls. Without it, an
+ * instance started before the upgrade would launch flexcore.yaml's version under the old
+ * service after a failover, and the calls would wait until its restart.
+ * @returns the keys of the sets that now follow it
+ */
+export async function adoptPluginVersion(supervisor: Pick<PluginSupervisor, "follow">, m: ResolvedManagedPlugin, record: PluginVersionRecord, options: ApplyPluginVersionsOptions): Promise<string[]> {
+  const [applied] = (await applyPluginVersions({ managed: [m], external: [] }, new Map([[m.entry.name, record]]), options)).managed;
+  if (!applied || applied.spec.service !== record.service) return [];
+  return supervisor.follow(m.entry.name, applied.spec);
 }
 
 /** Options of {@link upgradePlugin}. */
@@ -169,7 +191,8 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
   if (typeof bundleDir !== "string" || !isAbsolute(bundleDir)) throw new InvalidOptionError("bundle", bundleDir, "an absolute path of a bundle folder");
   const hosted = options.host.plugins.get(name);
   if (!hosted || !hosted.managed) throw new PluginUpgradeFailedError(name, undefined, "it is not a managed plugin of this instance");
-  const current = options.supervisor.spec(name);
+  // A tenant plugin's sets share one version and one slot: the first tenant's set speaks for them.
+  const current = options.supervisor.spec(hosted.tenants?.[0] === undefined ? name : tenantServiceName(name, hosted.tenants[0]));
   let installed;
   try {
     installed = await install(resolve(bundleDir), options.storeDir, { trustedKeysDir: options.trustedKeysDir, allowUnsigned: options.allowUnsigned ? [name] : [] });
@@ -178,6 +201,9 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
   }
   const manifest: PluginManifest = installed.manifest;
   if (manifest.name !== name) throw new PluginUpgradeFailedError(name, manifest.version, `the bundle is plugin ${JSON.stringify(manifest.name)}`);
+  // One instance set for everyone or one per tenant is a different set of NATS users and leases: a restart changes it, not an upgrade.
+  const tenancy = hosted.tenants === undefined ? "system" : "tenant";
+  if (manifest.tenancy !== tenancy) throw new PluginUpgradeFailedError(name, manifest.version, `the bundle says \`tenancy: ${manifest.tenancy}\`, the running version \`tenancy: ${tenancy}\`; change it by a restart`);
   const previousDigest = current.bundleDir.split("/").pop();
   const next = launchSpec(manifest, installed.path, { instances: current.instances ?? 1, config: current.config ?? {} });
   const result = await options.supervisor.upgrade(name, next, {
@@ -189,7 +215,7 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
         service,
         digest: installed.digest,
         bundle: resolve(bundleDir),
-        previous: { version: current.version, service: current.service ?? name, digest: previousDigest },
+        previous: { version: current.version, service: hosted.tenants === undefined ? (current.service ?? name) : oldService, digest: previousDigest },
         at: new Date().toISOString(),
         by: options.by ?? "cli",
       });
