@@ -27,7 +27,7 @@ import type { PluginHost } from "./host.js";
 import { createPluginLifecycle } from "./lifecycle.js";
 import { pluginServiceNames, pluginUid, startPluginSupervisor } from "./supervisor.js";
 import type { PluginSupervisor } from "./supervisor.js";
-import { applyPluginVersions, readPluginVersions, upgradePlugin } from "./upgrade.js";
+import { applyPluginVersions, followPluginVersions, readPluginVersions, upgradePlugin } from "./upgrade.js";
 
 let bed: SupervisorBed;
 let nats: TestNats;
@@ -127,6 +127,11 @@ describe("plugin upgrade without loss", () => {
     const { sup, host, lines } = await startAll(plugins, events);
     await sup.ready("up", 20_000).catch((e) => { console.log(lines.join("\n")); throw e; });
     const v1Pids = sup.status("up").instances.map((i) => i.pid!);
+    // Another instance's host (no supervisor of its own) follows the stored choice.
+    const follower = createPluginHost({ nc: nats.nc, plugins });
+    const following = await followPluginVersions(nats.nc, follower);
+    closers.push(async () => following.stop());
+    expect(follower.plugins.get("up")).toMatchObject({ service: "up", manifest: { version: "1.0.0" } });
     const runtime: ProcessorRuntime = await startProcessorRuntime(nats.nc, {
       processors: parseConfig(`processors:\n  - name: ${processor}\n    kind: up/echo\n    subjects: ["evt.${tenant}.up.*"]\n    partitions: 1\n    batch_size: 16\n    backoff: [20ms, 50ms]\n`, pipelineSections({ threads: 1 })).processors,
       threads: 1,
@@ -147,6 +152,10 @@ describe("plugin upgrade without loss", () => {
     // The choice is stored for every instance's callers and for a failover.
     const stored = (await readPluginVersions(nats.nc)).get("up");
     expect(stored).toMatchObject({ version: "2.0.0", service: "up--b", digest: result.digest, previous: { version: "1.0.0", service: "up" } });
+    // The other instance's callers moved too, and learned v2's manifest with the switch.
+    await until(() => follower.plugins.get("up")!.service === "up--b", 5_000, "the follower on up--b");
+    expect(follower.plugins.get("up")!.manifest).toEqual(host.plugins.get("up")!.manifest);
+    expect(follower.plugins.get("up")!.manifest!.version).toBe("2.0.0");
 
     // An upgrade to a version that never answers INFO with its nonce fails, over the control
     // subject as the CLI sends it, while the load goes on; v2 keeps serving.

@@ -10,13 +10,15 @@
 import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { isAbsolute, resolve } from "node:path";
+import { readFile } from "node:fs/promises";
+import { isAbsolute, join, resolve } from "node:path";
 import { BUCKETS, InvalidOptionError } from "../streams/index.js";
 import { install } from "./bundle.js";
 import { PluginUpgradeFailedError } from "./errors.js";
 import { launchSpec } from "./host-config.js";
 import type { ResolvedManagedPlugin, ResolvedPlugins } from "./host-config.js";
 import type { PluginHost } from "./host.js";
+import { MANIFEST_FILE, readManifestDocument, validateManifest } from "./manifest.js";
 import type { PluginManifest } from "./manifest.js";
 import { checkPluginName } from "./nats-users.js";
 import { pluginServiceNames } from "./supervisor.js";
@@ -50,6 +52,12 @@ export interface PluginVersionRecord {
   readonly at: string;
   /** Who asked (`cli`, ...). */
   readonly by: string;
+  /**
+   * The chosen version's `flexcore-plugin.yaml` as the lease holder verified it (kinds,
+   * steps, call timeout), so every instance's callers learn it with the switch, not only the
+   * lease holder's. Absent in records written before it was kept: the service name alone switches.
+   */
+  readonly manifest?: string;
 }
 
 async function stateKv(nc: NatsConnection): Promise<KV> {
@@ -95,12 +103,30 @@ export async function followPluginVersions(nc: NatsConnection, host: Pick<Plugin
       const name = e.key.slice(PLUGIN_VERSION_PREFIX.length + 1);
       const r = e.operation === "PUT" ? parseRecord(e.value) : undefined;
       if (!r) continue;
-      host.setService(name, r.service);
+      host.setService(name, r.service, storedManifest(name, r, log));
       log?.(`flexcore: plugin ${name} is called as service ${r.service} (version ${r.version}, by ${r.by})`);
       onChoice?.(name, r);
     }
   })().catch(() => undefined);
   return { stop: () => watch.stop() };
+}
+
+/**
+ * The record's manifest, checked again as a manifest file would be (the record is FlexCore's
+ * own, in a bucket no tenant reaches, but a bad one must not replace a good manifest), when
+ * it is the record's plugin and version; else undefined (the host keeps the one it has).
+ */
+function storedManifest(name: string, r: PluginVersionRecord, log?: (line: string) => void): PluginManifest | undefined {
+  if (typeof r.manifest !== "string") return undefined;
+  const where = `${BUCKETS.state}/${PLUGIN_VERSION_PREFIX}.${name}`;
+  try {
+    const m = validateManifest(readManifestDocument(r.manifest, where), where);
+    if (m.name === name && m.version === r.version) return m;
+    log?.(`flexcore: plugin ${name}: the stored choice's manifest is plugin ${m.name} ${m.version}, not ${name} ${r.version}; keeping the manifest loaded`);
+  } catch (err) {
+    log?.(`flexcore: plugin ${name}: the stored choice's manifest is invalid (${(err as Error).message}); keeping the manifest loaded`);
+  }
+  return undefined;
 }
 
 /** Options of {@link applyPluginVersions}. */
@@ -204,6 +230,7 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
   // One instance set for everyone or one per tenant is a different set of NATS users and leases: a restart changes it, not an upgrade.
   const tenancy = hosted.tenants === undefined ? "system" : "tenant";
   if (manifest.tenancy !== tenancy) throw new PluginUpgradeFailedError(name, manifest.version, `the bundle says \`tenancy: ${manifest.tenancy}\`, the running version \`tenancy: ${tenancy}\`; change it by a restart`);
+  const manifestText = await readFile(join(installed.path, MANIFEST_FILE), "utf8");
   const previousDigest = current.bundleDir.split("/").pop();
   const next = launchSpec(manifest, installed.path, { instances: current.instances ?? 1, config: current.config ?? {} });
   const result = await options.supervisor.upgrade(name, next, {
@@ -218,6 +245,7 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
         previous: { version: current.version, service: hosted.tenants === undefined ? (current.service ?? name) : oldService, digest: previousDigest },
         at: new Date().toISOString(),
         by: options.by ?? "cli",
+        manifest: manifestText,
       });
       options.host.setService(name, service, manifest);
       await options.host.idle(name, oldService, manifest.limits.callTimeoutMs);
