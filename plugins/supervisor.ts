@@ -1094,6 +1094,16 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
   function status(name?: string): PluginStatus | PluginStatus[] {
     return name === undefined ? [...plugins.values()].map((p) => p.status()) : get(name).status();
   }
+  /** What any upgrade checks first: the supervisor runs, and `next` is a valid spec of plugin `name`. */
+  const checkNext = (name: string, next: PluginLaunchSpec, fail: (reason: string, cause?: unknown) => never): void => {
+    if (stopped) fail("the supervisor is stopping");
+    try {
+      checkSpec(next, "next");
+    } catch (err) {
+      fail((err as Error).message, err);
+    }
+    if (next.name !== name) fail(`the new bundle is plugin ${JSON.stringify(next.name)}, not ${JSON.stringify(name)}`);
+  };
   const upgrade = async (name: string, next: PluginLaunchSpec, opts: PluginUpgradeOptions = {}): Promise<PluginUpgradeResult> => {
     const fail = (reason: string, cause?: unknown): never => {
       throw new PluginUpgradeFailedError(name, typeof next?.version === "string" ? next.version : undefined, reason, cause === undefined ? undefined : { cause });
@@ -1102,13 +1112,7 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     if (key?.spec.tenant !== undefined) fail(`it is one tenant's instance set of a \`tenancy: tenant\` plugin; upgrade the plugin, ${key!.spec.name}, and every tenant's set follows`);
     if (!key && [...plugins.values()].some((x) => x.spec.name === name && x.spec.tenant !== undefined)) return upgradeTenantSets(name, next, opts, fail);
     const old = get(name);
-    if (stopped) fail("the supervisor is stopping");
-    try {
-      checkSpec(next, "next");
-    } catch (err) {
-      fail((err as Error).message, err);
-    }
-    if (next.name !== name) fail(`the new bundle is plugin ${JSON.stringify(next.name)}, not ${JSON.stringify(name)}`);
+    checkNext(name, next, fail);
     if (old.upgrading) fail("another upgrade of it is under way");
     if (!old.leaseHeld) fail("this instance does not run it (another instance holds its lease, or it is disabled)");
     const service = upgradeServiceName(name, old.service);
@@ -1142,13 +1146,7 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
    */
   const upgradeTenantSets = async (name: string, next: PluginLaunchSpec, opts: PluginUpgradeOptions, fail: (reason: string, cause?: unknown) => never): Promise<PluginUpgradeResult> => {
     const sets = [...plugins.values()].filter((x) => x.spec.name === name && x.spec.tenant !== undefined);
-    if (stopped) fail("the supervisor is stopping");
-    try {
-      checkSpec(next, "next");
-    } catch (err) {
-      fail((err as Error).message, err);
-    }
-    if (next.name !== name) fail(`the new bundle is plugin ${JSON.stringify(next.name)}, not ${JSON.stringify(name)}`);
+    checkNext(name, next, fail);
     if (next.tenant !== undefined) fail(`next.tenant is ${JSON.stringify(next.tenant)}: the upgrade applies to every tenant's set, the supervisor sets each tenant`);
     if (sets.some((x) => x.upgrading)) fail("another upgrade of it is under way");
     // One slot for the whole plugin: every set is registered under it, and one stored choice names it.

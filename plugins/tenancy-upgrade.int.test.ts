@@ -9,7 +9,7 @@
 // can neither ask for an upgrade nor call a set.
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -21,7 +21,7 @@ import type { TestNats } from "../test/nats-server.js";
 import { pidsOfUid } from "../test/plugin-process.js";
 import { PLUGIN_CONTROL_SUBJECT, requestPluginUpgrade, servePluginControl } from "./control.js";
 import { PluginUpgradeFailedError } from "./errors.js";
-import { fixtureBundle, packFixtureBundle, startSupervisorBed, until } from "./fixtures/harness.js";
+import { fixtureBundle, packFixtureBundle, readDerived, startSupervisorBed, until } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
 import { createPluginHost } from "./host.js";
@@ -76,19 +76,8 @@ interface Served {
 
 /** Every output of the processors named `<processor>-<tenant>` so far. */
 async function outputs(processor: string): Promise<Served[]> {
-  const jsm = await jetstreamManager(nats.nc);
-  const info = await jsm.streams.info(STREAMS.derived, { subjects_filter: "drv.>" });
-  const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-  if (total === 0) return [];
-  const consumer = await jetstream(nats.nc).consumers.get(STREAMS.derived, { filter_subjects: "drv.>" });
-  const out: Served[] = [];
-  const messages = await consumer.consume({ max_messages: 1_000 });
-  for await (const m of messages) {
-    if (m.subject.split(".")[2]!.startsWith(`${processor}-`)) out.push({ subject: m.subject, id: m.headers?.get("Nats-Msg-Id") ?? "", ...m.json<Omit<Served, "subject" | "id">>() });
-    if (m.info.pending === 0 || out.length >= total) break;
-  }
-  await messages.close().catch(() => undefined);
-  return out;
+  const out = await readDerived<Omit<Served, "subject" | "id">>(nats.nc, "drv.>", (subject) => subject.split(".")[2]!.startsWith(`${processor}-`));
+  return out.map((o) => ({ subject: o.subject, id: o.id, ...o.data }));
 }
 
 async function dlqCount(processor: string): Promise<number> {

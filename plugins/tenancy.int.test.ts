@@ -7,7 +7,6 @@
 // shows each tenant its own instance on its own subject. (Upgrades: tenancy-upgrade.int.test.ts.)
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -15,13 +14,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createProjectionEngine, pluginStatusProjection } from "../projections/index.js";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
 import { ConfigError } from "../processors/index.js";
-import { BUCKETS, createEventStore, encodeEvent, STREAMS, SYSTEM_TENANT } from "../streams/index.js";
+import { BUCKETS, createEventStore, encodeEvent, SYSTEM_TENANT } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { pluginViews } from "./control.js";
 import { PluginRejectedError, PluginUpgradeFailedError } from "./errors.js";
-import { fixtureBundle, packFixtureBundle, startSupervisorBed, until } from "./fixtures/harness.js";
+import { fixtureBundle, packFixtureBundle, readDerived, startSupervisorBed, until } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
 import { pidsOfUid } from "../test/plugin-process.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
@@ -79,19 +78,8 @@ interface Served {
 
 /** Every output of the processors named `<processor>-<tenant>` so far. */
 async function outputs(processor: string): Promise<Served[]> {
-  const jsm = await jetstreamManager(nats.nc);
-  const info = await jsm.streams.info(STREAMS.derived, { subjects_filter: "drv.>" });
-  const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-  if (total === 0) return [];
-  const consumer = await jetstream(nats.nc).consumers.get(STREAMS.derived, { filter_subjects: "drv.>" });
-  const out: Served[] = [];
-  const messages = await consumer.consume({ max_messages: 1_000 });
-  for await (const m of messages) {
-    if (m.subject.split(".")[2]!.startsWith(`${processor}-`)) out.push({ subject: m.subject, ...m.json<Omit<Served, "subject">>() });
-    if (m.info.pending === 0 || out.length >= total) break;
-  }
-  await messages.close().catch(() => undefined);
-  return out;
+  const out = await readDerived<Omit<Served, "subject">>(nats.nc, "drv.>", (subject) => subject.split(".")[2]!.startsWith(`${processor}-`));
+  return out.map((o) => ({ subject: o.subject, ...o.data }));
 }
 
 async function publish(tenant: string, category: string, from: number, n: number): Promise<void> {

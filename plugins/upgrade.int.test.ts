@@ -17,7 +17,7 @@ import type { TestNats } from "../test/nats-server.js";
 import { install } from "./bundle.js";
 import { followPluginSwitches, requestPluginUpgrade, servePluginControl, setPluginEnabled } from "./control.js";
 import { PluginUpgradeFailedError } from "./errors.js";
-import { fixtureBundle, packFixtureBundle, startSupervisorBed, until } from "./fixtures/harness.js";
+import { fixtureBundle, packFixtureBundle, readDerived, startSupervisorBed, until } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
 import { pidsOfUid } from "../test/plugin-process.js";
 import { launchSpec } from "./host-config.js";
@@ -93,20 +93,8 @@ async function steadyLoad(tenant: string, stop: () => boolean, perTick: number, 
 }
 
 async function derived(processor: string): Promise<Array<{ id: string; seq: number; tag: string }>> {
-  const js = (await import("@nats-io/jetstream")).jetstream(nats.nc);
-  const info = await (await import("@nats-io/jetstream")).jetstreamManager(nats.nc).then((m) => m.streams.info(STREAMS.derived, { subjects_filter: `drv.*.${processor}.>` }));
-  const total = Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-  if (total === 0) return [];
-  const consumer = await js.consumers.get(STREAMS.derived, { filter_subjects: `drv.*.${processor}.>` });
-  const out: Array<{ id: string; seq: number; tag: string }> = [];
-  const messages = await consumer.consume({ max_messages: 1_000 });
-  for await (const m of messages) {
-    const d = m.json<{ tag: string; seq: number }>();
-    out.push({ id: m.headers?.get("Nats-Msg-Id") ?? "", seq: d.seq, tag: d.tag });
-    if (m.info.pending === 0 || out.length >= total) break;
-  }
-  await messages.close().catch(() => undefined);
-  return out;
+  const out = await readDerived<{ tag: string; seq: number }>(nats.nc, `drv.*.${processor}.>`);
+  return out.map((o) => ({ id: o.id, seq: o.data.seq, tag: o.data.tag }));
 }
 
 async function dlqCount(processor: string): Promise<number> {
