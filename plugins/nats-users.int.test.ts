@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestNats } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { generatePluginUsers, pluginCredentials, pluginUserName } from "./nats-users.js";
+import { connectAsPlugin, permissionDenied } from "./fixtures/harness.js";
 
 let nats: TestNats;
 let dir: string;
@@ -14,24 +15,11 @@ let plugin: NatsConnection;
 const opened: NatsConnection[] = [];
 
 async function asPlugin(service: string): Promise<NatsConnection> {
-  const c = await pluginCredentials(dir, service);
-  const nc = await connect({ servers: nats.server.url, user: c.user, pass: c.password, maxReconnectAttempts: 0 });
+  const nc = await connectAsPlugin(nats.server.url, dir, service);
   opened.push(nc);
   return nc;
 }
 
-/** Resolves with the permission error the server sends for `act`, or undefined after a flush without one. */
-async function denied(nc: NatsConnection, act: () => void): Promise<string | undefined> {
-  let seen: string | undefined;
-  const watch = (async () => {
-    for await (const s of nc.status()) if (s.type === "error" && /permission/i.test(String(s.error))) seen = String(s.error);
-  })();
-  act();
-  await nc.flush();
-  await new Promise((r) => setTimeout(r, 150));
-  void watch;
-  return seen;
-}
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "flexcore-plugin-users-"));
@@ -79,7 +67,7 @@ describe("plugin NATS users", () => {
     for (const s of ["evt.>", "drv.>", "$JS.API.>", "$KV.>", "flexplugin.other.>", "_INBOX.>"]) spy.subscribe(s, { callback: (_e, m) => void got.push(m.subject) });
     await spy.flush();
     for (const subject of ["evt.acme.orders.1", "drv.acme.anomaly.k", "$JS.API.STREAM.LIST", "$KV.flex_auth.x", "flexplugin.other.processor.echo", "_INBOX.steal"]) {
-      expect(await denied(plugin, () => plugin.publish(subject, "forged")), subject).toMatch(/publish/i);
+      expect(await permissionDenied(plugin, () => plugin.publish(subject, "forged")), subject).toMatch(/publish/i);
     }
     await expect(plugin.request("$JS.API.INFO", "", { timeout: 500 })).rejects.toThrow();
     await spy.flush();
@@ -89,7 +77,7 @@ describe("plugin NATS users", () => {
   it("cannot subscribe to another plugin's subjects, to inboxes or to events", async () => {
     const probe = await asPlugin("echo");
     for (const subject of ["flexplugin.other.>", "$SRV.INFO.other", "_INBOX.>", "evt.>", "drv.>", ">"]) {
-      expect(await denied(probe, () => probe.subscribe(subject)), subject).toMatch(/subscri/i);
+      expect(await permissionDenied(probe, () => probe.subscribe(subject)), subject).toMatch(/subscri/i);
     }
   });
 

@@ -10,7 +10,6 @@
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
@@ -21,12 +20,11 @@ import type { TestNats } from "../test/nats-server.js";
 import { pidsOfUid } from "../test/plugin-process.js";
 import { PLUGIN_CONTROL_SUBJECT, requestPluginUpgrade, servePluginControl } from "./control.js";
 import { PluginUpgradeFailedError } from "./errors.js";
-import { fixtureBundle, packFixtureBundle, readDerived, startSupervisorBed, until } from "./fixtures/harness.js";
+import { connectAsPlugin, fixtureBundle, packFixtureBundle, permissionDenied, readDerived, startSupervisorBed, until } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
 import { createPluginHost } from "./host.js";
 import { createPluginLifecycle } from "./lifecycle.js";
-import { pluginCredentials } from "./nats-users.js";
 import { pluginUid, startPluginSupervisor, tenantSlotServiceNames } from "./supervisor.js";
 import { adoptPluginVersion, applyPluginVersions, followPluginVersions, readPluginVersions, upgradePlugin } from "./upgrade.js";
 
@@ -100,21 +98,9 @@ async function steadyLoad(tenant: string, category: string, stop: () => boolean,
   return i;
 }
 
-/** Resolves with the permission error the server sends for `act`, or undefined after a flush without one. */
-async function denied(nc: NatsConnection, act: () => void): Promise<string | undefined> {
-  let seen: string | undefined;
-  void (async () => {
-    for await (const s of nc.status()) if (s.type === "error" && /permission/i.test(String(s.error))) seen = String(s.error);
-  })();
-  act();
-  await nc.flush().catch(() => undefined);
-  await new Promise((r) => setTimeout(r, 150));
-  return seen;
-}
 
 async function asPluginUser(service: string): Promise<NatsConnection> {
-  const c = await pluginCredentials(credentialsDir, service);
-  const nc = await connect({ servers: nats.server.url, user: c.user, pass: c.password, maxReconnectAttempts: 0 });
+  const nc = await connectAsPlugin(nats.server.url, credentialsDir, service);
   opened.push(nc);
   return nc;
 }
@@ -271,13 +257,13 @@ describe("upgrades of tenancy: tenant plugins", () => {
   it("the new slot's NATS user is confined to its own tenant's set: acme's --b user cannot reach globex's subjects, evt.> or drv.>", async () => {
     const acmeB = await asPluginUser(`${PLUGIN}--b_acme`);
     for (const subject of [`flexplugin.${PLUGIN}--b_globex.>`, `flexplugin.${PLUGIN}_globex.>`, `flexplugin.${PLUGIN}_acme.>`, `$SRV.INFO.${PLUGIN}--b_globex`, `flexplugin.${PLUGIN}--b.>`, "evt.>", "evt.globex.>", "drv.>", "_INBOX.>"]) {
-      expect(await denied(acmeB, () => acmeB.subscribe(subject)), subject).toMatch(/subscri/i);
+      expect(await permissionDenied(acmeB, () => acmeB.subscribe(subject)), subject).toMatch(/subscri/i);
     }
     for (const subject of [`flexplugin.${PLUGIN}--b_globex.processor.echo`, "evt.globex.orders.1", "drv.globex.x.1", "$JS.API.STREAM.LIST", `${PLUGIN_CONTROL_SUBJECT}.upgrade.${PLUGIN}`]) {
-      expect(await denied(acmeB, () => acmeB.publish(subject, "forged")), subject).toMatch(/publish/i);
+      expect(await permissionDenied(acmeB, () => acmeB.publish(subject, "forged")), subject).toMatch(/publish/i);
     }
     // Its own service's subjects it may serve.
-    expect(await denied(acmeB, () => acmeB.subscribe(`flexplugin.${PLUGIN}--b_acme.>`))).toBeUndefined();
+    expect(await permissionDenied(acmeB, () => acmeB.subscribe(`flexplugin.${PLUGIN}--b_acme.>`))).toBeUndefined();
   });
 
   it("a tenant can neither ask for an upgrade nor call a set of either slot", async () => {

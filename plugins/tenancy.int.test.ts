@@ -8,7 +8,6 @@
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Kvm } from "@nats-io/kv";
-import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createProjectionEngine, pluginStatusProjection } from "../projections/index.js";
@@ -20,14 +19,13 @@ import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { pluginViews } from "./control.js";
 import { PluginRejectedError, PluginUpgradeFailedError } from "./errors.js";
-import { fixtureBundle, packFixtureBundle, readDerived, startSupervisorBed, until } from "./fixtures/harness.js";
+import { connectAsPlugin, fixtureBundle, packFixtureBundle, permissionDenied, readDerived, startSupervisorBed, until } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
 import { pidsOfUid } from "../test/plugin-process.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
 import type { ManagedPluginEntry, ResolvedPlugins } from "./host-config.js";
 import { createPluginHost } from "./host.js";
 import { createPluginLifecycle } from "./lifecycle.js";
-import { pluginCredentials } from "./nats-users.js";
 import { pluginUid, startPluginSupervisor } from "./supervisor.js";
 import type { PluginSupervisor } from "./supervisor.js";
 import { tenantServiceName } from "./tenancy.js";
@@ -91,21 +89,9 @@ async function publish(tenant: string, category: string, from: number, n: number
   await Promise.all(acks);
 }
 
-/** Resolves with the permission error the server sends for `act`, or undefined after a flush without one. */
-async function denied(nc: NatsConnection, act: () => void): Promise<string | undefined> {
-  let seen: string | undefined;
-  void (async () => {
-    for await (const s of nc.status()) if (s.type === "error" && /permission/i.test(String(s.error))) seen = String(s.error);
-  })();
-  act();
-  await nc.flush().catch(() => undefined);
-  await new Promise((r) => setTimeout(r, 150));
-  return seen;
-}
 
 async function asPluginUser(service: string): Promise<NatsConnection> {
-  const c = await pluginCredentials(credentialsDir, service);
-  const nc = await connect({ servers: nats.server.url, user: c.user, pass: c.password, maxReconnectAttempts: 0 });
+  const nc = await connectAsPlugin(nats.server.url, credentialsDir, service);
   opened.push(nc);
   return nc;
 }
@@ -236,7 +222,7 @@ describe("tenancy: tenant plugins, one instance set per tenant", () => {
   it("acme's plugin user cannot subscribe to or call globex's instance subjects, nor evt.>", async () => {
     const acme = await asPluginUser("tp_acme");
     for (const subject of ["flexplugin.tp_globex.>", "flexplugin.tp_globex.processor.echo", "$SRV.INFO.tp_globex", "flexplugin.tp.>", "evt.>", "evt.globex.>", "drv.>"]) {
-      expect(await denied(acme, () => acme.subscribe(subject)), subject).toMatch(/subscri/i);
+      expect(await permissionDenied(acme, () => acme.subscribe(subject)), subject).toMatch(/subscri/i);
     }
     // It would have seen nothing of globex's calls even while asking.
     const spy = await asPluginUser("tp_acme");
@@ -244,7 +230,7 @@ describe("tenancy: tenant plugins, one instance set per tenant", () => {
     spy.subscribe("flexplugin.tp_globex.>", { callback: (e, m) => void (e ? undefined : got.push(m.subject)) });
     await spy.flush().catch(() => undefined);
     for (const subject of ["flexplugin.tp_globex.processor.echo", "evt.globex.orders.1", "$JS.API.STREAM.LIST"]) {
-      expect(await denied(acme, () => acme.publish(subject, "forged")), subject).toMatch(/publish/i);
+      expect(await permissionDenied(acme, () => acme.publish(subject, "forged")), subject).toMatch(/publish/i);
     }
     await expect(acme.request("flexplugin.tp_globex.processor.echo", JSON.stringify({ protocol: 1, tenant: "globex", kind: "echo", options: {}, states: {}, inputs: [] }), { timeout: 500 })).rejects.toThrow();
     const host = createPluginHost({ nc: nats.nc, plugins, supervisor: sup });
@@ -260,7 +246,7 @@ describe("tenancy: tenant plugins, one instance set per tenant", () => {
         const err = await tenantNc.request(`flexplugin.${service}.processor.echo`, JSON.stringify({ protocol: 1, tenant: t, kind: "echo", options: {}, states: {}, inputs: [] }), { timeout: 1_000 }).then(() => undefined, (e: unknown) => e);
         expect(String((err as Error | undefined)?.message), `${t} → ${service}`).toMatch(/permission/iu);
       }
-      expect(await denied(tenantNc, () => tenantNc.subscribe(`flexplugin.tp_${t}.>`)), t).toMatch(/subscri/i);
+      expect(await permissionDenied(tenantNc, () => tenantNc.subscribe(`flexplugin.tp_${t}.>`)), t).toMatch(/subscri/i);
     }
   });
 
