@@ -112,7 +112,9 @@ export async function startEmbeddedServer(
   await stopLeftover(dataDir, storeDir, notice);
   const port = (await portFree(DEFAULT_NATS_PORT, host)) ? DEFAULT_NATS_PORT : -1;
   const authFile = await writeEmbeddedAuth(dataDir);
-  const server = await startNatsServer({ storeDir, host, port, configFile, include: [authFile], ...(log ? { log } : {}) });
+  // Detached: a Ctrl-C in the terminal reaches only `up`, which stops the server last (after
+  // the processors' acknowledgements and the projections' commits), not at the same time.
+  const server = await startNatsServer({ storeDir, host, port, configFile, include: [authFile], detached: true, ...(log ? { log } : {}) });
   const urlFile = join(dataDir, URL_FILE);
   const pidFile = join(dataDir, PID_FILE);
   await writeFile(urlFile, `${server.url}\n`);

@@ -64,4 +64,24 @@ describe("flexcore up on SIGTERM", () => {
     });
     expect(order).toEqual([...order].sort((a, b) => a - b));
   }, 90_000);
+
+  it("on Ctrl-C in a terminal (SIGINT to the whole process group) stops in the same order: the embedded server, in a process group of its own, does not get the signal and goes last", async () => {
+    // A processor, so there are pulls and acknowledgements that need the server until the end.
+    const config = join(dir, "flexcore-group.yaml");
+    await writeFile(config, "runtime:\n  threads: 1\nprocessors:\n  - name: ctrlc-anomalies\n    kind: anomaly\n    subjects: [\"evt.*.sensor.*\"]\nworkflows:\n  runner: false\n");
+    await using up = await startUp({ config, processGroup: true, env: { ...embeddedServerEnv(join(dir, "data-group")), FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "keys-group") } });
+    const sent = Date.now();
+    const code = await up.interrupt();
+    const tookMs = Date.now() - sent;
+    const log = up.stderr();
+    expect(code, log).toBe(0);
+    expect(tookMs, log).toBeLessThan(FORCED_EXIT_MS / 3);
+    expect(log).not.toMatch(/server shutdown|Server Shutdown/u);
+    const order = ["stopped gateway", "stopped projections", "stopped processors", "embedded nats-server stopped"].map((line) => {
+      const at = log.indexOf(line);
+      expect(at, `"${line}" in the log:\n${log}`).toBeGreaterThan(-1);
+      return at;
+    });
+    expect(order).toEqual([...order].sort((a, b) => a - b));
+  }, 90_000);
 });

@@ -68,6 +68,12 @@ export interface NatsServerOptions {
   readonly args?: readonly string[];
   /** @default 15000 */
   readonly readyTimeoutMs?: number;
+  /**
+   * Runs the server in a process group (and session) of its own, so the signals a terminal
+   * sends to the whole foreground group (Ctrl-C, a hang-up) reach only its owner, which
+   * stops it after what still needs it. @default false
+   */
+  readonly detached?: boolean;
   /** Lines of the server's log go here (e.g. `process.stderr.write`). */
   readonly log?: (line: string) => void;
 }
@@ -215,7 +221,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
       "-a", host, "-p", String(port), "-js", ...(configPath ? [] : ["-sd", storeDir]), "--ports_file_dir", runDir,
       ...(options.args ?? []),
     ];
-    const proc = spawn(binary, args, { stdio: ["ignore", "pipe", "pipe"] });
+    const proc = spawn(binary, args, { stdio: ["ignore", "pipe", "pipe"], detached: options.detached ?? false });
     child = proc;
     const logLines: string[] = [];
     const onData = (buf: Buffer): void => {

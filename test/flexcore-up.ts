@@ -13,6 +13,12 @@ export interface UpProcessOptions {
   readonly config: string;
   /** How long to wait for `flexcore: up`, in ms. @default 90000 */
   readonly timeoutMs?: number;
+  /**
+   * Run it as the leader of a process group of its own, as a shell runs a foreground job,
+   * so {@link UpProcess.interrupt} can signal the whole group as a terminal's Ctrl-C does.
+   * @default false
+   */
+  readonly processGroup?: boolean;
 }
 
 /** A `flexcore up` child process. */
@@ -29,6 +35,8 @@ export interface UpProcess extends AsyncDisposable {
   kill(): Promise<void>;
   /** SIGTERM (a clean stop), resolved with its exit code. */
   stop(): Promise<number | null>;
+  /** SIGINT to its whole process group (needs `processGroup`), as Ctrl-C in a terminal; resolved with its exit code. */
+  interrupt(): Promise<number | null>;
 }
 
 // The source entry point under tsx, or the built one when this file runs from dist/.
@@ -44,6 +52,7 @@ export async function startUp(options: UpProcessOptions): Promise<UpProcess> {
   const child = spawn(process.execPath, [...args, "up", "--config", options.config], {
     env: { ...process.env, FLEXCORE_TEST: "1", ...options.env },
     stdio: ["ignore", "ignore", "pipe"],
+    detached: options.processGroup ?? false,
   });
   let stderr = "";
   let partial = "";
@@ -72,6 +81,11 @@ export async function startUp(options: UpProcessOptions): Promise<UpProcess> {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
     return exited;
   };
+  const interrupt = async (): Promise<number | null> => {
+    if (!options.processGroup) throw new Error("interrupt() needs startUp({ processGroup: true })");
+    if (child.exitCode === null && child.signalCode === null) process.kill(-child.pid!, "SIGINT");
+    return exited;
+  };
   const lineAt = async (re: RegExp, timeoutMs = 60_000): Promise<number> => {
     const until = Date.now() + timeoutMs;
     for (;;) {
@@ -81,7 +95,7 @@ export async function startUp(options: UpProcessOptions): Promise<UpProcess> {
       await sleep(20);
     }
   };
-  return { child, gatewayUrl: gateway, exited, stderr: () => stderr, lineAt, kill, stop, [Symbol.asyncDispose]: async () => void (await kill()) };
+  return { child, gatewayUrl: gateway, exited, stderr: () => stderr, lineAt, kill, stop, interrupt, [Symbol.asyncDispose]: async () => void (await kill()) };
 }
 
 /**

@@ -35,6 +35,8 @@ export function register(program: Command): void {
       };
       process.on("SIGINT", () => stop("SIGINT"));
       process.on("SIGTERM", () => stop("SIGTERM"));
+      // The terminal closed: stop as on Ctrl-C (the embedded server, in a group of its own, does not get it).
+      process.on("SIGHUP", () => stop("SIGHUP"));
       if (process.env.npm_lifecycle_event !== undefined) {
         // Under `npm start`, npm passes SIGTERM to the shell it ran us in, not to us: when
         // that parent is gone we are orphaned and stop too, with the embedded server.
