@@ -198,6 +198,10 @@ describe("upgrade bundles in the flex_plugin_bundles object store", () => {
     expect((sumErr as { code?: string }).code).toBe("FLEX_PLUGIN_CHECKSUM");
     expect(String((sumErr as Error).message)).toMatch(/not the digest/u);
     expect(existsSync(join(s.storeDir, v2.digest))).toBe(false);
+    // Storing the bundle again (an upgrade from its source) replaces the bad object; the same bytes again write nothing.
+    expect(await storeBundle(nats.nc, "obt", v2)).toMatchObject({ stored: true });
+    expect(await storeBundle(nats.nc, "obt", v2)).toMatchObject({ stored: false });
+    expect((await installStoredBundle(nats.nc, v2.digest, s.storeDir, { trustedKeysDir: s.keysDir })).digest).toBe(v2.digest);
     // A digest never stored: refused the same way.
     const missing = await installStoredBundle(nats.nc, "f".repeat(64), s.storeDir, {}).then(() => undefined, (e: unknown) => e);
     expect((missing as { code?: string }).code).toBe("FLEX_PLUGIN_CHECKSUM");

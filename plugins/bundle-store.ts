@@ -36,6 +36,8 @@ export const BUNDLE_DIGEST_METADATA = "flexcore.digest";
 export const STORED_BUNDLE_FORMAT = 1;
 
 const DIGEST = /^[0-9a-f]{64}$/u;
+// How the object store writes an object's SHA-256 (base64url) in its info.
+const OBJECT_DIGEST_PREFIX = "SHA-256=";
 const NEWLINE = 0x0a;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
@@ -72,17 +74,22 @@ function* lines(plugin: string, digest: string, files: ReadonlyMap<string, Buffe
 }
 
 /**
- * Puts a verified bundle into the object store under its digest; a bundle already there is
- * not written again.
+ * Puts a verified bundle into the object store under its digest. A bundle already there with
+ * the same bytes (the object store's SHA-256 of the object) is not written again; a stored
+ * object with other bytes (damaged, tampered) is replaced.
  */
 export async function storeBundle(nc: NatsConnection, plugin: string, bundle: Pick<VerifiedBundle, "digest" | "files">): Promise<StoredBundle> {
   const digest = checkDigest(bundle.digest);
   const os = await openStore(nc);
-  const existing = await os.info(digest);
-  if (existing && !existing.deleted) return { digest, stored: false, bytes: existing.size };
   if (!bundle.files.has(SUM_FILE)) throw new ChecksumError(where(digest), SUM_FILE, "is missing from the verified bundle");
   for (const path of readSumFile(where(digest), bundle.files.get(SUM_FILE)!).keys()) {
     if (!bundle.files.has(path)) throw new ChecksumError(where(digest), path, "is listed in the sum file but missing from the verified bundle");
+  }
+  const existing = await os.info(digest);
+  if (existing && !existing.deleted && existing.digest.startsWith(OBJECT_DIGEST_PREFIX)) {
+    const hash = createHash("sha256");
+    for (const line of lines(plugin, digest, bundle.files)) hash.update(line);
+    if (hash.digest().equals(Buffer.from(existing.digest.slice(OBJECT_DIGEST_PREFIX.length), "base64url"))) return { digest, stored: false, bytes: existing.size };
   }
   const it = lines(plugin, digest, bundle.files);
   const data = new ReadableStream<Uint8Array>({

@@ -214,7 +214,7 @@ async function installChosenBundle(r: PluginVersionRecord, options: ApplyPluginV
 
 /**
  * Makes the sets of `m` that this instance does not run now (standby, switched off) follow
- * the chosen version `record` (installed from its shared path and verified as at start, see
+ * the chosen version `record` (installed from its path or the object store and verified as at start, see
  * {@link applyPluginVersions}), so that if this instance takes one over, it launches the
  * chosen version under the chosen service, which is what every caller calls. Without it, an
  * instance started before the upgrade would launch flexcore.yaml's version under the old
