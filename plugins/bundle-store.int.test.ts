@@ -202,6 +202,12 @@ describe("upgrade bundles in the flex_plugin_bundles object store", () => {
     expect(await storeBundle(nats.nc, "obt", v2)).toMatchObject({ stored: true });
     expect(await storeBundle(nats.nc, "obt", v2)).toMatchObject({ stored: false });
     expect((await installStoredBundle(nats.nc, v2.digest, s.storeDir, { trustedKeysDir: s.keysDir })).digest).toBe(v2.digest);
+    // Within this instance's bundle limits only: refused before the folder fills.
+    const big = await installStoredBundle(nats.nc, v2.digest, s.storeDir, { trustedKeysDir: s.keysDir, limits: { maxBytes: 64 * 1024 } }).then(() => undefined, (e: unknown) => e);
+    expect((big as { code?: string }).code).toBe("FLEX_PLUGIN_TOO_LARGE");
+    const many = await installStoredBundle(nats.nc, v2.digest, s.storeDir, { trustedKeysDir: s.keysDir, limits: { maxFiles: 10 } }).then(() => undefined, (e: unknown) => e);
+    expect((many as { code?: string }).code).toBe("FLEX_PLUGIN_TOO_LARGE");
+    expect(await fetchFolders()).toEqual(before);
     // A digest never stored: refused the same way.
     const missing = await installStoredBundle(nats.nc, "f".repeat(64), s.storeDir, {}).then(() => undefined, (e: unknown) => e);
     expect((missing as { code?: string }).code).toBe("FLEX_PLUGIN_CHECKSUM");
