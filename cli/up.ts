@@ -117,7 +117,7 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     const pluginLog = areaLog("plugins");
     // The stored switches and chosen versions (flexcore plugins enable|disable|upgrade) outrank flexcore.yaml.
     const storedSwitches = config.plugins.length > 0 ? await readPluginSwitches(nc) : new Map();
-    if (managed.length > 0) plugins = await applyPluginVersions(plugins, await readPluginVersions(nc), { storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), log: (line, level) => pluginLog(line, level) });
+    if (managed.length > 0) plugins = await applyPluginVersions(plugins, await readPluginVersions(nc), { nc, storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), log: (line, level) => pluginLog(line, level) });
     if (managed.length > 0) {
       const lifecycle = createPluginLifecycle({ store: await createEventStore(nc), log: areaLog("plugins") });
       supervisor = await startPluginSupervisor({
@@ -159,14 +159,14 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       } }, (line) => log(line), standby ? (name, record) => {
         const m = resolved.get(name);
         if (!m) return;
-        adoptPluginVersion(standby, m, record, { storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), log: (line, level) => pluginLog(line, level) })
+        adoptPluginVersion(standby, m, record, { nc: nc!, storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), log: (line, level) => pluginLog(line, level) })
           .catch((err: unknown) => pluginLog(`flexcore: plugin ${name}: the standby sets cannot follow version ${record.version}: ${(err as Error).message}`, "error"));
       } : undefined);
       const running = supervisor;
       const host = pluginHost;
       const entries = new Map(plugins.managed.map((m) => [m.entry.name, m.entry]));
       const upgrade = running
-        ? (name: string, bundle: string, by: string) => upgradePlugin(name, bundle, { nc: nc!, supervisor: running, host, storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), allowUnsigned: entries.get(name)?.allowUnsigned ?? false, by })
+        ? (name: string, bundle: string, by: string) => upgradePlugin(name, bundle, { nc: nc!, supervisor: running, host, storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), allowUnsigned: entries.get(name)?.allowUnsigned ?? false, by, log: (line, level) => pluginLog(line, level) })
         : undefined;
       const control = servePluginControl(nc, { host: pluginHost, ...(supervisor ? { supervisor } : {}), ...(upgrade ? { upgrade } : {}), logs: pluginLogs, instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}` });
       components.push({ name: "plugin control", close: async () => {

@@ -224,6 +224,15 @@ function parseSum(root: string, bytes: Buffer): Map<string, string> {
   return out;
 }
 
+/**
+ * The paths and SHA-256s a sum file lists, checked as {@link verify} checks them (UTF-8, one
+ * `<sha256>  <path>` per line, sorted, no path leaving the bundle, the manifest listed).
+ * @throws ChecksumError naming `bundle` (where the sum file comes from)
+ */
+export function readSumFile(bundle: string, bytes: Buffer): Map<string, string> {
+  return parseSum(bundle, bytes);
+}
+
 /** Checks every file against the sum file: same paths, same bytes. */
 function checkSums(root: string, files: ReadonlyMap<string, Buffer>): Buffer {
   const sumBytes = files.get(SUM_FILE);

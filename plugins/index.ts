@@ -40,6 +40,8 @@ export {
   writeKeyPair,
 } from "./bundle.js";
 export type { BundleLimits, BundleOptions, InstalledBundle, KeyPair, PackResult, VerifiedBundle, VerifyOptions } from "./bundle.js";
+export { BUNDLE_DIGEST_METADATA, BUNDLE_PLUGIN_METADATA, fetchStoredBundle, hasStoredBundle, installStoredBundle, pruneStoredBundles, storeBundle } from "./bundle-store.js";
+export type { StoredBundle } from "./bundle-store.js";
 
 // --- Protocol, services subset, host client, TypeScript SDK, echo (h-plugproto) ---------
 export {

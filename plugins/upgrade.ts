@@ -5,15 +5,19 @@
  * (`plugin-version.<name>`), which every instance's host follows (its callers switch
  * between two batches), waits for its own calls to the old service, and drains the old
  * processes. An instance that takes the lease over later starts the chosen version under
- * the chosen service, not flexcore.yaml's bundle.
+ * the chosen service, not flexcore.yaml's bundle: the verified bundle is put into the object
+ * store `flex_plugin_bundles` before the choice is stored, and any instance installs it from
+ * there (verified again against its own trusted keys) when it cannot read the upgrade's folder.
  */
 import { Kvm } from "@nats-io/kv";
 import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { readFile } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
-import { BUCKETS, InvalidOptionError } from "../streams/index.js";
-import { install } from "./bundle.js";
+import { BUCKETS, InvalidOptionError, OBJECT_STORES } from "../streams/index.js";
+import { install, verify } from "./bundle.js";
+import type { InstalledBundle, VerifyOptions } from "./bundle.js";
+import { installStoredBundle, pruneStoredBundles, storeBundle } from "./bundle-store.js";
 import { PluginUpgradeFailedError } from "./errors.js";
 import { launchSpec } from "./host-config.js";
 import type { ResolvedManagedPlugin, ResolvedPlugins } from "./host-config.js";
@@ -45,7 +49,11 @@ export interface PluginVersionRecord {
   readonly service: string;
   /** SHA-256 digest of the verified bundle (its store folder's name). */
   readonly digest: string;
-  /** Where the bundle was installed from: an instance taking the lease over installs it from there (a path every instance shares). */
+  /**
+   * Where the lease holder installed the bundle from. An instance that can read it there (a
+   * shared path) installs it from there when it holds this digest; any other fetches the
+   * digest from the `flex_plugin_bundles` object store.
+   */
   readonly bundle: string;
   /** The version it replaced. */
   readonly previous: { readonly version: string; readonly service: string; readonly digest: string | undefined } | undefined;
@@ -131,6 +139,11 @@ function storedManifest(name: string, r: PluginVersionRecord, log?: (line: strin
 
 /** Options of {@link applyPluginVersions}. */
 export interface ApplyPluginVersionsOptions {
+  /**
+   * Where to fetch a chosen bundle that is not at the record's path (`flex_plugin_bundles`).
+   * Without it only the record's path is tried.
+   */
+  readonly nc?: NatsConnection;
   readonly storeDir: string;
   readonly trustedKeysDir: string;
   readonly log?: (line: string, level?: "warn" | "error") => void;
@@ -140,8 +153,9 @@ export interface ApplyPluginVersionsOptions {
  * The managed plugins with the stored choices applied (at start, before the supervisor):
  * every plugin is launched and called under its chosen service; its bundle is the chosen
  * one unless flexcore.yaml names another than both the chosen and the replaced one (the
- * operator's newer choice wins). A chosen bundle that cannot be installed here (the shared
- * path is missing, or holds other bytes) is reported and flexcore.yaml's is run, under the
+ * operator's newer choice wins). The chosen bundle is installed from the record's path when
+ * that holds the chosen digest, else from the object store (see {@link installChosenBundle});
+ * one that cannot be installed either way is reported and flexcore.yaml's is run, under the
  * chosen service, so callers still reach it.
  */
 export async function applyPluginVersions(plugins: ResolvedPlugins, records: ReadonlyMap<string, PluginVersionRecord>, options: ApplyPluginVersionsOptions): Promise<ResolvedPlugins> {
@@ -159,14 +173,13 @@ export async function applyPluginVersions(plugins: ResolvedPlugins, records: Rea
       continue;
     }
     try {
-      const installed = await install(r.bundle, options.storeDir, { trustedKeysDir: options.trustedKeysDir, allowUnsigned: m.entry.allowUnsigned ? [m.entry.name] : [] });
-      if (installed.digest !== r.digest) throw new Error(`it holds a bundle with digest ${installed.digest}, not the chosen ${r.digest}`);
+      const { installed, from } = await installChosenBundle(r, options, { trustedKeysDir: options.trustedKeysDir, allowUnsigned: m.entry.allowUnsigned ? [m.entry.name] : [] });
       if (installed.manifest.name !== m.entry.name) throw new Error(`its manifest names plugin ${installed.manifest.name}`);
-      options.log?.(`flexcore: plugin ${m.entry.name}: running the chosen version ${r.version} (upgraded ${r.at} by ${r.by}) from ${installed.path}, not flexcore.yaml's ${m.manifest.version}`);
+      options.log?.(`flexcore: plugin ${m.entry.name}: running the chosen version ${r.version} (upgraded ${r.at} by ${r.by}, installed from ${from}) from ${installed.path}, not flexcore.yaml's ${m.manifest.version}`);
       // A tenant plugin keeps its tenants: every tenant's set runs the chosen version under `<service>_<tenant>`.
       managed.push({ entry: m.entry, installed, manifest: installed.manifest, spec: { ...launchSpec(installed.manifest, installed.path, m.entry), service: r.service }, tenants: m.tenants });
     } catch (err) {
-      options.log?.(`flexcore: plugin ${m.entry.name}: the chosen version ${r.version} cannot be installed from ${r.bundle} (${(err as Error).message}); running flexcore.yaml's ${m.manifest.version} as service ${r.service}`, "error");
+      options.log?.(`flexcore: plugin ${m.entry.name}: the chosen version ${r.version} (digest ${r.digest}) cannot be installed (${(err as { code?: string }).code ?? "error"}: ${(err as Error).message}); running flexcore.yaml's ${m.manifest.version} as service ${r.service}`, "error");
       managed.push({ ...m, spec: { ...m.spec, service: r.service } });
     }
   }
@@ -174,8 +187,34 @@ export async function applyPluginVersions(plugins: ResolvedPlugins, records: Rea
 }
 
 /**
+ * Installs the chosen bundle of `r`: from the record's path when that holds the chosen
+ * digest (a shared path), else from the object store by digest, verified here again in both
+ * cases. The reasons both failed are in the error.
+ */
+async function installChosenBundle(r: PluginVersionRecord, options: ApplyPluginVersionsOptions, verifyOptions: VerifyOptions): Promise<{ installed: InstalledBundle; from: string }> {
+  let atPath: string;
+  try {
+    const installed = await install(r.bundle, options.storeDir, verifyOptions);
+    if (installed.digest === r.digest) return { installed, from: r.bundle };
+    atPath = `${r.bundle} holds a bundle with digest ${installed.digest}, not the chosen one`;
+  } catch (err) {
+    atPath = `${r.bundle}: ${(err as { code?: string }).code ?? "error"}: ${(err as Error).message}`;
+  }
+  if (!options.nc) throw new Error(atPath);
+  try {
+    const installed = await installStoredBundle(options.nc, r.digest, options.storeDir, verifyOptions);
+    return { installed, from: `the object store ${OBJECT_STORES.pluginBundles}` };
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    // The store's reason is the one that counts (the path is expected to be missing on another machine); keep its code.
+    e.message = `${e.message} (and not at ${atPath})`;
+    throw e;
+  }
+}
+
+/**
  * Makes the sets of `m` that this instance does not run now (standby, switched off) follow
- * the chosen version `record` (installed from its shared path and verified as at start, see
+ * the chosen version `record` (installed from its path or the object store and verified as at start, see
  * {@link applyPluginVersions}), so that if this instance takes one over, it launches the
  * chosen version under the chosen service, which is what every caller calls. Without it, an
  * instance started before the upgrade would launch flexcore.yaml's version under the old
@@ -202,6 +241,8 @@ export interface UpgradePluginOptions {
   /** @default {@link DEFAULT_SWITCH_SETTLE_MS} */
   readonly settleMs?: number;
   readonly signal?: AbortSignal;
+  /** Where what is worth an operator's attention but fails nothing goes (a failed removal of an old stored bundle). */
+  readonly log?: (line: string, level?: "warn" | "error") => void;
 }
 
 /**
@@ -209,7 +250,9 @@ export interface UpgradePluginOptions {
  * hold its lease): verifies and installs it (checksum, signature per the trusted keys,
  * compatibility), starts it beside the running version, persists the choice (every
  * instance's callers switch), waits for this host's calls to the old version, lets the
- * others move, drains the old one.
+ * others move, drains the old one. The verified bundle is put into `flex_plugin_bundles`
+ * before anything starts, so a stored choice always has its bundle in the store; after the
+ * upgrade, the plugin's stored bundles other than the chosen and the replaced one are removed.
  * @throws PluginUpgradeFailedError (the running version keeps serving, the stored choice is unchanged)
  */
 export async function upgradePlugin(name: string, bundleDir: string, options: UpgradePluginOptions): Promise<PluginUpgradeResult & { readonly digest: string }> {
@@ -232,6 +275,15 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
   if (manifest.tenancy !== tenancy) throw new PluginUpgradeFailedError(name, manifest.version, `the bundle says \`tenancy: ${manifest.tenancy}\`, the running version \`tenancy: ${tenancy}\`; change it by a restart`);
   const manifestText = await readFile(join(installed.path, MANIFEST_FILE), "utf8");
   const previousDigest = current.bundleDir.split("/").pop();
+  const verifyOptions: VerifyOptions = { trustedKeysDir: options.trustedKeysDir, allowUnsigned: options.allowUnsigned ? [name] : [] };
+  try {
+    // The bytes of the read-only store folder just installed, verified again as they are put.
+    const verified = await verify(installed.path, verifyOptions);
+    if (verified.digest !== installed.digest) throw new Error(`the store folder holds digest ${verified.digest}`);
+    await storeBundle(options.nc, name, verified);
+  } catch (err) {
+    throw new PluginUpgradeFailedError(name, manifest.version, `the bundle could not be put into the object store ${OBJECT_STORES.pluginBundles} (${(err as Error).message}), so other instances could not install it`, { cause: err });
+  }
   const next = launchSpec(manifest, installed.path, { instances: current.instances ?? 1, config: current.config ?? {} });
   const result = await options.supervisor.upgrade(name, next, {
     ...(options.signal ? { signal: options.signal } : {}),
@@ -252,5 +304,7 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
       await new Promise((r) => setTimeout(r, options.settleMs ?? DEFAULT_SWITCH_SETTLE_MS));
     },
   });
+  const keep = [installed.digest, ...(previousDigest !== undefined && /^[0-9a-f]{64}$/u.test(previousDigest) ? [previousDigest] : [])];
+  await pruneStoredBundles(options.nc, name, keep).catch((err: unknown) => options.log?.(`flexcore: plugin ${name}: old bundles could not be removed from ${OBJECT_STORES.pluginBundles}: ${(err as Error).message}`, "warn"));
   return { ...result, digest: installed.digest };
 }

@@ -52,7 +52,7 @@ export {
   DEFAULT_MAX_IN_FLIGHT,
 } from "./publisher.js";
 export type { OutgoingMessage, PublishAck, Publisher, PublisherOptions, PublisherStats, PublishOptions } from "./publisher.js";
-export { BUCKETS, DEFAULT_DUPLICATE_WINDOW_MS, ensureTopology, STREAMS, streamConfigs } from "./topology.js";
+export { BUCKETS, DEFAULT_DUPLICATE_WINDOW_MS, ensureTopology, OBJECT_STORES, STREAMS, streamConfigs } from "./topology.js";
 export type { Drift, TopologyOptions, TopologyReport } from "./topology.js";
 export { CREDENTIAL_ENV, credentialsFromEnv, credentialsToEnv, hasCredentials, natsConnectOptions, parseServers } from "./credentials.js";
 export type { NatsCredentials } from "./credentials.js";

@@ -3,7 +3,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
 import { startTestNats } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
-import { BUCKETS, ensureTopology, InvalidOptionError, STREAMS } from "./index.js";
+import { BUCKETS, ensureTopology, InvalidOptionError, OBJECT_STORES, STREAMS } from "./index.js";
 
 let nats: TestNats;
 beforeAll(async () => {
@@ -14,11 +14,13 @@ afterAll(async () => nats?.close());
 describe("topology", () => {
   it("creates everything once; a second run changes nothing; drift is reported, not fixed", async () => {
     const first = await ensureTopology(nats.nc);
-    expect([...first.created].sort()).toEqual([...Object.values(STREAMS), ...Object.values(BUCKETS)].sort());
+    expect([...first.created].sort()).toEqual([...Object.values(STREAMS), ...Object.values(BUCKETS), ...Object.values(OBJECT_STORES)].sort());
     const jsm = await jetstreamManager(nats.nc);
     const before = await jsm.streams.info(STREAMS.events);
     expect(before.config.storage).toBe("file");
     expect(before.config.duplicate_window).toBe(nanos(120_000));
+    const bundles = await jsm.streams.info(`OBJ_${OBJECT_STORES.pluginBundles}`);
+    expect(bundles.config).toMatchObject({ storage: "file", num_replicas: 1, subjects: [`$O.${OBJECT_STORES.pluginBundles}.C.>`, `$O.${OBJECT_STORES.pluginBundles}.M.>`] });
 
     const second = await ensureTopology(nats.nc);
     expect(second.created).toEqual([]);

@@ -1,6 +1,7 @@
 import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import type { JetStreamManager, StreamConfig, StreamInfo } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
+import { Objm } from "@nats-io/obj";
 import { nanos } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { InvalidOptionError, TopologyError } from "./errors.js";
@@ -16,6 +17,15 @@ export const BUCKETS = {
   workflows: "flex_workflows",
   auth: "flex_auth",
   leases: "flex_leases",
+} as const;
+
+/**
+ * JetStream object stores FlexCore owns (stream `OBJ_<name>`), reachable by FlexCore's own
+ * user only. `pluginBundles` holds the verified bundles of plugin upgrades, keyed by digest,
+ * so any instance can install the chosen version (docs/plugins.md).
+ */
+export const OBJECT_STORES = {
+  pluginBundles: "flex_plugin_bundles",
 } as const;
 
 /** Window within which a repeated `Nats-Msg-Id` is stored once. */
@@ -185,7 +195,7 @@ async function streamInfo(jsm: JetStreamManager, name: string): Promise<StreamIn
 }
 
 /**
- * Creates the streams and KV buckets of DESIGN.md where they are missing. Existing ones
+ * Creates the streams, KV buckets and object stores of DESIGN.md where they are missing. Existing ones
  * are left untouched and any difference from FlexCore's settings is reported as drift,
  * so running it again changes nothing.
  */
@@ -241,6 +251,24 @@ export async function ensureTopology(nc: NatsConnection, options: TopologyOption
     }, info.config);
     drift.push(...d);
     if (d.length === 0) unchanged.push(spec.name);
+  }
+
+  const objm = new Objm(nc);
+  for (const name of Object.values(OBJECT_STORES)) {
+    const streamName = `OBJ_${name}`;
+    const info = await streamInfo(jsm, streamName);
+    if (!info) {
+      try {
+        await objm.create(name, { replicas: r.replicas, storage: r.storage, description: "FlexCore: verified plugin bundles by digest" });
+      } catch (err) {
+        throw new TopologyError(`Could not create object store \`${name}\`: ${(err as Error).message}`, { cause: err });
+      }
+      created.push(name);
+      continue;
+    }
+    const d = compare(name, { num_replicas: r.replicas, storage: r.storage }, info.config);
+    drift.push(...d);
+    if (d.length === 0) unchanged.push(name);
   }
   return { created, unchanged, drift };
 }

@@ -139,7 +139,7 @@ export function register(program: Command): void {
     });
   plugins
     .command("upgrade")
-    .description("upgrade a managed plugin without loss: the instance holding its lease verifies and installs the bundle (checksum, signature per its trusted keys, compatibility), starts it beside the running version, switches every instance's calls between two batches once it is ready, and drains the old one; if it never becomes ready, the old one keeps serving (FLEX_PLUGIN_UPGRADE_FAILED). The folder must be readable at the same path by every instance that may take the plugin over")
+    .description("upgrade a managed plugin without loss: the instance holding its lease verifies and installs the bundle (checksum, signature per its trusted keys, compatibility), starts it beside the running version, switches every instance's calls between two batches once it is ready, and drains the old one; if it never becomes ready, the old one keeps serving (FLEX_PLUGIN_UPGRADE_FAILED). The folder is read by the lease holder only: the verified bundle goes to the flex_plugin_bundles object store, from which any instance that takes the plugin over installs it (verified again against its own trusted keys)")
     .argument("<name>", "the plugin's name in flexcore.yaml")
     .argument("<bundle>", "the new version's bundle folder (packed and signed)")
     .option("--timeout <ms>", "how long to wait for the answer", "120000")
