@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -83,5 +83,23 @@ describe("flexcore up on SIGTERM", () => {
       return at;
     });
     expect(order).toEqual([...order].sort((a, b) => a - b));
+  }, 90_000);
+
+  it("with its nats-server gone (kill -9), SIGTERM still stops every component at once instead of waiting for acknowledgements that cannot arrive", async () => {
+    const config = join(dir, "flexcore-gone.yaml");
+    await writeFile(config, "runtime:\n  threads: 1\nprocessors:\n  - name: gone-anomalies\n    kind: anomaly\n    subjects: [\"evt.*.sensor.*\"]\nworkflows:\n  runner: true\n");
+    const data = join(dir, "data-gone");
+    await using up = await startUp({ config, env: { ...embeddedServerEnv(data), FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "keys-gone") } });
+    const pid = Number((await readFile(join(data, "nats.pid"), "utf8")).trim());
+    process.kill(pid, "SIGKILL");
+    await new Promise((r) => setTimeout(r, 1_000));
+    const sent = Date.now();
+    const code = await up.stop();
+    const tookMs = Date.now() - sent;
+    const log = up.stderr();
+    expect(code, log).toBe(0);
+    expect(tookMs, log).toBeLessThan(FORCED_EXIT_MS / 3);
+    expect(log).toMatch(/NATS is unreachable: stopping without it/u);
+    for (const line of ["stopped gateway", "stopped projections", "stopped processors"]) expect(log, line).toContain(line);
   }, 90_000);
 });

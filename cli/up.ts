@@ -90,7 +90,16 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   const natsUrl = url ?? server!.url;
   const components: Component[] = [];
   let nc: NatsConnection | undefined;
+  // Whether the server answers now (the connection's last status): a stop without it does not
+  // wait for acknowledgements and checkpoints that cannot arrive.
+  let reachable = true;
   const close = async (): Promise<void> => {
+    if (nc && !nc.isClosed() && !reachable) {
+      // Every request in flight or to come fails at once instead of at its timeout: what was
+      // not acknowledged is redelivered on the next start, as after a crash.
+      upLogger.warn("NATS is unreachable: stopping without it; unacknowledged work is redelivered on the next start");
+      await nc.close().catch(() => undefined);
+    }
     for (const c of components.splice(0).reverse()) {
       await c.close().then(() => log(`flexcore: stopped ${c.name}`), (err: unknown) => upLogger.warn({ err, component: c.name }, `stopping ${c.name} failed`));
     }
@@ -103,6 +112,13 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
   try {
     const connection = { name: "flexcore", maxReconnectAttempts: -1, reconnectTimeWait: 250 };
     nc = await connect(server ? embeddedConnectOptions(natsUrl, dir, connection) : serviceConnectOptions(natsUrl, connection, dir));
+    const watched = nc;
+    void (async () => {
+      for await (const s of watched.status()) {
+        if (s.type === "disconnect") reachable = false;
+        else if (s.type === "reconnect") reachable = true;
+      }
+    })().catch(() => undefined);
     const version = nc.info?.version ?? "unknown";
     await checkNatsServerVersion(version, natsUrl);
     for (const gap of missingFeatures(version)) log(`flexcore: nats-server ${version}: ${gap}`);
