@@ -83,10 +83,12 @@ describe("NATS users (flexcore nats-users)", () => {
     for (const subject of [
       "evt.globex.sensor.s1", "evt.acme.workflow.run1", "evt.acme.plugin.p", "evt.acme.metrics.gateway", "evt._system.metrics.gateway",
       "drv.acme.proc.k", "drv.globex.proc.k", "dlq.acme.proc", `$KV.${BUCKETS.auth}.user.x`, `$KV.${BUCKETS.workflows}.def.acme.w`,
+      // A forged plugin choice would redirect every instance's calls and hand them a manifest.
+      `$KV.${BUCKETS.state}.plugin-version.echo`,
     ]) acme.publish(subject, e.data, { headers: e.headers });
     await acme.flush();
     await new Promise((r) => setTimeout(r, 200));
-    expect(seen.filter((s) => /permissions violation/i.test(s)).length).toBeGreaterThanOrEqual(10);
+    expect(seen.filter((s) => /permissions violation/i.test(s)).length).toBeGreaterThanOrEqual(11);
     expect(await eventsOn("evt.globex.>")).toBe(before.globex);
     expect(await eventsOn("evt.acme.>")).toBe(before.acme);
     expect(await eventsOn("evt._system.>")).toBe(0);
@@ -95,6 +97,7 @@ describe("NATS users (flexcore nats-users)", () => {
     expect((await jsm.streams.info(STREAMS.dlq)).state.messages).toBe(0);
     const kv = await new Kvm(nats.nc).open(BUCKETS.auth);
     expect(await kv.get("user.x")).toBeNull();
+    expect(await (await new Kvm(nats.nc).open(BUCKETS.state)).get("plugin-version.echo")).toBeNull();
   });
 
   it("a tenant cannot read other tenants' subjects, other inboxes, KV buckets or streams", async () => {
