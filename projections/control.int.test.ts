@@ -57,7 +57,7 @@ function generation(dir: string): number {
 let beta: { readonly dataDir: string; readonly child: ChildProcess };
 
 beforeAll(async () => {
-  nats = await startTestNats();
+  nats = await startTestNats({ tenants: [T] });
   await ensureTopology(nats.nc);
   await seedTenant(nats.nc, T, { events: EVENTS });
   const dir = await dataDir();
@@ -157,6 +157,18 @@ describe("a rebuild asked of several instances", () => {
     // The others swapped; the dead one did not.
     expect([generation(alpha.dataDir), generation(beta.dataDir), generation(gamma.dataDir)]).toEqual([before[0]! + 1, before[1]! + 1, before[2]!]);
   }, 20_000);
+
+  it("a tenant's own NATS user cannot ask the engines for a rebuild: nothing is rebuilt", async () => {
+    const before = [generation(alpha.dataDir), generation(beta.dataDir)];
+    const tenant = await nats.connectAs(T);
+    const answer = await startRebuild(tenant, ["copy"], { acceptTimeoutMs: 1_000 }).then((a) => a, (e: unknown) => e);
+    // Refused by the server (permissions) or unanswered: never accepted by an engine.
+    expect(answer === undefined || answer instanceof Error).toBe(true);
+    expect(answer).not.toBeInstanceOf(InstanceRebuildError);
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await alpha.engine.status("copy"))[0]!.rebuilding).toBe(false);
+    expect([generation(alpha.dataDir), generation(beta.dataDir)]).toEqual(before);
+  });
 
   it("no engine listening: undefined (the CLI then rebuilds in its own process)", async () => {
     const other = await startTestNats();
