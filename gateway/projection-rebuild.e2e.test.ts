@@ -144,6 +144,8 @@ describe("POST /v1/projections/:name/rebuild", () => {
     const second = createProjectionEngine(nc, { dataDir: dir, log: () => undefined, projections: [genericProjection()] });
     await second.start();
     const secondControl = serveProjectionControl(nc, second, { instance: "second-instance" });
+    // The server has its subscription before the gateway asks (another connection).
+    await nc.flush();
     try {
       const before = [await generation(), (await second.status("generic"))[0]!.generation];
       const r = await rebuild(tok.operator!);

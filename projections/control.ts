@@ -28,6 +28,9 @@ export const SILENCE_TIMEOUT_MS = 10_000;
 /** Longest instance id accepted in a message (longer ones are cut). */
 const MAX_INSTANCE_LENGTH = 200;
 
+/** The instance of a message that names none (an engine of an older version). */
+const UNNAMED_INSTANCE = "(unnamed)";
+
 interface RebuildRequest {
   readonly names: readonly string[];
   /** Where progress and the result go. */
@@ -216,8 +219,9 @@ interface EngineState {
 function parseMessage(data: Uint8Array): RebuildMessage | undefined {
   try {
     const m = JSON.parse(decoder.decode(data)) as Partial<Record<string, unknown>>;
-    if (typeof m.instance !== "string" || m.instance.length === 0) return undefined;
-    const instance = m.instance.slice(0, MAX_INSTANCE_LENGTH);
+    // An engine of an older version names no instance: it still counts (as one), so that an
+    // answer during a rolling upgrade never looks like "no engine runs".
+    const instance = typeof m.instance === "string" && m.instance.length > 0 ? m.instance.slice(0, MAX_INSTANCE_LENGTH) : UNNAMED_INSTANCE;
     switch (m.kind) {
       case "accepted":
       case "alive":

@@ -43,6 +43,7 @@ beforeAll(async () => {
     const engine = createProjectionEngine(nc, { dataDir, log: () => undefined, projections: [genericProjection()] });
     await engine.start();
     instances.push({ name, engine, control: serveProjectionControl(nc, engine, { instance: name }) });
+    await nc.flush();
   }
 }, 60_000);
 
