@@ -10,19 +10,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { Objm } from "@nats-io/obj";
-import { connect } from "@nats-io/transport-node";
-import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { OBJECT_STORES } from "../streams/index.js";
 import type { TestNats } from "../test/nats-server.js";
 import { install, keygen, sign, SUM_FILE, verify } from "./bundle.js";
 import { hasStoredBundle, installStoredBundle, pruneStoredBundles, storeBundle } from "./bundle-store.js";
-import { fixtureBundle, packFixtureBundle, startSupervisorBed } from "./fixtures/harness.js";
+import { connectAsPlugin, fixtureBundle, packFixtureBundle, permissionDenied, startSupervisorBed } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
 import { launchSpec } from "./host-config.js";
 import type { ResolvedPlugins } from "./host-config.js";
 import { createPluginHost } from "./host.js";
-import { pluginCredentials } from "./nats-users.js";
 import { pluginServiceNames, startPluginSupervisor } from "./supervisor.js";
 import type { PluginSupervisor } from "./supervisor.js";
 import { applyPluginVersions, readPluginVersions, upgradePlugin, writePluginVersion } from "./upgrade.js";
@@ -92,17 +89,6 @@ async function streamState(): Promise<{ messages: number; last_seq: number; byte
   return { messages: s.messages, last_seq: s.last_seq, bytes: s.bytes };
 }
 
-/** Resolves with the permission error the server sends for `act`, or undefined after a flush without one. */
-async function denied(nc: NatsConnection, act: () => void): Promise<string | undefined> {
-  let seen: string | undefined;
-  void (async () => {
-    for await (const s of nc.status()) if (s.type === "error" && /permission/i.test(String(s.error))) seen = String(s.error);
-  })();
-  act();
-  await nc.flush().catch(() => undefined);
-  await new Promise((r) => setTimeout(r, 150));
-  return seen;
-}
 
 describe("upgrade bundles in the flex_plugin_bundles object store", () => {
   it("an instance that cannot see the upgrade's folder runs the chosen version from the store after a failover; one without the signer's key refuses it", async () => {
@@ -234,8 +220,7 @@ describe("upgrade bundles in the flex_plugin_bundles object store", () => {
   it("neither a tenant nor a plugin can read or write the bucket: refused by the server, nothing read or written", async () => {
     const d = await verify(await bundle("obx", "1.0.0", "x", true), { trustedKeysDir: bed.keysDir });
     await storeBundle(nats.nc, "obx", d);
-    const creds = await pluginCredentials(bed.credentialsDir, "obs");
-    const plugin = await connect({ servers: nats.server.url, user: creds.user, pass: creds.password, maxReconnectAttempts: 0 });
+    const plugin = await connectAsPlugin(nats.server.url, bed.credentialsDir, "obs");
     closers.push(() => plugin.close());
     const tenant = await nats.connectAs("acme");
     const stream = `OBJ_${BUCKET}`;
@@ -249,11 +234,11 @@ describe("upgrade bundles in the flex_plugin_bundles object store", () => {
         `$JS.API.CONSUMER.CREATE.${stream}`, `$JS.API.CONSUMER.CREATE.${stream}.spy.$O.${BUCKET}.C.>`, `$JS.API.STREAM.PURGE.${stream}`, `$JS.API.STREAM.DELETE.${stream}`,
         `$JS.API.STREAM.UPDATE.${stream}`, `$JS.API.STREAM.MSG.DELETE.${stream}`,
       ]) {
-        expect(await denied(nc, () => nc.publish(subject, JSON.stringify({ seq: 1, last_by_subj: `$O.${BUCKET}.M.>` }))), `${who} ${subject}`).toMatch(/publish/iu);
+        expect(await permissionDenied(nc, () => nc.publish(subject, JSON.stringify({ seq: 1, last_by_subj: `$O.${BUCKET}.M.>` }))), `${who} ${subject}`).toMatch(/publish/iu);
       }
       // Writing objects (meta and chunks) directly on the stream's subjects.
       for (const subject of [`$O.${BUCKET}.M.${Buffer.from(d.digest).toString("base64url")}`, `$O.${BUCKET}.C.forged`]) {
-        expect(await denied(nc, () => nc.publish(subject, "forged")), `${who} ${subject}`).toMatch(/publish/iu);
+        expect(await permissionDenied(nc, () => nc.publish(subject, "forged")), `${who} ${subject}`).toMatch(/publish/iu);
       }
       // Nothing it sent reached the stream.
       expect(await streamState(), who).toEqual(before);
@@ -261,7 +246,7 @@ describe("upgrade bundles in the flex_plugin_bundles object store", () => {
       const got: string[] = [];
       let subErr: string | undefined;
       for (const subject of [`$O.${BUCKET}.>`, `$O.>`]) {
-        subErr = await denied(nc, () => nc.subscribe(subject, { callback: (e, m) => { if (!e) got.push(m.subject); } }));
+        subErr = await permissionDenied(nc, () => nc.subscribe(subject, { callback: (e, m) => { if (!e) got.push(m.subject); } }));
         expect(subErr, `${who} subscribe ${subject}`).toMatch(/subscri/iu);
       }
       await storeBundle(nats.nc, "obx", await verify(await bundle("obx", "1.0.1", `${who}-probe`, true), { trustedKeysDir: bed.keysDir }));
