@@ -22,6 +22,23 @@ function embeddedServerEnv(data: string): Record<string, string> {
   return { NATS_URL: "", FLEXCORE_DATA: data };
 }
 
+/** Every line is in `log`, in this order. */
+function expectInOrder(log: string, lines: readonly string[]): void {
+  const order = lines.map((line) => {
+    const at = log.indexOf(line);
+    expect(at, `"${line}" in the log:\n${log}`).toBeGreaterThan(-1);
+    return at;
+  });
+  expect(order).toEqual([...order].sort((a, b) => a - b));
+}
+
+/** A flexcore.yaml with one anomaly processor (pulls and acknowledgements that need the server until the end). */
+async function configWithProcessor(file: string, processor: string, runner: boolean): Promise<string> {
+  const config = join(dir, file);
+  await writeFile(config, `runtime:\n  threads: 1\nprocessors:\n  - name: ${processor}\n    kind: anomaly\n    subjects: ["evt.*.sensor.*"]\nworkflows:\n  runner: ${runner}\n`);
+  return config;
+}
+
 describe("flexcore up on SIGTERM", () => {
   it("ends open live feeds, closes every component in order and stops the embedded server, well before the forced exit", async () => {
     const config = join(dir, "flexcore.yaml");
@@ -57,18 +74,11 @@ describe("flexcore up on SIGTERM", () => {
     // Each feed was told why it ended, then closed (the client reconnects elsewhere).
     for (const text of await Promise.all(feeds.map((f) => f.rest))) expect(text).toMatch(/event: end\ndata: \{"reason":"server shutting down"\}/);
     // Last started, first stopped: the gateway, then what it served, then the server under them.
-    const order = ["stopped gateway", "stopped projections", "stopped workflows", "stopped processors", "embedded nats-server stopped"].map((line) => {
-      const at = log.indexOf(line);
-      expect(at, `"${line}" in the log:\n${log}`).toBeGreaterThan(-1);
-      return at;
-    });
-    expect(order).toEqual([...order].sort((a, b) => a - b));
+    expectInOrder(log, ["stopped gateway", "stopped projections", "stopped workflows", "stopped processors", "embedded nats-server stopped"]);
   }, 90_000);
 
   it("on Ctrl-C in a terminal (SIGINT to the whole process group) stops in the same order: the embedded server, in a process group of its own, does not get the signal and goes last", async () => {
-    // A processor, so there are pulls and acknowledgements that need the server until the end.
-    const config = join(dir, "flexcore-group.yaml");
-    await writeFile(config, "runtime:\n  threads: 1\nprocessors:\n  - name: ctrlc-anomalies\n    kind: anomaly\n    subjects: [\"evt.*.sensor.*\"]\nworkflows:\n  runner: false\n");
+    const config = await configWithProcessor("flexcore-group.yaml", "ctrlc-anomalies", false);
     await using up = await startUp({ config, processGroup: true, env: { ...embeddedServerEnv(join(dir, "data-group")), FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "keys-group") } });
     const sent = Date.now();
     const code = await up.interrupt();
@@ -77,17 +87,11 @@ describe("flexcore up on SIGTERM", () => {
     expect(code, log).toBe(0);
     expect(tookMs, log).toBeLessThan(FORCED_EXIT_MS / 3);
     expect(log).not.toMatch(/server shutdown|Server Shutdown/u);
-    const order = ["stopped gateway", "stopped projections", "stopped processors", "embedded nats-server stopped"].map((line) => {
-      const at = log.indexOf(line);
-      expect(at, `"${line}" in the log:\n${log}`).toBeGreaterThan(-1);
-      return at;
-    });
-    expect(order).toEqual([...order].sort((a, b) => a - b));
+    expectInOrder(log, ["stopped gateway", "stopped projections", "stopped processors", "embedded nats-server stopped"]);
   }, 90_000);
 
   it("with its nats-server gone (kill -9), SIGTERM still stops every component at once instead of waiting for acknowledgements that cannot arrive", async () => {
-    const config = join(dir, "flexcore-gone.yaml");
-    await writeFile(config, "runtime:\n  threads: 1\nprocessors:\n  - name: gone-anomalies\n    kind: anomaly\n    subjects: [\"evt.*.sensor.*\"]\nworkflows:\n  runner: true\n");
+    const config = await configWithProcessor("flexcore-gone.yaml", "gone-anomalies", true);
     const data = join(dir, "data-gone");
     await using up = await startUp({ config, env: { ...embeddedServerEnv(data), FLEXCORE_GATEWAY_PORT: "0", FLEXCORE_GATEWAY_KEYS_DIR: join(dir, "keys-gone") } });
     const pid = Number((await readFile(join(data, "nats.pid"), "utf8")).trim());
