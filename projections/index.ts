@@ -6,13 +6,25 @@ export {
   ProjectionNotFoundError,
   ProjectionStoppedError,
   ProjectionStorageError,
+  InstanceRebuildError,
+  RebuildEngineSilentError,
   RebuildInProgressError,
   TenantRequiredError,
   WaitTimeoutError,
 } from "./errors.js";
 export { createProjectionEngine, DEFAULT_WAIT_TIMEOUT_MS, describeProjection } from "./engine.js";
-export { CONTROL_TIMEOUT_MS, REBUILD_SUBJECT, requestRebuild, serveProjectionControl, startRebuild } from "./control.js";
-export type { AcceptedRebuild, ProjectionControl, RebuildMessage } from "./control.js";
+export { ACCEPT_WINDOW_MS, CONTROL_TIMEOUT_MS, HEARTBEAT_MS, REBUILD_SUBJECT, requestRebuild, serveProjectionControl, SILENCE_TIMEOUT_MS, startRebuild } from "./control.js";
+export type {
+  AcceptedRebuild,
+  DeploymentRebuildProgress,
+  DeploymentRebuildResult,
+  InstanceRebuildOutcome,
+  InstanceRebuildProgress,
+  ProjectionControl,
+  ProjectionControlOptions,
+  RebuildMessage,
+  RebuildRequestOptions,
+} from "./control.js";
 export type {
   ChangeEvent,
   ChangeListener,
