@@ -223,7 +223,12 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     // rebuild reads on the main one (a refusal would reach the requester seconds late).
     const controlConnection = { ...connection, name: "flexcore-control" };
     const controlNc = await connect(server ? embeddedConnectOptions(natsUrl, dir, controlConnection) : serviceConnectOptions(natsUrl, controlConnection, dir));
-    const control = serveProjectionControl(controlNc, projections, { instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}` });
+    // Its membership key in `flex_leases` tells a rebuild requester to wait for this instance's copy.
+    const control = await serveProjectionControl(controlNc, projections, { instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}`, log: areaLog("projections") }).catch(async (err: unknown) => {
+      await projections.close();
+      await controlNc.close().catch(() => undefined);
+      throw err;
+    });
     components.push({ name: "projections", close: async () => {
       await control.close();
       await projections.close();

@@ -97,7 +97,7 @@ beforeAll(async () => {
   });
   ({ nats, gw, engine, url } = running);
   // Served here, not by the helper: a test closes it and serves a new one.
-  control = serveProjectionControl(nats.nc, engine);
+  control = await serveProjectionControl(nats.nc, engine);
   tok.operator = await tokenFor(gw, A, ["operator", "reader"]);
   tok.admin = await tokenFor(gw, A, ["admin"]);
   tok.writer = await tokenFor(gw, A, ["writer"]);
@@ -143,7 +143,7 @@ describe("POST /v1/projections/:name/rebuild", () => {
     const nc = await nats.connect();
     const second = createProjectionEngine(nc, { dataDir: dir, log: () => undefined, projections: [genericProjection()] });
     await second.start();
-    const secondControl = serveProjectionControl(nc, second, { instance: "second-instance" });
+    const secondControl = await serveProjectionControl(nc, second, { instance: "second-instance" });
     // The server has its subscription before the gateway asks (another connection).
     await nc.flush();
     try {
@@ -215,7 +215,7 @@ describe("POST /v1/projections/:name/rebuild", () => {
       expect(r.status).toBe(503);
       expect(r.error.code).toBe("FLEX_ENGINE_UNREACHABLE");
     } finally {
-      control = serveProjectionControl(nats.nc, engine);
+      control = await serveProjectionControl(nats.nc, engine);
     }
   });
 

@@ -1,9 +1,12 @@
 import { hostname } from "node:os";
-import { createInbox, NoRespondersError } from "@nats-io/transport-node";
-import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
-import { AbortedError, FlexError } from "../streams/index.js";
+import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
+import { createInbox } from "@nats-io/transport-node";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { AbortedError, BUCKETS, FlexError, InvalidOptionError, MIN_MESSAGE_TTL_MS, openTtlKv } from "../streams/index.js";
 import type { ProjectionEngine } from "./engine.js";
-import { InstanceRebuildError, RebuildEngineSilentError, RebuildInProgressError } from "./errors.js";
+import { InstanceRebuildError, RebuildEngineSilentError, RebuildEngineUnansweredError, RebuildInProgressError } from "./errors.js";
 import type { RebuildProgress, RebuildResult } from "./rebuild.js";
 
 /**
@@ -13,11 +16,18 @@ import type { RebuildProgress, RebuildResult } from "./rebuild.js";
  */
 export const REBUILD_SUBJECT = "flexcore.control.projections.rebuild";
 
-/** How long a requester waits for the first engine to answer before deciding that none runs. */
-export const CONTROL_TIMEOUT_MS = 3_000;
+/**
+ * The `flex_leases` key prefix of the engines' membership keys: each running engine keeps
+ * `projection-engine.<instance, base64url>` alive (written with a TTL, renewed every third of
+ * it, deleted on close), so a requester knows which engines to wait for.
+ */
+export const ENGINE_KEY_PREFIX = "projection-engine.";
 
-/** After an engine's answer, how long the requester waits for another before it stops gathering answers. */
-export const ACCEPT_WINDOW_MS = 400;
+/** How long an engine's membership key lives unrenewed (a dead engine drops out after this). */
+export const ENGINE_TTL_MS = 15_000;
+
+/** How long a requester waits for each listed engine to answer (accept or refuse) before naming it as unanswered. */
+export const ANSWER_TIMEOUT_MS = 10_000;
 
 /** How often an engine running an accepted rebuild says it is alive (besides its progress). */
 export const HEARTBEAT_MS = 1_000;
@@ -38,10 +48,9 @@ interface RebuildRequest {
 }
 
 /**
- * Messages of the control protocol, each naming the instance whose engine sent it. The reply
- * to a request is `accepted` or `refused`, and the same goes to the request's inbox (a reply
- * that comes after the requester's answer window still counts there); the inbox then gets
- * `progress`, `alive`, and `done` or `error`.
+ * Messages of the control protocol, each naming the instance whose engine sent it. Every
+ * message goes to the request's inbox: first `accepted` or `refused` (also as the reply, when
+ * the request has a reply subject), then `progress`, `alive`, and `done` or `error`.
  */
 export type RebuildMessage =
   | { readonly kind: "accepted"; readonly instance: string }
@@ -50,6 +59,18 @@ export type RebuildMessage =
   | { readonly kind: "alive"; readonly instance: string }
   | { readonly kind: "done"; readonly instance: string; readonly result: RebuildResult }
   | { readonly kind: "error"; readonly instance: string; readonly code: string; readonly message: string };
+
+/** What an engine's membership key holds. */
+export interface EngineMember {
+  readonly instance: string;
+  /** ms since the epoch after which the engine counts as gone (also on a bucket without per-entry TTL). */
+  readonly expiresAt: number;
+}
+
+/** The `flex_leases` key of an instance's projection engine (the id base64url-encoded: ids may hold `:` or spaces). */
+export function engineKey(instance: string): string {
+  return `${ENGINE_KEY_PREFIX}${Buffer.from(instance).toString("base64url")}`;
+}
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -62,8 +83,10 @@ function encode(m: RebuildMessage): Uint8Array {
   return encoder.encode(JSON.stringify(m));
 }
 
-/** A control endpoint of an engine; `close()` unsubscribes. */
+/** A control endpoint of an engine; `close()` unsubscribes and deletes its membership key. */
 export interface ProjectionControl {
+  /** This engine's instance id, as its messages and its membership key name it. */
+  readonly instance: string;
   close(): Promise<void>;
 }
 
@@ -74,6 +97,10 @@ export interface ProjectionControlOptions {
    * a requester tells the engines of a deployment apart. @default `<hostname>-<pid>`
    */
   readonly instance?: string;
+  /** How long the membership key lives unrenewed; renewed every third of it. @default ENGINE_TTL_MS */
+  readonly ttlMs?: number;
+  /** Where a failed renewal of the membership key is told. @default silent */
+  readonly log?: (line: string) => void;
 }
 
 /**
@@ -82,9 +109,16 @@ export interface ProjectionControlOptions {
  * projections it names (each rebuild reads every tenant's events and shares the machine with
  * the live pipeline; the CLI and the gateway's operator route both come here). Every engine of
  * a deployment hears every request and rebuilds its own copy.
+ *
+ * Resolves once the subscription is on the server and the engine's membership key
+ * ({@link engineKey} in `flex_leases`) is written: from then on a requester lists it and waits
+ * for its answer. The key is renewed every third of `ttlMs` and deleted by `close()`; a dead
+ * engine's key expires.
  */
-export function serveProjectionControl(nc: NatsConnection, engine: ProjectionEngine, options: ProjectionControlOptions = {}): ProjectionControl {
+export async function serveProjectionControl(nc: NatsConnection, engine: ProjectionEngine, options: ProjectionControlOptions = {}): Promise<ProjectionControl> {
   const instance = options.instance ?? `${hostname()}-${process.pid}`;
+  const ttlMs = options.ttlMs ?? ENGINE_TTL_MS;
+  if (!Number.isFinite(ttlMs) || ttlMs < MIN_MESSAGE_TTL_MS) throw new InvalidOptionError("ttlMs", ttlMs, `a number of milliseconds of at least ${MIN_MESSAGE_TTL_MS}`);
   let running: readonly string[] | undefined;
   const heartbeats = new Set<NodeJS.Timeout>();
   const sub: Subscription = nc.subscribe(REBUILD_SUBJECT, {
@@ -95,14 +129,15 @@ export function serveProjectionControl(nc: NatsConnection, engine: ProjectionEng
         request = JSON.parse(decoder.decode(msg.data)) as RebuildRequest;
         if (!Array.isArray(request.names) || typeof request.inbox !== "string") throw new Error("expected { names, inbox }");
       } catch (e) {
-        msg.respond(encode(errorMessage("refused", instance, e)));
+        if (msg.reply) msg.respond(encode(errorMessage("refused", instance, e)));
         return;
       }
       const send = (m: RebuildMessage): void => {
         if (!nc.isClosed()) nc.publish(request.inbox, encode(m));
       };
+      // Requesters of this version wait on the inbox; one of an older version sent a request with a reply subject.
       const answer = (m: RebuildMessage): void => {
-        msg.respond(encode(m));
+        if (msg.reply && !nc.isClosed()) msg.respond(encode(m));
         send(m);
       };
       if (running) {
@@ -123,8 +158,7 @@ export function serveProjectionControl(nc: NatsConnection, engine: ProjectionEng
         heartbeats.delete(heartbeat);
       });
       // Errors found before any work (unknown name, rebuild running) reject `run` before it
-      // first waits, and answer the request itself. The answer goes out on the next turn, not
-      // after a timer: the rebuild's batches may hold timers back past the requester's window.
+      // first waits, and answer the request itself.
       let refused: { readonly error: unknown } | undefined;
       run.then((result) => send({ kind: "done", instance, result }), (e: unknown) => {
         if (accepted) send(errorMessage("error", instance, e));
@@ -140,13 +174,71 @@ export function serveProjectionControl(nc: NatsConnection, engine: ProjectionEng
       });
     },
   });
-  return {
-    close: async () => {
-      for (const h of heartbeats) clearInterval(h);
-      heartbeats.clear();
-      if (!nc.isClosed()) sub.unsubscribe();
-    },
-  };
+  const key = engineKey(instance);
+  let renew: NodeJS.Timeout | undefined;
+  let closed = false;
+  try {
+    // The server has the subscription before the key says this engine listens.
+    await nc.flush();
+    const leases = await openTtlKv(nc, BUCKETS.leases);
+    const beat = async (): Promise<void> => {
+      const body: EngineMember = { instance, expiresAt: Date.now() + ttlMs };
+      await leases.put(key, encoder.encode(JSON.stringify(body)), ttlMs);
+    };
+    await beat();
+    renew = setInterval(() => {
+      if (closed || nc.isClosed()) return;
+      beat().catch((e: unknown) => options.log?.(`projections: renewing the rebuild membership key of instance ${instance} failed: ${(e as Error).message ?? String(e)}`));
+    }, Math.max(250, Math.floor(ttlMs / 3)));
+    renew.unref();
+    return {
+      instance,
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        clearInterval(renew);
+        for (const h of heartbeats) clearInterval(h);
+        heartbeats.clear();
+        // Out of the member set first: a requester listing from now on does not wait for this engine.
+        if (!nc.isClosed()) await leases.kv.delete(key).catch(() => undefined);
+        if (!nc.isClosed()) sub.unsubscribe();
+      },
+    };
+  } catch (err) {
+    clearInterval(renew);
+    if (!nc.isClosed()) sub.unsubscribe();
+    throw err;
+  }
+}
+
+/**
+ * The engines a rebuild request waits for: those whose membership key in `flex_leases` is
+ * live, sorted. Empty when none runs (or the bucket does not exist yet).
+ */
+export async function listRebuildEngines(nc: NatsConnection): Promise<string[]> {
+  const keys: string[] = [];
+  let kv: KV;
+  try {
+    kv = await new Kvm(nc).open(BUCKETS.leases);
+    for await (const k of await kv.keys(`${ENGINE_KEY_PREFIX}>`)) keys.push(k);
+  } catch (err) {
+    // No `flex_leases` bucket (the topology is not set up): no engine runs.
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return [];
+    throw err;
+  }
+  const now = Date.now();
+  const live = new Set<string>();
+  for (const k of keys) {
+    const e = await kv.get(k);
+    if (!e || e.operation !== "PUT") continue;
+    try {
+      const body = JSON.parse(decoder.decode(e.value)) as Partial<EngineMember>;
+      if (typeof body.instance === "string" && body.instance.length > 0 && typeof body.expiresAt === "number" && body.expiresAt > now) live.add(body.instance.slice(0, MAX_INSTANCE_LENGTH));
+    } catch {
+      // Not a member body: not an engine of this version.
+    }
+  }
+  return [...live].sort();
 }
 
 /** One engine's part in a rebuild asked of the deployment, as the requester last heard it. */
@@ -186,17 +278,15 @@ export interface RebuildRequestOptions {
   readonly onProgress?: (progress: DeploymentRebuildProgress) => void;
   /** Stops following (the engines go on); `done` rejects with {@link AbortedError}. */
   readonly signal?: AbortSignal;
-  /** @default CONTROL_TIMEOUT_MS */
-  readonly acceptTimeoutMs?: number;
-  /** @default ACCEPT_WINDOW_MS */
-  readonly acceptWindowMs?: number;
+  /** How long each listed engine may take to answer (accept or refuse). @default ANSWER_TIMEOUT_MS */
+  readonly answerTimeoutMs?: number;
   /** @default SILENCE_TIMEOUT_MS */
   readonly silenceTimeoutMs?: number;
 }
 
 /** A rebuild that at least one running engine accepted. */
 export interface AcceptedRebuild {
-  /** The engines that accepted within the answer window, by instance id. */
+  /** The engines that accepted, by instance id. */
   readonly instances: readonly string[];
   /**
    * Resolves once every engine that accepted has swapped its copy; rejects with an
@@ -266,15 +356,23 @@ function failure(states: readonly EngineState[]): InstanceRebuildError | undefin
 }
 
 /**
- * Asks every running engine to rebuild: gathers their answers (the first within
- * `acceptTimeoutMs`, then each next within `acceptWindowMs` of the previous), and resolves
- * once at least one accepted (progress then goes to `onProgress`, the end to `done`), or with
- * `undefined` when no engine answers.
- * @throws InstanceRebuildError when every answering engine refused (unknown projection, a rebuild already running), with the first one's code
+ * Asks every running engine to rebuild. The engines to wait for are those whose membership
+ * key is live ({@link listRebuildEngines}); the request goes out once, and this waits until
+ * every listed engine answered (accept or refuse), each within `answerTimeoutMs` (one that does
+ * not is an error naming it, `FLEX_REBUILD_ENGINE_UNANSWERED`). An answer from an engine not
+ * listed (it joined meanwhile) counts too. Resolves once at least one accepted (progress then
+ * goes to `onProgress`, the end to `done`), or with `undefined` when no engine is listed.
+ * @throws InstanceRebuildError when no engine accepted (unknown projection, a rebuild already running, no answer), with the first one's code
  */
 export async function startRebuild(nc: NatsConnection, names: readonly string[], options: RebuildRequestOptions = {}): Promise<AcceptedRebuild | undefined> {
   const { onProgress, signal } = options;
   const silenceMs = options.silenceTimeoutMs ?? SILENCE_TIMEOUT_MS;
+  const answerMs = options.answerTimeoutMs ?? ANSWER_TIMEOUT_MS;
+  if (!Number.isFinite(answerMs) || answerMs <= 0) throw new InvalidOptionError("answerTimeoutMs", answerMs, "a number of milliseconds above 0");
+  if (!Number.isFinite(silenceMs) || silenceMs <= 0) throw new InvalidOptionError("silenceTimeoutMs", silenceMs, "a number of milliseconds above 0");
+  const listed = await listRebuildEngines(nc);
+  if (listed.length === 0) return undefined;
+  if (signal?.aborted) throw new AbortedError("rebuild request", { cause: signal.reason });
   const inbox = createInbox();
   const states = new Map<string, EngineState>();
   let changed: (() => void) | undefined;
@@ -299,7 +397,7 @@ export async function startRebuild(nc: NatsConnection, names: readonly string[],
       instances: followed.map((s) => ({ instance: s.instance, state: s.error ? "failed" : s.result ? "done" : "running", progress: s.progress })),
     });
   };
-  // Replies and inbox copies may come in any order and twice: each message is taken once per state change.
+  // Messages may come in any order and twice: each is taken once per state change.
   const take = (message: RebuildMessage): void => {
     const s = state(message.instance);
     if (message.kind === "accepted") {
@@ -317,7 +415,7 @@ export async function startRebuild(nc: NatsConnection, names: readonly string[],
     }
     changed?.();
   };
-  // Subscribed before asking: progress (even the end) may arrive before the acceptance does.
+  // Subscribed before asking: the server routes every answer of this request to it.
   const sub = nc.subscribe(inbox, {
     callback: (err, m) => {
       if (err) return;
@@ -329,27 +427,42 @@ export async function startRebuild(nc: NatsConnection, names: readonly string[],
     if (!nc.isClosed() && !sub.isClosed()) sub.unsubscribe();
   };
   try {
-    const replies = await nc.requestMany(REBUILD_SUBJECT, encoder.encode(JSON.stringify({ names, inbox } satisfies RebuildRequest)), {
-      strategy: "stall",
-      stall: options.acceptWindowMs ?? ACCEPT_WINDOW_MS,
-      maxWait: options.acceptTimeoutMs ?? CONTROL_TIMEOUT_MS,
+    nc.publish(REBUILD_SUBJECT, encoder.encode(JSON.stringify({ names, inbox } satisfies RebuildRequest)));
+    // A permission refusal of the publish surfaces here rather than as a long wait.
+    await nc.flush();
+    // Every listed engine answers, or its time is up: the set waited for is known, not guessed.
+    await new Promise<void>((resolve, reject) => {
+      const deadline = Date.now() + answerMs;
+      let watch: NodeJS.Timeout | undefined;
+      const end = (error?: Error): void => {
+        clearInterval(watch);
+        signal?.removeEventListener("abort", onAbort);
+        changed = undefined;
+        if (error) reject(error);
+        else resolve();
+      };
+      const onAbort = (): void => end(new AbortedError("rebuild request", { cause: signal?.reason }));
+      const check = (): void => {
+        const waiting = listed.filter((i) => { const s = states.get(i); return !s || (!s.accepted && !s.error); });
+        if (waiting.length === 0) return end();
+        if (Date.now() < deadline) return;
+        for (const i of waiting) {
+          const e = new RebuildEngineUnansweredError(i, answerMs);
+          state(i).error = { code: e.code, message: e.message };
+        }
+        end();
+      };
+      if (signal?.aborted) return onAbort();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      changed = check;
+      watch = setInterval(check, Math.max(50, Math.min(250, answerMs / 4)));
+      check();
     });
-    for await (const reply of replies as AsyncIterable<Msg>) {
-      const message = parseMessage(reply.data);
-      if (message?.kind === "accepted" || message?.kind === "refused") take(message);
-    }
   } catch (err) {
-    // No responders: no engine runs on this server.
-    if (!(err instanceof NoRespondersError)) {
-      stop();
-      throw err;
-    }
+    stop();
+    throw err;
   }
   const all = (): EngineState[] => [...states.values()];
-  if (all().length === 0) {
-    stop();
-    return undefined;
-  }
   if (!all().some((s) => s.accepted)) {
     stop();
     throw failure(all())!;
@@ -387,9 +500,10 @@ export async function startRebuild(nc: NatsConnection, names: readonly string[],
 }
 
 /**
- * Asks every running engine to rebuild; resolves once every one that accepted has swapped its
- * copy, or with `undefined` when no engine answers (then the caller may rebuild locally).
- * @throws InstanceRebuildError naming the engine when one refuses, fails or falls silent
+ * Asks every running engine to rebuild (see {@link startRebuild}); resolves once every one that
+ * accepted has swapped its copy, or with `undefined` when no engine is listed (then the caller
+ * may rebuild locally).
+ * @throws InstanceRebuildError naming the engine when one refuses, fails, does not answer or falls silent
  */
 export async function requestRebuild(nc: NatsConnection, names: readonly string[], options: RebuildRequestOptions = {}): Promise<DeploymentRebuildResult | undefined> {
   const accepted = await startRebuild(nc, names, options);

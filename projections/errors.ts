@@ -138,3 +138,15 @@ export class RebuildEngineSilentError extends FlexError {
     this.silentMs = silentMs;
   }
 }
+
+/** An engine listed as running (its membership key is live) did not answer a rebuild request in time: it died, hangs, or cannot be reached. */
+export class RebuildEngineUnansweredError extends FlexError {
+  readonly instance: string;
+  readonly waitedMs: number;
+  constructor(instance: string, waitedMs: number) {
+    super("FLEX_REBUILD_ENGINE_UNANSWERED", `The engine of instance \`${instance}\` is listed as running but did not answer the rebuild request within ${waitedMs} ms; its copy is not swapped (see that instance's log, then rebuild again; a dead instance drops out of the list once its key expires)`);
+    this.name = "RebuildEngineUnansweredError";
+    this.instance = instance;
+    this.waitedMs = waitedMs;
+  }
+}

@@ -8,16 +8,18 @@ export {
   ProjectionStorageError,
   InstanceRebuildError,
   RebuildEngineSilentError,
+  RebuildEngineUnansweredError,
   RebuildInProgressError,
   TenantRequiredError,
   WaitTimeoutError,
 } from "./errors.js";
 export { createProjectionEngine, DEFAULT_WAIT_TIMEOUT_MS, describeProjection } from "./engine.js";
-export { ACCEPT_WINDOW_MS, CONTROL_TIMEOUT_MS, HEARTBEAT_MS, REBUILD_SUBJECT, requestRebuild, serveProjectionControl, SILENCE_TIMEOUT_MS, startRebuild } from "./control.js";
+export { ANSWER_TIMEOUT_MS, ENGINE_KEY_PREFIX, ENGINE_TTL_MS, engineKey, HEARTBEAT_MS, listRebuildEngines, REBUILD_SUBJECT, requestRebuild, serveProjectionControl, SILENCE_TIMEOUT_MS, startRebuild } from "./control.js";
 export type {
   AcceptedRebuild,
   DeploymentRebuildProgress,
   DeploymentRebuildResult,
+  EngineMember,
   InstanceRebuildOutcome,
   InstanceRebuildProgress,
   ProjectionControl,

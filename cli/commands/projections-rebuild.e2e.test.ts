@@ -42,7 +42,7 @@ beforeAll(async () => {
     const nc = await nats.connect();
     const engine = createProjectionEngine(nc, { dataDir, log: () => undefined, projections: [genericProjection()] });
     await engine.start();
-    instances.push({ name, engine, control: serveProjectionControl(nc, engine, { instance: name }) });
+    instances.push({ name, engine, control: await serveProjectionControl(nc, engine, { instance: name }) });
     await nc.flush();
   }
 }, 60_000);
