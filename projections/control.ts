@@ -1,8 +1,7 @@
 import { hostname } from "node:os";
-import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
-import { Kvm } from "@nats-io/kv";
-import type { KV } from "@nats-io/kv";
-import { createInbox } from "@nats-io/transport-node";
+import { JetStreamApiCodes, JetStreamApiError, JetStreamError, jetstreamManager } from "@nats-io/jetstream";
+import type { StoredMsg } from "@nats-io/jetstream";
+import { createInbox, NoRespondersError } from "@nats-io/transport-node";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { AbortedError, BUCKETS, FlexError, InvalidOptionError, MIN_MESSAGE_TTL_MS, openTtlKv } from "../streams/index.js";
 import type { ProjectionEngine } from "./engine.js";
@@ -213,30 +212,31 @@ export async function serveProjectionControl(nc: NatsConnection, engine: Project
 
 /**
  * The engines a rebuild request waits for: those whose membership key in `flex_leases` is
- * live, sorted. Empty when none runs (or the bucket does not exist yet).
+ * live, sorted. Empty when none runs (or the bucket does not exist yet). One direct batch get
+ * of the keys' last values: a request waits one round trip for its list, not one per key.
  */
 export async function listRebuildEngines(nc: NatsConnection): Promise<string[]> {
-  const keys: string[] = [];
-  let kv: KV;
-  try {
-    kv = await new Kvm(nc).open(BUCKETS.leases);
-    for await (const k of await kv.keys(`${ENGINE_KEY_PREFIX}>`)) keys.push(k);
-  } catch (err) {
-    // No `flex_leases` bucket (the topology is not set up): no engine runs.
-    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return [];
-    throw err;
-  }
-  const now = Date.now();
+  const jsm = await jetstreamManager(nc, { checkAPI: false });
   const live = new Set<string>();
-  for (const k of keys) {
-    const e = await kv.get(k);
-    if (!e || e.operation !== "PUT") continue;
-    try {
-      const body = JSON.parse(decoder.decode(e.value)) as Partial<EngineMember>;
-      if (typeof body.instance === "string" && body.instance.length > 0 && typeof body.expiresAt === "number" && body.expiresAt > now) live.add(body.instance.slice(0, MAX_INSTANCE_LENGTH));
-    } catch {
-      // Not a member body: not an engine of this version.
+  const now = Date.now();
+  let msgs: AsyncIterable<StoredMsg>;
+  try {
+    msgs = await jsm.direct.getLastMessagesFor(`KV_${BUCKETS.leases}`, { multi_last: [`$KV.${BUCKETS.leases}.${ENGINE_KEY_PREFIX}>`] });
+    for await (const m of msgs) {
+      // A deleted or purged key, or the server's marker of an expired one: not a member.
+      if (m.header.get("KV-Operation") || m.header.get("Nats-Marker-Reason")) continue;
+      try {
+        const body = JSON.parse(decoder.decode(m.data)) as Partial<EngineMember>;
+        if (typeof body.instance === "string" && body.instance.length > 0 && typeof body.expiresAt === "number" && body.expiresAt > now) live.add(body.instance.slice(0, MAX_INSTANCE_LENGTH));
+      } catch {
+        // Not a member body: not an engine of this version.
+      }
     }
+  } catch (err) {
+    // No `flex_leases` bucket (the topology is not set up: nobody answers its direct gets), or no key: no engine runs.
+    const status = (err as { readonly code?: unknown }).code;
+    if (err instanceof NoRespondersError || (err instanceof JetStreamApiError && (err.code === JetStreamApiCodes.StreamNotFound || err.code === JetStreamApiCodes.NoMessageFound)) || (err instanceof JetStreamError && (status === 503 || status === 404))) return [];
+    throw err;
   }
   return [...live].sort();
 }
