@@ -10,7 +10,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createProjectionEngine, genericProjection, serveProjectionControl } from "../projections/index.js";
+import { createProjectionEngine, engineKey, genericProjection, serveProjectionControl } from "../projections/index.js";
+import { BUCKETS, openTtlKv } from "../streams/index.js";
 import type { ProjectionControl, ProjectionEngine } from "../projections/index.js";
 import { seedTenant, tokenFor } from "../test/console-fixtures.js";
 import { startProjectionGateway } from "../test/gateway.js";
@@ -218,6 +219,24 @@ describe("POST /v1/projections/:name/rebuild", () => {
       control = await serveProjectionControl(nats.nc, engine);
     }
   });
+
+  it("an instance listed as running that never answers is named: 503 FLEX_REBUILD_ENGINE_UNANSWERED, nothing rebuilt", async () => {
+    await control.close();
+    // A membership key with no engine behind it (an instance killed a moment ago).
+    const leases = await openTtlKv(nats.nc, BUCKETS.leases);
+    await leases.put(engineKey("ghost"), new TextEncoder().encode(JSON.stringify({ instance: "ghost", expiresAt: Date.now() + 60_000 })), 60_000);
+    try {
+      const gen = await generation();
+      const r = await rebuild(tok.operator!);
+      expect(r.status).toBe(503);
+      expect(r.error.code).toBe("FLEX_REBUILD_ENGINE_UNANSWERED");
+      expect(r.error.message).toContain("`ghost`");
+      expect(await generation()).toBe(gen);
+    } finally {
+      await leases.kv.delete(engineKey("ghost"));
+      control = await serveProjectionControl(nats.nc, engine);
+    }
+  }, 30_000);
 
   it("an operator of A still reads only A's rows", async () => {
     const rows = await rowsOf(tok.operator!);
