@@ -219,10 +219,20 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
     const ctx: UpContext = { nc, natsUrl, dataDir: dir, root, log, logger, config, processors, ...(pluginHost ? { plugins: pluginHost } : {}), ...(endpoints ? { pluginEndpoints: endpoints } : {}) };
     const projections = createProjectionEngine(nc, { dataDir: dir, log: areaLog("projections") });
     await projections.start();
-    const control = serveProjectionControl(nc, projections);
+    // The control has its own connection: a request must not queue behind the stream data a
+    // rebuild reads on the main one (a refusal would reach the requester seconds late).
+    const controlConnection = { ...connection, name: "flexcore-control" };
+    const controlNc = await connect(server ? embeddedConnectOptions(natsUrl, dir, controlConnection) : serviceConnectOptions(natsUrl, controlConnection, dir));
+    // Its membership key in `flex_leases` tells a rebuild requester to wait for this instance's copy.
+    const control = await serveProjectionControl(controlNc, projections, { instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}`, log: areaLog("projections") }).catch(async (err: unknown) => {
+      await projections.close();
+      await controlNc.close().catch(() => undefined);
+      throw err;
+    });
     components.push({ name: "projections", close: async () => {
       await control.close();
       await projections.close();
+      await controlNc.close().catch(() => undefined);
     } });
     log(`flexcore: projections: ${projections.list().map((p) => p.name).join(", ")} in ${join(dir, "projections")}`);
     // The gateway starts last: it serves what the components above provide.

@@ -63,6 +63,8 @@ describe("console: the operator's rebuild", () => {
     await page.keyboard.press("Enter");
     const status = page.getByTestId("rebuild-status");
     await expect.poll(() => status.innerText(), { timeout: 30_000 }).toContain(`generation ${before + 1}`);
+    // One instance runs here: its copy is the one swapped.
+    expect(await status.innerText()).toContain("Done: 1 copy swapped;");
     expect(await page.locator("progress#rebuild-progress").count()).toBe(1);
     const [value, max] = await page.locator("progress#rebuild-progress").evaluate((p) => [(p as unknown as { value: number }).value, (p as unknown as { max: number }).max]);
     expect(value).toBe(max);

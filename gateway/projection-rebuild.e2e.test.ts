@@ -6,8 +6,12 @@
  * time; no engine → 503; a tenant admin cannot grant, change or remove `operator` over HTTP;
  * an operator still reads only its own tenant's rows.
  */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { genericProjection, serveProjectionControl } from "../projections/index.js";
+import { createProjectionEngine, engineKey, genericProjection, serveProjectionControl } from "../projections/index.js";
+import { BUCKETS, openTtlKv } from "../streams/index.js";
 import type { ProjectionControl, ProjectionEngine } from "../projections/index.js";
 import { seedTenant, tokenFor } from "../test/console-fixtures.js";
 import { startProjectionGateway } from "../test/gateway.js";
@@ -94,7 +98,7 @@ beforeAll(async () => {
   });
   ({ nats, gw, engine, url } = running);
   // Served here, not by the helper: a test closes it and serves a new one.
-  control = serveProjectionControl(nats.nc, engine);
+  control = await serveProjectionControl(nats.nc, engine);
   tok.operator = await tokenFor(gw, A, ["operator", "reader"]);
   tok.admin = await tokenFor(gw, A, ["admin"]);
   tok.writer = await tokenFor(gw, A, ["writer"]);
@@ -125,11 +129,38 @@ describe("POST /v1/projections/:name/rebuild", () => {
     const last = progress.at(-1)!.data;
     expect(last.total).toBeGreaterThanOrEqual(EVENTS);
     expect(last.done).toBe(last.total);
+    // One instance runs here: the figures are its own.
+    expect(last.instances).toHaveLength(1);
     const done = r.events.at(-1)!.data;
-    expect(done).toMatchObject({ projection: "generic", generation: gen + 1 });
+    expect(done).toMatchObject({ projection: "generic", generation: gen + 1, copies: 1 });
+    expect(done.instances).toEqual([expect.objectContaining({ generation: gen + 1 })]);
     expect(done.events).toBeGreaterThanOrEqual(EVENTS);
     expect(await generation()).toBe(gen + 1);
     expect(await rowsOf(tok.operator!)).toEqual(before);
+  }, 60_000);
+
+  it("with a second instance on the deployment, done comes once both copies are swapped and names both", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "flexcore-second-"));
+    const nc = await nats.connect();
+    const second = createProjectionEngine(nc, { dataDir: dir, log: () => undefined, projections: [genericProjection()] });
+    await second.start();
+    const secondControl = await serveProjectionControl(nc, second, { instance: "second-instance" });
+    // The server has its subscription before the gateway asks (another connection).
+    await nc.flush();
+    try {
+      const before = [await generation(), (await second.status("generic"))[0]!.generation];
+      const r = await rebuild(tok.operator!);
+      expect(r.events.at(-1)?.event).toBe("done");
+      const done = r.events.at(-1)!.data;
+      expect(done.copies).toBe(2);
+      expect(done.instances.map((i: { instance: string }) => i.instance)).toContain("second-instance");
+      expect([await generation(), (await second.status("generic"))[0]!.generation]).toEqual(before.map((g) => g + 1));
+      expect(r.events.filter((e) => e.event === "progress").at(-1)!.data.instances).toHaveLength(2);
+    } finally {
+      await secondControl.close();
+      await second.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   }, 60_000);
 
   it("refuses admins, writers and readers (403 FLEX_FORBIDDEN) and rebuilds nothing", async () => {
@@ -185,9 +216,27 @@ describe("POST /v1/projections/:name/rebuild", () => {
       expect(r.status).toBe(503);
       expect(r.error.code).toBe("FLEX_ENGINE_UNREACHABLE");
     } finally {
-      control = serveProjectionControl(nats.nc, engine);
+      control = await serveProjectionControl(nats.nc, engine);
     }
   });
+
+  it("an instance listed as running that never answers is named: 503 FLEX_REBUILD_ENGINE_UNANSWERED, nothing rebuilt", async () => {
+    await control.close();
+    // A membership key with no engine behind it (an instance killed a moment ago).
+    const leases = await openTtlKv(nats.nc, BUCKETS.leases);
+    await leases.put(engineKey("ghost"), new TextEncoder().encode(JSON.stringify({ instance: "ghost", expiresAt: Date.now() + 60_000 })), 60_000);
+    try {
+      const gen = await generation();
+      const r = await rebuild(tok.operator!);
+      expect(r.status).toBe(503);
+      expect(r.error.code).toBe("FLEX_REBUILD_ENGINE_UNANSWERED");
+      expect(r.error.message).toContain("`ghost`");
+      expect(await generation()).toBe(gen);
+    } finally {
+      await leases.kv.delete(engineKey("ghost"));
+      control = await serveProjectionControl(nats.nc, engine);
+    }
+  }, 30_000);
 
   it("an operator of A still reads only A's rows", async () => {
     const rows = await rowsOf(tok.operator!);

@@ -3,6 +3,7 @@
  * `code` listed in `docs/errors.md`; branch on `code` or `instanceof`, never on the message.
  */
 import { describeValue, FlexError } from "../streams/index.js";
+import type { InstanceRebuildOutcome } from "./control.js";
 
 /** No projection of that name is registered with the engine. */
 export class ProjectionNotFoundError extends FlexError {
@@ -106,5 +107,46 @@ export class ProjectionStorageError extends FlexError {
     super("FLEX_PROJECTION_STORAGE", `Projection database \`${file}\`: ${message}`, options);
     this.name = "ProjectionStorageError";
     this.file = file;
+  }
+}
+
+/**
+ * A rebuild asked of the deployment did not end well on one engine (or more): it refused,
+ * failed or fell silent. `code` is that engine's own code (`FLEX_REBUILD_IN_PROGRESS`,
+ * `FLEX_PROJECTION_NOT_FOUND`, `FLEX_REBUILD_ENGINE_SILENT`, ...), `instance` names it, and
+ * `instances` holds every answering engine's outcome, swapped copies included.
+ */
+export class InstanceRebuildError extends FlexError {
+  readonly instance: string;
+  readonly instances: readonly InstanceRebuildOutcome[];
+  constructor(code: string, instance: string, message: string, instances: readonly InstanceRebuildOutcome[]) {
+    super(code, message);
+    this.name = "InstanceRebuildError";
+    this.instance = instance;
+    this.instances = instances;
+  }
+}
+
+/** An engine that accepted a rebuild sent nothing (no progress, no heartbeat) for too long: it died or hangs. */
+export class RebuildEngineSilentError extends FlexError {
+  readonly instance: string;
+  readonly silentMs: number;
+  constructor(instance: string, silentMs: number) {
+    super("FLEX_REBUILD_ENGINE_SILENT", `The engine of instance \`${instance}\` accepted the rebuild, then sent nothing for ${silentMs} ms; its copy is probably not swapped (see that instance's log, then rebuild again)`);
+    this.name = "RebuildEngineSilentError";
+    this.instance = instance;
+    this.silentMs = silentMs;
+  }
+}
+
+/** An engine listed as running (its membership key is live) did not answer a rebuild request in time: it died, hangs, or cannot be reached. */
+export class RebuildEngineUnansweredError extends FlexError {
+  readonly instance: string;
+  readonly waitedMs: number;
+  constructor(instance: string, waitedMs: number) {
+    super("FLEX_REBUILD_ENGINE_UNANSWERED", `The engine of instance \`${instance}\` is listed as running but did not answer the rebuild request within ${waitedMs} ms; its copy is not swapped (see that instance's log, then rebuild again; a dead instance drops out of the list once its key expires)`);
+    this.name = "RebuildEngineUnansweredError";
+    this.instance = instance;
+    this.waitedMs = waitedMs;
   }
 }

@@ -6,13 +6,27 @@ export {
   ProjectionNotFoundError,
   ProjectionStoppedError,
   ProjectionStorageError,
+  InstanceRebuildError,
+  RebuildEngineSilentError,
+  RebuildEngineUnansweredError,
   RebuildInProgressError,
   TenantRequiredError,
   WaitTimeoutError,
 } from "./errors.js";
 export { createProjectionEngine, DEFAULT_WAIT_TIMEOUT_MS, describeProjection } from "./engine.js";
-export { CONTROL_TIMEOUT_MS, REBUILD_SUBJECT, requestRebuild, serveProjectionControl, startRebuild } from "./control.js";
-export type { AcceptedRebuild, ProjectionControl, RebuildMessage } from "./control.js";
+export { ANSWER_TIMEOUT_MS, ENGINE_KEY_PREFIX, ENGINE_TTL_MS, engineKey, HEARTBEAT_MS, listRebuildEngines, REBUILD_SUBJECT, requestRebuild, serveProjectionControl, SILENCE_TIMEOUT_MS, startRebuild } from "./control.js";
+export type {
+  AcceptedRebuild,
+  DeploymentRebuildProgress,
+  DeploymentRebuildResult,
+  EngineMember,
+  InstanceRebuildOutcome,
+  InstanceRebuildProgress,
+  ProjectionControl,
+  ProjectionControlOptions,
+  RebuildMessage,
+  RebuildRequestOptions,
+} from "./control.js";
 export type {
   ChangeEvent,
   ChangeListener,

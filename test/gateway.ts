@@ -84,7 +84,7 @@ export async function startProjectionGateway(projections: readonly Projection[],
     await setup.seed?.(nats);
     engine = createProjectionEngine(nats.nc, { dataDir: join(dir, "projections"), projections, log: () => undefined });
     await engine.start();
-    if (setup.control) control = serveProjectionControl(nats.nc, engine);
+    if (setup.control) control = await serveProjectionControl(nats.nc, engine);
     gw = await createGateway({ nc: nats.nc, dataDir: dir, port: 0, metricsIntervalMs: 0, workflows: false, projections: engine });
     const url = await gw.listen();
     return { nats, gw, url, dir, engine, control, close, [Symbol.asyncDispose]: close };

@@ -168,20 +168,29 @@ export function register(program: Command): void {
       const onSignal = (): void => ac.abort();
       process.once("SIGINT", onSignal);
       try {
-        let result: RebuildResult | undefined = await requestRebuild(nc, names, (p) => bar.update(p), ac.signal);
-        let where = "the running engine";
-        if (!result) {
-          where = "this process";
-          const engine = createProjectionEngine(nc, { dataDir: dataDir(), sync: opts.sync as "full" | "normal", projections: builtinProjections() });
-          await engine.start();
-          try {
-            result = await engine.rebuild(names, { onProgress: (p) => bar.update(p), signal: ac.signal });
-          } finally {
-            await engine.close();
-          }
+        const remote = await requestRebuild(nc, names, { onProgress: (p) => bar.update(p.overall), signal: ac.signal }).catch((err: unknown) => {
+          bar.stop();
+          throw err;
+        });
+        const line = (r: RebuildResult, by: string): string =>
+          `rebuilt ${r.projections.map((p) => `${p.name} (generation ${p.generation})`).join(", ")} in ${(r.durationMs / 1000).toFixed(1)} s: ${r.events.toLocaleString("en-US")} events read, ${Math.round(r.eventsPerSecond).toLocaleString("en-US")} events/s, by ${by}\n`;
+        if (remote) {
+          bar.stop();
+          // Every running instance serves its own copy: one line per instance, all swapped.
+          for (const i of remote.instances) process.stderr.write(line(i.result, `instance ${i.instance}`));
+          process.stderr.write(`${remote.instances.length} ${remote.instances.length === 1 ? "copy" : "copies"} swapped\n`);
+          return;
+        }
+        const engine = createProjectionEngine(nc, { dataDir: dataDir(), sync: opts.sync as "full" | "normal", projections: builtinProjections() });
+        await engine.start();
+        let result: RebuildResult;
+        try {
+          result = await engine.rebuild(names, { onProgress: (p) => bar.update(p), signal: ac.signal });
+        } finally {
+          await engine.close();
         }
         bar.stop();
-        process.stderr.write(`rebuilt ${result.projections.map((p) => `${p.name} (generation ${p.generation})`).join(", ")} in ${(result.durationMs / 1000).toFixed(1)} s: ${result.events.toLocaleString("en-US")} events read, ${Math.round(result.eventsPerSecond).toLocaleString("en-US")} events/s, by ${where}\n`);
+        process.stderr.write(line(result, "this process"));
       } finally {
         bar.stop();
         process.off("SIGINT", onSignal);

@@ -1,6 +1,6 @@
 import { checkToken, FlexError } from "../../streams/index.js";
-import { REBUILD_SUBJECT, startRebuild } from "../../projections/index.js";
-import type { RebuildProgress } from "../../projections/index.js";
+import { InstanceRebuildError, REBUILD_SUBJECT, startRebuild } from "../../projections/index.js";
+import type { DeploymentRebuildProgress } from "../../projections/index.js";
 import { BadRequestError, EngineUnreachableError, UnavailableError } from "../errors.js";
 import type { RouteContext } from "../route-context.js";
 import type { ReadModelPage, ReadModelQuery, ReadModels } from "../read-models.js";
@@ -137,7 +137,7 @@ export function registerProjectionRebuildRoute(ctx: RouteContext): void {
     config: { policy: "projection.rebuild" },
     schema: {
       tags: ["projections"],
-      summary: "Rebuild a projection beside the served copy (operator: it replaces the read model of every tenant). Server-sent events: `ready`, `progress` ({done, total, eventsPerSecond, etaSeconds, phase}), then `done` ({projection, generation, events, durationMs}) or `error` ({code, message}). Refusals come before the stream: 404 unknown projection, 409 FLEX_REBUILD_IN_PROGRESS, 503 FLEX_ENGINE_UNREACHABLE",
+      summary: "Rebuild a projection beside the served copy on every running instance (operator: it replaces the read model of every tenant). Server-sent events: `ready`, `progress` ({done, total, eventsPerSecond, etaSeconds, phase} of the slowest instance, and `instances`: [{instance, state, done, total, phase}]), then `done` once every instance swapped its copy ({projection, generation, events, durationMs, copies, instances: [{instance, generation, events, durationMs}]}) or `error` ({code, message, instance, instances: [{instance, swapped, code}]}: an instance refused, failed or fell silent). When no instance accepts, the refusal comes before the stream: 404 unknown projection, 409 FLEX_REBUILD_IN_PROGRESS, 503 FLEX_REBUILD_ENGINE_UNANSWERED (the instances listed as running did not answer); 503 FLEX_ENGINE_UNREACHABLE when no engine is listed (membership keys in flex_leases)",
       params: nameParams,
     },
   }, async (req, reply) => {
@@ -145,24 +145,41 @@ export function registerProjectionRebuildRoute(ctx: RouteContext): void {
     const name = checkToken("projection", req.params.name);
     const ac = new AbortController();
     // Progress that arrives before the feed opens (a small store) is kept and sent first.
-    const early: RebuildProgress[] = [];
-    let onProgress = (p: RebuildProgress): void => void early.push(p);
-    const accepted = await startRebuild(nc, [name], (p) => onProgress(p), ac.signal);
+    const early: DeploymentRebuildProgress[] = [];
+    let onProgress = (p: DeploymentRebuildProgress): void => void early.push(p);
+    const accepted = await startRebuild(nc, [name], { onProgress: (p) => onProgress(p), signal: ac.signal });
     if (!accepted) throw new EngineUnreachableError(REBUILD_SUBJECT);
-    req.log.info({ tenant: principal.tenant, subject: principal.subject, projection: name }, "projection rebuild started by an operator");
+    req.log.info({ tenant: principal.tenant, subject: principal.subject, projection: name, instances: accepted.instances }, "projection rebuild started by an operator");
     const feed = feeds.open(req, reply, principal, revocations, { projection: name });
-    // A client that leaves stops listening; the rebuild itself goes on in the engine and swaps when done.
+    // A client that leaves stops listening; the rebuild itself goes on in the engines and each swaps when done.
     feed.onEnd(() => ac.abort());
-    const progress = (p: RebuildProgress): void => feed.send("progress", { done: p.done, total: p.total, eventsPerSecond: p.eventsPerSecond, etaSeconds: p.etaSeconds ?? null, phase: p.phase });
+    // Overall = the slowest instance's progress, so 100% means every copy has caught up.
+    const progress = ({ overall: p, instances }: DeploymentRebuildProgress): void => feed.send("progress", {
+      done: p.done, total: p.total, eventsPerSecond: p.eventsPerSecond, etaSeconds: p.etaSeconds ?? null, phase: p.phase,
+      instances: instances.map((i) => ({ instance: i.instance, state: i.state, done: i.progress?.done ?? 0, total: i.progress?.total ?? null, phase: i.progress?.phase ?? null })),
+    });
     for (const p of early) progress(p);
     onProgress = progress;
     try {
-      const result = await accepted.done;
-      const built = result.projections.find((p) => p.name === name);
-      feed.send("done", { projection: name, generation: built?.generation ?? null, events: result.events, durationMs: result.durationMs, eventsPerSecond: result.eventsPerSecond });
+      const { instances } = await accepted.done;
+      const copies = instances.map(({ instance, result }) => ({ instance, generation: result.projections.find((p) => p.name === name)?.generation ?? null, events: result.events, durationMs: result.durationMs, eventsPerSecond: result.eventsPerSecond }));
+      feed.send("done", {
+        projection: name,
+        // Each instance numbers its own copies; the figures below are the slowest's.
+        generation: Math.max(...copies.map((c) => c.generation ?? 0)),
+        events: Math.max(...copies.map((c) => c.events)),
+        durationMs: Math.max(...copies.map((c) => c.durationMs)),
+        eventsPerSecond: Math.min(...copies.map((c) => c.eventsPerSecond)),
+        copies: copies.length,
+        instances: copies,
+      });
     } catch (err) {
       if (!feed.open) return;
-      feed.send("error", { code: err instanceof FlexError ? err.code : "FLEX_INTERNAL", message: err instanceof FlexError ? err.message : "The rebuild failed; see the engine's log" });
+      feed.send("error", {
+        code: err instanceof FlexError ? err.code : "FLEX_INTERNAL",
+        message: err instanceof FlexError ? err.message : "The rebuild failed; see the engine's log",
+        ...(err instanceof InstanceRebuildError ? { instance: err.instance, instances: err.instances.map((i) => ({ instance: i.instance, swapped: i.result !== undefined, code: i.error?.code ?? null })) } : {}),
+      });
     }
     feed.end();
   });

@@ -72,21 +72,25 @@ function cell(v: unknown): string {
   return String(v);
 }
 
-/** Progress of a rebuild, as `POST /v1/projections/:name/rebuild` streams it. */
+/** Progress of a rebuild, as `POST /v1/projections/:name/rebuild` streams it: the slowest instance's figures. */
 export interface RebuildProgressView {
   readonly done: number;
   readonly total: number;
   readonly eventsPerSecond: number;
   readonly etaSeconds: number | null;
   readonly phase: string;
+  /** Every instance rebuilding its copy. */
+  readonly instances?: ReadonlyArray<{ readonly instance: string; readonly state: string }>;
 }
 
-/** The end of a rebuild. */
+/** The end of a rebuild: every instance swapped its copy. */
 export interface RebuildDoneView {
   readonly projection: string;
   readonly generation: number | null;
   readonly events: number;
   readonly durationMs: number;
+  /** How many instances' copies were swapped. */
+  readonly copies?: number;
 }
 
 interface RebuildState {
@@ -121,6 +125,8 @@ export async function runRebuild(api: Api, name: string, onProgress: (p: Rebuild
   throw new ApiError("NETWORK", 0, "The rebuild's progress stream ended early; the rebuild goes on in the engine: reload to see its generation");
 }
 
+const copies = (n: number): string => `${n} ${n === 1 ? "copy" : "copies"}`;
+
 const seconds = (s: number): string => (s < 60 ? `${Math.ceil(s)} s` : `${Math.floor(s / 60)} min ${Math.ceil(s % 60)} s`);
 
 /** The operator's rebuild: progress bar, rate, ETA, then the new generation. */
@@ -135,8 +141,8 @@ function RebuildStatus({ state }: { state: RebuildState }) {
       </progress>
       <p role="status" aria-live="polite" data-testid="rebuild-status">
         {state.error ? "Failed." : state.done
-          ? `Done: ${state.name} is served from generation ${state.done.generation ?? "?"} (${fmt.format(state.done.events)} events in ${seconds(state.done.durationMs / 1000)}).`
-          : p ? `${fmt.format(p.done)} of ${fmt.format(p.total)} events, ${fmt.format(Math.round(p.eventsPerSecond))} events/s${p.etaSeconds !== null ? `, about ${seconds(p.etaSeconds)} left` : ""} (${p.phase}).` : "Starting…"}
+          ? `Done: ${copies(state.done.copies ?? 1)} swapped; ${state.name} is served from generation ${state.done.generation ?? "?"} (${fmt.format(state.done.events)} events in ${seconds(state.done.durationMs / 1000)}).`
+          : p ? `${fmt.format(p.done)} of ${fmt.format(p.total)} events, ${fmt.format(Math.round(p.eventsPerSecond))} events/s${p.etaSeconds !== null ? `, about ${seconds(p.etaSeconds)} left` : ""} (${p.phase}${p.instances && p.instances.length > 1 ? `; slowest of ${p.instances.length} instances, ${p.instances.filter((i) => i.state === "done").length} done` : ""}).` : "Starting…"}
       </p>
       <ErrorBox error={state.error} />
     </section>
