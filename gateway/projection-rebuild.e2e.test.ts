@@ -29,6 +29,8 @@ const EVENTS = 2_000;
  * caught running (the event loop still turns between batches).
  */
 const SLOW_MS_PER_BATCH = 40;
+/** What each batch sleeps now; a test that must catch a rebuild running raises it. */
+let slowMsPerBatch = SLOW_MS_PER_BATCH;
 function slowProjection() {
   const base = genericProjection({ subjects: [`evt.${A}.>`] });
   const sleeper = new Int32Array(new SharedArrayBuffer(4));
@@ -37,7 +39,7 @@ function slowProjection() {
     name: "slowgen",
     fold: undefined,
     apply: (...args: Parameters<typeof base.apply>) => {
-      Atomics.wait(sleeper, 0, 0, SLOW_MS_PER_BATCH);
+      Atomics.wait(sleeper, 0, 0, slowMsPerBatch);
       base.apply(...args);
     },
   };
@@ -177,9 +179,11 @@ describe("POST /v1/projections/:name/rebuild", () => {
   });
 
   it("one rebuild at a time: a second request while one runs answers 409 FLEX_REBUILD_IN_PROGRESS", async () => {
-    // A rebuild started on the engine itself (as at a version change)...
+    // A rebuild started on the engine itself (as at a version change), slow enough that the
+    // request (the engines listed, then asked) reaches it while it runs, even on a loaded machine...
+    slowMsPerBatch = 4 * SLOW_MS_PER_BATCH;
     const direct = engine.rebuild("slowgen");
-    const second = await rebuild(tok.operator!, "slowgen");
+    const second = await rebuild(tok.operator!, "slowgen").finally(() => (slowMsPerBatch = SLOW_MS_PER_BATCH));
     expect(second.status).toBe(409);
     expect(second.error.code).toBe("FLEX_REBUILD_IN_PROGRESS");
     await direct;

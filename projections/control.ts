@@ -6,6 +6,7 @@ import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { AbortedError, BUCKETS, FlexError, InvalidOptionError, MIN_MESSAGE_TTL_MS, openTtlKv } from "../streams/index.js";
 import type { ProjectionEngine } from "./engine.js";
 import { InstanceRebuildError, RebuildEngineSilentError, RebuildEngineUnansweredError, RebuildInProgressError } from "./errors.js";
+import type { InstanceOutcome } from "./errors.js";
 import type { RebuildProgress, RebuildResult } from "./rebuild.js";
 
 /**
@@ -261,11 +262,7 @@ export interface DeploymentRebuildProgress {
 }
 
 /** How one engine's part ended: `result` when its copy was swapped, else `error`. */
-export interface InstanceRebuildOutcome {
-  readonly instance: string;
-  readonly result?: RebuildResult;
-  readonly error?: { readonly code: string; readonly message: string };
-}
+export type InstanceRebuildOutcome = InstanceOutcome<RebuildResult>;
 
 /** A rebuild asked of the deployment, done: every answering engine swapped its copy. */
 export interface DeploymentRebuildResult {

@@ -3,7 +3,6 @@
  * `code` listed in `docs/errors.md`; branch on `code` or `instanceof`, never on the message.
  */
 import { describeValue, FlexError } from "../streams/index.js";
-import type { InstanceRebuildOutcome } from "./control.js";
 
 /** No projection of that name is registered with the engine. */
 export class ProjectionNotFoundError extends FlexError {
@@ -116,10 +115,20 @@ export class ProjectionStorageError extends FlexError {
  * `FLEX_PROJECTION_NOT_FOUND`, `FLEX_REBUILD_ENGINE_SILENT`, ...), `instance` names it, and
  * `instances` holds every answering engine's outcome, swapped copies included.
  */
+/**
+ * How one engine's part of a deployment-wide rebuild ended: `result` when its copy was
+ * swapped, else `error` (control.ts's InstanceRebuildOutcome is this with its RebuildResult).
+ */
+export interface InstanceOutcome<R = unknown> {
+  readonly instance: string;
+  readonly result?: R;
+  readonly error?: { readonly code: string; readonly message: string };
+}
+
 export class InstanceRebuildError extends FlexError {
   readonly instance: string;
-  readonly instances: readonly InstanceRebuildOutcome[];
-  constructor(code: string, instance: string, message: string, instances: readonly InstanceRebuildOutcome[]) {
+  readonly instances: readonly InstanceOutcome[];
+  constructor(code: string, instance: string, message: string, instances: readonly InstanceOutcome[]) {
     super(code, message);
     this.name = "InstanceRebuildError";
     this.instance = instance;
