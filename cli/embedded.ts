@@ -105,16 +105,28 @@ export async function startEmbeddedServer(
   configFile: string,
   log?: (line: string) => void,
   notice?: (line: string) => void,
+  /** How port 4222 is checked before it is asked for (a test makes the check lie). */
+  isPortFree: (port: number, host: string) => Promise<boolean> = portFree,
 ): Promise<NatsServer> {
   const host = "127.0.0.1";
   await mkdir(dataDir, { recursive: true });
   const storeDir = join(dataDir, "nats");
   await stopLeftover(dataDir, storeDir, notice);
-  const port = (await portFree(DEFAULT_NATS_PORT, host)) ? DEFAULT_NATS_PORT : -1;
+  const port = (await isPortFree(DEFAULT_NATS_PORT, host)) ? DEFAULT_NATS_PORT : -1;
   const authFile = await writeEmbeddedAuth(dataDir);
   // Detached: a Ctrl-C in the terminal reaches only `up`, which stops the server last (after
   // the processors' acknowledgements and the projections' commits), not at the same time.
-  const server = await startNatsServer({ storeDir, host, port, configFile, include: [authFile], detached: true, ...(log ? { log } : {}) });
+  const start = (p: number): Promise<NatsServer> => startNatsServer({ storeDir, host, port: p, configFile, include: [authFile], detached: true, ...(log ? { log } : {}) });
+  let server: NatsServer;
+  try {
+    server = await start(port);
+  } catch (err) {
+    // Free when checked, taken before the server bound it (another server starting at the
+    // same moment): any free port then, as when it was taken from the start.
+    if (port !== DEFAULT_NATS_PORT || !/address already in use/u.test((err as Error).message)) throw err;
+    notice?.(`flexcore: port ${DEFAULT_NATS_PORT} was taken while the embedded nats-server started; using a free port`);
+    server = await start(-1);
+  }
   const urlFile = join(dataDir, URL_FILE);
   const pidFile = join(dataDir, PID_FILE);
   await writeFile(urlFile, `${server.url}\n`);
