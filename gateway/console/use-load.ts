@@ -49,3 +49,34 @@ export function useLoad<T>(key: string | undefined, load: () => Promise<T>, ever
   const reload = useCallback(() => setTick((n) => n + 1), []);
   return { data, error, reload };
 }
+
+/** What {@link useOnDemand} gives a page. */
+export interface OnDemand<T> {
+  /** The last answer; undefined before the first and after an error. */
+  readonly data: T | undefined;
+  readonly error: ApiError | undefined;
+  /** A load is on its way (the page disables what would start another). */
+  readonly busy: boolean;
+  /** Runs `fetch` and keeps its answer or its error. */
+  readonly load: (fetch: () => Promise<T>) => Promise<void>;
+}
+
+/** A load the page asks for (a search, a page of rows) rather than one made when a key changes. */
+export function useOnDemand<T>(): OnDemand<T> {
+  const [data, setData] = useState<T | undefined>();
+  const [error, setError] = useState<ApiError | undefined>();
+  const [busy, setBusy] = useState(false);
+  const load = useCallback(async (fetch: () => Promise<T>): Promise<void> => {
+    setBusy(true);
+    try {
+      setData(await fetch());
+      setError(undefined);
+    } catch (err) {
+      setError(err as ApiError);
+      setData(undefined);
+    } finally {
+      setBusy(false);
+    }
+  }, []);
+  return { data, error, busy, load };
+}

@@ -4,6 +4,7 @@ import { useConsole } from "../context.js";
 import { ErrorBox } from "../error-box.js";
 import { useLiveFeed } from "../live.js";
 import type { SseMessage } from "../live.js";
+import { useOnDemand } from "../use-load.js";
 
 /** An event as `GET /v1/events` and `/v1/events/live` show it. */
 export interface ExplorerEvent {
@@ -67,27 +68,17 @@ export function Events() {
   const [draft, setDraft] = useState<Filter>(EMPTY);
   const [applied, setApplied] = useState<Filter>(EMPTY);
   const [cursors, setCursors] = useState<readonly string[]>([]);
-  const [page, setPage] = useState<EventsPage | undefined>();
-  const [error, setError] = useState<ApiError | undefined>();
-  const [busy, setBusy] = useState(false);
+  const { data: page, error, busy, load: loadPage } = useOnDemand<EventsPage>();
   const [aggregate, setAggregate] = useState<{ category: string; id: string } | undefined>();
   const [tailOn, setTailOn] = useState(false);
   const [tail, setTail] = useState<readonly ExplorerEvent[]>([]);
 
-  const load = async (f: Filter, cursor: string | undefined): Promise<void> => {
-    setBusy(true);
-    try {
+  const load = (f: Filter, cursor: string | undefined): Promise<void> =>
+    loadPage(() => {
       const q = queryOf(f, true);
       if (cursor) q.set("cursor", cursor);
-      setPage(await api.get<EventsPage>(`/v1/events?${q.toString()}`));
-      setError(undefined);
-    } catch (err) {
-      setError(err as ApiError);
-      setPage(undefined);
-    } finally {
-      setBusy(false);
-    }
-  };
+      return api.get<EventsPage>(`/v1/events?${q.toString()}`);
+    });
   useEffect(() => void load(EMPTY, undefined), [api]);
 
   const search = (e: Event): void => {

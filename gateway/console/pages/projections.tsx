@@ -6,6 +6,7 @@ import { useConsole } from "../context.js";
 import { ErrorBox } from "../error-box.js";
 import { parseSse } from "../live.js";
 import { can } from "../roles.js";
+import { useOnDemand } from "../use-load.js";
 
 /** A reader of a read model, as `GET /v1/projections` lists it. */
 export interface ReaderView {
@@ -239,9 +240,7 @@ function Query({ projection }: { projection: ProjectionView }) {
   const [descending, setDescending] = useState(false);
   const [limit, setLimit] = useState(25);
   const [cursors, setCursors] = useState<readonly string[]>([]);
-  const [page, setPage] = useState<RowsPage | undefined>();
-  const [error, setError] = useState<ApiError | undefined>();
-  const [busy, setBusy] = useState(false);
+  const { data: page, error, busy, load } = useOnDemand<RowsPage>();
 
   const run = async (cursor: string | undefined): Promise<void> => {
     if (!reader) return;
@@ -250,16 +249,7 @@ function Query({ projection }: { projection: ProjectionView }) {
     if (filter) q.set("filter", JSON.stringify(filter));
     if (sort) q.set("sort", `${descending ? "-" : ""}${sort}`);
     if (cursor) q.set("cursor", cursor);
-    setBusy(true);
-    try {
-      setPage(await api.get<RowsPage>(`/v1/projections/${encodeURIComponent(projection.name)}?${q.toString()}`));
-      setError(undefined);
-    } catch (err) {
-      setError(err as ApiError);
-      setPage(undefined);
-    } finally {
-      setBusy(false);
-    }
+    await load(() => api.get<RowsPage>(`/v1/projections/${encodeURIComponent(projection.name)}?${q.toString()}`));
   };
   // The first page as soon as a projection is chosen.
   // eslint-disable-next-line react-hooks/exhaustive-deps
