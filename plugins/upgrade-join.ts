@@ -31,8 +31,11 @@ import type { CrossInstanceUpgradePlan, UpgradeJoiners } from "./upgrade.js";
 export const UPGRADE_JOIN_SUBJECT = `${PLUGIN_CONTROL_SUBJECT}.upgrade-join`;
 /** Subject root of the coordinator's decisions: `<root>.<name>.<id>` (service user only). */
 export const UPGRADE_DECISION_SUBJECT = `${PLUGIN_CONTROL_SUBJECT}.upgrade-decision`;
-/** How long the coordinator collects the instances' answers to its join request, in ms. */
-export const DEFAULT_JOIN_WAIT_MS = 1_000;
+/**
+ * How long the coordinator collects the instances' answers to its join request, in ms; it
+ * stops as soon as the answers cover every enabled set it does not hold (a set has one holder).
+ */
+export const DEFAULT_JOIN_WAIT_MS = 5_000;
 /** More than the start timeout a joiner may take to report (it installs the bundle first), in ms. */
 const INSTALL_MARGIN_MS = 15_000;
 
@@ -124,6 +127,10 @@ export function upgradeJoinCoordinator(nc: NatsConnection, options: UpgradeJoinC
         if (!a || a.id !== id || typeof a.instance !== "string") continue;
         if (a.error) refused.push(`instance ${a.instance}: ${String(a.error.message)}`);
         else if (Array.isArray(a.sets)) joined.set(a.instance, a.sets.filter((s): s is string => typeof s === "string"));
+        if (refused.length > 0) break;
+        const covered = new Set([...joined.values()].flat());
+        // Every set has one holder: once all are covered, nobody else can join.
+        if (plan.sets.every((k) => covered.has(k))) break;
       }
     } catch {
       // no instance answered: the coverage check below names the sets
