@@ -6,7 +6,7 @@ import { connect } from "@nats-io/transport-node";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { checkNatsServerVersion, createEventStore, ensureTopology, missingFeatures } from "../streams/index.js";
-import { adoptPluginVersion, applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, startPluginEndpoints, startPluginSupervisor, pluginInstanceKey, supervisedSpecs, tenantServiceName, upgradePlugin } from "../plugins/index.js";
+import { adoptPluginVersion, applyPluginVersions, checkPluginEndpoints, checkPluginProcessors, createPluginHost, createPluginLifecycle, flexcoreVersion, followPluginSwitches, followPluginVersions, generatePluginUsers, PluginLogBuffer, pluginServiceNames, readPluginSwitches, readPluginVersions, resolvePlugins, servePluginControl, serveUpgradeJoin, startPluginEndpoints, startPluginSupervisor, pluginInstanceKey, supervisedSpecs, tenantServiceName, upgradeJoinCoordinator, upgradePlugin } from "../plugins/index.js";
 import type { PluginEndpoints, PluginHost, PluginSupervisor } from "../plugins/index.js";
 import type { NatsServer } from "../streams/index.js";
 import { loadConfig, resolveConfigPath, startProcessorRuntime } from "../processors/index.js";
@@ -181,14 +181,19 @@ export async function startPipeline(options: UpOptions = {}): Promise<Pipeline> 
       const running = supervisor;
       const host = pluginHost;
       const entries = new Map(plugins.managed.map((m) => [m.entry.name, m.entry]));
+      const instance = config.runtime.instanceId ?? `${hostname()}-${process.pid}`;
+      // A tenant plugin's sets may be spread over instances: the coordinator asks the others to join.
+      const joiners = upgradeJoinCoordinator(nc, { instance, log: (line, level) => pluginLog(line, level) });
       const upgrade = running
-        ? (name: string, bundle: string, by: string) => upgradePlugin(name, bundle, { nc: nc!, supervisor: running, host, storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), allowUnsigned: entries.get(name)?.allowUnsigned ?? false, by, log: (line, level) => pluginLog(line, level) })
+        ? (name: string, bundle: string, by: string) => upgradePlugin(name, bundle, { nc: nc!, supervisor: running, host, storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), allowUnsigned: entries.get(name)?.allowUnsigned ?? false, by, log: (line, level) => pluginLog(line, level), joiners })
         : undefined;
-      const control = servePluginControl(nc, { host: pluginHost, ...(supervisor ? { supervisor } : {}), ...(upgrade ? { upgrade } : {}), logs: pluginLogs, instance: config.runtime.instanceId ?? `${hostname()}-${process.pid}` });
+      const control = servePluginControl(nc, { host: pluginHost, ...(supervisor ? { supervisor } : {}), ...(upgrade ? { upgrade } : {}), logs: pluginLogs, instance });
+      const join = running ? serveUpgradeJoin(nc, { supervisor: running, host, instance, storeDir: pluginStoreDir(dir), trustedKeysDir: trustedKeysDir(dir), allowUnsigned: (name) => entries.get(name)?.allowUnsigned ?? false, log: (line, level) => pluginLog(line, level) }) : undefined;
       components.push({ name: "plugin control", close: async () => {
         switches.stop();
         versions.stop();
         await control.close();
+        await join?.close();
       } });
     }
     const processors = await startProcessorRuntime(nc, {

@@ -142,16 +142,21 @@ function reply(msg: Msg, value: unknown): void {
 }
 
 /**
- * Whether this instance runs `name`: holds its lease, or for a `tenancy: tenant` plugin the
- * lease of one of its tenants' sets (the upgrade then checks that it holds every enabled set's).
+ * Whether this instance coordinates an upgrade of `name`: holds its lease, or for a
+ * `tenancy: tenant` plugin (whose sets may be spread over instances, one lease each) the lease
+ * of its first enabled set by key (`<name>_<tenant>`, sorted). Every instance knows every set
+ * and which are enabled (the switches are stored), and one instance holds a lease, so exactly
+ * one answers; the others join (plugins/upgrade-join.ts). While that set's lease is changing
+ * hands nobody answers, and the request times out: ask again.
  */
-function runs(s: PluginSupervisor | undefined, name: string): boolean {
+export function coordinatesUpgrade(s: Pick<PluginSupervisor, "status"> | undefined, name: string): boolean {
   const st = statusOf(s, name);
   if (st) return st.leaseHeld;
-  return (s?.status() ?? []).some((x) => x.plugin === name && x.tenant !== undefined && x.leaseHeld);
+  const first = (s?.status() ?? []).filter((x) => x.plugin === name && x.tenant !== undefined && x.state !== "stopped").sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))[0];
+  return first?.leaseHeld ?? false;
 }
 
-function statusOf(s: PluginSupervisor | undefined, name: string): PluginStatus | undefined {
+function statusOf(s: Pick<PluginSupervisor, "status"> | undefined, name: string): PluginStatus | undefined {
   try {
     return s?.status(name);
   } catch {
@@ -218,8 +223,9 @@ export function servePluginControl(nc: NatsConnection, options: PluginControlOpt
     callback: (err, msg) => {
       if (err || !options.upgrade) return;
       const name = msg.subject.split(".").pop()!;
-      // Only the lease holder runs the plugin's processes, so only it can start the new version beside them.
-      if (!runs(options.supervisor, name)) return;
+      // Only the lease holder runs the plugin's processes, so only it can start the new version
+      // beside them; of a tenant plugin's, the holder of the first enabled set coordinates.
+      if (!coordinatesUpgrade(options.supervisor, name)) return;
       let bundle: unknown;
       let by: unknown;
       try {

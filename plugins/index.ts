@@ -156,7 +156,9 @@ export { pluginServiceNames, tenantSlotServiceNames, UPGRADE_SLOT_SUFFIX, upgrad
 export type { PluginUpgradeOptions, PluginUpgradeResult } from "./supervisor.js";
 export { requestPluginUpgrade } from "./control.js";
 export { adoptPluginVersion, applyPluginVersions, DEFAULT_SWITCH_SETTLE_MS, followPluginVersions, PLUGIN_VERSION_PREFIX, readPluginVersions, upgradePlugin, writePluginVersion } from "./upgrade.js";
-export type { ApplyPluginVersionsOptions, PluginVersionRecord, UpgradePluginOptions } from "./upgrade.js";
+export type { ApplyPluginVersionsOptions, CrossInstanceUpgradePlan, PluginVersionRecord, UpgradeJoiners, UpgradePluginOptions } from "./upgrade.js";
+export { DEFAULT_JOIN_WAIT_MS, serveUpgradeJoin, UPGRADE_DECISION_SUBJECT, UPGRADE_JOIN_SUBJECT, upgradeJoinCoordinator } from "./upgrade-join.js";
+export type { UpgradeJoinCoordinatorOptions, UpgradeJoinServiceOptions } from "./upgrade-join.js";
 
 // --- The Python SDK the host provides (`sdk: python`), the first quick restart (h-plugfig) ---
 export { PYTHON_SDK_FILE, PYTHON_SDK_MOUNT, pythonPathWithSdk, pythonSdkDir } from "./python-sdk.js";

@@ -148,6 +148,14 @@ export interface PluginUpgradeOptions {
   /** How long the new version may take to become ready. @default its limits' startTimeoutMs */
   readonly timeoutMs?: number;
   readonly signal?: AbortSignal;
+  /**
+   * A `tenancy: tenant` plugin whose sets run on several instances: upgrade only the enabled
+   * sets whose leases this instance holds (the instances holding the others upgrade theirs in
+   * the same cross-instance upgrade, see plugins/upgrade-join.ts), and leave the standby sets
+   * to {@link PluginSupervisor.follow}. Without it, a set held elsewhere refuses the upgrade.
+   * @default false
+   */
+  readonly onlyHeld?: boolean;
 }
 
 /** Options of {@link startPluginSupervisor}. */
@@ -1155,14 +1163,17 @@ export async function startPluginSupervisor(options: PluginSupervisorOptions): P
     const current = [...slots][0]!;
     const slot = upgradeServiceName(name, current);
     if (!slot) fail(`its name is too long for a second service name (${name}${UPGRADE_SLOT_SUFFIX}_<tenant>); upgrade it by a restart`);
-    const live = sets.filter((x) => !x.disabled);
-    if (live.length === 0) fail("every tenant's set is disabled; enable the plugin first");
+    const enabled = sets.filter((x) => !x.disabled);
+    if (enabled.length === 0) fail("every tenant's set is disabled; enable the plugin first");
+    // With onlyHeld, the sets held elsewhere are upgraded there; the standby ones here follow the stored choice.
+    const live = opts.onlyHeld ? enabled.filter((x) => x.leaseHeld) : enabled;
+    if (live.length === 0) fail("this instance holds none of its tenants' sets");
     const elsewhere = live.filter((x) => !x.leaseHeld).map((x) => x.name);
     if (elsewhere.length > 0) fail(`this instance does not run the sets ${elsewhere.join(", ")} (another instance holds their leases); a tenant plugin is upgraded by the instance running all its enabled sets`);
     const specOf = (x: ManagedPlugin): PluginLaunchSpec => ({ ...next, tenant: x.spec.tenant!, service: tenantServiceName(slot!, x.spec.tenant!), enabled: !x.disabled });
     const timeoutMs = opts.timeoutMs ?? next.limits?.startTimeoutMs ?? DEFAULT_PLUGIN_LIMITS.startTimeoutMs;
     const previous = { version: live[0]!.spec.version, service: current };
-    o.log(`plugin ${name}: upgrading ${previous.version} (service ${current}_<tenant>) to ${next.version} (service ${slot}_<tenant>) for tenants ${sets.map((x) => x.spec.tenant).join(", ")}; starting the new sets beside the running ones`);
+    o.log(`plugin ${name}: upgrading ${previous.version} (service ${current}_<tenant>) to ${next.version} (service ${slot}_<tenant>) for tenants ${(opts.onlyHeld ? live : sets).map((x) => x.spec.tenant).join(", ")}${opts.onlyHeld ? " (the sets this instance holds)" : ""}; starting the new sets beside the running ones`);
     const trials = await Promise.allSettled(live.map((x) => x.trial(specOf(x), timeoutMs, opts.signal)));
     const candidates = trials.flatMap((t) => (t.status === "fulfilled" ? [t.value] : []));
     const failedAt = trials.findIndex((t) => t.status === "rejected");

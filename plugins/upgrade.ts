@@ -25,8 +25,8 @@ import type { PluginHost } from "./host.js";
 import { MANIFEST_FILE, readManifestDocument, validateManifest } from "./manifest.js";
 import type { PluginManifest } from "./manifest.js";
 import { checkPluginName } from "./nats-users.js";
-import { pluginServiceNames } from "./supervisor.js";
-import { tenantServiceName } from "./tenancy.js";
+import { pluginServiceNames, upgradeServiceName } from "./supervisor.js";
+import { parseServiceName, tenantServiceName } from "./tenancy.js";
 import type { PluginSupervisor, PluginUpgradeResult } from "./supervisor.js";
 
 /** Key prefix of the chosen versions in `flex_state`: `plugin-version.<name>`. */
@@ -243,6 +243,40 @@ export interface UpgradePluginOptions {
   readonly signal?: AbortSignal;
   /** Where what is worth an operator's attention but fails nothing goes (a failed removal of an old stored bundle). */
   readonly log?: (line: string, level?: "warn" | "error") => void;
+  /**
+   * For a `tenancy: tenant` plugin whose enabled sets are spread over instances: asks the
+   * instances holding the others to join the upgrade (plugins/upgrade-join.ts
+   * `upgradeJoinCoordinator`). Absent: such an upgrade is refused, as a set held elsewhere
+   * cannot be started here.
+   */
+  readonly joiners?: (plan: CrossInstanceUpgradePlan) => Promise<UpgradeJoiners>;
+}
+
+/** What the coordinator of a cross-instance upgrade asks the other instances to do. */
+export interface CrossInstanceUpgradePlan {
+  readonly name: string;
+  readonly version: string;
+  /** The verified bundle's digest, in `flex_plugin_bundles`. */
+  readonly digest: string;
+  /** The slot every tenant's new set registers under (`<slot>_<tenant>`). */
+  readonly slot: string;
+  /** The bundle's `flexcore-plugin.yaml`, as verified here. */
+  readonly manifest: string;
+  /** The enabled sets (`<name>_<tenant>`) this instance does not hold: the joiners must hold every one. */
+  readonly sets: readonly string[];
+  /** How long a new set may take to become ready, in ms. */
+  readonly startTimeoutMs: number;
+}
+
+/** The instances that joined a cross-instance upgrade, as the coordinator drives them. */
+export interface UpgradeJoiners {
+  /** Resolves once every joiner's new sets are ready; rejects (naming the instance and its reason) when one fails or does not report in time. */
+  prepared(): Promise<void>;
+  /** The stored choice was written: the joiners drain their old sets. */
+  commit(): void;
+  /** The upgrade is off: the joiners drop their new sets (the stored choice was not written). */
+  abort(reason: string): void;
+  close(): void;
 }
 
 /**
@@ -285,10 +319,21 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
     throw new PluginUpgradeFailedError(name, manifest.version, `the bundle could not be put into the object store ${OBJECT_STORES.pluginBundles} (${(err as Error).message}), so other instances could not install it`, { cause: err });
   }
   const next = launchSpec(manifest, installed.path, { instances: current.instances ?? 1, config: current.config ?? {} });
+  // A tenant plugin whose enabled sets are spread over instances: the others join (see plugins/upgrade-join.ts).
+  const elsewhere = hosted.tenants === undefined ? [] : options.supervisor.status().filter((x) => x.plugin === name && x.tenant !== undefined && x.state !== "stopped" && !x.leaseHeld).map((x) => x.name);
+  const slot = upgradeServiceName(name, parseServiceName(current.service ?? name).plugin);
+  let joiners: UpgradeJoiners | undefined;
+  if (elsewhere.length > 0 && options.joiners && slot !== undefined) {
+    joiners = await options.joiners({ name, version: manifest.version, digest: installed.digest, slot, manifest: manifestText, sets: elsewhere, startTimeoutMs: manifest.limits.startTimeoutMs });
+  }
+  let committed = false;
   const result = await options.supervisor.upgrade(name, next, {
     ...(options.signal ? { signal: options.signal } : {}),
+    ...(joiners ? { onlyHeld: true } : {}),
     switchTo: async (service) => {
       const oldService = hosted.service;
+      // Every joiner's new sets are ready before the choice is stored: the commit point.
+      await joiners?.prepared();
       await writePluginVersion(options.nc, name, {
         version: manifest.version,
         service,
@@ -299,11 +344,16 @@ export async function upgradePlugin(name: string, bundleDir: string, options: Up
         by: options.by ?? "cli",
         manifest: manifestText,
       });
+      committed = true;
+      joiners?.commit();
       options.host.setService(name, service, manifest);
       await options.host.idle(name, oldService, manifest.limits.callTimeoutMs);
       await new Promise((r) => setTimeout(r, options.settleMs ?? DEFAULT_SWITCH_SETTLE_MS));
     },
-  });
+  }).catch((err: unknown) => {
+    if (!committed) joiners?.abort((err as Error).message);
+    throw err;
+  }).finally(() => joiners?.close());
   const keep = [installed.digest, ...(previousDigest !== undefined && /^[0-9a-f]{64}$/u.test(previousDigest) ? [previousDigest] : [])];
   await pruneStoredBundles(options.nc, name, keep).catch((err: unknown) => options.log?.(`flexcore: plugin ${name}: old bundles could not be removed from ${OBJECT_STORES.pluginBundles}: ${(err as Error).message}`, "warn"));
   return { ...result, digest: installed.digest };
