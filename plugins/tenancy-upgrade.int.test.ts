@@ -7,21 +7,20 @@
 // whose new set never becomes ready for one tenant fails for all, and both keep serving the
 // running version. The new slot's NATS user is confined like the first slot's, and a tenant
 // can neither ask for an upgrade nor call a set.
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
-import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseConfig, pipelineSections, startProcessorRuntime } from "../processors/index.js";
-import { createEventStore, encodeEvent, PLUGIN_EVENT_TYPES, STREAMS } from "../streams/index.js";
+import { createEventStore, encodeEvent, PLUGIN_EVENT_TYPES } from "../streams/index.js";
 import type { Publisher } from "../streams/index.js";
 import { uniqueName } from "../test/nats-server.js";
 import type { TestNats } from "../test/nats-server.js";
 import { pidsOfUid } from "../test/plugin-process.js";
 import { PLUGIN_CONTROL_SUBJECT, requestPluginUpgrade, servePluginControl } from "./control.js";
 import { PluginUpgradeFailedError } from "./errors.js";
-import { connectAsPlugin, fixtureBundle, packFixtureBundle, permissionDenied, readDerived, startSupervisorBed, until } from "./fixtures/harness.js";
+import { connectAsPlugin, permissionDenied, startSupervisorBed, until } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
+import { dlqCount as countDeadLetters, servedOutputs, steadyLoad as loadSteadily, tenantBundle } from "./fixtures/tenant-upgrade.js";
+import type { Served } from "./fixtures/tenant-upgrade.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
 import { createPluginHost } from "./host.js";
 import { createPluginLifecycle } from "./lifecycle.js";
@@ -54,49 +53,11 @@ afterAll(async () => {
 });
 
 /** A packed `tenancy: tenant` bundle of the fixture as PLUGIN `version`, outputs tagged `tag`; `fault` in its FAULT file. */
-async function bundle(version: string, tag: string, more: { fault?: string; startTimeoutMs?: number; name?: string } = {}): Promise<string> {
-  const b = await fixtureBundle();
-  closers.push(() => b.close());
-  await writeFile(join(b.dir, "TAG"), `${tag}\n`, { mode: 0o644 });
-  if (more.fault) await writeFile(join(b.dir, "FAULT"), `${more.fault}\n`, { mode: 0o644 });
-  await packFixtureBundle(b.dir, { name: more.name ?? PLUGIN, version, description: "tenant upgrade fixture", tenancy: "tenant", kindDescription: "one Echoed per input, tagged with the bundle's version and the set that served it", ...(more.startTimeoutMs !== undefined ? { startTimeoutMs: more.startTimeoutMs } : {}) });
-  return b.dir;
-}
-
-interface Served {
-  readonly subject: string;
-  readonly id: string;
-  readonly seq: number;
-  readonly tag: string;
-  readonly servedBy: { readonly service: string; readonly tenant: string | null; readonly pid: number };
-  readonly requestTenant: string;
-}
-
-/** Every output of the processors named `<processor>-<tenant>` so far. */
-async function outputs(processor: string): Promise<Served[]> {
-  const out = await readDerived<Omit<Served, "subject" | "id">>(nats.nc, "drv.>", (subject) => subject.split(".")[2]!.startsWith(`${processor}-`));
-  return out.map((o) => ({ subject: o.subject, id: o.id, ...o.data }));
-}
-
-async function dlqCount(processor: string): Promise<number> {
-  const info = await (await jetstreamManager(nats.nc)).streams.info(STREAMS.dlq, { subjects_filter: `dlq.*.${processor}-*` });
-  return Object.values(info.state.subjects ?? {}).reduce((a, b) => a + b, 0);
-}
-
-/** Publishes `perTick` events on `evt.<tenant>.<category>.k<i%3>` every `tickMs` until `stop()`; resolves to how many. */
-async function steadyLoad(tenant: string, category: string, stop: () => boolean, perTick: number, tickMs: number): Promise<number> {
-  let i = 0;
-  for (; !stop(); i += perTick) {
-    const acks: Promise<unknown>[] = [];
-    for (let j = i; j < i + perTick; j++) {
-      const e = encodeEvent({ id: `${tenant}-${category}-${j}`, type: "Reading", data: { i: j } });
-      acks.push(publisher.publish(`evt.${tenant}.${category}.k${j % 3}`, e.data, { headers: e.headers }));
-    }
-    await Promise.all(acks);
-    await new Promise((r) => setTimeout(r, tickMs));
-  }
-  return i;
-}
+const bundle = (version: string, tag: string, more: { fault?: string; startTimeoutMs?: number; name?: string } = {}): Promise<string> =>
+  tenantBundle(closers, { name: PLUGIN, version, tag, description: "tenant upgrade fixture", ...more });
+const outputs = (processor: string): Promise<Served[]> => servedOutputs(nats.nc, processor);
+const dlqCount = (processor: string): Promise<number> => countDeadLetters(nats.nc, processor);
+const steadyLoad = (tenant: string, category: string, stop: () => boolean, perTick: number, tickMs: number): Promise<number> => loadSteadily(publisher, tenant, category, stop, perTick, tickMs);
 
 
 async function asPluginUser(service: string): Promise<NatsConnection> {
