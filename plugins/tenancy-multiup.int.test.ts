@@ -31,6 +31,7 @@ import { pluginUid, startPluginSupervisor, tenantSlotServiceNames } from "./supe
 import type { PluginSupervisor } from "./supervisor.js";
 import { serveUpgradeJoin, UPGRADE_DECISION_SUBJECT, UPGRADE_JOIN_SUBJECT, upgradeJoinCoordinator } from "./upgrade-join.js";
 import { adoptPluginVersion, followPluginVersions, readPluginVersions, upgradePlugin } from "./upgrade.js";
+import type { CrossInstanceUpgradePlan, UpgradeJoiners } from "./upgrade.js";
 
 const TENANTS = ["acme", "globex"] as const;
 const PLUGIN = "tm";
@@ -73,6 +74,11 @@ interface Instance {
   readonly lines: string[];
   /** Stops answering join requests (an instance that does not answer). */
   stopJoining(): Promise<void>;
+  /**
+   * As coordinator: the joiners' margin beyond the start timeout (undefined: the default),
+   * and whether its decisions are lost on the way (as when it dies right after deciding).
+   */
+  readonly coordinator: { marginMs: number | undefined; decisionsLost: boolean };
 }
 
 async function startInstance(id: string, v1: string, enabled: (tenant: string) => boolean): Promise<Instance> {
@@ -90,7 +96,11 @@ async function startInstance(id: string, v1: string, enabled: (tenant: string) =
   const following = await followPluginVersions(nc, host, undefined, (name, record) => void adoptPluginVersion(sup, plugins.managed.find((m) => m.entry.name === name)!, record, { nc, storeDir, trustedKeysDir: keysDir }));
   closers.push(async () => following.stop());
   const coordinated: string[] = [];
-  const joiners = upgradeJoinCoordinator(nc, { instance: id, log });
+  const knobs: Instance["coordinator"] = { marginMs: undefined, decisionsLost: false };
+  const joiners = async (plan: CrossInstanceUpgradePlan): Promise<UpgradeJoiners> => {
+    const j = await upgradeJoinCoordinator(nc, { instance: id, log, ...(knobs.marginMs === undefined ? {} : { installMarginMs: knobs.marginMs }) })(plan);
+    return knobs.decisionsLost ? { ...j, commit: () => undefined, abort: () => undefined } : j;
+  };
   const control = servePluginControl(nc, {
     host,
     supervisor: sup,
@@ -103,7 +113,7 @@ async function startInstance(id: string, v1: string, enabled: (tenant: string) =
   closers.push(() => control.close());
   const joining = serveUpgradeJoin(nc, { supervisor: sup, host, instance: id, storeDir, trustedKeysDir: keysDir, allowUnsigned: () => true, settleMs: 200, log });
   closers.push(() => joining.close());
-  return { id, sup, host, plugins, coordinated, lines, stopJoining: () => joining.close() };
+  return { id, sup, host, plugins, coordinated, lines, stopJoining: () => joining.close(), coordinator: knobs };
 }
 
 let a: Instance;
@@ -241,16 +251,49 @@ describe("upgrades of a tenancy: tenant plugin whose sets run on two instances",
     expect((await readPluginVersions(nats.nc)).get(PLUGIN)).toMatchObject({ version: "4.0.0" });
   });
 
+  it("a joiner that hears no decision goes by the stored choice: it commits when the coordinator stored it (and died right after), and drops its new set when it did not", async () => {
+    // Short windows: the joiner waits 2 × (2 s start timeout + 3 s margin) for a decision.
+    a.coordinator.marginMs = 3_000;
+    a.coordinator.decisionsLost = true;
+    try {
+      // v5: A stores the choice, but its commit never reaches B.
+      const v5 = await bundle("5.0.0", "v5", { startTimeoutMs: 2_000 });
+      const done = await requestPluginUpgrade(nats.nc, PLUGIN, v5, { timeoutMs: 60_000 });
+      expect(done).toMatchObject({ instance: "A", upgraded: { version: "5.0.0", service: `${PLUGIN}--b` } });
+      await until(() => b.lines.some((l) => l.includes("the stored choice is this upgrade's: committing")), 30_000, `B commits by the stored choice\n${b.lines.join("\n")}`);
+      await until(() => pidsOf(`${PLUGIN}_globex`).length === 0 && b.sup.spec(`${PLUGIN}_globex`).version === "5.0.0", 20_000, "B drained globex's v4 set");
+      expect(pidsOf(`${PLUGIN}--b_globex`).length).toBeGreaterThan(0);
+      const stored = (await readPluginVersions(nats.nc)).get(PLUGIN);
+      expect(stored).toMatchObject({ version: "5.0.0", service: `${PLUGIN}--b` });
+
+      // v6: A's own new set never becomes ready, and its abort never reaches B, whose new set is ready.
+      const v6 = await bundle("6.0.0", "v6", { fault: "wrong-nonce-for-acme", startTimeoutMs: 2_000 });
+      const failed = await requestPluginUpgrade(nats.nc, PLUGIN, v6, { timeoutMs: 60_000 }).then(() => undefined, (e: unknown) => e);
+      expect(failed).toBeInstanceOf(PluginUpgradeFailedError);
+      await until(() => b.lines.some((l) => l.includes("not this upgrade's: aborting")), 30_000, `B aborts by the stored choice\n${b.lines.join("\n")}`);
+      await until(() => TENANTS.every((t) => pidsOf(`${PLUGIN}_${t}`).length === 0), 15_000, "v6's new sets dropped on both instances");
+      for (const [i, t] of [[a, "acme"], [b, "globex"]] as const) {
+        expect(i.sup.spec(`${PLUGIN}_${t}`).version).toBe("5.0.0");
+        expect(pidsOf(`${PLUGIN}--b_${t}`).length, t).toBeGreaterThan(0);
+      }
+      expect((await readPluginVersions(nats.nc)).get(PLUGIN)).toEqual(stored);
+    } finally {
+      a.coordinator.marginMs = undefined;
+      a.coordinator.decisionsLost = false;
+    }
+  }, 90_000);
+
   it("an instance holding a set that does not answer the join fails the upgrade for every tenant, naming the set; nothing starts, nothing is stored", async () => {
-    const v5 = await bundle("5.0.0", "v5");
-    const stored = (await readPluginVersions(nats.nc)).get(PLUGIN);
+    const v7 = await bundle("7.0.0", "v7");
+    const stored = (await readPluginVersions(nats.nc)).get(PLUGIN)!;
     await b.stopJoining();
-    const failed = await requestPluginUpgrade(nats.nc, PLUGIN, v5, { timeoutMs: 60_000 }).then(() => undefined, (e: unknown) => e);
+    const failed = await requestPluginUpgrade(nats.nc, PLUGIN, v7, { timeoutMs: 60_000 }).then(() => undefined, (e: unknown) => e);
     expect(failed).toBeInstanceOf(PluginUpgradeFailedError);
     expect((failed as Error).message).toMatch(new RegExp(`${PLUGIN}_globex are held by no instance that joined`, "u"));
-    // Nothing was started beside the running sets (they run under <name>_<tenant> since v4).
-    expect(TENANTS.map((t) => pidsOf(`${PLUGIN}--b_${t}`))).toEqual([[], []]);
-    for (const [i, t] of [[a, "acme"], [b, "globex"]] as const) expect(i.sup.spec(`${PLUGIN}_${t}`).version).toBe("4.0.0");
+    // Nothing was started beside the running sets (under the stored slot).
+    const other = stored.service === PLUGIN ? `${PLUGIN}--b` : PLUGIN;
+    expect(TENANTS.map((t) => pidsOf(`${other}_${t}`))).toEqual([[], []]);
+    for (const [i, t] of [[a, "acme"], [b, "globex"]] as const) expect(i.sup.spec(`${PLUGIN}_${t}`).version).toBe(stored.version);
     expect((await readPluginVersions(nats.nc)).get(PLUGIN)).toEqual(stored);
   });
 });

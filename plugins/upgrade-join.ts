@@ -83,6 +83,8 @@ export interface UpgradeJoinCoordinatorOptions {
   readonly instance: string;
   /** @default {@link DEFAULT_JOIN_WAIT_MS} */
   readonly joinWaitMs?: number;
+  /** What a joiner may take beyond the start timeout to report ready (it installs the bundle first), in ms. @default 15000 */
+  readonly installMarginMs?: number;
   readonly log?: (line: string, level?: "warn" | "error") => void;
 }
 
@@ -116,7 +118,8 @@ export function upgradeJoinCoordinator(nc: NatsConnection, options: UpgradeJoinC
       },
     });
     // Long enough for the coordinator's own start and every joiner's; the coordinator stores the choice only in the first half of it.
-    const decisionTimeoutMs = 2 * (plan.startTimeoutMs + INSTALL_MARGIN_MS);
+    const margin = options.installMarginMs ?? INSTALL_MARGIN_MS;
+    const decisionTimeoutMs = 2 * (plan.startTimeoutMs + margin);
     const request: JoinRequest = { id, name: plan.name, coordinator: options.instance, version: plan.version, digest: plan.digest, slot: plan.slot, manifest: plan.manifest, reportTo, startTimeoutMs: plan.startTimeoutMs, decisionTimeoutMs };
     const joined = new Map<string, readonly string[]>();
     const refused: string[] = [];
@@ -146,14 +149,14 @@ export function upgradeJoinCoordinator(nc: NatsConnection, options: UpgradeJoinC
     options.log?.(`plugin ${plan.name}: upgrade ${id} to ${plan.version}: ${[...joined].map(([i, s]) => `instance ${i} joins with ${s.join(", ")}`).join("; ")}`);
     return {
       prepared: async () => {
-        const deadline = startedAt + plan.startTimeoutMs + INSTALL_MARGIN_MS;
+        const deadline = startedAt + plan.startTimeoutMs + margin;
         for (;;) {
           const failed = [...reports.values()].find((r) => r.error);
           if (failed) fail(`instance ${failed.instance} could not start it: ${failed.error!.message}`);
           const waiting = [...joined.keys()].filter((i) => !reports.get(i)?.ready);
           if (waiting.length === 0) break;
           const left = deadline - Date.now();
-          if (left <= 0) fail(`instance${waiting.length > 1 ? "s" : ""} ${waiting.join(", ")} (holding ${waiting.flatMap((i) => joined.get(i) ?? []).join(", ")}) did not report ready within ${plan.startTimeoutMs + INSTALL_MARGIN_MS} ms`);
+          if (left <= 0) fail(`instance${waiting.length > 1 ? "s" : ""} ${waiting.join(", ")} (holding ${waiting.flatMap((i) => joined.get(i) ?? []).join(", ")}) did not report ready within ${plan.startTimeoutMs + margin} ms`);
           await new Promise<void>((resolve) => {
             const timer = setTimeout(resolve, Math.min(left, 1_000));
             changed = () => {
