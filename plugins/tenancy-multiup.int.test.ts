@@ -21,7 +21,7 @@ import { coordinatesUpgrade, requestPluginUpgrade, servePluginControl } from "./
 import { PluginUpgradeFailedError } from "./errors.js";
 import { connectAsPlugin, permissionDenied, startSupervisorBed, until } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
-import { dlqCount as countDeadLetters, servedOutputs, steadyLoad as loadSteadily, tenantBundle } from "./fixtures/tenant-upgrade.js";
+import { dlqCount as countDeadLetters, expectOncePerEvent, servedOutputs, startTenantLoads, tenantBundle } from "./fixtures/tenant-upgrade.js";
 import type { Served } from "./fixtures/tenant-upgrade.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
 import type { ResolvedPlugins } from "./host-config.js";
@@ -59,7 +59,6 @@ const bundle = (version: string, tag: string, more: { fault?: string; startTimeo
   tenantBundle(closers, { name: PLUGIN, version, tag, description: "multi-instance tenant upgrade fixture", ...more });
 const outputs = (processor: string): Promise<Served[]> => servedOutputs(nats.nc, processor);
 const dlqCount = (processor: string): Promise<number> => countDeadLetters(nats.nc, processor);
-const steadyLoad = (tenant: string, category: string, stop: () => boolean, perTick: number, tickMs: number): Promise<number> => loadSteadily(publisher, tenant, category, stop, perTick, tickMs);
 
 const pidsOf = (service: string): number[] => pidsOfUid(pluginUid(service));
 
@@ -145,8 +144,7 @@ describe("upgrades of a tenancy: tenant plugin whose sets run on two instances",
     // The runtime calls through A's host: acme's calls reach A's processes, globex's B's.
     const runtime = await startProcessorRuntime(nats.nc, { processors: parseConfig(`processors:\n${yaml}`, pipelineSections({ threads: 1 })).processors, threads: 1, metricsIntervalMs: 0, remote: a.host });
     closers.push(() => runtime.close());
-    let loading = true;
-    const loads = TENANTS.map((t) => steadyLoad(t, category, () => !loading, 8, 10));
+    const loads = startTenantLoads(nats.nc, publisher, TENANTS, category, processor);
     await until(async () => {
       const out = await outputs(processor);
       return TENANTS.every((t) => out.filter((o) => o.subject.startsWith(`drv.${t}.`)).length >= 50);
@@ -196,23 +194,12 @@ describe("upgrades of a tenancy: tenant plugin whose sets run on two instances",
     await until(() => TENANTS.every((t) => pidsOf(`${PLUGIN}--b_${t}`).length === 0), 15_000, "v2's processes gone on both instances");
     expect((await readPluginVersions(nats.nc)).get(PLUGIN)).toMatchObject({ version: "4.0.0", service: PLUGIN });
 
-    await new Promise((r) => setTimeout(r, 500));
-    loading = false;
-    const counts = await Promise.all(loads);
-    await until(async () => {
-      const out = await outputs(processor);
-      return TENANTS.every((t, i) => out.filter((o) => o.subject.startsWith(`drv.${t}.`)).length >= counts[i]!);
-    }, 60_000, `${counts.join("+")} outputs`);
-    await runtime.idle();
-    const out = await outputs(processor);
+    const { counts, out } = await loads.finish(() => runtime.idle());
     const order = ["v1", "v2", "v4"];
     for (const [i, t] of TENANTS.entries()) {
       const mine = out.filter((o) => o.subject.startsWith(`drv.${t}.`));
       const n = counts[i]!;
-      // Exactly once per event of this tenant.
-      expect(mine, t).toHaveLength(n);
-      expect(new Set(mine.map((o) => o.id)).size).toBe(n);
-      expect(new Set(mine.map((o) => o.seq)).size).toBe(n);
+      expectOncePerEvent(mine, n, t);
       // By source sequence: v1 … v2 … v4, never back, nothing of v3.
       const tags = [...mine].sort((x, y) => x.seq - y.seq).map((o) => o.tag);
       expect(tags.every((x) => order.includes(x)), t).toBe(true);

@@ -19,7 +19,7 @@ import { PLUGIN_CONTROL_SUBJECT, requestPluginUpgrade, servePluginControl } from
 import { PluginUpgradeFailedError } from "./errors.js";
 import { connectAsPlugin, permissionDenied, startSupervisorBed, until } from "./fixtures/harness.js";
 import type { SupervisorBed } from "./fixtures/harness.js";
-import { dlqCount as countDeadLetters, servedOutputs, steadyLoad as loadSteadily, tenantBundle } from "./fixtures/tenant-upgrade.js";
+import { dlqCount as countDeadLetters, expectOncePerEvent, servedOutputs, startTenantLoads, tenantBundle } from "./fixtures/tenant-upgrade.js";
 import type { Served } from "./fixtures/tenant-upgrade.js";
 import { resolvePlugins, supervisedSpecs } from "./host-config.js";
 import { createPluginHost } from "./host.js";
@@ -57,7 +57,6 @@ const bundle = (version: string, tag: string, more: { fault?: string; startTimeo
   tenantBundle(closers, { name: PLUGIN, version, tag, description: "tenant upgrade fixture", ...more });
 const outputs = (processor: string): Promise<Served[]> => servedOutputs(nats.nc, processor);
 const dlqCount = (processor: string): Promise<number> => countDeadLetters(nats.nc, processor);
-const steadyLoad = (tenant: string, category: string, stop: () => boolean, perTick: number, tickMs: number): Promise<number> => loadSteadily(publisher, tenant, category, stop, perTick, tickMs);
 
 
 async function asPluginUser(service: string): Promise<NatsConnection> {
@@ -103,8 +102,7 @@ describe("upgrades of tenancy: tenant plugins", () => {
     const yaml = TENANTS.map((t) => `  - name: ${processor}-${t}\n    kind: ${PLUGIN}/echo\n    subjects: ["evt.${t}.${category}.*"]\n    partitions: 1\n    batch_size: 16\n    backoff: [20ms, 50ms]\n`).join("");
     const runtime = await startProcessorRuntime(nats.nc, { processors: parseConfig(`processors:\n${yaml}`, pipelineSections({ threads: 1 })).processors, threads: 1, metricsIntervalMs: 0, remote: host });
     closers.push(() => runtime.close());
-    let loading = true;
-    const loads = TENANTS.map((t) => steadyLoad(t, category, () => !loading, 8, 10));
+    const loads = startTenantLoads(nats.nc, publisher, TENANTS, category, processor);
     await until(async () => {
       const out = await outputs(processor);
       return TENANTS.every((t) => out.filter((o) => o.subject.startsWith(`drv.${t}.`)).length >= 50);
@@ -143,22 +141,11 @@ describe("upgrades of tenancy: tenant plugins", () => {
     }
     expect((await readPluginVersions(nats.nc)).get(PLUGIN)).toEqual(stored);
 
-    await new Promise((r) => setTimeout(r, 500));
-    loading = false;
-    const counts = await Promise.all(loads);
-    await until(async () => {
-      const out = await outputs(processor);
-      return TENANTS.every((t, i) => out.filter((o) => o.subject.startsWith(`drv.${t}.`)).length >= counts[i]!);
-    }, 60_000, `${counts.join("+")} outputs`);
-    await runtime.idle();
-    const out = await outputs(processor);
+    const { counts, out } = await loads.finish(() => runtime.idle());
     for (const [i, t] of TENANTS.entries()) {
       const mine = out.filter((o) => o.subject.startsWith(`drv.${t}.`));
       const n = counts[i]!;
-      // Exactly once per event of this tenant.
-      expect(mine, t).toHaveLength(n);
-      expect(new Set(mine.map((o) => o.id)).size).toBe(n);
-      expect(new Set(mine.map((o) => o.seq)).size).toBe(n);
+      expectOncePerEvent(mine, n, t);
       // v1 … v1 v2 … v2 by source sequence: no batch mixed, nothing of v3.
       const sorted = [...mine].sort((a, b) => a.seq - b.seq);
       const tags = sorted.map((o) => o.tag);
